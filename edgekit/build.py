@@ -1,0 +1,57 @@
+"""build(model, target, quants, out): checkpoint → artifacts + manifest, nothing else."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import load_checkpoint
+from .errors import ConfigError
+from .formats import FORMATS
+from .manifest import Manifest, versions, write_manifest, MANIFEST
+from .recipes import RECIPES
+from .targets import TARGETS
+
+log = logging.getLogger(__name__)
+
+
+def model_slug(path: Path) -> str:
+    name = path.name
+    if "snapshots" in path.parts:  # a hub cache path: models--owner--name/snapshots/<sha>
+        name = next((p for p in path.parts if p.startswith("models--")), name).removeprefix("models--")
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+
+
+def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist")) -> Path:
+    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder."""
+    tgt = TARGETS.get(target)
+    recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
+    for r in recipes:
+        if r.format not in FORMATS:
+            raise ConfigError(f"recipe {r.name} needs the {r.format} format, which this install lacks; "
+                              f"install edgekit[{r.format}]")
+    ckpt = load_checkpoint(model)
+    if ckpt.dropped:
+        log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
+    folder = Path(out) / model_slug(ckpt.path) / tgt.name
+    folder.mkdir(parents=True, exist_ok=True)
+    # A stale manifest from an earlier build must not vouch for files this build is replacing.
+    (folder / MANIFEST).unlink(missing_ok=True)
+    cache: dict[str, Any] = {}
+    try:
+        artifacts = [FORMATS.get(r.format)(ckpt, r, tgt, folder, cache) for r in recipes]
+    finally:
+        for cleanup in cache.get("_cleanup", []):
+            cleanup()
+    manifest = Manifest(
+        model=model_slug(ckpt.path),
+        target=tgt.name,
+        source={"path": str(ckpt.path), **ckpt.fingerprint(), "dropped_tensors": len(ckpt.dropped)},
+        artifacts=artifacts,
+        recipes={r.name: r.to_json() for r in recipes},
+        versions=versions(),
+    )
+    write_manifest(folder, manifest)
+    return folder

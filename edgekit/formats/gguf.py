@@ -1,0 +1,214 @@
+"""Gemma 4 text → GGUF, on the ``gguf`` package's writer, one tensor streamed at a time.
+
+The writer's state machine (header → KV → tensor info → data) needs every tensor's shape and type
+up front, which the safetensors headers give without reading data. Each tensor's data is then
+produced chunk by chunk (``_Streamed``) so a 9 GB checkpoint converts in a few hundred MB of RAM.
+Names and metadata follow llama.cpp's gemma4 loader (src/models/gemma4.cpp); quantized artifacts
+are made from the unquantized file by llama.cpp itself (edgekit/quantize.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import gguf
+import numpy as np
+
+from ..checkpoint import Checkpoint, TensorRef, f32_to_bf16
+from ..errors import ConversionError
+from ..fsutil import atomic_path
+from ..gemma4 import Gemma4TextConfig
+from ..manifest import Artifact, artifact_digest
+from ..progress import progress_bar
+from .gguf_vocab import add_vocab
+
+log = logging.getLogger(__name__)
+
+ARCH = gguf.MODEL_ARCH.GEMMA4
+GQT = gguf.GGMLQuantizationType
+
+# Unquantized storage types the converter writes itself.
+FLOAT_TYPES: dict[str, GQT] = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16}
+FILE_TYPES: dict[GQT, gguf.LlamaFileType] = {
+    GQT.F32: gguf.LlamaFileType.ALL_F32, GQT.F16: gguf.LlamaFileType.MOSTLY_F16, GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+}
+
+
+@dataclass
+class _Streamed:
+    """Duck-types the ndarray GGUFWriter.write_tensor_data expects: ``nbytes`` and ``tofile``."""
+
+    nbytes: int
+    chunks: Callable[[], Iterator[np.ndarray]]
+    advance: Callable[[int], None]
+
+    def tofile(self, f: Any) -> None:
+        written = 0
+        for c in self.chunks():
+            c = np.ascontiguousarray(c)
+            f.write(memoryview(c).cast("B"))
+            written += c.nbytes
+            self.advance(c.nbytes)
+        if written != self.nbytes:
+            raise ConversionError(f"internal: wrote {written} bytes for a {self.nbytes}-byte tensor")
+
+
+@dataclass
+class _Planned:
+    name: str
+    shape: tuple[int, ...]        # numpy order (rows, cols)
+    qtype: GQT
+    chunks: Callable[[], Iterator[np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape, dtype=np.int64))
+        return n * (4 if self.qtype == GQT.F32 else 2)
+
+
+def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
+    """Chunks of ``ref`` (its first ``rows`` rows) in ``qtype``; a same-type copy moves bytes only."""
+    same = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16}[ref.dtype] == qtype
+
+    def gen() -> Iterator[np.ndarray]:
+        left = ref.n_rows if rows is None else rows
+        for c in (ref.raw_chunks() if same else ref.row_chunks()):
+            if left <= 0:
+                break
+            if ref.shape and c.shape[0] > left:
+                c = c[:left]
+            left -= c.shape[0] if ref.shape else 1
+            if same or qtype == GQT.F32:
+                yield c
+            elif qtype == GQT.F16:
+                yield c.astype(np.float16)
+            else:
+                yield f32_to_bf16(c)
+    return gen
+
+
+def gguf_tensor_name(short: str, n_layers: int, _cache: dict[int, Any] = {}) -> str:
+    tmap = _cache.get(n_layers) or _cache.setdefault(n_layers, gguf.get_tensor_name_map(ARCH, n_layers))
+    hf = "model." + short
+    if hf.endswith("layer_scalar"):
+        hf += ".weight"  # llama.cpp stores the per-layer scalar as a weight tensor
+    name = tmap.get_name(hf, try_suffixes=(".weight",))
+    if name is None:
+        raise ConversionError(f"tensor {short} has no GGUF name for gemma4; the checkpoint is not a Gemma 4 text model")
+    return name
+
+
+def rope_freqs(cfg: Gemma4TextConfig) -> np.ndarray:
+    """Frequency factors for the full-attention layers' "proportional" partial RoPE.
+
+    ggml's NEOX rope rotates the first n_rot dims; Gemma 4 rotates a fraction of each half. A factor
+    of 1 keeps a pair's frequency, 1e30 makes its angle 0 (unrotated), which is the same map.
+    """
+    half = cfg.global_head_dim // 2
+    n_rot = int(cfg.global_head_dim * cfg.partial_rotary_factor_full / 2)
+    return np.array([1.0] * n_rot + [1e30] * (half - n_rot), dtype=np.float32)
+
+
+def write_metadata(w: gguf.GGUFWriter, cfg: Gemma4TextConfig, name: str, file_type: gguf.LlamaFileType) -> None:
+    L = cfg.num_hidden_layers
+    w.add_name(name)
+    w.add_type("model")
+    w.add_file_type(int(file_type))
+    w.add_block_count(L)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    ff = [cfg.layer_ffn(i) for i in range(L)]
+    w.add_feed_forward_length(ff if len(set(ff)) > 1 else ff[0])
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_key_length(cfg.global_head_dim)
+    w.add_value_length(cfg.global_head_dim)
+    w.add_key_length_swa(cfg.head_dim)
+    w.add_value_length_swa(cfg.head_dim)
+    w.add_rope_freq_base(cfg.rope_theta_full)
+    w.add_rope_freq_base_swa(cfg.rope_theta_sliding)
+    # Full layers rope all dims (rope_freqs switches the unrotated ones off); sliding ones a fraction.
+    w.add_rope_dimension_count(cfg.global_head_dim)
+    w.add_rope_dimension_count_swa(int(cfg.head_dim * cfg.partial_rotary_factor_sliding))
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_sliding_window_pattern([cfg.is_sliding(i) for i in range(L)])
+    w.add_shared_kv_layers(cfg.num_kv_shared_layers)
+    w.add_embedding_length_per_layer_input(cfg.hidden_size_per_layer_input)
+    # llama.cpp applies a softcap of 30 when the key is absent, so "none" must be written as 0.
+    w.add_final_logit_softcapping(float(cfg.final_logit_softcapping or 0.0))
+
+
+def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
+    cfg = ckpt.config
+    plans: list[_Planned] = []
+    if cfg.vocab_size < n_vocab:
+        raise ConversionError(f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and weights do not belong together")
+    for short, ref in ckpt.tensors.items():
+        name = gguf_tensor_name(short, cfg.num_hidden_layers)
+        rows = None
+        shape = ref.shape
+        if short == "embed_tokens.weight" and n_vocab < ref.shape[0]:
+            # Rows past the tokenizer's vocabulary are padding no token can reach.
+            rows, shape = n_vocab, (n_vocab, ref.shape[1])
+        t = qtype if len(shape) > 1 else GQT.F32   # norms and scalars stay F32, as llama.cpp expects
+        plans.append(_Planned(name, shape, t, _convert(ref, t, rows)))
+    if cfg.hidden_size_per_layer_input or cfg.partial_rotary_factor_full < 1.0:
+        freqs = rope_freqs(cfg)
+        plans.append(_Planned("rope_freqs.weight", freqs.shape, GQT.F32, lambda: iter([freqs])))
+    return plans
+
+
+def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = None) -> Path:
+    """Write ``ckpt`` as an unquantized GGUF (F32, F16 or BF16) at ``out``, atomically."""
+    qtype = FLOAT_TYPES[dtype.upper()]
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[ARCH])
+        try:
+            write_metadata(w, ckpt.config, name or ckpt.name, FILE_TYPES[qtype])
+            n_vocab = add_vocab(w, ckpt.path, ckpt.config.vocab_size)
+            plans = plan_tensors(ckpt, qtype, n_vocab)
+            for p in plans:
+                w.add_tensor_info(p.name, p.shape, np.dtype(np.float32 if p.qtype == GQT.F32 else np.float16),
+                                  p.nbytes, raw_dtype=p.qtype)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            with progress_bar(f"gguf {dtype}", sum(p.nbytes for p in plans)) as advance:
+                for p in plans:
+                    w.write_tensor_data(_Streamed(p.nbytes, p.chunks, advance))  # type: ignore[arg-type]
+        finally:
+            w.close()
+    log.info("wrote %s (%s, %.1f MB)", out.name, dtype, out.stat().st_size / 1e6)
+    return out
+
+
+def intermediate_dtype(ckpt: Checkpoint) -> str:
+    """The lossless unquantized type for a checkpoint: what llama.cpp quantizes from."""
+    dtypes = {r.dtype for r in ckpt.tensors.values() if len(r.shape) > 1}
+    return "BF16" if dtypes == {"BF16"} else "F16" if dtypes == {"F16"} else "F32"
+
+
+def build_artifact(ckpt: Checkpoint, recipe: Any, target: Any, out_dir: Path, cache: dict[str, Any]) -> Artifact:
+    """One GGUF artifact for ``recipe``: written directly if unquantized, else quantized by llama.cpp."""
+    from ..quantize import FLOAT_FTYPES, quantize
+
+    stem = f"{ckpt.name}-{recipe.quant}"
+    out = Path(out_dir) / f"{stem}.gguf"
+    if recipe.ftype in FLOAT_FTYPES and not recipe.overrides:
+        convert(ckpt, out, FLOAT_FTYPES[recipe.ftype], name=ckpt.name)
+    else:
+        src = cache.get("gguf_intermediate")
+        if src is None:
+            dtype = intermediate_dtype(ckpt)
+            src = Path(out_dir) / f".{ckpt.name}-{dtype}.intermediate.gguf"
+            convert(ckpt, src, dtype, name=ckpt.name)
+            cache["gguf_intermediate"] = src
+            cache.setdefault("_cleanup", []).append(lambda p=src: p.unlink(missing_ok=True))
+        quantize(src, out, recipe, threads=getattr(target, "threads", 0))
+    size, digest = artifact_digest(out)
+    return Artifact(file=out.name, format="gguf", quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest)

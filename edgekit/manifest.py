@@ -1,0 +1,126 @@
+"""The manifest: what a build produced, written last so its presence means the build finished.
+
+Converters and runners never import each other; they meet here. ``dist/<model>/<target>/manifest.json``
+lists each artifact (a file, or a folder for MLX) with its format, quant, bytes and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import sha256_file
+from .errors import ArtifactError
+from .fsutil import atomic_path
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+
+
+@dataclass
+class Artifact:
+    file: str          # relative to the manifest's folder
+    format: str        # "gguf" | "mlx"
+    quant: str         # "Q4_0", "F16", "4bit-g64", ...
+    recipe: str
+    bytes: int
+    sha256: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    model: str
+    target: str
+    source: dict[str, Any]
+    artifacts: list[Artifact]
+    recipes: dict[str, Any]
+    versions: dict[str, str]
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    schema: int = SCHEMA
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def artifact(self, file: str) -> Artifact:
+        for a in self.artifacts:
+            if a.file == file:
+                return a
+        raise ArtifactError(f"{file}: not listed in the manifest")
+
+
+def artifact_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256) of a file, or of a folder as sha256 over 'name:sha256' lines of its files."""
+    if path.is_file():
+        return path.stat().st_size, sha256_file(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        lines = "".join(f"{p.relative_to(path).as_posix()}:{sha256_file(p)}\n" for p in files)
+        return sum(p.stat().st_size for p in files), hashlib.sha256(lines.encode()).hexdigest()
+    raise ArtifactError(f"{path}: artifact missing; rebuild with `edgekit build`")
+
+
+def versions() -> dict[str, str]:
+    out = {"edgekit": __version__, "python": platform.python_version()}
+    for dist, key in (("gguf", "gguf"), ("llama-cpp-python", "llama-cpp-python"), ("mlx", "mlx"), ("mlx-lm", "mlx-lm")):
+        try:
+            out[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import llama_cpp  # noqa: F401  (the compiled llama.cpp build is identified by its system info)
+        out["llama.cpp"] = _llama_cpp_build()
+    except Exception:
+        pass
+    return out
+
+
+def _llama_cpp_build() -> str:
+    # llama-cpp-python vendors a fixed llama.cpp commit; its version pins it.
+    return "vendored-by-llama-cpp-python-" + metadata.version("llama-cpp-python")
+
+
+def format_manifest(folder: Path, manifest: Manifest) -> str:
+    """What `edgekit build` prints: one line per artifact (file, quant, size, sha256 prefix)."""
+    lines = [f"{folder}/{MANIFEST}"]
+    for a in manifest.artifacts:
+        lines.append(f"  {a.file:<48} {a.format:<5} {a.quant:<9} {a.bytes / 1e6:>9.1f} MB  sha256:{a.sha256[:12]}")
+    return "\n".join(lines)
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    path = Path(folder) / MANIFEST
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
+    return path
+
+
+def read_manifest(folder_or_file: Path) -> Manifest:
+    p = Path(folder_or_file)
+    path = p / MANIFEST if p.is_dir() else p
+    if not path.is_file():
+        raise ArtifactError(f"{p}: no {MANIFEST}; the build did not finish — run `edgekit build` again")
+    try:
+        raw = json.loads(path.read_text())
+        arts = [Artifact(**a) for a in raw.pop("artifacts")]
+        return Manifest(artifacts=arts, **raw)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ArtifactError(f"{path}: corrupt manifest ({e.__class__.__name__}); rebuild with `edgekit build`") from None
+
+
+def verify(folder: Path, manifest: Manifest | None = None) -> list[str]:
+    """Names of artifacts whose bytes or sha256 differ from the manifest (empty when all match)."""
+    manifest = manifest or read_manifest(folder)
+    bad = []
+    for a in manifest.artifacts:
+        p = Path(folder) / a.file
+        if not p.exists() or artifact_digest(p) != (a.bytes, a.sha256):
+            bad.append(a.file)
+    return bad

@@ -1,0 +1,87 @@
+"""Quantization by llama.cpp itself (``llama_model_quantize``), honouring a recipe's tensor overrides.
+
+It runs in a child process: a C++ abort or crash inside llama.cpp becomes a clean error instead of
+killing the build, Ctrl-C stops it at once (the parent removes the partial file), and the child's
+own peak memory is the quantizer's, not the converter's.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .errors import ConfigError, EngineMissingError, QuantizeError
+from .fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+# Unquantized recipes are written by the converter directly, no llama.cpp pass.
+FLOAT_FTYPES = {"ALL_F32": "F32", "MOSTLY_F16": "F16", "MOSTLY_BF16": "BF16"}
+# Rows kept in memory at once by the quantizer: slabs keep its peak far below one PLE table.
+MAX_BUF_BYTES = 256 << 20
+
+
+def ggml_type(name: str) -> int:
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise ConfigError(f"unknown tensor type {name!r} in a recipe override; use a ggml type such as q8_0, q6_k, q4_0, f16") from None
+
+
+def llama_ftype(name: str) -> int:
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_{name.upper()}", None)
+    if value is None:
+        raise ConfigError(f"unknown llama ftype {name!r}; use e.g. MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_Q4_K_M")
+    return int(value)
+
+
+def _child(src: str, dst: str, ftype: int, overrides: list[tuple[str, int]], threads: int) -> None:
+    import ctypes
+
+    import llama_cpp
+
+    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), ctypes.c_void_p())
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.max_buf_size = MAX_BUF_BYTES
+    if overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+        for i, (pattern, t) in enumerate(overrides):
+            arr[i].pattern = pattern.encode()
+            arr[i].type = t
+        arr[len(overrides)].pattern = None
+        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    raise SystemExit(0 if rc == 0 else 2)
+
+
+def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
+    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise EngineMissingError("llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]") from None
+    ftype = llama_ftype(recipe.ftype)
+    overrides = [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
+    with atomic_path(Path(out)) as tmp:
+        ctx = mp.get_context("spawn")
+        proc = ctx.Process(target=_child, args=(str(src), str(tmp), ftype, overrides, max(threads, 0)), daemon=True)
+        proc.start()
+        try:
+            proc.join()
+        except BaseException:
+            proc.kill()
+            proc.join()
+            raise
+        if proc.exitcode != 0 or not tmp.is_file():
+            how = f"exit code {proc.exitcode}" if (proc.exitcode or 0) >= 0 else f"signal {-proc.exitcode}"
+            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how}); run with -v for llama.cpp's log")
+    log.info("quantized %s → %s", src.name, Path(out).name)
+    return Path(out)
