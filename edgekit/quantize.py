@@ -41,12 +41,18 @@ def llama_ftype(name: str) -> int:
     return int(value)
 
 
-def _child(src: str, dst: str, ftype: int, overrides: list[tuple[str, int]], threads: int) -> None:
+_SILENT_LOG = None  # the ctypes callback must outlive every llama.cpp log call, so it lives here
+
+
+def _child(src: str, dst: str, ftype: int, overrides: list[tuple[str, int]], threads: int, verbose: bool) -> None:
     import ctypes
 
     import llama_cpp
 
-    llama_cpp.llama_log_set(llama_cpp.llama_log_callback(lambda *a: None), ctypes.c_void_p())
+    global _SILENT_LOG
+    if not verbose:
+        _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(_SILENT_LOG, ctypes.c_void_p())
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads
@@ -72,7 +78,8 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
     overrides = [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
     with atomic_path(Path(out)) as tmp:
         ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=_child, args=(str(src), str(tmp), ftype, overrides, max(threads, 0)), daemon=True)
+        proc = ctx.Process(target=_child, args=(str(src), str(tmp), ftype, overrides, max(threads, 0),
+                                                        log.isEnabledFor(logging.DEBUG)), daemon=True)
         proc.start()
         try:
             proc.join()

@@ -97,13 +97,19 @@ def hf_config(preset: str, softcap: bool = True) -> dict[str, Any]:
 
 def _std(name: str, shape: tuple[int, ...], cfg: Gemma4TextConfig) -> tuple[float, float]:
     """(mean, std) per tensor kind: norms near 1 (Gemma 4 norms multiply by the weight as is),
-    linears 1/sqrt(fan_in), embeddings sized so logits span a realistic ≈±15."""
+    linears 1/sqrt(fan_in), embeddings sized so logits span ≈15 like a trained model."""
     if name.endswith("layer_scalar"):
-        return 1.0, 0.0
+        return 1.0, 0.0  # llama.cpp scales the whole residual stream by it, every layer
+    if name.endswith(("q_norm.weight", "k_norm.weight")):
+        # Gemma 4 attends with scale 1.0 after QK-norm: unit norms give scores with std ≈ sqrt(head_dim),
+        # a near-hard argmax that turns rounding noise into different attended keys. Trained models
+        # learn small QK-norm weights; these keep scores at std ≈ 2.
+        hd = shape[0]
+        return float((2.0 / np.sqrt(hd)) ** 0.5), 0.02
     if len(shape) == 1:
         return 1.0, 0.1
     if name.endswith("embed_tokens.weight"):
-        return 0.0, 1.0 / np.sqrt(cfg.hidden_size) * 4.0
+        return 0.0, 1.5 / np.sqrt(cfg.hidden_size)
     if name.endswith("embed_tokens_per_layer.weight"):
         return 0.0, 1.0
     return 0.0, 1.0 / np.sqrt(shape[1])

@@ -48,8 +48,14 @@ def hf_model(ckpt_dir: Path, emulate_ggml_gelu: bool = True):
     assert not unexpected, unexpected
     assert not [m for m in missing if not m.endswith("rotary_emb.inv_freq")], missing
     if emulate_ggml_gelu:
+        class GgmlGelu(torch.nn.Module):
+            def forward(self, x):
+                return ggml_gelu(x)
+
         for layer in model.model.layers:
-            layer.mlp.act_fn = ggml_gelu
+            layer.mlp.act_fn = GgmlGelu()
+            if hasattr(layer, "act_fn"):  # the per-layer-embedding gate's GELU
+                layer.act_fn = GgmlGelu()
     return model
 
 
