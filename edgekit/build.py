@@ -10,6 +10,7 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .errors import ConfigError
 from .formats import FORMATS
+from .fsutil import output_error
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
 from .targets import TARGETS
@@ -36,7 +37,10 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise output_error(Path(out), e) from None
     # A stale manifest from an earlier build must not vouch for files this build is replacing.
     (folder / MANIFEST).unlink(missing_ok=True)
     cache: dict[str, Any] = {}

@@ -21,7 +21,9 @@ def output_error(path: Path, e: OSError) -> OutputError:
         return OutputError(f"{path}: no space left on the device; free space or pass --out on a larger disk")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError(f"{path}: not writable ({e.strerror}); pass --out with a folder you can write")
-    return OutputError(f"{path}: cannot write ({e.strerror or e})")
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return OutputError(f"{path}: a file stands where a folder is needed; pass --out with a folder path")
+    return OutputError(f"{path}: cannot write ({e.strerror or e}); pass --out with a folder you can write")
 
 
 @contextmanager

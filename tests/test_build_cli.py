@@ -1,0 +1,166 @@
+"""`edgekit build` end to end through the CLI: the manifest, and every kind of bad input.
+
+Each failure must be one line on stderr, a non-zero exit, and nothing left that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit.checkpoint import sha256_file
+from edgekit.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def leftovers(root) -> list[str]:
+    """Files a user could mistake for output: anything but folders."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture()
+def ckpt_copy(tiny_ckpt, tmp_path):
+    dst = tmp_path / "tiny-gemma4"
+    shutil.copytree(tiny_ckpt, dst)
+    return dst
+
+
+def test_build_writes_manifest_last_with_hashes(tiny_ckpt, tmp_path):
+    res = run("build", "--model", str(tiny_ckpt), "--target", "pi5", "--quant", "q8_0,q4_0", "--out", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "tiny-gemma4" / "pi5"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [a["quant"] for a in manifest["artifacts"]] == ["Q8_0", "Q4_0"]
+    for a in manifest["artifacts"]:
+        p = folder / a["file"]
+        assert a["format"] == "gguf" and a["bytes"] == p.stat().st_size and a["sha256"] == sha256_file(p)
+        assert a["sha256"][:12] in res.stdout and a["file"] in res.stdout
+    assert manifest["target"] == "pi5" and manifest["recipes"]["q4_0"]["ftype"] == "MOSTLY_Q4_0"
+    assert manifest["source"]["files"]["config.json"] == sha256_file(tiny_ckpt / "config.json")
+    assert {"edgekit", "gguf", "llama-cpp-python"} <= set(manifest["versions"])
+    # Only the artifacts and the manifest: the intermediate unquantized file is gone.
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", "tiny-gemma4-Q8_0.gguf", "tiny-gemma4-Q4_0.gguf"])
+
+
+def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path):
+    from edgekit.targets import TARGETS
+
+    res = run("build", "-m", str(tiny_ckpt), "-t", "pi5", "-o", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "tiny-gemma4" / "pi5" / "manifest.json").read_text())
+    assert [a["recipe"] for a in manifest["artifacts"]] == list(TARGETS.get("pi5").quants)
+
+
+def test_missing_config(ckpt_copy, tmp_path):
+    (ckpt_copy / "config.json").unlink()
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1
+    assert res.stderr == (f"edgekit: error: {ckpt_copy}: no config.json; a Hugging Face checkpoint folder "
+                          "has config.json beside its .safetensors\n")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_not_gemma4(ckpt_copy, tmp_path):
+    cfg = json.loads((ckpt_copy / "config.json").read_text())
+    cfg["model_type"] = "llama"
+    (ckpt_copy / "config.json").write_text(json.dumps(cfg))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1
+    assert res.stderr == (f"edgekit: error: {ckpt_copy / 'config.json'}: model_type is 'llama', not a Gemma 4 "
+                          "checkpoint (expected 'gemma4' or 'gemma4_text')\n")
+
+
+def test_truncated_safetensors(ckpt_copy, tmp_path):
+    shard = next(ckpt_copy.glob("*.safetensors"))
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size - 1000)
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1
+    line = res.stderr.strip()
+    assert "\n" not in line and line.startswith(f"edgekit: error: {shard.name}: truncated ({size - 1000} bytes")
+    assert line.endswith("fetch the file again")
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_missing_tokenizer(ckpt_copy, tmp_path):
+    (ckpt_copy / "tokenizer.json").unlink()
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1
+    assert res.stderr == (f"edgekit: error: {ckpt_copy}: no tokenizer.json; copy the tokenizer files "
+                          "from the original checkpoint\n")
+
+
+def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
+    res = run("build", "-m", str(tiny_ckpt), "-t", "pi4", "-o", str(tmp_path))
+    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown target 'pi4'; choose one of: ")
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "-o", str(tmp_path))
+    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q3_k'; choose one of: ")
+
+
+def test_hub_id_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "-o", str(tmp_path / "out"))
+    assert res.exit_code == 1
+    assert res.stderr == ("edgekit: error: google/gemma-4-E2B-it: the hub cannot be reached and the model is not "
+                          "in the local cache; download it where you are online, or pass a local directory\n")
+
+
+def test_unwritable_output(tiny_ckpt, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(blocker / "out"))
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"edgekit: error: {blocker / 'out'}") and res.stderr.count("\n") == 1
+    assert "pass --out" in res.stderr
+
+
+def test_full_disk(tiny_ckpt, tmp_path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("needs root to mount a 2 MB tmpfs")
+    try:
+        res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(mnt))
+        assert res.exit_code == 1
+        assert res.stderr.endswith("no space left on the device; free space or pass --out on a larger disk\n")
+        assert leftovers(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypatch):
+    from edgekit import checkpoint
+
+    out = tmp_path / "out"
+    assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(out)).exit_code == 0
+    folder = out / "tiny-gemma4" / "pi5"
+    assert (folder / "manifest.json").is_file()
+
+    calls = {"n": 0}
+    real = checkpoint.TensorRef.raw_chunks
+
+    def interrupted(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 40:  # part-way through the tensor stream
+            raise KeyboardInterrupt
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.TensorRef, "raw_chunks", interrupted)
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "-o", str(out))
+    assert res.exit_code == 130
+    assert res.stderr == "edgekit: interrupted; partial files were removed\n"
+    # The earlier build's manifest no longer vouches for a folder being rewritten, and no temp file stays.
+    names = [p.name for p in folder.iterdir()]
+    assert "manifest.json" not in names and not [n for n in names if n.startswith(".")]
