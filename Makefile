@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup demo test bench-build clean
+.PHONY: setup demo test bench-build bench-runner clean
 
 setup: $(STAMP)
 
@@ -24,12 +24,16 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/edgekit synth --preset tiny --out .cache/models/tiny-gemma4
 	$(BIN)/edgekit build --model .cache/models/tiny-gemma4 --target pi5 --out dist
+	$(BIN)/edgekit bench dist/tiny-gemma4/pi5 -p 512 -n 128 -r 3
 
 test: setup
 	$(BIN)/python -m pytest -q
 
 bench-build: setup
 	$(BIN)/python benchmarks/build_vs_llamacpp.py
+
+bench-runner: setup
+	$(BIN)/python benchmarks/runner_overhead.py
 
 clean:
 	rm -rf dist .cache .pytest_cache

@@ -95,5 +95,49 @@ def recipes() -> None:
         typer.echo(f"{name}\t{r.format}\t{r.quant}\t{r.description}")
 
 
+@app.command()
+def bench(
+    path: Path = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder with manifest.json."),
+    n_prompt: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens (pp<p>, TTFT)."),
+    n_gen: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens (tg<n>)."),
+    reps: int = typer.Option(5, "-r", "--reps", help="Measured repetitions after one warm-up."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's, else p + n."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target profile (knobs, budget). Default: the manifest's."),
+    output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
+    db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
+    no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
+    no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+) -> None:
+    """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
+    from .bench import BenchOptions, bench as run, check_budget
+    from .errors import ConfigError
+    from .results import PRINTERS, Store
+
+    if output not in PRINTERS:
+        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+    records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
+                                     target=target, device=device, verbose=verbose))
+    if not no_store:
+        with Store(db) as store:
+            store.append(records)
+    typer.echo(PRINTERS[output](records), nl=False)
+    for msg in check_budget(records, enforce=not no_gate):
+        typer.echo(f"edgekit: warning: over budget: {msg}", err=True)
+
+
+@app.command()
+def report(
+    db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.md and the PNG plots."),
+) -> None:
+    """Write a markdown report with plots (decode t/s vs peak RAM, TTFT) from the results store."""
+    from .report import write_report
+
+    typer.echo(str(write_report(db, out)))
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()

@@ -1,0 +1,164 @@
+"""How much does edgekit's runner cost? `edgekit bench` against the engines' own benchmarks, same run.
+
+    python benchmarks/runner_overhead.py [--gguf F] [--mlx DIR] [-p 128] [-n 32] [-r 5] [--threads 2]
+
+* llama.cpp: llama-bench, built once by this script from the llama-cpp-python sdist's vendored
+  llama.cpp (the commit edgekit's runner links against) into .cache/llama.cpp-tools/ (≈5 min on 2
+  cores; GGML_NATIVE=OFF on x86_64, like the pip build), on the same GGUF, threads and lengths.
+* MLX: `python -m mlx_lm benchmark` on the same MLX folder. Its prompt_tps is tokens / time to first
+  token (our TTFT), and its generation_tps is measured after the prompt.
+Without --gguf/--mlx, a tiny random Gemma 4 is synthesized and built (q4_0 for pi5, mlx-4bit).
+Tiny models make per-token overhead as visible as it can be: on real sizes the ratio is closer to 1.
+Rounds alternate the tools (edgekit, engine, edgekit, ...) so a busy machine hurts both alike.
+Prints tg and pp ratios (edgekit ÷ engine; goal ≥ 0.98). Not a test: the figures depend on the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CACHE = ROOT / ".cache"
+
+
+def llama_cpp_source() -> Path:
+    """The vendored llama.cpp of the installed llama-cpp-python: $LLAMA_CPP_SRC, /work/sdist, or pip download."""
+    version = metadata.version("llama-cpp-python")
+    for cand in (os.environ.get("LLAMA_CPP_SRC"), f"/work/sdist/llama_cpp_python-{version}/vendor/llama.cpp",
+                 CACHE / "sdist" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"):
+        if cand and (Path(cand) / "CMakeLists.txt").exists():
+            return Path(cand)
+    (CACHE / "sdist").mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                    f"llama-cpp-python=={version}", "-d", str(CACHE / "sdist")], check=True)
+    subprocess.run(["tar", "-xzf", str(CACHE / "sdist" / f"llama_cpp_python-{version}.tar.gz"), "-C",
+                    str(CACHE / "sdist")], check=True)
+    return CACHE / "sdist" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
+
+
+def build_llama_bench() -> Path:
+    version = metadata.version("llama-cpp-python")
+    build = CACHE / "llama.cpp-tools" / version
+    exe = build / "bin" / "llama-bench"
+    if exe.exists():
+        return exe
+    src = llama_cpp_source()
+    args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_UI=OFF"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        args.append("-DGGML_NATIVE=OFF")  # as the pip build here: the native build crashes in ggml's AMX path
+    print(f"building llama-bench from {src} into {build} (one time, ≈5 min)...", file=sys.stderr)
+    gen = ["-G", "Ninja"] if subprocess.run(["which", "ninja"], capture_output=True).returncode == 0 else []
+    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *gen, *args], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(os.cpu_count() or 2)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return exe
+
+
+def artifacts(workdir: Path) -> tuple[Path, Path]:
+    from edgekit.build import build
+    from edgekit.synth import synth
+
+    ckpt = workdir / "tiny-gemma4"
+    if not (ckpt / "config.json").exists():
+        synth(ckpt, preset="tiny", seed=0)
+    gguf_dir = workdir / "dist" / "tiny-gemma4" / "pi5"
+    if not (gguf_dir / "manifest.json").exists():
+        gguf_dir = build(str(ckpt), target="pi5", quants=["q4_0"], out=workdir / "dist")
+    mlx_dir = workdir / "dist" / "tiny-gemma4" / "m4"
+    if not (mlx_dir / "manifest.json").exists():
+        mlx_dir = build(str(ckpt), target="m4", quants=["mlx-4bit"], out=workdir / "dist")
+    return next(gguf_dir.glob("*.gguf")), next(p for p in mlx_dir.iterdir() if p.is_dir())
+
+
+def edgekit_run(path: Path, p: int, n: int, reps: int, threads: int | None) -> dict[str, float]:
+    from edgekit.bench import BenchOptions, bench
+
+    (r,) = bench(path, BenchOptions(n_prompt=p, n_gen=n, reps=reps, threads=threads, ctx=p + n, roofline=False))
+    return {"pp": r.pp_tps, "tg": r.tg_tps, "pp_sd": r.pp_tps_sd, "tg_sd": r.tg_tps_sd, "ttft_ms": r.ttft_ms}
+
+
+def llama_bench_run(exe: Path, gguf: Path, p: int, n: int, reps: int, threads: int) -> dict[str, float]:
+    out = subprocess.run([str(exe), "-m", str(gguf), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
+                          "-o", "json"], check=True, capture_output=True, text=True).stdout
+    res = {}
+    for row in json.loads(out):
+        key = "pp" if row["n_gen"] == 0 else "tg"
+        res[key], res[key + "_sd"] = row["avg_ts"], row["stddev_ts"]
+    return res
+
+
+def mlx_bench_run(folder: Path, p: int, n: int, reps: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(folder), "-p", str(p),
+                          "-g", str(n), "-n", str(reps)], check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+), peak_memory=([\d.]+)", out)
+    if not m:
+        raise SystemExit(f"unexpected mlx_lm benchmark output:\n{out}")
+    return {"pp": float(m[1]), "tg": float(m[2]), "peak_gb": float(m[3])}
+
+
+def compare(name: str, ours: list[dict], theirs: list[dict], p: int, n: int, engine: str, pp_key: str = "pp") -> None:
+    def avg(runs: list[dict], k: str) -> float:
+        return statistics.fmean(r[k] for r in runs)
+
+    print(f"\n{name}  (mean over {len(ours)} alternating rounds)")
+    print(f"  {'':10} {'edgekit':>12} {engine:>14} {'ratio':>7}")
+    for label, ok, tk in ((f"pp{p} t/s", pp_key, "pp"), (f"tg{n} t/s", "tg", "tg")):
+        a, b = avg(ours, ok), avg(theirs, tk)
+        print(f"  {label:10} {a:12.2f} {b:14.2f} {a / b:7.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gguf", type=Path)
+    ap.add_argument("--mlx", type=Path)
+    ap.add_argument("-p", type=int, default=128)
+    ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("-r", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--mlx-p", type=int, default=16, help="MLX on x86 CPU is slow: shorter lengths")
+    ap.add_argument("--mlx-n", type=int, default=8)
+    ap.add_argument("--mlx-r", type=int, default=3)
+    ap.add_argument("--skip-mlx", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
+
+    gguf, mlx = a.gguf, a.mlx
+    if gguf is None or (mlx is None and not a.skip_mlx):
+        g, m = artifacts(CACHE / "bench" / "runner_overhead")
+        gguf, mlx = gguf or g, mlx or m
+    exe = build_llama_bench()
+    print(f"host: {platform.machine()}, {os.cpu_count()} cpus; llama-cpp-python {metadata.version('llama-cpp-python')}")
+
+    ours, theirs = [], []
+    for _ in range(a.rounds):
+        ours.append(edgekit_run(gguf, a.p, a.n, a.r, a.threads))
+        theirs.append(llama_bench_run(exe, gguf, a.p, a.n, a.r, a.threads))
+    compare(f"llama.cpp: {gguf.name}, {a.threads} threads, -p {a.p} -n {a.n} -r {a.r}", ours, theirs, a.p, a.n, "llama-bench")
+
+    if not a.skip_mlx:
+        ours, theirs = [], []
+        for _ in range(a.rounds):
+            ours.append(edgekit_run(mlx, a.mlx_p, a.mlx_n, a.mlx_r, None))
+            theirs.append(mlx_bench_run(mlx, a.mlx_p, a.mlx_n, a.mlx_r))
+        # mlx_lm's prompt_tps is prompt tokens / time to first token: compare it with ours from TTFT.
+        for o in ours:
+            o["pp_from_ttft"] = a.mlx_p / (o["ttft_ms"] / 1e3)
+        compare(f"MLX: {mlx.name}, -p {a.mlx_p} -n {a.mlx_n} -r {a.mlx_r}", ours, theirs, a.mlx_p, a.mlx_n,
+                "mlx_lm.benchmark", pp_key="pp_from_ttft")
+
+
+if __name__ == "__main__":
+    main()

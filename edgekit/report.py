@@ -1,0 +1,109 @@
+"""A markdown report with PNG plots from the results store (matplotlib, Agg backend: no display needed).
+
+The latest record per (device, artifact sha256, engine, threads, ctx, lengths) is reported, so
+re-running a bench updates the report instead of piling up rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from .errors import EngineMissingError, OutputError
+from .fsutil import atomic_path
+from .results import MB, Record, Store, to_markdown
+
+
+def latest(records: list[Record]) -> list[Record]:
+    seen: dict[tuple, Record] = {}
+    for r in records:  # in store order, so later rows replace earlier ones
+        seen[(r.device, r.sha256, r.engine, r.threads, r.ctx, r.n_prompt, r.n_gen)] = r
+    return list(seen.values())
+
+
+def _label(r: Record) -> str:
+    return f"{r.artifact} ({r.engine}, {r.device})"
+
+
+def plot_tg_vs_peak(records: list[Record], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for dev in sorted({r.device for r in records}):
+        rs = [r for r in records if r.device == dev]
+        ax.errorbar([r.peak_rss_bytes / MB for r in rs], [r.tg_tps for r in rs], yerr=[r.tg_tps_sd for r in rs],
+                    fmt="o", capsize=3, label=dev)
+        for r in rs:
+            ax.annotate(f"{r.quant} {r.engine}", (r.peak_rss_bytes / MB, r.tg_tps), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")
+    for b in sorted({r.budget_bytes for r in records if r.budget_bytes}):
+        ax.axvline(b / MB, color="red", linestyle="--", linewidth=1)
+        ax.annotate(f"budget {b / MB:.0f} MB", (b / MB, ax.get_ylim()[1]), color="red", fontsize=7,
+                    rotation=90, va="top", ha="right")
+    ax.set_xlabel("peak RSS (MB)")
+    ax.set_ylabel("decode (tg) tokens/s")
+    ax.set_title("Decode speed against peak memory, per artifact and device")
+    ax.grid(alpha=0.3)
+    ax.legend(title="device", fontsize=8)
+    return _save(fig, out)
+
+
+def plot_ttft(records: list[Record], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(records) + 1.5))
+    ys = range(len(records))
+    ax.barh(list(ys), [r.ttft_ms for r in records], xerr=[r.ttft_ms_sd for r in records], capsize=3)
+    ax.set_yticks(list(ys), [f"{_label(r)} p={r.n_prompt}" for r in records], fontsize=7)
+    ax.set_xlabel("time to first token (ms)")
+    ax.set_title("TTFT per artifact")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)
+
+
+def _save(fig, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return out
+
+
+def write_report(db: Optional[Path], out: Path) -> Path:
+    """Write OUT/report.md, OUT/tg_vs_peak.png and OUT/ttft.png; return the markdown's path."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise EngineMissingError("matplotlib is not installed; `pip install 'edgekit[report]'`") from None
+    with Store(db) as store:
+        records, where = latest(store.records()), store.path
+    if not records:
+        raise OutputError(f"{where}: the results store holds no records; run `edgekit bench` first")
+    out = Path(out)
+    plot_tg_vs_peak(records, out / "tg_vs_peak.png")
+    plot_ttft(records, out / "ttft.png")
+    devices = sorted({r.device for r in records})
+    hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
+    text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` "
+            f"(latest per device, artifact, engine, threads, context and lengths).\n\n"
+            f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
+            "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
+    md = out / "report.md"
+    with atomic_path(md) as tmp:
+        tmp.write_text(text)
+    return md
+
+
+def _host_line(r: Record) -> str:
+    h = r.host
+    ram = f"{h['ram_bytes'] / 1e9:.1f} GB RAM" if h.get("ram_bytes") else "RAM unknown"
+    return (f"{h.get('cpu', '?')}, {h.get('cores_physical', '?')} cores, {ram}, {h.get('os', '?')}; "
+            f"edgekit {r.edgekit_version}")

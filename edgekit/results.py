@@ -1,0 +1,345 @@
+"""Bench records: the Record dataclass, the SQLite store, and printers (md, csv, json, jsonl) with parsers.
+
+csv, json and jsonl carry every field and parse back to equal Records. Markdown is for people: it
+shows the headline figures at printed precision, and ``parse_markdown`` reads those columns back.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import socket
+import sqlite3
+import subprocess
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+from .errors import OutputError
+
+MB = 1e6  # memory in decimal MB, the unit of the targets' budgets (1.5 GB = 1.5e9 bytes)
+
+
+@dataclass
+class Record:
+    # what was measured
+    artifact: str                # file or folder name as the manifest lists it
+    model: str
+    format: str                  # gguf | mlx
+    quant: str
+    engine: str                  # llama.cpp | mlx
+    sha256: str
+    file_bytes: int
+    device: str                  # hostname unless the lab names it
+    target: str                  # target profile whose knobs and budget applied ("" for none)
+    # how
+    threads: Optional[int]       # None where the engine has no thread knob (MLX)
+    ctx: int
+    n_prompt: int
+    n_gen: int
+    reps: int
+    # figures (mean and sample sd over reps; raw samples in `samples`)
+    load_ms: float
+    ttft_ms: float
+    ttft_ms_sd: float
+    pp_tps: float
+    pp_tps_sd: float
+    tg_tps: float
+    tg_tps_sd: float
+    peak_rss_bytes: int
+    peak_anon_bytes: Optional[int] = None
+    peak_file_bytes: Optional[int] = None
+    phys_footprint_bytes: Optional[int] = None
+    mlx_peak_bytes: Optional[int] = None
+    kv_cache_bytes: Optional[int] = None
+    compute_buffer_bytes: Optional[int] = None
+    # roofline: weights read per decoded token vs this host's measured read bandwidth
+    bytes_per_token: Optional[int] = None
+    host_read_gbs: Optional[float] = None
+    achieved_gbs: Optional[float] = None
+    roofline_pct: Optional[float] = None
+    predicted_tg_tps: Optional[float] = None   # a prediction from the target's bandwidth, not a measurement
+    budget_bytes: Optional[int] = None
+    # provenance
+    timestamp: str = ""
+    edgekit_version: str = ""
+    engine_version: str = ""
+    host: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Record":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    @property
+    def over_budget_bytes(self) -> Optional[int]:
+        return None if self.budget_bytes is None else self.peak_rss_bytes - self.budget_bytes
+
+
+_HINTS = typing.get_type_hints(Record)
+
+
+def _kind(name: str) -> type:
+    """The field's base type: int, float, str, dict or list (Optional unwrapped)."""
+    t = _HINTS[name]
+    if typing.get_origin(t) is typing.Union:
+        t = next(a for a in typing.get_args(t) if a is not type(None))
+    return typing.get_origin(t) or t
+
+
+# ---------------------------------------------------------------- provenance
+
+def cpu_model() -> str:
+    if platform.system() == "Darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or platform.machine()
+        except (OSError, subprocess.SubprocessError):
+            return platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            # x86 says "model name"; ARM kernels often only "Model" (the board) or nothing useful.
+            if line.split(":")[0].strip() in ("model name", "Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> dict[str, Any]:
+    import psutil
+
+    return {"cpu": cpu_model(), "cores_physical": psutil.cpu_count(logical=False),
+            "cores_logical": psutil.cpu_count(logical=True), "ram_bytes": psutil.virtual_memory().total,
+            "os": platform.platform(), "machine": platform.machine(), "hostname": socket.gethostname()}
+
+
+# ---------------------------------------------------------------- printers and parsers
+
+def to_jsonl(records: Iterable[Record]) -> str:
+    return "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
+
+
+def parse_jsonl(text: str) -> list[Record]:
+    return [Record.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def to_json(records: Iterable[Record]) -> str:
+    return json.dumps([r.to_json() for r in records], indent=2, sort_keys=True) + "\n"
+
+
+def parse_json(text: str) -> list[Record]:
+    return [Record.from_json(d) for d in json.loads(text)]
+
+
+def to_csv(records: Iterable[Record]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = [f.name for f in fields(Record)]
+    w.writerow(names)
+    for r in records:
+        d = r.to_json()
+        w.writerow(["" if d[n] is None else json.dumps(d[n], sort_keys=True) if isinstance(d[n], (dict, list))
+                    else repr(d[n]) if isinstance(d[n], float) else d[n] for n in names])
+    return buf.getvalue()
+
+
+def parse_csv(text: str) -> list[Record]:
+    out = []
+    for row in csv.DictReader(io.StringIO(text)):
+        d: dict[str, Any] = {}
+        for k, v in row.items():
+            kind = _kind(k)
+            if v == "" and kind is not str:
+                d[k] = None
+            elif kind in (dict, list):
+                d[k] = json.loads(v)
+            else:
+                d[k] = kind(v)
+        out.append(Record.from_json(d))
+    return out
+
+
+# Markdown columns: header, value getter (None shows as "-"), decimals. pp/tg headers carry the lengths.
+def _mb(x: Optional[int]) -> Optional[float]:
+    return None if x is None else x / MB
+
+
+# (header, value getter, decimals (-1: text), shown only when some record has a value)
+_MD: list[tuple[str, Callable[[Record], Any], int, bool]] = [
+    ("artifact", lambda r: r.artifact, -1, False),
+    ("quant", lambda r: r.quant, -1, False),
+    ("engine", lambda r: r.engine, -1, False),
+    ("device", lambda r: r.device, -1, False),
+    ("threads", lambda r: r.threads, 0, False),
+    ("ctx", lambda r: r.ctx, 0, False),
+    ("size MB", lambda r: _mb(r.file_bytes), 1, False),
+    ("load ms", lambda r: r.load_ms, 1, False),
+    ("TTFT ms", lambda r: (r.ttft_ms, r.ttft_ms_sd), 2, False),
+    ("pp t/s", lambda r: (r.pp_tps, r.pp_tps_sd), 2, False),
+    ("tg t/s", lambda r: (r.tg_tps, r.tg_tps_sd), 2, False),
+    ("peak RSS MB", lambda r: _mb(r.peak_rss_bytes), 1, False),
+    ("anon MB", lambda r: _mb(r.peak_anon_bytes), 1, True),
+    ("file MB", lambda r: _mb(r.peak_file_bytes), 1, True),
+    ("footprint MB", lambda r: _mb(r.phys_footprint_bytes), 1, True),
+    ("MLX peak MB", lambda r: _mb(r.mlx_peak_bytes), 1, True),
+    ("KV MB", lambda r: _mb(r.kv_cache_bytes), 2, True),
+    ("compute MB", lambda r: _mb(r.compute_buffer_bytes), 2, True),
+    ("roofline %", lambda r: r.roofline_pct, 1, True),
+    ("predicted tg t/s", lambda r: r.predicted_tg_tps, 1, True),
+    ("budget MB", lambda r: _mb(r.budget_bytes), 0, True),
+]
+
+
+def _fmt(v: Any, dec: int) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, tuple):
+        return f"{v[0]:.{dec}f} ± {v[1]:.{dec}f}"
+    if dec < 0:
+        return str(v).replace("|", "\\|")
+    return f"{v:.{dec}f}"
+
+
+def _header(h: str, r: Record) -> str:
+    return {"pp t/s": f"pp{r.n_prompt} t/s", "tg t/s": f"tg{r.n_gen} t/s"}.get(h, h)
+
+
+def to_markdown(records: Iterable[Record]) -> str:
+    """One table per (prompt, generation) lengths, llama-bench's pp<p>/tg<n> names in the headers."""
+    groups: dict[tuple[int, int], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.n_prompt, r.n_gen), []).append(r)
+    out = []
+    for rs in groups.values():
+        cols = [c for c in _MD if not c[3] or any(c[1](r) is not None for r in rs)]
+        lines = ["| " + " | ".join(_header(h, rs[0]) for h, *_ in cols) + " |",
+                 "|" + "|".join("---" if d < 0 else "---:" for _, _, d, _ in cols) + "|"]
+        lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d, _ in cols) + " |" for r in rs]
+        out.append("\n".join(lines))
+    note = ("mean ± sd over the repetitions; MB = 1e6 bytes; anon/file: the peak's anonymous vs file-backed "
+            "(mmap'd) part; roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth; "
+            "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement")
+    return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
+
+
+def parse_markdown(text: str) -> list[dict[str, Any]]:
+    """Rows of every table as {header: value}; numbers as floats, "a ± b" as (a, b), "-" as None."""
+    rows: list[dict[str, Any]] = []
+    heads: list[str] = []
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            heads = []
+            continue
+        cells = [c.strip().replace("\\|", "|") for c in _split_row(line)]
+        if not heads:
+            heads = cells
+        elif not all(set(c) <= set("-:") for c in cells):
+            rows.append({h: _cell(c) for h, c in zip(heads, cells)})
+    return rows
+
+
+def _split_row(line: str) -> list[str]:
+    parts, cur, esc = [], "", False
+    for ch in line.strip()[1:-1]:
+        if ch == "|" and not esc:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+        esc = ch == "\\"
+    return parts + [cur]
+
+
+def _cell(c: str) -> Any:
+    if c == "-":
+        return None
+    if " ± " in c:
+        a, b = c.split(" ± ")
+        return float(a), float(b)
+    try:
+        return float(c)
+    except ValueError:
+        return c
+
+
+PRINTERS: dict[str, Callable[[Iterable[Record]], str]] = {"md": to_markdown, "csv": to_csv, "json": to_json,
+                                                           "jsonl": to_jsonl}
+PARSERS: dict[str, Callable[[str], list[Any]]] = {"md": parse_markdown, "csv": parse_csv, "json": parse_json,
+                                                   "jsonl": parse_jsonl}
+
+
+# ---------------------------------------------------------------- store
+
+def default_db() -> Path:
+    """$EDGEKIT_DB, else $XDG_DATA_HOME/edgekit/results.db (~/.local/share/edgekit/results.db)."""
+    if os.environ.get("EDGEKIT_DB"):
+        return Path(os.environ["EDGEKIT_DB"]).expanduser()
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "edgekit" / "results.db"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL, device TEXT NOT NULL, artifact TEXT NOT NULL, sha256 TEXT NOT NULL,
+    engine TEXT NOT NULL, quant TEXT NOT NULL, data TEXT NOT NULL
+)"""
+
+
+class Store:
+    """Append-only SQLite store. WAL lets readers run beside a writer; each append is one
+    ``BEGIN IMMEDIATE`` transaction, and the busy timeout makes a second writer wait its turn
+    instead of failing, so concurrent bench processes keep every row."""
+
+    def __init__(self, path: Optional[Path] = None, timeout_s: float = 60.0):
+        self.path = Path(path) if path else default_db()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            self.db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise OutputError(f"{self.path}: cannot open the results store ({e}); pass --db with a writable path") from None
+
+    def append(self, records: Iterable[Record]) -> int:
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, json.dumps(r.to_json(), sort_keys=True))
+                for r in records]
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
+        return len(rows)
+
+    def records(self) -> list[Record]:
+        try:
+            rows = self.db.execute("SELECT data FROM records ORDER BY id").fetchall()
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: unreadable results store ({e})") from None
+        return [Record.from_json(json.loads(d)) for (d,) in rows]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

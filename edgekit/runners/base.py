@@ -1,0 +1,127 @@
+"""What every engine runner provides, and the timing loop shared by all of them.
+
+A runner only says how to load an artifact, prefill a prompt, decode one token and read the greedy
+next token. Timing, warm-up, repetitions and memory sampling live here and in ``child.py``, so the
+figures of different engines mean the same thing.
+
+The tests follow llama-bench: ``pp<p>`` prefills ``p`` fixed random token ids into an empty cache
+(the first one BOS when the model adds one), ``tg<n>`` decodes ``n`` tokens one at a time from an
+empty cache. TTFT is the prefill plus reading the greedy first token from its logits, so it is what a
+user waits for before the first token; the pp rate excludes that read. Tokenization is excluded, and
+so is the greedy pick between decode steps (it is not part of the engine's per-token cost).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+
+@dataclass
+class RunOptions:
+    threads: int
+    ctx: int
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    runtime: dict[str, Any] = field(default_factory=dict)  # target profile knobs (use_mmap, kv_type, ...)
+    verbose: bool = False
+
+
+class Runner(Protocol):
+    engine: str
+
+    def load(self, path: Path, opts: RunOptions) -> None: ...
+
+    def n_vocab(self) -> int: ...
+
+    def bos(self) -> Optional[int]: ...
+
+    def reset(self) -> None: ...
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        """Decode the prompt into the cache; returns when the last token's logits are computed."""
+
+    def decode(self, token: int) -> None:
+        """Decode one token at the next position; returns when its logits are computed."""
+
+    def next_token(self) -> int:
+        """The greedy (argmax) token from the latest logits."""
+
+    def figures(self) -> dict[str, Any]:
+        """Engine-reported memory: kv_cache_bytes, compute_buffer_bytes, model_buffers, mlx_peak_bytes."""
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Measurement:
+    """One repetition."""
+
+    ttft_ms: float
+    prefill_ms: float
+    pp_tps: float
+    tg_tps: float
+    decode_ms: float
+
+    def to_json(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def prompt_tokens(runner: Runner, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    toks = [int(t) for t in rng.integers(0, runner.n_vocab(), size=n)]
+    bos = runner.bos()
+    if toks and bos is not None:
+        toks[0] = bos
+    return toks
+
+
+def one_rep(runner: Runner, prompt: Sequence[int], n_gen: int, first_token: int,
+            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+    runner.reset()
+    t0 = clock()
+    runner.prefill(prompt)
+    t1 = clock()
+    runner.next_token()
+    t2 = clock()
+
+    runner.reset()
+    tok, decode_s = first_token, 0.0
+    for _ in range(n_gen):
+        t = clock()
+        runner.decode(tok)
+        decode_s += clock() - t
+        tok = runner.next_token()
+    prefill_s = t1 - t0
+    return Measurement(ttft_ms=(t2 - t0) * 1e3, prefill_ms=prefill_s * 1e3,
+                       pp_tps=len(prompt) / prefill_s if prompt else 0.0,
+                       tg_tps=n_gen / decode_s if n_gen else 0.0, decode_ms=decode_s * 1e3)
+
+
+def run_reps(runner: Runner, n_prompt: int, n_gen: int, reps: int, seed: int = 0,
+             on_step: Callable[[str], None] = lambda s: None,
+             on_sample: Callable[[], object] = lambda: None) -> list[Measurement]:
+    """A warm-up repetition (discarded), then ``reps`` measured ones."""
+    prompt = prompt_tokens(runner, n_prompt, seed)
+    first = runner.bos() if runner.bos() is not None else prompt_tokens(runner, 1, seed + 1)[0]
+    one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first)  # warm-up: page in, spin up threads
+    on_sample()
+    on_step("warm-up")
+    out = []
+    for i in range(reps):
+        out.append(one_rep(runner, prompt, n_gen, first))
+        on_sample()
+        on_step(f"rep {i + 1}/{reps}")
+    return out
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single sample)."""
+    if not xs:
+        return 0.0, 0.0
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)

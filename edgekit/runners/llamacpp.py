@@ -1,0 +1,188 @@
+"""llama.cpp runner over llama-cpp-python's low-level C API (ctypes).
+
+The high-level ``Llama`` class tokenizes, samples and times as one, so prefill and decode could not
+be timed apart; the C API gives llama_decode per batch, as llama-bench uses it. Memory figures the
+engine knows (KV cache, compute buffers, model buffers per buffer type: CPU_Mapped is the mmap'd
+file, CPU_REPACK a repacked anonymous copy) are only printed to llama.cpp's log, and the C API has
+no call that returns them, so the log callback parses those lines.
+
+Target profile knobs ([runtime] in targets/*.toml), all optional (llama.cpp's default otherwise):
+  use_mmap (bool)    map the file (weights then count as file-backed, reclaimable pages)
+  mlock (bool)       lock the weights in RAM
+  lazy ("off"|"auto"|"on")  read rows of tables the architecture marks (Gemma 4's PLE) on demand
+  repack (bool)      let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy)
+  kv_type (str)      KV cache type for K and V: f32, f16, bf16, q8_0, q4_0, ...
+  flash_attn ("auto"|"on"|"off")
+  n_batch, n_ubatch (int)  logical / physical batch sizes for prefill
+  swa_full (bool)    full-context cache for sliding-window layers (default false, as llama-bench)
+  n_gpu_layers (int) layers to offload where the build has a GPU backend (Metal)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import BenchError, ConfigError, EngineMissingError
+from .base import RunOptions
+
+_BUF = re.compile(r"(?P<name>\S+)\s+(?P<kind>model|KV|compute) buffer size\s*=\s*(?P<mib>[\d.]+) MiB")
+
+KV_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1",
+            "q5_0": "Q5_0", "q5_1": "Q5_1", "iq4_nl": "IQ4_NL"}
+FLASH = {"auto": -1, "off": 0, "on": 1}
+LAZY = {"off": 0, "auto": 1, "on": 2}
+
+
+def _import():
+    try:
+        import llama_cpp
+    except ImportError:
+        raise EngineMissingError("llama-cpp-python is not installed; `pip install 'edgekit[runtime]'`") from None
+    return llama_cpp
+
+
+class _Log:
+    """Collects llama.cpp's log lines (and echoes them with -v); keeps the buffer-size lines."""
+
+    def __init__(self, L: Any, verbose: bool):
+        self.verbose = verbose
+        self.lines: list[str] = []
+        self._partial = ""
+
+        @L.llama_log_callback
+        def cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+            s = text.decode("utf-8", "replace")
+            if self.verbose:
+                sys.stderr.write(s)
+            self._partial += s
+            while "\n" in self._partial:
+                line, self._partial = self._partial.split("\n", 1)
+                self.lines.append(line)
+                del self.lines[:-400]  # keep the tail: enough for the error that ends a failed load
+
+        self._cb = cb  # ctypes callbacks must outlive their registration
+        L.llama_log_set(cb, ctypes.c_void_p(0))
+
+    def buffers(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {"model": {}, "KV": {}, "compute": {}}
+        for line in self.lines:
+            m = _BUF.search(line)
+            if m:
+                d = out[m["kind"]]
+                d[m["name"]] = d.get(m["name"], 0) + round(float(m["mib"]) * 2**20)
+        return out
+
+    def last_error(self) -> str:
+        for line in reversed(self.lines):
+            if "error" in line.lower() or "failed" in line.lower():
+                return line.strip()
+        return self.lines[-1].strip() if self.lines else "no log"
+
+
+class LlamaCppRunner:
+    engine = "llama.cpp"
+
+    def __init__(self) -> None:
+        self.L = _import()
+        self.model = self.ctx = None
+        self._tok = (ctypes.c_int32 * 1)()
+
+    def load(self, path: Path, opts: RunOptions) -> None:
+        L, rt = self.L, opts.runtime
+        self.log = _Log(L, opts.verbose)
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        if "use_mmap" in rt or "mlock" in rt:  # else llama.cpp's auto mode (mmap where supported)
+            mmap, mlock = bool(rt.get("use_mmap", True)), bool(rt.get("mlock", False))
+            mp.load_mode = {(True, False): L.LLAMA_LOAD_MODE_MMAP, (False, False): L.LLAMA_LOAD_MODE_NONE,
+                            (True, True): L.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): L.LLAMA_LOAD_MODE_MLOCK}[mmap, mlock]
+        if "lazy" in rt:
+            mp.lazy_mode = _choice("lazy", rt["lazy"], LAZY)
+        if "repack" in rt:
+            mp.use_extra_bufts = bool(rt["repack"])
+        if "n_gpu_layers" in rt:
+            mp.n_gpu_layers = int(rt["n_gpu_layers"])
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise BenchError(f"{path.name}: llama.cpp could not load it ({self.log.last_error()}); "
+                             "rebuild it with `edgekit build`")
+        cp = L.llama_context_default_params()
+        cp.n_ctx = opts.ctx
+        cp.n_batch = min(int(rt.get("n_batch", opts.n_batch)), opts.ctx)
+        cp.n_ubatch = min(int(rt.get("n_ubatch", opts.n_ubatch)), cp.n_batch)
+        cp.n_threads = cp.n_threads_batch = opts.threads
+        cp.no_perf = True
+        # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
+        # own tools size it to the window (swa_full = false), which is what a deployment runs.
+        cp.swa_full = bool(rt.get("swa_full", False))
+        if "kv_type" in rt:
+            cp.type_k = cp.type_v = getattr(L, "GGML_TYPE_" + _choice("kv_type", rt["kv_type"], KV_TYPES))
+        if "flash_attn" in rt:
+            cp.flash_attn_type = _choice("flash_attn", str(rt["flash_attn"]).lower(), FLASH)
+        self.n_batch = cp.n_batch
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise BenchError(f"{path.name}: llama.cpp could not create a context of {opts.ctx} tokens "
+                             f"({self.log.last_error()}); try a smaller --ctx")
+        vocab = L.llama_model_get_vocab(self.model)
+        self._n_vocab = L.llama_vocab_n_tokens(vocab)
+        self._bos = L.llama_vocab_bos(vocab) if L.llama_vocab_get_add_bos(vocab) else None
+        self.mem = L.llama_get_memory(self.ctx)
+
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def bos(self) -> Optional[int]:
+        return self._bos
+
+    def reset(self) -> None:
+        self.L.llama_memory_clear(self.mem, True)
+
+    def _decode(self, arr: Any, n: int) -> None:
+        rc = self.L.llama_decode(self.ctx, self.L.llama_batch_get_one(arr, n))
+        if rc != 0:
+            raise BenchError(f"llama_decode failed (code {rc}: {self.log.last_error()}); try a larger --ctx")
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        # Copying the ids into ctypes arrays costs microseconds; llama_batch_get_one only points at them.
+        arrs = [(ctypes.c_int32 * len(c))(*c) for c in
+                (tokens[i:i + self.n_batch] for i in range(0, len(tokens), self.n_batch))]
+        for a in arrs:
+            self._decode(a, len(a))
+        self.L.llama_synchronize(self.ctx)
+
+    def decode(self, token: int) -> None:
+        self._tok[0] = token
+        self._decode(self._tok, 1)
+        self.L.llama_synchronize(self.ctx)
+
+    def next_token(self) -> int:
+        logits = self.L.llama_get_logits_ith(self.ctx, -1)
+        return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+
+    def figures(self) -> dict[str, Any]:
+        b = self.log.buffers()
+        return {"kv_cache_bytes": sum(b["KV"].values()) if b["KV"] else None,
+                "compute_buffer_bytes": sum(b["compute"].values()) if b["compute"] else None,
+                "model_buffers": b["model"]}
+
+    def close(self) -> None:
+        if self.ctx:
+            self.L.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            self.L.llama_model_free(self.model)
+            self.model = None
+
+
+def _choice(knob: str, value: Any, table: dict[str, Any]) -> Any:
+    key = str(value).lower()
+    if key not in table:
+        raise ConfigError(f"runtime knob {knob} = {value!r} is not one of {', '.join(table)}; fix the target profile")
+    return table[key]

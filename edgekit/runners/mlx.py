@@ -1,0 +1,107 @@
+"""MLX runner over mlx-lm: the model's forward with an mlx-lm prompt cache, evaluated step by step.
+
+mlx-lm's generate() fuses prefill, sampling and decode (and overlaps steps with async_eval), so the
+runner calls the model itself to time prefill and decode apart, the way mlx-lm's generate_step
+drives it (prompt in chunks, then one token per step), with ``mx.eval`` closing every timed step.
+MLX has no thread-count knob on CPU, so ``threads`` is recorded as not applicable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from ..errors import BenchError, EngineMissingError
+from .base import RunOptions
+
+
+def _import():
+    try:
+        import mlx.core as mx
+        import mlx_lm  # noqa: F401
+    except ImportError:
+        raise EngineMissingError("mlx / mlx-lm are not installed; `pip install 'edgekit[mlx]'`") from None
+    return mx
+
+
+def load_mlx_model(path: Path, ple: str = "auto") -> Any:
+    """Load an MLX artifact folder into an mlx-lm model: the one place the runner does.
+
+    edgekit's MLX format keeps the PLE table memory-mapped through ``edgekit.mlx_ple`` (``ple`` =
+    "auto" | "mmap" | "resident", the target's ``ple`` knob); without it, stock mlx-lm loads the folder."""
+    try:
+        from ..mlx_ple import load_mlx_model as load_with_ple
+    except ImportError:
+        from mlx_lm.utils import load_model
+
+        return load_model(Path(path))[0]
+    return load_with_ple(path, ple=ple)[0]
+
+
+class MlxRunner:
+    engine = "mlx"
+
+    def __init__(self) -> None:
+        self.mx = _import()
+        self.model: Any = None
+        self.cache: Any = None
+        self.logits: Any = None
+
+    def load(self, path: Path, opts: RunOptions) -> None:
+        mx = self.mx
+        try:
+            self.model = load_mlx_model(path, ple=str(opts.runtime.get("ple", "auto")))
+        except (OSError, ValueError, KeyError) as e:
+            raise BenchError(f"{path.name}: mlx-lm could not load it ({e.__class__.__name__}: {e}); "
+                             "rebuild it with `edgekit build`") from None
+        mx.eval(self.model.parameters())
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        text = cfg.get("text_config", {})
+        self._n_vocab = int(cfg.get("vocab_size") or text.get("vocab_size"))
+        bos = cfg.get("bos_token_id", text.get("bos_token_id"))
+        self._bos = int(bos) if isinstance(bos, int) else None
+        self.step = int(opts.runtime.get("n_batch", opts.n_batch))
+        self.kv_max = 0
+
+    def n_vocab(self) -> int:
+        return self._n_vocab
+
+    def bos(self) -> Optional[int]:
+        return self._bos
+
+    def reset(self) -> None:
+        from mlx_lm.models.cache import make_prompt_cache
+
+        self.cache = make_prompt_cache(self.model)
+        self.logits = None
+        self.mx.clear_cache()
+
+    def prefill(self, tokens: Sequence[int]) -> None:
+        mx = self.mx
+        toks = mx.array(list(tokens), dtype=mx.int32)[None]
+        for i in range(0, toks.shape[1], self.step):
+            self.logits = self.model(toks[:, i:i + self.step], cache=self.cache)[:, -1, :]
+            mx.eval(self.logits, [c.state for c in self.cache])
+        self.kv_max = max(self.kv_max, self._kv_bytes() or 0)
+
+    def _kv_bytes(self) -> Optional[int]:
+        try:
+            return int(sum(c.nbytes for c in self.cache))
+        except (AttributeError, TypeError):  # a cache class without nbytes
+            return None
+
+    def decode(self, token: int) -> None:
+        mx = self.mx
+        self.logits = self.model(mx.array([[token]], dtype=mx.int32), cache=self.cache)[:, -1, :]
+        mx.eval(self.logits)
+
+    def next_token(self) -> int:
+        return int(self.mx.argmax(self.logits, axis=-1).item())
+
+    def figures(self) -> dict[str, Any]:
+        # The largest cache seen at the end of a prefill (the prompt is the longest sequence run).
+        return {"kv_cache_bytes": self.kv_max or self._kv_bytes(), "mlx_peak_bytes": int(self.mx.get_peak_memory())}
+
+    def close(self) -> None:
+        self.model = self.cache = self.logits = None

@@ -1,0 +1,191 @@
+"""`edgekit bench` on tiny artifacts built by edgekit itself: consistent figures, the budget gate,
+the roofline, the store, and one clear line for a missing or corrupt artifact."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import gguf
+import pytest
+from typer.testing import CliRunner
+
+from edgekit import bench as bench_mod
+from edgekit.bench import BenchOptions, bench, check_budget
+from edgekit.build import build
+from edgekit.checkpoint import load_checkpoint
+from edgekit.cli import app
+from edgekit.errors import BudgetExceeded
+from edgekit.results import MB, Store, parse_csv, parse_jsonl
+from edgekit.roofline import token_bytes
+from edgekit.targets import TARGETS
+
+BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}   # a stand-in host bandwidth
+CTX = 1024
+OPTS = BenchOptions(n_prompt=64, n_gen=16, reps=3, threads=2, ctx=CTX, target="pi5")
+
+
+@pytest.fixture(scope="module")
+def dist(tiny_ckpt, tmp_path_factory):
+    return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def benched(dist):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+        (rec,) = bench(dist, OPTS)
+    return rec
+
+
+@pytest.fixture()
+def fixed_bandwidth(monkeypatch):
+    monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+
+
+def test_figures_are_positive_with_sd_over_the_kept_samples(benched):
+    r = benched
+    assert (r.n_prompt, r.n_gen, r.reps, r.threads, r.ctx, r.engine) == (64, 16, 3, 2, CTX, "llama.cpp")
+    for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps"):
+        assert len(r.samples[k]) == 3 and all(x > 0 for x in r.samples[k])
+    for k, mean, sd in (("ttft_ms", r.ttft_ms, r.ttft_ms_sd), ("pp_tps", r.pp_tps, r.pp_tps_sd), ("tg_tps", r.tg_tps, r.tg_tps_sd)):
+        import statistics
+
+        assert mean == pytest.approx(statistics.fmean(r.samples[k]))
+        assert sd == pytest.approx(statistics.stdev(r.samples[k]))
+    assert r.load_ms > 0 and r.peak_rss_bytes > 0
+    assert r.host["cores_logical"] >= 1 and r.host["ram_bytes"] > 0 and r.host["cpu"]
+    assert r.versions["edgekit"] == r.edgekit_version and r.engine_version == r.versions["llama-cpp-python"]
+    assert len(r.sha256) == 64 and r.quant == "Q8_0" and r.target == "pi5"
+
+
+def test_ttft_covers_the_prefill_the_same_run_implies(benched):
+    r = benched
+    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
+        assert ttft >= 1000 * r.n_prompt / pp
+
+
+def test_peak_rss_covers_the_resident_tensors(benched):
+    r = benched
+    tensors = r.extra["tensor_bytes"]
+    assert r.peak_rss_bytes >= tensors
+    # llama.cpp's model buffers hold every tensor (its log prints MiB to 2 decimals: ±0.005 MiB each)
+    bufs = r.extra["model_buffers"]
+    assert abs(sum(bufs.values()) - tensors) <= 0.005 * 2**20 * len(bufs)
+    if "CPU_Mapped" in bufs:  # mmap'd weights are file-backed pages, and all of them were resident
+        assert r.peak_file_bytes >= bufs["CPU_Mapped"]
+    assert r.peak_anon_bytes + r.peak_file_bytes <= r.peak_rss_bytes
+
+
+def test_kv_cache_bytes_match_the_config(benched, tiny_ckpt):
+    cfg = load_checkpoint(tiny_ckpt).config
+    kv_type = gguf.GGMLQuantizationType[benched.runtime.get("kv_type", "f16").upper()]
+    block, size = gguf.GGML_QUANT_SIZES[kv_type]
+    # llama.cpp sizes the sliding-window cache to the window plus one physical batch (512 by
+    # default), rounded up to 256 cells; full-attention layers get the whole context.
+    swa_cells = min(CTX, -(-(cfg.sliding_window + 512) // 256) * 256)
+    own_kv = cfg.num_hidden_layers - cfg.num_kv_shared_layers
+    expected = 0
+    for kind in cfg.layer_types[:own_kv]:
+        cells, dim = (CTX, cfg.global_head_dim) if kind == "full_attention" else (swa_cells, cfg.head_dim)
+        expected += 2 * cells * cfg.num_key_value_heads * dim * size // block   # K and V
+    assert benched.kv_cache_bytes == expected
+    assert benched.compute_buffer_bytes > 0
+
+
+def test_roofline_and_prediction_follow_from_the_artifact(benched, dist):
+    r = benched
+    tb = token_bytes(dist / r.artifact, "gguf")
+    assert r.bytes_per_token == tb.total < tb.file_tensor_bytes   # the PLE table is gathered
+    assert r.achieved_gbs == pytest.approx(tb.total * r.tg_tps / 1e9)
+    assert r.roofline_pct == pytest.approx(100 * r.achieved_gbs / BW["read_gbs"])
+    assert r.predicted_tg_tps == pytest.approx(TARGETS.get("pi5").bandwidth_gbs * 1e9 / tb.total)
+
+
+def test_gate_trips_below_the_measured_peak_and_not_at_or_above(benched):
+    peak = benched.peak_rss_bytes
+    below = dataclasses.replace(benched, budget_bytes=peak - 3_000_000)
+    with pytest.raises(BudgetExceeded) as e:
+        check_budget([below])
+    assert str(e.value) == (f"{benched.artifact}: peak RSS {peak / MB:.1f} MB is 3.0 MB over the pi5 budget of "
+                            f"{(peak - 3_000_000) / MB:.0f} MB; choose a smaller quant or --ctx, or pass --no-gate to only warn")
+    assert e.value.exit_code == 3
+    assert check_budget([below], enforce=False) == [str(e.value).split(";")[0]]
+    for budget in (peak, peak + 1, None):
+        assert check_budget([dataclasses.replace(benched, budget_bytes=budget)]) == []
+
+
+@pytest.fixture()
+def tiny_budget():
+    # A profile whose budget every real process exceeds: the gate must trip through the CLI.
+    TARGETS.register("tiny-budget", dataclasses.replace(TARGETS.get("pi5"), name="tiny-budget", memory_budget_gb=0.001))
+    yield "tiny-budget"
+    TARGETS._items.pop("tiny-budget", None)
+
+
+def _cli(*args):
+    return CliRunner().invoke(app, ["bench", *map(str, args)])
+
+
+def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tmp_path, tiny_budget, fixed_bandwidth):
+    db = tmp_path / "r.db"
+    res = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 64, "--target", tiny_budget,
+               "-o", "jsonl", "--db", db)
+    assert res.exit_code == 3
+    (rec,) = parse_jsonl(res.stdout)
+    over = (rec.peak_rss_bytes - 1_000_000) / MB
+    assert res.stderr == (f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
+                          "the tiny-budget budget of 1 MB; choose a smaller quant or --ctx, or pass --no-gate to only warn\n")
+    with Store(db) as s:
+        assert s.records() == [rec]   # measured figures are kept even when the gate fails
+    ok = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 64, "--target", tiny_budget,
+              "-o", "csv", "--no-gate", "--no-store")
+    assert ok.exit_code == 0
+    (again,) = parse_csv(ok.stdout)
+    assert ok.stderr == (f"edgekit: warning: over budget: {again.artifact}: peak RSS {again.peak_rss_bytes / MB:.1f} MB "
+                         f"is {(again.peak_rss_bytes - 1_000_000) / MB:.1f} MB over the tiny-budget budget of 1 MB\n")
+
+
+def test_missing_artifact_is_one_clear_line(tmp_path):
+    res = _cli(tmp_path / "nope.gguf")
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr == (f"edgekit: error: {tmp_path / 'nope.gguf'}: no such artifact; pass a .gguf file, "
+                          "an MLX folder or a dist folder with manifest.json\n")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_gguf_is_one_clear_line(dist, tmp_path, damage):
+    src = next(dist.glob("*.gguf")).read_bytes()
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(src[: len(src) * 9 // 10] if damage == "truncate" else b"GGUF" + b"\x00" * 64)
+    res = _cli(bad, "--no-store")
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr == ("edgekit: error: bad.gguf: not a complete GGUF file (corrupt or truncated); "
+                          "rebuild it with `edgekit build`\n")
+
+
+def test_artifact_changed_since_build_is_one_clear_line(dist, tmp_path):
+    copy = tmp_path / "pi5"
+    shutil.copytree(dist, copy)
+    f = next(copy.glob("*.gguf"))
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    res = _cli(copy, "--no-store")
+    assert res.exit_code == 1
+    assert res.stderr == (f"edgekit: error: {f}: bytes/sha256 differ from manifest.json (changed or truncated); "
+                          "rebuild with `edgekit build`\n")
+
+
+@pytest.mark.slow
+def test_mlx_artifact_measures_with_mlx_peak(tiny_ckpt, tmp_path, fixed_bandwidth):
+    folder = build(str(tiny_ckpt), target="m4", quants=["mlx-4bit"], out=tmp_path)
+    (r,) = bench(folder, BenchOptions(n_prompt=8, n_gen=3, reps=2, ctx=64))
+    assert r.engine == "mlx" and r.threads is None and r.quant == "4bit-g64"
+    assert min(r.samples["pp_tps"] + r.samples["tg_tps"]) > 0 and r.tg_tps_sd >= 0
+    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
+        assert ttft >= 1000 * r.n_prompt / pp
+    assert r.mlx_peak_bytes > 0 and r.kv_cache_bytes > 0
+    resident = (folder / r.artifact / "model.safetensors").stat().st_size   # loaded into MLX arrays
+    assert r.peak_rss_bytes >= resident
+    assert r.bytes_per_token < r.extra["tensor_bytes"]   # the PLE rows are gathered

@@ -1,0 +1,191 @@
+"""Bench parts that need no model: the memory sampler against known allocations, the roofline's
+byte counting against hand-made GGUF files, the bandwidth cache, and the timing loop's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import textwrap
+
+import gguf
+import numpy as np
+import pytest
+
+from edgekit import roofline
+from edgekit.runners.base import mean_sd, one_rep, run_reps
+
+MiB = 1 << 20
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="anonymous/file split is Linux's /proc")
+def test_sampler_sees_known_anonymous_and_file_backed_allocations(tmp_path):
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(np.random.default_rng(0).integers(0, 255, 64 * MiB, dtype=np.uint8).tobytes())
+    script = textwrap.dedent(f"""
+        import json, mmap, numpy as np
+        from edgekit.memory import PeakSampler, read_status
+        with PeakSampler(interval=0.002) as s:
+            before = read_status()
+            a = np.ones(200 * {MiB} // 8)                     # 200 MiB anonymous, every page written
+            with open({str(blob)!r}, "rb") as f:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                total = int(np.frombuffer(m, dtype=np.uint8)[::4096].sum())   # touch every page
+            s.sample()
+            during = read_status()
+            del a                                              # the peak must survive the free
+        peak = s.peak()
+        print(json.dumps(dict(before=before.__dict__, during=during.__dict__, peak=peak.__dict__)))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
+    before, during, peak = out["before"], out["during"], out["peak"]
+    # The kernel counts whole pages, plus a little interpreter churn: within 4 MiB of what was made.
+    assert 200 * MiB <= peak["peak_anon_bytes"] - before["anon"] <= 204 * MiB
+    assert 64 * MiB <= peak["peak_file_bytes"] - before["file"] <= 68 * MiB
+    assert during["rss"] >= before["rss"] + 264 * MiB
+    # RSS and VmHWM come from the kernel's per-thread batched counters (up to 64 pages per thread
+    # behind), so the peak may trail a read made a moment earlier by that much, never more.
+    slack = 64 * 4096 * 2
+    assert peak["peak_rss_bytes"] >= max(during["rss"], during["hwm"]) - slack
+
+
+def _write_gguf(path, tensors: dict[str, np.ndarray], q8: tuple[str, ...] = ()) -> dict[str, int]:
+    """Write tensors (some Q8_0 through gguf's quantizer); return each tensor's stored bytes."""
+    w = gguf.GGUFWriter(path, "gemma4")
+    sizes = {}
+    for name, a in tensors.items():
+        if name in q8:
+            qa = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0)
+            w.add_tensor(name, qa, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            sizes[name] = qa.nbytes
+        else:
+            w.add_tensor(name, a)
+            sizes[name] = a.nbytes
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return sizes
+
+
+def _tensors(vocab=96, d=64, ple=2 * 32):
+    rng = np.random.default_rng(0)
+    return {
+        "token_embd.weight": rng.standard_normal((vocab, d), dtype=np.float32),
+        "per_layer_token_embd.weight": rng.standard_normal((vocab, ple), dtype=np.float32).astype(np.float16),
+        "blk.0.attn_q.weight": rng.standard_normal((d, d), dtype=np.float32),
+        "blk.0.ffn_up.weight": rng.standard_normal((2 * d, d), dtype=np.float32),
+        "output_norm.weight": np.ones(d, dtype=np.float32),
+    }
+
+
+def test_roofline_counts_tied_embedding_whole_and_ple_by_row(tmp_path):
+    t = _tensors()
+    sizes = _write_gguf(tmp_path / "tied.gguf", t, q8=("blk.0.ffn_up.weight",))
+    tb = roofline.gguf_token_bytes(tmp_path / "tied.gguf")
+    ple_row = 64 * 2                          # one f16 row of 64 values
+    assert sizes["blk.0.ffn_up.weight"] == 128 * 64 // 32 * 34   # Q8_0: 34 bytes per 32 values
+    whole = sum(sizes.values()) - sizes["per_layer_token_embd.weight"]
+    assert tb.gathered == {"per_layer_token_embd.weight": ple_row}
+    assert tb.whole == whole                  # token_embd is the output head here: read whole
+    assert tb.total == whole + ple_row
+    assert tb.file_tensor_bytes == sum(sizes.values())
+
+
+def test_roofline_gathers_token_embd_when_the_head_is_separate(tmp_path):
+    t = _tensors()
+    t["output.weight"] = np.random.default_rng(1).standard_normal((96, 64), dtype=np.float32)
+    sizes = _write_gguf(tmp_path / "untied.gguf", t)
+    tb = roofline.gguf_token_bytes(tmp_path / "untied.gguf")
+    assert tb.gathered == {"per_layer_token_embd.weight": 64 * 2, "token_embd.weight": 64 * 4}
+    assert tb.total == sum(sizes.values()) - sizes["per_layer_token_embd.weight"] - sizes["token_embd.weight"] + 128 + 256
+
+
+def test_bandwidth_is_measured_once_then_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(**kw):
+        calls.append(kw)
+        return {"read_gbs": 12.5, "copy_gbs": 20.0, "mib": 8, "threads": 1}
+
+    monkeypatch.setattr(roofline, "measure_bandwidth", fake)
+    cache = tmp_path / "bw.json"
+    assert roofline.host_bandwidth(cache=cache)["read_gbs"] == 12.5
+    assert roofline.host_bandwidth(cache=cache)["read_gbs"] == 12.5
+    assert len(calls) == 1
+    assert roofline.host_bandwidth(cache=cache, refresh=True) and len(calls) == 2
+
+
+def test_bandwidth_probe_moves_the_bytes_it_claims():
+    bw = roofline.measure_bandwidth(mib=64, threads=2, trials=2)
+    assert bw["mib"] == 64 and bw["threads"] == 2
+    assert 0.1 < bw["read_gbs"] < 1000 and 0.1 < bw["copy_gbs"] < 1000
+
+
+class FakeRunner:
+    """Advances a fake clock: prefill 7 ms per token, decode 20 ms, the greedy pick 3 ms."""
+
+    def __init__(self, clock):
+        self.clock, self.calls = clock, []
+
+    def n_vocab(self):
+        return 50
+
+    def bos(self):
+        return 2
+
+    def reset(self):
+        self.calls.append("reset")
+
+    def prefill(self, tokens):
+        self.calls.append(("prefill", list(tokens)))
+        self.clock.t += 0.007 * len(tokens)
+
+    def decode(self, token):
+        self.calls.append(("decode", token))
+        self.clock.t += 0.020
+
+    def next_token(self):
+        self.clock.t += 0.003
+        return 7
+
+
+class Clock:
+    t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_timing_separates_prefill_ttft_and_decode():
+    clock = Clock()
+    r = FakeRunner(clock)
+    m = one_rep(r, [2, 5, 9, 11], n_gen=5, first_token=2, clock=clock)
+    assert m.prefill_ms == pytest.approx(28.0)
+    assert m.ttft_ms == pytest.approx(31.0)          # prefill + reading the first token
+    assert m.pp_tps == pytest.approx(4 / 0.028)
+    assert m.tg_tps == pytest.approx(1 / 0.020)      # the pick between steps is not decode time
+    assert m.decode_ms == pytest.approx(100.0)
+    # pp and tg each start from an empty cache; decode feeds back the greedy token
+    assert r.calls[0] == "reset" and r.calls[2] == "reset"
+    assert [c[1] for c in r.calls if c[0] == "decode"] == [2, 7, 7, 7, 7]
+
+
+def test_warm_up_is_excluded_and_prompt_is_fixed_random_with_bos():
+    clock = Clock()
+    r = FakeRunner(clock)
+    seen = []
+    reps = run_reps(r, n_prompt=6, n_gen=3, reps=4, on_step=seen.append)
+    assert len(reps) == 4 and seen == ["warm-up", "rep 1/4", "rep 2/4", "rep 3/4", "rep 4/4"]
+    prompts = [c[1] for c in r.calls if c[0] == "prefill"]
+    assert len(prompts) == 5 and all(p == prompts[0] for p in prompts)
+    assert prompts[0][0] == 2 and len(prompts[0]) == 6 and all(0 <= t < 50 for t in prompts[0])
+    decodes = [c for c in r.calls if c[0] == "decode"]
+    assert len(decodes) == 1 + 4 * 3                  # warm-up decodes one token only
+
+
+def test_mean_sd_is_the_sample_standard_deviation():
+    xs = [10.0, 12.0, 15.0, 11.0]
+    assert mean_sd(xs) == (statistics.fmean(xs), statistics.stdev(xs))
+    assert mean_sd([3.0]) == (3.0, 0.0)
