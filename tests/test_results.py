@@ -116,3 +116,41 @@ def test_unusable_store_is_one_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(OutputError, match=r"not-a-db.db: cannot open the results store .*; pass --db"):
         Store(bad)
+
+
+def test_report_writes_the_latest_figures_and_plots(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    db = tmp_path / "r.db"
+    old = make_record(4, tg_tps=1.0, timestamp="2026-11-22T00:00:00Z")
+    new = make_record(4, tg_tps=2.5)                      # same device/artifact/settings: replaces `old`
+    other = make_record(8, device="mac-m4", engine="mlx", threads=None)
+    with Store(db) as s:
+        s.append([old, new, other])
+    res = CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    md = tmp_path / "rep" / "report.md"
+    assert res.stdout == f"{md}\n"
+    rows = parse_markdown(md.read_text())
+    assert [(r["artifact"], r["device"], r["tg128 t/s"][0]) for r in rows] == [
+        (new.artifact, "pi5-a", 2.5), (other.artifact, "mac-m4", round(other.tg_tps, 2))]
+    import matplotlib.image
+
+    for png in ("tg_vs_peak.png", "ttft.png"):
+        assert f"]({png})" in md.read_text()
+        img = matplotlib.image.imread(tmp_path / "rep" / png)
+        assert img.shape[0] > 100 and img.shape[1] > 100
+
+
+def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    Store(tmp_path / "empty.db").close()
+    res = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "empty.db"), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 1
+    assert res.stderr == (f"edgekit: error: {tmp_path / 'empty.db'}: the results store holds no records; "
+                          "run `edgekit bench` first\n")
