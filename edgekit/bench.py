@@ -132,7 +132,7 @@ def _run_child(spec: dict[str, Any], verbose: bool, on_step: Callable[[str], Non
             sink = None if verbose else err
             proc = subprocess.Popen([sys.executable, "-m", "edgekit.runners.child", str(spec_path), str(w)],
                                     pass_fds=(w,), stdin=subprocess.DEVNULL,
-                                    stdout=sys.stderr if verbose else err, stderr=sink, env=env)
+                                    stdout=2 if verbose else err, stderr=sink, env=env)  # never our stdout
             os.close(w)
             result: Optional[dict[str, Any]] = None
             try:

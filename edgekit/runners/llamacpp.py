@@ -55,10 +55,14 @@ class _Log:
         self.lines: list[str] = []
         self._partial = ""
 
+        self._level = 0
+
         @L.llama_log_callback
         def cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             s = text.decode("utf-8", "replace")
-            if self.verbose:
+            if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous line's level
+                self._level = level
+            if self.verbose and self._level != 4:  # -v shows llama.cpp's info, not its debug dump
                 sys.stderr.write(s)
             self._partial += s
             while "\n" in self._partial:
