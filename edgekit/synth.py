@@ -44,6 +44,14 @@ def _layer_types(n: int) -> list[str]:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "e2b": dict(REFERENCE_CONFIG),
+    # Mid-size (≈0.3 B parameters, 0.6 GB bf16): big enough that conversion cost is not start-up cost.
+    "mid": {
+        "hidden_size": 1024, "num_hidden_layers": 15, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "head_dim": 256, "global_head_dim": 512, "sliding_window": 128, "vocab_size": 32768,
+        "vocab_size_per_layer_input": 32768, "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 2048,
+        "final_logit_softcapping": 30.0,
+    },
     "tiny": {
         "hidden_size": 256, "num_hidden_layers": 10, "num_attention_heads": 2, "num_key_value_heads": 1,
         "head_dim": 256, "global_head_dim": 512, "sliding_window": 32, "vocab_size": 1024,

@@ -209,6 +209,7 @@ def build_artifact(ckpt: Checkpoint, recipe: Any, target: Any, out_dir: Path, ca
             convert(ckpt, src, dtype, name=ckpt.name)
             cache["gguf_intermediate"] = src
             cache.setdefault("_cleanup", []).append(lambda p=src: p.unlink(missing_ok=True))
-        quantize(src, out, recipe, threads=getattr(target, "threads", 0))
+        # The build host quantizes with all its cores; the target's thread count is for running.
+        quantize(src, out, recipe, threads=0)
     size, digest = artifact_digest(out)
     return Artifact(file=out.name, format="gguf", quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest)
