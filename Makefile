@@ -27,6 +27,7 @@ demo: setup
 	$(BIN)/edgekit bench dist/tiny-gemma4/pi5 -p 512 -n 128 -r 3
 
 test: setup
+	sh scripts/ensure-sshd.sh
 	$(BIN)/python -m pytest -q
 
 bench-build: setup
@@ -34,6 +35,32 @@ bench-build: setup
 
 bench-runner: setup
 	$(BIN)/python benchmarks/runner_overhead.py
+
+# Device lab (targets/lab.example.toml): `make -j lab` runs one `lab-<device>` job per device, all
+# attempted even when some fail (-k); `make lab-report` renders every device's records side by side.
+LAB      ?= targets/lab.toml
+LAB_DIST ?= dist
+LAB_ARGS ?=
+# Names come from the inventory only when a lab goal is asked for (and after `lab` made the venv).
+ifneq ($(filter-out lab-report,$(filter lab-%,$(MAKECMDGOALS))),)
+LAB_DEVICES := $(shell $(BIN)/edgekit lab list --names --inventory $(LAB))
+$(foreach n,$(filter report all,$(LAB_DEVICES)),$(warning make lab skips device $(n): lab-$(n) is taken; rename it))
+endif
+LAB_JOBS := $(addprefix lab-,$(filter-out report all,$(LAB_DEVICES)))
+
+.PHONY: lab lab-all lab-report $(LAB_JOBS)
+
+lab: setup
+	$(BIN)/edgekit lab list --inventory $(LAB) >/dev/null
+	$(MAKE) --no-print-directory -k lab-all
+
+lab-all: $(LAB_JOBS)
+
+$(LAB_JOBS): lab-%:
+	$(BIN)/edgekit lab run $(LAB_DIST) --inventory $(LAB) --devices $* $(LAB_ARGS)
+
+lab-report: setup
+	$(BIN)/edgekit report
 
 clean:
 	rm -rf dist .cache .pytest_cache

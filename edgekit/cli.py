@@ -95,6 +95,81 @@ def recipes() -> None:
         typer.echo(f"{name}\t{r.format}\t{r.quant}\t{r.description}")
 
 
+# ---------------------------------------------------------------- device lab (edgekit/lab/)
+
+_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory (default: targets/lab.toml).")
+_METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
+lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory over SSH.")
+app.add_typer(lab_app, name="lab")
+
+
+@app.command()
+def deploy(
+    dist: Path = typer.Argument(..., help="A build folder, or dist/<model> holding one folder per target."),
+    device: list[str] = typer.Option(..., "--device", "-d", help="Device name from the inventory; repeatable."),
+    inventory: Optional[Path] = _INVENTORY,
+    bootstrap: bool = typer.Option(False, "--bootstrap", help="Also make a venv there with edgekit[runtime] (no torch)."),
+    wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
+    method: str = _METHOD,
+) -> None:
+    """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
+    from .lab.run import deploy_devices
+    from .lab.inventory import load_inventory
+
+    devices = load_inventory(inventory).select(device)
+    failed = False
+    for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
+        typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
+        failed |= not ok
+    raise typer.Exit(1 if failed else 0)
+
+
+@lab_app.command("list")
+def lab_list(
+    inventory: Optional[Path] = _INVENTORY,
+    names: bool = typer.Option(False, "--names", help="Names only, for make: names make cannot quote are left out."),
+) -> None:
+    """List the inventory's devices: name, target, ssh address, remote work dir."""
+    from .lab.inventory import load_inventory
+
+    for d in load_inventory(inventory).devices.values():
+        if not names:
+            typer.echo(f"{d.name}\t{d.target}\t{d.address()}\t{d.workdir}")
+        elif d.make_safe:
+            typer.echo(d.name)
+        else:
+            typer.echo(f"edgekit: note: `make lab` skips device {d.name!r} (make cannot quote its name); "
+                       f"run it with `edgekit lab run --devices`", err=True)
+
+
+@lab_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def lab_run(
+    ctx: typer.Context,
+    dist: Path = typer.Argument(Path("dist"), help="dist, dist/<model> (a build per target) or one build folder."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device names (default: all)."),
+    inventory: Optional[Path] = _INVENTORY,
+    db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="Bench what the devices already hold."),
+    method: str = _METHOD,
+) -> None:
+    """Deploy, then bench on every device in parallel; each device's records go to the local store.
+
+    Other options (after DIST, or after `--`), e.g. `--reps 3`, are passed to `edgekit bench` on the devices.
+    """
+    from .lab.inventory import load_inventory
+    from .lab.run import exit_code, lab_run as run
+    from .results import Store
+
+    chosen = load_inventory(inventory).select(_csv(devices))
+    with Store(db) as store:
+        def show(o):
+            typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
+        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show)
+        stored = sum(len(o.records) for o in outcomes)
+        typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
+    raise typer.Exit(exit_code(outcomes))
+
+
 @app.command()
 def bench(
     path: Path = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder with manifest.json."),

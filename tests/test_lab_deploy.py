@@ -1,0 +1,211 @@
+"""edgekit deploy against a real sshd on 127.0.0.1: sha256 skip, verify, re-send, errors, no injection."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+from edgekit.errors import ArtifactError, LabError
+from edgekit.lab import deploy as deploy_mod
+from edgekit.lab.deploy import deploy
+from edgekit.lab.inventory import load_inventory
+from edgekit.manifest import MANIFEST, Artifact, Manifest, artifact_digest, write_manifest
+from sshd_fixture import sshd  # noqa: F401  (the fixture)
+
+HOSTILE = "x; touch {m} #$(touch {m})`touch {m}` 'q\" "
+
+
+def make_build(root: Path, seed: int = 0, target: str = "pi5") -> Path:
+    """A build folder with a file artifact and a folder artifact (as MLX writes), plus its manifest."""
+    folder = root / "dist" / "tiny" / target
+    rng = __import__("random").Random(seed)
+    (folder / "mlx-4bit" / "sub").mkdir(parents=True)
+    (folder / "tiny-Q8_0.gguf").write_bytes(rng.randbytes(300_000))
+    (folder / "mlx-4bit" / "model.safetensors").write_bytes(rng.randbytes(50_000))
+    (folder / "mlx-4bit" / "sub" / "config.json").write_text('{"seed": %d}\n' % seed)
+    arts = []
+    for name, fmt, quant in (("tiny-Q8_0.gguf", "gguf", "Q8_0"), ("mlx-4bit", "mlx", "4bit-g64")):
+        size, digest = artifact_digest(folder / name)
+        arts.append(Artifact(name, fmt, quant, quant.lower(), size, digest))
+    write_manifest(folder, Manifest(model="tiny", target=target, source={}, artifacts=arts, recipes={}, versions={}))
+    return folder
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    def tree(p):
+        return {q.relative_to(p).as_posix(): hashlib.sha256(q.read_bytes()).hexdigest()
+                for q in p.rglob("*") if q.is_file()}
+    return tree(a) == tree(b)
+
+
+@pytest.fixture
+def lab(sshd, tmp_path):  # noqa: F811
+    """An inventory with one good device whose work dir is fresh for each test."""
+    work = tmp_path / "device"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi", workdir=str(work)))
+    return inv, work
+
+
+def test_deploy_copies_verifies_then_skips_unchanged(lab, tmp_path):
+    inv, work = lab
+    folder = make_build(tmp_path)
+    runner = CliRunner()
+    r = runner.invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
+    assert r.exit_code == 0, r.output
+    remote = work / "dist" / "tiny" / "pi5"
+    assert r.stdout == f"pi: 2 sent (0.4 MB), 0 unchanged, verified, via rsync -> {remote}\n"
+    assert same_tree(folder, remote)
+    r2 = runner.invoke(app, ["deploy", str(tmp_path / "dist"), "--device", "pi", "--inventory", str(inv)])
+    assert r2.exit_code == 0, r2.output
+    assert r2.stdout == f"pi: up to date (2 unchanged) in {remote}\n"
+    # A new build changes one artifact: only that one (and the manifest) travel.
+    (folder / "tiny-Q8_0.gguf").write_bytes(b"new bytes")
+    make_manifest_again(folder)
+    rep = deploy(folder, load_inventory(inv).get("pi"))
+    assert (rep.sent, rep.unchanged, rep.manifest_written) == (["tiny-Q8_0.gguf"], ["mlx-4bit"], True)
+    assert same_tree(folder, remote)
+
+
+def make_manifest_again(folder: Path) -> None:
+    from edgekit.manifest import read_manifest
+
+    m = read_manifest(folder)
+    for a in m.artifacts:
+        a.bytes, a.sha256 = artifact_digest(folder / a.file)
+    write_manifest(folder, m)
+
+
+@pytest.mark.parametrize("method", ["rsync", "scp"])
+def test_corrupted_remote_files_are_detected_and_resent(lab, tmp_path, method):
+    inv, work = lab
+    folder = make_build(tmp_path)
+    device = load_inventory(inv).get("pi")
+    assert deploy(folder, device, method=method).sent == ["tiny-Q8_0.gguf", "mlx-4bit"]
+    remote = work / "dist" / "tiny" / "pi5"
+    # Flip one byte, keeping size and mtime, so only a checksum can tell.
+    gguf = remote / "tiny-Q8_0.gguf"
+    st = gguf.stat()
+    data = bytearray(gguf.read_bytes())
+    data[1234] ^= 0xFF
+    gguf.write_bytes(bytes(data))
+    os.utime(gguf, ns=(st.st_atime_ns, st.st_mtime_ns))
+    rep = deploy(folder, device, method=method)
+    assert (rep.sent, rep.unchanged, rep.method) == (["tiny-Q8_0.gguf"], ["mlx-4bit"], method)
+    assert same_tree(folder, remote)
+    # Inside a folder artifact: a missing file and a stray one both count as a difference.
+    (remote / "mlx-4bit" / "sub" / "config.json").unlink()
+    (remote / "mlx-4bit" / "stray.bin").write_bytes(b"junk")
+    rep = deploy(folder, device, method=method)
+    assert (rep.sent, rep.unchanged) == (["mlx-4bit"], ["tiny-Q8_0.gguf"])
+    assert same_tree(folder, remote)
+
+
+def test_a_copy_that_arrives_corrupt_is_sent_again(lab, tmp_path, monkeypatch):
+    inv, work = lab
+    folder = make_build(tmp_path)
+    remote = work / "dist" / "tiny" / "pi5"
+    real_send, calls = deploy_mod.send, []
+
+    def flaky_send(device, method, src, rdir, files):
+        real_send(device, method, src, rdir, files)
+        calls.append(list(files))
+        if len(calls) == 1:   # the link corrupts the first transfer
+            p = remote / "tiny-Q8_0.gguf"
+            p.write_bytes(b"\0" + p.read_bytes()[1:])
+
+    monkeypatch.setattr(deploy_mod, "send", flaky_send)
+    rep = deploy(folder, load_inventory(inv).get("pi"))
+    assert rep.resent == ["tiny-Q8_0.gguf"] and calls[1] == ["tiny-Q8_0.gguf"]
+    assert same_tree(folder, remote)
+
+
+def test_a_device_that_keeps_corrupting_fails_with_one_line(lab, tmp_path, monkeypatch):
+    inv, work = lab
+    folder = make_build(tmp_path)
+    remote = work / "dist" / "tiny" / "pi5"
+    real_send = deploy_mod.send
+
+    def bad_disk(device, method, src, rdir, files):
+        real_send(device, method, src, rdir, files)
+        if "tiny-Q8_0.gguf" in files:
+            (remote / "tiny-Q8_0.gguf").write_bytes(b"rot")
+
+    monkeypatch.setattr(deploy_mod, "send", bad_disk)
+    with pytest.raises(LabError, match=r"^device 'pi': tiny-Q8_0.gguf still differ\(s\) by sha256 after a re-send; "):
+        deploy(folder, load_inventory(inv).get("pi"))
+    assert not (remote / MANIFEST).exists()   # no manifest vouches for the bad copy
+
+
+def test_unreachable_port_and_wrong_key_are_one_clear_line(sshd, tmp_path):  # noqa: F811
+    folder = make_build(tmp_path)
+    closed = sshd.port + 1 if sshd.port < 65535 else sshd.port - 1
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("down", port=closed) + sshd.device_table("badkey", identity=str(sshd.wrong_identity)))
+    runner = CliRunner()
+    r = runner.invoke(app, ["deploy", str(folder), "--device", "down", "--inventory", str(inv)])
+    assert r.exit_code == 1
+    assert r.stdout == ""
+    assert r.stderr == (f"edgekit: error: device 'down' ({sshd.user}@127.0.0.1:{closed}): unreachable: connection "
+                        f"refused; check that the device is on and sshd listens on that port\n")
+    r = runner.invoke(app, ["deploy", str(folder), "--device", "badkey", "--inventory", str(inv)])
+    assert r.exit_code == 1
+    assert r.stderr == (f"edgekit: error: device 'badkey' ({sshd.user}@127.0.0.1:{sshd.port}): authentication "
+                        f"refused; check `user` and `identity` in the inventory and that the key is in the "
+                        f"device's authorized_keys\n")
+
+
+def test_unknown_host_key_is_refused_not_accepted(sshd, tmp_path):  # noqa: F811
+    folder = make_build(tmp_path)
+    empty = tmp_path / "known_hosts_empty"
+    empty.write_text("")
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi").replace(str(sshd.known_hosts), str(empty)))
+    r = CliRunner().invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"edgekit: error: device 'pi' ({sshd.user}@127.0.0.1:{sshd.port}): host key not trusted")
+    assert empty.read_text() == ""   # nothing was added behind the user's back
+
+
+@pytest.mark.parametrize("method", ["rsync", "scp"])
+def test_hostile_names_and_paths_run_nothing(sshd, tmp_path, method):  # noqa: F811
+    marker = tmp_path / "PWNED"
+    evil = HOSTILE.format(m=shlex.quote(str(marker)))
+    folder = make_build(tmp_path)
+    work = tmp_path / f"dev {evil}"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table(evil, workdir=str(work)))
+    r = CliRunner().invoke(app, ["deploy", str(folder), "--device", evil, "--inventory", str(inv), "--method", method])
+    assert not marker.exists()
+    assert r.exit_code == 0, r.output
+    assert same_tree(folder, work / "dist" / "tiny" / "pi5")   # the literal path, spaces and all
+
+
+def test_hostile_host_cannot_become_an_ssh_option(tmp_path):
+    marker = tmp_path / "PWNED"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(f'[devices.a]\ntarget = "pi5"\nhost = "-oProxyCommand=touch {marker}"\n')
+    r = CliRunner().invoke(app, ["lab", "list", "--inventory", str(inv)])
+    assert r.exit_code == 1
+    assert r.stderr == (f"edgekit: error: {inv} [devices.'a']: host '-oProxyCommand=touch {marker}' is not a host "
+                        f"name, address or ssh alias\n")
+    assert not marker.exists()
+
+
+def test_corrupt_local_build_and_wrong_target_never_ship(lab, tmp_path):
+    inv, work = lab
+    folder = make_build(tmp_path)
+    (folder / "tiny-Q8_0.gguf").write_bytes(b"truncated")
+    device = load_inventory(inv).get("pi")
+    with pytest.raises(ArtifactError, match="tiny-Q8_0.gguf do not match the manifest locally"):
+        deploy(folder, device)
+    other = make_build(tmp_path / "o", target="m4")
+    with pytest.raises(LabError, match="device 'pi' runs target 'pi5' but .* was built for 'm4'"):
+        deploy(other, device)
+    assert not work.exists()   # neither reached the device
