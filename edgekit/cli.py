@@ -48,7 +48,7 @@ def _csv(value: Optional[str]) -> Optional[list[str]]:
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the checkpoint to (replaced if present)."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny (seconds) or e2b (shape-true, ≈9.3 GB)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (seconds), mid (≈0.6 GB) or e2b (shape-true, ≈9.3 GB)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 (as released), f16 or f32."),
     no_softcap: bool = typer.Option(False, "--no-softcap", help="Write a config without final_logit_softcapping."),
@@ -215,4 +215,8 @@ def report(
 
 
 def main() -> None:  # pragma: no cover - console entry point alias
+    app()
+
+
+if __name__ == "__main__":
     app()
