@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup demo test bench-build bench-runner clean
+.PHONY: setup demo test bench-build bench-runner bench-e2b clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ bench-build: setup
 
 bench-runner: setup
 	$(BIN)/python benchmarks/runner_overhead.py
+
+# Shape-true E2B (≈9.3 GB synthesized once into .cache/models): peak RAM per artifact and runtime.
+bench-e2b: setup
+	$(BIN)/python benchmarks/e2b_memory.py $(E2B_ARGS)
 
 # Device lab (targets/lab.example.toml): `make -j lab` runs one `lab-<device>` job per device, all
 # attempted even when some fail (-k); `make lab-report` renders every device's records side by side.

@@ -47,7 +47,8 @@ def checkpoint(preset: str, e2b_dir: Path | None) -> Path:
         return e2b_dir
     path = CACHE / "models" / f"{preset}-gemma4"
     if not (path / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgekit.cli", "synth", "--preset", preset, "--out", str(path)], check=True)
+        subprocess.run([sys.executable, "-m", "edgekit.cli", "synth", "--preset", preset, "--out", str(path)],
+                       check=True, stdout=subprocess.DEVNULL)
     return path
 
 

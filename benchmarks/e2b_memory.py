@@ -1,0 +1,104 @@
+"""Shape-true Gemma 4 E2B at 4-bit: peak RAM per artifact and runtime, with where the memory goes.
+
+    python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-p 64] [-n 16] [-r 1]
+
+Synthesizes E2B once (random weights: memory and speed do not depend on values; cached under
+.cache/models), builds the pi5 artifacts (Q4_0, Q4_K_M and the recommended iq4_xs-edge) and the
+MLX 4-bit artifact, then benches each in a fresh process with `edgekit.bench` at each context:
+llama.cpp once with its stock runtime (mmap, lazy "auto", repack on, ubatch 512) as the reference
+and once with targets/pi5.toml's runtime. Prints one markdown table; every figure is measured in
+this run on this host. MLX 4-bit runs very slowly on x86 CPUs, so its prompt is a few tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache"
+
+GGUF_QUANTS = ["q4_0", "q4_k_m", "iq4_xs-edge"]
+STOCK_RUNTIME = {"kv_type": "f16"}  # everything else at llama.cpp's defaults
+
+
+def mb(x: int | None) -> str:
+    return "–" if x is None else f"{x / 1e6:,.0f}"
+
+
+def ensure_e2b(e2b_dir: Path | None) -> Path:
+    path = e2b_dir or CACHE / "models" / "e2b-gemma4"
+    if not (path / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "edgekit.cli", "synth", "--preset", "e2b", "--out", str(path)], check=True)
+    return path
+
+
+def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path) -> Path:
+    from edgekit.build import build, model_slug
+    from edgekit.manifest import read_manifest, verify
+
+    folder = out / model_slug(ckpt) / target
+    try:
+        m = read_manifest(folder)
+        if sorted(a.recipe for a in m.artifacts) == sorted(quants) and not verify(folder, m):
+            return folder
+    except Exception:
+        pass
+    return build(str(ckpt), target=target, quants=quants, out=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--e2b-dir", type=Path, default=None)
+    ap.add_argument("--ctx", default="2048,4096")
+    ap.add_argument("-p", type=int, default=64)
+    ap.add_argument("-n", type=int, default=16)
+    ap.add_argument("-r", type=int, default=1)
+    ap.add_argument("--no-mlx", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
+
+    from edgekit.bench import BenchOptions, bench
+    from edgekit.formats import FORMATS
+    from edgekit.targets import TARGETS
+
+    ckpt = ensure_e2b(args.e2b_dir)
+    dist = CACHE / "bench-e2b"
+    gguf_dir = ensure_build(ckpt, "pi5", GGUF_QUANTS, dist)
+    pi5 = TARGETS.get("pi5")
+    # The reference: the same budget and threads, llama.cpp's own runtime defaults.
+    TARGETS.register("pi5-stock", dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME))
+    runs: list[tuple[Path, str, BenchOptions]] = []
+    for ctx in (int(c) for c in args.ctx.split(",")):
+        for a in sorted(gguf_dir.glob("*.gguf")):
+            for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
+                runs.append((a, tgt, BenchOptions(n_prompt=args.p, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
+        if not args.no_mlx and "mlx" in FORMATS:
+            mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist)
+            for a in sorted(p for p in mlx_dir.iterdir() if p.is_dir()):
+                runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2")))
+
+    print(f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+          f"E2B shape-true random weights; -p {args.p} -n {args.n} (MLX: -p 4 -n 2)")
+    print("| artifact | runtime | ctx | file MB | peak RSS MB | anon MB | file-backed MB | KV MB | compute MB "
+          "| MLX peak MB | tg t/s | roofline % |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for path, tgt, opts in runs:
+        (rec,) = bench(path, opts)
+        knobs = "stock" if tgt == "pi5-stock" else ("pi5: " + ", ".join(f"{k}={v}" for k, v in TARGETS.get(tgt).runtime.items()
+                                                                        if k != "kv_type") if tgt == "pi5" else tgt)
+        roof = f"{rec.roofline_pct:.0f}" if rec.roofline_pct is not None else "–"
+        print(f"| {rec.artifact} | {knobs} | {rec.ctx} | {mb(rec.file_bytes)} | {mb(rec.peak_rss_bytes)} "
+              f"| {mb(rec.peak_anon_bytes)} | {mb(rec.peak_file_bytes)} | {mb(rec.kv_cache_bytes)} "
+              f"| {mb(rec.compute_buffer_bytes)} | {mb(rec.mlx_peak_bytes)} | {rec.tg_tps:.2f} | {roof} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
