@@ -42,6 +42,7 @@ class BenchOptions:
     target: Optional[str] = None      # default: the manifest's target
     device: Optional[str] = None      # default: $EDGEKIT_DEVICE, else the hostname
     roofline: bool = True
+    runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime]
     verbose: bool = False
     seed: int = 0
 
@@ -53,6 +54,22 @@ class Planned:
     model: str
     target: Optional[str]
     tokens: TokenBytes = field(default_factory=lambda: TokenBytes(0, 0))
+
+
+def parse_knobs(items: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs as runtime knobs; values read as TOML scalars (true, 512, "q8_0" or q8_0)."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set kv_type=q8_0")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value.strip()  # a bare word: a string knob such as q8_0
+    return out
 
 
 # ---------------------------------------------------------------- resolving PATH
@@ -189,7 +206,7 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
             on_step: Callable[[str], None] = lambda s: None) -> Record:
     tgt, threads, ctx = _settings(pl, opts)
     engine = engine_for(pl.artifact.format)
-    runtime = dict(tgt.runtime) if tgt else {}
+    runtime = {**(tgt.runtime if tgt else {}), **opts.runtime}
     spec = {"engine": engine, "path": str(pl.path), "n_prompt": opts.n_prompt, "n_gen": opts.n_gen,
             "reps": opts.reps, "seed": opts.seed,
             "opts": {"threads": threads, "ctx": ctx, "runtime": runtime, "verbose": opts.verbose}}
@@ -214,8 +231,10 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
         edgekit_version=vers.get("edgekit", ""),
         engine_version=vers.get("llama-cpp-python" if engine == "llama.cpp" else "mlx", ""),
         host=host_info(), versions=vers, runtime=runtime, samples=samples,
-        extra={"model_buffers": fig.get("model_buffers") or {}, "gathered_bytes_per_token": pl.tokens.gathered,
-               "tensor_bytes": pl.tokens.file_tensor_bytes, "bandwidth": bandwidth or {}},
+        extra={"model_buffers": fig.get("model_buffers") or [], "gathered_bytes_per_token": pl.tokens.gathered,
+               "tensor_bytes": pl.tokens.file_tensor_bytes, "bandwidth": bandwidth or {},
+               "lazy_tensors": fig.get("lazy_tensors") or [],
+               "lazy_bytes": sum(pl.tokens.sizes.get(t, 0) for t in fig.get("lazy_tensors") or [])},
     )
     if pl.tokens.total:
         rec.bytes_per_token = pl.tokens.total

@@ -184,9 +184,10 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from .bench import BenchOptions, bench as run, check_budget
+    from .bench import BenchOptions, bench as run, check_budget, parse_knobs
     from .errors import ConfigError
     from .results import PRINTERS, Store
 
@@ -194,7 +195,7 @@ def bench(
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
-                                     target=target, device=device, verbose=verbose))
+                                     target=target, device=device, runtime=parse_knobs(knob or []), verbose=verbose))
     if not no_store:
         with Store(db) as store:
             store.append(records)

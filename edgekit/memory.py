@@ -85,10 +85,12 @@ def _maxrss_bytes() -> int:
 class PeakSampler:
     """Sample this process's memory every ``interval`` seconds in a thread; ``peak()`` at the end.
 
-    Call ``sample()`` at phase boundaries too (after load, after prefill) so short phases are seen.
+    Call ``sample()`` at phase boundaries too (after load, after prefill): the engines allocate at
+    those points, and the thread then only needs a slow period. It is slow on purpose: on a 2-core
+    host every wake-up preempts one of the engine's threads, which the others wait for at a barrier.
     """
 
-    def __init__(self, interval: float = 0.005):
+    def __init__(self, interval: float = 0.02):
         self.interval = interval
         self.linux = sys.platform.startswith("linux")
         self.best = Sample()

@@ -55,8 +55,8 @@ class Record:
     peak_file_bytes: Optional[int] = None
     phys_footprint_bytes: Optional[int] = None
     mlx_peak_bytes: Optional[int] = None
-    kv_cache_bytes: Optional[int] = None
-    compute_buffer_bytes: Optional[int] = None
+    kv_cache_bytes: Optional[int] = None        # llama.cpp: its log's MiB, 2 decimals, per buffer; MLX: cache nbytes
+    compute_buffer_bytes: Optional[int] = None  # llama.cpp only (same resolution)
     # roofline: weights read per decoded token vs this host's measured read bandwidth
     bytes_per_token: Optional[int] = None
     host_read_gbs: Optional[float] = None

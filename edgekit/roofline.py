@@ -38,6 +38,7 @@ class TokenBytes:
     whole: int                                  # of which: matrices read whole
     gathered: dict[str, int] = field(default_factory=dict)   # table -> bytes of the one row read
     file_tensor_bytes: int = 0                  # all tensor bytes in the artifact
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
 
 
 def gguf_token_bytes(path: Path) -> TokenBytes:
@@ -58,8 +59,9 @@ def gguf_token_bytes(path: Path) -> TokenBytes:
             gathered[name] = int(t.n_bytes) // max(rows, 1)
         else:
             whole += int(t.n_bytes)
+    sizes = {name: int(t.n_bytes) for name, t in tensors.items()}
     return TokenBytes(total=whole + sum(gathered.values()), whole=whole, gathered=gathered,
-                      file_tensor_bytes=sum(int(t.n_bytes) for t in tensors.values()))
+                      file_tensor_bytes=sum(sizes.values()), sizes=sizes)
 
 
 def _safetensors_header(path: Path) -> dict[str, Any]:

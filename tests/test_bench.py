@@ -22,6 +22,9 @@ from edgekit.targets import TARGETS
 
 BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}   # a stand-in host bandwidth
 CTX = 1024
+# llama.cpp reports buffer sizes only in its log, in MiB with 2 decimals: two KV buffers (full and
+# sliding window) are each known to ±0.005 MiB.
+LOG_MIB = 2 * 0.005 * 2**20
 OPTS = BenchOptions(n_prompt=64, n_gen=16, reps=3, threads=2, ctx=CTX, target="pi5")
 
 
@@ -67,33 +70,41 @@ def test_ttft_covers_the_prefill_the_same_run_implies(benched):
 
 def test_peak_rss_covers_the_resident_tensors(benched):
     r = benched
-    tensors = r.extra["tensor_bytes"]
-    assert r.peak_rss_bytes >= tensors
+    # Tables llama.cpp reads row by row from the mapping (the target's lazy knob) need not be resident.
+    resident = r.extra["tensor_bytes"] - r.extra["lazy_bytes"]
+    assert r.extra["lazy_bytes"] < r.extra["tensor_bytes"]
+    assert r.peak_rss_bytes >= resident
     bufs = r.extra["model_buffers"]
-    if "CPU_Mapped" in bufs:
-        # The mapping covers every tensor (llama.cpp's log prints MiB to 2 decimals: ±0.005 MiB),
-        # and all its pages were resident as file-backed memory at the peak.
-        assert abs(bufs["CPU_Mapped"] - tensors) <= 0.005 * 2**20
-        assert r.peak_file_bytes >= bufs["CPU_Mapped"]
-    else:  # loaded without mmap: anonymous buffers hold at least every tensor
-        assert sum(bufs.values()) >= tensors - 0.005 * 2**20 * len(bufs)
-        assert r.peak_anon_bytes >= tensors
+    mapped = sum(b for name, b in bufs if name == "CPU_Mapped")
+    if mapped:
+        # The mappings cover every tensor (llama.cpp's log prints MiB to 2 decimals: ±0.005 MiB each),
+        # and after the warm-up every non-lazy weight was resident as a file-backed page.
+        assert mapped >= r.extra["tensor_bytes"] - 0.005 * 2**20 * len(bufs)
+        assert r.peak_file_bytes >= resident
+    else:  # loaded without mmap: anonymous buffers hold every tensor
+        assert sum(b for _, b in bufs) >= r.extra["tensor_bytes"] - 0.005 * 2**20 * len(bufs)
+        assert r.peak_anon_bytes >= resident
     assert r.peak_anon_bytes + r.peak_file_bytes <= r.peak_rss_bytes
 
 
-def test_kv_cache_bytes_match_the_config(benched, tiny_ckpt):
-    cfg = load_checkpoint(tiny_ckpt).config
-    kv_type = gguf.GGMLQuantizationType[benched.runtime.get("kv_type", "f16").upper()]
+def expected_kv_bytes(cfg, ctx: int, runtime: dict) -> int:
+    """KV cache bytes from the model config: K and V for every layer that keeps its own cache."""
+    kv_type = gguf.GGMLQuantizationType[runtime.get("kv_type", "f16").upper()]
     block, size = gguf.GGML_QUANT_SIZES[kv_type]
-    # llama.cpp sizes the sliding-window cache to the window plus one physical batch (512 by
-    # default), rounded up to 256 cells; full-attention layers get the whole context.
-    swa_cells = min(CTX, -(-(cfg.sliding_window + 512) // 256) * 256)
+    # llama.cpp sizes the sliding-window cache to the window plus one physical batch (n_ubatch, 512
+    # unless the target sets it), rounded up to 256 cells; full-attention layers get the whole context.
+    swa_cells = min(ctx, -(-(cfg.sliding_window + runtime.get("n_ubatch", 512)) // 256) * 256)
     own_kv = cfg.num_hidden_layers - cfg.num_kv_shared_layers
-    expected = 0
+    total = 0
     for kind in cfg.layer_types[:own_kv]:
-        cells, dim = (CTX, cfg.global_head_dim) if kind == "full_attention" else (swa_cells, cfg.head_dim)
-        expected += 2 * cells * cfg.num_key_value_heads * dim * size // block   # K and V
-    assert benched.kv_cache_bytes == expected
+        cells, dim = (ctx, cfg.global_head_dim) if kind == "full_attention" else (swa_cells, cfg.head_dim)
+        total += 2 * cells * cfg.num_key_value_heads * dim * size // block
+    return total
+
+
+def test_kv_cache_bytes_match_the_config(benched, tiny_ckpt):
+    expected = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, CTX, benched.runtime)
+    assert abs(benched.kv_cache_bytes - expected) <= LOG_MIB
     assert benched.compute_buffer_bytes > 0
 
 
@@ -131,12 +142,15 @@ def _cli(*args):
     return CliRunner().invoke(app, ["bench", *map(str, args)])
 
 
-def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tmp_path, tiny_budget, fixed_bandwidth):
+def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tiny_ckpt, tmp_path, tiny_budget, fixed_bandwidth):
     db = tmp_path / "r.db"
-    res = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 64, "--target", tiny_budget,
-               "-o", "jsonl", "--db", db)
+    res = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 256, "--target", tiny_budget,
+               "-o", "jsonl", "--db", db, "--set", "kv_type=q8_0", "--set", "n_ubatch=64")
     assert res.exit_code == 3
     (rec,) = parse_jsonl(res.stdout)
+    # --set knobs override the target's and reach the engine
+    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64}
+    assert abs(rec.kv_cache_bytes - expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 256, rec.runtime)) <= LOG_MIB
     over = (rec.peak_rss_bytes - 1_000_000) / MB
     assert res.stderr == (f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
                           "the tiny-budget budget of 1 MB; choose a smaller quant or --ctx, or pass --no-gate to only warn\n")

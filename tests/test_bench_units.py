@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from edgekit import roofline
+from edgekit.bench import parse_knobs
+from edgekit.errors import ConfigError
 from edgekit.runners.base import mean_sd, one_rep, run_reps
 
 MiB = 1 << 20
@@ -189,3 +191,10 @@ def test_mean_sd_is_the_sample_standard_deviation():
     xs = [10.0, 12.0, 15.0, 11.0]
     assert mean_sd(xs) == (statistics.fmean(xs), statistics.stdev(xs))
     assert mean_sd([3.0]) == (3.0, 0.0)
+
+
+def test_set_knobs_read_as_toml_scalars():
+    assert parse_knobs(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "bw = 6.5"]) == {
+        "repack": False, "n_ubatch": 128, "kv_type": "q8_0", "lazy": "on", "bw": 6.5}
+    with pytest.raises(ConfigError, match=r"--set 'repack': expected KEY=VALUE"):
+        parse_knobs(["repack"])

@@ -82,13 +82,15 @@ def prompt_tokens(runner: Runner, n: int, seed: int = 0) -> list[int]:
 
 
 def one_rep(runner: Runner, prompt: Sequence[int], n_gen: int, first_token: int,
-            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+            clock: Callable[[], float] = time.perf_counter,
+            on_sample: Callable[[], object] = lambda: None) -> Measurement:
     runner.reset()
     t0 = clock()
     runner.prefill(prompt)
     t1 = clock()
     runner.next_token()
     t2 = clock()
+    on_sample()  # the full prompt's cache and activations are live here (untimed)
 
     runner.reset()
     tok, decode_s = first_token, 0.0
@@ -109,12 +111,12 @@ def run_reps(runner: Runner, n_prompt: int, n_gen: int, reps: int, seed: int = 0
     """A warm-up repetition (discarded), then ``reps`` measured ones."""
     prompt = prompt_tokens(runner, n_prompt, seed)
     first = runner.bos() if runner.bos() is not None else prompt_tokens(runner, 1, seed + 1)[0]
-    one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first)  # warm-up: page in, spin up threads
+    one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first, on_sample=on_sample)  # warm-up: page in
     on_sample()
     on_step("warm-up")
     out = []
     for i in range(reps):
-        out.append(one_rep(runner, prompt, n_gen, first))
+        out.append(one_rep(runner, prompt, n_gen, first, on_sample=on_sample))
         on_sample()
         on_step(f"rep {i + 1}/{reps}")
     return out

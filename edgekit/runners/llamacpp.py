@@ -3,8 +3,8 @@
 The high-level ``Llama`` class tokenizes, samples and times as one, so prefill and decode could not
 be timed apart; the C API gives llama_decode per batch, as llama-bench uses it. Memory figures the
 engine knows (KV cache, compute buffers, model buffers per buffer type: CPU_Mapped is the mmap'd
-file, CPU_REPACK a repacked anonymous copy) are only printed to llama.cpp's log, and the C API has
-no call that returns them, so the log callback parses those lines.
+file, CPU_REPACK a repacked anonymous copy; and which tables are read lazily) are only printed to
+llama.cpp's log, and the C API has no call that returns them, so the log callback parses those lines.
 
 Target profile knobs ([runtime] in targets/*.toml), all optional (llama.cpp's default otherwise):
   use_mmap (bool)    map the file (weights then count as file-backed, reclaimable pages)
@@ -31,6 +31,7 @@ import numpy as np
 from ..errors import BenchError, ConfigError, EngineMissingError
 from .base import RunOptions
 
+_LAZY = re.compile(r"tensor (\S+) \(size = \d+ MiB\) lazy read enabled")
 _BUF = re.compile(r"(?P<name>\S+)\s+(?P<kind>model|KV|compute) buffer size\s*=\s*(?P<mib>[\d.]+) MiB")
 
 KV_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1",
@@ -54,6 +55,8 @@ class _Log:
         self.verbose = verbose
         self.lines: list[str] = []
         self._partial = ""
+        self._buffers: list[tuple[str, str, int]] = []
+        self.lazy: list[str] = []   # tensors llama.cpp reads row by row from the mapping
 
         self._level = 0
 
@@ -67,20 +70,25 @@ class _Log:
             self._partial += s
             while "\n" in self._partial:
                 line, self._partial = self._partial.split("\n", 1)
-                self.lines.append(line)
-                del self.lines[:-400]  # keep the tail: enough for the error that ends a failed load
+                self._line(line)
 
         self._cb = cb  # ctypes callbacks must outlive their registration
         L.llama_log_set(cb, ctypes.c_void_p(0))
 
-    def buffers(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {"model": {}, "KV": {}, "compute": {}}
-        for line in self.lines:
-            m = _BUF.search(line)
-            if m:
-                d = out[m["kind"]]
-                d[m["name"]] = d.get(m["name"], 0) + round(float(m["mib"]) * 2**20)
-        return out
+    def _line(self, line: str) -> None:
+        m = _BUF.search(line)
+        if m:
+            self._buffers.append((m["kind"], m["name"], round(float(m["mib"]) * 2**20)))
+        lazy = _LAZY.search(line)
+        if lazy:
+            self.lazy.append(lazy[1])
+        self.lines.append(line)
+        del self.lines[:-50]  # the tail holds the error that ends a failed load
+
+    def buffers(self, kind: str) -> list[tuple[str, int]]:
+        """(buffer type, bytes) per buffer of ``kind`` (model | KV | compute), in log order; a lazily read
+        table gets its own CPU_Mapped buffer beside the main one, so names repeat."""
+        return [(name, b) for k, name, b in self._buffers if k == kind]
 
     def last_error(self) -> str:
         for line in reversed(self.lines):
@@ -171,10 +179,10 @@ class LlamaCppRunner:
         return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
     def figures(self) -> dict[str, Any]:
-        b = self.log.buffers()
-        return {"kv_cache_bytes": sum(b["KV"].values()) if b["KV"] else None,
-                "compute_buffer_bytes": sum(b["compute"].values()) if b["compute"] else None,
-                "model_buffers": b["model"]}
+        kv, compute = self.log.buffers("KV"), self.log.buffers("compute")
+        return {"kv_cache_bytes": sum(b for _, b in kv) if kv else None,
+                "compute_buffer_bytes": sum(b for _, b in compute) if compute else None,
+                "model_buffers": self.log.buffers("model"), "lazy_tensors": list(self.log.lazy)}
 
     def close(self) -> None:
         if self.ctx:
@@ -188,5 +196,6 @@ class LlamaCppRunner:
 def _choice(knob: str, value: Any, table: dict[str, Any]) -> Any:
     key = str(value).lower()
     if key not in table:
-        raise ConfigError(f"runtime knob {knob} = {value!r} is not one of {', '.join(table)}; fix the target profile")
+        raise ConfigError(f"runtime knob {knob} = {value!r} is not one of {', '.join(table)}; "
+                          "fix the target profile's [runtime] or the --set value")
     return table[key]
