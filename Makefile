@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup demo test bench-build bench-runner bench-e2b clean
+.PHONY: setup demo test bench-build bench-runner bench-e2b bench-e2b-mlx clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ bench-runner: setup
 # Shape-true E2B (≈9.3 GB synthesized once into .cache/models): peak RAM per artifact and runtime.
 bench-e2b: setup
 	$(BIN)/python benchmarks/e2b_memory.py $(E2B_ARGS)
+
+# MLX 4-bit E2B: stock mlx-lm loading vs edgekit's memory-mapped PLE table, with the breakdown.
+bench-e2b-mlx: setup
+	$(BIN)/python benchmarks/e2b_mlx_memory.py $(E2B_MLX_ARGS)
 
 # Device lab (targets/lab.example.toml): `make -j lab` runs one `lab-<device>` job per device, all
 # attempted even when some fail (-k); `make lab-report` renders every device's records side by side.

@@ -110,17 +110,17 @@ def test_8bit_argmax_and_kl_bounded(built, tokens, fp32):
 
 @pytest.mark.parametrize("name", ["tiny-gemma4-mlx-bf16", "tiny-gemma4-mlx-4bit-g64"])
 def test_hook_logits_equal_stock_mlx_lm(built, tokens, name):
-    """The memory-mapped PLE table gives exactly the logits of stock mlx_lm.load (table resident)."""
+    """The on-disk PLE table gives exactly the logits of stock mlx_lm.load (table resident)."""
     import mlx_lm
     from mlx.utils import tree_flatten
     from mlx_lm.models.cache import make_prompt_cache
 
-    from edgekit.mlx_ple import PLE_FILE, load_mlx_model, mapped_table
+    from edgekit.mlx_ple import PLE_FILE, load_mlx_model, ple_table
 
     stock, _ = mlx_lm.load(str(built / name))
     hooked, _ = load_mlx_model(built / name)
-    table = mapped_table(hooked)
-    assert table is not None and mapped_table(stock) is None
+    table = ple_table(hooked)
+    assert table is not None and ple_table(stock) is None
     # Through the KV cache: a prefill longer than the sliding window, then token-by-token decoding.
     # (MLX's 4-bit matmul is slow on an x86 CPU: a few tokens past the window keep this test short.)
     outs = []
@@ -137,6 +137,35 @@ def test_hook_logits_equal_stock_mlx_lm(built, tokens, name):
     assert size(stock) - size(hooked) == table.nbytes and 0 < header_bytes < 4096
 
 
+def test_ple_table_never_enters_mlx_memory(built, tokens):
+    """MLX's allocator grows by the hooked model's parameters only, through load and a forward pass;
+    loading the same artifact resident grows it by the table too."""
+    import gc
+
+    from mlx.utils import tree_flatten
+
+    from edgekit.mlx_ple import load_mlx_model, ple_table
+
+    name = built / "tiny-gemma4-mlx-bf16"
+    grown = {}
+    for ple in ("disk", "resident"):
+        gc.collect()
+        before = mx.get_active_memory()
+        model, _ = load_mlx_model(name, ple=ple, tokenizer=False)
+        grown[ple] = mx.get_active_memory() - before
+        params = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+        assert params <= grown[ple] <= params + 4096   # + mlx-lm's rope frequency buffers
+        if ple == "disk":
+            table = ple_table(model).nbytes
+            logits = model(mx.array([tokens[:40]]))
+            mx.eval(logits)
+            # What stays after a forward: the logits (and a few bytes of ids), never table rows.
+            assert mx.get_active_memory() - before - grown[ple] <= logits.nbytes + 4096
+            del logits
+        del model
+    assert abs(grown["resident"] - grown["disk"] - table) <= 4096
+
+
 def test_ple_file_is_what_mlx_quantizes(built, tiny_ckpt):
     """The streamed, slab-quantized table equals mlx's quantizer run on the whole table, byte for byte."""
     from edgekit.checkpoint import load_checkpoint
@@ -146,12 +175,18 @@ def test_ple_file_is_what_mlx_quantizes(built, tiny_ckpt):
     whole = mx.array(ref.load()).astype(mx.bfloat16)
     for name, bits in (("tiny-gemma4-mlx-4bit-g64", 8), ("tiny-gemma4-mlx-8bit-g64", 8)):
         t = open_ple(built / name, {"group_size": 64, "bits": bits})
+        rows = np.arange(t.shape[0])
         w, s, b = mx.quantize(whole, 64, bits)
-        assert np.array_equal(t.weight, np.array(w))
-        assert np.array_equal(t.scales, np.array(s.view(mx.uint16)))
-        assert np.array_equal(t.biases, np.array(b.view(mx.uint16)))
+        assert np.array_equal(t.read("weight", rows), np.array(w))
+        assert np.array_equal(t.read("scales", rows), np.array(s.view(mx.uint16)))
+        assert np.array_equal(t.read("biases", rows), np.array(b.view(mx.uint16)))
+        # Row reads gather any order, repeats included, as numpy indexing does.
+        ids = np.array([[7, 3, 7], [1023, 0, 3]])
+        assert np.array_equal(t.read("weight", ids.reshape(-1)), np.array(w)[ids.reshape(-1)])
+        t.close()
     t = open_ple(built / "tiny-gemma4-mlx-bf16", None)
-    assert np.array_equal(t.weight, np.array(whole.view(mx.uint16)))
+    assert np.array_equal(t.read("weight", np.arange(t.shape[0])), np.array(whole.view(mx.uint16)))
+    t.close()
 
 
 def test_ple_precision_choice(tiny_ckpt):
@@ -197,7 +232,7 @@ def test_greedy_agrees_with_gguf_f16(built):
     from edgekit.mlx_ple import load_mlx_model
 
     model, _ = load_mlx_model(built / "tiny-gemma4-mlx-bf16")
-    llm = llama_cpp.Llama(str(built / "tiny-gemma4-F16.gguf"), n_ctx=256, n_batch=256, n_threads=2,
+    llm = llama_cpp.Llama(str(built / "tiny-gemma4-F16.gguf"), n_ctx=256, n_batch=256, n_threads=1,
                           logits_all=True, type_k=0, type_v=0, verbose=False)
     try:
         for seed in range(3):

@@ -162,4 +162,4 @@ def test_apple_targets():
         formats = [RECIPES.get(q).format for q in t.quants]
         assert formats[0] == "mlx" and "gguf" in formats      # the default, and the llama.cpp alternative
         assert t.memory_budget_gb == TARGETS.get("pi5").memory_budget_gb
-        assert t.runtime["ple"] == "mmap"
+        assert t.runtime["ple"] == "disk"

@@ -1,7 +1,7 @@
 """Gemma 4 text → an MLX artifact folder, on mlx-lm's own model, quantizer and writer.
 
 The folder loads in stock ``mlx_lm.load`` / ``mlx_lm.generate`` and in ``edgekit.mlx_ple.load_mlx_model``
-(which keeps the per-layer embedding table memory-mapped). Steps:
+(which keeps the per-layer embedding table on disk, reading the rows in flight). Steps:
 
 * config: mlx-lm's gemma4 reads a top-level ``vocab_size`` and ``text_config.global_head_dim`` and,
   where a key is absent, falls back to *E2B's* values (num_kv_shared_layers 20, double-wide MLP,
