@@ -40,7 +40,7 @@ bench-runner: setup
 bench-e2b: setup
 	$(BIN)/python benchmarks/e2b_memory.py $(E2B_ARGS)
 
-# MLX 4-bit E2B: stock mlx-lm loading vs edgekit's memory-mapped PLE table, with the breakdown.
+# MLX 4-bit E2B: stock mlx-lm loading vs edgekit's on-disk PLE table, with the breakdown.
 bench-e2b-mlx: setup
 	$(BIN)/python benchmarks/e2b_mlx_memory.py $(E2B_MLX_ARGS)
 
