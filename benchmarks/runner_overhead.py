@@ -9,8 +9,9 @@
   PLE table resident), so edgekit runs it with ple=resident too. Its prompt_tps is tokens / time to
   first token (compared with ours from TTFT), and its generation_tps is measured after the prompt
   with steps overlapped by async_eval, where edgekit times each step alone from an empty cache.
-Without --gguf/--mlx, a tiny random Gemma 4 is synthesized and built (q4_0 for pi5, mlx-4bit).
-Tiny models make per-token overhead as visible as it can be: on real sizes the ratio is closer to 1.
+Without --gguf/--mlx, random Gemma 4 checkpoints are synthesized and built: --preset (default mid,
+≈0.3 B params) at q4_0 for pi5, and --mlx-preset (default tiny) at mlx-4bit. Smaller models make
+per-token overhead more visible; on real sizes the ratio is closer to 1.
 Rounds alternate the tools (edgekit, engine, edgekit, ...) so a busy machine hurts both alike.
 Prints tg and pp ratios (edgekit ÷ engine; goal ≥ 0.98). Not a test: the figures depend on the host.
 """
@@ -68,33 +69,49 @@ def build_llama_bench() -> Path:
     return exe
 
 
-def artifacts(workdir: Path) -> tuple[Path, Path]:
+def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
+    """The artifact folder for a synthesized ``preset`` checkpoint, built once under ``workdir``."""
     from edgekit.build import build
     from edgekit.synth import synth
 
-    ckpt = workdir / "tiny-gemma4"
+    ckpt = workdir / f"{preset}-gemma4"
     if not (ckpt / "config.json").exists():
-        synth(ckpt, preset="tiny", seed=0)
-    gguf_dir = workdir / "dist" / "tiny-gemma4" / "pi5"
-    if not (gguf_dir / "manifest.json").exists():
-        gguf_dir = build(str(ckpt), target="pi5", quants=["q4_0"], out=workdir / "dist")
-    mlx_dir = workdir / "dist" / "tiny-gemma4" / "m4"
-    if not (mlx_dir / "manifest.json").exists():
-        mlx_dir = build(str(ckpt), target="m4", quants=["mlx-4bit"], out=workdir / "dist")
-    return next(gguf_dir.glob("*.gguf")), next(p for p in mlx_dir.iterdir() if p.is_dir())
+        synth(ckpt, preset=preset, seed=0)
+    folder = workdir / "dist" / ckpt.name / target
+    if not (folder / "manifest.json").exists():
+        folder = build(str(ckpt), target=target, quants=[quant], out=workdir / "dist")
+    return folder
 
 
-def edgekit_run(path: Path, p: int, n: int, reps: int, threads: int | None, runtime: dict | None = None) -> dict[str, float]:
+def edgekit_run(path: Path, p: int, n: int, reps: int, threads: int | None, runtime: dict | None = None) -> dict:
     from edgekit.bench import BenchOptions, bench
 
     (r,) = bench(path, BenchOptions(n_prompt=p, n_gen=n, reps=reps, threads=threads, ctx=p + n, roofline=False,
                                     runtime=runtime or {}))
-    return {"pp": r.pp_tps, "tg": r.tg_tps, "pp_sd": r.pp_tps_sd, "tg_sd": r.tg_tps_sd, "ttft_ms": r.ttft_ms}
+    return {"pp": r.pp_tps, "tg": r.tg_tps, "pp_sd": r.pp_tps_sd, "tg_sd": r.tg_tps_sd, "ttft_ms": r.ttft_ms,
+            "runtime": r.runtime}
 
 
-def llama_bench_run(exe: Path, gguf: Path, p: int, n: int, reps: int, threads: int) -> dict[str, float]:
+def llama_bench_flags(runtime: dict) -> list[str]:
+    """The llama-bench flags for the knobs edgekit applied (the artifact's target profile), so both
+    run the same configuration; absent knobs are both tools' llama.cpp defaults."""
+    flags = []
+    if "use_mmap" in runtime or "mlock" in runtime:
+        mode = {(True, False): "mmap", (False, False): "none", (True, True): "mmap+mlock", (False, True): "mlock"}
+        flags += ["-lm", mode[bool(runtime.get("use_mmap", True)), bool(runtime.get("mlock", False))]]
+    for knob, flag in (("lazy", "-lzm"), ("n_batch", "-b"), ("n_ubatch", "-ub"), ("flash_attn", "-fa")):
+        if knob in runtime:
+            flags += [flag, str(runtime[knob]).lower()]
+    if "repack" in runtime:
+        flags += ["--repack", str(int(bool(runtime["repack"])))]
+    if "kv_type" in runtime:
+        flags += ["-ctk", runtime["kv_type"], "-ctv", runtime["kv_type"]]
+    return flags
+
+
+def llama_bench_run(exe: Path, gguf: Path, p: int, n: int, reps: int, threads: int, flags: list[str]) -> dict[str, float]:
     out = subprocess.run([str(exe), "-m", str(gguf), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
-                          "-o", "json"], check=True, capture_output=True, text=True).stdout
+                          *flags, "-o", "json"], check=True, capture_output=True, text=True).stdout
     res = {}
     for row in json.loads(out):
         key = "pp" if row["n_gen"] == 0 else "tg"
@@ -135,21 +152,26 @@ def main() -> None:
     ap.add_argument("--mlx-n", type=int, default=8)
     ap.add_argument("--mlx-r", type=int, default=3)
     ap.add_argument("--skip-mlx", action="store_true")
+    ap.add_argument("--preset", default="mid", help="synth preset for the GGUF (tiny makes overhead most visible)")
+    ap.add_argument("--mlx-preset", default="tiny", help="synth preset for the MLX artifact (MLX on x86 is slow)")
     a = ap.parse_args()
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
 
-    gguf, mlx = a.gguf, a.mlx
-    if gguf is None or (mlx is None and not a.skip_mlx):
-        g, m = artifacts(CACHE / "bench" / "runner_overhead")
-        gguf, mlx = gguf or g, mlx or m
+    work = CACHE / "bench" / "runner_overhead"
+    gguf = a.gguf or next(built(work, a.preset, "pi5", "q4_0").glob("*.gguf"))
+    mlx = a.mlx
+    if mlx is None and not a.skip_mlx:
+        mlx = next(p for p in built(work, a.mlx_preset, "m4", "mlx-4bit").iterdir() if p.is_dir())
     exe = build_llama_bench()
     print(f"host: {platform.machine()}, {os.cpu_count()} cpus; llama-cpp-python {metadata.version('llama-cpp-python')}")
 
     ours, theirs = [], []
     for _ in range(a.rounds):
         ours.append(edgekit_run(gguf, a.p, a.n, a.r, a.threads))
-        theirs.append(llama_bench_run(exe, gguf, a.p, a.n, a.r, a.threads))
-    compare(f"llama.cpp: {gguf.name}, {a.threads} threads, -p {a.p} -n {a.n} -r {a.r}", ours, theirs, a.p, a.n, "llama-bench")
+        flags = llama_bench_flags(ours[-1]["runtime"])
+        theirs.append(llama_bench_run(exe, gguf, a.p, a.n, a.r, a.threads, flags))
+    compare(f"llama.cpp: {gguf.name}, {a.threads} threads, -p {a.p} -n {a.n} -r {a.r}; llama-bench {' '.join(flags)}",
+            ours, theirs, a.p, a.n, "llama-bench")
 
     if not a.skip_mlx:
         ours, theirs = [], []
