@@ -160,7 +160,8 @@ class Gemma4TextConfig:
             layer_types=layer_types,
             rope_theta_sliding=float(sliding.get("rope_theta", 10_000.0)),
             rope_theta_full=float(full.get("rope_theta", 1_000_000.0)),
-            partial_rotary_factor_full=float(full.get("partial_rotary_factor", 1.0)),
+            # Without rope_parameters, transformers' Gemma 4 default is proportional RoPE at 0.25.
+            partial_rotary_factor_full=float(full.get("partial_rotary_factor", 1.0 if rope else 0.25)),
             partial_rotary_factor_sliding=float(sliding.get("partial_rotary_factor", 1.0)),
             use_double_wide_mlp=bool(text.get("use_double_wide_mlp", False)),
             final_logit_softcapping=text.get("final_logit_softcapping"),
