@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +46,22 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     # A stale manifest from an earlier build must not vouch for files this build is replacing.
     (folder / MANIFEST).unlink(missing_ok=True)
     cache: dict[str, Any] = {}
+    # Hashing the source (9 GB for E2B) runs beside the conversion: hashlib releases the GIL.
+    stop = threading.Event()
+    hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
+    fingerprint = hasher.submit(ckpt.fingerprint, stop)
     try:
         artifacts = [FORMATS.get(r.format)(ckpt, r, tgt, folder, cache) for r in recipes]
+        source = fingerprint.result()
     finally:
+        stop.set()
+        hasher.shutdown(wait=True)
         for cleanup in cache.get("_cleanup", []):
             cleanup()
     manifest = Manifest(
         model=model_slug(ckpt.path),
         target=tgt.name,
-        source={"path": str(ckpt.path), **ckpt.fingerprint(), "dropped_tensors": len(ckpt.dropped)},
+        source={"path": str(ckpt.path), **source, "dropped_tensors": len(ckpt.dropped)},
         artifacts=artifacts,
         recipes={r.name: r.to_json() for r in recipes},
         versions=versions(),

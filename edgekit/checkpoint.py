@@ -15,9 +15,10 @@ import logging
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -152,17 +153,18 @@ class Checkpoint:
     def files(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
 
-    def fingerprint(self) -> dict[str, str]:
-        """sha256 of every file in the checkpoint (what a hub lists as each file's LFS oid), and of the lot."""
-        per_file = {p.name: sha256_file(p) for p in self.files()}
+    def fingerprint(self, stop: threading.Event | None = None) -> dict[str, Any]:
+        """sha256 of every file in the checkpoint (what a hub lists as each file's LFS oid), and of the lot.
+        ``stop`` abandons the hashing early (the result is then incomplete and must not be used)."""
+        per_file = {p.name: sha256_file(p, stop=stop) for p in self.files()}
         total = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(per_file.items())).encode()).hexdigest()
         return {"sha256": total, "files": per_file}
 
 
-def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 8 << 20, stop: threading.Event | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
-        while block := f.read(chunk):
+        while (block := f.read(chunk)) and not (stop and stop.is_set()):
             h.update(block)
     return h.hexdigest()
 

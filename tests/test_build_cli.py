@@ -141,7 +141,7 @@ def test_full_disk(tiny_ckpt, tmp_path):
 
 
 def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit import checkpoint
+    from edgekit.formats import gguf as gguf_format
 
     out = tmp_path / "out"
     assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(out)).exit_code == 0
@@ -149,16 +149,17 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     assert (folder / "manifest.json").is_file()
 
     calls = {"n": 0}
-    real = checkpoint.TensorRef.raw_chunks
+    real = gguf_format._Streamed.tofile
 
-    def interrupted(self, *a, **kw):
+    def interrupted(self, f):
         calls["n"] += 1
         if calls["n"] == 40:  # part-way through the tensor stream
             raise KeyboardInterrupt
-        return real(self, *a, **kw)
+        return real(self, f)
 
-    monkeypatch.setattr(checkpoint.TensorRef, "raw_chunks", interrupted)
+    monkeypatch.setattr(gguf_format._Streamed, "tofile", interrupted)
     res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "-o", str(out))
+    assert calls["n"] == 40
     assert res.exit_code == 130
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
     # The earlier build's manifest no longer vouches for a folder being rewritten, and no temp file stays.

@@ -9,7 +9,9 @@ are made from the unquantized file by llama.cpp itself (edgekit/quantize.py).
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,7 +20,7 @@ import gguf
 import numpy as np
 
 from ..checkpoint import Checkpoint, TensorRef, f32_to_bf16
-from ..errors import ConversionError
+from ..errors import CheckpointError, ConversionError
 from ..fsutil import atomic_path
 from ..gemma4 import Gemma4TextConfig
 from ..manifest import Artifact, artifact_digest
@@ -32,6 +34,7 @@ GQT = gguf.GGMLQuantizationType
 
 # Unquantized storage types the converter writes itself.
 FLOAT_TYPES: dict[str, GQT] = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16}
+ST_TO_GQT = FLOAT_TYPES  # safetensors dtype names happen to match
 FILE_TYPES: dict[GQT, gguf.LlamaFileType] = {
     GQT.F32: gguf.LlamaFileType.ALL_F32, GQT.F16: gguf.LlamaFileType.MOSTLY_F16, GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
 }
@@ -44,8 +47,11 @@ class _Streamed:
     nbytes: int
     chunks: Callable[[], Iterator[np.ndarray]]
     advance: Callable[[int], None]
+    copy_from: tuple[Path, int] | None = None   # (file, offset) when the bytes go over unchanged
 
     def tofile(self, f: Any) -> None:
+        if self.copy_from and _copy_range(*self.copy_from, f, self.nbytes, self.advance):
+            return
         written = 0
         for c in self.chunks():
             c = np.ascontiguousarray(c)
@@ -56,12 +62,36 @@ class _Streamed:
             raise ConversionError(f"internal: wrote {written} bytes for a {self.nbytes}-byte tensor")
 
 
+def _copy_range(src: Path, offset: int, f: Any, nbytes: int, advance: Callable[[int], None]) -> bool:
+    """Copy bytes file-to-file in the kernel (no user-space buffer; a reflink where the filesystem
+    can). False when the platform or filesystem cannot, before anything was written."""
+    if not hasattr(os, "copy_file_range"):
+        return False
+    f.flush()
+    with open(src, "rb", buffering=0) as s:
+        done = 0
+        while done < nbytes:
+            try:
+                n = os.copy_file_range(s.fileno(), f.fileno(), min(nbytes - done, 1 << 30), offset + done)
+            except OSError as e:
+                if done == 0 and e.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    return False
+                raise
+            if n == 0:
+                raise CheckpointError(f"{src.name}: file ends inside a tensor; the download is truncated, fetch it again")
+            done += n
+            advance(n)
+    f.seek(0, os.SEEK_END)
+    return True
+
+
 @dataclass
 class _Planned:
     name: str
     shape: tuple[int, ...]        # numpy order (rows, cols)
     qtype: GQT
     chunks: Callable[[], Iterator[np.ndarray]]
+    copy_from: tuple[Path, int] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +101,7 @@ class _Planned:
 
 def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
     """Chunks of ``ref`` (its first ``rows`` rows) in ``qtype``; a same-type copy moves bytes only."""
-    same = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16}[ref.dtype] == qtype
+    same = ST_TO_GQT[ref.dtype] == qtype
 
     def gen() -> Iterator[np.ndarray]:
         left = ref.n_rows if rows is None else rows
@@ -155,7 +185,8 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
             # Rows past the tokenizer's vocabulary are padding no token can reach.
             rows, shape = n_vocab, (n_vocab, ref.shape[1])
         t = qtype if len(shape) > 1 else GQT.F32   # norms and scalars stay F32, as llama.cpp expects
-        plans.append(_Planned(name, shape, t, _convert(ref, t, rows)))
+        same = ST_TO_GQT[ref.dtype] == t   # a prefix of rows is a prefix of bytes: copy it as is
+        plans.append(_Planned(name, shape, t, _convert(ref, t, rows), (ref.path, ref.offset) if same else None))
     if cfg.hidden_size_per_layer_input or cfg.partial_rotary_factor_full < 1.0:
         freqs = rope_freqs(cfg)
         plans.append(_Planned("rope_freqs.weight", freqs.shape, GQT.F32, lambda: iter([freqs])))
@@ -180,7 +211,7 @@ def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = 
             w.write_ti_data_to_file()
             with progress_bar(f"gguf {dtype}", sum(p.nbytes for p in plans)) as advance:
                 for p in plans:
-                    w.write_tensor_data(_Streamed(p.nbytes, p.chunks, advance))  # type: ignore[arg-type]
+                    w.write_tensor_data(_Streamed(p.nbytes, p.chunks, advance, p.copy_from))  # type: ignore[arg-type]
         finally:
             w.close()
     log.info("wrote %s (%s, %.1f MB)", out.name, dtype, out.stat().st_size / 1e6)
