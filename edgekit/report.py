@@ -41,8 +41,8 @@ def plot_tg_vs_peak(records: list[Record], out: Path) -> Path:
                         xytext=(4, 4), textcoords="offset points")
     for b in sorted({r.budget_bytes for r in records if r.budget_bytes}):
         ax.axvline(b / MB, color="red", linestyle="--", linewidth=1)
-        ax.annotate(f"budget {b / MB:.0f} MB", (b / MB, ax.get_ylim()[1]), color="red", fontsize=7,
-                    rotation=90, va="top", ha="right")
+        ax.text(b / MB, 0.97, f"budget {b / MB:.0f} MB ", transform=ax.get_xaxis_transform(), color="red",
+                fontsize=7, rotation=90, va="top", ha="right")
     ax.set_xlabel("peak RSS (MB)")
     ax.set_ylabel("decode (tg) tokens/s")
     ax.set_title("Decode speed against peak memory, per artifact and device")
