@@ -37,7 +37,7 @@ def load_mlx_model(path: Path, ple: str = "auto") -> Any:
         from mlx_lm.utils import load_model
 
         return load_model(Path(path))[0]
-    return load_with_ple(path, ple=ple)[0]
+    return load_with_ple(path, ple=ple, tokenizer=False)[0]  # ids are fed: the tokenizer would only add RSS
 
 
 class MlxRunner:
