@@ -94,8 +94,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     llamacpp_tools.tool("llama-quantize")
     print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
-    print(f"| checkpoint | edgekit build | llama.cpp convert (bf16) + quantize | time ratio | peak RSS ratio |")
-    print(f"|---|---|---|---|---|")
+    print("| checkpoint | edgekit build | llama.cpp convert (bf16) + quantize | time ratio | peak RSS ratio |")
+    print("|---|---|---|---|---|")
     for preset in args.presets.split(","):
         r = run(preset, args.quant, args.e2b_dir, CACHE / "bench-build")
         print(f"| {preset} → {args.quant} | {r['edgekit_s']:.1f} s, {r['edgekit_rss'] / 1e9:.2f} GB | "

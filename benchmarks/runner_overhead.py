@@ -2,8 +2,8 @@
 
     python benchmarks/runner_overhead.py [--gguf F] [--mlx DIR] [-p 128] [-n 32] [-r 5] [--threads 2]
 
-* llama.cpp: llama-bench, built once by this script from the llama-cpp-python sdist's vendored
-  llama.cpp (the commit edgekit's runner links against) into .cache/llama.cpp-tools/ (≈5 min on 2
+* llama.cpp: llama-bench, built once (benchmarks/llamacpp_tools.py) from the llama-cpp-python sdist's
+  vendored llama.cpp (the commit edgekit's runner links against) into .cache/llama.cpp/ (≈5 min on 2
   cores; GGML_NATIVE=OFF on x86_64, like the pip build), on the same GGUF, threads and lengths.
 * MLX: `python -m mlx_lm benchmark` on the same MLX folder, which it loads as stock mlx-lm does (the
   PLE table resident), so edgekit runs it with ple=resident too. Its prompt_tps is tokens / time to
@@ -33,42 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import llamacpp_tools  # noqa: E402  (llama.cpp's own tools, built once from the vendored source)
 
 CACHE = ROOT / ".cache"
-
-
-def llama_cpp_source() -> Path:
-    """The vendored llama.cpp of the installed llama-cpp-python: $LLAMA_CPP_SRC, /work/sdist, or pip download."""
-    version = metadata.version("llama-cpp-python")
-    for cand in (os.environ.get("LLAMA_CPP_SRC"), f"/work/sdist/llama_cpp_python-{version}/vendor/llama.cpp",
-                 CACHE / "sdist" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"):
-        if cand and (Path(cand) / "CMakeLists.txt").exists():
-            return Path(cand)
-    (CACHE / "sdist").mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={version}", "-d", str(CACHE / "sdist")], check=True)
-    subprocess.run(["tar", "-xzf", str(CACHE / "sdist" / f"llama_cpp_python-{version}.tar.gz"), "-C",
-                    str(CACHE / "sdist")], check=True)
-    return CACHE / "sdist" / f"llama_cpp_python-{version}" / "vendor" / "llama.cpp"
-
-
-def build_llama_bench() -> Path:
-    version = metadata.version("llama-cpp-python")
-    build = CACHE / "llama.cpp-tools" / version
-    exe = build / "bin" / "llama-bench"
-    if exe.exists():
-        return exe
-    src = llama_cpp_source()
-    args = ["-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-            "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_UI=OFF"]
-    if platform.machine() in ("x86_64", "AMD64"):
-        args.append("-DGGML_NATIVE=OFF")  # as the pip build here: the native build crashes in ggml's AMX path
-    print(f"building llama-bench from {src} into {build} (one time, ≈5 min)...", file=sys.stderr)
-    gen = ["-G", "Ninja"] if subprocess.run(["which", "ninja"], capture_output=True).returncode == 0 else []
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *gen, *args], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(os.cpu_count() or 2)],
-                   check=True, stdout=subprocess.DEVNULL)
-    return exe
 
 
 def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
@@ -167,7 +135,7 @@ def main() -> None:
     mlx = a.mlx
     if mlx is None and not a.skip_mlx:
         mlx = next(p for p in built(work, a.mlx_preset, "m4", "mlx-4bit").iterdir() if p.is_dir())
-    exe = build_llama_bench()
+    exe = llamacpp_tools.tool("llama-bench")
     print(f"host: {platform.machine()}, {os.cpu_count()} cpus; llama-cpp-python {metadata.version('llama-cpp-python')}")
 
     ours, theirs = [], []

@@ -14,7 +14,7 @@ import pytest
 
 mx = pytest.importorskip("mlx.core", reason="MLX tests need edgekit[mlx]")
 
-from reference import hf_logits, hf_model, llama_logits, mean_kl  # noqa: E402
+from reference import hf_logits, hf_model, mean_kl  # noqa: E402
 
 N_TOKENS = 80
 SEED = int(os.environ.get("EDGEKIT_TEST_SEED", "2"))   # bounds below were measured on seeds 0-3
