@@ -91,7 +91,7 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
     """What `edgekit build` prints: one line per artifact (file, quant, size, sha256 prefix)."""
     lines = [f"{folder}/{MANIFEST}"]
     for a in manifest.artifacts:
-        lines.append(f"  {a.file:<48} {a.format:<5} {a.quant:<9} {a.bytes / 1e6:>9.1f} MB  sha256:{a.sha256[:12]}")
+        lines.append(f"  {a.file:<48} {a.format:<5} {a.quant:<12} {a.bytes / 1e6:>9.1f} MB  sha256:{a.sha256[:12]}")
     return "\n".join(lines)
 
 
