@@ -10,6 +10,7 @@ are made from the unquantized file by llama.cpp itself (edgekit/quantize.py).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -120,8 +121,13 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
     return gen
 
 
-def gguf_tensor_name(short: str, n_layers: int, _cache: dict[int, Any] = {}) -> str:
-    tmap = _cache.get(n_layers) or _cache.setdefault(n_layers, gguf.get_tensor_name_map(ARCH, n_layers))
+@functools.lru_cache(maxsize=None)
+def _name_map(n_layers: int) -> gguf.TensorNameMap:
+    return gguf.get_tensor_name_map(ARCH, n_layers)
+
+
+def gguf_tensor_name(short: str, n_layers: int) -> str:
+    tmap = _name_map(n_layers)
     hf = "model." + short
     if hf.endswith("layer_scalar"):
         hf += ".weight"  # llama.cpp stores the per-layer scalar as a weight tensor
