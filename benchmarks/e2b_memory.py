@@ -34,9 +34,9 @@ def mb(x: int | None) -> str:
 
 
 def drop_caches() -> None:
-    """Bench each artifact from a cold page cache (root on Linux; else a no-op). The file-backed part
-    of the peak depends on the page cache: right after a build it measured ≈60-130 MB more than from
-    a cold cache (the kernel maps freshly written files in larger units), so cold is the repeatable state."""
+    """Bench each artifact from a cold page cache (root on Linux; else a no-op), so every run starts
+    from the same state. The file-backed part of the peak still varied by up to ≈100 MB between runs
+    of this script (1,469-1,566 MB for iq4_xs-edge at ctx 2048); the cause is not pinned down."""
     try:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
