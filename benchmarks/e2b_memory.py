@@ -35,8 +35,8 @@ def mb(x: int | None) -> str:
 
 def drop_caches() -> None:
     """Bench each artifact from a cold page cache (root on Linux; else a no-op), so every run starts
-    from the same state. The file-backed part of the peak still varied by up to ≈100 MB between runs
-    of this script (1,469-1,566 MB for iq4_xs-edge at ctx 2048); the cause is not pinned down."""
+    from the same state: a file left in the page cache as large folios (e.g. after large buffered
+    reads) measured +123 MiB resident for E2B, llama.cpp mapping whole folios around lazy PLE rows."""
     try:
         os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("1\n")
