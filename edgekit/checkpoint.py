@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import struct
@@ -24,8 +23,6 @@ import numpy as np
 
 from .errors import CheckpointError, HubError, TokenizerError
 from .gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
-
-log = logging.getLogger(__name__)
 
 # safetensors dtype → (numpy storage dtype, bytes per element). BF16 is stored as raw uint16.
 ST_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
@@ -246,6 +243,4 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     for name, shape in expected.items():
         if tensors[name].shape != shape:
             raise CheckpointError(f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree")
-    if dropped:
-        log.info("dropping %d vision/audio tensors for text deployment", len(dropped))
     return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped)
