@@ -97,26 +97,30 @@ class TensorRef:
         return np.concatenate(list(self.row_chunks()), axis=0) if self.shape else next(self.row_chunks())
 
 
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's JSON header (without ``__metadata__``) and the offset its data starts at.
+    Raises ValueError when the file is too short or the header is malformed, OSError when unreadable."""
+    size = Path(path).stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("too short to be safetensors")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise ValueError(f"header length {n} is impossible")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
 def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path.name}: not a safetensors file (too short); the file is truncated or corrupt")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(size - 8, 100 << 20):
-                raise CheckpointError(f"{path.name}: safetensors header length {n} is impossible; the file is corrupt")
-            header = json.loads(f.read(n))
+        header, base = safetensors_header(path)
     except (OSError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
-        raise CheckpointError(f"{path.name}: cannot read safetensors header ({e}); the file is corrupt") from None
-    base = 8 + n
+        raise CheckpointError(f"{path.name}: cannot read safetensors header ({e}); the file is truncated or corrupt") from None
+    size = path.stat().st_size
     refs: dict[str, TensorRef] = {}
     for name, info in header.items():
-        if name == "__metadata__":
-            continue
         dtype = info.get("dtype")
         if dtype not in ST_DTYPES:
             raise CheckpointError(f"{path.name}: tensor {name} has dtype {dtype}; edgekit reads F32, F16 and BF16 checkpoints")

@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from . import __version__
 from .checkpoint import sha256_file
@@ -56,14 +56,19 @@ class Manifest:
         raise ArtifactError(f"{file}: not listed in the manifest")
 
 
+def folder_digest(entries: Iterable[tuple[str, str]]) -> str:
+    """A folder artifact's sha256: over sorted 'relative/path:sha256' lines of its files."""
+    return hashlib.sha256("".join(f"{rel}:{sha}\n" for rel, sha in sorted(entries)).encode()).hexdigest()
+
+
 def artifact_digest(path: Path) -> tuple[int, str]:
     """(bytes, sha256) of a file, or of a folder as sha256 over 'name:sha256' lines of its files."""
     if path.is_file():
         return path.stat().st_size, sha256_file(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        lines = "".join(f"{p.relative_to(path).as_posix()}:{sha256_file(p)}\n" for p in files)
-        return sum(p.stat().st_size for p in files), hashlib.sha256(lines.encode()).hexdigest()
+        digest = folder_digest((p.relative_to(path).as_posix(), sha256_file(p)) for p in files)
+        return sum(p.stat().st_size for p in files), digest
     raise ArtifactError(f"{path}: artifact missing; rebuild with `edgekit build`")
 
 

@@ -32,15 +32,14 @@ makes ≈6k small reads (milliseconds); on a CPU this is free, on Metal it is on
 from __future__ import annotations
 
 import gc
-import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .checkpoint import safetensors_header
 from .errors import ArtifactError, EngineMissingError
 
 PLE_FILE = "model-ple.safetensors"
@@ -114,12 +113,8 @@ class PleTable:
 
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 << 20:
-                raise ValueError("impossible header length")
-            return json.loads(f.read(n)), 8 + n
-    except (OSError, ValueError, struct.error) as e:
+        return safetensors_header(path)
+    except (OSError, ValueError) as e:
         raise ArtifactError(f"{path}: unreadable PLE table ({e}); rebuild the artifact with `edgekit build`") from None
 
 

@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .checkpoint import safetensors_header
 from .errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -64,21 +64,11 @@ def gguf_token_bytes(path: Path) -> TokenBytes:
                       file_tensor_bytes=sum(sizes.values()), sizes=sizes)
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    # checkpoint.read_safetensors_header accepts float checkpoints only; MLX artifacts hold U32 packed
-    # weights, and only sizes are needed here, so the 8-byte length + JSON header is read directly.
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        head = json.loads(f.read(n))
-    head.pop("__metadata__", None)
-    return head
-
-
 def mlx_token_bytes(folder: Path) -> TokenBytes:
     try:
-        entries = {k: v for p in sorted(Path(folder).glob("*.safetensors")) for k, v in _safetensors_header(p).items()}
+        entries = {k: v for p in sorted(Path(folder).glob("*.safetensors")) for k, v in safetensors_header(p)[0].items()}
         cfg = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError, struct.error) as e:
+    except (OSError, ValueError) as e:
         raise ArtifactError(f"{Path(folder).name}: not a readable MLX artifact ({e}); rebuild it with `edgekit build`") from None
     tied = cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", True))
     tied = tied and not any(".lm_head." in k or k.startswith("lm_head.") for k in entries)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import ArtifactError, LabError
-from ..manifest import MANIFEST, Manifest, read_manifest, verify
+from ..manifest import MANIFEST, Manifest, folder_digest, read_manifest, verify
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -151,11 +151,8 @@ def remote_digest(file: str, hashes: dict[str, str]) -> str | None:
     if file in hashes:
         return hashes[file]
     prefix = file.rstrip("/") + "/"
-    inner = sorted(PurePosixPath(p[len(prefix):]) for p in hashes if p.startswith(prefix))
-    if not inner:
-        return None
-    lines = "".join(f"{rel.as_posix()}:{hashes[prefix + rel.as_posix()]}\n" for rel in inner)
-    return hashlib.sha256(lines.encode()).hexdigest()
+    inner = [(p[len(prefix):], h) for p, h in hashes.items() if p.startswith(prefix)]
+    return folder_digest(inner) if inner else None
 
 
 def _rsync_ok(version_line: str) -> bool:
