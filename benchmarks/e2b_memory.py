@@ -53,6 +53,7 @@ def ensure_e2b(e2b_dir: Path | None) -> Path:
 
 def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path) -> Path:
     from edgekit.build import build, model_slug
+    from edgekit.errors import EdgekitError
     from edgekit.manifest import read_manifest, verify
 
     folder = out / model_slug(ckpt) / target
@@ -60,8 +61,8 @@ def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path) -> Path:
         m = read_manifest(folder)
         if sorted(a.recipe for a in m.artifacts) == sorted(quants) and not verify(folder, m):
             return folder
-    except Exception:
-        pass
+    except EdgekitError:
+        pass  # no usable earlier build: make one
     return build(str(ckpt), target=target, quants=quants, out=out)
 
 

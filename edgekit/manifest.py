@@ -79,17 +79,10 @@ def versions() -> dict[str, str]:
             out[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
-    try:
-        import llama_cpp  # noqa: F401  (the compiled llama.cpp build is identified by its system info)
-        out["llama.cpp"] = _llama_cpp_build()
-    except Exception:
-        pass
+    if "llama-cpp-python" in out:
+        # llama-cpp-python vendors one llama.cpp commit and exposes no build number: its version pins it.
+        out["llama.cpp"] = f"vendored by llama-cpp-python {out['llama-cpp-python']}"
     return out
-
-
-def _llama_cpp_build() -> str:
-    # llama-cpp-python vendors a fixed llama.cpp commit; its version pins it.
-    return "vendored-by-llama-cpp-python-" + metadata.version("llama-cpp-python")
 
 
 def format_manifest(folder: Path, manifest: Manifest) -> str:
