@@ -7,6 +7,7 @@ but the download of llama-cpp-python and psutil is exercised. What pip is asked 
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,6 +36,24 @@ def test_wheel_from_the_checkout_carries_code_and_profiles(wheel):
     runtime = sorted(ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and "extra == 'runtime'" in ln)
     assert [ln.split()[1].split(";")[0] for ln in runtime] == ["llama-cpp-python==0.3.36", "psutil>=5.9"]
     assert "torch" not in " ".join(runtime)
+
+
+def test_wheel_leaves_out_the_users_lab_inventory(tmp_path):
+    """targets/lab.toml names the user's devices (gitignored): the wheel installed on them must not carry it."""
+    root = boot.checkout_root()
+    src = tmp_path / "src"
+    for name in ("edgekit", "targets", "quant"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", ".gitignore"):
+        shutil.copy(root / name, src / name)
+    (src / "targets" / "lab.toml").write_text('[devices.secret]\ntarget = "pi5"\nhost = "10.0.0.99"\n')
+    p = subprocess.run(boot.build_wheel_argv(src, tmp_path / "whl"), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    (whl,) = (tmp_path / "whl").glob("edgekit-*.whl")
+    shipped = {n.removeprefix("edgekit/_data/targets/") for n in zipfile.ZipFile(whl).namelist()
+               if n.startswith("edgekit/_data/targets/")}
+    profiles = {p.name for p in (root / "targets").glob("*.toml")} - {"lab.toml"}
+    assert shipped == profiles and "lab.example.toml" in shipped
 
 
 def test_bootstrap_installs_the_runtime_extra_into_a_device_venv(sshd, wheel, tmp_path, monkeypatch):  # noqa: F811
