@@ -11,7 +11,7 @@ from typing import Any
 
 from .checkpoint import load_checkpoint
 from .errors import ConfigError
-from .formats import FORMATS
+from .formats import CHECKS, FORMATS
 from .fsutil import output_error
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
@@ -35,6 +35,9 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         if r.format not in FORMATS:
             raise ConfigError(f"recipe {r.name} needs the {r.format} format, which this install lacks; "
                               f"install edgekit[{r.format}]")
+    # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
+    for r in recipes:
+        CHECKS.get(r.format)(r)
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
@@ -43,7 +46,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise output_error(Path(out), e) from None
-    # A stale manifest from an earlier build must not vouch for files this build is replacing.
+    # Writing starts now: a stale manifest from an earlier build must not vouch for files this build
+    # is replacing.
     (folder / MANIFEST).unlink(missing_ok=True)
     cache: dict[str, Any] = {}
     # Hashing the source (9 GB for E2B) runs beside the conversion: hashlib releases the GIL.

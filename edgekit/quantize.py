@@ -68,14 +68,18 @@ def _child(src: str, dst: str, ftype: int, overrides: list[tuple[str, int]], thr
     raise SystemExit(0 if rc == 0 else 2)
 
 
-def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
-    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
+def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
+    """(ftype, overrides) for ``recipe``, or the error quantizing it would end in, before any work."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
         raise EngineMissingError("llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]") from None
-    ftype = llama_ftype(recipe.ftype)
-    overrides = [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
+    return llama_ftype(recipe.ftype), [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
+
+
+def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
+    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
+    ftype, overrides = check(recipe)
     with atomic_path(Path(out)) as tmp:
         ctx = mp.get_context("spawn")
         proc = ctx.Process(target=_child, args=(str(src), str(tmp), ftype, overrides, max(threads, 0),

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -165,3 +166,21 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     # The earlier build's manifest no longer vouches for a folder being rewritten, and no temp file stays.
     names = [p.name for p in folder.iterdir()]
     assert "manifest.json" not in names and not [n for n in names if n.startswith(".")]
+
+
+@pytest.mark.parametrize("quant, engine, says", [
+    ("q8_0", ("llama_cpp",), "llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]"),
+    ("mlx-4bit", ("mlx", "mlx.core", "mlx.nn", "mlx_lm"), "MLX is not importable here"),
+], ids=["llama.cpp", "mlx"])
+def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, monkeypatch, quant, engine, says):
+    """A build that cannot start (its engine is missing) must not take the earlier build's manifest with it."""
+    out = tmp_path / "out"
+    assert run("build", "-m", str(tiny_ckpt), "-q", "f16", "-o", str(out)).exit_code == 0
+    folder = out / "tiny-gemma4" / "pi5"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for mod in engine:
+        monkeypatch.setitem(sys.modules, mod, None)   # `import <engine>` now raises ImportError
+    res = run("build", "-m", str(tiny_ckpt), "-q", quant, "-o", str(out))
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"edgekit: error: {says}") and res.stderr.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

@@ -230,13 +230,27 @@ def intermediate_dtype(ckpt: Checkpoint) -> str:
     return "BF16" if dtypes == {"BF16"} else "F16" if dtypes == {"F16"} else "F32"
 
 
+def _direct(recipe: Any) -> bool:
+    """Whether the converter writes ``recipe`` itself (unquantized, no overrides): no llama.cpp needed."""
+    from ..quantize import FLOAT_FTYPES
+
+    return recipe.ftype in FLOAT_FTYPES and not recipe.overrides
+
+
+def check(recipe: Any) -> None:
+    if not _direct(recipe):
+        from ..quantize import check as check_quantize
+
+        check_quantize(recipe)
+
+
 def build_artifact(ckpt: Checkpoint, recipe: Any, target: Any, out_dir: Path, cache: dict[str, Any]) -> Artifact:
     """One GGUF artifact for ``recipe``: written directly if unquantized, else quantized by llama.cpp."""
     from ..quantize import FLOAT_FTYPES, quantize
 
     stem = f"{ckpt.name}-{recipe.quant}"
     out = Path(out_dir) / f"{stem}.gguf"
-    if recipe.ftype in FLOAT_FTYPES and not recipe.overrides:
+    if _direct(recipe):
         convert(ckpt, out, FLOAT_FTYPES[recipe.ftype], name=ckpt.name)
     else:
         src = cache.get("gguf_intermediate")

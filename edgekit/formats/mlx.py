@@ -282,6 +282,11 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
     return Path(out)
 
 
+def check(recipe: Any) -> None:
+    require_mlx()
+    Plan(recipe)
+
+
 def artifact_name(ckpt: Checkpoint, recipe: Any) -> str:
     return f"{ckpt.name}-mlx-{recipe.quant}"
 
