@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import mmap
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from edgekit.errors import ArtifactError, LabError
 from edgekit.lab import deploy as deploy_mod
 from edgekit.lab.deploy import deploy
 from edgekit.lab.inventory import load_inventory
-from edgekit.manifest import MANIFEST, Artifact, Manifest, artifact_digest, write_manifest
+from edgekit.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
 
 HOSTILE = "x; touch {m} #$(touch {m})`touch {m}` 'q\" "
@@ -73,9 +76,56 @@ def test_deploy_copies_verifies_then_skips_unchanged(lab, tmp_path):
     assert same_tree(folder, remote)
 
 
-def make_manifest_again(folder: Path) -> None:
-    from edgekit.manifest import read_manifest
+def cached_pages(path: Path) -> int:
+    """Pages of ``path`` in the page cache (mincore over a fresh mapping, which maps nothing itself)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size, page = path.stat().st_size, mmap.PAGESIZE
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(b & 1 for b in vec)
 
+
+@pytest.mark.skipif(sys.platform != "linux", reason="drops pages with fadvise, counts them with mincore")
+@pytest.mark.parametrize("method", ["rsync", "scp"])
+def test_verified_files_leave_the_devices_page_cache(lab, tmp_path, method):
+    """Hashing on the device must not leave the artifact cached: llama.cpp maps cached large folios
+    whole around lazily read rows (+123 MiB resident for E2B). The check itself must still hold."""
+    inv, work = lab
+    control = work.parent / "control.bin"
+    control.write_bytes(os.urandom(1 << 20))
+    with open(control, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if cached_pages(control):
+        pytest.skip("this filesystem keeps files in memory (tmpfs?): nothing to drop")
+    folder = make_build(tmp_path)
+    device = load_inventory(inv).get("pi")
+    rep = deploy(folder, device, method=method)
+    assert rep.sent == ["tiny-Q8_0.gguf", "mlx-4bit"] and rep.manifest_written
+    remote = work / "dist" / "tiny" / "pi5"
+    files = sorted(p for p in remote.rglob("*") if p.is_file() and p.name != MANIFEST)
+    assert files and {p.name: cached_pages(p) for p in files} == {p.name: 0 for p in files}
+    # The probe hashes what it uncaches: the same digests the build has, and again nothing cached.
+    _, hashes = deploy_mod.probe(device, str(remote), ["tiny-Q8_0.gguf", "mlx-4bit"])
+    local = {a.file: a.sha256 for a in read_manifest(folder).artifacts}
+    assert {f: deploy_mod.remote_digest(f, hashes) for f in local} == local
+    assert {p.name: cached_pages(p) for p in files} == {p.name: 0 for p in files}
+
+
+def make_manifest_again(folder: Path) -> None:
     m = read_manifest(folder)
     for a in m.artifacts:
         a.bytes, a.sha256 = artifact_digest(folder / a.file)
