@@ -185,14 +185,18 @@ def bench(
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
     knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false."),
+    refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .bench import BenchOptions, bench as run, check_budget, parse_knobs
     from .errors import ConfigError
     from .results import PRINTERS, Store
+    from .roofline import host_bandwidth
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    if refresh_bandwidth:
+        host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
                                      target=target, device=device, runtime=parse_knobs(knob or []), verbose=verbose))

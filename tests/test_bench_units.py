@@ -109,7 +109,7 @@ def test_bandwidth_is_measured_once_then_cached(tmp_path, monkeypatch):
 
     def fake(**kw):
         calls.append(kw)
-        return {"read_gbs": 12.5, "copy_gbs": 20.0, "mib": 8, "threads": 1}
+        return {"read_gbs": 12.5, "copy_gbs": 20.0, "mib": 8, "threads": 1, "probe": roofline.PROBE_VERSION}
 
     monkeypatch.setattr(roofline, "measure_bandwidth", fake)
     cache = tmp_path / "bw.json"
@@ -123,6 +123,47 @@ def test_bandwidth_probe_moves_the_bytes_it_claims():
     bw = roofline.measure_bandwidth(mib=64, threads=2, trials=2)
     assert bw["mib"] == 64 and bw["threads"] == 2
     assert 0.1 < bw["read_gbs"] < 1000 and 0.1 < bw["copy_gbs"] < 1000
+    # llama.cpp decodes with several threads: by default the probe reads with every core it may use.
+    assert roofline.measure_bandwidth(mib=8, trials=1)["threads"] == roofline.host_cores()
+
+
+def _fake_probe(monkeypatch, read_gbs):
+    calls = []
+
+    def fake(**kw):
+        calls.append(kw)
+        return {"read_gbs": read_gbs, "copy_gbs": 20.0, "mib": 8, "threads": 2, "probe": roofline.PROBE_VERSION}
+
+    monkeypatch.setattr(roofline, "measure_bandwidth", fake)
+    return calls
+
+
+def test_figures_from_an_older_probe_are_measured_again(tmp_path, monkeypatch):
+    """A figure cached by the earlier probe (no probe version) must not stand as the roofline's reference."""
+    cache = tmp_path / "bw.json"
+    cache.write_text(json.dumps({roofline._host_key(): {"read_gbs": 22.5, "copy_gbs": 20.7, "mib": 512, "threads": 2}}))
+    calls = _fake_probe(monkeypatch, 30.0)
+    assert roofline.host_bandwidth(cache=cache)["read_gbs"] == 30.0 and len(calls) == 1
+    assert json.loads(cache.read_text())[roofline._host_key()]["probe"] == roofline.PROBE_VERSION
+
+
+def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgekit import bench as bench_mod
+    from edgekit.cli import app
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = _fake_probe(monkeypatch, 12.5)
+    roofline.host_bandwidth()                 # cached from an earlier bench
+    calls = _fake_probe(monkeypatch, 30.0)
+    seen = []
+    monkeypatch.setattr(bench_mod, "bench", lambda path, opts: seen.append(roofline.host_bandwidth()["read_gbs"]) or [])
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "x.gguf", "--no-store", "-o", "jsonl"])
+    assert (res.exit_code, res.stdout, seen, len(calls)) == (0, "", [12.5], 0)
+    res = runner.invoke(app, ["bench", "x.gguf", "--no-store", "-o", "jsonl", "--refresh-bandwidth"])
+    assert (res.exit_code, res.stdout, seen, len(calls)) == (0, "", [12.5, 30.0], 1)
 
 
 class FakeRunner:
