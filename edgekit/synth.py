@@ -23,7 +23,7 @@ from .fsutil import atomic_dir
 from .gemma4 import TEXT_PREFIX, Gemma4TextConfig
 from .progress import progress_bar
 from .safetensors_io import TensorSpec, shard, write_safetensors
-from .tokenizer import write_synthetic_tokenizer
+from .tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,10 @@ def _layer_types(n: int) -> list[str]:
     # last non-shared layer (n - shared - 1) is full with a sliding one before it, as llama.cpp needs.
     return ["full_attention" if i % 5 == 4 else "sliding_attention" for i in range(n)]
 
+
+# A shape-true preset's tokenizer carries the real merge count too: llama.cpp holds every merge in
+# memory (tens of MiB for Gemma 4), so the e2b memory figures depend on it.
+PRESET_MERGES: dict[str, int] = {"e2b": GEMMA4_MERGES}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "e2b": dict(REFERENCE_CONFIG),
@@ -169,6 +173,6 @@ def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", s
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0}, indent=1))
-        write_synthetic_tokenizer(tmp, cfg.vocab_size)
+        write_synthetic_tokenizer(tmp, cfg.vocab_size, n_merges=PRESET_MERGES.get(preset))
     log.info("wrote %s preset to %s (%.2f GB)", preset, out, total / 1e9)
     return out

@@ -20,9 +20,15 @@ converters meet in the real one, in the same file layout:
   minimal turn-format chat template.
 
 The trained part is small (a few hundred merges from a built-in corpus of English, code and
-unicode); a vocabulary larger than the corpus supports (the e2b preset's 262144) is filled with
-``<unused{i}>`` tokens that live only in the BPE vocabulary, not in ``added_tokens``, so loading
-the 262144-token tokenizer stays fast and they tokenize as plain text on every engine.
+unicode). A vocabulary larger than the corpus supports is filled in one of two ways:
+
+* ``<unused{i}>`` tokens that live only in the BPE vocabulary, not in ``added_tokens`` (small test
+  tokenizers), so they tokenize as plain text on every engine;
+* with ``n_merges`` (the e2b preset: Gemma 4's 514,906), BPE pieces of one to three characters from
+  Unicode's private-use area with exactly that many merges in all. llama.cpp keeps every merge in a
+  hash map and every piece as a string, ≈40 MiB of anonymous memory for Gemma 4's tokenizer, so a
+  memory benchmark needs the real counts; private-use characters never occur in real text, so the
+  filler leaves the tokenization of everything else unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ TAIL_SPECIALS = {
     255999: "<|image>", 256000: "<|audio>", 258880: "<|image|>", 258881: "<|audio|>",
     258882: "<image|>", 258883: "<audio|>", 258884: "<|video|>",
 }
+GEMMA4_MERGES = 514_906    # merges in Gemma 4's tokenizer (llama.cpp's n_merges for gemma-4-E2B-it)
+FILLER_BASE = 0xE000       # Unicode private-use area
 NEWLINE_ID = 107
 MAX_NEWLINES = 31          # "\n" * 1..31 at ids 107..137
 HEAD_END = NEWLINE_ID      # ids below this are specials or <unused>
@@ -127,7 +135,30 @@ def _train(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
     return data["vocab"], merges
 
 
-def _layout(vocab_size: int) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
+def _filler(n_pieces: int, n_merges: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """``n_pieces`` BPE pieces over private-use characters and exactly ``n_merges`` merges building them.
+
+    k single characters need no merge, p pairs one each, q triples two each ("ab"+"c" and "a"+"bc", both
+    halves being pairs), so n_pieces = k + p + q and n_merges = p + 2q. Triples are drawn from the first
+    s characters, whose s² pairs all exist; the smallest s that fits gives the shortest pieces."""
+    for s in range(2, 1 << 11):
+        k = 2 * s
+        q = n_merges - n_pieces + k
+        p = n_pieces - k - q
+        if 0 <= q <= s ** 3 and s * s <= p <= k * k:
+            break
+    else:
+        raise ValueError(f"no private-use filler has {n_pieces} pieces and {n_merges} merges")
+    chars = [chr(FILLER_BASE + i) for i in range(k)]
+    core = [(a, b) for a in chars[:s] for b in chars[:s]]
+    pairs = core + [(a, b) for a in chars for b in chars if not (a in chars[:s] and b in chars[:s])][:p - len(core)]
+    triples = [(a, b, c) for a in chars[:s] for b in chars[:s] for c in chars[:s]][:q]
+    pieces = chars + [a + b for a, b in pairs] + [a + b + c for a, b, c in triples]
+    merges = pairs + [m for a, b, c in triples for m in ((a + b, c), (a, b + c))]
+    return pieces, merges
+
+
+def _layout(vocab_size: int, n_merges: int | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
     """id -> token for all ``vocab_size`` ids, the merges, and the ids that are added tokens."""
     if vocab_size < MIN_VOCAB:
         raise OutputError(f"vocab_size {vocab_size} is too small for a Gemma 4 tokenizer; use at least {MIN_VOCAB}")
@@ -150,6 +181,11 @@ def _layout(vocab_size: int) -> tuple[dict[int, str], list[tuple[str, str]], lis
         raise AssertionError(f"trained tokens clash with reserved ones: {sorted(clash)[:5]}")
     for tok, _ in sorted(trained.items(), key=lambda kv: kv[1]):
         ids[next(free)] = tok
+    if n_merges is not None:
+        slots = [i for i in range(HEAD_END, vocab_size) if i not in ids]
+        pieces, extra = _filler(len(slots), n_merges - len(merges))
+        ids.update(zip(slots, pieces))
+        merges = merges + extra
     # Whatever the corpus could not fill, and the head slots without a known token, are <unused>.
     n = 0
     for i in range(vocab_size):
@@ -166,8 +202,8 @@ def _added(i: int, content: str) -> dict:
             "normalized": False, "special": not content.startswith("\n")}
 
 
-def tokenizer_json(vocab_size: int) -> dict:
-    ids, merges, added = _layout(vocab_size)
+def tokenizer_json(vocab_size: int, n_merges: int | None = None) -> dict:
+    ids, merges, added = _layout(vocab_size, n_merges)
     return {
         "version": "1.0",
         "truncation": None,
@@ -211,10 +247,11 @@ def tokenizer_config(vocab_size: int) -> dict:
     return cfg
 
 
-def write_synthetic_tokenizer(out_dir: Path, vocab_size: int) -> None:
-    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json with exactly ``vocab_size`` tokens."""
+def write_synthetic_tokenizer(out_dir: Path, vocab_size: int, n_merges: int | None = None) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json with exactly ``vocab_size``
+    tokens (and ``n_merges`` merges, when given: see the module's note)."""
     out_dir = Path(out_dir)
-    tj = tokenizer_json(vocab_size)
+    tj = tokenizer_json(vocab_size, n_merges)
     (out_dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     cfg = tokenizer_config(vocab_size)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -14,7 +14,7 @@ import pytest
 
 from edgekit.errors import OutputError, TokenizerError
 from edgekit.formats.gguf_vocab import add_vocab
-from edgekit.tokenizer import write_synthetic_tokenizer
+from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
 TINY = 1024
 E2B = 262144
@@ -248,15 +248,21 @@ def test_too_small_vocab_is_refused(tmp_path):
 def test_e2b_size_tokenizer_writes_and_loads(tmp_path):
     from transformers import AutoTokenizer
 
-    write_synthetic_tokenizer(tmp_path, E2B)
-    big = AutoTokenizer.from_pretrained(tmp_path)
+    # The e2b preset's shape: Gemma 4's 262144 tokens and 514,906 merges (llama.cpp's n_merges for the
+    # real gemma-4-E2B-it), the filler built from private-use pieces that real text never contains.
+    write_synthetic_tokenizer(tmp_path, E2B, n_merges=GEMMA4_MERGES)
+    model = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    assert len(model["merges"]) == 514_906 and len(model["vocab"]) == E2B
+    big = AutoTokenizer.from_pretrained(tmp_path)   # tokenizers rejects a merge whose parts are not pieces
     assert len(big) == E2B
     assert {t: big.convert_tokens_to_ids(t) for t in GEMMA4_MULTIMODAL_IDS} == GEMMA4_MULTIMODAL_IDS
     assert {t: big.convert_tokens_to_ids(t) for t in GEMMA4_IDS} == GEMMA4_IDS
-    assert big.convert_ids_to_tokens(E2B - 1).startswith("<unused")
+    filler = "".join(chr(0xE000 + i) for i in (0, 1, 2, 3, 5, 8))
+    ids = big(filler[:3], add_special_tokens=False)["input_ids"]
+    assert big.convert_ids_to_tokens(ids) == [filler[:3]]    # pair merge, then the triple's merge
     path = tmp_path / "vocab.gguf"
     assert _write_vocab_gguf(tmp_path, path, E2B) == E2B
     llm = _llama(path)
     assert llm.n_vocab() == E2B
-    for text in (CHAT, TEXTS[3], TEXTS[4]):
+    for text in (CHAT, TEXTS[3], TEXTS[4], filler):
         assert llm.tokenize(text.encode(), add_bos=True, special=True) == big(text)["input_ids"]
