@@ -247,3 +247,28 @@ def test_greedy_agrees_with_gguf_f16(built):
             assert ours == theirs, f"seed {seed}: MLX {ours} vs llama.cpp {theirs}"
     finally:
         llm.close()
+
+
+def test_kv_fill_grows_caches_as_a_prefill_does(built, tokens):
+    """The runner's kv_fill knob (a benchmark's long context without its prefill) leaves every cache
+    exactly as a real prefill of as many tokens does: same offsets, shapes, dtypes, bytes, through the
+    same chunked updates (so the sliding layers' rotating caches rotate alike); only values differ."""
+    from edgekit.runners.base import RunOptions
+    from edgekit.runners.mlx import MlxRunner
+
+    def caches(runner):
+        return [(type(c).__name__, c.offset, c.keys.shape, c.keys.dtype, c.values.shape, c.nbytes) for c in runner.cache]
+
+    path, n = built / "tiny-gemma4-mlx-4bit-g64", 70   # past the sliding window (32) and 4 chunks of 16
+    real, filled = MlxRunner(), MlxRunner()
+    real.load(path, RunOptions(threads=1, ctx=128, n_batch=16))
+    filled.load(path, RunOptions(threads=1, ctx=128, n_batch=16, runtime={"kv_fill": n - 1}))
+    real.reset()
+    real.prefill(tokens[:n])            # n-1 tokens in chunks of 16, then the last one alone
+    filled.reset()
+    filled.prefill(tokens[n - 1:n])     # the same updates: n-1 filled in chunks of 16, then one real token
+    got, want = caches(filled), caches(real)
+    assert [c[0] for c in want].count("RotatingKVCache") > 0 and [c[0] for c in want].count("KVCache") > 0
+    assert got == want
+    filled.decode(filled.next_token())
+    assert filled.cache[0].offset == n + 1 and bool(mx.isfinite(filled.logits).all())

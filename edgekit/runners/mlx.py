@@ -5,6 +5,15 @@ runner calls the model itself to time prefill and decode apart, the way mlx-lm's
 drives it (the prompt but its last token in chunks, then one token per step), with ``mx.eval``
 closing every timed step.
 MLX has no thread-count knob on CPU, so ``threads`` is recorded as not applicable.
+
+Target profile knobs ([runtime]), all optional:
+  ple ("auto"|"mmap"|"resident")  where the per-layer-embedding table lives (edgekit.mlx_ple)
+  n_batch (int)     prefill chunk (mlx-lm's prefill_step_size)
+  kv_fill (int)     positions of synthetic keys/values put in each layer's cache at every reset, before
+                    the prompt: the memory and attention cost of a long context without its prefill
+                    (llama-bench's depth, with stand-in values). A benchmark aid for hosts where MLX is too
+                    slow to prefill thousands of tokens (E2B 4-bit runs at ≈20 s/token on an x86 CPU);
+                    the record keeps the knob, so a figure measured with it says so.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ class MlxRunner:
         self._bos = int(bos) if isinstance(bos, int) else None
         self.step = int(opts.runtime.get("n_batch", opts.n_batch))
         self.kv_max = 0
+        self.kv_fill = int(opts.runtime.get("kv_fill", 0))
 
     def n_vocab(self) -> int:
         return self._n_vocab
@@ -77,6 +87,20 @@ class MlxRunner:
         self.cache = make_prompt_cache(self.model)
         self.logits = None
         self.mx.clear_cache()
+        if self.kv_fill:
+            self._fill(self.kv_fill)
+
+    def _fill(self, n: int) -> None:
+        """Append ``n`` positions of random keys/values to every cache, in prefill-sized chunks through
+        mlx-lm's own update path, so each cache grows (or rotates) as a real prefill would grow it."""
+        mx = self.mx
+        for layer, cache in zip(self.model.layers, self.cache):
+            attn = layer.self_attn
+            dtype = attn.q_norm.weight.dtype  # the activations' dtype: keys are stored as computed
+            for i in range(0, n, self.step):
+                shape = (1, attn.n_kv_heads, min(self.step, n - i), attn.head_dim)
+                cache.update_and_fetch(mx.random.normal(shape).astype(dtype), mx.random.normal(shape).astype(dtype))
+            mx.eval([cache.state])
 
     def prefill(self, tokens: Sequence[int]) -> None:
         # As mlx-lm's generate_step: all but the last token in chunks (cache only), then the last
