@@ -94,5 +94,33 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
         if proc.exitcode != 0 or not tmp.is_file():
             how = f"exit code {proc.exitcode}" if (proc.exitcode or 0) >= 0 else f"signal {-proc.exitcode}"
             raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how}); run with -v for llama.cpp's log")
+        unmet = unmet_overrides(tmp, recipe.overrides)
+    for pattern, want, names in unmet:
+        if names:
+            log.warning("recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type there; "
+                        "it never quantizes per_layer_model_proj)", recipe.name, pattern, want,
+                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+        else:
+            log.warning("recipe %s: override %s = %s matches no tensor; check the pattern against the GGUF "
+                        "tensor names (`gguf-dump`)", recipe.name, pattern, want)
     log.info("quantized %s → %s", src.name, Path(out).name)
     return Path(out)
+
+
+def unmet_overrides(path: Path, overrides: dict[str, str]) -> list[tuple[str, str, list[str]]]:
+    """(pattern, type, tensor names) for each override the quantized file does not show: tensors that
+    match but kept another type, or no match at all (names empty). llama.cpp skips some tensors and
+    falls back where a type's block does not fit a row, without saying so."""
+    import re
+
+    if not overrides:
+        return []
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    out = []
+    for pattern, want in overrides.items():
+        rx = re.compile(pattern)
+        matched = [n for n in types if rx.search(n)]
+        wrong = [n for n in matched if types[n] != gguf.GGMLQuantizationType[want.upper()]]
+        if wrong or not matched:
+            out.append((pattern, want, wrong))
+    return out

@@ -184,3 +184,28 @@ def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, 
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {says}") and res.stderr.count("\n") == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, monkeypatch, caplog):
+    """llama.cpp silently keeps its own type for some tensors (it never quantizes per_layer_model_proj):
+    a recipe override that changed nothing, or matches nothing, is named in a warning."""
+    import dataclasses
+    import logging
+
+    import gguf
+
+    from edgekit.build import build
+    from edgekit.recipes import RECIPES
+
+    recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={
+        "^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"})
+    monkeypatch.setitem(RECIPES._items, "q4_0-x", recipe)
+    with caplog.at_level(logging.WARNING, logger="edgekit.quantize"):
+        folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
+    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.quantize"] == [
+        "recipe q4_0-x: override ^per_layer_model_proj\\.weight$ = q8_0 had no effect on per_layer_model_proj.weight "
+        "(llama.cpp keeps its own type there; it never quantizes per_layer_model_proj)",
+        "recipe q4_0-x: override ^no_such_tensor$ = q8_0 matches no tensor; check the pattern against the GGUF "
+        "tensor names (`gguf-dump`)"]
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(next(folder.glob("*.gguf"))).tensors}
+    assert {types[n] for n in types if "ffn_up" in n} == {"Q8_0"} and types["blk.0.ffn_gate.weight"] == "Q4_0"
