@@ -21,7 +21,7 @@ N_TOKENS = 160
 def built(tiny_ckpt, tmp_path_factory):
     from edgekit.build import build
 
-    out = build(str(tiny_ckpt), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m"],
+    out = build(str(tiny_ckpt), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m", "iq4_xs-edge"],
                 out=tmp_path_factory.mktemp("dist"))
     return out
 
@@ -87,14 +87,25 @@ def test_q8_0_argmax(built, tokens, f32_logits):
     assert mean_kl(f32_logits, q8) <= 0.01
 
 
-@pytest.mark.parametrize("quant,bound", [("Q4_0", 0.40), ("Q4_K_M", 0.30)])
+@pytest.mark.parametrize("quant,bound", [("Q4_0", 0.40), ("Q4_K_M", 0.30), ("IQ4_XS-edge", 0.32)])
 def test_q4_kl_bounded(built, tokens, f32_logits, quant, bound):
-    # Measured mean KL vs F32 on seeds 0-2: Q4_0 0.24-0.25, Q4_K_M 0.17-0.18 nats. A tensor written
-    # with a wrong layout or scale gives KL > 1 (uniform-ish output), far past these bounds.
+    # Measured mean KL vs F32 on seeds 0-2: Q4_0 0.24-0.25, Q4_K_M 0.17-0.18, IQ4_XS-edge 0.19-0.20 nats.
+    # A tensor written with a wrong layout or scale gives KL > 1 (uniform-ish output), far past these bounds.
     q = llama_logits(built / f"tiny-gemma4-{quant}.gguf", tokens)
     kl = mean_kl(f32_logits, q)
     print(f"{quant}: mean KL vs F32 {kl:.4f} nats, argmax agreement {(q.argmax(1) == f32_logits.argmax(1)).mean():.3f}")
     assert kl <= bound
+
+
+def test_iq4_xs_edge_has_its_recipe_types(built):
+    # What the memory figures rest on: the PLE table at Q8_0 (read lazily), the tied output head at
+    # Q5_K, the layers' matrices at IQ4_XS (llama.cpp's IQ4_XS mix moves some ffn_down to Q5_K).
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(built / "tiny-gemma4-IQ4_XS-edge.gguf").tensors}
+    q = gguf.GGMLQuantizationType
+    assert types["per_layer_token_embd.weight"] == q.Q8_0 and types["token_embd.weight"] == q.Q5_K
+    layers = {n: t for n, t in types.items() if n.endswith(("attn_q.weight", "attn_output.weight", "ffn_up.weight", "ffn_gate.weight"))}
+    assert len(layers) == 40 and set(layers.values()) == {q.IQ4_XS}
+    assert {t for n, t in types.items() if n.endswith("ffn_down.weight")} <= {q.IQ4_XS, q.Q5_K}
 
 
 def test_k_quants_stay_k_quants(built):
