@@ -139,8 +139,9 @@ def measure_bandwidth(mib: int = 512, threads: Optional[int] = None, trials: int
                 best = min(best, time.perf_counter() - t0)
         return best
 
-    # max, not sum: numpy's max loop does less work per byte than its pairwise sum (1.4-1.6x faster
-    # from L2 on the EPYC this was written on), so a slow core measures memory rather than its adder.
+    # max, not sum: from L2, numpy's max loop runs 1.4-1.6x faster than its pairwise sum on the EPYC
+    # this was written on, so a slower core is less likely to time its adder instead of memory. From
+    # DRAM both read the same there.
     read_s = timed(lambda a, b: src[a:b].max())
     copy_s = timed(lambda a, b: np.copyto(dst[a:b], src[a:b]))
     return {"read_gbs": src.nbytes / read_s / 1e9, "copy_gbs": 2 * src.nbytes / copy_s / 1e9,
