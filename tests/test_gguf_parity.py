@@ -87,9 +87,9 @@ def test_q8_0_argmax(built, tokens, f32_logits):
     assert mean_kl(f32_logits, q8) <= 0.01
 
 
-@pytest.mark.parametrize("quant,bound", [("Q4_0", 0.40), ("Q4_K_M", 0.30), ("IQ4_XS-edge", 0.32)])
+@pytest.mark.parametrize("quant,bound", [("Q4_0", 0.40), ("Q4_K_M", 0.30), ("IQ4_XS-edge", 0.40)])
 def test_q4_kl_bounded(built, tokens, f32_logits, quant, bound):
-    # Measured mean KL vs F32 on seeds 0-2: Q4_0 0.24-0.25, Q4_K_M 0.17-0.18, IQ4_XS-edge 0.19-0.20 nats.
+    # Measured mean KL vs F32 on seeds 0-2: Q4_0 0.24-0.25, Q4_K_M 0.17-0.18, IQ4_XS-edge 0.24-0.25 nats.
     # A tensor written with a wrong layout or scale gives KL > 1 (uniform-ish output), far past these bounds.
     q = llama_logits(built / f"tiny-gemma4-{quant}.gguf", tokens)
     kl = mean_kl(f32_logits, q)
@@ -98,11 +98,11 @@ def test_q4_kl_bounded(built, tokens, f32_logits, quant, bound):
 
 
 def test_iq4_xs_edge_has_its_recipe_types(built):
-    # What the memory figures rest on: the PLE table at Q8_0 (read lazily), the tied output head at
-    # Q5_K, the layers' matrices at IQ4_XS (llama.cpp's IQ4_XS mix moves some ffn_down to Q5_K).
+    # What the memory figures rest on: the PLE table at Q6_K (read lazily), the tied output head at
+    # Q4_K, the layers' matrices at IQ4_XS (llama.cpp's IQ4_XS mix moves some ffn_down to Q5_K).
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(built / "tiny-gemma4-IQ4_XS-edge.gguf").tensors}
     q = gguf.GGMLQuantizationType
-    assert types["per_layer_token_embd.weight"] == q.Q8_0 and types["token_embd.weight"] == q.Q5_K
+    assert types["per_layer_token_embd.weight"] == q.Q6_K and types["token_embd.weight"] == q.Q4_K
     layers = {n: t for n, t in types.items() if n.endswith(("attn_q.weight", "attn_output.weight", "ffn_up.weight", "ffn_gate.weight"))}
     assert len(layers) == 40 and set(layers.values()) == {q.IQ4_XS}
     assert {t for n, t in types.items() if n.endswith("ffn_down.weight")} <= {q.IQ4_XS, q.Q5_K}
