@@ -39,6 +39,11 @@ def measure(spec: dict[str, Any], send: Any) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("engine") == "mlx":
+        # mlx-lm imports transformers, which imports torch whenever it is installed (a dev venv):
+        # ≈180 MB resident that a device running edgekit[mlx] does not have, for nothing the runner
+        # uses (it feeds token ids). transformers treats a blocked torch as absent.
+        sys.modules.setdefault("torch", None)  # type: ignore[assignment]
     out = os.fdopen(int(argv[1]), "w", buffering=1)
 
     def send(msg: dict[str, Any]) -> None:
