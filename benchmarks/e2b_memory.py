@@ -1,14 +1,20 @@
 """Shape-true Gemma 4 E2B at 4-bit: peak RAM per artifact and runtime, with where the memory goes.
 
-    python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-p 64] [-n 16] [-r 1]
+    python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-n 16] [-r 1]
 
-Synthesizes E2B once (random weights: memory and speed do not depend on values; cached under
+Synthesizes E2B once (random weights: memory and speed do not depend on values; its tokenizer has
+Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cached under
 .cache/models), builds the pi5 artifacts (Q4_0, Q4_K_M and the recommended iq4_xs-edge) and the
 MLX 4-bit artifact, then benches each in a fresh process with `edgekit.bench` at each context:
 llama.cpp once with its stock runtime (mmap, lazy "auto", repack on, ubatch 512) as the reference
-and once with targets/pi5.toml's runtime. Prints one markdown table; every figure is measured in
-this run on this host, each from a cold page cache. MLX 4-bit runs very slowly on x86 CPUs, so its
-prompt is a few tokens.
+and once with targets/pi5.toml's runtime. The prompt fills the context (ctx - n tokens), so the
+per-layer-embedding rows of a full context are read and counted. Prints one markdown table; every
+figure is measured in this run on this host, each from a cold page cache.
+
+MLX's 4-bit matmul runs at ≈20 s per E2B token on an x86 CPU, so an MLX row runs 4 prompt tokens
+and 2 decoded after the runner's kv_fill knob has put ctx - 4 positions of stand-in keys/values in
+every cache: the cache of a full context and attention over it, without its prefill (the prefill's
+own activations are not in that figure).
 """
 
 from __future__ import annotations
@@ -55,11 +61,13 @@ def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path) -> Path:
     from edgekit.build import build, model_slug
     from edgekit.errors import EdgekitError
     from edgekit.manifest import read_manifest, verify
+    from edgekit.recipes import RECIPES
 
     folder = out / model_slug(ckpt) / target
     try:
         m = read_manifest(folder)
-        if sorted(a.recipe for a in m.artifacts) == sorted(quants) and not verify(folder, m):
+        same = {q: RECIPES.get(q).to_json() for q in quants} == m.recipes  # names alone miss edited recipes
+        if same and sorted(a.recipe for a in m.artifacts) == sorted(quants) and not verify(folder, m):
             return folder
     except EdgekitError:
         pass  # no usable earlier build: make one
@@ -70,10 +78,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--e2b-dir", type=Path, default=None)
     ap.add_argument("--ctx", default="2048,4096")
-    ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=16)
     ap.add_argument("-r", type=int, default=1)
     ap.add_argument("--no-mlx", action="store_true")
+    ap.add_argument("--no-gguf", action="store_true")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -90,24 +98,26 @@ def main() -> None:
     TARGETS.register("pi5-stock", dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME))
     runs: list[tuple[Path, str, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
-        for a in sorted(gguf_dir.glob("*.gguf")):
+        for a in sorted(gguf_dir.glob("*.gguf")) if not args.no_gguf else []:
             for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
-                runs.append((a, tgt, BenchOptions(n_prompt=args.p, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
+                runs.append((a, tgt, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
         if not args.no_mlx and "mlx" in FORMATS:
             mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist)
             for a in sorted(p for p in mlx_dir.iterdir() if p.is_dir()):
-                runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2")))
+                runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
+                                                   runtime={"kv_fill": ctx - 4})))
 
+    print("pi5 runtime: " + ", ".join(f"{k}={v}" for k, v in pi5.runtime.items()))
     print(f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-          f"E2B shape-true random weights; -p {args.p} -n {args.n} (MLX: -p 4 -n 2)")
+          f"E2B shape-true random weights; -p ctx-{args.n} -n {args.n} (MLX: kv_fill ctx-4, -p 4 -n 2)")
     print("| artifact | runtime | ctx | file MB | peak RSS MB | anon MB | file-backed MB | KV MB | compute MB "
           "| MLX peak MB | tg t/s | roofline % |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for path, tgt, opts in runs:
         drop_caches()
         (rec,) = bench(path, opts)
-        knobs = "stock" if tgt == "pi5-stock" else ("pi5: " + ", ".join(f"{k}={v}" for k, v in TARGETS.get(tgt).runtime.items()
-                                                                        if k != "kv_type") if tgt == "pi5" else tgt)
+        knobs = {"pi5-stock": "llama.cpp defaults", "pi5": "targets/pi5.toml"}.get(tgt) or \
+            f"{tgt}, kv_fill={opts.runtime.get('kv_fill', 0)}"
         roof = f"{rec.roofline_pct:.0f}" if rec.roofline_pct is not None else "–"
         print(f"| {rec.artifact} | {knobs} | {rec.ctx} | {mb(rec.file_bytes)} | {mb(rec.peak_rss_bytes)} "
               f"| {mb(rec.peak_anon_bytes)} | {mb(rec.peak_file_bytes)} | {mb(rec.kv_cache_bytes)} "
