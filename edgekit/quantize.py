@@ -97,8 +97,8 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
         unmet = unmet_overrides(tmp, recipe.overrides)
     for pattern, want, names in unmet:
         if names:
-            log.warning("recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type there; "
-                        "it never quantizes per_layer_model_proj)", recipe.name, pattern, want,
+            log.warning("recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type for "
+                        "some tensors, e.g. per_layer_model_proj, and falls back where a row does not fit the type)", recipe.name, pattern, want,
                         ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
         else:
             log.warning("recipe %s: override %s = %s matches no tensor; check the pattern against the GGUF "

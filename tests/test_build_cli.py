@@ -204,7 +204,8 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
         folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
     assert [r.getMessage() for r in caplog.records if r.name == "edgekit.quantize"] == [
         "recipe q4_0-x: override ^per_layer_model_proj\\.weight$ = q8_0 had no effect on per_layer_model_proj.weight "
-        "(llama.cpp keeps its own type there; it never quantizes per_layer_model_proj)",
+        "(llama.cpp keeps its own type for some tensors, e.g. per_layer_model_proj, and falls back where a row "
+        "does not fit the type)",
         "recipe q4_0-x: override ^no_such_tensor$ = q8_0 matches no tensor; check the pattern against the GGUF "
         "tensor names (`gguf-dump`)"]
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(next(folder.glob("*.gguf"))).tensors}
