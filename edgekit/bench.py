@@ -77,10 +77,12 @@ def parse_knobs(items: list[str]) -> dict[str, Any]:
 def _gguf_quant(path: Path) -> str:
     import gguf
 
+    from .formats.gguf_header import read_gguf_header
+
     try:
-        f = gguf.GGUFReader(path).get_field("general.file_type")
-        return gguf.LlamaFileType(int(f.contents())).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except Exception:  # a file without the key (or one the roofline check will reject anyway)
+        ftype = read_gguf_header(path).scalars["general.file_type"]
+        return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except (EdgekitError, KeyError, ValueError):  # no such key (or a file the roofline check rejects)
         return "unknown"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,11 @@ def unmet_overrides(path: Path, overrides: dict[str, str]) -> list[tuple[str, st
     """(pattern, type, tensor names) for each override the quantized file does not show: tensors that
     match but kept another type, or no match at all (names empty). llama.cpp skips some tensors and
     falls back where a type's block does not fit a row, without saying so."""
-    import re
-
     if not overrides:
         return []
-    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}
+    from .formats.gguf_header import read_gguf_header
+
+    types = {n: t.type for n, t in read_gguf_header(path).tensors.items()}
     out = []
     for pattern, want in overrides.items():
         rx = re.compile(pattern)

@@ -10,7 +10,6 @@ lengths the bench runs. tg t/s ≤ bandwidth ÷ bytes per token, so achieved GB/
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
 import socket
@@ -25,7 +24,6 @@ import numpy as np
 from .checkpoint import safetensors_header
 from .errors import ArtifactError
 
-log = logging.getLogger(__name__)
 
 GATHERED_GGUF = ("per_layer_token_embd.weight", "token_embd.weight")
 # MLX (mlx-lm) names: the tables end in these, with .weight/.scales/.biases parts when quantized.
@@ -42,15 +40,9 @@ class TokenBytes:
 
 
 def gguf_token_bytes(path: Path) -> TokenBytes:
-    import gguf
+    from .formats.gguf_header import read_gguf_header
 
-    try:
-        reader = gguf.GGUFReader(path)
-    except Exception as e:  # the reader raises ValueError, struct errors, IndexError... on bad files
-        log.info("%s: gguf reader: %s: %s", path, e.__class__.__name__, e)
-        raise ArtifactError(f"{path.name}: not a complete GGUF file (corrupt or truncated); "
-                            "rebuild it with `edgekit build`") from None
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = read_gguf_header(path).tensors   # ArtifactError for a corrupt or truncated file
     tied = "output.weight" not in tensors
     whole, gathered = 0, {}
     for name, t in tensors.items():

@@ -147,3 +147,18 @@ def test_metadata_matches_config(built, tiny_ckpt):
     names = {t.name for t in r.tensors}
     assert not any("vision" in n or "audio" in n for n in names)
     assert f"blk.{first_shared}.attn_k.weight" not in names and f"blk.{first_shared - 1}.attn_k.weight" in names
+
+
+def test_header_reader_agrees_with_gguf_reader(built):
+    """edgekit's header walk (the bench and the override check use it: gguf's reader took 29 s on an E2B
+    header) gives gguf's own tensor table and file type for every artifact type."""
+    from edgekit.formats.gguf_header import read_gguf_header
+
+    files = sorted(built.glob("*.gguf"))
+    assert len(files) == 6
+    for path in files:
+        ref, got = gguf.GGUFReader(path), read_gguf_header(path)
+        want = {t.name: (t.tensor_type, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes)) for t in ref.tensors}
+        assert {n: (t.type, t.shape, t.offset, t.n_bytes) for n, t in got.tensors.items()} == want, path.name
+        assert got.scalars["general.file_type"] == int(ref.get_field("general.file_type").contents())
+        assert got.scalars["general.architecture"] == "gemma4"
