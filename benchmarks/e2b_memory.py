@@ -92,17 +92,17 @@ def main() -> None:
 
     ckpt = ensure_e2b(args.e2b_dir)
     dist = CACHE / "bench-e2b"
-    gguf_dir = ensure_build(ckpt, "pi5", GGUF_QUANTS, dist)
+    gguf_dir = ensure_build(ckpt, "pi5", GGUF_QUANTS, dist) if not args.no_gguf else None
     pi5 = TARGETS.get("pi5")
     # The reference: the same budget and threads, llama.cpp's own runtime defaults.
     TARGETS.register("pi5-stock", dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME))
+    mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist) if not args.no_mlx and "mlx" in FORMATS else None
     runs: list[tuple[Path, str, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
-        for a in sorted(gguf_dir.glob("*.gguf")) if not args.no_gguf else []:
+        for a in sorted(gguf_dir.glob("*.gguf")) if gguf_dir else []:
             for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
                 runs.append((a, tgt, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
-        if not args.no_mlx and "mlx" in FORMATS:
-            mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist)
+        if mlx_dir:
             for a in sorted(p for p in mlx_dir.iterdir() if p.is_dir()):
                 runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
                                                    runtime={"kv_fill": ctx - 4})))

@@ -26,8 +26,8 @@ unicode). A vocabulary larger than the corpus supports is filled in one of two w
   tokenizers), so they tokenize as plain text on every engine;
 * with ``n_merges`` (the e2b preset: Gemma 4's 514,906), BPE pieces of one to three characters from
   Unicode's private-use area with exactly that many merges in all. llama.cpp keeps every merge in a
-  hash map and every piece as a string, ≈40 MiB of anonymous memory for Gemma 4's tokenizer, so a
-  memory benchmark needs the real counts; private-use characters never occur in real text, so the
+  hash map: a vocab-only load measured 93 MiB of anonymous memory with Gemma 4's counts, 41 MiB with
+  1,180 merges, so a memory benchmark needs the real counts; private-use characters never occur in real text, so the
   filler leaves the tokenization of everything else unchanged.
 """
 
@@ -150,8 +150,9 @@ def _filler(n_pieces: int, n_merges: int) -> tuple[list[str], list[tuple[str, st
     else:
         raise ValueError(f"no private-use filler has {n_pieces} pieces and {n_merges} merges")
     chars = [chr(FILLER_BASE + i) for i in range(k)]
-    core = [(a, b) for a in chars[:s] for b in chars[:s]]
-    pairs = core + [(a, b) for a in chars for b in chars if not (a in chars[:s] and b in chars[:s])][:p - len(core)]
+    core = [(chars[i], chars[j]) for i in range(s) for j in range(s)]
+    rest = [(chars[i], chars[j]) for i in range(k) for j in range(k) if i >= s or j >= s]
+    pairs = core + rest[:p - len(core)]
     triples = [(a, b, c) for a in chars[:s] for b in chars[:s] for c in chars[:s]][:q]
     pieces = chars + [a + b for a, b in pairs] + [a + b + c for a, b, c in triples]
     merges = pairs + [m for a, b, c in triples for m in ((a + b, c), (a, b + c))]
