@@ -17,7 +17,7 @@ converters meet in the real one, in the same file layout:
   Gemma 4 newline handling; the exact range is our choice). The other reserved ids below 107
   hold tokens we could not check; here they are Gemma-style ``<unused{i}>`` specials.
 * ``tokenizer_config.json``: ``GemmaTokenizer`` with Gemma 4's named tokens (``sot_token`` …) and a
-  minimal turn-format chat template.
+  chat template in Gemma 4's turn format (system, tools, tool calls and responses, thinking on/off).
 
 The trained part is small (a few hundred merges from a built-in corpus of English, code and
 unicode). A vocabulary larger than the corpus supports is filled in one of two ways:
@@ -65,13 +65,87 @@ NAMED_TOKENS = {
     "boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>",
 }
 
-# A minimal Gemma 4 turn template (no tools or thinking): enough for chat-shaped prompts.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<|turn>{{ role }}\n{{ m['content'] | trim }}<turn|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
+# Gemma 4's turn format as a chat template (our own wording of it, not Google's file): a system turn when
+# there is a system prompt, tools or thinking (``<|think|>`` first when ``enable_thinking``), tool
+# declarations ``<|tool>declaration:NAME{...}<tool|>``, assistant tool calls
+# ``<|tool_call>call:NAME{key:value}<tool_call|>`` with strings quoted by ``<|"|>``, tool results
+# ``<|tool_response>response:NAME{...}<tool_response|>`` inside the model's turn (which then continues
+# without a new ``<|turn>model``), and an earlier answer's thinking (``<|channel>...<channel|>``) dropped.
+# Real checkpoints carry Google's template; edgekit.chat renders whichever one an artifact has.
+CHAT_TEMPLATE = r"""{%- macro arg(v, quote_keys=false) -%}
+{%- if v is string -%}<|"|>{{ v }}<|"|>
+{%- elif v is boolean -%}{{ 'true' if v else 'false' }}
+{%- elif v is none -%}null
+{%- elif v is mapping -%}{
+{%- for k, x in v | dictsort -%}{{ ',' if not loop.first }}{{ ('<|"|>' ~ k ~ '<|"|>') if quote_keys else k }}:{{ arg(x, quote_keys) }}{%- endfor -%}}
+{%- elif v is iterable -%}[
+{%- for x in v -%}{{ ',' if not loop.first }}{{ arg(x, quote_keys) }}{%- endfor -%}]
+{%- else -%}{{ v }}
+{%- endif -%}
+{%- endmacro -%}
+{%- macro schema(v) -%}
+{%- if v is mapping -%}{
+{%- for k, x in v | dictsort -%}{{ ',' if not loop.first }}{{ k }}:
+{%- if k == 'type' and x is string -%}<|"|>{{ x | upper }}<|"|>{%- else -%}{{ schema(x) }}{%- endif -%}
+{%- endfor -%}}
+{%- elif v is string -%}<|"|>{{ v }}<|"|>
+{%- elif v is iterable -%}[
+{%- for x in v -%}{{ ',' if not loop.first }}{{ schema(x) }}{%- endfor -%}]
+{%- else -%}{{ arg(v) }}
+{%- endif -%}
+{%- endmacro -%}
+{%- macro text(c) -%}
+{%- if c is string -%}{{ c }}
+{%- elif c is iterable -%}{%- for part in c if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+{%- set thinking = enable_thinking is defined and enable_thinking -%}
+{%- set ns = namespace(msgs=messages, open_model=false) -%}
+{{- bos_token -}}
+{%- if thinking or tools or (messages and messages[0]['role'] in ['system', 'developer']) -%}
+<|turn>system
+{% if thinking %}<|think|>
+{% endif -%}
+{%- if messages and messages[0]['role'] in ['system', 'developer'] -%}
+{{ text(messages[0]['content']) | trim }}{%- set ns.msgs = messages[1:] -%}
+{%- endif -%}
+{%- for t in tools or [] -%}
+{%- set f = t['function'] if 'function' in t else t -%}
+<|tool>declaration:{{ f['name'] }}{description:<|"|>{{ f['description'] | default('') }}<|"|>
+{%- if f['parameters'] is defined and f['parameters'] -%},parameters:{{ schema(f['parameters']) }}{%- endif -%}}<tool|>
+{%- endfor -%}
+<turn|>
+{% endif -%}
+{%- for m in ns.msgs -%}
+{%- if m['role'] == 'tool' -%}
+{%- set tn = namespace(name=m['name'] if m['name'] is defined and m['name'] else 'unknown') -%}
+{%- for prev in ns.msgs if prev['tool_calls'] is defined and prev['tool_calls'] -%}
+{%- for tc in prev['tool_calls'] if tc['id'] is defined and tc['id'] == m['tool_call_id'] -%}
+{%- set tn.name = tc['function']['name'] -%}
+{%- endfor -%}
+{%- endfor -%}
+<|tool_response>response:{{ tn.name }}{value:{{ arg(text(m['content'])) }}}<tool_response|>
+{%- else -%}
+{%- set role = 'model' if m['role'] == 'assistant' else m['role'] -%}
+{%- if ns.open_model and role != 'model' -%}<turn|>
+{% set ns.open_model = false -%}{%- endif -%}
+{%- if not (role == 'model' and ns.open_model) -%}<|turn>{{ role }}
+{% endif -%}
+{%- set body = text(m['content']) -%}
+{%- if role == 'model' -%}{%- set body = (body.split('<channel|>') | last) -%}{%- endif -%}
+{%- for tc in m['tool_calls'] or [] -%}
+<|tool_call>call:{{ tc['function']['name'] }}{
+{%- set a = tc['function']['arguments'] -%}
+{%- if a is mapping -%}{%- for k, x in a | dictsort -%}{{ ',' if not loop.first }}{{ k }}:{{ arg(x) }}{%- endfor -%}
+{%- else -%}{{ a }}{%- endif -%}}<tool_call|>
+{%- endfor -%}
+{%- if m['tool_calls'] -%}{%- set ns.open_model = true -%}{{ body | trim }}
+{%- else -%}{%- set ns.open_model = false -%}{{ body | trim }}<turn|>
+{% endif -%}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt and not ns.open_model -%}<|turn>model
+{% endif -%}"""
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
