@@ -297,8 +297,9 @@ def parse_tool_call(body: str) -> ToolCall:
 
 
 def parse_reply(text: str) -> Reply:
-    """Split a generated reply into content, thinking and tool calls. A call that does not parse stays in
-    the content as the model wrote it (a client sees what came out rather than losing it)."""
+    """Split a generated reply into content, thinking and tool calls. The content keeps its whitespace (so a
+    streamed reply's deltas join to it); a call that does not parse stays in the content as the model
+    wrote it (a client sees what came out rather than losing it)."""
     reasoning = []
     while THINK_OPEN in text:
         a = text.index(THINK_OPEN)
@@ -320,7 +321,7 @@ def parse_reply(text: str) -> Reply:
         except ValueError:
             kept.append(text[a:end + (len(CALL_CLOSE) if b >= 0 else 0)])
         pos = len(text) if b < 0 else b + len(CALL_CLOSE)
-    return Reply("".join(kept).strip(), "".join(reasoning).strip() or None, calls)
+    return Reply("".join(kept), "".join(reasoning).strip() or None, calls)
 
 
 class StreamSplitter:

@@ -208,6 +208,93 @@ def bench(
         typer.echo(f"edgekit: warning: over budget: {msg}", err=True)
 
 
+_ART = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact).")
+_TARGET = typer.Option(None, "--target", help="Target profile whose [runtime] knobs to use. Default: the manifest's.")
+_KNOB = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set n_ubatch=128.")
+
+
+@app.command()
+def run(
+    artifact: Path = _ART,
+    target: Optional[str] = _TARGET,
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt; without it, an interactive chat on stdin."),
+    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens per reply."),
+    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Gemma 4 thinking on/off (default: the template's, off)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
+    knob: Optional[list[str]] = _KNOB,
+) -> None:
+    """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit."""
+    import sys
+
+    from .bench import parse_knobs
+    from .generate import Sampling
+    from .session import chat_turn, open_session, peak_rss_bytes
+
+    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
+                           verbose=verbose)
+    out = lambda t: (sys.stdout.write(t), sys.stdout.flush())          # noqa: E731
+    err = lambda t: (sys.stderr.write(t), sys.stderr.flush())          # noqa: E731
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
+    stats: dict = {}
+    try:
+        turns = [prompt] if prompt is not None else None
+        while True:
+            if turns is not None:
+                if not turns:
+                    break
+                text = turns.pop()
+            else:
+                err("> ")
+                text = sys.stdin.readline()
+                if not text:
+                    break
+                text = text.rstrip("\n")
+                if not text.strip():
+                    continue
+            history.append({"role": "user", "content": text})
+            msg, stats = chat_turn(session, history, sampling, think, out, err)
+            history.append(msg)
+            out("\n")
+    finally:
+        session.close()
+    if stats:
+        err(f"ttft {stats['ttft_ms']:.0f} ms, {stats['decode_tps']:.1f} t/s ({stats['completion_tokens']} tokens, "
+            f"prompt {stats['prompt_tokens']}), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
+
+
+@app.command()
+def serve(
+    artifact: Path = _ART,
+    target: Optional[str] = _TARGET,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8080, "--port", help="TCP port."),
+    parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
+    queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context per request. Default: the target's."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
+    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
+    knob: Optional[list[str]] = _KNOB,
+) -> None:
+    """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
+    from .bench import parse_knobs
+    from .server import serve as run_server
+    from .session import open_session
+
+    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
+                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose)
+    typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
+               f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
+    run_server(session, host=host, port=port, grace_s=grace)
+
+
 @app.command()
 def report(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),

@@ -137,4 +137,4 @@ def test_stream_splitter_equals_whole(step):
     joined = {k: "".join(t for kk, t in events if kk == k) for k in ("content", "reasoning")}
     assert joined == {"content": "Hi <there> ", "reasoning": "hm <ok>"}
     r = s.finish()
-    assert [(c.name, c.arguments) for c in r.tool_calls] == [("f", {"a": 1})] and r.content == "Hi <there>"
+    assert [(c.name, c.arguments) for c in r.tool_calls] == [("f", {"a": 1})] and r.content == "Hi <there> "

@@ -30,6 +30,7 @@ class RunOptions:
     n_ubatch: int = 512
     runtime: dict[str, Any] = field(default_factory=dict)  # target profile knobs (use_mmap, kv_type, ...)
     verbose: bool = False
+    n_seq: int = 1   # sequences one context holds at once (edgekit serve's slots + its prefix cache)
 
 
 class Runner(Protocol):

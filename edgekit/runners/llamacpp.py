@@ -137,6 +137,10 @@ class LlamaCppRunner:
             cp.type_k = cp.type_v = getattr(L, "GGML_TYPE_" + _choice("kv_type", rt["kv_type"], KV_TYPES))
         if "flash_attn" in rt:
             cp.flash_attn_type = _choice("flash_attn", str(rt["flash_attn"]).lower(), FLASH)
+        if opts.n_seq > 1:
+            # One context, several sequences in one KV buffer (serve's slots): one compute buffer for all,
+            # and a shared prefix's cells are shared by every sequence copied from it (llama_memory_seq_cp).
+            cp.n_seq_max, cp.kv_unified = opts.n_seq, True
         self.n_batch = cp.n_batch
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
