@@ -59,6 +59,24 @@ def _sampling(body: dict[str, Any]) -> Sampling:
                     top_k=num("top_k", 0, int, 0, 1 << 20))
 
 
+def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI clients send an assistant's tool-call arguments back as a JSON string; chat templates
+    (Gemma 4's writes each argument as key:value) take a mapping."""
+    calls = m.get("tool_calls")
+    if not calls:
+        return m
+    out = []
+    for c in calls:
+        f = dict((c or {}).get("function") or {})
+        if isinstance(f.get("arguments"), str):
+            try:
+                f["arguments"] = json.loads(f["arguments"] or "{}")
+            except ValueError:
+                raise BadRequest(f"tool call {f.get('name')!r}: arguments are not valid JSON") from None
+        out.append({**c, "function": f})
+    return {**m, "tool_calls": out}
+
+
 class App:
     def __init__(self, session: Session):
         self.s = session
@@ -92,17 +110,23 @@ class App:
 
     async def _collect(self, request: Any, req: Any, q: "asyncio.Queue[Event]") -> tuple[list[str], Event]:
         """Every token of a non-streamed reply; cancels the generation if the client goes away."""
+        async def watch() -> None:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.25)
+            req.cancel()
+
+        # Not asyncio.wait_for(q.get(), timeout): on Python 3.11 a timeout racing a put loses the item
+        # (a request then hung once in ~60 here, its "done" event gone).
+        watcher = asyncio.ensure_future(watch())
         texts: list[str] = []
-        while True:
-            try:
-                e = await asyncio.wait_for(q.get(), 0.25)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    req.cancel()
-                continue
-            if e.kind == "done":
-                return texts, e
-            texts.append(e.text)
+        try:
+            while True:
+                e = await q.get()
+                if e.kind == "done":
+                    return texts, e
+                texts.append(e.text)
+        finally:
+            watcher.cancel()
 
     @staticmethod
     def _usage(stats: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +157,7 @@ class App:
             raise BadRequest("messages must be a non-empty list of objects with a role")
         if tools is not None and not isinstance(tools, list):
             raise BadRequest("tools must be a list")
+        messages = [_with_dict_arguments(m) for m in messages]
         kw = body.get("chat_template_kwargs") or {}
         think = kw.get("enable_thinking", body.get("enable_thinking"))
         try:

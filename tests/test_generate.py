@@ -1,0 +1,138 @@
+"""edgekit.generate on the tiny model: greedy decoding equals the runner's own argmax loop, sequences
+batched together decode as each alone, the cached (and saved, and reloaded) prefix changes nothing but
+the prefill, sampling is reproducible by seed, and a finished request leaves no cells behind."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from edgekit.generate import PromptTooLong, QueueFull, Sampling
+from edgekit.runners.base import RunOptions
+from edgekit.session import open_session
+
+CTX = 512
+SYSTEM = {"role": "system", "content": "You are a terse assistant who answers in one line. " * 3}
+QUESTIONS = ["Hello there!", "What is the capital of France?", "def f(x): return", "Zürich 2024 ≈ 35 t/s"]
+
+
+@pytest.fixture(scope="module")
+def dist(tiny_ckpt, tmp_path_factory):
+    from edgekit.build import build
+
+    return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
+
+
+def tokens(session, ids, sampling, prefix_len=0):
+    out, done = [], None
+    for e in session.stream(ids, sampling, prefix_len):
+        if e.kind == "token":
+            out.append(e.token)
+        else:
+            done = e
+    return out, done
+
+
+def test_greedy_equals_the_runners_argmax_loop(dist):
+    from edgekit.runners.llamacpp import LlamaCppRunner
+
+    s = open_session(dist, threads=1, ctx=CTX)
+    try:
+        ids, _ = s.prompt([{"role": "user", "content": QUESTIONS[1]}])
+        got, done = tokens(s, ids, Sampling(max_tokens=24, temperature=0))
+        knobs, path = s.runtime, s.path
+    finally:
+        s.close()
+    assert done.finish_reason == "length" and done.stats["completion_tokens"] == 24
+    r = LlamaCppRunner()
+    r.load(path, RunOptions(threads=1, ctx=CTX, runtime=knobs))
+    r.reset()
+    r.prefill(ids)
+    want = []
+    for _ in range(24):
+        want.append(r.next_token())
+        r.decode(want[-1])
+    r.close()
+    assert got == want
+
+
+def test_batched_sequences_decode_as_each_alone(dist):
+    s = open_session(dist, threads=1, ctx=CTX, slots=4)
+    try:
+        prompts = [s.prompt([{"role": "user", "content": q}])[0] for q in QUESTIONS]
+        alone = [tokens(s, ids, Sampling(max_tokens=16, temperature=0))[0] for ids in prompts]
+        together: dict[int, list[int]] = {}
+
+        def one(i):
+            together[i] = tokens(s, prompts[i], Sampling(max_tokens=16, temperature=0))[0]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # After every request, no sequence holds a cell: memory does not grow with requests served.
+        assert all(s.engine.L.llama_memory_seq_pos_max(s.engine.mem, i) == -1 for i in range(4))
+    finally:
+        s.close()
+    assert [together[i] for i in range(4)] == alone
+
+
+def test_prefix_cache_and_its_file(dist, tmp_path):
+    f = tmp_path / "prefix.bin"
+    messages = [SYSTEM, {"role": "user", "content": QUESTIONS[0]}]
+    s = open_session(dist, threads=1, ctx=CTX, prefix_file=f)
+    try:
+        ids, plen = s.prompt(messages)
+        assert 0 < plen < len(ids)
+        cold, d1 = tokens(s, ids, Sampling(max_tokens=16, temperature=0), plen)
+        warm, d2 = tokens(s, ids, Sampling(max_tokens=16, temperature=0), plen)
+        other_ids, other_plen = s.prompt([SYSTEM, {"role": "user", "content": QUESTIONS[2]}])
+        other, d3 = tokens(s, other_ids, Sampling(max_tokens=16, temperature=0), other_plen)
+        nocache, _ = tokens(s, other_ids, Sampling(max_tokens=16, temperature=0), 0)
+    finally:
+        s.close()
+    assert (d1.stats["cached_tokens"], d2.stats["cached_tokens"], d3.stats["cached_tokens"]) == (0, plen, plen)
+    assert warm == cold and other == nocache
+    assert f.exists()
+    s = open_session(dist, threads=1, ctx=CTX, prefix_file=f)   # a restart: the prefix comes from the file
+    try:
+        again, d4 = tokens(s, ids, Sampling(max_tokens=16, temperature=0), plen)
+    finally:
+        s.close()
+    assert d4.stats["cached_tokens"] == plen and again == cold
+
+
+def test_sampling_is_seeded(dist):
+    s = open_session(dist, threads=1, ctx=CTX)
+    try:
+        ids, _ = s.prompt([{"role": "user", "content": QUESTIONS[0]}])
+        a = tokens(s, ids, Sampling(max_tokens=24, temperature=1.0, seed=7))[0]
+        b = tokens(s, ids, Sampling(max_tokens=24, temperature=1.0, seed=7))[0]
+        c = tokens(s, ids, Sampling(max_tokens=24, temperature=1.0, seed=8))[0]
+        greedy = tokens(s, ids, Sampling(max_tokens=24, temperature=0))[0]
+    finally:
+        s.close()
+    assert a == b and a != c and a != greedy
+
+
+def test_limits(dist):
+    s = open_session(dist, threads=1, ctx=64, slots=1, max_queue=0)
+    try:
+        with pytest.raises(PromptTooLong, match=r"the prompt is \d+ tokens; this server's context is 64 tokens"):
+            s.engine.submit(s.request(list(range(5, 100)), Sampling()))
+        ids, _ = s.prompt([{"role": "user", "content": "hi"}])
+        # A reply is cut at the context: prompt + reply never exceed it.
+        out, done = tokens(s, ids, Sampling(max_tokens=1000, temperature=0))
+        assert done.finish_reason == "length" and len(ids) + len(out) == 64
+        started = threading.Event()
+        req = s.request(ids, Sampling(max_tokens=10_000, temperature=0),
+                        on_event=lambda e: started.set())
+        s.engine.submit(req)
+        started.wait(10)
+        with pytest.raises(QueueFull):
+            s.engine.submit(s.request(ids, Sampling()))
+        req.cancel()
+    finally:
+        s.close()
