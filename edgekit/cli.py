@@ -111,6 +111,10 @@ def deploy(
     bootstrap: bool = typer.Option(False, "--bootstrap", help="Also make a venv there with edgekit[runtime] (no torch)."),
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
+    serve: bool = typer.Option(False, "--serve", help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."),
+    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
+    port: int = typer.Option(8080, "--port", help="The device server's port."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
@@ -121,6 +125,17 @@ def deploy(
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
         failed |= not ok
+    if serve and not failed:
+        from .lab.serve import deploy_served
+
+        for d in devices:
+            try:
+                s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
+                                  method=method)
+                typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
+            except EdgekitError as e:
+                typer.echo(f"edgekit: error: {e}", err=True)
+                failed = True
     raise typer.Exit(1 if failed else 0)
 
 
@@ -151,6 +166,8 @@ def lab_run(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Bench what the devices already hold."),
     method: str = _METHOD,
+    served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint over HTTP (deploy --serve first) instead of `edgekit bench`."),
+    port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
 ) -> None:
     """Deploy, then bench on every device in parallel; each device's records go to the local store.
 
@@ -161,6 +178,20 @@ def lab_run(
     from .results import Store
 
     chosen = load_inventory(inventory).select(_csv(devices))
+    if served:
+        import json
+
+        from .lab.serve import bench_endpoint, deploy_served
+
+        bad = False
+        for d in chosen:
+            try:
+                url = deploy_served(dist, d, port=port, method=method).url if not no_deploy else f"http://{d.host}:{port}/v1"
+                typer.echo(json.dumps({"device": d.name, **bench_endpoint(url)}))
+            except EdgekitError as e:
+                typer.echo(f"edgekit: error: {e}", err=True)
+                bad = True
+        raise typer.Exit(1 if bad else 0)
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
