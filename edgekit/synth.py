@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import f32_to_bf16
+from .dtypes import f32_to_bf16
 from .errors import OutputError
 from .fsutil import atomic_dir
 from .gemma4 import TEXT_PREFIX, Gemma4TextConfig

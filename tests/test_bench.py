@@ -148,8 +148,10 @@ def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tiny_ckpt,
                "-o", "jsonl", "--db", db, "--set", "kv_type=q8_0", "--set", "n_ubatch=64")
     assert res.exit_code == 3
     (rec,) = parse_jsonl(res.stdout)
-    # --set knobs override the target's and reach the engine
-    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64}
+    # --set knobs override the target's and reach the engine; the record holds what llama.cpp applied:
+    # the batch edgekit passes by default (2048) capped at the context, read back from the context
+    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64,
+                           "n_batch": 256, "swa_full": False}
     assert abs(rec.kv_cache_bytes - expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 256, rec.runtime)) <= LOG_MIB
     over = (rec.peak_rss_bytes - 1_000_000) / MB
     assert res.stderr == (f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
