@@ -44,23 +44,16 @@ class Knob:
                 v = v.strip().lower() in _TRUE
             elif not isinstance(v, bool):
                 raise bad("is not a boolean")
-        elif self.type is int:
+        elif self.type in (int, float):
+            kind = "an integer" if self.type is int else "a number"
             if isinstance(v, str):
                 try:
-                    v = int(v.strip())
+                    v = self.type(v.strip())
                 except ValueError:
-                    raise bad("is not an integer") from None
-            elif isinstance(v, bool) or not isinstance(v, int):
-                raise bad("is not an integer")
-        elif self.type is float:
-            if isinstance(v, str):
-                try:
-                    v = float(v.strip())
-                except ValueError:
-                    raise bad("is not a number") from None
-            elif isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise bad("is not a number")
-            v = float(v)
+                    raise bad(f"is not {kind}") from None
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or (self.type is int and isinstance(v, float)):
+                raise bad(f"is not {kind}")
+            v = self.type(v)
         elif self.type is str:
             if isinstance(v, bool) or not isinstance(v, (str, int, float)):
                 raise bad("is not a string")

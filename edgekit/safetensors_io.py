@@ -196,7 +196,8 @@ def write_safetensors(path: Path, specs: list[TensorSpec],
 
 class SlabWriter:
     """One safetensors file written slab by slab: the header and the file's size first, then rows of
-    each tensor ``pwrite`` at their offsets. The caller owns atomicity (it writes into a temp folder)."""
+    each tensor ``pwrite`` at their offsets. The caller owns atomicity (it writes into a temp folder)
+    and closes it (``contextlib.closing``)."""
 
     def __init__(self, path: Path, specs: list[TensorSpec], metadata: Optional[dict[str, str]] = None):
         blob, offsets = _header_blob(specs, metadata or {"format": "mlx"})
@@ -218,12 +219,6 @@ class SlabWriter:
 
     def close(self) -> None:
         self.f.close()
-
-    def __enter__(self) -> "SlabWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def shard(specs: list[TensorSpec], max_bytes: int) -> Iterator[list[TensorSpec]]:

@@ -210,3 +210,22 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
         "tensor names (`gguf-dump`)"]
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(next(folder.glob("*.gguf"))).tensors}
     assert {types[n] for n in types if "ffn_up" in n} == {"Q8_0"} and types["blk.0.ffn_gate.weight"] == "Q4_0"
+
+
+def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
+    from edgekit.errors import ConfigError
+    from edgekit.recipes import load_recipe
+
+    p = tmp_path / "mlx-3bit.toml"
+    p.write_text('format = "mlx"\nquant = "3bit-g64"\nbits = 3\ngroup_sise = 64\n')
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    assert str(e.value) == (f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
+                            "dtype, format, group_size, name, overrides, quant")
+    p.write_text('format = "gguf"\nquant = "Q4_0"\nftype = "MOSTLY_Q4_0"\nbits = 4\n')
+    with pytest.raises(ConfigError, match="unknown key 'bits' for a gguf recipe"):
+        load_recipe(p)
+    p.write_text('format = "onnx"\nquant = "x"\n')
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: format 'onnx'; a recipe's format is one of: gguf, mlx"

@@ -14,3 +14,18 @@ def slow_quantize(spec, step):
     Path(spec.dst + ".started").touch()
     time.sleep(120)
     return quantize_child(spec, step)
+
+
+def fails(spec, step):
+    from edgekit.errors import ArtifactError
+
+    step("about to fail")
+    raise ArtifactError(f"{spec.src}: refused in the child")
+
+
+def crashes(spec, step):
+    import os
+    import sys
+
+    print("engine says: out of cheese", file=sys.stderr, flush=True)
+    os._exit(3)

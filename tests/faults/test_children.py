@@ -147,3 +147,18 @@ def test_a_child_whose_parent_is_gone_at_start_exits(tmp_path):
     res = subprocess.run([sys.executable, "-m", "edgekit.child", "edgekit.runners.measure:measure", "1", "0"],
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL, timeout=60)
     assert res.returncode == 70
+
+
+def test_child_errors_come_back_as_their_class_and_crashes_as_child_died(monkeypatch):
+    from edgekit.child import ChildDied, run_child
+    from edgekit.errors import ArtifactError
+    from edgekit.formats.gguf.quantize import QuantizeResult, QuantizeSpec
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
+    steps = []
+    with pytest.raises(ArtifactError) as e:
+        run_child("slow_child:fails", QuantizeSpec("in.gguf", "out.gguf", 7), QuantizeResult, on_step=steps.append)
+    assert (str(e.value), steps) == ("in.gguf: refused in the child", ["about to fail"])
+    with pytest.raises(ChildDied) as died:
+        run_child("slow_child:crashes", QuantizeSpec("in.gguf", "out.gguf", 7), QuantizeResult)
+    assert (died.value.why, died.value.tail) == ("exit code 3", "engine says: out of cheese")

@@ -195,7 +195,7 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
         return np.array(a)
 
     specs = [TensorSpec(f"{PLE_MODULE}.{name}", (rows, c), dt) for name, dt, c in parts]
-    with SlabWriter(dest, specs) as w, progress_bar("mlx PLE table", ref.nbytes) as advance:
+    with contextlib.closing(SlabWriter(dest, specs)) as w, progress_bar("mlx PLE table", ref.nbytes) as advance:
         r0 = 0
         for chunk in ref.row_chunks(32 << 20):
             x = mx.array(chunk).astype(want)
