@@ -120,7 +120,7 @@ def run_child(entry: str, spec: Any, result_type: Callable[[dict[str, Any]], R],
 
 
 def rebuild(err: dict[str, str]) -> EdgekitError:
-    """The child's EdgekitError as the same class (BenchError-like base when unknown)."""
+    """The child's EdgekitError as the same class (the EdgekitError base when the name is unknown)."""
     import edgekit.errors as errors
 
     cls = getattr(errors, err.get("type", ""), None)

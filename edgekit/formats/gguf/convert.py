@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 
 from ...checkpoint import Checkpoint
-from ...dtypes import DTYPES, f32_to_bf16
+from ...dtypes import DTYPES, from_f32
 from ...errors import CheckpointError, ConversionError
 from ...fsutil import atomic_path
 from ...gemma4 import Gemma4TextConfig
@@ -111,12 +111,7 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
             if ref.shape and c.shape[0] > left:
                 c = c[:left]
             left -= c.shape[0] if ref.shape else 1
-            if same or qtype == GQT.F32:
-                yield c
-            elif qtype == GQT.F16:
-                yield c.astype(np.float16)
-            else:
-                yield f32_to_bf16(c)
+            yield c if same else from_f32(c, qtype.name)
     return gen
 
 
@@ -210,7 +205,7 @@ def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = 
             n_vocab = add_vocab(w, ckpt.path, ckpt.config.vocab_size)
             plans = plan_tensors(ckpt, qtype, n_vocab)
             for p in plans:
-                w.add_tensor_info(p.name, p.shape, np.dtype(np.float32 if p.qtype == GQT.F32 else np.float16),
+                w.add_tensor_info(p.name, p.shape, np.dtype(DTYPES[p.qtype.name].storage),
                                   p.nbytes, raw_dtype=p.qtype)
             w.write_header_to_file()
             w.write_kv_data_to_file()
