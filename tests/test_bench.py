@@ -202,6 +202,8 @@ def test_mlx_artifact_measures_with_mlx_peak(tiny_ckpt, tmp_path, fixed_bandwidt
     folder = build(str(tiny_ckpt), target="m4", quants=["mlx-4bit"], out=tmp_path)
     (r,) = bench(folder, BenchOptions(n_prompt=8, n_gen=3, reps=2, ctx=64))
     assert r.engine == "mlx" and r.threads is None and r.quant == "4bit-g64"
+    # m4's ple = "disk" and the runner's defaults, as applied ("disk": the table stayed in its file)
+    assert r.runtime == {"ple": "disk", "n_batch": 2048, "kv_fill": 0}
     assert min(r.samples["pp_tps"] + r.samples["tg_tps"]) > 0 and r.tg_tps_sd >= 0
     for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
         assert ttft >= 1000 * r.n_prompt / pp

@@ -74,6 +74,6 @@ def test_sliding_partial_rotary_factor_is_ignored_as_transformers_does(tmp_path,
     ckpt = _synth(tmp_path, monkeypatch, "tiny-slidepart", {},
                   {"sliding_attention": {"partial_rotary_factor": 0.5}})
     err, span, folder = _parity(ckpt, tmp_path)
+    assert err <= 1e-3 * span, f"max |Δlogit| {err:.4g} over a range of {span:.3g}"
     scalars = read_gguf_header(folder / "tiny-slidepart-F32.gguf").scalars
     assert scalars["gemma4.rope.dimension_count_swa"] == 256   # head_dim: the factor is not applied
-    assert err <= 1e-3 * span, f"max |Δlogit| {err:.4g} over a range of {span:.3g}"

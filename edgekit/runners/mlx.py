@@ -81,6 +81,13 @@ class MlxRunner:
         self.kv_fill = opts.knobs.get("kv_fill", 0)
         self.knobs = dict(opts.knobs)
         self._ctx = opts.ctx
+        # "auto" resolves to where the table ended up: the record states that, not the request.
+        text = getattr(getattr(self.model, "language_model", None), "model", None)
+        ple = getattr(text, "embed_tokens_per_layer", None)
+        if ple is None:
+            self.knobs.pop("ple", None)   # no PLE table: the knob did nothing
+        else:
+            self.knobs["ple"] = "disk" if getattr(ple, "table", None) is not None else "resident"
 
     def n_vocab(self) -> int:
         return self._n_vocab
