@@ -129,7 +129,7 @@ def _from_folder(path: Path) -> ChatTemplate:
 
 
 def _from_gguf(path: Path) -> ChatTemplate:
-    from .formats.gguf_header import read_gguf_header
+    from .formats.gguf.header import read_gguf_header
 
     scalars = read_gguf_header(path).scalars
     source = scalars.get("tokenizer.chat_template")
@@ -148,7 +148,7 @@ def _gguf_tokens(path: Path, ids: set[int]) -> dict[int, str]:
 
     import gguf
 
-    from .formats.gguf_header import _Cursor, _value
+    from .formats.gguf.header import _Cursor, _value
 
     out: dict[int, str] = {}
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:

@@ -3,7 +3,7 @@
 An engine loads an artifact with the target's [runtime] knobs through the same runner ``bench`` uses
 (so the memory served is the memory measured), and runs requests on a worker thread:
 
-    eng = open_engine(path, RunOptions(threads=4, ctx=2048, runtime=target.runtime), slots=1)
+    eng = open_engine(path, "llama.cpp", RunOptions(threads=4, ctx=2048, knobs=typed_knobs), slots=1)
     req = GenRequest(eng.tokenize(text), Sampling(max_tokens=128), stop_ids=eng.stop_ids(tpl.stop_texts),
                      on_event=callback)       # callback(Event) from the worker thread
     eng.submit(req); ...; eng.close()
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import BenchError, ConfigError
-from .runners import RUNNERS, engine_for
+from .runners import ENGINES
 from .runners.base import RunOptions
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class _Scheduler:
             return "stop"
         slot.n_gen += 1
         req.on_event(Event("token", token=tok, text=slot.utf8.decode(piece)))
-        if slot.n_gen >= req.sampling.max_tokens or slot.pos >= self.n_ctx:
+        if slot.n_gen >= req.sampling.max_tokens or len(req.prompt) + slot.n_gen >= self.n_ctx:
             return "length"
         return None
 
@@ -208,10 +208,9 @@ class LlamaEngine(_Scheduler):
         super().__init__(slots, max_queue)
         self.n_ctx = opts.ctx
         self.prefix_seq = slots           # the extra sequence holding the cached prefix
-        self.runner = RUNNERS.get("llama.cpp")()
+        self.runner = ENGINES.get("llama.cpp").make()
         ctx_all = opts.ctx * slots + opts.ctx   # every slot's context plus the prefix's (shared cells)
-        self.runner.load(Path(path), RunOptions(threads=opts.threads, ctx=ctx_all, n_batch=opts.n_batch,
-                                                n_ubatch=opts.n_ubatch, runtime=opts.runtime,
+        self.runner.load(Path(path), RunOptions(threads=opts.threads, ctx=ctx_all, knobs=opts.knobs,
                                                 verbose=opts.verbose, n_seq=slots + 1))
         r = self.runner
         self.L, self.ctx, self.mem = r.L, r.ctx, r.mem
@@ -359,7 +358,7 @@ class MlxEngine(_Scheduler):
         from transformers import AutoTokenizer
 
         self.n_ctx = opts.ctx
-        self.runner = RUNNERS.get("mlx")()
+        self.runner = ENGINES.get("mlx").make()
         self.runner.load(Path(path), opts)
         self.tok = AutoTokenizer.from_pretrained(str(path))
         self.thread.start()
@@ -418,12 +417,12 @@ class MlxEngine(_Scheduler):
         self._finish(slot, reason)
 
 
-ENGINES = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}
+GENERATORS = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}   # by ENGINES name
 
 
-def open_engine(path: Path, fmt: str, opts: RunOptions, slots: int = 1, max_queue: int = 16,
+def open_engine(path: Path, engine: str, opts: RunOptions, slots: int = 1, max_queue: int = 16,
                 prefix_file: Optional[Path] = None) -> Any:
-    engine = engine_for(fmt)
+    """The engine for ``engine`` (an ENGINES name) with ``opts.knobs`` already typed by its schema."""
     if engine == "mlx" and slots > 1:
         raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
-    return ENGINES[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file)
+    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file)

@@ -78,17 +78,17 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
                  max_queue: int = 16, prefix_file: Optional[Path] = None, verbose: bool = False) -> Session:
     """PATH as bench takes it (a .gguf, an MLX folder, or a dist folder: its first, recommended artifact),
     verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does."""
-    from .bench import BenchOptions, _settings, plan
+    from .bench import BenchOptions, plan, settings
 
     planned = plan(path, target)[0]
-    opts = BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target, runtime=dict(knobs or {}))
-    tgt, n_threads, n_ctx = _settings(planned, opts)
-    runtime = {**(tgt.runtime if tgt else {}), **opts.runtime}
+    st = settings(planned, BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target,
+                                        runtime=dict(knobs or {})))
+    tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
-    if planned.artifact.format == "mlx":
-        sys.modules.setdefault("torch", None)  # as the bench child: transformers' torch import is ≈180 MB unused
-    engine = open_engine(planned.path, planned.artifact.format,
-                         RunOptions(threads=n_threads, ctx=n_ctx, runtime=runtime, verbose=verbose),
+    for mod in st.engine.block:   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
+        sys.modules.setdefault(mod, None)  # type: ignore[assignment]
+    engine = open_engine(planned.path, st.engine.name,
+                         RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
                          slots=slots, max_queue=max_queue, prefix_file=prefix_file)
     log.info("%s: %s, target %s, ctx %d, threads %d, knobs %s", planned.path.name, planned.artifact.format,
              tgt.name if tgt else "-", n_ctx, n_threads, runtime)

@@ -46,7 +46,7 @@ def test_greedy_equals_the_runners_argmax_loop(dist):
         s.close()
     assert done.finish_reason == "length" and done.stats["completion_tokens"] == 24
     r = LlamaCppRunner()
-    r.load(path, RunOptions(threads=1, ctx=CTX, runtime=knobs))
+    r.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
     r.reset()
     r.prefill(ids)
     want = []
