@@ -167,8 +167,18 @@ def stop_served(device: Device) -> None:
 
 
 def _sse(url: str, body: dict[str, Any], timeout: float) -> Any:
+    import urllib.error
+
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    try:
+        r = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        try:
+            why = json.loads(e.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            why = e.reason
+        raise LabError(f"{url}: HTTP {e.code}: {why}") from None
+    with r:
         for raw in r:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("data: ") and line != "data: [DONE]":

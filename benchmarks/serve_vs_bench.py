@@ -1,0 +1,194 @@
+"""What does serving cost? `edgekit serve` as an HTTP client sees it, against `edgekit bench`, same run.
+
+    python benchmarks/serve_vs_bench.py [ARTIFACT] [--target pi5] [-p 256] [-n 64] [-r 5] [--threads N]
+                                        [--only ratio,prefix,load] [--clients 4] [--requests 25]
+
+* ratio: client-seen TTFT (request sent → first streamed content) and decode t/s (streamed tokens after
+  the first over their time) of `edgekit serve`, against `edgekit bench` on the same artifact, target
+  knobs, threads and prompt length (the chat's rendered prompt, counted by the server). Printed as
+  bench_ttft / serve_ttft and serve_tps / bench_tps (goal ≥ 0.95 each). The server adds the template,
+  tokenization, HTTP and SSE; bench prefills random ids from an empty cache.
+* prefix: TTFT with a ~1,000-token system prompt kept in the KV cache (the same system prompt each
+  request) against a new one each request (nothing cached); prints cached / uncached.
+* load: CLIENTS threads × REQUESTS requests each against `--parallel CLIENTS`: p50/p95 TTFT, total
+  completion t/s, errors (goal 0), the server's peak RSS (VmHWM) against the target's budget.
+
+Without ARTIFACT, a random tiny Gemma 4 is synthesized and built for the target (q8_0) in --workdir.
+Not a test: the figures depend on the host. Speed figures of the tiny model measure overheads, not E2B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from edgekit.lab.serve import model_id, one_request  # noqa: E402
+
+
+def tiny_artifact(workdir: Path, target: str) -> Path:
+    from edgekit.build import build
+    from edgekit.synth import synth
+
+    ckpt = workdir / "tiny-gemma4"
+    if not (ckpt / "config.json").exists():
+        synth(ckpt, preset="tiny", seed=0)
+    folder = workdir / "dist" / ckpt.name / target
+    return folder if (folder / "manifest.json").exists() else build(str(ckpt), target=target, quants=["q8_0"],
+                                                                     out=workdir / "dist")
+
+
+class Server:
+    def __init__(self, artifact: Path, args: list[str], log: Path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port",
+                                      str(self.port), *args], stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        self.base = f"http://127.0.0.1:{self.port}/v1"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"edgekit serve exited {self.proc.returncode}; see {log}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        self.model = model_id(self.base)
+
+    def peak_rss(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+
+def words(n: int, salt: str = "") -> str:
+    return " ".join(f"{salt}w{i}" for i in range(n))
+
+
+def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
+    from edgekit.bench import BenchOptions, bench
+
+    with Server(artifact, common, tmp / "ratio.log") as s:
+        msgs = lambda i: [{"role": "user", "content": words(args.n_prompt, f"r{i}")}]   # noqa: E731
+        one_request(s.base, s.model, msgs(-1), 4)   # warm-up: page in
+        runs = [one_request(s.base, s.model, msgs(i), args.n_gen) for i in range(args.reps)]
+    p = runs[0]["prompt_tokens"]
+    (rec,) = bench(artifact if artifact.is_file() else artifact, BenchOptions(
+        n_prompt=p, n_gen=args.n_gen, reps=args.reps, threads=args.threads, target=args.target, roofline=False))
+    served_ttft = statistics.median(r["ttft_ms"] for r in runs)
+    served_tps = statistics.median(r["decode_tps"] for r in runs)
+    print(f"ratio: prompt {p} tokens, {args.n_gen} generated, {args.reps} reps")
+    print(f"  TTFT   serve {served_ttft:8.1f} ms   bench {rec.ttft_ms:8.1f} ms   bench/serve {rec.ttft_ms / served_ttft:.3f}")
+    print(f"  decode serve {served_tps:8.2f} t/s  bench {rec.tg_tps:8.2f} t/s  serve/bench {served_tps / rec.tg_tps:.3f}")
+
+
+def english(n_words: int) -> str:
+    from edgekit.tokenizer import corpus
+
+    text = " ".join(corpus()[:5]).split()
+    return " ".join(text[i % len(text)] for i in range(n_words))
+
+
+def prefix(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
+    with Server(artifact, common, tmp / "prefix.log") as s:
+        # Calibrate the system prompt to ≈ --system-tokens with the server's own token count.
+        probe = one_request(s.base, s.model, [{"role": "system", "content": english(200)},
+                                              {"role": "user", "content": "x"}], 1)
+        system = english(max(1, round(200 * args.system_tokens / probe["prompt_tokens"])))
+        q = lambda i: {"role": "user", "content": f"Question {i}?"}   # noqa: E731
+        one_request(s.base, s.model, [{"role": "system", "content": system}, q(-1)], 2)   # warm-up, and the cache
+        cached = [one_request(s.base, s.model, [{"role": "system", "content": system}, q(i)], 2) for i in range(args.reps)]
+        cold = [one_request(s.base, s.model, [{"role": "system", "content": f"{i} " + system}, q(i)], 2)
+                for i in range(args.reps)]
+    c, u = statistics.median(r["ttft_ms"] for r in cached), statistics.median(r["ttft_ms"] for r in cold)
+    print(f"prefix: {cached[0]['prompt_tokens']} prompt tokens, {cached[0]['cached_tokens']} of them cached on a repeat")
+    print(f"  TTFT cached {c:8.1f} ms   uncached {u:8.1f} ms   cached/uncached {c / u:.3f}")
+
+
+def load(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
+    from edgekit.targets import TARGETS
+
+    results, errors = [], []
+    lock = threading.Lock()
+    with Server(artifact, [*common, "--parallel", str(args.clients), "--queue", str(args.clients)],
+                tmp / "load.log") as s:
+        def client(c: int) -> None:
+            for i in range(args.requests):
+                try:
+                    r = one_request(s.base, s.model, [{"role": "user", "content": words(32 + i, f"c{c}")}], args.n_gen)
+                    with lock:
+                        results.append(r)
+                except Exception as e:   # counted: the goal is none
+                    with lock:
+                        errors.append(repr(e))
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - t0
+        peak = s.peak_rss()
+    ttft = sorted(r["ttft_ms"] for r in results)
+    pct = lambda q: ttft[min(len(ttft) - 1, int(q * len(ttft)))] if ttft else float("nan")   # noqa: E731
+    toks = sum(r["completion_tokens"] for r in results)
+    budget = TARGETS.get(args.target).memory_budget_bytes if args.target else None
+    print(f"load: {args.clients} clients x {args.requests} requests, {args.n_gen} tokens each")
+    print(f"  TTFT p50 {pct(0.5):.1f} ms  p95 {pct(0.95):.1f} ms   total {toks / wall:.2f} t/s   errors {len(errors)}")
+    print(f"  server peak RSS {peak / 1e6:.0f} MB" + (f"   budget {budget / 1e6:.0f} MB   peak/budget {peak / budget:.3f}"
+                                                     if budget else ""))
+    for e in errors[:3]:
+        print("  error:", e)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("artifact", nargs="?", type=Path, help="A .gguf, an MLX folder or a dist folder (default: tiny).")
+    ap.add_argument("--target", default="pi5")
+    ap.add_argument("-p", "--n-prompt", type=int, default=256, help="Prompt words for the ratio test.")
+    ap.add_argument("-n", "--n-gen", type=int, default=64)
+    ap.add_argument("-r", "--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--system-tokens", type=int, default=1000, help="Tokens of the prefix test's system prompt.")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=25)
+    ap.add_argument("--only", default="ratio,prefix,load")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        artifact = args.artifact or tiny_artifact(args.workdir or tmp, args.target)
+        common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else [])
+        for name in args.only.split(","):
+            {"ratio": ratio, "prefix": prefix, "load": load}[name.strip()](artifact, args, common, tmp)
+    print(json.dumps({"artifact": str(artifact), "target": args.target}))
+
+
+if __name__ == "__main__":
+    main()
