@@ -267,7 +267,7 @@ def run(
 
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
-                           verbose=verbose)
+                           verbose=verbose, block=True)
     out = lambda t: (sys.stdout.write(t), sys.stdout.flush())          # noqa: E731
     err = lambda t: (sys.stderr.write(t), sys.stderr.flush())          # noqa: E731
     history: list[dict] = [{"role": "system", "content": system}] if system else []
@@ -320,7 +320,7 @@ def serve(
 
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
-                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose)
+                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose, block=True)
     typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
                f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
     run_server(session, host=host, port=port, grace_s=grace)

@@ -21,7 +21,8 @@ A shareable prefix (the system turn) is kept in an extra sequence and copied int
 (``llama_memory_seq_cp`` only tags the cells) when a prompt starts with it; ``prefix_file`` saves it
 with ``llama_state_seq_save_file`` and loads it at start, so a restart does not prefill it again.
 
-MLX: mlx-lm's ``generate_step`` with its samplers, one request at a time (slots = 1).
+MLX: the MLX runner's prefill and decode steps (generate_step's chunking) with mlx-lm's samplers, one
+request at a time (slots = 1).
 """
 
 from __future__ import annotations
@@ -350,7 +351,7 @@ class LlamaEngine(_Scheduler):
 
 
 class MlxEngine(_Scheduler):
-    """One request at a time through mlx-lm's generate_step (its prefill chunking, samplers)."""
+    """One request at a time: the runner's prefill/decode with mlx-lm's samplers."""
 
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
                  prefix_file: Optional[Path] = None):
@@ -359,9 +360,25 @@ class MlxEngine(_Scheduler):
 
         self.n_ctx = opts.ctx
         self.runner = ENGINES.get("mlx").make()
-        self.runner.load(Path(path), opts)
         self.tok = AutoTokenizer.from_pretrained(str(path))
+        # MLX arrays and streams belong to the thread that made them (a model loaded here and run on the
+        # worker failed with "There is no Stream(cpu, 0) in current thread"): the worker loads it.
+        loaded: "queue.SimpleQueue[Optional[BaseException]]" = queue.SimpleQueue()
+
+        def load_then_run() -> None:
+            try:
+                self.runner.load(Path(path), opts)
+            except BaseException as e:  # handed to the constructor, which raises it
+                loaded.put(e)
+                return
+            loaded.put(None)
+            self._run()
+
+        self.thread = threading.Thread(target=load_then_run, name="edgekit-engine", daemon=True)
         self.thread.start()
+        err = loaded.get()
+        if err is not None:
+            raise err
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -388,8 +405,6 @@ class MlxEngine(_Scheduler):
 
     def _step(self) -> None:
         import mlx.core as mx
-        from mlx_lm.generate import generate_step
-        from mlx_lm.models.cache import make_prompt_cache
         from mlx_lm.sample_utils import make_sampler
 
         slot = self.slots[0]
@@ -398,22 +413,29 @@ class MlxEngine(_Scheduler):
         req, s = slot.req, slot.req.sampling
         mx.random.seed(s.seed)
         sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k)
-        step = int(self.runner.step)
-        gen = generate_step(mx.array(req.prompt, dtype=mx.int32), self.runner.model, max_tokens=s.max_tokens,
-                            sampler=sampler, prompt_cache=make_prompt_cache(self.runner.model),
-                            prefill_step_size=step)
-        slot.pos = len(req.prompt)
+        self._generate(slot, req, s, sampler)
+
+    def _generate(self, slot: _Slot, req: GenRequest, s: Sampling, sampler: Any) -> None:
+        # The runner's own prefill (generate_step's chunking: all but the last token, then the last) and
+        # decode steps, sampled with mlx-lm's sampler. Not generate_step itself: it runs on a stream
+        # mlx-lm makes when imported, in whichever thread imports it first.
+        import mlx.core as mx
+
+        r = self.runner
+        r.reset()
+        r.prefill(req.prompt)
         reason = "length"
-        for tok, _ in gen:
+        for _ in range(s.max_tokens):
             if req.cancelled.is_set():
                 reason = "cancelled"
                 break
-            tok = int(tok)
-            slot.pos += 1
-            r = self._emit(slot, tok, self.piece(tok))
-            if r:
-                reason = r
+            tok = int(sampler(r.logits).item())
+            done = self._emit(slot, tok, self.piece(tok))
+            if done:
+                reason = done
                 break
+            r.decode(tok)
+        mx.clear_cache()
         self._finish(slot, reason)
 
 

@@ -75,9 +75,11 @@ class Session:
 
 def open_session(path: Path, target: Optional[str] = None, threads: Optional[int] = None,
                  ctx: Optional[int] = None, knobs: Optional[dict[str, Any]] = None, slots: int = 1,
-                 max_queue: int = 16, prefix_file: Optional[Path] = None, verbose: bool = False) -> Session:
+                 max_queue: int = 16, prefix_file: Optional[Path] = None, verbose: bool = False,
+                 block: bool = False) -> Session:
     """PATH as bench takes it (a .gguf, an MLX folder, or a dist folder: its first, recommended artifact),
-    verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does."""
+    verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does.
+    ``block``: treat the modules the engine's bench child blocks as absent (a process of its own only)."""
     from .bench import BenchOptions, plan, settings
 
     planned = plan(path, target)[0]
@@ -85,7 +87,7 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
                                         runtime=dict(knobs or {})))
     tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
-    for mod in st.engine.block:   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
+    for mod in st.engine.block if block else ():   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
     engine = open_engine(planned.path, st.engine.name,
                          RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),

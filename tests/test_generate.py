@@ -136,3 +136,29 @@ def test_limits(dist):
         req.cancel()
     finally:
         s.close()
+
+
+def test_mlx_greedy_equals_the_runners_argmax_loop(tiny_ckpt, tmp_path_factory):
+    from edgekit.build import build
+    from edgekit.runners import ENGINES
+
+    out = build(str(tiny_ckpt), target="m2", quants=["mlx-8bit"], out=tmp_path_factory.mktemp("mlx"))
+    s = open_session(out, ctx=CTX)
+    try:
+        assert s.format == "mlx"
+        ids, _ = s.prompt([{"role": "user", "content": QUESTIONS[1]}])
+        got, done = tokens(s, ids, Sampling(max_tokens=12, temperature=0))
+        knobs, path = s.runtime, s.path
+    finally:
+        s.close()
+    assert done.finish_reason == "length" and len(got) == 12
+    r = ENGINES.get("mlx").make()
+    r.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
+    r.reset()
+    r.prefill(ids)
+    want = []
+    for _ in range(12):
+        want.append(r.next_token())
+        r.decode(want[-1])
+    r.close()
+    assert got == want
