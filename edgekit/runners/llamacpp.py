@@ -211,4 +211,12 @@ class LlamaCppRunner:
         if self.model:
             self.L.llama_model_free(self.model)
             self.model = None
+        if getattr(self, "log", None) is not None:
+            # llama.cpp keeps calling the last callback set; ours dies with this runner, and in a process
+            # that goes on (edgekit run/serve, tests) the next llama.cpp log line then jumps into freed
+            # memory (a segfault in the next Llama's free_ctx). Hand logging back to llama-cpp-python.
+            from llama_cpp import _logger
+
+            self.L.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+            self.log = None
 
