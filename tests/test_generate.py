@@ -34,6 +34,19 @@ def tokens(session, ids, sampling, prefix_len=0):
     return out, done
 
 
+def argmax_loop(runner, path, knobs, ids, n):
+    """The greedy tokens of the bench's own prefill / decode / next_token loop."""
+    runner.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
+    runner.reset()
+    runner.prefill(ids)
+    out = []
+    for _ in range(n):
+        out.append(runner.next_token())
+        runner.decode(out[-1])
+    runner.close()
+    return out
+
+
 def test_greedy_equals_the_runners_argmax_loop(dist):
     from edgekit.runners.llamacpp import LlamaCppRunner
 
@@ -45,16 +58,7 @@ def test_greedy_equals_the_runners_argmax_loop(dist):
     finally:
         s.close()
     assert done.finish_reason == "length" and done.stats["completion_tokens"] == 24
-    r = LlamaCppRunner()
-    r.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
-    r.reset()
-    r.prefill(ids)
-    want = []
-    for _ in range(24):
-        want.append(r.next_token())
-        r.decode(want[-1])
-    r.close()
-    assert got == want
+    assert got == argmax_loop(LlamaCppRunner(), path, knobs, ids, 24)
 
 
 def test_batched_sequences_decode_as_each_alone(dist):
@@ -152,13 +156,4 @@ def test_mlx_greedy_equals_the_runners_argmax_loop(tiny_ckpt, tmp_path_factory):
     finally:
         s.close()
     assert done.finish_reason == "length" and len(got) == 12
-    r = ENGINES.get("mlx").make()
-    r.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
-    r.reset()
-    r.prefill(ids)
-    want = []
-    for _ in range(12):
-        want.append(r.next_token())
-        r.decode(want[-1])
-    r.close()
-    assert got == want
+    assert got == argmax_loop(ENGINES.get("mlx").make(), path, knobs, ids, 12)
