@@ -99,7 +99,7 @@ def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path
         one_request(s.base, s.model, msgs(-1), 4)   # warm-up: page in
         runs = [one_request(s.base, s.model, msgs(i), args.n_gen) for i in range(args.reps)]
     p = runs[0]["prompt_tokens"]
-    (rec,) = bench(artifact if artifact.is_file() else artifact, BenchOptions(
+    (rec,) = bench(artifact, BenchOptions(
         n_prompt=p, n_gen=args.n_gen, reps=args.reps, threads=args.threads, target=args.target, roofline=False))
     served_ttft = statistics.median(r["ttft_ms"] for r in runs)
     served_tps = statistics.median(r["decode_tps"] for r in runs)
@@ -184,6 +184,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         artifact = args.artifact or tiny_artifact(args.workdir or tmp, args.target)
+        from edgekit.bench import plan
+
+        artifact = plan(artifact, args.target)[0].path   # the one `serve` picks from a dist folder: bench the same
         common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else [])
         for name in args.only.split(","):
             {"ratio": ratio, "prefix": prefix, "load": load}[name.strip()](artifact, args, common, tmp)
