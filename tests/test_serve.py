@@ -310,3 +310,18 @@ def test_tool_call_round_trip(scripted):
             for m in (question, question, hf_history)]
     assert eng.prompts == [tok(w, add_special_tokens=False)["input_ids"] for w in want]
     assert "<|tool_response>response:get_weather{value:<|\"|>sunny, 21 C<|\"|>}<tool_response|>" in want[2]
+
+
+def test_interactive_run_keeps_the_history(server, model, dist):
+    sampling = {"max_tokens": 12, "temperature": 0.9, "seed": 5}   # seeded: visible tokens, still deterministic
+    r = cli("run", str(dist), "--ctx", str(CTX), *THREADS, "-n", "12", "--temperature", "0.9", "--seed", "5",
+            input="Hi there\n\nHow are you?\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("> ") == 4          # a prompt per line read, and one at EOF
+    # Each reply is what the server answers to the same history (the blank line is skipped).
+    c = server.client()
+    history = [{"role": "user", "content": "Hi there"}]
+    first = c.chat.completions.create(model=model, messages=history, **sampling).choices[0].message.content
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "How are you?"}]
+    second = c.chat.completions.create(model=model, messages=history, **sampling).choices[0].message.content
+    assert first.strip() and r.stdout == f"{first}\n{second}\n"
