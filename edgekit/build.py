@@ -16,6 +16,7 @@ from .fsutil import output_error
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
 from .targets import TARGETS
+from .vocab import VocabTrims, effective_vocab
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,12 @@ def model_slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist")) -> Path:
-    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder."""
+def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
+          vocab: int | None = None, vocab_corpus: Path | None = None) -> Path:
+    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
+    ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``."""
     tgt = TARGETS.get(target)
-    recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
+    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
     for r in recipes:
         if r.format not in FORMATS:
             raise ConfigError(f"recipe {r.name} needs the {r.format} format, which this install lacks; "
@@ -41,6 +44,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
+    # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
+    trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -55,13 +60,17 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
     fingerprint = hasher.submit(ckpt.fingerprint, stop)
     try:
-        artifacts = [FORMATS.get(r.format)(ckpt, r, tgt, folder, cache) for r in recipes]
+        artifacts = []
+        for r in recipes:
+            src, src_cache = trims.source(r.vocab, folder, cache)
+            artifacts.append(trims.annotate(FORMATS.get(r.format)(src, r, tgt, folder, src_cache), r.vocab))
         source = fingerprint.result()
     finally:
         stop.set()
         hasher.shutdown(wait=True)
         for cleanup in cache.get("_cleanup", []):
             cleanup()
+        trims.close()
     manifest = Manifest(
         model=model_slug(ckpt.path),
         target=tgt.name,

@@ -84,6 +84,10 @@ class TensorRef:
             arr = bf16_to_f32(raw) if self.dtype == "BF16" else raw.astype(np.float32)
             yield arr.reshape((r1 - r0, *cols)) if self.shape else arr
 
+    def raw_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1-1 as stored, unconverted (for gathering an embedding table's rows)."""
+        return self._read(r0 * self.row_bytes, (r1 - r0) * self.row_bytes).reshape((r1 - r0, *self.shape[1:]))
+
     def raw_chunks(self, max_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
         """Yield the stored bytes unconverted (for same-dtype copies)."""
         rows_per = max(1, max_bytes // max(self.row_bytes, 1))

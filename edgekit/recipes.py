@@ -24,11 +24,13 @@ class Recipe:
     # mlx: bits and group size
     bits: int | None = None
     group_size: int | None = None
+    # Lean vocabulary: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
+    vocab: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size"):
+        for k in ("ftype", "bits", "group_size", "vocab"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
@@ -43,7 +45,7 @@ def load_recipe(path: Path) -> Recipe:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: unreadable recipe ({e}); fix the TOML") from None
-    known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size"}
+    known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size", "vocab"}
     try:
         r = Recipe(
             name=raw.get("name", path.stem),
@@ -54,10 +56,13 @@ def load_recipe(path: Path) -> Recipe:
             overrides={str(k): str(v) for k, v in raw.get("overrides", {}).items()},
             bits=raw.get("bits"),
             group_size=raw.get("group_size"),
+            vocab=raw.get("vocab"),
             extra={k: v for k, v in raw.items() if k not in known},
         )
     except KeyError as e:
         raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
+    if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
+        raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     if r.format == "gguf" and not r.ftype:
         raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
