@@ -1,6 +1,6 @@
 """Shape-true Gemma 4 E2B at 4-bit: peak RAM per artifact and runtime, with where the memory goes.
 
-    python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-n 16] [-r 1]
+    python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-n 16] [-r 1] [--vocab N] [--no-lean]
 
 Synthesizes E2B once (random weights: memory and speed do not depend on values; its tokenizer has
 Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cached under
@@ -15,6 +15,14 @@ MLX's 4-bit matmul runs at ≈20 s per E2B token on an x86 CPU, so an MLX row ru
 and 2 decoded after the runner's kv_fill knob has put ctx - 4 positions of stand-in keys/values in
 every cache: the cache of a full context and attention over it, without its prefill (the prefill's
 own activations are not in that figure).
+
+Lean rows (README "Lean vocabulary"): iq4_xs-edge-lean (pi5 runtime) and mlx-4bit-lean, the same
+recipes with a 65,536-token vocabulary (``--vocab N`` for another size), built from the same
+checkpoint into their own folder. The shape-true tokenizer has no real text statistics: the kept ids
+are its must-keep set, the default corpus's tokens, then its private-use filler pieces in id order
+(edgekit/vocab's fill rule). After the main table, one line per lean artifact gives where its bytes
+go (embedding tables and the rest), and a second table gives lean ÷ full decode t/s and the peak RSS
+saved, each pair measured in this run.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 
 GGUF_QUANTS = ["q4_0", "q4_k_m", "iq4_xs-edge"]
+# lean recipe -> the full recipe it is compared with
+LEAN_GGUF = {"iq4_xs-edge-lean": "iq4_xs-edge"}
+LEAN_MLX = {"mlx-4bit-lean": "mlx-4bit"}
 STOCK_RUNTIME = {"kv_type": "f16"}  # everything else at llama.cpp's defaults
 
 
@@ -57,21 +68,57 @@ def ensure_e2b(e2b_dir: Path | None) -> Path:
     return path
 
 
-def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path) -> Path:
+def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: int | None = None) -> Path:
     from edgekit.build import build, model_slug
     from edgekit.errors import EdgekitError
     from edgekit.manifest import read_manifest, verify
     from edgekit.recipes import RECIPES
+    from edgekit.vocab import effective_vocab
 
     folder = out / model_slug(ckpt) / target
     try:
         m = read_manifest(folder)
-        same = {q: RECIPES.get(q).to_json() for q in quants} == m.recipes  # names alone miss edited recipes
+        # names alone miss edited recipes (or another --vocab)
+        same = {r.name: r.to_json() for r in effective_vocab([RECIPES.get(q) for q in quants], vocab)} == m.recipes
         if same and sorted(a.recipe for a in m.artifacts) == sorted(quants) and not verify(folder, m):
             return folder
     except EdgekitError:
         pass  # no usable earlier build: make one
-    return build(str(ckpt), target=target, quants=quants, out=out)
+    return build(str(ckpt), target=target, quants=quants, out=out, vocab=vocab)
+
+
+def breakdown(folder: Path) -> list[str]:
+    """Where each artifact's bytes go: the token-indexed tables (what a lean vocabulary shrinks) and the rest."""
+    from edgekit.checkpoint import safetensors_header
+    from edgekit.formats.gguf_header import read_gguf_header
+    from edgekit.manifest import read_manifest
+
+    lines = []
+    for a in read_manifest(folder).artifacts:
+        path = folder / a.file
+        v = a.extra.get("vocab") or {}
+        vocab = f"{v['size']:,} tokens, {v['merges']:,} merges" if v else "full vocabulary"
+        if a.format == "gguf":
+            t = read_gguf_header(path).tensors
+            head, ple = t["token_embd.weight"], t["per_layer_token_embd.weight"]
+            rest = sum(x.n_bytes for x in t.values()) - head.n_bytes - ple.n_bytes
+            lines.append(f"{a.file}: {vocab}; token_embd (tied head) {head.type.name} {mib(head.n_bytes)}, "
+                         f"per_layer_token_embd {ple.type.name} {mib(ple.n_bytes)}, other tensors {mib(rest)}")
+        else:
+            sizes = {}
+            for f in path.glob("*.safetensors"):
+                header, _ = safetensors_header(f)
+                for name, info in header.items():
+                    key = "ple" if "embed_tokens_per_layer" in name else "embed" if "embed_tokens" in name else "rest"
+                    sizes[key] = sizes.get(key, 0) + info["data_offsets"][1] - info["data_offsets"][0]
+            tok = (path / "tokenizer.json").stat().st_size
+            lines.append(f"{a.file}: {vocab}; embed_tokens (tied head) {mib(sizes.get('embed', 0))}, PLE file "
+                         f"{mib(sizes.get('ple', 0))}, other weights {mib(sizes.get('rest', 0))}, tokenizer.json {mib(tok)}")
+    return lines
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB"
 
 
 def main() -> None:
@@ -82,6 +129,8 @@ def main() -> None:
     ap.add_argument("-r", type=int, default=1)
     ap.add_argument("--no-mlx", action="store_true")
     ap.add_argument("--no-gguf", action="store_true")
+    ap.add_argument("--no-lean", action="store_true", help="skip the lean-vocabulary rows")
+    ap.add_argument("--vocab", type=int, default=None, help="the lean rows' vocabulary (default: the lean recipes', 65536)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -96,14 +145,19 @@ def main() -> None:
     pi5 = TARGETS.get("pi5")
     # The reference: the same budget and threads, llama.cpp's own runtime defaults.
     TARGETS.register("pi5-stock", dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME))
-    mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist) if not args.no_mlx and "mlx" in FORMATS else None
+    use_mlx = not args.no_mlx and "mlx" in FORMATS
+    mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist) if use_mlx else None
+    lean_dist = CACHE / "bench-e2b-lean"
+    lean_gguf = ensure_build(ckpt, "pi5", list(LEAN_GGUF), lean_dist, args.vocab) if not (args.no_lean or args.no_gguf) else None
+    lean_mlx = ensure_build(ckpt, "m2", list(LEAN_MLX), lean_dist, args.vocab) if use_mlx and not args.no_lean else None
     runs: list[tuple[Path, str, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
-        for a in sorted(gguf_dir.glob("*.gguf")) if gguf_dir else []:
-            for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
-                runs.append((a, tgt, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
-        if mlx_dir:
-            for a in sorted(p for p in mlx_dir.iterdir() if p.is_dir()):
+        for folder in (gguf_dir, lean_gguf):
+            for a in sorted(folder.glob("*.gguf")) if folder else []:
+                for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
+                    runs.append((a, tgt, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
+        for folder in (mlx_dir, lean_mlx):
+            for a in sorted(p for p in folder.iterdir() if p.is_dir()) if folder else []:
                 runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
                                                    runtime={"kv_fill": ctx - 4})))
 
@@ -113,15 +167,47 @@ def main() -> None:
     print("| artifact | runtime | ctx | file MB | peak RSS MB | anon MB | file-backed MB | KV MB | compute MB "
           "| MLX peak MB | tg t/s | roofline % |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    recs = {}
     for path, tgt, opts in runs:
         drop_caches()
         (rec,) = bench(path, opts)
+        recs[(path, tgt, opts.ctx)] = rec
         knobs = {"pi5-stock": "llama.cpp defaults", "pi5": "targets/pi5.toml"}.get(tgt) or \
             f"{tgt}, kv_fill={opts.runtime.get('kv_fill', 0)}"
         roof = f"{rec.roofline_pct:.0f}" if rec.roofline_pct is not None else "–"
         print(f"| {rec.artifact} | {knobs} | {rec.ctx} | {mb(rec.file_bytes)} | {mb(rec.peak_rss_bytes)} "
               f"| {mb(rec.peak_anon_bytes)} | {mb(rec.peak_file_bytes)} | {mb(rec.kv_cache_bytes)} "
               f"| {mb(rec.compute_buffer_bytes)} | {mb(rec.mlx_peak_bytes)} | {rec.tg_tps:.2f} | {roof} |", flush=True)
+    if lean_gguf or lean_mlx:
+        lean_vs_full(recs, [(gguf_dir, lean_gguf, LEAN_GGUF), (mlx_dir, lean_mlx, LEAN_MLX)])
+
+
+def lean_vs_full(recs: dict, pairs: list) -> None:
+    """Where the lean artifacts' bytes go, then lean vs full from the runs above (same run, same host)."""
+    from edgekit.manifest import read_manifest
+
+    print()
+    for full_dir, lean_dir, _ in pairs:
+        for folder in (full_dir, lean_dir):
+            for line in breakdown(folder) if folder else []:
+                print(f"- {line}")
+    print()
+    print("| lean artifact | vs | runtime | ctx | full peak RSS MB | lean peak RSS MB | saved MB | full tg t/s "
+          "| lean tg t/s | lean ÷ full tg |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for full_dir, lean_dir, names in pairs:
+        if not (full_dir and lean_dir):
+            continue
+        full_by = {a.recipe: full_dir / a.file for a in read_manifest(full_dir).artifacts}
+        for a in read_manifest(lean_dir).artifacts:
+            full_path = full_by.get(names.get(a.recipe, ""))
+            for (path, tgt, ctx), lean in recs.items():
+                full = recs.get((full_path, tgt, ctx))
+                if path != lean_dir / a.file or full is None:
+                    continue
+                print(f"| {lean.artifact} | {full.artifact} | {tgt} | {ctx} | {mb(full.peak_rss_bytes)} "
+                      f"| {mb(lean.peak_rss_bytes)} | {mb(full.peak_rss_bytes - lean.peak_rss_bytes)} "
+                      f"| {full.tg_tps:.2f} | {lean.tg_tps:.2f} | {lean.tg_tps / full.tg_tps:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
