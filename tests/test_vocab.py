@@ -325,3 +325,28 @@ def test_user_corpus_picks_its_tokens(tmp_path, tiny_ckpt):
     assert sel.size == MUST_KEEP_TINY + 100 == sel.n_must + sel.n_corpus + sel.n_fill
     # 35 distinct tokens, 73 with their closures; the fill rule did the rest
     assert (sel.n_corpus, sel.n_fill) == (73, 27)
+
+
+def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
+    # One build, a full and a lean recipe: each gets its own checkpoint and intermediate (the lean
+    # Q4_0 is quantized by llama.cpp from the lean intermediate, not the full one).
+    import dataclasses
+
+    import llama_cpp
+
+    from edgekit.build import build
+    from edgekit.recipes import RECIPES
+
+    lean = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-lean", vocab=N_LEAN)
+    monkeypatch.setitem(RECIPES._items, "q4_0-lean", lean)
+    folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0", "q4_0-lean"], out=tmp_path)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert [a["file"] for a in m["artifacts"]] == ["tiny-gemma4-Q4_0.gguf", f"tiny-gemma4-v{N_LEAN}-Q4_0.gguf"]
+    assert "vocab" not in m["artifacts"][0]["extra"] and m["artifacts"][1]["extra"]["vocab"]["size"] == N_LEAN
+    assert m["recipes"]["q4_0-lean"]["vocab"] == N_LEAN and "vocab" not in m["recipes"]["q4_0"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*(a["file"] for a in m["artifacts"]), "manifest.json",
+                                                              f"tiny-gemma4-v{N_LEAN}.vocab-ids.npy"])
+    for a, n in zip(m["artifacts"], (1024, N_LEAN)):
+        llm = llama_cpp.Llama(str(folder / a["file"]), vocab_only=True, verbose=False)
+        assert llm.n_vocab() == n
+        llm.close()
