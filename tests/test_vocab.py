@@ -350,3 +350,27 @@ def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
         llm = llama_cpp.Llama(str(folder / a["file"]), vocab_only=True, verbose=False)
         assert llm.n_vocab() == n
         llm.close()
+
+
+def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
+    # The shape-true preset's tokenizer (262,144 pieces, 514,906 merges; no weights): the fill rule's
+    # private-use triples have two merges each, so the closure must follow the derivation BPE takes.
+    # Measured: 311 must-keep, 1,437 from the default corpus, 63,788 by the fill rule, 121,870 merges;
+    # ≈20 s and ≈1 GB here (two 262k-token tokenizers loaded).
+    from tokenizers import Tokenizer
+
+    from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
+    from edgekit.vocab import SourceTokenizer, default_corpus, select
+    from edgekit.vocab.lean import lean_tokenizer_json
+
+    write_synthetic_tokenizer(tmp_path, 262144, n_merges=GEMMA4_MERGES)
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [1, 106], "bos_token_id": 2, "pad_token_id": 0}))
+    src = SourceTokenizer.read(tmp_path)
+    sel = select(src, 65536, default_corpus())
+    assert (sel.size, sel.n_must, sel.n_corpus, sel.n_fill, sel.merges) == (65536, 311, 1437, 63788, 121870)
+    lean = Tokenizer.from_str(json.dumps(lean_tokenizer_json(src, sel)))
+    full = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    texts = [src.tokens[int(o)].replace("▁", " ") for o in sel.kept]
+    pairs = zip(full.encode_batch(texts, add_special_tokens=False), lean.encode_batch(texts, add_special_tokens=False))
+    checked = [(k, l.ids) for k, (f, l) in enumerate(pairs) if f.ids == [int(sel.kept[k])]]
+    assert len(checked) == 65536 - 256 and all(ids == [k] for k, ids in checked)

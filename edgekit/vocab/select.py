@@ -324,7 +324,7 @@ def corpus_counts(src: SourceTokenizer, corpus: Corpus) -> np.ndarray:
     """How often the full tokenizer emits each id on the corpus (no bos: it is kept anyway)."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_str(json.dumps(src.data))
+    tok = Tokenizer.from_file(str(src.path / "tokenizer.json"))
     # Cut after newline runs (added tokens, so the cut changes no token) to keep each piece small.
     pieces = [p for p in re.split(r"(?<=\n)(?=[^\n])", corpus.text) if p]
     counts = np.zeros(src.size, dtype=np.int64)
