@@ -374,3 +374,24 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     pairs = zip(full.encode_batch(texts, add_special_tokens=False), lean.encode_batch(texts, add_special_tokens=False))
     checked = [(k, l.ids) for k, (f, l) in enumerate(pairs) if f.ids == [int(sel.kept[k])]]
     assert len(checked) == 65536 - 256 and all(ids == [k] for k, ids in checked)
+
+
+def test_vocab_not_positive(tmp_path, tiny_ckpt):
+    assert _fails(tmp_path, tiny_ckpt, "--vocab", "0") == (
+        "edgekit: error: --vocab 0: give a positive number of tokens, e.g. --vocab 65536\n")
+
+
+def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
+    # The library call: Checkpoint + N + corpus -> a lean Checkpoint the converters read.
+    from edgekit.checkpoint import load_checkpoint
+    from edgekit.vocab import default_corpus, trim_checkpoint
+
+    full = load_checkpoint(str(tiny_ckpt))
+    lean, sel = trim_checkpoint(full, 512, default_corpus(), tmp_path)
+    assert lean.name == "tiny-gemma4-v512" and lean.config.vocab_size == lean.config.vocab_size_per_layer_input == 512
+    assert lean.tensors["embed_tokens.weight"].shape == (512, 256)
+    assert lean.tensors["embed_tokens_per_layer.weight"].shape == (512, full.config.ple_dim)
+    # every other tensor is the source's, read in place
+    assert all(lean.tensors[k] is v for k, v in full.tensors.items() if not k.startswith("embed_tokens"))
+    np.testing.assert_array_equal(lean.tensors["embed_tokens.weight"].load(),
+                                  full.tensors["embed_tokens.weight"].load()[sel.kept])
