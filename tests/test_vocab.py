@@ -158,6 +158,13 @@ def test_round_trip_llama_cpp(lean_llama, toks, text):
     assert ids == _ids(toks[1], text)   # llama.cpp's gemma4 BPE agrees with tokenizers on the lean files
 
 
+def test_llama_cpp_special_ids(lean_llama, toks):
+    # llama.cpp reads bos/eos from the lean GGUF's metadata: the renumbered ids of the same tokens.
+    lean = toks[1]
+    assert (lean_llama.token_bos(), lean_llama.token_eos()) == (lean.token_to_id("<bos>"), lean.token_to_id("<eos>"))
+    assert lean_llama.n_vocab() == N_LEAN
+
+
 @pytest.fixture(scope="module")
 def mlx_tokenizers(builds):
     pytest.importorskip("mlx_lm")
