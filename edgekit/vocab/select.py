@@ -308,7 +308,7 @@ class _Closure:
 
 def must_keep(src: SourceTokenizer) -> tuple[list[int], set[int]]:
     """(must-keep ids, atomic ids): atomic ones are matched whole (added tokens) or are bytes."""
-    atomic = {i for i, a in src.added.items()} | {src.ids[t] for t in BYTE_TOKENS}
+    atomic = set(src.added) | {src.ids[t] for t in BYTE_TOKENS}
     must = [i for i in sorted(src.added) if not UNUSED.fullmatch(src.tokens[i])]
     for where, text in src.named_tokens():
         if text in src.ids:
@@ -381,7 +381,8 @@ def select(src: SourceTokenizer, n: int, corpus: Corpus) -> Selection:
     keep = np.array(sorted(kept), dtype=np.int64)
     merges = len(kept_merges(src, kept))
     if len(keep) < n:
-        log.warning("vocab %d: only %d tokens are reachable by the merges; the lean vocabulary has %d", n, len(keep), len(keep))
+        log.warning("vocab %d: only %d tokens can be kept (the others are <unusedN> placeholders or no merge "
+                    "makes them); the lean vocabulary has %d", n, len(keep), len(keep))
     return Selection(keep, V, n_must, groups["corpus"], groups["fill"], merges, len(src.merges), corpus)
 
 
