@@ -1,4 +1,9 @@
-"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name."""
+"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name.
+
+Common keys: name, format, quant, description. Every other key must be one the recipe's format
+reads (``Format.recipe_keys``: gguf ftype/overrides, mlx bits/group_size/overrides/dtype); any
+other is an error naming the keys it knows, so a typo never builds silently with a default.
+"""
 
 from __future__ import annotations
 
@@ -24,19 +29,18 @@ class Recipe:
     # mlx: bits and group size
     bits: int | None = None
     group_size: int | None = None
-    # Lean vocabulary: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
+    # mlx: float type of what stays unquantized (bf16, f16, f32); default: the source's
+    dtype: str | None = None
+    # Lean vocabulary, any format: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
     vocab: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size", "vocab"):
+        for k in ("ftype", "bits", "group_size", "dtype", "vocab"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
-        if self.extra:
-            d["extra"] = dict(self.extra)
         return d
 
 
@@ -45,7 +49,15 @@ def load_recipe(path: Path) -> Recipe:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: unreadable recipe ({e}); fix the TOML") from None
-    known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size", "vocab"}
+    from .formats import FORMATS
+
+    fmt = raw.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: format {fmt!r}; a recipe's format is one of: {', '.join(FORMATS)}")
+    known = COMMON_KEYS | FORMATS.get(fmt).recipe_keys
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}")
     try:
         r = Recipe(
             name=raw.get("name", path.stem),
@@ -56,16 +68,18 @@ def load_recipe(path: Path) -> Recipe:
             overrides={str(k): str(v) for k, v in raw.get("overrides", {}).items()},
             bits=raw.get("bits"),
             group_size=raw.get("group_size"),
+            dtype=raw.get("dtype"),
             vocab=raw.get("vocab"),
-            extra={k: v for k, v in raw.items() if k not in known},
         )
     except KeyError as e:
         raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
-    if r.format == "gguf" and not r.ftype:
-        raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
+
+
+# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter.
+COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
 
 
 def _load_all() -> dict[str, Recipe]:

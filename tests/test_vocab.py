@@ -120,13 +120,12 @@ def test_rows_are_the_kept_rows(tiny_ckpt, builds, id_map):
 
 def test_gather_streams_runs_across_chunks(tmp_path):
     # Runs of consecutive ids crossing chunk boundaries, singletons, first and last row.
-    from edgekit.checkpoint import read_safetensors_header
-    from edgekit.safetensors_io import TensorSpec, write_safetensors
+    from edgekit.safetensors_io import TensorSpec, read_tensors, write_safetensors
     from edgekit.vocab.lean import gather_rows
 
     table = np.arange(1000 * 24, dtype=np.uint16).reshape(1000, 24)
     write_safetensors(tmp_path / "t.safetensors", [TensorSpec("w", (1000, 24), "BF16")], lambda s: [table])
-    ref = read_safetensors_header(tmp_path / "t.safetensors")["w"]
+    ref = read_tensors(tmp_path / "t.safetensors")["w"]
     ids = np.array([0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 17, 500, 998, 999])
     chunks = list(gather_rows(ref, ids, max_bytes=5 * 48))
     assert [len(c) for c in chunks] == [5, 5, 5]

@@ -69,7 +69,7 @@ def trim_checkpoint(ckpt: Checkpoint, n: int, corpus: Corpus, dest: Path) -> tup
 class _Trim:
     selection: Selection
     ckpt: Checkpoint | None = None
-    cache: dict[str, Any] = field(default_factory=dict)
+    ctx: Any = None          # its formats.BuildContext (intermediates of its own)
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,7 +77,7 @@ class VocabTrims:
     """The lean checkpoints one build needs, one per vocab size. Every selection is made (and every
     bad size or corpus raised) when this is created, before the build writes anything; a lean
     checkpoint is written on first use into a private folder inside the output folder, and
-    ``close`` removes it."""
+    ``close`` removes it (after the lean contexts' intermediates: the stack runs it last)."""
 
     def __init__(self, ckpt: Checkpoint, sizes: set[int], corpus_path: Path | None = None):
         self.ckpt = ckpt
@@ -98,12 +98,17 @@ class VocabTrims:
                      n, sel.n_must, sel.n_corpus, corpus.name, sel.n_fill, sel.merges, sel.source_merges)
         self._src = src
 
-    def source(self, n: int | None, folder: Path, cache: dict[str, Any]) -> tuple[Checkpoint, dict[str, Any]]:
-        """(checkpoint, converter cache) for a recipe trimmed to ``n`` (None: the full checkpoint)."""
+    def source(self, n: int | None, ctx: Any) -> tuple[Checkpoint, Any]:
+        """(checkpoint, build context) for a recipe trimmed to ``n`` (None: the full checkpoint and
+        ``ctx``). Each lean checkpoint has its own context, so intermediates are never shared with
+        the full one; its files go to ``ctx.out_dir``."""
         if n is None:
-            return self.ckpt, cache
+            return self.ckpt, ctx
         t = self.trims[n]
         if t.ckpt is None:
+            from ..formats import BuildContext
+
+            folder = Path(ctx.out_dir)
             try:
                 if self._tmp is None:
                     self._tmp = Path(tempfile.mkdtemp(prefix=".edgekit-vocab-", dir=folder))
@@ -112,8 +117,9 @@ class VocabTrims:
                 if all(x.ckpt is not None for x in self.trims.values()):
                     self._src = None   # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
             except OSError as e:
-                raise output_error(Path(folder), e) from None
-        return t.ckpt, t.cache
+                raise output_error(folder, e) from None
+            t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack)
+        return t.ckpt, t.ctx
 
     def _write_map(self, folder: Path, t: _Trim) -> dict[str, Any]:
         sel = t.selection
@@ -136,9 +142,7 @@ class VocabTrims:
         return replace(artifact, extra={**artifact.extra, "vocab": dict(self.trims[n].record)})
 
     def close(self) -> None:
-        for t in self.trims.values():
-            for cleanup in t.cache.get("_cleanup", []):
-                cleanup()
+        """Remove the private lean checkpoints (the build's stack calls this however it ends)."""
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None

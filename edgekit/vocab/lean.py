@@ -26,10 +26,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, TensorRef, read_safetensors_header
+from ..checkpoint import Checkpoint
 from ..errors import ConversionError
 from ..gemma4 import Gemma4TextConfig
-from ..safetensors_io import TensorSpec, write_safetensors
+from ..safetensors_io import TensorRef, TensorSpec, read_tensors, write_safetensors
 from .select import ID_KEY_SUFFIXES, Selection, SourceTokenizer, kept_merges
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ def gather_rows(ref: TensorRef, ids: np.ndarray, max_bytes: int = 64 << 20) -> I
         start, end = int(run[0]), int(run[-1]) + 1
         while start < end:
             stop = min(end, start + per - rows)
-            pending.append(ref.raw_rows(start, stop))
+            raw = ref.read_bytes(start * ref.row_bytes, (stop - start) * ref.row_bytes)
+            pending.append(raw.reshape((stop - start, *ref.shape[1:])))
             rows += stop - start
             start = stop
             if rows >= per:
@@ -153,7 +154,7 @@ def write_lean(ckpt: Checkpoint, src: SourceTokenizer, sel: Selection, dest: Pat
     specs = [TensorSpec(r.name, (sel.size, *r.shape[1:]), r.dtype) for r in refs.values()]
     by_name = {r.name: r for r in refs.values()}
     write_safetensors(dest / LEAN_SHARD, specs, lambda s: gather_rows(by_name[s.name], sel.kept))
-    lean_refs = read_safetensors_header(dest / LEAN_SHARD)
+    lean_refs = read_tensors(dest / LEAN_SHARD, ConversionError, fix="build again")
     tensors = dict(ckpt.tensors)
     for short, r in refs.items():
         tensors[short] = lean_refs[r.name]
