@@ -45,6 +45,17 @@ class BenchOptions:
     runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime]
     verbose: bool = False
     seed: int = 0
+    depth: int = 0                    # tokens already in the cache before each test (llama-bench -d)
+    # A sweep's tests for one child (edgekit.sweep.Test: n_prompt, n_gen, depth), run on one loaded
+    # model; default: the one test (n_prompt, n_gen, depth).
+    tests: Optional[list[Any]] = None
+    limit: Optional[bool] = None      # run inside a memory cgroup; default: the target's [bench] enforce_limit
+    limit_bytes: Optional[int] = None  # the limit; default: the target's memory budget
+
+    def test_list(self) -> list[tuple[int, int, int]]:
+        if self.tests:
+            return [(t.n_prompt, t.n_gen, t.depth) for t in self.tests]
+        return [(self.n_prompt, self.n_gen, self.depth)]
 
 
 @dataclass
@@ -136,7 +147,8 @@ def plan(path: Path, target: Optional[str] = None) -> list[Planned]:
 
 # ---------------------------------------------------------------- the child process
 
-def _run_child(spec: dict[str, Any], verbose: bool, on_step: Callable[[str], None]) -> dict[str, Any]:
+def _run_child(spec: dict[str, Any], verbose: bool, on_step: Callable[[str], None],
+               wrap: Callable[[list[str]], list[str]] = list) -> dict[str, Any]:
     import edgekit
 
     env = dict(os.environ)
@@ -149,7 +161,7 @@ def _run_child(spec: dict[str, Any], verbose: bool, on_step: Callable[[str], Non
         r, w = os.pipe()
         with open(err_path, "w+b") as err:
             sink = None if verbose else err
-            proc = subprocess.Popen([sys.executable, "-m", "edgekit.runners.child", str(spec_path), str(w)],
+            proc = subprocess.Popen(wrap([sys.executable, "-m", "edgekit.runners.child", str(spec_path), str(w)]),
                                     pass_fds=(w,), stdin=subprocess.DEVNULL,
                                     stdout=2 if verbose else err, stderr=sink, env=env)  # never our stdout
             os.close(w)
@@ -196,23 +208,64 @@ def _physical_cores() -> int:
 def _settings(pl: Planned, opts: BenchOptions) -> tuple[Optional[Target], int, int]:
     tgt = TARGETS.get(pl.target) if pl.target else None
     threads = opts.threads or (min(tgt.threads, _physical_cores()) if tgt else _physical_cores())
-    ctx = opts.ctx or (tgt.context if tgt else opts.n_prompt + opts.n_gen)
-    if ctx < max(opts.n_prompt, opts.n_gen, 1):
-        raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {opts.n_prompt}, -n {opts.n_gen}); raise --ctx")
-    if opts.n_prompt < 1 or opts.n_gen < 1 or opts.reps < 1:
-        raise ConfigError("-p, -n and -r must be at least 1")
+    tests = opts.test_list()
+    # llama-bench's context is p + n + d; each test here prefills d + p, then decodes d + n from a reset
+    ctx = opts.ctx or (tgt.context if tgt else max(p + n + d for p, n, d in tests))
+    for p, n, d in tests:
+        if p < 1 or n < 1 or d < 0 or opts.reps < 1:
+            raise ConfigError("-p, -n and -r must be at least 1 (and -d at least 0)")
+        if ctx < d + max(p, n, 1):
+            at = f" after -d {d}" if d else ""
+            raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
     return tgt, threads, ctx
 
 
 def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
             on_step: Callable[[str], None] = lambda s: None) -> Record:
+    """One artifact, one test (the first of ``opts.test_list()``)."""
+    return measure_tests(pl, opts, bandwidth, on_step)[0]
+
+
+def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
+                  on_step: Callable[[str], None] = lambda s: None) -> list[Record]:
+    """One artifact in one child (one load), a Record per test; inside a memory cgroup when asked."""
+    from . import limits
+    from .budget import apply_limit, killed_result
+
     tgt, threads, ctx = _settings(pl, opts)
     engine = engine_for(pl.artifact.format)
     runtime = {**(tgt.runtime if tgt else {}), **opts.runtime}
-    spec = {"engine": engine, "path": str(pl.path), "n_prompt": opts.n_prompt, "n_gen": opts.n_gen,
-            "reps": opts.reps, "seed": opts.seed,
+    tests = opts.test_list()
+    spec = {"engine": engine, "path": str(pl.path), "n_prompt": tests[0][0], "n_gen": tests[0][1],
+            "depth": tests[0][2], "tests": [list(t) for t in tests], "reps": opts.reps, "seed": opts.seed,
             "opts": {"threads": threads, "ctx": ctx, "runtime": runtime, "verbose": opts.verbose}}
-    res = _run_child(spec, opts.verbose, on_step)
+    use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
+    limit_bytes = opts.limit_bytes or (tgt.memory_budget_bytes if tgt else None)
+    if use_limit and limit_bytes is None:
+        raise ConfigError("--limit needs a size: pass --target (its budget) or --limit-mb")
+    with limits.memory_limit(limit_bytes if use_limit else None) as lim:
+        if lim.enforced:
+            limits.evict(pl.path)  # its pages are then read in by, and charged to, the child's cgroup
+        try:
+            res = _run_child(spec, opts.verbose, on_step, wrap=lim.wrap)
+        except BenchError:
+            if not (lim.enforced and lim.read().oom_kills):
+                raise
+            res = killed_result(tests)
+    records = [_record(pl, opts, tgt, threads, ctx, engine, runtime, res["load_ms"], t, test, bandwidth)
+               for t, test in zip(res["tests"], tests)]
+    for rec in records:
+        if use_limit:
+            apply_limit(rec, lim)
+    return records
+
+
+def _record(pl: Planned, opts: BenchOptions, tgt: Optional[Target], threads: int, ctx: int, engine: str,
+            runtime: dict[str, Any], load_ms: float, res: dict[str, Any], test: tuple[int, int, int],
+            bandwidth: Optional[dict[str, float]]) -> Record:
+    from .budget import apply_pages, majflt_means
+
+    n_prompt, n_gen, depth = test
     reps, fig, mem = res["reps"], res["figures"], res["memory"]
     samples = {k: [r[k] for r in reps] for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps")}
     (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
@@ -222,13 +275,13 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
         device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(),
         target=tgt.name if tgt else "", threads=threads if engine != "mlx" else None, ctx=ctx,
-        n_prompt=opts.n_prompt, n_gen=opts.n_gen, reps=opts.reps, load_ms=res["load_ms"],
+        n_prompt=n_prompt, n_gen=n_gen, reps=opts.reps, load_ms=load_ms,
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
         peak_rss_bytes=mem["peak_rss_bytes"], peak_anon_bytes=mem.get("peak_anon_bytes"),
         peak_file_bytes=mem.get("peak_file_bytes"), phys_footprint_bytes=mem.get("phys_footprint_bytes"),
         mlx_peak_bytes=fig.get("mlx_peak_bytes"), kv_cache_bytes=fig.get("kv_cache_bytes"),
         compute_buffer_bytes=fig.get("compute_buffer_bytes"),
-        budget_bytes=tgt.memory_budget_bytes if tgt else None,
+        budget_bytes=tgt.memory_budget_bytes if tgt else None, depth=depth,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         edgekit_version=vers.get("edgekit", ""),
         engine_version=vers.get("llama-cpp-python" if engine == "llama.cpp" else "mlx", ""),
@@ -238,6 +291,8 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
                "lazy_tensors": fig.get("lazy_tensors") or [],
                "lazy_bytes": sum(pl.tokens.sizes.get(t, 0) for t in fig.get("lazy_tensors") or [])},
     )
+    rec.majflt_prefill, rec.majflt_per_token = majflt_means(reps, n_gen)
+    apply_pages(rec, res.get("pages"), tgt.page_size if tgt else 0)
     if pl.tokens.total:
         rec.bytes_per_token = pl.tokens.total
         if tgt:
@@ -260,19 +315,35 @@ def bench(path: Path, opts: Optional[BenchOptions] = None) -> list[Record]:
         log.info("host bandwidth: measured once, then cached")
         bw = host_bandwidth()
     out = []
-    with _progress(len(planned) * (opts.reps + 2)) as advance:
+    with _progress(len(planned) * (len(opts.test_list()) * (opts.reps + 1) + 1)) as advance:
         for i, pl in enumerate(planned, 1):
             label = f"bench {pl.artifact.file} ({i}/{len(planned)})"
             advance(0, label)
-            out.append(measure(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}")))
+            out += measure_tests(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}"))
     return out
 
 
+def bench_sweep(path: Path, opts: BenchOptions, points: list[Any]) -> list[Record]:
+    """Every grid point of ``edgekit.sweep.expand`` (threads, ctx, knobs; its tests on one load) on
+    every artifact PATH names: one child per artifact per point, a Record per test."""
+    import dataclasses
+
+    runs = [dataclasses.replace(opts, threads=pt.threads or opts.threads, ctx=pt.ctx or opts.ctx,
+                                runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
+    planned = plan(path, opts.target)
+    for o in runs:  # every point's settings are checked before the first child starts
+        for pl in planned:
+            _settings(pl, o)
+    return [r for o in runs for r in bench(path, o)]
+
+
 def check_budget(records: list[Record], enforce: bool = True) -> list[str]:
-    """The gate: a peak over its target's budget raises BudgetExceeded (or, not enforced, is returned)."""
-    over = [f"{r.artifact}: peak RSS {r.peak_rss_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
-            f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB"
-            for r in records if r.budget_bytes is not None and r.peak_rss_bytes > r.budget_bytes]
+    """The gate (edgekit.budget.gate_lines): a child OOM-killed or thrashing inside its limit, or a peak
+    over its target's budget (the 16 KB-page peak where larger), raises BudgetExceeded with the first
+    line (or, not enforced, the lines are returned)."""
+    from .budget import gate_lines
+
+    over = gate_lines(records)
     if over and enforce:
         more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
         raise BudgetExceeded(f"{over[0]}{more}; choose a smaller quant or --ctx, or pass --no-gate to only warn")

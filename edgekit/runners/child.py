@@ -21,6 +21,11 @@ def measure(spec: dict[str, Any], send: Any) -> dict[str, Any]:
     from . import RUNNERS
     from .base import RunOptions, run_reps
 
+    from .. import pages
+
+    # The tests this child runs on one loaded model (a sweep's -p/-n/-d), each [n_prompt, n_gen, depth].
+    tests = spec.get("tests") or [[spec["n_prompt"], spec["n_gen"], spec.get("depth", 0)]]
+    out = []
     with PeakSampler() as sampler:
         runner = RUNNERS.get(spec["engine"])()
         opts = RunOptions(**spec["opts"])
@@ -29,12 +34,17 @@ def measure(spec: dict[str, Any], send: Any) -> dict[str, Any]:
         load_ms = (time.perf_counter() - t0) * 1e3
         sampler.sample()
         send({"step": "loaded"})
-        reps = run_reps(runner, spec["n_prompt"], spec["n_gen"], spec["reps"], seed=spec.get("seed", 0),
-                        on_step=lambda s: send({"step": s}), on_sample=sampler.sample)
-        figures = runner.figures()
-    peak = sampler.peak()
+        for i, (n_prompt, n_gen, depth) in enumerate(tests):
+            if i:  # each test's peak is its own; the load's memory is still mapped and counted
+                sampler.reset()
+            reps = run_reps(runner, n_prompt, n_gen, spec["reps"], seed=spec.get("seed", 0),
+                            on_step=lambda s: send({"step": s}), on_sample=sampler.sample, depth=depth)
+            # which pages of the mapped artifact are resident at the end of the test (16 KB blocks)
+            count = pages.count(Path(spec["path"]))
+            out.append({"reps": [r.to_json() for r in reps], "figures": runner.figures(),
+                        "memory": asdict(sampler.peak()), "pages": count.to_json() if count else None})
     runner.close()
-    return {"load_ms": load_ms, "reps": [r.to_json() for r in reps], "figures": figures, "memory": asdict(peak)}
+    return {"load_ms": load_ms, **out[0], "tests": out}
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,146 @@
+"""Memory limits that the kernel enforces: a child over its cgroup's limit is OOM-killed and the gate
+says so; under a comfortable limit the figures are the unlimited run's; the cgroup is always removed
+(killed child, interrupted bench); where no cgroup can be made the record says why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit import bench as bench_mod
+from edgekit import limits
+from edgekit.bench import BenchOptions, bench, check_budget
+from edgekit.budget import limit_notes
+from edgekit.build import build
+from edgekit.errors import BudgetExceeded
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="memory cgroups are Linux only")
+
+BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}
+HOG = "b = bytearray(200 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')"
+
+
+def _probe() -> limits.Limit:
+    with limits.memory_limit(64 << 20) as lim:
+        return lim
+
+
+needs_cgroup = pytest.mark.skipif(not _probe().enforced, reason=f"no memory cgroup here: {_probe().reason}")
+
+
+def _leftovers() -> list[Path]:
+    v1, v2 = limits._own_cgroups()
+    m1, m2 = limits._mounts()
+    roots = [m / p.lstrip("/") for m, p in ((m1, v1), (m2, v2)) if m and p is not None] + [m for m in (m2,) if m]
+    return [p for r in roots if r.is_dir() for p in r.glob("edgekit-bench-*")]
+
+
+@needs_cgroup
+def test_child_over_the_limit_is_oom_killed_and_the_cgroup_removed():
+    with limits.memory_limit(64 << 20) as lim:
+        p = subprocess.run(lim.wrap([sys.executable, "-c", HOG]), capture_output=True, text=True)
+        assert lim.path is not None and lim.path.is_dir()
+    assert p.returncode == -9 and "survived" not in p.stdout   # SIGKILL from the kernel's OOM killer
+    assert lim.readings.oom_kills == 1
+    assert lim.readings.peak_bytes is not None and lim.readings.peak_bytes <= 64 << 20
+    assert not lim.path.exists() and not _leftovers()
+
+
+@needs_cgroup
+def test_child_under_the_limit_runs_and_its_peak_is_the_cgroups():
+    with limits.memory_limit(400 << 20) as lim:
+        p = subprocess.run(lim.wrap([sys.executable, "-c", HOG]), capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "survived"
+    assert lim.readings.oom_kills == 0
+    assert 200 << 20 <= lim.readings.peak_bytes < 400 << 20   # the 200 MiB the child touched, charged here
+
+
+@needs_cgroup
+def test_the_child_joins_before_it_runs():
+    with limits.memory_limit(400 << 20) as lim:
+        out = subprocess.run(lim.wrap([sys.executable, "-c", "print(open('/proc/self/cgroup').read())"]),
+                             capture_output=True, text=True).stdout
+    assert lim.path.name in out
+
+
+@needs_cgroup
+def test_interrupt_kills_the_child_and_removes_the_cgroup():
+    with pytest.raises(KeyboardInterrupt):
+        with limits.memory_limit(400 << 20) as lim:
+            proc = subprocess.Popen(lim.wrap([sys.executable, "-c", "import time; time.sleep(60)"]))
+            deadline = time.monotonic() + 10
+            while not limits._pids(lim.path) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert limits._pids(lim.path) == [proc.pid]   # sh exec'd python: same pid, inside the cgroup
+            raise KeyboardInterrupt
+    assert proc.wait(timeout=10) == -9
+    assert not lim.path.exists() and not _leftovers()
+
+
+@pytest.fixture(scope="module")
+def dist(tiny_ckpt, tmp_path_factory):
+    return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
+
+
+OPTS = BenchOptions(n_prompt=32, n_gen=8, reps=2, threads=2, ctx=256, target="pi5")
+
+
+@needs_cgroup
+def test_bench_far_below_what_the_run_needs_is_killed_and_the_gate_says_so(dist, monkeypatch):
+    monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+    import dataclasses
+
+    (rec,) = bench(dist, dataclasses.replace(OPTS, limit=True, limit_bytes=30_000_000))
+    assert rec.oom_killed is True and rec.limit_bytes == 30_000_000
+    assert rec.limit_mechanism == _probe().mechanism
+    assert rec.cgroup_peak_bytes is not None and rec.cgroup_peak_bytes <= 30_000_000
+    with pytest.raises(BudgetExceeded) as e:
+        check_budget([rec])
+    assert e.value.message == (f"tiny-gemma4-Q8_0.gguf (pp32, tg8): OOM-killed by the kernel inside the 30 MB memory "
+                               f"limit ({rec.limit_mechanism}); choose a smaller quant or --ctx, or pass --no-gate to only warn")
+    assert not _leftovers()
+
+
+@needs_cgroup
+def test_bench_under_a_comfortable_limit_equals_the_unlimited_run(dist, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+    (free,) = bench(dist, dataclasses.replace(OPTS, limit=False))
+    (held,) = bench(dist, dataclasses.replace(OPTS, limit=True))   # the pi5 budget, 1.5 GB
+    assert free.limit_bytes is None and free.cgroup_peak_bytes is None
+    assert held.limit_bytes == 1_500_000_000 and held.oom_killed is False
+    assert held.limit_mechanism == _probe().mechanism
+    # engine buffers are the same allocation; RSS within a few MB (allocator and sampler timing)
+    assert (held.kv_cache_bytes, held.compute_buffer_bytes) == (free.kv_cache_bytes, free.compute_buffer_bytes)
+    assert held.peak_rss_bytes == pytest.approx(free.peak_rss_bytes, abs=4e6)
+    assert held.majflt_per_token <= 1 and free.majflt_per_token <= 1   # the tiny file stays resident
+    # the cgroup counts what the child touched that no one else had charged first: under its RSS here
+    # (the shared libraries' pages are in the page cache already), and more than its anonymous part
+    assert held.peak_anon_bytes < held.cgroup_peak_bytes <= held.peak_rss_bytes
+    assert check_budget([free, held]) == []
+    assert not _leftovers()
+
+
+def test_no_cgroup_says_not_enforced_why_and_the_gate_uses_peak_rss(dist, monkeypatch):
+    import dataclasses
+
+    monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+    monkeypatch.setattr(limits, "_mounts", lambda: (None, None))
+    monkeypatch.setattr(limits, "_systemd_pid1", lambda: False)
+    (rec,) = bench(dist, dataclasses.replace(OPTS, limit=True))
+    assert rec.limit_mechanism is None and rec.cgroup_peak_bytes is None and rec.oom_killed is None
+    assert rec.limit_not_enforced == "no cgroup v1 memory hierarchy mounted; systemd is not PID 1"
+    assert limit_notes([rec]) == ["memory limit not enforced (no cgroup v1 memory hierarchy mounted; "
+                                  "systemd is not PID 1); the gate uses peak RSS instead"]
+    assert check_budget([rec]) == []
+    low = dataclasses.replace(rec, budget_bytes=rec.gate_bytes - 1)
+    assert check_budget([low], enforce=False) == [
+        f"tiny-gemma4-Q8_0.gguf: peak at 16 KB pages {low.gate_bytes / 1e6:.1f} MB is 0.0 MB over the pi5 budget "
+        f"of {low.budget_bytes / 1e6:.0f} MB" if low.peak_16k_bytes > low.peak_rss_bytes else
+        f"tiny-gemma4-Q8_0.gguf: peak RSS {low.gate_bytes / 1e6:.1f} MB is 0.0 MB over the pi5 budget "
+        f"of {low.budget_bytes / 1e6:.0f} MB"]
