@@ -330,10 +330,11 @@ def bench_sweep(path: Path, opts: BenchOptions, points: list[Any]) -> list[Recor
 
     runs = [dataclasses.replace(opts, threads=pt.threads or opts.threads, ctx=pt.ctx or opts.ctx,
                                 runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
-    planned = plan(path, opts.target)
-    for o in runs:  # every point's settings are checked before the first child starts
-        for pl in planned:
-            _settings(pl, o)
+    if len(runs) > 1:
+        planned = plan(path, opts.target)
+        for o in runs:  # every point's settings are checked before the first child starts
+            for pl in planned:
+                _settings(pl, o)
     return [r for o in runs for r in bench(path, o)]
 
 

@@ -123,6 +123,11 @@ def _kind(name: str) -> type:
     return typing.get_origin(t) or t
 
 
+def _optional(name: str) -> bool:
+    """An Optional field: its empty CSV cell is None (an Optional[str]'s "" is not written by edgekit)."""
+    return type(None) in typing.get_args(_HINTS[name])
+
+
 # ---------------------------------------------------------------- provenance
 
 def cpu_model() -> str:
@@ -186,7 +191,7 @@ def parse_csv(text: str) -> list[Record]:
         d: dict[str, Any] = {}
         for k, v in row.items():
             kind = _kind(k)
-            if v == "" and kind is not str:
+            if v == "" and (kind is not str or _optional(k)):
                 d[k] = None
             elif kind in (dict, list):
                 d[k] = json.loads(v)

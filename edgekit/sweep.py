@@ -26,6 +26,7 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class Test:
+    __test__ = False   # not a pytest test class
     n_prompt: int
     n_gen: int
     depth: int = 0
