@@ -201,7 +201,7 @@ def bench(
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
-                    ints(threads, "-t") or [None], ints(ctx, "--ctx") or [None], knob_lists(parse_knobs(knob or [])))
+                    ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)

@@ -140,6 +140,7 @@ def _try_v2(mount: Path, own: str, name: str, limit: int) -> tuple[Optional[Limi
         try:
             if "memory" not in sub.read_text().split():
                 _write(sub, "+memory")  # EBUSY where `parent` holds processes and is not the root
+            _sweep(parent)
             cg = _mkdir(parent, name)
         except OSError as e:
             errs.append(f"{parent}: {e.strerror}")
@@ -158,6 +159,7 @@ def _try_v2(mount: Path, own: str, name: str, limit: int) -> tuple[Optional[Limi
 
 def _try_v1(mount: Path, own: str, name: str, limit: int) -> tuple[Optional[Limit], str]:
     parent = mount / own.lstrip("/")
+    _sweep(parent)
     try:
         cg = _mkdir(parent, name)
     except OSError as e:
@@ -181,10 +183,27 @@ def _systemd_pid1() -> bool:
         return False
 
 
+PREFIX = "edgekit-bench-"
+
+
+def _sweep(parent: Path) -> None:
+    """Remove the empty cgroups an earlier bench left when it was SIGKILLed (or SIGTERMed: no finally
+    runs) before it could: named with its pid, which no longer exists."""
+    try:
+        stale = [p for p in parent.glob(PREFIX + "*") if p.is_dir()]
+    except OSError:
+        return
+    for p in stale:
+        pid = p.name[len(PREFIX):].split("-")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not _pids(p):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 def _open(limit: int) -> Limit:
     if not sys.platform.startswith("linux"):
         return Limit(limit, reason=f"no memory cgroups on {sys.platform} (Linux only)")
-    name = f"edgekit-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     why: list[str] = []
     try:
         own_v1, own_v2 = _own_cgroups()

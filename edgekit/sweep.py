@@ -58,8 +58,9 @@ class Point:
     tests: tuple[Test, ...] = ()
 
 
-def ints(value: Optional[str | int | Sequence[int]], flag: str, minimum: int = 1) -> list[int]:
-    """``"128,512"`` → [128, 512]; one clear line for anything that is not a list of integers."""
+def ints(value: Optional[str | int | Sequence[int]], flag: str, minimum: Optional[int] = 1) -> list[int]:
+    """``"128,512"`` → [128, 512]; one clear line for anything that is not a list of integers (or is
+    below ``minimum``; None leaves the bounds to the bench's own checks, e.g. --threads, --ctx)."""
     if value is None:
         return []
     if isinstance(value, int):
@@ -74,7 +75,7 @@ def ints(value: Optional[str | int | Sequence[int]], flag: str, minimum: int = 1
             n = int(v)
         except (TypeError, ValueError):
             raise ConfigError(f"{flag} {value!r}: expected comma-separated integers, e.g. {flag} 128,512") from None
-        if n < minimum:
+        if minimum is not None and n < minimum:
             raise ConfigError(f"{flag} {n}: must be at least {minimum}")
         out.append(n)
     if not out:

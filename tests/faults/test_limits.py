@@ -33,10 +33,34 @@ needs_cgroup = pytest.mark.skipif(not _probe().enforced, reason=f"no memory cgro
 
 
 def _leftovers() -> list[Path]:
+    """This test process's cgroups still present (named with the bench's pid: benches of other
+    processes may run beside these tests)."""
+    import os
+
     v1, v2 = limits._own_cgroups()
     m1, m2 = limits._mounts()
     roots = [m / p.lstrip("/") for m, p in ((m1, v1), (m2, v2)) if m and p is not None] + [m for m in (m2,) if m]
-    return [p for r in roots if r.is_dir() for p in r.glob("edgekit-bench-*")]
+    return [p for r in roots if r.is_dir() for p in r.glob(f"{limits.PREFIX}{os.getpid()}-*")]
+
+
+@pytest.mark.skipif(not _probe().enforced, reason="no memory cgroup here")
+def test_a_sigkilled_benchs_empty_cgroup_is_swept_by_the_next():
+    code = ("import os, signal, subprocess, sys\n"
+            "from edgekit import limits\n"
+            "with limits.memory_limit(64 << 20) as lim:\n"
+            "    print(lim.path, flush=True)\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n")
+    import os
+
+    import edgekit
+
+    env = {**os.environ, "PYTHONPATH": str(Path(edgekit.__file__).resolve().parent.parent)}  # this checkout's
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    left = Path(p.stdout.strip())
+    assert p.returncode == -9 and left.is_dir()       # no finally ran: the cgroup stays, empty
+    with limits.memory_limit(64 << 20) as lim:
+        assert lim.enforced
+    assert not left.exists()
 
 
 @needs_cgroup
