@@ -185,7 +185,7 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
-    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false; --set kv_type=f16,q8_0 sweeps."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS); --set kv_type=f16,q8_0 sweeps."),
     limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's [bench] enforce_limit."),
     limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
