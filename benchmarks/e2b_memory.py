@@ -1,6 +1,7 @@
 """Shape-true Gemma 4 E2B at 4-bit: peak RAM per artifact and runtime, with where the memory goes.
 
     python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-n 16] [-r 1] [--vocab N] [--no-lean]
+                                    [--no-limits | --limits-only]
 
 Synthesizes E2B once (random weights: memory and speed do not depend on values; its tokenizer has
 Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cached under
@@ -17,13 +18,21 @@ and 2 decoded after the runner's kv_fill knob has put ctx - 4 positions of stand
 every cache: the cache of a full context and attention over it, without its prefill (the prefill's
 own activations are not in that figure).
 
+Then the budget proven as a device would (edgekit.limits, edgekit.pages): each pi5 artifact at ctx
+2048 with the pi5 runtime, unlimited and inside a 1.5 GB memory cgroup (v2 memory.max or v1
+memory.limit_in_bytes, whichever enforces here), alternating, each from a cold page cache: peak RSS,
+the cgroup's peak (page cache charged to the run included), major faults per decoded token, tg t/s
+and its ratio to the unlimited run, whether the kernel OOM-killed the child, and the peak with the
+GGUF's mapped pages counted in 16 KB blocks (the Pi 5 kernel's page size). Goal: the recommended build
+runs in the cgroup with tg ≥ 0.95 × unlimited, no OOM, and its 16 KB-page peak under 1.5 GB.
+
 Lean rows (README "Lean vocabulary"): iq4_xs-edge-lean (pi5 runtime) and mlx-4bit-lean, the same
 recipes with a 65,536-token vocabulary (``--vocab N`` for another size), built from the same
 checkpoint into their own folder. The shape-true tokenizer has no real text statistics: the kept ids
 are its must-keep set, the default corpus's tokens, then its private-use filler pieces in id order
 (edgekit/vocab's fill rule). After the main table, one line per lean artifact gives where its bytes
 go (embedding tables and the rest), and a second table gives lean ÷ full decode t/s and the peak RSS
-saved, each pair measured in this run.
+saved, each pair measured in this run; the cgroup table runs the lean pi5 build too.
 """
 
 from __future__ import annotations
@@ -132,6 +141,10 @@ def main() -> None:
     ap.add_argument("--no-gguf", action="store_true")
     ap.add_argument("--no-lean", action="store_true", help="skip the lean-vocabulary rows")
     ap.add_argument("--vocab", type=int, default=None, help="the lean rows' vocabulary (default: the lean recipes', 65536)")
+    lim = ap.add_mutually_exclusive_group()
+    lim.add_argument("--no-limits", action="store_true", help="skip the unlimited-vs-cgroup table")
+    lim.add_argument("--limits-only", action="store_true", help="only the unlimited-vs-cgroup table (ctx 2048)")
+    ap.add_argument("--limit-mb", type=float, default=1500.0, help="the cgroup's limit (default: the pi5 budget)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -160,12 +173,19 @@ def main() -> None:
             lean_mlx = ensure_build(ckpt, "m2", list(LEAN_MLX), lean_dist, args.vocab) if not args.no_lean else None
         except EngineMissingError as e:
             print(f"skipping MLX: {e}", file=sys.stderr)
+    if args.limits_only:
+        for folder in (gguf_dir, lean_gguf):
+            if folder:
+                limits_table(folder, args)
+        return
     runs: list[tuple[Path, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
         for folder in (gguf_dir, lean_gguf):
             for a in sorted(folder.glob("*.gguf")) if folder else []:
                 for tgt in ([stock, pi5] if "Q4_0" in a.name and "edge" not in a.name else [pi5]):
-                    runs.append((a, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
+                    # no cgroup here: this table is the unconstrained peak (stock Q4_0 peaks at 4.7 GB)
+                    runs.append((a, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt,
+                                                 limit=False)))
         for folder in (mlx_dir, lean_mlx):
             for a in sorted(p for p in folder.iterdir() if p.is_dir()) if folder else []:
                 runs.append((a, BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
@@ -185,6 +205,9 @@ def main() -> None:
     print(PRINTERS["md"](records), end="")
     if lean_gguf or lean_mlx:
         lean_vs_full(recs, [(gguf_dir, lean_gguf, LEAN_GGUF), (mlx_dir, lean_mlx, LEAN_MLX)])
+    for folder in (gguf_dir, lean_gguf):
+        if folder and not args.no_limits:
+            limits_table(folder, args)
 
 
 def lean_vs_full(recs: dict, pairs: list) -> None:
@@ -213,6 +236,38 @@ def lean_vs_full(recs: dict, pairs: list) -> None:
                 print(f"| {lean.artifact} | {full.artifact} | {tgt} | {ctx} | {mb(full.peak_rss_bytes)} "
                       f"| {mb(lean.peak_rss_bytes)} | {mb(full.peak_rss_bytes - lean.peak_rss_bytes)} "
                       f"| {full.tg_tps:.2f} | {lean.tg_tps:.2f} | {lean.tg_tps / full.tg_tps:.2f} |", flush=True)
+
+
+def limits_table(gguf_dir: Path, args: argparse.Namespace, ctx: int = 2048) -> None:
+    """Each pi5 artifact at ctx 2048, pi5 runtime: unlimited, then inside the cgroup, from a cold cache."""
+    from edgekit.bench import BenchOptions, bench
+    from edgekit.budget import gate_lines
+    from edgekit.limits import memory_limit
+
+    with memory_limit(int(args.limit_mb * 1e6)) as probe:
+        how = probe.mechanism or f"NOT ENFORCED: {probe.reason}"
+    print(f"\npi5 artifacts at ctx {ctx}, pi5 runtime, -p {ctx - args.n} -n {args.n} -r {args.r}: unlimited vs a "
+          f"{args.limit_mb:,.0f} MB memory cgroup ({how}); 16 KB: the peak with the GGUF's mapped pages in 16 KB blocks")
+    print("| artifact | run | peak RSS MB | cgroup peak MB | peak @16K MB | majflt prefill | majflt/token | tg t/s "
+          "| tg ÷ unlimited | OOM | gate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for a in sorted(gguf_dir.glob("*.gguf")):
+        pair = []
+        for limited in (False, True):
+            drop_caches()
+            opts = BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target="pi5",
+                                limit=limited, limit_bytes=int(args.limit_mb * 1e6) if limited else None)
+            (rec,) = bench(a, opts)
+            pair.append(rec)
+            ratio = f"{rec.tg_tps / pair[0].tg_tps:.2f}" if limited and pair[0].tg_tps else "–"
+            oom = "–" if rec.oom_killed is None else ("killed" if rec.oom_killed else "no")
+            own = [line for line in gate_lines(pair) if not limited or line not in gate_lines(pair[:1])]
+            gate = "; ".join(own) or "pass"
+            majpp = "–" if rec.majflt_prefill is None else f"{rec.majflt_prefill:,.0f}"
+            majtg = "–" if rec.majflt_per_token is None else f"{rec.majflt_per_token:.2f}"
+            print(f"| {rec.artifact} | {'cgroup ' + mb(rec.limit_bytes) + ' MB' if limited else 'unlimited'} "
+                  f"| {mb(rec.peak_rss_bytes)} | {mb(rec.cgroup_peak_bytes)} | {mb(rec.peak_16k_bytes)} | {majpp} "
+                  f"| {majtg} | {rec.tg_tps:.2f} | {ratio} | {oom} | {gate} |", flush=True)
 
 
 if __name__ == "__main__":
