@@ -12,9 +12,10 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .errors import ConfigError
 from .formats import CHECKS, FORMATS
-from .fsutil import output_error
+from .integrity import check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
+from .staging import BuildStage
 from .targets import TARGETS
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,14 @@ def model_slug(path: Path) -> str:
     name = path.name
     if "snapshots" in path.parts:  # a hub cache path: models--owner--name/snapshots/<sha>
         name = next((p for p in path.parts if p.startswith("models--")), name).removeprefix("models--")
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
+    # Dots are stripped at the ends too: a checkpoint passed as "ckpt/.." must not name the folder "..".
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
-def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist")) -> Path:
-    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder."""
+def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
+          allow_nonfinite: bool = False) -> Path:
+    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
+    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
     tgt = TARGETS.get(target)
     recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
     for r in recipes:
@@ -41,34 +45,40 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
+    check_tokenizer(ckpt.path)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise output_error(Path(out), e) from None
-    # Writing starts now: a stale manifest from an earlier build must not vouch for files this build
-    # is replacing.
-    (folder / MANIFEST).unlink(missing_ok=True)
-    cache: dict[str, Any] = {}
-    # Hashing the source (9 GB for E2B) runs beside the conversion: hashlib releases the GIL.
-    stop = threading.Event()
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
-    fingerprint = hasher.submit(ckpt.fingerprint, stop)
-    try:
-        artifacts = [FORMATS.get(r.format)(ckpt, r, tgt, folder, cache) for r in recipes]
-        source = fingerprint.result()
-    finally:
-        stop.set()
-        hasher.shutdown(wait=True)
-        for cleanup in cache.get("_cleanup", []):
-            cleanup()
-    manifest = Manifest(
-        model=model_slug(ckpt.path),
-        target=tgt.name,
-        source={"path": str(ckpt.path), **source, "dropped_tensors": len(ckpt.dropped)},
-        artifacts=artifacts,
-        recipes={r.name: r.to_json() for r in recipes},
-        versions=versions(),
-    )
-    write_manifest(folder, manifest)
+    # One build per folder at a time; this build writes only into its private stage, and the earlier
+    # build (manifest included) stays whole until commit swaps the new artifacts in (edgekit/staging.py).
+    with BuildStage(folder, MANIFEST) as stage:
+        cache: dict[str, Any] = {}
+        # Hashing and scanning the source (9 GB for E2B) runs beside the conversion: hashlib and
+        # numpy release the GIL.
+        stop = threading.Event()
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
+        fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
+        try:
+            artifacts = []
+            for r in recipes:
+                artifacts.append(FORMATS.get(r.format)(ckpt, r, tgt, stage.path, cache))
+                if fingerprint.done():
+                    fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
+            source, nonfinite = fingerprint.result()
+        finally:
+            stop.set()
+            hasher.shutdown(wait=True)
+            for cleanup in cache.get("_cleanup", []):
+                cleanup()
+        if nonfinite:
+            log.warning("%s: building despite NaN/Inf in %d tensor(s) (--allow-nonfinite): %s", ckpt.path,
+                        len(nonfinite), ", ".join(f"{k} ({v})" for k, v in list(nonfinite.items())[:3]))
+            source["nonfinite_tensors"] = nonfinite
+        manifest = Manifest(
+            model=model_slug(ckpt.path),
+            target=tgt.name,
+            source={"path": str(ckpt.path), **source, "dropped_tensors": len(ckpt.dropped)},
+            artifacts=artifacts,
+            recipes={r.name: r.to_json() for r in recipes},
+            versions=versions(),
+        )
+        stage.commit([a.file for a in artifacts], lambda f: write_manifest(f, manifest))
     return folder

@@ -7,6 +7,8 @@ Results go to stdout, progress and logging to stderr.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -17,16 +19,33 @@ from typer.core import TyperGroup
 from .errors import EdgekitError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it unwinds through the same cleanup as Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
 class _Group(TyperGroup):
     def invoke(self, ctx: click.Context):
+        # `kill`, systemd, a CI timeout and `docker stop` send SIGTERM: treat it like Ctrl-C (every
+        # `finally` and `except BaseException` removes its partial files), then exit 128 + 15.
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
             return super().invoke(ctx)
         except EdgekitError as e:
             click.echo(f"edgekit: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except _Terminated:
+            click.echo("edgekit: terminated (SIGTERM); partial files were removed", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("edgekit: interrupted; partial files were removed", err=True)
             ctx.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -66,12 +85,13 @@ def build(
     target: str = typer.Option("pi5", "--target", "-t", help="Target profile (see `edgekit targets`)."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", "-o", help="Output root: artifacts go to OUT/<model>/<target>/."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
-    folder = run(model=model, target=target, quants=_csv(quant), out=out)
+    folder = run(model=model, target=target, quants=_csv(quant), out=out, allow_nonfinite=allow_nonfinite)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -189,7 +209,7 @@ def bench(
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .bench import BenchOptions, bench as run, check_budget, parse_knobs
-    from .errors import ConfigError
+    from .errors import ConfigError, OutputError
     from .results import PRINTERS, Store
     from .roofline import host_bandwidth
 
@@ -198,12 +218,23 @@ def bench(
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
-    records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
-                                     target=target, device=device, runtime=parse_knobs(knob or []), verbose=verbose))
-    if not no_store:
-        with Store(db) as store:
-            store.append(records)
-    typer.echo(PRINTERS[output](records), nl=False)
+    # The store is opened before measuring (a bad --db fails in a second, not after the runs), and
+    # the records are printed before they are appended, so a store that fails late loses none.
+    store = None if no_store else Store(db)
+    try:
+        records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
+                                         target=target, device=device, runtime=parse_knobs(knob or []),
+                                         verbose=verbose))
+        typer.echo(PRINTERS[output](records), nl=False)
+        if store is not None:
+            try:
+                store.append(records)
+            except OutputError as e:
+                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                                  f"above were printed but not stored; rerun with --db elsewhere") from None
+    finally:
+        if store is not None:
+            store.close()
     for msg in check_budget(records, enforce=not no_gate):
         typer.echo(f"edgekit: warning: over budget: {msg}", err=True)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fields import Fields, read_toml
+from .integrity import SAFE_NAME
 from .registry import Registry, data_dir
 
 
@@ -39,25 +40,29 @@ class Recipe:
 
 
 def load_recipe(path: Path) -> Recipe:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable recipe ({e}); fix the TOML") from None
+    raw = read_toml(path, ConfigError, "recipe")
+    f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
     known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size"}
-    try:
-        r = Recipe(
-            name=raw.get("name", path.stem),
-            format=raw["format"],
-            quant=raw["quant"],
-            description=raw.get("description", ""),
-            ftype=raw.get("ftype"),
-            overrides={str(k): str(v) for k, v in raw.get("overrides", {}).items()},
-            bits=raw.get("bits"),
-            group_size=raw.get("group_size"),
-            extra={k: v for k, v in raw.items() if k not in known},
-        )
-    except KeyError as e:
-        raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
+    overrides = f.table("overrides", {})
+    for k, v in overrides.items():
+        if type(v) not in (str, int):
+            raise f.fail(f"overrides.{k!r}", "a type name (\"q8_0\", \"bf16\") or bits (8)", v)
+    r = Recipe(
+        name=f.str("name", path.stem),
+        format=f.str("format"),
+        quant=f.str("quant"),
+        description=f.str("description", ""),
+        ftype=f.str("ftype", None),
+        overrides={str(k): str(v) for k, v in overrides.items()},
+        bits=f.int("bits", None),
+        group_size=f.int("group_size", None),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+    # name and quant become file names (<model>-<quant>.gguf): one plain name, never a path.
+    for key in ("name", "quant"):
+        if not SAFE_NAME.match(getattr(r, key)):
+            raise f.fail(key, "a plain name (letters, digits, . _ + -; no path separator or leading dot)",
+                         getattr(r, key))
     if r.format == "gguf" and not r.ftype:
         raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
