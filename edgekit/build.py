@@ -14,7 +14,7 @@ from .errors import ConfigError
 from .formats import CHECKS, FORMATS
 from .integrity import check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
-from .recipes import RECIPES
+from .recipes import RECIPES, check_names
 from .staging import BuildStage
 from .targets import TARGETS
 
@@ -41,6 +41,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
                               f"install edgekit[{r.format}]")
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
+        check_names(r, f"recipe {r.name!r}")
         CHECKS.get(r.format)(r)
     ckpt = load_checkpoint(model)
     if ckpt.dropped:

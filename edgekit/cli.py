@@ -75,7 +75,7 @@ def synth(
     """Write a random-weight Gemma 4 checkpoint in Hugging Face layout."""
     from .synth import synth as run
 
-    path = run(out, preset=preset, seed=seed, dtype=dtype.upper(), softcap=not no_softcap)
+    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
     typer.echo(str(path))
 
 

@@ -74,7 +74,7 @@ class Fields:
             type(x) is str and (choices is None or x in choices) for x in v), must)
 
     def table(self, key: str, default: Any = _MISSING) -> Any:
-        return self._get(key, default, lambda v: type(v) is dict, "a table (an object of fields)")
+        return self._get(key, default, lambda v: type(v) is dict, "an object of fields")
 
 
 def read_toml(path: Path, error: type[EdgekitError], kind: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fields import Fields, read_toml
+from .fields import Fields, read_toml, shown
 from .integrity import SAFE_NAME
 from .registry import Registry, data_dir
 
@@ -39,6 +39,16 @@ class Recipe:
         return d
 
 
+def check_names(r: Recipe, where: str) -> None:
+    """name and quant become file names (<model>-<quant>.gguf): each must be one plain name, never a
+    path. load_recipe checks it, and build again for recipes registered in code."""
+    for key in ("name", "quant"):
+        v = getattr(r, key)
+        if not (isinstance(v, str) and SAFE_NAME.match(v)):
+            raise ConfigError(f"{where}: {key} must be a plain name (letters, digits, . _ + -; no path separator "
+                              f"or leading dot), not {shown(v)}; fix the recipe")
+
+
 def load_recipe(path: Path) -> Recipe:
     raw = read_toml(path, ConfigError, "recipe")
     f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
@@ -58,11 +68,7 @@ def load_recipe(path: Path) -> Recipe:
         group_size=f.int("group_size", None),
         extra={k: v for k, v in raw.items() if k not in known},
     )
-    # name and quant become file names (<model>-<quant>.gguf): one plain name, never a path.
-    for key in ("name", "quant"):
-        if not SAFE_NAME.match(getattr(r, key)):
-            raise f.fail(key, "a plain name (letters, digits, . _ + -; no path separator or leading dot)",
-                         getattr(r, key))
+    check_names(r, str(path))
     if r.format == "gguf" and not r.ftype:
         raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
