@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError
+from .errors import ConfigError, ConversionError, EdgekitError
 from .formats import CHECKS, FORMATS
-from .integrity import check_tokenizer, source_fingerprint
+from .integrity import NonFinite, check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
 from .staging import BuildStage
@@ -27,6 +27,21 @@ def model_slug(path: Path) -> str:
         name = next((p for p in path.parts if p.startswith("models--")), name).removeprefix("models--")
     # Dots are stripped at the ends too: a checkpoint passed as "ckpt/.." must not name the folder "..".
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitError:
+    """The source scan's NonFinite error if it finds NaN/Inf (waiting for it), else ``error``, with a
+    note when the weights were allowed to be non-finite (--allow-nonfinite) and the quantizer failed."""
+    try:
+        _, nonfinite = fingerprint.result()
+    except NonFinite as cause:
+        return cause
+    except EdgekitError:
+        return error
+    if nonfinite:
+        error.message += f"; the source holds NaN/Inf in {len(nonfinite)} tensor(s) (--allow-nonfinite), which llama.cpp refuses to quantize"
+        error.args = (error.message,)
+    return error
 
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
@@ -64,6 +79,10 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
                 if fingerprint.done():
                     fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
             source, nonfinite = fingerprint.result()
+        except ConversionError as e:
+            # llama.cpp's quantizer refuses NaN weights without naming them: when the source scan
+            # (still running beside the conversion) finds them, that is the error to report.
+            raise _nonfinite_cause(fingerprint, e) from None
         finally:
             stop.set()
             hasher.shutdown(wait=True)

@@ -28,19 +28,29 @@ def shown(v: Any) -> str:
 
 
 class Fields:
-    def __init__(self, raw: Any, where: str, fix: str, error: type[EdgekitError], what: str = "the file"):
+    """The fields of one object; ``path`` is its dotted place in the file ("" for the top level),
+    which prefixes every key an error names (``text_config.hidden_size``)."""
+
+    def __init__(self, raw: Any, where: str, fix: str, error: type[EdgekitError], path: str = ""):
         if not isinstance(raw, dict):
-            raise error(f"{where}: {what} must be an object of fields, not {shown(raw)}; {fix}")
-        self.raw, self.where, self.fix, self.error = raw, where, fix, error
+            raise error(f"{where}: {path or 'the file'} must be an object of fields, not {shown(raw)}; {fix}")
+        self.raw, self.where, self.fix, self.error, self.path = raw, where, fix, error, path
+
+    def name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
 
     def fail(self, key: str, must: str, value: Any) -> EdgekitError:
-        return self.error(f"{self.where}: {key} must be {must}, not {shown(value)}; {self.fix}")
+        return self.error(f"{self.where}: {self.name(key)} must be {must}, not {shown(value)}; {self.fix}")
+
+    def sub(self, key: str) -> "Fields":
+        """The fields of the object at ``key`` (an empty one when absent)."""
+        return Fields(self.table(key, {}), self.where, self.fix, self.error, self.name(key))
 
     def _get(self, key: str, default: Any, check: Callable[[Any], bool], must: str) -> Any:
         v = self.raw.get(key, _MISSING)
         if v is _MISSING or (v is None and default is not _MISSING):
             if default is _MISSING:
-                raise self.error(f"{self.where}: {key} is missing; {self.fix}")
+                raise self.error(f"{self.where}: {self.name(key)} is missing; {self.fix}")
             return default
         if not check(v):
             raise self.fail(key, must, v)

@@ -49,6 +49,24 @@ def output_error(path: Path, e: OSError) -> OutputError:
     return OutputError(f"{path}: cannot write ({e.strerror or e}); pass --out with a folder you can write")
 
 
+# Free space under which a failed write by a child (llama.cpp's quantizer, which reports no errno) is
+# most likely a full disk: it fails on a write of up to one tensor's rows, tens of MB for E2B.
+LOW_SPACE = 64 << 20
+
+
+def low_space_hint(path: Path) -> str:
+    """'; the disk ... has only N MB free ...' when ``path``'s filesystem is (nearly) full, else ''."""
+    try:
+        st = os.statvfs(Path(path).parent)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= LOW_SPACE:
+        return ""
+    return (f"; the disk holding {Path(path).parent} has only {free / 1e6:.1f} MB free, most likely full: "
+            "free space or pass --out on a larger disk")
+
+
 def _mkdirs(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ class Gemma4TextConfig:
     @classmethod
     def from_hf(cls, config: Any, source: str = "config.json") -> "Gemma4TextConfig":
         fix = "restore config.json from the original checkpoint"
-        top = Fields(config, source, fix, CheckpointError, "config.json")
+        top = Fields(config, source, fix, CheckpointError)
         model_type = config.get("model_type")
         if model_type == "gemma4":
             text_cfg = top.table("text_config", {})
@@ -136,7 +136,7 @@ class Gemma4TextConfig:
             raise CheckpointError(f"{source}: Gemma 4 text config lacks {', '.join(missing)}; the checkpoint's config.json is incomplete")
         # Every value is type-checked here, at the boundary: a string where a number belongs would
         # otherwise surface as a numpy or struct error deep inside a converter.
-        t = Fields(text, source, fix, CheckpointError)
+        t = Fields(text, source, fix, CheckpointError, "text_config" if model_type == "gemma4" else "")
         n_layers = t.int("num_hidden_layers")
         layer_types = tuple(t.strs("layer_types", choices=("sliding_attention", "full_attention")))
         if len(layer_types) != n_layers:
@@ -144,17 +144,16 @@ class Gemma4TextConfig:
         global_head_dim = t.int("global_head_dim", None)
         if global_head_dim is None:
             # transformers 5.x drops global_head_dim on save but keeps it in per_layer_config.
-            for idx, layer_cfg in t.table("per_layer_config", {}).items():
-                lc = Fields(layer_cfg, source, fix, CheckpointError, f"per_layer_config[{idx!r}]")
+            per_layer = t.sub("per_layer_config")
+            for idx in per_layer.raw:
+                lc, layer_cfg = per_layer.sub(idx), per_layer.raw[idx]
                 if not str(idx).isdigit() or int(idx) >= n_layers:
                     raise CheckpointError(f"{source}: per_layer_config names layer {idx!r} of {n_layers}; {fix}")
                 if layer_types[int(idx)] == "full_attention" and "head_dim" in layer_cfg:
                     global_head_dim = lc.int("head_dim")
                     break
-        rope = t.table("rope_parameters", {})
-        r = Fields(rope, source, fix, CheckpointError, "rope_parameters")
-        full = Fields(r.table("full_attention", {}), source, fix, CheckpointError, "rope_parameters.full_attention")
-        sliding = Fields(r.table("sliding_attention", {}), source, fix, CheckpointError, "rope_parameters.sliding_attention")
+        r = t.sub("rope_parameters")
+        rope, full, sliding = r.raw, r.sub("full_attention"), r.sub("sliding_attention")
         eos = config.get("eos_token_id", text.get("eos_token_id", 1))
         if not (type(eos) is int or (type(eos) is list and eos and all(type(x) is int for x in eos))):
             raise top.fail("eos_token_id", "a token id or a list of token ids", eos)

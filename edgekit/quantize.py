@@ -16,7 +16,7 @@ from typing import Any
 import gguf
 
 from .errors import ConfigError, EngineMissingError, QuantizeError
-from .fsutil import atomic_path
+from .fsutil import atomic_path, low_space_hint
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
             raise
         if proc.exitcode != 0 or not tmp.is_file():
             how = f"exit code {proc.exitcode}" if (proc.exitcode or 0) >= 0 else f"signal {-proc.exitcode}"
-            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how}); run with -v for llama.cpp's log")
+            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how})"
+                                + (low_space_hint(tmp) or "; run with -v for llama.cpp's log"))
         unmet = unmet_overrides(tmp, recipe.overrides)
     for pattern, want, names in unmet:
         if names:

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import OutputError
+from .errors import EdgekitError, OutputError
 from .fsutil import _remove, output_error, replace_into
 from .integrity import check_member
 
@@ -110,7 +110,11 @@ class BuildStage:
             raise output_error(self.folder, e) from None
         write_manifest(self.folder)
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if isinstance(exc, EdgekitError) and self.path is not None and str(self.path) in exc.message:
+            # The stage is gone once we return: name the build folder the user asked for instead.
+            exc.message = exc.message.replace(str(self.path), str(self.folder))
+            exc.args = (exc.message,)
         try:
             if self.path is not None:
                 shutil.rmtree(self.path, ignore_errors=True)

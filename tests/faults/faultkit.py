@@ -41,4 +41,4 @@ def assert_one_line(res, code: int, line: str) -> None:
     assert exc is None or isinstance(exc, SystemExit), repr(exc)
     assert exit_code(res) == code, (exit_code(res), res.stderr)
     assert "Traceback" not in res.stderr and "Traceback" not in (res.stdout or "")
-    assert res.stderr == f"edgekit: error: {line}\n"
+    assert res.stderr == f"edgekit: error: {line}\n", res.stderr
