@@ -140,6 +140,20 @@ def source_fingerprint(ckpt: Any, stop: threading.Event | None = None,
     return {"sha256": folder_digest(per_file.items()), "files": per_file}, found
 
 
+def to_f16(chunk: np.ndarray, tensor: str) -> np.ndarray:
+    """``chunk`` (finite float32) as float16, refusing values float16 cannot hold: they would turn
+    into Inf in the artifact silently (bf16 and f32 sources reach ±3.4e38, float16 ±65504)."""
+    with np.errstate(over="ignore"):   # counted and reported below instead of a RuntimeWarning
+        out = chunk.astype(np.float16)
+    bad = int(np.count_nonzero(~np.isfinite(out)))
+    if bad and np.isfinite(chunk).all():
+        from .errors import ConversionError
+
+        raise ConversionError(f"tensor {tensor}: {bad} value(s) beyond float16's range (±65504) would become Inf "
+                              "in an F16 file; build the f32 recipe or a quantized one instead")
+    return out
+
+
 # ---------------------------------------------------------------- a local path that does not exist
 
 def looks_like_path(text: str) -> bool:

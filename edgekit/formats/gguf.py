@@ -24,6 +24,7 @@ from ..checkpoint import Checkpoint, TensorRef, f32_to_bf16
 from ..errors import CheckpointError, ConversionError
 from ..fsutil import atomic_path
 from ..gemma4 import Gemma4TextConfig
+from ..integrity import to_f16
 from ..manifest import Artifact, artifact_digest
 from ..progress import progress_bar
 from .gguf_vocab import add_vocab
@@ -115,7 +116,7 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
             if same or qtype == GQT.F32:
                 yield c
             elif qtype == GQT.F16:
-                yield c.astype(np.float16)
+                yield to_f16(c, ref.name)
             else:
                 yield f32_to_bf16(c)
     return gen

@@ -257,3 +257,18 @@ def _fill(mnt: Path) -> None:
         pass   # ENOSPC: the disk is full
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f32"])
+def test_values_float16_cannot_hold_are_refused_in_an_f16_build(tmp_path, dtype):
+    """Finite source weights over ±65504 would become Inf in an F16 file without a word."""
+    from edgekit.synth import synth
+
+    ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=4, dtype=dtype)
+    _poke(next(ckpt.glob("*.safetensors")), TENSOR, 1e5)
+    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out"), 1,
+                    f"tensor {TENSOR}: 1 value(s) beyond float16's range (±65504) would become Inf in an F16 file; "
+                    "build the f32 recipe or a quantized one instead")
+    assert list((tmp_path / "out" / "tiny-gemma4" / "pi5").iterdir()) == []
+    res = run("build", "-m", ckpt, "-q", "f32,q8_0", "-o", tmp_path / "out")   # what the line suggests works
+    assert res.exit_code == 0, res.output
