@@ -95,11 +95,14 @@ class BuildStage:
         """Swap the staged ``files`` into the build folder, then write the manifest (last)."""
         assert self.path is not None
         files = list(files)
-        for name in files:
+        for name in files:   # everything that can refuse the swap refuses before the old manifest goes
             check_member(name, f"{self.folder}")
             st = os.lstat(self.path / name)
             if stat.S_ISLNK(st.st_mode):
                 raise OutputError(f"{self.path / name}: the build made a symlink; nothing was swapped in")
+            dest = self.folder / name
+            if not stat.S_ISDIR(st.st_mode) and dest.is_dir() and not dest.is_symlink():
+                raise OutputError(f"{dest}: a folder stands where this file goes; remove it and build again")
         manifest = self.folder / self.manifest_name
         try:
             if manifest.is_symlink() or manifest.exists():

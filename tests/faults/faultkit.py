@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,3 +46,15 @@ def assert_one_line(res, code: int, line: str) -> None:
     assert exit_code(res) == code, (exit_code(res), res.stderr)
     assert "Traceback" not in res.stderr and "Traceback" not in (res.stdout or "")
     assert res.stderr == f"edgekit: error: {line}\n", res.stderr
+
+
+@contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``mnt`` for the block (a small disk that really fills up)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("needs root to mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

@@ -9,18 +9,16 @@ folder, a rebuild on a read-only mount, and a mistyped local path.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.manifest import verify
-from faultkit import assert_one_line, hidden_leftovers, run_cli
+from faultkit import assert_one_line, hidden_leftovers, run_cli, tmpfs
 
 runner = CliRunner()
 RESTORE = "restore config.json from the original checkpoint"
@@ -225,19 +223,13 @@ def test_manifest_path_that_is_a_folder(tiny_ckpt, tmp_path):
 # ---------------------------------------------------------------- read-only mount
 
 def test_rebuild_on_a_read_only_mount(tiny_ckpt, tmp_path):
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)]).returncode:
-        pytest.skip("needs root to mount a tmpfs")
-    try:
+    with tmpfs(tmp_path / "ro", "64m") as mnt:
         assert run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt).exit_code == 0
         folder = mnt / "tiny-gemma4" / "pi5"
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt), 1,
                         f"{folder}: not writable (Read-only file system); pass --out with a folder you can write")
         assert verify(folder) == [] and hidden_leftovers(mnt) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 # ---------------------------------------------------------------- a mistyped local path
@@ -261,3 +253,13 @@ def test_mistyped_local_path_says_the_folder_is_missing(tiny_ckpt, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     assert_one_line(run("build", "-m", model, "-q", "f16", "-o", tmp_path / "out"), 1, says)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_where_an_artifact_goes_is_refused_before_the_old_manifest_goes(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", out).exit_code == 0
+    folder = out / "tiny-gemma4" / "pi5"
+    (folder / "tiny-gemma4-F16.gguf").mkdir()
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16", "-o", out), 1,
+                    f"{folder / 'tiny-gemma4-F16.gguf'}: a folder stands where this file goes; remove it and build again")
+    assert verify(folder) == [] and hidden_leftovers(out) == []   # the earlier Q8_0 build still stands

@@ -9,8 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import struct
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.manifest import read_manifest, verify
-from faultkit import assert_one_line, hidden_leftovers
+from faultkit import assert_one_line, hidden_leftovers, tmpfs
 
 runner = CliRunner()
 
@@ -41,19 +40,10 @@ def good_build(tiny_ckpt, tmp_path):
 
 
 @pytest.fixture()
-def tmpfs(tmp_path):
-    mounted = []
-
-    def mount(size: str) -> Path:
-        mnt = tmp_path / f"tmpfs{len(mounted)}"
-        mnt.mkdir()
-        if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode:
-            pytest.skip("needs root to mount a tmpfs")
-        mounted.append(mnt)
-        return mnt
-    yield mount
-    for mnt in mounted:
-        subprocess.run(["umount", str(mnt)], check=True)
+def disk(tmp_path):
+    """disk(size): a fresh small tmpfs, unmounted after the test."""
+    with ExitStack() as stack:
+        yield lambda size: stack.enter_context(tmpfs(tmp_path / f"tmpfs-{size}", size))
 
 
 # ---------------------------------------------------------------- names that would leave the folder
@@ -182,8 +172,8 @@ def test_an_mlx_build_checks_the_tokenizer_before_copying_it(tiny_ckpt, tmp_path
 
 # ---------------------------------------------------------------- full disk mid-write
 
-def test_full_disk_mid_rebuild_keeps_the_earlier_build(tiny_ckpt, tmpfs):
-    mnt = tmpfs("48m")   # one F16 build (29.5 MB) fits; a second copy beside it does not
+def test_full_disk_mid_rebuild_keeps_the_earlier_build(tiny_ckpt, disk):
+    mnt = disk("48m")   # one F16 build (29.5 MB) fits; a second copy beside it does not
     assert run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt).exit_code == 0
     folder = mnt / "tiny-gemma4" / "pi5"
     before = snapshot(folder)
@@ -192,8 +182,8 @@ def test_full_disk_mid_rebuild_keeps_the_earlier_build(tiny_ckpt, tmpfs):
     assert snapshot(folder) == before and verify(folder) == [] and hidden_leftovers(mnt) == []
 
 
-def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, tmpfs):
-    mnt = tmpfs("40m")   # the BF16 intermediate (29.5 MB) fits, the Q8_0 file (16.3 MB) beside it does not
+def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
+    mnt = disk("40m")   # the BF16 intermediate (29.5 MB) fits, the Q8_0 file (16.3 MB) beside it does not
     folder = mnt / "tiny-gemma4" / "pi5"
     res = run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", mnt)
     assert_one_line(res, 1, "llama.cpp could not quantize .tiny-gemma4-BF16.intermediate.gguf to Q8_0 (exit code 2); "
@@ -227,11 +217,11 @@ def test_an_unusable_store_fails_before_anything_is_measured(good_build, tmp_pat
     assert calls == []
 
 
-def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, tmpfs, monkeypatch):
+def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk, monkeypatch):
     import edgekit.bench
     from edgekit.results import parse_json
 
-    mnt = tmpfs("1m")
+    mnt = disk("1m")
     db = mnt / "r.db"
     calls: list = []
     fake = _fake_bench(calls)

@@ -25,6 +25,18 @@ def plant(link: Path, victim: Path) -> None:
     link.symlink_to(victim)
 
 
+def plant_dir(link: Path, victim_dir: Path) -> None:
+    """A symlink at ``link`` to a folder holding keep.txt (see intact_dir)."""
+    victim_dir.mkdir()
+    (victim_dir / "keep.txt").write_bytes(VICTIM)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(victim_dir, target_is_directory=True)
+
+
+def intact_dir(victim_dir: Path) -> bool:
+    return sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"] and (victim_dir / "keep.txt").read_bytes() == VICTIM
+
+
 def test_build_writes_through_no_planted_link(tiny_ckpt, tmp_path):
     out = tmp_path / "dist"
     folder = out / "tiny-gemma4" / "pi5"
@@ -52,15 +64,11 @@ def test_mlx_folder_artifact_replaces_a_planted_link_to_a_folder(tiny_ckpt, tmp_
     out = tmp_path / "dist"
     folder = out / "tiny-gemma4" / "m2"
     victim_dir = tmp_path / "victim_dir"
-    victim_dir.mkdir()
-    (victim_dir / "keep.txt").write_bytes(VICTIM)
-    folder.mkdir(parents=True)
-    (folder / "tiny-gemma4-mlx-4bit-g64").symlink_to(victim_dir, target_is_directory=True)
+    plant_dir(folder / "tiny-gemma4-mlx-4bit-g64", victim_dir)
     plant(folder / ".tiny-gemma4-mlx-4bit-g64.partial", tmp_path / "victim_file")
     res = run_cli("build", "-m", tiny_ckpt, "-t", "m2", "-q", "mlx-4bit", "-o", out, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"] and (victim_dir / "keep.txt").read_bytes() == VICTIM
-    assert (tmp_path / "victim_file").read_bytes() == VICTIM
+    assert intact_dir(victim_dir) and (tmp_path / "victim_file").read_bytes() == VICTIM
     art = folder / "tiny-gemma4-mlx-4bit-g64"
     assert art.is_dir() and not art.is_symlink() and (art / "config.json").is_file()
     assert verify(folder) == []
@@ -68,13 +76,11 @@ def test_mlx_folder_artifact_replaces_a_planted_link_to_a_folder(tiny_ckpt, tmp_
 
 def test_synth_out_replaces_a_link_and_never_writes_through_the_old_temp_name(tmp_path):
     victim_dir = tmp_path / "victim_dir"
-    victim_dir.mkdir()
-    (victim_dir / "keep.txt").write_bytes(VICTIM)
-    (tmp_path / "ck").symlink_to(victim_dir, target_is_directory=True)
+    plant_dir(tmp_path / "ck", victim_dir)
     plant(tmp_path / ".ck.partial", tmp_path / "victim_file")
     res = run_cli("synth", "--out", tmp_path / "ck", "--preset", "tiny")
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"] and (tmp_path / "victim_file").read_bytes() == VICTIM
+    assert intact_dir(victim_dir) and (tmp_path / "victim_file").read_bytes() == VICTIM
     assert (tmp_path / "ck").is_dir() and not (tmp_path / "ck").is_symlink() and (tmp_path / "ck" / "config.json").is_file()
 
 
@@ -111,11 +117,9 @@ def test_a_temp_file_swapped_for_a_link_is_never_renamed_into_place(tmp_path):
 
 def test_atomic_dir_replaces_a_link_without_following_it(tmp_path):
     victim_dir = tmp_path / "victim_dir"
-    victim_dir.mkdir()
-    (victim_dir / "keep.txt").write_bytes(VICTIM)
-    (tmp_path / "art").symlink_to(victim_dir, target_is_directory=True)
+    plant_dir(tmp_path / "art", victim_dir)
     with atomic_dir(tmp_path / "art") as tmp:
         (tmp / "x").write_text("new")
     assert (tmp_path / "art").is_dir() and not (tmp_path / "art").is_symlink()
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == ["x"]
-    assert sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"]
+    assert intact_dir(victim_dir)
