@@ -12,7 +12,7 @@ from typing import Any
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, ConversionError, EdgekitError
 from .formats import CHECKS, FORMATS
-from .integrity import NonFinite, check_tokenizer, source_fingerprint
+from .integrity import NonFinite, check_plain_name, check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
 from .staging import BuildStage
@@ -49,6 +49,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
     tgt = TARGETS.get(target)
+    check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
     for r in recipes:
         if r.format not in FORMATS:

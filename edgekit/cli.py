@@ -24,6 +24,8 @@ class _Terminated(KeyboardInterrupt):
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut the cleanup the first one started (SIGKILL still ends it).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Terminated()
 
 

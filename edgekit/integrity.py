@@ -43,6 +43,18 @@ def check_member(name: Any, where: str) -> str:
     return name
 
 
+def check_plain_name(value: Any, key: str, where: str, fix: str) -> str:
+    """A recipe's name or quant, a target's name: they become file and folder names, so each must be
+    one portable name (SAFE_NAME), never a path; else ConfigError."""
+    if not (isinstance(value, str) and SAFE_NAME.match(value)):
+        from .errors import ConfigError
+        from .fields import shown
+
+        raise ConfigError(f"{where}: {key} must be a plain name (letters, digits, . _ + -; no path separator "
+                          f"or leading dot), not {shown(value)}; {fix}")
+    return value
+
+
 # ---------------------------------------------------------------- tokenizer
 
 def check_tokenizer(checkpoint_dir: Path) -> None:

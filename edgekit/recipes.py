@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .fields import Fields, read_toml, shown
-from .integrity import SAFE_NAME
+from .fields import Fields, read_toml
+from .integrity import check_plain_name
 from .registry import Registry, data_dir
 
 
@@ -43,10 +43,7 @@ def check_names(r: Recipe, where: str) -> None:
     """name and quant become file names (<model>-<quant>.gguf): each must be one plain name, never a
     path. load_recipe checks it, and build again for recipes registered in code."""
     for key in ("name", "quant"):
-        v = getattr(r, key)
-        if not (isinstance(v, str) and SAFE_NAME.match(v)):
-            raise ConfigError(f"{where}: {key} must be a plain name (letters, digits, . _ + -; no path separator "
-                              f"or leading dot), not {shown(v)}; fix the recipe")
+        check_plain_name(getattr(r, key), key, where, "fix the recipe")
 
 
 def load_recipe(path: Path) -> Recipe:

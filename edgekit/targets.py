@@ -8,6 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .fields import Fields, read_toml
+from .integrity import check_plain_name
 from .registry import Registry, data_dir
 
 
@@ -34,7 +35,8 @@ def load_target(path: Path) -> Target:
     raw = read_toml(path, ConfigError, "target profile")
     f = Fields(raw, str(path), "fix the TOML (see targets/pi5.toml for the fields)", ConfigError)
     return Target(
-        name=f.str("name", path.stem),
+        # The name is the build folder's (dist/<model>/<target>/): one plain name, never a path.
+        name=check_plain_name(f.str("name", path.stem), "name", str(path), "fix the target profile"),
         description=f.str("description", ""),
         engine=f.str("engine"),
         quants=tuple(f.strs("quants")),

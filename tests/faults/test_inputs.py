@@ -121,13 +121,19 @@ TARGET_CASES = [
     ('engine = "llama.cpp"', "engine = 1", "engine must be a string, not the integer 1"),
     ("threads = 4", "threads = 4\nruntime = 3", "runtime must be an object of fields, not the integer 3"),
     ('engine = "llama.cpp"\n', "", "engine is missing"),
+    ('name = "bad"', 'name = "../../etc"', None),   # the build folder's name: never a path
 ]
 
 
 @pytest.mark.parametrize("old, new, says", TARGET_CASES, ids=[c[1].split("\n")[-1] or "missing" for c in TARGET_CASES])
 def test_target_field_of_the_wrong_type(monkeypatch, tmp_path, old, new, says):
     path = _registry(monkeypatch, tmp_path, "targets", "load_target", GOOD_TARGET.replace(old, new))
-    assert_one_line(run("targets"), 1, f"{path}: {says}; {TARGET_FIX}")
+    if says is None:
+        says, fix = ("name must be a plain name (letters, digits, . _ + -; no path separator or leading dot), "
+                     "not the string '../../etc'"), "fix the target profile"
+    else:
+        fix = TARGET_FIX
+    assert_one_line(run("targets"), 1, f"{path}: {says}; {fix}")
 
 
 RECIPE_CASES = [
