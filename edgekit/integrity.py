@@ -18,12 +18,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import ArtifactError, CheckpointError
 
+# numpy is imported where it is used: targets.py and recipes.py import this module for the name checks,
+# and a device venv made with --no-deps reads target profiles without numpy.
+
 # Bit patterns: an element is NaN or ±Inf exactly when all its exponent bits are set.
-_EXPONENT = {"F32": (np.uint32, 0x7F800000), "F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80)}
+_EXPONENT = {"F32": ("uint32", 0x7F800000), "F16": ("uint16", 0x7C00), "BF16": ("uint16", 0x7F80)}
 _BLOCK = 8 << 20
 # A recipe name or quant label, which ends up in file names: one plain, portable name.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -125,6 +126,8 @@ def _hash_and_scan(path: Path, refs: list[Any], found: dict[str, int], refuse: b
 
 
 def _count_nonfinite(block: bytes, dtype: str) -> int:
+    import numpy as np
+
     storage, mask = _EXPONENT[dtype]
     bits = np.frombuffer(block, dtype=storage)
     return int(np.count_nonzero((bits & mask) == mask))
@@ -152,9 +155,11 @@ def source_fingerprint(ckpt: Any, stop: threading.Event | None = None,
     return {"sha256": folder_digest(per_file.items()), "files": per_file}, found
 
 
-def to_f16(chunk: np.ndarray, tensor: str) -> np.ndarray:
+def to_f16(chunk: Any, tensor: str) -> Any:
     """``chunk`` (finite float32) as float16, refusing values float16 cannot hold: they would turn
     into Inf in the artifact silently (bf16 and f32 sources reach ±3.4e38, float16 ±65504)."""
+    import numpy as np
+
     with np.errstate(over="ignore"):   # counted and reported below instead of a RuntimeWarning
         out = chunk.astype(np.float16)
     bad = int(np.count_nonzero(~np.isfinite(out)))
