@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, ConversionError, EdgekitError
-from .formats import CHECKS, FORMATS
+from .errors import ConversionError, EdgekitError
+from .formats import FORMATS, BuildContext
 from .integrity import NonFinite, check_plain_name, check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
@@ -51,14 +51,10 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
-    for r in recipes:
-        if r.format not in FORMATS:
-            raise ConfigError(f"recipe {r.name} needs the {r.format} format, which this install lacks; "
-                              f"install edgekit[{r.format}]")
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")
-        CHECKS.get(r.format)(r)
+        FORMATS.get(r.format).check(r)
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
@@ -67,28 +63,28 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     # One build per folder at a time; this build writes only into its private stage, and the earlier
     # build (manifest included) stays whole until commit swaps the new artifacts in (edgekit/staging.py).
     with BuildStage(folder, MANIFEST) as stage:
-        cache: dict[str, Any] = {}
         # Hashing and scanning the source (9 GB for E2B) runs beside the conversion: hashlib and
-        # numpy release the GIL.
-        stop = threading.Event()
-        hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
-        fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
-        try:
-            artifacts = []
-            for r in recipes:
-                artifacts.append(FORMATS.get(r.format)(ckpt, r, tgt, stage.path, cache))
-                if fingerprint.done():
-                    fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
-            source, nonfinite = fingerprint.result()
-        except ConversionError as e:
-            # llama.cpp's quantizer refuses NaN weights without naming them: when the source scan
-            # (still running beside the conversion) finds them, that is the error to report.
-            raise _nonfinite_cause(fingerprint, e) from None
-        finally:
-            stop.set()
-            hasher.shutdown(wait=True)
-            for cleanup in cache.get("_cleanup", []):
-                cleanup()
+        # numpy release the GIL. The stack unwinds however the build ends (an error, Ctrl-C, SIGTERM
+        # raised as an exception): intermediates are removed and the hasher is stopped before the
+        # exception leaves, and the stage goes after them.
+        with contextlib.ExitStack() as stack:
+            stop = threading.Event()
+            hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
+            stack.callback(hasher.shutdown, wait=True)
+            stack.callback(stop.set)
+            fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
+            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
+            try:
+                artifacts = []
+                for r in recipes:
+                    artifacts.append(FORMATS.get(r.format).build(ckpt, r, ctx))
+                    if fingerprint.done():
+                        fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
+                source, nonfinite = fingerprint.result()
+            except ConversionError as e:
+                # llama.cpp's quantizer refuses NaN weights without naming them: when the source scan
+                # (still running beside the conversion) finds them, that is the error to report.
+                raise _nonfinite_cause(fingerprint, e) from None
         if nonfinite:
             log.warning("%s: building despite NaN/Inf in %d tensor(s) (--allow-nonfinite): %s", ckpt.path,
                         len(nonfinite), ", ".join(f"{k} ({v})" for k, v in list(nonfinite.items())[:3]))

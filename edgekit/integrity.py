@@ -61,7 +61,7 @@ def check_plain_name(value: Any, key: str, where: str, fix: str) -> str:
 def check_tokenizer(checkpoint_dir: Path) -> None:
     """Parse tokenizer.json as the GGUF vocabulary writer does (one reader, one set of messages),
     before anything is written: an MLX build copies the file, a GGUF build reads it late."""
-    from .formats.gguf_vocab import _read_tokenizer_json
+    from .formats.gguf.vocab import _read_tokenizer_json
 
     _read_tokenizer_json(Path(checkpoint_dir))
 

@@ -1,4 +1,9 @@
-"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name."""
+"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name.
+
+Common keys: name, format, quant, description. Every other key must be one the recipe's format
+reads (``Format.recipe_keys``: gguf ftype/overrides, mlx bits/group_size/overrides/dtype); any
+other is an error naming the keys it knows, so a typo never builds silently with a default.
+"""
 
 from __future__ import annotations
 
@@ -25,17 +30,16 @@ class Recipe:
     # mlx: bits and group size
     bits: int | None = None
     group_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # mlx: float type of what stays unquantized (bf16, f16, f32); default: the source's
+    dtype: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size"):
+        for k in ("ftype", "bits", "group_size", "dtype"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
-        if self.extra:
-            d["extra"] = dict(self.extra)
         return d
 
 
@@ -47,28 +51,37 @@ def check_names(r: Recipe, where: str) -> None:
 
 
 def load_recipe(path: Path) -> Recipe:
+    from .formats import FORMATS
+
     raw = read_toml(path, ConfigError, "recipe")
     f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
-    known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size"}
+    fmt = raw.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: format {fmt!r}; a recipe's format is one of: {', '.join(FORMATS)}")
+    known = COMMON_KEYS | FORMATS.get(fmt).recipe_keys
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}")
     overrides = f.table("overrides", {})
     for k, v in overrides.items():
         if type(v) not in (str, int):
             raise f.fail(f"overrides.{k!r}", "a type name (\"q8_0\", \"bf16\") or bits (8)", v)
     r = Recipe(
         name=f.str("name", path.stem),
-        format=f.str("format"),
+        format=fmt,
         quant=f.str("quant"),
         description=f.str("description", ""),
         ftype=f.str("ftype", None),
         overrides={str(k): str(v) for k, v in overrides.items()},
         bits=f.int("bits", None),
         group_size=f.int("group_size", None),
-        extra={k: v for k, v in raw.items() if k not in known},
+        dtype=f.str("dtype", None),
     )
     check_names(r, str(path))
-    if r.format == "gguf" and not r.ftype:
-        raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
+
+
+COMMON_KEYS = frozenset({"name", "format", "quant", "description"})
 
 
 def _load_all() -> dict[str, Recipe]:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import ST_DTYPES, f32_to_bf16
+from .dtypes import SOURCE_DTYPES, from_f32
 from .errors import ConfigError
 from .fsutil import atomic_dir
 from .gemma4 import TEXT_PREFIX, Gemma4TextConfig
@@ -138,7 +138,7 @@ def _chunks(spec: TensorSpec, cfg: Gemma4TextConfig, seed: int, index: int) -> I
         x = rng.standard_normal((n, cols), dtype=np.float32)
         x *= std
         x += mean
-        yield f32_to_bf16(x) if spec.dtype == "BF16" else x.astype(np.float32 if spec.dtype == "F32" else np.float16)
+        yield from_f32(x, spec.dtype)
 
 
 def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", softcap: bool = True,
@@ -146,7 +146,7 @@ def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", s
     """Write a random-weight Gemma 4 checkpoint to ``out`` (replacing it atomically); return ``out``."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    if dtype.upper() not in ST_DTYPES:
+    if dtype.upper() not in SOURCE_DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose bf16, f16 or f32")
     dtype = dtype.upper()
     config = hf_config(preset, softcap)

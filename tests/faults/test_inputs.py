@@ -137,7 +137,7 @@ def test_target_field_of_the_wrong_type(monkeypatch, tmp_path, old, new, says):
 
 
 RECIPE_CASES = [
-    ('quant = "Q4_0"', "bits = \"4\"\nquant = \"Q4_0\"", None, "bits must be a positive integer, not the string '4'"),
+    ('ftype = "MOSTLY_Q4_0"', "ftype = 4", None, "ftype must be a string, not the integer 4"),
     ('quant = "Q4_0"', 'quant = "../../evil"', "quant", "the string '../../evil'"),
     ('quant = "Q4_0"', 'quant = "/tmp/evil"', "quant", "the string '/tmp/evil'"),
     ('quant = "Q4_0"', 'quant = "Q4\\\\..\\\\x"', "quant", "the string 'Q4\\\\..\\\\x'"),

@@ -80,9 +80,9 @@ def test_a_manifest_entry_outside_the_folder_is_refused_by_bench_and_deploy(good
 
 def _poke(shard: Path, tensor: str, value: float) -> None:
     """Set element 7 of ``tensor`` to ``value`` in place, in the tensor's own dtype."""
-    from edgekit.checkpoint import safetensors_header
+    from edgekit.safetensors_io import read_header
 
-    header, base = safetensors_header(shard)
+    header, _, base = read_header(shard)
     info = header[tensor]
     dt = {"BF16": np.float32, "F16": np.float16, "F32": np.float32}[info["dtype"]]
     raw = np.array([value], dtype=dt).tobytes()
@@ -137,7 +137,7 @@ def test_a_rebuild_refused_late_keeps_the_earlier_build(good_build, tiny_ckpt, t
 
 
 def test_a_quantizer_failure_on_the_last_recipe_keeps_the_earlier_build(good_build, tiny_ckpt, monkeypatch):
-    import edgekit.quantize as q
+    import edgekit.formats.gguf.quantize as q
     from edgekit.errors import QuantizeError
 
     out, folder, before = good_build
@@ -186,7 +186,7 @@ def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
     mnt = disk("40m")   # the BF16 intermediate (29.5 MB) fits, the Q8_0 file (16.3 MB) beside it does not
     folder = mnt / "tiny-gemma4" / "pi5"
     res = run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", mnt)
-    assert_one_line(res, 1, "llama.cpp could not quantize .tiny-gemma4-BF16.intermediate.gguf to Q8_0 (exit code 2); "
+    assert_one_line(res, 1, "llama.cpp could not quantize .tiny-gemma4-BF16.intermediate.gguf to Q8_0 (return code 1); "
                     f"the disk holding {folder} has only 0.0 MB free, most likely full: free space or pass --out on a larger disk")
     assert list(folder.iterdir()) == [] and hidden_leftovers(mnt) == []
 
