@@ -25,6 +25,9 @@ class Target:
     alternatives: tuple[str, ...] = ()
     runtime: dict[str, Any] = field(default_factory=dict)   # engine knobs: use_mmap, kv_type, repack, ...
     notes: str = ""
+    # [bench]: how `edgekit bench` measures for this device
+    enforce_limit: bool = False       # run each child inside a memory cgroup at the budget (bench --limit)
+    page_size: int = 0                # the device kernel's page size when larger than 4 KB (pi5: 16384)
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -34,6 +37,7 @@ class Target:
 def load_target(path: Path) -> Target:
     raw = read_toml(path, ConfigError, "target profile")
     f = Fields(raw, str(path), "fix the TOML (see targets/pi5.toml for the fields)", ConfigError)
+    bench = f.sub("bench")
     return Target(
         # The name is the build folder's (dist/<model>/<target>/): one plain name, never a path.
         name=check_plain_name(f.str("name", path.stem), "name", str(path), "fix the target profile"),
@@ -48,6 +52,8 @@ def load_target(path: Path) -> Target:
         # The knobs' own types are the runners' to check (their schema); here only that it is a table.
         runtime=dict(f.table("runtime", {})),
         notes=f.str("notes", ""),
+        enforce_limit=bench.bool("enforce_limit", False),
+        page_size=bench.int("page_size", 0, minimum=0),
     )
 
 

@@ -196,7 +196,7 @@ def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
 def _fake_bench(calls):
     from edgekit.results import Record
 
-    def bench(path, opts):
+    def bench(path, opts, points=None):
         calls.append(path)
         return [Record(artifact="a.gguf", model="tiny", format="gguf", quant="Q8_0", engine="llama.cpp", sha256="0" * 64,
                        file_bytes=1, device="d", target="pi5", threads=2, ctx=16, n_prompt=4, n_gen=2, reps=1,
@@ -209,7 +209,7 @@ def test_an_unusable_store_fails_before_anything_is_measured(good_build, tmp_pat
     import edgekit.bench
 
     calls: list = []
-    monkeypatch.setattr(edgekit.bench, "bench", _fake_bench(calls))
+    monkeypatch.setattr(edgekit.bench, "bench_sweep", _fake_bench(calls))
     db = tmp_path / "a-folder.db"
     db.mkdir()
     assert_one_line(run("bench", good_build[1], "--db", db), 1,
@@ -226,11 +226,11 @@ def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk,
     calls: list = []
     fake = _fake_bench(calls)
 
-    def measure_then_fill(path, opts):
+    def measure_then_fill(path, opts, points):
         _fill(mnt)   # the disk fills while the runs go on
         return fake(path, opts)
 
-    monkeypatch.setattr(edgekit.bench, "bench", measure_then_fill)
+    monkeypatch.setattr(edgekit.bench, "bench_sweep", measure_then_fill)
     res = run("bench", good_build[1], "--db", db, "-o", "json")
     assert calls, (res.exit_code, res.exception, res.output)
     assert parse_json(res.stdout) == fake(None, None)   # printed whole
