@@ -17,6 +17,7 @@ from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
 from .staging import BuildStage
 from .targets import TARGETS
+from .vocab import VocabTrims, effective_vocab
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +46,13 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
 
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
-          allow_nonfinite: bool = False) -> Path:
+          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
+    ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
     NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
+    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")
@@ -59,6 +61,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
+    # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
+    trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
     # One build per folder at a time; this build writes only into its private stage, and the earlier
     # build (manifest included) stays whole until commit swaps the new artifacts in (edgekit/staging.py).
@@ -73,11 +77,13 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             stack.callback(hasher.shutdown, wait=True)
             stack.callback(stop.set)
             fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
+            stack.callback(trims.close)
             ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
             try:
                 artifacts = []
                 for r in recipes:
-                    artifacts.append(FORMATS.get(r.format).build(ckpt, r, ctx))
+                    src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
+                    artifacts.append(trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab))
                     if fingerprint.done():
                         fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()

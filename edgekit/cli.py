@@ -87,13 +87,16 @@ def build(
     target: str = typer.Option("pi5", "--target", "-t", help="Target profile (see `edgekit targets`)."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", "-o", help="Output root: artifacts go to OUT/<model>/<target>/."),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
+    vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
-    folder = run(model=model, target=target, quants=_csv(quant), out=out, allow_nonfinite=allow_nonfinite)
+    folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
+                 allow_nonfinite=allow_nonfinite)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 

@@ -32,10 +32,12 @@ class Recipe:
     group_size: int | None = None
     # mlx: float type of what stays unquantized (bf16, f16, f32); default: the source's
     dtype: str | None = None
+    # Lean vocabulary, any format: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
+    vocab: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size", "dtype"):
+        for k in ("ftype", "bits", "group_size", "dtype", "vocab"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
@@ -76,12 +78,16 @@ def load_recipe(path: Path) -> Recipe:
         bits=f.int("bits", None),
         group_size=f.int("group_size", None),
         dtype=f.str("dtype", None),
+        vocab=raw.get("vocab"),
     )
     check_names(r, str(path))
+    if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
+        raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
 
 
-COMMON_KEYS = frozenset({"name", "format", "quant", "description"})
+# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter.
+COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
 
 
 def _load_all() -> dict[str, Recipe]:
