@@ -103,5 +103,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             recipes={r.name: r.to_json() for r in recipes},
             versions=versions(),
         )
-        stage.commit([a.file for a in artifacts], lambda f: write_manifest(f, manifest))
+        # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
+        id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
+        stage.commit([a.file for a in artifacts] + id_maps, lambda f: write_manifest(f, manifest))
     return folder
