@@ -20,6 +20,7 @@ from typing import Any
 from .dtypes import SOURCE_DTYPES
 from .errors import CheckpointError, HubError, TokenizerError
 from .gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
+from .integrity import looks_like_path, missing_folder
 from .safetensors_io import TensorRef, read_tensors
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -80,7 +81,17 @@ def resolve(model: str | os.PathLike[str]) -> Path:
         raise CheckpointError(f"{model}: not a directory; pass the checkpoint's folder (the one holding config.json)")
     text = str(model)
     if not _HUB_ID.match(text) or text.startswith((".", "/")):
-        raise CheckpointError(f"{model}: no such directory, and not a hub id of the form owner/name")
+        raise missing_folder(text, None)
+    try:
+        return _snapshot(text)
+    except HubError as e:
+        if looks_like_path(text):   # e.g. ck2/tinny beside an existing ck2/: say the folder is missing first
+            raise missing_folder(text, e.message.removeprefix(f"{text}: ")) from None
+        raise
+
+
+def _snapshot(text: str) -> Path:
+    model = text
     try:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError

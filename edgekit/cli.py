@@ -7,6 +7,8 @@ Results go to stdout, progress and logging to stderr.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -17,16 +19,35 @@ from typer.core import TyperGroup
 from .errors import EdgekitError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it unwinds through the same cleanup as Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut the cleanup the first one started (SIGKILL still ends it).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated()
+
+
 class _Group(TyperGroup):
     def invoke(self, ctx: click.Context):
+        # `kill`, systemd, a CI timeout and `docker stop` send SIGTERM: treat it like Ctrl-C (every
+        # `finally` and `except BaseException` removes its partial files), then exit 128 + 15.
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
         try:
             return super().invoke(ctx)
         except EdgekitError as e:
             click.echo(f"edgekit: error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except _Terminated:
+            click.echo("edgekit: terminated (SIGTERM); partial files were removed", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("edgekit: interrupted; partial files were removed", err=True)
             ctx.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -56,7 +77,7 @@ def synth(
     """Write a random-weight Gemma 4 checkpoint in Hugging Face layout."""
     from .synth import synth as run
 
-    path = run(out, preset=preset, seed=seed, dtype=dtype.upper(), softcap=not no_softcap)
+    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
     typer.echo(str(path))
 
 
@@ -68,12 +89,14 @@ def build(
     out: Path = typer.Option(Path("dist"), "--out", "-o", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
-    folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus)
+    folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
+                 allow_nonfinite=allow_nonfinite)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -226,7 +249,7 @@ def bench(
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
     from .budget import limit_notes
-    from .errors import ConfigError
+    from .errors import ConfigError, OutputError
     from .results import PRINTERS, Store
     from .roofline import host_bandwidth
     from .sweep import expand, ints, knob_lists
@@ -240,11 +263,21 @@ def bench(
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     opts = BenchOptions(reps=reps, target=target, device=device, verbose=verbose,
                         limit=True if limit_mb else limit, limit_bytes=int(limit_mb * 1e6) if limit_mb else None)
-    records = bench_sweep(path, opts, points)
-    if not no_store:
-        with Store(db) as store:
-            store.append(records)
-    typer.echo(PRINTERS[output](records), nl=False)
+    # The store is opened before measuring (a bad --db fails in a second, not after the runs), and
+    # the records are printed before they are appended, so a store that fails late loses none.
+    store = None if no_store else Store(db)
+    try:
+        records = bench_sweep(path, opts, points)
+        typer.echo(PRINTERS[output](records), nl=False)
+        if store is not None:
+            try:
+                store.append(records)
+            except OutputError as e:
+                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                                  f"above were printed but not stored; rerun with --db elsewhere") from None
+    finally:
+        if store is not None:
+            store.close()
     for note in limit_notes(records):
         typer.echo(f"edgekit: warning: {note}", err=True)
     for msg in check_budget(records, enforce=not no_gate):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import CheckpointError
+from .fields import Fields
 
 TEXT_PREFIX = "model.language_model."
 # Multimodal towers a text deployment drops.
@@ -113,12 +114,15 @@ class Gemma4TextConfig:
 
     # --- parsing -------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, config: dict[str, Any], source: str = "config.json") -> "Gemma4TextConfig":
+    def from_hf(cls, config: Any, source: str = "config.json") -> "Gemma4TextConfig":
+        fix = "restore config.json from the original checkpoint"
+        top = Fields(config, source, fix, CheckpointError)
         model_type = config.get("model_type")
         if model_type == "gemma4":
-            text = dict(config.get("text_config") or {})
-            if not text:
+            text_cfg = top.table("text_config", {})
+            if not text_cfg:
                 raise CheckpointError(f"{source}: model_type 'gemma4' but no text_config; re-export the checkpoint with transformers >= 5")
+            text = dict(text_cfg)
         elif model_type == "gemma4_text":
             text = dict(config)
         else:
@@ -130,52 +134,69 @@ class Gemma4TextConfig:
         missing = [k for k in required if text.get(k) is None]
         if missing:
             raise CheckpointError(f"{source}: Gemma 4 text config lacks {', '.join(missing)}; the checkpoint's config.json is incomplete")
-        n_layers = int(text["num_hidden_layers"])
-        layer_types = tuple(text["layer_types"])
+        # Every value is type-checked here, at the boundary: a string where a number belongs would
+        # otherwise surface as a numpy or struct error deep inside a converter.
+        t = Fields(text, source, fix, CheckpointError, "text_config" if model_type == "gemma4" else "")
+        n_layers = t.int("num_hidden_layers")
+        layer_types = tuple(t.strs("layer_types", choices=("sliding_attention", "full_attention")))
         if len(layer_types) != n_layers:
             raise CheckpointError(f"{source}: layer_types has {len(layer_types)} entries for {n_layers} layers")
-        global_head_dim = text.get("global_head_dim")
+        global_head_dim = t.int("global_head_dim", None)
         if global_head_dim is None:
             # transformers 5.x drops global_head_dim on save but keeps it in per_layer_config.
-            for idx, layer_cfg in (text.get("per_layer_config") or {}).items():
+            per_layer = t.sub("per_layer_config")
+            for idx in per_layer.raw:
+                lc, layer_cfg = per_layer.sub(idx), per_layer.raw[idx]
+                if not str(idx).isdigit() or int(idx) >= n_layers:
+                    raise CheckpointError(f"{source}: per_layer_config names layer {idx!r} of {n_layers}; {fix}")
                 if layer_types[int(idx)] == "full_attention" and "head_dim" in layer_cfg:
-                    global_head_dim = layer_cfg["head_dim"]
+                    global_head_dim = lc.int("head_dim")
                     break
-        rope = text.get("rope_parameters") or {}
-        full, sliding = rope.get("full_attention", {}), rope.get("sliding_attention", {})
+        r = t.sub("rope_parameters")
+        rope, full, sliding = r.raw, r.sub("full_attention"), r.sub("sliding_attention")
         eos = config.get("eos_token_id", text.get("eos_token_id", 1))
-        return cls(
-            hidden_size=int(text["hidden_size"]),
+        if not (type(eos) is int or (type(eos) is list and eos and all(type(x) is int for x in eos))):
+            raise top.fail("eos_token_id", "a token id or a list of token ids", eos)
+        softcap = t.number("final_logit_softcapping", None, positive=False)
+        cfg = cls(
+            hidden_size=t.int("hidden_size"),
             num_hidden_layers=n_layers,
-            num_attention_heads=int(text["num_attention_heads"]),
-            num_key_value_heads=int(text["num_key_value_heads"]),
-            head_dim=int(text["head_dim"]),
-            global_head_dim=int(global_head_dim or text["head_dim"]),
-            intermediate_size=int(text["intermediate_size"]),
-            vocab_size=int(text["vocab_size"]),
-            vocab_size_per_layer_input=int(text.get("vocab_size_per_layer_input") or text["vocab_size"]),
-            hidden_size_per_layer_input=int(text.get("hidden_size_per_layer_input") or 0),
-            num_kv_shared_layers=int(text.get("num_kv_shared_layers") or 0),
-            sliding_window=int(text["sliding_window"]),
+            num_attention_heads=t.int("num_attention_heads"),
+            num_key_value_heads=t.int("num_key_value_heads"),
+            head_dim=t.int("head_dim"),
+            global_head_dim=global_head_dim or t.int("head_dim"),
+            intermediate_size=t.int("intermediate_size"),
+            vocab_size=t.int("vocab_size"),
+            vocab_size_per_layer_input=t.int("vocab_size_per_layer_input", 0, minimum=0) or t.int("vocab_size"),
+            hidden_size_per_layer_input=t.int("hidden_size_per_layer_input", 0, minimum=0),
+            num_kv_shared_layers=t.int("num_kv_shared_layers", 0, minimum=0),
+            sliding_window=t.int("sliding_window"),
             layer_types=layer_types,
-            rope_theta_sliding=float(sliding.get("rope_theta", 10_000.0)),
-            rope_theta_full=float(full.get("rope_theta", 1_000_000.0)),
+            rope_theta_sliding=sliding.number("rope_theta", 10_000.0),
+            rope_theta_full=full.number("rope_theta", 1_000_000.0),
             # Without rope_parameters, transformers' Gemma 4 default is proportional RoPE at 0.25.
-            partial_rotary_factor_full=float(full.get("partial_rotary_factor", 1.0 if rope else 0.25)),
+            partial_rotary_factor_full=full.number("partial_rotary_factor", 1.0 if rope else 0.25, maximum=1.0),
             # transformers' "default" rope (the sliding layers' type in Gemma 4's configs) rotates all
             # head_dim dims whatever partial_rotary_factor says (compute_default_rope_parameters never
             # reads it; mlx-lm's default RoPE neither): honouring it gave a max logit error of 7.6 vs
             # 7e-3 on tiny. Only another rope_type makes the factor mean something.
-            partial_rotary_factor_sliding=(1.0 if sliding.get("rope_type", "default") == "default"
-                                           else float(sliding.get("partial_rotary_factor", 1.0))),
-            use_double_wide_mlp=bool(text.get("use_double_wide_mlp", False)),
-            final_logit_softcapping=text.get("final_logit_softcapping"),
-            rms_norm_eps=float(text.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(text.get("max_position_embeddings", 131072)),
-            hidden_activation=str(text.get("hidden_activation", "gelu_pytorch_tanh")),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True))),
-            bos_token_id=int(text.get("bos_token_id", 2)),
+            partial_rotary_factor_sliding=(1.0 if sliding.str("rope_type", "default") == "default"
+                                           else sliding.number("partial_rotary_factor", 1.0, maximum=1.0)),
+            use_double_wide_mlp=t.bool("use_double_wide_mlp", False),
+            final_logit_softcapping=softcap,
+            rms_norm_eps=t.number("rms_norm_eps", 1e-6),
+            max_position_embeddings=t.int("max_position_embeddings", 131072),
+            hidden_activation=t.str("hidden_activation", "gelu_pytorch_tanh"),
+            tie_word_embeddings=top.bool("tie_word_embeddings", t.bool("tie_word_embeddings", True)),
+            bos_token_id=t.int("bos_token_id", 2, minimum=0),
             eos_token_id=eos,
-            pad_token_id=int(text.get("pad_token_id", 0)),
+            pad_token_id=t.int("pad_token_id", 0, minimum=0),
             raw=config,
         )
+        if cfg.num_kv_shared_layers >= n_layers:
+            raise CheckpointError(f"{source}: num_kv_shared_layers {cfg.num_kv_shared_layers} leaves no layer with its "
+                                  f"own KV cache ({n_layers} layers); {fix}")
+        if cfg.num_attention_heads % cfg.num_key_value_heads:
+            raise CheckpointError(f"{source}: num_attention_heads {cfg.num_attention_heads} is not a multiple of "
+                                  f"num_key_value_heads {cfg.num_key_value_heads}; {fix}")
+        return cfg

@@ -19,6 +19,7 @@ from . import __version__
 from .checkpoint import sha256_file
 from .errors import ArtifactError
 from .fsutil import atomic_path
+from .integrity import check_member
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -108,9 +109,15 @@ def read_manifest(folder_or_file: Path) -> Manifest:
     try:
         raw = json.loads(path.read_text())
         arts = [Artifact(**a) for a in raw.pop("artifacts")]
-        return Manifest(artifacts=arts, **raw)
-    except (ValueError, TypeError, KeyError) as e:
+        manifest = Manifest(artifacts=arts, **raw)
+        for a in arts:
+            if not (isinstance(a.bytes, int) and isinstance(a.sha256, str) and isinstance(a.format, str)):
+                raise TypeError("artifact fields of the wrong type")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise ArtifactError(f"{path}: corrupt manifest ({e.__class__.__name__}); rebuild with `edgekit build`") from None
+    for a in arts:   # an entry must name a file inside this folder: bench and deploy read what it names
+        check_member(a.file, str(path))
+    return manifest
 
 
 def verify(folder: Path, manifest: Manifest | None = None) -> list[str]:

@@ -7,12 +7,13 @@ other is an error naming the keys it knows, so a typo never builds silently with
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fields import Fields, read_toml
+from .integrity import check_plain_name
 from .registry import Registry, data_dir
 
 
@@ -44,13 +45,18 @@ class Recipe:
         return d
 
 
+def check_names(r: Recipe, where: str) -> None:
+    """name and quant become file names (<model>-<quant>.gguf): each must be one plain name, never a
+    path. load_recipe checks it, and build again for recipes registered in code."""
+    for key in ("name", "quant"):
+        check_plain_name(getattr(r, key), key, where, "fix the recipe")
+
+
 def load_recipe(path: Path) -> Recipe:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable recipe ({e}); fix the TOML") from None
     from .formats import FORMATS
 
+    raw = read_toml(path, ConfigError, "recipe")
+    f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
     fmt = raw.get("format")
     if fmt not in FORMATS:
         raise ConfigError(f"{path}: format {fmt!r}; a recipe's format is one of: {', '.join(FORMATS)}")
@@ -58,21 +64,23 @@ def load_recipe(path: Path) -> Recipe:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}")
-    try:
-        r = Recipe(
-            name=raw.get("name", path.stem),
-            format=raw["format"],
-            quant=raw["quant"],
-            description=raw.get("description", ""),
-            ftype=raw.get("ftype"),
-            overrides={str(k): str(v) for k, v in raw.get("overrides", {}).items()},
-            bits=raw.get("bits"),
-            group_size=raw.get("group_size"),
-            dtype=raw.get("dtype"),
-            vocab=raw.get("vocab"),
-        )
-    except KeyError as e:
-        raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
+    overrides = f.table("overrides", {})
+    for k, v in overrides.items():
+        if type(v) not in (str, int):
+            raise f.fail(f"overrides.{k!r}", "a type name (\"q8_0\", \"bf16\") or bits (8)", v)
+    r = Recipe(
+        name=f.str("name", path.stem),
+        format=fmt,
+        quant=f.str("quant"),
+        description=f.str("description", ""),
+        ftype=f.str("ftype", None),
+        overrides={str(k): str(v) for k, v in overrides.items()},
+        bits=f.int("bits", None),
+        group_size=f.int("group_size", None),
+        dtype=f.str("dtype", None),
+        vocab=raw.get("vocab"),
+    )
+    check_names(r, str(path))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r

@@ -6,12 +6,15 @@ re-running a bench updates the report instead of piling up rows.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 from .errors import EngineMissingError, OutputError
 from .fsutil import atomic_path
 from .results import MB, Record, Store, to_markdown
+
+log = logging.getLogger(__name__)
 
 
 def latest(records: list[Record]) -> list[Record]:
@@ -84,7 +87,10 @@ def write_report(db: Optional[Path], out: Path) -> Path:
     except ImportError:
         raise EngineMissingError("matplotlib is not installed; `pip install 'edgekit[report]'`") from None
     with Store(db) as store:
-        records, where = latest(store.records()), store.path
+        records, where, corrupt = latest(store.records()), store.path, store.corrupt
+    if corrupt:
+        ids = ", ".join(map(str, corrupt[:5])) + (" …" if len(corrupt) > 5 else "")
+        log.warning("%s: skipped %d corrupt row(s) (id %s): not a readable bench record", where, len(corrupt), ids)
     if not records:
         raise OutputError(f"{where}: the results store holds no records; run `edgekit bench` first")
     out = Path(out)
@@ -92,8 +98,9 @@ def write_report(db: Optional[Path], out: Path) -> Path:
     plot_ttft(records, out / "ttft.png")
     devices = sorted({r.device for r in records})
     hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
+    skipped = f" {len(corrupt)} corrupt row(s) were skipped." if corrupt else ""
     text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` "
-            f"(latest per device, artifact, engine, threads, context and lengths).\n\n"
+            f"(latest per device, artifact, engine, threads, context and lengths).{skipped}\n\n"
             f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
             "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
     md = out / "report.md"

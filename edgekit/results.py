@@ -7,6 +7,7 @@ shows the headline figures at printed precision, and ``parse_markdown`` reads th
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -297,6 +298,28 @@ PARSERS: dict[str, Callable[[str], list[Any]]] = {"md": parse_markdown, "csv": p
 
 # ---------------------------------------------------------------- store
 
+def _parse_row(data: Any) -> Optional[Record]:
+    """A stored row as a Record, or None when it is not JSON of a Record's fields and types."""
+    try:
+        d = json.loads(data)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    for f in fields(Record):
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                return None
+            continue
+        v, kind = d[f.name], _kind(f.name)
+        optional = typing.get_origin(_HINTS[f.name]) is typing.Union
+        if v is None and optional:
+            continue
+        if isinstance(v, bool) and kind is not bool or not isinstance(v, (int, float) if kind is float else kind):
+            return None
+    return Record.from_json(d)
+
+
 def default_db() -> Path:
     """$EDGEKIT_DB, else $XDG_DATA_HOME/edgekit/results.db (~/.local/share/edgekit/results.db)."""
     if os.environ.get("EDGEKIT_DB"):
@@ -323,6 +346,7 @@ class Store:
 
     def __init__(self, path: Optional[Path] = None, timeout_s: float = 60.0):
         self.path = Path(path) if path else default_db()
+        self.corrupt: list[int] = []   # ids of rows records() skipped
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
@@ -347,11 +371,20 @@ class Store:
         return len(rows)
 
     def records(self) -> list[Record]:
+        """Every readable record in store order; the ids of rows that are not a well-typed Record
+        (edited by hand, written by a foreign tool, a torn disk page) are skipped into ``corrupt``."""
         try:
-            rows = self.db.execute("SELECT data FROM records ORDER BY id").fetchall()
+            rows = self.db.execute("SELECT id, data FROM records ORDER BY id").fetchall()
         except sqlite3.Error as e:
             raise OutputError(f"{self.path}: unreadable results store ({e})") from None
-        return [Record.from_json(json.loads(d)) for (d,) in rows]
+        out, self.corrupt = [], []
+        for rid, data in rows:
+            rec = _parse_row(data)
+            if rec is None:
+                self.corrupt.append(rid)
+            else:
+                out.append(rec)
+        return out
 
     def close(self) -> None:
         self.db.close()

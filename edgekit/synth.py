@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .dtypes import from_f32
-from .errors import OutputError
+from .dtypes import SOURCE_DTYPES, from_f32
+from .errors import ConfigError
 from .fsutil import atomic_dir
 from .gemma4 import TEXT_PREFIX, Gemma4TextConfig
 from .progress import progress_bar
@@ -145,7 +145,10 @@ def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", s
           extra_towers: bool = True, shard_bytes: int = 2 << 30) -> Path:
     """Write a random-weight Gemma 4 checkpoint to ``out`` (replacing it atomically); return ``out``."""
     if preset not in PRESETS:
-        raise OutputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if dtype.upper() not in SOURCE_DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose bf16, f16 or f32")
+    dtype = dtype.upper()
     config = hf_config(preset, softcap)
     cfg = Gemma4TextConfig.from_hf(config)
     specs = [TensorSpec(TEXT_PREFIX + n, s, dtype) for n, s in cfg.expected_shapes().items()]

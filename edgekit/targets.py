@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fields import Fields, read_toml
+from .integrity import check_plain_name
 from .registry import Registry, data_dir
 
 
@@ -34,28 +35,26 @@ class Target:
 
 
 def load_target(path: Path) -> Target:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable target profile ({e}); fix the TOML") from None
-    try:
-        return Target(
-            name=raw.get("name", path.stem),
-            description=raw.get("description", ""),
-            engine=raw["engine"],
-            quants=tuple(raw["quants"]),
-            threads=int(raw["threads"]),
-            context=int(raw["context"]),
-            memory_budget_gb=float(raw["memory_budget_gb"]),
-            bandwidth_gbs=float(raw["bandwidth_gbs"]),
-            alternatives=tuple(raw.get("alternatives", ())),
-            runtime=dict(raw.get("runtime", {})),
-            notes=raw.get("notes", ""),
-            enforce_limit=bool(raw.get("bench", {}).get("enforce_limit", False)),
-            page_size=int(raw.get("bench", {}).get("page_size", 0)),
-        )
-    except KeyError as e:
-        raise ConfigError(f"{path}: target profile lacks {e.args[0]!r}; see targets/pi5.toml for the fields") from None
+    raw = read_toml(path, ConfigError, "target profile")
+    f = Fields(raw, str(path), "fix the TOML (see targets/pi5.toml for the fields)", ConfigError)
+    bench = f.sub("bench")
+    return Target(
+        # The name is the build folder's (dist/<model>/<target>/): one plain name, never a path.
+        name=check_plain_name(f.str("name", path.stem), "name", str(path), "fix the target profile"),
+        description=f.str("description", ""),
+        engine=f.str("engine"),
+        quants=tuple(f.strs("quants")),
+        threads=f.int("threads"),
+        context=f.int("context"),
+        memory_budget_gb=f.number("memory_budget_gb"),
+        bandwidth_gbs=f.number("bandwidth_gbs"),
+        alternatives=tuple(f.strs("alternatives", [])),
+        # The knobs' own types are the runners' to check (their schema); here only that it is a table.
+        runtime=dict(f.table("runtime", {})),
+        notes=f.str("notes", ""),
+        enforce_limit=bench.bool("enforce_limit", False),
+        page_size=bench.int("page_size", 0, minimum=0),
+    )
 
 
 def _load_all() -> dict[str, Target]:

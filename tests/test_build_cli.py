@@ -163,9 +163,12 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     assert calls["n"] == 40
     assert res.exit_code == 130
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
-    # The earlier build's manifest no longer vouches for a folder being rewritten, and no temp file stays.
-    names = [p.name for p in folder.iterdir()]
-    assert "manifest.json" not in names and not [n for n in names if n.startswith(".")]
+    # The new build wrote only into its private stage: the earlier build, manifest included, is whole
+    # (every entry still verifies), and no temp file or stage folder stays.
+    from edgekit.manifest import verify
+
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
+    assert verify(folder) == []
 
 
 @pytest.mark.parametrize("quant, engine, says", [

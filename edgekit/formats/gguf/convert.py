@@ -25,6 +25,7 @@ from ...dtypes import DTYPES, from_f32
 from ...errors import CheckpointError, ConversionError
 from ...fsutil import atomic_path
 from ...gemma4 import Gemma4TextConfig
+from ...integrity import to_f16
 from ...progress import progress_bar
 from ...safetensors_io import TensorRef
 from .vocab import add_vocab
@@ -111,7 +112,8 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
             if ref.shape and c.shape[0] > left:
                 c = c[:left]
             left -= c.shape[0] if ref.shape else 1
-            yield c if same else from_f32(c, qtype.name)
+            # F16 refuses values it cannot hold (they would turn into Inf silently): integrity.to_f16.
+            yield c if same else to_f16(c, ref.name) if qtype == GQT.F16 else from_f32(c, qtype.name)
     return gen
 
 

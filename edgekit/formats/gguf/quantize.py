@@ -18,7 +18,7 @@ import gguf
 
 from ...child import ChildDied, run_child
 from ...errors import ConfigError, EngineMissingError, QuantizeError
-from ...fsutil import atomic_path
+from ...fsutil import atomic_path, low_space_hint
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,8 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
         except ChildDied as e:
             rc, how = -1, e.why
         if rc != 0 or not tmp.is_file():
-            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how}); run with -v for llama.cpp's log")
+            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how})"
+                                + (low_space_hint(tmp) or "; run with -v for llama.cpp's log"))
         unmet = unmet_overrides(tmp, recipe.overrides)
     for pattern, want, names in unmet:
         if names:
