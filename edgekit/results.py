@@ -87,12 +87,9 @@ class Record:
         return None if self.budget_bytes is None else self.peak_rss_bytes - self.budget_bytes
 
 
-_HINTS = typing.get_type_hints(Record)
-
-
-def _kind(name: str) -> type:
+def _kind(name: str, cls: type = Record) -> type:
     """The field's base type: int, float, str, dict or list (Optional unwrapped)."""
-    t = _HINTS[name]
+    t = typing.get_type_hints(cls)[name]
     if typing.get_origin(t) is typing.Union:
         t = next(a for a in typing.get_args(t) if a is not type(None))
     return typing.get_origin(t) or t
@@ -131,22 +128,24 @@ def to_jsonl(records: Iterable[Record]) -> str:
     return "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
 
 
-def parse_jsonl(text: str) -> list[Record]:
-    return [Record.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
+def parse_jsonl(text: str, cls: Any = Record) -> list[Any]:
+    return [cls.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def to_json(records: Iterable[Record]) -> str:
     return json.dumps([r.to_json() for r in records], indent=2, sort_keys=True) + "\n"
 
 
-def parse_json(text: str) -> list[Record]:
-    return [Record.from_json(d) for d in json.loads(text)]
+def parse_json(text: str, cls: Any = Record) -> list[Any]:
+    return [cls.from_json(d) for d in json.loads(text)]
 
 
-def to_csv(records: Iterable[Record]) -> str:
+def to_csv(records: Iterable[Any]) -> str:
+    """Every field of the records' dataclass (a bench Record, or eval's QualityRecord), one row each."""
+    records = list(records)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    names = [f.name for f in fields(Record)]
+    names = [f.name for f in fields(type(records[0]) if records else Record)]
     w.writerow(names)
     for r in records:
         d = r.to_json()
@@ -155,19 +154,19 @@ def to_csv(records: Iterable[Record]) -> str:
     return buf.getvalue()
 
 
-def parse_csv(text: str) -> list[Record]:
+def parse_csv(text: str, cls: Any = Record) -> list[Any]:
     out = []
     for row in csv.DictReader(io.StringIO(text)):
         d: dict[str, Any] = {}
         for k, v in row.items():
-            kind = _kind(k)
+            kind = _kind(k, cls)
             if v == "" and kind is not str:
                 d[k] = None
             elif kind in (dict, list):
                 d[k] = json.loads(v)
             else:
                 d[k] = kind(v)
-        out.append(Record.from_json(d))
+        out.append(cls.from_json(d))
     return out
 
 
@@ -298,6 +297,14 @@ CREATE TABLE IF NOT EXISTS records (
 )"""
 
 
+_QUALITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quality (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL, device TEXT NOT NULL, artifact TEXT NOT NULL, sha256 TEXT NOT NULL,
+    engine TEXT NOT NULL, quant TEXT NOT NULL, text_sha256 TEXT NOT NULL, data TEXT NOT NULL
+)"""
+
+
 class Store:
     """Append-only SQLite store. WAL lets readers run beside a writer; each append is one
     ``BEGIN IMMEDIATE`` transaction, and the busy timeout makes a second writer wait its turn
@@ -327,6 +334,32 @@ class Store:
                 self.db.execute("ROLLBACK")
             raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
         return len(rows)
+
+    def append_quality(self, records: Iterable[Any]) -> int:
+        """Append eval's QualityRecords (their own table, linked to bench records by artifact sha256)."""
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, r.text_sha256,
+                 json.dumps(r.to_json(), sort_keys=True)) for r in records]
+        try:
+            self.db.execute(_QUALITY_SCHEMA)
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT INTO quality (timestamp, device, artifact, sha256, engine, quant, text_sha256, "
+                                "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.execute("COMMIT")
+        except sqlite3.Error as e:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
+        return len(rows)
+
+    def quality_records(self) -> list[Any]:
+        from .eval.record import QualityRecord
+
+        try:
+            self.db.execute(_QUALITY_SCHEMA)
+            rows = self.db.execute("SELECT data FROM quality ORDER BY id").fetchall()
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: unreadable results store ({e})") from None
+        return [QualityRecord.from_json(json.loads(d)) for (d,) in rows]
 
     def records(self) -> list[Record]:
         try:
