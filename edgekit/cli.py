@@ -54,7 +54,7 @@ def synth(
     no_softcap: bool = typer.Option(False, "--no-softcap", help="Write a config without final_logit_softcapping."),
     train_text: Optional[Path] = typer.Option(None, "--train", help="Train the preset on this UTF-8 text (torch, CPU) instead of random weights."),
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="With --train: text whose loss is logged before and after."),
-    steps: int = typer.Option(200, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
+    steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
     threads: int = typer.Option(2, "--threads", help="With --train: torch threads."),
 ) -> None:

@@ -35,13 +35,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainOptions:
-    steps: int = 300
+    steps: int = 100
     minutes: float | None = None   # wall-time cap (stops early; the run is then not reproducible)
     seed: int = 0
-    batch: int = 4
+    batch: int = 2
     seq: int = 512                 # eval's default context: every position it scores was trained
     lr: float = 2e-3
-    warmup: int = 20
+    warmup: int = 10
     threads: int = 2
     eval_windows: int = 8          # held-out windows for the loss before and after
 

@@ -45,6 +45,16 @@ class RefRows:
     top_logp: np.ndarray    # float32 [n, k]
     next_logp: np.ndarray   # float32 [n]: log P(next token)
     lse: np.ndarray         # float32 [n]: log-sum-exp of the reference's logits
+    tail_logp: np.ndarray   # float32 [n]: log of the probability outside the top k (-inf: none)
+
+    FIELDS = ("top_ids", "top_logp", "next_logp", "lse", "tail_logp")
+
+    def slice(self, s: slice) -> "RefRows":
+        return RefRows(*(getattr(self, f)[s] for f in self.FIELDS))
+
+    @classmethod
+    def concat(cls, parts: list["RefRows"]) -> "RefRows":
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
 
 
 def compact(logits: np.ndarray, next_ids: np.ndarray, k: int) -> RefRows:
@@ -56,7 +66,12 @@ def compact(logits: np.ndarray, next_ids: np.ndarray, k: int) -> RefRows:
     order = np.argsort(-part, axis=1, kind="stable")
     idx, part = np.take_along_axis(idx, order, 1), np.take_along_axis(part, order, 1)
     nxt = logp[np.arange(len(next_ids)), next_ids]
-    return RefRows(idx.astype(np.int32), part.astype(np.float32), nxt.astype(np.float32), lse.astype(np.float32))
+    rest = np.exp(logp)
+    np.put_along_axis(rest, idx, 0.0, 1)
+    with np.errstate(divide="ignore"):
+        tail = np.log(rest.sum(1))   # summed directly, not 1 - Σ top-k: no cancellation when it is tiny
+    return RefRows(idx.astype(np.int32), part.astype(np.float32), nxt.astype(np.float32), lse.astype(np.float32),
+                   tail.astype(np.float32))
 
 
 @dataclass
@@ -78,13 +93,13 @@ def score(logits: np.ndarray, ref: RefRows, next_ids: np.ndarray, next_bytes: np
     nll = -logq[rows, next_ids]
     lp = ref.top_logp.astype(np.float64)
     lq = np.take_along_axis(logq, ref.top_ids.astype(np.int64), 1)
-    p = np.exp(lp)
-    kl = (p * (lp - lq)).sum(1)
-    p_tail = np.clip(1.0 - p.sum(1), 0.0, 1.0)
-    q_tail = np.clip(1.0 - np.exp(lq).sum(1), 1e-300, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tail = np.where(p_tail > 0, p_tail * (np.log(np.maximum(p_tail, 1e-300)) - np.log(q_tail)), 0.0)
-    kl = kl + tail
+    kl = (np.exp(lp) * (lp - lq)).sum(1)
+    q_rest = np.exp(logq)
+    np.put_along_axis(q_rest, ref.top_ids.astype(np.int64), 0.0, 1)
+    q_tail = np.maximum(q_rest.sum(1), 1e-300)
+    lpt = ref.tail_logp.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        kl = kl + np.where(np.isfinite(lpt), np.exp(lpt) * (lpt - np.log(q_tail)), 0.0)
     same = logq.argmax(1) == ref.top_ids[:, 0]
     dp = np.exp(-nll) - np.exp(ref.next_logp.astype(np.float64))
     return TokenScores(nll, kl, same, dp, np.asarray(next_bytes, dtype=np.int64))

@@ -27,7 +27,7 @@ from ..errors import ArtifactError
 from ..fsutil import atomic_path
 from .metrics import RefRows
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class RefCache:
     def rows_of(self, i: int, per: int) -> tuple[RefRows, np.ndarray]:
         s = slice(i * per, (i + 1) * per)
         r = self.rows
-        return RefRows(r.top_ids[s], r.top_logp[s], r.next_logp[s], r.lse[s]), self.next_bytes[s]
+        return r.slice(s), self.next_bytes[s]
 
 
 def default_dir() -> Path:
@@ -76,8 +76,7 @@ def save(cache: RefCache, path: Path) -> Path:
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), windows=cache.windows,
-                     top_ids=r.top_ids, top_logp=r.top_logp, next_logp=r.next_logp, lse=r.lse,
-                     next_bytes=cache.next_bytes)
+                     next_bytes=cache.next_bytes, **{k: getattr(r, k) for k in RefRows.FIELDS})
     return Path(path)
 
 
@@ -88,7 +87,7 @@ def load(path: Path, want: Optional[CacheKey] = None) -> RefCache:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode())
             key = CacheKey(**meta["key"])
-            rows = RefRows(z["top_ids"], z["top_logp"], z["next_logp"], z["lse"])
+            rows = RefRows(*(z[k] for k in RefRows.FIELDS))
             windows, next_bytes = z["windows"], z["next_bytes"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"{path}: not an edgekit eval reference cache ({e.__class__.__name__}); "

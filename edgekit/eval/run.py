@@ -161,8 +161,7 @@ def reference_cache(opts: EvalOptions) -> refcache.RefCache:
              "bits_per_byte": float(all_nll.sum() / np.log(2) / max(int(all_nb.sum()), 1)),
              "seconds": round(time.perf_counter() - t0, 2), "n_vocab": len(vocab.pieces)}
     cache = refcache.RefCache(key, vocab.sha256, np.concatenate(wins),
-                              RefRows(*(np.concatenate([getattr(r, f) for r in rows])
-                                        for f in ("top_ids", "top_logp", "next_logp", "lse"))), all_nb, stats)
+                              RefRows.concat(rows), all_nb, stats)
     refcache.save(cache, path)
     log.info("reference %s: PPL %.4f over %d windows in %.1f s; cached in %s", ref.name, stats["ppl"],
              len(cache.windows), stats["seconds"], path)

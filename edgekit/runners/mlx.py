@@ -139,7 +139,7 @@ class MlxRunner:
 
         mx = self.mx
         cache = make_prompt_cache(self.model)
-        toks = mx.array(list(tokens), dtype=mx.int32)[None]
+        toks = mx.array([int(t) for t in tokens], dtype=mx.int32)[None]
         parts = []
         for i in range(0, toks.shape[1], self.step):
             logits = self.model(toks[:, i:i + self.step], cache=cache)[0]
