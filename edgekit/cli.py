@@ -248,14 +248,11 @@ def eval_(
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     if suite is not None:
-        from .eval.suite import SuiteOptions, run_suites, to_markdown as suite_md
+        from .eval.suite import SuiteOptions, run_suites
 
-        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                        target=target, runtime=parse_knobs(knob or []), device=device))
-        if not no_store:
-            with Store(db) as store:
-                store.append_quality(r for r in results.records)
-        typer.echo(suite_md(results) if output == "md" else PRINTERS[output](results.records), nl=False)
+        typer.echo(run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                         target=target, runtime=parse_knobs(knob or []),
+                                                         device=device)), nl=False)
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")

@@ -59,6 +59,11 @@ class QualityRecord:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _g(x: float) -> str:
+    """KL spans 1e-8 (F32 vs its reference) to 1 (a broken build): three significant digits."""
+    return f"{x:.3g}"
+
+
 _MD: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
     ("artifact", lambda r: r.artifact, -1),
     ("quant", lambda r: r.quant, -1),
@@ -66,10 +71,10 @@ _MD: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
     ("size MB", lambda r: r.file_bytes / 1e6, 2),
     ("PPL", lambda r: r.ppl, 4),
     ("bits/byte", lambda r: r.bits_per_byte, 4),
-    ("mean KL", lambda r: r.kl_mean, 5),
-    ("KL 95% interval", lambda r: f"{r.kl_lo:.5f} – {r.kl_hi:.5f}", -1),
-    ("median KL", lambda r: r.kl_median, 5),
-    ("p99 KL", lambda r: r.kl_p99, 4),
+    ("mean KL", lambda r: _g(r.kl_mean), -1),
+    ("KL 95% interval", lambda r: f"{_g(r.kl_lo)} – {_g(r.kl_hi)}", -1),
+    ("median KL", lambda r: _g(r.kl_median), -1),
+    ("p99 KL", lambda r: _g(r.kl_p99), -1),
     ("same top %", lambda r: 100 * r.same_top, 2),
     ("RMS Δp %", lambda r: 100 * r.rms_dp, 3),
 ]
