@@ -8,7 +8,8 @@ Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cac
 MLX 4-bit artifact, then benches each in a fresh process with `edgekit.bench` at each context:
 llama.cpp once with its stock runtime (mmap, lazy "auto", repack on, ubatch 512) as the reference
 and once with targets/pi5.toml's runtime. The prompt fills the context (ctx - n tokens), so the
-per-layer-embedding rows of a full context are read and counted. Prints one markdown table; every
+per-layer-embedding rows of a full context are read and counted. Prints the records with edgekit's
+own markdown printer (the target column names the runtime: pi5-stock is llama.cpp's defaults); every
 figure is measured in this run on this host, each from a cold page cache.
 
 MLX's 4-bit matmul runs at ≈20 s per E2B token on an x86 CPU, so an MLX row runs 4 prompt tokens
@@ -87,41 +88,47 @@ def main() -> None:
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
 
     from edgekit.bench import BenchOptions, bench
+    from edgekit.errors import EngineMissingError
     from edgekit.formats import FORMATS
+    from edgekit.results import PRINTERS
     from edgekit.targets import TARGETS
+
+    from edgekit.recipes import RECIPES
 
     ckpt = ensure_e2b(args.e2b_dir)
     dist = CACHE / "bench-e2b"
     gguf_dir = ensure_build(ckpt, "pi5", GGUF_QUANTS, dist) if not args.no_gguf else None
     pi5 = TARGETS.get("pi5")
     # The reference: the same budget and threads, llama.cpp's own runtime defaults.
-    TARGETS.register("pi5-stock", dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME))
-    mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist) if not args.no_mlx and "mlx" in FORMATS else None
-    runs: list[tuple[Path, str, BenchOptions]] = []
+    stock = dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME)
+    mlx_dir = None
+    if not args.no_mlx:
+        try:
+            FORMATS.get("mlx").check(RECIPES.get("mlx-4bit"))   # MLX importable here?
+            mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist)
+        except EngineMissingError as e:
+            print(f"skipping MLX: {e}", file=sys.stderr)
+    runs: list[tuple[Path, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
         for a in sorted(gguf_dir.glob("*.gguf")) if gguf_dir else []:
-            for tgt in (["pi5-stock", "pi5"] if "Q4_0" in a.name and "edge" not in a.name else ["pi5"]):
-                runs.append((a, tgt, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
+            for tgt in ([stock, pi5] if "Q4_0" in a.name and "edge" not in a.name else [pi5]):
+                runs.append((a, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt)))
         if mlx_dir:
             for a in sorted(p for p in mlx_dir.iterdir() if p.is_dir()):
-                runs.append((a, "m2", BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
-                                                   runtime={"kv_fill": ctx - 4})))
+                runs.append((a, BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
+                                             runtime={"kv_fill": str(ctx - 4)})))
 
     print("pi5 runtime: " + ", ".join(f"{k}={v}" for k, v in pi5.runtime.items()))
     print(f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
           f"E2B shape-true random weights; -p ctx-{args.n} -n {args.n} (MLX: kv_fill ctx-4, -p 4 -n 2)")
-    print("| artifact | runtime | ctx | file MB | peak RSS MB | anon MB | file-backed MB | KV MB | compute MB "
-          "| MLX peak MB | tg t/s | roofline % |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for path, tgt, opts in runs:
+    records = []
+    for path, opts in runs:
         drop_caches()
         (rec,) = bench(path, opts)
-        knobs = {"pi5-stock": "llama.cpp defaults", "pi5": "targets/pi5.toml"}.get(tgt) or \
-            f"{tgt}, kv_fill={opts.runtime.get('kv_fill', 0)}"
-        roof = f"{rec.roofline_pct:.0f}" if rec.roofline_pct is not None else "–"
-        print(f"| {rec.artifact} | {knobs} | {rec.ctx} | {mb(rec.file_bytes)} | {mb(rec.peak_rss_bytes)} "
-              f"| {mb(rec.peak_anon_bytes)} | {mb(rec.peak_file_bytes)} | {mb(rec.kv_cache_bytes)} "
-              f"| {mb(rec.compute_buffer_bytes)} | {mb(rec.mlx_peak_bytes)} | {rec.tg_tps:.2f} | {roof} |", flush=True)
+        records.append(rec)
+        print(f"measured {rec.artifact} ({rec.target}, ctx {rec.ctx}): peak RSS {mb(rec.peak_rss_bytes)} MB",
+              file=sys.stderr, flush=True)
+    print(PRINTERS["md"](records), end="")
 
 
 if __name__ == "__main__":

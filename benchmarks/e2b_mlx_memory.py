@@ -69,7 +69,8 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
 
 def groups(art: Path) -> dict[str, int]:
     """Bytes on disk by tensor group, from the safetensors headers."""
-    from edgekit.mlx_ple import _read_header
+    from edgekit.errors import ArtifactError
+    from edgekit.safetensors_io import read_tensors
 
     out: dict[str, int] = {}
     rules = [("PLE table (embed_tokens_per_layer)", r"embed_tokens_per_layer\."),
@@ -80,12 +81,9 @@ def groups(art: Path) -> dict[str, int]:
              ("per-layer gate / projection", r"per_layer_(input_gate|projection)\."),
              ("norms, scalars", r".")]
     for f in sorted(art.glob("*.safetensors")):
-        header, _ = _read_header(f)
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
+        for name, ref in read_tensors(f, ArtifactError, fix="rebuild it").items():
             label = next(lbl for lbl, rx in rules if re.search(rx, name))
-            out[label] = out.get(label, 0) + info["data_offsets"][1] - info["data_offsets"][0]
+            out[label] = out.get(label, 0) + ref.nbytes
     return out
 
 

@@ -1,35 +1,40 @@
 """bench(path, options): measure every artifact in a fresh child process, aggregate into Records.
 
 PATH is one artifact (a .gguf file or an MLX folder) or a dist folder with manifest.json. Artifacts
-are checked against the manifest's sha256 before anything runs; each is then measured by
-``edgekit.runners.child`` in its own interpreter (warm-up, then ``reps`` repetitions), and the
-parent adds provenance, the roofline and the target's budget. ``check_budget`` is the gate.
+are checked against the manifest's sha256, and every setting (lengths, threads, context, the
+engine's knobs) against its bounds, before anything runs; each artifact is then measured by
+``edgekit.runners.measure`` in its own interpreter (edgekit.child), and the parent adds
+provenance, the roofline and the target's budget. The record keeps what the engine applied (its
+context, threads and knobs as read back), never what was merely asked. ``check_budget`` is the gate.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
-from .errors import ArtifactError, BenchError, BudgetExceeded, ConfigError, EdgekitError
+from .child import ChildDied, run_child
+from .errors import ArtifactError, BenchError, BudgetExceeded, ConfigError
+from .formats import Format, detect, format_of
+from .host import host_info, physical_cores
+from .knobs import parse_set
 from .manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
-from .results import MB, Record, host_info
-from .roofline import TokenBytes, host_bandwidth, token_bytes
-from .runners import engine_for
+from .results import MB, Record
+from .roofline import TokenBytes, host_bandwidth
+from .runners import ENGINES, Engine
 from .runners.base import mean_sd
+from .runners.measure import MeasureResult, MeasureSpec
 from .targets import TARGETS, Target
 
 log = logging.getLogger(__name__)
+
+parse_knobs = parse_set   # `--set KEY=VALUE` items → raw strings, typed later by the engine's schema
 
 
 @dataclass
@@ -39,10 +44,10 @@ class BenchOptions:
     reps: int = 5
     threads: Optional[int] = None     # default: the target's threads capped at this host's cores
     ctx: Optional[int] = None         # default: the target's context, else n_prompt + n_gen (llama-bench)
-    target: Optional[str] = None      # default: the manifest's target
+    target: Union[Target, str, None] = None   # a Target, a profile name, or None: the manifest's
     device: Optional[str] = None      # default: $EDGEKIT_DEVICE, else the hostname
     roofline: bool = True
-    runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime]
+    runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime] (--set)
     verbose: bool = False
     seed: int = 0
 
@@ -52,47 +57,26 @@ class Planned:
     path: Path
     artifact: Artifact
     model: str
-    target: Optional[str]
+    target: Union[Target, str, None]
     tokens: TokenBytes = field(default_factory=lambda: TokenBytes(0, 0))
 
+    @property
+    def format(self) -> Format:
+        return format_of(self.artifact.format)
 
-def parse_knobs(items: list[str]) -> dict[str, Any]:
-    """``--set key=value`` pairs as runtime knobs; values read as TOML scalars (true, 512, "q8_0" or q8_0)."""
-    import tomllib
 
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set kv_type=q8_0")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value.strip()  # a bare word: a string knob such as q8_0
-    return out
+@dataclass
+class Settings:
+    """Everything one artifact's run is asked to use, validated."""
+
+    target: Optional[Target]
+    engine: Engine
+    threads: int
+    ctx: int
+    knobs: dict[str, Any]
 
 
 # ---------------------------------------------------------------- resolving PATH
-
-def _gguf_quant(path: Path) -> str:
-    import gguf
-
-    from .formats.gguf_header import read_gguf_header
-
-    try:
-        ftype = read_gguf_header(path).scalars["general.file_type"]
-        return gguf.LlamaFileType(int(ftype)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except (EdgekitError, KeyError, ValueError):  # no such key (or a file the roofline check rejects)
-        return "unknown"
-
-
-def _mlx_quant(folder: Path) -> str:
-    try:
-        q = json.loads((folder / "config.json").read_text()).get("quantization") or {}
-    except (OSError, ValueError):
-        return "unknown"
-    return f"{q['bits']}bit-g{q['group_size']}" if "bits" in q and "group_size" in q else "float"
-
 
 def _checked(folder: Path, a: Artifact) -> Path:
     p = folder / a.file
@@ -103,7 +87,7 @@ def _checked(folder: Path, a: Artifact) -> Path:
     return p
 
 
-def plan(path: Path, target: Optional[str] = None) -> list[Planned]:
+def plan(path: Path, target: Union[Target, str, None] = None) -> list[Planned]:
     """The artifacts PATH names, verified, with their bytes read per token (which parses each file)."""
     p = Path(path)
     if not p.exists():
@@ -112,11 +96,8 @@ def plan(path: Path, target: Optional[str] = None) -> list[Planned]:
         m = read_manifest(p)
         out = [Planned(_checked(p, a), a, m.model, target or m.target) for a in m.artifacts]
     else:
-        if p.is_file() and p.suffix == ".gguf":
-            fmt = "gguf"
-        elif p.is_dir() and (p / "config.json").exists() and any(p.glob("*.safetensors")):
-            fmt = "mlx"
-        else:
+        fmt = detect(p)
+        if fmt is None:
             raise ArtifactError(f"{p}: not an artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
         listed = p.parent / MANIFEST
         m = read_manifest(p.parent) if listed.exists() else None
@@ -125,104 +106,81 @@ def plan(path: Path, target: Optional[str] = None) -> list[Planned]:
             out = [Planned(_checked(p.parent, a), a, m.model, target or m.target)]
         else:
             size, sha = artifact_digest(p)
-            quant = _gguf_quant(p) if fmt == "gguf" else _mlx_quant(p)
-            a = Artifact(file=p.name, format=fmt, quant=quant, recipe="", bytes=size, sha256=sha)
-            out = [Planned(p, a, p.stem if fmt == "gguf" else p.name, target)]
+            a = Artifact(file=p.name, format=fmt.name, quant=fmt.quant_label(p), recipe="", bytes=size, sha256=sha)
+            out = [Planned(p, a, fmt.model_name(p), target)]
     for pl in out:
-        engine_for(pl.artifact.format)
-        pl.tokens = token_bytes(pl.path, pl.artifact.format)  # also rejects unreadable files up front
+        pl.tokens = pl.format.token_bytes(pl.path)  # also rejects unreadable files up front
     return out
 
 
-# ---------------------------------------------------------------- the child process
+# ---------------------------------------------------------------- settings
 
-def _run_child(spec: dict[str, Any], verbose: bool, on_step: Callable[[str], None]) -> dict[str, Any]:
-    import edgekit
-
-    env = dict(os.environ)
-    root = str(Path(edgekit.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    name = Path(spec["path"]).name
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as d:
-        spec_path, err_path = Path(d) / "spec.json", Path(d) / "stderr.log"
-        spec_path.write_text(json.dumps(spec))
-        r, w = os.pipe()
-        with open(err_path, "w+b") as err:
-            sink = None if verbose else err
-            proc = subprocess.Popen([sys.executable, "-m", "edgekit.runners.child", str(spec_path), str(w)],
-                                    pass_fds=(w,), stdin=subprocess.DEVNULL,
-                                    stdout=2 if verbose else err, stderr=sink, env=env)  # never our stdout
-            os.close(w)
-            result: Optional[dict[str, Any]] = None
-            try:
-                with os.fdopen(r) as msgs:
-                    for line in msgs:
-                        msg = json.loads(line)
-                        if "step" in msg:
-                            on_step(msg["step"])
-                        elif "error" in msg:
-                            raise _rebuild(msg["error"])
-                        elif "result" in msg:
-                            result = msg["result"]
-                rc = proc.wait()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if result is None:
-                err.seek(0)
-                tail = [ln for ln in err.read().decode("utf-8", "replace").splitlines() if ln.strip()][-1:]
-                why = f"signal {signal.Signals(-rc).name}" if rc < 0 else f"exit code {rc}"
-                raise BenchError(f"{name}: the {spec['engine']} child process died ({why}"
-                                 f"{': ' + tail[0].strip() if tail else ''}); rerun with `edgekit -v bench` to see the engine log")
-    return result
+def _target(t: Union[Target, str, None]) -> Optional[Target]:
+    return t if isinstance(t, Target) else TARGETS.get(t) if t else None
 
 
-def _rebuild(err: dict[str, str]) -> EdgekitError:
-    import edgekit.errors as errors
+def profile_knobs(tgt: Target, engine: Engine) -> dict[str, Any]:
+    """The target's [runtime] knobs ``engine`` reads, typed; a key no engine knows is an error (a
+    profile may hold knobs for its alternative engine: those are left to it)."""
+    where = f"target {tgt.name} [runtime]"
+    for name in tgt.runtime:
+        if not any(name in ENGINES.get(e).knobs for e in ENGINES):
+            known = sorted({k for e in ENGINES for k in ENGINES.get(e).knobs.knobs})
+            raise ConfigError(f"{where}: unknown runtime knob {name!r}; known: {', '.join(known)}")
+    return engine.knobs.validate(tgt.runtime, where, strict=False)
 
-    cls = getattr(errors, err.get("type", ""), BenchError)
-    return cls(err["message"]) if isinstance(cls, type) and issubclass(cls, EdgekitError) else BenchError(err["message"])
+
+def settings(pl: Planned, opts: BenchOptions) -> Settings:
+    """The validated settings for one artifact, or the ConfigError saying which one to fix."""
+    tgt = _target(pl.target)
+    engine = ENGINES.get(pl.format.engine)
+    if opts.n_prompt < 1 or opts.n_gen < 1 or opts.reps < 1:
+        raise ConfigError("-p, -n and -r must be at least 1")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)")
+    threads = opts.threads or (min(tgt.threads, physical_cores()) if tgt else physical_cores())
+    ctx = opts.ctx or (tgt.context if tgt else opts.n_prompt + opts.n_gen)
+    if ctx < max(opts.n_prompt, opts.n_gen, 1):
+        raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {opts.n_prompt}, -n {opts.n_gen}); raise --ctx")
+    trained, engine_max = pl.format.max_context(pl.path), engine.max_ctx
+    if engine_max and ctx > engine_max:
+        raise ConfigError(f"--ctx {ctx} is too long: {engine.name} counts the context in 32 bits (at most "
+                          f"{engine_max}); pass a smaller --ctx")
+    if trained and ctx > trained:
+        raise ConfigError(f"--ctx {ctx} is longer than {pl.artifact.file} was trained for (n_ctx_train "
+                          f"{trained}); pass --ctx {trained} or less")
+    knobs = {**engine.knobs.defaults(), **(profile_knobs(tgt, engine) if tgt else {}),
+             **engine.knobs.validate(opts.runtime, "--set")}
+    return Settings(tgt, engine, threads, ctx, knobs)
 
 
 # ---------------------------------------------------------------- records
 
-def _physical_cores() -> int:
-    import psutil
-
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
-def _settings(pl: Planned, opts: BenchOptions) -> tuple[Optional[Target], int, int]:
-    tgt = TARGETS.get(pl.target) if pl.target else None
-    threads = opts.threads or (min(tgt.threads, _physical_cores()) if tgt else _physical_cores())
-    ctx = opts.ctx or (tgt.context if tgt else opts.n_prompt + opts.n_gen)
-    if ctx < max(opts.n_prompt, opts.n_gen, 1):
-        raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {opts.n_prompt}, -n {opts.n_gen}); raise --ctx")
-    if opts.n_prompt < 1 or opts.n_gen < 1 or opts.reps < 1:
-        raise ConfigError("-p, -n and -r must be at least 1")
-    return tgt, threads, ctx
-
-
 def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
             on_step: Callable[[str], None] = lambda s: None) -> Record:
-    tgt, threads, ctx = _settings(pl, opts)
-    engine = engine_for(pl.artifact.format)
-    runtime = {**(tgt.runtime if tgt else {}), **opts.runtime}
-    spec = {"engine": engine, "path": str(pl.path), "n_prompt": opts.n_prompt, "n_gen": opts.n_gen,
-            "reps": opts.reps, "seed": opts.seed,
-            "opts": {"threads": threads, "ctx": ctx, "runtime": runtime, "verbose": opts.verbose}}
-    res = _run_child(spec, opts.verbose, on_step)
-    reps, fig, mem = res["reps"], res["figures"], res["memory"]
+    st = settings(pl, opts)
+    tgt, engine = st.target, st.engine
+    spec = MeasureSpec(engine=engine.name, path=str(pl.path), n_prompt=opts.n_prompt, n_gen=opts.n_gen,
+                       reps=opts.reps, threads=st.threads, ctx=st.ctx, knobs=st.knobs, seed=opts.seed,
+                       verbose=opts.verbose)
+    try:
+        res = run_child("edgekit.runners.measure:measure", spec, MeasureResult, verbose=opts.verbose,
+                        on_step=on_step, block=engine.block)
+    except ChildDied as e:
+        raise BenchError(f"{pl.path.name}: the {engine.name} child process died ({e.why}"
+                         f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the engine log") from None
+    reps, fig, mem, applied = res.reps, res.figures, res.memory, res.applied
     samples = {k: [r[k] for r in reps] for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps")}
     (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
+    if applied["ctx"] != st.ctx:
+        log.info("%s: asked for a context of %d, %s applied %d", pl.artifact.file, st.ctx, engine.name, applied["ctx"])
     vers = versions()
     rec = Record(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
-        engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
+        engine=engine.name, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
         device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(),
-        target=tgt.name if tgt else "", threads=threads if engine != "mlx" else None, ctx=ctx,
-        n_prompt=opts.n_prompt, n_gen=opts.n_gen, reps=opts.reps, load_ms=res["load_ms"],
+        target=tgt.name if tgt else "", threads=applied["threads"], ctx=applied["ctx"],
+        n_prompt=opts.n_prompt, n_gen=opts.n_gen, reps=opts.reps, load_ms=res.load_ms,
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
         peak_rss_bytes=mem["peak_rss_bytes"], peak_anon_bytes=mem.get("peak_anon_bytes"),
         peak_file_bytes=mem.get("peak_file_bytes"), phys_footprint_bytes=mem.get("phys_footprint_bytes"),
@@ -230,9 +188,8 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
         compute_buffer_bytes=fig.get("compute_buffer_bytes"),
         budget_bytes=tgt.memory_budget_bytes if tgt else None,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        edgekit_version=vers.get("edgekit", ""),
-        engine_version=vers.get("llama-cpp-python" if engine == "llama.cpp" else "mlx", ""),
-        host=host_info(), versions=vers, runtime=runtime, samples=samples,
+        edgekit_version=vers.get("edgekit", ""), engine_version=vers.get(engine.version_key, ""),
+        host=host_info(), versions=vers, runtime=applied["knobs"], samples=samples,
         extra={"model_buffers": fig.get("model_buffers") or [], "gathered_bytes_per_token": pl.tokens.gathered,
                "tensor_bytes": pl.tokens.file_tensor_bytes, "bandwidth": bandwidth or {},
                "lazy_tensors": fig.get("lazy_tensors") or [],
@@ -254,7 +211,7 @@ def bench(path: Path, opts: Optional[BenchOptions] = None) -> list[Record]:
     opts = opts or BenchOptions()
     planned = plan(path, opts.target)
     for pl in planned:
-        _settings(pl, opts)  # reject bad lengths / unknown targets before any child starts
+        settings(pl, opts)  # reject bad lengths, knobs, contexts, unknown targets before any child starts
     bw = None
     if opts.roofline:
         log.info("host bandwidth: measured once, then cached")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError
-from .formats import CHECKS, FORMATS
+from .formats import FORMATS, BuildContext
 from .fsutil import output_error
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
@@ -31,13 +30,9 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder."""
     tgt = TARGETS.get(target)
     recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
-    for r in recipes:
-        if r.format not in FORMATS:
-            raise ConfigError(f"recipe {r.name} needs the {r.format} format, which this install lacks; "
-                              f"install edgekit[{r.format}]")
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
-        CHECKS.get(r.format)(r)
+        FORMATS.get(r.format).check(r)
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
@@ -49,19 +44,18 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     # Writing starts now: a stale manifest from an earlier build must not vouch for files this build
     # is replacing.
     (folder / MANIFEST).unlink(missing_ok=True)
-    cache: dict[str, Any] = {}
     # Hashing the source (9 GB for E2B) runs beside the conversion: hashlib releases the GIL.
-    stop = threading.Event()
-    hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
-    fingerprint = hasher.submit(ckpt.fingerprint, stop)
-    try:
-        artifacts = [FORMATS.get(r.format)(ckpt, r, tgt, folder, cache) for r in recipes]
+    # The stack unwinds however the build ends (an error, Ctrl-C, SIGTERM raised as an exception):
+    # intermediates are removed and the hasher is stopped before the exception leaves.
+    with contextlib.ExitStack() as stack:
+        stop = threading.Event()
+        hasher = ThreadPoolExecutor(1, thread_name_prefix="edgekit-sha256")
+        stack.callback(hasher.shutdown, wait=True)
+        stack.callback(stop.set)
+        fingerprint = hasher.submit(ckpt.fingerprint, stop)
+        ctx = BuildContext(target=tgt, out_dir=folder, stack=stack)
+        artifacts = [FORMATS.get(r.format).build(ckpt, r, ctx) for r in recipes]
         source = fingerprint.result()
-    finally:
-        stop.set()
-        hasher.shutdown(wait=True)
-        for cleanup in cache.get("_cleanup", []):
-            cleanup()
     manifest = Manifest(
         model=model_slug(ckpt.path),
         target=tgt.name,

@@ -1,10 +1,9 @@
-"""A Gemma 4 checkpoint on disk: config, tokenizer files and lazily read safetensors tensors.
+"""A folder or hub id → a Checkpoint: Gemma 4 config, tokenizer check, its text tensors (lazy).
 
-Tensors are never loaded whole: a ``TensorRef`` knows its file, offset and dtype and hands out row
-chunks read with ``os.pread``, so converting a 9 GB checkpoint keeps only one chunk in memory and
-leaves no file-backed pages mapped into the process. (We parse the safetensors header ourselves
-because safetensors' numpy frontend has no bfloat16, and its torch frontend would pull torch into
-every build; the format is an 8-byte length, a JSON header and raw little-endian data.)
+Tensors are never loaded whole: each is a ``safetensors_io.TensorRef`` (file, offset, dtype) that
+hands out row chunks read with ``os.pread``, so converting a 9 GB checkpoint keeps only one chunk in
+memory. Reading and validating safetensors headers lives in ``safetensors_io``; this module only
+resolves the folder, checks config, index and tokenizer, and maps tensor names.
 """
 
 from __future__ import annotations
@@ -13,128 +12,21 @@ import hashlib
 import json
 import os
 import re
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-
+from .dtypes import SOURCE_DTYPES
 from .errors import CheckpointError, HubError, TokenizerError
 from .gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
+from .safetensors_io import TensorRef, read_tensors
 
-# safetensors dtype → (numpy storage dtype, bytes per element). BF16 is stored as raw uint16.
-ST_DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (np.uint16, 2)}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                 "chat_template.jinja"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
-    return (raw.astype(np.uint32) << 16).view(np.float32)
-
-
-def f32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round-to-nearest-even float32 → bfloat16 bits (uint16)."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounding = ((bits >> 16) & 1) + 0x7FFF
-    return ((bits + rounding) >> 16).astype(np.uint16)
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    name: str           # name as stored in the checkpoint
-    shape: tuple[int, ...]
-    dtype: str          # safetensors dtype: F32, F16, BF16
-    path: Path
-    offset: int         # absolute byte offset in ``path``
-    nbytes: int
-
-    @property
-    def n_rows(self) -> int:
-        return self.shape[0] if self.shape else 1
-
-    @property
-    def row_bytes(self) -> int:
-        return self.nbytes // max(self.n_rows, 1)
-
-    def _read(self, start: int, nbytes: int) -> np.ndarray:
-        storage, _ = ST_DTYPES[self.dtype]
-        buf = bytearray(nbytes)
-        view = memoryview(buf)
-        with open(self.path, "rb", buffering=0) as f:
-            got = 0
-            while got < nbytes:
-                n = os.preadv(f.fileno(), [view[got:]], self.offset + start + got)
-                if n == 0:
-                    raise CheckpointError(f"{self.path.name}: file ends inside tensor {self.name}; the download is truncated, fetch it again")
-                got += n
-        return np.frombuffer(buf, dtype=storage)
-
-    def row_chunks(self, max_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
-        """Yield float32 arrays of whole rows, each at most ~max_bytes in the source dtype."""
-        rows_per = max(1, max_bytes // max(self.row_bytes, 1))
-        cols = self.shape[1:] or ()
-        for r0 in range(0, self.n_rows, rows_per):
-            r1 = min(self.n_rows, r0 + rows_per)
-            raw = self._read(r0 * self.row_bytes, (r1 - r0) * self.row_bytes)
-            arr = bf16_to_f32(raw) if self.dtype == "BF16" else raw.astype(np.float32)
-            yield arr.reshape((r1 - r0, *cols)) if self.shape else arr
-
-    def raw_chunks(self, max_bytes: int = 64 << 20) -> Iterator[np.ndarray]:
-        """Yield the stored bytes unconverted (for same-dtype copies)."""
-        rows_per = max(1, max_bytes // max(self.row_bytes, 1))
-        for r0 in range(0, self.n_rows, rows_per):
-            r1 = min(self.n_rows, r0 + rows_per)
-            raw = self._read(r0 * self.row_bytes, (r1 - r0) * self.row_bytes)
-            yield raw.reshape((r1 - r0, *self.shape[1:])) if self.shape else raw
-
-    def load(self) -> np.ndarray:
-        """The whole tensor as float32 (small tensors only: norms, scalars, tests)."""
-        return np.concatenate(list(self.row_chunks()), axis=0) if self.shape else next(self.row_chunks())
-
-
-def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
-    """A safetensors file's JSON header (without ``__metadata__``) and the offset its data starts at.
-    Raises ValueError when the file is too short or the header is malformed, OSError when unreadable."""
-    size = Path(path).stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("too short to be safetensors")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, 100 << 20):
-            raise ValueError(f"header length {n} is impossible")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header, 8 + n
-
-
-def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
-    try:
-        header, base = safetensors_header(path)
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{path.name}: cannot read safetensors header ({e}); the file is truncated or corrupt") from None
-    size = path.stat().st_size
-    refs: dict[str, TensorRef] = {}
-    for name, info in header.items():
-        dtype = info.get("dtype")
-        if dtype not in ST_DTYPES:
-            raise CheckpointError(f"{path.name}: tensor {name} has dtype {dtype}; edgekit reads F32, F16 and BF16 checkpoints")
-        begin, end = info["data_offsets"]
-        shape = tuple(int(d) for d in info["shape"])
-        expected = int(np.prod(shape, dtype=np.int64)) * ST_DTYPES[dtype][1]
-        if end - begin != expected:
-            raise CheckpointError(f"{path.name}: tensor {name} has {end - begin} bytes for shape {shape}; the file is corrupt")
-        if base + end > size:
-            raise CheckpointError(
-                f"{path.name}: truncated ({size} bytes, tensor {name} ends at {base + end}); fetch the file again"
-            )
-        refs[name] = TensorRef(name, shape, dtype, path, base + begin, end - begin)
-    return refs
 
 
 @dataclass
@@ -153,6 +45,10 @@ class Checkpoint:
 
     def files(self) -> list[Path]:
         return sorted(p for p in self.path.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def source_dtypes(self) -> set[str]:
+        """The dtypes of the checkpoint's matrices (norms and scalars aside)."""
+        return {r.dtype for r in self.tensors.values() if len(r.shape) > 1}
 
     def fingerprint(self, stop: threading.Event | None = None) -> dict[str, Any]:
         """sha256 of every file in the checkpoint (what a hub lists as each file's LFS oid), and of the lot.
@@ -228,7 +124,7 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     tensors: dict[str, TensorRef] = {}
     dropped: list[str] = []
     for shard in shards:
-        for name, ref in read_safetensors_header(shard).items():
+        for name, ref in read_tensors(shard, CheckpointError, SOURCE_DTYPES).items():
             if name.startswith(DROPPED_PREFIXES):
                 dropped.append(name)
                 continue

@@ -195,7 +195,7 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
-    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS)."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""

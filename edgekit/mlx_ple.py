@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import safetensors_header
+from .dtypes import DTYPES
 from .errors import ArtifactError, EngineMissingError
+from .safetensors_io import read_tensors
 
 PLE_FILE = "model-ple.safetensors"
 PLE_MODULE = "language_model.model.embed_tokens_per_layer"   # mlx-lm's path for the table
-_NP = {"U32": np.uint32, "BF16": np.uint16, "F16": np.float16, "F32": np.float32}
 
 
 def require_mlx() -> Any:
@@ -84,7 +84,7 @@ class PleTable:
 
     def _row_bytes(self, part: str) -> int:
         _, (_, cols), dt = self.parts[part]
-        return cols * np.dtype(_NP[dt]).itemsize
+        return cols * DTYPES[dt].size
 
     @property
     def row_bytes(self) -> int:
@@ -105,35 +105,24 @@ class PleTable:
             if len(data) != rb:
                 raise ArtifactError(f"{self.path}: ends inside PLE row {r}; rebuild the artifact with `edgekit build`")
             out[i] = np.frombuffer(data, dtype=np.uint8)
-        return out.view(_NP[dt])[inverse.reshape(-1)]
+        return out.view(DTYPES[dt].storage)[inverse.reshape(-1)]
 
     def close(self) -> None:
         os.close(self._fd)
 
 
-def _read_header(path: Path) -> tuple[dict[str, Any], int]:
-    try:
-        return safetensors_header(path)
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable PLE table ({e}); rebuild the artifact with `edgekit build`") from None
-
-
 def open_ple(folder: Path, quant: dict[str, Any] | None) -> PleTable:
     """Open ``folder/model-ple.safetensors``; ``quant`` is the config's entry for the table (or None)."""
     path = Path(folder) / PLE_FILE
-    header, base = _read_header(path)
-    size = path.stat().st_size
+    refs = read_tensors(path, ArtifactError, fix="rebuild the artifact with `edgekit build`")
     parts: dict[str, tuple[int, tuple[int, int], str]] = {}
     for part in ("weight", "scales", "biases"):
-        info = header.get(f"{PLE_MODULE}.{part}")
-        if info is None:
+        ref = refs.get(f"{PLE_MODULE}.{part}")
+        if ref is None:
             continue
-        begin, end = info["data_offsets"]
-        shape = tuple(int(d) for d in info["shape"])
-        if (info["dtype"] not in _NP or len(shape) != 2 or base + end > size
-                or end - begin != shape[0] * shape[1] * np.dtype(_NP[info["dtype"]]).itemsize):
+        if len(ref.shape) != 2:
             raise ArtifactError(f"{path}: PLE tensor {part} is corrupt; rebuild the artifact with `edgekit build`")
-        parts[part] = (base + begin, shape, info["dtype"])
+        parts[part] = (ref.offset, (ref.shape[0], ref.shape[1]), ref.dtype)
     if "weight" not in parts:
         raise ArtifactError(f"{path}: no {PLE_MODULE}.weight; rebuild the artifact with `edgekit build`")
     q = quant if isinstance(quant, dict) else None

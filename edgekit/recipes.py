@@ -1,4 +1,9 @@
-"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name."""
+"""Quantization recipes (quant/*.toml) as typed dataclasses, one registry keyed by recipe name.
+
+Common keys: name, format, quant, description. Every other key must be one the recipe's format
+reads (``Format.recipe_keys``: gguf ftype/overrides, mlx bits/group_size/overrides/dtype); any
+other is an error naming the keys it knows, so a typo never builds silently with a default.
+"""
 
 from __future__ import annotations
 
@@ -24,17 +29,16 @@ class Recipe:
     # mlx: bits and group size
     bits: int | None = None
     group_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    # mlx: float type of what stays unquantized (bf16, f16, f32); default: the source's
+    dtype: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size"):
+        for k in ("ftype", "bits", "group_size", "dtype"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
-        if self.extra:
-            d["extra"] = dict(self.extra)
         return d
 
 
@@ -43,7 +47,15 @@ def load_recipe(path: Path) -> Recipe:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: unreadable recipe ({e}); fix the TOML") from None
-    known = {"name", "format", "quant", "description", "ftype", "overrides", "bits", "group_size"}
+    from .formats import FORMATS
+
+    fmt = raw.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{path}: format {fmt!r}; a recipe's format is one of: {', '.join(FORMATS)}")
+    known = COMMON_KEYS | FORMATS.get(fmt).recipe_keys
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}")
     try:
         r = Recipe(
             name=raw.get("name", path.stem),
@@ -54,13 +66,14 @@ def load_recipe(path: Path) -> Recipe:
             overrides={str(k): str(v) for k, v in raw.get("overrides", {}).items()},
             bits=raw.get("bits"),
             group_size=raw.get("group_size"),
-            extra={k: v for k, v in raw.items() if k not in known},
+            dtype=raw.get("dtype"),
         )
     except KeyError as e:
         raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
-    if r.format == "gguf" and not r.ftype:
-        raise ConfigError(f"{path}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
     return r
+
+
+COMMON_KEYS = frozenset({"name", "format", "quant", "description"})
 
 
 def _load_all() -> dict[str, Recipe]:

@@ -10,10 +10,7 @@ import csv
 import io
 import json
 import os
-import platform
-import socket
 import sqlite3
-import subprocess
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -95,33 +92,6 @@ def _kind(name: str, cls: type = Record) -> type:
     return typing.get_origin(t) or t
 
 
-# ---------------------------------------------------------------- provenance
-
-def cpu_model() -> str:
-    if platform.system() == "Darwin":
-        try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or platform.machine()
-        except (OSError, subprocess.SubprocessError):
-            return platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            # x86 says "model name"; ARM kernels often only "Model" (the board) or nothing useful.
-            if line.split(":")[0].strip() in ("model name", "Model"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_info() -> dict[str, Any]:
-    import psutil
-
-    return {"cpu": cpu_model(), "cores_physical": psutil.cpu_count(logical=False),
-            "cores_logical": psutil.cpu_count(logical=True), "ram_bytes": psutil.virtual_memory().total,
-            "os": platform.platform(), "machine": platform.machine(), "hostname": socket.gethostname()}
-
-
 # ---------------------------------------------------------------- printers and parsers
 
 def to_jsonl(records: Iterable[Record]) -> str:
@@ -181,6 +151,7 @@ _MD: list[tuple[str, Callable[[Record], Any], int, bool]] = [
     ("quant", lambda r: r.quant, -1, False),
     ("engine", lambda r: r.engine, -1, False),
     ("device", lambda r: r.device, -1, False),
+    ("target", lambda r: r.target or None, -1, True),
     ("threads", lambda r: r.threads, 0, False),
     ("ctx", lambda r: r.ctx, 0, False),
     ("size MB", lambda r: _mb(r.file_bytes), 1, False),

@@ -1,18 +1,17 @@
 """Decode roofline: weight bytes read per generated token, and the host's memory read bandwidth.
 
 Decoding one token reads every weight matrix once, except gathered tables, of which only the
-token's rows are read: ``per_layer_token_embd`` (PLE) always, and ``token_embd`` unless it is also
-the output head (tied embeddings, no ``output.weight``), in which case the head's matmul reads it
-whole. KV cache reads are left out: they grow with context and are small next to the weights at the
-lengths the bench runs. tg t/s ≤ bandwidth ÷ bytes per token, so achieved GB/s = bytes × tg t/s.
+token's rows are read: the PLE table always, and the token embedding unless it is also the output
+head (tied embeddings), in which case the head's matmul reads it whole. Each format counts its own
+artifact's bytes (``Format.token_bytes``: tensor names differ). KV cache reads are left out: they
+grow with context and are small next to the weights at the lengths the bench runs.
+tg t/s ≤ bandwidth ÷ bytes per token, so achieved GB/s = bytes × tg t/s.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,13 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .checkpoint import safetensors_header
-from .errors import ArtifactError
-
-
-GATHERED_GGUF = ("per_layer_token_embd.weight", "token_embd.weight")
-# MLX (mlx-lm) names: the tables end in these, with .weight/.scales/.biases parts when quantized.
-GATHERED_MLX = ("embed_tokens_per_layer", "embed_tokens")
+from .host import host_key, usable_cores
 
 
 @dataclass
@@ -39,48 +32,11 @@ class TokenBytes:
     sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
 
 
-def gguf_token_bytes(path: Path) -> TokenBytes:
-    from .formats.gguf_header import read_gguf_header
-
-    tensors = read_gguf_header(path).tensors   # ArtifactError for a corrupt or truncated file
-    tied = "output.weight" not in tensors
-    whole, gathered = 0, {}
-    for name, t in tensors.items():
-        if name in GATHERED_GGUF and not (tied and name == "token_embd.weight"):
-            rows = int(t.shape[-1])  # ggml order: ne[1] counts the rows (vocabulary entries)
-            gathered[name] = int(t.n_bytes) // max(rows, 1)
-        else:
-            whole += int(t.n_bytes)
-    sizes = {name: int(t.n_bytes) for name, t in tensors.items()}
-    return TokenBytes(total=whole + sum(gathered.values()), whole=whole, gathered=gathered,
-                      file_tensor_bytes=sum(sizes.values()), sizes=sizes)
-
-
-def mlx_token_bytes(folder: Path) -> TokenBytes:
-    try:
-        entries = {k: v for p in sorted(Path(folder).glob("*.safetensors")) for k, v in safetensors_header(p)[0].items()}
-        cfg = json.loads((Path(folder) / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{Path(folder).name}: not a readable MLX artifact ({e}); rebuild it with `edgekit build`") from None
-    tied = cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get("tie_word_embeddings", True))
-    tied = tied and not any(".lm_head." in k or k.startswith("lm_head.") for k in entries)
-    whole, gathered, total_file = 0, {}, 0
-    for name, info in entries.items():
-        b0, b1 = info["data_offsets"]
-        nbytes = b1 - b0
-        total_file += nbytes
-        module = name.rsplit(".", 1)[0]
-        table = next((g for g in GATHERED_MLX if module.endswith(g)), None)
-        if table and not (tied and table == "embed_tokens"):
-            rows = int(info["shape"][0])
-            gathered[module] = gathered.get(module, 0) + nbytes // max(rows, 1)
-        else:
-            whole += nbytes
-    return TokenBytes(total=whole + sum(gathered.values()), whole=whole, gathered=gathered, file_tensor_bytes=total_file)
-
-
 def token_bytes(path: Path, fmt: str) -> TokenBytes:
-    return gguf_token_bytes(path) if fmt == "gguf" else mlx_token_bytes(path)
+    """Bytes one decoded token reads from the artifact at ``path`` of format ``fmt``."""
+    from .formats import format_of
+
+    return format_of(fmt).token_bytes(Path(path))
 
 
 # ---------------------------------------------------------------- bandwidth probe
@@ -90,22 +46,8 @@ def _cache_file() -> Path:
     return base / "edgekit" / "bandwidth.json"
 
 
-def _host_key() -> str:
-    from .results import cpu_model
-
-    return f"{socket.gethostname()}|{platform.machine()}|{cpu_model()}"
-
-
 # Cached figures from an older probe are measured again (2: every core, max kernel, pool outside the clock).
 PROBE_VERSION = 2
-
-
-def host_cores() -> int:
-    """Cores this process may run on (its affinity mask, which a container or taskset narrows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no affinity masks
-        return os.cpu_count() or 1
 
 
 def measure_bandwidth(mib: int = 512, threads: Optional[int] = None, trials: int = 5) -> dict[str, float]:
@@ -114,7 +56,7 @@ def measure_bandwidth(mib: int = 512, threads: Optional[int] = None, trials: int
     ``threads`` (default: every core, as llama.cpp decodes with several threads; numpy drops the GIL
     in these loops), best of ``trials``. read_gbs counts bytes read; copy_gbs counts read + written,
     as STREAM's Copy does."""
-    threads = threads or host_cores()
+    threads = threads or usable_cores()
     n = (mib << 20) // 8
     src = np.ones(n, dtype=np.float64)
     dst = np.empty_like(src)
@@ -143,7 +85,7 @@ def measure_bandwidth(mib: int = 512, threads: Optional[int] = None, trials: int
 def host_bandwidth(refresh: bool = False, cache: Optional[Path] = None) -> dict[str, float]:
     """This host's bandwidth, measured once and cached per host (~/.cache/edgekit/bandwidth.json)."""
     path = cache or _cache_file()
-    key = _host_key()
+    key = host_key()
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):

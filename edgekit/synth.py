@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .checkpoint import f32_to_bf16
+from .dtypes import from_f32
 from .errors import OutputError
 from .fsutil import atomic_dir
 from .gemma4 import TEXT_PREFIX, Gemma4TextConfig
@@ -138,7 +138,7 @@ def _chunks(spec: TensorSpec, cfg: Gemma4TextConfig, seed: int, index: int) -> I
         x = rng.standard_normal((n, cols), dtype=np.float32)
         x *= std
         x += mean
-        yield f32_to_bf16(x) if spec.dtype == "BF16" else x.astype(np.float32 if spec.dtype == "F32" else np.float16)
+        yield from_f32(x, spec.dtype)
 
 
 def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", softcap: bool = True,

@@ -148,8 +148,10 @@ def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tiny_ckpt,
                "-o", "jsonl", "--db", db, "--set", "kv_type=q8_0", "--set", "n_ubatch=64")
     assert res.exit_code == 3
     (rec,) = parse_jsonl(res.stdout)
-    # --set knobs override the target's and reach the engine
-    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64}
+    # --set knobs override the target's and reach the engine; the record holds what llama.cpp applied:
+    # the batch edgekit passes by default (2048) capped at the context, read back from the context
+    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64,
+                           "n_batch": 256, "swa_full": False}
     assert abs(rec.kv_cache_bytes - expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 256, rec.runtime)) <= LOG_MIB
     over = (rec.peak_rss_bytes - 1_000_000) / MB
     assert res.stderr == (f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
@@ -200,6 +202,8 @@ def test_mlx_artifact_measures_with_mlx_peak(tiny_ckpt, tmp_path, fixed_bandwidt
     folder = build(str(tiny_ckpt), target="m4", quants=["mlx-4bit"], out=tmp_path)
     (r,) = bench(folder, BenchOptions(n_prompt=8, n_gen=3, reps=2, ctx=64))
     assert r.engine == "mlx" and r.threads is None and r.quant == "4bit-g64"
+    # m4's ple = "disk" and the runner's defaults, as applied ("disk": the table stayed in its file)
+    assert r.runtime == {"ple": "disk", "n_batch": 2048, "kv_fill": 0}
     assert min(r.samples["pp_tps"] + r.samples["tg_tps"]) > 0 and r.tg_tps_sd >= 0
     for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
         assert ttft >= 1000 * r.n_prompt / pp

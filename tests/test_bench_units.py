@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from edgekit import roofline
+from edgekit import host
 from edgekit.bench import parse_knobs
+from edgekit.runners.llamacpp import KNOBS as LLAMACPP_KNOBS
 from edgekit.errors import ConfigError
 from edgekit.runners.base import mean_sd, one_rep, run_reps
 
@@ -85,7 +87,7 @@ def _tensors(vocab=96, d=64, ple=2 * 32):
 def test_roofline_counts_tied_embedding_whole_and_ple_by_row(tmp_path):
     t = _tensors()
     sizes = _write_gguf(tmp_path / "tied.gguf", t, q8=("blk.0.ffn_up.weight",))
-    tb = roofline.gguf_token_bytes(tmp_path / "tied.gguf")
+    tb = roofline.token_bytes(tmp_path / "tied.gguf", "gguf")
     ple_row = 64 * 2                          # one f16 row of 64 values
     assert sizes["blk.0.ffn_up.weight"] == 128 * 64 // 32 * 34   # Q8_0: 34 bytes per 32 values
     whole = sum(sizes.values()) - sizes["per_layer_token_embd.weight"]
@@ -99,7 +101,7 @@ def test_roofline_gathers_token_embd_when_the_head_is_separate(tmp_path):
     t = _tensors()
     t["output.weight"] = np.random.default_rng(1).standard_normal((96, 64), dtype=np.float32)
     sizes = _write_gguf(tmp_path / "untied.gguf", t)
-    tb = roofline.gguf_token_bytes(tmp_path / "untied.gguf")
+    tb = roofline.token_bytes(tmp_path / "untied.gguf", "gguf")
     assert tb.gathered == {"per_layer_token_embd.weight": 64 * 2, "token_embd.weight": 64 * 4}
     assert tb.total == sum(sizes.values()) - sizes["per_layer_token_embd.weight"] - sizes["token_embd.weight"] + 128 + 256
 
@@ -124,7 +126,7 @@ def test_bandwidth_probe_moves_the_bytes_it_claims():
     assert bw["mib"] == 64 and bw["threads"] == 2
     assert 0.1 < bw["read_gbs"] < 1000 and 0.1 < bw["copy_gbs"] < 1000
     # llama.cpp decodes with several threads: by default the probe reads with every core it may use.
-    assert roofline.measure_bandwidth(mib=8, trials=1)["threads"] == roofline.host_cores()
+    assert roofline.measure_bandwidth(mib=8, trials=1)["threads"] == host.usable_cores()
 
 
 def _fake_probe(monkeypatch, read_gbs):
@@ -141,10 +143,10 @@ def _fake_probe(monkeypatch, read_gbs):
 def test_figures_from_an_older_probe_are_measured_again(tmp_path, monkeypatch):
     """A figure cached by the earlier probe (no probe version) must not stand as the roofline's reference."""
     cache = tmp_path / "bw.json"
-    cache.write_text(json.dumps({roofline._host_key(): {"read_gbs": 22.5, "copy_gbs": 20.7, "mib": 512, "threads": 2}}))
+    cache.write_text(json.dumps({host.host_key(): {"read_gbs": 22.5, "copy_gbs": 20.7, "mib": 512, "threads": 2}}))
     calls = _fake_probe(monkeypatch, 30.0)
     assert roofline.host_bandwidth(cache=cache)["read_gbs"] == 30.0 and len(calls) == 1
-    assert json.loads(cache.read_text())[roofline._host_key()]["probe"] == roofline.PROBE_VERSION
+    assert json.loads(cache.read_text())[host.host_key()]["probe"] == roofline.PROBE_VERSION
 
 
 def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
@@ -234,8 +236,10 @@ def test_mean_sd_is_the_sample_standard_deviation():
     assert mean_sd([3.0]) == (3.0, 0.0)
 
 
-def test_set_knobs_read_as_toml_scalars():
-    assert parse_knobs(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "bw = 6.5"]) == {
-        "repack": False, "n_ubatch": 128, "kv_type": "q8_0", "lazy": "on", "bw": 6.5}
+def test_set_knobs_are_typed_by_the_engine_schema():
+    raw = parse_knobs(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "use_mmap = True"])
+    assert raw == {"repack": "false", "n_ubatch": "128", "kv_type": "q8_0", "lazy": "on", "use_mmap": "True"}
+    assert LLAMACPP_KNOBS.validate(raw, "--set") == {
+        "repack": False, "n_ubatch": 128, "kv_type": "q8_0", "lazy": "on", "use_mmap": True}
     with pytest.raises(ConfigError, match=r"--set 'repack': expected KEY=VALUE"):
         parse_knobs(["repack"])

@@ -142,7 +142,7 @@ def test_full_disk(tiny_ckpt, tmp_path):
 
 
 def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit.formats import gguf as gguf_format
+    from edgekit.formats.gguf import convert as gguf_format
 
     out = tmp_path / "out"
     assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(out)).exit_code == 0
@@ -200,9 +200,9 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
     recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={
         "^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"})
     monkeypatch.setitem(RECIPES._items, "q4_0-x", recipe)
-    with caplog.at_level(logging.WARNING, logger="edgekit.quantize"):
+    with caplog.at_level(logging.WARNING, logger="edgekit.formats.gguf.quantize"):
         folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
-    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.quantize"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.formats.gguf.quantize"] == [
         "recipe q4_0-x: override ^per_layer_model_proj\\.weight$ = q8_0 had no effect on per_layer_model_proj.weight "
         "(llama.cpp keeps its own type for some tensors, e.g. per_layer_model_proj, and falls back where a row "
         "does not fit the type)",
@@ -210,3 +210,22 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
         "tensor names (`gguf-dump`)"]
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(next(folder.glob("*.gguf"))).tensors}
     assert {types[n] for n in types if "ffn_up" in n} == {"Q8_0"} and types["blk.0.ffn_gate.weight"] == "Q4_0"
+
+
+def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
+    from edgekit.errors import ConfigError
+    from edgekit.recipes import load_recipe
+
+    p = tmp_path / "mlx-3bit.toml"
+    p.write_text('format = "mlx"\nquant = "3bit-g64"\nbits = 3\ngroup_sise = 64\n')
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    assert str(e.value) == (f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
+                            "dtype, format, group_size, name, overrides, quant")
+    p.write_text('format = "gguf"\nquant = "Q4_0"\nftype = "MOSTLY_Q4_0"\nbits = 4\n')
+    with pytest.raises(ConfigError, match="unknown key 'bits' for a gguf recipe"):
+        load_recipe(p)
+    p.write_text('format = "onnx"\nquant = "x"\n')
+    with pytest.raises(ConfigError) as e:
+        load_recipe(p)
+    assert str(e.value) == f"{p}: format 'onnx'; a recipe's format is one of: gguf, mlx"

@@ -152,7 +152,7 @@ def test_metadata_matches_config(built, tiny_ckpt):
 def test_header_reader_agrees_with_gguf_reader(built):
     """edgekit's header walk (the bench and the override check use it: gguf's reader took 29 s on an E2B
     header) gives gguf's own tensor table and file type for every artifact type."""
-    from edgekit.formats.gguf_header import read_gguf_header
+    from edgekit.formats.gguf.header import read_gguf_header
 
     files = sorted(built.glob("*.gguf"))
     assert len(files) == 6

@@ -261,8 +261,8 @@ def test_kv_fill_grows_caches_as_a_prefill_does(built, tokens):
 
     path, n = built / "tiny-gemma4-mlx-4bit-g64", 70   # past the sliding window (32) and 4 chunks of 16
     real, filled = MlxRunner(), MlxRunner()
-    real.load(path, RunOptions(threads=1, ctx=128, n_batch=16))
-    filled.load(path, RunOptions(threads=1, ctx=128, n_batch=16, runtime={"kv_fill": n - 1}))
+    real.load(path, RunOptions(threads=1, ctx=128, knobs={"n_batch": 16}))
+    filled.load(path, RunOptions(threads=1, ctx=128, knobs={"n_batch": 16, "kv_fill": n - 1}))
     real.reset()
     real.prefill(tokens[:n])            # n-1 tokens in chunks of 16, then the last one alone
     filled.reset()

@@ -41,7 +41,7 @@ def test_config_as_transformers_saves_it_loads_in_stock_mlx_lm(tiny_ckpt, tmp_pa
     from mlx.utils import tree_map
 
     from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.mlx import convert
+    from edgekit.formats.mlx.convert import convert
     from edgekit.recipes import RECIPES
     from reference import hf_logits, hf_model
 
@@ -75,7 +75,7 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
     import mlx_lm
 
     from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.mlx import convert
+    from edgekit.formats.mlx.convert import convert
     from edgekit.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("mlx-4bit"),
@@ -98,7 +98,7 @@ def test_bad_override_is_one_line(tiny_ckpt, tmp_path):
     pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
     from edgekit.checkpoint import load_checkpoint
     from edgekit.errors import ConfigError
-    from edgekit.formats.mlx import convert
+    from edgekit.formats.mlx.convert import convert
     from edgekit.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("mlx-4bit"), overrides={"embed_tokens$": "q4_k"})
@@ -120,7 +120,7 @@ def test_not_gemma4_for_mlx(tiny_ckpt, tmp_path):
 
 def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
     pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
-    from edgekit.formats import mlx as fmt
+    from edgekit.formats.mlx import convert as fmt
 
     def full_disk(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -13,7 +13,7 @@ import gguf
 import pytest
 
 from edgekit.errors import OutputError, TokenizerError
-from edgekit.formats.gguf_vocab import add_vocab
+from edgekit.formats.gguf.vocab import add_vocab
 from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
 TINY = 1024

@@ -1,43 +1,32 @@
-"""Output formats, one module each, registered by the recipe ``format`` string they build.
-
-A format builder turns a checkpoint into artifacts for one recipe:
-    builder(ckpt, recipe, target, out_dir, cache) -> Artifact
-It writes only under ``out_dir`` through ``edgekit.fsutil`` (temp name + rename) and may reuse
-intermediates across recipes of one build through ``cache`` (a dict owned by the build).
-Each format also has ``check(recipe)``, which raises what its builder would raise up front (engine
-missing, recipe it cannot follow) and writes nothing: a build runs every check before it touches
-the output folder.
-"""
+"""Output formats, one object each (edgekit/formats/<name>/), in one registry keyed by the name
+recipes, manifests and the CLI show. See ``base.Format`` for what a format provides and how to add one."""
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, Protocol
+from pathlib import Path
+from typing import Optional
 
+from ..errors import ArtifactError
 from ..registry import Registry
+from .base import BuildContext, Format
+from .gguf import GGUF
+from .mlx import MLX
+
+FORMATS: Registry[Format] = Registry("format")
+FORMATS.register(GGUF.name, GGUF)
+FORMATS.register(MLX.name, MLX)
 
 
-class FormatBuilder(Protocol):
-    def __call__(self, ckpt: Any, recipe: Any, target: Any, out_dir: Any, cache: dict[str, Any]) -> Any: ...
+def detect(path: Path) -> Optional[Format]:
+    """The format whose artifact ``path`` is, or None."""
+    return next((FORMATS.get(n) for n in FORMATS if FORMATS.get(n).detect(Path(path))), None)
 
 
-FORMATS: Registry[Callable[..., Any]] = Registry("format")
-CHECKS: Registry[Callable[[Any], None]] = Registry("format")
+def format_of(name: str) -> Format:
+    """The format an artifact names (ArtifactError, not ConfigError: the manifest is the input)."""
+    if name not in FORMATS:
+        raise ArtifactError(f"no runner for artifact format {name!r}; edgekit benches {', '.join(FORMATS)}")
+    return FORMATS.get(name)
 
 
-@functools.cache
-def _modules() -> dict[str, Any]:
-    # Imported lazily so `edgekit build --quant q4_0` never imports mlx, and vice versa.
-    out: dict[str, Any] = {}
-    from . import gguf
-    out["gguf"] = gguf
-    try:
-        from . import mlx
-        out["mlx"] = mlx
-    except ImportError:
-        pass
-    return out
-
-
-FORMATS.lazy(lambda: {name: m.build_artifact for name, m in _modules().items()})
-CHECKS.lazy(lambda: {name: m.check for name, m in _modules().items()})
+__all__ = ["FORMATS", "BuildContext", "Format", "detect", "format_of"]

@@ -1,17 +1,30 @@
-"""Engine runners, one registry keyed by engine name; an artifact's format picks its engine.
+"""Engines, one object each, in one registry keyed by the engine name the CLI and records show.
 
-Runners import their engine only when constructed, so benching a GGUF never imports mlx.
+An ``Engine`` knows its knob schema, the version key the manifest records for it, and how to make
+its runner; runners import their engine library only when made, so benching a GGUF never imports
+mlx. A format names the engine that runs its artifacts (``Format.engine``).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-from ..errors import ArtifactError
+from ..knobs import Schema
 from ..registry import Registry
 from .base import Measurement, Runner, RunOptions
+from .llamacpp import KNOBS as LLAMACPP_KNOBS, N_CTX_MAX
+from .mlx import KNOBS as MLX_KNOBS
 
-FORMAT_ENGINE = {"gguf": "llama.cpp", "mlx": "mlx"}
+
+@dataclass(frozen=True)
+class Engine:
+    name: str
+    knobs: Schema
+    version_key: str                 # the key of edgekit.manifest.versions() naming its library
+    make: Callable[[], Runner]
+    block: tuple[str, ...] = ()      # modules its bench child treats as absent
+    max_ctx: Optional[int] = None    # the longest context the engine can represent
 
 
 def _llamacpp() -> Runner:
@@ -26,16 +39,13 @@ def _mlx() -> Runner:
     return MlxRunner()
 
 
-RUNNERS: Registry[Callable[[], Runner]] = Registry("engine")
-RUNNERS.register("llama.cpp", _llamacpp)
-RUNNERS.register("mlx", _mlx)
+ENGINES: Registry[Engine] = Registry("engine")
+ENGINES.register("llama.cpp", Engine("llama.cpp", LLAMACPP_KNOBS, "llama-cpp-python", _llamacpp,
+                                          max_ctx=N_CTX_MAX))
+# mlx-lm imports transformers, which imports torch whenever it is installed (a dev venv): ≈180 MB
+# resident that a device running edgekit[mlx] does not have, for nothing the runner uses (it feeds
+# token ids); E2B 4-bit at kv_fill 2044 measured 1,625 MB with it. transformers treats a blocked
+# torch as absent.
+ENGINES.register("mlx", Engine("mlx", MLX_KNOBS, "mlx", _mlx, block=("torch",)))
 
-
-def engine_for(fmt: str) -> str:
-    try:
-        return FORMAT_ENGINE[fmt]
-    except KeyError:
-        raise ArtifactError(f"no runner for artifact format {fmt!r}; edgekit benches {', '.join(FORMAT_ENGINE)}") from None
-
-
-__all__ = ["FORMAT_ENGINE", "RUNNERS", "Measurement", "RunOptions", "Runner", "engine_for"]
+__all__ = ["ENGINES", "Engine", "Measurement", "RunOptions", "Runner"]

@@ -1,8 +1,15 @@
 """What every engine runner provides, and the timing loop shared by all of them.
 
 A runner only says how to load an artifact, prefill a prompt, decode one token and read the greedy
-next token. Timing, warm-up, repetitions and memory sampling live here and in ``child.py``, so the
+next token. Timing, warm-up, repetitions and memory sampling live here and in ``measure.py``, so the
 figures of different engines mean the same thing.
+
+How to add an engine method (e.g. logits of every position, sampling): add it to ``Runner`` below
+with a docstring saying what it returns, implement it in each runners/<engine>.py (an engine that
+cannot raise EngineMissingError-like ConfigError with the fix), and call it from a child function
+of your own (a spec/result pair run through ``edgekit.child.run_child``, as measure.py does). How to
+add an engine: a runner module with ``KNOBS`` (edgekit.knobs.Schema) and a class, one ``Engine`` in
+runners/__init__.py, and the formats it runs name it in their ``engine``.
 
 The tests follow llama-bench: ``pp<p>`` prefills ``p`` fixed random token ids into an empty cache
 (the first one BOS when the model adds one), ``tg<n>`` decodes ``n`` tokens one at a time from an
@@ -26,9 +33,7 @@ import numpy as np
 class RunOptions:
     threads: int
     ctx: int
-    n_batch: int = 2048
-    n_ubatch: int = 512
-    runtime: dict[str, Any] = field(default_factory=dict)  # target profile knobs (use_mmap, kv_type, ...)
+    knobs: dict[str, Any] = field(default_factory=dict)  # typed by the engine's KNOBS schema, defaults filled
     verbose: bool = False
 
 
@@ -54,6 +59,10 @@ class Runner(Protocol):
 
     def figures(self) -> dict[str, Any]:
         """Engine-reported memory: kv_cache_bytes, compute_buffer_bytes, model_buffers, mlx_peak_bytes."""
+
+    def applied(self) -> dict[str, Any]:
+        """What the engine runs with, read back from it where it can say: ``ctx``, ``threads`` (None
+        where the engine has no such setting) and ``knobs`` (name → value as applied)."""
 
     def close(self) -> None: ...
 

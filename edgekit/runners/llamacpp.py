@@ -6,16 +6,9 @@ engine knows (KV cache, compute buffers, model buffers per buffer type: CPU_Mapp
 file, CPU_REPACK a repacked anonymous copy; and which tables are read lazily) are only printed to
 llama.cpp's log, and the C API has no call that returns them, so the log callback parses those lines.
 
-Target profile knobs ([runtime] in targets/*.toml), all optional (llama.cpp's default otherwise):
-  use_mmap (bool)    map the file (weights then count as file-backed, reclaimable pages)
-  mlock (bool)       lock the weights in RAM
-  lazy ("off"|"auto"|"on")  read rows of tables the architecture marks (Gemma 4's PLE) on demand
-  repack (bool)      let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy)
-  kv_type (str)      KV cache type for K and V: f32, f16, bf16, q8_0, q4_0, ...
-  flash_attn ("auto"|"on"|"off")
-  n_batch, n_ubatch (int)  logical / physical batch sizes for prefill
-  swa_full (bool)    full-context cache for sliding-window layers (default false, as llama-bench)
-  n_gpu_layers (int) layers to offload where the build has a GPU backend (Metal)
+Knobs: ``KNOBS`` below (a target's [runtime], or ``--set``), checked in the parent before any
+child starts; each line says what it does. What the record keeps is ``applied()``: the knobs as
+passed, with n_ctx, n_batch, n_ubatch and threads read back from the context.
 """
 
 from __future__ import annotations
@@ -28,7 +21,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import BenchError, ConfigError, EngineMissingError
+from ..errors import BenchError, EngineMissingError
+from ..knobs import Knob, Schema
 from .base import RunOptions
 
 _LAZY = re.compile(r"tensor (\S+) \(size = \d+ MiB\) lazy read enabled")
@@ -38,6 +32,22 @@ KV_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": 
             "q5_0": "Q5_0", "q5_1": "Q5_1", "iq4_nl": "IQ4_NL"}
 FLASH = {"auto": -1, "off": 0, "on": 1}
 LAZY = {"off": 0, "auto": 1, "on": 2}
+N_CTX_MAX = 2**32 - 1   # llama_context_params.n_ctx is a uint32
+
+KNOBS = Schema("llama.cpp", [
+    Knob("use_mmap", bool, "map the file (weights then count as file-backed, reclaimable pages)"),
+    Knob("mlock", bool, "lock the weights in RAM"),
+    Knob("lazy", str, "read rows of tables the architecture marks (Gemma 4's PLE) on demand", choices=tuple(LAZY)),
+    Knob("repack", bool, "let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy)"),
+    Knob("kv_type", str, "KV cache type for K and V", choices=tuple(KV_TYPES)),
+    Knob("flash_attn", str, "flash attention", choices=tuple(FLASH)),
+    Knob("n_batch", int, "logical batch for prefill (capped at the context)", default=2048, min=1, max=N_CTX_MAX),
+    Knob("n_ubatch", int, "physical batch for prefill (capped at n_batch)", default=512, min=1, max=N_CTX_MAX),
+    # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
+    # own tools size it to the window (swa_full = false), which is what a deployment runs.
+    Knob("swa_full", bool, "full-context cache for sliding-window layers", default=False),
+    Knob("n_gpu_layers", int, "layers to offload where the build has a GPU backend (Metal); -1 all", min=-1),
+])
 
 
 def _import():
@@ -106,7 +116,8 @@ class LlamaCppRunner:
         self._tok = (ctypes.c_int32 * 1)()
 
     def load(self, path: Path, opts: RunOptions) -> None:
-        L, rt = self.L, opts.runtime
+        L, rt = self.L, opts.knobs
+        self.knobs = dict(rt)
         self.log = _Log(L, opts.verbose)
         L.llama_backend_init()
         mp = L.llama_model_default_params()
@@ -115,7 +126,7 @@ class LlamaCppRunner:
             mp.load_mode = {(True, False): L.LLAMA_LOAD_MODE_MMAP, (False, False): L.LLAMA_LOAD_MODE_NONE,
                             (True, True): L.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): L.LLAMA_LOAD_MODE_MLOCK}[mmap, mlock]
         if "lazy" in rt:
-            mp.lazy_mode = _choice("lazy", rt["lazy"], LAZY)
+            mp.lazy_mode = LAZY[rt["lazy"]]
         if "repack" in rt:
             mp.use_extra_bufts = bool(rt["repack"])
         if "n_gpu_layers" in rt:
@@ -126,22 +137,24 @@ class LlamaCppRunner:
                              "rebuild it with `edgekit build`")
         cp = L.llama_context_default_params()
         cp.n_ctx = opts.ctx
-        cp.n_batch = min(int(rt.get("n_batch", opts.n_batch)), opts.ctx)
-        cp.n_ubatch = min(int(rt.get("n_ubatch", opts.n_ubatch)), cp.n_batch)
+        cp.n_batch = min(rt.get("n_batch", 2048), opts.ctx)
+        cp.n_ubatch = min(rt.get("n_ubatch", 512), cp.n_batch)
         cp.n_threads = cp.n_threads_batch = opts.threads
         cp.no_perf = True
-        # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
-        # own tools size it to the window (swa_full = false), which is what a deployment runs.
         cp.swa_full = bool(rt.get("swa_full", False))
         if "kv_type" in rt:
-            cp.type_k = cp.type_v = getattr(L, "GGML_TYPE_" + _choice("kv_type", rt["kv_type"], KV_TYPES))
+            cp.type_k = cp.type_v = getattr(L, "GGML_TYPE_" + KV_TYPES[rt["kv_type"]])
         if "flash_attn" in rt:
-            cp.flash_attn_type = _choice("flash_attn", str(rt["flash_attn"]).lower(), FLASH)
-        self.n_batch = cp.n_batch
+            cp.flash_attn_type = FLASH[rt["flash_attn"]]
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise BenchError(f"{path.name}: llama.cpp could not create a context of {opts.ctx} tokens "
                              f"({self.log.last_error()}); try a smaller --ctx")
+        # What the context really has (llama.cpp may round or cap what it was asked for).
+        self.n_batch = int(L.llama_n_batch(self.ctx))
+        self.knobs.update(n_batch=self.n_batch, n_ubatch=int(L.llama_n_ubatch(self.ctx)))
+        self._applied_ctx = int(L.llama_n_ctx(self.ctx))
+        self._threads = int(L.llama_n_threads(self.ctx))
         vocab = L.llama_model_get_vocab(self.model)
         self._n_vocab = L.llama_vocab_n_tokens(vocab)
         self._bos = L.llama_vocab_bos(vocab) if L.llama_vocab_get_add_bos(vocab) else None
@@ -238,6 +251,9 @@ class LlamaCppRunner:
                 "compute_buffer_bytes": sum(b for _, b in compute) if compute else None,
                 "model_buffers": self.log.buffers("model"), "lazy_tensors": list(self.log.lazy)}
 
+    def applied(self) -> dict[str, Any]:
+        return {"ctx": self._applied_ctx, "threads": self._threads, "knobs": dict(self.knobs)}
+
     def close(self) -> None:
         if self.ctx:
             self.L.llama_free(self.ctx)
@@ -246,10 +262,3 @@ class LlamaCppRunner:
             self.L.llama_model_free(self.model)
             self.model = None
 
-
-def _choice(knob: str, value: Any, table: dict[str, Any]) -> Any:
-    key = str(value).lower()
-    if key not in table:
-        raise ConfigError(f"runtime knob {knob} = {value!r} is not one of {', '.join(table)}; "
-                          "fix the target profile's [runtime] or the --set value")
-    return table[key]

@@ -6,14 +6,11 @@ drives it (the prompt but its last token in chunks, then one token per step), wi
 closing every timed step.
 MLX has no thread-count knob on CPU, so ``threads`` is recorded as not applicable.
 
-Target profile knobs ([runtime]), all optional:
-  ple ("auto"|"mmap"|"resident")  where the per-layer-embedding table lives (edgekit.mlx_ple)
-  n_batch (int)     prefill chunk (mlx-lm's prefill_step_size)
-  kv_fill (int)     positions of synthetic keys/values put in each layer's cache at every reset, before
-                    the prompt: the memory and attention cost of a long context without its prefill
-                    (llama-bench's depth, with stand-in values). A benchmark aid for hosts where MLX is too
-                    slow to prefill thousands of tokens (E2B 4-bit runs at ≈20 s/token on an x86 CPU);
-                    the record keeps the knob, so a figure measured with it says so.
+Knobs: ``KNOBS`` below. ``kv_fill`` is a benchmark aid for hosts where MLX is too slow to prefill
+thousands of tokens (E2B 4-bit runs at ≈20 s/token on an x86 CPU): it puts positions of stand-in
+keys/values in each layer's cache at every reset, before the prompt (llama-bench's depth), so a long
+context's memory and attention cost are measured without its prefill; the record keeps the knob,
+so a figure measured with it says so.
 """
 
 from __future__ import annotations
@@ -23,7 +20,15 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import BenchError, EngineMissingError
+from ..knobs import Knob, Schema
 from .base import RunOptions
+
+KNOBS = Schema("mlx", [
+    Knob("ple", str, "where the per-layer-embedding table lives (edgekit.mlx_ple): disk reads rows in flight",
+         default="auto", choices=("auto", "disk", "mmap", "resident")),
+    Knob("n_batch", int, "prefill chunk (mlx-lm's prefill_step_size)", default=2048, min=1),
+    Knob("kv_fill", int, "positions of stand-in keys/values in every cache before the prompt", default=0, min=0),
+])
 
 
 def _import():
@@ -61,7 +66,7 @@ class MlxRunner:
     def load(self, path: Path, opts: RunOptions) -> None:
         mx = self.mx
         try:
-            self.model = load_mlx_model(path, ple=str(opts.runtime.get("ple", "auto")))
+            self.model = load_mlx_model(path, ple=opts.knobs.get("ple", "auto"))
         except (OSError, ValueError, KeyError) as e:
             raise BenchError(f"{path.name}: mlx-lm could not load it ({e.__class__.__name__}: {e}); "
                              "rebuild it with `edgekit build`") from None
@@ -71,9 +76,18 @@ class MlxRunner:
         self._n_vocab = int(cfg.get("vocab_size") or text.get("vocab_size"))
         bos = cfg.get("bos_token_id", text.get("bos_token_id"))
         self._bos = int(bos) if isinstance(bos, int) else None
-        self.step = int(opts.runtime.get("n_batch", opts.n_batch))
+        self.step = opts.knobs.get("n_batch", 2048)
         self.kv_max = 0
-        self.kv_fill = int(opts.runtime.get("kv_fill", 0))
+        self.kv_fill = opts.knobs.get("kv_fill", 0)
+        self.knobs = dict(opts.knobs)
+        self._ctx = opts.ctx
+        # "auto" resolves to where the table ended up: the record states that, not the request.
+        text = getattr(getattr(self.model, "language_model", None), "model", None)
+        ple = getattr(text, "embed_tokens_per_layer", None)
+        if ple is None:
+            self.knobs.pop("ple", None)   # no PLE table: the knob did nothing
+        else:
+            self.knobs["ple"] = "disk" if getattr(ple, "table", None) is not None else "resident"
 
     def n_vocab(self) -> int:
         return self._n_vocab
@@ -155,6 +169,10 @@ class MlxRunner:
     def figures(self) -> dict[str, Any]:
         # The largest cache seen at the end of a prefill (the prompt is the longest sequence run).
         return {"kv_cache_bytes": self.kv_max or self._kv_bytes(), "mlx_peak_bytes": int(self.mx.get_peak_memory())}
+
+    def applied(self) -> dict[str, Any]:
+        # mlx-lm's caches grow as needed: the context is the one the bench asked for; no thread knob.
+        return {"ctx": self._ctx, "threads": None, "knobs": dict(self.knobs)}
 
     def close(self) -> None:
         self.model = self.cache = self.logits = None

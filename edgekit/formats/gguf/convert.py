@@ -4,7 +4,7 @@ The writer's state machine (header → KV → tensor info → data) needs every 
 up front, which the safetensors headers give without reading data. Each tensor's data is then
 produced chunk by chunk (``_Streamed``) so a 9 GB checkpoint converts in a few hundred MB of RAM.
 Names and metadata follow llama.cpp's gemma4 loader (src/models/gemma4.cpp); quantized artifacts
-are made from the unquantized file by llama.cpp itself (edgekit/quantize.py).
+are made from the unquantized file by llama.cpp itself (quantize.py beside this file).
 """
 
 from __future__ import annotations
@@ -20,22 +20,22 @@ from typing import Any, Callable, Iterator
 import gguf
 import numpy as np
 
-from ..checkpoint import Checkpoint, TensorRef, f32_to_bf16
-from ..errors import CheckpointError, ConversionError
-from ..fsutil import atomic_path
-from ..gemma4 import Gemma4TextConfig
-from ..manifest import Artifact, artifact_digest
-from ..progress import progress_bar
-from .gguf_vocab import add_vocab
+from ...checkpoint import Checkpoint
+from ...dtypes import DTYPES, from_f32
+from ...errors import CheckpointError, ConversionError
+from ...fsutil import atomic_path
+from ...gemma4 import Gemma4TextConfig
+from ...progress import progress_bar
+from ...safetensors_io import TensorRef
+from .vocab import add_vocab
 
 log = logging.getLogger(__name__)
 
 ARCH = gguf.MODEL_ARCH.GEMMA4
 GQT = gguf.GGMLQuantizationType
 
-# Unquantized storage types the converter writes itself.
-FLOAT_TYPES: dict[str, GQT] = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16}
-ST_TO_GQT = FLOAT_TYPES  # safetensors dtype names happen to match
+# Unquantized storage types the converter writes itself (edgekit.dtypes names them).
+FLOAT_TYPES: dict[str, GQT] = {n: GQT[d.gguf] for n, d in DTYPES.items() if d.float and d.gguf}
 FILE_TYPES: dict[GQT, gguf.LlamaFileType] = {
     GQT.F32: gguf.LlamaFileType.ALL_F32, GQT.F16: gguf.LlamaFileType.MOSTLY_F16, GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
 }
@@ -96,13 +96,12 @@ class _Planned:
 
     @property
     def nbytes(self) -> int:
-        n = int(np.prod(self.shape, dtype=np.int64))
-        return n * (4 if self.qtype == GQT.F32 else 2)
+        return int(np.prod(self.shape, dtype=np.int64)) * DTYPES[self.qtype.name].size
 
 
 def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[], Iterator[np.ndarray]]:
     """Chunks of ``ref`` (its first ``rows`` rows) in ``qtype``; a same-type copy moves bytes only."""
-    same = ST_TO_GQT[ref.dtype] == qtype
+    same = FLOAT_TYPES[ref.dtype] == qtype
 
     def gen() -> Iterator[np.ndarray]:
         left = ref.n_rows if rows is None else rows
@@ -112,12 +111,7 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
             if ref.shape and c.shape[0] > left:
                 c = c[:left]
             left -= c.shape[0] if ref.shape else 1
-            if same or qtype == GQT.F32:
-                yield c
-            elif qtype == GQT.F16:
-                yield c.astype(np.float16)
-            else:
-                yield f32_to_bf16(c)
+            yield c if same else from_f32(c, qtype.name)
     return gen
 
 
@@ -169,7 +163,7 @@ def write_metadata(w: gguf.GGUFWriter, cfg: Gemma4TextConfig, name: str, file_ty
     w.add_rope_freq_base_swa(cfg.rope_theta_sliding)
     # Full layers rope all dims (rope_freqs switches the unrotated ones off); sliding ones a fraction.
     w.add_rope_dimension_count(cfg.global_head_dim)
-    w.add_rope_dimension_count_swa(int(cfg.head_dim * cfg.partial_rotary_factor_sliding))
+    w.add_rope_dimension_count_swa(int(cfg.head_dim * cfg.partial_rotary_factor_sliding))  # 1.0 for "default" rope
     w.add_sliding_window(cfg.sliding_window)
     w.add_sliding_window_pattern([cfg.is_sliding(i) for i in range(L)])
     w.add_shared_kv_layers(cfg.num_kv_shared_layers)
@@ -191,11 +185,12 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
             # Rows past the tokenizer's vocabulary are padding no token can reach.
             rows, shape = n_vocab, (n_vocab, ref.shape[1])
         t = qtype if len(shape) > 1 else GQT.F32   # norms and scalars stay F32, as llama.cpp expects
-        same = ST_TO_GQT[ref.dtype] == t   # a prefix of rows is a prefix of bytes: copy it as is
+        same = FLOAT_TYPES[ref.dtype] == t   # a prefix of rows is a prefix of bytes: copy it as is
         plans.append(_Planned(name, shape, t, _convert(ref, t, rows), (ref.path, ref.offset) if same else None))
-    if cfg.hidden_size_per_layer_input or cfg.partial_rotary_factor_full < 1.0:
-        freqs = rope_freqs(cfg)
-        plans.append(_Planned("rope_freqs.weight", freqs.shape, GQT.F32, lambda: iter([freqs])))
+    # Always, as llama.cpp's converter writes it: its gemma4 loader requires the tensor ("tensor
+    # 'rope_freqs.weight' not found" otherwise), even when the full layers rotate every dim (all 1s).
+    freqs = rope_freqs(cfg)
+    plans.append(_Planned("rope_freqs.weight", freqs.shape, GQT.F32, lambda: iter([freqs])))
     return plans
 
 
@@ -210,7 +205,7 @@ def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = 
             n_vocab = add_vocab(w, ckpt.path, ckpt.config.vocab_size)
             plans = plan_tensors(ckpt, qtype, n_vocab)
             for p in plans:
-                w.add_tensor_info(p.name, p.shape, np.dtype(np.float32 if p.qtype == GQT.F32 else np.float16),
+                w.add_tensor_info(p.name, p.shape, np.dtype(DTYPES[p.qtype.name].storage),
                                   p.nbytes, raw_dtype=p.qtype)
             w.write_header_to_file()
             w.write_kv_data_to_file()
@@ -222,45 +217,3 @@ def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = 
             w.close()
     log.info("wrote %s (%s, %.1f MB)", out.name, dtype, out.stat().st_size / 1e6)
     return out
-
-
-def intermediate_dtype(ckpt: Checkpoint) -> str:
-    """The lossless unquantized type for a checkpoint: what llama.cpp quantizes from."""
-    dtypes = {r.dtype for r in ckpt.tensors.values() if len(r.shape) > 1}
-    return "BF16" if dtypes == {"BF16"} else "F16" if dtypes == {"F16"} else "F32"
-
-
-def _direct(recipe: Any) -> bool:
-    """Whether the converter writes ``recipe`` itself (unquantized, no overrides): no llama.cpp needed."""
-    from ..quantize import FLOAT_FTYPES
-
-    return recipe.ftype in FLOAT_FTYPES and not recipe.overrides
-
-
-def check(recipe: Any) -> None:
-    if not _direct(recipe):
-        from ..quantize import check as check_quantize
-
-        check_quantize(recipe)
-
-
-def build_artifact(ckpt: Checkpoint, recipe: Any, target: Any, out_dir: Path, cache: dict[str, Any]) -> Artifact:
-    """One GGUF artifact for ``recipe``: written directly if unquantized, else quantized by llama.cpp."""
-    from ..quantize import FLOAT_FTYPES, quantize
-
-    stem = f"{ckpt.name}-{recipe.quant}"
-    out = Path(out_dir) / f"{stem}.gguf"
-    if _direct(recipe):
-        convert(ckpt, out, FLOAT_FTYPES[recipe.ftype], name=ckpt.name)
-    else:
-        src = cache.get("gguf_intermediate")
-        if src is None:
-            dtype = intermediate_dtype(ckpt)
-            src = Path(out_dir) / f".{ckpt.name}-{dtype}.intermediate.gguf"
-            convert(ckpt, src, dtype, name=ckpt.name)
-            cache["gguf_intermediate"] = src
-            cache.setdefault("_cleanup", []).append(lambda p=src: p.unlink(missing_ok=True))
-        # The build host quantizes with all its cores; the target's thread count is for running.
-        quantize(src, out, recipe, threads=0)
-    size, digest = artifact_digest(out)
-    return Artifact(file=out.name, format="gguf", quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest)

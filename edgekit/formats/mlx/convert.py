@@ -13,8 +13,8 @@ The folder loads in stock ``mlx_lm.load`` / ``mlx_lm.generate`` and in ``edgekit
 * the PLE table goes to ``model-ple.safetensors`` instead: it is streamed in row slabs through
   ``mx.quantize`` (the call ``nn.QuantizedEmbedding`` makes; groups never cross a row, so slabs give
   the same bytes as the whole table), because quantizing 4.7 GB of bf16 in one piece would hold
-  source and result in RAM together. We write that one safetensors file ourselves: the header
-  first, then each slab at its offset.
+  source and result in RAM together; ``safetensors_io.SlabWriter`` writes the header first, then
+  each slab at its offset.
 """
 
 from __future__ import annotations
@@ -23,28 +23,23 @@ import contextlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import Checkpoint
-from ..errors import ConfigError, ConversionError
-from ..fsutil import atomic_dir
-from ..manifest import Artifact, artifact_digest
-from ..mlx_ple import PLE_FILE, PLE_MODULE, require_mlx
-from ..progress import progress_bar
+from ...checkpoint import Checkpoint
+from ...dtypes import DTYPES, float_dtype, lossless
+from ...errors import ConfigError, ConversionError
+from ...fsutil import atomic_dir
+from ...mlx_ple import PLE_FILE, PLE_MODULE, require_mlx
+from ...progress import progress_bar
+from ...safetensors_io import SlabWriter, TensorSpec
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
-FLOAT_NAMES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "f16": "float16", "float16": "float16",
-               "f32": "float32", "float32": "float32"}
-ST_NAME = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-SRC_DTYPE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 HF_PREFIX = "model.language_model."
 
 
@@ -88,8 +83,8 @@ def _override(value: str) -> int | str:
     v = str(value).strip().lower()
     if v.isdigit() and int(v) in (2, 3, 4, 5, 6, 8):
         return int(v)
-    if v in FLOAT_NAMES:
-        return FLOAT_NAMES[v]
+    if float_dtype(v):
+        return float_dtype(v).mlx
     raise ConfigError(f"mlx recipe override {value!r}: use bits (2, 3, 4, 5, 6, 8) or bf16 / f16 / f32")
 
 
@@ -101,8 +96,8 @@ class Plan:
         self.group_size = recipe.group_size or 64
         if self.bits is not None and self.bits not in (2, 3, 4, 5, 6, 8):
             raise ConfigError(f"recipe {recipe.name}: bits {self.bits}; mlx quantizes to 2, 3, 4, 5, 6 or 8 bits")
-        dtype = recipe.extra.get("dtype")
-        self.dtype = FLOAT_NAMES.get(str(dtype).lower()) if dtype else None
+        dtype = recipe.dtype
+        self.dtype = float_dtype(dtype).mlx if dtype and float_dtype(dtype) else None
         if dtype and not self.dtype:
             raise ConfigError(f"recipe {recipe.name}: dtype {dtype!r}; use bfloat16, float16 or float32")
         try:
@@ -139,8 +134,7 @@ class Plan:
 
 
 def _source_dtype(ckpt: Checkpoint) -> str:
-    dtypes = {r.dtype for r in ckpt.tensors.values() if len(r.shape) > 1}
-    return SRC_DTYPE[dtypes.pop()] if len(dtypes) == 1 else "float32"
+    return DTYPES[lossless(ckpt.source_dtypes())].mlx
 
 
 def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
@@ -176,13 +170,17 @@ def _cast(model: Any, plan: Plan, source: str) -> None:
     model.update(tree_map_with_path(cast, model.parameters()))
 
 
+def _st_name(mlx_name: str) -> str:
+    return next(n for n, d in DTYPES.items() if d.mlx == mlx_name)
+
+
 def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> int:
     """Stream the PLE table into ``dest`` in mlx-lm's layout; return its size."""
     import mlx.core as mx
     import numpy as np
 
     rows, cols = ref.shape
-    fdt = ST_NAME[dtype]
+    fdt = _st_name(dtype)
     if q:
         bits, gs = q["bits"], q["group_size"]
         if cols % gs:
@@ -190,35 +188,23 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
         parts = [("weight", "U32", cols * bits // 32), ("scales", fdt, cols // gs), ("biases", fdt, cols // gs)]
     else:
         parts = [("weight", fdt, cols)]
-    header: dict[str, Any] = {"__metadata__": {"format": "mlx"}}
-    offsets, off = {}, 0
-    for name, dt, c in parts:
-        size = 2 if dt in ("BF16", "F16") else 4
-        header[f"{PLE_MODULE}.{name}"] = {"dtype": dt, "shape": [rows, c], "data_offsets": [off, off + rows * c * size]}
-        offsets[name] = (off, c * size)
-        off += rows * c * size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    base = 8 + len(blob)
     want = getattr(mx, dtype)
 
     def host(a: Any) -> Any:
         a = a.view(mx.uint16) if a.dtype == mx.bfloat16 else a
-        return np.ascontiguousarray(np.array(a))
+        return np.array(a)
 
-    with open(dest, "wb") as f, progress_bar("mlx PLE table", ref.nbytes) as advance:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        f.truncate(base + off)
+    specs = [TensorSpec(f"{PLE_MODULE}.{name}", (rows, c), dt) for name, dt, c in parts]
+    with contextlib.closing(SlabWriter(dest, specs)) as w, progress_bar("mlx PLE table", ref.nbytes) as advance:
         r0 = 0
         for chunk in ref.row_chunks(32 << 20):
             x = mx.array(chunk).astype(want)
             arrays = dict(zip(("weight", "scales", "biases"), mx.quantize(x, gs, bits))) if q else {"weight": x}
             for name, a in arrays.items():
-                start, row_bytes = offsets[name]
-                os.pwrite(f.fileno(), host(a).tobytes(), base + start + r0 * row_bytes)
+                w.write_rows(f"{PLE_MODULE}.{name}", r0, host(a))
             r0 += chunk.shape[0]
             advance(chunk.shape[0] * ref.row_bytes)
-    return base + off
+    return w.size
 
 
 def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
@@ -280,22 +266,3 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
     if ckpt.dropped:
         log.info("%s: dropped %d vision/audio tensors (text-only deployment)", Path(out).name, len(ckpt.dropped))
     return Path(out)
-
-
-def check(recipe: Any) -> None:
-    require_mlx()
-    Plan(recipe)
-
-
-def artifact_name(ckpt: Checkpoint, recipe: Any) -> str:
-    return f"{ckpt.name}-mlx-{recipe.quant}"
-
-
-def build_artifact(ckpt: Checkpoint, recipe: Any, target: Any, out_dir: Path, cache: dict[str, Any]) -> Artifact:
-    """One MLX artifact folder for ``recipe`` under ``out_dir``."""
-    out = convert(ckpt, recipe, Path(out_dir) / artifact_name(ckpt, recipe))
-    size, digest = artifact_digest(out)
-    cfg = json.loads((out / "config.json").read_text())
-    extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note")}
-    return Artifact(file=out.name, format="mlx", quant=recipe.quant, recipe=recipe.name, bytes=size,
-                    sha256=digest, extra=extra)

@@ -16,7 +16,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import TokenizerError
+from ...errors import TokenizerError
 
 log = logging.getLogger(__name__)
 

@@ -1,22 +1,24 @@
 """Quantization by llama.cpp itself (``llama_model_quantize``), honouring a recipe's tensor overrides.
 
-It runs in a child process: a C++ abort or crash inside llama.cpp becomes a clean error instead of
-killing the build, Ctrl-C stops it at once (the parent removes the partial file), and the child's
-own peak memory is the quantizer's, not the converter's.
+It runs in a child process (edgekit.child): a C++ abort or crash inside llama.cpp becomes a clean
+error instead of killing the build, Ctrl-C or SIGTERM stops it at once (the child's process group
+is killed and the partial file removed), the child dies with the build even on SIGKILL, and its
+peak memory is the quantizer's, not the converter's.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import gguf
 
-from .errors import ConfigError, EngineMissingError, QuantizeError
-from .fsutil import atomic_path
+from ...child import ChildDied, run_child
+from ...errors import ConfigError, EngineMissingError, QuantizeError
+from ...fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,31 +44,46 @@ def llama_ftype(name: str) -> int:
     return int(value)
 
 
+@dataclass
+class QuantizeSpec:
+    src: str
+    dst: str
+    ftype: int
+    overrides: list[tuple[str, int]] = field(default_factory=list)
+    threads: int = 0
+    verbose: bool = False
+
+
+@dataclass
+class QuantizeResult:
+    rc: int
+
+
 _SILENT_LOG = None  # the ctypes callback must outlive every llama.cpp log call, so it lives here
 
 
-def _child(src: str, dst: str, ftype: int, overrides: list[tuple[str, int]], threads: int, verbose: bool) -> None:
+def quantize_child(spec: QuantizeSpec, step: Callable[[str], None]) -> QuantizeResult:
+    """The child half: one llama_model_quantize call."""
     import ctypes
 
     import llama_cpp
 
     global _SILENT_LOG
-    if not verbose:
+    if not spec.verbose:
         _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, data: None)
         llama_cpp.llama_log_set(_SILENT_LOG, ctypes.c_void_p())
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads
+    params.ftype = spec.ftype
+    params.nthread = spec.threads
     params.max_buf_size = MAX_BUF_BYTES
-    if overrides:
-        arr = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
-        for i, (pattern, t) in enumerate(overrides):
+    if spec.overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(spec.overrides) + 1))()
+        for i, (pattern, t) in enumerate(spec.overrides):
             arr[i].pattern = pattern.encode()
             arr[i].type = t
-        arr[len(overrides)].pattern = None
+        arr[len(spec.overrides)].pattern = None
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
-    raise SystemExit(0 if rc == 0 else 2)
+    return QuantizeResult(rc=int(llama_cpp.llama_model_quantize(spec.src.encode(), spec.dst.encode(), ctypes.byref(params))))
 
 
 def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
@@ -82,18 +99,14 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
     """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
     ftype, overrides = check(recipe)
     with atomic_path(Path(out)) as tmp:
-        ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=_child, args=(str(src), str(tmp), ftype, overrides, max(threads, 0),
-                                                        log.isEnabledFor(logging.DEBUG)), daemon=True)
-        proc.start()
+        spec = QuantizeSpec(str(src), str(tmp), ftype, overrides, max(threads, 0), log.isEnabledFor(logging.DEBUG))
         try:
-            proc.join()
-        except BaseException:
-            proc.kill()
-            proc.join()
-            raise
-        if proc.exitcode != 0 or not tmp.is_file():
-            how = f"exit code {proc.exitcode}" if (proc.exitcode or 0) >= 0 else f"signal {-proc.exitcode}"
+            rc = run_child("edgekit.formats.gguf.quantize:quantize_child", spec, QuantizeResult,
+                           verbose=spec.verbose).rc
+            how = f"return code {rc}"
+        except ChildDied as e:
+            rc, how = -1, e.why
+        if rc != 0 or not tmp.is_file():
             raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how}); run with -v for llama.cpp's log")
         unmet = unmet_overrides(tmp, recipe.overrides)
     for pattern, want, names in unmet:
@@ -114,7 +127,7 @@ def unmet_overrides(path: Path, overrides: dict[str, str]) -> list[tuple[str, st
     falls back where a type's block does not fit a row, without saying so."""
     if not overrides:
         return []
-    from .formats.gguf_header import read_gguf_header
+    from .header import read_gguf_header
 
     types = {n: t.type for n, t in read_gguf_header(path).tensors.items()}
     out = []

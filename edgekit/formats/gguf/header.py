@@ -17,7 +17,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import ArtifactError
+from ...errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,20 @@ def read_gguf_header(path: Path) -> GGUFHeader:
                 name = cur.string()
                 shape = tuple(cur.unpack("Q") for _ in range(cur.unpack("I")))
                 infos.append((name, gguf.GGMLQuantizationType(cur.unpack("I")), shape, cur.unpack("Q")))
-            align = int(scalars.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
+            align = scalars.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+            # llama.cpp refuses an alignment that is not a power of two (0 included), and so do we,
+            # before it divides by it.
+            if isinstance(align, bool) or not isinstance(align, int) or align <= 0 or align & (align - 1):
+                raise ValueError(f"general.alignment {align!r} is not a power of two")
             start = -(-cur.pos // align) * align
             size = len(buf)
-    except (OSError, ValueError, struct.error, IndexError) as e:
+    except (OSError, ValueError, KeyError, struct.error, IndexError, OverflowError, MemoryError) as e:
         log.info("%s: GGUF header: %s: %s", path, e.__class__.__name__, e)
         raise ArtifactError(INCOMPLETE.format(name=path.name)) from None
     tensors = {}
     for name, qtype, shape, offset in infos:
+        if qtype not in gguf.GGML_QUANT_SIZES:
+            raise ArtifactError(INCOMPLETE.format(name=path.name))
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         n = 1
         for d in shape:

@@ -1,0 +1,67 @@
+"""Facts about the machine edgekit runs on: cpu model, cores, page size, memory. One place, so the
+bench's records, the bandwidth probe's cache key and the thread defaults agree."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def cpu_model() -> str:
+    if platform.system() == "Darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or platform.machine()
+        except (OSError, subprocess.SubprocessError):
+            return platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            # x86 says "model name"; ARM kernels often only "Model" (the board) or nothing useful.
+            if line.split(":")[0].strip() in ("model name", "Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no affinity masks
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    import psutil
+
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def page_size() -> int:
+    return mmap.PAGESIZE
+
+
+def memory_bytes() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def host_key() -> str:
+    """What identifies this host's measured figures (the bandwidth cache)."""
+    return f"{socket.gethostname()}|{platform.machine()}|{cpu_model()}"
+
+
+def host_info() -> dict[str, Any]:
+    import psutil
+
+    return {"cpu": cpu_model(), "cores_physical": psutil.cpu_count(logical=False),
+            "cores_logical": psutil.cpu_count(logical=True), "ram_bytes": memory_bytes(),
+            "page_bytes": page_size(), "os": platform.platform(), "machine": platform.machine(),
+            "hostname": socket.gethostname()}
