@@ -93,7 +93,7 @@ class GgufSource:
 
         self.label, self.runner = path.name, LlamaCppRunner()
         # One batch holds a whole window (llama-perplexity: n_batch = n_ctx); ubatch is the runtime's.
-        self.runner.load(path, RunOptions(threads=threads, ctx=ctx, n_batch=ctx, runtime=dict(runtime)))
+        self.runner.load(path, RunOptions(threads=threads, ctx=ctx, knobs={**runtime, "n_batch": ctx}))
 
     def vocab(self) -> Vocab:
         pieces, control = self.runner.vocab_pieces()
@@ -115,8 +115,8 @@ class MlxSource(_TokenizersMixin):
         from ..runners.mlx import MlxRunner
 
         self.label, self.folder, self.runner = path.name, Path(path), MlxRunner()
-        rt = {k: v for k, v in runtime.items() if k in ("ple", "n_batch")}  # kv_fill would fake the context
-        self.runner.load(path, RunOptions(threads=1, ctx=ctx, n_batch=ctx, runtime=rt))
+        rt = {k: v for k, v in runtime.items() if k != "kv_fill"}  # kv_fill would fake the context
+        self.runner.load(path, RunOptions(threads=1, ctx=ctx, knobs={**rt, "n_batch": ctx}))
 
     def vocab(self) -> Vocab:
         v = tokenizer_json_vocab(self.folder, self.runner.bos())

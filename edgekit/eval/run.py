@@ -20,12 +20,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..bench import Planned, plan
+from ..bench import Planned, _target, plan, profile_knobs
 from ..errors import ArtifactError, ConfigError
+from ..host import host_info
 from ..manifest import versions
-from ..results import host_info
-from ..runners import engine_for
-from ..targets import TARGETS
+from ..runners import ENGINES
 from . import refcache
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score
@@ -57,12 +56,16 @@ def _threads(opts: EvalOptions) -> int:
 
 
 def _is_hf_checkpoint(p: Path) -> bool:
-    from ..checkpoint import read_safetensors_header
+    from ..safetensors_io import read_header
 
     shard = next(iter(sorted(p.glob("*.safetensors"))), None)
     if not (p / "config.json").is_file() or shard is None:
         return False
-    return any(n.startswith(("model.language_model.", "model.layers.")) for n in read_safetensors_header(shard))
+    try:
+        names = read_header(shard)[0]
+    except (OSError, ValueError):
+        return False
+    return any(n.startswith(("model.language_model.", "model.layers.")) for n in names)
 
 
 @dataclass
@@ -75,15 +78,20 @@ class _Ref:
 
 
 def _runtime(pl: Planned, opts: EvalOptions) -> dict[str, Any]:
-    tgt = TARGETS.get(pl.target) if pl.target else None
-    rt = {**(tgt.runtime if tgt else {}), **opts.runtime}
+    """The engine's knobs as bench would apply them: its defaults, the target's [runtime], then --set."""
+    engine, tgt = ENGINES.get(pl.format.engine), _target(pl.target)
+    for name in opts.runtime:   # a mixed run (GGUF + MLX): each engine takes the --set knobs it has
+        if not any(name in ENGINES.get(e).knobs for e in ENGINES):
+            engine.knobs.validate({name: opts.runtime[name]}, "--set")   # raises, naming the known knobs
+    mine = {k: v for k, v in opts.runtime.items() if k in engine.knobs}
+    rt = {**engine.knobs.defaults(), **(profile_knobs(tgt, engine) if tgt else {}),
+          **engine.knobs.validate(mine, "--set")}
     rt.pop("kv_fill", None)  # stand-in keys/values would fake the context being scored
     return rt
 
 
 def _open(pl: Planned, opts: EvalOptions, runtime: dict[str, Any]) -> Source:
-    engine = engine_for(pl.artifact.format)
-    if engine == "llama.cpp":
+    if pl.format.engine == "llama.cpp":
         return GgufSource(pl.path, _threads(opts), opts.ctx, runtime)
     return MlxSource(pl.path, opts.ctx, runtime)
 
@@ -194,12 +202,12 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions) -> 
         src.close()
     st = kl_stats(concat(parts))
     vers = versions()
-    tgt = pl.target or ""
-    engine = engine_for(pl.artifact.format)
+    tgt = _target(pl.target)
+    engine = pl.format.engine
     return QualityRecord(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(), target=tgt,
+        device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(), target=tgt.name if tgt else "",
         reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
         text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows), tokens_scored=st.n,
