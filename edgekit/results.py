@@ -292,13 +292,11 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"{self.path}: cannot open the results store ({e}); pass --db with a writable path") from None
 
-    def append(self, records: Iterable[Record]) -> int:
-        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, json.dumps(r.to_json(), sort_keys=True))
-                for r in records]
+    def _insert(self, sql: str, rows: list[tuple]) -> int:
+        """One BEGIN IMMEDIATE transaction per append (a second writer waits its turn)."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany(sql, rows)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             if self.db.in_transaction:
@@ -306,21 +304,22 @@ class Store:
             raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
         return len(rows)
 
+    def append(self, records: Iterable[Record]) -> int:
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, json.dumps(r.to_json(), sort_keys=True))
+                for r in records]
+        return self._insert("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
     def append_quality(self, records: Iterable[Any]) -> int:
         """Append eval's QualityRecords (their own table, linked to bench records by artifact sha256)."""
         rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, r.text_sha256,
                  json.dumps(r.to_json(), sort_keys=True)) for r in records]
         try:
             self.db.execute(_QUALITY_SCHEMA)
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT INTO quality (timestamp, device, artifact, sha256, engine, quant, text_sha256, "
-                                "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            self.db.execute("COMMIT")
         except sqlite3.Error as e:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
             raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
-        return len(rows)
+        return self._insert("INSERT INTO quality (timestamp, device, artifact, sha256, engine, quant, text_sha256, "
+                            "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def quality_records(self) -> list[Any]:
         from .eval.record import QualityRecord
