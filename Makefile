@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup demo test bench-build bench-runner bench-e2b bench-e2b-mlx clean
+.PHONY: setup demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ bench-e2b: setup
 # MLX 4-bit E2B: stock mlx-lm loading vs edgekit's on-disk PLE table, with the breakdown.
 bench-e2b-mlx: setup
 	$(BIN)/python benchmarks/e2b_mlx_memory.py $(E2B_MLX_ARGS)
+
+# pp512 on the E2B IQ4_XS-edge build (made by bench-e2b): pi5 runtime vs llama.cpp defaults, one knob at a time.
+bench-prefill: setup
+	$(BIN)/python benchmarks/prefill_knobs.py $(PREFILL_ARGS)
 
 # Device lab (targets/lab.example.toml): `make -j lab` runs one `lab-<device>` job per device, all
 # attempted even when some fail (-k); `make lab-report` renders every device's records side by side.

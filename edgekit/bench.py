@@ -25,7 +25,7 @@ from .formats import Format, detect, format_of
 from .host import host_info, physical_cores
 from .knobs import parse_set
 from .manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
-from .results import MB, Record
+from .results import Record
 from .roofline import TokenBytes, host_bandwidth
 from .runners import ENGINES, Engine
 from .runners.base import mean_sd
@@ -50,6 +50,17 @@ class BenchOptions:
     runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime] (--set)
     verbose: bool = False
     seed: int = 0
+    depth: int = 0                    # tokens already in the cache before each test (llama-bench -d)
+    # A sweep's tests for one child (edgekit.sweep.Test: n_prompt, n_gen, depth), run on one loaded
+    # model; default: the one test (n_prompt, n_gen, depth).
+    tests: Optional[list[Any]] = None
+    limit: Optional[bool] = None      # run inside a memory cgroup; default: the target's [bench] enforce_limit
+    limit_bytes: Optional[int] = None  # the limit; default: the target's memory budget
+
+    def test_list(self) -> list[tuple[int, int, int]]:
+        if self.tests:
+            return [(t.n_prompt, t.n_gen, t.depth) for t in self.tests]
+        return [(self.n_prompt, self.n_gen, self.depth)]
 
 
 @dataclass
@@ -134,14 +145,18 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
     """The validated settings for one artifact, or the ConfigError saying which one to fix."""
     tgt = _target(pl.target)
     engine = ENGINES.get(pl.format.engine)
-    if opts.n_prompt < 1 or opts.n_gen < 1 or opts.reps < 1:
-        raise ConfigError("-p, -n and -r must be at least 1")
+    tests = opts.test_list()
+    if any(p < 1 or n < 1 or d < 0 for p, n, d in tests) or opts.reps < 1:
+        raise ConfigError("-p, -n and -r must be at least 1 (and -d at least 0)")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)")
     threads = opts.threads or (min(tgt.threads, physical_cores()) if tgt else physical_cores())
-    ctx = opts.ctx or (tgt.context if tgt else opts.n_prompt + opts.n_gen)
-    if ctx < max(opts.n_prompt, opts.n_gen, 1):
-        raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {opts.n_prompt}, -n {opts.n_gen}); raise --ctx")
+    # llama-bench's context is p + n + d; each test here prefills d + p, then decodes d + n from a reset
+    ctx = opts.ctx or (tgt.context if tgt else max(p + n + d for p, n, d in tests))
+    for p, n, d in tests:
+        if ctx < d + max(p, n, 1):
+            at = f" after -d {d}" if d else ""
+            raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
     trained, engine_max = pl.format.max_context(pl.path), engine.max_ctx
     if engine_max and ctx > engine_max:
         raise ConfigError(f"--ctx {ctx} is too long: {engine.name} counts the context in 32 bits (at most "
@@ -158,35 +173,72 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
 
 def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
             on_step: Callable[[str], None] = lambda s: None) -> Record:
+    """One artifact, one test (the first of ``opts.test_list()``)."""
+    return measure_tests(pl, opts, bandwidth, on_step)[0]
+
+
+def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
+                  on_step: Callable[[str], None] = lambda s: None) -> list[Record]:
+    """One artifact in one child (one load), a Record per test; inside a memory cgroup when asked."""
+    from . import limits
+    from .budget import apply_limit, killed_result
+
     st = settings(pl, opts)
     tgt, engine = st.target, st.engine
-    spec = MeasureSpec(engine=engine.name, path=str(pl.path), n_prompt=opts.n_prompt, n_gen=opts.n_gen,
+    tests = opts.test_list()
+    spec = MeasureSpec(engine=engine.name, path=str(pl.path), n_prompt=tests[0][0], n_gen=tests[0][1],
                        reps=opts.reps, threads=st.threads, ctx=st.ctx, knobs=st.knobs, seed=opts.seed,
-                       verbose=opts.verbose)
-    try:
-        res = run_child("edgekit.runners.measure:measure", spec, MeasureResult, verbose=opts.verbose,
-                        on_step=on_step, block=engine.block)
-    except ChildDied as e:
-        raise BenchError(f"{pl.path.name}: the {engine.name} child process died ({e.why}"
-                         f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the engine log") from None
-    reps, fig, mem, applied = res.reps, res.figures, res.memory, res.applied
-    samples = {k: [r[k] for r in reps] for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps")}
-    (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
+                       verbose=opts.verbose, depth=tests[0][2], tests=[list(t) for t in tests])
+    use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
+    limit_bytes = opts.limit_bytes or (tgt.memory_budget_bytes if tgt else None)
+    if use_limit and limit_bytes is None:
+        raise ConfigError("--limit needs a size: pass --target (its budget) or --limit-mb")
+    with limits.memory_limit(limit_bytes if use_limit else None) as lim:
+        if lim.enforced:
+            limits.evict(pl.path)  # its pages are then read in by, and charged to, the child's cgroup
+        try:
+            res = run_child("edgekit.runners.measure:measure", spec, MeasureResult, verbose=opts.verbose,
+                            on_step=on_step, block=engine.block, wrap=lim.wrap)
+            per_test, load_ms, applied = res.tests, res.load_ms, res.applied
+        except ChildDied as e:
+            if not (lim.enforced and lim.read().oom_kills):
+                raise BenchError(f"{pl.path.name}: the {engine.name} child process died ({e.why}"
+                                 f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the "
+                                 "engine log") from None
+            killed = killed_result(tests)
+            per_test, load_ms = killed["tests"], killed["load_ms"]
+            applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", pl.artifact.file, st.ctx, engine.name, applied["ctx"])
+    records = [_record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
+    for rec in records:
+        if use_limit:
+            apply_limit(rec, lim)
+    return records
+
+
+def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, applied: dict[str, Any],
+            res: dict[str, Any], test: tuple[int, int, int], bandwidth: Optional[dict[str, float]]) -> Record:
+    from .budget import apply_pages, majflt_means
+
+    tgt, engine = st.target, st.engine
+    n_prompt, n_gen, depth = test
+    reps, fig, mem = res["reps"], res["figures"], res["memory"]
+    samples = {k: [r[k] for r in reps] for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps")}
+    (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
     vers = versions()
     rec = Record(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine.name, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
         device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(),
         target=tgt.name if tgt else "", threads=applied["threads"], ctx=applied["ctx"],
-        n_prompt=opts.n_prompt, n_gen=opts.n_gen, reps=opts.reps, load_ms=res.load_ms,
+        n_prompt=n_prompt, n_gen=n_gen, reps=opts.reps, load_ms=load_ms,
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
         peak_rss_bytes=mem["peak_rss_bytes"], peak_anon_bytes=mem.get("peak_anon_bytes"),
         peak_file_bytes=mem.get("peak_file_bytes"), phys_footprint_bytes=mem.get("phys_footprint_bytes"),
         mlx_peak_bytes=fig.get("mlx_peak_bytes"), kv_cache_bytes=fig.get("kv_cache_bytes"),
         compute_buffer_bytes=fig.get("compute_buffer_bytes"),
-        budget_bytes=tgt.memory_budget_bytes if tgt else None,
+        budget_bytes=tgt.memory_budget_bytes if tgt else None, depth=depth,
         timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         edgekit_version=vers.get("edgekit", ""), engine_version=vers.get(engine.version_key, ""),
         host=host_info(), versions=vers, runtime=applied["knobs"], samples=samples,
@@ -195,6 +247,8 @@ def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float
                "lazy_tensors": fig.get("lazy_tensors") or [],
                "lazy_bytes": sum(pl.tokens.sizes.get(t, 0) for t in fig.get("lazy_tensors") or [])},
     )
+    rec.majflt_prefill, rec.majflt_per_token = majflt_means(reps, n_gen)
+    apply_pages(rec, res.get("pages"), tgt.page_size if tgt else 0)
     if pl.tokens.total:
         rec.bytes_per_token = pl.tokens.total
         if tgt:
@@ -217,19 +271,36 @@ def bench(path: Path, opts: Optional[BenchOptions] = None) -> list[Record]:
         log.info("host bandwidth: measured once, then cached")
         bw = host_bandwidth()
     out = []
-    with _progress(len(planned) * (opts.reps + 2)) as advance:
+    with _progress(len(planned) * (len(opts.test_list()) * (opts.reps + 1) + 1)) as advance:
         for i, pl in enumerate(planned, 1):
             label = f"bench {pl.artifact.file} ({i}/{len(planned)})"
             advance(0, label)
-            out.append(measure(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}")))
+            out += measure_tests(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}"))
     return out
 
 
+def bench_sweep(path: Path, opts: BenchOptions, points: list[Any]) -> list[Record]:
+    """Every grid point of ``edgekit.sweep.expand`` (threads, ctx, knobs; its tests on one load) on
+    every artifact PATH names: one child per artifact per point, a Record per test."""
+    import dataclasses
+
+    runs = [dataclasses.replace(opts, threads=pt.threads or opts.threads, ctx=pt.ctx or opts.ctx,
+                                runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
+    if len(runs) > 1:
+        planned = plan(path, opts.target)
+        for o in runs:  # every point's settings are checked before the first child starts
+            for pl in planned:
+                settings(pl, o)
+    return [r for o in runs for r in bench(path, o)]
+
+
 def check_budget(records: list[Record], enforce: bool = True) -> list[str]:
-    """The gate: a peak over its target's budget raises BudgetExceeded (or, not enforced, is returned)."""
-    over = [f"{r.artifact}: peak RSS {r.peak_rss_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
-            f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB"
-            for r in records if r.budget_bytes is not None and r.peak_rss_bytes > r.budget_bytes]
+    """The gate (edgekit.budget.gate_lines): a child OOM-killed or thrashing inside its limit, or a peak
+    over its target's budget (the 16 KB-page peak where larger), raises BudgetExceeded with the first
+    line (or, not enforced, the lines are returned)."""
+    from .budget import gate_lines
+
+    over = gate_lines(records)
     if over and enforce:
         more = f" (and {len(over) - 1} more)" if len(over) > 1 else ""
         raise BudgetExceeded(f"{over[0]}{more}; choose a smaller quant or --ctx, or pass --no-gate to only warn")

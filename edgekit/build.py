@@ -15,6 +15,7 @@ from .fsutil import output_error
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES
 from .targets import TARGETS
+from .vocab import VocabTrims, effective_vocab
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +27,20 @@ def model_slug(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "model"
 
 
-def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist")) -> Path:
-    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder."""
+def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
+          vocab: int | None = None, vocab_corpus: Path | None = None) -> Path:
+    """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
+    ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``."""
     tgt = TARGETS.get(target)
-    recipes = [RECIPES.get(q) for q in (quants or list(tgt.quants))]
+    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
         FORMATS.get(r.format).check(r)
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
+    # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
+    trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -53,8 +58,12 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         stack.callback(hasher.shutdown, wait=True)
         stack.callback(stop.set)
         fingerprint = hasher.submit(ckpt.fingerprint, stop)
+        stack.callback(trims.close)
         ctx = BuildContext(target=tgt, out_dir=folder, stack=stack)
-        artifacts = [FORMATS.get(r.format).build(ckpt, r, ctx) for r in recipes]
+        artifacts = []
+        for r in recipes:
+            src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
+            artifacts.append(trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab))
         source = fingerprint.result()
     manifest = Manifest(
         model=model_slug(ckpt.path),

@@ -78,16 +78,18 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def run_child(entry: str, spec: Any, result_type: Callable[[dict[str, Any]], R], *,
               verbose: bool = False, on_step: Callable[[str], None] = lambda s: None,
-              block: tuple[str, ...] = ()) -> R:
+              block: tuple[str, ...] = (), wrap: Callable[[list[str]], list[str]] = list) -> R:
     """Run ``entry(spec, step)`` in a fresh interpreter and return ``result_type(**result)``.
 
     ``block`` names modules the child must treat as absent (set to None in sys.modules before the
-    entry is imported). Raises the child's EdgekitError as its own class, ChildDied otherwise."""
+    entry is imported). ``wrap`` turns the child's command into the one to run (edgekit.limits: one
+    that joins a memory cgroup, then execs it, same pid). Raises the child's EdgekitError as its own
+    class, ChildDied otherwise."""
     payload = json.dumps({"spec": dataclasses.asdict(spec), "block": list(block),
                           "spec_type": f"{type(spec).__module__}:{type(spec).__qualname__}"})
     r, w = os.pipe()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit.child", entry, str(os.getpid()), str(w)],
+        proc = subprocess.Popen(wrap([sys.executable, "-m", "edgekit.child", entry, str(os.getpid()), str(w)]),
                                 pass_fds=(w,), stdin=subprocess.PIPE, stdout=2 if verbose else err,
                                 stderr=None if verbose else err, env=_env(), process_group=0)
         os.close(w)

@@ -77,12 +77,14 @@ def build(
     target: str = typer.Option("pi5", "--target", "-t", help="Target profile (see `edgekit targets`)."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", "-o", help="Output root: artifacts go to OUT/<model>/<target>/."),
+    vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
+    vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
-    folder = run(model=model, target=target, quants=_csv(quant), out=out)
+    folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -184,37 +186,47 @@ def lab_run(
 @app.command()
 def bench(
     path: Path = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder with manifest.json."),
-    n_prompt: int = typer.Option(512, "-p", "--n-prompt", help="Prompt tokens (pp<p>, TTFT)."),
-    n_gen: int = typer.Option(128, "-n", "--n-gen", help="Generated tokens (tg<n>)."),
+    n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt tokens (pp<p>, TTFT); comma-separated values sweep."),
+    n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generated tokens (tg<n>); comma-separated values sweep."),
+    depth: str = typer.Option("0", "-d", "--depth", help="Tokens already in the cache before each test (pp512 @ d1024); comma-separated."),
     reps: int = typer.Option(5, "-r", "--reps", help="Measured repetitions after one warm-up."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's, else p + n."),
+    threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores; comma-separated."),
+    ctx: Optional[str] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's, else p + n + d; comma-separated."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile (knobs, budget). Default: the manifest's."),
     output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
-    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS)."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS); --set kv_type=f16,q8_0 sweeps."),
+    limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's [bench] enforce_limit."),
+    limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from .bench import BenchOptions, bench as run, check_budget, parse_knobs
+    from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
+    from .budget import limit_notes
     from .errors import ConfigError
     from .results import PRINTERS, Store
     from .roofline import host_bandwidth
+    from .sweep import expand, ints, knob_lists
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
+                    ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
-    records = run(path, BenchOptions(n_prompt=n_prompt, n_gen=n_gen, reps=reps, threads=threads, ctx=ctx,
-                                     target=target, device=device, runtime=parse_knobs(knob or []), verbose=verbose))
+    opts = BenchOptions(reps=reps, target=target, device=device, verbose=verbose,
+                        limit=True if limit_mb else limit, limit_bytes=int(limit_mb * 1e6) if limit_mb else None)
+    records = bench_sweep(path, opts, points)
     if not no_store:
         with Store(db) as store:
             store.append(records)
     typer.echo(PRINTERS[output](records), nl=False)
+    for note in limit_notes(records):
+        typer.echo(f"edgekit: warning: {note}", err=True)
     for msg in check_budget(records, enforce=not no_gate):
         typer.echo(f"edgekit: warning: over budget: {msg}", err=True)
 

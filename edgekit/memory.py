@@ -112,6 +112,24 @@ class PeakSampler:
                 self.best = s
         return s
 
+    def reset(self) -> bool:
+        """Start a new peak (between tests that share a loaded model). On Linux the kernel's VmHWM is
+        reset too (``5`` > /proc/self/clear_refs); returns False where it could not be, so the next
+        peak is the process's since the start."""
+        ok = True
+        if self.linux:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                ok = False
+        with self._lock:
+            self.best = Sample()
+            if ok:
+                self.hwm = 0
+        self.sample()
+        return ok
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sample()

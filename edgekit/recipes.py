@@ -31,10 +31,12 @@ class Recipe:
     group_size: int | None = None
     # mlx: float type of what stays unquantized (bf16, f16, f32); default: the source's
     dtype: str | None = None
+    # Lean vocabulary, any format: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
+    vocab: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
-        for k in ("ftype", "bits", "group_size", "dtype"):
+        for k in ("ftype", "bits", "group_size", "dtype", "vocab"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         if self.overrides:
@@ -67,13 +69,17 @@ def load_recipe(path: Path) -> Recipe:
             bits=raw.get("bits"),
             group_size=raw.get("group_size"),
             dtype=raw.get("dtype"),
+            vocab=raw.get("vocab"),
         )
     except KeyError as e:
         raise ConfigError(f"{path}: recipe lacks {e.args[0]!r}; see quant/q4_0.toml for the fields") from None
+    if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
+        raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
 
 
-COMMON_KEYS = frozenset({"name", "format", "quant", "description"})
+# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter.
+COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
 
 
 def _load_all() -> dict[str, Recipe]:

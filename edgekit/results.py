@@ -61,6 +61,17 @@ class Record:
     roofline_pct: Optional[float] = None
     predicted_tg_tps: Optional[float] = None   # a prediction from the target's bandwidth, not a measurement
     budget_bytes: Optional[int] = None
+    # memory as a device would count it (edgekit.limits, edgekit.pages); None where not measured
+    depth: int = 0                               # tokens already in the cache before each test (-d)
+    page_size: Optional[int] = None              # this host's page size (Linux)
+    peak_16k_bytes: Optional[int] = None         # peak RSS with the artifact's mappings counted in 16 KB pages
+    limit_bytes: Optional[int] = None            # the memory limit the child was asked to run under
+    limit_mechanism: Optional[str] = None        # what enforced it ("cgroup v1 memory.limit_in_bytes", ...)
+    limit_not_enforced: Optional[str] = None     # why an asked-for limit could not be enforced
+    cgroup_peak_bytes: Optional[int] = None      # the cgroup's own peak: page cache charged to the run included
+    oom_killed: Optional[bool] = None            # the kernel's OOM killer stopped the child inside the limit
+    majflt_prefill: Optional[float] = None       # major page faults per prefill (mean over reps)
+    majflt_per_token: Optional[float] = None     # major page faults per decoded token (mean over reps)
     # provenance
     timestamp: str = ""
     edgekit_version: str = ""
@@ -80,8 +91,22 @@ class Record:
         return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
+    def gate_bytes(self) -> int:
+        """The figure the budget gate compares: peak RSS, or the 16 KB-page peak where that is larger."""
+        return max(self.peak_rss_bytes, self.peak_16k_bytes or 0)
+
+    @property
     def over_budget_bytes(self) -> Optional[int]:
-        return None if self.budget_bytes is None else self.peak_rss_bytes - self.budget_bytes
+        return None if self.budget_bytes is None else self.gate_bytes - self.budget_bytes
+
+    @property
+    def pp_test(self) -> str:
+        """llama-bench's name of the prompt test: pp512, or pp512 @ d1024 after 1024 tokens of depth."""
+        return f"pp{self.n_prompt}" + (f" @ d{self.depth}" if self.depth else "")
+
+    @property
+    def tg_test(self) -> str:
+        return f"tg{self.n_gen}" + (f" @ d{self.depth}" if self.depth else "")
 
 
 def _kind(name: str, cls: type = Record) -> type:
@@ -90,6 +115,11 @@ def _kind(name: str, cls: type = Record) -> type:
     if typing.get_origin(t) is typing.Union:
         t = next(a for a in typing.get_args(t) if a is not type(None))
     return typing.get_origin(t) or t
+
+
+def _optional(name: str, cls: type = Record) -> bool:
+    """An Optional field: its empty CSV cell is None (an Optional[str]'s "" is not written by edgekit)."""
+    return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
 
 
 # ---------------------------------------------------------------- printers and parsers
@@ -130,10 +160,12 @@ def parse_csv(text: str, cls: Any = Record) -> list[Any]:
         d: dict[str, Any] = {}
         for k, v in row.items():
             kind = _kind(k, cls)
-            if v == "" and kind is not str:
+            if v == "" and (kind is not str or _optional(k, cls)):
                 d[k] = None
             elif kind in (dict, list):
                 d[k] = json.loads(v)
+            elif kind is bool:
+                d[k] = v == "True"
             else:
                 d[k] = kind(v)
         out.append(cls.from_json(d))
@@ -169,6 +201,14 @@ _MD: list[tuple[str, Callable[[Record], Any], int, bool]] = [
     ("roofline %", lambda r: r.roofline_pct, 1, True),
     ("predicted tg t/s", lambda r: r.predicted_tg_tps, 1, True),
     ("budget MB", lambda r: _mb(r.budget_bytes), 0, True),
+    ("page KB", lambda r: None if r.page_size is None else r.page_size / 1024, 0, True),
+    ("peak @16K MB", lambda r: _mb(r.peak_16k_bytes), 1, True),
+    ("limit MB", lambda r: _mb(r.limit_bytes), 0, True),
+    ("enforced by", lambda r: r.limit_mechanism or (r.limit_not_enforced and f"not enforced: {r.limit_not_enforced}"), -1, True),
+    ("cgroup peak MB", lambda r: _mb(r.cgroup_peak_bytes), 1, True),
+    ("OOM", lambda r: None if r.oom_killed is None else ("killed" if r.oom_killed else "no"), -1, True),
+    ("majflt pp", lambda r: r.majflt_prefill, 1, True),
+    ("majflt/tok", lambda r: r.majflt_per_token, 2, True),
 ]
 
 
@@ -183,14 +223,15 @@ def _fmt(v: Any, dec: int) -> str:
 
 
 def _header(h: str, r: Record) -> str:
-    return {"pp t/s": f"pp{r.n_prompt} t/s", "tg t/s": f"tg{r.n_gen} t/s"}.get(h, h)
+    return {"pp t/s": f"{r.pp_test} t/s", "tg t/s": f"{r.tg_test} t/s"}.get(h, h)
 
 
 def to_markdown(records: Iterable[Record]) -> str:
-    """One table per (prompt, generation) lengths, llama-bench's pp<p>/tg<n> names in the headers."""
-    groups: dict[tuple[int, int], list[Record]] = {}
+    """One table per test (prompt and generation lengths, depth), llama-bench's names in the headers
+    (pp512, tg128 @ d1024)."""
+    groups: dict[tuple[int, int, int], list[Record]] = {}
     for r in records:
-        groups.setdefault((r.n_prompt, r.n_gen), []).append(r)
+        groups.setdefault((r.n_prompt, r.n_gen, r.depth), []).append(r)
     out = []
     for rs in groups.values():
         cols = [c for c in _MD if not c[3] or any(c[1](r) is not None for r in rs)]
@@ -200,7 +241,10 @@ def to_markdown(records: Iterable[Record]) -> str:
         out.append("\n".join(lines))
     note = ("mean ± sd over the repetitions; MB = 1e6 bytes; anon/file: the peak's anonymous vs file-backed "
             "(mmap'd) part; roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth; "
-            "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement")
+            "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement; "
+            "peak @16K: the peak with the artifact's mapped pages counted in 16 KB file-aligned blocks, as a "
+            "16 KB-page kernel (Raspberry Pi 5) maps them; cgroup peak: the memory cgroup's high-water mark "
+            "(page cache charged to the run included); majflt: major page faults (pages read from disk)")
     return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
 
 
@@ -260,6 +304,9 @@ def default_db() -> Path:
     return base / "edgekit" / "results.db"
 
 
+# Rows keep each Record as JSON in ``data``: a field added to Record (depth, limit_*, cgroup_peak_bytes,
+# majflt_*, page_size, peak_16k_bytes) needs no ALTER TABLE, and rows written before it read back
+# with the field's default (``Record.from_json`` also drops keys a newer edgekit wrote).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

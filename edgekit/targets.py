@@ -24,6 +24,9 @@ class Target:
     alternatives: tuple[str, ...] = ()
     runtime: dict[str, Any] = field(default_factory=dict)   # engine knobs: use_mmap, kv_type, repack, ...
     notes: str = ""
+    # [bench]: how `edgekit bench` measures for this device
+    enforce_limit: bool = False       # run each child inside a memory cgroup at the budget (bench --limit)
+    page_size: int = 0                # the device kernel's page size when larger than 4 KB (pi5: 16384)
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -48,6 +51,8 @@ def load_target(path: Path) -> Target:
             alternatives=tuple(raw.get("alternatives", ())),
             runtime=dict(raw.get("runtime", {})),
             notes=raw.get("notes", ""),
+            enforce_limit=bool(raw.get("bench", {}).get("enforce_limit", False)),
+            page_size=int(raw.get("bench", {}).get("page_size", 0)),
         )
     except KeyError as e:
         raise ConfigError(f"{path}: target profile lacks {e.args[0]!r}; see targets/pi5.toml for the fields") from None

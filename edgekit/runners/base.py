@@ -20,6 +20,7 @@ so is the greedy pick between decode steps (it is not part of the engine's per-t
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -76,6 +77,8 @@ class Measurement:
     pp_tps: float
     tg_tps: float
     decode_ms: float
+    majflt_prefill: int = 0     # major page faults (pages read from disk) of this process while prefilling
+    majflt_decode: int = 0      # ... while decoding the n_gen tokens (÷ n_gen: per token)
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -90,42 +93,59 @@ def prompt_tokens(runner: Runner, n: int, seed: int = 0) -> list[int]:
     return toks
 
 
+def majflt() -> int:
+    """Major page faults of this process so far (getrusage: one syscall, no file read)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
 def one_rep(runner: Runner, prompt: Sequence[int], n_gen: int, first_token: int,
             clock: Callable[[], float] = time.perf_counter,
-            on_sample: Callable[[], object] = lambda: None) -> Measurement:
+            on_sample: Callable[[], object] = lambda: None, depth: Sequence[int] = ()) -> Measurement:
+    """One repetition; with ``depth`` tokens, both tests run after those are already in the cache
+    (llama-bench's -d: the depth prefill is untimed and done again before each test)."""
     runner.reset()
+    if depth:
+        runner.prefill(depth)
+    f0 = majflt()
     t0 = clock()
     runner.prefill(prompt)
     t1 = clock()
     runner.next_token()
     t2 = clock()
+    f1 = majflt()
     on_sample()  # the full prompt's cache and activations are live here (untimed)
 
     runner.reset()
+    if depth:
+        runner.prefill(depth)
     tok, decode_s = first_token, 0.0
+    f2 = majflt()
     for _ in range(n_gen):
         t = clock()
         runner.decode(tok)
         decode_s += clock() - t
         tok = runner.next_token()
+    f3 = majflt()
     prefill_s = t1 - t0
     return Measurement(ttft_ms=(t2 - t0) * 1e3, prefill_ms=prefill_s * 1e3,
                        pp_tps=len(prompt) / prefill_s if prompt else 0.0,
-                       tg_tps=n_gen / decode_s if n_gen else 0.0, decode_ms=decode_s * 1e3)
+                       tg_tps=n_gen / decode_s if n_gen else 0.0, decode_ms=decode_s * 1e3,
+                       majflt_prefill=f1 - f0, majflt_decode=f3 - f2)
 
 
 def run_reps(runner: Runner, n_prompt: int, n_gen: int, reps: int, seed: int = 0,
              on_step: Callable[[str], None] = lambda s: None,
-             on_sample: Callable[[], object] = lambda: None) -> list[Measurement]:
+             on_sample: Callable[[], object] = lambda: None, depth: int = 0) -> list[Measurement]:
     """A warm-up repetition (discarded), then ``reps`` measured ones."""
     prompt = prompt_tokens(runner, n_prompt, seed)
     first = runner.bos() if runner.bos() is not None else prompt_tokens(runner, 1, seed + 1)[0]
-    one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first, on_sample=on_sample)  # warm-up: page in
+    ctx = prompt_tokens(runner, depth, seed + 2) if depth else []  # starts with BOS, as llama-bench's
+    one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first, on_sample=on_sample, depth=ctx)  # warm-up
     on_sample()
     on_step("warm-up")
     out = []
     for i in range(reps):
-        out.append(one_rep(runner, prompt, n_gen, first, on_sample=on_sample))
+        out.append(one_rep(runner, prompt, n_gen, first, on_sample=on_sample, depth=ctx))
         on_sample()
         on_step(f"rep {i + 1}/{reps}")
     return out

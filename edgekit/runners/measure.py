@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 
 @dataclass
@@ -26,6 +26,10 @@ class MeasureSpec:
     knobs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     verbose: bool = False
+    depth: int = 0                   # tokens in the cache before each test (llama-bench -d)
+    # the tests this child runs on one loaded model (a sweep's -p/-n/-d), each [n_prompt, n_gen, depth];
+    # empty: the one test (n_prompt, n_gen, depth)
+    tests: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -35,13 +39,19 @@ class MeasureResult:
     figures: dict[str, Any]
     memory: dict[str, Any]
     applied: dict[str, Any]          # ctx, threads, knobs as the engine applied them
+    pages: Optional[dict[str, int]] = None   # the first test's mapped pages in 16 KB blocks (edgekit.pages)
+    # per test, in spec order: {"reps", "figures", "memory", "pages"} (the fields above are the first's)
+    tests: list[dict[str, Any]] = field(default_factory=list)
 
 
 def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
+    from .. import pages
     from ..memory import PeakSampler
     from . import ENGINES
     from .base import RunOptions, run_reps
 
+    tests = spec.tests or [[spec.n_prompt, spec.n_gen, spec.depth]]
+    out = []
     with PeakSampler() as sampler:
         runner = ENGINES.get(spec.engine).make()
         opts = RunOptions(threads=spec.threads, ctx=spec.ctx, knobs=spec.knobs, verbose=spec.verbose)
@@ -50,11 +60,17 @@ def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
         load_ms = (time.perf_counter() - t0) * 1e3
         sampler.sample()
         step("loaded")
-        reps = run_reps(runner, spec.n_prompt, spec.n_gen, spec.reps, seed=spec.seed,
-                        on_step=step, on_sample=sampler.sample)
-        figures = runner.figures()
+        for i, (n_prompt, n_gen, depth) in enumerate(tests):
+            if i:  # each test's peak is its own; the load's memory is still mapped and counted
+                sampler.reset()
+            reps = run_reps(runner, n_prompt, n_gen, spec.reps, seed=spec.seed, on_step=step,
+                            on_sample=sampler.sample, depth=depth)
+            # which pages of the mapped artifact are resident at the end of the test (16 KB blocks)
+            count = pages.count(Path(spec.path))
+            out.append({"reps": [r.to_json() for r in reps], "figures": runner.figures(),
+                        "memory": asdict(sampler.peak()), "pages": count.to_json() if count else None})
         applied = runner.applied()
-    peak = sampler.peak()
     runner.close()
-    return MeasureResult(load_ms=load_ms, reps=[r.to_json() for r in reps], figures=figures,
-                         memory=asdict(peak), applied=applied)
+    first = out[0]
+    return MeasureResult(load_ms=load_ms, reps=first["reps"], figures=first["figures"], memory=first["memory"],
+                         applied=applied, pages=first["pages"], tests=out)
