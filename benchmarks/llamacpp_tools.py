@@ -1,4 +1,4 @@
-"""llama.cpp's own tools (convert_hf_to_gguf.py, llama-quantize, llama-bench) as the reference.
+"""llama.cpp's own tools (convert_hf_to_gguf.py, llama-quantize, llama-bench, llama-perplexity) as the reference.
 
 They are not in the llama-cpp-python wheel, so this builds them from the same llama.cpp commit the
 wheel vendors: the llama-cpp-python sdist of the installed version, fetched from PyPI with pip,
@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ("llama-quantize", "llama-bench")
+TOOLS = ("llama-quantize", "llama-bench", "llama-perplexity")
 
 
 def cache_dir() -> Path:

@@ -73,8 +73,19 @@ def synth(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 (as released), f16 or f32."),
     no_softcap: bool = typer.Option(False, "--no-softcap", help="Write a config without final_logit_softcapping."),
+    train_text: Optional[Path] = typer.Option(None, "--train", help="Train the preset on this UTF-8 text (torch, CPU) instead of random weights."),
+    heldout: Optional[Path] = typer.Option(None, "--heldout", help="With --train: text whose loss is logged before and after."),
+    steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
+    threads: int = typer.Option(2, "--threads", help="With --train: torch threads."),
 ) -> None:
-    """Write a random-weight Gemma 4 checkpoint in Hugging Face layout."""
+    """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
+    if train_text is not None:
+        from .train import TrainOptions, train
+
+        opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads)
+        typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout)))
+        return
     from .synth import synth as run
 
     path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
@@ -369,6 +380,54 @@ def serve(
     typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
                f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
     run_server(session, host=host, port=port, grace_s=grace)
+
+
+@app.command("eval")
+def eval_(
+    paths: list[Path] = typer.Argument(..., help="Artifacts: .gguf files, MLX folders, or dist folders with manifest.json."),
+    reference: Optional[str] = typer.Option(None, "--reference", "-r", help="HF checkpoint folder (transformers), an unquantized .gguf / MLX folder, or a reference cache (.npz)."),
+    text: Optional[list[Path]] = typer.Option(None, "--text", help="UTF-8 text to score; repeatable. Default: edgekit's held-out Python docs + code."),
+    ctx: int = typer.Option(512, "--ctx", "-c", help="Window length in tokens (the second half of each is scored)."),
+    chunks: Optional[int] = typer.Option(None, "--chunks", help="At most this many windows per text (default: all)."),
+    top_k: int = typer.Option(64, "--top-k", help="Reference log-probabilities kept per position."),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="llama.cpp / torch threads (default: this host's cores)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target profile whose [runtime] knobs apply. Default: the manifest's."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set kv_type=f16."),
+    reference_dtype: str = typer.Option("float32", "--reference-dtype", help="transformers reference: float32 or bfloat16."),
+    ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Reference cache file to read or write (default: ~/.cache/edgekit/eval/)."),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="Run a task suite (JSONL) instead of the KL pass."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="With --suite: generation cap per case."),
+    output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
+    db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
+    no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+) -> None:
+    """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite)."""
+    from .bench import parse_knobs
+    from .errors import ConfigError
+    from .eval.record import PRINTERS
+    from .results import Store
+
+    if output not in PRINTERS:
+        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    if suite is not None:
+        from .eval.suite import SuiteOptions, run_suites
+
+        typer.echo(run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                         target=target, runtime=parse_knobs(knob or []),
+                                                         device=device)), nl=False)
+        return
+    if reference is None:
+        raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
+    from .eval import EvalOptions, evaluate
+
+    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks, top_k=top_k,
+                                          threads=threads, target=target, runtime=parse_knobs(knob or []),
+                                          reference_dtype=reference_dtype, ref_cache=ref_cache, device=device))
+    if not no_store:
+        with Store(db) as store:
+            store.append_quality(records)
+    typer.echo(PRINTERS[output](records), nl=False)
 
 
 @app.command()

@@ -6,6 +6,7 @@ re-running a bench updates the report instead of piling up rows.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -70,6 +71,54 @@ def plot_ttft(records: list[Record], out: Path) -> Path:
     return _save(fig, out)
 
 
+def latest_quality(quality: list) -> list:
+    seen: dict[tuple, object] = {}
+    for q in quality:  # later rows replace earlier ones
+        seen[(q.device, q.sha256, q.engine, q.reference_sha256, q.text_sha256, q.ctx, json.dumps(q.runtime, sort_keys=True))] = q
+    return list(seen.values())
+
+
+def quality_pairs(records: list[Record], quality: list) -> list[tuple[Record, object]]:
+    """(bench record, quality record) of the same artifact (sha256) and engine, on the same device when
+    the quality was measured there, else any device's bench of that artifact (quality does not depend on
+    the device, memory and speed do)."""
+    out = []
+    for r in records:
+        qs = [q for q in quality if q.sha256 == r.sha256 and q.engine == r.engine]
+        q = next((q for q in qs if q.device == r.device), qs[-1] if qs else None)
+        if q is not None:
+            out.append((r, q))
+    return out
+
+
+def plot_quality(pairs: list[tuple[Record, object]], out: Path) -> Path:
+    """Mean KL from the reference (log scale, 95% interval as error bars) against peak RSS and against
+    decode t/s: lower-left is small and faithful, lower-right fast and faithful."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, x, label in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"), (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
+        for dev in sorted({r.device for r, _ in pairs}):
+            ps = [(r, q) for r, q in pairs if r.device == dev]
+            ys = [max(q.kl_mean, 1e-7) for _, q in ps]
+            err = [[y - max(q.kl_lo, 1e-8) for y, (_, q) in zip(ys, ps)], [q.kl_hi - y for y, (_, q) in zip(ys, ps)]]
+            ax.errorbar([x(r) for r, _ in ps], ys, yerr=err, fmt="o", capsize=3, label=dev)
+            for (r, q), y in zip(ps, ys):
+                ax.annotate(f"{r.quant} {r.engine}", (x(r), y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for bgt in sorted({r.budget_bytes for r, _ in pairs if r.budget_bytes}):
+        a.axvline(bgt / MB, color="red", linestyle="--", linewidth=1)
+    a.set_ylabel("mean KL from the reference (nats/token)")
+    a.legend(title="device", fontsize=8)
+    fig.suptitle("Quality against memory and speed, per artifact (edgekit eval + bench)")
+    return _save(fig, out)
+
+
 def _save(fig, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -88,6 +137,10 @@ def write_report(db: Optional[Path], out: Path) -> Path:
         raise EngineMissingError("matplotlib is not installed; `pip install 'edgekit[report]'`") from None
     with Store(db) as store:
         records, where, corrupt = latest(store.records()), store.path, store.corrupt
+        quality = latest_quality(store.quality_records())
+        if store.corrupt_quality:
+            log.warning("%s: skipped %d corrupt quality row(s): not a readable eval record", store.path,
+                        len(store.corrupt_quality))
     if corrupt:
         ids = ", ".join(map(str, corrupt[:5])) + (" …" if len(corrupt) > 5 else "")
         log.warning("%s: skipped %d corrupt row(s) (id %s): not a readable bench record", where, len(corrupt), ids)
@@ -103,6 +156,14 @@ def write_report(db: Optional[Path], out: Path) -> Path:
             f"(latest per device, artifact, engine, threads, context and lengths).{skipped}\n\n"
             f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
             "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
+    pairs = quality_pairs(records, quality)
+    if quality:
+        from .eval.record import to_markdown as quality_md
+
+        text += f"\n## Quality\n\n{quality_md(quality)}\n"
+    if pairs:
+        plot_quality(pairs, out / "quality.png")
+        text += "![mean KL against peak RSS and decode t/s](quality.png)\n"
     md = out / "report.md"
     with atomic_path(md) as tmp:
         tmp.write_text(text)

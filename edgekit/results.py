@@ -110,20 +110,17 @@ class Record:
         return f"tg{self.n_gen}" + (f" @ d{self.depth}" if self.depth else "")
 
 
-_HINTS = typing.get_type_hints(Record)
-
-
-def _kind(name: str) -> type:
+def _kind(name: str, cls: type = Record) -> type:
     """The field's base type: int, float, str, dict or list (Optional unwrapped)."""
-    t = _HINTS[name]
+    t = typing.get_type_hints(cls)[name]
     if typing.get_origin(t) is typing.Union:
         t = next(a for a in typing.get_args(t) if a is not type(None))
     return typing.get_origin(t) or t
 
 
-def _optional(name: str) -> bool:
+def _optional(name: str, cls: type = Record) -> bool:
     """An Optional field: its empty CSV cell is None (an Optional[str]'s "" is not written by edgekit)."""
-    return type(None) in typing.get_args(_HINTS[name])
+    return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
 
 
 # ---------------------------------------------------------------- printers and parsers
@@ -132,22 +129,24 @@ def to_jsonl(records: Iterable[Record]) -> str:
     return "".join(json.dumps(r.to_json(), sort_keys=True) + "\n" for r in records)
 
 
-def parse_jsonl(text: str) -> list[Record]:
-    return [Record.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
+def parse_jsonl(text: str, cls: Any = Record) -> list[Any]:
+    return [cls.from_json(json.loads(line)) for line in text.splitlines() if line.strip()]
 
 
 def to_json(records: Iterable[Record]) -> str:
     return json.dumps([r.to_json() for r in records], indent=2, sort_keys=True) + "\n"
 
 
-def parse_json(text: str) -> list[Record]:
-    return [Record.from_json(d) for d in json.loads(text)]
+def parse_json(text: str, cls: Any = Record) -> list[Any]:
+    return [cls.from_json(d) for d in json.loads(text)]
 
 
-def to_csv(records: Iterable[Record]) -> str:
+def to_csv(records: Iterable[Any]) -> str:
+    """Every field of the records' dataclass (a bench Record, or eval's QualityRecord), one row each."""
+    records = list(records)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    names = [f.name for f in fields(Record)]
+    names = [f.name for f in fields(type(records[0]) if records else Record)]
     w.writerow(names)
     for r in records:
         d = r.to_json()
@@ -156,13 +155,13 @@ def to_csv(records: Iterable[Record]) -> str:
     return buf.getvalue()
 
 
-def parse_csv(text: str) -> list[Record]:
+def parse_csv(text: str, cls: Any = Record) -> list[Any]:
     out = []
     for row in csv.DictReader(io.StringIO(text)):
         d: dict[str, Any] = {}
         for k, v in row.items():
-            kind = _kind(k)
-            if v == "" and (kind is not str or _optional(k)):
+            kind = _kind(k, cls)
+            if v == "" and (kind is not str or _optional(k, cls)):
                 d[k] = None
             elif kind in (dict, list):
                 d[k] = json.loads(v)
@@ -170,7 +169,7 @@ def parse_csv(text: str) -> list[Record]:
                 d[k] = v == "True"
             else:
                 d[k] = kind(v)
-        out.append(Record.from_json(d))
+        out.append(cls.from_json(d))
     return out
 
 
@@ -339,6 +338,14 @@ CREATE TABLE IF NOT EXISTS records (
 )"""
 
 
+_QUALITY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS quality (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL, device TEXT NOT NULL, artifact TEXT NOT NULL, sha256 TEXT NOT NULL,
+    engine TEXT NOT NULL, quant TEXT NOT NULL, text_sha256 TEXT NOT NULL, data TEXT NOT NULL
+)"""
+
+
 class Store:
     """Append-only SQLite store. WAL lets readers run beside a writer; each append is one
     ``BEGIN IMMEDIATE`` transaction, and the busy timeout makes a second writer wait its turn
@@ -347,6 +354,7 @@ class Store:
     def __init__(self, path: Optional[Path] = None, timeout_s: float = 60.0):
         self.path = Path(path) if path else default_db()
         self.corrupt: list[int] = []   # ids of rows records() skipped
+        self.corrupt_quality: list[int] = []   # and quality_records()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
@@ -356,19 +364,54 @@ class Store:
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"{self.path}: cannot open the results store ({e}); pass --db with a writable path") from None
 
-    def append(self, records: Iterable[Record]) -> int:
-        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, json.dumps(r.to_json(), sort_keys=True))
-                for r in records]
+    def _insert(self, sql: str, rows: list[tuple]) -> int:
+        """One BEGIN IMMEDIATE transaction per append (a second writer waits its turn)."""
         try:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
-                                "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany(sql, rows)
             self.db.execute("COMMIT")
         except sqlite3.Error as e:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
         return len(rows)
+
+    def append(self, records: Iterable[Record]) -> int:
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, json.dumps(r.to_json(), sort_keys=True))
+                for r in records]
+        return self._insert("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def append_quality(self, records: Iterable[Any]) -> int:
+        """Append eval's QualityRecords (their own table, linked to bench records by artifact sha256)."""
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, r.text_sha256,
+                 json.dumps(r.to_json(), sort_keys=True)) for r in records]
+        try:
+            self.db.execute(_QUALITY_SCHEMA)
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
+        return self._insert("INSERT INTO quality (timestamp, device, artifact, sha256, engine, quant, text_sha256, "
+                            "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def quality_records(self) -> list[Any]:
+        from .eval.record import QualityRecord
+
+        try:
+            self.db.execute(_QUALITY_SCHEMA)
+            rows = self.db.execute("SELECT id, data FROM quality ORDER BY id").fetchall()
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: unreadable results store ({e})") from None
+        out, self.corrupt_quality = [], []
+        for rid, data in rows:  # a corrupt row is skipped and counted, as records() does
+            try:
+                d = json.loads(data)
+                out.append(QualityRecord.from_json(d) if isinstance(d, dict) else None)
+            except (TypeError, ValueError):
+                out.append(None)
+            if out[-1] is None:
+                out.pop()
+                self.corrupt_quality.append(rid)
+        return out
 
     def records(self) -> list[Record]:
         """Every readable record in store order; the ids of rows that are not a well-typed Record

@@ -189,7 +189,7 @@ def corpus() -> list[str]:
     return list(_CORPUS)
 
 
-def _train(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _train(size: int, texts: list[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -203,7 +203,7 @@ def _train(size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
         pre_tokenizers.Split(Regex("▁+(?=▁)|▁?[^▁]+|▁+"), "isolated"),
     ])
     trainer = trainers.BpeTrainer(vocab_size=size, show_progress=False, min_frequency=1)
-    tok.train_from_iterator(corpus(), trainer=trainer)
+    tok.train_from_iterator(corpus() if texts is None else texts, trainer=trainer)
     data = json.loads(tok.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in data["merges"]]
     return data["vocab"], merges
@@ -233,8 +233,10 @@ def _filler(n_pieces: int, n_merges: int) -> tuple[list[str], list[tuple[str, st
     return pieces, merges
 
 
-def _layout(vocab_size: int, n_merges: int | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
-    """id -> token for all ``vocab_size`` ids, the merges, and the ids that are added tokens."""
+def _layout(vocab_size: int, n_merges: int | None = None,
+            texts: list[str] | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
+    """id -> token for all ``vocab_size`` ids, the merges, and the ids that are added tokens; the BPE part
+    is trained on ``texts`` (default: the built-in corpus)."""
     if vocab_size < MIN_VOCAB:
         raise OutputError(f"vocab_size {vocab_size} is too small for a Gemma 4 tokenizer; use at least {MIN_VOCAB}")
     ids: dict[int, str] = dict(HEAD_SPECIALS)
@@ -249,7 +251,7 @@ def _layout(vocab_size: int, n_merges: int | None = None) -> tuple[dict[int, str
     for b in range(256):
         ids[next(free)] = f"<0x{b:02X}>"
     n_free = vocab_size - len(ids) - sum(1 for i in range(HEAD_END) if i not in ids)
-    trained, merges = _train(min(n_free, TRAINED_CAP))
+    trained, merges = _train(min(n_free, TRAINED_CAP), texts)
     taken = set(ids.values())
     clash = taken.intersection(trained)
     if clash:  # a merge would produce a reserved token's text: a corpus bug, not a user error
@@ -277,8 +279,8 @@ def _added(i: int, content: str) -> dict:
             "normalized": False, "special": not content.startswith("\n")}
 
 
-def tokenizer_json(vocab_size: int, n_merges: int | None = None) -> dict:
-    ids, merges, added = _layout(vocab_size, n_merges)
+def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None) -> dict:
+    ids, merges, added = _layout(vocab_size, n_merges, texts)
     return {
         "version": "1.0",
         "truncation": None,
@@ -322,11 +324,13 @@ def tokenizer_config(vocab_size: int) -> dict:
     return cfg
 
 
-def write_synthetic_tokenizer(out_dir: Path, vocab_size: int, n_merges: int | None = None) -> None:
+def write_synthetic_tokenizer(out_dir: Path, vocab_size: int, n_merges: int | None = None,
+                              texts: list[str] | None = None) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json with exactly ``vocab_size``
-    tokens (and ``n_merges`` merges, when given: see the module's note)."""
+    tokens (and ``n_merges`` merges, when given: see the module's note). With ``texts`` the BPE merges
+    are learnt from them (a trained model's tokenizer) instead of the built-in corpus."""
     out_dir = Path(out_dir)
-    tj = tokenizer_json(vocab_size, n_merges)
+    tj = tokenizer_json(vocab_size, n_merges, texts)
     (out_dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     cfg = tokenizer_config(vocab_size)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,21 @@ def tiny_ckpt_nosoftcap(tmp_path_factory):
     from edgekit.synth import synth
 
     return synth(tmp_path_factory.mktemp("ckpt") / "tiny-nosoftcap", preset="tiny", seed=1, softcap=False)
+
+
+TRAINED = Path(__file__).resolve().parent / "data" / "tiny-trained"
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt():
+    """The tiny Gemma 4 trained on Python's docs and code (committed; tests/data/tiny-trained/README.md)."""
+    return TRAINED
+
+
+@pytest.fixture(scope="session")
+def trained_dist(tmp_path_factory):
+    """The trained model's GGUF (F32, F16, Q8_0, Q4_0) and MLX bf16 artifacts, built once."""
+    from edgekit.build import build
+
+    return build(str(TRAINED), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "mlx-bf16"],
+                 out=tmp_path_factory.mktemp("trained-dist"))

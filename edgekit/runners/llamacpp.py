@@ -195,6 +195,60 @@ class LlamaCppRunner:
         logits = self.L.llama_get_logits_ith(self.ctx, -1)
         return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
 
+    # --- whole-sequence logits, tokenizer and vocabulary (edgekit eval) ------------------------
+    def logits_all(self, tokens: Sequence[int], first: int = 0) -> np.ndarray:
+        """Logits [len(tokens) - first, n_vocab] of positions ``first``.. of one sequence decoded from an
+        empty cache in batches of n_batch: a llama_batch whose per-token logits flags ask llama.cpp for
+        just the positions wanted, as llama-perplexity does (the output buffer holds only those rows)."""
+        L, n, nv = self.L, len(tokens), self._n_vocab
+        self.reset()
+        out = np.empty((max(n - first, 0), nv), dtype=np.float32)
+        batch = L.llama_batch_init(self.n_batch, 0, 1)
+        try:
+            row = 0
+            for start in range(0, n, self.n_batch):
+                m = min(self.n_batch, n - start)
+                for j in range(m):
+                    pos = start + j
+                    batch.token[j] = int(tokens[pos])
+                    batch.pos[j] = pos
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = 0
+                    batch.logits[j] = pos >= first
+                batch.n_tokens = m
+                rc = L.llama_decode(self.ctx, batch)
+                if rc != 0:
+                    raise BenchError(f"llama_decode failed (code {rc}: {self.log.last_error()}); try a smaller --ctx")
+                k = max(0, start + m - max(first, start))
+                if k:
+                    ptr = L.llama_get_logits(self.ctx)
+                    out[row:row + k] = np.ctypeslib.as_array(ptr, shape=(k, nv))
+                    row += k
+        finally:
+            L.llama_batch_free(batch)
+        return out
+
+    def tokenize(self, text: str) -> list[int]:
+        """The model's own tokenizer (llama_tokenize), without BOS and with special-token text parsed as text."""
+        L = self.L
+        vocab = L.llama_model_get_vocab(self.model)
+        raw = text.encode("utf-8")
+        cap = len(raw) + 16
+        buf = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, raw, len(raw), buf, cap, False, False)
+        if n < 0:  # cannot happen with a byte-per-token cap, but llama.cpp reports the size it needs
+            buf = (L.llama_token * -n)()
+            n = L.llama_tokenize(vocab, raw, len(raw), buf, -n, False, False)
+        return list(buf[:n])
+
+    def vocab_pieces(self) -> tuple[list[str], set[int]]:
+        """Every token's text as stored in the file, and the ids llama.cpp marks CONTROL."""
+        L = self.L
+        vocab = L.llama_model_get_vocab(self.model)
+        pieces = [L.llama_vocab_get_text(vocab, i).decode("utf-8", "replace") for i in range(self._n_vocab)]
+        control = {i for i in range(self._n_vocab) if L.llama_vocab_get_attr(vocab, i) & L.LLAMA_TOKEN_ATTR_CONTROL}
+        return pieces, control
+
     def figures(self) -> dict[str, Any]:
         kv, compute = self.log.buffers("KV"), self.log.buffers("compute")
         return {"kv_cache_bytes": sum(b for _, b in kv) if kv else None,

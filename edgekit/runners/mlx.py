@@ -145,6 +145,27 @@ class MlxRunner:
     def next_token(self) -> int:
         return int(self.mx.argmax(self.logits, axis=-1).item())
 
+    def logits_all(self, tokens: Sequence[int], first: int = 0) -> "Any":
+        """Logits [len(tokens) - first, n_vocab] (float32 numpy) of one sequence run through mlx-lm's model
+        call from an empty prompt cache, in prefill chunks of n_batch (edgekit eval)."""
+        import numpy as np
+        from mlx_lm.models.cache import make_prompt_cache
+
+        mx = self.mx
+        cache = make_prompt_cache(self.model)
+        toks = mx.array([int(t) for t in tokens], dtype=mx.int32)[None]
+        parts = []
+        for i in range(0, toks.shape[1], self.step):
+            logits = self.model(toks[:, i:i + self.step], cache=cache)[0]
+            lo = max(first - i, 0)
+            if lo < logits.shape[0]:
+                part = logits[lo:].astype(mx.float32)
+                mx.eval(part)
+                parts.append(np.array(part))
+            else:
+                mx.eval([c.state for c in cache])
+        return np.concatenate(parts) if parts else np.empty((0, self._n_vocab), np.float32)
+
     def figures(self) -> dict[str, Any]:
         # The largest cache seen at the end of a prefill (the prompt is the longest sequence run).
         return {"kv_cache_bytes": self.kv_max or self._kv_bytes(), "mlx_peak_bytes": int(self.mx.get_peak_memory())}

@@ -1,0 +1,105 @@
+"""Eval's quality record and its printers (md for people; csv, json, jsonl carry every field).
+
+A QualityRecord is linked to bench records by the artifact's sha256 (and device), and to its text by
+the text's sha256, so ``edgekit report`` can put quality beside peak RAM and decode speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterable, Optional
+
+from ..results import _fmt, parse_csv, parse_json, parse_jsonl, parse_markdown, to_csv, to_json, to_jsonl
+
+
+@dataclass
+class QualityRecord:
+    artifact: str
+    model: str
+    format: str
+    quant: str
+    engine: str
+    sha256: str
+    file_bytes: int
+    device: str
+    target: str
+    reference: str              # the reference's name (folder or file)
+    reference_sha256: str
+    text: str                   # text file name(s), comma-separated
+    text_sha256: str
+    ctx: int
+    chunks: int
+    tokens_scored: int
+    top_k: int
+    ppl: float
+    bits_per_byte: float
+    kl_mean: float
+    kl_lo: float
+    kl_hi: float
+    kl_median: float
+    kl_p99: float
+    kl_max: float
+    same_top: float
+    rms_dp: float
+    threads: Optional[int] = None
+    seconds: float = 0.0
+    timestamp: str = ""
+    edgekit_version: str = ""
+    host: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "QualityRecord":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _g(x: float) -> str:
+    """KL spans 1e-8 (F32 vs its reference) to 1 (a broken build): three significant digits."""
+    return f"{x:.3g}"
+
+
+_MD: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
+    ("artifact", lambda r: r.artifact, -1),
+    ("quant", lambda r: r.quant, -1),
+    ("engine", lambda r: r.engine, -1),
+    ("size MB", lambda r: r.file_bytes / 1e6, 2),
+    ("PPL", lambda r: r.ppl, 4),
+    ("bits/byte", lambda r: r.bits_per_byte, 4),
+    ("mean KL", lambda r: _g(r.kl_mean), -1),
+    ("KL 95% interval", lambda r: f"{_g(r.kl_lo)} – {_g(r.kl_hi)}", -1),
+    ("median KL", lambda r: _g(r.kl_median), -1),
+    ("p99 KL", lambda r: _g(r.kl_p99), -1),
+    ("same top %", lambda r: 100 * r.same_top, 2),
+    ("RMS Δp %", lambda r: 100 * r.rms_dp, 3),
+]
+
+
+def to_markdown(records: Iterable[QualityRecord]) -> str:
+    """One table per (reference, text, ctx): the figures llama-perplexity --kl-divergence prints."""
+    groups: dict[tuple, list[QualityRecord]] = {}
+    for r in records:
+        groups.setdefault((r.reference, r.text, r.ctx, r.tokens_scored), []).append(r)
+    out = []
+    for (ref, text, ctx, n), rs in groups.items():
+        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens", "",
+                 "| " + " | ".join(h for h, *_ in _MD) + " |",
+                 "|" + "|".join("---" if d < 0 else "---:" for _, _, d in _MD) + "|"]
+        lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d in _MD) + " |" for r in rs]
+        out.append("\n".join(lines))
+    note = ("KL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
+            "llama-perplexity); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
+            "artifact − reference probability of the actual next token")
+    return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
+
+
+PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {
+    "md": to_markdown, "csv": to_csv, "json": to_json, "jsonl": to_jsonl}
+PARSERS: dict[str, Callable[[str], list[Any]]] = {
+    "md": parse_markdown, "csv": lambda t: parse_csv(t, QualityRecord),
+    "json": lambda t: parse_json(t, QualityRecord), "jsonl": lambda t: parse_jsonl(t, QualityRecord)}

@@ -1,0 +1,95 @@
+"""Eval texts and the token windows every artifact is scored on.
+
+The default text ships with edgekit (data/heldout.txt): prose from the Python documentation and code
+from four stdlib modules, © Python Software Foundation, PSF License Version 2 (data/PSF-LICENSE.txt),
+made by scripts/make_eval_text.py. The trained tiny model never saw it (its training text is
+data/train.txt). Windows follow llama-perplexity: the text is tokenized once with BOS in front, cut
+into chunks of ``ctx`` tokens, each chunk's first token replaced by BOS, and only the second half of
+each chunk is scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+
+DATA = Path(__file__).resolve().parent / "data"
+DEFAULT_TEXT = DATA / "heldout.txt"
+TRAIN_TEXT = DATA / "train.txt"
+
+
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a missing, empty or undecodable file is a one-line error."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the text ({e.strerror}); pass a readable UTF-8 file") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); "
+                          "convert it, e.g. `iconv -t utf-8 FILE`") from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the text is empty; pass a file with text in it")
+    return text
+
+
+@dataclass(frozen=True)
+class Text:
+    name: str
+    text: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def load_texts(paths: list[Path] | None) -> list[Text]:
+    return [Text(Path(p).name, read_text(p)) for p in (paths or [DEFAULT_TEXT])]
+
+
+def texts_digest(texts: list[Text]) -> str:
+    """One sha256 for the texts in order (a single text's is its own sha256)."""
+    if len(texts) == 1:
+        return texts[0].sha256
+    return hashlib.sha256("".join(t.sha256 + "\n" for t in texts).encode()).hexdigest()
+
+
+def windows(ids: list[int], ctx: int, bos: int | None, max_chunks: int | None = None) -> np.ndarray:
+    """[n_chunks, ctx] token windows of BOS + ids, as llama-perplexity cuts them."""
+    seq = ([bos] if bos is not None else []) + list(ids)
+    n = len(seq) // ctx
+    if max_chunks is not None and max_chunks > 0:
+        n = min(n, max_chunks)
+    if n == 0:
+        raise ConfigError(f"the text has {len(seq)} tokens, fewer than one window of --ctx {ctx}; "
+                          "pass a longer --text or a smaller --ctx")
+    out = np.array(seq[:n * ctx], dtype=np.int32).reshape(n, ctx)
+    if bos is not None:
+        out[:, 0] = bos
+    return out
+
+
+def first_scored(ctx: int) -> int:
+    """Logits at positions first..ctx-2 are scored (they predict tokens first+1..ctx-1)."""
+    return ctx // 2
+
+
+def piece_bytes(pieces: list[str], control: set[int]) -> np.ndarray:
+    """UTF-8 bytes each vocabulary piece stands for: ``<0xNN>`` byte-fallback tokens one, "▁" a space,
+    control tokens (``<bos>``, ``<|turn>`` …, ids in ``control``) nothing, since they are not text."""
+    out = np.zeros(len(pieces), dtype=np.int64)
+    for i, p in enumerate(pieces):
+        if i in control:
+            continue
+        if len(p) == 6 and p.startswith("<0x") and p.endswith(">"):
+            out[i] = 1
+        else:
+            out[i] = len(p.replace("\u2581", " ").encode("utf-8"))
+    return out

@@ -1,0 +1,103 @@
+"""Task suites: the loader's errors name the line, each scorer on hand-written passing and failing
+outputs, and the runner over a deterministic stand-in model (render/generate interface)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgekit.errors import ConfigError
+from edgekit.eval.scorers import SCORERS, parse_tool_call
+from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_markdown
+
+Q = '<|"|>'
+CASES = [  # scorer, expected, passing output, failing output
+    ("exact", "2026-03-03", "  2026-03-03\n", "2026-03-03 (a Tuesday)"),
+    ("contains", ["certificate", "expired"], "The Certificate had expired.", "The certificate was renewed."),
+    ("regex", r"\b(3|three)\b", "Up to three days.", "Up to 30 days."),
+    ("choice", "B", "Answer: B) negative", "A"),
+    ("choice", "C", "The answer is (C).", "Answer: D"),
+    ("json", {"invoice": "INV-2291", "total": 1450.0}, '```json\n{"invoice": "INV-2291", "total": 1450.0, "x": 1}\n```',
+     '{"invoice": "INV-2291", "total": "1450"}'),
+    ("tool_call", {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}},
+     f"<|tool_call>call:get_weather{{city:{Q}Oslo{Q},unit:{Q}C{Q}}}<tool_call|>",
+     f"<|tool_call>call:get_weather{{city:{Q}Bergen{Q},unit:{Q}C{Q}}}<tool_call|>"),
+    ("tool_call", {"name": "set_timer", "arguments": {"minutes": 10}},
+     f"Sure.<|tool_call>call:set_timer{{minutes:10,label:{Q}pasta, al dente{Q}}}<tool_call|>",
+     "I set a timer for 10 minutes."),
+]
+
+
+@pytest.mark.parametrize("scorer,expected,good,bad", CASES)
+def test_scorers(scorer, expected, good, bad):
+    fn, check = SCORERS[scorer]
+    assert check(expected) is None
+    assert fn(good, expected) is True
+    assert fn(bad, expected) is False
+
+
+def test_tool_call_parse_nested():
+    out = f"<|tool_call>call:book{{who:{Q}Ann{Q},seats:[1,2],opts:{{window:true,note:{Q}a:b, c{Q}}}}}<tool_call|>"
+    assert parse_tool_call(out) == ("book", {"who": "Ann", "seats": [1, 2], "opts": {"window": True, "note": "a:b, c"}})
+    assert parse_tool_call(f"<|tool_call>call:book{{who:{Q}Ann}}<tool_call|>") is None   # unterminated string
+
+
+def _write(tmp_path, lines):
+    p = tmp_path / "s.jsonl"
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+GOOD = json.dumps({"id": "a", "suite": "s", "prompt": "hi", "expected": "x", "scorer": "exact"})
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"id": "b", "suite": "s"', "not valid JSON (Expecting ',' delimiter at column 25); one JSON object per line"),
+    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "x", "scorer": "fuzzy"}),
+     "unknown scorer 'fuzzy'; choose one of exact, contains, regex, choice, json, tool_call"),
+    (json.dumps({"id": "b", "suite": "s", "expected": "x", "scorer": "exact"}), "case lacks messages or prompt"),
+    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "E", "scorer": "choice"}) .replace('"E"', '"AB"'),
+     "choice: expected must be one letter A-J"),
+    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "(", "scorer": "regex"}),
+     "regex: expected is not a valid regex (missing ), unterminated subpattern at position 0)"),
+    (GOOD, "duplicate id 'a'; ids must be unique in a suite file"),
+])
+def test_loader_errors_name_the_line(tmp_path, line, message):
+    p = _write(tmp_path, [GOOD, "", line])
+    with pytest.raises(ConfigError) as e:
+        load_suite(p)
+    assert str(e.value) == f"{p}:3: {message}"
+
+
+def test_example_suite_covers_the_tasks():
+    cases = load_suite(EXAMPLE_SUITE)
+    assert {c.suite for c in cases} == {"function_calling", "extraction", "classification", "summarization",
+                                        "grounded_qa", "code"}
+    assert {c.scorer for c in cases} == set(SCORERS)
+
+
+def test_runner_is_deterministic_and_shows_differences():
+    cases = load_suite(EXAMPLE_SUITE)
+    answers = {"ex-date": "2026-03-03", "cls-sentiment": "B", "code-output": "6"}
+
+    def render(messages):   # stand-in chat template: the last message's bytes
+        return list(messages[-1]["content"].encode())
+
+    def oracle(ids, max_tokens):
+        text = bytes(ids).decode()
+        return next((v for k, v in answers.items() if _case(cases, k).messages[-1]["content"] == text), "no idea")[:max_tokens]
+
+    ref = run_suite(cases, render, oracle, 64, "ref")
+    a = run_suite(cases, render, lambda ids, n: "no idea", 64, "art")
+    b = run_suite(cases, render, lambda ids, n: "no idea", 64, "art")
+    assert [r.output for r in a.results] == [r.output for r in b.results]
+    assert ref.accuracy()["extraction"] == (1, 2) and a.accuracy()["extraction"] == (0, 2)
+    diff = differences(a, ref)
+    assert sorted(c.id for c, _, _ in diff) == sorted(answers)
+    md = to_markdown([a], ref)
+    assert "| ref | " in md and "case cls-sentiment (classification)" in md and "| no idea | B |" in md
+
+
+def _case(cases, cid):
+    return next(c for c in cases if c.id == cid)
