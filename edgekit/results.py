@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -110,9 +111,15 @@ class Record:
         return f"tg{self.n_gen}" + (f" @ d{self.depth}" if self.depth else "")
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A record class's field types, resolved once (get_type_hints is slow, and parsing asks per field)."""
+    return typing.get_type_hints(cls)
+
+
 def _kind(name: str, cls: type = Record) -> type:
     """The field's base type: int, float, str, dict or list (Optional unwrapped)."""
-    t = typing.get_type_hints(cls)[name]
+    t = _hints(cls)[name]
     if typing.get_origin(t) is typing.Union:
         t = next(a for a in typing.get_args(t) if a is not type(None))
     return typing.get_origin(t) or t
@@ -120,7 +127,7 @@ def _kind(name: str, cls: type = Record) -> type:
 
 def _optional(name: str, cls: type = Record) -> bool:
     """An Optional field: its empty CSV cell is None (an Optional[str]'s "" is not written by edgekit)."""
-    return type(None) in typing.get_args(typing.get_type_hints(cls)[name])
+    return type(None) in typing.get_args(_hints(cls)[name])
 
 
 # ---------------------------------------------------------------- printers and parsers
@@ -311,7 +318,7 @@ def _parse_row(data: Any) -> Optional[Record]:
                 return None
             continue
         v, kind = d[f.name], _kind(f.name)
-        optional = typing.get_origin(_HINTS[f.name]) is typing.Union
+        optional = typing.get_origin(_hints(Record)[f.name]) is typing.Union
         if v is None and optional:
             continue
         if isinstance(v, bool) and kind is not bool or not isinstance(v, (int, float) if kind is float else kind):

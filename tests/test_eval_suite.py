@@ -101,3 +101,25 @@ def test_runner_is_deterministic_and_shows_differences():
 
 def _case(cases, cid):
     return next(c for c in cases if c.id == cid)
+
+
+def test_suite_on_a_real_artifact_is_deterministic(trained_dist):
+    """`edgekit eval --suite` through the artifact's own chat template and greedy decoding (edgekit.chat,
+    edgekit.session): two runs give identical outputs, and each prompt is the template's rendering."""
+    from edgekit.chat import ChatTemplate
+    from edgekit.eval.suite import SuiteOptions, engine_chat, run_suite
+
+    q8 = next(trained_dist.glob("*-Q8_0.gguf"))
+    cases = load_suite(EXAMPLE_SUITE)[:3]
+    opts = SuiteOptions(max_tokens=12, threads=1)
+    render, generate, close = engine_chat(q8, opts)
+    try:
+        tmpl = ChatTemplate.from_artifact(q8)
+        text = tmpl.render(cases[0].messages, enable_thinking=False)
+        assert text.endswith("model\n") and cases[0].messages[-1]["content"] in text
+        a = run_suite(cases, render, generate, 12, q8.name)
+        b = run_suite(cases, render, generate, 12, q8.name)
+    finally:
+        close()
+    assert [r.output for r in a.results] == [r.output for r in b.results]
+    assert all(r.output for r in a.results)  # the trained model says something within 12 tokens

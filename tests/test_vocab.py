@@ -373,7 +373,7 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [1, 106], "bos_token_id": 2, "pad_token_id": 0}))
     src = SourceTokenizer.read(tmp_path)
     sel = select(src, 65536, default_corpus())
-    assert (sel.size, sel.n_must, sel.n_corpus, sel.n_fill, sel.merges) == (65536, 311, 1437, 63788, 121870)
+    assert (sel.size, sel.n_must, sel.n_corpus, sel.n_fill, sel.merges) == (65536, 311, 696, 64529, 121870)
     lean = Tokenizer.from_str(json.dumps(lean_tokenizer_json(src, sel)))
     full = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     texts = [src.tokens[int(o)].replace("▁", " ") for o in sel.kept]

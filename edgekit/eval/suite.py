@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import ConfigError, EngineMissingError
+from ..errors import BenchError, ConfigError
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -145,19 +145,42 @@ class SuiteOptions:
     device: Optional[str] = None
 
 
-def engine_chat(path: Path, opts: SuiteOptions) -> tuple[Render, Generate]:
-    """render/generate for an artifact from edgekit.chat (the chat template) and a runner's greedy
-    generation: written by the `serve` work, not on this branch yet."""
+def engine_chat(path: Path, opts: SuiteOptions) -> tuple[Render, Generate, Callable[[], None]]:
+    """render/generate for an artifact: its own chat template (edgekit.chat, the one `edgekit run` and
+    `edgekit serve` use) and greedy decoding on the engine loaded with the target's knobs, stopped at
+    the template's stop tokens; the third item closes the engine."""
+    from ..generate import Sampling
+    from ..session import open_session
+
+    session = open_session(Path(path), target=opts.target, threads=opts.threads, knobs=dict(opts.runtime))
+
+    def render(messages: list[dict[str, Any]]) -> list[int]:
+        return session.prompt(messages, enable_thinking=False)[0]
+
+    def generate(ids: list[int], max_tokens: int) -> str:
+        text = ""
+        for e in session.stream(ids, Sampling(max_tokens=max_tokens, temperature=0.0)):
+            if e.kind == "done":
+                if e.finish_reason == "error":
+                    raise BenchError(f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the engine log")
+                break
+            text += e.text
+        return text
+
+    return render, generate, session.close
+
+
+def run_artifact(path: Path, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
+    render, generate, close = engine_chat(Path(path), opts)
     try:
-        from .. import chat  # noqa: F401
-    except ImportError:
-        raise EngineMissingError("--suite needs edgekit.chat (chat templates and greedy generation), which this "
-                                 "edgekit lacks; run suites with edgekit.eval.suite.run_suite and your own generate") from None
-    raise EngineMissingError("--suite: edgekit.chat is present but not wired to eval yet")
+        return run_suite(cases, render, generate, opts.max_tokens, Path(path).name)
+    finally:
+        close()
 
 
-def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> Any:
+def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> str:
+    """Every artifact (and ``opts.reference``, an artifact, when given) over the suite: accuracy per suite
+    per artifact, then each case whose result differs from the reference's, the two outputs side by side."""
     cases = load_suite(suite)
-    for p in paths:
-        engine_chat(Path(p), opts)
-    return cases
+    ref = run_artifact(Path(opts.reference), cases, opts) if opts.reference else None
+    return to_markdown([run_artifact(Path(p), cases, opts) for p in paths], ref)

@@ -18,9 +18,10 @@ they read any checkpoint. What is kept, in order (edgekit/vocab/select.py has th
 
 each with its merge closure, skipping a token whose closure no longer fits, until N are kept.
 
-The default corpus is a placeholder: the English, code and multilingual text edgekit's synthetic
-tokenizer is trained on (edgekit/tokenizer.py), until ``edgekit eval``'s redistributable default
-text ships. Pass ``--vocab-corpus FILE`` with the text your deployment will see.
+The default corpus is the training half of ``edgekit eval``'s shipped text (CPython's documentation
+and stdlib code, PSF License: edgekit/eval/data/train.txt), never its held-out half, so a vocabulary
+is not chosen on the text it is then scored on. It is English prose and Python: pass
+``--vocab-corpus FILE`` with the text your deployment will see.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ log = logging.getLogger(__name__)
 __all__ = ["Corpus", "Selection", "SourceTokenizer", "VocabTrims", "corpus_from_bytes", "default_corpus", "effective_vocab",
            "load_corpus", "select", "trim_checkpoint", "write_lean"]
 
-DEFAULT_CORPUS_NAME = "builtin:edgekit.tokenizer.corpus (placeholder default corpus)"
+DEFAULT_CORPUS_NAME = "builtin:edgekit/eval/data/train.txt (CPython docs and code, PSF License)"
 
 
 def default_corpus() -> Corpus:
-    from ..tokenizer import corpus
+    from ..eval.text import TRAIN_TEXT
 
-    return corpus_from_bytes(DEFAULT_CORPUS_NAME, ("\n".join(corpus()) + "\n").encode("utf-8"))
+    return corpus_from_bytes(DEFAULT_CORPUS_NAME, TRAIN_TEXT.read_bytes())
 
 
 def lean_name(ckpt: Checkpoint, n: int) -> str:
