@@ -252,8 +252,8 @@ def bench(
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
-    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS); --set kv_type=f16,q8_0 sweeps."),
-    limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's [bench] enforce_limit."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS); --set kv_type=f16,q8_0 sweeps."),
+    limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] enforce_limit."),
     limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
@@ -296,8 +296,8 @@ def bench(
 
 
 _ART = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact).")
-_TARGET = typer.Option(None, "--target", help="Target profile whose [runtime] knobs to use. Default: the manifest's.")
-_KNOB = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set n_ubatch=128.")
+_TARGET = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs to use. Default: the manifest's.")
+_KNOB = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set n_ubatch=128.")
 
 
 @app.command()
@@ -391,8 +391,8 @@ def eval_(
     chunks: Optional[int] = typer.Option(None, "--chunks", help="At most this many windows per text (default: all)."),
     top_k: int = typer.Option(64, "--top-k", help="Reference log-probabilities kept per position."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="llama.cpp / torch threads (default: this host's cores)."),
-    target: Optional[str] = typer.Option(None, "--target", help="Target profile whose [runtime] knobs apply. Default: the manifest's."),
-    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's [runtime], e.g. --set kv_type=f16."),
+    target: Optional[str] = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs apply. Default: the manifest's."),
+    knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set kv_type=f16."),
     reference_dtype: str = typer.Option("float32", "--reference-dtype", help="transformers reference: float32 or bfloat16."),
     ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Reference cache file to read or write (default: ~/.cache/edgekit/eval/)."),
     suite: Optional[Path] = typer.Option(None, "--suite", help="Run a task suite (JSONL) instead of the KL pass."),
