@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EdgekitError
+from .errors import ConfigError, EdgekitError
 
 _MISSING: Any = object()
 
@@ -87,17 +87,22 @@ class Fields:
         return self._get(key, default, lambda v: type(v) is dict, "an object of fields")
 
 
+def utf8_text(data: bytes, where: object, fix: str, error: type[EdgekitError] = ConfigError) -> str:
+    """``data`` as UTF-8, or one line naming the first bad byte and its offset, then ``fix``: the one
+    decoder for every text a user hands edgekit (TOML profiles, eval texts, vocabulary corpora)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{where}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); {fix}") from None
+
+
 def read_toml(path: Path, error: type[EdgekitError], kind: str) -> dict[str, Any]:
     """A TOML file's table; unreadable, non-UTF-8 and malformed files raise ``error`` in one line."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise error(f"{path}: unreadable {kind} ({e.strerror or e}); fix the file's permissions") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                    "save the file as UTF-8") from None
+    text = utf8_text(data, path, "save the file as UTF-8", error)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

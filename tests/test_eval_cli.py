@@ -44,7 +44,7 @@ def test_empty_text(f32, tmp_path):
 def test_non_utf8_text(f32, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("Café crème".encode("latin-1"))
     code, _, err = _run("eval", f32, "--reference", f32, "--text", tmp_path / "latin1.txt", "--no-store")
-    assert _one_line_error(code, err) == (f"edgekit: error: {tmp_path / 'latin1.txt'}: not UTF-8 text (invalid byte "
+    assert _one_line_error(code, err) == (f"edgekit: error: {tmp_path / 'latin1.txt'}: not UTF-8 text (byte 0xe9 "
                                           "at offset 3); convert it, e.g. `iconv -t utf-8 FILE`")
 
 

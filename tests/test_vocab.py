@@ -290,7 +290,7 @@ def test_corpus_not_utf8(tmp_path, tiny_ckpt):
     c = tmp_path / "latin1.txt"
     c.write_bytes("café olé".encode("latin-1"))
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "512", "--vocab-corpus", str(c)) == (
-        f"edgekit: error: {c}: the vocabulary corpus is not UTF-8 (invalid byte at offset 3); convert it to "
+        f"edgekit: error: {c}: the vocabulary corpus: not UTF-8 text (byte 0xe9 at offset 3); convert it to "
         "UTF-8 (e.g. iconv -t UTF-8) or pass another file\n")
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..fields import utf8_text
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TEXT = DATA / "heldout.txt"
@@ -30,11 +31,7 @@ def read_text(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the text ({e.strerror}); pass a readable UTF-8 file") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); "
-                          "convert it, e.g. `iconv -t utf-8 FILE`") from None
+    text = utf8_text(raw, path, "convert it, e.g. `iconv -t utf-8 FILE`")
     if not text.strip():
         raise ConfigError(f"{path}: the text is empty; pass a file with text in it")
     return text

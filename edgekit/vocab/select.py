@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import ConfigError, TokenizerError
+from ..fields import utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,8 @@ class Corpus:
 
 
 def corpus_from_bytes(name: str, raw: bytes) -> Corpus:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{name}: the vocabulary corpus is not UTF-8 (invalid byte at offset {e.start}); "
-                          "convert it to UTF-8 (e.g. iconv -t UTF-8) or pass another file") from None
+    text = utf8_text(raw, f"{name}: the vocabulary corpus",
+                     "convert it to UTF-8 (e.g. iconv -t UTF-8) or pass another file")
     if not text.strip():
         raise ConfigError(f"{name}: the vocabulary corpus is empty; pass a UTF-8 text file with the kind of "
                           "text the deployment will see")
