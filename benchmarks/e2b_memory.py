@@ -1,7 +1,7 @@
 """Shape-true Gemma 4 E2B at 4-bit: peak RAM per artifact and runtime, with where the memory goes.
 
     python benchmarks/e2b_memory.py [--e2b-dir DIR] [--ctx 2048,4096] [-n 16] [-r 1] [--vocab N] [--no-lean]
-                                    [--no-limits | --limits-only]
+                                    [--no-limits | --limits-only [--match TEXT] [--extra-dir DIR]]
 
 Synthesizes E2B once (random weights: memory and speed do not depend on values; its tokenizer has
 Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cached under
@@ -145,6 +145,9 @@ def main() -> None:
     lim.add_argument("--no-limits", action="store_true", help="skip the unlimited-vs-cgroup table")
     lim.add_argument("--limits-only", action="store_true", help="only the unlimited-vs-cgroup table (ctx 2048)")
     ap.add_argument("--limit-mb", type=float, default=1500.0, help="the cgroup's limit (default: the pi5 budget)")
+    ap.add_argument("--match", default="", help="limits table: only the GGUFs whose name contains this")
+    ap.add_argument("--extra-dir", type=Path, action="append", default=[],
+                    help="limits table: also the GGUFs of this built folder (e.g. a recipe being tried)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -174,7 +177,7 @@ def main() -> None:
         except EngineMissingError as e:
             print(f"skipping MLX: {e}", file=sys.stderr)
     if args.limits_only:
-        for folder in (gguf_dir, lean_gguf):
+        for folder in (gguf_dir, lean_gguf, *args.extra_dir):
             if folder:
                 limits_table(folder, args)
         return
@@ -251,7 +254,7 @@ def limits_table(gguf_dir: Path, args: argparse.Namespace, ctx: int = 2048) -> N
     print("| artifact | run | peak RSS MB | cgroup peak MB | peak @16K MB | majflt prefill | majflt/token | tg t/s "
           "| tg ÷ unlimited | OOM | gate |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
-    for a in sorted(gguf_dir.glob("*.gguf")):
+    for a in sorted(p for p in gguf_dir.glob("*.gguf") if args.match in p.name):
         pair = []
         for limited in (False, True):
             drop_caches()

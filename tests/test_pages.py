@@ -41,7 +41,7 @@ def test_a_mapping_whose_touched_pages_the_test_chose(tmp_path, offset_pages):
             c = count(f)
         finally:
             m.close()
-    assert list(pages.values()) == [{p + offset_pages for p in TOUCHED}]
+    assert [v.tolist() for v in pages.values()] == [[p + offset_pages for p in TOUCHED]]   # ascending
     assert c is not None and (c.page_size, c.resident_bytes, c.mappings) == (PAGE, 4 * PAGE, 1)
     # offset 8 pages = 32 KB: still 16 KB-aligned, so the same three blocks, shifted by two
     assert c.blocks == 3 and c.extra_bytes == 3 * PAGE_16K - 4 * PAGE
@@ -58,3 +58,25 @@ def test_pi5_record_gets_rss_minus_4k_pages_plus_16k_blocks():
     other = make_record(4, peak_rss_bytes=100_000_000)
     apply_pages(other, counted, device_page_size=0)   # a target without 16 KB pages: page size only
     assert other.page_size == PAGE and other.peak_16k_bytes is None and other.gate_bytes == 100_000_000
+
+
+def test_pagemap_read_in_chunks_gives_the_same_pages(tmp_path, monkeypatch):
+    """The count reads the pagemap a chunk at a time (its memory is inside the measured child); pages
+    either side of a chunk boundary, and a last partial chunk, are all found."""
+    import edgekit.pages as pages
+
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"\x01" * 64 * PAGE)
+    monkeypatch.setattr(pages, "_CHUNK", 5)   # 64 pages: 12 chunks of 5 and one of 4
+    touched = [0, 4, 5, 9, 10, 59, 60, 63]
+    with open(f, "rb") as fh:
+        m = mmap.mmap(fh.fileno(), 64 * PAGE, access=mmap.ACCESS_COPY)
+        try:
+            for p in touched:
+                m[p * PAGE] = 2
+            found = present_pages([f])
+        finally:
+            m.close()
+    assert [v.tolist() for v in found.values()] == [touched]
+    c = count_blocks(found, PAGE)
+    assert c.blocks == len({p // 4 for p in touched}) and c.resident_bytes == len(touched) * PAGE

@@ -65,10 +65,13 @@ def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
                 sampler.reset()
             reps = run_reps(runner, n_prompt, n_gen, spec.reps, seed=spec.seed, on_step=step,
                             on_sample=sampler.sample, depth=depth)
+            # the peak first: the page count below allocates (a few MB of pagemap entries), and the
+            # kernel's VmHWM would add that to the figure it corrects
+            memory = asdict(sampler.peak())
             # which pages of the mapped artifact are resident at the end of the test (16 KB blocks)
             count = pages.count(Path(spec.path))
             out.append({"reps": [r.to_json() for r in reps], "figures": runner.figures(),
-                        "memory": asdict(sampler.peak()), "pages": count.to_json() if count else None})
+                        "memory": memory, "pages": count.to_json() if count else None})
         applied = runner.applied()
     runner.close()
     first = out[0]
