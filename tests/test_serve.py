@@ -128,6 +128,29 @@ def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode())
     assert code == 400 and body["error"]["message"] == "temperature must be a number in [0.0, 2.0], got 'hot'"
+    code, body, _ = _post(server, "/v1/chat/completions",
+                          json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode())
+    assert code == 400 and body["error"]["message"] == "ignore_eos must be true or false, got 'yes'"
+
+
+def test_sse_writer_writes_what_json_dumps_writes():
+    from edgekit.server import TEXT, _sse_writer
+
+    head = {"id": "chatcmpl-1", "created": 1, "model": "m \"q\"", "object": "chat.completion.chunk"}
+    doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}  # noqa: E731
+    write = _sse_writer(doc(TEXT))
+    for text in ["", "plain", 'quote " and \\ backslash', "line\nbreak\t", "é ü 中文 🙂", "<|\"|>", "\0 nul"]:
+        assert write(text) == "data: " + json.dumps(doc(text), ensure_ascii=False) + "\n\n"
+
+
+def test_ignore_eos_gives_exactly_max_tokens(server, model):
+    # Seed 4 at temperature 1 ends its turn after 73 tokens on this model (found by trying seeds 0-11).
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=200, temperature=1.0, seed=4)
+    r = c.chat.completions.create(**kw)
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (73, "stop")
+    r = c.chat.completions.create(**kw, extra_body={"ignore_eos": True})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (200, "length")
 
 
 def test_rss_does_not_grow_with_requests(server, model):
