@@ -1,6 +1,6 @@
 """What does serving cost? `edgekit serve` as an HTTP client sees it, against `edgekit bench`, same run.
 
-    python benchmarks/serve_vs_bench.py [ARTIFACT] [--target pi5] [-p 256] [-n 64] [-r 5] [--threads N]
+    python benchmarks/serve_vs_bench.py [ARTIFACT] [--target pi5] [-p 256] [-n 64] [-r 5] [--threads N] [--ctx N]
                                         [--only ratio,prefix,load] [--clients 4] [--requests 25]
 
 * ratio: client-seen TTFT (request sent → first streamed text) and decode t/s (streamed tokens after
@@ -112,7 +112,7 @@ def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path
             # p = 1438 that alone was 1.36x faster (506 vs 373 t/s, same host and minute), which is what
             # the first serve/bench decode ratios of 0.73-0.77 mostly measured. TTFT: pp p from empty.
             first, deep = bench(artifact, BenchOptions(
-                n_prompt=p, n_gen=args.n_gen, reps=1, threads=args.threads, target=args.target, roofline=False,
+                n_prompt=p, n_gen=args.n_gen, reps=1, threads=args.threads, ctx=args.ctx, target=args.target, roofline=False,
                 tests=[Test(p, args.n_gen, 0), Test(1, args.n_gen, p)]))
             rounds.append((r, first, deep))
     med = statistics.median
@@ -197,6 +197,7 @@ def main() -> None:
     ap.add_argument("-n", "--n-gen", type=int, default=64)
     ap.add_argument("-r", "--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ctx", type=int, default=None, help="Context for serve and bench (default: the target's).")
     ap.add_argument("--system-tokens", type=int, default=1000, help="Tokens of the prefix test's system prompt.")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=25)
@@ -209,7 +210,8 @@ def main() -> None:
         from edgekit.bench import plan
 
         artifact = plan(artifact, args.target)[0].path   # the one `serve` picks from a dist folder: bench the same
-        common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else [])
+        common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else []) \
+            + (["--ctx", str(args.ctx)] if args.ctx else [])
         for name in args.only.split(","):
             {"ratio": ratio, "prefix": prefix, "load": load}[name.strip()](artifact, args, common, tmp)
     print(json.dumps({"artifact": str(artifact), "target": args.target}))

@@ -313,8 +313,8 @@ class App:
                         out.append((kind, text))
                 if out:
                     yield "".join(write[kind](text) for kind, text in out)
+            tail = [write[kind](text) for kind, text in split.rest()]
             reply = split.finish()
-            tail = []
             if reply.tool_calls:
                 calls = reply.openai_tool_calls(f"call_{base['id'][-8:]}")
                 tail.append(chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))

@@ -138,6 +138,8 @@ def chat_turn(session: Session, messages: list[dict[str, Any]], sampling: Sampli
             break
         for kind, text in split.feed(e.text):
             (write if kind == "content" else write_err)(text)
+    for kind, text in split.rest():
+        (write if kind == "content" else write_err)(text)
     reply = split.finish()
     msg: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:

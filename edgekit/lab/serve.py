@@ -228,8 +228,9 @@ def one_request(base: str, model: str, messages: list[dict[str, Any]], max_token
                 end = time.perf_counter()
     total = time.perf_counter()
     n = usage.get("completion_tokens", 0)
-    if first is None or end is None:
-        raise LabError(f"{base}: the stream ended without {'a finish chunk' if first else 'any generated text'}")
+    if end is None:
+        raise LabError(f"{base}: the stream ended without a finish chunk")
+    first = end if first is None else first   # no text at all (e.g. one token, half a UTF-8 character)
     return {"ttft_ms": (first - t0) * 1e3, "total_ms": (total - t0) * 1e3,
             "decode_tps": (n - 1) / (end - first) if end > first and n > 1 else 0.0,
             "completion_tokens": n, "prompt_tokens": usage.get("prompt_tokens", 0),
