@@ -1,13 +1,15 @@
 """What does serving cost? `edgekit serve` as an HTTP client sees it, against `edgekit bench`, same run.
 
-    python benchmarks/serve_vs_bench.py [ARTIFACT] [--target pi5] [-p 256] [-n 64] [-r 5] [--threads N]
+    python benchmarks/serve_vs_bench.py [ARTIFACT] [--target pi5] [-p 256] [-n 64] [-r 5] [--threads N] [--ctx N]
                                         [--only ratio,prefix,load] [--clients 4] [--requests 25]
 
-* ratio: client-seen TTFT (request sent → first streamed content) and decode t/s (streamed tokens after
+* ratio: client-seen TTFT (request sent → first streamed text) and decode t/s (streamed tokens after
   the first over their time) of `edgekit serve`, against `edgekit bench` on the same artifact, target
-  knobs, threads and prompt length (the chat's rendered prompt, counted by the server). Printed as
-  bench_ttft / serve_ttft and serve_tps / bench_tps (goal ≥ 0.95 each). The server adds the template,
-  tokenization, HTTP and SSE; bench prefills random ids from an empty cache.
+  knobs, threads and prompt length (the chat's rendered prompt, counted by the server), in paired rounds
+  (a served request, then a bench repetition). Printed as bench_ttft / serve_ttft and serve_tps /
+  bench_tps (goal ≥ 0.95 each), bench's decode at the served prompt's depth, and the server path's
+  per-token overhead in µs. The server adds the template, tokenization, HTTP and SSE; bench prefills
+  random ids from an empty cache.
 * prefix: TTFT with a ~1,000-token system prompt kept in the KV cache (the same system prompt each
   request) against a new one each request (nothing cached); prints cached / uncached.
 * load: CLIENTS threads × REQUESTS requests each against `--parallel CLIENTS`: p50/p95 TTFT, total
@@ -93,19 +95,39 @@ def words(n: int, salt: str = "") -> str:
 
 def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
     from edgekit.bench import BenchOptions, bench
+    from edgekit.sweep import Test
 
+    # Paired rounds: a served request, then a bench repetition of the same lengths, REPS times, the server
+    # kept up. Serving first and benching after, on this shared host, let the other jobs' load differ
+    # between the halves: bench's tg @ d1438 on the tiny model went 283-557 t/s across four such runs.
+    rounds = []
     with Server(artifact, common, tmp / "ratio.log") as s:
         msgs = lambda i: [{"role": "user", "content": words(args.n_prompt, f"r{i}")}]   # noqa: E731
         one_request(s.base, s.model, msgs(-1), 4)   # warm-up: page in
-        runs = [one_request(s.base, s.model, msgs(i), args.n_gen) for i in range(args.reps)]
-    p = runs[0]["prompt_tokens"]
-    (rec,) = bench(artifact, BenchOptions(
-        n_prompt=p, n_gen=args.n_gen, reps=args.reps, threads=args.threads, target=args.target, roofline=False))
-    served_ttft = statistics.median(r["ttft_ms"] for r in runs)
-    served_tps = statistics.median(r["decode_tps"] for r in runs)
-    print(f"ratio: prompt {p} tokens, {args.n_gen} generated, {args.reps} reps")
-    print(f"  TTFT   serve {served_ttft:8.1f} ms   bench {rec.ttft_ms:8.1f} ms   bench/serve {rec.ttft_ms / served_ttft:.3f}")
-    print(f"  decode serve {served_tps:8.2f} t/s  bench {rec.tg_tps:8.2f} t/s  serve/bench {served_tps / rec.tg_tps:.3f}")
+        for i in range(args.reps):
+            r = one_request(s.base, s.model, msgs(i), args.n_gen)
+            p = r["prompt_tokens"]
+            # The served tokens are decoded after the p-token prompt, so bench's decode test runs at depth
+            # p (llama-bench's -d): its plain tg decodes from an empty cache, and on the tiny model at
+            # p = 1438 that alone was 1.36x faster (506 vs 373 t/s, same host and minute), which is what
+            # the first serve/bench decode ratios of 0.73-0.77 mostly measured. TTFT: pp p from empty.
+            first, deep = bench(artifact, BenchOptions(
+                n_prompt=p, n_gen=args.n_gen, reps=1, threads=args.threads, ctx=args.ctx, target=args.target, roofline=False,
+                tests=[Test(p, args.n_gen, 0), Test(1, args.n_gen, p)]))
+            rounds.append((r, first, deep))
+    med = statistics.median
+    p = rounds[0][0]["prompt_tokens"]
+    s_ttft, b_ttft = med(r["ttft_ms"] for r, _, _ in rounds), med(f.ttft_ms for _, f, _ in rounds)
+    s_tps, b_tps, b0_tps = (med(r["decode_tps"] for r, _, _ in rounds), med(d.tg_tps for _, _, d in rounds),
+                            med(f.tg_tps for _, f, _ in rounds))
+    over = sorted(1e6 / r["decode_tps"] - 1e6 / d.tg_tps for r, _, d in rounds)
+    print(f"ratio: prompt {p} tokens, {args.n_gen} generated, {args.reps} paired rounds (medians; ratios: median of the rounds')")
+    print(f"  TTFT   serve {s_ttft:8.1f} ms   bench {b_ttft:8.1f} ms   bench/serve "
+          f"{med(f.ttft_ms / r['ttft_ms'] for r, f, _ in rounds):.3f}")
+    print(f"  decode serve {s_tps:8.2f} t/s  bench @ d{p} {b_tps:8.2f} t/s  serve/bench "
+          f"{med(r['decode_tps'] / d.tg_tps for r, _, d in rounds):.3f}   (bench @ d0 {b0_tps:.2f} t/s)")
+    print(f"  per-token overhead of the server path {med(over):+.1f} us (rounds {over[0]:+.1f} .. {over[-1]:+.1f}; "
+          f"{1e6 / s_tps:.1f} us served, {1e6 / b_tps:.1f} us bench)")
 
 
 def english(n_words: int) -> str:
@@ -175,6 +197,7 @@ def main() -> None:
     ap.add_argument("-n", "--n-gen", type=int, default=64)
     ap.add_argument("-r", "--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--ctx", type=int, default=None, help="Context for serve and bench (default: the target's).")
     ap.add_argument("--system-tokens", type=int, default=1000, help="Tokens of the prefix test's system prompt.")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--requests", type=int, default=25)
@@ -187,7 +210,8 @@ def main() -> None:
         from edgekit.bench import plan
 
         artifact = plan(artifact, args.target)[0].path   # the one `serve` picks from a dist folder: bench the same
-        common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else [])
+        common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else []) \
+            + (["--ctx", str(args.ctx)] if args.ctx else [])
         for name in args.only.split(","):
             {"ratio": ratio, "prefix": prefix, "load": load}[name.strip()](artifact, args, common, tmp)
     print(json.dumps({"artifact": str(artifact), "target": args.target}))

@@ -362,5 +362,13 @@ class StreamSplitter:
             break
         return [(k, t) for k, t in out if t]
 
+    def rest(self) -> list[tuple[str, str]]:
+        """At the end: the tail held back because it might have started a marker (a reply ending in "<"),
+        unless it is tool-call markup (finish returns that as calls)."""
+        if self.mode == "call" or self.head or not self.buf:
+            return []
+        out, self.buf = [(self.mode, self.buf)], ""
+        return out
+
     def finish(self) -> Reply:
         return parse_reply(self.all)

@@ -202,7 +202,7 @@ def lab_run(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="Bench what the devices already hold."),
     method: str = _METHOD,
-    served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint over HTTP (deploy --serve first) instead of `edgekit bench`."),
+    served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with --no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say via served."),
     port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
 ) -> None:
     """Deploy, then bench on every device in parallel; each device's records go to the local store.
@@ -215,23 +215,12 @@ def lab_run(
 
     chosen = load_inventory(inventory).select(_csv(devices))
     if served:
-        import json
-
-        from .lab.serve import bench_endpoint, deploy_served
-
-        bad = False
-        for d in chosen:
-            try:
-                url = deploy_served(dist, d, port=port, method=method).url if not no_deploy else f"http://{d.host}:{port}/v1"
-                typer.echo(json.dumps({"device": d.name, **bench_endpoint(url)}))
-            except EdgekitError as e:
-                typer.echo(f"edgekit: error: {e}", err=True)
-                bad = True
-        raise typer.Exit(1 if bad else 0)
+        from .lab.serve import lab_run_served as run   # noqa: F811
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
-        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show)
+        kw = {"port": port} if served else {}
+        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show, **kw)
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
     raise typer.Exit(exit_code(outcomes))

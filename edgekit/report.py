@@ -21,12 +21,12 @@ log = logging.getLogger(__name__)
 def latest(records: list[Record]) -> list[Record]:
     seen: dict[tuple, Record] = {}
     for r in records:  # in store order, so later rows replace earlier ones
-        seen[(r.device, r.sha256, r.engine, r.threads, r.ctx, r.n_prompt, r.n_gen)] = r
+        seen[(r.device, r.sha256, r.engine, r.via, r.threads, r.ctx, r.n_prompt, r.n_gen)] = r
     return list(seen.values())
 
 
 def _label(r: Record) -> str:
-    return f"{r.artifact} ({r.engine}, {r.device})"
+    return f"{r.artifact} ({r.engine}{', served' if r.via == 'served' else ''}, {r.device})"
 
 
 def plot_tg_vs_peak(records: list[Record], out: Path) -> Path:
@@ -41,7 +41,7 @@ def plot_tg_vs_peak(records: list[Record], out: Path) -> Path:
         ax.errorbar([r.peak_rss_bytes / MB for r in rs], [r.tg_tps for r in rs], yerr=[r.tg_tps_sd for r in rs],
                     fmt="o", capsize=3, label=dev)
         for r in rs:
-            ax.annotate(f"{r.quant} {r.engine}", (r.peak_rss_bytes / MB, r.tg_tps), fontsize=7,
+            ax.annotate(f"{r.quant} {r.engine}{' served' if r.via == 'served' else ''}", (r.peak_rss_bytes / MB, r.tg_tps), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")
     for b in sorted({r.budget_bytes for r in records if r.budget_bytes}):
         ax.axvline(b / MB, color="red", linestyle="--", linewidth=1)
@@ -153,7 +153,7 @@ def write_report(db: Optional[Path], out: Path) -> Path:
     hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
     skipped = f" {len(corrupt)} corrupt row(s) were skipped." if corrupt else ""
     text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` "
-            f"(latest per device, artifact, engine, threads, context and lengths).{skipped}\n\n"
+            f"(latest per device, artifact, engine, bench or served, threads, context and lengths).{skipped}\n\n"
             f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
             "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
     pairs = quality_pairs(records, quality)

@@ -74,6 +74,9 @@ class Record:
     oom_killed: Optional[bool] = None            # the kernel's OOM killer stopped the child inside the limit
     majflt_prefill: Optional[float] = None       # major page faults per prefill (mean over reps)
     majflt_per_token: Optional[float] = None     # major page faults per decoded token (mean over reps)
+    # "bench": edgekit bench, in its own process; "served": an HTTP client timing `edgekit serve`
+    # (edgekit lab run --served: TTFT and decode t/s as the client sees them, template, HTTP and SSE included)
+    via: str = "bench"
     # provenance
     timestamp: str = ""
     edgekit_version: str = ""
@@ -185,11 +188,13 @@ def _mb(x: Optional[int]) -> Optional[float]:
     return None if x is None else x / MB
 
 
-# (header, value getter, decimals (-1: text), shown only when some record has a value)
-_MD: list[tuple[str, Callable[[Record], Any], int, bool]] = [
+# (header, value getter, decimals (-1: text), shown only when some record has a value; or only when
+# this test of the records says so)
+_MD: list[tuple[str, Callable[[Record], Any], int, Any]] = [
     ("artifact", lambda r: r.artifact, -1, False),
     ("quant", lambda r: r.quant, -1, False),
     ("engine", lambda r: r.engine, -1, False),
+    ("via", lambda r: r.via, -1, lambda rs: any(r.via != "bench" for r in rs)),
     ("device", lambda r: r.device, -1, False),
     ("target", lambda r: r.target or None, -1, True),
     ("threads", lambda r: r.threads, 0, False),
@@ -242,12 +247,14 @@ def to_markdown(records: Iterable[Record]) -> str:
         groups.setdefault((r.n_prompt, r.n_gen, r.depth), []).append(r)
     out = []
     for rs in groups.values():
-        cols = [c for c in _MD if not c[3] or any(c[1](r) is not None for r in rs)]
+        cols = [c for c in _MD if (c[3](rs) if callable(c[3]) else not c[3] or any(c[1](r) is not None for r in rs))]
         lines = ["| " + " | ".join(_header(h, rs[0]) for h, *_ in cols) + " |",
                  "|" + "|".join("---" if d < 0 else "---:" for _, _, d, _ in cols) + "|"]
         lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d, _ in cols) + " |" for r in rs]
         out.append("\n".join(lines))
-    note = ("mean ± sd over the repetitions; MB = 1e6 bytes; anon/file: the peak's anonymous vs file-backed "
+    note = ("mean ± sd over the repetitions; MB = 1e6 bytes; via served: timed by an HTTP client through "
+            "`edgekit serve` (lab run --served: TTFT to the first streamed text, decode t/s over the stream, "
+            "pp t/s = prompt tokens ÷ that TTFT, peak RSS the server's), not by `edgekit bench`; anon/file: the peak's anonymous vs file-backed "
             "(mmap'd) part; roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth; "
             "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement; "
             "peak @16K: the peak with the artifact's mapped pages counted in 16 KB file-aligned blocks, as a "

@@ -8,6 +8,7 @@ import logging
 import queue
 import resource
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -29,6 +30,13 @@ class Session:
     target: str
     runtime: dict[str, Any]
     n_ctx: int
+    # what the server reports on GET /props (``edgekit lab run --served`` records it)
+    artifact: Any = None          # the manifest's Artifact (file, sha256, bytes, quant, format)
+    model_name: str = ""          # the manifest's model
+    engine_name: str = ""         # ENGINES name
+    threads: Optional[int] = None
+    load_ms: float = 0.0
+    budget_bytes: Optional[int] = None
 
     def prompt(self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]] = None,
                enable_thinking: Optional[bool] = None) -> tuple[list[int], int]:
@@ -45,8 +53,10 @@ class Session:
                 prefix_len = len(head_ids)
         return ids, prefix_len
 
-    def request(self, ids: list[int], sampling: Sampling, prefix_len: int = 0, on_event=None) -> GenRequest:
-        return GenRequest(ids, sampling, stop_ids=self.stop_ids, prefix_len=prefix_len,
+    def request(self, ids: list[int], sampling: Sampling, prefix_len: int = 0, on_event=None,
+                stop: bool = True) -> GenRequest:
+        """``stop``: end at the end-of-turn tokens (off: exactly ``max_tokens``, as a benchmark wants)."""
+        return GenRequest(ids, sampling, stop_ids=self.stop_ids if stop else frozenset(), prefix_len=prefix_len,
                           on_event=on_event or (lambda e: None))
 
     @property
@@ -89,13 +99,17 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
     template = ChatTemplate.from_artifact(planned.path)
     for mod in st.engine.block if block else ():   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
+    t0 = time.perf_counter()
     engine = open_engine(planned.path, st.engine.name,
                          RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
                          slots=slots, max_queue=max_queue, prefix_file=prefix_file)
     log.info("%s: %s, target %s, ctx %d, threads %d, knobs %s", planned.path.name, planned.artifact.format,
              tgt.name if tgt else "-", n_ctx, n_threads, runtime)
+    load_ms = (time.perf_counter() - t0) * 1e3
     return Session(engine, template, planned.path.stem if planned.path.is_file() else planned.path.name,
-                   planned.path, planned.artifact.format, tgt.name if tgt else "", runtime, n_ctx)
+                   planned.path, planned.artifact.format, tgt.name if tgt else "", runtime, n_ctx,
+                   artifact=planned.artifact, model_name=planned.model, engine_name=st.engine.name,
+                   threads=n_threads, load_ms=load_ms, budget_bytes=tgt.memory_budget_bytes if tgt else None)
 
 
 def peak_rss_bytes() -> int:
@@ -124,6 +138,8 @@ def chat_turn(session: Session, messages: list[dict[str, Any]], sampling: Sampli
             break
         for kind, text in split.feed(e.text):
             (write if kind == "content" else write_err)(text)
+    for kind, text in split.rest():
+        (write if kind == "content" else write_err)(text)
     reply = split.finish()
     msg: dict[str, Any] = {"role": "assistant", "content": reply.content}
     if reply.tool_calls:

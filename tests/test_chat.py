@@ -138,3 +138,13 @@ def test_stream_splitter_equals_whole(step):
     assert joined == {"content": "Hi <there> ", "reasoning": "hm <ok>"}
     r = s.finish()
     assert [(c.name, c.arguments) for c in r.tool_calls] == [("f", {"a": 1})] and r.content == "Hi <there> "
+
+
+@pytest.mark.parametrize("text", ["Hi <", "Hi <|tool", "a <|chan", "<channel"])
+def test_stream_splitter_rest_is_the_held_tail(text):
+    # A reply may end in what could have begun a marker: the stream must still carry it, as the whole does.
+    s = StreamSplitter()
+    events = [e for ch in text for e in s.feed(ch)]
+    events += s.rest()
+    assert "".join(t for k, t in events if k == "content") == parse_reply(text).content == text
+    assert s.rest() == []

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.lab.inventory import load_inventory
-from edgekit.lab.serve import bench_endpoint, launchd_plist, stop_served, systemd_unit
+from edgekit.lab.serve import launchd_plist, stop_served, systemd_unit
+from edgekit.manifest import read_manifest
+from edgekit.results import Store, parse_markdown
 from serve_fixture import free_port
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
 
@@ -31,7 +33,7 @@ def dist(tiny_ckpt, tmp_path_factory):
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
 
-def test_deploy_serve_nohup_fallback(sshd, dist, tmp_path):  # noqa: F811
+def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     work = tmp_path / "device"
     inv = tmp_path / "lab.toml"
     inv.write_text(sshd.device_table("pi", workdir=str(work), edgekit=EDGEKIT))
@@ -40,21 +42,76 @@ def test_deploy_serve_nohup_fallback(sshd, dist, tmp_path):  # noqa: F811
                                  "--serve-host", "127.0.0.1", "--port", str(port)])
     assert r.exit_code == 0, r.output
     pid_file = work / "serve" / "serve.pid"
-    assert r.output.splitlines()[-1] == f"pi: serving at http://127.0.0.1:{port}/v1 (nohup: {pid_file})"
+    url = f"http://127.0.0.1:{port}/v1"
+    assert r.output.splitlines()[-1] == f"pi: serving at {url} (nohup: {pid_file})"
     pid = int(pid_file.read_text())
     device = load_inventory(inv).get("pi")
+    db = tmp_path / "results.db"
+    lab = ["lab", "run", str(dist), "--inventory", str(inv), "--db", str(db)]
     try:
         assert psutil.pid_exists(pid)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as h:
             assert json.loads(h.read())["status"] == "ok"
-        b = bench_endpoint(f"http://127.0.0.1:{port}/v1", n_prompt_words=8, n_gen=4, reps=1)
-        assert b["model"] == "tiny-gemma4-Q8_0" and b["ttft_ms"] > 0 and b["samples"][0]["completion_tokens"] == 4
-        assert b["decode_tps"] > 0
         assert "serving tiny-gemma4-Q8_0" in (work / "serve" / "serve.log").read_text()
+        # The endpoint benched as a client sees it, into the store beside a direct bench of the same build.
+        r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port), "--", "-p", "24",
+                                     "-n", "6", "-r", "2"])
+        assert r.exit_code == 0, r.output
+        (line, summary) = r.stdout.splitlines()
+        assert line.startswith("pi: 1 served record: TTFT ") and line.endswith(f" t/s at {url}")
+        assert summary == f"1 record(s) from 1/1 device(s) in {db}"
+        r = CliRunner().invoke(app, [*lab, "--no-deploy", "--", "-p", "24", "-n", "6", "-r", "2"])
+        assert r.exit_code == 0, r.output
     finally:
         stop_served(device)
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not pid_file.exists()
+
+    served, direct = Store(db).records()
+    art = read_manifest(dist).artifacts[0]
+    assert (served.via, direct.via) == ("served", "bench")
+    for rec in (served, direct):
+        assert (rec.device, rec.artifact, rec.sha256, rec.file_bytes, rec.quant, rec.engine, rec.target) == \
+            ("pi", art.file, art.sha256, art.bytes, "Q8_0", "llama.cpp", "pi5")
+        assert (rec.n_prompt, rec.n_gen, rec.reps, rec.ctx) == (24, 6, 2, 2048)
+        assert rec.threads == direct.threads and rec.runtime == direct.runtime   # the same knobs applied
+    # Each repetition's TTFT is positive and within its request's whole time; the means are the samples'.
+    s = served.samples
+    assert len(s["ttft_ms"]) == len(s["total_ms"]) == len(s["tg_tps"]) == 2
+    assert all(0 < t <= total for t, total in zip(s["ttft_ms"], s["total_ms"]))
+    assert all(v > 0 for v in s["tg_tps"])
+    assert served.ttft_ms == pytest.approx(sum(s["ttft_ms"]) / 2) and served.tg_tps == pytest.approx(sum(s["tg_tps"]) / 2)
+    assert served.pp_tps == pytest.approx(sum(24 / (t / 1e3) for t in s["ttft_ms"]) / 2)
+    # A decode of 6 tokens cannot be faster than their whole request: (6 - 1) tokens within total - TTFT.
+    assert all(tps >= 5 / ((total - t) / 1e3) for tps, t, total in zip(s["tg_tps"], s["ttft_ms"], s["total_ms"]))
+    # The server's own peak RSS (it maps the whole file), its budget and provenance.
+    assert served.peak_rss_bytes > art.bytes and served.budget_bytes == direct.budget_bytes == 1_500_000_000
+    assert served.extra["served"] == {"url": url, "model": "tiny-gemma4-Q8_0", "slots": 1}
+    assert served.extra["lab"]["device"] == "pi" and served.edgekit_version == direct.edgekit_version
+
+    # edgekit report shows both, told apart.
+    out = tmp_path / "report"
+    r = CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = parse_markdown((out / "report.md").read_text())
+    assert sorted((row["via"], row["device"], row["artifact"]) for row in rows) == \
+        [("bench", "pi", art.file), ("served", "pi", art.file)]
+    row = next(row for row in rows if row["via"] == "served")
+    assert row["TTFT ms"][0] == pytest.approx(served.ttft_ms, abs=0.006)
+    assert row["tg6 t/s"][0] == pytest.approx(served.tg_tps, abs=0.006)
+
+    # The server is down now: one line saying what to do, exit 1, nothing stored.
+    r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port)])
+    assert r.exit_code == 1
+    assert r.stderr == (f"edgekit: error: device 'pi': no server answers at http://127.0.0.1:{port} (connection refused); "
+                        f"start it with `edgekit deploy DIST --device pi --serve --port {port}`, or run without "
+                        f"--no-deploy\n")
+    assert r.stdout == f"0 record(s) from 0/1 device(s) in {db}\n"
+    assert len(Store(db).records()) == 2
+    # Options `edgekit bench` takes but a served run cannot apply are refused, not ignored.
+    r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port), "--", "-d", "64"])
+    assert r.exit_code != 0 and r.stderr == ("edgekit: error: lab run --served takes -p, -n and -r (prompt tokens, "
+                                             "generated tokens, repetitions), not '-d'\n")
 
 
 def test_service_files():

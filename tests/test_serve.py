@@ -128,6 +128,29 @@ def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode())
     assert code == 400 and body["error"]["message"] == "temperature must be a number in [0.0, 2.0], got 'hot'"
+    code, body, _ = _post(server, "/v1/chat/completions",
+                          json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode())
+    assert code == 400 and body["error"]["message"] == "ignore_eos must be true or false, got 'yes'"
+
+
+def test_sse_writer_writes_what_json_dumps_writes():
+    from edgekit.server import TEXT, _sse_writer
+
+    head = {"id": "chatcmpl-1", "created": 1, "model": "m \"q\"", "object": "chat.completion.chunk"}
+    doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}  # noqa: E731
+    write = _sse_writer(doc(TEXT))
+    for text in ["", "plain", 'quote " and \\ backslash', "line\nbreak\t", "é ü 中文 🙂", "<|\"|>", "\0 nul"]:
+        assert write(text) == "data: " + json.dumps(doc(text), ensure_ascii=False) + "\n\n"
+
+
+def test_ignore_eos_gives_exactly_max_tokens(server, model):
+    # Seed 4 at temperature 1 ends its turn after 73 tokens on this model (found by trying seeds 0-11).
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=200, temperature=1.0, seed=4)
+    r = c.chat.completions.create(**kw)
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (73, "stop")
+    r = c.chat.completions.create(**kw, extra_body={"ignore_eos": True})
+    assert (r.usage.completion_tokens, r.choices[0].finish_reason) == (200, "length")
 
 
 def test_rss_does_not_grow_with_requests(server, model):
@@ -220,6 +243,21 @@ TOOLS = [{"type": "function", "function": {
     "parameters": {"type": "object", "required": ["city"],
                    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
 CALL_TEXT = '<|channel>thought\nThe user wants weather.<channel|><|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
+# Every kind of value Gemma 4's syntax has: a string with the JSON and call punctuation in it (inside
+# <|"|> nothing is escaped), a float, true, null, an empty list, a nested object holding a list.
+RICH_ARGS = {"city": 'Paris, FR {x}: say "hi"', "days": 2, "ratio": 0.5, "exact": True, "none": None, "tags": [],
+             "units": {"temp": "C", "wind": ["kmh", 3]}}
+
+
+def _template_call(tpl, name, args):
+    """The call markup the chat template writes for an assistant's call in the history: the form the model
+    is trained to emit."""
+    from edgekit.chat import CALL_CLOSE, CALL_OPEN
+
+    out = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}]}])
+    a = out.index(CALL_OPEN)
+    return out[a:out.index(CALL_CLOSE, a) + len(CALL_CLOSE)]
 
 
 class ScriptedEngine:
@@ -267,8 +305,9 @@ def scripted(tiny_ckpt):
     from serve_fixture import free_port
 
     tok = AutoTokenizer.from_pretrained(tiny_ckpt)
-    eng = ScriptedEngine(tok, [CALL_TEXT, CALL_TEXT, "It is sunny in Paris."])
-    session = Session(eng, ChatTemplate.from_artifact(tiny_ckpt), "scripted", tiny_ckpt, "gguf", "", {}, 4096)
+    tpl = ChatTemplate.from_artifact(tiny_ckpt)
+    eng = ScriptedEngine(tok, [CALL_TEXT, CALL_TEXT, "It is sunny in Paris.", _template_call(tpl, "get_weather", RICH_ARGS)])
+    session = Session(eng, tpl, "scripted", tiny_ckpt, "gguf", "", {}, 4096)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(session), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=server.run)
@@ -310,6 +349,16 @@ def test_tool_call_round_trip(scripted):
             for m in (question, question, hf_history)]
     assert eng.prompts == [tok(w, add_special_tokens=False)["input_ids"] for w in want]
     assert "<|tool_response>response:get_weather{value:<|\"|>sunny, 21 C<|\"|>}<tool_response|>" in want[2]
+    # The replayed call is the template's own writing of it, and so is a call with every kind of value:
+    # the client's parsed arguments are, as JSON, what the call held.
+    from edgekit.chat import ChatTemplate
+
+    tpl = ChatTemplate.from_artifact(tok.name_or_path)
+    assert CALL_TEXT.endswith(_template_call(tpl, "get_weather", {"city": "Paris", "days": 2}))
+    rich = client.chat.completions.create(model="scripted", messages=question, tools=TOOLS).choices[0]
+    (call,) = rich.message.tool_calls
+    assert rich.finish_reason == "tool_calls" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == RICH_ARGS
 
 
 def test_interactive_run_keeps_the_history(server, model, dist):
