@@ -7,7 +7,7 @@ reports: RSS after imports / after load, peak RSS (VmHWM) with its anonymous vs 
 ``mx.get_active_memory()`` after load, ``mx.get_peak_memory()``, and the PLE file's resident pages.
 The parent prints the artifact's size by tensor group and where the hooked process's memory goes.
 
-    python benchmarks/e2b_mlx_memory.py [--model DIR] [--tokens 4] [--with-torch]
+    python benchmarks/e2b_mlx_memory.py [--model DIR] [--tokens 4] [--with-torch] [--artifact MLX_DIR]
 
 Goal (issue 6): MLX 4-bit E2B peak RSS ≤ 1.5 GB (the m-series targets' memory_budget_gb).
 torch is hidden from the children by default: edgekit[mlx] does not install it, but this dev venv
@@ -112,7 +112,9 @@ def child(art: Path, ple: str, tokenizer: bool, n_tokens: int) -> dict:
         r["rss_loaded"] = read_status().rss
         r["peak_load"] = sampler.peak().peak_rss_bytes
         mx.reset_peak_memory()
-        ids = [2] + np.random.default_rng(0).integers(1000, 200_000, n_tokens - 1).tolist()
+        # random ids inside the artifact's vocabulary (a lean one has 65,536 rows)
+        vocab = json.loads((art / "config.json").read_text())["text_config"]["vocab_size"]
+        ids = [2] + np.random.default_rng(0).integers(1000, min(200_000, vocab), n_tokens - 1).tolist()
         cache = make_prompt_cache(model)
         t0 = time.perf_counter()
         logits = model(mx.array([ids]), cache=cache)[:, -1, :]
@@ -166,17 +168,39 @@ def run_child(art: Path, ple: str, tokenizer: bool, n_tokens: int, with_torch: b
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def only(art: Path, args: argparse.Namespace, budget: int) -> None:
+    """One artifact, edgekit's loader (PLE on disk), with its tokenizer loaded and without."""
+    sizes = groups(art)
+    print(f"artifact {art.name}: {sum(sizes.values()) / GB:.2f} GB on disk; tokenizer.json "
+          f"{(art / 'tokenizer.json').stat().st_size / MB:.1f} MB")
+    print(f"{args.tokens} prompt tokens + 1 decoded; {'with' if args.with_torch else 'without'} torch; MB = 1e6 bytes")
+    print("| tokenizer | RSS load MB | peak RSS MB | anon MB | file MB | mx peak MB | PLE pages MB | peak ÷ budget |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for tok in (True, False):
+        r = run_child(art, "disk", tok, args.tokens, args.with_torch)
+        vals = [r["rss_loaded"], r["peak_rss"], r["peak_anon"], r["peak_file"],
+                max(r["mx_peak_load"], r["mx_peak_forward"]), r["ple_file_rss"]]
+        print(f"| {'loaded' if tok else 'not loaded'} | " + " | ".join(f"{v / MB:,.0f}" for v in vals)
+              + f" | {r['peak_rss'] / budget:.2f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=Path(os.environ.get("EDGEKIT_E2B", ROOT / ".cache/models/e2b-gemma4")))
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "dist")
     ap.add_argument("--tokens", type=int, default=4, help="prompt tokens (then one decoded token)")
     ap.add_argument("--with-torch", action="store_true", help="let transformers import torch in the children")
+    ap.add_argument("--artifact", type=Path, default=None,
+                    help="only this built MLX artifact folder (e.g. the lean one bench-e2b made), with and "
+                         "without its tokenizer; no stock comparison")
     args = ap.parse_args()
 
     from edgekit.targets import TARGETS
 
     budget = TARGETS.get("m2").memory_budget_bytes
+    if args.artifact:
+        only(args.artifact, args, budget)
+        return
     art = artifact(args.model, args.out)
     uniform = artifact(args.model, args.out, stock=True)
     for a in (uniform, art):
