@@ -87,13 +87,16 @@ def to_markdown(records: Iterable[QualityRecord]) -> str:
         groups.setdefault((r.reference, r.text, r.ctx, r.tokens_scored), []).append(r)
     out = []
     for (ref, text, ctx, n), rs in groups.items():
-        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens", "",
+        tail = rs[0].extra.get("reference_tail_mass")
+        kept = f", top {rs[0].top_k} kept" + (f" ({100 * tail:.2g}% of the reference's mass outside)" if tail is not None else "")
+        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}", "",
                  "| " + " | ".join(h for h, *_ in _MD) + " |",
                  "|" + "|".join("---" if d < 0 else "---:" for _, _, d in _MD) + "|"]
         lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d in _MD) + " |" for r in rs]
         out.append("\n".join(lines))
     note = ("KL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
-            "llama-perplexity); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
+            "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
+            "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
             "artifact − reference probability of the actual next token")
     return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
 
