@@ -411,11 +411,15 @@ def eval_(
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     if suite is not None:
+        from .eval.record import SUITE_PRINTERS
         from .eval.suite import SuiteOptions, run_suites
 
-        typer.echo(run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                         target=target, runtime=parse_knobs(knob or []),
-                                                         device=device)), nl=False)
+        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                        target=target, runtime=parse_knobs(knob or []), device=device))
+        if not no_store:
+            with Store(db) as store:
+                store.append_suites(results)
+        typer.echo(SUITE_PRINTERS[output](results), nl=False)
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")

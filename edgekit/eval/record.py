@@ -106,3 +106,86 @@ PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {
 PARSERS: dict[str, Callable[[str], list[Any]]] = {
     "md": parse_markdown, "csv": lambda t: parse_csv(t, QualityRecord),
     "json": lambda t: parse_json(t, QualityRecord), "jsonl": lambda t: parse_jsonl(t, QualityRecord)}
+
+
+@dataclass
+class SuiteRecord:
+    """One artifact's accuracy on one suite of a task-suite file (``edgekit eval --suite``), linked to bench
+    and quality records by the artifact's sha256 and to the file by its sha256. ``differs``: each case
+    whose pass/fail differs from the reference's, with both outputs ({id, passed, output, reference_output})."""
+
+    artifact: str
+    model: str
+    format: str
+    quant: str
+    engine: str
+    sha256: str
+    file_bytes: int
+    device: str
+    target: str
+    suite_file: str
+    suite_sha256: str
+    suite: str
+    cases: int
+    passed: int
+    accuracy: float
+    max_tokens: int
+    is_reference: bool = False
+    reference: str = ""             # the reference artifact's name ("" when the run had none)
+    reference_sha256: str = ""
+    reference_passed: Optional[int] = None
+    differs: list[dict[str, Any]] = field(default_factory=list)
+    threads: Optional[int] = None
+    seconds: float = 0.0
+    timestamp: str = ""
+    edgekit_version: str = ""
+    host: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    runtime: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SuiteRecord":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def suite_markdown(records: Iterable[SuiteRecord]) -> str:
+    """Per suite file: accuracy per suite (columns) per artifact (rows, the reference first), then each
+    case whose result differs from the reference's, the two outputs side by side."""
+    groups: dict[tuple[str, str], list[SuiteRecord]] = {}
+    for r in records:
+        groups.setdefault((r.suite_file, r.suite_sha256), []).append(r)
+    out = []
+    for (name, sha), rs in groups.items():
+        suites = sorted({r.suite for r in rs})
+        rows: dict[tuple[str, str, bool], dict[str, SuiteRecord]] = {}
+        for r in sorted(rs, key=lambda r: not r.is_reference):
+            rows.setdefault((r.artifact, r.sha256, r.is_reference), {})[r.suite] = r
+        lines = [f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}", "",
+                 "| artifact | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
+        for (art, _, ref), by in rows.items():
+            lines.append(f"| {art}{' (reference)' if ref else ''} | " + " | ".join(
+                f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites) + " |")
+        text = "\n".join(lines) + "\n"
+        for r in rs:
+            for d in r.differs:
+                text += (f"\n{r.artifact} vs {r.reference}, case {d['id']} ({r.suite}):\n"
+                         f"| {r.artifact} | {r.reference} |\n|---|---|\n"
+                         f"| {_cell(d['output'])} | {_cell(d['reference_output'])} |\n")
+        out.append(text)
+    return "\n".join(out)
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", "<br>")
+
+
+SUITE_PRINTERS: dict[str, Callable[[Iterable[SuiteRecord]], str]] = {
+    "md": suite_markdown, "csv": to_csv, "json": to_json, "jsonl": to_jsonl}
+SUITE_PARSERS: dict[str, Callable[[str], list[Any]]] = {
+    "csv": lambda t: parse_csv(t, SuiteRecord), "json": lambda t: parse_json(t, SuiteRecord),
+    "jsonl": lambda t: parse_jsonl(t, SuiteRecord)}

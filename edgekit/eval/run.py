@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..bench import Planned, _target, plan, profile_knobs
 from ..errors import ArtifactError, ConfigError
-from ..host import host_info
+from ..host import device_name, host_info
 from ..manifest import versions
 from ..runners import ENGINES
 from . import refcache
@@ -218,7 +217,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions) -> 
     return QualityRecord(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(), target=tgt.name if tgt else "",
+        device=device_name(opts.device), target=tgt.name if tgt else "",
         reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
         text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows), tokens_scored=st.n,
