@@ -12,8 +12,24 @@ from typing import Any, Callable, Iterable, Optional
 from ..results import _fmt, parse_csv, parse_json, parse_jsonl, parse_markdown, to_csv, to_json, to_jsonl
 
 
+class _Json:
+    """to_json / from_json of eval's record dataclasses, as bench's Record has them: from_json drops the
+    keys a newer edgekit wrote, and fields added since take their defaults."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class QualityRecord:
+class _EvalRecord(_Json):
+    """What both eval records say of the artifact and the run (bench's Record has the same names); the
+    run's fields are keyword-only, so each record's own required fields can follow."""
+
     artifact: str
     model: str
     format: str
@@ -23,6 +39,18 @@ class QualityRecord:
     file_bytes: int
     device: str
     target: str
+    threads: Optional[int] = field(default=None, kw_only=True)
+    seconds: float = field(default=0.0, kw_only=True)
+    timestamp: str = field(default="", kw_only=True)
+    edgekit_version: str = field(default="", kw_only=True)
+    host: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    versions: dict[str, str] = field(default_factory=dict, kw_only=True)
+    runtime: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+
+@dataclass
+class QualityRecord(_EvalRecord):
     reference: str              # the reference's name (folder or file)
     reference_sha256: str
     text: str                   # text file name(s), comma-separated
@@ -41,22 +69,6 @@ class QualityRecord:
     kl_max: float
     same_top: float
     rms_dp: float
-    threads: Optional[int] = None
-    seconds: float = 0.0
-    timestamp: str = ""
-    edgekit_version: str = ""
-    host: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    runtime: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "QualityRecord":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _g(x: float) -> str:
@@ -109,20 +121,11 @@ PARSERS: dict[str, Callable[[str], list[Any]]] = {
 
 
 @dataclass
-class SuiteRecord:
+class SuiteRecord(_EvalRecord):
     """One artifact's accuracy on one suite of a task-suite file (``edgekit eval --suite``), linked to bench
     and quality records by the artifact's sha256 and to the file by its sha256. ``differs``: each case
     whose pass/fail differs from the reference's, with both outputs ({id, passed, output, reference_output})."""
 
-    artifact: str
-    model: str
-    format: str
-    quant: str
-    engine: str
-    sha256: str
-    file_bytes: int
-    device: str
-    target: str
     suite_file: str
     suite_sha256: str
     suite: str
@@ -135,22 +138,6 @@ class SuiteRecord:
     reference_sha256: str = ""
     reference_passed: Optional[int] = None
     differs: list[dict[str, Any]] = field(default_factory=list)
-    threads: Optional[int] = None
-    seconds: float = 0.0
-    timestamp: str = ""
-    edgekit_version: str = ""
-    host: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    runtime: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SuiteRecord":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def suite_markdown(records: Iterable[SuiteRecord]) -> str:
