@@ -22,7 +22,10 @@ TOOLS = ("llama-quantize", "llama-bench", "llama-perplexity")
 
 
 def cache_dir() -> Path:
-    return ROOT / ".cache" / "llama.cpp" / metadata.version("llama-cpp-python")
+    # Resolved: .cache is a symlink into the shared checkout, and cmake bakes the build folder's path
+    # into the tools' RUNPATH; a build made through a worktree's symlink stopped loading its libraries
+    # once that worktree was removed ("libllama-perplexity-impl.so: cannot open shared object file").
+    return (ROOT / ".cache").resolve() / "llama.cpp" / metadata.version("llama-cpp-python")
 
 
 def source() -> Path:
@@ -50,7 +53,8 @@ def tool(name: str) -> Path:
         return exe
     src = source()
     args = ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF"]
+            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+            "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"]  # RUNPATH $ORIGIN: the tools find their libraries wherever the folder is
     if platform.machine() == "x86_64":
         args.append("-DGGML_NATIVE=OFF")  # the same flag the wheel is built with (AMX segfault)
     log.info("building llama.cpp tools %s (a few minutes, once)", ", ".join(TOOLS))
@@ -58,6 +62,16 @@ def tool(name: str) -> Path:
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS],
                    check=True, stdout=subprocess.DEVNULL)
     return exe
+
+
+def tool_env() -> dict[str, str]:
+    """The environment to run a built tool in: its own folder first on LD_LIBRARY_PATH, so a build whose
+    RUNPATH names a folder that no longer exists (one made before cache_dir() resolved the symlink)
+    still finds its libraries. Only for the tools' subprocesses: a Python child would load these
+    libraries ahead of the llama-cpp-python wheel's."""
+    lib = str(cache_dir() / "build" / "bin")
+    old = os.environ.get("LD_LIBRARY_PATH")
+    return dict(os.environ, LD_LIBRARY_PATH=lib + (os.pathsep + old if old else ""))
 
 
 def converter() -> tuple[Path, dict[str, str]]:

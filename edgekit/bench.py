@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any, Callable, Optional, Union
 from .child import ChildDied, run_child
 from .errors import ArtifactError, BenchError, BudgetExceeded, ConfigError
 from .formats import Format, detect, format_of
-from .host import host_info, physical_cores
+from .host import device_name, host_info, physical_cores
 from .knobs import parse_set
 from .manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
 from .results import Record
@@ -230,7 +229,7 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
     rec = Record(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine.name, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=opts.device or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname(),
+        device=device_name(opts.device),
         target=tgt.name if tgt else "", threads=applied["threads"], ctx=applied["ctx"],
         n_prompt=n_prompt, n_gen=n_gen, reps=opts.reps, load_ms=load_ms,
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,

@@ -378,7 +378,7 @@ def eval_(
     text: Optional[list[Path]] = typer.Option(None, "--text", help="UTF-8 text to score; repeatable. Default: edgekit's held-out Python docs + code."),
     ctx: int = typer.Option(512, "--ctx", "-c", help="Window length in tokens (the second half of each is scored)."),
     chunks: Optional[int] = typer.Option(None, "--chunks", help="At most this many windows per text (default: all)."),
-    top_k: int = typer.Option(64, "--top-k", help="Reference log-probabilities kept per position."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Reference log-probabilities kept per position (default 1024; KL beyond them is binned, a lower bound)."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="llama.cpp / torch threads (default: this host's cores)."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs apply. Default: the manifest's."),
     knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set kv_type=f16."),
@@ -400,18 +400,22 @@ def eval_(
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     if suite is not None:
+        from .eval.record import SUITE_PRINTERS
         from .eval.suite import SuiteOptions, run_suites
 
-        typer.echo(run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                         target=target, runtime=parse_knobs(knob or []),
-                                                         device=device)), nl=False)
+        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                        target=target, runtime=parse_knobs(knob or []), device=device))
+        if not no_store:
+            with Store(db) as store:
+                store.append_suites(results)
+        typer.echo(SUITE_PRINTERS[output](results), nl=False)
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
     from .eval import EvalOptions, evaluate
 
-    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks, top_k=top_k,
-                                          threads=threads, target=target, runtime=parse_knobs(knob or []),
+    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
+                                          **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
                                           reference_dtype=reference_dtype, ref_cache=ref_cache, device=device))
     if not no_store:
         with Store(db) as store:

@@ -9,7 +9,7 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 def cpu_model() -> str:
@@ -65,3 +65,8 @@ def host_info() -> dict[str, Any]:
             "cores_logical": psutil.cpu_count(logical=True), "ram_bytes": memory_bytes(),
             "page_bytes": page_size(), "os": platform.platform(), "machine": platform.machine(),
             "hostname": socket.gethostname()}
+
+
+def device_name(given: Optional[str] = None) -> str:
+    """The device a record names: --device, else $EDGEKIT_DEVICE, else the host name."""
+    return given or os.environ.get("EDGEKIT_DEVICE") or socket.gethostname()

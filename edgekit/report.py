@@ -78,6 +78,16 @@ def latest_quality(quality: list) -> list:
     return list(seen.values())
 
 
+def latest_suites(suites: list) -> list:
+    """The latest run of each (device, artifact, engine, suite file, suite, runtime): later rows replace
+    earlier ones, in the order they were stored."""
+    seen: dict[tuple, object] = {}
+    for s in suites:
+        seen[(s.device, s.sha256, s.engine, s.is_reference, s.suite_sha256, s.suite, s.max_tokens,
+              json.dumps(s.runtime, sort_keys=True))] = s
+    return list(seen.values())
+
+
 def quality_pairs(records: list[Record], quality: list) -> list[tuple[Record, object]]:
     """(bench record, quality record) of the same artifact (sha256) and engine, on the same device when
     the quality was measured there, else any device's bench of that artifact (quality does not depend on
@@ -138,29 +148,36 @@ def write_report(db: Optional[Path], out: Path) -> Path:
     with Store(db) as store:
         records, where, corrupt = latest(store.records()), store.path, store.corrupt
         quality = latest_quality(store.quality_records())
-        if store.corrupt_quality:
-            log.warning("%s: skipped %d corrupt quality row(s): not a readable eval record", store.path,
-                        len(store.corrupt_quality))
+        suites = latest_suites(store.suite_records())
+        bad_eval = {"quality": len(store.corrupt_quality), "suite": len(store.corrupt_suites)}
+    for kind, n in bad_eval.items():
+        if n:
+            log.warning("%s: skipped %d corrupt %s row(s): not a readable eval record", where, n, kind)
     if corrupt:
         ids = ", ".join(map(str, corrupt[:5])) + (" …" if len(corrupt) > 5 else "")
         log.warning("%s: skipped %d corrupt row(s) (id %s): not a readable bench record", where, len(corrupt), ids)
-    if not records:
+    if not (records or quality or suites):
         raise OutputError(f"{where}: the results store holds no records; run `edgekit bench` first")
     out = Path(out)
-    plot_tg_vs_peak(records, out / "tg_vs_peak.png")
-    plot_ttft(records, out / "ttft.png")
-    devices = sorted({r.device for r in records})
-    hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
     skipped = f" {len(corrupt)} corrupt row(s) were skipped." if corrupt else ""
+    skipped += "".join(f" {n} corrupt {kind} row(s) were skipped." for kind, n in bad_eval.items() if n)
     text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` "
-            f"(latest per device, artifact, engine, bench or served, threads, context and lengths).{skipped}\n\n"
-            f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
-            "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
+            f"(latest per device, artifact, engine, bench or served, threads, context and lengths).{skipped}\n\n")
+    if records:  # a store with only eval's records still reports them
+        plot_tg_vs_peak(records, out / "tg_vs_peak.png")
+        plot_ttft(records, out / "ttft.png")
+        devices = sorted({r.device for r in records})
+        hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
+        text += (f"## Devices\n\n{hosts}\n\n## Figures\n\n{to_markdown(records)}\n"
+                 "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per artifact](ttft.png)\n")
     pairs = quality_pairs(records, quality)
-    if quality:
+    if quality or suites:
+        from .eval.record import suite_markdown
         from .eval.record import to_markdown as quality_md
 
-        text += f"\n## Quality\n\n{quality_md(quality)}\n"
+        text += "\n## Quality\n\n" + (f"{quality_md(quality)}\n" if quality else "")
+        if suites:
+            text += f"### Task suites\n\n{suite_markdown(suites)}\n"
     if pairs:
         plot_quality(pairs, out / "quality.png")
         text += "![mean KL against peak RSS and decode t/s](quality.png)\n"

@@ -311,26 +311,27 @@ PARSERS: dict[str, Callable[[str], list[Any]]] = {"md": parse_markdown, "csv": p
 
 # ---------------------------------------------------------------- store
 
-def _parse_row(data: Any) -> Optional[Record]:
-    """A stored row as a Record, or None when it is not JSON of a Record's fields and types."""
+def _parse_row(data: Any, cls: Any = Record) -> Optional[Any]:
+    """A stored row as a ``cls`` (bench's Record, eval's QualityRecord or SuiteRecord), or None when it is
+    not JSON of that dataclass's fields and types."""
     try:
         d = json.loads(data)
     except (TypeError, ValueError):
         return None
     if not isinstance(d, dict):
         return None
-    for f in fields(Record):
+    for f in fields(cls):
         if f.name not in d:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 return None
             continue
-        v, kind = d[f.name], _kind(f.name)
-        optional = typing.get_origin(_hints(Record)[f.name]) is typing.Union
+        v, kind = d[f.name], _kind(f.name, cls)
+        optional = typing.get_origin(_hints(cls)[f.name]) is typing.Union
         if v is None and optional:
             continue
         if isinstance(v, bool) and kind is not bool or not isinstance(v, (int, float) if kind is float else kind):
             return None
-    return Record.from_json(d)
+    return cls.from_json(d)
 
 
 def default_db() -> Path:
@@ -359,6 +360,14 @@ CREATE TABLE IF NOT EXISTS quality (
     engine TEXT NOT NULL, quant TEXT NOT NULL, text_sha256 TEXT NOT NULL, data TEXT NOT NULL
 )"""
 
+# `edgekit eval --suite`: one row per suite per artifact, linked by the artifact's and the suite file's sha256.
+_SUITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS suites (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    timestamp TEXT NOT NULL, device TEXT NOT NULL, artifact TEXT NOT NULL, sha256 TEXT NOT NULL,
+    engine TEXT NOT NULL, quant TEXT NOT NULL, suite_sha256 TEXT NOT NULL, suite TEXT NOT NULL, data TEXT NOT NULL
+)"""
+
 
 class Store:
     """Append-only SQLite store. WAL lets readers run beside a writer; each append is one
@@ -369,6 +378,7 @@ class Store:
         self.path = Path(path) if path else default_db()
         self.corrupt: list[int] = []   # ids of rows records() skipped
         self.corrupt_quality: list[int] = []   # and quality_records()
+        self.corrupt_suites: list[int] = []    # and suite_records()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
@@ -396,35 +406,55 @@ class Store:
         return self._insert("INSERT INTO records (timestamp, device, artifact, sha256, engine, quant, data) "
                             "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def _ensure(self, schema: str) -> None:
+        try:
+            self.db.execute(schema)
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
+
     def append_quality(self, records: Iterable[Any]) -> int:
         """Append eval's QualityRecords (their own table, linked to bench records by artifact sha256)."""
         rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, r.text_sha256,
                  json.dumps(r.to_json(), sort_keys=True)) for r in records]
-        try:
-            self.db.execute(_QUALITY_SCHEMA)
-        except sqlite3.Error as e:
-            raise OutputError(f"{self.path}: cannot append to the results store ({e}); pass --db elsewhere") from None
+        self._ensure(_QUALITY_SCHEMA)
         return self._insert("INSERT INTO quality (timestamp, device, artifact, sha256, engine, quant, text_sha256, "
                             "data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def append_suites(self, records: Iterable[Any]) -> int:
+        """Append eval's SuiteRecords (``edgekit eval --suite``), linked by artifact and suite-file sha256."""
+        rows = [(r.timestamp, r.device, r.artifact, r.sha256, r.engine, r.quant, r.suite_sha256, r.suite,
+                 json.dumps(r.to_json(), sort_keys=True)) for r in records]
+        self._ensure(_SUITE_SCHEMA)
+        return self._insert("INSERT INTO suites (timestamp, device, artifact, sha256, engine, quant, suite_sha256, "
+                            "suite, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _typed_rows(self, schema: str, table: str, cls: Any) -> tuple[list[Any], list[int]]:
+        """Every row of an eval table as ``cls``; the ids of rows that are not a well-typed ``cls`` are
+        returned apart, as records() skips and counts corrupt bench rows."""
+        try:
+            self.db.execute(schema)
+            rows = self.db.execute(f"SELECT id, data FROM {table} ORDER BY id").fetchall()
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: unreadable results store ({e})") from None
+        out, corrupt = [], []
+        for rid, data in rows:
+            rec = _parse_row(data, cls)
+            if rec is None:
+                corrupt.append(rid)
+            else:
+                out.append(rec)
+        return out, corrupt
 
     def quality_records(self) -> list[Any]:
         from .eval.record import QualityRecord
 
-        try:
-            self.db.execute(_QUALITY_SCHEMA)
-            rows = self.db.execute("SELECT id, data FROM quality ORDER BY id").fetchall()
-        except sqlite3.Error as e:
-            raise OutputError(f"{self.path}: unreadable results store ({e})") from None
-        out, self.corrupt_quality = [], []
-        for rid, data in rows:  # a corrupt row is skipped and counted, as records() does
-            try:
-                d = json.loads(data)
-                out.append(QualityRecord.from_json(d) if isinstance(d, dict) else None)
-            except (TypeError, ValueError):
-                out.append(None)
-            if out[-1] is None:
-                out.pop()
-                self.corrupt_quality.append(rid)
+        out, self.corrupt_quality = self._typed_rows(_QUALITY_SCHEMA, "quality", QualityRecord)
+        return out
+
+    def suite_records(self) -> list[Any]:
+        from .eval.record import SuiteRecord
+
+        out, self.corrupt_suites = self._typed_rows(_SUITE_SCHEMA, "suites", SuiteRecord)
         return out
 
     def records(self) -> list[Record]:

@@ -79,3 +79,62 @@ def test_store_and_printers(f32, tmp_path):
             stored[0].to_json() | {"timestamp": "", "seconds": 0, "host": {}}
     (row,) = PARSERS["md"](outs["md"])
     assert row["artifact"] == "tiny-trained-F32.gguf" and row["same top %"] == 100.0
+
+
+def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
+    """`eval --suite` on the trained Q4_0 against its Q8_0: the records printed (json) are the rows stored,
+    with the suite file's and the artifacts' sha256; `edgekit report` shows the same accuracies in its
+    quality section and counts a corrupt suite row as skipped."""
+    import hashlib
+    import json
+    import sqlite3
+
+    from edgekit.eval.record import SUITE_PARSERS
+    from edgekit.eval.suite import EXAMPLE_SUITE
+    from edgekit.results import Store, parse_markdown
+
+    lines = EXAMPLE_SUITE.read_text().splitlines()
+    suite = tmp_path / "four.jsonl"   # four cases over two suites (function_calling, extraction): seconds of greedy decoding
+    suite.write_text("\n".join(lines[:4]) + "\n")
+    q4, q8 = trained_dist / "tiny-trained-Q4_0.gguf", trained_dist / "tiny-trained-Q8_0.gguf"
+    db = tmp_path / "r.db"
+    code, out, err = _run("eval", q4, "--reference", q8, "--suite", suite, "--max-tokens", 8, "--threads", 1,
+                          "--db", db, "-o", "json", "--device", "box")
+    assert code == 0, err
+    printed = SUITE_PARSERS["json"](out)
+    with Store(db) as s:
+        stored = s.suite_records()
+    assert [r.to_json() for r in stored] == [r.to_json() for r in printed]
+    by_case = {}
+    for c in map(json.loads, lines[:4]):
+        by_case.setdefault(c["suite"], []).append(c["id"])
+    assert {(r.artifact, r.suite, r.cases) for r in stored} == \
+        {(a, s, len(ids)) for a in (q8.name, q4.name) for s, ids in by_case.items()}
+    sha = hashlib.sha256(suite.read_bytes()).hexdigest()
+    manifest = {a["file"]: a["sha256"] for a in json.loads((trained_dist / "manifest.json").read_text())["artifacts"]}
+    for r in stored:
+        assert r.suite_sha256 == sha and r.suite_file == "four.jsonl" and r.sha256 == manifest[r.artifact]
+        assert r.accuracy == r.passed / r.cases and r.device == "box" and r.max_tokens == 8
+        assert r.is_reference == (r.artifact == q8.name)
+        if not r.is_reference:
+            assert r.reference == q8.name and r.reference_sha256 == manifest[q8.name]
+            ref = next(x for x in stored if x.is_reference and x.suite == r.suite)
+            assert r.reference_passed == ref.passed
+            assert len(r.differs) >= abs(r.passed - ref.passed)   # every flipped case is listed
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO suites (timestamp, device, artifact, sha256, engine, quant, suite_sha256, suite, data) "
+                "VALUES ('t', 'box', 'x', 'y', 'e', 'q', 'z', 's', '{\"accuracy\": \"high\"}')")
+    con.commit()
+    con.close()
+    code, out, err = _run("report", "--db", db, "--out", tmp_path / "rep")
+    assert code == 0, err
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "1 corrupt suite row(s) were skipped." in text
+    section = text[text.index("### Task suites"):]
+    rows = {r["artifact"]: r for r in parse_markdown(section) if "artifact" in r}   # not the side-by-side tables
+    suites = sorted(by_case)
+    for r in stored:
+        label = r.artifact + (" (reference)" if r.is_reference else "")
+        cell = rows[label][r.suite]
+        assert cell == f"{100 * r.passed / r.cases:.0f}% ({r.passed}/{r.cases})", (cell, r)
+    assert set(rows[q4.name]) >= set(suites)

@@ -9,7 +9,8 @@ import pytest
 
 from edgekit.errors import ConfigError
 from edgekit.eval.scorers import SCORERS, parse_tool_call
-from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_markdown
+from edgekit.eval.record import suite_markdown
+from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_records
 
 Q = '<|"|>'
 CASES = [  # scorer, expected, passing output, failing output
@@ -94,9 +95,14 @@ def test_runner_is_deterministic_and_shows_differences():
     assert [r.output for r in a.results] == [r.output for r in b.results]
     assert ref.accuracy()["extraction"] == (1, 2) and a.accuracy()["extraction"] == (0, 2)
     diff = differences(a, ref)
-    assert sorted(c.id for c, _, _ in diff) == sorted(answers)
-    md = to_markdown([a], ref)
-    assert "| ref | " in md and "case cls-sentiment (classification)" in md and "| no idea | B |" in md
+    assert sorted(r.case.id for r, _ in diff) == sorted(answers)
+    recs = to_records(ref, None, "s.jsonl", "ab" * 32, 64, is_reference=True) + to_records(a, ref, "s.jsonl", "ab" * 32, 64)
+    ex = next(r for r in recs if r.suite == "extraction" and not r.is_reference)
+    assert (ex.passed, ex.cases, ex.reference_passed, ex.reference) == (0, 2, 1, "ref")
+    assert ex.differs == [{"id": "ex-date", "passed": False, "output": "no idea", "reference_output": "2026-03-03"}]
+    md = suite_markdown(recs)
+    assert "| ref (reference) | " in md and "| art | " in md and "| 50% (1/2) |" in md
+    assert "case cls-sentiment (classification)" in md and "| no idea | B |" in md
 
 
 def _case(cases, cid):

@@ -15,7 +15,9 @@ llama.cpp stores the base's whole log-probability vector (16 bits per vocabulary
 for Gemma 4). edgekit keeps only the reference's ``k`` largest log-probabilities and the log-probability
 of the next token, and sums everything outside the top k into one "tail" bin on both sides:
 KL ≈ Σ_{v∈top-k} P(v) log(P(v)/Q(v)) + P_tail log(P_tail/Q_tail). By the log-sum inequality this is a
-lower bound of the full KL, exact when P's tail is empty; ``test_eval_metrics`` measures the gap.
+lower bound of the full KL, exact when P's tail is empty (k ≥ the vocabulary); the undercount is
+about the tail's mass as a fraction of the KL (figures at run.DEFAULT_TOP_K), so ``tail_mass`` is
+reported with every run.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def compact(logits: np.ndarray, next_ids: np.ndarray, k: int) -> RefRows:
         tail = np.log(rest.sum(1))   # summed directly, not 1 - Σ top-k: no cancellation when it is tiny
     return RefRows(idx.astype(np.int32), part.astype(np.float32), nxt.astype(np.float32), lse.astype(np.float32),
                    tail.astype(np.float32))
+
+
+def tail_mass(ref: RefRows) -> float:
+    """The reference's mean probability outside its top k over the scored positions (0: KL is exact)."""
+    return float(np.exp(ref.tail_logp.astype(np.float64)).mean()) if len(ref.tail_logp) else 0.0
 
 
 @dataclass

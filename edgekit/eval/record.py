@@ -12,8 +12,24 @@ from typing import Any, Callable, Iterable, Optional
 from ..results import _fmt, parse_csv, parse_json, parse_jsonl, parse_markdown, to_csv, to_json, to_jsonl
 
 
+class _Json:
+    """to_json / from_json of eval's record dataclasses, as bench's Record has them: from_json drops the
+    keys a newer edgekit wrote, and fields added since take their defaults."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Any:
+        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
 @dataclass
-class QualityRecord:
+class _EvalRecord(_Json):
+    """What both eval records say of the artifact and the run (bench's Record has the same names); the
+    run's fields are keyword-only, so each record's own required fields can follow."""
+
     artifact: str
     model: str
     format: str
@@ -23,6 +39,18 @@ class QualityRecord:
     file_bytes: int
     device: str
     target: str
+    threads: Optional[int] = field(default=None, kw_only=True)
+    seconds: float = field(default=0.0, kw_only=True)
+    timestamp: str = field(default="", kw_only=True)
+    edgekit_version: str = field(default="", kw_only=True)
+    host: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    versions: dict[str, str] = field(default_factory=dict, kw_only=True)
+    runtime: dict[str, Any] = field(default_factory=dict, kw_only=True)
+    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
+
+
+@dataclass
+class QualityRecord(_EvalRecord):
     reference: str              # the reference's name (folder or file)
     reference_sha256: str
     text: str                   # text file name(s), comma-separated
@@ -41,22 +69,6 @@ class QualityRecord:
     kl_max: float
     same_top: float
     rms_dp: float
-    threads: Optional[int] = None
-    seconds: float = 0.0
-    timestamp: str = ""
-    edgekit_version: str = ""
-    host: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
-    runtime: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "QualityRecord":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def _g(x: float) -> str:
@@ -87,13 +99,16 @@ def to_markdown(records: Iterable[QualityRecord]) -> str:
         groups.setdefault((r.reference, r.text, r.ctx, r.tokens_scored), []).append(r)
     out = []
     for (ref, text, ctx, n), rs in groups.items():
-        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens", "",
+        tail = rs[0].extra.get("reference_tail_mass")
+        kept = f", top {rs[0].top_k} kept" + (f" ({100 * tail:.2g}% of the reference's mass outside)" if tail is not None else "")
+        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}", "",
                  "| " + " | ".join(h for h, *_ in _MD) + " |",
                  "|" + "|".join("---" if d < 0 else "---:" for _, _, d in _MD) + "|"]
         lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d in _MD) + " |" for r in rs]
         out.append("\n".join(lines))
     note = ("KL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
-            "llama-perplexity); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
+            "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
+            "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
             "artifact − reference probability of the actual next token")
     return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
 
@@ -103,3 +118,61 @@ PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {
 PARSERS: dict[str, Callable[[str], list[Any]]] = {
     "md": parse_markdown, "csv": lambda t: parse_csv(t, QualityRecord),
     "json": lambda t: parse_json(t, QualityRecord), "jsonl": lambda t: parse_jsonl(t, QualityRecord)}
+
+
+@dataclass
+class SuiteRecord(_EvalRecord):
+    """One artifact's accuracy on one suite of a task-suite file (``edgekit eval --suite``), linked to bench
+    and quality records by the artifact's sha256 and to the file by its sha256. ``differs``: each case
+    whose pass/fail differs from the reference's, with both outputs ({id, passed, output, reference_output})."""
+
+    suite_file: str
+    suite_sha256: str
+    suite: str
+    cases: int
+    passed: int
+    accuracy: float
+    max_tokens: int
+    is_reference: bool = False
+    reference: str = ""             # the reference artifact's name ("" when the run had none)
+    reference_sha256: str = ""
+    reference_passed: Optional[int] = None
+    differs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def suite_markdown(records: Iterable[SuiteRecord]) -> str:
+    """Per suite file: accuracy per suite (columns) per artifact (rows, the reference first), then each
+    case whose result differs from the reference's, the two outputs side by side."""
+    groups: dict[tuple[str, str], list[SuiteRecord]] = {}
+    for r in records:
+        groups.setdefault((r.suite_file, r.suite_sha256), []).append(r)
+    out = []
+    for (name, sha), rs in groups.items():
+        suites = sorted({r.suite for r in rs})
+        rows: dict[tuple[str, str, bool], dict[str, SuiteRecord]] = {}
+        for r in sorted(rs, key=lambda r: not r.is_reference):
+            rows.setdefault((r.artifact, r.sha256, r.is_reference), {})[r.suite] = r
+        lines = [f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}", "",
+                 "| artifact | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
+        for (art, _, ref), by in rows.items():
+            lines.append(f"| {art}{' (reference)' if ref else ''} | " + " | ".join(
+                f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites) + " |")
+        text = "\n".join(lines) + "\n"
+        for r in rs:
+            for d in r.differs:
+                text += (f"\n{r.artifact} vs {r.reference}, case {d['id']} ({r.suite}):\n"
+                         f"| {r.artifact} | {r.reference} |\n|---|---|\n"
+                         f"| {_cell(d['output'])} | {_cell(d['reference_output'])} |\n")
+        out.append(text)
+    return "\n".join(out)
+
+
+def _cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", "<br>")
+
+
+SUITE_PRINTERS: dict[str, Callable[[Iterable[SuiteRecord]], str]] = {
+    "md": suite_markdown, "csv": to_csv, "json": to_json, "jsonl": to_jsonl}
+SUITE_PARSERS: dict[str, Callable[[str], list[Any]]] = {
+    "csv": lambda t: parse_csv(t, SuiteRecord), "json": lambda t: parse_json(t, SuiteRecord),
+    "jsonl": lambda t: parse_jsonl(t, SuiteRecord)}

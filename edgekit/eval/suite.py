@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import BenchError, ConfigError
+from ..host import device_name, host_info
+from ..manifest import versions
+from .record import SuiteRecord
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -91,6 +95,7 @@ class CaseResult:
 class SuiteRun:
     artifact: str
     results: list[CaseResult]
+    meta: dict[str, Any] = field(default_factory=dict)   # the SuiteRecord fields of the artifact run
 
     def accuracy(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -108,31 +113,30 @@ def run_suite(cases: list[Case], render: Render, generate: Generate, max_tokens:
     return SuiteRun(label, res)
 
 
-def differences(run: SuiteRun, ref: SuiteRun) -> list[tuple[Case, str, str]]:
-    """Cases whose pass/fail differs from the reference's: (case, artifact output, reference output)."""
+def differences(run: SuiteRun, ref: SuiteRun) -> list[tuple[CaseResult, str]]:
+    """Cases whose pass/fail differs from the reference's: (the artifact's result, reference output)."""
     by_id = {r.case.id: r for r in ref.results}
-    return [(r.case, r.output, by_id[r.case.id].output) for r in run.results
+    return [(r, by_id[r.case.id].output) for r in run.results
             if r.case.id in by_id and r.passed != by_id[r.case.id].passed]
 
 
-def to_markdown(runs: list[SuiteRun], ref: Optional[SuiteRun] = None) -> str:
-    suites = sorted({r.case.suite for run in runs for r in run.results})
-    lines = ["| artifact | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
-    for run in ([ref] if ref else []) + runs:
-        acc = run.accuracy()
-        lines.append(f"| {run.artifact} | " + " | ".join(
-            f"{100 * acc[s][0] / acc[s][1]:.0f}% ({acc[s][0]}/{acc[s][1]})" if s in acc else "-" for s in suites) + " |")
-    out = "\n".join(lines) + "\n"
-    for run in runs if ref else []:
-        for case, mine, theirs in differences(run, ref):
-            out += (f"\n{run.artifact} vs {ref.artifact}, case {case.id} ({case.suite}):\n"
-                    f"| {run.artifact} | {ref.artifact} |\n|---|---|\n"
-                    f"| {_cell(mine)} | {_cell(theirs)} |\n")
+def to_records(run: SuiteRun, ref: Optional[SuiteRun], suite_file: str, suite_sha: str, max_tokens: int,
+               is_reference: bool = False) -> list[SuiteRecord]:
+    """One SuiteRecord per suite of the run; a run with a reference lists the cases that differ from it."""
+    diffs = differences(run, ref) if ref is not None and not is_reference else []
+    ref_acc = ref.accuracy() if ref is not None and not is_reference else {}
+    meta = {"model": "", "format": "", "quant": "", "engine": "", "sha256": "", "file_bytes": 0, "device": "",
+            "target": "", **run.meta}
+    out = []
+    for name, (ok, n) in sorted(run.accuracy().items()):
+        out.append(SuiteRecord(
+            artifact=run.artifact, suite_file=suite_file, suite_sha256=suite_sha, suite=name, cases=n, passed=ok,
+            accuracy=ok / n, max_tokens=max_tokens, is_reference=is_reference,
+            reference=ref.artifact if ref_acc else "", reference_sha256=ref.meta.get("sha256", "") if ref_acc else "",
+            reference_passed=ref_acc[name][0] if name in ref_acc else None,
+            differs=[{"id": r.case.id, "passed": r.passed, "output": r.output, "reference_output": theirs}
+                     for r, theirs in diffs if r.case.suite == name], **meta))
     return out
-
-
-def _cell(s: str) -> str:
-    return s.replace("|", "\\|").replace("\n", "<br>")
 
 
 @dataclass
@@ -145,14 +149,17 @@ class SuiteOptions:
     device: Optional[str] = None
 
 
-def engine_chat(path: Path, opts: SuiteOptions) -> tuple[Render, Generate, Callable[[], None]]:
+def engine_chat(path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] = None) -> tuple[Render, Generate, Callable[[], None]]:
     """render/generate for an artifact: its own chat template (edgekit.chat, the one `edgekit run` and
     `edgekit serve` use) and greedy decoding on the engine loaded with the target's knobs, stopped at
-    the template's stop tokens; the third item closes the engine."""
+    the template's stop tokens; the third item closes the engine. ``info`` gets the session's target
+    and runtime knobs (what the record says was applied)."""
     from ..generate import Sampling
     from ..session import open_session
 
     session = open_session(Path(path), target=opts.target, threads=opts.threads, knobs=dict(opts.runtime))
+    if info is not None:
+        info.update(target=session.target, runtime=dict(session.runtime))
 
     def render(messages: list[dict[str, Any]]) -> list[int]:
         return session.prompt(messages, enable_thinking=False)[0]
@@ -170,17 +177,43 @@ def engine_chat(path: Path, opts: SuiteOptions) -> tuple[Render, Generate, Calla
     return render, generate, session.close
 
 
-def run_artifact(path: Path, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
-    render, generate, close = engine_chat(Path(path), opts)
+def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
+    """One planned artifact (bench.Planned) over the cases, with the record fields that identify it."""
+    info: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    render, generate, close = engine_chat(pl.path, opts, info)
     try:
-        return run_suite(cases, render, generate, opts.max_tokens, Path(path).name)
+        run = run_suite(cases, render, generate, opts.max_tokens, pl.artifact.file)
     finally:
         close()
+    vers = versions()
+    a = pl.artifact
+    run.meta = {"model": pl.model, "format": a.format, "quant": a.quant, "engine": pl.format.engine, "sha256": a.sha256,
+                "file_bytes": a.bytes, "device": device_name(opts.device), "threads": opts.threads,
+                "seconds": round(time.perf_counter() - t0, 3), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "edgekit_version": vers.get("edgekit", ""), "host": host_info(), "versions": vers, **info}
+    return run
 
 
-def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> str:
-    """Every artifact (and ``opts.reference``, an artifact, when given) over the suite: accuracy per suite
-    per artifact, then each case whose result differs from the reference's, the two outputs side by side."""
+def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> list[SuiteRecord]:
+    """Every artifact the paths name (a dist folder: each in its manifest), and ``opts.reference`` (one
+    artifact) when given, over the suite: one SuiteRecord per suite per artifact, each listing the cases
+    whose result differs from the reference's (nothing stored or printed)."""
+    from ..bench import plan
+
     cases = load_suite(suite)
-    ref = run_artifact(Path(opts.reference), cases, opts) if opts.reference else None
-    return to_markdown([run_artifact(Path(p), cases, opts) for p in paths], ref)
+    name, sha = Path(suite).name, suite_sha256(suite)
+    if not paths:
+        raise ConfigError("no artifact given; pass a .gguf, an MLX folder or a dist folder")
+    planned = [pl for p in paths for pl in plan(Path(p), opts.target)]
+    out: list[SuiteRecord] = []
+    ref = None
+    if opts.reference:
+        refs = plan(Path(opts.reference), opts.target)
+        if len(refs) != 1:
+            raise ConfigError(f"--reference {opts.reference}: names {len(refs)} artifacts; pass one file or folder")
+        ref = run_artifact(refs[0], cases, opts)
+        out += to_records(ref, None, name, sha, opts.max_tokens, is_reference=True)
+    for pl in planned:
+        out += to_records(run_artifact(pl, cases, opts), ref, name, sha, opts.max_tokens)
+    return out
