@@ -44,6 +44,8 @@ class Manifest:
     artifacts: list[Artifact]
     recipes: dict[str, Any]
     versions: dict[str, str]
+    # recipe name -> why it was not built (a lean recipe whose vocab cap the model is already within)
+    skipped: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     schema: int = SCHEMA
 
