@@ -50,7 +50,10 @@ class Manifest:
     schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["skipped"]:   # written only when a recipe was skipped: older readers take the rest unchanged
+            del d["skipped"]
+        return d
 
     def artifact(self, file: str) -> Artifact:
         for a in self.artifacts:
