@@ -10,14 +10,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import ConversionError, EdgekitError
+from .errors import ConfigError, ConversionError, EdgekitError
 from .formats import FORMATS, BuildContext
 from .integrity import NonFinite, check_plain_name, check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
 from .staging import BuildStage
 from .targets import TARGETS
-from .vocab import VocabTrims, effective_vocab
+from .vocab import VocabTrims, effective_vocab, no_op_trims
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,13 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
+    skipped: dict[str, str] = {}
+    if vocab is None:   # a recipe's vocab is a cap; --vocab N is a request (above the vocabulary: an error)
+        recipes, skipped = no_op_trims(recipes, ckpt.config.vocab_size)
+        if not recipes:
+            raise ConfigError(f"{', '.join(skipped)}: the model's vocabulary of {ckpt.config.vocab_size} tokens is "
+                              "already within the recipe's vocab, so there is nothing to trim; build the "
+                              "full-vocabulary recipe instead (e.g. --quant iq4_xs-edge)")
     # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
     trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
@@ -102,6 +109,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             artifacts=artifacts,
             recipes={r.name: r.to_json() for r in recipes},
             versions=versions(),
+            skipped=skipped,
         )
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})

@@ -391,7 +391,8 @@ def eval_(
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
 ) -> None:
-    """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite)."""
+    """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
+    A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
     from .bench import parse_knobs
     from .errors import ConfigError
     from .eval.record import PRINTERS

@@ -44,11 +44,16 @@ class Manifest:
     artifacts: list[Artifact]
     recipes: dict[str, Any]
     versions: dict[str, str]
+    # recipe name -> why it was not built (a lean recipe whose vocab cap the model is already within)
+    skipped: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     schema: int = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["skipped"]:   # written only when a recipe was skipped: older readers take the rest unchanged
+            del d["skipped"]
+        return d
 
     def artifact(self, file: str) -> Artifact:
         for a in self.artifacts:

@@ -94,7 +94,8 @@ def quality_pairs(records: list[Record], quality: list) -> list[tuple[Record, ob
     the device, memory and speed do)."""
     out = []
     for r in records:
-        qs = [q for q in quality if q.sha256 == r.sha256 and q.engine == r.engine]
+        # a lean artifact's record has no KL (another tokenizer): it is in the quality table, not the KL plot
+        qs = [q for q in quality if q.sha256 == r.sha256 and q.engine == r.engine and q.kl_mean is not None]
         q = next((q for q in qs if q.device == r.device), qs[-1] if qs else None)
         if q is not None:
             out.append((r, q))

@@ -53,13 +53,26 @@ def test_build_writes_manifest_last_with_hashes(tiny_ckpt, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", "tiny-gemma4-Q8_0.gguf", "tiny-gemma4-Q4_0.gguf"])
 
 
-def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path):
+def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
     from edgekit.targets import TARGETS
 
+    caplog.set_level("WARNING", logger="edgekit")
     res = run("build", "-m", str(tiny_ckpt), "-t", "pi5", "-o", str(tmp_path))
     assert res.exit_code == 0, res.output
-    manifest = json.loads((tmp_path / "tiny-gemma4" / "pi5" / "manifest.json").read_text())
-    assert [a["recipe"] for a in manifest["artifacts"]] == list(TARGETS.get("pi5").quants)
+    folder = tmp_path / "tiny-gemma4" / "pi5"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    quants = list(TARGETS.get("pi5").quants)
+    # pi5 ships the lean vocabulary first; its vocab = 65536 is a cap the tiny model's 1,024 tokens are
+    # already within, so that recipe is skipped (one warning, a manifest entry, no v65536 file) and the
+    # first artifact built, the recommended one, is the full-vocabulary iq4_xs-edge.
+    assert quants[:2] == ["iq4_xs-edge-lean", "iq4_xs-edge"]
+    assert [a["recipe"] for a in manifest["artifacts"]] == quants[1:]
+    assert manifest["skipped"] == {"iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 "
+                                                       "tokens: nothing to trim"}
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        "recipe iq4_xs-edge-lean skipped: the model's vocabulary of 1024 tokens is already within its vocab = 65536 "
+        "(nothing to trim; the manifest says so)"]
+    assert not [p for p in folder.iterdir() if "-v65536" in p.name]
 
 
 def test_missing_config(ckpt_copy, tmp_path):

@@ -401,3 +401,33 @@ def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
     assert all(lean.tensors[k] is v for k, v in full.tensors.items() if not k.startswith("embed_tokens"))
     np.testing.assert_array_equal(lean.tensors["embed_tokens.weight"].load(),
                                   full.tensors["embed_tokens.weight"].load()[sel.kept])
+
+
+def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
+    # iq4_xs-edge-lean keeps 65,536 tokens; the tiny model has 1,024: nothing to trim, so the recipe is
+    # left out with one warning and a manifest entry, never built as a "lean" copy of the full model.
+    caplog.set_level("WARNING", logger="edgekit")
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean,q8_0", "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "tiny-gemma4" / "pi5"
+    m = json.loads((folder / "manifest.json").read_text())
+    assert [a["recipe"] for a in m["artifacts"]] == ["q8_0"] and list(m["recipes"]) == ["q8_0"]
+    assert m["skipped"] == {"iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 tokens: "
+                                                "nothing to trim"}
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
+    assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 1
+
+
+def test_only_no_op_lean_recipes_is_one_line(tmp_path, tiny_ckpt):
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "-o", str(tmp_path / "out")])
+    assert res.exit_code == 1 and not (tmp_path / "out").exists()
+    assert res.stderr == ("edgekit: error: iq4_xs-edge-lean: the model's vocabulary of 1024 tokens is already within "
+                          "the recipe's vocab, so there is nothing to trim; build the full-vocabulary recipe instead "
+                          "(e.g. --quant iq4_xs-edge)\n")
+
+
+def test_command_line_vocab_is_not_a_cap(tmp_path, tiny_ckpt):
+    # --vocab N is a request for every recipe, lean ones included: above the vocabulary it stays an error
+    assert _fails(tmp_path, tiny_ckpt, "--vocab", "2048", "-q", "iq4_xs-edge-lean").endswith(
+        "vocab 2048 is larger than the model's vocabulary of 1024 tokens; use at most 1024, "
+        "or leave vocab unset for the full vocabulary\n")

@@ -59,21 +59,32 @@ class QualityRecord(_EvalRecord):
     chunks: int
     tokens_scored: int
     top_k: int
-    ppl: float
-    bits_per_byte: float
-    kl_mean: float
-    kl_lo: float
-    kl_hi: float
-    kl_median: float
-    kl_p99: float
-    kl_max: float
-    same_top: float
-    rms_dp: float
+    # The KL pass, over the reference's token windows (None for a lean artifact: another tokenizer, so
+    # these are not defined; extra["kl"] says so).
+    ppl: Optional[float]
+    bits_per_byte: Optional[float]   # over the scored halves of the windows
+    kl_mean: Optional[float]
+    kl_lo: Optional[float]
+    kl_hi: Optional[float]
+    kl_median: Optional[float]
+    kl_p99: Optional[float]
+    kl_max: Optional[float]
+    same_top: Optional[float]
+    rms_dp: Optional[float]
+    # Whole text, every token predicted once with the artifact's own tokenizer (eval/wholetext.py):
+    # comparable across tokenizers. Set for a lean artifact, and for every artifact of a run that has one.
+    vocab: Optional[int] = None                 # tokens in the artifact's vocabulary
+    text_bytes: Optional[int] = None            # UTF-8 bytes scored (the same for the reference)
+    text_tokens: Optional[int] = None
+    tokens_per_byte: Optional[float] = None
+    text_bits_per_byte: Optional[float] = None
+    reference_tokens_per_byte: Optional[float] = None
+    reference_text_bits_per_byte: Optional[float] = None
 
 
-def _g(x: float) -> str:
+def _g(x: Optional[float]) -> Optional[str]:
     """KL spans 1e-8 (F32 vs its reference) to 1 (a broken build): three significant digits."""
-    return f"{x:.3g}"
+    return None if x is None else f"{x:.3g}"
 
 
 _MD: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
@@ -84,33 +95,73 @@ _MD: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
     ("PPL", lambda r: r.ppl, 4),
     ("bits/byte", lambda r: r.bits_per_byte, 4),
     ("mean KL", lambda r: _g(r.kl_mean), -1),
-    ("KL 95% interval", lambda r: f"{_g(r.kl_lo)} – {_g(r.kl_hi)}", -1),
+    ("KL 95% interval", lambda r: None if r.kl_lo is None else f"{_g(r.kl_lo)} – {_g(r.kl_hi)}", -1),
     ("median KL", lambda r: _g(r.kl_median), -1),
     ("p99 KL", lambda r: _g(r.kl_p99), -1),
-    ("same top %", lambda r: 100 * r.same_top, 2),
-    ("RMS Δp %", lambda r: 100 * r.rms_dp, 3),
+    ("same top %", lambda r: None if r.same_top is None else 100 * r.same_top, 2),
+    ("RMS Δp %", lambda r: None if r.rms_dp is None else 100 * r.rms_dp, 3),
+]
+
+_MD_TEXT: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
+    ("artifact", lambda r: r.artifact, -1),
+    ("quant", lambda r: r.quant, -1),
+    ("vocab", lambda r: r.vocab, 0),
+    ("size MB", lambda r: None if r.file_bytes is None else r.file_bytes / 1e6, 2),
+    ("tokens", lambda r: r.text_tokens, 0),
+    ("tokens/byte", lambda r: r.tokens_per_byte, 4),
+    ("bits/byte", lambda r: r.text_bits_per_byte, 4),
+    ("Δ bits/byte %", lambda r: None if r.reference_text_bits_per_byte is None else
+     100 * (r.text_bits_per_byte / r.reference_text_bits_per_byte - 1), 2),
+    ("mean KL", lambda r: _g(r.kl_mean) if r.kl_mean is not None else "not defined" if "kl" in r.extra else None, -1),
 ]
 
 
+def _table(cols: list[tuple[str, Callable[[QualityRecord], Any], int]], rows: list[QualityRecord]) -> list[str]:
+    return (["| " + " | ".join(h for h, *_ in cols) + " |",
+             "|" + "|".join("---" if d < 0 else "---:" for _, _, d in cols) + "|"]
+            + ["| " + " | ".join(_fmt(get(r), d) for _, get, d in cols) + " |" for r in rows])
+
+
 def to_markdown(records: Iterable[QualityRecord]) -> str:
-    """One table per (reference, text, ctx): the figures llama-perplexity --kl-divergence prints."""
+    """One table per (reference, text, ctx): the figures llama-perplexity --kl-divergence prints; then,
+    when a run has whole-text figures (a lean vocabulary), one table of bits and tokens per byte with
+    the reference's own first."""
+    records = list(records)
     groups: dict[tuple, list[QualityRecord]] = {}
     for r in records:
-        groups.setdefault((r.reference, r.text, r.ctx, r.tokens_scored), []).append(r)
+        if r.kl_mean is not None:
+            groups.setdefault((r.reference, r.text, r.ctx, r.tokens_scored), []).append(r)
     out = []
     for (ref, text, ctx, n), rs in groups.items():
         tail = rs[0].extra.get("reference_tail_mass")
         kept = f", top {rs[0].top_k} kept" + (f" ({100 * tail:.2g}% of the reference's mass outside)" if tail is not None else "")
-        lines = [f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}", "",
-                 "| " + " | ".join(h for h, *_ in _MD) + " |",
-                 "|" + "|".join("---" if d < 0 else "---:" for _, _, d in _MD) + "|"]
-        lines += ["| " + " | ".join(_fmt(get(r), d) for _, get, d in _MD) + " |" for r in rs]
-        out.append("\n".join(lines))
-    note = ("KL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
-            "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
-            "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax agrees; Δp: "
-            "artifact − reference probability of the actual next token")
-    return "\n\n".join(out) + ("\n\n" + note + "\n" if out else "")
+        out.append("\n".join([f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}", "",
+                              *_table(_MD, rs)]))
+    if out:
+        out[-1] += ("\n\nKL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
+                    "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
+                    "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax "
+                    "agrees; Δp: artifact − reference probability of the actual next token")
+    whole: dict[tuple, list[QualityRecord]] = {}
+    for r in records:
+        if r.text_bits_per_byte is not None:
+            whole.setdefault((r.reference, r.text, r.ctx, r.text_bytes), []).append(r)
+    for (ref, text, ctx, nbytes), rs in whole.items():
+        ref_row = QualityRecord(**{**rs[0].to_json(), "artifact": f"{ref} (reference)", "quant": "-", "file_bytes": None,
+                                   "vocab": rs[0].extra.get("reference_vocab"),
+                                   "text_tokens": round(rs[0].reference_tokens_per_byte * nbytes),
+                                   "tokens_per_byte": rs[0].reference_tokens_per_byte,
+                                   "text_bits_per_byte": rs[0].reference_text_bits_per_byte,
+                                   "kl_mean": None, "extra": {}})
+        lines = [f"whole text, each with its own tokenizer: reference {ref}, text {text}, ctx {ctx}, {nbytes} bytes", "",
+                 *_table(_MD_TEXT, [ref_row, *rs])]
+        out.append("\n".join(lines) + "\n\nbits/byte: −log₂ P(text) / UTF-8 bytes of the same text, every token "
+                   "predicted once: comparable across tokenizers. " + NOT_COMPARABLE_MD)
+    return "\n\n".join(out) + ("\n" if out else "")
+
+
+NOT_COMPARABLE_MD = ("mean KL \"not defined\": a lean artifact predicts over other ids after another tokenization, "
+                     "so KL, same top and Δp against the full reference do not exist")
 
 
 PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {

@@ -53,7 +53,9 @@ class RefCache:
     windows: np.ndarray     # int32 [n_chunks, ctx]
     rows: RefRows           # n_chunks * (ctx - 1 - first) rows, window by window
     next_bytes: np.ndarray  # int32 per row: UTF-8 bytes of the next token's text, by the reference's vocabulary
-    ref_stats: dict         # the reference's own PPL / bits per byte (for the printed table)
+    ref_stats: dict         # the reference's own PPL / bits per byte (for the printed table); with a
+                            # lean artifact in a run, also its whole-text figures ("whole_text", wholetext.py)
+    piece_hash: Optional[np.ndarray] = None   # uint64 per reference piece, to check a lean tokenizer (wholetext.py)
 
     def rows_of(self, i: int, per: int) -> tuple[RefRows, np.ndarray]:
         s = slice(i * per, (i + 1) * per)
@@ -76,7 +78,8 @@ def save(cache: RefCache, path: Path) -> Path:
     with atomic_path(Path(path)) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), windows=cache.windows,
-                     next_bytes=cache.next_bytes, **{k: getattr(r, k) for k in RefRows.FIELDS})
+                     next_bytes=cache.next_bytes, **{k: getattr(r, k) for k in RefRows.FIELDS},
+                     **({} if cache.piece_hash is None else {"piece_hash": cache.piece_hash}))
     return Path(path)
 
 
@@ -89,12 +92,13 @@ def load(path: Path, want: Optional[CacheKey] = None) -> RefCache:
             key = CacheKey(**meta["key"])
             rows = RefRows(*(z[k] for k in RefRows.FIELDS))
             windows, next_bytes = z["windows"], z["next_bytes"]
+            piece_hash = z["piece_hash"] if "piece_hash" in z.files else None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ArtifactError(f"{path}: not an edgekit eval reference cache ({e.__class__.__name__}); "
                             "delete it, eval writes a new one") from None
     if want is not None:
         check(key, want, path)
-    return RefCache(key, meta["vocab_sha256"], windows, rows, next_bytes, meta.get("ref_stats") or {})
+    return RefCache(key, meta["vocab_sha256"], windows, rows, next_bytes, meta.get("ref_stats") or {}, piece_hash)
 
 
 def check(have: CacheKey, want: CacheKey, path: Path) -> None:

@@ -3,7 +3,9 @@
 The reference (a Hugging Face checkpoint run by transformers, an unquantized artifact, or a cache file
 eval wrote) is run once per (reference, text, ctx, chunks, top-k) and its compact log-probabilities
 are cached (refcache.py); each artifact then runs every window with its engine and the target's
-runtime knobs, and its logits are scored against the cache (metrics.py).
+runtime knobs, and its logits are scored against the cache (metrics.py). A lean artifact (its manifest
+names a kept-id map) has another tokenizer by design: it is scored on bits and tokens per byte of the
+whole text beside the reference's, as is every other artifact of a run that has one (wholetext.py).
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from ..errors import ArtifactError, ConfigError
 from ..host import device_name, host_info
 from ..manifest import versions
 from ..runners import ENGINES
-from . import refcache
+from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
 from .record import QualityRecord
-from .text import first_scored, load_texts, piece_bytes, texts_digest, windows
+from .text import Text, first_scored, load_texts, piece_bytes, texts_digest, windows
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +137,25 @@ def _key(ref: _Ref, text_sha: str, opts: EvalOptions) -> refcache.CacheKey:
     return refcache.CacheKey(ref.name, ref_sha, text_sha, opts.ctx, opts.chunks or 0, opts.top_k)
 
 
-def reference_cache(opts: EvalOptions) -> refcache.RefCache:
-    """The reference's cache for this run: read when present (its key checked), else computed and saved."""
+def _whole_text(src: Source, vocab: Vocab, texts: list[Text], opts: EvalOptions) -> tuple[dict[str, Any], np.ndarray]:
+    """The reference's whole-text figures (and where each text is cut for --chunks), and its piece hashes."""
+    cuts = [wholetext.prefix_chars(t.text, src.tokenize(t.text), vocab.pieces, set(vocab.control), opts.ctx,
+                                   opts.chunks) for t in texts]
+    w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts)], opts.ctx, vocab.bos)
+    log.info("reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text", src.label, w.bits_per_byte,
+             w.tokens_per_byte, w.nbytes)
+    return {**w.to_json(), "prefix_chars": cuts}, wholetext.piece_hashes(vocab.pieces)
+
+
+def _has_whole_text(cache: refcache.RefCache) -> bool:
+    wt = cache.ref_stats.get("whole_text")
+    return cache.piece_hash is not None and isinstance(wt, dict) and wt.get("scheme") == wholetext.SCHEME
+
+
+def reference_cache(opts: EvalOptions, whole_text: bool = False) -> refcache.RefCache:
+    """The reference's cache for this run: read when present (its key checked), else computed and saved.
+    ``whole_text``: it must also hold the reference's whole-text figures (a lean artifact is in the run);
+    a cache without them gets them added."""
     if opts.ctx < 4:
         raise ConfigError(f"--ctx {opts.ctx}: too short to score anything; use at least 4 (llama-perplexity: 128+)")
     if opts.top_k < 1:
@@ -149,16 +168,32 @@ def reference_cache(opts: EvalOptions) -> refcache.RefCache:
         want = refcache.CacheKey(have.key.reference, have.key.reference_sha256, text_sha, opts.ctx,
                                  opts.chunks or 0, opts.top_k)
         refcache.check(have.key, want, ref.cache_file)
+        if whole_text and not _has_whole_text(have):
+            raise ArtifactError(f"{ref.cache_file}: this reference cache has no whole-text bits per byte, which a "
+                                "lean artifact is compared on; make it where the reference runs, with a lean "
+                                "artifact in that eval, or pass the reference itself")
         return have
     key = _key(ref, text_sha, opts)
     path = opts.ref_cache or refcache.default_path(key)
     if Path(path).exists():
         log.info("reference cache %s", path)
-        return refcache.load(path, want=key)
+        cache = refcache.load(path, want=key)
+        if whole_text and not _has_whole_text(cache):
+            src = ref.open()
+            try:
+                cache.ref_stats["whole_text"], cache.piece_hash = _whole_text(src, src.vocab(), texts, opts)
+            finally:
+                src.close()
+            refcache.save(cache, path)
+        return cache
     t0 = time.perf_counter()
     src = ref.open()
+    extra: dict[str, Any] = {}
+    hashes = None
     try:
         vocab = src.vocab()
+        if whole_text:
+            extra["whole_text"], hashes = _whole_text(src, vocab, texts, opts)
         first = first_scored(opts.ctx)
         nbytes = piece_bytes(vocab.pieces, set(vocab.control))
         wins, rows, nll, nb = [], [], [], []
@@ -177,9 +212,9 @@ def reference_cache(opts: EvalOptions) -> refcache.RefCache:
     stats = {"ppl": float(np.exp(all_nll.mean())),
              "bits_per_byte": float(all_nll.sum() / np.log(2) / max(int(all_nb.sum()), 1)),
              "seconds": round(time.perf_counter() - t0, 2), "n_vocab": len(vocab.pieces),
-             "tail_mass": tail_mass(RefRows.concat(rows))}
+             "tail_mass": tail_mass(RefRows.concat(rows)), **extra}
     cache = refcache.RefCache(key, vocab.sha256, np.concatenate(wins),
-                              RefRows.concat(rows), all_nb, stats)
+                              RefRows.concat(rows), all_nb, stats, hashes)
     refcache.save(cache, path)
     log.info("reference %s: PPL %.4f over %d windows in %.1f s; cached in %s", ref.name, stats["ppl"],
              len(cache.windows), stats["seconds"], path)
@@ -189,53 +224,94 @@ def reference_cache(opts: EvalOptions) -> refcache.RefCache:
 def _check_vocab(vocab: Vocab, cache: refcache.RefCache, label: str) -> None:
     if vocab.sha256 != cache.vocab_sha256:
         n_ref = cache.ref_stats.get("n_vocab", "?")
+        hint = ("; a lean artifact is evaluated from its build folder, whose manifest names its kept-id map"
+                if isinstance(n_ref, int) and len(vocab.pieces) < n_ref else "")
         raise ArtifactError(f"{label}: its tokenizer ({len(vocab.pieces)} tokens, sha256 {vocab.sha256[:12]}) differs "
                             f"from the reference {cache.key.reference}'s ({n_ref} tokens, sha256 "
-                            f"{cache.vocab_sha256[:12]}); evaluate against a reference of the same checkpoint")
+                            f"{cache.vocab_sha256[:12]}); evaluate against a reference of the same checkpoint{hint}")
 
 
-def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions) -> QualityRecord:
+def scored_texts(cache: refcache.RefCache, opts: EvalOptions) -> list[str]:
+    """The texts as the whole-text figures score them: each cut where the reference's cache says."""
+    cuts = cache.ref_stats["whole_text"]["prefix_chars"]
+    return [t.text[:c] for t, c in zip(load_texts(opts.texts), cuts)]
+
+
+def _kl_pass(src: Source, cache: refcache.RefCache, opts: EvalOptions):
+    first = first_scored(opts.ctx)
+    per = opts.ctx - 1 - first
+    parts = []
+    for i, win in enumerate(cache.windows):
+        nxt = win[first + 1:].astype(np.int64)
+        rows, nbytes = cache.rows_of(i, per)
+        parts.append(score(src.logits(win, first)[:per], rows, nxt, nbytes))
+    return kl_stats(concat(parts))
+
+
+def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, whole_text: bool = False) -> QualityRecord:
+    """KL pass against the cache; with ``whole_text`` (or for a lean artifact, which has only those)
+    also bits and tokens per byte of the whole text (wholetext.py)."""
     runtime = _runtime(pl, opts)
+    lean = pl.artifact.extra.get("vocab") if isinstance(pl.artifact.extra, dict) else None
     t0 = time.perf_counter()
     src = _open(pl, opts, runtime)
+    st, wt = None, None
     try:
         vocab = src.vocab()
-        _check_vocab(vocab, cache, pl.artifact.file)
-        first = first_scored(opts.ctx)
-        per = opts.ctx - 1 - first
-        parts = []
-        for i, win in enumerate(cache.windows):
-            nxt = win[first + 1:].astype(np.int64)
-            rows, nbytes = cache.rows_of(i, per)
-            parts.append(score(src.logits(win, first)[:per], rows, nxt, nbytes))
+        if lean:
+            id_map = wholetext.load_id_map(pl.path.parent, lean, pl.artifact.file)
+            wholetext.check_trim(vocab.pieces, id_map, cache.piece_hash, pl.artifact.file, cache.key.reference)
+        else:
+            _check_vocab(vocab, cache, pl.artifact.file)
+            st = _kl_pass(src, cache, opts)
+        if lean or whole_text:
+            wt = wholetext.measure(src, scored_texts(cache, opts), opts.ctx, vocab.bos)
     finally:
         src.close()
-    st = kl_stats(concat(parts))
     vers = versions()
     tgt = _target(pl.target)
     engine = pl.format.engine
+    ref_wt = cache.ref_stats.get("whole_text") or {}
+    extra: dict[str, Any] = {"reference_ppl": cache.ref_stats.get("ppl"),
+                             "reference_bits_per_byte": cache.ref_stats.get("bits_per_byte"),
+                             "reference_vocab": cache.ref_stats.get("n_vocab")}
+    if st is not None:
+        extra["same_top_se"] = st.same_top_se
+        extra["reference_tail_mass"] = tail_mass(cache.rows)
+    else:
+        extra["kl"] = wholetext.NOT_COMPARABLE
+    if wt is not None:   # PPL per own token: not comparable across tokenizers, kept for the record
+        extra["text_ppl"] = wt.ppl
+    kl = {f: getattr(st, f) if st else None for f in ("ppl", "bits_per_byte", "kl_mean", "kl_lo", "kl_hi", "kl_median",
+                                                      "kl_p99", "kl_max", "same_top", "rms_dp")}
+    ref_w = wholetext.WholeText.from_json(ref_wt) if wt is not None else None
     return QualityRecord(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
         device=device_name(opts.device), target=tgt.name if tgt else "",
         reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
-        text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows), tokens_scored=st.n,
-        top_k=cache.key.top_k, ppl=st.ppl, bits_per_byte=st.bits_per_byte, kl_mean=st.kl_mean, kl_lo=st.kl_lo,
-        kl_hi=st.kl_hi, kl_median=st.kl_median, kl_p99=st.kl_p99, kl_max=st.kl_max, same_top=st.same_top,
-        rms_dp=st.rms_dp, threads=_threads(opts) if engine == "llama.cpp" else None,
+        text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows) if st else wt.windows,
+        tokens_scored=st.n if st else wt.tokens, top_k=cache.key.top_k, **kl,
+        vocab=int(lean["size"]) if lean else len(vocab.pieces),
+        text_bytes=wt.nbytes if wt else None, text_tokens=wt.tokens if wt else None,
+        tokens_per_byte=wt.tokens_per_byte if wt else None, text_bits_per_byte=wt.bits_per_byte if wt else None,
+        reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
+        reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
+        threads=_threads(opts) if engine == "llama.cpp" else None,
         seconds=round(time.perf_counter() - t0, 3), timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        edgekit_version=vers.get("edgekit", ""), host=host_info(), versions=vers, runtime=runtime,
-        extra={"reference_ppl": cache.ref_stats.get("ppl"), "reference_bits_per_byte": cache.ref_stats.get("bits_per_byte"),
-               "same_top_se": st.same_top_se, "reference_tail_mass": tail_mass(cache.rows)})
+        edgekit_version=vers.get("edgekit", ""), host=host_info(), versions=vers, runtime=runtime, extra=extra)
 
 
 def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:
-    """One QualityRecord per artifact the paths name (nothing stored or printed)."""
+    """One QualityRecord per artifact the paths name (nothing stored or printed). When one of them has a
+    lean vocabulary, every record of the run also gets the whole-text figures, so the lean build and the
+    full ones (and the reference) are compared on the same bytes."""
     if not paths:
         raise ConfigError("no artifact given; pass a .gguf, an MLX folder or a dist folder")
     planned = [pl for p in paths for pl in plan(Path(p), opts.target)]
-    cache = reference_cache(opts)
+    whole = any(isinstance(pl.artifact.extra, dict) and "vocab" in pl.artifact.extra for pl in planned)
+    cache = reference_cache(opts, whole_text=whole)
     if cache.windows.shape[1] != opts.ctx:
         raise ArtifactError(f"reference cache has windows of {cache.windows.shape[1]} tokens, not --ctx {opts.ctx}")
-    return [score_artifact(pl, cache, opts) for pl in planned]
+    return [score_artifact(pl, cache, opts, whole_text=whole) for pl in planned]

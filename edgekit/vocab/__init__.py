@@ -44,7 +44,7 @@ from .select import Corpus, Selection, SourceTokenizer, corpus_from_bytes, load_
 log = logging.getLogger(__name__)
 
 __all__ = ["Corpus", "Selection", "SourceTokenizer", "VocabTrims", "corpus_from_bytes", "default_corpus", "effective_vocab",
-           "load_corpus", "select", "trim_checkpoint", "write_lean"]
+           "load_corpus", "no_op_trims", "select", "trim_checkpoint", "write_lean"]
 
 DEFAULT_CORPUS_NAME = "builtin:edgekit/eval/data/train.txt (CPython docs and code, PSF License)"
 
@@ -157,3 +157,21 @@ def effective_vocab(recipes: list[Any], vocab: int | None) -> list[Any]:
         raise ConfigError(f"--vocab {vocab!r}: give a positive number of tokens, e.g. --vocab 65536")
     return [replace(r, vocab=vocab) for r in recipes]
 
+
+
+def no_op_trims(recipes: list[Any], n_vocab: int) -> tuple[list[Any], dict[str, str]]:
+    """A recipe's ``vocab = N`` is a cap: on a model whose vocabulary already has at most N tokens the
+    trim would change nothing, so the recipe is left out (its full-vocabulary twin, when the profile
+    has one, is the same build; an artifact named lean that trimmed nothing would claim what it did
+    not do). Returns the recipes to build and, per recipe left out, why (the manifest records it).
+    ``--vocab N`` on the command line is not a cap: an N above the vocabulary stays an error (select)."""
+    keep, skipped = [], {}
+    for r in recipes:
+        if r.vocab is not None and n_vocab <= r.vocab:
+            skipped[r.name] = (f"vocab = {r.vocab} caps the vocabulary, and the model's has {n_vocab} tokens: "
+                               "nothing to trim")
+            log.warning("recipe %s skipped: the model's vocabulary of %d tokens is already within its vocab = %d "
+                        "(nothing to trim; the manifest says so)", r.name, n_vocab, r.vocab)
+        else:
+            keep.append(r)
+    return keep, skipped
