@@ -62,11 +62,11 @@ def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
     folder = tmp_path / "tiny-gemma4" / "pi5"
     manifest = json.loads((folder / "manifest.json").read_text())
     quants = list(TARGETS.get("pi5").quants)
-    # pi5 ships the lean vocabulary first; its vocab = 65536 is a cap the tiny model's 1,024 tokens are
-    # already within, so that recipe is skipped (one warning, a manifest entry, no v65536 file) and the
-    # first artifact built, the recommended one, is the full-vocabulary iq4_xs-edge.
-    assert quants[:2] == ["iq4_xs-edge-lean", "iq4_xs-edge"]
-    assert [a["recipe"] for a in manifest["artifacts"]] == quants[1:]
+    # pi5 builds the lean vocabulary second; its vocab = 65536 is a cap the tiny model's 1,024 tokens are
+    # already within, so that recipe is skipped (one warning, a manifest entry, no v65536 file); the first
+    # artifact built, the recommended one, is the full-vocabulary iq4_xs-edge.
+    assert quants[:2] == ["iq4_xs-edge", "iq4_xs-edge-lean"]
+    assert [a["recipe"] for a in manifest["artifacts"]] == [q for q in quants if q != "iq4_xs-edge-lean"]
     assert manifest["skipped"] == {"iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 "
                                                        "tokens: nothing to trim"}
     assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
