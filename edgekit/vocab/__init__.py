@@ -158,7 +158,6 @@ def effective_vocab(recipes: list[Any], vocab: int | None) -> list[Any]:
     return [replace(r, vocab=vocab) for r in recipes]
 
 
-
 def no_op_trims(recipes: list[Any], n_vocab: int) -> tuple[list[Any], dict[str, str]]:
     """A recipe's ``vocab = N`` is a cap: on a model whose vocabulary already has at most N tokens the
     trim would change nothing, so the recipe is left out (its full-vocabulary twin, when the profile
