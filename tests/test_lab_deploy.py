@@ -259,3 +259,31 @@ def test_corrupt_local_build_and_wrong_target_never_ship(lab, tmp_path):
     with pytest.raises(LabError, match="device 'pi' runs target 'pi5' but .* was built for 'm4'"):
         deploy(other, device)
     assert not work.exists()   # neither reached the device
+
+
+def test_a_lean_builds_id_map_travels_with_it_and_is_checked(lab, tmp_path):
+    """A lean artifact's kept-id map (new id -> original id) goes to the device beside it, checked by
+    sha256 like the artifacts: eval and output mapping on the device need it. A local copy that no
+    longer matches the manifest is never shipped."""
+    inv, work = lab
+    folder = make_build(tmp_path)
+    id_map = folder / "tiny-v512.vocab-ids.npy"
+    id_map.write_bytes(bytes(range(256)) * 8)
+    m = read_manifest(folder)
+    m.artifacts[0].extra["vocab"] = {"size": 512, "id_map": id_map.name,
+                                     "id_map_sha256": hashlib.sha256(id_map.read_bytes()).hexdigest()}
+    write_manifest(folder, m)
+    rep = deploy(folder, load_inventory(inv).get("pi"))
+    remote = work / "dist" / "tiny" / "pi5"
+    assert sorted(rep.sent) == sorted(["tiny-Q8_0.gguf", "mlx-4bit", id_map.name])
+    assert (remote / id_map.name).read_bytes() == id_map.read_bytes() and same_tree(folder, remote)
+    # the device's copy goes bad: found by its sha256 and sent again, alone
+    (remote / id_map.name).write_bytes(b"corrupt")
+    rep = deploy(folder, load_inventory(inv).get("pi"))
+    assert rep.sent == [id_map.name] and same_tree(folder, remote)
+    # the local copy goes bad: one line, nothing sent
+    id_map.write_bytes(b"changed")
+    r = CliRunner().invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
+    assert r.exit_code != 0
+    assert r.stderr == (f"edgekit: error: {folder}: {id_map.name} does not match the manifest locally; "
+                        "rebuild before deploying\n")

@@ -218,14 +218,43 @@ def deploy(dist: Path, device: Device, *, method: str = "auto") -> DeployReport:
         return _deploy(folder, manifest, device, method)
 
 
+@dataclass(frozen=True)
+class _Sidecar:
+    """A file an artifact needs beside it (a lean vocabulary's id map, for `edgekit eval` and mapping
+    outputs back), sent and checked by sha256 like the artifacts themselves."""
+
+    file: str
+    sha256: str
+    bytes: int
+
+
+def sidecars(folder: Path, manifest: Manifest) -> list[_Sidecar]:
+    out: dict[str, _Sidecar] = {}
+    for a in manifest.artifacts:
+        v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
+        if isinstance(v, dict) and v.get("id_map"):
+            name = str(v["id_map"])
+            if not _SEGMENT.match(name) or name in (".", "..", MANIFEST) or name.startswith("-"):
+                raise ArtifactError(f"manifest names the id map {name!r}, which is not a file name in the build folder; rebuild")
+            path = folder / name
+            if not path.is_file():
+                raise ArtifactError(f"{folder}: {name} (the lean vocabulary's id map) is missing; rebuild before deploying")
+            want = str(v.get("id_map_sha256", ""))
+            if hashlib.sha256(path.read_bytes()).hexdigest() != want:   # a few hundred KB (4 bytes a token)
+                raise ArtifactError(f"{folder}: {name} does not match the manifest locally; rebuild before deploying")
+            out[name] = _Sidecar(name, want, path.stat().st_size)
+    return list(out.values())
+
+
 def _deploy(folder: Path, manifest: Manifest, device: Device, method: str) -> DeployReport:
     rdir = remote_dir(device, manifest)
-    files = [a.file for a in manifest.artifacts]
+    items = [*manifest.artifacts, *sidecars(folder, manifest)]
+    files = [a.file for a in items]
     remote_rsync, hashes = probe(device, rdir, [*files, MANIFEST])
     method = choose_method(method, remote_rsync)
     report = DeployReport(device.name, rdir, method)
-    stale = [a for a in manifest.artifacts if remote_digest(a.file, hashes) != a.sha256]
-    report.unchanged = [a.file for a in manifest.artifacts if a not in stale]
+    stale = [a for a in items if remote_digest(a.file, hashes) != a.sha256]
+    report.unchanged = [a.file for a in items if a not in stale]
     manifest_bytes = (folder / MANIFEST).read_bytes()
     local_manifest = hashlib.sha256(manifest_bytes).hexdigest()
     if not stale and hashes.get(MANIFEST) == local_manifest:
