@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .errors import ArtifactError, ConfigError
 
@@ -219,22 +219,9 @@ class _Parser:
         if i < len(s) and s[i] == "{":
             return self.obj()
         if i < len(s) and s[i] == "[":
-            self.i += 1
-            out = []
-            self.ws()
-            if s.startswith("]", self.i):
-                self.i += 1
-                return out
-            while True:
-                out.append(self.value())
-                self.ws()
-                if s.startswith(",", self.i):
-                    self.i += 1
-                elif s.startswith("]", self.i):
-                    self.i += 1
-                    return out
-                else:
-                    raise self.fail("expected , or ]")
+            out: list[Any] = []
+            self.items("]", lambda: out.append(self.value()))
+            return out
         m = re.compile(r"[^,}\]]*").match(s, i)
         word = m.group(0).strip()
         self.i = m.end()
@@ -260,29 +247,37 @@ class _Parser:
         k, self.i = self.s[self.i:end].strip(), end
         return k
 
-    def obj(self) -> dict[str, Any]:
-        s = self.s
-        self.i += 1  # {
-        out: dict[str, Any] = {}
+    def items(self, close: str, item: Callable[[], None]) -> None:
+        """The comma-separated items of a list or object, from its opening bracket through ``close``."""
+        self.i += 1  # [ or {
         self.ws()
-        if s.startswith("}", self.i):
+        if self.s.startswith(close, self.i):
             self.i += 1
-            return out
+            return
         while True:
+            item()
+            self.ws()
+            if self.s.startswith(",", self.i):
+                self.i += 1
+            elif self.s.startswith(close, self.i):
+                self.i += 1
+                return
+            else:
+                raise self.fail(f"expected , or {close}")
+
+    def obj(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+
+        def member() -> None:
             k = self.key()
             self.ws()
-            if not s.startswith(":", self.i):
+            if not self.s.startswith(":", self.i):
                 raise self.fail("expected :")
             self.i += 1
             out[k] = self.value()
-            self.ws()
-            if s.startswith(",", self.i):
-                self.i += 1
-            elif s.startswith("}", self.i):
-                self.i += 1
-                return out
-            else:
-                raise self.fail("expected , or }")
+
+        self.items("}", member)
+        return out
 
 
 def parse_tool_call(body: str) -> ToolCall:

@@ -146,7 +146,8 @@ def test_full_artifact_whole_text_equals_the_reference(trained_dist, lean_dist, 
     full, *lean = recs
     assert {r.text_bytes for r in recs} == {full.text_bytes} and full.text_bytes > 0
     assert full.kl_mean is not None and full.text_tokens == round(full.reference_tokens_per_byte * full.text_bytes)
-    assert full.text_bits_per_byte == pytest.approx(full.reference_text_bits_per_byte, rel=1e-4)
+    # measured 3.4e-7 relative here (llama.cpp F32 with an F32 cache vs torch fp32); 1e-5 leaves 30x
+    assert full.text_bits_per_byte == pytest.approx(full.reference_text_bits_per_byte, rel=1e-5)
     for r in lean:
         assert r.tokens_per_byte > full.tokens_per_byte
 
