@@ -26,13 +26,14 @@ and its ratio to the unlimited run, whether the kernel OOM-killed the child, and
 GGUF's mapped pages counted in 16 KB blocks (the Pi 5 kernel's page size). Goal: the recommended build
 runs in the cgroup with tg ≥ 0.95 × unlimited, no OOM, and its 16 KB-page peak under 1.5 GB.
 
-Lean rows (README "Lean vocabulary"): iq4_xs-edge-lean (pi5 runtime) and mlx-4bit-lean, the same
+Lean rows (README "Lean vocabulary"): iq4_xs-edge-lean (pi5 runtime, and targets/pi5-lean.toml's: an
+F16 cache and n_ubatch 512, the prefill speed its headroom buys back) and mlx-4bit-lean, the same
 recipes with a 65,536-token vocabulary (``--vocab N`` for another size), built from the same
 checkpoint into their own folder. The shape-true tokenizer has no real text statistics: the kept ids
 are its must-keep set, the default corpus's tokens, then its private-use filler pieces in id order
 (edgekit/vocab's fill rule). After the main table, one line per lean artifact gives where its bytes
 go (embedding tables and the rest), and a second table gives lean ÷ full decode t/s and the peak RSS
-saved, each pair measured in this run; the cgroup table runs the lean pi5 build too.
+saved, each pair measured in this run; the cgroup table runs the lean pi5 build too, with each runtime.
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ def main() -> None:
     pi5 = TARGETS.get("pi5")
     # The reference: the same budget and threads, llama.cpp's own runtime defaults.
     stock = dataclasses.replace(pi5, name="pi5-stock", runtime=STOCK_RUNTIME)
+    # targets/pi5-lean.toml: the lean build with the prefill knobs its headroom affords
+    pi5_lean = TARGETS.get("pi5-lean") if "pi5-lean" in TARGETS else None
     mlx_dir = lean_mlx = None
     lean_dist = CACHE / "bench-e2b-lean"
     lean_gguf = ensure_build(ckpt, "pi5", list(LEAN_GGUF), lean_dist, args.vocab) if not (args.no_lean or args.no_gguf) else None
@@ -180,12 +183,15 @@ def main() -> None:
         for folder in (gguf_dir, lean_gguf, *args.extra_dir):
             if folder:
                 limits_table(folder, args)
+        if lean_gguf and pi5_lean:
+            limits_table(lean_gguf, args, pi5_lean.name)
         return
     runs: list[tuple[Path, BenchOptions]] = []
     for ctx in (int(c) for c in args.ctx.split(",")):
         for folder in (gguf_dir, lean_gguf):
             for a in sorted(folder.glob("*.gguf")) if folder else []:
-                for tgt in ([stock, pi5] if "Q4_0" in a.name and "edge" not in a.name else [pi5]):
+                tgts = [stock, pi5] if "Q4_0" in a.name and "edge" not in a.name else [pi5]
+                for tgt in tgts + ([pi5_lean] if folder == lean_gguf and pi5_lean else []):
                     # no cgroup here: this table is the unconstrained peak (stock Q4_0 peaks at 4.7 GB)
                     runs.append((a, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt,
                                                  limit=False)))
@@ -211,6 +217,8 @@ def main() -> None:
     for folder in (gguf_dir, lean_gguf):
         if folder and not args.no_limits:
             limits_table(folder, args)
+    if lean_gguf and pi5_lean and not args.no_limits:
+        limits_table(lean_gguf, args, pi5_lean.name)
 
 
 def lean_vs_full(recs: dict, pairs: list) -> None:
@@ -241,15 +249,15 @@ def lean_vs_full(recs: dict, pairs: list) -> None:
                       f"| {full.tg_tps:.2f} | {lean.tg_tps:.2f} | {lean.tg_tps / full.tg_tps:.2f} |", flush=True)
 
 
-def limits_table(gguf_dir: Path, args: argparse.Namespace, ctx: int = 2048) -> None:
-    """Each pi5 artifact at ctx 2048, pi5 runtime: unlimited, then inside the cgroup, from a cold cache."""
+def limits_table(gguf_dir: Path, args: argparse.Namespace, target: str = "pi5", ctx: int = 2048) -> None:
+    """Each pi5 artifact at ctx 2048, ``target``'s runtime: unlimited, then inside the cgroup, from a cold cache."""
     from edgekit.bench import BenchOptions, bench
     from edgekit.budget import gate_lines
     from edgekit.limits import memory_limit
 
     with memory_limit(int(args.limit_mb * 1e6)) as probe:
         how = probe.mechanism or f"NOT ENFORCED: {probe.reason}"
-    print(f"\npi5 artifacts at ctx {ctx}, pi5 runtime, -p {ctx - args.n} -n {args.n} -r {args.r}: unlimited vs a "
+    print(f"\npi5 artifacts at ctx {ctx}, {target} runtime, -p {ctx - args.n} -n {args.n} -r {args.r}: unlimited vs a "
           f"{args.limit_mb:,.0f} MB memory cgroup ({how}); 16 KB: the peak with the GGUF's mapped pages in 16 KB blocks")
     print("| artifact | run | peak RSS MB | cgroup peak MB | peak @16K MB | majflt prefill | majflt/token | tg t/s "
           "| tg ÷ unlimited | OOM | gate |")
@@ -258,7 +266,7 @@ def limits_table(gguf_dir: Path, args: argparse.Namespace, ctx: int = 2048) -> N
         pair = []
         for limited in (False, True):
             drop_caches()
-            opts = BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target="pi5",
+            opts = BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=target,
                                 limit=limited, limit_bytes=int(args.limit_mb * 1e6) if limited else None)
             (rec,) = bench(a, opts)
             pair.append(rec)

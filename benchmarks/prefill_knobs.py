@@ -1,6 +1,7 @@
 """Which memory knob costs prompt speed: pp512 with the pi5 runtime vs llama.cpp's defaults, one knob at a time.
 
     python benchmarks/prefill_knobs.py [--gguf FILE | --tiny] [-p 512] [-r 3] [--rounds 2] [-t 2] [--llama-bench]
+                                       [--config "LABEL=BASE[,knob=value...]" ...]
 
 On one artifact (default: the shape-true E2B IQ4_XS-edge build benchmarks/e2b_memory.py made under
 .cache/bench-e2b; --tiny makes a tiny Gemma 4 build instead, a smoke run of seconds), edgekit's
@@ -16,7 +17,10 @@ llama.cpp runner prefills -p tokens with:
 Each configuration runs in its own child (no memory limit: speed only), in alternating rounds so a
 shared host's slow spells hit every configuration alike; the table prints pp t/s (median over
 rounds), its ratio to the defaults' median of the same run, the median of per-round ratios (a round's
-runs are adjacent in time), and the peak RSS each configuration paid. --llama-bench also runs stock
+runs are adjacent in time), and the peak RSS each configuration paid. --config replaces the one-knob
+set with your own grid (BASE is "defaults" or a target whose [runtime] it starts from; "llama.cpp
+defaults" always runs first, as the reference), e.g. --config "pi5-lean=pi5-lean" --config
+"ub256=pi5,kv_type=f16,n_ubatch=256". --llama-bench also runs stock
 llama-bench (built once by benchmarks/llamacpp_tools.py) on the same file with its defaults. Goal:
 pi5-runtime pp512 ≥ 1.0 × llama.cpp defaults on the same file, same run.
 """
@@ -50,6 +54,20 @@ def configs(pi5: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def parse_config(text: str) -> tuple[str, dict]:
+    """``LABEL=BASE[,knob=value...]`` as (label, runtime); values are typed by the engine's schema later."""
+    from edgekit.knobs import parse_set
+
+    label, sep, rest = text.partition("=")
+    from edgekit.targets import TARGETS
+
+    base, *sets = (x.strip() for x in rest.split(","))
+    if not sep or not label.strip() or not (base == "defaults" or base in TARGETS):
+        raise SystemExit(f"--config {text!r}: expected LABEL=BASE[,knob=value...], BASE defaults or a target "
+                         f"({', '.join(TARGETS)})")
+    return label.strip(), {**(TARGETS.get(base).runtime if base != "defaults" else {}), **parse_set(sets)}
+
+
 def tiny_build(work: Path) -> Path:
     from edgekit.build import build
     from edgekit.synth import synth
@@ -69,6 +87,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over all configurations")
     ap.add_argument("-t", "--threads", type=int, default=None, help="default: pi5's, capped at this host's cores")
     ap.add_argument("--llama-bench", action="store_true", help="also run stock llama-bench with its defaults")
+    ap.add_argument("--config", action="append", default=[], metavar="LABEL=BASE[,k=v...]",
+                    help="your own configurations instead of the one-knob set (repeatable)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -90,6 +110,8 @@ def main() -> None:
     # memory cgroup (this measures speed; e2b_memory.py measures the limit).
     TARGETS.register("pi5-knobs", dataclasses.replace(pi5, name="pi5-knobs", runtime={}, enforce_limit=False))
     cfgs = configs(pi5.runtime)
+    if args.config:
+        cfgs = cfgs[:1] + [parse_config(c) for c in args.config]
     base = BenchOptions(n_prompt=args.p, n_gen=1, reps=args.r, threads=args.threads, ctx=max(pi5.context, args.p + 1),
                         target="pi5-knobs", roofline=False, limit=False)
     pp: dict[str, list[float]] = {label: [] for label, _ in cfgs}

@@ -34,8 +34,33 @@ class Target:
         return int(self.memory_budget_gb * 1e9)
 
 
-def load_target(path: Path) -> Target:
+def _raw(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The profile's fields with ``extends = "other"`` resolved: the other profile (a file beside this
+    one) first, this one's fields over it, its [runtime] and [bench] merged knob by knob. A variant
+    of a device (pi5-lean) then states only what differs, and a budget or page size fixed in the base
+    reaches every variant."""
     raw = read_toml(path, ConfigError, "target profile")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    where = f"{path}: extends"
+    check_plain_name(base, "extends", str(path), "name a profile in the same folder (e.g. extends = \"pi5\")")
+    if base in seen or base == path.stem:
+        raise ConfigError(f"{where} {base!r} makes a loop ({' -> '.join((*seen, path.stem, base))}); "
+                          "a profile cannot extend itself")
+    base_path = path.with_name(base + ".toml")
+    if not base_path.is_file():
+        raise ConfigError(f"{where} {base!r}: no {base_path.name} beside it; name a profile in {path.parent}")
+    out = _raw(base_path, (*seen, path.stem))
+    out.pop("name", None)   # the variant's own name (or its file's stem), never the base's
+    for key, value in raw.items():
+        merge = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = {**out[key], **value} if merge else value
+    return out
+
+
+def load_target(path: Path) -> Target:
+    raw = _raw(path)
     f = Fields(raw, str(path), "fix the TOML (see targets/pi5.toml for the fields)", ConfigError)
     bench = f.sub("bench")
     return Target(

@@ -136,6 +136,29 @@ def test_target_field_of_the_wrong_type(monkeypatch, tmp_path, old, new, says):
     assert_one_line(run("targets"), 1, f"{path}: {says}; {fix}")
 
 
+EXTENDS_CASES = [
+    ("extends = 3", "extends must be a plain name (letters, digits, . _ + -; no path separator or leading dot), "
+     "not the integer 3; name a profile in the same folder (e.g. extends = \"pi5\")"),
+    ('extends = "../pi5"', "extends must be a plain name (letters, digits, . _ + -; no path separator or leading "
+     "dot), not the string '../pi5'; name a profile in the same folder (e.g. extends = \"pi5\")"),
+    ('extends = "nope"', "extends 'nope': no nope.toml beside it; name a profile in {folder}"),
+    ('extends = "bad"', "extends 'bad' makes a loop (bad -> bad); a profile cannot extend itself"),
+]
+
+
+@pytest.mark.parametrize("line, says", EXTENDS_CASES, ids=[c[0] for c in EXTENDS_CASES])
+def test_target_that_extends_what_is_not_a_profile(monkeypatch, tmp_path, line, says):
+    path = _registry(monkeypatch, tmp_path, "targets", "load_target", f"{line}\n{GOOD_TARGET}")
+    assert_one_line(run("targets"), 1, f"{path}: {says.format(folder=path.parent)}")
+
+
+def test_targets_that_extend_each_other_are_a_loop(monkeypatch, tmp_path):
+    path = _registry(monkeypatch, tmp_path, "targets", "load_target", f'extends = "other"\n{GOOD_TARGET}')
+    (path.parent / "other.toml").write_text(f'extends = "bad"\n{GOOD_TARGET}')
+    assert_one_line(run("targets"), 1, f"{path.parent / 'other.toml'}: extends 'bad' makes a loop "
+                                       "(bad -> other -> bad); a profile cannot extend itself")
+
+
 RECIPE_CASES = [
     ('ftype = "MOSTLY_Q4_0"', "ftype = 4", None, "ftype must be a string, not the integer 4"),
     ('quant = "Q4_0"', 'quant = "../../evil"', "quant", "the string '../../evil'"),
