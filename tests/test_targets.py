@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from test_bench import BW, LOG_MIB, expected_kv_bytes
+
+from edgekit import bench as bench_mod
+from edgekit.bench import BenchOptions, bench
+from edgekit.build import build
+from edgekit.checkpoint import load_checkpoint
 from edgekit.targets import TARGETS, load_target
 
 
@@ -32,3 +38,19 @@ def test_a_variant_overrides_field_by_field_and_knob_by_knob(tmp_path):
     assert fast == dataclasses.replace(base, name="dev-fast", threads=2, enforce_limit=False,
                                        runtime={"kv_type": "q8_0", "n_ubatch": 512, "lazy": "on"})
     assert small == dataclasses.replace(fast, name="small", context=512)   # a chain resolves in order
+
+
+def test_a_pi5_lean_build_runs_with_pi5_leans_knobs_and_the_engine_applies_them(tiny_ckpt, tmp_path, monkeypatch):
+    """The build folder carries the profile's name, so bench (and run, serve, deploy) take pi5-lean's
+    [runtime]; the record's knobs are what llama.cpp applied, and its KV buffer is an F16 cache's."""
+    monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
+    # --vocab is a request (the tiny model's 1,024 tokens are under the recipe's cap of 65,536)
+    folder = build(str(tiny_ckpt), target="pi5-lean", vocab=512, out=tmp_path)
+    assert folder.name == "pi5-lean"
+    (rec,) = bench(folder, BenchOptions(n_prompt=32, n_gen=2, reps=1, threads=2, ctx=1024, limit=False))
+    assert rec.target == "pi5-lean" and "v512-IQ4_XS-edge" in rec.artifact
+    assert {k: rec.runtime[k] for k in ("kv_type", "n_ubatch", "flash_attn", "lazy")} == \
+        {"kv_type": "f16", "n_ubatch": 512, "flash_attn": "on", "lazy": "on"}
+    expected = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, rec.runtime)
+    q8 = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, {**rec.runtime, "kv_type": "q8_0"})
+    assert abs(rec.kv_cache_bytes - expected) <= LOG_MIB and abs(rec.kv_cache_bytes - q8) > LOG_MIB
