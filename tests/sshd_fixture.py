@@ -37,6 +37,16 @@ def _ensure_sshd() -> str:
     return path
 
 
+@pytest.fixture()
+def closed_port():
+    """A 127.0.0.1 port that refuses connections for the whole test: bound, never listening, so no
+    other process can take it. (``sshd.port + 1`` is not: in one CI run another listener sat there and
+    ssh waited 120 s for a banner instead of being refused.)"""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

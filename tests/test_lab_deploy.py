@@ -19,7 +19,7 @@ from edgekit.lab import deploy as deploy_mod
 from edgekit.lab.deploy import deploy
 from edgekit.lab.inventory import load_inventory
 from edgekit.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
-from sshd_fixture import sshd  # noqa: F401  (the fixture)
+from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 
 HOSTILE = "x; touch {m} #$(touch {m})`touch {m}` 'q\" "
 
@@ -193,9 +193,9 @@ def test_a_device_that_keeps_corrupting_fails_with_one_line(lab, tmp_path, monke
     assert not (remote / MANIFEST).exists()   # no manifest vouches for the bad copy
 
 
-def test_unreachable_port_and_wrong_key_are_one_clear_line(sshd, tmp_path):  # noqa: F811
+def test_unreachable_port_and_wrong_key_are_one_clear_line(sshd, closed_port, tmp_path):  # noqa: F811
     folder = make_build(tmp_path)
-    closed = sshd.port + 1 if sshd.port < 65535 else sshd.port - 1
+    closed = closed_port
     inv = tmp_path / "lab.toml"
     inv.write_text(sshd.device_table("down", port=closed) + sshd.device_table("badkey", identity=str(sshd.wrong_identity)))
     runner = CliRunner()

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from edgekit.cli import app
 from edgekit.manifest import read_manifest
 from edgekit.results import Record, Store, to_jsonl
-from sshd_fixture import sshd  # noqa: F401  (the fixture)
+from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 
 # The "device" runs this checkout's edgekit from the same venv.
 EDGEKIT = str(Path(sys.executable).with_name("edgekit"))
@@ -32,11 +32,11 @@ def tiny_dist(tiny_ckpt, tmp_path_factory):
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=out)
 
 
-def test_lab_run_gathers_records_and_survives_failing_devices(sshd, tiny_dist, tmp_path):  # noqa: F811
+def test_lab_run_gathers_records_and_survives_failing_devices(sshd, closed_port, tiny_dist, tmp_path):  # noqa: F811
     tag = uuid.uuid4().hex
     sleeper = ["python3", "-c", f"import time; time.sleep(60)  # {tag}"]
     oom = ["python3", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
-    closed = sshd.port + 1 if sshd.port < 65535 else sshd.port - 1
+    closed = closed_port
     inv = tmp_path / "lab.toml"
     inv.write_text(
         sshd.device_table("pi-a", workdir=str(tmp_path / "a"), edgekit=[EDGEKIT])
