@@ -57,10 +57,9 @@ def configs(pi5: dict) -> list[tuple[str, dict]]:
 def parse_config(text: str) -> tuple[str, dict]:
     """``LABEL=BASE[,knob=value...]`` as (label, runtime); values are typed by the engine's schema later."""
     from edgekit.knobs import parse_set
-
-    label, sep, rest = text.partition("=")
     from edgekit.targets import TARGETS
 
+    label, sep, rest = text.partition("=")
     base, *sets = (x.strip() for x in rest.split(","))
     if not sep or not label.strip() or not (base == "defaults" or base in TARGETS):
         raise SystemExit(f"--config {text!r}: expected LABEL=BASE[,knob=value...], BASE defaults or a target "
