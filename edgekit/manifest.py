@@ -122,7 +122,27 @@ def read_manifest(folder_or_file: Path) -> Manifest:
         raise ArtifactError(f"{path}: corrupt manifest ({e.__class__.__name__}); rebuild with `edgekit build`") from None
     for a in arts:   # an entry must name a file inside this folder: bench and deploy read what it names
         check_member(a.file, str(path))
+        v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
+        if isinstance(v, dict) and v.get("id_map") is not None:   # so must a lean artifact's id map
+            check_member(v["id_map"], str(path))
     return manifest
+
+
+def id_map_file(folder: Path, a: Artifact) -> Path | None:
+    """A lean artifact's kept-id map (new id → original id; ``extra["vocab"]["id_map"]``, beside the
+    manifest), its sha256 checked against the manifest; None for a full-vocabulary artifact. Eval reads
+    it and deploy sends it, so both refuse the same missing or changed file with the same line."""
+    v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
+    if not (isinstance(v, dict) and v.get("id_map")):
+        return None
+    path = Path(folder) / v["id_map"]
+    if not path.is_file():
+        raise ArtifactError(f"{path}: {a.file}'s lean-vocabulary id map is missing beside {MANIFEST}; copy it "
+                            "from the build folder or rebuild with `edgekit build`")
+    if sha256_file(path) != v.get("id_map_sha256"):
+        raise ArtifactError(f"{path}: {a.file}'s lean-vocabulary id map does not match the sha256 {MANIFEST} "
+                            "records; rebuild with `edgekit build`")
+    return path
 
 
 def verify(folder: Path, manifest: Manifest | None = None) -> list[str]:

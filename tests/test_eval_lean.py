@@ -202,6 +202,6 @@ def test_missing_id_map_is_one_line(lean_dist, tmp_path):
     res = CliRunner().invoke(app, ["eval", str(d / f"tiny-trained-v{N_LEAN}-F32.gguf"), "--reference", str(TRAINED),
                                    "--ctx", "32", "--chunks", "1", "--no-store", "--ref-cache", str(tmp_path / "c.npz")])
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: tiny-trained-v{N_LEAN}-F32.gguf: its lean vocabulary's id map "
-                          f"tiny-trained-v{N_LEAN}.vocab-ids.npy is missing beside the manifest; copy it from the "
-                          "build folder or build again\n")
+    assert res.stderr == (f"edgekit: error: {d / f'tiny-trained-v{N_LEAN}.vocab-ids.npy'}: "
+                          f"tiny-trained-v{N_LEAN}-F32.gguf's lean-vocabulary id map is missing beside "
+                          "manifest.json; copy it from the build folder or rebuild with `edgekit build`\n")

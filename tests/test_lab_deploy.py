@@ -285,5 +285,5 @@ def test_a_lean_builds_id_map_travels_with_it_and_is_checked(lab, tmp_path):
     id_map.write_bytes(b"changed")
     r = CliRunner().invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
     assert r.exit_code != 0
-    assert r.stderr == (f"edgekit: error: {folder}: {id_map.name} does not match the manifest locally; "
-                        "rebuild before deploying\n")
+    assert r.stderr == (f"edgekit: error: {id_map}: {m.artifacts[0].file}'s lean-vocabulary id map does not "
+                        "match the sha256 manifest.json records; rebuild with `edgekit build`\n")

@@ -24,7 +24,7 @@ import numpy as np
 from ..bench import Planned, _target, plan, profile_knobs
 from ..errors import ArtifactError, ConfigError
 from ..host import device_name, host_info
-from ..manifest import versions
+from ..manifest import id_map_file, versions
 from ..runners import ENGINES
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
@@ -259,7 +259,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
     try:
         vocab = src.vocab()
         if lean:
-            id_map = wholetext.load_id_map(pl.path.parent, lean, pl.artifact.file)
+            id_map = wholetext.load_id_map(id_map_file(pl.path.parent, pl.artifact))
             wholetext.check_trim(vocab.pieces, id_map, cache.piece_hash, pl.artifact.file, cache.key.reference)
         else:
             _check_vocab(vocab, cache, pl.artifact.file)

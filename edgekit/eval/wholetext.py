@@ -141,16 +141,8 @@ def piece_hashes(pieces: list[str]) -> np.ndarray:
                                     "little") for p in pieces], dtype=np.uint64)
 
 
-def load_id_map(folder: Path, vocab: dict[str, Any], label: str) -> np.ndarray:
-    """The kept-id map a manifest names (new id → original id), its sha256 checked."""
-    from ..checkpoint import sha256_file
-
-    path = Path(folder) / str(vocab.get("id_map", ""))
-    if not path.is_file():
-        raise ArtifactError(f"{label}: its lean vocabulary's id map {path.name} is missing beside the manifest; "
-                            "copy it from the build folder or build again")
-    if vocab.get("id_map_sha256") and sha256_file(path) != vocab["id_map_sha256"]:
-        raise ArtifactError(f"{label}: {path.name} does not match the sha256 the manifest records; build again")
+def load_id_map(path: Path) -> np.ndarray:
+    """The kept-id map (new id → original id) at ``path`` (manifest.id_map_file has checked it)."""
     try:
         ids = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:

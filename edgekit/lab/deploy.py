@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from ..errors import ArtifactError, LabError
-from ..manifest import MANIFEST, Manifest, folder_digest, read_manifest, verify
+from ..manifest import MANIFEST, Manifest, folder_digest, id_map_file, read_manifest, verify
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -231,18 +231,9 @@ class _Sidecar:
 def sidecars(folder: Path, manifest: Manifest) -> list[_Sidecar]:
     out: dict[str, _Sidecar] = {}
     for a in manifest.artifacts:
-        v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
-        if isinstance(v, dict) and v.get("id_map"):
-            name = str(v["id_map"])
-            if not _SEGMENT.match(name) or name in (".", "..", MANIFEST) or name.startswith("-"):
-                raise ArtifactError(f"manifest names the id map {name!r}, which is not a file name in the build folder; rebuild")
-            path = folder / name
-            if not path.is_file():
-                raise ArtifactError(f"{folder}: {name} (the lean vocabulary's id map) is missing; rebuild before deploying")
-            want = str(v.get("id_map_sha256", ""))
-            if hashlib.sha256(path.read_bytes()).hexdigest() != want:   # a few hundred KB (4 bytes a token)
-                raise ArtifactError(f"{folder}: {name} does not match the manifest locally; rebuild before deploying")
-            out[name] = _Sidecar(name, want, path.stat().st_size)
+        path = id_map_file(folder, a)   # a lean artifact's id map, checked locally before anything is sent
+        if path is not None:
+            out[path.name] = _Sidecar(path.name, a.extra["vocab"]["id_map_sha256"], path.stat().st_size)
     return list(out.values())
 
 

@@ -76,6 +76,22 @@ def test_a_manifest_entry_outside_the_folder_is_refused_by_bench_and_deploy(good
     assert_one_line(run("deploy", folder, "--device", "pi", "--inventory", inv), 1, line)
 
 
+@pytest.mark.parametrize("entry", ["/etc/hostname", "../victim.npy", "..", "-oX"])
+def test_a_lean_id_map_outside_the_folder_is_refused_by_bench_eval_and_deploy(good_build, tmp_path, entry):
+    """eval reads a lean artifact's id map and deploy sends it: its name passes the same check as an artifact's."""
+    out, folder, _ = good_build
+    m = json.loads((folder / "manifest.json").read_text())
+    m["artifacts"][0]["extra"]["vocab"] = {"size": 512, "id_map": entry, "id_map_sha256": "0" * 64}
+    (folder / "manifest.json").write_text(json.dumps(m))
+    line = (f"{folder / 'manifest.json'}: artifact name {entry!r} is not a plain name inside the build folder "
+            "(absolute, .., or a path separator); rebuild with `edgekit build`")
+    assert_one_line(run("bench", folder, "--no-store", "-p", "4", "-n", "2", "-r", "1"), 1, line)
+    assert_one_line(run("eval", folder, "--reference", folder / "tiny-gemma4-F16.gguf", "--no-store"), 1, line)
+    inv = tmp_path / "lab.toml"
+    inv.write_text('[devices.pi]\ntarget = "pi5"\nhost = "127.0.0.1"\nport = 1\nconnect_timeout = 2\n')
+    assert_one_line(run("deploy", folder, "--device", "pi", "--inventory", inv), 1, line)
+
+
 # ---------------------------------------------------------------- failed rebuilds keep the earlier build
 
 def _poke(shard: Path, tensor: str, value: float) -> None:
