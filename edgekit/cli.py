@@ -390,38 +390,39 @@ def eval_(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+    force_reference: bool = typer.Option(False, "--force-reference", help="Use a quantized reference, or one of other weights than the artifacts' manifest records, anyway."),
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
     from .bench import parse_knobs
     from .errors import ConfigError
     from .eval.record import PRINTERS
-    from .results import Store
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    from .eval.store import stored_after_printing
+
     if suite is not None:
         from .eval.record import SUITE_PRINTERS
-        from .eval.suite import SuiteOptions, run_suites
+        from .eval.suite import SuiteOptions, load_suite, run_suites
 
-        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                        target=target, runtime=parse_knobs(knob or []), device=device))
-        if not no_store:
-            with Store(db) as store:
-                store.append_suites(results)
-        typer.echo(SUITE_PRINTERS[output](results), nl=False)
+        load_suite(suite)   # a malformed suite fails before the store is opened
+        with stored_after_printing(db, "suites", store=not no_store) as keep:
+            results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                            target=target, runtime=parse_knobs(knob or []), device=device))
+            keep(results, SUITE_PRINTERS[output])
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
     from .eval import EvalOptions, evaluate
 
-    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
-                                          **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
-                                          reference_dtype=reference_dtype, ref_cache=ref_cache, device=device))
-    if not no_store:
-        with Store(db) as store:
-            store.append_quality(records)
-    typer.echo(PRINTERS[output](records), nl=False)
+    # The store is opened and tried before measuring; the records are printed before they are stored.
+    with stored_after_printing(db, "quality", store=not no_store) as keep:
+        records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
+                                              **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
+                                              reference_dtype=reference_dtype, ref_cache=ref_cache, device=device,
+                                              force_reference=force_reference))
+        keep(records, PRINTERS[output])
 
 
 @app.command()
