@@ -245,6 +245,7 @@ def bench(
     limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] enforce_limit."),
     limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Run a grid of more than 100 rows per artifact (it is refused without)."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
@@ -252,12 +253,17 @@ def bench(
     from .errors import ConfigError, OutputError
     from .results import PRINTERS, Store
     from .roofline import host_bandwidth
-    from .sweep import expand, ints, knob_lists
+    from .sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
-    points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
-                    ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
+    axes = {"-p": ints(n_prompt, "-p"), "-n": ints(n_gen, "-n"), "-d": ints(depth, "-d", minimum=0),
+            "--threads": ints(threads, "--threads", None) or [None], "--ctx": ints(ctx, "--ctx", None) or [None]}
+    knobs = knob_lists(parse_knobs(knob or []))
+    points = expand(*axes.values(), knobs)
+    rows = check_grid(points, {**{k: len(v) for k, v in axes.items()}, **{f"--set {k}": len(v) for k, v in knobs.items()}}, yes)
+    if rows > CONFIRM_ROWS:
+        typer.echo(f"edgekit: a grid of {rows:,} rows per artifact (--yes)", err=True)
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
@@ -366,6 +372,13 @@ def serve(
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose, block=True)
+    from .context_floor import check_context
+
+    try:
+        check_context(session)
+    except EdgekitError:
+        session.close()
+        raise
     typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
                f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
     run_server(session, host=host, port=port, grace_s=grace)

@@ -74,6 +74,8 @@ def _is_hf_checkpoint(p: Path) -> bool:
     shard = next(iter(sorted(p.glob("*.safetensors"))), None)
     if not (p / "config.json").is_file() or shard is None:
         return False
+    if not shard.is_file():
+        return True   # a FIFO would block read_header; load_checkpoint refuses it in one line
     try:
         names = read_header(shard)[0]
     except (OSError, ValueError):

@@ -8,6 +8,7 @@ no remote shell ever has to expand a tilde.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import tomllib
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..fields import shown
 from ..registry import data_dir
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
@@ -123,14 +125,19 @@ def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
         _check_text(user, "user", where)
         if user.startswith("-") or any(c in user for c in "@:/") or any(c.isspace() for c in user):
             raise ConfigError(f"{where}: user {user!r} is not a login name")
-    try:
-        port = int(merged["port"]) if "port" in merged else None
-        connect_timeout = int(merged.get("connect_timeout", 10))
-        timeout = float(merged.get("timeout", 1800))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: port and timeouts must be numbers ({e})") from None
+    # TOML's true is not port 1, nor nan or inf a timeout: integers and finite numbers only.
+    port = merged.get("port")
+    if port is not None and type(port) is not int:
+        raise ConfigError(f"{where}: port must be an integer 1-65535, not {shown(port)}")
     if port is not None and not 0 < port < 65536:
         raise ConfigError(f"{where}: port {port} is out of range 1-65535")
+    connect_timeout = merged.get("connect_timeout", 10)
+    if type(connect_timeout) is not int or connect_timeout < 1:
+        raise ConfigError(f"{where}: connect_timeout must be a positive integer of seconds, not {shown(connect_timeout)}")
+    timeout = merged.get("timeout", 1800)
+    if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"{where}: timeout must be a positive number of seconds, not {shown(timeout)}")
+    timeout = float(timeout)
     edgekit = merged.get("edgekit")
     if edgekit is not None:
         # A list is taken as argv; a string is split the way a shell would split it, locally.
