@@ -16,24 +16,10 @@ import shutil
 from dataclasses import replace
 
 import pytest
-from typer.testing import CliRunner
 
-from edgekit.cli import app
 from edgekit.manifest import verify
 from faultkit import ROOT, assert_one_line, hidden_leftovers, run_cli
-
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture()
-def ckpt(tiny_ckpt, tmp_path):
-    dst = tmp_path / "tiny-gemma4"
-    shutil.copytree(tiny_ckpt, dst)
-    return dst
+from test_inputs import ckpt, run  # noqa: F401  (a fresh copy of the tiny checkpoint; the CLI in-process)
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +309,7 @@ def test_run_and_serve_zero_is_not_the_default(dist, command, args, line):
 
 def test_serve_context_too_short_for_any_chat(dist):
     """Before: a server started and refused every request. Now refused at start (the tiny model's
-    template puts a one-token message in 10 tokens)."""
+    template puts a one-token message in 13 tokens)."""
     from edgekit.session import open_session
 
     from edgekit.context_floor import shortest_chat
@@ -333,7 +319,7 @@ def test_serve_context_too_short_for_any_chat(dist):
         n = shortest_chat(s)
     finally:
         s.close()
-    assert 3 < n < 64
+    assert n == 13   # the tiny model's template and tokenizer (dist built from tests' tiny_ckpt)
     for ctx in (1, n):
         res = run_cli("serve", dist, "--ctx", ctx, "--port", 1, timeout=120)   # port 1: it must not get that far
         assert_one_line(res, 1, f"--ctx {ctx} cannot hold a chat: the shortest prompt is {n} tokens (the template "
