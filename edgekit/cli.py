@@ -384,7 +384,7 @@ def eval_(
     knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set kv_type=f16."),
     reference_dtype: str = typer.Option("float32", "--reference-dtype", help="transformers reference: float32 or bfloat16."),
     ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Reference cache file to read or write (default: ~/.cache/edgekit/eval/)."),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="Run a task suite (JSONL) instead of the KL pass."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Run a task suite instead of the KL pass: a JSONL file, or a shipped pack (enterprise, example)."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="With --suite: generation cap per case."),
     output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),

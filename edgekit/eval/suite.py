@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional
 from ..errors import BenchError, ConfigError
 from ..host import device_name, host_info
 from ..manifest import versions
+from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
+from .packs import resolve_suite
 from .record import SuiteRecord
 from .scorers import SCORERS
 
@@ -201,6 +203,7 @@ def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> list[Suite
     whose result differs from the reference's (nothing stored or printed)."""
     from ..bench import plan
 
+    suite = resolve_suite(suite)
     cases = load_suite(suite)
     name, sha = Path(suite).name, suite_sha256(suite)
     if not paths:
