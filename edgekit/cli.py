@@ -73,7 +73,7 @@ def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Lo
           version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit.")) -> None:
     from .cliopts import set_verbosity
 
-    set_verbosity(verbose)
+    set_verbosity(verbose, reset=True)
 
 
 def _csv(value: Optional[str]) -> Optional[list[str]]:
@@ -115,13 +115,15 @@ def build(
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
+    q_bits: Optional[int] = typer.Option(None, "--q-bits", help="MLX recipes: bits per weight (2, 3, 4, 5, 6, 8), as mlx_lm.convert."),
+    q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite)
+                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -172,8 +174,13 @@ app.add_typer(lab_app, name="lab")
 @app.command()
 def deploy(
     dist: Path = typer.Argument(..., help="A build folder, or dist/<model> holding one folder per target."),
-    device: list[str] = typer.Option(..., "--device", help="Device name from the inventory; repeatable."),
+    device: Optional[list[str]] = typer.Option(None, "--device", help="Device name from the inventory; repeatable."),
     inventory: Optional[Path] = _INVENTORY,
+    host: Optional[str] = typer.Option(None, "--host", help="One device without an inventory: user@host[:port] (ssh's config supplies the rest)."),
+    target: Optional[str] = typer.Option(None, "--target", help="With --host: the device's target profile (default: the build folder's)."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="With --host: private key file (ssh -i)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="With --host: ssh config file (ssh -F)."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="With --host: remote work dir (default ~/edgekit)."),
     bootstrap: bool = typer.Option(False, "--bootstrap", help="Also make a venv there with edgekit[runtime] (no torch)."),
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
@@ -186,7 +193,7 @@ def deploy(
     from .lab.run import deploy_devices
     from .lab.inventory import load_inventory
 
-    devices = load_inventory(inventory).select(device)
+    devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
@@ -203,6 +210,28 @@ def deploy(
                 typer.echo(f"edgekit: error: {e}", err=True)
                 failed = True
     raise typer.Exit(1 if failed else 0)
+
+
+def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
+    from .errors import ConfigError
+    from .lab.inventory import device_from_address, load_inventory
+
+    if host is None:
+        if not device:
+            raise ConfigError("name the devices: --device NAME (from the inventory) or --host user@host[:port]")
+        if target or identity or ssh_config or workdir:
+            raise ConfigError("--target, --identity, --ssh-config and --workdir go with --host (an inventory device has its own)")
+        return load_inventory(inventory).select(device)
+    if device or inventory:
+        raise ConfigError("--host names one device without an inventory; drop --device/--inventory, or use them alone")
+    if target is None:
+        from .manifest import MANIFEST, read_manifest
+
+        if not (Path(dist) / MANIFEST).is_file():
+            raise ConfigError(f"{dist}: not a build folder; with --host pass --target (the device's profile)")
+        target = read_manifest(Path(dist)).target
+    return [device_from_address(host, target, identity=str(identity) if identity else None,
+                                ssh_config=str(ssh_config) if ssh_config else None, workdir=workdir)]
 
 
 @lab_app.command("list")

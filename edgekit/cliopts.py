@@ -17,11 +17,13 @@ def verbosity() -> int:
     return VERBOSITY
 
 
-def set_verbosity(level: int) -> None:
+def set_verbosity(level: int, reset: bool = False) -> None:
+    """``reset``: the group's -v (parsed first on every invocation, so CliRunner calls do not inherit)."""
     global VERBOSITY
-    VERBOSITY = max(VERBOSITY, level)
-    logging.basicConfig(level=logging.INFO if VERBOSITY else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
+    VERBOSITY = level if reset else max(VERBOSITY, level)
+    level = logging.INFO if VERBOSITY else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)   # a -v after the command name comes after the group's call
     # Keep edgekit's own notes (one-liners such as dropped towers) visible without -v.
     logging.getLogger("edgekit").setLevel(logging.INFO if VERBOSITY else logging.WARNING)
 
