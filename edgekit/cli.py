@@ -499,6 +499,9 @@ def eval_(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="llama.cpp / torch threads (default: this host's cores)."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs apply. Default: the manifest's."),
     knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set kv_type=f16."),
+    ubatch: Optional[str] = UBATCH,
+    batch: Optional[str] = BATCH,
+    flash: Optional[str] = FLASH,
     reference_dtype: str = typer.Option("float32", "--reference-dtype", help="transformers reference: float32 or bfloat16."),
     ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Reference cache file to read or write (default: ~/.cache/edgekit/eval/)."),
     suite: Optional[Path] = typer.Option(None, "--suite", help="Run a task suite (JSONL) instead of the KL pass."),
@@ -517,6 +520,7 @@ def eval_(
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    knob = knob_items(knob, ubatch, batch, flash)
     if suite is not None:
         from .eval.record import SUITE_PRINTERS
         from .eval.suite import SuiteOptions, run_suites

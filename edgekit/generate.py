@@ -214,7 +214,10 @@ class _Scheduler:
             self.stopping = True
             self.lock.notify()
         if self.thread.is_alive():
-            self.thread.join()
+            self._wait_stopped()
+
+    def _wait_stopped(self) -> None:
+        self.thread.join()
 
 
 class LlamaEngine(_Scheduler):
@@ -408,12 +411,8 @@ class MlxEngine(_Scheduler):
         if err is not None:
             raise err
 
-    def close(self) -> None:
-        with self.lock:
-            self.stopping = True
-            self.lock.notify()
-        if self.thread.is_alive():
-            self._ended.wait()
+    def _wait_stopped(self) -> None:
+        self._ended.wait()   # the thread itself stays, parked (see load_then_run)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])

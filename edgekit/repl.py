@@ -135,6 +135,7 @@ class Chat:
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     turns: int = 0
+    interactive: bool = False      # Ctrl-C stops the reply only; in a one-shot run it ends the run (130)
 
     def __post_init__(self) -> None:
         self.clear()
@@ -206,6 +207,8 @@ class Chat:
                 while done is None:     # its stats, and an idle engine for the next message
                     e = events.get()
                     done = e if e.kind == "done" else None
+                if not self.interactive:
+                    raise
         except BaseException:
             req.cancel()
             raise
@@ -269,6 +272,7 @@ def interactive(chat: Chat, banner: str) -> None:
     """Read lines until /bye, Ctrl-D, or Ctrl-C at an empty prompt. A terminal gets readline, the
     banner and Ollama's `>>> ` prompt; piped stdin is read as UTF-8 bytes (invalid ones replaced)."""
     tty = sys.stdin.isatty()
+    chat.interactive = True
     save = _readline_setup() if tty else (lambda: None)
     if tty:
         chat.w.err(banner)

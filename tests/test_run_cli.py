@@ -33,7 +33,11 @@ def loose(tiny_ckpt, tmp_path_factory):
     shutil.copy(d / "tiny-gemma4-Q4_0.gguf", out / "tiny-Q4_0.gguf")
     mlx = next(p for p in m.iterdir() if p.is_dir())
     shutil.copytree(mlx, out / "tiny-mlx-4bit")
-    return {"gguf": out / "tiny-Q4_0.gguf", "mlx": out / "tiny-mlx-4bit", "hf": tiny_ckpt, "dist": d, "mlx_dist": m}
+    stock = out / "stock-mlx"   # what `mlx_lm.convert --hf-path CKPT -q` writes
+    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(tiny_ckpt), "--mlx-path", str(stock), "-q"],
+                   check=True, capture_output=True, timeout=300)
+    return {"gguf": out / "tiny-Q4_0.gguf", "mlx": out / "tiny-mlx-4bit", "stock": stock, "hf": tiny_ckpt, "dist": d,
+            "mlx_dist": m}
 
 
 def _clean(r: subprocess.CompletedProcess) -> None:
@@ -41,7 +45,7 @@ def _clean(r: subprocess.CompletedProcess) -> None:
     assert "PyTorch was not found" not in r.stderr
 
 
-@pytest.mark.parametrize("kind", ["gguf", "mlx", "hf"])
+@pytest.mark.parametrize("kind", ["gguf", "mlx", "stock", "hf"])
 def test_plain_model_runs_with_the_models_context(loose, kind):
     from edgekit.bench import plan
     from edgekit.session import default_ctx
@@ -265,3 +269,16 @@ def test_mlx_run_exits_0_every_time(loose):
         r = cli("run", str(loose["mlx"]), "Hi", "-n", "2")
         assert r.returncode == 0, r.stderr
         _clean(r)
+
+
+def test_ctrl_c_in_a_one_shot_run_is_130(loose):
+    """Outside the chat, Ctrl-C ends the run as any command (130), after the engine has stopped."""
+    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "Hi", "-n", "-1", *T1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = proc.stdout.read(8)            # the reply has started
+    assert first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().endswith("edgekit: interrupted; partial files were removed") and "Traceback" not in err
