@@ -107,6 +107,7 @@ def test_n_minus_one_runs_to_the_context(loose):
     assert f"({48 - prompt} tokens," in stats      # greedy random weights never end the turn: the context does
 
 
+@pytest.mark.slow
 def test_sampling_options_change_the_reply(loose):
     base = ("run", str(loose["gguf"]), "Hi", "-n", "12", "--temperature", "1", "--seed", "3", *T1)
     plain, again = cli(*base), cli(*base)
@@ -262,6 +263,7 @@ def test_llama_bench_spellings_reach_the_knobs(tiny_ckpt, tmp_path):
         knob_items(["n_ubatch=64"], "128")
 
 
+@pytest.mark.slow
 def test_mlx_run_exits_0_every_time(loose):
     """The abort at exit was a race (MLX's per-thread compile cache freed while the interpreter shut down):
     before the fix, 2 to 4 of 6 runs here ended in 134, so several runs are checked."""
