@@ -137,7 +137,10 @@ def to_records(run: SuiteRun, ref: Optional[SuiteRun], suite_file: str, suite_sh
             reference=ref.artifact if ref_acc else "", reference_sha256=ref.meta.get("sha256", "") if ref_acc else "",
             reference_passed=ref_acc[name][0] if name in ref_acc else None,
             differs=[{"id": r.case.id, "passed": r.passed, "output": r.output, "reference_output": theirs}
-                     for r, theirs in diffs if r.case.suite == name], **meta))
+                     for r, theirs in diffs if r.case.suite == name],
+            answers=[] if ref is not None or is_reference else
+            [{"id": r.case.id, "passed": r.passed, "output": r.output} for r in run.results if r.case.suite == name],
+            **meta))
     return out
 
 
