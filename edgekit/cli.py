@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .errors import EdgekitError
+from .core.errors import EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -81,12 +81,12 @@ def synth(
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
     if train_text is not None:
-        from .train import TrainOptions, train
+        from .dev.train import TrainOptions, train
 
         opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads)
         typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout)))
         return
-    from .synth import synth as run
+    from .dev.synth import synth as run
 
     path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
     typer.echo(str(path))
@@ -103,8 +103,8 @@ def build(
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
-    from .build import build as run
-    from .manifest import format_manifest, read_manifest
+    from .build.pipeline import build as run
+    from .build.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
                  allow_nonfinite=allow_nonfinite)
@@ -114,7 +114,7 @@ def build(
 @app.command()
 def targets() -> None:
     """List target profiles."""
-    from .targets import TARGETS
+    from .profiles.targets import TARGETS
 
     for name in TARGETS:
         t = TARGETS.get(name)
@@ -124,7 +124,7 @@ def targets() -> None:
 @app.command()
 def recipes() -> None:
     """List quantization recipes."""
-    from .recipes import RECIPES
+    from .profiles.recipes import RECIPES
 
     for name in RECIPES:
         r = RECIPES.get(name)
@@ -247,12 +247,12 @@ def bench(
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
-    from .budget import limit_notes
-    from .errors import ConfigError, OutputError
+    from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
+    from .measure.budget import limit_notes
+    from .core.errors import ConfigError, OutputError
     from .results import PRINTERS, Store
-    from .roofline import host_bandwidth
-    from .sweep import expand, ints, knob_lists
+    from .measure.roofline import host_bandwidth
+    from .measure.sweep import expand, ints, knob_lists
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
@@ -306,9 +306,9 @@ def run(
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit."""
     import sys
 
-    from .bench import parse_knobs
-    from .generate import Sampling
-    from .session import chat_turn, open_session, peak_rss_bytes
+    from .measure.bench import parse_knobs
+    from .serve.generate import Sampling
+    from .serve.session import chat_turn, open_session, peak_rss_bytes
 
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
@@ -359,9 +359,9 @@ def serve(
     knob: Optional[list[str]] = _KNOB,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
-    from .bench import parse_knobs
-    from .server import serve as run_server
-    from .session import open_session
+    from .measure.bench import parse_knobs
+    from .serve.http import serve as run_server
+    from .serve.session import open_session
 
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
@@ -393,8 +393,8 @@ def eval_(
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
-    from .bench import parse_knobs
-    from .errors import ConfigError
+    from .measure.bench import parse_knobs
+    from .core.errors import ConfigError
     from .eval.record import PRINTERS
     from .results import Store
 

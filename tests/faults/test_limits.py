@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from edgekit import bench as bench_mod
-from edgekit import limits
-from edgekit.bench import BenchOptions, bench, check_budget
-from edgekit.budget import limit_notes
-from edgekit.build import build
-from edgekit.errors import BudgetExceeded
+from edgekit.measure import bench as bench_mod
+from edgekit.measure import limits
+from edgekit.measure.bench import BenchOptions, bench, check_budget
+from edgekit.measure.budget import limit_notes
+from edgekit.build.pipeline import build
+from edgekit.core.errors import BudgetExceeded
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="memory cgroups are Linux only")
 
