@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from .core.errors import EngineMissingError, OutputError
-from .core.fsutil import atomic_path
+from .errors import EngineMissingError, OutputError
+from .fsutil import atomic_path
 from .results import MB, Record, Store, to_markdown
 
 log = logging.getLogger(__name__)

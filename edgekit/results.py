@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-from .core.errors import OutputError
+from .errors import OutputError
 
 MB = 1e6  # memory in decimal MB, the unit of the targets' budgets (1.5 GB = 1.5e9 bytes)
 
@@ -63,7 +63,7 @@ class Record:
     roofline_pct: Optional[float] = None
     predicted_tg_tps: Optional[float] = None   # a prediction from the target's bandwidth, not a measurement
     budget_bytes: Optional[int] = None
-    # memory as a device would count it (edgekit.measure.limits, edgekit.measure.pages); None where not measured
+    # memory as a device would count it (edgekit.limits, edgekit.pages); None where not measured
     depth: int = 0                               # tokens already in the cache before each test (-d)
     page_size: Optional[int] = None              # this host's page size (Linux)
     peak_16k_bytes: Optional[int] = None         # peak RSS with the artifact's mappings counted in 16 KB pages
