@@ -6,9 +6,9 @@ per recipe with a ``BuildContext``; the bench calls ``detect`` / ``quant_label``
 bare artifact path, ``token_bytes`` for the roofline and ``max_context`` to bound ``--ctx``, and runs
 the artifact on ``engine``. A format never imports a runner (they meet in the manifest).
 
-How to add a format: a package edgekit/formats/<name>/ whose ``__init__`` defines a class with
+How to add a format: a package edgekit/backends/<name>/ whose format.py defines a class with
 these members (engine libraries imported inside the methods, so listing formats imports none), an
-instance registered in edgekit/formats/__init__.py, and recipes in quant/ naming it. Recipe keys
+instance registered in edgekit/backends/formats.py, and recipes in quant/ naming it. Recipe keys
 beyond the common ones go in ``recipe_keys``; a recipe with any other key is an error.
 """
 
@@ -23,10 +23,19 @@ if TYPE_CHECKING:
     from ..model.checkpoint import Checkpoint
     from ..build.manifest import Artifact
     from ..profiles.recipes import Recipe
-    from ..measure.roofline import TokenBytes
     from ..profiles.targets import Target
 
 T = TypeVar("T")
+
+
+# What a format counts for the roofline (measure/roofline.py); defined here so formats import nothing from measure/.
+@dataclass
+class TokenBytes:
+    total: int                                  # bytes read per decoded token
+    whole: int                                  # of which: matrices read whole
+    gathered: dict[str, int] = field(default_factory=dict)   # table -> bytes of the one row read
+    file_tensor_bytes: int = 0                  # all tensor bytes in the artifact
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
 
 
 @dataclass

@@ -20,22 +20,13 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..backends.format import TokenBytes
+from ..backends.formats import format_of
 from ..core.host import host_key, usable_cores
-
-
-@dataclass
-class TokenBytes:
-    total: int                                  # bytes read per decoded token
-    whole: int                                  # of which: matrices read whole
-    gathered: dict[str, int] = field(default_factory=dict)   # table -> bytes of the one row read
-    file_tensor_bytes: int = 0                  # all tensor bytes in the artifact
-    sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
 
 
 def token_bytes(path: Path, fmt: str) -> TokenBytes:
     """Bytes one decoded token reads from the artifact at ``path`` of format ``fmt``."""
-    from ..backends.formats import format_of
-
     return format_of(fmt).token_bytes(Path(path))
 
 

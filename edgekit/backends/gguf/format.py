@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ...model.dtypes import lossless
 from ...core.errors import ArtifactError, EdgekitError
-from ..format import BuildContext
+from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
     from ...model.checkpoint import Checkpoint
     from ...build.manifest import Artifact
-    from ...measure.roofline import TokenBytes
 
 # Read a row per token (the token's entry), not whole: the PLE table always, the embedding unless it
 # is also the output head (tied embeddings, no output.weight), whose matmul then reads it whole.
@@ -86,7 +85,6 @@ class GgufFormat:
         return path.stem
 
     def token_bytes(self, path: Path) -> "TokenBytes":
-        from ...measure.roofline import TokenBytes
         from .header import read_gguf_header
 
         tensors = read_gguf_header(path).tensors   # ArtifactError for a corrupt or truncated file

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError
-from ..format import BuildContext
+from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
     from ...model.checkpoint import Checkpoint
     from ...build.manifest import Artifact
-    from ...measure.roofline import TokenBytes
 
 # mlx-lm names: the tables end in these, with .weight/.scales/.biases parts when quantized.
 GATHERED = ("embed_tokens_per_layer", "embed_tokens")
@@ -70,7 +69,6 @@ class MlxFormat:
         return path.name
 
     def token_bytes(self, path: Path) -> "TokenBytes":
-        from ...measure.roofline import TokenBytes
         from ...model.safetensors_io import read_tensors
 
         folder = Path(path)
