@@ -67,9 +67,3 @@ class BudgetExceeded(EdgekitError):
 
 class LabError(EdgekitError):
     """A device in the lab inventory could not be reached or used."""
-
-
-class Interrupted(EdgekitError):
-    """The user pressed Ctrl-C; partial files were removed."""
-
-    exit_code = 130

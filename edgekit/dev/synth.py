@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,16 +63,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "final_logit_softcapping": 30.0,
     },
 }
-
-
-@dataclass(frozen=True)
-class SynthOptions:
-    preset: str = "tiny"
-    seed: int = 0
-    dtype: str = "BF16"
-    softcap: bool = True          # False writes a config without final_logit_softcapping
-    extra_towers: bool = True     # a few vision/audio tensors, which text conversion must drop
-    shard_bytes: int = 2 << 30
 
 
 def hf_config(preset: str, softcap: bool = True) -> dict[str, Any]:

@@ -170,12 +170,6 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
 
 # ---------------------------------------------------------------- records
 
-def measure(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
-            on_step: Callable[[str], None] = lambda s: None) -> Record:
-    """One artifact, one test (the first of ``opts.test_list()``)."""
-    return measure_tests(pl, opts, bandwidth, on_step)[0]
-
-
 def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
                   on_step: Callable[[str], None] = lambda s: None) -> list[Record]:
     """One artifact in one child (one load), a Record per test; inside a memory cgroup when asked."""
