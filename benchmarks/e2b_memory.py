@@ -80,11 +80,11 @@ def ensure_e2b(e2b_dir: Path | None) -> Path:
 
 
 def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: int | None = None) -> Path:
-    from edgekit.build.pipeline import build, model_slug
+    from edgekit.builder.pipeline import build, model_slug
     from edgekit.core.errors import EdgekitError
-    from edgekit.build.manifest import read_manifest, verify
+    from edgekit.builder.manifest import read_manifest, verify
     from edgekit.profiles.recipes import RECIPES
-    from edgekit.build.vocab import effective_vocab
+    from edgekit.builder.vocab import effective_vocab
 
     folder = out / model_slug(ckpt) / target
     try:
@@ -102,7 +102,7 @@ def breakdown(folder: Path) -> list[str]:
     """Where each artifact's bytes go: the token-indexed tables (what a lean vocabulary shrinks) and the rest."""
     from edgekit.model.safetensors_io import read_header
     from edgekit.backends.gguf.header import read_gguf_header
-    from edgekit.build.manifest import read_manifest
+    from edgekit.builder.manifest import read_manifest
 
     lines = []
     for a in read_manifest(folder).artifacts:
@@ -223,7 +223,7 @@ def main() -> None:
 
 def lean_vs_full(recs: dict, pairs: list) -> None:
     """Where the lean artifacts' bytes go, then lean vs full from the runs above (same run, same host)."""
-    from edgekit.build.manifest import read_manifest
+    from edgekit.builder.manifest import read_manifest
 
     print()
     for full_dir, lean_dir, _ in pairs:

@@ -38,8 +38,8 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
     streamed PLE file equals mlx's quantizer on the whole table: tests/test_mlx.py)."""
     import dataclasses
 
-    from edgekit.build.pipeline import build, model_slug
-    from edgekit.build.manifest import read_manifest, verify
+    from edgekit.builder.pipeline import build, model_slug
+    from edgekit.builder.manifest import read_manifest, verify
     from edgekit.profiles.recipes import RECIPES
 
     recipe = "mlx-4bit"

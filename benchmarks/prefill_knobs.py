@@ -68,7 +68,7 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 
 def tiny_build(work: Path) -> Path:
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.dev.synth import synth
 
     ckpt = synth(work / "tiny-gemma4", preset="tiny", seed=0)

@@ -41,7 +41,7 @@ CACHE = ROOT / ".cache"
 
 def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
     """The artifact folder for a synthesized ``preset`` checkpoint, built once under ``workdir``."""
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.dev.synth import synth
 
     ckpt = workdir / f"{preset}-gemma4"

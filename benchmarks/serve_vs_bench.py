@@ -40,7 +40,7 @@ from edgekit.lab.serve import model_id, one_request  # noqa: E402
 
 
 def tiny_artifact(workdir: Path, target: str) -> Path:
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.dev.synth import synth
 
     ckpt = workdir / "tiny-gemma4"

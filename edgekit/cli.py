@@ -103,8 +103,8 @@ def build(
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
-    from .build.pipeline import build as run
-    from .build.manifest import format_manifest, read_manifest
+    from .builder.pipeline import build as run
+    from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
                  allow_nonfinite=allow_nonfinite)

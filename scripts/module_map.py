@@ -41,13 +41,13 @@ FILES: dict[str, str] = {
     "edgekit/formats/mlx/convert.py": "edgekit/backends/mlx/convert.py",
     "edgekit/runners/mlx.py": "edgekit/backends/mlx/runner.py",
     "edgekit/mlx_ple.py": "edgekit/backends/mlx/ple.py",
-    # build/: checkpoint -> artifacts + manifest
-    "edgekit/build.py": "edgekit/build/pipeline.py",
-    "edgekit/staging.py": "edgekit/build/staging.py",
-    "edgekit/manifest.py": "edgekit/build/manifest.py",
-    "edgekit/vocab/__init__.py": "edgekit/build/vocab/__init__.py",
-    "edgekit/vocab/lean.py": "edgekit/build/vocab/lean.py",
-    "edgekit/vocab/select.py": "edgekit/build/vocab/select.py",
+    # builder/: checkpoint -> artifacts + manifest (not build/: tools read a folder named build as output)
+    "edgekit/build.py": "edgekit/builder/pipeline.py",
+    "edgekit/staging.py": "edgekit/builder/staging.py",
+    "edgekit/manifest.py": "edgekit/builder/manifest.py",
+    "edgekit/vocab/__init__.py": "edgekit/builder/vocab/__init__.py",
+    "edgekit/vocab/lean.py": "edgekit/builder/vocab/lean.py",
+    "edgekit/vocab/select.py": "edgekit/builder/vocab/select.py",
     # measure/: bench orchestration, the bench child, memory, pages, limits and the budget gate
     "edgekit/bench.py": "edgekit/measure/bench.py",
     "edgekit/runners/measure.py": "edgekit/measure/worker.py",
@@ -68,7 +68,7 @@ FILES: dict[str, str] = {
     "edgekit/train.py": "edgekit/dev/train.py",
     "edgekit/hf_model.py": "edgekit/dev/hf_model.py",
     # integrity.py was dissolved: its largest piece (source hash + NaN scan) kept the file's history
-    "edgekit/integrity.py": "edgekit/build/source_scan.py",
+    "edgekit/integrity.py": "edgekit/builder/source_scan.py",
 }
 
 # integrity.py's other names, each in the room it belongs to (rewrite_imports.py splits imports of them).
@@ -81,7 +81,7 @@ SPLIT: dict[str, dict[str, str]] = {
         "missing_folder": "edgekit.core.paths",
         "to_f16": "edgekit.model.dtypes",
         "check_tokenizer": "edgekit.backends.gguf.vocab",
-        # everything else (NonFinite, nonfinite_error, source_fingerprint): edgekit.build.source_scan
+        # everything else (NonFinite, nonfinite_error, source_fingerprint): edgekit.builder.source_scan
     },
 }
 
@@ -95,7 +95,7 @@ PACKAGES: dict[str, str] = {
     "edgekit.formats.gguf": "edgekit.backends.gguf",
     "edgekit.formats.mlx": "edgekit.backends.mlx",
     "edgekit.runners": "edgekit.backends",
-    "edgekit.vocab": "edgekit.build.vocab",
+    "edgekit.vocab": "edgekit.builder.vocab",
 }
 
 

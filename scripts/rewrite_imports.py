@@ -10,9 +10,9 @@ What it rewrites:
   that itself moved resolves its old relative imports against its old folder first.
 - any dotted ``edgekit.x.y`` outside from-imports: ``import edgekit.x as y``, ``mock.patch("edgekit.x.f")``,
   ``"-m", "edgekit.child"``, ``run_child("edgekit.runners.measure:measure")``, logger names, docstrings.
-Running it twice changes nothing. A file holding the line ``# rewrite_imports: skip`` is left alone. ``edgekit.build`` is both an old module (now build/pipeline.py) and a new
-package: ``from edgekit.build import manifest`` (a submodule of the new package) is kept, any other use of
-``edgekit.build`` is read as the old module.
+Running it twice changes nothing. A file holding the line ``# rewrite_imports: skip`` is left alone.
+An old module that is also a new package's name reads as the old module, unless the name after it is
+a submodule of the new package (no move needs it today: build.py went to builder/pipeline.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def map_dotted(name: str) -> str | None:
     rest = name[len(old) + 1:]
     if new is not None and len(new) > len(old):
         return None                                   # already a new path
-    if new == old and old not in SPLIT:               # edgekit.build: old module and new package
+    if new == old and old not in SPLIT:               # an old module that is also a new package
         first = rest.split(".")[0] if rest else ""
         if first and f"{old}.{first}" in NEW:
             return None

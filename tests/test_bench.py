@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from edgekit.measure import bench as bench_mod
 from edgekit.measure.bench import BenchOptions, bench, check_budget
-from edgekit.build.pipeline import build
+from edgekit.builder.pipeline import build
 from edgekit.model.checkpoint import load_checkpoint
 from edgekit.cli import app
 from edgekit.core.errors import BudgetExceeded

@@ -178,7 +178,7 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
     # The new build wrote only into its private stage: the earlier build, manifest included, is whole
     # (every entry still verifies), and no temp file or stage folder stays.
-    from edgekit.build.manifest import verify
+    from edgekit.builder.manifest import verify
 
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
     assert verify(folder) == []
@@ -210,7 +210,7 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
 
     import gguf
 
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={

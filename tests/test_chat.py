@@ -52,7 +52,7 @@ def hf_tok(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def gguf_path(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
     return next(out.glob("*.gguf"))

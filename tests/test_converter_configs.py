@@ -45,7 +45,7 @@ def hf_logits(model, tokens):
 
 
 def _parity(ckpt, tmp_path):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     folder = build(str(ckpt), target="pi5", quants=["f32"], out=tmp_path / "dist")
     tokens = [2] + np.random.default_rng(4).integers(5, 1000, N_TOKENS - 1).tolist()

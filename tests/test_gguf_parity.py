@@ -19,7 +19,7 @@ N_TOKENS = 160
 
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m", "iq4_xs-edge"],
                 out=tmp_path_factory.mktemp("dist"))
@@ -120,7 +120,7 @@ def test_k_quants_stay_k_quants(built):
 
 def test_softcap_absent_is_written_as_zero(tiny_ckpt_nosoftcap, tokens, tmp_path):
     # llama.cpp defaults to a softcap of 30 when the key is missing; a model without one must not get one.
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt_nosoftcap), target="pi5", quants=["f32"], out=tmp_path)
     path = out / "tiny-nosoftcap-F32.gguf"

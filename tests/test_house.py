@@ -87,13 +87,13 @@ def test_a_moved_file_reads_its_old_relative_imports_against_its_old_folder():
 
 def test_names_split_per_room_and_dotted_strings_follow():
     src = ("from . import bench, errors\nfrom .integrity import check_member, NonFinite\n"
-           "from edgekit.build import build\nfrom edgekit.build import manifest\n"
+           "from edgekit.build import build\nfrom edgekit.manifest import MANIFEST\n"
            "import edgekit.formats.gguf.quantize as q\n"
            'patch("edgekit.bench._target")\ncmd = ["-m", "edgekit.child", "edgekit.runners.measure:measure"]\n')
     assert _rw(src, "edgekit/newmod.py") == (
         "from .measure import bench\nfrom .core import errors\nfrom .core.names import check_member\n"
-        "from .build.source_scan import NonFinite\nfrom edgekit.build.pipeline import build\n"
-        "from edgekit.build import manifest\nimport edgekit.backends.gguf.quantize as q\n"
+        "from .builder.source_scan import NonFinite\nfrom edgekit.builder.pipeline import build\n"
+        "from edgekit.builder.manifest import MANIFEST\nimport edgekit.backends.gguf.quantize as q\n"
         'patch("edgekit.measure.bench._target")\n'
         'cmd = ["-m", "edgekit.core.child", "edgekit.measure.worker:measure"]\n')
 

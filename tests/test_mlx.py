@@ -22,7 +22,7 @@ SEED = int(os.environ.get("EDGEKIT_TEST_SEED", "2"))   # bounds below were measu
 
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="m2", quants=["mlx-bf16", "mlx-4bit", "mlx-8bit", "f16"],
                  out=tmp_path_factory.mktemp("dist"))
@@ -205,7 +205,7 @@ def test_ple_precision_choice(tiny_ckpt):
 
 
 def test_manifest_and_text_only_folder(built, tiny_ckpt):
-    from edgekit.build.manifest import artifact_digest, read_manifest, verify
+    from edgekit.builder.manifest import artifact_digest, read_manifest, verify
     from edgekit.backends.mlx.ple import PLE_MODULE
 
     m = read_manifest(built)

@@ -82,7 +82,7 @@ def _decode_and_count(path: Path, lazy: int) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def edge_gguf(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["iq4_xs-edge"], out=tmp_path_factory.mktemp("dist"))
     return out / "tiny-gemma4-IQ4_XS-edge.gguf"

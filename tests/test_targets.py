@@ -8,7 +8,7 @@ from test_bench import BW, LOG_MIB, expected_kv_bytes
 
 from edgekit.measure import bench as bench_mod
 from edgekit.measure.bench import BenchOptions, bench
-from edgekit.build.pipeline import build
+from edgekit.builder.pipeline import build
 from edgekit.model.checkpoint import load_checkpoint
 from edgekit.profiles.targets import TARGETS, load_target
 

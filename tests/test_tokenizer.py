@@ -187,10 +187,10 @@ def test_gguf_end_of_generation_tokens(tiny_gguf):
 
 
 def test_built_gguf_tokenizes_like_hf(tiny_ckpt, tmp_path):
-    """The converter's own GGUF (edgekit.build.pipeline, which calls add_vocab) against transformers."""
+    """The converter's own GGUF (edgekit.builder.pipeline, which calls add_vocab) against transformers."""
     from transformers import AutoTokenizer
 
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     folder = build(str(tiny_ckpt), target="pi5", quants=["f32"], out=tmp_path)
     [path] = sorted(Path(folder).glob("*.gguf"))

@@ -27,7 +27,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def builds(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     quants = ["f32", "mlx-bf16"]
     full = build(str(tiny_ckpt), target="pi5", quants=quants, out=tmp_path_factory.mktemp("full"))
@@ -60,7 +60,7 @@ def _ids(tok, text):
 # ---- what is kept, and the files that say so -----------------------------------------------------
 
 def test_manifest_records_size_corpus_and_id_map(builds, manifest, id_map):
-    from edgekit.build.vocab import default_corpus
+    from edgekit.builder.vocab import default_corpus
 
     lean = builds[1]
     assert [a["file"] for a in manifest["artifacts"]] == [f"tiny-gemma4-v{N_LEAN}-F32.gguf", f"tiny-gemma4-v{N_LEAN}-mlx-bf16"]
@@ -121,7 +121,7 @@ def test_rows_are_the_kept_rows(tiny_ckpt, builds, id_map):
 def test_gather_streams_runs_across_chunks(tmp_path):
     # Runs of consecutive ids crossing chunk boundaries, singletons, first and last row.
     from edgekit.model.safetensors_io import TensorSpec, read_tensors, write_safetensors
-    from edgekit.build.vocab.lean import gather_rows
+    from edgekit.builder.vocab.lean import gather_rows
 
     table = np.arange(1000 * 24, dtype=np.uint16).reshape(1000, 24)
     write_safetensors(tmp_path / "t.safetensors", [TensorSpec("w", (1000, 24), "BF16")], lambda s: [table])
@@ -321,7 +321,7 @@ def test_user_corpus_picks_its_tokens(tmp_path, tiny_ckpt):
     # A corpus of one sentence: its tokens are kept before any other corpus-free token.
     from tokenizers import Tokenizer
 
-    from edgekit.build.vocab import SourceTokenizer, corpus_from_bytes, select
+    from edgekit.builder.vocab import SourceTokenizer, corpus_from_bytes, select
 
     text = "SELECT name, count(*) FROM tokens WHERE id < 1024 GROUP BY name ORDER BY 2 DESC;"
     src = SourceTokenizer.read(tiny_ckpt)
@@ -340,7 +340,7 @@ def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
 
     import llama_cpp
 
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
     from edgekit.profiles.recipes import RECIPES
 
     lean = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-lean", vocab=N_LEAN)
@@ -366,8 +366,8 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     from tokenizers import Tokenizer
 
     from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
-    from edgekit.build.vocab import SourceTokenizer, default_corpus, select
-    from edgekit.build.vocab.lean import lean_tokenizer_json
+    from edgekit.builder.vocab import SourceTokenizer, default_corpus, select
+    from edgekit.builder.vocab.lean import lean_tokenizer_json
 
     write_synthetic_tokenizer(tmp_path, 262144, n_merges=GEMMA4_MERGES)
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [1, 106], "bos_token_id": 2, "pad_token_id": 0}))
@@ -390,7 +390,7 @@ def test_vocab_not_positive(tmp_path, tiny_ckpt):
 def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
     # The library call: Checkpoint + N + corpus -> a lean Checkpoint the converters read.
     from edgekit.model.checkpoint import load_checkpoint
-    from edgekit.build.vocab import default_corpus, trim_checkpoint
+    from edgekit.builder.vocab import default_corpus, trim_checkpoint
 
     full = load_checkpoint(str(tiny_ckpt))
     lean, sel = trim_checkpoint(full, 512, default_corpus(), tmp_path)

@@ -21,7 +21,7 @@ from .mlx.runner import KNOBS as MLX_KNOBS
 class Engine:
     name: str
     knobs: Schema
-    version_key: str                 # the key of edgekit.build.manifest.versions() naming its library
+    version_key: str                 # the key of edgekit.builder.manifest.versions() naming its library
     make: Callable[[], Runner]
     block: tuple[str, ...] = ()      # modules its bench child treats as absent
     max_ctx: Optional[int] = None    # the longest context the engine can represent

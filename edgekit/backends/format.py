@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..model.checkpoint import Checkpoint
-    from ..build.manifest import Artifact
+    from ..builder.manifest import Artifact
     from ..profiles.recipes import Recipe
     from ..profiles.targets import Target
 

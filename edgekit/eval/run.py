@@ -24,7 +24,7 @@ import numpy as np
 from ..measure.bench import Planned, _target, plan, profile_knobs
 from ..core.errors import ArtifactError, ConfigError
 from ..core.host import device_name, host_info
-from ..build.manifest import id_map_file, versions
+from ..builder.manifest import id_map_file, versions
 from ..backends.engines import ENGINES
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab

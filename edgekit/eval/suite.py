@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from ..core.errors import BenchError, ConfigError
 from ..core.host import device_name, host_info
-from ..build.manifest import versions
+from ..builder.manifest import versions
 from .record import SuiteRecord
 from .scorers import SCORERS
 

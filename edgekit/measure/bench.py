@@ -23,7 +23,7 @@ from ..core.errors import ArtifactError, BenchError, BudgetExceeded, ConfigError
 from ..backends.formats import Format, detect, format_of
 from ..core.host import device_name, host_info, physical_cores
 from ..profiles.knobs import parse_set
-from ..build.manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
+from ..builder.manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
 from ..results import Record
 from .roofline import TokenBytes, host_bandwidth
 from ..backends.engines import ENGINES, Engine

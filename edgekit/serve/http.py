@@ -226,7 +226,7 @@ class App:
         from starlette.responses import JSONResponse
 
         from ..core.host import host_info
-        from ..build.manifest import versions
+        from ..builder.manifest import versions
 
         s, a = self.s, self.s.artifact
         if not hasattr(self, "_host"):   # reading the host's CPU and RAM once is enough

@@ -40,7 +40,7 @@ DRIVER = textwrap.dedent("""
             real = q.run_child
             # the real child, its quantizer slowed (tests/faults/slow_child.py) so the signal lands in it
             q.run_child = lambda entry, *a, **kw: real("slow_child:slow_quantize", *a, **kw)
-            from edgekit.build.pipeline import build
+            from edgekit.builder.pipeline import build
             build(src, target="pi5", quants=["q8_0"], out=Path(out))
         else:
             from edgekit.measure.bench import BenchOptions, bench
@@ -83,7 +83,7 @@ def gone(p: psutil.Process, timeout: float = 15) -> bool:
 
 @pytest.fixture(scope="module")
 def f16(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
 

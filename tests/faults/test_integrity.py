@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.build.manifest import read_manifest, verify
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import assert_one_line, hidden_leftovers, tmpfs
 
 runner = CliRunner()

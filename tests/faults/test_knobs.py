@@ -18,7 +18,7 @@ LLAMA_KNOBS = ("flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatc
 
 @pytest.fixture(scope="module")
 def f16(tiny_ckpt, tmp_path_factory):
-    from edgekit.build.pipeline import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
 

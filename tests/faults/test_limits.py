@@ -15,7 +15,7 @@ from edgekit.measure import bench as bench_mod
 from edgekit.measure import limits
 from edgekit.measure.bench import BenchOptions, bench, check_budget
 from edgekit.measure.budget import limit_notes
-from edgekit.build.pipeline import build
+from edgekit.builder.pipeline import build
 from edgekit.core.errors import BudgetExceeded
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="memory cgroups are Linux only")

@@ -13,7 +13,7 @@ import pytest
 
 from edgekit.model.checkpoint import sha256_file
 from edgekit.core.fsutil import atomic_dir, atomic_path
-from edgekit.build.manifest import read_manifest, verify
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import hidden_leftovers, run_cli
 
 VICTIM = b"precious bytes that must survive\n"

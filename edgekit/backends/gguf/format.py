@@ -17,7 +17,7 @@ from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
     from ...model.checkpoint import Checkpoint
-    from ...build.manifest import Artifact
+    from ...builder.manifest import Artifact
 
 # Read a row per token (the token's entry), not whole: the PLE table always, the embedding unless it
 # is also the output head (tied embeddings, no output.weight), whose matmul then reads it whole.
@@ -47,7 +47,7 @@ class GgufFormat:
             check(recipe)
 
     def build(self, ckpt: "Checkpoint", recipe: Any, ctx: BuildContext) -> "Artifact":
-        from ...build.manifest import Artifact, artifact_digest
+        from ...builder.manifest import Artifact, artifact_digest
         from .convert import convert
         from .quantize import FLOAT_FTYPES, quantize
 

@@ -15,7 +15,7 @@ from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
     from ...model.checkpoint import Checkpoint
-    from ...build.manifest import Artifact
+    from ...builder.manifest import Artifact
 
 # mlx-lm names: the tables end in these, with .weight/.scales/.biases parts when quantized.
 GATHERED = ("embed_tokens_per_layer", "embed_tokens")
@@ -45,7 +45,7 @@ class MlxFormat:
         Plan(recipe)
 
     def build(self, ckpt: "Checkpoint", recipe: Any, ctx: BuildContext) -> "Artifact":
-        from ...build.manifest import Artifact, artifact_digest
+        from ...builder.manifest import Artifact, artifact_digest
         from .convert import convert
 
         out = convert(ckpt, recipe, Path(ctx.out_dir) / f"{ckpt.name}-mlx-{recipe.quant}")
