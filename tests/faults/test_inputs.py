@@ -101,7 +101,7 @@ def _registry(monkeypatch, tmp_path, module: str, loader: str, content: str | by
 
     from edgekit.core.registry import Registry
 
-    mod = importlib.import_module(f"edgekit.{module}")
+    mod = importlib.import_module(f"edgekit.profiles.{module}")
     path = tmp_path / module / "bad.toml"
     path.parent.mkdir()
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
