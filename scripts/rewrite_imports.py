@@ -27,6 +27,8 @@ from module_map import FILES, MODULES, PACKAGES, SPLIT, dotted  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOTTED = re.compile(r"\bedgekit(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+# an absolute from-import written inside a string (code a test runs with python -c)
+FROM_IN_TEXT = re.compile(r"\bfrom (edgekit(?:\.\w+)*) import (\w+(?: as \w+)?(?:, \w+(?: as \w+)?)*)")
 
 
 def _tree_modules(root: Path) -> set[str]:
@@ -190,6 +192,14 @@ def rewrite_from(node: ast.ImportFrom, pkg: str | None, old_pkg: str | None) -> 
     return out
 
 
+def _from_in_text(m: re.Match) -> str:
+    node = ast.parse(m.group(0)).body[0]
+    new = rewrite_from(node, None, None)
+    if new is None:
+        return m.group(0)
+    return "; ".join(_fmt_from("", lv, mod, names, "").strip() for lv, mod, names in new)
+
+
 def rewrite_text(text: str, path: Path) -> str:
     pkg, old_pkg = _packages(path)
     lines = text.splitlines(keepends=True)
@@ -210,6 +220,7 @@ def rewrite_text(text: str, path: Path) -> str:
                 spans.append((node.lineno - 1, node.end_lineno, stmt + "\n"))
     for i, line in enumerate(lines):
         if i not in skip:
+            line = FROM_IN_TEXT.sub(_from_in_text, line)
             lines[i] = DOTTED.sub(lambda m: map_dotted(m.group(0)) or m.group(0), line)
     for start, end, stmt in sorted(spans, reverse=True):
         lines[start:end] = [stmt]

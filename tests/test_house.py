@@ -89,13 +89,15 @@ def test_names_split_per_room_and_dotted_strings_follow():
     src = ("from . import bench, errors\nfrom .integrity import check_member, NonFinite\n"
            "from edgekit.build import build\nfrom edgekit.manifest import MANIFEST\n"
            "import edgekit.formats.gguf.quantize as q\n"
-           'patch("edgekit.bench._target")\ncmd = ["-m", "edgekit.child", "edgekit.runners.measure:measure"]\n')
+           'patch("edgekit.bench._target")\ncmd = ["-m", "edgekit.child", "edgekit.runners.measure:measure"]\n'
+           'code = "from edgekit import limits, errors\\nlimits.x()"\n')
     assert _rw(src, "edgekit/newmod.py") == (
         "from .measure import bench\nfrom .core import errors\nfrom .core.names import check_member\n"
         "from .builder.source_scan import NonFinite\nfrom edgekit.builder.pipeline import build\n"
         "from edgekit.builder.manifest import MANIFEST\nimport edgekit.backends.gguf.quantize as q\n"
         'patch("edgekit.measure.bench._target")\n'
-        'cmd = ["-m", "edgekit.core.child", "edgekit.measure.worker:measure"]\n')
+        'cmd = ["-m", "edgekit.core.child", "edgekit.measure.worker:measure"]\n'
+        'code = "from edgekit.measure import limits; from edgekit.core import errors\\nlimits.x()"\n')
 
 
 def test_the_tree_is_rewritten():

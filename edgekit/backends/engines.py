@@ -13,8 +13,8 @@ from typing import Callable, Optional
 from ..profiles.knobs import Schema
 from ..core.registry import Registry
 from .runner import Measurement, Runner, RunOptions
-from .gguf.runner import KNOBS as LLAMACPP_KNOBS, N_CTX_MAX
-from .mlx.runner import KNOBS as MLX_KNOBS
+from .gguf.runner import KNOBS as LLAMACPP_KNOBS, N_CTX_MAX, LlamaCppRunner
+from .mlx.runner import KNOBS as MLX_KNOBS, MlxRunner
 
 
 @dataclass(frozen=True)
@@ -28,14 +28,10 @@ class Engine:
 
 
 def _llamacpp() -> Runner:
-    from .gguf.runner import LlamaCppRunner
-
     return LlamaCppRunner()
 
 
 def _mlx() -> Runner:
-    from .mlx.runner import MlxRunner
-
     return MlxRunner()
 
 

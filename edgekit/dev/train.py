@@ -27,6 +27,7 @@ import numpy as np
 from ..core.errors import ConfigError, EngineMissingError
 from ..eval.text import read_text
 from ..core.fsutil import atomic_dir
+from .hf_model import load_torch_model, text_state
 from .synth import synth
 from .synthetic_tokenizer import write_synthetic_tokenizer
 
@@ -65,7 +66,6 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         from tokenizers import Tokenizer
     except ImportError:
         raise EngineMissingError("training needs torch and transformers; `pip install 'edgekit[dev]'`") from None
-    from .hf_model import load_torch_model, text_state
 
     text = read_text(text_path)
     held = read_text(heldout_path) if heldout_path else None

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from ..core.errors import ConfigError
+from .bench import parse_knobs
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,6 @@ def ints(value: Optional[str | int | Sequence[int]], flag: str, minimum: Optiona
 def knob_lists(knobs: dict[str, Any]) -> dict[str, list[Any]]:
     """``--set kv_type=f16,q8_0`` (parsed to the string "f16,q8_0") → {"kv_type": ["f16", "q8_0"]}.
     Values are read as TOML scalars one by one (true, 512, q8_0)."""
-    from .bench import parse_knobs
-
     out: dict[str, list[Any]] = {}
     for k, v in knobs.items():
         if isinstance(v, str) and "," in v:

@@ -13,6 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ..backends.engines import ENGINES
+from ..backends.runner import RunOptions, run_reps
+from . import pages
+from .memory import PeakSampler
+
 
 @dataclass
 class MeasureSpec:
@@ -45,11 +50,6 @@ class MeasureResult:
 
 
 def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
-    from . import pages
-    from .memory import PeakSampler
-    from ..backends.engines import ENGINES
-    from ..backends.runner import RunOptions, run_reps
-
     tests = spec.tests or [[spec.n_prompt, spec.n_gen, spec.depth]]
     out = []
     with PeakSampler() as sampler:

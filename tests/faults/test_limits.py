@@ -46,7 +46,7 @@ def _leftovers() -> list[Path]:
 @pytest.mark.skipif(not _probe().enforced, reason="no memory cgroup here")
 def test_a_sigkilled_benchs_empty_cgroup_is_swept_by_the_next():
     code = ("import os, signal, subprocess, sys\n"
-            "from edgekit import limits\n"
+            "from edgekit.measure import limits\n"
             "with limits.memory_limit(64 << 20) as lim:\n"
             "    print(lim.path, flush=True)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")

@@ -19,6 +19,7 @@ import gguf
 from ...core.child import ChildDied, run_child
 from ...core.errors import ConfigError, EngineMissingError, QuantizeError
 from ...core.fsutil import atomic_path, low_space_hint
+from .header import read_gguf_header
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ def unmet_overrides(path: Path, overrides: dict[str, str]) -> list[tuple[str, st
     falls back where a type's block does not fit a row, without saying so."""
     if not overrides:
         return []
-    from .header import read_gguf_header
-
     types = {n: t.type for n, t in read_gguf_header(path).tensors.items()}
     out = []
     for pattern, want in overrides.items():

@@ -37,6 +37,7 @@ import numpy as np
 
 from ...model.checkpoint import Checkpoint, sha256_file
 from ...core.errors import ConfigError
+from ...backends.format import BuildContext
 from ...core.fsutil import atomic_path, output_error
 from .lean import write_lean
 from .select import Corpus, Selection, SourceTokenizer, corpus_from_bytes, load_corpus, select
@@ -107,8 +108,6 @@ class VocabTrims:
             return self.ckpt, ctx
         t = self.trims[n]
         if t.ckpt is None:
-            from ...backends.formats import BuildContext
-
             folder = Path(ctx.out_dir)
             try:
                 if self._tmp is None:
