@@ -4,4 +4,4 @@ report.py is being moved into the results/ package on another branch, so the hou
 untouched; delete this file once that package lands and imports edgekit.core.fsutil.
 """
 
-from .core.fsutil import *  # noqa: F401,F403
+from .core.fsutil import *  # noqa: F403
