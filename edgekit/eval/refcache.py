@@ -27,8 +27,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..fsutil import atomic_path
+from ..core.errors import ArtifactError
+from ..core.fsutil import atomic_path
 from .metrics import RefRows
 
 # 3: meta holds "sha256" over the key, stats and arrays (2 had none: a tampered cache was used).

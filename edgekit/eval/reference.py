@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 UNQUANTIZED = frozenset({"f32", "f16", "bf16"})
 FORCE = "--force-reference"

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import click
 
-from ..errors import OutputError
+from ..core.errors import OutputError
 from ..results import _QUALITY_SCHEMA, _SUITE_SCHEMA, Store
 
 TABLES = {"quality": (_QUALITY_SCHEMA, "append_quality"), "suites": (_SUITE_SCHEMA, "append_suites")}

@@ -17,14 +17,14 @@ from dataclasses import replace
 
 import pytest
 
-from edgekit.manifest import verify
+from edgekit.builder.manifest import verify
 from faultkit import ROOT, assert_one_line, hidden_leftovers, run_cli
 from test_inputs import ckpt, run  # noqa: F401  (a fresh copy of the tiny checkpoint; the CLI in-process)
 
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -44,9 +44,9 @@ def test_recipe_listed_twice_keeps_the_earlier_build(tiny_ckpt, tmp_path):
 
 
 def test_two_recipes_making_one_file_keep_the_earlier_build(tiny_ckpt, tmp_path, monkeypatch):
-    import edgekit.build as build_mod
-    from edgekit.recipes import RECIPES
-    from edgekit.registry import Registry
+    import edgekit.builder.pipeline as build_mod
+    from edgekit.profiles.recipes import RECIPES
+    from edgekit.core.registry import Registry
 
     q4 = RECIPES.get("q4_0")
     reg = Registry("recipe")
@@ -63,8 +63,8 @@ def test_two_recipes_making_one_file_keep_the_earlier_build(tiny_ckpt, tmp_path,
 
 
 def test_commit_of_a_name_twice_keeps_the_manifest(tmp_path):
-    from edgekit.errors import OutputError
-    from edgekit.staging import BuildStage
+    from edgekit.core.errors import OutputError
+    from edgekit.builder.staging import BuildStage
 
     folder = tmp_path / "b"
     folder.mkdir()
@@ -95,8 +95,8 @@ def test_fifo_shard_is_one_line_not_a_hang(ckpt, tmp_path, index):
 @pytest.fixture()
 def profiles(tmp_path, monkeypatch):
     """targets/pi5.toml and pi5-lean.toml copied to a folder the registry reads instead."""
-    import edgekit.targets as targets_mod
-    from edgekit.registry import Registry
+    import edgekit.profiles.targets as targets_mod
+    from edgekit.core.registry import Registry
 
     folder = tmp_path / "targets"
     folder.mkdir()
@@ -134,7 +134,7 @@ def test_unknown_profile_key_has_a_did_you_mean(profiles, old, new, says):
 
 def test_bad_value_in_the_base_is_reported_against_the_base(profiles):
     """pi5-lean.toml extends pi5.toml and is read first: the bad budget is pi5.toml's line to fix."""
-    from edgekit.targets import load_target
+    from edgekit.profiles.targets import load_target
 
     _edit(profiles / "pi5.toml", "memory_budget_gb = 1.5", 'memory_budget_gb = "1.5"')
     line = (f"{profiles / 'pi5.toml'}: memory_budget_gb must be a positive number, not the string '1.5'; "
@@ -216,8 +216,8 @@ def test_vocab_at_or_above_the_vocabulary_writes_no_lean_copy(tiny_ckpt, tmp_pat
      "quant '4bit-g64' does not match bits = 8; set quant = \"8bit-g64\", or the bits it names"),
 ])
 def test_recipe_whose_label_and_settings_disagree(monkeypatch, tmp_path, recipe, says):
-    import edgekit.recipes as recipes_mod
-    from edgekit.registry import Registry
+    import edgekit.profiles.recipes as recipes_mod
+    from edgekit.core.registry import Registry
 
     path = tmp_path / "quant" / "bad.toml"
     path.parent.mkdir()
@@ -229,7 +229,7 @@ def test_recipe_whose_label_and_settings_disagree(monkeypatch, tmp_path, recipe,
 
 
 def test_shipped_recipes_all_pass_the_label_check():
-    from edgekit.recipes import RECIPES
+    from edgekit.profiles.recipes import RECIPES
 
     assert len(RECIPES.names()) >= 11
 
@@ -278,7 +278,7 @@ def test_manifest_listing_no_artifacts(dist, tmp_path, command):
 
 @pytest.fixture
 def no_child(monkeypatch):
-    import edgekit.bench as bench_mod
+    import edgekit.measure.bench as bench_mod
 
     def started(*a, **kw):
         raise AssertionError("a child process was started")
@@ -310,7 +310,7 @@ def test_run_and_serve_zero_is_not_the_default(dist, command, args, line):
 def test_serve_context_too_short_for_any_chat(dist):
     """Before: a server started and refused every request. Now refused at start (the tiny model's
     template puts a one-token message in 13 tokens)."""
-    from edgekit.session import open_session
+    from edgekit.serve.session import open_session
 
     from edgekit.context_floor import shortest_chat
 

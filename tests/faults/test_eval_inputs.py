@@ -67,7 +67,7 @@ def big_text(tmp_path_factory):
 
 def test_long_text_with_chunks_tokenizes_only_its_head(f32, big_text, tmp_path, monkeypatch):
     from edgekit.eval.text import windows
-    from edgekit.runners.llamacpp import LlamaCppRunner
+    from edgekit.backends.gguf.runner import LlamaCppRunner
 
     seen: list[int] = []
     real = LlamaCppRunner.tokenize
@@ -264,15 +264,15 @@ def test_quantized_reference_is_refused_unless_forced(trained_dist, tmp_path):
 
 def test_another_checkpoints_reference_is_refused(tiny_ckpt, tmp_path):
     """Same shape and tokenizer, other weights (synth seed 1 vs seed 0): their KL measures two models."""
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     other = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=1)
     dist = build(str(other), target="pi5", quants=["f32"], out=tmp_path / "dist")
     art = dist / "tiny-gemma4-F32.gguf"
     manifest = json.loads((dist / "manifest.json").read_text())
     mine = manifest["source"]["files"]["model-00001-of-00001.safetensors"]
-    from edgekit.checkpoint import sha256_file
+    from edgekit.model.checkpoint import sha256_file
 
     ref = sha256_file(tiny_ckpt / "model-00001-of-00001.safetensors")
     args = ("eval", art, "--reference", tiny_ckpt, "--ctx", 32, "--chunks", 1, "--no-store", "--ref-cache", tmp_path / "c.npz")
