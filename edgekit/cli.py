@@ -488,13 +488,6 @@ def serve(
     _port_free(host, port)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
-    from .serve.context_floor import check_context
-
-    try:
-        check_context(session)
-    except EdgekitError:
-        session.close()
-        raise
     _picked(session, artifact)
     typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
                f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)

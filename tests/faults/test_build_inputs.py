@@ -35,9 +35,9 @@ def test_recipe_listed_twice_keeps_the_earlier_build(tiny_ckpt, tmp_path):
     """The regression: since builds are staged (299fb34), commit removed the old manifest, then found the
     duplicate's file already renamed: "cannot write (No such file or directory)" and no manifest."""
     out = tmp_path / "out"
-    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", out).exit_code == 0
+    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", out).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0,q4_0", "-o", out), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0,q4_0", "--out", out), 1,
                     "--quant q4_0,q4_0: recipe 'q4_0' is listed twice; list each recipe once")
     assert verify(folder) == [] and hidden_leftovers(out) == []
     assert run("bench", folder, "--no-store", "-p", 4, "-n", 2, "-r", 1).exit_code == 0   # still an artifact
@@ -53,8 +53,8 @@ def test_two_recipes_making_one_file_keep_the_earlier_build(tiny_ckpt, tmp_path,
     reg.lazy(lambda: {"q8_0": RECIPES.get("q8_0"), "q4_0": q4, "q4_0-copy": replace(q4, name="q4_0-copy")})
     monkeypatch.setattr(build_mod, "RECIPES", reg)
     out = tmp_path / "out"
-    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", out).exit_code == 0
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0,q4_0-copy", "-o", out), 1,
+    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", out).exit_code == 0
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0,q4_0-copy", "--out", out), 1,
                     "recipes 'q4_0' and 'q4_0-copy' both make tiny-gemma4-Q4_0.gguf; build them apart, or give one "
                     "a different quant label")
     folder = out / "tiny-gemma4" / "pi5"
@@ -85,7 +85,7 @@ def test_fifo_shard_is_one_line_not_a_hang(ckpt, tmp_path, index):
         (ckpt / "model.safetensors.index.json").unlink()
     shard.unlink()
     os.mkfifo(shard)
-    res = run_cli("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out", timeout=120)   # before: forever
+    res = run_cli("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out", timeout=120)   # before: forever
     assert_one_line(res, 1, f"{shard}: not a regular file (a FIFO); a safetensors shard must be a file, fetch it again")
     assert not (tmp_path / "out").exists()
 
@@ -181,12 +181,12 @@ def test_vocab_minimum_is_the_one_that_works(tiny_ckpt, tmp_path):
     """The must-keep set is 304 tokens on the tiny model, and llama.cpp needs one BPE merge (two more
     tokens): 304 and 305 used to pass the check and fail on the lean tokenizer in the temp folder."""
     for n in (257, 305):
-        assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", n, "-o", tmp_path / "out"), 1,
+        assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", n, "--out", tmp_path / "out"), 1,
                         f"vocab {n} is smaller than the 306 tokens every Gemma 4 deployment keeps (special, control, "
                         "template and multimodal tokens, 256 byte-fallback tokens, and 2 for one BPE merge, which "
                         "llama.cpp's tokenizer needs); use at least 306")
     assert not (tmp_path / "out").exists()
-    res = run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", 306, "-o", tmp_path / "out")
+    res = run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", 306, "--out", tmp_path / "out")
     assert res.exit_code == 0, res.output
     folder = tmp_path / "out" / "tiny-gemma4" / "pi5"
     (art,) = json.loads((folder / "manifest.json").read_text())["artifacts"]
@@ -197,7 +197,7 @@ def test_vocab_minimum_is_the_one_that_works(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize("n", [1024, 1025, 5000])
 def test_vocab_at_or_above_the_vocabulary_writes_no_lean_copy(tiny_ckpt, tmp_path, n):
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", n, "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0", "--vocab", n, "--out", tmp_path / "out"), 1,
                     f"--vocab {n}: the model's vocabulary has 1024 tokens, so there is nothing to trim; build without "
                     "--vocab, or with --vocab below 1024")
     assert not (tmp_path / "out").exists()
@@ -241,7 +241,7 @@ FIX = "copy tokenizer_config.json (and chat_template.jinja, if it has one) from 
 
 def test_checkpoint_without_tokenizer_config_is_refused_at_build(ckpt, tmp_path):
     (ckpt / "tokenizer_config.json").unlink()
-    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out"), 1,
                     f"{ckpt}: no tokenizer_config.json, so no chat template or special tokens reach the artifacts "
                     f"(run and serve need them); {FIX}")
     assert not (tmp_path / "out").exists()
@@ -251,12 +251,12 @@ def test_checkpoint_without_a_chat_template_is_refused_at_build(ckpt, tmp_path):
     cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     template = cfg.pop("chat_template")
     (ckpt / "tokenizer_config.json").write_text(json.dumps(cfg))
-    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out"), 1,
                     f"{ckpt}: no chat template (tokenizer_config.json's chat_template or chat_template.jinja), which "
                     f"run and serve need; {FIX}")
     # in chat_template.jinja beside tokenizer_config.json, as newer checkpoints ship it: built, and it chats
     (ckpt / "chat_template.jinja").write_text(template)
-    assert run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out").exit_code == 0
+    assert run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out").exit_code == 0
     res = run("run", tmp_path / "out" / "tiny-gemma4" / "pi5", "-p", "hi", "-n", 2)
     assert res.exit_code == 0, res.output
 
@@ -301,30 +301,22 @@ def test_bench_zero_is_not_the_default(dist, no_child, args, line):
 
 
 @pytest.mark.parametrize("command", ["run", "serve"])
-@pytest.mark.parametrize("args, line", [(["-t", "0"], THREADS_0), (["--ctx", "0"], CTX_0)])
-def test_run_and_serve_zero_is_not_the_default(dist, command, args, line):
+@pytest.mark.parametrize("args, flag", [(["-t", "0"], "'--threads' / '-t'"), (["--ctx", "0"], "'--ctx' / '-c'")])
+def test_run_and_serve_zero_is_not_the_default(dist, command, args, flag):
+    """run and serve declare these bounds on their options (a usage error, exit 2, as click gives)."""
     extra = ["-p", "hi"] if command == "run" else ["--port", 1]
-    assert_one_line(run_cli(command, dist, *extra, *args, timeout=120), 1, line)
+    res = run_cli(command, dist, *extra, *args, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"Invalid value for {flag}" in res.stderr and "Input should be greater" in res.stderr, res.stderr
 
 
 def test_serve_context_too_short_for_any_chat(dist):
-    """Before: a server started and refused every request. Now refused at start (the tiny model's
-    template puts a one-token message in 13 tokens)."""
-    from edgekit.serve.session import open_session
-
-    from edgekit.context_floor import shortest_chat
-
-    s = open_session(dist)
-    try:
-        n = shortest_chat(s)
-    finally:
-        s.close()
-    assert n == 13   # the tiny model's template and tokenizer (dist built from tests' tiny_ckpt)
-    for ctx in (1, n):
-        res = run_cli("serve", dist, "--ctx", ctx, "--port", 1, timeout=120)   # port 1: it must not get that far
-        assert_one_line(res, 1, f"--ctx {ctx} cannot hold a chat: the shortest prompt is {n} tokens (the template "
-                                f"around a one-token message) and a reply needs one more; use at least {n + 1}, or "
-                                "leave --ctx out for the target's")
+    """Before: a server started and refused every request. Refused at start since the doors merge
+    (serve/session.py measures the floor with the artifact's template); kept here as issue 23's case."""
+    res = run_cli("serve", dist, "--ctx", 1, "--port", 1, timeout=120)   # port 1: it must not get that far
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("edgekit: error: --ctx 1 cannot hold an empty chat turn ("), line
 
 
 # ---------------------------------------------------------------- a large bench grid
