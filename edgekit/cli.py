@@ -348,27 +348,80 @@ def run(
 def serve(
     artifact: Path = _ART,
     target: Optional[str] = _TARGET,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
     queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context per request. Default: the target's."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
-    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
+    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason \"cancelled\"."),
+    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="The model id /v1/models lists and replies name (default: the artifact's file name)."),
+    strict_model: bool = typer.Option(False, "--strict-model", help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the key from this file (first line)."),
+    allowed_origin: Optional[list[str]] = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body (413 beyond)."),
+    max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
     knob: Optional[list[str]] = _KNOB,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from .bench import parse_knobs
-    from .server import serve as run_server
+    from .serve_guard import Limits, Policy, is_loopback
+    from .server import bind, serve as run_server
     from .session import open_session
 
+    if not (grace >= 0 and grace < float("inf")):
+        raise EdgekitError(f"--grace {grace}: give the seconds in-flight requests may finish, 0 or more")
+    if not (0 < max_body_mb < float("inf")):
+        raise EdgekitError(f"--max-body-mb {max_body_mb}: give a positive size")
+    for name, v in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not (0 < v < float("inf")):
+            raise EdgekitError(f"{name} {v}: give a positive number of seconds")
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise EdgekitError(f"--max-prompt-chars {max_prompt_chars}: give a positive count")
+    if alias is not None and not alias.strip():
+        raise EdgekitError("--alias is empty: give the model id clients will use")
+    key = _api_key(api_key, api_key_file)
+    bind(host, port).close()      # a bad --host/--port or a busy port: one line before the model loads
+    policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
+                    limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
+                                  body_timeout_s=body_timeout))
     verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose, block=True)
-    typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
-               f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
-    run_server(session, host=host, port=port, grace_s=grace)
+    if alias:
+        session.model = alias.strip()
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        typer.echo(f"edgekit: serving {session.model} ({session.path.name}) at http://{shown}:{port}/v1 "
+                   f"({parallel} slot(s), ctx {session.n_ctx}, target {session.target or '-'}"
+                   f"{', API key required' if key else ''})", err=True)
+        if not policy.loopback_only and not key:
+            typer.echo(f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
+                       "port can use the model", err=True)
+
+    run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
+               max_prompt_chars=max_prompt_chars, announce=announce)
+
+
+def _api_key(key: Optional[str], key_file: Optional[Path]) -> Optional[str]:
+    if key is not None and key_file is not None:
+        raise EdgekitError("give --api-key or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            lines = key_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgekitError(f"--api-key-file {key_file}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+        key = lines[0] if lines else ""
+    if key is not None:
+        key = key.strip()
+        if not key or any(ord(c) < 33 or ord(c) > 126 for c in key):
+            raise EdgekitError("the API key is empty or holds spaces or non-ASCII characters: use printable ASCII")
+    return key
 
 
 @app.command("eval")

@@ -42,6 +42,7 @@ from .runners import ENGINES
 from .runners.base import RunOptions
 
 log = logging.getLogger(__name__)
+L_ATTR_SPECIAL = (1 << 3) | (1 << 4)   # LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Sampling:
     seed: int = 0
     top_p: float = 1.0
     top_k: int = 0                 # 0: off
+    min_p: float = 0.0             # 0: off
 
 
 @dataclass
@@ -104,6 +106,8 @@ class _Slot:
                 L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_top_k(s.top_k))
             if s.top_p < 1.0:
                 L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_top_p(s.top_p, 1))
+            if s.min_p > 0.0:
+                L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_min_p(s.min_p, 1))
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_temp(s.temperature))
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
 
@@ -205,7 +209,7 @@ class _Scheduler:
 
 class LlamaEngine(_Scheduler):
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None):
+                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
         super().__init__(slots, max_queue)
         self.n_ctx = opts.ctx
         self.prefix_seq = slots           # the extra sequence holding the cached prefix
@@ -220,20 +224,34 @@ class LlamaEngine(_Scheduler):
         self.batch = self.L.llama_batch_init(self.n_batch, 0, 1)
         self.prefix: list[int] = []
         self.prefix_file = Path(prefix_file) if prefix_file else None
+        self.prefix_key = prefix_key
         if self.prefix_file and self.prefix_file.exists():
             self._load_prefix()
         self.thread.start()
 
     # -- vocabulary
-    def tokenize(self, text: str) -> list[int]:
-        """Text with special tokens written out (a rendered chat) → ids; no BOS added (the template writes it)."""
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Text with special tokens written out (a rendered chat) → ids; no BOS added (the template writes it).
+        ``special=False``: every character as text (client text; see plain_text)."""
         raw = text.encode("utf-8")
         cap = len(raw) + 8
         buf = (ctypes.c_int32 * cap)()
-        n = self.L.llama_tokenize(self.vocab, raw, len(raw), buf, cap, False, True)
+        n = self.L.llama_tokenize(self.vocab, raw, len(raw), buf, cap, False, special)
         if n < 0:
             raise BenchError(f"llama.cpp could not tokenize the prompt ({-n} tokens needed)")
         return list(buf[:n])
+
+    @property
+    def n_vocab(self) -> int:
+        return self.L.llama_vocab_n_tokens(self.vocab)
+
+    def special_texts(self) -> list[str]:
+        """The texts special-token parsing turns into one id: control and user-defined tokens."""
+        if not hasattr(self, "_special"):
+            L, v, want = self.L, self.vocab, L_ATTR_SPECIAL
+            self._special = [L.llama_vocab_get_text(v, i).decode("utf-8", "replace")
+                             for i in range(self.n_vocab) if L.llama_vocab_get_attr(v, i) & want]
+        return self._special
 
     def piece(self, tok: int) -> bytes:
         buf = ctypes.create_string_buffer(256)
@@ -272,10 +290,14 @@ class LlamaEngine(_Scheduler):
         self.L.llama_memory_seq_cp(self.mem, slot.seq, self.prefix_seq, 0, n)
         self.prefix = list(slot.req.prompt[:n])
         if self.prefix_file:
+            from . import prefix_cache
+
             arr = (ctypes.c_int32 * n)(*self.prefix)
-            tmp = self.prefix_file.with_name(self.prefix_file.name + ".tmp")
-            if self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n):
-                tmp.replace(self.prefix_file)
+            try:
+                prefix_cache.save(self.prefix_file, self.prefix_key, lambda tmp: bool(
+                    self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n)))
+            except OSError as e:     # a full disk costs the cache, never the request
+                log.warning("%s: prefix cache not saved (%s)", self.prefix_file, e)
 
     def _start(self, slot: _Slot, req: GenRequest) -> None:
         self.L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
@@ -354,7 +376,7 @@ class MlxEngine(_Scheduler):
     """One request at a time: the runner's prefill/decode with mlx-lm's samplers."""
 
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None):
+                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
         super().__init__(1, max_queue)
         from transformers import AutoTokenizer
 
@@ -380,8 +402,16 @@ class MlxEngine(_Scheduler):
         if err is not None:
             raise err
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tok)
+
+    def special_texts(self) -> list[str]:
+        """The added tokens: the HF tokenizer matches each in text as one id."""
+        return [t.content for t in self.tok.added_tokens_decoder.values()]
 
     def piece(self, tok: int) -> bytes:
         return self.tok.convert_tokens_to_string([self.tok.convert_ids_to_tokens(tok)]).encode("utf-8")
@@ -412,7 +442,8 @@ class MlxEngine(_Scheduler):
             return
         req, s = slot.req, slot.req.sampling
         mx.random.seed(s.seed)
-        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k)
+        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k,
+                               min_p=s.min_p)
         self._generate(slot, req, s, sampler)
 
     def _generate(self, slot: _Slot, req: GenRequest, s: Sampling, sampler: Any) -> None:
@@ -443,8 +474,9 @@ GENERATORS = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}   # by ENGINES name
 
 
 def open_engine(path: Path, engine: str, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                prefix_file: Optional[Path] = None) -> Any:
+                prefix_file: Optional[Path] = None, prefix_key: str = "") -> Any:
     """The engine for ``engine`` (an ENGINES name) with ``opts.knobs`` already typed by its schema."""
     if engine == "mlx" and slots > 1:
         raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
-    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file)
+    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file,
+                             prefix_key=prefix_key)

@@ -19,6 +19,9 @@ import asyncio
 import collections
 import json
 import logging
+import math
+import os
+import secrets
 import socket
 import threading
 import time
@@ -29,6 +32,8 @@ from .chat import StreamSplitter, parse_reply
 from .errors import ConfigError, EdgekitError
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .runners import ENGINES
+from .serve_guard import Guard, Policy, guarded_h11, is_loopback
+from .serve_schema import Invalid, check_media, parse_body
 from .session import Session, peak_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -52,44 +57,16 @@ def _error(message: str, status: int, code: str, headers: Optional[dict[str, str
                         headers=headers)
 
 
-def _sampling(body: dict[str, Any]) -> Sampling:
-    def num(key: str, default: Any, kind: type, lo: float, hi: float) -> Any:
-        v = body.get(key, default)
-        if v is None:
-            return default
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise BadRequest(f"{key} must be a number in [{lo}, {hi}], got {v!r}")
-        return kind(v)
-
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    return Sampling(max_tokens=num(key, 256, int, 1, 1 << 20), temperature=num("temperature", 1.0, float, 0.0, 2.0),
-                    seed=num("seed", 0, int, -(1 << 63), 1 << 63), top_p=num("top_p", 1.0, float, 0.0, 1.0),
-                    top_k=num("top_k", 0, int, 0, 1 << 20))
-
-
-def _flag(body: dict[str, Any], key: str) -> bool:
-    v = body.get(key, False)
-    if not isinstance(v, bool):
-        raise BadRequest(f"{key} must be true or false, got {v!r}")
-    return v
-
-
-def _with_dict_arguments(m: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI clients send an assistant's tool-call arguments back as a JSON string; chat templates
-    (Gemma 4's writes each argument as key:value) take a mapping."""
-    calls = m.get("tool_calls")
-    if not calls:
-        return m
-    out = []
-    for c in calls:
-        f = dict((c or {}).get("function") or {})
-        if isinstance(f.get("arguments"), str):
-            try:
-                f["arguments"] = json.loads(f["arguments"] or "{}")
-            except ValueError:
-                raise BadRequest(f"tool call {f.get('name')!r}: arguments are not valid JSON") from None
-        out.append({**c, "function": f})
-    return {**m, "tool_calls": out}
+def _sampling(req: Any, n_vocab: int) -> Sampling:
+    """The validated request's sampling; no seed (or llama.cpp's -1) is a fresh random one per request,
+    as OpenAI and llama-server do, so two requests at temperature 1.5 differ."""
+    if req.top_k is not None and req.top_k > n_vocab:
+        raise BadRequest(f"top_k: at most the vocabulary's {n_vocab} tokens, got {req.top_k}")
+    seed = secrets.randbits(32) if req.seed in (None, -1) else req.seed & 0xFFFFFFFF
+    cap = req.token_cap
+    return Sampling(max_tokens=256 if cap is None else cap,
+                    temperature=1.0 if req.temperature is None else req.temperature, seed=seed,
+                    top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0)
 
 
 def _resolve(w: "asyncio.Future[None]") -> None:
@@ -160,23 +137,44 @@ def _sse_writer(doc: dict[str, Any]) -> Any:
 
 
 class App:
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, strict_model: bool = False, max_prompt_chars: Optional[int] = None):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.s = session
         self.created = int(time.time())
+        self.strict_model = strict_model
+        # A token is rarely over 16 characters: a prompt past this cannot fit and is refused before
+        # parsing its template or tokenizing (a 50 MB prompt took 32.7 s and 3,850 MB to refuse).
+        self.max_chars = max_prompt_chars or 16 * session.n_ctx
+        # JSON parsing, the template and the tokenizer run here, off the event loop (/health answers
+        # meanwhile); one worker, so a flood of big prompts queues instead of taking every core.
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="edgekit-prompt")
+        self.live: dict[int, Any] = {}   # id → request in the engine, for a shutdown's cancel_all
 
     # -- plumbing
-    async def _body(self, request: Any) -> dict[str, Any]:
+    async def _parse(self, request: Any, kind: str) -> Any:
+        """The body as the kind's schema (serve_schema): a 400 naming the field, nothing queued before."""
+        raw = await request.body()
         try:
-            body = json.loads(await request.body())
-        except ValueError as e:
-            raise BadRequest(f"the request body is not valid JSON ({e})") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
-        model = body.get("model")
-        if model not in (None, "", self.s.model):
-            raise BadRequest(f"unknown model {model!r}; this server serves {self.s.model!r} (GET /v1/models)",
-                             code="model_not_found")
-        return body
+            req, chars = await asyncio.get_running_loop().run_in_executor(self.pool, parse_body, raw, kind)
+        except Invalid as e:
+            raise BadRequest(str(e)) from None
+        if self.strict_model and req.model not in (None, "", self.s.model):
+            raise BadRequest(f"model {req.model!r} does not exist; this server serves {self.s.model!r} "
+                             "(GET /v1/models)", 404, "model_not_found")
+        for name, why in req.refused():
+            raise BadRequest(f"{name}: {why}", code="unsupported_parameter")
+        if chars > self.max_chars:
+            raise BadRequest(f"the request holds {chars:,} characters of text; this server takes at most "
+                             f"{self.max_chars:,} (context {self.s.n_ctx} tokens, --max-prompt-chars)",
+                             code="context_length_exceeded")
+        return req
+
+    def cancel_all(self) -> None:
+        """Shutdown: end every request in the engine now (each stream then ends with its finish chunk
+        and [DONE]; a whole reply is sent with what it has)."""
+        for r in list(self.live.values()):
+            r.cancel()
 
     def _submit(self, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
                 ignore_eos: bool = False) -> tuple[Any, _Feed]:
@@ -188,6 +186,7 @@ class App:
             raise BadRequest(f"server busy: {e}; retry after {RETRY_AFTER_S} s", 503, "server_busy") from None
         except PromptTooLong as e:
             raise BadRequest(e.message, code="context_length_exceeded") from None
+        self.live[id(req)] = req
         return req, q
 
     async def _collect(self, request: Any, req: Any, q: _Feed) -> tuple[list[str], Event]:
@@ -240,7 +239,7 @@ class App:
             "runtime": s.runtime, "load_ms": s.load_ms, "budget_bytes": s.budget_bytes,
             "peak_rss_bytes": peak_rss_bytes(), "kv_cache_bytes": figures.get("kv_cache_bytes"),
             "compute_buffer_bytes": figures.get("compute_buffer_bytes"), "host": self._host,
-            "versions": self._versions, "hostname": socket.gethostname(),
+            "versions": self._versions, "hostname": socket.gethostname(), "pid": os.getpid(),
             "engine_version": self._versions.get(ENGINES.get(s.engine_name).version_key, "") if s.engine_name else ""})
 
     async def models(self, request: Any) -> Any:
@@ -252,27 +251,34 @@ class App:
     async def chat(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
-        body = await self._body(request)
-        messages, tools = body.get("messages"), body.get("tools") or None
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
-            raise BadRequest("messages must be a non-empty list of objects with a role")
-        if tools is not None and not isinstance(tools, list):
-            raise BadRequest("tools must be a list")
-        messages = [_with_dict_arguments(m) for m in messages]
-        kw = body.get("chat_template_kwargs") or {}
-        think = kw.get("enable_thinking", body.get("enable_thinking"))
+        body = await self._parse(request, "chat")
         try:
-            ids, prefix_len = self.s.prompt(messages, tools=tools, enable_thinking=think)
+            check_media(body, self.s.towers)
+        except Invalid as e:
+            raise BadRequest(str(e)) from None
+        sampling = _sampling(body, self.s.engine.n_vocab)
+        messages = [m.plain() for m in body.messages]
+        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and body.tool_choice != "none" else None
+        try:
+            ids, prefix_len = await asyncio.get_running_loop().run_in_executor(
+                self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking))
         except ConfigError as e:
             raise BadRequest(e.message) from None
-        req, q = self._submit(ids, _sampling(body), prefix_len, bool(body.get("stream")), _flag(body, "ignore_eos"))
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        base = {"id": rid, "created": created, "model": self.s.model}
-        if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(self._chat_sse(req, q, base, usage), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
-        texts, done = await self._collect(request, req, q)
+        req, q = self._submit(ids, sampling, prefix_len, body.stream, body.ignore_eos)
+        try:
+            rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+            base = {"id": rid, "created": created, "model": self.s.model}
+            if body.stream:
+                usage = bool(body.stream_options and body.stream_options.include_usage)
+                return StreamingResponse(self._chat_sse(req, q, base, usage), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache"})
+            texts, done = await self._collect(request, req, q)
+        except BaseException:
+            req.cancel()      # nothing will read it: free the slot at the next engine step
+            raise
+        finally:
+            if not body.stream:
+                self.live.pop(id(req), None)
         reply = parse_reply("".join(texts))
         msg: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
         if reply.reasoning:
@@ -324,19 +330,24 @@ class App:
             yield "".join(tail) + "data: [DONE]\n\n"
         finally:
             req.cancel()  # a disconnect closes this generator mid-stream: free the slot
+            self.live.pop(id(req), None)
 
     async def completions(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
 
-        body = await self._body(request)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str):
-            raise BadRequest("prompt must be a string")
+        body = await self._parse(request, "completions")
+        sampling = _sampling(body, self.s.engine.n_vocab)
         bos = self.s.template.bos_token
-        ids = self.s.engine.tokenize(prompt if prompt.startswith(bos) else bos + prompt)
-        req, q = self._submit(ids, _sampling(body), 0, bool(body.get("stream")), _flag(body, "ignore_eos"))
+        prompt = body.prompt
+        # A raw prompt is the client's whole text, template markers included (as llama-server's
+        # /completion parses them): special tokens are parsed here, unlike chat messages.
+        ids = await asyncio.get_running_loop().run_in_executor(
+            self.pool, self.s.engine.tokenize, prompt if prompt.startswith(bos) else bos + prompt)
+        req, q = self._submit(ids, sampling, 0, body.stream, body.ignore_eos)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.s.model}
-        if body.get("stream"):
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+
             async def sse() -> AsyncIterator[str]:
                 write = _sse_writer({**base, "object": "text_completion", "choices": [
                     {"index": 0, "text": TEXT, "finish_reason": None}]})
@@ -348,20 +359,29 @@ class App:
                             yield write(text)
                     yield "data: " + json.dumps({**base, "object": "text_completion", "choices": [
                         {"index": 0, "text": "", "finish_reason": e.finish_reason}]}) + "\n\n"
+                    if usage:
+                        yield "data: " + json.dumps({**base, "object": "text_completion", "choices": [],
+                                                     "usage": self._usage(e.stats)}) + "\n\n"
                     yield "data: [DONE]\n\n"
                 finally:
                     req.cancel()
+                    self.live.pop(id(req), None)
             return StreamingResponse(sse(), media_type="text/event-stream")
-        texts, done = await self._collect(request, req, q)
+        try:
+            texts, done = await self._collect(request, req, q)
+        finally:
+            req.cancel()
+            self.live.pop(id(req), None)
         return JSONResponse({**base, "object": "text_completion", "usage": self._usage(done.stats),
                              "choices": [{"index": 0, "text": "".join(texts), "finish_reason": done.finish_reason}]})
 
 
-def make_app(session: Session) -> Any:
+def make_app(session: Session, policy: Optional[Policy] = None, strict_model: bool = False,
+             max_prompt_chars: Optional[int] = None) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    a = App(session)
+    a = App(session, strict_model=strict_model, max_prompt_chars=max_prompt_chars)
 
     def guarded(fn: Any) -> Any:
         async def handler(request: Any) -> Any:
@@ -374,32 +394,87 @@ def make_app(session: Session) -> Any:
                 return _error(e.message, 500, "server_error")
         return handler
 
-    return Starlette(routes=[
+    app = Starlette(routes=[
         Route("/health", guarded(a.health), methods=["GET"]),
         Route("/v1/models", guarded(a.models), methods=["GET"]),
         Route("/props", guarded(a.props), methods=["GET"]),
         Route("/v1/chat/completions", guarded(a.chat), methods=["POST"]),
         Route("/v1/completions", guarded(a.completions), methods=["POST"]),
     ])
+    app.state.api = a
+    return Guard(app, policy or Policy())
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: float = 30.0) -> None:
-    """Run until SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to ``grace_s`` (then
-    cancel them), free the engine, return (the CLI exits 0)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line saying why not (a busy port was uvicorn's raw Errno 98)."""
+    if not host:
+        raise ConfigError("--host is empty: give an address (127.0.0.1: this machine only; 0.0.0.0: every "
+                          "interface)")
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: give a TCP port from 1 to 65535")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r}: not an address this machine can listen on ({e})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                          + ("; another server holds the port (choose another with --port)"
+                             if e.errno == 98 else "")) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: float = 30.0,
+          policy: Optional[Policy] = None, strict_model: bool = False, max_prompt_chars: Optional[int] = None,
+          announce: Any = None) -> None:
+    """Run until SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to ``grace_s``, then
+    end them in the engine (each stream still gets its finish chunk and [DONE]), free the engine, return
+    (the CLI exits 0)."""
     import signal
 
     import uvicorn
 
-    config = uvicorn.Config(make_app(session), host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=grace_s, lifespan="off")
-    server = uvicorn.Server(config)
+    if not (math.isfinite(grace_s) and grace_s >= 0):
+        raise ConfigError(f"--grace {grace_s}: give the seconds in-flight requests may finish, 0 or more")
+    policy = policy or Policy(loopback_only=is_loopback(host))
+    sock = bind(host, port)
+    app = make_app(session, policy, strict_model, max_prompt_chars)
+    api: App = app.app.state.api
+    lim = policy.limits
+    # uvicorn's own limits: header size (h11), keep-alive, concurrent connections; its graceful timeout
+    # only backs ours up (it cancels tasks, which cut streams with a CancelledError traceback).
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=grace_s + 10, http=guarded_h11(lim.header_timeout_s),
+                            h11_max_incomplete_event_size=lim.max_header_bytes, timeout_keep_alive=lim.keep_alive_s,
+                            limit_concurrency=lim.max_connections)
+
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if not self.should_exit:
+                t = threading.Timer(grace_s, api.cancel_all)
+                t.daemon = True
+                t.start()
+            super().handle_exit(sig, frame)
+
+    server = _Server(config)
     # uvicorn restores the previous handlers after its graceful shutdown and raises the signal again,
     # which with the default SIGTERM action kills the process (exit 143) after a clean stop. A no-op
     # previous handler turns that re-raise into nothing, so a clean stop exits 0.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        server.run()
+        if announce:
+            announce()
+        server.run(sockets=[sock])
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+        sock.close()
+        api.pool.shutdown(wait=False, cancel_futures=True)
         session.close()
