@@ -42,7 +42,9 @@ from .runners import ENGINES
 from .runners.base import RunOptions
 
 log = logging.getLogger(__name__)
-L_ATTR_SPECIAL = (1 << 3) | (1 << 4)   # LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED
+# LLAMA_TOKEN_ATTR_CONTROL: what only special-token parsing matches (user-defined tokens, such as
+# Gemma's runs of newlines, are matched in plain text too and mean nothing more than their text)
+L_ATTR_CONTROL = 1 << 3
 
 
 @dataclass
@@ -246,9 +248,9 @@ class LlamaEngine(_Scheduler):
         return self.L.llama_vocab_n_tokens(self.vocab)
 
     def special_texts(self) -> list[str]:
-        """The texts special-token parsing turns into one id: control and user-defined tokens."""
+        """The texts only special-token parsing turns into one id: the control tokens."""
         if not hasattr(self, "_special"):
-            L, v, want = self.L, self.vocab, L_ATTR_SPECIAL
+            L, v, want = self.L, self.vocab, L_ATTR_CONTROL
             self._special = [L.llama_vocab_get_text(v, i).decode("utf-8", "replace")
                              for i in range(self.n_vocab) if L.llama_vocab_get_attr(v, i) & want]
         return self._special
@@ -410,8 +412,8 @@ class MlxEngine(_Scheduler):
         return len(self.tok)
 
     def special_texts(self) -> list[str]:
-        """The added tokens: the HF tokenizer matches each in text as one id."""
-        return [t.content for t in self.tok.added_tokens_decoder.values()]
+        """The special added tokens (``split_special_tokens`` leaves the others matched in text too)."""
+        return [t.content for t in self.tok.added_tokens_decoder.values() if t.special]
 
     def piece(self, tok: int) -> bytes:
         return self.tok.convert_tokens_to_string([self.tok.convert_ids_to_tokens(tok)]).encode("utf-8")

@@ -114,7 +114,7 @@ class Message(_Strict):
     def _by_role(self) -> "Message":
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
-        if self.tool_calls and self.role != "assistant":
+        if self.tool_calls is not None and self.role != "assistant":
             raise ValueError("only an assistant message has tool_calls")
         return self
 
@@ -292,7 +292,8 @@ def _walk(v: Any, path: str = "body") -> int:
 def parse_body(raw: bytes, kind: str) -> tuple[Any, int]:
     """The POST body as ``SCHEMAS[kind]`` and the characters its strings hold; Invalid otherwise."""
     try:
-        body = json.loads(raw, parse_constant=_reject_constant)
+        # JSON on the wire is UTF-8 (RFC 8259); json.loads would guess UTF-16 from a body's first bytes
+        body = json.loads(raw.decode("utf-8-sig"), parse_constant=_reject_constant)
     except RecursionError:
         raise Invalid(f"the request body is nested deeper than {MAX_DEPTH} levels") from None
     except UnicodeDecodeError as e:
@@ -313,6 +314,8 @@ def parse_body(raw: bytes, kind: str) -> tuple[Any, int]:
             msg = "unknown field (misspelt, or not supported by this server)"
         elif err["type"] == "missing":
             msg = "required"
+        elif err["type"] == "too_short":
+            msg = "must not be empty"
         elif err["type"] in _TYPES:
             msg = f"must be {_TYPES[err['type']]}, not {_kind(err.get('input'))}"
         raise Invalid(f"{_path(err['loc'])}: {msg}") from None

@@ -117,20 +117,20 @@ def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions", b'{"model": "x", "messages": [')
     assert code == 400 and body["error"]["message"].startswith("the request body is not valid JSON")
     code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": "gpt-4", "messages": MESSAGES}).encode())
-    assert code == 400 and body["error"]["message"] == f"unknown model 'gpt-4'; this server serves '{model}' (GET /v1/models)"
-    code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": [{"role": "user", "content": "word " * 600}]}).encode())
     assert code == 400
     assert body["error"]["message"].endswith(f"tokens; this server's context is {CTX} tokens (prompt + reply): shorten the prompt")
     code, body, _ = _post(server, "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode())
-    assert code == 400 and body["error"]["message"] == "messages must be a non-empty list of objects with a role"
+    assert code == 400 and body["error"]["message"] == "messages: must not be empty"
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode())
-    assert code == 400 and body["error"]["message"] == "temperature must be a number in [0.0, 2.0], got 'hot'"
+    assert code == 400 and body["error"]["message"] == "temperature: must be a number, not a string"
+    code, body, _ = _post(server, "/v1/chat/completions",
+                          json.dumps({"model": model, "messages": MESSAGES, "temperature": 2.5}).encode())
+    assert code == 400 and body["error"]["message"] == "temperature: Input should be less than or equal to 2"
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode())
-    assert code == 400 and body["error"]["message"] == "ignore_eos must be true or false, got 'yes'"
+    assert code == 400 and body["error"]["message"] == "ignore_eos: must be true or false, not a string"
 
 
 def test_sse_writer_writes_what_json_dumps_writes():
