@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
@@ -268,8 +269,15 @@ class ScriptedEngine:
     def __init__(self, tok, replies):
         self.tok, self.replies, self.prompts, self.slots = tok, list(replies), [], [None]
 
-    def tokenize(self, text):
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text, special=True):
+        return self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    @property
+    def n_vocab(self):
+        return len(self.tok)
+
+    def special_texts(self):
+        return [t.content for t in self.tok.added_tokens_decoder.values() if t.special]
 
     def stop_ids(self, texts):
         return frozenset(self.tok.convert_tokens_to_ids(t) for t in texts)
@@ -374,3 +382,115 @@ def test_interactive_run_keeps_the_history(server, model, dist):
     history += [{"role": "assistant", "content": first}, {"role": "user", "content": "How are you?"}]
     second = c.chat.completions.create(model=model, messages=history, **sampling).choices[0].message.content
     assert first.strip() and r.stdout == f"{first}\n{second}\n"
+
+
+# ---------------------------------------------------------------- names, keys and sampling
+
+
+def test_any_model_name_is_served_when_one_model_is(server, model):
+    """As llama-server: a client's own name for the model (Ollama's "gemma4:e2b") gets the model."""
+    r = server.client().chat.completions.create(model="gemma4:e2b", messages=MESSAGES, max_tokens=2, temperature=0)
+    assert r.model == model and r.usage.completion_tokens == 2
+
+
+def test_no_seed_is_a_fresh_seed_per_request(server, model):
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=1.5)
+    a, b = (c.chat.completions.create(**kw).choices[0].message.content for _ in range(2))
+    assert a != b
+    a, b = (c.chat.completions.create(**kw, seed=7).choices[0].message.content for _ in range(2))
+    assert a == b
+
+
+def test_min_p_is_applied(server, model):
+    """min_p 1.0 keeps only the most likely token: at temperature 1.5 that is the greedy reply."""
+    c = server.client()
+    greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
+    hot = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=1.5,
+                                    extra_body={"min_p": 1.0})
+    assert hot.choices[0].message.content == greedy.choices[0].message.content
+
+
+@pytest.mark.parametrize("kw,name", [({"n": 3}, "n"), ({"logprobs": True}, "logprobs"),
+                                     ({"response_format": {"type": "json_object"}}, "response_format"),
+                                     ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
+                                      "tool_choice"), ({"stop": ["."]}, "stop")])
+def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client(max_retries=0).chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, **kw)
+    assert e.value.body["message"].startswith(f"{name}: ")
+
+
+def test_tool_choice_none_leaves_the_tools_out(server, model):
+    c = server.client()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    plain = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0)
+    none = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools,
+                                     tool_choice="none")
+    auto = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools)
+    assert none.usage.prompt_tokens == plain.usage.prompt_tokens < auto.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def keyed(dist, tmp_path_factory):
+    d = tmp_path_factory.mktemp("keyed")
+    (d / "key").write_text("s3cret-key\n")
+    s = start_server(dist, d / "log", "--ctx", str(CTX), *THREADS, "--alias", "gemma4:e2b", "--strict-model",
+                     "--api-key-file", str(d / "key"))
+    yield s
+    assert s.stop() == 0
+
+
+def test_alias_strict_names_and_api_key(keyed):
+    import openai
+    from openai import OpenAI
+
+    c = OpenAI(base_url=keyed.url + "/v1", api_key="s3cret-key", max_retries=0)
+    assert [m.id for m in c.models.list().data] == ["gemma4:e2b"]
+    r = c.chat.completions.create(model="gemma4:e2b", messages=MESSAGES, max_tokens=2, temperature=0)
+    assert r.model == "gemma4:e2b"
+    with pytest.raises(openai.NotFoundError) as e:          # --strict-model: OpenAI's 404
+        c.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=2)
+    assert "model 'gpt-4' does not exist" in e.value.body["message"]
+    for key in ("wrong", "s3cret-ke", "s3cret-key2"):
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0).models.list()
+    code, body, headers = _post(keyed, "/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
+    assert code == 401 and headers.get("www-authenticate") == "Bearer"
+    assert keyed.health()["status"] == "ok"                  # /health stays open, as llama-server's
+    req = urllib.request.Request(keyed.url + "/v1/models", headers={"X-Api-Key": "s3cret-key"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+
+
+def test_verbose_logs_a_line_per_request(dist, tmp_path):
+    from serve_fixture import Server, free_port
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "-v", "serve", str(dist), "--port", str(port),
+                                 "--ctx", str(CTX), *THREADS], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    s = Server(proc, port, log)
+    try:
+        assert _wait(lambda: _health_ok(s), 60)
+        s.client().chat.completions.create(model="x", messages=MESSAGES, max_tokens=2)
+        _post(s, "/v1/chat/completions", b"{")
+    finally:
+        assert s.stop() == 0
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("INFO edgekit.server: 127.0.0.1 ")]
+    assert any(" POST /v1/chat/completions 200 " in ln for ln in lines)
+    assert any(" POST /v1/chat/completions 400 " in ln for ln in lines)
+
+
+def _health_ok(s):
+    try:
+        return s.health()["status"] == "ok"
+    except OSError:
+        return False
