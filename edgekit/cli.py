@@ -148,14 +148,23 @@ def deploy(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
     serve: bool = typer.Option(False, "--serve", help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."),
-    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
+    serve_host: str = typer.Option("127.0.0.1", "--serve-host", help="Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or --insecure)."),
+    serve_key: Optional[Path] = typer.Option(None, "--api-key-file", help="With --serve: the key clients must send, copied to the device (mode 600)."),
+    insecure: bool = typer.Option(False, "--insecure", help="With --serve: allow a non-loopback bind without an API key."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
     from .lab.inventory import load_inventory
+    from .serve_guard import is_loopback
 
+    key = _api_key(None, serve_key) if serve else None
+    if serve and not serve_host:
+        raise EdgekitError("--serve-host is empty: give an address (127.0.0.1: the device only; 0.0.0.0: every interface)")
+    if serve and not is_loopback(serve_host) and not key and not insecure:
+        raise EdgekitError(f"--serve-host {serve_host} lets anyone on that network use the model: give "
+                           "--api-key-file FILE, or --insecure to serve it without a key")
     devices = load_inventory(inventory).select(device)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
@@ -167,7 +176,7 @@ def deploy(
         for d in devices:
             try:
                 s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
-                                  method=method)
+                                  method=method, api_key=key)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
                 typer.echo(f"edgekit: error: {e}", err=True)
@@ -365,6 +374,7 @@ def serve(
     max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
     header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
     body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
+    reuse_port: bool = typer.Option(False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."),
     knob: Optional[list[str]] = _KNOB,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
@@ -385,7 +395,7 @@ def serve(
     if alias is not None and not alias.strip():
         raise EdgekitError("--alias is empty: give the model id clients will use")
     key = _api_key(api_key, api_key_file)
-    bind(host, port).close()      # a bad --host/--port or a busy port: one line before the model loads
+    bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
     policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
                     limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
                                   body_timeout_s=body_timeout))
@@ -405,7 +415,7 @@ def serve(
                        "port can use the model", err=True)
 
     run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
-               max_prompt_chars=max_prompt_chars, announce=announce)
+               max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
 
 
 def _api_key(key: Optional[str], key_file: Optional[Path]) -> Optional[str]:

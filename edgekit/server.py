@@ -405,8 +405,10 @@ def make_app(session: Session, policy: Optional[Policy] = None, strict_model: bo
     return Guard(app, policy or Policy())
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """The listening socket, or one line saying why not (a busy port was uvicorn's raw Errno 98)."""
+def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """The listening socket, or one line saying why not (a busy port was uvicorn's raw Errno 98).
+    ``reuse_port``: share the port with another server that also asked (SO_REUSEPORT), so that ``deploy
+    --serve`` starts the new server while the old one still answers, and stops the old one after."""
     if not host:
         raise ConfigError("--host is empty: give an address (127.0.0.1: this machine only; 0.0.0.0: every "
                           "interface)")
@@ -420,6 +422,8 @@ def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
         sock.listen(128)
     except OSError as e:
@@ -433,7 +437,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: float = 30.0,
           policy: Optional[Policy] = None, strict_model: bool = False, max_prompt_chars: Optional[int] = None,
-          announce: Any = None) -> None:
+          announce: Any = None, reuse_port: bool = False) -> None:
     """Run until SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to ``grace_s``, then
     end them in the engine (each stream still gets its finish chunk and [DONE]), free the engine, return
     (the CLI exits 0)."""
@@ -444,7 +448,7 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: 
     if not (math.isfinite(grace_s) and grace_s >= 0):
         raise ConfigError(f"--grace {grace_s}: give the seconds in-flight requests may finish, 0 or more")
     policy = policy or Policy(loopback_only=is_loopback(host))
-    sock = bind(host, port)
+    sock = bind(host, port, reuse_port)
     app = make_app(session, policy, strict_model, max_prompt_chars)
     api: App = app.app.state.api
     lim = policy.limits
