@@ -157,9 +157,9 @@ def deploy(
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
     from .lab.inventory import load_inventory
-    from .serve_guard import is_loopback
+    from .serve_guard import is_loopback, read_api_key
 
-    key = _api_key(None, serve_key) if serve else None
+    key = read_api_key(None, serve_key) if serve else None
     if serve and not serve_host:
         raise EdgekitError("--serve-host is empty: give an address (127.0.0.1: the device only; 0.0.0.0: every interface)")
     if serve and not is_loopback(serve_host) and not key and not insecure:
@@ -379,7 +379,7 @@ def serve(
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from .bench import parse_knobs
-    from .serve_guard import Limits, Policy, is_loopback
+    from .serve_guard import Limits, Policy, is_loopback, read_api_key
     from .server import bind, serve as run_server
     from .session import open_session
 
@@ -394,7 +394,7 @@ def serve(
         raise EdgekitError(f"--max-prompt-chars {max_prompt_chars}: give a positive count")
     if alias is not None and not alias.strip():
         raise EdgekitError("--alias is empty: give the model id clients will use")
-    key = _api_key(api_key, api_key_file)
+    key = read_api_key(api_key, api_key_file)
     bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
     policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
                     limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
@@ -416,22 +416,6 @@ def serve(
 
     run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
                max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
-
-
-def _api_key(key: Optional[str], key_file: Optional[Path]) -> Optional[str]:
-    if key is not None and key_file is not None:
-        raise EdgekitError("give --api-key or --api-key-file, not both")
-    if key_file is not None:
-        try:
-            lines = key_file.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise EdgekitError(f"--api-key-file {key_file}: unreadable ({getattr(e, 'strerror', None) or e})") from None
-        key = lines[0] if lines else ""
-    if key is not None:
-        key = key.strip()
-        if not key or any(ord(c) < 33 or ord(c) > 126 for c in key):
-            raise EdgekitError("the API key is empty or holds spaces or non-ASCII characters: use printable ASCII")
-    return key
 
 
 @app.command("eval")

@@ -27,6 +27,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
@@ -55,6 +56,25 @@ class Policy:
     origins: tuple[str, ...] = ()       # extra allowed origins; "*" allows any
     loopback_only: bool = True          # bound to loopback: check the Host header
     limits: Limits = field(default_factory=Limits)
+
+
+def read_api_key(key: Optional[str], key_file: Optional[Path]) -> Optional[str]:
+    """The key from ``--api-key`` or the first line of ``--api-key-file``; ConfigError if unusable."""
+    from .errors import ConfigError
+
+    if key is not None and key_file is not None:
+        raise ConfigError("give --api-key or --api-key-file, not both")
+    if key_file is not None:
+        try:
+            lines = Path(key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--api-key-file {key_file}: unreadable ({getattr(e, 'strerror', None) or e})") from None
+        key = lines[0] if lines else ""
+    if key is not None:
+        key = key.strip()
+        if not key or any(ord(c) < 33 or ord(c) > 126 for c in key):
+            raise ConfigError("the API key is empty or holds spaces or non-ASCII characters: use printable ASCII")
+    return key
 
 
 def is_loopback(host: str) -> bool:

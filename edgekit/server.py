@@ -6,11 +6,15 @@ Q4_0) and no swa_full; it runs one ``Llama`` behind a lock (no parallel slots, n
 returns Gemma 4 tool calls as raw text (its issue 2227). Those are the knobs the pi5 budget depends on.
 
 Routes: POST /v1/chat/completions (SSE with ``stream``), POST /v1/completions, GET /v1/models,
-GET /health, GET /props (what is served, with which knobs, and the peak RSS so far). Errors are OpenAI-shaped ``{"error": {"message", "type", "code"}}``: 400 for invalid JSON,
-an unknown model, bad fields or a prompt longer than the context; 503 with Retry-After when every slot
-is busy and the queue is full. A client that disconnects cancels its generation (its slot is free at the
-next engine step). Thinking: ``chat_template_kwargs: {"enable_thinking": true}`` (as vLLM and llama.cpp's
-server take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning_content``.
+GET /health, GET /props (what is served, with which knobs, and the peak RSS so far). Errors are
+OpenAI-shaped ``{"error": {"message", "type", "code"}}``: 400 for a body that fails its schema
+(serve_schema: the message names the field), an option not implemented (named) or a prompt longer than
+the context; 404 for another model's name with ``--strict-model`` (any name is served otherwise, as
+llama-server does with one model); 401/403/408/413 from serve_guard (key, Host/Origin, slow or big
+body); 503 with Retry-After when every slot is busy and the queue is full. Nothing is queued before the
+body passed; a client that disconnects cancels its generation (its slot is free at the next engine
+step). Thinking: ``chat_template_kwargs: {"enable_thinking": true}`` (as vLLM and llama.cpp's server
+take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning_content``.
 """
 
 from __future__ import annotations

@@ -371,3 +371,33 @@ def test_plain_text_prompts_tokenize_as_before(session):
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two\n\nlines <b>and</b> <|x"}]
     ids, _ = session.prompt(msgs)
     assert ids == session.engine.tokenize(session.template.render(msgs))
+
+
+# ---------------------------------------------------------------- the MLX engine behind the same server
+
+
+@pytest.mark.slow
+def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
+    """top_k past the vocabulary and seeds outside 32 bits failed inside mlx and came back as HTTP 200
+    with finish_reason "error"; now: a 400 for the first, the seed reduced as llama.cpp's is."""
+    pytest.importorskip("mlx.core", reason="MLX tests need edgekit[mlx]")
+    from edgekit.build import build
+
+    dist = build(str(tiny_ckpt), target="m2", quants=["mlx-4bit"], out=tmp_path / "dist")
+    s = start_server(dist, tmp_path / "log", "--ctx", "512", *LIMITS)
+    try:
+        code, out, _ = post(s, "/v1/chat/completions", chat(top_k=1048576, max_tokens=2))
+        assert code == 400 and json.loads(out)["error"]["message"].startswith("top_k: at most the vocabulary's ")
+        for seed in (-1, 0, (1 << 64) - 1, 1 << 40):
+            code, out, _ = post(s, "/v1/chat/completions", chat(seed=seed, temperature=1.0, top_k=5, min_p=0.1, max_tokens=2))
+            assert code == 200 and json.loads(out)["choices"][0]["finish_reason"] == "length", (seed, out)
+        a, b = (json.loads(post(s, "/v1/chat/completions", chat(temperature=1.0, seed=9, max_tokens=8))[1])
+                for _ in range(2))
+        assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
+        benign = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": "x"}], max_tokens=1))[1])
+        hostile = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": INJECTION}], max_tokens=1))[1])
+        # the injection string as text: many more prompt tokens than its 4 markers would be
+        assert hostile["usage"]["prompt_tokens"] - benign["usage"]["prompt_tokens"] > 10
+        good(s)
+    finally:
+        s.stop()
