@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from serve_fixture import cli, start_server
+from serve_fixture import cli, start_server, wait_until
 
 SYSTEM = "You are a terse assistant. Answer in one line."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
@@ -186,13 +186,7 @@ def _long_stream(server, model, n=8000):
                                                    messages=[{"role": "user", "content": "Write a long story."}])
 
 
-def _wait(cond, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+_wait = wait_until
 
 
 def test_full_queue_is_503_with_retry_after(small):

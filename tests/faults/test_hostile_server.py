@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from serve_fixture import start_server  # noqa: E402
+from serve_fixture import start_server, wait_until  # noqa: E402
 
 THREADS = ("--threads", "1")
 LIMITS = ("--max-body-mb", "1", "--body-timeout", "2", "--header-timeout", "2")
@@ -61,12 +61,7 @@ def good(s) -> None:
 
 
 def wait(cond, seconds=10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(cond, seconds)
 
 
 def post(s, path, data: bytes, headers=None, timeout=30):
