@@ -55,6 +55,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0                 # 0: off
     min_p: float = 0.0             # 0: off
+    grammar: str = ""              # GBNF the reply must match (llama.cpp); "": free text
 
 
 @dataclass
@@ -93,7 +94,7 @@ class _Slot:
         self.seq = seq
         self.req: Optional[GenRequest] = None
 
-    def start(self, req: GenRequest, L: Any, cached: int) -> None:
+    def start(self, req: GenRequest, L: Any, cached: int, vocab: Any = None) -> None:
         self.req, self.pos, self.n_gen, self.last = req, cached, 0, -1
         self.t_first: Optional[float] = None
         self.t_start = time.perf_counter()
@@ -101,6 +102,8 @@ class _Slot:
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         s = req.sampling
         self.smpl = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.grammar:   # first: the rest sample among the tokens the grammar allows (checked by LlamaEngine.grammar_error)
+            L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root"))
         if s.temperature <= 0:
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_greedy())
         else:
@@ -271,6 +274,14 @@ class LlamaEngine(_Scheduler):
     def figures(self) -> dict[str, Any]:
         return self.runner.figures()
 
+    def grammar_error(self, gbnf: str) -> str:
+        """"" if llama.cpp parses ``gbnf`` (root rule ``root``), else why not (its parser logs the detail)."""
+        smpl = self.L.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
+        if not smpl:
+            return "llama.cpp could not parse the grammar made from it"
+        self.L.llama_sampler_free(smpl)
+        return ""
+
     # -- prefix cache
     def _load_prefix(self) -> None:
         cap = self.n_ctx
@@ -308,7 +319,7 @@ class LlamaEngine(_Scheduler):
         if req.prefix_len and p and req.prefix_len == p and req.prompt[:p] == self.prefix and len(req.prompt) > p:
             self.L.llama_memory_seq_cp(self.mem, self.prefix_seq, slot.seq, -1, -1)
             cached = p
-        slot.start(req, self.L, cached)
+        slot.start(req, self.L, cached, self.vocab)
 
     def _finish(self, slot: _Slot, reason: str, error: str = "") -> None:
         req = slot.req

@@ -127,9 +127,36 @@ class Message(_Strict):
         return d
 
 
+class JsonSchema(_Strict):
+    name: str = Field("response", min_length=1, max_length=64)
+    schema_: Optional[dict[str, Any]] = Field(None, alias="schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = None
+
+
 class ResponseFormat(_Strict):
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: Optional[dict[str, Any]] = None
+    json_schema: Optional[JsonSchema] = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> "ResponseFormat":
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("json_schema needs {\"name\": ..., \"schema\": {...}}")
+        return self
+
+    def gbnf(self) -> str:
+        """The grammar a reply must match (llama.cpp's JSON grammar, or its converter's for the schema);
+        "" for text. ValueError when the schema cannot be converted."""
+        from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+        if self.type == "json_object":
+            return JSON_GBNF
+        if self.type == "json_schema":
+            try:
+                return json_schema_to_gbnf(json.dumps(self.json_schema.schema_))
+            except Exception as e:  # the converter raises bare Exceptions/KeyErrors on what it cannot express
+                raise ValueError(f"the schema cannot be turned into a grammar ({e})") from None
+        return ""
 
 
 class Sampled(_Strict):
@@ -192,9 +219,6 @@ class ChatRequest(Sampled):
         out = super().refused()
         if self.logprobs or self.top_logprobs:
             out.append(("logprobs" if self.logprobs else "top_logprobs", "log-probabilities are not returned by this server"))
-        if self.response_format is not None and self.response_format.type != "text":
-            out.append(("response_format", f"{self.response_format.type} is not implemented (no grammar-"
-                                           "constrained sampling here); ask for JSON in the prompt"))
         if self.tool_choice not in (None, "auto", "none"):
             out.append(("tool_choice", "only \"auto\" and \"none\" are honoured: the model chooses whether to "
                                        "call a tool"))

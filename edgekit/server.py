@@ -174,6 +174,21 @@ class App:
                              code="context_length_exceeded")
         return req
 
+    def _grammar(self, body: Any) -> str:
+        """response_format as llama.cpp grammar (constrained sampling), or a 400 naming it."""
+        check = getattr(self.s.engine, "grammar_error", None)
+        if check is None:
+            raise BadRequest(f"response_format: {body.response_format.type} needs grammar-constrained sampling, "
+                             f"which the {self.s.engine_name or 'this'} engine does not have", code="unsupported_parameter")
+        try:
+            gbnf = body.response_format.gbnf()
+        except ValueError as e:
+            raise BadRequest(f"response_format.json_schema.schema: {e}") from None
+        why = check(gbnf)
+        if why:
+            raise BadRequest(f"response_format.json_schema.schema: {why}")
+        return gbnf
+
     def cancel_all(self) -> None:
         """Shutdown: end every request in the engine now (each stream then ends with its finish chunk
         and [DONE]; a whole reply is sent with what it has)."""
@@ -261,6 +276,8 @@ class App:
         except Invalid as e:
             raise BadRequest(str(e)) from None
         sampling = _sampling(body, self.s.engine.n_vocab)
+        if body.response_format is not None and body.response_format.type != "text":
+            sampling.grammar = await asyncio.get_running_loop().run_in_executor(self.pool, self._grammar, body)
         messages = [m.plain() for m in body.messages]
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and body.tool_choice != "none" else None
         try:

@@ -155,7 +155,9 @@ MALFORMED = [
     (chat(n=3), "n"),
     (chat(logprobs=True), "logprobs"),
     (chat(top_logprobs=2), "top_logprobs"),
-    (chat(response_format={"type": "json_object"}), "response_format"),
+    (chat(response_format={"type": "json_schema"}), "response_format"),
+    (chat(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "frobnicate"}}}),
+     "response_format.json_schema.schema"),
     (chat(response_format={"type": "yaml"}), "response_format.type"),
     (chat(tool_choice="required", tools=[{"type": "function", "function": {"name": "f"}}]), "tool_choice"),
     (chat(tool_choice="sometimes"), "tool_choice"),
@@ -393,6 +395,8 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
         hostile = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": INJECTION}], max_tokens=1))[1])
         # the injection string as text: many more prompt tokens than its 4 markers would be
         assert hostile["usage"]["prompt_tokens"] - benign["usage"]["prompt_tokens"] > 10
+        code, out, _ = post(s, "/v1/chat/completions", chat(response_format={"type": "json_object"}))
+        assert code == 400 and json.loads(out)["error"]["message"].startswith("response_format: json_object needs grammar")
         good(s)
     finally:
         s.stop()
