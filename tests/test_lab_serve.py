@@ -229,3 +229,26 @@ def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(ssh
         foreign.shutdown()
         th.join(10)
         foreign.server_close()
+
+
+def test_lab_run_served_deploys_behind_a_key_made_for_the_run(sshd, dist, tmp_path):  # noqa: F811
+    """The bench client uses the key the run made; the server refuses requests without it. (Bound to
+    loopback here: tests never listen elsewhere; the CLI binds every interface.)"""
+    from edgekit.lab.serve import lab_run_served
+
+    work = tmp_path / "device"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi", workdir=str(work), edgekit=EDGEKIT))
+    device = load_inventory(inv).get("pi")
+    port = free_port()
+    try:
+        (out,) = lab_run_served(dist, [device], ["-p", "16", "-n", "4", "-r", "1"], port=port, host="127.0.0.1")
+        assert out.ok, out.message
+        assert out.records[0].n_gen == 4 and out.records[0].sha256 == read_manifest(dist).artifacts[0].sha256
+        key = (work / "serve" / "api-key").read_text().strip()
+        assert len(key) >= 32
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert e.value.code == 401
+    finally:
+        stop_served(device)
