@@ -43,6 +43,8 @@ CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, Ope
 @dataclass
 class Limits:
     max_body: int = 8 << 20            # bytes; a 4,096-token prompt is ≈16 KB of JSON
+    bodies_per_max: int = 4            # bodies held at once, in max_body units (64 connections × 8 MiB
+                                       # would be 512 MiB beside a 1.2 GB model): 503 beyond
     body_timeout_s: float = 30.0       # the whole body, from the headers' end
     header_timeout_s: float = 10.0
     keep_alive_s: int = 5
@@ -113,6 +115,7 @@ class Guard:
     def __init__(self, app: Any, policy: Policy):
         self.app, self.p = app, policy
         self.key = policy.api_key.encode() if policy.api_key else None
+        self.held = 0                  # body bytes held by requests in progress (declared or read)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -138,6 +141,7 @@ class Guard:
                     message = {**message, "headers": [*message.get("headers", []), *cors]}
             await send(message)
 
+        held = [0]
         try:
             refusal = self._refusal(scope, headers, origin)
             if refusal is not None:
@@ -147,12 +151,13 @@ class Guard:
                                             (b"access-control-allow-headers", CORS_HEADERS.encode()),
                                             (b"access-control-max-age", b"600")], b""))
             if scope["method"] in ("POST", "PUT", "PATCH"):
-                body = await self._read_body(headers, receive)
+                body = await self._read_body(headers, receive, held)
                 if isinstance(body, tuple):
                     return await respond(body)
                 receive = _replay(body, receive)
             await self.app(scope, receive, send_cors)
         finally:
+            self.held -= held[0]
             if log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
                 log.info("%s %s %s %d %.0f ms", client[0], scope["method"], scope["path"], status[0],
@@ -175,14 +180,28 @@ class Guard:
                              [(b"www-authenticate", b"Bearer")])
         return None
 
-    async def _read_body(self, headers: dict[str, str], receive: Any) -> Any:
+    def _hold(self, held: list[int], n: int) -> bool:
+        """Count ``n`` more body bytes against the bound on bodies held at once; False if over it."""
+        if n > held[0]:
+            if self.held + n - held[0] > self.p.limits.max_body * self.p.limits.bodies_per_max:
+                return False
+            self.held += n - held[0]
+            held[0] = n
+        return True
+
+    async def _read_body(self, headers: dict[str, str], receive: Any, held: list[int]) -> Any:
         """The whole body (bytes), or the error answer: 413 over the limit (on Content-Length before
-        reading, and while reading when it is absent or wrong), 408 when it does not arrive in time."""
+        reading, and while reading when it is absent or wrong), 408 when it does not arrive in time,
+        503 when other requests' bodies already hold the memory bodies may take."""
         lim = self.p.limits
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > lim.max_body:
             return _json(413, f"the request body is {int(declared):,} bytes; this server takes at most "
                               f"{lim.max_body:,} (--max-body-mb)", "request_too_large")
+        busy = _json(503, "server busy: other requests' bodies hold the memory set aside for bodies; retry "
+                          "after 1 s", "server_busy", [(b"retry-after", b"1"), (b"connection", b"close")])
+        if declared is not None and declared.isdigit() and not self._hold(held, int(declared)):
+            return busy
         chunks, n = [], 0
         deadline = time.monotonic() + lim.body_timeout_s
         while True:
@@ -199,6 +218,8 @@ class Guard:
             if n > lim.max_body:
                 return _json(413, f"the request body is over {lim.max_body:,} bytes, this server's limit "
                                   "(--max-body-mb)", "request_too_large", [(b"connection", b"close")])
+            if not self._hold(held, n):
+                return busy
             chunks.append(piece)
             if not message.get("more_body", False):
                 return b"".join(chunks)

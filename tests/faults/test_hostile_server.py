@@ -400,3 +400,22 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
         good(s)
     finally:
         s.stop()
+
+
+def test_bodies_held_at_once_are_bounded(server):
+    """Four stalled 1 MB bodies hold the 4 MiB set aside for bodies (4 × --max-body-mb 1): a fifth is a
+    503 at once, and once they time out (408) a body is taken again."""
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n"
+    stalled = []
+    for _ in range(4):
+        c = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        c.sendall(head + b"{" + b" " * 1000)
+        stalled.append(c)
+    time.sleep(0.3)
+    t, out = raw(server, head + b"{}")
+    assert out.startswith(b"HTTP/1.1 503") and b"bodies hold the memory" in out and t < 2, out[:300]
+    for c in stalled:
+        c.settimeout(10)
+        assert c.recv(100).startswith(b"HTTP/1.1 408")
+        c.close()
+    good(server)
