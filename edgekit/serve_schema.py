@@ -180,6 +180,18 @@ class Sampled(_Strict):
     user: Optional[str] = None
     metadata: Optional[dict[str, str]] = None
 
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: Any) -> Any:
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP or not all(stops) or any(len(s) > 256 for s in stops):
+            raise ValueError(f"at most {MAX_STOP} stop sequences, each 1 to 256 characters")
+        return v
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
     @field_validator("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty")
     @classmethod
     def _finite(cls, v: Optional[float]) -> Optional[float]:
@@ -193,8 +205,6 @@ class Sampled(_Strict):
         out = []
         if self.n not in (None, 1):
             out.append(("n", "one choice per request is generated here; send n requests (or n: 1)"))
-        if self.stop:
-            out.append(("stop", "stop sequences are not implemented; the reply ends at the model's end of turn"))
         if self.frequency_penalty or self.presence_penalty:
             out.append(("frequency_penalty" if self.frequency_penalty else "presence_penalty",
                         "penalties are not implemented; leave them 0"))

@@ -32,7 +32,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Optional
 
-from .chat import StreamSplitter, parse_reply
+from .chat import StopScanner, StreamSplitter, parse_reply
 from .errors import ConfigError, EdgekitError
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .runners import ENGINES
@@ -197,6 +197,7 @@ class App:
 
     def _submit(self, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
                 ignore_eos: bool = False) -> tuple[Any, _Feed]:
+        """``stream``: the feed wakes the coroutine for each token (a stream, or stop sequences to scan)."""
         q = _Feed(eager=stream)
         req = self.s.request(ids, sampling, prefix_len, q.put, stop=not ignore_eos)
         try:
@@ -208,7 +209,33 @@ class App:
         self.live[id(req)] = req
         return req, q
 
-    async def _collect(self, request: Any, req: Any, q: _Feed) -> tuple[list[str], Event]:
+    @staticmethod
+    async def _events(q: _Feed, req: Any, stops: list[str]) -> AsyncIterator[list[Event]]:
+        """``q.stream()`` cut at the first stop sequence: the generation is cancelled there, the text
+        before it goes out, and the last event says "stop"."""
+        if not stops:
+            async for batch in q.stream():
+                yield batch
+            return
+        scan = StopScanner(stops)
+        async for batch in q.stream():
+            out = []
+            for e in batch:
+                if e.kind == "token":
+                    text = scan.feed(e.text)
+                    if scan.hit:
+                        req.cancel()
+                    if text:
+                        out.append(Event("token", e.token, text))
+                    continue
+                tail = scan.rest()
+                if tail:
+                    out.append(Event("token", -1, tail))
+                out.append(Event("done", finish_reason="stop", stats=e.stats) if scan.hit else e)
+            if out:
+                yield out
+
+    async def _collect(self, request: Any, req: Any, q: _Feed, stops: list[str]) -> tuple[list[str], Event]:
         """Every token of a non-streamed reply; cancels the generation if the client goes away."""
         async def watch() -> None:
             while not await request.is_disconnected():
@@ -219,7 +246,10 @@ class App:
         # (a request then hung once in ~60 here, its "done" event gone).
         watcher = asyncio.ensure_future(watch())
         try:
-            events = await q.take()     # all of them: this feed wakes us for the last one only
+            if stops:
+                events = [e async for batch in self._events(q, req, stops) for e in batch]
+            else:
+                events = await q.take()     # all of them: this feed wakes us for the last one only
             return [e.text for e in events[:-1]], events[-1]
         finally:
             watcher.cancel()
@@ -285,15 +315,16 @@ class App:
                 self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking))
         except ConfigError as e:
             raise BadRequest(e.message) from None
-        req, q = self._submit(ids, sampling, prefix_len, body.stream, body.ignore_eos)
+        stops = body.stops
+        req, q = self._submit(ids, sampling, prefix_len, body.stream or bool(stops), body.ignore_eos)
         try:
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             base = {"id": rid, "created": created, "model": self.s.model}
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._chat_sse(req, q, base, usage), media_type="text/event-stream",
+                return StreamingResponse(self._chat_sse(req, q, base, usage, stops), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})
-            texts, done = await self._collect(request, req, q)
+            texts, done = await self._collect(request, req, q, stops)
         except BaseException:
             req.cancel()      # nothing will read it: free the slot at the next engine step
             raise
@@ -315,7 +346,8 @@ class App:
             return "error"
         return "tool_calls" if reply.tool_calls and done.finish_reason == "stop" else done.finish_reason
 
-    async def _chat_sse(self, req: Any, q: _Feed, base: dict[str, Any], usage: bool) -> AsyncIterator[str]:
+    async def _chat_sse(self, req: Any, q: _Feed, base: dict[str, Any], usage: bool,
+                        stops: list[str]) -> AsyncIterator[str]:
         head = {**base, "object": "chat.completion.chunk"}
 
         def chunk(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
@@ -329,7 +361,7 @@ class App:
         split = StreamSplitter()
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for batch in q.stream():
+            async for batch in self._events(q, req, stops):
                 e = batch[-1]
                 pieces = split.feed("".join(x.text for x in batch if x.kind == "token"))
                 out = []
@@ -364,7 +396,8 @@ class App:
         # /completion parses them): special tokens are parsed here, unlike chat messages.
         ids = await asyncio.get_running_loop().run_in_executor(
             self.pool, self.s.engine.tokenize, prompt if prompt.startswith(bos) else bos + prompt)
-        req, q = self._submit(ids, sampling, 0, body.stream, body.ignore_eos)
+        stops = body.stops
+        req, q = self._submit(ids, sampling, 0, body.stream or bool(stops), body.ignore_eos)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.s.model}
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -373,7 +406,7 @@ class App:
                 write = _sse_writer({**base, "object": "text_completion", "choices": [
                     {"index": 0, "text": TEXT, "finish_reason": None}]})
                 try:
-                    async for batch in q.stream():
+                    async for batch in self._events(q, req, stops):
                         e = batch[-1]
                         text = "".join(x.text for x in batch if x.kind == "token")
                         if text:
@@ -389,7 +422,7 @@ class App:
                     self.live.pop(id(req), None)
             return StreamingResponse(sse(), media_type="text/event-stream")
         try:
-            texts, done = await self._collect(request, req, q)
+            texts, done = await self._collect(request, req, q, stops)
         finally:
             req.cancel()
             self.live.pop(id(req), None)

@@ -407,7 +407,7 @@ def test_min_p_is_applied(server, model):
 
 @pytest.mark.parametrize("kw,name", [({"n": 3}, "n"), ({"logprobs": True}, "logprobs"),
                                      ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
-                                      "tool_choice"), ({"stop": ["."]}, "stop")])
+                                      "tool_choice")])
 def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
     import openai
 
@@ -512,3 +512,26 @@ def test_response_format_is_grammar_constrained(server, model, seed):
     assert set(got) == {"ok", "city"} and isinstance(got["ok"], bool) and got["city"] in ("Paris", "Rome")
     text, finish = _stream_text(c, **kw)
     assert (json.loads(text), finish) == (got, "stop")
+
+
+def test_stop_sequences_cut_the_reply(server, model):
+    """The greedy reply cut before the first occurrence of a piece of its own middle, whole or streamed,
+    chat and completions; the generation ends there (fewer tokens)."""
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
+    full = c.chat.completions.create(**kw)
+    text = full.choices[0].message.content
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    want = text[:text.find(stop)]
+    r = c.chat.completions.create(**kw, stop=[stop, "never appears"])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
+    assert r.usage.completion_tokens < full.usage.completion_tokens
+    assert _stream_text(c, **kw, stop=stop) == (want, "stop")
+    p = dict(model=model, prompt="The quick brown fox", max_tokens=24, temperature=0)
+    whole = c.completions.create(**p).choices[0].text
+    cut = whole[len(whole) // 2:len(whole) // 2 + 2]
+    r = c.completions.create(**p, stop=cut)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (whole[:whole.find(cut)], "stop")
+    streamed = list(c.completions.create(**p, stop=cut, stream=True))
+    assert "".join(x.choices[0].text for x in streamed if x.choices) == whole[:whole.find(cut)]
+    assert [x.choices[0].finish_reason for x in streamed if x.choices][-1] == "stop"
