@@ -171,7 +171,7 @@ class Sampled(_Strict):
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     # llama.cpp takes -1 for "random"; any other value is reduced to 32 bits, as both engines seed with them
     seed: Optional[int] = Field(None, ge=-1, lt=1 << 64)
-    n: Optional[int] = Field(None, ge=1)
+    n: Optional[int] = Field(None, ge=1, le=128)   # as OpenAI; the App bounds it by slots + queue
     ignore_eos: bool = False
     stop: Union[None, str, list[str]] = None
     frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
@@ -203,8 +203,6 @@ class Sampled(_Strict):
         """(field, why) for each option given that this server does not implement: a 400 rather than
         an option silently ignored."""
         out = []
-        if self.n not in (None, 1):
-            out.append(("n", "one choice per request is generated here; send n requests (or n: 1)"))
         if self.frequency_penalty or self.presence_penalty:
             out.append(("frequency_penalty" if self.frequency_penalty else "presence_penalty",
                         "penalties are not implemented; leave them 0"))
@@ -257,6 +255,8 @@ class CompletionRequest(Sampled):
         out = super().refused()
         if self.logprobs:
             out.append(("logprobs", "log-probabilities are not returned by this server"))
+        if self.n not in (None, 1):
+            out.append(("n", "one choice per completions request; chat completions take n"))
         if self.echo:
             out.append(("echo", "echo is not implemented"))
         if self.best_of not in (None, 1):

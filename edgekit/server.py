@@ -20,7 +20,6 @@ take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ import uuid
 from typing import Any, AsyncIterator, Optional
 
 from .chat import StopScanner, StreamSplitter, parse_reply
+from .serve_feed import TEXT, _Feed, _sse_writer  # noqa: F401  (TEXT, _sse_writer: tests)
 from .errors import ConfigError, EdgekitError
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .runners import ENGINES
@@ -42,10 +42,6 @@ from .session import Session, peak_rss_bytes
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
-# After sending a chunk, a stream lets this much pass on the loop's own timer before it takes the tokens
-# that arrived meanwhile (see _Feed). Far below a token of E2B on a Pi (≈100 ms): only a model faster
-# than 250 t/s has tokens to put together; the first token is never held.
-COALESCE_S = 0.004
 
 
 class BadRequest(Exception):
@@ -71,73 +67,6 @@ def _sampling(req: Any, n_vocab: int) -> Sampling:
     return Sampling(max_tokens=256 if cap is None else cap,
                     temperature=1.0 if req.temperature is None else req.temperature, seed=seed,
                     top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0)
-
-
-def _resolve(w: "asyncio.Future[None]") -> None:
-    if not w.done():
-        w.set_result(None)
-
-
-class _Feed:
-    """One request's events, from the engine thread to the coroutine answering it.
-
-    Not an asyncio.Queue fed by ``call_soon_threadsafe`` per token: on the tiny model (≈2.6 ms a token
-    with one thread) that hand-off was 13.5% of the engine thread's samples (py-spy): the self-pipe write
-    releases the GIL to the loop it wakes, and the engine waits for the loop's Python before its next
-    decode. Here the engine appends to a deque and wakes the loop only when the coroutine waits on an
-    empty feed (``eager``), or only for the last event (not eager: a reply sent whole needs nothing
-    before it)."""
-
-    def __init__(self, eager: bool = True):
-        self.loop = asyncio.get_running_loop()
-        self.eager = eager
-        self.items: "collections.deque[Event]" = collections.deque()
-        self.lock = threading.Lock()
-        self.waiter: "Optional[asyncio.Future[None]]" = None
-
-    def put(self, e: Event) -> None:
-        """Engine thread."""
-        with self.lock:
-            self.items.append(e)
-            w = self.waiter if self.eager or e.kind == "done" else None
-            if w is not None:
-                self.waiter = None
-        if w is not None:
-            try:
-                self.loop.call_soon_threadsafe(_resolve, w)
-            except RuntimeError:   # the loop has closed (shutdown): nobody is waiting any more
-                pass
-
-    async def take(self) -> list[Event]:
-        """Every event that has arrived (at least one), in order."""
-        while True:
-            with self.lock:
-                if self.items and (self.eager or self.items[-1].kind == "done"):
-                    out = list(self.items)
-                    self.items.clear()
-                    return out
-                w = self.waiter = self.loop.create_future()
-            await w
-
-    async def stream(self) -> AsyncIterator[list[Event]]:
-        """Batches of events, the last ending with "done"; after each, COALESCE_S for more to arrive."""
-        while True:
-            batch = await self.take()
-            yield batch
-            if batch[-1].kind == "done":
-                return
-            await asyncio.sleep(COALESCE_S)
-
-
-TEXT = "\0"   # where _sse_writer's document takes the text
-
-
-def _sse_writer(doc: dict[str, Any]) -> Any:
-    """``text -> SSE event`` of ``doc`` with the text at TEXT, the JSON around it serialized once per
-    request (byte for byte what json.dumps of the whole document writes)."""
-    pre, post = json.dumps(doc, ensure_ascii=False).split('"\\u0000"')
-    pre, post = "data: " + pre, post + "\n\n"
-    return lambda text: pre + json.dumps(text, ensure_ascii=False) + post
 
 
 class App:
@@ -235,6 +164,22 @@ class App:
             if out:
                 yield out
 
+    def _submit_n(self, n: int, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
+                  ignore_eos: bool) -> list[tuple[Any, _Feed]]:
+        """``n`` choices: n requests, the i-th seeded seed + i (n equal replies at temperature 0, as
+        OpenAI's); all or none: a full queue part-way cancels those already in."""
+        subs: list[tuple[Any, _Feed]] = []
+        try:
+            for i in range(n):
+                sub = Sampling(**{**sampling.__dict__, "seed": (sampling.seed + i) & 0xFFFFFFFF})
+                subs.append(self._submit(ids, sub, prefix_len, stream, ignore_eos))
+        except BaseException:
+            for r, _ in subs:
+                r.cancel()
+                self.live.pop(id(r), None)
+            raise
+        return subs
+
     async def _collect(self, request: Any, req: Any, q: _Feed, stops: list[str]) -> tuple[list[str], Event]:
         """Every token of a non-streamed reply; cancels the generation if the client goes away."""
         async def watch() -> None:
@@ -255,9 +200,11 @@ class App:
             watcher.cancel()
 
     @staticmethod
-    def _usage(stats: dict[str, Any]) -> dict[str, Any]:
-        return {"prompt_tokens": stats.get("prompt_tokens", 0), "completion_tokens": stats.get("completion_tokens", 0),
-                "total_tokens": stats.get("prompt_tokens", 0) + stats.get("completion_tokens", 0),
+    def _usage(stats: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's usage: the prompt once, the completion tokens of every choice (``n``) together."""
+        done = stats.get("completion_tokens", 0) + sum(m.get("completion_tokens", 0) for m in more)
+        return {"prompt_tokens": stats.get("prompt_tokens", 0), "completion_tokens": done,
+                "total_tokens": stats.get("prompt_tokens", 0) + done,
                 "prompt_tokens_details": {"cached_tokens": stats.get("cached_tokens", 0)}}
 
     # -- routes
@@ -316,29 +263,37 @@ class App:
         except ConfigError as e:
             raise BadRequest(e.message) from None
         stops = body.stops
-        req, q = self._submit(ids, sampling, prefix_len, body.stream or bool(stops), body.ignore_eos)
+        room = len(self.s.engine.slots) + getattr(self.s.engine, "max_queue", 0)
+        if (body.n or 1) > room:
+            raise BadRequest(f"n: at most {room} choices on this server (--parallel + --queue), got {body.n}")
+        subs = self._submit_n(body.n or 1, ids, sampling, prefix_len, body.stream or bool(stops), body.ignore_eos)
         try:
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             base = {"id": rid, "created": created, "model": self.s.model}
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._chat_sse(req, q, base, usage, stops), media_type="text/event-stream",
+                return StreamingResponse(self._chat_sse(subs, base, usage, stops), media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache"})
-            texts, done = await self._collect(request, req, q, stops)
+            results = await asyncio.gather(*(self._collect(request, r, q, stops) for r, q in subs))
         except BaseException:
-            req.cancel()      # nothing will read it: free the slot at the next engine step
+            for r, _ in subs:
+                r.cancel()    # nothing will read it: free the slot at the next engine step
             raise
         finally:
             if not body.stream:
-                self.live.pop(id(req), None)
-        reply = parse_reply("".join(texts))
-        msg: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
-        if reply.reasoning:
-            msg["reasoning_content"] = reply.reasoning
-        if reply.tool_calls:
-            msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}")
-        return JSONResponse({**base, "object": "chat.completion", "usage": self._usage(done.stats),
-                             "choices": [{"index": 0, "message": msg, "finish_reason": self._reason(done, reply)}]})
+                for r, _ in subs:
+                    self.live.pop(id(r), None)
+        choices = []
+        for i, (texts, done) in enumerate(results):
+            reply = parse_reply("".join(texts))
+            msg: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
+            if reply.reasoning:
+                msg["reasoning_content"] = reply.reasoning
+            if reply.tool_calls:
+                msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}{i or ''}")
+            choices.append({"index": i, "message": msg, "finish_reason": self._reason(done, reply)})
+        return JSONResponse({**base, "object": "chat.completion", "choices": choices,
+                             "usage": self._usage(*(done.stats for _, done in results))})
 
     @staticmethod
     def _reason(done: Event, reply: Any) -> str:
@@ -346,44 +301,78 @@ class App:
             return "error"
         return "tool_calls" if reply.tool_calls and done.finish_reason == "stop" else done.finish_reason
 
-    async def _chat_sse(self, req: Any, q: _Feed, base: dict[str, Any], usage: bool,
+    async def _chat_sse(self, subs: list[tuple[Any, _Feed]], base: dict[str, Any], usage: bool,
                         stops: list[str]) -> AsyncIterator[str]:
+        """The stream of every choice (``n`` > 1: their chunks interleaved as they come), then usage and
+        [DONE]."""
         head = {**base, "object": "chat.completion.chunk"}
+        stats: list[dict[str, Any]] = [{} for _ in subs]
+        try:
+            if len(subs) == 1:
+                async for text in self._choice_sse(0, *subs[0], head, stops, stats):
+                    yield text
+            else:
+                merged: "asyncio.Queue[Optional[str]]" = asyncio.Queue()
 
-        def chunk(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
-            return "data: " + json.dumps({**head, **extra, "choices": [
-                {"index": 0, "delta": delta, "finish_reason": finish}]}, ensure_ascii=False) + "\n\n"
+                async def pump(i: int) -> None:
+                    try:
+                        async for text in self._choice_sse(i, *subs[i], head, stops, stats):
+                            await merged.put(text)
+                    finally:
+                        await merged.put(None)
+
+                tasks = [asyncio.ensure_future(pump(i)) for i in range(len(subs))]
+                try:
+                    left = len(subs)
+                    while left:
+                        text = await merged.get()
+                        if text is None:
+                            left -= 1
+                        else:
+                            yield text
+                finally:
+                    for t in tasks:
+                        t.cancel()
+            tail = ""
+            if usage:
+                tail = "data: " + json.dumps({**head, "choices": [], "usage": self._usage(*stats)}) + "\n\n"
+            yield tail + "data: [DONE]\n\n"
+        finally:
+            for r, _ in subs:
+                r.cancel()    # a disconnect closes this generator mid-stream: free the slots
+                self.live.pop(id(r), None)
+
+    async def _choice_sse(self, index: int, req: Any, q: _Feed, head: dict[str, Any], stops: list[str],
+                          stats: list[dict[str, Any]]) -> AsyncIterator[str]:
+        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> str:
+            return "data: " + json.dumps({**head, "choices": [
+                {"index": index, "delta": delta, "finish_reason": finish}]}, ensure_ascii=False) + "\n\n"
 
         # The tokens that arrived together go out as one delta per run of content (or of thinking):
         # joined, they are the text the tokens one by one would have given.
-        write = {kind: _sse_writer({**head, "choices": [{"index": 0, "delta": {key: TEXT}, "finish_reason": None}]})
+        write = {kind: _sse_writer({**head, "choices": [{"index": index, "delta": {key: TEXT}, "finish_reason": None}]})
                  for kind, key in (("content", "content"), ("reasoning", "reasoning_content"))}
         split = StreamSplitter()
-        try:
-            yield chunk({"role": "assistant", "content": ""})
-            async for batch in self._events(q, req, stops):
-                e = batch[-1]
-                pieces = split.feed("".join(x.text for x in batch if x.kind == "token"))
-                out = []
-                for i, (kind, text) in enumerate(pieces):
-                    if i and pieces[i - 1][0] == kind:
-                        out[-1] = (kind, out[-1][1] + text)
-                    else:
-                        out.append((kind, text))
-                if out:
-                    yield "".join(write[kind](text) for kind, text in out)
-            tail = [write[kind](text) for kind, text in split.rest()]
-            reply = split.finish()
-            if reply.tool_calls:
-                calls = reply.openai_tool_calls(f"call_{base['id'][-8:]}")
-                tail.append(chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
-            tail.append(chunk({}, self._reason(e, reply)))
-            if usage:
-                tail.append("data: " + json.dumps({**head, "choices": [], "usage": self._usage(e.stats)}) + "\n\n")
-            yield "".join(tail) + "data: [DONE]\n\n"
-        finally:
-            req.cancel()  # a disconnect closes this generator mid-stream: free the slot
-            self.live.pop(id(req), None)
+        yield chunk({"role": "assistant", "content": ""})
+        async for batch in self._events(q, req, stops):
+            e = batch[-1]
+            pieces = split.feed("".join(x.text for x in batch if x.kind == "token"))
+            out = []
+            for i, (kind, text) in enumerate(pieces):
+                if i and pieces[i - 1][0] == kind:
+                    out[-1] = (kind, out[-1][1] + text)
+                else:
+                    out.append((kind, text))
+            if out:
+                yield "".join(write[kind](text) for kind, text in out)
+        tail = [write[kind](text) for kind, text in split.rest()]
+        reply = split.finish()
+        if reply.tool_calls:
+            calls = reply.openai_tool_calls(f"call_{head['id'][-8:]}{index or ''}")
+            tail.append(chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
+        tail.append(chunk({}, self._reason(e, reply)))
+        stats[index] = e.stats
+        yield "".join(tail)
 
     async def completions(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse

@@ -405,7 +405,7 @@ def test_min_p_is_applied(server, model):
     assert hot.choices[0].message.content == greedy.choices[0].message.content
 
 
-@pytest.mark.parametrize("kw,name", [({"n": 3}, "n"), ({"logprobs": True}, "logprobs"),
+@pytest.mark.parametrize("kw,name", [({"n": 13}, "n"), ({"logprobs": True}, "logprobs"),
                                      ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
                                       "tool_choice")])
 def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
@@ -535,3 +535,24 @@ def test_stop_sequences_cut_the_reply(server, model):
     streamed = list(c.completions.create(**p, stop=cut, stream=True))
     assert "".join(x.choices[0].text for x in streamed if x.choices) == whole[:whole.find(cut)]
     assert [x.choices[0].finish_reason for x in streamed if x.choices][-1] == "stop"
+
+
+def test_n_choices(server, model):
+    """n requests in one: seeded seed + i (the i-th choice is the single request with that seed), at
+    temperature 0 all alike; streamed chunks carry their index; usage counts every choice."""
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=12, temperature=1.2)
+    r = c.chat.completions.create(**kw, seed=40, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    alone = [c.chat.completions.create(**kw, seed=40 + i).choices[0].message.content for i in range(3)]
+    assert [ch.message.content for ch in r.choices] == alone and len(set(alone)) == 3
+    assert r.usage.completion_tokens == 36
+    chunks = list(c.chat.completions.create(**kw, seed=40, n=3, stream=True, stream_options={"include_usage": True}))
+    texts = {i: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
+             for i in range(3)}
+    assert [texts[i] for i in range(3)] == alone and chunks[-1].usage.completion_tokens == 36
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == ["length"] * 3
+    greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, temperature=0, n=2)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    assert server.health()["busy"] == 0

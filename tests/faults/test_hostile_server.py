@@ -152,7 +152,9 @@ MALFORMED = [
     (chat(max_tokens=1.5), "max_tokens"),
     (chat(max_tokens=True), "max_tokens"),
     (chat(max_completion_tokens=-3), "max_completion_tokens"),
-    (chat(n=3), "n"),
+    (chat(n=4), "n"),             # this server: --parallel 1 + --queue 2
+    (chat(n=0), "n"),
+    (json.dumps({"prompt": "hi", "n": 2}).encode(), "n"),
     (chat(logprobs=True), "logprobs"),
     (chat(top_logprobs=2), "top_logprobs"),
     (chat(response_format={"type": "json_schema"}), "response_format"),
