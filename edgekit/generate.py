@@ -56,6 +56,7 @@ class Sampling:
     top_k: int = 0                 # 0: off
     min_p: float = 0.0             # 0: off
     grammar: str = ""              # GBNF the reply must match (llama.cpp); "": free text
+    logprobs: int = -1             # -1: none; N >= 0: each token's log-probability and the N likeliest
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Event:
     text: str = ""
     finish_reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    logprob: Any = None            # (logprob, [(token id, logprob), ...]) when the request asked (Sampling.logprobs)
 
 
 @dataclass
@@ -183,7 +185,7 @@ class _Scheduler:
         while not self.waiting.empty():
             self.waiting.get_nowait().on_event(Event("done", finish_reason="cancelled"))
 
-    def _emit(self, slot: _Slot, tok: int, piece: bytes) -> Optional[str]:
+    def _emit(self, slot: _Slot, tok: int, piece: bytes, logprob: Any = None) -> Optional[str]:
         """Send the token; the finish reason when the request is complete after it."""
         req = slot.req
         now = time.perf_counter()
@@ -192,7 +194,7 @@ class _Scheduler:
         if tok in req.stop_ids:
             return "stop"
         slot.n_gen += 1
-        req.on_event(Event("token", token=tok, text=slot.utf8.decode(piece)))
+        req.on_event(Event("token", token=tok, text=slot.utf8.decode(piece), logprob=logprob))
         if slot.n_gen >= req.sampling.max_tokens or len(req.prompt) + slot.n_gen >= self.n_ctx:
             return "length"
         return None
@@ -213,6 +215,7 @@ class _Scheduler:
 
 
 class LlamaEngine(_Scheduler):
+    logprobs_supported = True     # the logits of each sampled row are at hand (MLX: not wired)
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
                  prefix_file: Optional[Path] = None, prefix_key: str = ""):
         super().__init__(slots, max_queue)
@@ -368,9 +371,22 @@ class LlamaEngine(_Scheduler):
         for s, row in rows:
             tok = L.llama_sampler_sample(s.smpl, self.ctx, row)
             s.last = tok
-            reason = self._emit(s, tok, self.piece(tok))
+            lp = self._logprob(row, tok, s.req.sampling.logprobs) if s.req.sampling.logprobs >= 0 else None
+            reason = self._emit(s, tok, self.piece(tok), lp)
             if reason:
                 self._finish(s, reason)
+
+    def _logprob(self, row: int, tok: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """The model's log-probability of ``tok`` at batch row ``row`` (log-softmax of its logits, before
+        the sampler's temperature, top-k and top-p, as OpenAI reports them) and the ``top`` likeliest."""
+        import numpy as np
+
+        x = np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)).astype(np.float64)
+        m = x.max()
+        lp = x - (m + np.log(np.exp(x - m).sum()))
+        best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
+        best = best[np.argsort(-lp[best], kind="stable")]
+        return float(lp[tok]), [(int(i), float(lp[i])) for i in best]
 
     def _put(self, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch

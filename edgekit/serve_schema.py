@@ -225,8 +225,8 @@ class ChatRequest(Sampled):
 
     def refused(self) -> list[tuple[str, str]]:
         out = super().refused()
-        if self.logprobs or self.top_logprobs:
-            out.append(("logprobs" if self.logprobs else "top_logprobs", "log-probabilities are not returned by this server"))
+        if self.top_logprobs is not None and not self.logprobs:
+            out.append(("top_logprobs", "needs logprobs: true"))
         if self.tool_choice not in (None, "auto", "none"):
             out.append(("tool_choice", "only \"auto\" and \"none\" are honoured: the model chooses whether to "
                                        "call a tool"))

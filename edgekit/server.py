@@ -155,7 +155,7 @@ class App:
                     if scan.hit:
                         req.cancel()
                     if text:
-                        out.append(Event("token", e.token, text))
+                        out.append(Event("token", e.token, text, logprob=e.logprob))
                     continue
                 tail = scan.rest()
                 if tail:
@@ -163,6 +163,16 @@ class App:
                 out.append(Event("done", finish_reason="stop", stats=e.stats) if scan.hit else e)
             if out:
                 yield out
+
+    def _logprobs(self, tokens: list[Event]) -> dict[str, Any]:
+        """OpenAI's ``logprobs.content``: each generated token (thinking and tool-call markup included:
+        the engine does not tell them apart) with the model's log-probability and the likeliest others."""
+        def one(tok: int, lp: float) -> dict[str, Any]:
+            raw = self.s.engine.piece(tok)
+            return {"token": raw.decode("utf-8", "replace"), "logprob": lp, "bytes": list(raw)}
+
+        return {"content": [{**one(e.token, e.logprob[0]), "top_logprobs": [one(t, lp) for t, lp in e.logprob[1]]}
+                            for e in tokens if e.logprob is not None and e.token >= 0]}
 
     def _submit_n(self, n: int, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
                   ignore_eos: bool) -> list[tuple[Any, _Feed]]:
@@ -180,7 +190,7 @@ class App:
             raise
         return subs
 
-    async def _collect(self, request: Any, req: Any, q: _Feed, stops: list[str]) -> tuple[list[str], Event]:
+    async def _collect(self, request: Any, req: Any, q: _Feed, stops: list[str]) -> tuple[list[Event], Event]:
         """Every token of a non-streamed reply; cancels the generation if the client goes away."""
         async def watch() -> None:
             while not await request.is_disconnected():
@@ -195,7 +205,7 @@ class App:
                 events = [e async for batch in self._events(q, req, stops) for e in batch]
             else:
                 events = await q.take()     # all of them: this feed wakes us for the last one only
-            return [e.text for e in events[:-1]], events[-1]
+            return events[:-1], events[-1]
         finally:
             watcher.cancel()
 
@@ -253,6 +263,11 @@ class App:
         except Invalid as e:
             raise BadRequest(str(e)) from None
         sampling = _sampling(body, self.s.engine.n_vocab)
+        if body.logprobs:
+            if not getattr(self.s.engine, "logprobs_supported", False):
+                raise BadRequest(f"logprobs: not available on the {self.s.engine_name or 'this'} engine",
+                                 code="unsupported_parameter")
+            sampling.logprobs = body.top_logprobs or 0
         if body.response_format is not None and body.response_format.type != "text":
             sampling.grammar = await asyncio.get_running_loop().run_in_executor(self.pool, self._grammar, body)
         messages = [m.plain() for m in body.messages]
@@ -284,14 +299,15 @@ class App:
                 for r, _ in subs:
                     self.live.pop(id(r), None)
         choices = []
-        for i, (texts, done) in enumerate(results):
-            reply = parse_reply("".join(texts))
+        for i, (tokens, done) in enumerate(results):
+            reply = parse_reply("".join(e.text for e in tokens))
             msg: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
             if reply.reasoning:
                 msg["reasoning_content"] = reply.reasoning
             if reply.tool_calls:
                 msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}{i or ''}")
-            choices.append({"index": i, "message": msg, "finish_reason": self._reason(done, reply)})
+            choices.append({"index": i, "message": msg, "finish_reason": self._reason(done, reply),
+                            **({"logprobs": self._logprobs(tokens)} if body.logprobs else {})})
         return JSONResponse({**base, "object": "chat.completion", "choices": choices,
                              "usage": self._usage(*(done.stats for _, done in results))})
 
@@ -344,9 +360,9 @@ class App:
 
     async def _choice_sse(self, index: int, req: Any, q: _Feed, head: dict[str, Any], stops: list[str],
                           stats: list[dict[str, Any]]) -> AsyncIterator[str]:
-        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> str:
+        def chunk(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
             return "data: " + json.dumps({**head, "choices": [
-                {"index": index, "delta": delta, "finish_reason": finish}]}, ensure_ascii=False) + "\n\n"
+                {"index": index, "delta": delta, "finish_reason": finish, **extra}]}, ensure_ascii=False) + "\n\n"
 
         # The tokens that arrived together go out as one delta per run of content (or of thinking):
         # joined, they are the text the tokens one by one would have given.
@@ -365,6 +381,8 @@ class App:
                     out.append((kind, text))
             if out:
                 yield "".join(write[kind](text) for kind, text in out)
+            if req.sampling.logprobs >= 0 and any(x.logprob is not None for x in batch):
+                yield chunk({}, logprobs=self._logprobs([x for x in batch if x.kind == "token"]))
         tail = [write[kind](text) for kind, text in split.rest()]
         reply = split.finish()
         if reply.tool_calls:
@@ -411,12 +429,13 @@ class App:
                     self.live.pop(id(req), None)
             return StreamingResponse(sse(), media_type="text/event-stream")
         try:
-            texts, done = await self._collect(request, req, q, stops)
+            tokens, done = await self._collect(request, req, q, stops)
         finally:
             req.cancel()
             self.live.pop(id(req), None)
         return JSONResponse({**base, "object": "text_completion", "usage": self._usage(done.stats),
-                             "choices": [{"index": 0, "text": "".join(texts), "finish_reason": done.finish_reason}]})
+                             "choices": [{"index": 0, "text": "".join(e.text for e in tokens),
+                                          "finish_reason": done.finish_reason}]})
 
 
 def make_app(session: Session, policy: Optional[Policy] = None, strict_model: bool = False,

@@ -405,7 +405,7 @@ def test_min_p_is_applied(server, model):
     assert hot.choices[0].message.content == greedy.choices[0].message.content
 
 
-@pytest.mark.parametrize("kw,name", [({"n": 13}, "n"), ({"logprobs": True}, "logprobs"),
+@pytest.mark.parametrize("kw,name", [({"n": 13}, "n"), ({"top_logprobs": 2}, "top_logprobs"),
                                      ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
                                       "tool_choice")])
 def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
@@ -556,3 +556,30 @@ def test_n_choices(server, model):
     greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, temperature=0, n=2)
     assert greedy.choices[0].message.content == greedy.choices[1].message.content
     assert server.health()["busy"] == 0
+
+
+def test_logprobs(server, model):
+    """Each token's log-probability under the model (log-softmax of its logits) and the likeliest others:
+    greedy picks the first of them; a seeded hot sample is never likelier than it; each list is a
+    distribution's top (sorted, at most probability 1 together); the tokens spell the reply."""
+    import math
+
+    c = server.client()
+    for kw in (dict(temperature=0), dict(temperature=1.5, seed=3)):
+        r = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, logprobs=True, top_logprobs=4, **kw)
+        content = r.choices[0].logprobs.content
+        assert len(content) == r.usage.completion_tokens == 16
+        assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == r.choices[0].message.content
+        for t in content:
+            tops = [x.logprob for x in t.top_logprobs]
+            assert len(tops) == 4 and tops == sorted(tops, reverse=True) and all(lp <= 0 for lp in tops)
+            assert sum(math.exp(lp) for lp in tops) <= 1 + 1e-9
+            assert t.logprob <= tops[0] + 1e-12
+            if kw["temperature"] == 0:
+                assert (t.token, t.logprob) == (t.top_logprobs[0].token, tops[0])
+    streamed = list(c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0,
+                                              logprobs=True, top_logprobs=2, stream=True))
+    got = [t for ch in streamed if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    whole = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True,
+                                      top_logprobs=2).choices[0].logprobs.content
+    assert [(t.token, round(t.logprob, 6)) for t in got] == [(t.token, round(t.logprob, 6)) for t in whole]

@@ -155,7 +155,8 @@ MALFORMED = [
     (chat(n=4), "n"),             # this server: --parallel 1 + --queue 2
     (chat(n=0), "n"),
     (json.dumps({"prompt": "hi", "n": 2}).encode(), "n"),
-    (chat(logprobs=True), "logprobs"),
+    (chat(logprobs=True, top_logprobs=21), "top_logprobs"),
+    (chat(logprobs="yes"), "logprobs"),
     (chat(top_logprobs=2), "top_logprobs"),
     (chat(response_format={"type": "json_schema"}), "response_format"),
     (chat(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "frobnicate"}}}),
@@ -399,6 +400,8 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
         hostile = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": INJECTION}], max_tokens=1))[1])
         # the injection string as text: many more prompt tokens than its 4 markers would be
         assert hostile["usage"]["prompt_tokens"] - benign["usage"]["prompt_tokens"] > 10
+        code, out, _ = post(s, "/v1/chat/completions", chat(logprobs=True))
+        assert code == 400 and json.loads(out)["error"]["message"] == "logprobs: not available on the mlx engine"
         code, out, _ = post(s, "/v1/chat/completions", chat(response_format={"type": "json_object"}))
         assert code == 400 and json.loads(out)["error"]["message"].startswith("response_format: json_object needs grammar")
         good(s)
