@@ -20,6 +20,7 @@ take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import math
@@ -490,9 +491,8 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
         sock.listen(128)
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}"
-                          + ("; another server holds the port (choose another with --port)"
-                             if e.errno == 98 else "")) from None
+        what = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror or e})"
+        raise ConfigError(f"port {port} on {host} {what}; pass another --port") from None
     sock.set_inheritable(True)
     return sock
 

@@ -56,7 +56,7 @@ def test_a_busy_port_is_one_line(dist):
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         r = cli("serve", str(dist), "--port", str(s.getsockname()[1]), *THREADS, timeout=60)
-    one_line_error(r, "cannot listen on 127.0.0.1:", "another server holds the port")
+    one_line_error(r, "on 127.0.0.1 is in use (another server?); pass another --port")
 
 
 def _raw_stream(port, body: dict, timeout=60) -> tuple[socket.socket, bytes]:
