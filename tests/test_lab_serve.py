@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from edgekit.cli import app
 from edgekit.lab.inventory import load_inventory
 from edgekit.lab.serve import launchd_plist, stop_served, systemd_unit
-from edgekit.manifest import read_manifest
+from edgekit.builder.manifest import read_manifest
 from edgekit.results import Store, parse_markdown
 from serve_fixture import free_port
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
@@ -31,7 +31,7 @@ EDGEKIT = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "edgekit.cli"]
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -157,7 +157,7 @@ def test_deploy_serve_refuses_an_open_bind_without_a_key(sshd, dist, tmp_path): 
 def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(sshd, dist, tmp_path):  # noqa: F811
     """Loopback by default, with the key shipped; a redeploy never leaves the port unanswered; a new
     server that fails leaves the old one serving; a foreign server on the port is not taken for ours."""
-    from edgekit.errors import LabError
+    from edgekit.core.errors import LabError
     from edgekit.lab.serve import deploy_served
 
     work = tmp_path / "device"

@@ -33,7 +33,7 @@ RSS_BOUND = 48 << 20
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -329,7 +329,7 @@ def test_injection_string_is_served_as_text(server):
 
 @pytest.fixture(scope="module")
 def session(dist):
-    from edgekit.session import open_session
+    from edgekit.serve.session import open_session
 
     s = open_session(dist, ctx=512, threads=1)
     yield s
@@ -337,7 +337,7 @@ def session(dist):
 
 
 def _control(session, ids):
-    from edgekit.generate import L_ATTR_CONTROL
+    from edgekit.serve.generate import L_ATTR_CONTROL
 
     e = session.engine
     return [i for i in ids if e.L.llama_vocab_get_attr(e.vocab, i) & L_ATTR_CONTROL]
@@ -383,7 +383,7 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
     """top_k past the vocabulary and seeds outside 32 bits failed inside mlx and came back as HTTP 200
     with finish_reason "error"; now: a 400 for the first, the seed reduced as llama.cpp's is."""
     pytest.importorskip("mlx.core", reason="MLX tests need edgekit[mlx]")
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     dist = build(str(tiny_ckpt), target="m2", quants=["mlx-4bit"], out=tmp_path / "dist")
     s = start_server(dist, tmp_path / "log", "--ctx", "512", *LIMITS)

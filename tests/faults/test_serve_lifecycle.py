@@ -21,7 +21,7 @@ SYSTEM = "You are a terse assistant. Answer in one line."
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -106,7 +106,7 @@ def _chat(s):
 
 
 def test_prefix_cache_round_trip_is_keyed_by_the_artifact(dist, tmp_path):
-    from edgekit.manifest import read_manifest
+    from edgekit.builder.manifest import read_manifest
 
     cache = tmp_path / "prefix.bin"
     s = start_server(dist, tmp_path / "log1", "--ctx", "512", "--prefix-cache", str(cache), *THREADS)
