@@ -259,7 +259,7 @@ def test_mlx_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
 
 def _fails(tmp_path, tiny_ckpt, *args):
     out = tmp_path / "out"
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f32", "-o", str(out), *args])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f32", "--out", str(out), *args])
     assert res.exit_code == 1, res.output
     assert not out.exists()   # every check runs before the output folder is made
     return res.stderr
@@ -409,7 +409,7 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
     # iq4_xs-edge-lean keeps 65,536 tokens; the tiny model has 1,024: nothing to trim, so the recipe is
     # left out with one warning and a manifest entry, never built as a "lean" copy of the full model.
     caplog.set_level("WARNING", logger="edgekit")
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean,q8_0", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean,q8_0", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     folder = tmp_path / "tiny-gemma4" / "pi5"
     m = json.loads((folder / "manifest.json").read_text())
@@ -421,7 +421,7 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
 
 
 def test_only_no_op_lean_recipes_is_one_line(tmp_path, tiny_ckpt):
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "-o", str(tmp_path / "out")])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "--out", str(tmp_path / "out")])
     assert res.exit_code == 1 and not (tmp_path / "out").exists()
     assert res.stderr == ("edgekit: error: iq4_xs-edge-lean: the model's vocabulary of 1024 tokens is already within "
                           "the recipe's vocab, so there is nothing to trim; build the full-vocabulary recipe instead "
