@@ -9,6 +9,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .calibration import calibration
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, ConversionError, EdgekitError
 from .formats import FORMATS, BuildContext
@@ -46,17 +47,27 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
 
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
-          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False) -> Path:
+          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
+          calibrate: str | None = None, imatrix: Path | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
-    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
+    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so).
+    ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
+    cal = calibration(calibrate, imatrix)
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")
         FORMATS.get(r.format).check(r)
+        need = FORMATS.get(r.format).needs_imatrix(r) if cal is None else []
+        if need:   # llama-quantize refuses these too, after the conversion; say so before it
+            raise ConfigError(f"{r.name}: llama.cpp quantizes {', '.join(need)} only with an importance matrix; "
+                              "add --calibrate builtin (or --calibrate TEXT, or --imatrix FILE)")
+    if cal is not None and not any(FORMATS.get(r.format).takes_imatrix(r) for r in recipes):
+        raise ConfigError(f"{cal.label.split()[0]}: none of {', '.join(r.name for r in recipes)} is quantized by "
+                          "llama.cpp, so no importance matrix would be used; drop the option or add a quantized recipe")
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
@@ -85,7 +96,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             stack.callback(stop.set)
             fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
             stack.callback(trims.close)
-            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
+            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal)
             try:
                 artifacts = []
                 for r in recipes:
@@ -113,5 +124,6 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         )
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
-        stage.commit([a.file for a in artifacts] + id_maps, lambda f: write_manifest(f, manifest))
+        imatrices = sorted({a.extra["imatrix"]["file"] for a in artifacts if "imatrix" in a.extra})   # beside, for reuse
+        stage.commit([a.file for a in artifacts] + id_maps + imatrices, lambda f: write_manifest(f, manifest))
     return folder

@@ -91,7 +91,11 @@ COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
 
 
 def _load_all() -> dict[str, Recipe]:
-    return {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    from .formats.gguf.ftypes import type_recipes
+
+    toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
+    return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
