@@ -15,7 +15,7 @@ from .errors import ConfigError, ConversionError, EdgekitError
 from .formats import FORMATS, BuildContext
 from .integrity import NonFinite, check_plain_name, check_tokenizer, source_fingerprint
 from .manifest import Manifest, versions, write_manifest, MANIFEST
-from .recipes import RECIPES, check_names
+from .recipes import check_names, get_recipe
 from .staging import BuildStage
 from .targets import TARGETS
 from .vocab import VocabTrims, effective_vocab, no_op_trims
@@ -55,7 +55,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
+    recipes = effective_vocab([get_recipe(q) for q in (quants or list(tgt.quants))], vocab)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     cal = calibration(calibrate, imatrix)
     for r in recipes:

@@ -51,5 +51,6 @@ def type_recipes(template: Any) -> dict[str, Any]:
         desc = f"llama.cpp {canon} (llama-quantize's own tensor-type mix)" + (f"; alias for {canon.lower()}" if name in ALIASES else "")
         if ftype in NEEDS_IMATRIX_FTYPES:
             desc += "; needs an importance matrix (--calibrate)"
-        out[name.lower()] = replace(template, name=name.lower(), quant=canon, description=desc, ftype=ftype)
+        # quant (the file name's label) is the name asked for, as llama-quantize names its output (ggml-model-Q4_K.gguf)
+        out[name.lower()] = replace(template, name=name.lower(), quant=name, description=desc, ftype=ftype)
     return out
