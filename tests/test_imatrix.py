@@ -170,6 +170,20 @@ def test_low_bit_iq_needs_a_matrix(tmp_path, quant):
     assert not any(tmp_path.rglob("*.gguf"))
 
 
+def test_calibration_faults_are_one_line(tmp_path):
+    (tmp_path / "short.txt").write_text("def f():\n    return 1\n", encoding="utf-8")
+    (tmp_path / "junk.gguf").write_bytes(b"not a matrix at all")
+    for args, says in ((["--calibrate", str(tmp_path / "short.txt")], "calibration needs at least 1024"),
+                       (["--calibrate", str(tmp_path / "missing.txt")], "cannot read"),
+                       (["--imatrix", str(tmp_path / "junk.gguf")], "not an importance matrix"),
+                       (["--calibrate", "builtin", "--imatrix", str(tmp_path / "junk.gguf")], "pass one of them")):
+        p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "q4_0", "-o", str(tmp_path / "d"), *args)
+        assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and says in p.stderr, p.stderr
+    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "f16", "-o", str(tmp_path / "d"), "--calibrate", "builtin")
+    assert p.returncode != 0 and "no importance matrix would be used" in p.stderr
+    assert not any((tmp_path / "d").rglob("*.gguf"))
+
+
 # ---------------------------------------------------------------- against llama.cpp's own tools
 
 @pytest.fixture(scope="module")
