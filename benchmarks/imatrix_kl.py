@@ -96,11 +96,11 @@ def gemma3(out: Path, chunks: int, threads: int, cal_chunks: int) -> int:
 
 
 def table(rows: dict[str, dict[str, object]]) -> None:
-    print("| type | MB | KL without | KL with [95%] | with/without | same top without | with |")
+    print("| type | MB | KL without [95%] | KL with [95%] | with/without | same top without | with |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in CALIBRATED:
         p, c = rows[name].get("plain"), rows[name]["imatrix"]
-        kl = lambda r: f"{r.kl_mean:.5f}" if r else "refused"   # noqa: E731
+        kl = lambda r: f"{r.kl_mean:.5f} [{r.kl_lo:.5f}-{r.kl_hi:.5f}]" if r else "refused"   # noqa: E731
         ratio = f"{c.kl_mean / p.kl_mean:.2f}" if p else "-"
         top = lambda r: f"{100 * r.same_top:.1f}%" if r else "-"   # noqa: E731
         print(f"| {name} | {c.file_bytes / 1e6:.2f} | {kl(p)} | {c.kl_mean:.5f} [{c.kl_lo:.5f}-{c.kl_hi:.5f}] | {ratio} "
