@@ -158,14 +158,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_unknown_type_is_one_line_listing_names(tmp_path):
-    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "q9_k", "-o", str(tmp_path))
+    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "q9_k", "--out", str(tmp_path))
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1
     assert "q5_k_m" in p.stderr and "iq2_xs" in p.stderr and "iq4_xs-edge" in p.stderr
 
 
 @pytest.mark.parametrize("quant", ["iq3_xxs", "iq2_xs", "q2_k_s", "iq4_xs-edge+iq2_xxs"])
 def test_low_bit_iq_needs_a_matrix(tmp_path, quant):
-    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", quant, "-o", str(tmp_path))
+    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", quant, "--out", str(tmp_path))
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and "--calibrate" in p.stderr
     assert not any(tmp_path.rglob("*.gguf"))
 
@@ -177,9 +177,9 @@ def test_calibration_faults_are_one_line(tmp_path):
                        (["--calibrate", str(tmp_path / "missing.txt")], "cannot read"),
                        (["--imatrix", str(tmp_path / "junk.gguf")], "not an importance matrix"),
                        (["--calibrate", "builtin", "--imatrix", str(tmp_path / "junk.gguf")], "pass one of them")):
-        p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "q4_0", "-o", str(tmp_path / "d"), *args)
+        p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "q4_0", "--out", str(tmp_path / "d"), *args)
         assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and says in p.stderr, p.stderr
-    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "f16", "-o", str(tmp_path / "d"), "--calibrate", "builtin")
+    p = _cli("build", "-m", "tests/data/tiny-trained", "--quant", "f16", "--out", str(tmp_path / "d"), "--calibrate", "builtin")
     assert p.returncode != 0 and "no importance matrix would be used" in p.stderr
     assert not any((tmp_path / "d").rglob("*.gguf"))
 
