@@ -99,7 +99,10 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         if need:   # llama-quantize refuses these too, after the conversion; say so before it
             raise ConfigError(f"{r.name}: llama.cpp quantizes {', '.join(need)} only with an importance matrix; "
                               "add --calibrate builtin (or --calibrate TEXT, or --imatrix FILE)")
-    if cal is not None and not any(FORMATS.get(r.format).takes_imatrix(r) for r in recipes):
+    untaken = [r.name for r in recipes if cal is not None and not FORMATS.get(r.format).takes_imatrix(r)]
+    if untaken and len(untaken) < len(recipes):
+        log.warning("%s: built without the importance matrix (unquantized, or a quantizer that takes none)", ", ".join(untaken))
+    if cal is not None and len(untaken) == len(recipes):
         raise ConfigError(f"{cal.label.split()[0]}: none of {', '.join(r.name for r in recipes)} is quantized by "
                           "llama.cpp, so no importance matrix would be used; drop the option or add a quantized recipe")
     ckpt = load_checkpoint(model)
