@@ -117,6 +117,11 @@ def test_type_names_are_llama_cpp_file_types():
         assert r.quant == name.upper()   # the file's label: the name asked for, as llama-quantize names it
     edge = get_recipe("iq4_xs-edge+q5_k_m")   # the recipe's overrides on top of the type
     assert edge.ftype == "MOSTLY_Q5_K_M" and edge.overrides == RECIPES.get("iq4_xs-edge").overrides
+    from edgekit.errors import ConfigError
+
+    for bad in ("mlx-4bit+q4_0", "iq4_xs-edge+iq4_xs-edge", "iq4_xs-edge+q9_k"):
+        with pytest.raises(ConfigError):
+            get_recipe(bad)
 
 
 def test_type_by_name_builds_that_file_type_with_overrides_on_top(tmp_path):
