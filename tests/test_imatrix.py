@@ -1,4 +1,4 @@
-"""Importance-matrix quantization (edgekit/formats/gguf/calibrate.py, imatrix.py) and llama.cpp types by name.
+"""Importance-matrix quantization (edgekit/backends/gguf/calibrate.py, imatrix.py) and llama.cpp types by name.
 
 The cross-checks against llama.cpp's own llama-imatrix and llama-quantize need those tools, built from
 the vendored sources by benchmarks/llamacpp_tools.py (≈5 min once; `make tools`, which `make test`
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.calibration import DEFAULT_TEXT
-from edgekit.formats.gguf.calibrate import add_rows, calibrate
-from edgekit.formats.gguf.imatrix import Entry, Imatrix, read_imatrix, write_imatrix
+from edgekit.builder.calibration import DEFAULT_TEXT
+from edgekit.backends.gguf.calibrate import add_rows, calibrate
+from edgekit.backends.gguf.imatrix import Entry, Imatrix, read_imatrix, write_imatrix
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "edgekit" / "eval" / "data"
@@ -95,7 +95,7 @@ def test_legacy_dat_is_read_as_llama_quantize_reads_it(tmp_path):
 
 
 def test_bad_imatrix_is_one_line(tmp_path):
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + b"\0" * 20)
     with pytest.raises(ConfigError, match="not an importance matrix"):
@@ -107,8 +107,8 @@ def test_bad_imatrix_is_one_line(tmp_path):
 def test_type_names_are_llama_cpp_file_types():
     import llama_cpp
 
-    from edgekit.formats.gguf.quantize import llama_ftype
-    from edgekit.recipes import RECIPES, get_recipe
+    from edgekit.backends.gguf.quantize import llama_ftype
+    from edgekit.profiles.recipes import RECIPES, get_recipe
 
     for name, ftype in [("q5_k_m", "Q5_K_M"), ("q6_k", "Q6_K"), ("q3_k_m", "Q3_K_M"), ("iq4_nl", "IQ4_NL"),
                         ("iq3_xxs", "IQ3_XXS"), ("q2_k", "Q2_K"), ("q5_k_s", "Q5_K_S"), ("iq2_xs", "IQ2_XS"), ("q4_k", "Q4_K_M")]:
@@ -117,7 +117,7 @@ def test_type_names_are_llama_cpp_file_types():
         assert r.quant == name.upper()   # the file's label: the name asked for, as llama-quantize names it
     edge = get_recipe("iq4_xs-edge+q5_k_m")   # the recipe's overrides on top of the type
     assert edge.ftype == "MOSTLY_Q5_K_M" and edge.overrides == RECIPES.get("iq4_xs-edge").overrides
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     for bad in ("mlx-4bit+q4_0", "iq4_xs-edge+iq4_xs-edge", "iq4_xs-edge+q9_k"):
         with pytest.raises(ConfigError):
@@ -128,9 +128,9 @@ def test_type_by_name_builds_that_file_type_with_overrides_on_top(tmp_path):
     import gguf
     import llama_cpp
 
-    from edgekit.build import build
-    from edgekit.formats.gguf.header import read_gguf_header
-    from edgekit.manifest import read_manifest
+    from edgekit.builder.pipeline import build
+    from edgekit.backends.gguf.header import read_gguf_header
+    from edgekit.builder.manifest import read_manifest
 
     folder = build(str(ROOT / "tests" / "data" / "tiny-trained"), quants=["q6_k", "iq4_xs-edge+q5_k_m"], out=tmp_path)
     q6, edge = (read_gguf_header(folder / a.file) for a in read_manifest(folder).artifacts)
@@ -143,7 +143,7 @@ def test_type_by_name_builds_that_file_type_with_overrides_on_top(tmp_path):
 
 
 def test_type_table_is_llama_quantizes():
-    from edgekit.formats.gguf.ftypes import FILE_TYPES
+    from edgekit.backends.gguf.ftypes import FILE_TYPES
 
     p = subprocess.run([str(_tool("llama-quantize")), "--help"], capture_output=True, text=True, env=llamacpp_tools.tool_env())
     listed = {}
@@ -194,8 +194,8 @@ def test_calibration_faults_are_one_line(tmp_path):
 @pytest.fixture(scope="module")
 def intermediate(tmp_path_factory):
     """The trained tiny model as the build's lossless intermediate (BF16), and a short calibration text."""
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.gguf.convert import convert
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.backends.gguf.convert import convert
 
     d = tmp_path_factory.mktemp("imatrix")
     ck = load_checkpoint(str(ROOT / "tests" / "data" / "tiny-trained"))
@@ -264,8 +264,8 @@ def test_matrix_matches_llama_imatrix_four_chunks_per_decode(intermediate, ours)
 @pytest.mark.parametrize("quant,ftype", [("iq3_xxs", "IQ3_XXS"), ("q4_k_m", "Q4_K_M"), ("iq4_xs-edge", "IQ4_XS")])
 def test_quantized_with_our_matrix_equals_llama_quantize(intermediate, ours, quant, ftype):
     """The same matrix file through our quantizer and through `llama-quantize --imatrix`: the same bytes."""
-    from edgekit.formats.gguf.quantize import quantize
-    from edgekit.recipes import get_recipe
+    from edgekit.backends.gguf.quantize import quantize
+    from edgekit.profiles.recipes import get_recipe
 
     d = intermediate
     exe = _tool("llama-quantize")
@@ -276,7 +276,7 @@ def test_quantized_with_our_matrix_equals_llama_quantize(intermediate, ours, qua
         args += ["--tensor-type", f"{pattern}={t}"]
     _run(args + ["tiny-BF16.gguf", f"ref-{quant}.gguf", ftype, "1"], cwd=d)
     assert ours.read_bytes() == (d / f"ref-{quant}.gguf").read_bytes()
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     kv = read_gguf_header(ours).scalars
     assert kv["quantize.imatrix.file"] == "ours.imatrix.gguf" and kv["quantize.imatrix.dataset"] == "cal.txt"
@@ -287,9 +287,9 @@ def test_quantized_with_our_matrix_equals_llama_quantize(intermediate, ours, qua
 
 @pytest.mark.slow
 def test_build_writes_and_records_the_matrix(tmp_path):
-    from edgekit.build import build
-    from edgekit.checkpoint import sha256_file
-    from edgekit.manifest import read_manifest
+    from edgekit.builder.pipeline import build
+    from edgekit.model.checkpoint import sha256_file
+    from edgekit.builder.manifest import read_manifest
 
     text = tmp_path / "cal.txt"
     text.write_text(DEFAULT_TEXT.read_text(encoding="utf-8")[:SHORT_BYTES], encoding="utf-8")
