@@ -44,14 +44,14 @@ def test_recipe_listed_twice_keeps_the_earlier_build(tiny_ckpt, tmp_path):
 
 
 def test_two_recipes_making_one_file_keep_the_earlier_build(tiny_ckpt, tmp_path, monkeypatch):
-    import edgekit.builder.pipeline as build_mod
-    from edgekit.profiles.recipes import RECIPES
+    import edgekit.profiles.recipes as recipes_mod
     from edgekit.core.registry import Registry
+    from edgekit.profiles.recipes import RECIPES
 
     q4 = RECIPES.get("q4_0")
     reg = Registry("recipe")
     reg.lazy(lambda: {"q8_0": RECIPES.get("q8_0"), "q4_0": q4, "q4_0-copy": replace(q4, name="q4_0-copy")})
-    monkeypatch.setattr(build_mod, "RECIPES", reg)
+    monkeypatch.setattr(recipes_mod, "RECIPES", reg)
     out = tmp_path / "out"
     assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", out).exit_code == 0
     assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q4_0,q4_0-copy", "--out", out), 1,
