@@ -41,6 +41,8 @@ class Device:
     timeout: float = 1800.0            # seconds for one remote bench
     ssh_options: tuple[tuple[str, str], ...] = ()
     ssh_config: str | None = None      # local ssh_config file (-F); default: ~/.ssh/config
+    # (field, where its value came from) for `edgekit lab list --origin`; not part of the identity.
+    origin: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
     @property
     def venv(self) -> str:
@@ -63,6 +65,7 @@ class Device:
 class Inventory:
     path: Path
     devices: dict[str, Device] = field(default_factory=dict)
+    kind: str = "toml"                 # toml | ansible (an INI or YAML Ansible inventory)
 
     def get(self, name: str) -> Device:
         try:
@@ -101,7 +104,7 @@ def _check_text(value: object, what: str, where: str) -> str:
     return value
 
 
-def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
+def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()) -> Device:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [devices.{name}] must be a table; see targets/lab.example.toml")
     _check_text(name, "a device name", where)
@@ -157,6 +160,7 @@ def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
         timeout=timeout,
         ssh_options=tuple((str(k), ("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in options.items()),
         ssh_config=str(Path(_check_text(ssh_config, "ssh_config", where)).expanduser()) if ssh_config else None,
+        origin=origin,
     )
 
 
@@ -165,8 +169,19 @@ def default_inventory() -> Path:
     return DEFAULT_INVENTORY if DEFAULT_INVENTORY.is_file() else data_dir("targets") / "lab.toml"
 
 
+def is_ansible(path: Path) -> bool:
+    """An Ansible inventory (INI or YAML file, or a folder of them) rather than edgekit's TOML."""
+    return path.suffix.lower() != ".toml"
+
+
 def load_inventory(path: Path | None = None) -> Inventory:
     path = Path(path) if path else default_inventory()
+    if not path.exists():
+        raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
+    if is_ansible(path):
+        from .ansible_inventory import load_ansible_inventory
+
+        return load_ansible_inventory(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
     try:
@@ -179,5 +194,10 @@ def load_inventory(path: Path | None = None) -> Inventory:
         raise ConfigError(f"{path}: [defaults] and [devices.NAME] must be tables; see targets/lab.example.toml")
     inv = Inventory(path=path)
     for name, table in devices.items():
-        inv.devices[name] = _device(name, table, defaults, f"{path} [devices.{name!r}]")
+        where = f"{path} [devices.{name!r}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [devices.{name}] must be a table; see targets/lab.example.toml")
+        origin = tuple((k, f"{path} [devices.{name}]" if k in table else f"{path} [defaults]")
+                       for k in {**defaults, **table})
+        inv.devices[name] = _device(name, table, defaults, where, origin)
     return inv
