@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .errors import EdgekitError
+from .errors import ConfigError, EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -133,9 +133,11 @@ def recipes() -> None:
 
 # ---------------------------------------------------------------- device lab (edgekit/lab/)
 
-_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory (default: targets/lab.toml).")
+_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).")
 _METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
-lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory over SSH.")
+_VIA = typer.Option("ssh", "--via", help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).")
+_FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
+lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory (TOML, or an Ansible INI/YAML inventory) over SSH or Ansible.")
 app.add_typer(lab_app, name="lab")
 
 
@@ -151,12 +153,21 @@ def deploy(
     serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
+    via: str = _VIA,
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
     from .lab.inventory import load_inventory
 
-    devices = load_inventory(inventory).select(device)
+    lab = load_inventory(inventory)
+    devices = lab.select(device)
+    if _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+
+        outcomes = ansible_run(dist, lab, devices, [], bootstrap=bootstrap, wheel=wheel, serve=serve, serve_host=serve_host,
+                               port=port, serve_args=["--parallel", str(parallel)], bench=False,
+                               on_outcome=lambda o: typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok))
+        raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
@@ -175,10 +186,17 @@ def deploy(
     raise typer.Exit(1 if failed else 0)
 
 
+def _via(via: str) -> str:
+    if via not in ("ssh", "ansible"):
+        raise ConfigError(f"--via {via!r}: use ssh or ansible")
+    return via
+
+
 @lab_app.command("list")
 def lab_list(
     inventory: Optional[Path] = _INVENTORY,
     names: bool = typer.Option(False, "--names", help="Names only, for make: names make cannot quote are left out."),
+    origin: bool = typer.Option(False, "--origin", help="Also show where each field came from (file, [defaults], group or host var)."),
 ) -> None:
     """List the inventory's devices: name, target, ssh address, remote work dir."""
     from .lab.inventory import load_inventory
@@ -186,6 +204,9 @@ def lab_list(
     for d in load_inventory(inventory).devices.values():
         if not names:
             typer.echo(f"{d.name}\t{d.target}\t{d.address()}\t{d.workdir}")
+            if origin:
+                for key, value, where in d.fields():
+                    typer.echo(f"  {key} = {value}\t({where})")
         elif d.make_safe:
             typer.echo(d.name)
         else:
@@ -204,6 +225,8 @@ def lab_run(
     method: str = _METHOD,
     served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with --no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say via served."),
     port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
+    via: str = _VIA,
+    forks: int = _FORKS,
 ) -> None:
     """Deploy, then bench on every device in parallel; each device's records go to the local store.
 
@@ -213,13 +236,23 @@ def lab_run(
     from .lab.run import exit_code, lab_run as run
     from .results import Store
 
-    chosen = load_inventory(inventory).select(_csv(devices))
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    kw = {}
+    if served and _via(via) == "ansible":
+        raise ConfigError("--served runs over edgekit's SSH path only; drop --via ansible")
     if served:
         from .lab.serve import lab_run_served as run   # noqa: F811
+        kw = {"port": port}
+    elif _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+
+        def run(dist, chosen, args, **k):   # noqa: F811
+            k.pop("method")
+            return ansible_run(dist, lab, chosen, args, forks=forks, **k)
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
-        kw = {"port": port} if served else {}
         outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show, **kw)
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")

@@ -23,7 +23,8 @@ FIELDS = {
     "edgekit_target": "target", "ansible_host": "host", "ansible_user": "user", "ansible_port": "port",
     "ansible_ssh_private_key_file": "identity", "edgekit_workdir": "workdir", "edgekit_command": "edgekit",
     "edgekit_python": "python", "ansible_python_interpreter": "python", "ansible_ssh_timeout": "connect_timeout",
-    "edgekit_timeout": "timeout", "edgekit_ssh_options": "ssh_options",
+    "edgekit_timeout": "timeout", "edgekit_ssh_options": "ssh_options", "edgekit_serve_port": "serve_port",
+    "edgekit_api_key": "api_key",
 }
 SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
 # Connection settings edgekit's own SSH path cannot apply: refused rather than silently ignored.

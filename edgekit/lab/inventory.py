@@ -23,7 +23,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Names make can use as targets without quoting (the Makefile pastes `$*` into a recipe line).
 MAKE_SAFE = re.compile(r"^[A-Za-z0-9._+@-]+$")
 _FIELDS = {"target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
-           "connect_timeout", "timeout", "ssh_options", "ssh_config"}
+           "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ class Device:
     timeout: float = 1800.0            # seconds for one remote bench
     ssh_options: tuple[tuple[str, str], ...] = ()
     ssh_config: str | None = None      # local ssh_config file (-F); default: ~/.ssh/config
+    serve_port: int | None = None      # the device's `edgekit serve` port (default: --port)
+    api_key: str | None = field(default=None, repr=False)   # the key its server wants (lab serve --front)
     # (field, where its value came from) for `edgekit lab list --origin`; not part of the identity.
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
@@ -55,6 +57,22 @@ class Device:
     @property
     def make_safe(self) -> bool:
         return bool(MAKE_SAFE.match(self.name))
+
+    def fields(self) -> list[tuple[str, str, str]]:
+        """(field, value as used, where it came from) for every setting, set or defaulted."""
+        given = dict(self.origin)
+        unset = "unset: ~/.ssh/config or ssh's default"
+        out = []
+        for key in ("target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
+                    "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"):
+            value = shlex.join(self.edgekit_cmd) if key == "edgekit" else getattr(self, key)
+            if key == "api_key" and value:
+                value = "(set)"   # a secret: say where it comes from, never print it
+            if key == "ssh_options":
+                value = ", ".join(f"{k}={v}" for k, v in value)
+            where = given.get(key) or (unset if value in (None, "") else "edgekit's default")
+            out.append((key, "" if value is None else str(value), where))
+        return out
 
     def address(self) -> str:
         where = f"{self.user}@{self.host}" if self.user else self.host
@@ -130,10 +148,16 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
         port = int(merged["port"]) if "port" in merged else None
         connect_timeout = int(merged.get("connect_timeout", 10))
         timeout = float(merged.get("timeout", 1800))
+        serve_port = int(merged["serve_port"]) if "serve_port" in merged else None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: port and timeouts must be numbers ({e})") from None
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"{where}: port {port} is out of range 1-65535")
+    for p in (port, serve_port):
+        if p is not None and not 0 < p < 65536:
+            raise ConfigError(f"{where}: port {p} is out of range 1-65535")
+    api_key = merged.get("api_key")
+    if api_key is not None and (_check_text(api_key, "api_key", where) != api_key.strip() or '"' in api_key
+                                or any(c.isspace() for c in api_key)):
+        raise ConfigError(f"{where}: api_key must be one word without quotes or blanks")
     edgekit = merged.get("edgekit")
     if edgekit is not None:
         # A list is taken as argv; a string is split the way a shell would split it, locally.
@@ -160,6 +184,8 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
         timeout=timeout,
         ssh_options=tuple((str(k), ("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in options.items()),
         ssh_config=str(Path(_check_text(ssh_config, "ssh_config", where)).expanduser()) if ssh_config else None,
+        serve_port=serve_port,
+        api_key=api_key,
         origin=origin,
     )
 
