@@ -177,7 +177,7 @@ def deploy(
 
         for d in devices:
             try:
-                s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
+                s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=["--parallel", str(parallel)],
                                   method=method)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
@@ -257,6 +257,48 @@ def lab_run(
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
     raise typer.Exit(exit_code(outcomes))
+
+
+@lab_app.command("serve")
+def lab_serve(
+    dist: Path = typer.Argument(Path("dist"), help="dist, dist/<model> (a build per target) or one build folder."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device names (default: all)."),
+    inventory: Optional[Path] = _INVENTORY,
+    front: bool = typer.Option(False, "--front", help="Put HAProxy in front of the devices' servers (health checks on /health, retries on another device) and run it until Ctrl-C."),
+    front_host: str = typer.Option("127.0.0.1", "--front-host", help="Address the front listens on."),
+    front_port: int = typer.Option(8000, "--front-port", help="The front's port."),
+    front_key: Optional[str] = typer.Option(None, "--front-key", envvar="EDGEKIT_FRONT_KEY", help="API key clients must send to the front (Bearer)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Where to write haproxy.cfg (default: ~/.cache/edgekit/front/haproxy.cfg)."),
+    config_only: bool = typer.Option(False, "--config-only", help="Write and check the configuration, run nothing (for a system haproxy)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="The devices' servers are already running: only put the front before them."),
+    port: int = typer.Option(8080, "--port", help="The devices' server port (an inventory serve_port / edgekit_serve_port wins)."),
+    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the devices' servers listen on."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Each device server's slots."),
+    via: str = _VIA,
+    method: str = _METHOD,
+    forks: int = _FORKS,
+) -> None:
+    """Start `edgekit serve` on every device (deployed first, sha256-checked), optionally behind a load balancer."""
+    from .lab.front import run_front, start_devices
+    from .lab.inventory import load_inventory
+
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    if (no_deploy or config_only or config or front_key) and not front:
+        raise ConfigError("--no-deploy, --config, --config-only and --front-key only make sense with --front")
+    failed = 0
+    if not no_deploy and not config_only:
+        serve_params = {p.name for p in typer.main.get_command(app).commands["serve"].params}
+        key_flag = "--api-key" if "api_key" in serve_params else None
+        for _, ok, line in start_devices(dist, lab, chosen, via=_via(via), port=port, serve_host=serve_host,
+                                         serve_args=["--parallel", str(parallel)], key_flag=key_flag, method=method,
+                                         forks=forks):
+            typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
+            failed += not ok
+    if not front:
+        raise typer.Exit(1 if failed else 0)
+    run_front(chosen, port=port, host=front_host, front_port=front_port, front_key=front_key, config=config,
+              config_only=config_only, echo=typer.echo)
 
 
 @app.command()

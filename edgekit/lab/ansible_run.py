@@ -88,7 +88,8 @@ def generated_inventory(devices: list[Device]) -> dict[str, Any]:
 
 def device_vars(d: Device) -> dict[str, Any]:
     """The settings edgekit resolved (login-relative work dir, edgekit command), so both paths agree."""
-    return {"workdir": d.workdir, "command": list(d.edgekit_cmd), "python": d.python, "timeout": d.timeout}
+    out = {"workdir": d.workdir, "command": list(d.edgekit_cmd), "python": d.python, "timeout": d.timeout}
+    return {**out, "serve_port": d.serve_port} if d.serve_port else out
 
 
 @dataclass
@@ -173,6 +174,9 @@ def run_playbook(inventory: Inventory, devices: list[Device], extravars: dict[st
             quiet=True, event_handler=events,
             envvars={"ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
                      "ANSIBLE_NOCOLOR": "1",
+                     # modules over the ssh session's stdin, not a file copy each: fewer round trips per
+                     # task (the user's environment decides if it says otherwise)
+                     "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
                      # the ansible-playbook beside this Python (a venv's bin is often not on PATH)
                      "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")])},
         )

@@ -184,3 +184,54 @@ class Front:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_devices(dist: Path | None, inventory, devices: list[Device], *, via: str = "ssh", port: int = 8080,
+                  serve_host: str = "0.0.0.0", serve_args: list[str] | None = None, key_flag: str | None = None,
+                  method: str = "auto", forks: int = 16):
+    """Deploy and start every device's `edgekit serve` (SSH path or the playbook); yield (device, ok, line).
+
+    ``key_flag`` is serve's API-key option when this edgekit has one: each device's key is passed to its
+    server; without it the keys only go into the front's configuration."""
+    def args_for(d: Device) -> list[str]:
+        return [*(serve_args or []), *([key_flag, d.api_key] if key_flag and d.api_key else [])]
+
+    if via == "ansible":
+        from .ansible_run import ansible_run
+
+        keyed = [d for d in devices if key_flag and d.api_key]
+        if keyed:
+            raise ConfigError("per-device API keys over --via ansible are not passed to the servers yet; use --via ssh")
+        for o in ansible_run(dist, inventory, devices, [], serve=True, bench=False, serve_host=serve_host, port=port,
+                             serve_args=serve_args, forks=forks):
+            yield next(d for d in devices if d.name == o.device), o.ok, o.message
+        return
+    from .run import for_each
+    from .serve import deploy_served
+
+    def work(d: Device) -> str:
+        s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=args_for(d), method=method)
+        return f"{s.device}: serving at {s.url} ({s.mode}: {s.where})"
+
+    for d, result in for_each(devices, work, parallel=forks):
+        yield d, not isinstance(result, Exception), str(result)
+
+
+def run_front(devices: list[Device], *, port: int, host: str, front_port: int, front_key: str | None,
+              config: Path | None, config_only: bool, echo) -> None:
+    """Write and check haproxy.cfg for ``devices``; unless ``config_only``, run HAProxy with it until
+    interrupted (Ctrl-C, SIGTERM: it finishes the requests in flight). The devices keep serving."""
+    path = Path(config) if config else Path.home() / ".cache" / "edgekit" / "front" / "haproxy.cfg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_config(haproxy_config(backends(devices, port), host=host, port=front_port, front_key=front_key), path)
+    url = f"http://{host}:{front_port}"
+    if config_only:
+        echo(f"wrote {path} ({len(devices)} device(s) behind {url}/v1); run: haproxy -f {path}")
+        return
+    log = path.with_suffix(".log")
+    with Front(path, log).start(url) as f:
+        echo(f"front: {url}/v1 -> {len(devices)} device(s) (haproxy, {path}); Ctrl-C stops the front, "
+             f"the devices keep serving")
+        while f.proc.poll() is None:
+            time.sleep(0.5)
+        raise LabError(f"haproxy exited ({f.proc.returncode}); see {log}")

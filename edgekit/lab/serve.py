@@ -346,12 +346,13 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
     n_prompt, n_gen, reps = served_args(args)
 
     def work(d: Device) -> Any:
-        url = deploy_served(dist, d, port=port, method=method).url if push else f"http://{d.host}:{port}/v1"
+        p = d.serve_port or port
+        url = deploy_served(dist, d, port=p, method=method).url if push else f"http://{d.host}:{p}/v1"
         try:
             return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host)
         except NoServer as e:
             raise LabError(f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
-                           f"--serve --port {port}`, or run without --no-deploy") from None
+                           f"--serve --port {p}`, or run without --no-deploy") from None
 
     outcomes = []
     for d, rec in for_each(devices, work):
