@@ -28,6 +28,7 @@ demo: setup
 
 test: setup
 	sh scripts/ensure-sshd.sh
+	sh scripts/ensure-haproxy.sh
 	$(BIN)/python -m pytest -q
 
 bench-build: setup
