@@ -30,8 +30,8 @@ from serve_fixture import free_port, start_server  # noqa: E402
 
 
 def tiny_dist(tmp: Path) -> Path:
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     ckpt = synth(tmp / "tiny-gemma4", preset="tiny", seed=0)
     return build(str(ckpt), target="pi5", quants=["q8_0"], out=tmp / "dist")

@@ -14,7 +14,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.checkpoint import sha256_file
+from edgekit.model.checkpoint import sha256_file
 from edgekit.cli import app
 
 runner = CliRunner()
@@ -54,10 +54,10 @@ def test_build_writes_manifest_last_with_hashes(tiny_ckpt, tmp_path):
 
 
 def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
     caplog.set_level("WARNING", logger="edgekit")
-    res = run("build", "-m", str(tiny_ckpt), "-t", "pi5", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "--target", "pi5", "--out", str(tmp_path))
     assert res.exit_code == 0, res.output
     folder = tmp_path / "tiny-gemma4" / "pi5"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -77,7 +77,7 @@ def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
 
 def test_missing_config(ckpt_copy, tmp_path):
     (ckpt_copy / "config.json").unlink()
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy}: no config.json; a Hugging Face checkpoint folder "
                           "has config.json beside its .safetensors\n")
@@ -88,7 +88,7 @@ def test_not_gemma4(ckpt_copy, tmp_path):
     cfg = json.loads((ckpt_copy / "config.json").read_text())
     cfg["model_type"] = "llama"
     (ckpt_copy / "config.json").write_text(json.dumps(cfg))
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy / 'config.json'}: model_type is 'llama', not a Gemma 4 "
                           "checkpoint (expected 'gemma4' or 'gemma4_text')\n")
@@ -99,7 +99,7 @@ def test_truncated_safetensors(ckpt_copy, tmp_path):
     size = shard.stat().st_size
     with open(shard, "r+b") as f:
         f.truncate(size - 1000)
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     line = res.stderr.strip()
     assert "\n" not in line and line.startswith(f"edgekit: error: {shard.name}: truncated ({size - 1000} bytes")
@@ -109,23 +109,23 @@ def test_truncated_safetensors(ckpt_copy, tmp_path):
 
 def test_missing_tokenizer(ckpt_copy, tmp_path):
     (ckpt_copy / "tokenizer.json").unlink()
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy}: no tokenizer.json; copy the tokenizer files "
                           "from the original checkpoint\n")
 
 
 def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
-    res = run("build", "-m", str(tiny_ckpt), "-t", "pi4", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "--target", "pi4", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown target 'pi4'; choose one of: ")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q3_k'; choose one of: ")
 
 
 def test_hub_id_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == ("edgekit: error: google/gemma-4-E2B-it: the hub cannot be reached and the model is not "
                           "in the local cache; download it where you are online, or pass a local directory\n")
@@ -134,7 +134,7 @@ def test_hub_id_offline(tmp_path, monkeypatch):
 def test_unwritable_output(tiny_ckpt, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(blocker / "out"))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(blocker / "out"))
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {blocker / 'out'}") and res.stderr.count("\n") == 1
     assert "pass --out" in res.stderr
@@ -146,7 +146,7 @@ def test_full_disk(tiny_ckpt, tmp_path):
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
         pytest.skip("needs root to mount a 2 MB tmpfs")
     try:
-        res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(mnt))
+        res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(mnt))
         assert res.exit_code == 1
         assert res.stderr.endswith("no space left on the device; free space or pass --out on a larger disk\n")
         assert leftovers(mnt) == []
@@ -155,10 +155,10 @@ def test_full_disk(tiny_ckpt, tmp_path):
 
 
 def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit.formats.gguf import convert as gguf_format
+    from edgekit.backends.gguf import convert as gguf_format
 
     out = tmp_path / "out"
-    assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(out)).exit_code == 0
+    assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(out)).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     assert (folder / "manifest.json").is_file()
 
@@ -172,13 +172,13 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
         return real(self, f)
 
     monkeypatch.setattr(gguf_format._Streamed, "tofile", interrupted)
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "-o", str(out))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "--out", str(out))
     assert calls["n"] == 40
     assert res.exit_code == 130
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
     # The new build wrote only into its private stage: the earlier build, manifest included, is whole
     # (every entry still verifies), and no temp file or stage folder stays.
-    from edgekit.manifest import verify
+    from edgekit.builder.manifest import verify
 
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
     assert verify(folder) == []
@@ -191,12 +191,12 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
 def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, monkeypatch, quant, engine, says):
     """A build that cannot start (its engine is missing) must not take the earlier build's manifest with it."""
     out = tmp_path / "out"
-    assert run("build", "-m", str(tiny_ckpt), "-q", "f16", "-o", str(out)).exit_code == 0
+    assert run("build", "-m", str(tiny_ckpt), "-q", "f16", "--out", str(out)).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for mod in engine:
         monkeypatch.setitem(sys.modules, mod, None)   # `import <engine>` now raises ImportError
-    res = run("build", "-m", str(tiny_ckpt), "-q", quant, "-o", str(out))
+    res = run("build", "-m", str(tiny_ckpt), "-q", quant, "--out", str(out))
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {says}") and res.stderr.count("\n") == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
@@ -210,15 +210,15 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
 
     import gguf
 
-    from edgekit.build import build
-    from edgekit.recipes import RECIPES
+    from edgekit.builder.pipeline import build
+    from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={
         "^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"})
     monkeypatch.setitem(RECIPES._items, "q4_0-x", recipe)
-    with caplog.at_level(logging.WARNING, logger="edgekit.formats.gguf.quantize"):
+    with caplog.at_level(logging.WARNING, logger="edgekit.backends.gguf.quantize"):
         folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
-    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.formats.gguf.quantize"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.backends.gguf.quantize"] == [
         "recipe q4_0-x: override ^per_layer_model_proj\\.weight$ = q8_0 had no effect on per_layer_model_proj.weight "
         "(llama.cpp keeps its own type for some tensors, e.g. per_layer_model_proj, and falls back where a row "
         "does not fit the type)",
@@ -229,8 +229,8 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
 
 
 def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
-    from edgekit.errors import ConfigError
-    from edgekit.recipes import load_recipe
+    from edgekit.core.errors import ConfigError
+    from edgekit.profiles.recipes import load_recipe
 
     p = tmp_path / "mlx-3bit.toml"
     p.write_text('format = "mlx"\nquant = "3bit-g64"\nbits = 3\ngroup_sise = 64\n')

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.lab.inventory import load_inventory
-from edgekit.manifest import MANIFEST, read_manifest
+from edgekit.builder.manifest import MANIFEST, read_manifest
 from edgekit.results import Store
 from serve_fixture import free_port
 from sshd_fixture import assert_no_masters, closed_port, start_sshd, stop_sshd  # noqa: F401  (closed_port: a fixture)
@@ -119,7 +119,7 @@ def test_bad_ansible_inventories_are_one_line_errors(tmp_path, name, text, messa
 
 @pytest.fixture(scope="module")
 def tiny_dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = tmp_path_factory.mktemp("fleet-dist") / "dist"
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=out)

@@ -29,7 +29,7 @@ MODEL = "tiny-gemma4-Q8_0"   # what every device serves (the front routes by loa
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     subprocess.run(["sh", str(REPO / "scripts" / "ensure-haproxy.sh")], check=False)
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))

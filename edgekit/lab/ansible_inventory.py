@@ -2,7 +2,7 @@
 
 Parsed by Ansible's own code (InventoryManager + DataLoader, ansible-core from the `fleet` extra), so
 groups, ranges like ``pi[01:20]``, ``group_vars/`` and ``host_vars/`` beside the file mean what they
-mean to ``ansible-playbook``. Each host becomes a Device: ``edgekit_target`` names its target profile,
+mean to ``ansible-playbook``. Each host becomes a device's fields (edgekit.lab.inventory checks them): ``edgekit_target`` names its target profile,
 Ansible's connection vars are honoured (ansible_host, ansible_user, ansible_port,
 ansible_ssh_private_key_file, ``-o`` options in ansible_ssh_common_args), and every field remembers
 which file, group or host gave it (``edgekit lab list --origin``).
@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .inventory import Device, Inventory, _device
+from ..core.errors import ConfigError
 
 # Ansible var -> the TOML field it fills (first listed wins when both are set).
 FIELDS = {
@@ -155,11 +154,12 @@ def _template(loader, value: Any, variables: dict) -> Any:
     return value
 
 
-def load_ansible_inventory(path: Path) -> Inventory:
+def ansible_hosts(path: Path) -> list[tuple[str, dict[str, Any], str, tuple[tuple[str, str], ...]]]:
+    """(host name, fields as the TOML inventory names them, where, (field, origin) pairs) per host."""
     _, _, sort_groups, _ = _ansible()
     path = Path(path)
     loader, im = _parse(path)
-    inv = Inventory(path=path, kind="ansible")
+    hosts = []
     inv_dir = path if path.is_dir() else path.parent
     for host in im.get_hosts():
         where = f"{path} host {host.name!r}"
@@ -197,7 +197,7 @@ def load_ansible_inventory(path: Path) -> Inventory:
                     raw["ssh_config"], fields_origin["ssh_config"] = config, f"{var} from {origin[var]}"
         if options:
             raw["ssh_options"] = options
-        inv.devices[host.name] = _device(host.name, raw, {}, where, tuple(fields_origin.items()))
-    if not inv.devices:
+        hosts.append((host.name, raw, where, tuple(fields_origin.items())))
+    if not hosts:
         raise ConfigError(f"{path}: the Ansible inventory lists no hosts")
-    return inv
+    return hosts

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import EdgekitError, LabError
-from ..checkpoint import sha256_file
-from ..manifest import MANIFEST
+from ..core.errors import EdgekitError, LabError
+from ..model.checkpoint import sha256_file
+from ..builder.manifest import MANIFEST
 from . import ssh
 from .deploy import build_folder, load_build, remote_dir, sidecars
 from .inventory import Device, Inventory
@@ -238,7 +238,7 @@ def ansible_run(dist: Path, inventory: Inventory, devices: list[Device], bench_a
 
 
 def _outcome(d: Device, h: _Host, stats: dict, bench: bool) -> Outcome:
-    from ..errors import BudgetExceeded
+    from ..core.errors import BudgetExceeded
     from ..results import parse_jsonl
 
     changed = (stats.get("changed") or {}).get(d.name, 0)

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, LabError
+from ..core.errors import ConfigError, LabError
 from .inventory import Device
 
 # Health: a device is out after 2 failed checks 1 s apart, back after 2 good ones.

@@ -14,8 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..registry import data_dir
+from ..core.errors import ConfigError
+from ..core.registry import data_dir
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
 DEFAULT_WORKDIR = "./edgekit"          # i.e. ~/edgekit on the device
@@ -201,15 +201,25 @@ def is_ansible(path: Path) -> bool:
 
 
 def load_inventory(path: Path | None = None) -> Inventory:
+    given = path
     path = Path(path) if path else default_inventory()
     if not path.exists():
         raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
     if is_ansible(path):
-        from .ansible_inventory import load_ansible_inventory
+        from .ansible_inventory import ansible_hosts
 
-        return load_ansible_inventory(path)
+        inv = Inventory(path=path, kind="ansible")
+        for name, raw, where, origin in ansible_hosts(path):
+            inv.devices[name] = _device(name, raw, {}, where, origin)
+        return inv
     if not path.is_file():
-        raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
+        # Name the file the user gave or the one looked for first (./targets/lab.toml), never the copy
+        # inside the installed package; the example to copy is wherever it really is.
+        where = Path(given) if given else DEFAULT_INVENTORY
+        example = next((p for p in (Path("targets/lab.example.toml"), data_dir("targets") / "lab.example.toml")
+                        if p.is_file()), Path("targets/lab.example.toml"))
+        raise ConfigError(f"{where}: no lab inventory; copy {example} there and list your devices"
+                          + ("" if given else ", or pass --inventory FILE"))
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -227,3 +237,31 @@ def load_inventory(path: Path | None = None) -> Inventory:
                        for k in {**defaults, **table})
         inv.devices[name] = _device(name, table, defaults, where, origin)
     return inv
+
+
+def device_from_address(address: str, target: str, identity: str | None = None, ssh_config: str | None = None,
+                        workdir: str | None = None) -> Device:
+    """One device from `deploy --host user@host[:port]` (IPv6 as [addr]:port), checked as an inventory
+    entry is; the rest falls through to ssh's own config, as with `ssh user@host`."""
+    where = f"--host {address!r}"
+    user, _, rest = address.rpartition("@")
+    host, port = rest, None
+    if rest.startswith("["):                       # [2001:db8::1]:22
+        host, _, tail = rest[1:].partition("]")
+        if tail:
+            if not tail.startswith(":"):
+                raise ConfigError(f"{where}: use user@host, user@host:port or user@[v6 address]:port")
+            port = tail[1:]
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    table: dict = {"target": target, "host": host}
+    if user:
+        table["user"] = user
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: port {port!r} is not a TCP port (1-65535)")
+        table["port"] = int(port)
+    for key, value in (("identity", identity), ("ssh_config", ssh_config), ("workdir", workdir)):
+        if value is not None:
+            table[key] = str(value)
+    return _device(address, table, {}, where)
