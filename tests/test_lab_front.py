@@ -174,3 +174,45 @@ def _wait_up(url: str, n: int, seconds: float = 20) -> None:
             pass
         time.sleep(0.3)
     raise AssertionError("the front did not see every backend up")
+
+
+def test_each_device_receives_its_own_key_not_the_front_key(tmp_path):
+    """Two stand-in devices (stdlib HTTP servers) record the Authorization header they receive."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: dict[int, list[str]] = {}
+
+    class Device(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path != "/health":
+                seen.setdefault(self.server.server_port, []).append(self.headers.get("Authorization", ""))
+            body = b'{"status":"ok"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Device) for _ in range(2)]
+    for s in servers:
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        items = [Backend(f"pi-{i}", "127.0.0.1", s.server_port, f"key-{i}") for i, s in enumerate(servers)]
+        cfg = write_config(haproxy_config(items, port=port, front_key="front-key"), tmp_path / "haproxy.cfg")
+        with Front(cfg, tmp_path / "haproxy.log").start(url):
+            deadline = time.monotonic() + 20
+            while len(seen) < 2 and time.monotonic() < deadline:
+                req = urllib.request.Request(url + "/v1/models", headers={"Authorization": "Bearer front-key"})
+                try:
+                    urllib.request.urlopen(req, timeout=5).close()
+                except urllib.error.HTTPError:
+                    time.sleep(0.2)   # 503 until the first health checks pass
+        assert {p: set(h) for p, h in seen.items()} == {s.server_port: {f"Bearer key-{i}"} for i, s in enumerate(servers)}
+    finally:
+        for s in servers:
+            s.shutdown()
