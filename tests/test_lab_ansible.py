@@ -196,9 +196,12 @@ def test_lab_run_via_ansible_stores_records_and_survives_failing_devices(devices
     rc = tmp_path / "pi-c" / "dist" / manifest.model / "pi5"
     assert not (rc / MANIFEST).exists() and not (rc / art.file).exists()
 
-    # Idempotent: a second run sends nothing and changes nothing on the devices.
-    r = CliRunner().invoke(app, ["lab", "run", str(tiny_dist), "--via", "ansible", "--inventory", str(inv), "--db", str(db),
-                                 "--devices", "pi-a,pi-b", *bench])
+    # Idempotent: a second run sends nothing and changes nothing on the devices. It goes through the same
+    # devices described in edgekit's TOML, which --via ansible turns into an Ansible inventory.
+    toml = tmp_path / "lab.toml"
+    toml.write_text("".join(srv[n].device_table(n, workdir=str(tmp_path / n), edgekit=[EDGEKIT]) for n in ("pi-a", "pi-b")))
+    r = CliRunner().invoke(app, ["lab", "run", str(tiny_dist), "--via", "ansible", "--inventory", str(toml), "--db", str(db),
+                                 *bench])
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines() == ["pi-a: 1 record(s) (ansible: changed=0)", "pi-b: 1 record(s) (ansible: changed=0)",
                                      f"2 record(s) from 2/2 device(s) in {db}"]
