@@ -307,13 +307,14 @@ def lab_run(
     elif _via(via) == "ansible":
         from .lab.ansible_run import ansible_run
 
-        def run(dist, chosen, args, **k):   # noqa: F811
+        def run(dist, chosen, args, parallel, **k):   # noqa: F811
             k.pop("method")
-            return ansible_run(dist, lab, chosen, args, forks=forks, **k)
+            return ansible_run(dist, lab, chosen, args, forks=parallel, **k)
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
-        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show, **kw)
+        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show,
+                       parallel=forks, **kw)
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
     raise typer.Exit(exit_code(outcomes))

@@ -123,10 +123,12 @@ def _bench_device(folder: Path, device: Device, bench_args: list[str], push: boo
 
 
 def lab_run(dist: Path, devices: list[Device], bench_args: list[str], *, store=None, push: bool = True,
-            method: str = "auto", on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+            method: str = "auto", on_outcome: Callable[[Outcome], None] | None = None,
+            parallel: int = 16) -> list[Outcome]:
     """Bench ``devices`` in parallel; append each device's records to ``store`` as soon as it is done."""
     outcomes = []
-    for device, result in for_each(devices, lambda d: bench_device(dist, d, bench_args, push=push, method=method)):
+    for device, result in for_each(devices, lambda d: bench_device(dist, d, bench_args, push=push, method=method),
+                                   parallel):
         out = result if isinstance(result, Outcome) else Outcome(device.name, False, str(result), exit_code=1)
         if out.records and store is not None:
             store.append(out.records)

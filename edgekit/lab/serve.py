@@ -338,7 +338,7 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
 
 
 def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: Any = None, push: bool = True,
-                   method: str = "auto", port: int = 8080, on_outcome: Any = None) -> list[Any]:
+                   method: str = "auto", port: int = 8080, on_outcome: Any = None, parallel: int = 16) -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
     from .run import Outcome, for_each
@@ -355,7 +355,7 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
                            f"--serve --port {p}`, or run without --no-deploy") from None
 
     outcomes = []
-    for d, rec in for_each(devices, work):
+    for d, rec in for_each(devices, work, parallel):
         if isinstance(rec, Exception):
             out = Outcome(d.name, False, str(rec), exit_code=1)
         else:
