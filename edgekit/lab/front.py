@@ -78,6 +78,9 @@ def haproxy_config(items: list[Backend], *, host: str = "127.0.0.1", port: int =
         "# Written by `edgekit lab serve --front` from the lab inventory. It holds API keys: keep it private.",
         "global", "    maxconn 4096", "",
         "defaults", "    mode http", "    timeout connect 2s",
+        # forward each streamed token as it comes: without it HAProxy merges small writes (MSG_MORE) and
+        # the first tokens waited ~130 ms for company here (TTFT direct/front 0.39 on the tiny model)
+        "    option http-no-delay",
         # a bench or a long answer streams for minutes
         "    timeout client 600s", "    timeout server 600s", "    timeout queue 60s", "    timeout http-request 30s", "",
         "frontend edgekit", f"    bind {_addr(host, port)}",
