@@ -187,15 +187,23 @@ def deploy(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
     serve: bool = typer.Option(False, "--serve", help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."),
-    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
+    serve_host: str = typer.Option("127.0.0.1", "--serve-host", help="Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or --insecure)."),
+    serve_key: Optional[Path] = typer.Option(None, "--api-key-file", help="With --serve: the key clients must send, copied to the device (mode 600)."),
+    insecure: bool = typer.Option(False, "--insecure", help="With --serve: allow a non-loopback bind without an API key."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
     via: str = _VIA,
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
-    from .lab.inventory import load_inventory
+    from .serve.guard import is_loopback, read_api_key
 
+    key = read_api_key(None, serve_key) if serve else None
+    if serve and not serve_host:
+        raise EdgekitError("--serve-host is empty: give an address (127.0.0.1: the device only; 0.0.0.0: every interface)")
+    if serve and not is_loopback(serve_host) and not key and not insecure:
+        raise EdgekitError(f"--serve-host {serve_host} lets anyone on that network use the model: give "
+                           "--api-key-file FILE, or --insecure to serve it without a key")
     devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
     if _via(via) == "ansible":
         from .lab.ansible_run import ansible_run
@@ -216,7 +224,7 @@ def deploy(
         for d in devices:
             try:
                 s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=["--parallel", str(parallel)],
-                                  method=method)
+                                  method=method, api_key=key)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
                 typer.echo(f"edgekit: error: {e}", err=True)
@@ -333,7 +341,8 @@ def lab_serve(
     config_only: bool = typer.Option(False, "--config-only", help="Write and check the configuration, run nothing (for a system haproxy)."),
     no_deploy: bool = typer.Option(False, "--no-deploy", help="The devices' servers are already running: only put the front before them."),
     port: int = typer.Option(8080, "--port", help="The devices' server port (an inventory serve_port / edgekit_serve_port wins)."),
-    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the devices' servers listen on."),
+    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the devices' servers listen on (the front reaches them there)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow devices without an api_key on a non-loopback --serve-host."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="Each device server's slots."),
     via: str = _VIA,
     method: str = _METHOD,
@@ -349,11 +358,14 @@ def lab_serve(
         raise ConfigError("--no-deploy, --config, --config-only and --front-key only make sense with --front")
     failed = 0
     if not no_deploy and not config_only:
-        serve_params = {p.name for p in typer.main.get_command(app).commands["serve"].params}
-        key_flag = "--api-key" if "api_key" in serve_params else None
+        from .serve.guard import is_loopback
+
+        open_ = [d.name for d in chosen if not d.api_key]
+        if open_ and not is_loopback(serve_host) and not insecure:
+            raise ConfigError(f"--serve-host {serve_host} would let anyone on that network use {', '.join(open_)}: "
+                              f"give each device an api_key (edgekit_api_key), or pass --insecure")
         for _, ok, line in start_devices(dist, lab, chosen, via=_via(via), port=port, serve_host=serve_host,
-                                         serve_args=["--parallel", str(parallel)], key_flag=key_flag, method=method,
-                                         forks=forks):
+                                         serve_args=["--parallel", str(parallel)], method=method, forks=forks):
             typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
             failed += not ok
     if not front:
@@ -508,43 +520,29 @@ def run(
               + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
 
 
-def _port_free(host: str, port: int) -> None:
-    """Fail in one line before loading the model when the port is taken (uvicorn would print its
-    Errno 98 after the load and exit 3, the budget gate's code)."""
-    import errno
-    import socket
-
-    from .core.errors import ConfigError
-
-    if not 0 < port < 65536:
-        raise ConfigError(f"--port {port}: use 1-65535")
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
-    fam, kind, proto, _, addr = infos[0]
-    with socket.socket(fam, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            what = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise ConfigError(f"port {port} on {host} {what}; pass another --port") from None
-
-
 @app.command()
 def serve(
     artifact: Optional[Path] = _ART,
     model: Optional[Path] = MODEL,
     target: Optional[str] = _TARGET,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
     queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096)."),
     threads: Optional[int] = _THREADS,
-    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
+    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason \"cancelled\"."),
+    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="The model id /v1/models lists and replies name (default: the artifact's file name)."),
+    strict_model: bool = typer.Option(False, "--strict-model", help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the key from this file (first line)."),
+    allowed_origin: Optional[list[str]] = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body (413 beyond)."),
+    max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
+    reuse_port: bool = typer.Option(False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."),
     knob: Optional[list[str]] = _KNOB,
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
@@ -552,17 +550,43 @@ def serve(
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from .measure.bench import parse_knobs
-    from .serve.http import serve as run_server
+    from .serve.guard import Limits, Policy, is_loopback, read_api_key
+    from .serve.lifecycle import bind, serve as run_server
     from .serve.session import open_session
 
+    if not (grace >= 0 and grace < float("inf")):
+        raise EdgekitError(f"--grace {grace}: give the seconds in-flight requests may finish, 0 or more")
+    if not (0 < max_body_mb < float("inf")):
+        raise EdgekitError(f"--max-body-mb {max_body_mb}: give a positive size")
+    for name, v in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not (0 < v < float("inf")):
+            raise EdgekitError(f"{name} {v}: give a positive number of seconds")
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise EdgekitError(f"--max-prompt-chars {max_prompt_chars}: give a positive count")
+    if alias is not None and not alias.strip():
+        raise EdgekitError("--alias is empty: give the model id clients will use")
+    key = read_api_key(api_key, api_key_file)
     artifact, _ = artifact_arg(artifact, model)
-    _port_free(host, port)
+    bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
+    policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
+                    limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
+                                  body_timeout_s=body_timeout))
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
     _picked(session, artifact)
-    typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
-               f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
-    run_server(session, host=host, port=port, grace_s=grace)
+    if alias:
+        session.model = alias.strip()
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        typer.echo(f"edgekit: serving {session.model} at http://{shown}:{port}/v1 ({parallel} slot(s), "
+                   f"ctx {session.n_ctx}, target {session.target or '-'}{', API key required' if key else ''})", err=True)
+        if not policy.loopback_only and not key:
+            typer.echo(f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
+                       "port can use the model", err=True)
+
+    run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
+               max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
 
 
 @app.command("eval")

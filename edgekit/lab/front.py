@@ -190,21 +190,16 @@ class Front:
 
 
 def start_devices(dist: Path | None, inventory, devices: list[Device], *, via: str = "ssh", port: int = 8080,
-                  serve_host: str = "0.0.0.0", serve_args: list[str] | None = None, key_flag: str | None = None,
-                  method: str = "auto", forks: int = 16):
+                  serve_host: str = "0.0.0.0", serve_args: list[str] | None = None, method: str = "auto",
+                  forks: int = 16):
     """Deploy and start every device's `edgekit serve` (SSH path or the playbook); yield (device, ok, line).
-
-    ``key_flag`` is serve's API-key option when this edgekit has one: each device's key is passed to its
-    server; without it the keys only go into the front's configuration."""
-    def args_for(d: Device) -> list[str]:
-        return [*(serve_args or []), *([key_flag, d.api_key] if key_flag and d.api_key else [])]
-
+    Each device's key (``api_key``) goes to its server as `deploy --serve` sends one (a mode-600 file)."""
     if via == "ansible":
         from .ansible_run import ansible_run
 
-        keyed = [d for d in devices if key_flag and d.api_key]
-        if keyed:
-            raise ConfigError("per-device API keys over --via ansible are not passed to the servers yet; use --via ssh")
+        if any(d.api_key for d in devices):
+            raise ConfigError("per-device API keys reach the servers over --via ssh only; the playbook does not "
+                              "send them yet")
         for o in ansible_run(dist, inventory, devices, [], serve=True, bench=False, serve_host=serve_host, port=port,
                              serve_args=serve_args, forks=forks):
             yield next(d for d in devices if d.name == o.device), o.ok, o.message
@@ -213,7 +208,8 @@ def start_devices(dist: Path | None, inventory, devices: list[Device], *, via: s
     from .serve import deploy_served
 
     def work(d: Device) -> str:
-        s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=args_for(d), method=method)
+        s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=list(serve_args or []),
+                          method=method, api_key=d.api_key)
         return f"{s.device}: serving at {s.url} ({s.mode}: {s.where})"
 
     for d, result in for_each(devices, work, parallel=forks):
