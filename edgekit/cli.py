@@ -110,20 +110,23 @@ def synth(
 def build(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or hub id (owner/name)."),
     target: str = typer.Option("pi5", "--target", help="Target profile (see `edgekit targets`)."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes or llama.cpp types (q5_k_m, iq4_nl ...; `edgekit recipes`); default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
     q_bits: Optional[int] = typer.Option(None, "--q-bits", help="MLX recipes: bits per weight (2, 3, 4, 5, 6, 8), as mlx_lm.convert."),
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written beside the artifacts."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Quantize with this precomputed importance matrix (llama-imatrix's .gguf or .dat)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .builder.pipeline import build as run
     from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
+                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size,
+                 calibrate=calibrate, imatrix=imatrix)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 

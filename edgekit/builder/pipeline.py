@@ -13,11 +13,12 @@ from pathlib import Path
 from ..model.checkpoint import load_checkpoint
 from ..core.errors import ConfigError, ConversionError, EdgekitError
 from ..backends.formats import FORMATS, BuildContext
+from .calibration import calibration
 from .source_scan import NonFinite, source_fingerprint
 from ..core.names import check_plain_name
 from ..backends.gguf.vocab import check_tokenizer
 from .manifest import Manifest, versions, write_manifest, MANIFEST
-from ..profiles.recipes import RECIPES, check_names
+from ..profiles.recipes import check_names, get_recipe
 from .staging import BuildStage
 from ..profiles.targets import TARGETS
 from .vocab import VocabTrims, effective_vocab, no_op_trims
@@ -81,18 +82,31 @@ def with_mlx_quant(recipes: list, bits: int | None, group_size: int | None) -> l
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
           vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
-          q_bits: int | None = None, q_group_size: int | None = None) -> Path:
+          q_bits: int | None = None, q_group_size: int | None = None,
+          calibrate: str | None = None, imatrix: Path | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
-    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
+    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so).
+    ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
+    recipes = effective_vocab([get_recipe(q) for q in (quants or list(tgt.quants))], vocab)
     recipes = with_mlx_quant(recipes, q_bits, q_group_size)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
+    cal = calibration(calibrate, imatrix)
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")
         FORMATS.get(r.format).check(r)
+        need = FORMATS.get(r.format).needs_imatrix(r) if cal is None else []
+        if need:   # llama-quantize refuses these too, after the conversion; say so before it
+            raise ConfigError(f"{r.name}: llama.cpp quantizes {', '.join(need)} only with an importance matrix; "
+                              "add --calibrate builtin (or --calibrate TEXT, or --imatrix FILE)")
+    untaken = [r.name for r in recipes if cal is not None and not FORMATS.get(r.format).takes_imatrix(r)]
+    if untaken and len(untaken) < len(recipes):
+        log.warning("%s: built without the importance matrix (unquantized, or a quantizer that takes none)", ", ".join(untaken))
+    if cal is not None and len(untaken) == len(recipes):
+        raise ConfigError(f"{cal.label.split()[0]}: none of {', '.join(r.name for r in recipes)} is quantized by "
+                          "llama.cpp, so no importance matrix would be used; drop the option or add a quantized recipe")
     ckpt = load_checkpoint(model)
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
@@ -121,7 +135,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             stack.callback(stop.set)
             fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
             stack.callback(trims.close)
-            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
+            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal)
             try:
                 artifacts = []
                 for r in recipes:
@@ -149,5 +163,6 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         )
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
-        stage.commit([a.file for a in artifacts] + id_maps, lambda f: write_manifest(f, manifest))
+        imatrices = sorted({a.extra["imatrix"]["file"] for a in artifacts if "imatrix" in a.extra})   # beside, for reuse
+        stage.commit([a.file for a in artifacts] + id_maps + imatrices, lambda f: write_manifest(f, manifest))
     return folder

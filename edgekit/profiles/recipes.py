@@ -7,7 +7,7 @@ other is an error naming the keys it knows, so a typo never builds silently with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,26 @@ COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
 
 
 def _load_all() -> dict[str, Recipe]:
-    return {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    from ..backends.gguf.ftypes import type_recipes
+
+    toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
+    return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.lazy(_load_all)
+
+
+def get_recipe(name: str) -> Recipe:
+    """A recipe by name (a TOML's, or a llama.cpp type's: q5_k_m), or ``RECIPE+TYPE``: RECIPE's tensor
+    overrides and vocabulary on top of llama.cpp type TYPE (``iq4_xs-edge+q5_k_m``: Q5_K_M layers with
+    the edge recipe's Q4_K head and Q6_K per-layer table)."""
+    base, plus, typ = name.rpartition("+")
+    if not plus:
+        return RECIPES.get(name)
+    r, t = RECIPES.get(base), RECIPES.get(typ)
+    if r.format != "gguf" or t.format != "gguf" or t.overrides or t.vocab is not None:
+        raise ConfigError(f"{name}: RECIPE+TYPE takes a gguf recipe and a llama.cpp type (e.g. iq4_xs-edge+q5_k_m)")
+    return replace(r, name=name, quant=f"{t.quant}+{r.name}", ftype=t.ftype,
+                   description=f"{r.name}'s overrides on llama.cpp {t.quant}")

@@ -118,7 +118,7 @@ class VocabTrims:
                     self._src = None   # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
             except OSError as e:
                 raise output_error(folder, e) from None
-            t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack)
+            t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack, calibration=ctx.calibration)
         return t.ckpt, t.ctx
 
     def _write_map(self, folder: Path, t: _Trim) -> dict[str, Any]:
