@@ -33,6 +33,7 @@ tools: setup
 
 test: setup tools
 	sh scripts/ensure-sshd.sh
+	sh scripts/ensure-haproxy.sh
 	$(BIN)/python -m pytest -q
 
 bench-build: setup

@@ -90,7 +90,12 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    recipes = effective_vocab([get_recipe(q) for q in (quants or list(tgt.quants))], vocab)
+    names = quants or list(tgt.quants)
+    twice = next((q for i, q in enumerate(names) if q in names[:i]), None)
+    if twice is not None:   # two artifacts of one name: the second would replace the first mid-commit
+        where = f"--quant {','.join(names)}" if quants else f"target {tgt.name}'s quants"
+        raise ConfigError(f"{where}: recipe {twice!r} is listed twice; list each recipe once")
+    recipes = effective_vocab([get_recipe(q) for q in names], vocab)
     recipes = with_mlx_quant(recipes, q_bits, q_group_size)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     cal = calibration(calibrate, imatrix)
@@ -111,13 +116,17 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
     if ckpt.dropped:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
-    skipped: dict[str, str] = {}
-    if vocab is None:   # a recipe's vocab is a cap; --vocab N is a request (above the vocabulary: an error)
-        recipes, skipped = no_op_trims(recipes, ckpt.config.vocab_size)
-        if not recipes:
-            raise ConfigError(f"{', '.join(skipped)}: the model's vocabulary of {ckpt.config.vocab_size} tokens is "
-                              "already within the recipe's vocab, so there is nothing to trim; build the "
-                              "full-vocabulary recipe instead (e.g. --quant iq4_xs-edge)")
+    # A recipe's vocab is a cap, and so is --vocab N at or above the vocabulary: a trim that keeps every
+    # token would write a full copy under a lean name, so the recipe is skipped (the manifest says why).
+    recipes, skipped = no_op_trims(recipes, ckpt.config.vocab_size)
+    if not recipes:
+        if vocab is not None:
+            raise ConfigError(f"--vocab {vocab}: the model's vocabulary has {ckpt.config.vocab_size} tokens, so there "
+                              f"is nothing to trim; build without --vocab, or with --vocab below "
+                              f"{ckpt.config.vocab_size}")
+        raise ConfigError(f"{', '.join(skipped)}: the model's vocabulary of {ckpt.config.vocab_size} tokens is "
+                          "already within the recipe's vocab, so there is nothing to trim; build the "
+                          "full-vocabulary recipe instead (e.g. --quant iq4_xs-edge)")
     # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
     trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
@@ -140,7 +149,12 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
                 artifacts = []
                 for r in recipes:
                     src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
-                    artifacts.append(trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab))
+                    a = trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab)
+                    first = next((x for x in artifacts if x.file == a.file), None)
+                    if first is not None:
+                        raise ConfigError(f"recipes {first.recipe!r} and {r.name!r} both make {a.file}; build them "
+                                          "apart, or give one a different quant label")
+                    artifacts.append(a)
                     if fingerprint.done():
                         fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()

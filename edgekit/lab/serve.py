@@ -424,7 +424,7 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
 
 def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: Any = None, push: bool = True,
                    method: str = "auto", port: int = 8080, on_outcome: Any = None,
-                   host: str = "0.0.0.0") -> list[Any]:
+                   host: str = "0.0.0.0", parallel: int = 16) -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
     from .run import Outcome, for_each
@@ -435,16 +435,17 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
         # Benched from here over the network: every interface, behind a key made for this run (with
         # --no-deploy, the running server's key from $EDGEKIT_API_KEY, if it has one).
         key = secrets.token_urlsafe(24) if push else os.environ.get("EDGEKIT_API_KEY")
-        url = deploy_served(dist, d, host=host, port=port, method=method, api_key=key).url if push \
-            else f"http://{d.host}:{port}/v1"
+        p = d.serve_port or port
+        url = deploy_served(dist, d, host=host, port=p, method=method, api_key=key).url if push \
+            else f"http://{d.host}:{p}/v1"
         try:
             return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host, key=key)
         except NoServer as e:
             raise LabError(f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
-                           f"--serve --port {port}`, or run without --no-deploy") from None
+                           f"--serve --port {p}`, or run without --no-deploy") from None
 
     outcomes = []
-    for d, rec in for_each(devices, work):
+    for d, rec in for_each(devices, work, parallel):
         if isinstance(rec, Exception):
             out = Outcome(d.name, False, str(rec), exit_code=1)
         else:

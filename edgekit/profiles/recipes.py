@@ -52,6 +52,24 @@ def check_names(r: Recipe, where: str) -> None:
         check_plain_name(getattr(r, key), key, where, "fix the recipe")
 
 
+def check_label(r: Recipe, where: str) -> None:
+    """The quant label names the artifact (<model>-<quant>.gguf) and the manifest's quant: it must be what
+    the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
+    if r.format == "gguf" and r.ftype:
+        want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+        fix = f"set quant = \"{want}\" (or \"{want}-<suffix>\"), or the ftype that writes {r.quant}"
+        what = f"ftype {r.ftype!r}, which writes {want}"
+    elif r.format == "mlx" and r.bits is not None:
+        want = f"{r.bits}bit"
+        fix = f"set quant = \"{want}-g{r.group_size or 64}\", or the bits it names"
+        what = f"bits = {r.bits}"
+    else:
+        return
+    label = r.quant.upper()
+    if label != want.upper() and not label.startswith(want.upper() + "-"):
+        raise ConfigError(f"{where}: quant {r.quant!r} does not match {what}; {fix}")
+
+
 def load_recipe(path: Path) -> Recipe:
     from ..backends.formats import FORMATS
 
@@ -81,6 +99,7 @@ def load_recipe(path: Path) -> Recipe:
         vocab=raw.get("vocab"),
     )
     check_names(r, str(path))
+    check_label(r, str(path))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
