@@ -16,7 +16,8 @@ from .integrity import NonFinite, check_plain_name, check_tokenizer, source_fing
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from .recipes import RECIPES, check_names
 from .staging import BuildStage
-from .targets import TARGETS
+from .targets import TARGETS, parse_modalities
+from . import projector
 from .vocab import VocabTrims, effective_vocab, no_op_trims
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,14 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
 
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
-          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False) -> Path:
+          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
+          modalities: list[str] | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
-    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
+    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so).
+    ``modalities`` (default: the target's) adds a projector for those towers beside each text artifact."""
     tgt = TARGETS.get(target)
+    mods = tgt.modalities if modalities is None else parse_modalities(modalities, "--modalities")
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
@@ -58,7 +62,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         check_names(r, f"recipe {r.name!r}")
         FORMATS.get(r.format).check(r)
     ckpt = load_checkpoint(model)
-    if ckpt.dropped:
+    projector.check_request(recipes, ckpt.config.raw, mods, str(ckpt.path / "config.json"))
+    if ckpt.dropped and not mods:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
     skipped: dict[str, str] = {}
@@ -88,9 +93,12 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
             try:
                 artifacts = []
+                projectors: set[str] = set()
                 for r in recipes:
                     src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
                     artifacts.append(trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab))
+                    if mods:   # the towers do not depend on the vocabulary: built from the source checkpoint
+                        projectors.add(projector.attach(ckpt, r, artifacts[-1], ctx, mods).name)
                     if fingerprint.done():
                         fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()
@@ -113,5 +121,5 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         )
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
-        stage.commit([a.file for a in artifacts] + id_maps, lambda f: write_manifest(f, manifest))
+        stage.commit([a.file for a in artifacts] + id_maps + sorted(projectors), lambda f: write_manifest(f, manifest))
     return folder

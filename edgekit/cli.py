@@ -16,7 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from .errors import EdgekitError
+from .errors import ConfigError, EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -78,8 +78,11 @@ def synth(
     steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
     threads: int = typer.Option(2, "--threads", help="With --train: torch threads."),
+    towers: bool = typer.Option(False, "--towers", help="Add vision and audio towers with E2B's structure (random weights) and the processor configs."),
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
+    if towers and train_text is not None:
+        raise ConfigError("--towers makes random towers; --train trains the text model only: use one of them")
     if train_text is not None:
         from .train import TrainOptions, train
 
@@ -88,7 +91,7 @@ def synth(
         return
     from .synth import synth as run
 
-    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
+    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap, towers=towers)
     typer.echo(str(path))
 
 
@@ -101,13 +104,14 @@ def build(
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Towers to ship beside the text model: vision, audio, or text (none); default: the target's (docs/multimodal.md)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite)
+                 allow_nonfinite=allow_nonfinite, modalities=_csv(modalities))
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
