@@ -306,9 +306,32 @@ def run(
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's."),
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
     knob: Optional[list[str]] = _KNOB,
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image for the prompt (any format Pillow reads); repeatable. Needs -p."),
+    audio: Optional[list[Path]] = typer.Option(None, "--audio", help="An audio clip for the prompt (WAV, FLAC, OGG, MP3; ≤ 30 s); repeatable. Needs -p."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="The projector file (default: the one the manifest links to the artifact)."),
+    image_tokens: int = typer.Option(280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (transformers' budgets)."),
 ) -> None:
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit."""
     import sys
+
+    if image or audio:
+        from .media_run import run_media
+        from .session import peak_rss_bytes
+
+        if prompt is None:
+            raise ConfigError("--image/--audio need a prompt (-p); an interactive chat with media is not there yet")
+        if knob:
+            raise ConfigError("--knob is not applied to replies with media yet; drop it")
+        st = run_media(artifact, prompt, list(image or []), list(audio or []), lambda t: (sys.stdout.write(t), sys.stdout.flush()),
+                       target=target, system=system, max_tokens=max_tokens, temperature=temperature, threads=threads,
+                       ctx=ctx, mmproj=mmproj, image_budget=image_tokens, enable_thinking=think)
+        sys.stdout.write("\n")
+        sys.stderr.write(f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
+                         f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
+                         f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
+        return
+    if mmproj is not None:
+        raise ConfigError("--mmproj is for --image/--audio")
 
     from .bench import parse_knobs
     from .generate import Sampling
