@@ -148,3 +148,65 @@ def test_audio_soft_tokens_and_the_log_mel_floor(llm, mm, hf):
     print(f"audio soft tokens: relative L2 {e_plain:.2e} vs transformers, {e_floor:.2e} with llama.cpp's floor")
     assert e_floor < 1e-3
     assert e_plain > 5 * e_floor   # what remains is the floor, not the tower
+
+
+@pytest.mark.slow
+def test_greedy_generation_with_an_image_agrees_with_transformers(mm, tmp_path):
+    """F32 text model, F32 cache and F32 vision tower; one 63-token image and a chat prompt.
+
+    llama.cpp (this version) attends bidirectionally inside an image for every text width but E2B's and
+    E4B's (1536, 2560), where it is causal, as transformers is for a config without
+    use_bidirectional_attention (E2B's). The tiny model is 256 wide, so its reference is transformers
+    with use_bidirectional_attention="vision": measured max |Δlogit| 2.6e-3 (logit range 10.4) at the
+    first reply position, and the same 16 greedy tokens. Against transformers as configured (causal) it
+    is 0.86, the size of the change a different image makes (4.6-5.5): the mask, not the numbers.
+    (A random model's greedy reply repeats one token; the logits carry the comparison.)"""
+    import torch
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration
+
+    from edgekit.chat import ChatTemplate
+    from edgekit.media_run import MediaModel, MediaPrompt, media_marker
+
+    ckpt = mm[0]
+    c = load_checkpoint(ckpt)
+    text = convert(c, tmp_path / "t32.gguf", "F32")
+    proj = write_mmproj(c, tmp_path / "p32.gguf", ("vision",), {"vision": "F32"})
+    img = prepare_image(_image(300, 400), 70)
+    rendered = ChatTemplate.from_artifact(ckpt).render(
+        [{"role": "user", "content": media_marker() + "\nWhat is in this picture?"}])
+    model = MediaModel(text, proj, n_ctx=512, threads=2, image_budget=70, f32_cache=True)
+    try:
+        model.eval_prompt(rendered, MediaPrompt([img], []))
+        first = model._logits().copy()
+        ours = list(model.greedy(16))
+    finally:
+        model.close()
+
+    from transformers import AutoImageProcessor
+
+    x = AutoImageProcessor.from_pretrained(ckpt)(images=[img], return_tensors="pt", max_soft_tokens=70)
+    n = int(x["num_soft_tokens_per_image"][0])
+    ids = Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode(
+        rendered.replace(media_marker(), "<|image>" + "<|image|>" * n + "<image|>"), add_special_tokens=False).ids
+    state = {k: v.float() for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
+    ref = {}
+    for mode in (None, "vision"):
+        cfg = Gemma4Config.from_pretrained(ckpt)
+        cfg.text_config.use_bidirectional_attention = mode
+        hf = Gemma4ForConditionalGeneration(cfg).float().eval()
+        hf.load_state_dict(state, strict=False)
+        ids_t = torch.tensor([ids])
+        kw = dict(attention_mask=torch.ones_like(ids_t), pixel_values=x["pixel_values"],
+                  image_position_ids=x["image_position_ids"], mm_token_type_ids=(ids_t == cfg.image_token_id).long())
+        with torch.no_grad():
+            logits = hf(input_ids=ids_t, **kw).logits[0, -1].numpy()
+            gen = hf.generate(input_ids=ids_t, max_new_tokens=16, do_sample=False, **kw)[0, len(ids):].tolist()
+        ref[mode] = (logits, gen)
+    d_bidir = float(np.abs(first - ref["vision"][0]).max())
+    d_causal = float(np.abs(first - ref[None][0]).max())
+    print(f"max |dlogit|: {d_bidir:.2e} vs bidirectional-image transformers, {d_causal:.2f} vs causal")
+    assert d_bidir < 1e-2
+    assert ours == ref["vision"][1]
+    assert d_causal > 20 * d_bidir   # the difference from the causal reference is the mask
