@@ -161,8 +161,12 @@ def _sse_writer(doc: dict[str, Any]) -> Any:
 
 class App:
     def __init__(self, session: Session):
+        from .serve_media import MediaReplies
+
         self.s = session
         self.created = int(time.time())
+        self.media = MediaReplies.for_session(session)   # None: a text-only build
+        self.modalities = ["text", *(self.media.modalities if self.media else ())]
 
     # -- plumbing
     async def _body(self, request: Any) -> dict[str, Any]:
@@ -241,13 +245,14 @@ class App:
             "peak_rss_bytes": peak_rss_bytes(), "kv_cache_bytes": figures.get("kv_cache_bytes"),
             "compute_buffer_bytes": figures.get("compute_buffer_bytes"), "host": self._host,
             "versions": self._versions, "hostname": socket.gethostname(),
-            "engine_version": self._versions.get(ENGINES.get(s.engine_name).version_key, "") if s.engine_name else ""})
+            "engine_version": self._versions.get(ENGINES.get(s.engine_name).version_key, "") if s.engine_name else "",
+            "modalities": self.modalities})
 
     async def models(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"object": "list", "data": [{"id": self.s.model, "object": "model",
-                                                         "created": self.created, "owned_by": "edgekit"}]})
+        return JSONResponse({"object": "list", "data": [{"id": self.s.model, "object": "model", "created": self.created,
+                                                         "owned_by": "edgekit", "modalities": self.modalities}]})
 
     async def chat(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
@@ -261,6 +266,10 @@ class App:
         messages = [_with_dict_arguments(m) for m in messages]
         kw = body.get("chat_template_kwargs") or {}
         think = kw.get("enable_thinking", body.get("enable_thinking"))
+        from .serve_media import has_media
+
+        if has_media(messages):
+            return await self._media_chat(body, messages, think)
         try:
             ids, prefix_len = self.s.prompt(messages, tools=tools, enable_thinking=think)
         except ConfigError as e:
@@ -281,6 +290,36 @@ class App:
             msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}")
         return JSONResponse({**base, "object": "chat.completion", "usage": self._usage(done.stats),
                              "choices": [{"index": 0, "message": msg, "finish_reason": self._reason(done, reply)}]})
+
+    async def _media_chat(self, body: dict[str, Any], messages: list[dict[str, Any]], think: Any) -> Any:
+        """A reply with images or audio (edgekit/serve_media.py): bad media is a 400, the server goes on."""
+        from starlette.responses import JSONResponse
+
+        from .media import MediaError
+        from .serve_media import split_parts
+
+        try:
+            if body.get("stream"):
+                raise MediaError("streaming a reply with media is not supported yet; send stream: false")
+            if body.get("tools"):
+                raise MediaError("tools with media are not supported yet")
+            plain, media = split_parts(messages, self.media.modalities if self.media else ())
+            sampling = _sampling(body)
+            if body.get("temperature") not in (None, 0, 0.0):   # unsent: greedy here, not OpenAI's 1.0
+                raise MediaError("replies with media are greedy for now; send temperature 0")
+            r = await asyncio.to_thread(self.media.reply, self.s.template, plain, media,  # type: ignore[union-attr]
+                                        sampling.max_tokens, think)
+        except MediaError as e:
+            raise BadRequest(e.message) from None
+        reply = parse_reply(r["text"])
+        msg = {"role": "assistant", "content": reply.content}
+        if reply.reasoning:
+            msg["reasoning_content"] = reply.reasoning
+        usage = {"prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                 "total_tokens": r["prompt_tokens"] + r["completion_tokens"]}
+        return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.s.model,
+                             "object": "chat.completion", "usage": usage,
+                             "choices": [{"index": 0, "message": msg, "finish_reason": r["finish_reason"]}]})
 
     @staticmethod
     def _reason(done: Event, reply: Any) -> str:
