@@ -40,6 +40,11 @@ class Projector:
         except ImportError:  # pragma: no cover - a runtime dependency
             raise EngineMissingError("llama-cpp-python with mtmd is not installed; pip install 'edgekit[runtime]'") from None
         self._m = mtmd_cpp
+        # mtmd logs through its own hook: route it to llama-cpp-python's, which a Llama(verbose=False) silences.
+        from llama_cpp._logger import llama_log_callback
+
+        mtmd_cpp.mtmd_log_set(llama_log_callback, None)
+        mtmd_cpp.mtmd_helper_log_set(llama_log_callback, None)
 
         def has_token(text: str) -> bool:
             return len(llm.tokenize(text.encode(), add_bos=False, special=True)) == 1
