@@ -17,7 +17,14 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from .errors import ArtifactError, ConfigError
-from .media import DEFAULT_IMAGE_BUDGET, Audio, MediaError, open_audio, open_image, prepare_image
+from .media import (
+    DEFAULT_IMAGE_BUDGET,
+    Audio,
+    MediaError,
+    open_audio,
+    open_image,
+    prepare_image,
+)
 
 
 @dataclass
@@ -106,6 +113,11 @@ class MediaModel:
     def piece(self, tok: int) -> bytes:
         return self.llm.detokenize([tok], special=False)
 
+    def stop_ids(self, template: Any) -> frozenset[int]:
+        """The template's end-of-reply texts that are single tokens of this model."""
+        ids = (self.llm.tokenize(s.encode(), add_bos=False, special=True) for s in template.stop_texts)
+        return frozenset(t[0] for t in ids if len(t) == 1)
+
 
 def media_marker() -> str:
     from llama_cpp import mtmd_cpp
@@ -138,9 +150,7 @@ def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], w
     model = MediaModel(planned.path, proj, n_ctx=ctx or 2048, threads=threads or min(4, physical_cores()),
                        image_budget=image_budget)
     try:
-        stop = frozenset(t for s in template.stop_texts
-                         for t in [model.llm.tokenize(s.encode(), add_bos=False, special=True)] if len(t) == 1
-                         for t in t)
+        stop = model.stop_ids(template)
         t0 = time.perf_counter()
         figures = model.eval_prompt(text, media)
         n, first = 0, None

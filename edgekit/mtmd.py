@@ -7,11 +7,12 @@ projection into the text width), the numbers tests/test_mmproj_numbers.py checks
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -109,47 +110,44 @@ class Projector:
             raise MediaError(f"mtmd could not tokenize the prompt with its media (code {rc})")
         return chunks
 
+    @contextlib.contextmanager
+    def _media_chunk(self, bitmap: Any, kind: str) -> Iterator[Any]:
+        """The one media chunk mtmd makes of ``bitmap`` alone (the bitmap is freed; the chunk on exit)."""
+        m = self._m
+        try:
+            chunks = self.tokenize(self._marker.decode(), [bitmap])
+        finally:
+            m.mtmd_bitmap_free(bitmap)
+        try:
+            media = [m.mtmd_input_chunks_get(chunks, i) for i in range(m.mtmd_input_chunks_size(chunks))]
+            media = [c for c in media if m.mtmd_input_chunk_get_type(c) in (IMAGE_CHUNK, AUDIO_CHUNK)]
+            if len(media) != 1:
+                raise MediaError(f"mtmd made {len(media)} {kind} chunks of one {kind}")
+            yield media[0]
+        finally:
+            m.mtmd_input_chunks_free(chunks)
+
     def _encode(self, bitmap: Any, kind: str) -> Encoded:
         m = self._m
-        try:
-            chunks = self.tokenize(self._marker.decode(), [bitmap])
-        finally:
-            m.mtmd_bitmap_free(bitmap)
-        try:
-            for i in range(m.mtmd_input_chunks_size(chunks)):
-                chunk = m.mtmd_input_chunks_get(chunks, i)
-                if m.mtmd_input_chunk_get_type(chunk) in (IMAGE_CHUNK, AUDIO_CHUNK):
-                    n = m.mtmd_input_chunk_get_n_tokens(chunk)
-                    t0 = time.perf_counter()
-                    if m.mtmd_encode_chunk(self._ctx, chunk) != 0:
-                        raise MediaError(f"mtmd failed to encode the {kind}")
-                    dt = time.perf_counter() - t0
-                    out = m.mtmd_get_output_embd(self._ctx)
-                    emb = np.ctypeslib.as_array(out, shape=(n * self.n_embd,)).reshape(n, self.n_embd).copy()
-                    return Encoded(kind, emb, dt)
-            raise MediaError(f"mtmd made no {kind} chunk")
-        finally:
-            m.mtmd_input_chunks_free(chunks)
+        with self._media_chunk(bitmap, kind) as chunk:
+            n = m.mtmd_input_chunk_get_n_tokens(chunk)
+            t0 = time.perf_counter()
+            if m.mtmd_encode_chunk(self._ctx, chunk) != 0:
+                raise MediaError(f"mtmd failed to encode the {kind}")
+            dt = time.perf_counter() - t0
+            out = m.mtmd_get_output_embd(self._ctx)
+            return Encoded(kind, np.ctypeslib.as_array(out, shape=(n * self.n_embd,)).reshape(n, self.n_embd).copy(), dt)
 
-    def count_tokens(self, bitmap: Any) -> int:
+    def count_tokens(self, bitmap: Any, kind: str) -> int:
         """Soft tokens mtmd makes for a bitmap (tokenized, not encoded); frees the bitmap."""
-        m = self._m
-        try:
-            chunks = self.tokenize(self._marker.decode(), [bitmap])
-        finally:
-            m.mtmd_bitmap_free(bitmap)
-        try:
-            return sum(m.mtmd_input_chunk_get_n_tokens(m.mtmd_input_chunks_get(chunks, i))
-                       for i in range(m.mtmd_input_chunks_size(chunks))
-                       if m.mtmd_input_chunk_get_type(m.mtmd_input_chunks_get(chunks, i)) in (IMAGE_CHUNK, AUDIO_CHUNK))
-        finally:
-            m.mtmd_input_chunks_free(chunks)
+        with self._media_chunk(bitmap, kind) as chunk:
+            return int(self._m.mtmd_input_chunk_get_n_tokens(chunk))
 
     def image_tokens(self, img: Any) -> int:
-        return self.count_tokens(self._bitmap_image(img))
+        return self.count_tokens(self._bitmap_image(img), "image")
 
     def audio_tokens(self, audio: Audio) -> int:
-        return self.count_tokens(self._bitmap_audio(audio))
+        return self.count_tokens(self._bitmap_audio(audio), "audio")
 
     def encode_image(self, img: Any) -> Encoded:
         """Soft tokens for a prepared image (media.prepare_image): exactly its pixels, no rescaling."""

@@ -18,7 +18,13 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from .media import DEFAULT_IMAGE_BUDGET, MediaError, open_audio, open_image, prepare_image
+from .media import (
+    DEFAULT_IMAGE_BUDGET,
+    MediaError,
+    open_audio,
+    open_image,
+    prepare_image,
+)
 from .media_run import MediaModel, MediaPrompt, media_marker
 
 MAX_MEDIA_BYTES = 20 << 20   # per part, decoded
@@ -128,9 +134,7 @@ class MediaReplies:
                 self._model = MediaModel(self.text_gguf, self.mmproj, n_ctx=self.n_ctx, threads=self.threads)
             m = self._model
             text = template.render(messages, enable_thinking=enable_thinking)
-            stop = frozenset(t for s in template.stop_texts
-                             for t in [m.llm.tokenize(s.encode(), add_bos=False, special=True)] if len(t) == 1
-                             for t in t)
+            stop = m.stop_ids(template)
             figures = m.eval_prompt(text, media)
             toks = []
             finish = "length"

@@ -8,7 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.media import MediaError, image_tokens, open_audio, open_image, prepare_image
+from edgekit.media import (
+    MediaError,
+    image_tokens,
+    open_audio,
+    open_image,
+    prepare_image,
+)
 from edgekit.synth import synth
 
 

@@ -109,8 +109,8 @@ def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
     assert "mmproj" in r.output
 
     # deploy's sidecars: the projectors go along, and a changed one is refused before anything is sent.
-    from edgekit.lab.deploy import sidecars
     from edgekit.errors import ArtifactError
+    from edgekit.lab.deploy import sidecars
 
     assert {s.file for s in sidecars(folder, read_manifest(folder))} == {q8["file"], f16["file"]}
     with open(folder / q8["file"], "r+b") as f:

@@ -5,8 +5,6 @@ engines see the same pixels at the same token budget."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
@@ -38,7 +36,12 @@ def llm(mm):
 def hf(mm):
     import torch
     from safetensors.torch import load_file
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, Gemma4Config, Gemma4ForConditionalGeneration
+    from transformers import (
+        AutoFeatureExtractor,
+        AutoImageProcessor,
+        Gemma4Config,
+        Gemma4ForConditionalGeneration,
+    )
 
     ckpt = mm[0]
     model = Gemma4ForConditionalGeneration(Gemma4Config.from_pretrained(ckpt)).float().eval()
@@ -68,7 +71,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_image_size_is_transformers_own():
-    from transformers.models.gemma4.processing_gemma4 import get_aspect_ratio_preserving_size
+    from transformers.models.gemma4.processing_gemma4 import (
+        get_aspect_ratio_preserving_size,
+    )
 
     rng = np.random.default_rng(1)
     for h, w in [(224, 224), (1080, 1920), (1920, 1080), (48, 2000), (2000, 40), *rng.integers(30, 4000, (40, 2))]:

@@ -22,7 +22,13 @@ from ...checkpoint import Checkpoint
 from ...errors import CheckpointError, ConfigError, ConversionError
 from ...fsutil import atomic_path
 from ...safetensors_io import TensorRef
-from ...towers import AUDIO_PREFIX, EMBED_AUDIO, EMBED_VISION, MEL_BINS, MODALITIES, VISION_PREFIX, Towers
+from ...towers import (
+    AUDIO_PREFIX,
+    EMBED_AUDIO,
+    MEL_BINS,
+    VISION_PREFIX,
+    Towers,
+)
 
 log = logging.getLogger(__name__)
 GQT = gguf.GGMLQuantizationType
