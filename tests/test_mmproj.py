@@ -163,3 +163,15 @@ def test_a_projector_for_another_model_is_refused(mm_ckpt, tiny_ckpt, tmp_path):
         check_pair(mm_text, tmp_path / "wide.gguf")
     with pytest.raises(ArtifactError, match="not a multimodal projector"):
         check_pair(mm_text, mm_text)
+
+
+def test_a_profile_with_modalities_ships_the_towers_by_default(mm_ckpt, tmp_path):
+    from edgekit.build import build
+    from edgekit.targets import TARGETS
+
+    assert TARGETS.get("pi5-8gb").modalities == ("vision", "audio") and TARGETS.get("pi5").modalities == ()
+    folder = build(str(mm_ckpt), target="pi5-8gb", quants=["f16"], out=tmp_path)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["artifacts"][0]["extra"]["projector"]["modalities"] == ["vision", "audio"]
+    folder = build(str(mm_ckpt), target="pi5-8gb", quants=["f16"], out=tmp_path / "t", modalities=["text"])
+    assert "projector" not in json.loads((folder / "manifest.json").read_text())["artifacts"][0]["extra"]
