@@ -126,7 +126,7 @@ def media_marker() -> str:
 
 
 def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], write: Callable[[str], Any],
-              target: Optional[str] = None, system: Optional[str] = None, max_tokens: int = 256,
+              target: Optional[str] = None, system: Optional[str] = None, max_tokens: Optional[int] = 256,
               temperature: float = 0.0, threads: Optional[int] = None, ctx: Optional[int] = None,
               mmproj: Optional[Path] = None, image_budget: int = DEFAULT_IMAGE_BUDGET,
               enable_thinking: Optional[bool] = None) -> dict[str, Any]:
@@ -153,9 +153,10 @@ def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], w
         stop = model.stop_ids(template)
         t0 = time.perf_counter()
         figures = model.eval_prompt(text, media)
+        room = model.llm.n_ctx() - int(figures["prompt_positions"])   # max_tokens None (-n -1): up to the context's end
         n, first = 0, None
         pending = b""
-        for tok in model.greedy(max_tokens, stop):
+        for tok in model.greedy(min(room, max_tokens or room), stop):
             first = first or time.perf_counter()
             if tok in stop:
                 break
