@@ -79,7 +79,7 @@ def test_bad_images_are_one_line(tmp_path):
 def built(tmp_path_factory):
     d = tmp_path_factory.mktemp("mmrun")
     ckpt = synth(d / "tiny-mm", preset="tiny", seed=0, towers=True)
-    r = CliRunner().invoke(app, ["build", "-m", str(ckpt), "-q", "q8_0", "--modalities", "vision,audio", "-o", str(d / "dist")])
+    r = CliRunner().invoke(app, ["build", "-m", str(ckpt), "-q", "q8_0", "--modalities", "vision,audio", "--out", str(d / "dist")])
     assert r.exit_code == 0, r.output
     return d / "dist" / "tiny-mm" / "pi5", d
 
@@ -101,7 +101,8 @@ def test_run_with_an_image_and_audio(built, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--image", "{tmp}/bad.jpg"], "not an image Pillow can decode"),
-    (["--image", "{tmp}/photo.jpg", "--temperature", "0.5"], "greedy for now"),
+    (["--image", "{tmp}/photo.jpg", "--temperature", "0.5"], "--temperature is not applied to replies with media"),
+    (["--image", "{tmp}/photo.jpg", "--top-k", "5"], "--top-k is not applied to replies with media"),
     (["--audio", "{tmp}/photo.jpg"], "not audio libsndfile can decode"),
     (["--image", "{tmp}/photo.jpg", "--mmproj", "{tmp}/none.gguf"], "no such projector file"),
 ])
@@ -119,7 +120,7 @@ def test_run_faults_are_one_line(built, tmp_path, args, message):
 def test_run_refuses_a_text_only_build_and_a_foreign_projector(built, tiny_ckpt, tmp_path):
     from PIL import Image
 
-    r = CliRunner().invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(tmp_path / "dist")])
+    r = CliRunner().invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(tmp_path / "dist")])
     assert r.exit_code == 0, r.output
     Image.new("RGB", (64, 64)).save(tmp_path / "photo.jpg")
     art = next((tmp_path / "dist").rglob("*.gguf"))

@@ -91,8 +91,8 @@ def test_tower_types_follow_the_recipe(mm_ckpt, tmp_path):
 
 
 def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "-t", "pi5", "-q", "q8_0,f16", "--modalities",
-                                 "vision,audio", "-o", str(tmp_path)])
+    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "q8_0,f16", "--modalities",
+                                 "vision,audio", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     folder = tmp_path / "tiny-mm" / "pi5"
     m = json.loads((folder / "manifest.json").read_text())
@@ -121,7 +121,7 @@ def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
 
 
 def test_text_only_stays_the_default(mm_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "-t", "pi5", "-q", "f16", "-o", str(tmp_path)])
+    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "f16", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     folder = tmp_path / "tiny-mm" / "pi5"
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-mm-F16.gguf"]
@@ -132,13 +132,13 @@ def test_text_only_stays_the_default(mm_ckpt, tmp_path):
     (["--modalities", "vision", "-q", "mlx-bf16"], "mlx artifacts carry no towers"),
 ])
 def test_bad_requests_are_one_line(mm_ckpt, tmp_path, args, message):
-    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "-t", "pi5", "-q", "f16", "-o", str(tmp_path), *args])
+    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "f16", "--out", str(tmp_path), *args])
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "tiny-mm").exists()
 
 
 def test_a_checkpoint_without_towers_is_refused(tiny_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f16", "--modalities", "audio", "-o", str(tmp_path)])
+    r = CliRunner().invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f16", "--modalities", "audio", "--out", str(tmp_path)])
     assert r.exit_code != 0 and "no audio tower" in r.output and "Traceback" not in r.output
 
 

@@ -45,7 +45,7 @@ def _client(art):
 def served(tmp_path_factory):
     d = tmp_path_factory.mktemp("srvmm")
     ckpt = synth(d / "tiny-mm", preset="tiny", seed=0, towers=True)
-    r = CliRunner().invoke(cli_app, ["build", "-m", str(ckpt), "-q", "q8_0", "--modalities", "vision,audio", "-o", str(d)])
+    r = CliRunner().invoke(cli_app, ["build", "-m", str(ckpt), "-q", "q8_0", "--modalities", "vision,audio", "--out", str(d)])
     assert r.exit_code == 0, r.output
     client, session = _client(d / "tiny-mm" / "pi5" / "tiny-mm-Q8_0.gguf")
     yield client
@@ -96,7 +96,7 @@ def test_too_long_audio_and_streaming_are_refused(served):
 
 
 def test_a_text_only_build_has_no_towers_to_serve(tiny_ckpt, tmp_path):
-    r = CliRunner().invoke(cli_app, ["build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(tmp_path)])
+    r = CliRunner().invoke(cli_app, ["build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     client, session = _client(next(tmp_path.rglob("*.gguf")))
     try:

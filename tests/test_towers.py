@@ -109,5 +109,5 @@ def test_towers_and_train_are_refused_together(tmp_path):
 
     from edgekit.cli import app
 
-    r = CliRunner().invoke(app, ["synth", "-o", str(tmp_path / "x"), "--towers", "--train", str(tmp_path / "t.txt")])
+    r = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "x"), "--towers", "--train", str(tmp_path / "t.txt")])
     assert r.exit_code != 0 and "--towers" in r.output and "Traceback" not in r.output
