@@ -1,8 +1,8 @@
-"""Encode time: edgekit's projector path (llama-cpp-python's mtmd, edgekit.mtmd) vs llama.cpp's own
+"""Encode time: edgekit's projector path (llama-cpp-python's mtmd, edgekit.backends.mtmd) vs llama.cpp's own
 llama-mtmd-cli, built from the same vendored sources, on the same files (goal: ≤ 1.0× its time).
 
 Both load the same text GGUF and the same mmproj (edgekit's), and encode the same prepared image
-(sized for the budget with edgekit.media, so neither engine rescales it) and the same audio clip.
+(sized for the budget with edgekit.serve.media, so neither engine rescales it) and the same audio clip.
 llama-mtmd-cli's time is what it logs ("image slice encoded in N ms"); edgekit's is the same call
 (mtmd_encode_chunk) timed in-process. Run it under the bench lock on a shared host:
 
@@ -31,11 +31,11 @@ def _inputs(work: Path, preset: str, budget: int, seconds: float) -> tuple[Path,
     import soundfile as sf
     from PIL import Image
 
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.gguf.convert import convert
-    from edgekit.formats.gguf.mmproj import write_mmproj
-    from edgekit.media import image_size_for_budget
-    from edgekit.synth import synth
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.backends.gguf.convert import convert
+    from edgekit.backends.gguf.mmproj import write_mmproj
+    from edgekit.serve.media import image_size_for_budget
+    from edgekit.dev.synth import synth
 
     ckpt = load_checkpoint(synth(work / f"{preset}-mm", preset=preset, seed=0, towers=True))
     text = convert(ckpt, work / "text-F16.gguf", "F16")
@@ -51,8 +51,8 @@ def _inputs(work: Path, preset: str, budget: int, seconds: float) -> tuple[Path,
 def ours(text: Path, proj: Path, image: Path, audio: Path, budget: int, reps: int, threads: int) -> dict[str, list[float]]:
     import llama_cpp
 
-    from edgekit.media import open_audio, open_image
-    from edgekit.mtmd import Projector
+    from edgekit.serve.media import open_audio, open_image
+    from edgekit.backends.mtmd import Projector
 
     llm = llama_cpp.Llama(str(text), n_ctx=2048, n_threads=threads, verbose=False)
     img, clip = open_image(image), open_audio(audio)

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.eval import scorers_pack
 from edgekit.eval.packs import PACKS, resolve_suite
 from edgekit.eval.sandbox import run_python
@@ -114,6 +114,9 @@ def test_pack_shape():
     per_suite = Counter(c.suite for c in CASES.values())
     assert len(per_suite) == 10 and set(per_suite.values()) == {12}, per_suite
     assert resolve_suite("enterprise") == PACKS["enterprise"]
+    # every registered scorer is exercised by a shipped suite (the example suite holds the first six)
+    shipped = {c.scorer for c in CASES.values()} | {c.scorer for c in load_suite(PACKS["example"])}
+    assert shipped == set(SCORERS)
     with pytest.raises(ConfigError, match="packs: enterprise"):
         resolve_suite("enterprize")
 

@@ -8,14 +8,14 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.media import (
+from edgekit.serve.media import (
     MediaError,
     image_tokens,
     open_audio,
     open_image,
     prepare_image,
 )
-from edgekit.synth import synth
+from edgekit.dev.synth import synth
 
 
 def _wav(path, seconds=1.0, rate=44100, channels=1, fmt=None):

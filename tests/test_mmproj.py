@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.checkpoint import load_checkpoint
+from edgekit.model.checkpoint import load_checkpoint
 from edgekit.cli import app
-from edgekit.formats.gguf.mmproj import write_mmproj
-from edgekit.synth import synth
+from edgekit.backends.gguf.mmproj import write_mmproj
+from edgekit.dev.synth import synth
 
 GQT = gguf.GGMLQuantizationType
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,8 +100,8 @@ def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
     q8, f16 = projs["tiny-mm-Q8_0.gguf"], projs["tiny-mm-F16.gguf"]
     assert q8["types"] == {"vision": "Q8_0", "audio": "BF16"} and f16["types"] == {"vision": "F16", "audio": "F16"}
     assert q8["file"] != f16["file"] and q8["modalities"] == ["vision", "audio"]
-    from edgekit.manifest import read_manifest
-    from edgekit.projector import projector_file
+    from edgekit.builder.manifest import read_manifest
+    from edgekit.builder.projector import projector_file
 
     for a in read_manifest(folder).artifacts:
         assert a.extra["projector"]["text_sha256"] == a.sha256
@@ -109,7 +109,7 @@ def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
     assert "mmproj" in r.output
 
     # deploy's sidecars: the projectors go along, and a changed one is refused before anything is sent.
-    from edgekit.errors import ArtifactError
+    from edgekit.core.errors import ArtifactError
     from edgekit.lab.deploy import sidecars
 
     assert {s.file for s in sidecars(folder, read_manifest(folder))} == {q8["file"], f16["file"]}
@@ -144,9 +144,9 @@ def test_a_checkpoint_without_towers_is_refused(tiny_ckpt, tmp_path):
 
 def test_a_projector_for_another_model_is_refused(mm_ckpt, tiny_ckpt, tmp_path):
     """Widths from the headers; the marker tokens from the loaded text model's vocabulary."""
-    from edgekit.errors import ArtifactError
-    from edgekit.formats.gguf.convert import convert
-    from edgekit.projector import check_pair
+    from edgekit.core.errors import ArtifactError
+    from edgekit.backends.gguf.convert import convert
+    from edgekit.builder.projector import check_pair
 
     proj = write_mmproj(load_checkpoint(mm_ckpt), tmp_path / "m.gguf", ("vision",), {"vision": "F16"})
     mm_text = convert(load_checkpoint(mm_ckpt), tmp_path / "mm.gguf", "F16")
@@ -166,8 +166,8 @@ def test_a_projector_for_another_model_is_refused(mm_ckpt, tiny_ckpt, tmp_path):
 
 
 def test_a_profile_with_modalities_ships_the_towers_by_default(mm_ckpt, tmp_path):
-    from edgekit.build import build
-    from edgekit.targets import TARGETS
+    from edgekit.builder.pipeline import build
+    from edgekit.profiles.targets import TARGETS
 
     assert TARGETS.get("pi5-8gb").modalities == ("vision", "audio") and TARGETS.get("pi5").modalities == ()
     folder = build(str(mm_ckpt), target="pi5-8gb", quants=["f16"], out=tmp_path)

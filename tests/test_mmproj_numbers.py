@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.checkpoint import load_checkpoint
-from edgekit.formats.gguf.convert import convert
-from edgekit.formats.gguf.mmproj import write_mmproj
-from edgekit.media import Audio, image_size_for_budget, prepare_image
-from edgekit.synth import synth
+from edgekit.model.checkpoint import load_checkpoint
+from edgekit.backends.gguf.convert import convert
+from edgekit.backends.gguf.mmproj import write_mmproj
+from edgekit.serve.media import Audio, image_size_for_budget, prepare_image
+from edgekit.dev.synth import synth
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def hf(mm):
 
 
 def _projector(llm, mm, budget=280):
-    from edgekit.mtmd import Projector
+    from edgekit.backends.mtmd import Projector
 
     return Projector(llm, mm[2], mm[1], threads=2, image_budget=budget)
 
@@ -171,8 +171,8 @@ def test_greedy_generation_with_an_image_agrees_with_transformers(mm, tmp_path):
     from tokenizers import Tokenizer
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
-    from edgekit.chat import ChatTemplate
-    from edgekit.media_run import MediaModel, MediaPrompt, media_marker
+    from edgekit.serve.chat import ChatTemplate
+    from edgekit.serve.media_run import MediaModel, MediaPrompt, media_marker
 
     ckpt = mm[0]
     c = load_checkpoint(ckpt)

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app as cli_app
-from edgekit.synth import synth
+from edgekit.dev.synth import synth
 
 
 def _png(w=120, h=90) -> str:
@@ -34,8 +34,8 @@ def _wav_b64(seconds=1.0) -> str:
 def _client(art):
     from starlette.testclient import TestClient
 
-    from edgekit.server import make_app
-    from edgekit.session import open_session
+    from edgekit.serve.http import make_app
+    from edgekit.serve.session import open_session
 
     session = open_session(art, ctx=1024, threads=2)
     return TestClient(make_app(session)), session

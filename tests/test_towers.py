@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.checkpoint import load_checkpoint
-from edgekit.synth import TOWER_PRESETS, hf_config, synth
-from edgekit.towers import CLIP_BOUNDS, Towers
+from edgekit.model.checkpoint import load_checkpoint
+from edgekit.dev.synth import TOWER_PRESETS, hf_config, synth
+from edgekit.model.towers import CLIP_BOUNDS, Towers
 
 
 @pytest.fixture(scope="module")
