@@ -412,7 +412,9 @@ def run(
     n = check_n(max_tokens)
     text = read_prompt(prompt, prompt_arg, file)
     if image or audio:
-        _run_media(artifact, text, image, audio, target=target, system=system, max_tokens=n, think=think,
+        from .serve.media_run import run_cli
+
+        run_cli(artifact, text, image, audio, target=target, system=system, max_tokens=n, think=think,
                    threads=threads, ctx=ctx, mmproj=mmproj, image_tokens=image_tokens,
                    ignored={"--temperature": temperature != 0.0, "--top-p": top_p != 1.0, "--top-k": top_k != 0,
                             "--min-p": min_p != 0.0, "--repeat-penalty": repeat_penalty != 1.0,
@@ -446,29 +448,6 @@ def run(
         w.err(f"ttft {st['ttft_ms']:.0f} ms, {st['decode_tps']:.1f} t/s ({st['completion_tokens']} tokens, "
               f"prompt {st['prompt_tokens']}), peak RSS {peak_rss_bytes() / 1e6:.0f} MB"
               + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
-
-
-def _run_media(artifact: Path, text: Optional[str], image: Optional[list[Path]], audio: Optional[list[Path]],
-               ignored: dict[str, bool], **kw) -> None:
-    """`run --image/--audio`: one greedy reply through mtmd (edgekit/media_run.py); options it cannot
-    apply yet are refused, never ignored."""
-    import sys
-
-    from .serve.media_run import run_media
-    from .serve.session import peak_rss_bytes
-
-    if text is None:
-        raise ConfigError("--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet")
-    bad = [k for k, v in ignored.items() if v]
-    if bad:
-        raise ConfigError(f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it")
-    st = run_media(artifact, text, list(image or []), list(audio or []), lambda t: (sys.stdout.write(t), sys.stdout.flush()),
-                   target=kw["target"], system=kw["system"], max_tokens=kw["max_tokens"], threads=kw["threads"],
-                   ctx=kw["ctx"], mmproj=kw["mmproj"], image_budget=kw["image_tokens"], enable_thinking=kw["think"])
-    sys.stdout.write("\n")
-    sys.stderr.write(f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
-                     f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
-                     f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
 
 
 def _port_free(host: str, port: int) -> None:

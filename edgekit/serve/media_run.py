@@ -173,3 +173,25 @@ def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], w
     figures.update(ttft_ms=((first or end) - t0) * 1e3, completion_tokens=n,
                    decode_tps=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0)
     return figures
+
+
+def run_cli(artifact: Path, text: Optional[str], image: Optional[list[Path]], audio: Optional[list[Path]],
+               ignored: dict[str, bool], **kw) -> None:
+    """`edgekit run --image/--audio`'s adapter: one greedy reply, its figures on stderr; options it cannot
+    apply yet are refused, never ignored."""
+    import sys
+
+    from .session import peak_rss_bytes
+
+    if text is None:
+        raise ConfigError("--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet")
+    bad = [k for k, v in ignored.items() if v]
+    if bad:
+        raise ConfigError(f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it")
+    st = run_media(artifact, text, list(image or []), list(audio or []), lambda t: (sys.stdout.write(t), sys.stdout.flush()),
+                   target=kw["target"], system=kw["system"], max_tokens=kw["max_tokens"], threads=kw["threads"],
+                   ctx=kw["ctx"], mmproj=kw["mmproj"], image_budget=kw["image_tokens"], enable_thinking=kw["think"])
+    sys.stdout.write("\n")
+    sys.stderr.write(f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
+                     f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
+                     f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
