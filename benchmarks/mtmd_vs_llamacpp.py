@@ -70,7 +70,7 @@ def theirs(text: Path, proj: Path, media: Path, kind: str, budget: int, reps: in
     for _ in range(reps):
         r = subprocess.run([str(cli), "-m", str(text), "--mmproj", str(proj), f"--{kind}", str(media), "-p", "hi",
                             "-n", "1", "-t", str(threads), "--image-min-tokens", "1", "--image-max-tokens", str(budget),
-                            "--temp", "0", "--no-warmup"],
+                            "--temp", "0", "--no-warmup", "--jinja"],   # our template is jinja-only
                            capture_output=True, text=True, env=llamacpp_tools.tool_env())
         m = re.search(r"(image|audio) slice encoded in (\d+) ms", r.stdout + r.stderr)
         if r.returncode != 0 or not m:
