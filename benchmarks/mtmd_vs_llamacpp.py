@@ -3,7 +3,7 @@ llama-mtmd-cli, built from the same vendored sources, on the same files (goal: â
 
 Both load the same text GGUF and the same mmproj (edgekit's), and encode the same prepared image
 (sized for the budget with edgekit.serve.media, so neither engine rescales it) and the same audio clip.
-llama-mtmd-cli's time is what it logs ("image slice encoded in N ms"); edgekit's is the same call
+llama-mtmd-cli's time is what it logs ("mtmd batch encoding done in N ms"); edgekit's is the same call
 (mtmd_encode_chunk) timed in-process. Run it under the bench lock on a shared host:
 
     flock /tmp/edgekit-bench.lock .venv/bin/python benchmarks/mtmd_vs_llamacpp.py --preset tiny
@@ -72,10 +72,10 @@ def theirs(text: Path, proj: Path, media: Path, kind: str, budget: int, reps: in
                             "-n", "1", "-t", str(threads), "--image-min-tokens", "1", "--image-max-tokens", str(budget),
                             "--temp", "0", "--no-warmup", "--jinja"],   # our template is jinja-only
                            capture_output=True, text=True, env=llamacpp_tools.tool_env())
-        m = re.search(r"(image|audio) slice encoded in (\d+) ms", r.stdout + r.stderr)
+        m = re.search(r"(?:slice encoded|batch encoding done) in (\d+) ms", r.stdout + r.stderr)
         if r.returncode != 0 or not m:
             raise SystemExit(f"llama-mtmd-cli failed ({r.returncode}): {(r.stderr or r.stdout)[-400:]}")
-        times.append(float(m.group(2)))
+        times.append(float(m.group(1)))
     return times
 
 
