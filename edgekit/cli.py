@@ -113,13 +113,15 @@ def synth(
 def build(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or hub id (owner/name)."),
     target: str = typer.Option("pi5", "--target", help="Target profile (see `edgekit targets`)."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes or llama.cpp types (q5_k_m, iq4_nl ...; `edgekit recipes`); default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
     q_bits: Optional[int] = typer.Option(None, "--q-bits", help="MLX recipes: bits per weight (2, 3, 4, 5, 6, 8), as mlx_lm.convert."),
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written beside the artifacts."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Quantize with this precomputed importance matrix (llama-imatrix's .gguf or .dat)."),
     modalities: Optional[str] = typer.Option(None, "--modalities", help="Towers to ship beside the text model: vision, audio, or text (none); default: the target's (docs/multimodal.md)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
@@ -127,7 +129,8 @@ def build(
     from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size, modalities=_csv(modalities))
+                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size,
+                 calibrate=calibrate, imatrix=imatrix, modalities=_csv(modalities))
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -169,9 +172,11 @@ def list_(root: Path = typer.Argument(Path("dist"), help="Folder holding builds 
 
 # ---------------------------------------------------------------- device lab (edgekit/lab/)
 
-_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory (default: targets/lab.toml).")
+_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).")
 _METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
-lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory over SSH.")
+_VIA = typer.Option("ssh", "--via", help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).")
+_FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
+lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory (TOML, or an Ansible INI/YAML inventory) over SSH or Ansible.")
 app.add_typer(lab_app, name="lab")
 
 
@@ -189,15 +194,33 @@ def deploy(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
     serve: bool = typer.Option(False, "--serve", help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."),
-    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
+    serve_host: str = typer.Option("127.0.0.1", "--serve-host", help="Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or --insecure)."),
+    serve_key: Optional[Path] = typer.Option(None, "--api-key-file", help="With --serve: the key clients must send, copied to the device (mode 600)."),
+    insecure: bool = typer.Option(False, "--insecure", help="With --serve: allow a non-loopback bind without an API key."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
+    via: str = _VIA,
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
-    from .lab.inventory import load_inventory
+    from .serve.guard import is_loopback, read_api_key
 
+    key = read_api_key(None, serve_key) if serve else None
+    if serve and not serve_host:
+        raise EdgekitError("--serve-host is empty: give an address (127.0.0.1: the device only; 0.0.0.0: every interface)")
+    if serve and not is_loopback(serve_host) and not key and not insecure:
+        raise EdgekitError(f"--serve-host {serve_host} lets anyone on that network use the model: give "
+                           "--api-key-file FILE, or --insecure to serve it without a key")
     devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
+    if _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+        from .lab.inventory import Inventory
+
+        lab = load_inventory(inventory) if host is None else Inventory(Path(host), {d.name: d for d in devices})
+        outcomes = ansible_run(dist, lab, devices, [], bootstrap=bootstrap, wheel=wheel, serve=serve, serve_host=serve_host,
+                               port=port, serve_args=["--parallel", str(parallel)], bench=False,
+                               on_outcome=lambda o: typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok))
+        raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
@@ -207,13 +230,19 @@ def deploy(
 
         for d in devices:
             try:
-                s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
-                                  method=method)
+                s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=["--parallel", str(parallel)],
+                                  method=method, api_key=key)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
                 typer.echo(f"edgekit: error: {e}", err=True)
                 failed = True
     raise typer.Exit(1 if failed else 0)
+
+
+def _via(via: str) -> str:
+    if via not in ("ssh", "ansible"):
+        raise ConfigError(f"--via {via!r}: use ssh or ansible")
+    return via
 
 
 def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
@@ -242,6 +271,7 @@ def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config,
 def lab_list(
     inventory: Optional[Path] = _INVENTORY,
     names: bool = typer.Option(False, "--names", help="Names only, for make: names make cannot quote are left out."),
+    origin: bool = typer.Option(False, "--origin", help="Also show where each field came from (file, [defaults], group or host var)."),
 ) -> None:
     """List the inventory's devices: name, target, ssh address, remote work dir."""
     from .lab.inventory import load_inventory
@@ -249,6 +279,9 @@ def lab_list(
     for d in load_inventory(inventory).devices.values():
         if not names:
             typer.echo(f"{d.name}\t{d.target}\t{d.address()}\t{d.workdir}")
+            if origin:
+                for key, value, where in d.fields():
+                    typer.echo(f"  {key} = {value}\t({where})")
         elif d.make_safe:
             typer.echo(d.name)
         else:
@@ -267,6 +300,8 @@ def lab_run(
     method: str = _METHOD,
     served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with --no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say via served."),
     port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
+    via: str = _VIA,
+    forks: int = _FORKS,
 ) -> None:
     """Deploy, then bench on every device in parallel; each device's records go to the local store.
 
@@ -276,17 +311,74 @@ def lab_run(
     from .lab.run import exit_code, lab_run as run
     from .results import Store
 
-    chosen = load_inventory(inventory).select(_csv(devices))
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    kw = {}
+    if served and _via(via) == "ansible":
+        raise ConfigError("--served runs over edgekit's SSH path only; drop --via ansible")
     if served:
         from .lab.serve import lab_run_served as run   # noqa: F811
+        kw = {"port": port}
+    elif _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+
+        def run(dist, chosen, args, parallel, **k):   # noqa: F811
+            k.pop("method")
+            return ansible_run(dist, lab, chosen, args, forks=parallel, **k)
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
-        kw = {"port": port} if served else {}
-        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show, **kw)
+        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show,
+                       parallel=forks, **kw)
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
     raise typer.Exit(exit_code(outcomes))
+
+
+@lab_app.command("serve")
+def lab_serve(
+    dist: Path = typer.Argument(Path("dist"), help="dist, dist/<model> (a build per target) or one build folder."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device names (default: all)."),
+    inventory: Optional[Path] = _INVENTORY,
+    front: bool = typer.Option(False, "--front", help="Put HAProxy in front of the devices' servers (health checks on /health, retries on another device) and run it until Ctrl-C."),
+    front_host: str = typer.Option("127.0.0.1", "--front-host", help="Address the front listens on."),
+    front_port: int = typer.Option(8000, "--front-port", help="The front's port."),
+    front_key: Optional[str] = typer.Option(None, "--front-key", envvar="EDGEKIT_FRONT_KEY", help="API key clients must send to the front (Bearer)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Where to write haproxy.cfg (default: ~/.cache/edgekit/front/haproxy.cfg)."),
+    config_only: bool = typer.Option(False, "--config-only", help="Write and check the configuration, run nothing (for a system haproxy)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="The devices' servers are already running: only put the front before them."),
+    port: int = typer.Option(8080, "--port", help="The devices' server port (an inventory serve_port / edgekit_serve_port wins)."),
+    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the devices' servers listen on (the front reaches them there)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow devices without an api_key on a non-loopback --serve-host."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Each device server's slots."),
+    via: str = _VIA,
+    method: str = _METHOD,
+    forks: int = _FORKS,
+) -> None:
+    """Start `edgekit serve` on every device (deployed first, sha256-checked), optionally behind a load balancer."""
+    from .lab.front import run_front, start_devices
+    from .lab.inventory import load_inventory
+
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    if (no_deploy or config_only or config or front_key) and not front:
+        raise ConfigError("--no-deploy, --config, --config-only and --front-key only make sense with --front")
+    failed = 0
+    if not no_deploy and not config_only:
+        from .serve.guard import is_loopback
+
+        open_ = [d.name for d in chosen if not d.api_key]
+        if open_ and not is_loopback(serve_host) and not insecure:
+            raise ConfigError(f"--serve-host {serve_host} would let anyone on that network use {', '.join(open_)}: "
+                              f"give each device an api_key (edgekit_api_key), or pass --insecure")
+        for _, ok, line in start_devices(dist, lab, chosen, via=_via(via), port=port, serve_host=serve_host,
+                                         serve_args=["--parallel", str(parallel)], method=method, forks=forks):
+            typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
+            failed += not ok
+    if not front:
+        raise typer.Exit(1 if failed else 0)
+    run_front(chosen, port=port, host=front_host, front_port=front_port, front_key=front_key, config=config,
+              config_only=config_only, echo=typer.echo)
 
 
 @app.command()
@@ -312,6 +404,7 @@ def bench(
     limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] enforce_limit."),
     limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Run a grid of more than 100 rows per artifact (it is refused without)."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
@@ -319,14 +412,19 @@ def bench(
     from .core.errors import ConfigError, OutputError
     from .results import PRINTERS, Store
     from .measure.roofline import host_bandwidth
-    from .measure.sweep import expand, ints, knob_lists
+    from .measure.sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     path, _ = artifact_arg(path, model)
     knob = knob_items(knob, ubatch, batch, flash)
-    points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
-                    ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
+    axes = {"-p": ints(n_prompt, "-p"), "-n": ints(n_gen, "-n"), "-d": ints(depth, "-d", minimum=0),
+            "--threads": ints(threads, "--threads", None) or [None], "--ctx": ints(ctx, "--ctx", None) or [None]}
+    knobs = knob_lists(parse_knobs(knob or []))
+    points = expand(*axes.values(), knobs)
+    rows = check_grid(points, {**{k: len(v) for k, v in axes.items()}, **{f"--set {k}": len(v) for k, v in knobs.items()}}, yes)
+    if rows > CONFIRM_ROWS:
+        typer.echo(f"edgekit: a grid of {rows:,} rows per artifact (--yes)", err=True)
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = verbosity()
@@ -450,43 +548,29 @@ def run(
               + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
 
 
-def _port_free(host: str, port: int) -> None:
-    """Fail in one line before loading the model when the port is taken (uvicorn would print its
-    Errno 98 after the load and exit 3, the budget gate's code)."""
-    import errno
-    import socket
-
-    from .core.errors import ConfigError
-
-    if not 0 < port < 65536:
-        raise ConfigError(f"--port {port}: use 1-65535")
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
-    fam, kind, proto, _, addr = infos[0]
-    with socket.socket(fam, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            what = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise ConfigError(f"port {port} on {host} {what}; pass another --port") from None
-
-
 @app.command()
 def serve(
     artifact: Optional[Path] = _ART,
     model: Optional[Path] = MODEL,
     target: Optional[str] = _TARGET,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
     queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096)."),
     threads: Optional[int] = _THREADS,
-    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
+    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason \"cancelled\"."),
+    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="The model id /v1/models lists and replies name (default: the artifact's file name)."),
+    strict_model: bool = typer.Option(False, "--strict-model", help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the key from this file (first line)."),
+    allowed_origin: Optional[list[str]] = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body (413 beyond)."),
+    max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
+    reuse_port: bool = typer.Option(False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."),
     knob: Optional[list[str]] = _KNOB,
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
@@ -494,17 +578,43 @@ def serve(
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from .measure.bench import parse_knobs
-    from .serve.http import serve as run_server
+    from .serve.guard import Limits, Policy, is_loopback, read_api_key
+    from .serve.lifecycle import bind, serve as run_server
     from .serve.session import open_session
 
+    if not (grace >= 0 and grace < float("inf")):
+        raise EdgekitError(f"--grace {grace}: give the seconds in-flight requests may finish, 0 or more")
+    if not (0 < max_body_mb < float("inf")):
+        raise EdgekitError(f"--max-body-mb {max_body_mb}: give a positive size")
+    for name, v in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not (0 < v < float("inf")):
+            raise EdgekitError(f"{name} {v}: give a positive number of seconds")
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise EdgekitError(f"--max-prompt-chars {max_prompt_chars}: give a positive count")
+    if alias is not None and not alias.strip():
+        raise EdgekitError("--alias is empty: give the model id clients will use")
+    key = read_api_key(api_key, api_key_file)
     artifact, _ = artifact_arg(artifact, model)
-    _port_free(host, port)
+    bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
+    policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
+                    limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
+                                  body_timeout_s=body_timeout))
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
     _picked(session, artifact)
-    typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
-               f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
-    run_server(session, host=host, port=port, grace_s=grace)
+    if alias:
+        session.model = alias.strip()
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        typer.echo(f"edgekit: serving {session.model} at http://{shown}:{port}/v1 ({parallel} slot(s), "
+                   f"ctx {session.n_ctx}, target {session.target or '-'}{', API key required' if key else ''})", err=True)
+        if not policy.loopback_only and not key:
+            typer.echo(f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
+                       "port can use the model", err=True)
+
+    run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
+               max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
 
 
 @app.command("eval")
@@ -529,39 +639,40 @@ def eval_(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+    force_reference: bool = typer.Option(False, "--force-reference", help="Use a quantized reference, or one of other weights than the artifacts' manifest records, anyway."),
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
     from .measure.bench import parse_knobs
     from .core.errors import ConfigError
     from .eval.record import PRINTERS
-    from .results import Store
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     knob = knob_items(knob, ubatch, batch, flash)
+    from .eval.store import stored_after_printing
+
     if suite is not None:
         from .eval.record import SUITE_PRINTERS
-        from .eval.suite import SuiteOptions, run_suites
+        from .eval.suite import SuiteOptions, load_suite, run_suites
 
-        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                        target=target, runtime=parse_knobs(knob or []), device=device))
-        if not no_store:
-            with Store(db) as store:
-                store.append_suites(results)
-        typer.echo(SUITE_PRINTERS[output](results), nl=False)
+        load_suite(suite)   # a malformed suite fails before the store is opened
+        with stored_after_printing(db, "suites", store=not no_store) as keep:
+            results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                            target=target, runtime=parse_knobs(knob or []), device=device))
+            keep(results, SUITE_PRINTERS[output])
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
     from .eval import EvalOptions, evaluate
 
-    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
-                                          **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
-                                          reference_dtype=reference_dtype, ref_cache=ref_cache, device=device))
-    if not no_store:
-        with Store(db) as store:
-            store.append_quality(records)
-    typer.echo(PRINTERS[output](records), nl=False)
+    # The store is opened and tried before measuring; the records are printed before they are stored.
+    with stored_after_printing(db, "quality", store=not no_store) as keep:
+        records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
+                                              **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
+                                              reference_dtype=reference_dtype, ref_cache=ref_cache, device=device,
+                                              force_reference=force_reference))
+        keep(records, PRINTERS[output])
 
 
 @app.command()

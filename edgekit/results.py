@@ -379,6 +379,7 @@ class Store:
         self.corrupt: list[int] = []   # ids of rows records() skipped
         self.corrupt_quality: list[int] = []   # and quality_records()
         self.corrupt_suites: list[int] = []    # and suite_records()
+        self.db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
@@ -386,6 +387,8 @@ class Store:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
+            if self.db is not None:
+                self.db.close()   # a refused store keeps no file open (a mount it is on can be unmounted)
             raise OutputError(f"{self.path}: cannot open the results store ({e}); pass --db with a writable path") from None
 
     def _insert(self, sql: str, rows: list[tuple]) -> int:

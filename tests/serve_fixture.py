@@ -57,14 +57,24 @@ class Server:
             raise
 
 
+def wait_until(cond, seconds: float = 20.0) -> bool:
+    """Poll ``cond`` every 50 ms until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, env=env,
                           timeout=kw.pop("timeout", 300), **kw)
 
 
-def start_server(artifact: Path, log: Path, *args: str) -> Server:
-    port = free_port()
+def start_server(artifact: Path, log: Path, *args: str, port: int | None = None) -> Server:
+    port = port or free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     f = open(log, "w")
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],

@@ -118,8 +118,9 @@ def test_missing_tokenizer(ckpt_copy, tmp_path):
 def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
     res = run("build", "-m", str(tiny_ckpt), "--target", "pi4", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown target 'pi4'; choose one of: ")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "--out", str(tmp_path))
-    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q3_k'; choose one of: ")
+    # q3_k is llama.cpp's type now (every llama-quantize name is a recipe): an unknown name is one no type has
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q9_k", "--out", str(tmp_path))
+    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q9_k'; choose one of: ")
 
 
 def test_hub_id_offline(tmp_path, monkeypatch):

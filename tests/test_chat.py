@@ -148,3 +148,15 @@ def test_stream_splitter_rest_is_the_held_tail(text):
     events += s.rest()
     assert "".join(t for k, t in events if k == "content") == parse_reply(text).content == text
     assert s.rest() == []
+
+
+def test_stop_scanner_cuts_across_pieces():
+    from edgekit.serve.chat import StopScanner
+
+    s = StopScanner(["END", "\n\n"])
+    got = [s.feed(p) for p in ["Hello E", "N", "ough; E", "ND and more"]]
+    assert got == ["Hello ", "", "ENough; ", ""] and s.hit and s.rest() == ""
+    s = StopScanner(["END"])
+    assert (s.feed("no stop at the E"), s.rest()) == ("no stop at the ", "E")
+    s = StopScanner(["\n\n"])
+    assert s.feed("a\n") == "a" and s.feed("\nb") == "" and s.hit

@@ -29,8 +29,9 @@ def _one_line_error(code, err, *needles):
 
 
 def test_tokenizer_mismatch_names_both(f32, tiny_ckpt, tmp_path):
+    # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the tokenizers still differ.
     code, _, err = _run("eval", f32, "--reference", tiny_ckpt, "--ctx", 32, "--chunks", 1, "--no-store",
-                        "--ref-cache", tmp_path / "c.npz")
+                        "--ref-cache", tmp_path / "c.npz", "--force-reference")
     line = _one_line_error(code, err, "tiny-trained-F32.gguf", "tiny-gemma4", "tokenizer")
     assert "same checkpoint" in line
 

@@ -183,9 +183,10 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
 
 
 def test_lean_against_another_reference_is_refused(lean_dist, tiny_ckpt, tmp_path):
+    # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the vocabularies still differ.
     res = CliRunner().invoke(app, ["eval", str(lean_dist / f"tiny-trained-v{N_LEAN}-F32.gguf"), "--reference",
                                    str(tiny_ckpt), "--ctx", "32", "--chunks", "1", "--no-store",
-                                   "--ref-cache", str(tmp_path / "c.npz")])
+                                   "--ref-cache", str(tmp_path / "c.npz"), "--force-reference"])
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: tiny-trained-v{N_LEAN}-F32.gguf: its lean vocabulary ({N_LEAN} tokens) is "
                           "not the reference tiny-gemma4's restricted to the kept ids of its id map; evaluate against "

@@ -129,6 +129,9 @@ def read_manifest(folder_or_file: Path) -> Manifest:
         v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
         if isinstance(v, dict) and v.get("id_map") is not None:   # so must a lean artifact's id map
             check_member(v["id_map"], str(path))
+        im = a.extra.get("imatrix") if isinstance(a.extra, dict) else None
+        if isinstance(im, dict) and im.get("file") is not None:   # and its importance matrix
+            check_member(im["file"], str(path))
         p = a.extra.get("projector") if isinstance(a.extra, dict) else None
         if isinstance(p, dict) and p.get("file") is not None:   # and a multimodal projector
             check_member(p["file"], str(path))

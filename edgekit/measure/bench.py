@@ -104,6 +104,8 @@ def plan(path: Path, target: Union[Target, str, None] = None) -> list[Planned]:
         raise ArtifactError(f"{p}: no such artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
     if p.is_dir() and (p / MANIFEST).exists():
         m = read_manifest(p)
+        if not m.artifacts:   # run and serve take the first; bench and eval would measure nothing
+            raise ArtifactError(f"{p / MANIFEST}: lists no artifacts; rebuild with `edgekit build`")
         out = [Planned(_checked(p, a), a, m.model, target or m.target) for a in m.artifacts]
     else:
         fmt = detect(p)
@@ -149,6 +151,8 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
         raise ConfigError("-p, -n and -r must be at least 1 (and -d at least 0)")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)")
+    if opts.ctx is not None and opts.ctx < 1:   # 0 would silently mean the default below
+        raise ConfigError(f"--ctx {opts.ctx}: use at least 1 token (leave it out for the target's context)")
     threads = opts.threads or (min(tgt.threads, physical_cores()) if tgt else physical_cores())
     # llama-bench's context is p + n + d; each test here prefills d + p, then decodes d + n from a reset
     ctx = opts.ctx or (tgt.context if tgt else max(p + n + d for p, n, d in tests))
@@ -277,7 +281,9 @@ def bench_sweep(path: Path, opts: BenchOptions, points: list[Any]) -> list[Recor
     every artifact PATH names: one child per artifact per point, a Record per test."""
     import dataclasses
 
-    runs = [dataclasses.replace(opts, threads=pt.threads or opts.threads, ctx=pt.ctx or opts.ctx,
+    # A point's 0 stays 0 (settings refuses it), never the default (-t 1,0 used to run the default twice).
+    runs = [dataclasses.replace(opts, threads=opts.threads if pt.threads is None else pt.threads,
+                                ctx=opts.ctx if pt.ctx is None else pt.ctx,
                                 runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
     if len(runs) > 1:
         planned = plan(path, opts.target)

@@ -108,6 +108,18 @@ def _snapshot(text: str) -> Path:
         raise HubError(f"{model}: the hub cannot be reached ({e.__class__.__name__}); pass a local directory when offline") from None
 
 
+def _kind(p: Path) -> str:
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:
+        return e.strerror or "unreadable"
+    return next((what for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+                 if test(mode)), "not a file")
+
+
 def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     path = resolve(model)
     cfg_path = path / "config.json"
@@ -124,13 +136,17 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no .safetensors files; edgekit reads safetensors checkpoints")
+    for shard in shards:   # a FIFO or device would block the first read forever (a symlink to a file is fine)
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: not a regular file ({_kind(shard)}); a safetensors shard must be a file, "
+                                  "fetch it again")
     index_path = path / "model.safetensors.index.json"
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
         except (OSError, ValueError, KeyError):
             raise CheckpointError(f"{index_path}: unreadable index; restore it from the original checkpoint") from None
-        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        missing = sorted({f for f in weight_map.values() if not (path / f).exists()})
         if missing:
             raise CheckpointError(f"{path}: shard {missing[0]} named by the index is missing; fetch it again")
     tensors: dict[str, TensorRef] = {}

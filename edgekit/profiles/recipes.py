@@ -7,7 +7,7 @@ other is an error naming the keys it knows, so a typo never builds silently with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,24 @@ def check_names(r: Recipe, where: str) -> None:
         check_plain_name(getattr(r, key), key, where, "fix the recipe")
 
 
+def check_label(r: Recipe, where: str) -> None:
+    """The quant label names the artifact (<model>-<quant>.gguf) and the manifest's quant: it must be what
+    the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
+    if r.format == "gguf" and r.ftype:
+        want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+        fix = f"set quant = \"{want}\" (or \"{want}-<suffix>\"), or the ftype that writes {r.quant}"
+        what = f"ftype {r.ftype!r}, which writes {want}"
+    elif r.format == "mlx" and r.bits is not None:
+        want = f"{r.bits}bit"
+        fix = f"set quant = \"{want}-g{r.group_size or 64}\", or the bits it names"
+        what = f"bits = {r.bits}"
+    else:
+        return
+    label = r.quant.upper()
+    if label != want.upper() and not label.startswith(want.upper() + "-"):
+        raise ConfigError(f"{where}: quant {r.quant!r} does not match {what}; {fix}")
+
+
 def load_recipe(path: Path) -> Recipe:
     from ..backends.formats import FORMATS
 
@@ -87,6 +105,7 @@ def load_recipe(path: Path) -> Recipe:
         towers=_tower_types(raw.get("towers", {}), str(path)),
     )
     check_names(r, str(path))
+    check_label(r, str(path))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
@@ -111,8 +130,26 @@ COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab", "tow
 
 
 def _load_all() -> dict[str, Recipe]:
-    return {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    from ..backends.gguf.ftypes import type_recipes
+
+    toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
+    return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.lazy(_load_all)
+
+
+def get_recipe(name: str) -> Recipe:
+    """A recipe by name (a TOML's, or a llama.cpp type's: q5_k_m), or ``RECIPE+TYPE``: RECIPE's tensor
+    overrides and vocabulary on top of llama.cpp type TYPE (``iq4_xs-edge+q5_k_m``: Q5_K_M layers with
+    the edge recipe's Q4_K head and Q6_K per-layer table)."""
+    base, plus, typ = name.rpartition("+")
+    if not plus:
+        return RECIPES.get(name)
+    r, t = RECIPES.get(base), RECIPES.get(typ)
+    if r.format != "gguf" or t.format != "gguf" or t.overrides or t.vocab is not None:
+        raise ConfigError(f"{name}: RECIPE+TYPE takes a gguf recipe and a llama.cpp type (e.g. iq4_xs-edge+q5_k_m)")
+    return replace(r, name=name, quant=f"{t.quant}+{r.name}", ftype=t.ftype,
+                   description=f"{r.name}'s overrides on llama.cpp {t.quant}")

@@ -367,3 +367,30 @@ class StreamSplitter:
 
     def finish(self) -> Reply:
         return parse_reply(self.all)
+
+
+class StopScanner:
+    """Cuts streamed text before the first of ``stops`` (the API's ``stop`` sequences): text goes out as
+    soon as no stop sequence can start in it; a tail that may begin one is held back."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+        self.hit = False
+
+    def feed(self, piece: str) -> str:
+        if self.hit:
+            return ""
+        self.buf += piece
+        found = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
+        if found:
+            out, self.buf, self.hit = self.buf[:min(found)], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
+        out, self.buf = self.buf[:len(self.buf) - hold], self.buf[len(self.buf) - hold:]
+        return out
+
+    def rest(self) -> str:
+        """At the end with no stop found: the held tail."""
+        out, self.buf = ("" if self.hit else self.buf), ""
+        return out

@@ -43,6 +43,9 @@ from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions
 
 log = logging.getLogger(__name__)
+# LLAMA_TOKEN_ATTR_CONTROL: what only special-token parsing matches (user-defined tokens, such as
+# Gemma's runs of newlines, are matched in plain text too and mean nothing more than their text)
+L_ATTR_CONTROL = 1 << 3
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Sampling:
     top_p: float = 1.0
     top_k: int = 0                 # 0: off
     min_p: float = 0.0             # 0: off
+    grammar: str = ""              # GBNF the reply must match (llama.cpp); "": free text
+    logprobs: int = -1             # -1: none; N >= 0: each token's log-probability and the N likeliest
     repeat_penalty: float = 1.0    # 1: off; over the last REPEAT_LAST_N tokens, as llama.cpp's default
 
 
@@ -63,6 +68,7 @@ class Event:
     text: str = ""
     finish_reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
+    logprob: Any = None            # (logprob, [(token id, logprob), ...]) when the request asked (Sampling.logprobs)
 
 
 @dataclass
@@ -95,7 +101,7 @@ class _Slot:
         self.seq = seq
         self.req: Optional[GenRequest] = None
 
-    def start(self, req: GenRequest, L: Any, cached: int, ctx: Any = None) -> None:
+    def start(self, req: GenRequest, L: Any, cached: int, ctx: Any = None, vocab: Any = None) -> None:
         self.req, self.pos, self.n_gen, self.last = req, cached, 0, -1
         self.t_first: Optional[float] = None
         self.t_start = time.perf_counter()
@@ -104,11 +110,13 @@ class _Slot:
         s = req.sampling
         self.smpl = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
         if s.repeat_penalty != 1.0:   # first, as llama.cpp's sampler chain (greedy included)
-            L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_penalties(
-                L.llama_vocab_n_tokens(L.llama_model_get_vocab(L.llama_get_model(ctx))), REPEAT_LAST_N,
-                s.repeat_penalty, 0.0, 0.0))
-            for tok in req.prompt[-REPEAT_LAST_N:]:
-                L.llama_sampler_accept(self.smpl, tok)
+            pen = L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(L.llama_model_get_vocab(L.llama_get_model(ctx))),
+                                                 REPEAT_LAST_N, s.repeat_penalty, 0.0, 0.0)
+            for tok in req.prompt[-REPEAT_LAST_N:]:   # the prompt's tokens to this sampler alone: a grammar
+                L.llama_sampler_accept(pen, tok)       # in the chain would refuse them
+            L.llama_sampler_chain_add(self.smpl, pen)
+        if s.grammar:   # the rest sample among the tokens the grammar allows (checked by LlamaEngine.grammar_error)
+            L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root"))
         if s.temperature <= 0:
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_greedy())
         else:
@@ -188,7 +196,7 @@ class _Scheduler:
         while not self.waiting.empty():
             self.waiting.get_nowait().on_event(Event("done", finish_reason="cancelled"))
 
-    def _emit(self, slot: _Slot, tok: int, piece: bytes) -> Optional[str]:
+    def _emit(self, slot: _Slot, tok: int, piece: bytes, logprob: Any = None) -> Optional[str]:
         """Send the token; the finish reason when the request is complete after it."""
         req = slot.req
         now = time.perf_counter()
@@ -197,7 +205,7 @@ class _Scheduler:
         if tok in req.stop_ids:
             return "stop"
         slot.n_gen += 1
-        req.on_event(Event("token", token=tok, text=slot.utf8.decode(piece)))
+        req.on_event(Event("token", token=tok, text=slot.utf8.decode(piece), logprob=logprob))
         if slot.n_gen >= req.sampling.max_tokens or len(req.prompt) + slot.n_gen >= self.n_ctx:
             return "length"
         return None
@@ -221,8 +229,9 @@ class _Scheduler:
 
 
 class LlamaEngine(_Scheduler):
+    logprobs_supported = True     # the logits of each sampled row are at hand (MLX: not wired)
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None):
+                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
         super().__init__(slots, max_queue)
         self.n_ctx = opts.ctx
         self.prefix_seq = slots           # the extra sequence holding the cached prefix
@@ -237,20 +246,34 @@ class LlamaEngine(_Scheduler):
         self.batch = self.L.llama_batch_init(self.n_batch, 0, 1)
         self.prefix: list[int] = []
         self.prefix_file = Path(prefix_file) if prefix_file else None
+        self.prefix_key = prefix_key
         if self.prefix_file and self.prefix_file.exists():
             self._load_prefix()
         self.thread.start()
 
     # -- vocabulary
-    def tokenize(self, text: str) -> list[int]:
-        """Text with special tokens written out (a rendered chat) → ids; no BOS added (the template writes it)."""
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        """Text with special tokens written out (a rendered chat) → ids; no BOS added (the template writes it).
+        ``special=False``: every character as text (client text; see plain_text)."""
         raw = text.encode("utf-8")
         cap = len(raw) + 8
         buf = (ctypes.c_int32 * cap)()
-        n = self.L.llama_tokenize(self.vocab, raw, len(raw), buf, cap, False, True)
+        n = self.L.llama_tokenize(self.vocab, raw, len(raw), buf, cap, False, special)
         if n < 0:
             raise BenchError(f"llama.cpp could not tokenize the prompt ({-n} tokens needed)")
         return list(buf[:n])
+
+    @property
+    def n_vocab(self) -> int:
+        return self.L.llama_vocab_n_tokens(self.vocab)
+
+    def special_texts(self) -> list[str]:
+        """The texts only special-token parsing turns into one id: the control tokens."""
+        if not hasattr(self, "_special"):
+            L, v, want = self.L, self.vocab, L_ATTR_CONTROL
+            self._special = [L.llama_vocab_get_text(v, i).decode("utf-8", "replace")
+                             for i in range(self.n_vocab) if L.llama_vocab_get_attr(v, i) & want]
+        return self._special
 
     def piece(self, tok: int) -> bytes:
         buf = ctypes.create_string_buffer(256)
@@ -267,6 +290,14 @@ class LlamaEngine(_Scheduler):
 
     def figures(self) -> dict[str, Any]:
         return self.runner.figures()
+
+    def grammar_error(self, gbnf: str) -> str:
+        """"" if llama.cpp parses ``gbnf`` (root rule ``root``), else why not (its parser logs the detail)."""
+        smpl = self.L.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
+        if not smpl:
+            return "llama.cpp could not parse the grammar made from it"
+        self.L.llama_sampler_free(smpl)
+        return ""
 
     # -- prefix cache
     def _load_prefix(self) -> None:
@@ -289,10 +320,14 @@ class LlamaEngine(_Scheduler):
         self.L.llama_memory_seq_cp(self.mem, slot.seq, self.prefix_seq, 0, n)
         self.prefix = list(slot.req.prompt[:n])
         if self.prefix_file:
+            from . import prefix_cache
+
             arr = (ctypes.c_int32 * n)(*self.prefix)
-            tmp = self.prefix_file.with_name(self.prefix_file.name + ".tmp")
-            if self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n):
-                tmp.replace(self.prefix_file)
+            try:
+                prefix_cache.save(self.prefix_file, self.prefix_key, lambda tmp: bool(
+                    self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n)))
+            except OSError as e:     # a full disk costs the cache, never the request
+                log.warning("%s: prefix cache not saved (%s)", self.prefix_file, e)
 
     def _start(self, slot: _Slot, req: GenRequest) -> None:
         self.L.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
@@ -301,7 +336,7 @@ class LlamaEngine(_Scheduler):
         if req.prefix_len and p and req.prefix_len == p and req.prompt[:p] == self.prefix and len(req.prompt) > p:
             self.L.llama_memory_seq_cp(self.mem, self.prefix_seq, slot.seq, -1, -1)
             cached = p
-        slot.start(req, self.L, cached, self.ctx)
+        slot.start(req, self.L, cached, self.ctx, self.vocab)
 
     def _finish(self, slot: _Slot, reason: str, error: str = "") -> None:
         req = slot.req
@@ -350,9 +385,22 @@ class LlamaEngine(_Scheduler):
         for s, row in rows:
             tok = L.llama_sampler_sample(s.smpl, self.ctx, row)
             s.last = tok
-            reason = self._emit(s, tok, self.piece(tok))
+            lp = self._logprob(row, tok, s.req.sampling.logprobs) if s.req.sampling.logprobs >= 0 else None
+            reason = self._emit(s, tok, self.piece(tok), lp)
             if reason:
                 self._finish(s, reason)
+
+    def _logprob(self, row: int, tok: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+        """The model's log-probability of ``tok`` at batch row ``row`` (log-softmax of its logits, before
+        the sampler's temperature, top-k and top-p, as OpenAI reports them) and the ``top`` likeliest."""
+        import numpy as np
+
+        x = np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)).astype(np.float64)
+        m = x.max()
+        lp = x - (m + np.log(np.exp(x - m).sum()))
+        best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
+        best = best[np.argsort(-lp[best], kind="stable")]
+        return float(lp[tok]), [(int(i), float(lp[i])) for i in best]
 
     def _put(self, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch
@@ -371,7 +419,7 @@ class MlxEngine(_Scheduler):
     """One request at a time: the runner's prefill/decode with mlx-lm's samplers."""
 
     def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None):
+                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
         super().__init__(1, max_queue)
         from transformers import AutoTokenizer
 
@@ -414,8 +462,16 @@ class MlxEngine(_Scheduler):
     def _wait_stopped(self) -> None:
         self._ended.wait()   # the thread itself stays, parked (see load_then_run)
 
-    def tokenize(self, text: str) -> list[int]:
-        return list(self.tok(text, add_special_tokens=False)["input_ids"])
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return list(self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.tok)
+
+    def special_texts(self) -> list[str]:
+        """The special added tokens (``split_special_tokens`` leaves the others matched in text too)."""
+        return [t.content for t in self.tok.added_tokens_decoder.values() if t.special]
 
     def piece(self, tok: int) -> bytes:
         return self.tok.convert_tokens_to_string([self.tok.convert_ids_to_tokens(tok)]).encode("utf-8")
@@ -488,8 +544,9 @@ GENERATORS = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}   # by ENGINES name
 
 
 def open_engine(path: Path, engine: str, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                prefix_file: Optional[Path] = None) -> Any:
+                prefix_file: Optional[Path] = None, prefix_key: str = "") -> Any:
     """The engine for ``engine`` (an ENGINES name) with ``opts.knobs`` already typed by its schema."""
     if engine == "mlx" and slots > 1:
         raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
-    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file)
+    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file,
+                             prefix_key=prefix_key)

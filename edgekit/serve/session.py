@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .chat import ChatTemplate
+from ..core.errors import ConfigError
 from .generate import Event, GenRequest, Sampling, open_engine
+from .plain_text import PlainText
 from ..backends.runner import RunOptions
 
 log = logging.getLogger(__name__)
@@ -37,21 +39,33 @@ class Session:
     threads: Optional[int] = None
     load_ms: float = 0.0
     budget_bytes: Optional[int] = None
+    towers: frozenset[str] = frozenset()   # encoders loaded beside the text model ("vision", "audio"): schema.check_media
 
     def prompt(self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]] = None,
                enable_thinking: Optional[bool] = None) -> tuple[list[int], int]:
         """Token ids of the rendered chat and how many leading ones are its shareable prefix (the system
         turn: everything up to the first user message), 0 when there is none."""
+        (messages, tools), marks = self.plain_text.escape(messages, tools)
         text = self.template.render(messages, tools=tools, enable_thinking=enable_thinking)
-        ids = self.engine.tokenize(text)
+        ids = self._tokenize(text, marks)
         prefix_len = 0
         if messages and messages[0].get("role") in ("system", "developer") or tools or enable_thinking:
             head = self.template.render(messages[:1] if messages[0].get("role") in ("system", "developer") else [],
                                         tools=tools, enable_thinking=enable_thinking, add_generation_prompt=False)
-            head_ids = self.engine.tokenize(head)
+            head_ids = self._tokenize(head, marks)
             if 0 < len(head_ids) < len(ids) and ids[:len(head_ids)] == head_ids:
                 prefix_len = len(head_ids)
         return ids, prefix_len
+
+    @property
+    def plain_text(self) -> PlainText:
+        """Client strings tokenized as text (role-injection guard): built once from the engine's specials."""
+        if not hasattr(self, "_plain"):
+            self._plain = PlainText(getattr(self.engine, "special_texts", lambda: [])())
+        return self._plain
+
+    def _tokenize(self, text: str, marks: dict[str, str]) -> list[int]:
+        return PlainText.tokenize(text, marks, self.engine.tokenize, lambda t: self.engine.tokenize(t, special=False))
 
     def request(self, ids: list[int], sampling: Sampling, prefix_len: int = 0, on_event=None,
                 stop: bool = True) -> GenRequest:
@@ -110,6 +124,12 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
                                         runtime=dict(knobs or {})))
     tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
+    if prefix_file is not None:
+        from . import prefix_cache
+
+        if st.engine.name != "llama.cpp":
+            raise ConfigError("--prefix-cache is a llama.cpp feature; an MLX artifact is served without it")
+        prefix_cache.check(prefix_file, planned.artifact.sha256)
     for mod in st.engine.block if block else ():   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
     if block and st.engine.block and "transformers" not in sys.modules:
@@ -117,15 +137,14 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
     t0 = time.perf_counter()
     engine = open_engine(planned.path, st.engine.name,
                          RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
-                         slots=slots, max_queue=max_queue, prefix_file=prefix_file)
+                         slots=slots, max_queue=max_queue, prefix_file=prefix_file,
+                         prefix_key=planned.artifact.sha256 if prefix_file else "")
     log.info("%s: %s, target %s, ctx %d, threads %d, knobs %s", planned.path.name, planned.artifact.format,
              tgt.name if tgt else "-", n_ctx, n_threads, runtime)
     # A context that cannot hold an empty chat turn and one token of reply refuses every request.
     floor = len(engine.tokenize(template.render([{"role": "user", "content": ""}]))) + 2
     if n_ctx < floor:
         engine.close()
-        from ..core.errors import ConfigError
-
         raise ConfigError(f"--ctx {n_ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
                           f"use --ctx {max(floor, 64)} or more (default: min(n_ctx_train, {DEFAULT_CTX}))")
     load_ms = (time.perf_counter() - t0) * 1e3
