@@ -38,7 +38,7 @@ class Target:
 
 # Every key a profile may hold (a typo such as `threds` is an error, never a silent default).
 KEYS = frozenset({"name", "extends", "description", "engine", "quants", "threads", "context", "memory_budget_gb",
-                  "bandwidth_gbs", "alternatives", "runtime", "notes", "bench"})
+                  "bandwidth_gbs", "alternatives", "runtime", "notes", "bench", "modalities"})
 BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
 
 
