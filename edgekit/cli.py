@@ -92,8 +92,11 @@ def synth(
     steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
     threads: int = typer.Option(2, "--threads", "-t", min=1, help="With --train: torch threads."),
+    towers: bool = typer.Option(False, "--towers", help="Add vision and audio towers with E2B's structure (random weights) and the processor configs."),
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
+    if towers and train_text is not None:
+        raise ConfigError("--towers makes random towers; --train trains the text model only: use one of them")
     if train_text is not None:
         from .dev.train import TrainOptions, train
 
@@ -102,7 +105,7 @@ def synth(
         return
     from .dev.synth import synth as run
 
-    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
+    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap, towers=towers)
     typer.echo(str(path))
 
 
@@ -119,6 +122,7 @@ def build(
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
     calibrate: Optional[str] = typer.Option(None, "--calibrate", help="Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written beside the artifacts."),
     imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Quantize with this precomputed importance matrix (llama-imatrix's .gguf or .dat)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Towers to ship beside the text model: vision, audio, or text (none); default: the target's (docs/multimodal.md)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .builder.pipeline import build as run
@@ -126,7 +130,7 @@ def build(
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
                  allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size,
-                 calibrate=calibrate, imatrix=imatrix)
+                 calibrate=calibrate, imatrix=imatrix, modalities=_csv(modalities))
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -486,6 +490,10 @@ def run(
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
     flash: Optional[str] = FLASH,
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image for the prompt (any format Pillow reads); repeatable. Needs -p."),
+    audio: Optional[list[Path]] = typer.Option(None, "--audio", help="An audio clip for the prompt (WAV, FLAC, OGG, MP3; ≤ 30 s); repeatable. Needs -p."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="The projector file (default: the one the manifest links to the artifact)."),
+    image_tokens: int = typer.Option(280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (transformers' budgets)."),
 ) -> None:
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit.
 
@@ -501,6 +509,17 @@ def run(
     check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
     n = check_n(max_tokens)
     text = read_prompt(prompt, prompt_arg, file)
+    if image or audio:
+        from .serve.media_run import run_cli
+
+        run_cli(artifact, text, image, audio, target=target, system=system, max_tokens=n, think=think,
+                   threads=threads, ctx=ctx, mmproj=mmproj, image_tokens=image_tokens,
+                   ignored={"--temperature": temperature != 0.0, "--top-p": top_p != 1.0, "--top-k": top_k != 0,
+                            "--min-p": min_p != 0.0, "--repeat-penalty": repeat_penalty != 1.0,
+                            "--knob/--ubatch/--batch/--flash": bool(knob or ubatch or batch or flash)})
+        return
+    if mmproj is not None:
+        raise ConfigError("--mmproj is for --image/--audio")
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
         logging.getLogger("edgekit").info("seed %d", seed)

@@ -238,7 +238,7 @@ def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_recipe(p)
     assert str(e.value) == (f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
-                            "dtype, format, group_size, name, overrides, quant, vocab")
+                            "dtype, format, group_size, name, overrides, quant, towers, vocab")
     p.write_text('format = "gguf"\nquant = "Q4_0"\nftype = "MOSTLY_Q4_0"\nbits = 4\n')
     with pytest.raises(ConfigError, match="unknown key 'bits' for a gguf recipe"):
         load_recipe(p)

@@ -20,7 +20,8 @@ from ..backends.gguf.vocab import check_tokenizer
 from .manifest import Manifest, versions, write_manifest, MANIFEST
 from ..profiles.recipes import check_names, get_recipe
 from .staging import BuildStage
-from ..profiles.targets import TARGETS
+from ..profiles.targets import TARGETS, parse_modalities
+from . import projector
 from .vocab import VocabTrims, effective_vocab, no_op_trims
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,15 @@ def with_mlx_quant(recipes: list, bits: int | None, group_size: int | None) -> l
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
           vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
           q_bits: int | None = None, q_group_size: int | None = None,
-          calibrate: str | None = None, imatrix: Path | None = None) -> Path:
+          calibrate: str | None = None, imatrix: Path | None = None,
+          modalities: list[str] | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
     NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so).
-    ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix."""
+    ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix.
+    ``modalities`` (default: the target's) adds a projector for those towers beside each text artifact."""
     tgt = TARGETS.get(target)
+    mods = tgt.modalities if modalities is None else parse_modalities(modalities, "--modalities")
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     names = quants or list(tgt.quants)
     twice = next((q for i, q in enumerate(names) if q in names[:i]), None)
@@ -113,7 +117,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         raise ConfigError(f"{cal.label.split()[0]}: none of {', '.join(r.name for r in recipes)} is quantized by "
                           "llama.cpp, so no importance matrix would be used; drop the option or add a quantized recipe")
     ckpt = load_checkpoint(model)
-    if ckpt.dropped:
+    projector.check_request(recipes, ckpt.config.raw, mods, str(ckpt.path / "config.json"))
+    if ckpt.dropped and not mods:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
     # A recipe's vocab is a cap, and so is --vocab N at or above the vocabulary: a trim that keeps every
@@ -147,6 +152,7 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal)
             try:
                 artifacts = []
+                projectors: set[str] = set()
                 for r in recipes:
                     src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
                     a = trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab)
@@ -155,6 +161,8 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
                         raise ConfigError(f"recipes {first.recipe!r} and {r.name!r} both make {a.file}; build them "
                                           "apart, or give one a different quant label")
                     artifacts.append(a)
+                    if mods:   # the towers do not depend on the vocabulary: built from the source checkpoint
+                        projectors.add(projector.attach(ckpt, r, artifacts[-1], ctx, mods).name)
                     if fingerprint.done():
                         fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()
@@ -178,5 +186,5 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
         imatrices = sorted({a.extra["imatrix"]["file"] for a in artifacts if "imatrix" in a.extra})   # beside, for reuse
-        stage.commit([a.file for a in artifacts] + id_maps + imatrices, lambda f: write_manifest(f, manifest))
+        stage.commit([a.file for a in artifacts] + id_maps + imatrices + sorted(projectors), lambda f: write_manifest(f, manifest))
     return folder

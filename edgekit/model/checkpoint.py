@@ -13,7 +13,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Checkpoint:
     config: Gemma4TextConfig
     tensors: dict[str, TensorRef]   # text tensors, keyed by name without the language-model prefix
     dropped: list[str]              # multimodal tensors skipped for text deployment
+    tower_tensors: dict[str, TensorRef] = field(default_factory=dict)   # those, by full name (the mmproj reads them)
 
     @property
     def name(self) -> str:
@@ -150,10 +151,12 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
             raise CheckpointError(f"{path}: shard {missing[0]} named by the index is missing; fetch it again")
     tensors: dict[str, TensorRef] = {}
     dropped: list[str] = []
+    towers: dict[str, TensorRef] = {}
     for shard in shards:
         for name, ref in read_tensors(shard, CheckpointError, SOURCE_DTYPES).items():
             if name.startswith(DROPPED_PREFIXES):
                 dropped.append(name)
+                towers[name] = ref
                 continue
             short = name
             for prefix in (TEXT_PREFIX, "model."):
@@ -170,4 +173,4 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     for name, shape in expected.items():
         if tensors[name].shape != shape:
             raise CheckpointError(f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree")
-    return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped)
+    return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped, tower_tensors=towers)

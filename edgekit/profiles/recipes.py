@@ -34,6 +34,9 @@ class Recipe:
     dtype: str | None = None
     # Lean vocabulary, any format: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
     vocab: int | None = None
+    # The projector's type per tower when a build includes modalities ({vision = "Q8_0", audio = "BF16"});
+    # a tower not named is F16.
+    towers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
@@ -42,6 +45,8 @@ class Recipe:
                 d[k] = getattr(self, k)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
+        if self.towers:
+            d["towers"] = dict(self.towers)
         return d
 
 
@@ -97,6 +102,7 @@ def load_recipe(path: Path) -> Recipe:
         group_size=f.int("group_size", None),
         dtype=f.str("dtype", None),
         vocab=raw.get("vocab"),
+        towers=_tower_types(raw.get("towers", {}), str(path)),
     )
     check_names(r, str(path))
     check_label(r, str(path))
@@ -105,8 +111,22 @@ def load_recipe(path: Path) -> Recipe:
     return r
 
 
-# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter.
-COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
+def _tower_types(raw: Any, where: str) -> dict[str, str]:
+    from ..model.towers import MODALITIES, TOWER_TYPES
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: towers must be a table like {{vision = \"Q8_0\", audio = \"BF16\"}}")
+    for m, t in raw.items():
+        if m not in MODALITIES:
+            raise ConfigError(f"{where}: towers.{m}: unknown modality; choose from {', '.join(MODALITIES)}")
+        if not isinstance(t, str) or t.upper() not in TOWER_TYPES:
+            raise ConfigError(f"{where}: towers.{m} = {t!r}; choose one of {', '.join(TOWER_TYPES)}")
+    return {m: t.upper() for m, t in raw.items()}
+
+
+# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter;
+# towers (the projector's types) applies to whatever format builds the towers.
+COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab", "towers"})
 
 
 def _load_all() -> dict[str, Recipe]:

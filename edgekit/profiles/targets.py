@@ -29,6 +29,7 @@ class Target:
     # [bench]: how `edgekit bench` measures for this device
     enforce_limit: bool = False       # run each child inside a memory cgroup at the budget (bench --limit)
     page_size: int = 0                # the device kernel's page size when larger than 4 KB (pi5: 16384)
+    modalities: tuple[str, ...] = ()  # towers `edgekit build` ships beside the text model ("vision", "audio")
 
     @property
     def memory_budget_bytes(self) -> int:
@@ -37,7 +38,7 @@ class Target:
 
 # Every key a profile may hold (a typo such as `threds` is an error, never a silent default).
 KEYS = frozenset({"name", "extends", "description", "engine", "quants", "threads", "context", "memory_budget_gb",
-                  "bandwidth_gbs", "alternatives", "runtime", "notes", "bench"})
+                  "bandwidth_gbs", "alternatives", "runtime", "notes", "bench", "modalities"})
 BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
 
 
@@ -123,7 +124,18 @@ def load_target(path: Path) -> Target:
         notes=f.str("notes", ""),
         enforce_limit=bench.bool("enforce_limit", False),
         page_size=bench.int("page_size", 0, minimum=0),
+        modalities=parse_modalities(f.strs("modalities", []), str(path)),
     )
+
+
+def parse_modalities(names: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Modalities in canonical order ("text" is always there and may be named); ConfigError for others."""
+    from ..model.towers import MODALITIES
+
+    bad = [m for m in names if m not in (*MODALITIES, "text")]
+    if bad:
+        raise ConfigError(f"{where}: modality {bad[0]!r}; choose from text, {', '.join(MODALITIES)}")
+    return tuple(m for m in MODALITIES if m in names)
 
 
 def _load_all() -> dict[str, Target]:
