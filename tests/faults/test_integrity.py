@@ -159,10 +159,10 @@ def test_a_quantizer_failure_on_the_last_recipe_keeps_the_earlier_build(good_bui
     out, folder, before = good_build
     real = q.quantize
 
-    def fails_on_q4_0(src, dst, recipe, threads=0):
+    def fails_on_q4_0(src, dst, recipe, threads=0, **kw):
         if recipe.name == "q4_0":
             raise QuantizeError("llama.cpp could not quantize (injected)")
-        return real(src, dst, recipe, threads)
+        return real(src, dst, recipe, threads, **kw)
 
     monkeypatch.setattr(q, "quantize", fails_on_q4_0)
     assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16,q4_0", "--out", out), 1,
