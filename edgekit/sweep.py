@@ -111,3 +111,13 @@ def expand(n_prompt: Sequence[int], n_gen: Sequence[int], depth: Sequence[int] =
             for t in threads or (None,):
                 out.append(Point(threads=t, ctx=c, knobs=dict(zip(names, values)), tests=tests))
     return out
+
+
+def swept_keys(points: Sequence[Point]) -> list[str]:
+    """What varies between the grid's points besides threads (a column of its own): ctx and --set knobs,
+    in that order; the bench table shows each as a column."""
+    keys = ["ctx"] if len({p.ctx for p in points}) > 1 else []
+    for k in dict.fromkeys(k for p in points for k in p.knobs):
+        if len({repr(p.knobs.get(k)) for p in points}) > 1:
+            keys.append(k)
+    return keys

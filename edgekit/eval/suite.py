@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..errors import BenchError, ConfigError
-from ..host import device_name, host_info
-from ..manifest import versions
-from .record import SuiteRecord
+from ..results import SuiteRecord, provenance
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -186,12 +184,10 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
         run = run_suite(cases, render, generate, opts.max_tokens, pl.artifact.file)
     finally:
         close()
-    vers = versions()
     a = pl.artifact
     run.meta = {"model": pl.model, "format": a.format, "quant": a.quant, "engine": pl.format.engine, "sha256": a.sha256,
-                "file_bytes": a.bytes, "device": device_name(opts.device), "threads": opts.threads,
-                "seconds": round(time.perf_counter() - t0, 3), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "edgekit_version": vers.get("edgekit", ""), "host": host_info(), "versions": vers, **info}
+                "file_bytes": a.bytes, "threads": opts.threads, "seconds": round(time.perf_counter() - t0, 3),
+                **provenance(opts.device), **info}
     return run
 
 

@@ -1,0 +1,221 @@
+"""The report's plots (matplotlib, Agg backend: no display needed; adjustText keeps labels apart).
+
+Read at a glance: axes span the data (the budget line is drawn when it is near the points, else named
+in a corner), a colour per model, a marker per device, a label per run with the knobs that tell it
+apart, error bars that stop at zero, and failed runs as red crosses at the limit they were killed at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..fsutil import atomic_path
+from .base import MB
+from .bench import Record, varying
+
+MARKERS = "osD^vP*X"
+FAIL = "#d62728"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def label(r: Record, records: Sequence[Record], keys: Sequence[str], test: bool = True) -> str:
+    """What tells this run apart from the others on the plot: the model (when several), the quant, the
+    knobs that differ, the test (when several), served."""
+    parts = [r.model] if len({x.model for x in records}) > 1 else []
+    parts.append(r.quant or r.artifact)
+    parts += [f"ctx {r.ctx}" if k == "ctx" else f"{k}={r.runtime.get(k)}" for k in keys]
+    if test and len({(x.n_prompt, x.n_gen, x.depth) for x in records}) > 1:
+        parts.append(r.tg_test)
+    if len({x.threads for x in records}) > 1 and r.threads:
+        parts.append(f"t{r.threads}")
+    if r.via != "bench":
+        parts.append(r.via)
+    return " ".join(map(str, parts))
+
+
+def _styles(records: Sequence[Record]) -> tuple[dict[str, Any], dict[str, str]]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    models = sorted({r.model for r in records})
+    devices = sorted({r.device for r in records})
+    return ({m: cmap(i % 10) for i, m in enumerate(models)}, {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(devices)})
+
+
+def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bool) -> None:
+    from matplotlib.lines import Line2D
+
+    h = [Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()]
+    if len(markers) > 1:
+        h += [Line2D([], [], color="gray", marker=mk, linestyle="", label=d) for d, mk in markers.items()]
+    if failed:
+        h.append(Line2D([], [], color=FAIL, marker="x", linestyle="", markersize=9, markeredgewidth=2,
+                        label="failed (OOM-killed)"))
+    ax.legend(handles=h, fontsize=8, loc="best", title="model" + (" / device" if len(markers) > 1 else ""))
+
+
+def _spread(texts: list[Any], ax: Any, xs: list[float], ys: list[float]) -> None:
+    if len(texts) > 1:
+        from adjustText import adjust_text
+
+        adjust_text(texts, x=xs, y=ys, ax=ax, arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+
+
+def _span(lo: float, hi: float, pad: float = 0.12) -> tuple[float, float]:
+    w = hi - lo or max(abs(hi), 1.0) * 0.5
+    return max(0.0, lo - pad * w), hi + pad * w
+
+
+def tg_vs_peak(records: list[Record], out: Path) -> Path:
+    """Decode t/s against peak RSS, one point per run; failed runs as crosses at their limit."""
+    plt = _plt()
+    keys = varying(records)
+    colors, markers = _styles(records)
+    ok = [r for r in records if not r.failed]
+    bad = [r for r in records if r.failed]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    texts, xs, ys = [], [], []
+    for r in ok:
+        x, y = r.peak_rss_bytes / MB, r.tg_tps
+        ax.errorbar([x], [y], yerr=[[min(r.tg_tps_sd, y)], [r.tg_tps_sd]], fmt=markers[r.device],
+                    color=colors[r.model], capsize=3, markersize=7)
+        texts.append(ax.text(x, y, label(r, records, keys), fontsize=8))
+        xs.append(x)
+        ys.append(y)
+    fx = [(r.limit_bytes or r.cgroup_peak_bytes or 0) / MB for r in bad]
+    top = max([r.tg_tps + r.tg_tps_sd for r in ok], default=1.0)
+    for r, x in zip(bad, fx):
+        ax.plot([x], [0], marker="x", color=FAIL, markersize=11, markeredgewidth=2.5, clip_on=False, zorder=5)
+        why = "OOM-killed" if r.oom_killed else "failed"
+        limit = f" at {r.limit_bytes / MB:,.0f} MB limit" if r.limit_bytes else ""
+        texts.append(ax.text(x, 0.04 * top, f"{label(r, records, keys)}: {why}{limit}", fontsize=8, color=FAIL))
+        xs.append(x)
+        ys.append(0.04 * top)
+    allx = [r.peak_rss_bytes / MB for r in ok] + fx
+    lo, hi = _span(min(allx, default=0.0), max(allx, default=1.0))
+    budgets = sorted({r.budget_bytes / MB for r in records if r.budget_bytes})
+    far = []
+    for b in budgets:
+        if b <= hi + 0.5 * (hi - lo):   # near the points: a line, and the axis reaches it
+            hi = max(hi, b * 1.03)
+            ax.axvline(b, color=FAIL, linestyle="--", linewidth=1)
+            ax.text(b, 0.98, f"budget {b:,.0f} MB ", transform=ax.get_xaxis_transform(), color=FAIL, fontsize=8,
+                    rotation=90, va="top", ha="right")
+        else:
+            far.append(b)
+    if far:
+        ax.text(0.99, 0.02, "budget " + ", ".join(f"{b:,.0f}" for b in far) + " MB: off the right edge, above every run",
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color=FAIL)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(0, top * 1.15)
+    ax.set_xlabel("peak RSS (MB = 1e6 bytes)")
+    ax.set_ylabel("decode (tg) tokens/s, mean ± sd")
+    ax.set_title("Decode speed against peak memory, one point per run")
+    ax.grid(alpha=0.3)
+    _legend(ax, colors, markers, bool(bad))
+    _spread(texts, ax, xs, ys)
+    return _save(fig, out)
+
+
+def ttft(records: list[Record], out: Path) -> Path:
+    """TTFT against prompt length, a line per run configuration (bars when each has one length)."""
+    plt = _plt()
+    ok = [r for r in records if not r.failed]
+    keys = varying(ok)
+    colors, markers = _styles(ok)
+    series: dict[tuple, list[Record]] = {}
+    for r in ok:
+        series.setdefault((r.device, r.sha256, r.engine, r.via, r.threads, r.depth,
+                           tuple(str(r.runtime.get(k)) for k in keys if k != "ctx")), []).append(r)
+    lengths = sorted({r.n_prompt for r in ok})
+    if len(lengths) > 1:
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for rs in series.values():
+            rs = sorted(rs, key=lambda r: r.n_prompt)
+            r0 = rs[0]
+            name = label(r0, ok, [k for k in keys if k != "ctx"], test=False)   # the prompt length is the axis
+            name += f" @ d{r0.depth}" if r0.depth else ""
+            ax.errorbar([r.n_prompt for r in rs], [r.ttft_ms for r in rs],
+                        yerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rs], [r.ttft_ms_sd for r in rs]],
+                        marker=markers[r0.device], color=colors[r0.model], capsize=3, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_xlabel("prompt tokens (pp)")
+        ax.set_ylabel("time to first token (ms), mean ± sd")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+        ax.set_title("TTFT against prompt length")
+    else:
+        rows = sorted(ok, key=lambda r: r.ttft_ms)
+        fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
+        ax.barh(range(len(rows)), [r.ttft_ms for r in rows], color=[colors[r.model] for r in rows],
+                xerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rows], [r.ttft_ms_sd for r in rows]], capsize=3)
+        ax.set_yticks(range(len(rows)), [f"{label(r, ok, keys)} ({r.device})" for r in rows], fontsize=8)
+        ax.set_xlabel("time to first token (ms), mean ± sd")
+        ax.set_title(f"TTFT at a {lengths[0] if lengths else '?'}-token prompt")
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _kl_errors(qs: list[Any]) -> tuple[list[float], list[list[float]]]:
+    ys = [max(q.kl_mean, 1e-7) for q in qs]
+    return ys, [[y - max(q.kl_lo, 1e-8) for y, q in zip(ys, qs)], [max(q.kl_hi - y, 0.0) for y, q in zip(ys, qs)]]
+
+
+def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
+    """Mean KL from the reference (log scale, 95% interval) against peak RSS and against decode t/s:
+    lower-left is small and faithful, lower-right fast and faithful."""
+    plt = _plt()
+    recs = [r for r, _ in pairs]
+    keys = varying(recs)
+    colors, markers = _styles(recs)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, x, name in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"), (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
+        texts, xs = [], []
+        ys, err = _kl_errors([q for _, q in pairs])
+        for (r, q), y, lo, hi in zip(pairs, ys, *err):
+            ax.errorbar([x(r)], [y], yerr=[[lo], [hi]], fmt=markers[r.device], color=colors[r.model], capsize=3)
+            texts.append(ax.text(x(r), y, label(r, recs, keys), fontsize=8))
+            xs.append(x(r))
+        ax.set_xlabel(name)
+        ax.set_yscale("log")
+        ax.set_xlim(*_span(min(xs), max(xs)))
+        ax.grid(alpha=0.3)
+        _spread(texts, ax, xs, ys)
+    a.set_ylabel("mean KL from the reference (nats/token)")
+    _legend(a, colors, markers, False)
+    fig.suptitle("Quality against memory and speed, per artifact (edgekit eval + bench)")
+    return _save(fig, out)
+
+
+def kl_only(quality_records: list[Any], out: Path) -> Path:
+    """Mean KL per evaluated artifact (log scale, 95% interval), when none of them was benched."""
+    plt = _plt()
+    qs = sorted(quality_records, key=lambda q: q.kl_mean)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(qs) + 1.8))
+    ys, err = _kl_errors(qs)
+    ax.barh(range(len(qs)), ys, xerr=err, capsize=3, color="#1f77b4")
+    ax.set_yticks(range(len(qs)), [f"{q.artifact} ({q.device}, ctx {q.ctx})" for q in qs], fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean KL from the reference (nats/token), 95% interval")
+    ax.set_title("Quality per artifact (no bench records of these artifacts to plot against)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return out
