@@ -119,6 +119,8 @@ def _sd(mean: float, sd: float, r: Record) -> Optional[tuple[float, float]]:
 
 MEAN_NOTE = "mean ± sd over the repetitions"
 MB_NOTE = "MB = 1e6 bytes"
+GATE_NOTE = ("the target's memory gate: peak RSS (or the 16 KB-page peak where larger) against its budget, and "
+             "OOM-killed or thrashing inside a --limit")
 
 
 def _some(rows: Sequence[Record], test: Callable[[Record], bool]) -> bool:
@@ -211,8 +213,7 @@ def compact(verdict: Callable[[Record], Optional[str]] = simple_verdict) -> list
         Column("t/s", lambda t: t.tps, 2, note=MEAN_NOTE),
         Column("peak RSS MB", lambda t: None if t.rec.failed else _mb(t.rec.peak_rss_bytes), 1, note=MB_NOTE),
         Column("budget", lambda t: verdict(t.rec), show=lambda ts: any(verdict(t.rec) for t in ts),
-               note="budget: the target's memory gate (peak RSS, or the 16 KB-page peak where larger, against its "
-                    "budget; OOM-killed or thrashing inside a --limit)"),
+               note="budget: " + GATE_NOTE),
     ]
 
 
@@ -248,8 +249,10 @@ def table(wide: bool = False, sweep: Sequence[str] = (), decide: Optional[Sequen
     threads."""
     base = compact(verdict)
     if wide:
-        budget = dataclasses.replace(base[-1], get=verdict, show=lambda rs: any(verdict(r) for r in rs))
-        return MarkdownPrinter(WIDE[:8] + swept(sweep, row=False) + WIDE[8:] + [budget], decide=decide)
+        gate = dataclasses.replace(base[-1], header="verdict", get=verdict, show=lambda rs: any(verdict(r) for r in rs),
+                                   note="verdict: " + GATE_NOTE)
+        knobs = swept([k for k in sweep if k != "ctx"], row=False)   # ctx is a wide column already
+        return MarkdownPrinter(WIDE[:8] + knobs + WIDE[8:] + [gate], decide=decide)
     return MarkdownPrinter(base[:3] + swept(sweep, row=True) + base[3:],
                            rows_of=lambda r: [TestRow(r, "pp"), TestRow(r, "tg")], decide=decide)
 

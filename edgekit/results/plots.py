@@ -7,12 +7,13 @@ apart, error bars that stop at zero, and failed runs as red crosses at the limit
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..fsutil import atomic_path
 from .base import MB
-from .bench import Record, varying
+from .bench import Record, _knob, varying
 
 MARKERS = "osD^vP*X"
 FAIL = "#d62728"
@@ -27,18 +28,18 @@ def _plt() -> Any:
     return plt
 
 
-def label(r: Record, records: Sequence[Record], keys: Sequence[str], test: bool = True) -> str:
-    """What tells this run apart from the others on the plot: the model (when several), the quant, the
-    knobs that differ, the test (when several), served."""
+def label(r: Record, records: Sequence[Record], axis: str = "") -> str:
+    """What tells this run apart on the plot: the model (when several), the quant, and what differs between
+    this artifact's runs on its device (knobs, ctx, test lengths, threads, served); ``axis``: a figure the
+    plot's axis shows already ("pp": the prompt length)."""
+    group = [x for x in records if (x.sha256, x.device) == (r.sha256, r.device)]
     parts = [r.model] if len({x.model for x in records}) > 1 else []
     parts.append(r.quant or r.artifact)
-    parts += [f"ctx {r.ctx}" if k == "ctx" else f"{k}={r.runtime.get(k)}" for k in keys]
-    if test and len({(x.n_prompt, x.n_gen, x.depth) for x in records}) > 1:
-        parts.append(r.tg_test)
-    if len({x.threads for x in records}) > 1 and r.threads:
-        parts.append(f"t{r.threads}")
-    if r.via != "bench":
-        parts.append(r.via)
+    parts += [f"ctx {r.ctx}" if k == "ctx" else f"{k}={_knob(r.runtime.get(k))}" for k in varying(group)]
+    for name, get in (("pp", lambda x: x.n_prompt), ("tg", lambda x: x.n_gen), ("d", lambda x: x.depth),
+                      ("t", lambda x: x.threads), ("", lambda x: "" if x.via == "bench" else x.via)):
+        if name != axis and len({get(x) for x in group}) > 1:
+            parts.append(f"{name}{get(r)}")
     return " ".join(map(str, parts))
 
 
@@ -63,11 +64,23 @@ def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bo
     ax.legend(handles=h, fontsize=8, loc="best", title="model" + (" / device" if len(markers) > 1 else ""))
 
 
-def _spread(texts: list[Any], ax: Any, xs: list[float], ys: list[float]) -> None:
+def _labels(ax: Any, items: list[tuple[float, float, str, str]]) -> None:
+    """Label points (x, y, text, colour: the point's) after the axes' limits are set: labels of points
+    of one colour closer than 10 pixels are merged (runs that measured alike), then adjustText moves them apart."""
+    merged: list[list[Any]] = []
+    for x, y, text, color in items:
+        px = ax.transData.transform((x, y))
+        near = next((m for m in merged if m[3] == color and abs(m[4][0] - px[0]) < 10 and abs(m[4][1] - px[1]) < 10), None)
+        if near is None:
+            merged.append([x, y, text, color, px])
+        elif text not in near[2].split("\n"):
+            near[2] += "\n" + text
+    texts = [ax.text(x, y, text, fontsize=8, color=color) for x, y, text, color, _ in merged]
     if len(texts) > 1:
         from adjustText import adjust_text
 
-        adjust_text(texts, x=xs, y=ys, ax=ax, arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+        adjust_text(texts, x=[m[0] for m in merged], y=[m[1] for m in merged], ax=ax,
+                    arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
 
 
 def _span(lo: float, hi: float, pad: float = 0.12) -> tuple[float, float]:
@@ -78,28 +91,23 @@ def _span(lo: float, hi: float, pad: float = 0.12) -> tuple[float, float]:
 def tg_vs_peak(records: list[Record], out: Path) -> Path:
     """Decode t/s against peak RSS, one point per run; failed runs as crosses at their limit."""
     plt = _plt()
-    keys = varying(records)
     colors, markers = _styles(records)
     ok = [r for r in records if not r.failed]
     bad = [r for r in records if r.failed]
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    texts, xs, ys = [], [], []
+    items: list[tuple[float, float, str, str]] = []
     for r in ok:
         x, y = r.peak_rss_bytes / MB, r.tg_tps
         ax.errorbar([x], [y], yerr=[[min(r.tg_tps_sd, y)], [r.tg_tps_sd]], fmt=markers[r.device],
                     color=colors[r.model], capsize=3, markersize=7)
-        texts.append(ax.text(x, y, label(r, records, keys), fontsize=8))
-        xs.append(x)
-        ys.append(y)
+        items.append((x, y, label(r, records), colors[r.model]))
     fx = [(r.limit_bytes or r.cgroup_peak_bytes or 0) / MB for r in bad]
     top = max([r.tg_tps + r.tg_tps_sd for r in ok], default=1.0)
     for r, x in zip(bad, fx):
         ax.plot([x], [0], marker="x", color=FAIL, markersize=11, markeredgewidth=2.5, clip_on=False, zorder=5)
         why = "OOM-killed" if r.oom_killed else "failed"
         limit = f" at {r.limit_bytes / MB:,.0f} MB limit" if r.limit_bytes else ""
-        texts.append(ax.text(x, 0.04 * top, f"{label(r, records, keys)}: {why}{limit}", fontsize=8, color=FAIL))
-        xs.append(x)
-        ys.append(0.04 * top)
+        items.append((x, 0, f"{label(r, records)}: {why}{limit}", FAIL))
     allx = [r.peak_rss_bytes / MB for r in ok] + fx
     lo, hi = _span(min(allx, default=0.0), max(allx, default=1.0))
     budgets = sorted({r.budget_bytes / MB for r in records if r.budget_bytes})
@@ -112,17 +120,15 @@ def tg_vs_peak(records: list[Record], out: Path) -> Path:
                     rotation=90, va="top", ha="right")
         else:
             far.append(b)
-    if far:
-        ax.text(0.99, 0.02, "budget " + ", ".join(f"{b:,.0f}" for b in far) + " MB: off the right edge, above every run",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color=FAIL)
     ax.set_xlim(lo, hi)
     ax.set_ylim(0, top * 1.15)
-    ax.set_xlabel("peak RSS (MB = 1e6 bytes)")
+    ax.set_xlabel("peak RSS (MB = 1e6 bytes)" + (f"; the budget ({', '.join(f'{b:,.0f}' for b in far)} MB) is far to "
+                                                  "the right: every run is under it" if far else ""))
     ax.set_ylabel("decode (tg) tokens/s, mean ± sd")
     ax.set_title("Decode speed against peak memory, one point per run")
     ax.grid(alpha=0.3)
     _legend(ax, colors, markers, bool(bad))
-    _spread(texts, ax, xs, ys)
+    _labels(ax, items)
     return _save(fig, out)
 
 
@@ -130,23 +136,26 @@ def ttft(records: list[Record], out: Path) -> Path:
     """TTFT against prompt length, a line per run configuration (bars when each has one length)."""
     plt = _plt()
     ok = [r for r in records if not r.failed]
-    keys = varying(ok)
     colors, markers = _styles(ok)
     series: dict[tuple, list[Record]] = {}
     for r in ok:
-        series.setdefault((r.device, r.sha256, r.engine, r.via, r.threads, r.depth,
-                           tuple(str(r.runtime.get(k)) for k in keys if k != "ctx")), []).append(r)
+        series.setdefault((r.device, r.sha256, r.engine, r.via, r.threads, r.depth, r.ctx,
+                           json.dumps(r.runtime, sort_keys=True)), []).append(r)
     lengths = sorted({r.n_prompt for r in ok})
     if len(lengths) > 1:
         fig, ax = plt.subplots(figsize=(9, 5.5))
-        for rs in series.values():
+        import matplotlib
+
+        cmap = matplotlib.colormaps["tab10"]
+        n = len(series)
+        for i, rs in enumerate(series.values()):
             rs = sorted(rs, key=lambda r: r.n_prompt)
             r0 = rs[0]
-            name = label(r0, ok, [k for k in keys if k != "ctx"], test=False)   # the prompt length is the axis
-            name += f" @ d{r0.depth}" if r0.depth else ""
-            ax.errorbar([r.n_prompt for r in rs], [r.ttft_ms for r in rs],
+            dodge = 2 ** (0.025 * (i - (n - 1) / 2))   # series side by side at a shared length (log axis)
+            ax.errorbar([r.n_prompt * dodge for r in rs], [r.ttft_ms for r in rs],
                         yerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rs], [r.ttft_ms_sd for r in rs]],
-                        marker=markers[r0.device], color=colors[r0.model], capsize=3, label=name)
+                        marker=markers[r0.device], color=cmap(i % 10), capsize=3,
+                        label=label(r0, ok, axis="pp") + (f" ({r0.device})" if len(markers) > 1 else ""))
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlabel("prompt tokens (pp)")
@@ -159,7 +168,8 @@ def ttft(records: list[Record], out: Path) -> Path:
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
         ax.barh(range(len(rows)), [r.ttft_ms for r in rows], color=[colors[r.model] for r in rows],
                 xerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rows], [r.ttft_ms_sd for r in rows]], capsize=3)
-        ax.set_yticks(range(len(rows)), [f"{label(r, ok, keys)} ({r.device})" for r in rows], fontsize=8)
+        dev = len({r.device for r in rows}) > 1
+        ax.set_yticks(range(len(rows)), [label(r, ok) + (f" ({r.device})" if dev else "") for r in rows], fontsize=8)
         ax.set_xlabel("time to first token (ms), mean ± sd")
         ax.set_title(f"TTFT at a {lengths[0] if lengths else '?'}-token prompt")
     ax.grid(alpha=0.3)
@@ -176,21 +186,21 @@ def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
     lower-left is small and faithful, lower-right fast and faithful."""
     plt = _plt()
     recs = [r for r, _ in pairs]
-    keys = varying(recs)
     colors, markers = _styles(recs)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     for ax, x, name in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"), (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
-        texts, xs = [], []
+        items, xs = [], []
         ys, err = _kl_errors([q for _, q in pairs])
         for (r, q), y, lo, hi in zip(pairs, ys, *err):
             ax.errorbar([x(r)], [y], yerr=[[lo], [hi]], fmt=markers[r.device], color=colors[r.model], capsize=3)
-            texts.append(ax.text(x(r), y, label(r, recs, keys), fontsize=8))
+            items.append((x(r), y, label(r, recs), colors[r.model]))
             xs.append(x(r))
         ax.set_xlabel(name)
         ax.set_yscale("log")
-        ax.set_xlim(*_span(min(xs), max(xs)))
+        ax.set_xlim(*_span(min(xs), max(xs), pad=0.2))   # room for the labels at the edges
         ax.grid(alpha=0.3)
-        _spread(texts, ax, xs, ys)
+        ax.set_ylim(min(ys) / 3, max(ys) * 3)
+        _labels(ax, items)
     a.set_ylabel("mean KL from the reference (nats/token)")
     _legend(a, colors, markers, False)
     fig.suptitle("Quality against memory and speed, per artifact (edgekit eval + bench)")
@@ -203,8 +213,11 @@ def kl_only(quality_records: list[Any], out: Path) -> Path:
     qs = sorted(quality_records, key=lambda q: q.kl_mean)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(qs) + 1.8))
     ys, err = _kl_errors(qs)
-    ax.barh(range(len(qs)), ys, xerr=err, capsize=3, color="#1f77b4")
-    ax.set_yticks(range(len(qs)), [f"{q.artifact} ({q.device}, ctx {q.ctx})" for q in qs], fontsize=8)
+    ax.errorbar(ys, range(len(qs)), xerr=err, fmt="o", capsize=3, color="#1f77b4")   # points: a log axis has no zero for bars
+    dev = len({q.device for q in qs}) > 1
+    ax.set_yticks(range(len(qs)), [f"{q.artifact} (vs {q.reference}, ctx {q.ctx}" + (f", {q.device})" if dev else ")")
+                                   for q in qs], fontsize=8)
+    ax.set_ylim(-0.6, len(qs) - 0.4)
     ax.set_xscale("log")
     ax.set_xlabel("mean KL from the reference (nats/token), 95% interval")
     ax.set_title("Quality per artifact (no bench records of these artifacts to plot against)")

@@ -59,11 +59,18 @@ def latest_suites(suites: list) -> list:
 def quality_pairs(records: list[Record], quality: list) -> list[tuple[Record, Any]]:
     """(bench record, quality record) of the same artifact (sha256) and engine, on the same device when
     the quality was measured there, else any device's bench of that artifact (quality does not depend on
-    the device, memory and speed do). Failed bench runs have no figures to pair."""
+    the device, memory and speed do). Failed bench runs have no figures to pair; of a configuration's runs
+    of several tests (-p 16,64), the one of the test most runs have."""
     out = []
-    for r in records:
-        if r.failed:
-            continue
+    ok = [r for r in records if not r.failed]
+    tests = [(r.n_prompt, r.n_gen, r.depth) for r in ok]
+    common = max(set(tests), key=tests.count, default=None)
+    runs: dict[tuple, Record] = {}
+    for r in ok:   # one point per configuration: its run of the most common test where it has one
+        key = run_key(r)[:7] + run_key(r)[10:]
+        if key not in runs or (r.n_prompt, r.n_gen, r.depth) == common:
+            runs[key] = r
+    for r in runs.values():
         # a lean artifact's record has no KL (another tokenizer): it is in the quality table, not the KL plot
         qs = [q for q in quality if q.sha256 == r.sha256 and q.engine == r.engine and q.kl_mean is not None]
         q = next((q for q in qs if q.device == r.device), qs[-1] if qs else None)
