@@ -76,7 +76,7 @@ def test_markdown_parses_back_to_the_printed_figures():
             assert row["predicted tg t/s"] == round(r.predicted_tg_tps, 1)
             assert row["MLX peak MB"] is None
     # footnotes only for the columns shown: no limit, 16 KB page or served columns here
-    note = text.rstrip().splitlines()[-1]
+    note = text.split("\n\n")[1]
     assert "roofline:" in note and "anon/file:" in note
     assert "cgroup peak:" not in note and "peak @16K:" not in note and "via served:" not in note
 
@@ -158,3 +158,14 @@ def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {tmp_path / 'empty.db'}: the results store holds no records; "
                           "run `edgekit bench` first\n")
+
+
+def test_json_streams_the_bytes_a_whole_list_dump_writes():
+    import json
+
+    from edgekit.results import JsonPrinter
+
+    p = JsonPrinter()
+    streamed = "".join(p.feed([r]) for r in RECORDS) + p.footer()   # a row at a time, as bench prints them
+    assert streamed == json.dumps([r.to_json() for r in RECORDS], indent=2, sort_keys=True) + "\n"
+    assert JsonPrinter().render([]) == "[]\n"

@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-from .base import MB, RecordBase, record_type
 from . import printers
+from .base import MB, RecordBase, record_type
 from .printers import Column, CsvPrinter, JsonlPrinter, JsonPrinter, MarkdownPrinter, Printer, parse_markdown
 
 
@@ -119,8 +119,7 @@ def _sd(mean: float, sd: float, r: Record) -> Optional[tuple[float, float]]:
 
 MEAN_NOTE = "mean ± sd over the repetitions"
 MB_NOTE = "MB = 1e6 bytes"
-GATE_NOTE = ("the target's memory gate: peak RSS (or the 16 KB-page peak where larger) against its budget, and "
-             "OOM-killed or thrashing inside a --limit")
+GATE_NOTE = "the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; OOM-kill or thrashing)"
 
 
 def _some(rows: Sequence[Record], test: Callable[[Record], bool]) -> bool:

@@ -296,7 +296,7 @@ class MarkdownPrinter(Printer):
         notes = [c.note for c in self.cols if c.note] + self.notes
         if self.hidden:
             notes.append(f"not shown: {', '.join(self.hidden)} (values in later rows; -o json has every field)")
-        return "\n" + "; ".join(dict.fromkeys(notes)) + "\n" if notes else ""
+        return "\n" + "".join(n + "\n" for n in dict.fromkeys(notes)) if notes else ""   # a line each
 
 
 def parse_markdown(text: str) -> list[dict[str, Any]]:
