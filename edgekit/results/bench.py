@@ -119,7 +119,8 @@ def _sd(mean: float, sd: float, r: Record) -> Optional[tuple[float, float]]:
 
 MEAN_NOTE = "mean ± sd over the repetitions"
 MB_NOTE = "MB = 1e6 bytes"
-GATE_NOTE = "the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; OOM-kill or thrashing)"
+GATE_NOTE = ("the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; "
+             "OOM-kill or thrashing)")
 
 
 def _some(rows: Sequence[Record], test: Callable[[Record], bool]) -> bool:
@@ -164,7 +165,8 @@ WIDE: list[Column] = [
            "peak @16K: the peak with the artifact's mapped pages counted in 16 KB file-aligned blocks, as a "
            "16 KB-page kernel (Raspberry Pi 5) maps them"),
     Column("limit MB", lambda r: _mb(r.limit_bytes), 0, "some"),
-    Column("enforced by", lambda r: r.limit_mechanism or (r.limit_not_enforced and f"not enforced: {r.limit_not_enforced}"),
+    Column("enforced by", lambda r: r.limit_mechanism or (r.limit_not_enforced and
+                                                          f"not enforced: {r.limit_not_enforced}"),
            show="some"),
     Column("cgroup peak MB", lambda r: _mb(r.cgroup_peak_bytes), 1, "some",
            "cgroup peak: the memory cgroup's high-water mark (page cache charged to the run included)"),

@@ -49,7 +49,8 @@ def _styles(records: Sequence[Record]) -> tuple[dict[str, Any], dict[str, str]]:
     cmap = matplotlib.colormaps["tab10"]
     models = sorted({r.model for r in records})
     devices = sorted({r.device for r in records})
-    return ({m: cmap(i % 10) for i, m in enumerate(models)}, {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(devices)})
+    return ({m: cmap(i % 10) for i, m in enumerate(models)},
+            {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(devices)})
 
 
 def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bool) -> None:
@@ -70,7 +71,7 @@ def _labels(ax: Any, items: list[tuple[float, float, str, str]]) -> None:
     merged: list[list[Any]] = []
     for x, y, text, color in items:
         px = ax.transData.transform((x, y))
-        near = next((m for m in merged if m[3] == color and abs(m[4][0] - px[0]) < 10 and abs(m[4][1] - px[1]) < 10), None)
+        near = next((m for m in merged if m[3] == color and max(abs(m[4] - px)) < 10), None)
         if near is None:
             merged.append([x, y, text, color, px])
         elif text not in near[2].split("\n"):
@@ -188,7 +189,8 @@ def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
     recs = [r for r, _ in pairs]
     colors, markers = _styles(recs)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    for ax, x, name in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"), (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
+    for ax, x, name in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"),
+                        (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
         items, xs = [], []
         ys, err = _kl_errors([q for _, q in pairs])
         for (r, q), y, lo, hi in zip(pairs, ys, *err):
@@ -213,7 +215,8 @@ def kl_only(quality_records: list[Any], out: Path) -> Path:
     qs = sorted(quality_records, key=lambda q: q.kl_mean)
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(qs) + 1.8))
     ys, err = _kl_errors(qs)
-    ax.errorbar(ys, range(len(qs)), xerr=err, fmt="o", capsize=3, color="#1f77b4")   # points: a log axis has no zero for bars
+    # points, not bars: a log axis has no zero for a bar to start from
+    ax.errorbar(ys, range(len(qs)), xerr=err, fmt="o", capsize=3, color="#1f77b4")
     dev = len({q.device for q in qs}) > 1
     ax.set_yticks(range(len(qs)), [f"{q.artifact} (vs {q.reference}, ctx {q.ctx}" + (f", {q.device})" if dev else ")")
                                    for q in qs], fontsize=8)

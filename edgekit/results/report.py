@@ -42,7 +42,8 @@ def latest(records: list[Record]) -> list[Record]:
 def latest_quality(quality: list) -> list:
     seen: dict[tuple, object] = {}
     for q in quality:  # later rows replace earlier ones
-        seen[(q.device, q.sha256, q.engine, q.reference_sha256, q.text_sha256, q.ctx, json.dumps(q.runtime, sort_keys=True))] = q
+        seen[(q.device, q.sha256, q.engine, q.reference_sha256, q.text_sha256, q.ctx,
+              json.dumps(q.runtime, sort_keys=True))] = q
     return list(seen.values())
 
 
@@ -109,8 +110,8 @@ def write_report(db: Optional[Path], out: Path) -> Path:
         raise OutputError(f"{where}: the results store holds no records; run `edgekit bench` first")
     out = Path(out)
     failed = sum(r.failed for r in records)
-    text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` (the latest of each device, artifact, "
-            "engine, bench or served, target, threads, context, test, knobs and memory limit"
+    text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` (the latest of each device, "
+            "artifact, engine, bench or served, target, threads, context, test, knobs and memory limit"
             + (f"; {failed} failed, shown as failures" if failed else "") + ")."
             + "".join(f" {n} corrupt{kind} row(s) were skipped." for kind, n in skipped.items() if n) + "\n\n")
     if records:  # a store with only eval's records still reports them

@@ -47,7 +47,8 @@ class Store:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute(_schema(RECORD_TYPES.get("records")))
         except (OSError, sqlite3.Error) as e:
-            raise OutputError(f"{self.path}: cannot open the results store ({e}); pass --db with a writable path") from None
+            raise OutputError(f"{self.path}: cannot open the results store ({e}); "
+                              "pass --db with a writable path") from None
 
     def append(self, records: Iterable[Any]) -> int:
         """Append records (each to its type's table) in one BEGIN IMMEDIATE transaction: a second writer
