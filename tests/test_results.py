@@ -169,3 +169,14 @@ def test_json_streams_the_bytes_a_whole_list_dump_writes():
     streamed = "".join(p.feed([r]) for r in RECORDS) + p.footer()   # a row at a time, as bench prints them
     assert streamed == json.dumps([r.to_json() for r in RECORDS], indent=2, sort_keys=True) + "\n"
     assert JsonPrinter().render([]) == "[]\n"
+
+
+def test_a_streamed_table_names_a_column_a_later_row_needed():
+    from edgekit.results import printer
+
+    mlx, gguf = RECORDS[2], RECORDS[0]   # the first row has no anon/file split, the second has
+    p = printer("md", wide=True)
+    text = p.feed([mlx]) + p.feed([gguf]) + p.footer()
+    assert "anon MB" not in text.splitlines()[0]   # the header was printed before the second row existed
+    assert ("not shown: target, anon MB, file MB, compute MB, predicted tg t/s, budget MB, verdict (values in later "
+            "rows; -o json has every field)") in text.splitlines()

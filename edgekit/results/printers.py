@@ -286,7 +286,7 @@ class MarkdownPrinter(Printer):
     def row(self, rec: Any) -> str:
         rows = self.rows_of(rec)
         for c in self.all:
-            if c not in self.cols and c.show == "some" and any(c.get(x) is not None for x in rows):
+            if c not in self.cols and c.shown(rows):
                 self.hidden[c.header] = None
         return "".join(line + "\n" for line in table_lines(self.cols, rows, head=False))
 
