@@ -70,8 +70,8 @@ def run(preset: str, quant: str, e2b_dir: Path | None, work: Path) -> dict[str, 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     drop_caches()
-    ek_t, ek_rss = measured([sys.executable, "-m", "edgekit.cli", "build", "-m", str(ckpt), "-t", "pi5",
-                             "-q", quant, "-o", str(work / "edgekit")])
+    ek_t, ek_rss = measured([sys.executable, "-m", "edgekit.cli", "build", "-m", str(ckpt), "--target", "pi5",
+                             "-q", quant, "--out", str(work / "edgekit")])
     shutil.rmtree(work / "edgekit")
     convert_py, env = llamacpp_tools.converter()
     quantize_bin = llamacpp_tools.tool("llama-quantize")

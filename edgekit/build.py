@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import threading
@@ -45,14 +46,47 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
     return error
 
 
+MLX_GROUP_SIZES = (32, 64, 128)   # what mlx.core.quantize takes
+MLX_BITS = (2, 3, 4, 5, 6, 8)
+
+
+def with_mlx_quant(recipes: list, bits: int | None, group_size: int | None) -> list:
+    """mlx_lm.convert's --q-bits / --q-group-size over the MLX recipes that quantize (the others kept);
+    a recipe so changed is named and labelled for what it now writes (mlx-3bit-g32)."""
+    if bits is None and group_size is None:
+        return recipes
+    if bits is not None and bits not in MLX_BITS:
+        raise ConfigError(f"--q-bits {bits}: MLX quantizes to {', '.join(map(str, MLX_BITS))} bits")
+    if group_size is not None and group_size not in MLX_GROUP_SIZES:
+        raise ConfigError(f"--q-group-size {group_size}: MLX quantizes in groups of {', '.join(map(str, MLX_GROUP_SIZES))}")
+    out, changed = [], []
+    for r in recipes:
+        if r.format == "mlx" and r.bits is not None:
+            b, g = bits or r.bits, group_size or r.group_size or 64
+            was = r.name
+            r = dataclasses.replace(r, name=f"mlx-{b}bit-g{g}", quant=f"{b}bit-g{g}", bits=b, group_size=g,
+                                    description=f"{r.description} (--q-bits {b} --q-group-size {g})")
+            if r.name in changed:   # m2's mlx-4bit and mlx-8bit both become this one: build it once
+                log.warning("%s: --q-bits %d --q-group-size %d makes it %s, built once", was, b, g, r.name)
+                continue
+            changed.append(r.name)
+        out.append(r)
+    if not changed:
+        raise ConfigError("--q-bits and --q-group-size set an MLX recipe's quantization, and none of these recipes is a "
+                          f"quantized MLX one ({', '.join(r.name for r in recipes)}); pass --quant mlx-4bit or --target m2")
+    return out
+
+
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
-          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False) -> Path:
+          vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
+          q_bits: int | None = None, q_group_size: int | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
     NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
     tgt = TARGETS.get(target)
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
     recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
+    recipes = with_mlx_quant(recipes, q_bits, q_group_size)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")

@@ -16,6 +16,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from .cliopts import BATCH, FLASH, HELP, MODEL, UBATCH, add_verbose, artifact_arg, knob_items, verbosity
 from .errors import EdgekitError
 
 
@@ -30,6 +31,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 class _Group(TyperGroup):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        add_verbose(self)
+
     def invoke(self, ctx: click.Context):
         # `kill`, systemd, a CI timeout and `docker stop` send SIGTERM: treat it like Ctrl-C (every
         # `finally` and `except BaseException` removes its partial files), then exit 128 + 15.
@@ -51,15 +56,24 @@ class _Group(TyperGroup):
 
 
 app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  context_settings=HELP,
                   help="Convert, quantize, deploy and measure Gemma 4 E2B on Raspberry Pi 5 and Apple Silicon.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .cliopts import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    # Keep edgekit's own notes (one-liners such as dropped towers) visible without -v.
-    logging.getLogger("edgekit").setLevel(logging.INFO if verbose else logging.WARNING)
+def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to stderr; -vv adds llama.cpp's full log."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit.")) -> None:
+    from .cliopts import set_verbosity
+
+    set_verbosity(verbose, reset=True)
 
 
 def _csv(value: Optional[str]) -> Optional[list[str]]:
@@ -68,7 +82,7 @@ def _csv(value: Optional[str]) -> Optional[list[str]]:
 
 @app.command()
 def synth(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the checkpoint to (replaced if present)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint to (replaced if present)."),
     preset: str = typer.Option("tiny", "--preset", help="tiny (seconds), mid (≈0.6 GB) or e2b (shape-true, ≈9.3 GB)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 (as released), f16 or f32."),
@@ -77,7 +91,7 @@ def synth(
     heldout: Optional[Path] = typer.Option(None, "--heldout", help="With --train: text whose loss is logged before and after."),
     steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
-    threads: int = typer.Option(2, "--threads", help="With --train: torch threads."),
+    threads: int = typer.Option(2, "--threads", "-t", min=1, help="With --train: torch threads."),
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
     if train_text is not None:
@@ -95,40 +109,58 @@ def synth(
 @app.command()
 def build(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or hub id (owner/name)."),
-    target: str = typer.Option("pi5", "--target", "-t", help="Target profile (see `edgekit targets`)."),
+    target: str = typer.Option("pi5", "--target", help="Target profile (see `edgekit targets`)."),
     quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
-    out: Path = typer.Option(Path("dist"), "--out", "-o", help="Output root: artifacts go to OUT/<model>/<target>/."),
+    out: Path = typer.Option(Path("dist"), "--out", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
+    q_bits: Optional[int] = typer.Option(None, "--q-bits", help="MLX recipes: bits per weight (2, 3, 4, 5, 6, 8), as mlx_lm.convert."),
+    q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .build import build as run
     from .manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite)
+                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
 @app.command()
-def targets() -> None:
-    """List target profiles."""
+def targets(name: Optional[str] = typer.Argument(None, help="Show this profile in full.")) -> None:
+    """List target profiles, or show one (`edgekit targets pi5`)."""
+    from .cliopts import table
+    from .listing import target_detail, target_rows
     from .targets import TARGETS
 
-    for name in TARGETS:
-        t = TARGETS.get(name)
-        typer.echo(f"{name}\t{t.engine}\t{','.join(t.quants)}\t{t.memory_budget_gb} GB\t{t.description}")
+    if name is not None:
+        typer.echo(target_detail(name), nl=False)
+        return
+    typer.echo(table(["TARGET", "ENGINE", "RECIPES", "THREADS", "CTX", "BUDGET", "DESCRIPTION"],
+                     target_rows(list(TARGETS)), right=(3, 4, 5)), nl=False)
 
 
 @app.command()
 def recipes() -> None:
     """List quantization recipes."""
-    from .recipes import RECIPES
+    from .cliopts import table
+    from .listing import recipe_rows
 
-    for name in RECIPES:
-        r = RECIPES.get(name)
-        typer.echo(f"{name}\t{r.format}\t{r.quant}\t{r.description}")
+    typer.echo(table(["RECIPE", "FORMAT", "QUANT", "DESCRIPTION"], recipe_rows()), nl=False)
+
+
+@app.command("list")
+def list_(root: Path = typer.Argument(Path("dist"), help="Folder holding builds (default: dist).")) -> None:
+    """What was built, as `ollama list`: one row per artifact (* marks a build's recommended one)."""
+    from .cliopts import table
+    from .listing import built
+
+    rows = built(root)
+    if not rows:
+        typer.echo(f"edgekit: no builds under {root}; make one with `edgekit build --model CKPT`", err=True)
+        return
+    typer.echo(table(["NAME", "FORMAT", "QUANT", "SIZE", "MODIFIED"], rows, right=(3,)), nl=False)
 
 
 # ---------------------------------------------------------------- device lab (edgekit/lab/)
@@ -142,8 +174,13 @@ app.add_typer(lab_app, name="lab")
 @app.command()
 def deploy(
     dist: Path = typer.Argument(..., help="A build folder, or dist/<model> holding one folder per target."),
-    device: list[str] = typer.Option(..., "--device", "-d", help="Device name from the inventory; repeatable."),
+    device: Optional[list[str]] = typer.Option(None, "--device", help="Device name from the inventory; repeatable."),
     inventory: Optional[Path] = _INVENTORY,
+    host: Optional[str] = typer.Option(None, "--host", help="One device without an inventory: user@host[:port] (ssh's config supplies the rest)."),
+    target: Optional[str] = typer.Option(None, "--target", help="With --host: the device's target profile (default: the build folder's)."),
+    identity: Optional[Path] = typer.Option(None, "--identity", help="With --host: private key file (ssh -i)."),
+    ssh_config: Optional[Path] = typer.Option(None, "--ssh-config", help="With --host: ssh config file (ssh -F)."),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="With --host: remote work dir (default ~/edgekit)."),
     bootstrap: bool = typer.Option(False, "--bootstrap", help="Also make a venv there with edgekit[runtime] (no torch)."),
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
@@ -156,7 +193,7 @@ def deploy(
     from .lab.run import deploy_devices
     from .lab.inventory import load_inventory
 
-    devices = load_inventory(inventory).select(device)
+    devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
@@ -173,6 +210,28 @@ def deploy(
                 typer.echo(f"edgekit: error: {e}", err=True)
                 failed = True
     raise typer.Exit(1 if failed else 0)
+
+
+def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
+    from .errors import ConfigError
+    from .lab.inventory import device_from_address, load_inventory
+
+    if host is None:
+        if not device:
+            raise ConfigError("name the devices: --device NAME (from the inventory) or --host user@host[:port]")
+        if target or identity or ssh_config or workdir:
+            raise ConfigError("--target, --identity, --ssh-config and --workdir go with --host (an inventory device has its own)")
+        return load_inventory(inventory).select(device)
+    if device or inventory:
+        raise ConfigError("--host names one device without an inventory; drop --device/--inventory, or use them alone")
+    if target is None:
+        from .manifest import MANIFEST, read_manifest
+
+        if not (Path(dist) / MANIFEST).is_file():
+            raise ConfigError(f"{dist}: not a build folder; with --host pass --target (the device's profile)")
+        target = read_manifest(Path(dist)).target
+    return [device_from_address(host, target, identity=str(identity) if identity else None,
+                                ssh_config=str(ssh_config) if ssh_config else None, workdir=workdir)]
 
 
 @lab_app.command("list")
@@ -228,7 +287,11 @@ def lab_run(
 
 @app.command()
 def bench(
-    path: Path = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder with manifest.json."),
+    path: Optional[Path] = typer.Argument(None, help="A .gguf file, an MLX folder, or a dist folder with manifest.json (or -m)."),
+    model: Optional[Path] = MODEL,
+    ubatch: Optional[str] = UBATCH,
+    batch: Optional[str] = BATCH,
+    flash: Optional[str] = FLASH,
     n_prompt: str = typer.Option("512", "-p", "--n-prompt", help="Prompt tokens (pp<p>, TTFT); comma-separated values sweep."),
     n_gen: str = typer.Option("128", "-n", "--n-gen", help="Generated tokens (tg<n>); comma-separated values sweep."),
     depth: str = typer.Option("0", "-d", "--depth", help="Tokens already in the cache before each test (pp512 @ d1024); comma-separated."),
@@ -257,11 +320,13 @@ def bench(
 
     if output not in OUTPUTS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
+    path, _ = artifact_arg(path, model)
+    knob = knob_items(knob, ubatch, batch, flash)
     points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
                     ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
-    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
+    verbose = verbosity()
     opts = BenchOptions(reps=reps, target=target, device=device, verbose=verbose,
                         limit=True if limit_mb else limit, limit_bytes=int(limit_mb * 1e6) if limit_mb else None)
     # The store is opened before measuring (a bad --db fails in a second, not after the runs). Each
@@ -294,88 +359,140 @@ def bench(
         typer.echo(f"edgekit: warning: over budget: {msg}", err=True)
 
 
-_ART = typer.Argument(..., help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact).")
+_ART = typer.Argument(None, help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact); or -m.")
 _TARGET = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs to use. Default: the manifest's.")
 _KNOB = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set n_ubatch=128.")
+_CTX = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context size. Default: the target's, else min(the model's n_ctx_train, 4096).")
+_THREADS = typer.Option(None, "--threads", "-t", min=1, help="Default: the target's, capped at this host's cores.")
+
+
+def _picked(session, artifact: Path) -> None:
+    """Name the artifact a build folder resolved to (its manifest's first, recommended one)."""
+    a = session.artifact
+    typer.echo(f"edgekit: {session.path} ({a.format} {a.quant}, {a.bytes / 1e6:.1f} MB; ctx {session.n_ctx}, "
+               f"threads {session.threads or '-'}, target {session.target or '-'})"
+               + ("; the build's first, recommended artifact" if Path(artifact).is_dir() and session.path != Path(artifact) else ""),
+               err=True)
 
 
 @app.command()
 def run(
-    artifact: Path = _ART,
+    artifact: Optional[Path] = _ART,
+    prompt_arg: Optional[str] = typer.Argument(None, metavar="[PROMPT]", help="The prompt, as `ollama run MODEL PROMPT`."),
+    model: Optional[Path] = MODEL,
     target: Optional[str] = _TARGET,
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt; without it, an interactive chat on stdin."),
-    system: Optional[str] = typer.Option(None, "--system", help="System prompt."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens per reply."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt; without a prompt, an interactive chat."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from FILE (- for stdin)."),
+    system: Optional[str] = typer.Option(None, "--system", "-sys", help="System prompt."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", "--n-predict", help="Most tokens per reply; -1: until the turn or the context ends."),
     think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Gemma 4 thinking on/off (default: the template's, off)."),
-    temperature: float = typer.Option(0.0, "--temperature", help="0 is greedy."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
+    temperature: float = typer.Option(0.0, "--temperature", "--temp", help="0 is greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1: off)."),
+    top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens under min_p x the top probability (0: off)."),
+    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalize the last 64 tokens (1: off), as llama.cpp's."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Sampling seed (default: a random one, printed with -v)."),
+    ctx: Optional[int] = _CTX,
+    threads: Optional[int] = _THREADS,
     knob: Optional[list[str]] = _KNOB,
+    ubatch: Optional[str] = UBATCH,
+    batch: Optional[str] = BATCH,
+    flash: Optional[str] = FLASH,
 ) -> None:
-    """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit."""
-    import sys
+    """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit.
+
+    `edgekit run ART "Hi"` answers once; `edgekit run ART` opens a chat (/help lists its commands)."""
+    import random
 
     from .bench import parse_knobs
     from .generate import Sampling
-    from .session import chat_turn, open_session, peak_rss_bytes
+    from .repl import Chat, Writer, check_sampling, clean_text, interactive, max_tokens as check_n, read_prompt
+    from .session import open_session, peak_rss_bytes
 
-    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
-    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
-                           verbose=verbose, block=True)
-    out = lambda t: (sys.stdout.write(t), sys.stdout.flush())          # noqa: E731
-    err = lambda t: (sys.stderr.write(t), sys.stderr.flush())          # noqa: E731
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
-    sampling = Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    stats: dict = {}
+    artifact, prompt_arg = artifact_arg(artifact, model, prompt_arg)
+    check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
+    n = check_n(max_tokens)
+    text = read_prompt(prompt, prompt_arg, file)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**32)
+        logging.getLogger("edgekit").info("seed %d", seed)
+    knobs = parse_knobs(knob_items(knob, ubatch, batch, flash))
+    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=knobs,
+                           verbose=verbosity(), block=True)
+    w = Writer()
+    if text is None or verbosity() or Path(artifact).is_dir():
+        _picked(session, artifact)
+    sampling = Sampling(max_tokens=n, temperature=temperature, seed=seed, top_p=top_p, top_k=top_k,  # type: ignore[arg-type]
+                        min_p=min_p, repeat_penalty=repeat_penalty)
+    chat = Chat(session, sampling, think, w, system=clean_text(system)[0] if system else None)
     try:
-        turns = [prompt] if prompt is not None else None
-        while True:
-            if turns is not None:
-                if not turns:
-                    break
-                text = turns.pop()
-            else:
-                err("> ")
-                text = sys.stdin.readline()
-                if not text:
-                    break
-                text = text.rstrip("\n")
-                if not text.strip():
-                    continue
-            history.append({"role": "user", "content": text})
-            msg, stats = chat_turn(session, history, sampling, think, out, err)
-            history.append(msg)
-            out("\n")
+        if text is not None:
+            if not chat.reply(text):
+                raise typer.Exit(1)
+        else:
+            interactive(chat, f"edgekit: chatting with {session.path.name}. Type /help for commands; "
+                              f"/bye, Ctrl-D or Ctrl-C at an empty prompt to exit; Ctrl-C stops a reply.\n")
     finally:
         session.close()
-    if stats:
-        err(f"ttft {stats['ttft_ms']:.0f} ms, {stats['decode_tps']:.1f} t/s ({stats['completion_tokens']} tokens, "
-            f"prompt {stats['prompt_tokens']}), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
+    st = chat.stats
+    if st:
+        w.err(f"ttft {st['ttft_ms']:.0f} ms, {st['decode_tps']:.1f} t/s ({st['completion_tokens']} tokens, "
+              f"prompt {st['prompt_tokens']}), peak RSS {peak_rss_bytes() / 1e6:.0f} MB"
+              + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
+
+
+def _port_free(host: str, port: int) -> None:
+    """Fail in one line before loading the model when the port is taken (uvicorn would print its
+    Errno 98 after the load and exit 3, the budget gate's code)."""
+    import errno
+    import socket
+
+    from .errors import ConfigError
+
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port {port}: use 1-65535")
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    fam, kind, proto, _, addr = infos[0]
+    with socket.socket(fam, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            what = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
+            raise ConfigError(f"port {port} on {host} {what}; pass another --port") from None
 
 
 @app.command()
 def serve(
-    artifact: Path = _ART,
+    artifact: Optional[Path] = _ART,
+    model: Optional[Path] = MODEL,
     target: Optional[str] = _TARGET,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
     queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", help="Context per request. Default: the target's."),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores."),
+    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096)."),
+    threads: Optional[int] = _THREADS,
     prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
     grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
     knob: Optional[list[str]] = _KNOB,
+    ubatch: Optional[str] = UBATCH,
+    batch: Optional[str] = BATCH,
+    flash: Optional[str] = FLASH,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from .bench import parse_knobs
     from .server import serve as run_server
     from .session import open_session
 
-    verbose = logging.getLogger("edgekit").isEnabledFor(logging.INFO)
-    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob or []),
-                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbose, block=True)
+    artifact, _ = artifact_arg(artifact, model)
+    _port_free(host, port)
+    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
+                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
+    _picked(session, artifact)
     typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
                f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
     run_server(session, host=host, port=port, grace_s=grace)
@@ -384,7 +501,7 @@ def serve(
 @app.command("eval")
 def eval_(
     paths: list[Path] = typer.Argument(..., help="Artifacts: .gguf files, MLX folders, or dist folders with manifest.json."),
-    reference: Optional[str] = typer.Option(None, "--reference", "-r", help="HF checkpoint folder (transformers), an unquantized .gguf / MLX folder, or a reference cache (.npz)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="HF checkpoint folder (transformers), an unquantized .gguf / MLX folder, or a reference cache (.npz)."),
     text: Optional[list[Path]] = typer.Option(None, "--text", help="UTF-8 text to score; repeatable. Default: edgekit's held-out Python docs + code."),
     ctx: int = typer.Option(512, "--ctx", "-c", help="Window length in tokens (the second half of each is scored)."),
     chunks: Optional[int] = typer.Option(None, "--chunks", help="At most this many windows per text (default: all)."),
@@ -392,10 +509,13 @@ def eval_(
     threads: Optional[int] = typer.Option(None, "--threads", "-t", help="llama.cpp / torch threads (default: this host's cores)."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs apply. Default: the manifest's."),
     knob: Optional[list[str]] = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set kv_type=f16."),
+    ubatch: Optional[str] = UBATCH,
+    batch: Optional[str] = BATCH,
+    flash: Optional[str] = FLASH,
     reference_dtype: str = typer.Option("float32", "--reference-dtype", help="transformers reference: float32 or bfloat16."),
     ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Reference cache file to read or write (default: ~/.cache/edgekit/eval/)."),
-    suite: Optional[Path] = typer.Option(None, "--suite", help="Run a task suite (JSONL) instead of the KL pass."),
-    max_tokens: int = typer.Option(256, "--max-tokens", help="With --suite: generation cap per case."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Run a task suite instead of the KL pass: a JSONL file, or a shipped pack (enterprise, example)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", min=1, help="With --suite: generation cap per case."),
     output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
@@ -410,6 +530,7 @@ def eval_(
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    knob = knob_items(knob, ubatch, batch, flash)
     if suite is not None:
         from .results.quality import SUITE_PRINTERS
         from .eval.suite import SuiteOptions, run_suites
@@ -437,7 +558,7 @@ def eval_(
 @app.command()
 def report(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
-    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for report.md and the PNG plots."),
+    out: Path = typer.Option(Path("report"), "--out", help="Folder for report.md and the PNG plots."),
 ) -> None:
     """Write a markdown report with plots (decode t/s vs peak RAM, TTFT) from the results store."""
     from .results.report import write_report

@@ -31,6 +31,7 @@ import codecs
 import ctypes
 import logging
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ class Sampling:
     seed: int = 0
     top_p: float = 1.0
     top_k: int = 0                 # 0: off
+    min_p: float = 0.0             # 0: off
+    repeat_penalty: float = 1.0    # 1: off; over the last REPEAT_LAST_N tokens, as llama.cpp's default
 
 
 @dataclass
@@ -76,6 +79,9 @@ class GenRequest:
         self.cancelled.set()
 
 
+REPEAT_LAST_N = 64   # llama.cpp's --repeat-last-n default
+
+
 class QueueFull(Exception):
     """Every slot is busy and the waiting queue is at its bound."""
 
@@ -89,7 +95,7 @@ class _Slot:
         self.seq = seq
         self.req: Optional[GenRequest] = None
 
-    def start(self, req: GenRequest, L: Any, cached: int) -> None:
+    def start(self, req: GenRequest, L: Any, cached: int, ctx: Any = None) -> None:
         self.req, self.pos, self.n_gen, self.last = req, cached, 0, -1
         self.t_first: Optional[float] = None
         self.t_start = time.perf_counter()
@@ -97,6 +103,12 @@ class _Slot:
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         s = req.sampling
         self.smpl = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if s.repeat_penalty != 1.0:   # first, as llama.cpp's sampler chain (greedy included)
+            L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_penalties(
+                L.llama_vocab_n_tokens(L.llama_model_get_vocab(L.llama_get_model(ctx))), REPEAT_LAST_N,
+                s.repeat_penalty, 0.0, 0.0))
+            for tok in req.prompt[-REPEAT_LAST_N:]:
+                L.llama_sampler_accept(self.smpl, tok)
         if s.temperature <= 0:
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_greedy())
         else:
@@ -104,6 +116,8 @@ class _Slot:
                 L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_top_k(s.top_k))
             if s.top_p < 1.0:
                 L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_top_p(s.top_p, 1))
+            if s.min_p > 0.0:
+                L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_min_p(s.min_p, 1))
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_temp(s.temperature))
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_dist(s.seed & 0xFFFFFFFF))
 
@@ -126,8 +140,8 @@ class _Scheduler:
 
     def submit(self, req: GenRequest) -> None:
         if len(req.prompt) > self.n_ctx - 1:
-            raise PromptTooLong(f"the prompt is {len(req.prompt)} tokens; this server's context is {self.n_ctx} "
-                                f"tokens (prompt + reply): shorten the prompt")
+            raise PromptTooLong(f"the prompt is {len(req.prompt)} tokens; the context is {self.n_ctx} tokens "
+                                f"(prompt + reply): shorten the prompt or start with a larger --ctx")
         with self.lock:
             busy = sum(s.req is not None for s in self.slots)
             if busy + self.n_waiting >= len(self.slots) + self.max_queue:
@@ -200,7 +214,10 @@ class _Scheduler:
             self.stopping = True
             self.lock.notify()
         if self.thread.is_alive():
-            self.thread.join()
+            self._wait_stopped()
+
+    def _wait_stopped(self) -> None:
+        self.thread.join()
 
 
 class LlamaEngine(_Scheduler):
@@ -284,7 +301,7 @@ class LlamaEngine(_Scheduler):
         if req.prefix_len and p and req.prefix_len == p and req.prompt[:p] == self.prefix and len(req.prompt) > p:
             self.L.llama_memory_seq_cp(self.mem, self.prefix_seq, slot.seq, -1, -1)
             cached = p
-        slot.start(req, self.L, cached)
+        slot.start(req, self.L, cached, self.ctx)
 
     def _finish(self, slot: _Slot, reason: str, error: str = "") -> None:
         req = slot.req
@@ -364,21 +381,38 @@ class MlxEngine(_Scheduler):
         # MLX arrays and streams belong to the thread that made them (a model loaded here and run on the
         # worker failed with "There is no Stream(cpu, 0) in current thread"): the worker loads it.
         loaded: "queue.SimpleQueue[Optional[BaseException]]" = queue.SimpleQueue()
+        self._ended = threading.Event()
 
         def load_then_run() -> None:
+            # Signals go to the main thread (which handles them); a signal landing here would wake the
+            # parked thread below during interpreter shutdown.
+            signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
             try:
                 self.runner.load(Path(path), opts)
             except BaseException as e:  # handed to the constructor, which raises it
                 loaded.put(e)
                 return
             loaded.put(None)
-            self._run()
+            try:
+                self._run()
+            finally:
+                self.runner.close()
+                self._ended.set()
+            # Parked, never ended: MLX keeps a compile cache per OS thread whose destructor takes the GIL
+            # when the thread ends; if that falls while the interpreter shuts down, the thread is killed
+            # inside the destructor and the process aborts ("terminate called without an active
+            # exception", exit 134, seen on every `edgekit run` of an MLX artifact). A parked daemon
+            # thread is simply gone at exit, without running thread-local destructors.
+            threading.Event().wait()
 
         self.thread = threading.Thread(target=load_then_run, name="edgekit-engine", daemon=True)
         self.thread.start()
         err = loaded.get()
         if err is not None:
             raise err
+
+    def _wait_stopped(self) -> None:
+        self._ended.wait()   # the thread itself stays, parked (see load_then_run)
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])
@@ -412,7 +446,8 @@ class MlxEngine(_Scheduler):
             return
         req, s = slot.req, slot.req.sampling
         mx.random.seed(s.seed)
-        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k)
+        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k,
+                               min_p=s.min_p)
         self._generate(slot, req, s, sampler)
 
     def _generate(self, slot: _Slot, req: GenRequest, s: Sampling, sampler: Any) -> None:
@@ -425,11 +460,21 @@ class MlxEngine(_Scheduler):
         r.reset()
         r.prefill(req.prompt)
         reason = "length"
+        penalize = None
+        if s.repeat_penalty != 1.0:   # mlx-lm's processor over the same window as llama.cpp's
+            from mlx_lm.sample_utils import make_logits_processors
+
+            penalize = make_logits_processors(repetition_penalty=s.repeat_penalty,
+                                              repetition_context_size=REPEAT_LAST_N)[0]
+            seen = list(req.prompt[-REPEAT_LAST_N:])
         for _ in range(s.max_tokens):
             if req.cancelled.is_set():
                 reason = "cancelled"
                 break
-            tok = int(sampler(r.logits).item())
+            logits = r.logits if penalize is None else penalize(mx.array(seen[-REPEAT_LAST_N:]), r.logits)
+            tok = int(sampler(logits).item())
+            if penalize is not None:
+                seen.append(tok)
             done = self._emit(slot, tok, self.piece(tok))
             if done:
                 reason = done

@@ -83,6 +83,17 @@ class Session:
         self.engine.close()
 
 
+# Without a target: the model's trained context, capped here. llama-cli and llama-server default to
+# n_ctx_train (0 = from the model) but shrink it to fit memory, down to 4096; Ollama's num_ctx is 4096.
+# E2B is trained for 131072, whose F16 KV cache alone would be several GB against a 1.5 GB budget.
+DEFAULT_CTX = 4096
+
+
+def default_ctx(trained: Optional[int]) -> int:
+    """The context `run` and `serve` use without --ctx or a target: min(n_ctx_train, 4096)."""
+    return min(trained, DEFAULT_CTX) if trained else DEFAULT_CTX
+
+
 def open_session(path: Path, target: Optional[str] = None, threads: Optional[int] = None,
                  ctx: Optional[int] = None, knobs: Optional[dict[str, Any]] = None, slots: int = 1,
                  max_queue: int = 16, prefix_file: Optional[Path] = None, verbose: bool = False,
@@ -90,26 +101,57 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
     """PATH as bench takes it (a .gguf, an MLX folder, or a dist folder: its first, recommended artifact),
     verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does.
     ``block``: treat the modules the engine's bench child blocks as absent (a process of its own only)."""
-    from .bench import BenchOptions, plan, settings
+    from .bench import BenchOptions, _target, plan, settings
 
     planned = plan(path, target)[0]
+    if ctx is None and not _target(planned.target):
+        ctx = default_ctx(planned.format.max_context(planned.path))
     st = settings(planned, BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target,
                                         runtime=dict(knobs or {})))
     tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
     for mod in st.engine.block if block else ():   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
+    if block and st.engine.block and "transformers" not in sys.modules:
+        _import_without_advice("transformers")
     t0 = time.perf_counter()
     engine = open_engine(planned.path, st.engine.name,
                          RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
                          slots=slots, max_queue=max_queue, prefix_file=prefix_file)
     log.info("%s: %s, target %s, ctx %d, threads %d, knobs %s", planned.path.name, planned.artifact.format,
              tgt.name if tgt else "-", n_ctx, n_threads, runtime)
+    # A context that cannot hold an empty chat turn and one token of reply refuses every request.
+    floor = len(engine.tokenize(template.render([{"role": "user", "content": ""}]))) + 2
+    if n_ctx < floor:
+        engine.close()
+        from .errors import ConfigError
+
+        raise ConfigError(f"--ctx {n_ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
+                          f"use --ctx {max(floor, 64)} or more (default: min(n_ctx_train, {DEFAULT_CTX}))")
     load_ms = (time.perf_counter() - t0) * 1e3
     return Session(engine, template, planned.path.stem if planned.path.is_file() else planned.path.name,
                    planned.path, planned.artifact.format, tgt.name if tgt else "", runtime, n_ctx,
                    artifact=planned.artifact, model_name=planned.model, engine_name=st.engine.name,
                    threads=n_threads, load_ms=load_ms, budget_bytes=tgt.memory_budget_bytes if tgt else None)
+
+
+def _import_without_advice(name: str) -> None:
+    """Import transformers with its advisory notes off: torch is blocked on purpose (only the tokenizer
+    is used), so its "PyTorch was not found" note would be wrong; later warnings stay on."""
+    import importlib
+    import os
+
+    before = os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS")
+    os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass   # the engine reports what is missing, with the install line
+    finally:
+        if before is None:
+            del os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"]
+        else:
+            os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = before
 
 
 def peak_rss_bytes() -> int:

@@ -57,7 +57,7 @@ def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
     from edgekit.targets import TARGETS
 
     caplog.set_level("WARNING", logger="edgekit")
-    res = run("build", "-m", str(tiny_ckpt), "-t", "pi5", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "--target", "pi5", "--out", str(tmp_path))
     assert res.exit_code == 0, res.output
     folder = tmp_path / "tiny-gemma4" / "pi5"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -77,7 +77,7 @@ def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
 
 def test_missing_config(ckpt_copy, tmp_path):
     (ckpt_copy / "config.json").unlink()
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy}: no config.json; a Hugging Face checkpoint folder "
                           "has config.json beside its .safetensors\n")
@@ -88,7 +88,7 @@ def test_not_gemma4(ckpt_copy, tmp_path):
     cfg = json.loads((ckpt_copy / "config.json").read_text())
     cfg["model_type"] = "llama"
     (ckpt_copy / "config.json").write_text(json.dumps(cfg))
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy / 'config.json'}: model_type is 'llama', not a Gemma 4 "
                           "checkpoint (expected 'gemma4' or 'gemma4_text')\n")
@@ -99,7 +99,7 @@ def test_truncated_safetensors(ckpt_copy, tmp_path):
     size = shard.stat().st_size
     with open(shard, "r+b") as f:
         f.truncate(size - 1000)
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     line = res.stderr.strip()
     assert "\n" not in line and line.startswith(f"edgekit: error: {shard.name}: truncated ({size - 1000} bytes")
@@ -109,23 +109,23 @@ def test_truncated_safetensors(ckpt_copy, tmp_path):
 
 def test_missing_tokenizer(ckpt_copy, tmp_path):
     (ckpt_copy / "tokenizer.json").unlink()
-    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {ckpt_copy}: no tokenizer.json; copy the tokenizer files "
                           "from the original checkpoint\n")
 
 
 def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
-    res = run("build", "-m", str(tiny_ckpt), "-t", "pi4", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "--target", "pi4", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown target 'pi4'; choose one of: ")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "-o", str(tmp_path))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q3_k'; choose one of: ")
 
 
 def test_hub_id_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "-o", str(tmp_path / "out"))
+    res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
     assert res.stderr == ("edgekit: error: google/gemma-4-E2B-it: the hub cannot be reached and the model is not "
                           "in the local cache; download it where you are online, or pass a local directory\n")
@@ -134,7 +134,7 @@ def test_hub_id_offline(tmp_path, monkeypatch):
 def test_unwritable_output(tiny_ckpt, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(blocker / "out"))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(blocker / "out"))
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {blocker / 'out'}") and res.stderr.count("\n") == 1
     assert "pass --out" in res.stderr
@@ -146,7 +146,7 @@ def test_full_disk(tiny_ckpt, tmp_path):
     if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]).returncode:
         pytest.skip("needs root to mount a 2 MB tmpfs")
     try:
-        res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(mnt))
+        res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(mnt))
         assert res.exit_code == 1
         assert res.stderr.endswith("no space left on the device; free space or pass --out on a larger disk\n")
         assert leftovers(mnt) == []
@@ -158,7 +158,7 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     from edgekit.formats.gguf import convert as gguf_format
 
     out = tmp_path / "out"
-    assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "-o", str(out)).exit_code == 0
+    assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(out)).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     assert (folder / "manifest.json").is_file()
 
@@ -172,7 +172,7 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
         return real(self, f)
 
     monkeypatch.setattr(gguf_format._Streamed, "tofile", interrupted)
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "-o", str(out))
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q8_0,q4_0", "--out", str(out))
     assert calls["n"] == 40
     assert res.exit_code == 130
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
@@ -191,12 +191,12 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
 def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, monkeypatch, quant, engine, says):
     """A build that cannot start (its engine is missing) must not take the earlier build's manifest with it."""
     out = tmp_path / "out"
-    assert run("build", "-m", str(tiny_ckpt), "-q", "f16", "-o", str(out)).exit_code == 0
+    assert run("build", "-m", str(tiny_ckpt), "-q", "f16", "--out", str(out)).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for mod in engine:
         monkeypatch.setitem(sys.modules, mod, None)   # `import <engine>` now raises ImportError
-    res = run("build", "-m", str(tiny_ckpt), "-q", quant, "-o", str(out))
+    res = run("build", "-m", str(tiny_ckpt), "-q", quant, "--out", str(out))
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {says}") and res.stderr.count("\n") == 1
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

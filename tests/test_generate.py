@@ -124,7 +124,7 @@ def test_sampling_is_seeded(dist):
 def test_limits(dist):
     s = open_session(dist, threads=1, ctx=64, slots=1, max_queue=0)
     try:
-        with pytest.raises(PromptTooLong, match=r"the prompt is \d+ tokens; this server's context is 64 tokens"):
+        with pytest.raises(PromptTooLong, match=r"the prompt is \d+ tokens; the context is 64 tokens .*larger --ctx"):
             s.engine.submit(s.request(list(range(5, 100)), Sampling()))
         ids, _ = s.prompt([{"role": "user", "content": "hi"}])
         # A reply is cut at the context: prompt + reply never exceed it.

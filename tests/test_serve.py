@@ -122,7 +122,7 @@ def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": [{"role": "user", "content": "word " * 600}]}).encode())
     assert code == 400
-    assert body["error"]["message"].endswith(f"tokens; this server's context is {CTX} tokens (prompt + reply): shorten the prompt")
+    assert body["error"]["message"].endswith(f"tokens; the context is {CTX} tokens (prompt + reply): shorten the prompt or start with a larger --ctx")
     code, body, _ = _post(server, "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode())
     assert code == 400 and body["error"]["message"] == "messages must be a non-empty list of objects with a role"
     code, body, _ = _post(server, "/v1/chat/completions",

@@ -7,6 +7,9 @@ choice    the first standalone letter A-J in the output (after an optional "Answ
 json      the output's first JSON object (```json fences allowed) has every field of ``expected`` equal
 tool_call the output's first Gemma 4 tool call ``<|tool_call>call:NAME{key:<|"|>text<|"|>,n:3}<tool_call|>``
           has ``expected["name"]`` and every argument of ``expected["arguments"]`` equal
+
+The enterprise pack (packs/) adds, in scorers_pack.py: json_schema, rouge_l, grounded, code, sql,
+instructions and refusal.
 """
 
 from __future__ import annotations
@@ -32,14 +35,12 @@ def regex(out: str, expected: Any) -> bool:
     return re.search(str(expected), out, re.DOTALL) is not None
 
 
-
-
 def choice(out: str, expected: Any) -> bool:
     m = re.search(r"answer\s*(?:is)?\s*[:\-]?\s*\(?([A-J])\b", out, re.IGNORECASE) or re.search(r"\b([A-J])\b", out)
     return bool(m) and m.group(1).upper() == str(expected).strip().upper()
 
 
-def _first_json(out: str) -> Any:
+def first_json(out: str) -> Any:
     text = re.sub(r"```(?:json)?", "", out)
     dec = json.JSONDecoder()
     for i, ch in enumerate(text):
@@ -51,12 +52,12 @@ def _first_json(out: str) -> Any:
     return None
 
 
-def _fields_match(got: Any, want: dict) -> bool:
+def fields_match(got: Any, want: dict) -> bool:
     return isinstance(got, dict) and all(k in got and got[k] == v for k, v in want.items())
 
 
 def json_fields(out: str, expected: Any) -> bool:
-    return _fields_match(_first_json(out), expected)
+    return fields_match(first_json(out), expected)
 
 
 def parse_tool_call(out: str) -> tuple[str, dict] | None:
@@ -89,7 +90,7 @@ def parse_tool_call(out: str) -> tuple[str, dict] | None:
 
 def tool_call(out: str, expected: Any) -> bool:
     call = parse_tool_call(out)
-    return call is not None and call[0] == expected.get("name") and _fields_match(call[1], expected.get("arguments") or {})
+    return call is not None and call[0] == expected.get("name") and fields_match(call[1], expected.get("arguments") or {})
 
 
 def _check_str(e: Any) -> str | None:
@@ -124,8 +125,10 @@ def _check_tool(e: Any) -> str | None:
     return None if ok else 'expected must be {"name": ..., "arguments": {...}}'
 
 
+Scorer = tuple[Callable[[str, Any], bool], Callable[[Any], "str | None"]]
+
 # name → (scorer, check of ``expected`` at load time)
-SCORERS: dict[str, tuple[Callable[[str, Any], bool], Callable[[Any], str | None]]] = {
+SCORERS: dict[str, Scorer] = {
     "exact": (exact, _check_str), "contains": (contains, _check_contains), "regex": (regex, _check_regex),
     "choice": (choice, _check_choice), "json": (json_fields, _check_json), "tool_call": (tool_call, _check_tool),
 }

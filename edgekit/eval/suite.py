@@ -17,6 +17,8 @@ from typing import Any, Callable, Optional
 
 from ..errors import BenchError, ConfigError
 from ..results import SuiteRecord, provenance
+from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
+from .packs import resolve_suite
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -133,7 +135,10 @@ def to_records(run: SuiteRun, ref: Optional[SuiteRun], suite_file: str, suite_sh
             reference=ref.artifact if ref_acc else "", reference_sha256=ref.meta.get("sha256", "") if ref_acc else "",
             reference_passed=ref_acc[name][0] if name in ref_acc else None,
             differs=[{"id": r.case.id, "passed": r.passed, "output": r.output, "reference_output": theirs}
-                     for r, theirs in diffs if r.case.suite == name], **meta))
+                     for r, theirs in diffs if r.case.suite == name],
+            answers=[] if ref is not None or is_reference else
+            [{"id": r.case.id, "passed": r.passed, "output": r.output} for r in run.results if r.case.suite == name],
+            **meta))
     return out
 
 
@@ -197,6 +202,7 @@ def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> list[Suite
     whose result differs from the reference's (nothing stored or printed)."""
     from ..bench import plan
 
+    suite = resolve_suite(suite)
     cases = load_suite(suite)
     name, sha = Path(suite).name, suite_sha256(suite)
     if not paths:

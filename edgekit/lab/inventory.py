@@ -166,9 +166,16 @@ def default_inventory() -> Path:
 
 
 def load_inventory(path: Path | None = None) -> Inventory:
+    given = path
     path = Path(path) if path else default_inventory()
     if not path.is_file():
-        raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
+        # Name the file the user gave or the one looked for first (./targets/lab.toml), never the copy
+        # inside the installed package; the example to copy is wherever it really is.
+        where = Path(given) if given else DEFAULT_INVENTORY
+        example = next((p for p in (Path("targets/lab.example.toml"), data_dir("targets") / "lab.example.toml")
+                        if p.is_file()), Path("targets/lab.example.toml"))
+        raise ConfigError(f"{where}: no lab inventory; copy {example} there and list your devices"
+                          + ("" if given else ", or pass --inventory FILE"))
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
@@ -181,3 +188,31 @@ def load_inventory(path: Path | None = None) -> Inventory:
     for name, table in devices.items():
         inv.devices[name] = _device(name, table, defaults, f"{path} [devices.{name!r}]")
     return inv
+
+
+def device_from_address(address: str, target: str, identity: str | None = None, ssh_config: str | None = None,
+                        workdir: str | None = None) -> Device:
+    """One device from `deploy --host user@host[:port]` (IPv6 as [addr]:port), checked as an inventory
+    entry is; the rest falls through to ssh's own config, as with `ssh user@host`."""
+    where = f"--host {address!r}"
+    user, _, rest = address.rpartition("@")
+    host, port = rest, None
+    if rest.startswith("["):                       # [2001:db8::1]:22
+        host, _, tail = rest[1:].partition("]")
+        if tail:
+            if not tail.startswith(":"):
+                raise ConfigError(f"{where}: use user@host, user@host:port or user@[v6 address]:port")
+            port = tail[1:]
+    elif rest.count(":") == 1:
+        host, port = rest.split(":")
+    table: dict = {"target": target, "host": host}
+    if user:
+        table["user"] = user
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{where}: port {port!r} is not a TCP port (1-65535)")
+        table["port"] = int(port)
+    for key, value in (("identity", identity), ("ssh_config", ssh_config), ("workdir", workdir)):
+        if value is not None:
+            table[key] = str(value)
+    return _device(address, table, {}, where)

@@ -160,6 +160,8 @@ class SuiteRecord(ArtifactRecord):
     reference_sha256: str = ""
     reference_passed: Optional[int] = None
     differs: list[dict[str, Any]] = field(default_factory=list)
+    # Without a reference: every case's answer ({id, passed, output}), so the run shows what the model said.
+    answers: list[dict[str, Any]] = field(default_factory=list)
 
 
 def suite_markdown(records: Iterable[SuiteRecord]) -> str:
@@ -181,6 +183,10 @@ def suite_markdown(records: Iterable[SuiteRecord]) -> str:
                 f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites) + " |")
         text = "\n".join(lines) + "\n"
         for r in rs:
+            if r.answers:
+                text += f"\n{r.artifact}, {r.suite} (no reference: every answer):\n| case | result | answer |\n|---|---|---|\n"
+                text += "".join(f"| {a['id']} | {'pass' if a['passed'] else 'FAIL'} | {_cell(a['output'])} |\n"
+                                for a in r.answers)
             for d in r.differs:
                 text += (f"\n{r.artifact} vs {r.reference}, case {d['id']} ({r.suite}):\n"
                          f"| {r.artifact} | {r.reference} |\n|---|---|\n"

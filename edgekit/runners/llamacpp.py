@@ -69,13 +69,15 @@ class _Log:
         self.lazy: list[str] = []   # tensors llama.cpp reads row by row from the mapping
 
         self._level = 0
+        self.count = 0   # lines seen (``lines`` keeps the tail)
 
         @L.llama_log_callback
         def cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
             s = text.decode("utf-8", "replace")
             if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous line's level
                 self._level = level
-            if self.verbose and self._level != 4:  # -v shows llama.cpp's info, not its debug dump
+            # -vv echoes llama.cpp's whole log (≈970 lines for E2B); -v gets load()'s summary line
+            if self.verbose >= 2 and self._level != 4:
                 sys.stderr.write(s)
             self._partial += s
             while "\n" in self._partial:
@@ -93,6 +95,7 @@ class _Log:
         if lazy:
             self.lazy.append(lazy[1])
         self.lines.append(line)
+        self.count += 1
         del self.lines[:-50]  # the tail holds the error that ends a failed load
 
     def buffers(self, kind: str) -> list[tuple[str, int]]:
@@ -163,6 +166,12 @@ class LlamaCppRunner:
         self._n_vocab = L.llama_vocab_n_tokens(vocab)
         self._bos = L.llama_vocab_bos(vocab) if L.llama_vocab_get_add_bos(vocab) else None
         self.mem = L.llama_get_memory(self.ctx)
+        if opts.verbose == 1:
+            mib = lambda kind: sum(b for _, b in self.log.buffers(kind)) / 1e6   # noqa: E731
+            sys.stderr.write(f"llama.cpp: {path.name}: {self.log.count} log lines (-vv shows them); model "
+                             f"{mib('model'):.1f} MB, KV {mib('KV'):.1f} MB, compute {mib('compute'):.1f} MB, "
+                             f"ctx {self._applied_ctx}, batch {self.n_batch}/{self.knobs['n_ubatch']}, "
+                             f"threads {self._threads}\n")
 
     def n_vocab(self) -> int:
         return self._n_vocab
