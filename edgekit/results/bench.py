@@ -155,7 +155,7 @@ WIDE: list[Column] = [
     Column("MLX peak MB", lambda r: _mb(r.mlx_peak_bytes), 1, "some"),
     Column("KV MB", lambda r: _mb(r.kv_cache_bytes), 2, "some"),
     Column("compute MB", lambda r: _mb(r.compute_buffer_bytes), 2, "some"),
-    Column("roofline %", lambda r: r.roofline_pct, 1, "some",
+    Column("roofline %", lambda r: None if r.failed else r.roofline_pct, 1, "some",
            "roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth"),
     Column("predicted tg t/s", lambda r: r.predicted_tg_tps, 1, "some",
            "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement"),
