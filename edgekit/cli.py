@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from .cliopts import BATCH, FLASH, HELP, MODEL, UBATCH, add_verbose, artifact_arg, knob_items, verbosity
-from .errors import EdgekitError
+from .core.errors import EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -95,12 +95,12 @@ def synth(
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
     if train_text is not None:
-        from .train import TrainOptions, train
+        from .dev.train import TrainOptions, train
 
         opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads)
         typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout)))
         return
-    from .synth import synth as run
+    from .dev.synth import synth as run
 
     path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
     typer.echo(str(path))
@@ -119,8 +119,8 @@ def build(
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
-    from .build import build as run
-    from .manifest import format_manifest, read_manifest
+    from .builder.pipeline import build as run
+    from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
                  allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
@@ -132,7 +132,7 @@ def targets(name: Optional[str] = typer.Argument(None, help="Show this profile i
     """List target profiles, or show one (`edgekit targets pi5`)."""
     from .cliopts import table
     from .listing import target_detail, target_rows
-    from .targets import TARGETS
+    from .profiles.targets import TARGETS
 
     if name is not None:
         typer.echo(target_detail(name), nl=False)
@@ -213,7 +213,7 @@ def deploy(
 
 
 def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
-    from .errors import ConfigError
+    from .core.errors import ConfigError
     from .lab.inventory import device_from_address, load_inventory
 
     if host is None:
@@ -225,7 +225,7 @@ def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config,
     if device or inventory:
         raise ConfigError("--host names one device without an inventory; drop --device/--inventory, or use them alone")
     if target is None:
-        from .manifest import MANIFEST, read_manifest
+        from .builder.manifest import MANIFEST, read_manifest
 
         if not (Path(dist) / MANIFEST).is_file():
             raise ConfigError(f"{dist}: not a build folder; with --host pass --target (the device's profile)")
@@ -311,12 +311,12 @@ def bench(
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
-    from .budget import limit_notes, verdict
-    from .errors import ConfigError, OutputError
+    from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
+    from .measure.budget import limit_notes, verdict
+    from .core.errors import ConfigError, OutputError
     from .results import OUTPUTS, Store, printer
-    from .roofline import host_bandwidth
-    from .sweep import expand, ints, knob_lists, swept_keys
+    from .measure.roofline import host_bandwidth
+    from .measure.sweep import expand, ints, knob_lists, swept_keys
 
     if output not in OUTPUTS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
@@ -404,10 +404,10 @@ def run(
     `edgekit run ART "Hi"` answers once; `edgekit run ART` opens a chat (/help lists its commands)."""
     import random
 
-    from .bench import parse_knobs
-    from .generate import Sampling
+    from .measure.bench import parse_knobs
+    from .serve.generate import Sampling
     from .repl import Chat, Writer, check_sampling, clean_text, interactive, max_tokens as check_n, read_prompt
-    from .session import open_session, peak_rss_bytes
+    from .serve.session import open_session, peak_rss_bytes
 
     artifact, prompt_arg = artifact_arg(artifact, model, prompt_arg)
     check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
@@ -447,7 +447,7 @@ def _port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    from .errors import ConfigError
+    from .core.errors import ConfigError
 
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port}: use 1-65535")
@@ -484,9 +484,9 @@ def serve(
     flash: Optional[str] = FLASH,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
-    from .bench import parse_knobs
-    from .server import serve as run_server
-    from .session import open_session
+    from .measure.bench import parse_knobs
+    from .serve.http import serve as run_server
+    from .serve.session import open_session
 
     artifact, _ = artifact_arg(artifact, model)
     _port_free(host, port)
@@ -523,8 +523,8 @@ def eval_(
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
-    from .bench import parse_knobs
-    from .errors import ConfigError
+    from .measure.bench import parse_knobs
+    from .core.errors import ConfigError
     from .results import Store
     from .results.quality import PRINTERS
 

@@ -15,9 +15,9 @@ import gguf
 import pytest
 from typer.testing import CliRunner
 
-from edgekit import bench as bench_mod
-from edgekit import limits
-from edgekit.build import build
+from edgekit.measure import bench as bench_mod
+from edgekit.measure import limits
+from edgekit.builder.pipeline import build
 from edgekit.cli import app
 from edgekit.results import QualityRecord, Record, Store, parse_csv, parse_jsonl, parse_markdown
 

@@ -1,4 +1,4 @@
-"""edgekit.chat: templates render as transformers' apply_chat_template does, from every artifact kind;
+"""edgekit.serve.chat: templates render as transformers' apply_chat_template does, from every artifact kind;
 Gemma 4 replies split into content, thinking and OpenAI tool calls, streamed or whole."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from edgekit.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
-from edgekit.errors import ArtifactError
+from edgekit.serve.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
+from edgekit.core.errors import ArtifactError
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -52,7 +52,7 @@ def hf_tok(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def gguf_path(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
     return next(out.glob("*.gguf"))
@@ -99,7 +99,7 @@ def test_missing_template_is_one_line(tmp_path):
 def test_sandbox_and_helpers():
     tpl = ChatTemplate("{{ messages[0]['content'] | tojson }}{{ raise_exception('no') if messages | length > 1 }}")
     assert tpl.render([{"role": "user", "content": "é<b>"}]) == '"é<b>"'
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="rejected these messages: no"):
         tpl.render([{"role": "user", "content": "a"}] * 2)

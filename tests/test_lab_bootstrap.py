@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import edgekit
-from edgekit.errors import LabError
+from edgekit.core.errors import LabError
 from edgekit.lab import bootstrap as boot
 from edgekit.lab import ssh
 from edgekit.lab.inventory import load_inventory
@@ -80,7 +80,7 @@ def test_bootstrap_installs_the_runtime_extra_into_a_device_venv(sshd, wheel, tm
     assert words[3:] == ["edgekit-lab", f"{work}/venv", f"{remote_wheel}[runtime]", remote_wheel, "--no-deps", "--no-index"]
     # The device now runs edgekit from its own venv, with the target profiles inside.
     py = work / "venv" / "bin" / "python"
-    out = subprocess.run([str(py), "-c", "import edgekit.targets as t; print(t.TARGETS.get('pi5').name)"],
+    out = subprocess.run([str(py), "-c", "import edgekit.profiles.targets as t; print(t.TARGETS.get('pi5').name)"],
                          capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (0, "pi5\n"), out.stderr
     assert (work / "venv" / "bin" / "edgekit").is_file()

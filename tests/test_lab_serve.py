@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from edgekit.cli import app
 from edgekit.lab.inventory import load_inventory
 from edgekit.lab.serve import launchd_plist, stop_served, systemd_unit
-from edgekit.manifest import read_manifest
+from edgekit.builder.manifest import read_manifest
 from edgekit.results import Store, parse_markdown
 from serve_fixture import free_port
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
@@ -28,7 +28,7 @@ EDGEKIT = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "edgekit.cli"]
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 

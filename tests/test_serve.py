@@ -25,7 +25,7 @@ THREADS = ("--threads", "1")
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -134,7 +134,7 @@ def test_bad_requests_are_400_with_a_message(server, model):
 
 
 def test_sse_writer_writes_what_json_dumps_writes():
-    from edgekit.server import TEXT, _sse_writer
+    from edgekit.serve.http import TEXT, _sse_writer
 
     head = {"id": "chatcmpl-1", "created": 1, "model": "m \"q\"", "object": "chat.completion.chunk"}
     doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}  # noqa: E731
@@ -252,7 +252,7 @@ RICH_ARGS = {"city": 'Paris, FR {x}: say "hi"', "days": 2, "ratio": 0.5, "exact"
 def _template_call(tpl, name, args):
     """The call markup the chat template writes for an assistant's call in the history: the form the model
     is trained to emit."""
-    from edgekit.chat import CALL_CLOSE, CALL_OPEN
+    from edgekit.serve.chat import CALL_CLOSE, CALL_OPEN
 
     out = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}]}])
@@ -278,7 +278,7 @@ class ScriptedEngine:
         return 0, 0
 
     def submit(self, req):
-        from edgekit.generate import Event
+        from edgekit.serve.generate import Event
 
         self.prompts.append(list(req.prompt))
         text = self.replies.pop(0)
@@ -299,9 +299,9 @@ def scripted(tiny_ckpt):
     import uvicorn
     from transformers import AutoTokenizer
 
-    from edgekit.chat import ChatTemplate
-    from edgekit.server import make_app
-    from edgekit.session import Session
+    from edgekit.serve.chat import ChatTemplate
+    from edgekit.serve.http import make_app
+    from edgekit.serve.session import Session
     from serve_fixture import free_port
 
     tok = AutoTokenizer.from_pretrained(tiny_ckpt)
@@ -351,7 +351,7 @@ def test_tool_call_round_trip(scripted):
     assert "<|tool_response>response:get_weather{value:<|\"|>sunny, 21 C<|\"|>}<tool_response|>" in want[2]
     # The replayed call is the template's own writing of it, and so is a call with every kind of value:
     # the client's parsed arguments are, as JSON, what the call held.
-    from edgekit.chat import ChatTemplate
+    from edgekit.serve.chat import ChatTemplate
 
     tpl = ChatTemplate.from_artifact(tok.name_or_path)
     assert CALL_TEXT.endswith(_template_call(tpl, "get_weather", {"city": "Paris", "days": 2}))

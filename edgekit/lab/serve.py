@@ -23,7 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..errors import ConfigError, LabError
+from ..core.errors import ConfigError, LabError
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -274,7 +274,7 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
     """A results Record (``via = "served"``) of the endpoint as its client sees it: after one warm-up
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
-    from ..runners.base import mean_sd
+    from ..backends.runner import mean_sd
     from ..results import Record, utc_now
 
     if min(n_prompt, n_gen, reps) < 1:

@@ -59,7 +59,7 @@ class Record(RecordBase):
     roofline_pct: Optional[float] = None
     predicted_tg_tps: Optional[float] = None   # a prediction from the target's bandwidth, not a measurement
     budget_bytes: Optional[int] = None
-    # memory as a device would count it (edgekit.limits, edgekit.pages); None where not measured
+    # memory as a device would count it (edgekit.measure.limits, edgekit.measure.pages); None where not measured
     depth: int = 0                               # tokens already in the cache before each test (-d)
     page_size: Optional[int] = None              # this host's page size (Linux)
     peak_16k_bytes: Optional[int] = None         # peak RSS with the artifact's mappings counted in 16 KB pages
@@ -195,7 +195,7 @@ class TestRow:
 
 
 def simple_verdict(r: Record) -> Optional[str]:
-    """The budget column without the gate's cross-row checks (edgekit.budget.verdict has them)."""
+    """The budget column without the gate's cross-row checks (edgekit.measure.budget.verdict has them)."""
     if r.oom_killed:
         return "OOM-killed"
     if r.budget_bytes is None:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..fsutil import atomic_path
+from ..core.fsutil import atomic_path
 from .base import MB
 from .bench import Record, _knob, varying
 

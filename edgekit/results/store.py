@@ -13,7 +13,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..errors import OutputError
+from ..core.errors import OutputError
 from .base import RECORD_TYPES, RecordType, table_of, well_typed
 from .bench import Record
 
