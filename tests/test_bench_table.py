@@ -15,10 +15,10 @@ import gguf
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.measure import bench as bench_mod
-from edgekit.measure import limits
 from edgekit.builder.pipeline import build
 from edgekit.cli import app
+from edgekit.measure import bench as bench_mod
+from edgekit.measure import limits
 from edgekit.results import QualityRecord, Record, Store, parse_csv, parse_jsonl, parse_markdown
 
 BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}

@@ -3,8 +3,20 @@ tables (bench), eval's records (quality), streaming printers (printers), the SQL
 ``edgekit report`` (report and plots, imported on their own: they need matplotlib)."""
 
 from .base import MB, RECORD_TYPES, ArtifactRecord, RecordBase, provenance, record_type, utc_now
-from .bench import (OUTPUTS, PARSERS, PRINTERS, Record, parse_csv, parse_json, parse_jsonl, printer, to_csv,
-                    to_json, to_jsonl, to_markdown)
+from .bench import (
+                    OUTPUTS,
+                    PARSERS,
+                    PRINTERS,
+                    Record,
+                    parse_csv,
+                    parse_json,
+                    parse_jsonl,
+                    printer,
+                    to_csv,
+                    to_json,
+                    to_jsonl,
+                    to_markdown,
+)
 from .printers import Column, CsvPrinter, JsonlPrinter, JsonPrinter, MarkdownPrinter, Printer, parse_markdown
 from .quality import QualityRecord, SuiteRecord
 from .store import Store, default_db

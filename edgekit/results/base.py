@@ -14,8 +14,8 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Optional, TypeVar
 
-from ..core.host import device_name, host_info
 from ..builder.manifest import versions
+from ..core.host import device_name, host_info
 from ..core.registry import Registry
 
 MB = 1e6  # memory in decimal MB, the unit of the targets' budgets (1.5 GB = 1.5e9 bytes)

@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from ..measure.budget import verdict
 from ..core.errors import EngineMissingError, OutputError
 from ..core.fsutil import atomic_path
+from ..measure.budget import verdict
 from . import plots
 from .bench import Record, table, varying
 from .quality import QualityRecord, SuiteRecord, suite_markdown
