@@ -395,7 +395,8 @@ def bench(
     threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores; comma-separated."),
     ctx: Optional[str] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's, else p + n + d; comma-separated."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile (knobs, budget). Default: the manifest's."),
-    output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
+    output: str = typer.Option("md", "-o", "--output", help="md (a table, rows as they are measured), csv, json or jsonl (every field)."),
+    wide: bool = typer.Option(False, "--wide", help="md: every figure (TTFT, load, KV, roofline, limits ...) on one row per test."),
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
@@ -408,14 +409,14 @@ def bench(
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
-    from .measure.budget import limit_notes
+    from .measure.budget import limit_notes, verdict
     from .core.errors import ConfigError, OutputError
-    from .results import PRINTERS, Store
+    from .results import OUTPUTS, Store, printer
     from .measure.roofline import host_bandwidth
-    from .measure.sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists
+    from .measure.sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists, swept_keys
 
-    if output not in PRINTERS:
-        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
     path, _ = artifact_arg(path, model)
     knob = knob_items(knob, ubatch, batch, flash)
     axes = {"-p": ints(n_prompt, "-p"), "-n": ints(n_gen, "-n"), "-d": ints(depth, "-d", minimum=0),
@@ -430,19 +431,28 @@ def bench(
     verbose = verbosity()
     opts = BenchOptions(reps=reps, target=target, device=device, verbose=verbose,
                         limit=True if limit_mb else limit, limit_bytes=int(limit_mb * 1e6) if limit_mb else None)
-    # The store is opened before measuring (a bad --db fails in a second, not after the runs), and
-    # the records are printed before they are appended, so a store that fails late loses none.
+    # The store is opened before measuring (a bad --db fails in a second, not after the runs). Each
+    # child's rows are printed, then stored, as it finishes: a later artifact that fails loses none.
     store = None if no_store else Store(db)
-    try:
-        records = bench_sweep(path, opts, points)
-        typer.echo(PRINTERS[output](records), nl=False)
+    records: list = []
+    out = printer(output, wide=wide, sweep=swept_keys(points), verdict=lambda r: verdict(r, records))
+
+    def finished(recs: list) -> None:
+        records.extend(recs)
+        typer.echo(out.feed(recs), nl=False)
         if store is not None:
             try:
-                store.append(records)
+                store.append(recs)
             except OutputError as e:
-                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(recs)} record(s) "
                                   f"above were printed but not stored; rerun with --db elsewhere") from None
+    done = False
+    try:
+        bench_sweep(path, opts, points, on_records=finished)
+        done = True
     finally:
+        if done or out.n:   # a run that failed before its first row prints nothing
+            typer.echo(out.footer(), nl=False)
         if store is not None:
             store.close()
     for note in limit_notes(records):
@@ -645,7 +655,7 @@ def eval_(
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
     from .measure.bench import parse_knobs
     from .core.errors import ConfigError
-    from .eval.record import PRINTERS
+    from .results.quality import PRINTERS
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
@@ -653,7 +663,7 @@ def eval_(
     from .eval.store import stored_after_printing
 
     if suite is not None:
-        from .eval.record import SUITE_PRINTERS
+        from .results.quality import SUITE_PRINTERS
         from .eval.suite import SuiteOptions, load_suite, run_suites
 
         load_suite(suite)   # a malformed suite fails before the store is opened
@@ -681,7 +691,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.md and the PNG plots."),
 ) -> None:
     """Write a markdown report with plots (decode t/s vs peak RAM, TTFT) from the results store."""
-    from .report import write_report
+    from .results.report import write_report
 
     typer.echo(str(write_report(db, out)))
 

@@ -23,13 +23,12 @@ import numpy as np
 
 from ..measure.bench import Planned, _target, plan, profile_knobs
 from ..core.errors import ArtifactError, ConfigError, EdgekitError
-from ..core.host import device_name, host_info
-from ..builder.manifest import id_map_file, versions
+from ..builder.manifest import id_map_file
+from ..results import QualityRecord, provenance
 from ..backends.engines import ENGINES
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
-from .record import QualityRecord
 from .reference import check_quant, check_reference, reference_identity
 from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts_digest, tokenize_text, windows
 
@@ -325,7 +324,6 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
             wt = wholetext.measure(src, scored_texts(cache, opts), opts.ctx, vocab.bos)
     finally:
         src.close()
-    vers = versions()
     tgt = _target(pl.target)
     engine = pl.format.engine
     ref_wt = cache.ref_stats.get("whole_text") or {}
@@ -345,7 +343,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
     return QualityRecord(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=device_name(opts.device), target=tgt.name if tgt else "",
+        target=tgt.name if tgt else "",
         reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
         text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows) if st else wt.windows,
@@ -356,8 +354,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
         threads=_threads(opts) if engine == "llama.cpp" else None,
-        seconds=round(time.perf_counter() - t0, 3), timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        edgekit_version=vers.get("edgekit", ""), host=host_info(), versions=vers, runtime=runtime, extra=extra)
+        seconds=round(time.perf_counter() - t0, 3), **provenance(opts.device), runtime=runtime, extra=extra)
 
 
 def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:

@@ -12,9 +12,8 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from ..core.errors import OutputError
-from ..results import _QUALITY_SCHEMA, _SUITE_SCHEMA, Store
-
-TABLES = {"quality": (_QUALITY_SCHEMA, "append_quality"), "suites": (_SUITE_SCHEMA, "append_suites")}
+from ..results import RECORD_TYPES, Store
+from ..results.store import _schema
 
 
 def open_writable(db: Optional[Path], table: str) -> Store:
@@ -23,7 +22,7 @@ def open_writable(db: Optional[Path], table: str) -> Store:
     store = Store(db)
     try:
         store.db.execute("BEGIN IMMEDIATE")
-        store.db.execute(TABLES[table][0])
+        store.db.execute(_schema(RECORD_TYPES.get(table)))
         store.db.execute("ROLLBACK")
     except sqlite3.Error as e:
         store.close()
@@ -43,7 +42,7 @@ def stored_after_printing(db: Optional[Path], table: str, store: bool = True
             if st is None:
                 return
             try:
-                getattr(st, TABLES[table][1])(records)
+                st.append(records)
             except OutputError as e:
                 raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
                                   "above were printed but not stored; rerun with --db elsewhere") from None

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..core.errors import BenchError, ConfigError
-from ..core.host import device_name, host_info
-from ..builder.manifest import versions
+from ..results import SuiteRecord, provenance
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
 from .packs import resolve_suite
-from .record import SuiteRecord
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -214,12 +212,10 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
         run = run_suite(cases, render, generate, opts.max_tokens, pl.artifact.file)
     finally:
         close()
-    vers = versions()
     a = pl.artifact
     run.meta = {"model": pl.model, "format": a.format, "quant": a.quant, "engine": pl.format.engine, "sha256": a.sha256,
-                "file_bytes": a.bytes, "device": device_name(opts.device), "threads": opts.threads,
-                "seconds": round(time.perf_counter() - t0, 3), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "edgekit_version": vers.get("edgekit", ""), "host": host_info(), "versions": vers, **info}
+                "file_bytes": a.bytes, "threads": opts.threads, "seconds": round(time.perf_counter() - t0, 3),
+                **provenance(opts.device), **info}
     return run
 
 

@@ -360,7 +360,7 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
     from ..backends.runner import mean_sd
-    from ..results import Record
+    from ..results import Record, utc_now
 
     if min(n_prompt, n_gen, reps) < 1:
         raise LabError("-p, -n and -r must be at least 1")
@@ -390,7 +390,7 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
         peak_rss_bytes=after.get("peak_rss_bytes", 0), kv_cache_bytes=props.get("kv_cache_bytes"),
         compute_buffer_bytes=props.get("compute_buffer_bytes"), budget_bytes=props.get("budget_bytes"),
-        via="served", timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        via="served", timestamp=utc_now(),
         edgekit_version=vers.get("edgekit", ""),
         engine_version=props.get("engine_version") or "",
         host=props.get("host") or {}, versions=vers, runtime=props.get("runtime") or {}, samples=samples,

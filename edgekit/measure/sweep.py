@@ -125,3 +125,13 @@ def check_grid(points: Sequence[Point], factors: dict[str, int], yes: bool) -> i
         made = " × ".join(f"{n} {flag} values" for flag, n in factors.items() if n > 1)
         raise ConfigError(f"the grid is {rows:,} rows per artifact ({made}); pass --yes to run it, or give fewer values")
     return rows
+
+
+def swept_keys(points: Sequence[Point]) -> list[str]:
+    """What varies between the grid's points besides threads (a column of its own): ctx and --set knobs,
+    in that order; the bench table shows each as a column."""
+    keys = ["ctx"] if len({p.ctx for p in points}) > 1 else []
+    for k in dict.fromkeys(k for p in points for k in p.knobs):
+        if len({repr(p.knobs.get(k)) for p in points}) > 1:
+            keys.append(k)
+    return keys

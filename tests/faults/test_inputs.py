@@ -214,7 +214,7 @@ def test_report_skips_and_names_corrupt_store_rows(tmp_path):
     res = run_cli("report", "--db", db, "--out", tmp_path / "rep")   # a process of its own: logging as a user sees it
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"{tmp_path / 'rep' / 'report.md'}\n"
-    assert res.stderr == (f"WARNING edgekit.report: {db}: skipped 5 corrupt row(s) (id 2, 3, 4, 5, 6): "
+    assert res.stderr == (f"WARNING edgekit.results.report: {db}: skipped 5 corrupt row(s) (id 2, 3, 4, 5, 6): "
                           "not a readable bench record\n")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "1 measurement(s)" in md and "5 corrupt row(s) were skipped." in md and "tiny-Q4_0.gguf" in md

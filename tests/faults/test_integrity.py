@@ -212,12 +212,14 @@ def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
 def _fake_bench(calls):
     from edgekit.results import Record
 
-    def bench(path, opts, points=None):
+    def bench(path, opts, points=None, on_records=lambda rs: None):
         calls.append(path)
-        return [Record(artifact="a.gguf", model="tiny", format="gguf", quant="Q8_0", engine="llama.cpp", sha256="0" * 64,
+        recs = [Record(artifact="a.gguf", model="tiny", format="gguf", quant="Q8_0", engine="llama.cpp", sha256="0" * 64,
                        file_bytes=1, device="d", target="pi5", threads=2, ctx=16, n_prompt=4, n_gen=2, reps=1,
                        load_ms=1.0, ttft_ms=1.0, ttft_ms_sd=0.0, pp_tps=1.0, pp_tps_sd=0.0, tg_tps=1.0, tg_tps_sd=0.0,
                        peak_rss_bytes=1)]
+        on_records(recs)   # as bench_sweep hands each child's records over
+        return recs
     return bench
 
 
@@ -242,14 +244,14 @@ def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk,
     calls: list = []
     fake = _fake_bench(calls)
 
-    def measure_then_fill(path, opts, points):
+    def measure_then_fill(path, opts, points, on_records):
         _fill(mnt)   # the disk fills while the runs go on
-        return fake(path, opts)
+        return fake(path, opts, points, on_records)
 
     monkeypatch.setattr(edgekit.measure.bench, "bench_sweep", measure_then_fill)
     res = run("bench", good_build[1], "--db", db, "-o", "json")
     assert calls, (res.exit_code, res.exception, res.output)
-    assert parse_json(res.stdout) == fake(None, None)   # printed whole
+    assert parse_json(res.stdout) == fake(None, None)   # printed whole (the array closed after the error)
     assert_one_line(res, 1, f"{db}: cannot append to the results store (database or disk is full): the 1 record(s) "
                     "above were printed but not stored; rerun with --db elsewhere")
 
