@@ -148,11 +148,11 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
             raise ConfigError(f"{where}: user {user!r} is not a login name")
     # TOML's true is not port 1, nor nan or inf a timeout: integers and finite numbers only.
     port, serve_port = merged.get("port"), merged.get("serve_port")
-    for name, p in (("port", port), ("serve_port", serve_port)):
+    for key, p in (("port", port), ("serve_port", serve_port)):
         if p is not None and type(p) is not int:
-            raise ConfigError(f"{where}: {name} must be an integer 1-65535, not {shown(p)}")
+            raise ConfigError(f"{where}: {key} must be an integer 1-65535, not {shown(p)}")
         if p is not None and not 0 < p < 65536:
-            raise ConfigError(f"{where}: {name} {p} is out of range 1-65535")
+            raise ConfigError(f"{where}: {key} {p} is out of range 1-65535")
     connect_timeout = merged.get("connect_timeout", 10)
     if type(connect_timeout) is not int or connect_timeout < 1:
         raise ConfigError(f"{where}: connect_timeout must be a positive integer of seconds, not {shown(connect_timeout)}")
