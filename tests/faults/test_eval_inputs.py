@@ -221,10 +221,11 @@ def test_db_on_a_read_only_mount_is_found_before_measuring(f32, tmp_path):
 def test_store_failing_late_keeps_the_printed_records(f32, tmp_path):
     """A store that opens and takes a write, but refuses the insert (a trigger): the records are on stdout."""
     db = tmp_path / "r.db"
-    from edgekit.results import _QUALITY_SCHEMA
+    from edgekit.results import RECORD_TYPES
+    from edgekit.results.store import _schema
 
     con = sqlite3.connect(db)
-    con.execute(_QUALITY_SCHEMA)
+    con.execute(_schema(RECORD_TYPES.get("quality")))
     con.execute("CREATE TRIGGER no BEFORE INSERT ON quality BEGIN SELECT RAISE(ABORT, 'quota exceeded'); END")
     con.commit()
     con.close()
