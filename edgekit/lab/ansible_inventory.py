@@ -198,9 +198,12 @@ def ansible_hosts(path: Path) -> list[tuple[str, dict[str, Any], str, tuple[tupl
             if var in merged and field_name not in raw:
                 raw[field_name] = _template(loader, merged[var], variables)
                 fields_origin[field_name] = f"{var} from {origin[var]}"
-        for name in NUMBERS:  # Ansible hands INI group vars and templated values over as strings
-            if isinstance(raw.get(name), str):
-                raw[name] = _number(raw[name].strip())
+        for name in NUMBERS:  # Ansible's own int and float subclasses, or text (INI group vars, templates)
+            v = raw.get(name)
+            if isinstance(v, str):
+                raw[name] = _number(v.strip())
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                raw[name] = int(v) if isinstance(v, int) else float(v)
         if "host" not in raw:
             raw["host"], fields_origin["host"] = host.name, "the inventory host name"
         options = dict(raw.get("ssh_options") or {})

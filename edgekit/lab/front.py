@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -67,6 +68,17 @@ def _ids(names: list[str]) -> list[str]:
     return out
 
 
+def _maxconn() -> int:
+    """HAProxy needs about two descriptors a connection and refuses to start when it cannot raise its
+    limit that far: 4096, or what this process's hard descriptor limit allows (a test run had 2048)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 4096 if hard == resource.RLIM_INFINITY else max(64, min(4096, (hard - 256) // 2))
+
+
+def _raise_fd_limit() -> None:  # in the HAProxy child before exec: the soft limit up to the hard one
+    resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
+
+
 def haproxy_config(items: list[Backend], *, host: str = "127.0.0.1", port: int = 8000,
                    front_key: str | None = None, tag: str | None = None) -> str:
     """The whole haproxy.cfg for ``items`` behind one OpenAI-compatible front at host:port."""
@@ -76,7 +88,7 @@ def haproxy_config(items: list[Backend], *, host: str = "127.0.0.1", port: int =
     ids = _ids([b.name for b in items])
     lines = [
         "# Written by `edgekit lab serve --front` from the lab inventory. It holds API keys: keep it private.",
-        "global", "    maxconn 4096", "",
+        "global", f"    maxconn {_maxconn()}", "",
         "defaults", "    mode http", "    timeout connect 2s",
         # forward each streamed token as it comes: without it HAProxy merges small writes (MSG_MORE) and
         # the first tokens waited ~130 ms for company here (TTFT direct/front 0.39 on the tiny model)
@@ -154,7 +166,7 @@ class Front:
     def start(self, url: str, wait_s: float = 10.0) -> "Front":
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen([haproxy_binary(), "-db", "-f", str(self.config)], stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_raise_fd_limit)
         import urllib.error
         import urllib.request
 

@@ -209,16 +209,7 @@ def is_ansible(path: Path) -> bool:
 def load_inventory(path: Path | None = None) -> Inventory:
     given = path
     path = Path(path) if path else default_inventory()
-    if not path.exists():
-        raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
-    if is_ansible(path):
-        from .ansible_inventory import ansible_hosts
-
-        inv = Inventory(path=path, kind="ansible")
-        for name, raw, where, origin in ansible_hosts(path):
-            inv.devices[name] = _device(name, raw, {}, where, origin)
-        return inv
-    if not path.is_file():
+    if not path.exists() or (not is_ansible(path) and not path.is_file()):
         # Name the file the user gave or the one looked for first (./targets/lab.toml), never the copy
         # inside the installed package; the example to copy is wherever it really is.
         where = Path(given) if given else DEFAULT_INVENTORY
@@ -226,6 +217,13 @@ def load_inventory(path: Path | None = None) -> Inventory:
                         if p.is_file()), Path("targets/lab.example.toml"))
         raise ConfigError(f"{where}: no lab inventory; copy {example} there and list your devices"
                           + ("" if given else ", or pass --inventory FILE"))
+    if is_ansible(path):
+        from .ansible_inventory import ansible_hosts
+
+        inv = Inventory(path=path, kind="ansible")
+        for name, raw, where, origin in ansible_hosts(path):
+            inv.devices[name] = _device(name, raw, {}, where, origin)
+        return inv
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
