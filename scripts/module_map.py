@@ -9,6 +9,10 @@ public name -> the module that holds it now.
 from __future__ import annotations
 
 FILES: dict[str, str] = {
+    # the command line's helpers, moved when cli.py became the cli/ package (one module per command group)
+    "edgekit/cliopts.py": "edgekit/cli/options.py",
+    "edgekit/listing.py": "edgekit/cli/listing.py",
+    "edgekit/repl.py": "edgekit/serve/repl.py",
     # core/: what every room uses
     "edgekit/errors.py": "edgekit/core/errors.py",
     "edgekit/registry.py": "edgekit/core/registry.py",

@@ -254,7 +254,7 @@ def test_one_meaning_per_short_flag():
 
 
 def test_llama_bench_spellings_reach_the_knobs(tiny_ckpt, tmp_path):
-    from edgekit.cliopts import knob_items
+    from edgekit.cli.options import knob_items
     from edgekit.core.errors import ConfigError
 
     assert knob_items(None, "128", None, "1") == ["n_ubatch=128", "flash_attn=on"]

@@ -60,6 +60,16 @@ MODEL = typer.Option(None, "-m", "--model", help="The artifact, as llama-cli's -
 UBATCH = typer.Option(None, "-ub", "--ubatch-size", help="llama.cpp n_ubatch (= --set n_ubatch=N); comma-separated values sweep in bench.")
 BATCH = typer.Option(None, "-b", "--batch-size", help="llama.cpp n_batch (= --set n_batch=N).")
 FLASH = typer.Option(None, "-fa", "--flash-attn", help="on, off or auto (= --set flash_attn=...); 1/0 as llama-bench.")
+# Options several commands share, declared once.
+INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).")
+METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
+VIA = typer.Option("ssh", "--via", help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).")
+FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
+ART = typer.Argument(None, help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact); or -m.")
+TARGET = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs to use. Default: the manifest's.")
+KNOB = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set n_ubatch=128.")
+CTX = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context size. Default: the target's, else min(the model's n_ctx_train, 4096).")
+THREADS = typer.Option(None, "--threads", "-t", min=1, help="Default: the target's, capped at this host's cores.")
 
 
 def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: Optional[str] = None,
@@ -71,7 +81,7 @@ def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: O
                        ("flash_attn", ",".join(fa.get(v.strip(), v.strip()) for v in flash.split(",")) if flash else None)):
         if value is not None:
             if any(i.split("=", 1)[0].strip() == key for i in items):
-                from .core.errors import ConfigError
+                from ..core.errors import ConfigError
 
                 raise ConfigError(f"{key} is given twice (--set {key}=... and its short spelling); give it once")
             items.append(f"{key}={value}")
@@ -80,7 +90,7 @@ def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: O
 
 def artifact_arg(artifact: Any, model: Any, prompt_arg: Optional[str] = None) -> tuple[Any, Optional[str]]:
     """The artifact from the first argument or -m; with -m, a lone positional is the prompt."""
-    from .core.errors import ConfigError
+    from ..core.errors import ConfigError
 
     if model is not None:
         if artifact is not None and prompt_arg is not None:
@@ -108,7 +118,7 @@ def version_line() -> str:
     """edgekit's version and its engines', as `llama-cli --version` names its build."""
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
 
     parts = []
     for dist in ("llama-cpp-python", "mlx", "mlx-lm", "transformers"):
@@ -117,3 +127,7 @@ def version_line() -> str:
         except metadata.PackageNotFoundError:
             parts.append(f"{dist} not installed")
     return f"edgekit {__version__} ({', '.join(parts)})"
+
+
+def csv_values(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None

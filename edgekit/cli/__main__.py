@@ -1,0 +1,5 @@
+"""`python -m edgekit.cli`: the same app as the `edgekit` command."""
+
+from . import app
+
+app()

@@ -1,0 +1,73 @@
+"""The edgekit app: the command group, its global options, and where errors become exit codes.
+
+Library code raises EdgekitError; only here does that become one line on stderr and an exit code.
+Results go to stdout, progress and logging to stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from ..core.errors import EdgekitError
+from .options import HELP, add_verbose
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so it unwinds through the same cleanup as Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut the cleanup the first one started (SIGKILL still ends it).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Terminated()
+
+
+class _Group(TyperGroup):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        add_verbose(self)
+
+    def invoke(self, ctx: click.Context):
+        # `kill`, systemd, a CI timeout and `docker stop` send SIGTERM: treat it like Ctrl-C (every
+        # `finally` and `except BaseException` removes its partial files), then exit 128 + 15.
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as e:
+            click.echo(f"edgekit: error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except _Terminated:
+            click.echo("edgekit: terminated (SIGTERM); partial files were removed", err=True)
+            ctx.exit(143)
+        except KeyboardInterrupt:
+            click.echo("edgekit: interrupted; partial files were removed", err=True)
+            ctx.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  context_settings=HELP,
+                  help="Convert, quantize, deploy and measure Gemma 4 E2B on Raspberry Pi 5 and Apple Silicon.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .options import version_line
+
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to stderr; -vv adds llama.cpp's full log."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit.")) -> None:
+    from .options import set_verbosity
+
+    set_verbosity(verbose, reset=True)
