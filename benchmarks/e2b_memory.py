@@ -6,7 +6,7 @@
 Synthesizes E2B once (random weights: memory and speed do not depend on values; its tokenizer has
 Gemma 4's 262144 pieces and 514,906 merges, which llama.cpp holds in memory; cached under
 .cache/models), builds the pi5 artifacts (Q4_0, Q4_K_M and the recommended iq4_xs-edge) and the
-MLX 4-bit artifact, then benches each in a fresh process with `edgekit.bench` at each context:
+MLX 4-bit artifact, then benches each in a fresh process with `edgekit.measure.bench` at each context:
 llama.cpp once with its stock runtime (mmap, lazy "auto", repack on, ubatch 512) as the reference
 and once with targets/pi5.toml's runtime. The prompt fills the context (ctx - n tokens), so the
 per-layer-embedding rows of a full context are read and counted. Prints the records with edgekit's
@@ -18,7 +18,7 @@ and 2 decoded after the runner's kv_fill knob has put ctx - 4 positions of stand
 every cache: the cache of a full context and attention over it, without its prefill (the prefill's
 own activations are not in that figure).
 
-Then the budget proven as a device would (edgekit.limits, edgekit.pages): each pi5 artifact at ctx
+Then the budget proven as a device would (edgekit.measure.limits, edgekit.measure.pages): each pi5 artifact at ctx
 2048 with the pi5 runtime, unlimited and inside a 1.5 GB memory cgroup (v2 memory.max or v1
 memory.limit_in_bytes, whichever enforces here), alternating, each from a cold page cache: peak RSS,
 the cgroup's peak (page cache charged to the run included), major faults per decoded token, tg t/s
@@ -80,11 +80,11 @@ def ensure_e2b(e2b_dir: Path | None) -> Path:
 
 
 def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: int | None = None) -> Path:
-    from edgekit.build import build, model_slug
-    from edgekit.errors import EdgekitError
-    from edgekit.manifest import read_manifest, verify
-    from edgekit.recipes import RECIPES
-    from edgekit.vocab import effective_vocab
+    from edgekit.builder.pipeline import build, model_slug
+    from edgekit.core.errors import EdgekitError
+    from edgekit.builder.manifest import read_manifest, verify
+    from edgekit.profiles.recipes import RECIPES
+    from edgekit.builder.vocab import effective_vocab
 
     folder = out / model_slug(ckpt) / target
     try:
@@ -100,9 +100,9 @@ def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: i
 
 def breakdown(folder: Path) -> list[str]:
     """Where each artifact's bytes go: the token-indexed tables (what a lean vocabulary shrinks) and the rest."""
-    from edgekit.safetensors_io import read_header
-    from edgekit.formats.gguf.header import read_gguf_header
-    from edgekit.manifest import read_manifest
+    from edgekit.model.safetensors_io import read_header
+    from edgekit.backends.gguf.header import read_gguf_header
+    from edgekit.builder.manifest import read_manifest
 
     lines = []
     for a in read_manifest(folder).artifacts:
@@ -153,13 +153,13 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
 
-    from edgekit.bench import BenchOptions, bench
-    from edgekit.errors import EngineMissingError
-    from edgekit.formats import FORMATS
+    from edgekit.measure.bench import BenchOptions, bench
+    from edgekit.core.errors import EngineMissingError
+    from edgekit.backends.formats import FORMATS
     from edgekit.results import PRINTERS
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
-    from edgekit.recipes import RECIPES
+    from edgekit.profiles.recipes import RECIPES
 
     ckpt = ensure_e2b(args.e2b_dir)
     dist = CACHE / "bench-e2b"
@@ -223,7 +223,7 @@ def main() -> None:
 
 def lean_vs_full(recs: dict, pairs: list) -> None:
     """Where the lean artifacts' bytes go, then lean vs full from the runs above (same run, same host)."""
-    from edgekit.manifest import read_manifest
+    from edgekit.builder.manifest import read_manifest
 
     print()
     for full_dir, lean_dir, _ in pairs:
@@ -251,9 +251,9 @@ def lean_vs_full(recs: dict, pairs: list) -> None:
 
 def limits_table(gguf_dir: Path, args: argparse.Namespace, target: str = "pi5", ctx: int = 2048) -> None:
     """Each pi5 artifact at ctx 2048, ``target``'s runtime: unlimited, then inside the cgroup, from a cold cache."""
-    from edgekit.bench import BenchOptions, bench
-    from edgekit.budget import gate_lines
-    from edgekit.limits import memory_limit
+    from edgekit.measure.bench import BenchOptions, bench
+    from edgekit.measure.budget import gate_lines
+    from edgekit.measure.limits import memory_limit
 
     with memory_limit(int(args.limit_mb * 1e6)) as probe:
         how = probe.mechanism or f"NOT ENFORCED: {probe.reason}"

@@ -38,9 +38,9 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
     streamed PLE file equals mlx's quantizer on the whole table: tests/test_mlx.py)."""
     import dataclasses
 
-    from edgekit.build import build, model_slug
-    from edgekit.manifest import read_manifest, verify
-    from edgekit.recipes import RECIPES
+    from edgekit.builder.pipeline import build, model_slug
+    from edgekit.builder.manifest import read_manifest, verify
+    from edgekit.profiles.recipes import RECIPES
 
     recipe = "mlx-4bit"
     if stock:
@@ -50,7 +50,7 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
         out = out / "uniform"
 
     if not (model / "config.json").is_file():
-        from edgekit.synth import synth
+        from edgekit.dev.synth import synth
 
         print(f"synthesising shape-true e2b into {model} (≈9.3 GB, a few minutes)", file=sys.stderr)
         synth(model, preset="e2b")
@@ -69,8 +69,8 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
 
 def groups(art: Path) -> dict[str, int]:
     """Bytes on disk by tensor group, from the safetensors headers."""
-    from edgekit.errors import ArtifactError
-    from edgekit.safetensors_io import read_tensors
+    from edgekit.core.errors import ArtifactError
+    from edgekit.model.safetensors_io import read_tensors
 
     out: dict[str, int] = {}
     rules = [("PLE table (embed_tokens_per_layer)", r"embed_tokens_per_layer\."),
@@ -88,14 +88,14 @@ def groups(art: Path) -> dict[str, int]:
 
 
 def child(art: Path, ple: str, tokenizer: bool, n_tokens: int) -> dict:
-    from edgekit.memory import PeakSampler, read_status
+    from edgekit.measure.memory import PeakSampler, read_status
 
     s0 = read_status()
     import mlx.core as mx
     import numpy as np
     from mlx_lm.models.cache import make_prompt_cache
 
-    from edgekit.mlx_ple import PLE_FILE, load_mlx_model
+    from edgekit.backends.mlx.ple import PLE_FILE, load_mlx_model
 
     r: dict = {"rss_start": s0.rss, "rss_imports": read_status().rss}
     with PeakSampler() as sampler:
@@ -195,7 +195,7 @@ def main() -> None:
                          "without its tokenizer; no stock comparison")
     args = ap.parse_args()
 
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
     budget = TARGETS.get("m2").memory_budget_bytes
     if args.artifact:

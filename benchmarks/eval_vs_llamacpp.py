@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.build import build  # noqa: E402
+from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.eval import EvalOptions, evaluate, refcache  # noqa: E402
 from edgekit.eval.run import DEFAULT_TOP_K  # noqa: E402
 from edgekit.eval.text import DEFAULT_TEXT  # noqa: E402

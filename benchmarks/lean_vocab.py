@@ -6,7 +6,7 @@
    weights) trimmed to --vocab on the default corpus, in a fresh process: seconds and peak RSS.
 2. Gather: a fake bf16 table of --rows x --cols (E2B's per-layer-embedding table by default, 4.7 GB)
    is written to a temp folder under --dir, then a fresh process gathers the kept rows with
-   edgekit.vocab.lean.gather_rows into a safetensors file through the streaming writer: seconds, its
+   edgekit.builder.vocab.lean.gather_rows into a safetensors file through the streaming writer: seconds, its
    peak RSS and peak RSS ÷ table bytes (a transform that loaded the table would be ≥ 1), and 200
    sampled rows checked against the source. Everything written is deleted at the end.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SELECT = """
 import json, resource, sys, time
 import numpy as np
-from edgekit.vocab import SourceTokenizer, default_corpus, select
+from edgekit.builder.vocab import SourceTokenizer, default_corpus, select
 t = time.time()
 sel = select(SourceTokenizer.read(sys.argv[1]), int(sys.argv[2]), default_corpus())
 np.save(sys.argv[3], sel.kept)
@@ -37,8 +37,8 @@ GATHER = """
 import json, resource, sys, time
 from pathlib import Path
 import numpy as np
-from edgekit.safetensors_io import TensorSpec, read_tensors, write_safetensors
-from edgekit.vocab.lean import gather_rows
+from edgekit.model.safetensors_io import TensorSpec, read_tensors, write_safetensors
+from edgekit.builder.vocab.lean import gather_rows
 ref = read_tensors(Path(sys.argv[1]))["t"]
 kept = np.load(sys.argv[3])
 t = time.time()
@@ -69,8 +69,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from edgekit.safetensors_io import TensorSpec, write_safetensors
-    from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
+    from edgekit.model.safetensors_io import TensorSpec, write_safetensors
+    from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-bench-", dir=args.dir) as tmp:
         tmp = Path(tmp)

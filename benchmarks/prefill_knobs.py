@@ -56,8 +56,8 @@ def configs(pi5: dict) -> list[tuple[str, dict]]:
 
 def parse_config(text: str) -> tuple[str, dict]:
     """``LABEL=BASE[,knob=value...]`` as (label, runtime); values are typed by the engine's schema later."""
-    from edgekit.knobs import parse_set
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.knobs import parse_set
+    from edgekit.profiles.targets import TARGETS
 
     label, sep, rest = text.partition("=")
     base, *sets = (x.strip() for x in rest.split(","))
@@ -68,8 +68,8 @@ def parse_config(text: str) -> tuple[str, dict]:
 
 
 def tiny_build(work: Path) -> Path:
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     ckpt = synth(work / "tiny-gemma4", preset="tiny", seed=0)
     folder = build(str(ckpt), target="pi5", quants=["iq4_xs-edge"], out=work / "dist")
@@ -94,8 +94,8 @@ def main() -> None:
 
     import tempfile
 
-    from edgekit.bench import BenchOptions, bench
-    from edgekit.targets import TARGETS
+    from edgekit.measure.bench import BenchOptions, bench
+    from edgekit.profiles.targets import TARGETS
 
     tmp = tempfile.TemporaryDirectory(prefix="edgekit-prefill-")
     if args.tiny:

@@ -41,8 +41,8 @@ CACHE = ROOT / ".cache"
 
 def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
     """The artifact folder for a synthesized ``preset`` checkpoint, built once under ``workdir``."""
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     ckpt = workdir / f"{preset}-gemma4"
     if not (ckpt / "config.json").exists():
@@ -54,7 +54,7 @@ def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
 
 
 def edgekit_run(path: Path, p: int, n: int, reps: int, threads: int | None, runtime: dict | None = None) -> dict:
-    from edgekit.bench import BenchOptions, bench
+    from edgekit.measure.bench import BenchOptions, bench
 
     (r,) = bench(path, BenchOptions(n_prompt=p, n_gen=n, reps=reps, threads=threads, ctx=p + n, roofline=False,
                                     runtime=runtime or {}))

@@ -40,8 +40,8 @@ from edgekit.lab.serve import model_id, one_request  # noqa: E402
 
 
 def tiny_artifact(workdir: Path, target: str) -> Path:
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     ckpt = workdir / "tiny-gemma4"
     if not (ckpt / "config.json").exists():
@@ -94,8 +94,8 @@ def words(n: int, salt: str = "") -> str:
 
 
 def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
-    from edgekit.bench import BenchOptions, bench
-    from edgekit.sweep import Test
+    from edgekit.measure.bench import BenchOptions, bench
+    from edgekit.measure.sweep import Test
 
     # Paired rounds: a served request, then a bench repetition of the same lengths, REPS times, the server
     # kept up. Serving first and benching after, on this shared host, let the other jobs' load differ
@@ -131,7 +131,7 @@ def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path
 
 
 def english(n_words: int) -> str:
-    from edgekit.tokenizer import corpus
+    from edgekit.dev.synthetic_tokenizer import corpus
 
     text = " ".join(corpus()[:5]).split()
     return " ".join(text[i % len(text)] for i in range(n_words))
@@ -154,7 +154,7 @@ def prefix(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Pat
 
 
 def load(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path) -> None:
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
     results, errors = [], []
     lock = threading.Lock()
@@ -207,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         artifact = args.artifact or tiny_artifact(args.workdir or tmp, args.target)
-        from edgekit.bench import plan
+        from edgekit.measure.bench import plan
 
         artifact = plan(artifact, args.target)[0].path   # the one `serve` picks from a dist folder: bench the same
         common = ["--target", args.target] + (["--threads", str(args.threads)] if args.threads else []) \

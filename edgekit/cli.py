@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from .cliopts import BATCH, FLASH, HELP, MODEL, UBATCH, add_verbose, artifact_arg, knob_items, verbosity
-from .errors import EdgekitError
+from .core.errors import EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -97,13 +97,13 @@ def synth(
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
     if train_text is not None:
-        from .train import TrainOptions, train
+        from .dev.train import TrainOptions, train
 
         opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads, eval_every=eval_every,
                             eval_windows=eval_windows)
         typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout or None)))
         return
-    from .synth import synth as run
+    from .dev.synth import synth as run
 
     path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
     typer.echo(str(path))
@@ -122,8 +122,8 @@ def build(
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
-    from .build import build as run
-    from .manifest import format_manifest, read_manifest
+    from .builder.pipeline import build as run
+    from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
                  allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
@@ -135,7 +135,7 @@ def targets(name: Optional[str] = typer.Argument(None, help="Show this profile i
     """List target profiles, or show one (`edgekit targets pi5`)."""
     from .cliopts import table
     from .listing import target_detail, target_rows
-    from .targets import TARGETS
+    from .profiles.targets import TARGETS
 
     if name is not None:
         typer.echo(target_detail(name), nl=False)
@@ -188,14 +188,22 @@ def deploy(
     wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgekit wheel for --bootstrap (default: built from this checkout)."),
     method: str = _METHOD,
     serve: bool = typer.Option(False, "--serve", help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."),
-    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the device's server listens on."),
+    serve_host: str = typer.Option("127.0.0.1", "--serve-host", help="Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or --insecure)."),
+    serve_key: Optional[Path] = typer.Option(None, "--api-key-file", help="With --serve: the key clients must send, copied to the device (mode 600)."),
+    insecure: bool = typer.Option(False, "--insecure", help="With --serve: allow a non-loopback bind without an API key."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
-    from .lab.inventory import load_inventory
+    from .serve.guard import is_loopback, read_api_key
 
+    key = read_api_key(None, serve_key) if serve else None
+    if serve and not serve_host:
+        raise EdgekitError("--serve-host is empty: give an address (127.0.0.1: the device only; 0.0.0.0: every interface)")
+    if serve and not is_loopback(serve_host) and not key and not insecure:
+        raise EdgekitError(f"--serve-host {serve_host} lets anyone on that network use the model: give "
+                           "--api-key-file FILE, or --insecure to serve it without a key")
     devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
@@ -207,7 +215,7 @@ def deploy(
         for d in devices:
             try:
                 s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
-                                  method=method)
+                                  method=method, api_key=key)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
                 typer.echo(f"edgekit: error: {e}", err=True)
@@ -216,7 +224,7 @@ def deploy(
 
 
 def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
-    from .errors import ConfigError
+    from .core.errors import ConfigError
     from .lab.inventory import device_from_address, load_inventory
 
     if host is None:
@@ -228,7 +236,7 @@ def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config,
     if device or inventory:
         raise ConfigError("--host names one device without an inventory; drop --device/--inventory, or use them alone")
     if target is None:
-        from .manifest import MANIFEST, read_manifest
+        from .builder.manifest import MANIFEST, read_manifest
 
         if not (Path(dist) / MANIFEST).is_file():
             raise ConfigError(f"{dist}: not a build folder; with --host pass --target (the device's profile)")
@@ -313,12 +321,12 @@ def bench(
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from .bench import BenchOptions, bench_sweep, check_budget, parse_knobs
-    from .budget import limit_notes
-    from .errors import ConfigError, OutputError
+    from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
+    from .measure.budget import limit_notes
+    from .core.errors import ConfigError, OutputError
     from .results import PRINTERS, Store
-    from .roofline import host_bandwidth
-    from .sweep import expand, ints, knob_lists
+    from .measure.roofline import host_bandwidth
+    from .measure.sweep import expand, ints, knob_lists
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
@@ -397,10 +405,10 @@ def run(
     `edgekit run ART "Hi"` answers once; `edgekit run ART` opens a chat (/help lists its commands)."""
     import random
 
-    from .bench import parse_knobs
-    from .generate import Sampling
+    from .measure.bench import parse_knobs
+    from .serve.generate import Sampling
     from .repl import Chat, Writer, check_sampling, clean_text, interactive, max_tokens as check_n, read_prompt
-    from .session import open_session, peak_rss_bytes
+    from .serve.session import open_session, peak_rss_bytes
 
     artifact, prompt_arg = artifact_arg(artifact, model, prompt_arg)
     check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
@@ -434,61 +442,73 @@ def run(
               + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
 
 
-def _port_free(host: str, port: int) -> None:
-    """Fail in one line before loading the model when the port is taken (uvicorn would print its
-    Errno 98 after the load and exit 3, the budget gate's code)."""
-    import errno
-    import socket
-
-    from .errors import ConfigError
-
-    if not 0 < port < 65536:
-        raise ConfigError(f"--port {port}: use 1-65535")
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:
-        raise ConfigError(f"--host {host}: cannot resolve it ({e.strerror})") from None
-    fam, kind, proto, _, addr = infos[0]
-    with socket.socket(fam, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as uvicorn binds
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            what = "is in use (another server?)" if e.errno == errno.EADDRINUSE else f"cannot be bound ({e.strerror})"
-            raise ConfigError(f"port {port} on {host} {what}; pass another --port") from None
-
-
 @app.command()
 def serve(
     artifact: Optional[Path] = _ART,
     model: Optional[Path] = MODEL,
     target: Optional[str] = _TARGET,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."),
     port: int = typer.Option(8080, "--port", help="TCP port."),
     parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
     queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
     ctx: Optional[int] = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096)."),
     threads: Optional[int] = _THREADS,
-    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp)."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM before they are cancelled."),
+    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256."),
+    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason \"cancelled\"."),
+    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="The model id /v1/models lists and replies name (default: the artifact's file name)."),
+    strict_model: bool = typer.Option(False, "--strict-model", help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health."),
+    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the key from this file (first line)."),
+    allowed_origin: Optional[list[str]] = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any."),
+    max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body (413 beyond)."),
+    max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
+    reuse_port: bool = typer.Option(False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."),
     knob: Optional[list[str]] = _KNOB,
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
     flash: Optional[str] = FLASH,
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
-    from .bench import parse_knobs
-    from .server import serve as run_server
-    from .session import open_session
+    from .measure.bench import parse_knobs
+    from .serve.guard import Limits, Policy, is_loopback, read_api_key
+    from .serve.lifecycle import bind, serve as run_server
+    from .serve.session import open_session
 
+    if not (grace >= 0 and grace < float("inf")):
+        raise EdgekitError(f"--grace {grace}: give the seconds in-flight requests may finish, 0 or more")
+    if not (0 < max_body_mb < float("inf")):
+        raise EdgekitError(f"--max-body-mb {max_body_mb}: give a positive size")
+    for name, v in (("--header-timeout", header_timeout), ("--body-timeout", body_timeout)):
+        if not (0 < v < float("inf")):
+            raise EdgekitError(f"{name} {v}: give a positive number of seconds")
+    if max_prompt_chars is not None and max_prompt_chars < 1:
+        raise EdgekitError(f"--max-prompt-chars {max_prompt_chars}: give a positive count")
+    if alias is not None and not alias.strip():
+        raise EdgekitError("--alias is empty: give the model id clients will use")
+    key = read_api_key(api_key, api_key_file)
     artifact, _ = artifact_arg(artifact, model)
-    _port_free(host, port)
+    bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
+    policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
+                    limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
+                                  body_timeout_s=body_timeout))
     session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
                            slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
     _picked(session, artifact)
-    typer.echo(f"edgekit: serving {session.model} at http://{host}:{port}/v1 ({parallel} slot(s), "
-               f"ctx {session.n_ctx}, target {session.target or '-'})", err=True)
-    run_server(session, host=host, port=port, grace_s=grace)
+    if alias:
+        session.model = alias.strip()
+    shown = f"[{host}]" if ":" in host else host
+
+    def announce() -> None:
+        typer.echo(f"edgekit: serving {session.model} at http://{shown}:{port}/v1 ({parallel} slot(s), "
+                   f"ctx {session.n_ctx}, target {session.target or '-'}{', API key required' if key else ''})", err=True)
+        if not policy.loopback_only and not key:
+            typer.echo(f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
+                       "port can use the model", err=True)
+
+    run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
+               max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
 
 
 @app.command("eval")
@@ -516,8 +536,8 @@ def eval_(
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
-    from .bench import parse_knobs
-    from .errors import ConfigError
+    from .measure.bench import parse_knobs
+    from .core.errors import ConfigError
     from .eval.record import PRINTERS
     from .results import Store
 

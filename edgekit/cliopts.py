@@ -71,7 +71,7 @@ def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: O
                        ("flash_attn", ",".join(fa.get(v.strip(), v.strip()) for v in flash.split(",")) if flash else None)):
         if value is not None:
             if any(i.split("=", 1)[0].strip() == key for i in items):
-                from .errors import ConfigError
+                from .core.errors import ConfigError
 
                 raise ConfigError(f"{key} is given twice (--set {key}=... and its short spelling); give it once")
             items.append(f"{key}={value}")
@@ -80,7 +80,7 @@ def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: O
 
 def artifact_arg(artifact: Any, model: Any, prompt_arg: Optional[str] = None) -> tuple[Any, Optional[str]]:
     """The artifact from the first argument or -m; with -m, a lone positional is the prompt."""
-    from .errors import ConfigError
+    from .core.errors import ConfigError
 
     if model is not None:
         if artifact is not None and prompt_arg is not None:

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ConfigError
-from .manifest import MANIFEST, read_manifest
+from .core.errors import ConfigError
+from .builder.manifest import MANIFEST, read_manifest
 
 MAX_DEPTH = 4   # dist/<model>/<target>/manifest.json is depth 2; a little slack for nested roots
 
@@ -56,7 +56,7 @@ def built(root: Path) -> list[list[Any]]:
 
 
 def target_rows(names: list[str]) -> list[list[Any]]:
-    from .targets import TARGETS
+    from .profiles.targets import TARGETS
 
     return [[t.name, t.engine, ",".join(t.quants), t.threads, t.context, f"{t.memory_budget_gb:g} GB", t.description]
             for t in (TARGETS.get(n) for n in names)]
@@ -66,7 +66,7 @@ def target_detail(name: str) -> str:
     """One profile: every field, the [runtime] knobs included."""
     from dataclasses import fields
 
-    from .targets import TARGETS
+    from .profiles.targets import TARGETS
 
     t = TARGETS.get(name)
     width = max(len(f.name) for f in fields(t))
@@ -82,6 +82,6 @@ def target_detail(name: str) -> str:
 
 
 def recipe_rows() -> list[list[Any]]:
-    from .recipes import RECIPES
+    from .profiles.recipes import RECIPES
 
     return [[r.name, r.format, r.quant, r.description] for r in (RECIPES.get(n) for n in RECIPES)]

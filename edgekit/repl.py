@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .errors import ConfigError, OutputError
+from .core.errors import ConfigError, OutputError
 
 HELP = """Available commands:
   /clear        forget the conversation (the system prompt stays)
@@ -167,8 +167,8 @@ class Chat:
 
     def reply(self, text: str) -> bool:
         """Send one user message and stream the reply; False when it was refused (too long)."""
-        from .chat import StreamSplitter
-        from .errors import BenchError
+        from .serve.chat import StreamSplitter
+        from .core.errors import BenchError
 
         text, replaced = clean_text(text)
         if replaced:

@@ -12,14 +12,14 @@ os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from edgekit.synth import synth
+    from edgekit.dev.synth import synth
 
     return synth(tmp_path_factory.mktemp("ckpt") / "tiny-gemma4", preset="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_ckpt_nosoftcap(tmp_path_factory):
-    from edgekit.synth import synth
+    from edgekit.dev.synth import synth
 
     return synth(tmp_path_factory.mktemp("ckpt") / "tiny-nosoftcap", preset="tiny", seed=1, softcap=False)
 
@@ -51,7 +51,7 @@ def trained_16k_heldout():
 @pytest.fixture(scope="session")
 def trained_dist(tmp_path_factory):
     """The trained model's GGUF (F32, F16, Q8_0, Q4_0) and MLX bf16 artifacts, built once."""
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(TRAINED), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "mlx-bf16"],
                  out=tmp_path_factory.mktemp("trained-dist"))

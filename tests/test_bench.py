@@ -10,15 +10,15 @@ import gguf
 import pytest
 from typer.testing import CliRunner
 
-from edgekit import bench as bench_mod
-from edgekit.bench import BenchOptions, bench, check_budget
-from edgekit.build import build
-from edgekit.checkpoint import load_checkpoint
+from edgekit.measure import bench as bench_mod
+from edgekit.measure.bench import BenchOptions, bench, check_budget
+from edgekit.builder.pipeline import build
+from edgekit.model.checkpoint import load_checkpoint
 from edgekit.cli import app
-from edgekit.errors import BudgetExceeded
+from edgekit.core.errors import BudgetExceeded
 from edgekit.results import MB, Store, parse_csv, parse_jsonl
-from edgekit.roofline import token_bytes
-from edgekit.targets import TARGETS
+from edgekit.measure.roofline import token_bytes
+from edgekit.profiles.targets import TARGETS
 
 BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}   # a stand-in host bandwidth
 CTX = 1024

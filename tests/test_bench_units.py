@@ -13,12 +13,12 @@ import gguf
 import numpy as np
 import pytest
 
-from edgekit import roofline
-from edgekit import host
-from edgekit.bench import parse_knobs
-from edgekit.runners.llamacpp import KNOBS as LLAMACPP_KNOBS
-from edgekit.errors import ConfigError
-from edgekit.runners.base import mean_sd, one_rep, run_reps
+from edgekit.measure import roofline
+from edgekit.core import host
+from edgekit.measure.bench import parse_knobs
+from edgekit.backends.gguf.runner import KNOBS as LLAMACPP_KNOBS
+from edgekit.core.errors import ConfigError
+from edgekit.backends.runner import mean_sd, one_rep, run_reps
 
 MiB = 1 << 20
 
@@ -29,7 +29,7 @@ def test_sampler_sees_known_anonymous_and_file_backed_allocations(tmp_path):
     blob.write_bytes(np.random.default_rng(0).integers(0, 255, 64 * MiB, dtype=np.uint8).tobytes())
     script = textwrap.dedent(f"""
         import json, mmap, numpy as np
-        from edgekit.memory import PeakSampler, read_status
+        from edgekit.measure.memory import PeakSampler, read_status
         with PeakSampler(interval=0.002) as s:
             before = read_status()
             a = np.ones(200 * {MiB} // 8)                     # 200 MiB anonymous, every page written
@@ -152,7 +152,7 @@ def test_figures_from_an_older_probe_are_measured_again(tmp_path, monkeypatch):
 def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from edgekit import bench as bench_mod
+    from edgekit.measure import bench as bench_mod
     from edgekit.cli import app
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -14,7 +14,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.checkpoint import sha256_file
+from edgekit.model.checkpoint import sha256_file
 from edgekit.cli import app
 
 runner = CliRunner()
@@ -54,7 +54,7 @@ def test_build_writes_manifest_last_with_hashes(tiny_ckpt, tmp_path):
 
 
 def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
     caplog.set_level("WARNING", logger="edgekit")
     res = run("build", "-m", str(tiny_ckpt), "--target", "pi5", "--out", str(tmp_path))
@@ -155,7 +155,7 @@ def test_full_disk(tiny_ckpt, tmp_path):
 
 
 def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit.formats.gguf import convert as gguf_format
+    from edgekit.backends.gguf import convert as gguf_format
 
     out = tmp_path / "out"
     assert run("build", "-m", str(tiny_ckpt), "-q", "q8_0", "--out", str(out)).exit_code == 0
@@ -178,7 +178,7 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     assert res.stderr == "edgekit: interrupted; partial files were removed\n"
     # The new build wrote only into its private stage: the earlier build, manifest included, is whole
     # (every entry still verifies), and no temp file or stage folder stays.
-    from edgekit.manifest import verify
+    from edgekit.builder.manifest import verify
 
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
     assert verify(folder) == []
@@ -210,15 +210,15 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
 
     import gguf
 
-    from edgekit.build import build
-    from edgekit.recipes import RECIPES
+    from edgekit.builder.pipeline import build
+    from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={
         "^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"})
     monkeypatch.setitem(RECIPES._items, "q4_0-x", recipe)
-    with caplog.at_level(logging.WARNING, logger="edgekit.formats.gguf.quantize"):
+    with caplog.at_level(logging.WARNING, logger="edgekit.backends.gguf.quantize"):
         folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
-    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.formats.gguf.quantize"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "edgekit.backends.gguf.quantize"] == [
         "recipe q4_0-x: override ^per_layer_model_proj\\.weight$ = q8_0 had no effect on per_layer_model_proj.weight "
         "(llama.cpp keeps its own type for some tensors, e.g. per_layer_model_proj, and falls back where a row "
         "does not fit the type)",
@@ -229,8 +229,8 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
 
 
 def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
-    from edgekit.errors import ConfigError
-    from edgekit.recipes import load_recipe
+    from edgekit.core.errors import ConfigError
+    from edgekit.profiles.recipes import load_recipe
 
     p = tmp_path / "mlx-3bit.toml"
     p.write_text('format = "mlx"\nquant = "3bit-g64"\nbits = 3\ngroup_sise = 64\n')

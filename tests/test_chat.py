@@ -1,4 +1,4 @@
-"""edgekit.chat: templates render as transformers' apply_chat_template does, from every artifact kind;
+"""edgekit.serve.chat: templates render as transformers' apply_chat_template does, from every artifact kind;
 Gemma 4 replies split into content, thinking and OpenAI tool calls, streamed or whole."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from edgekit.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
-from edgekit.errors import ArtifactError
+from edgekit.serve.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
+from edgekit.core.errors import ArtifactError
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -52,7 +52,7 @@ def hf_tok(tiny_ckpt):
 
 @pytest.fixture(scope="module")
 def gguf_path(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
     return next(out.glob("*.gguf"))
@@ -99,7 +99,7 @@ def test_missing_template_is_one_line(tmp_path):
 def test_sandbox_and_helpers():
     tpl = ChatTemplate("{{ messages[0]['content'] | tojson }}{{ raise_exception('no') if messages | length > 1 }}")
     assert tpl.render([{"role": "user", "content": "é<b>"}]) == '"é<b>"'
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="rejected these messages: no"):
         tpl.render([{"role": "user", "content": "a"}] * 2)
@@ -148,3 +148,15 @@ def test_stream_splitter_rest_is_the_held_tail(text):
     events += s.rest()
     assert "".join(t for k, t in events if k == "content") == parse_reply(text).content == text
     assert s.rest() == []
+
+
+def test_stop_scanner_cuts_across_pieces():
+    from edgekit.serve.chat import StopScanner
+
+    s = StopScanner(["END", "\n\n"])
+    got = [s.feed(p) for p in ["Hello E", "N", "ough; E", "ND and more"]]
+    assert got == ["Hello ", "", "ENough; ", ""] and s.hit and s.rest() == ""
+    s = StopScanner(["END"])
+    assert (s.feed("no stop at the E"), s.rest()) == ("no stop at the ", "E")
+    s = StopScanner(["\n\n"])
+    assert s.feed("a\n") == "a" and s.feed("\nb") == "" and s.hit

@@ -18,7 +18,7 @@ from serve_fixture import REPO
 
 @pytest.fixture(scope="module")
 def gguf(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     d = build(str(tiny_ckpt), target="pi5", quants=["q4_0"], out=tmp_path_factory.mktemp("dist"))
     out = tmp_path_factory.mktemp("loose") / "tiny-Q4_0.gguf"

@@ -19,7 +19,7 @@ N_TOKENS = 96   # three sliding windows of the tiny preset
 
 
 def _synth(tmp_path, monkeypatch, name: str, text: dict, rope: dict):
-    from edgekit import synth as synth_mod
+    from edgekit.dev import synth as synth_mod
 
     monkeypatch.setitem(synth_mod.PRESETS, name, {**synth_mod.PRESETS["tiny"], **text})
     real = synth_mod.hf_config
@@ -45,7 +45,7 @@ def hf_logits(model, tokens):
 
 
 def _parity(ckpt, tmp_path):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     folder = build(str(ckpt), target="pi5", quants=["f32"], out=tmp_path / "dist")
     tokens = [2] + np.random.default_rng(4).integers(5, 1000, N_TOKENS - 1).tolist()
@@ -57,7 +57,7 @@ def _parity(ckpt, tmp_path):
 
 def test_no_ple_and_full_rotary_writes_rope_freqs_and_matches_transformers(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     ckpt = _synth(tmp_path, monkeypatch, "tiny-nople", {"hidden_size_per_layer_input": 0},
                   {"full_attention": {"partial_rotary_factor": 1.0}})
@@ -69,7 +69,7 @@ def test_no_ple_and_full_rotary_writes_rope_freqs_and_matches_transformers(tmp_p
 
 def test_sliding_partial_rotary_factor_is_ignored_as_transformers_does(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     ckpt = _synth(tmp_path, monkeypatch, "tiny-slidepart", {},
                   {"sliding_attention": {"partial_rotary_factor": 0.5}})

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.lab.inventory import device_from_address
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
 from test_lab_deploy import make_build, same_tree

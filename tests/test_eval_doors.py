@@ -21,7 +21,7 @@ def _suite(tmp_path):
 
 @pytest.mark.slow
 def test_suite_against_a_hf_folder_and_without_reference(tiny_ckpt, tmp_path):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     d = build(str(tiny_ckpt), target="pi5", quants=["q4_0"], out=tmp_path / "dist")
     art = d / "tiny-gemma4-Q4_0.gguf"

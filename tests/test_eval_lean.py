@@ -26,7 +26,7 @@ F32_CACHE = {"kv_type": "f32"}
 
 @pytest.fixture(scope="module")
 def lean_dist(tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(TRAINED), target="pi5", quants=["f32", "iq4_xs-edge"], out=tmp_path_factory.mktemp("lean"),
                  vocab=N_LEAN)

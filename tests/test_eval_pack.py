@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.eval import scorers_pack
 from edgekit.eval.packs import PACKS, resolve_suite
 from edgekit.eval.sandbox import run_python

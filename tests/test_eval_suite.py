@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.eval.scorers import SCORERS, parse_tool_call
 from edgekit.eval.record import suite_markdown
 from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_records
@@ -110,9 +110,9 @@ def _case(cases, cid):
 
 
 def test_suite_on_a_real_artifact_is_deterministic(trained_dist):
-    """`edgekit eval --suite` through the artifact's own chat template and greedy decoding (edgekit.chat,
-    edgekit.session): two runs give identical outputs, and each prompt is the template's rendering."""
-    from edgekit.chat import ChatTemplate
+    """`edgekit eval --suite` through the artifact's own chat template and greedy decoding (edgekit.serve.chat,
+    edgekit.serve.session): two runs give identical outputs, and each prompt is the template's rendering."""
+    from edgekit.serve.chat import ChatTemplate
     from edgekit.eval.suite import SuiteOptions, engine_chat, run_suite
 
     q8 = next(trained_dist.glob("*-Q8_0.gguf"))

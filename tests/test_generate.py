@@ -1,4 +1,4 @@
-"""edgekit.generate on the tiny model: greedy decoding equals the runner's own argmax loop, sequences
+"""edgekit.serve.generate on the tiny model: greedy decoding equals the runner's own argmax loop, sequences
 batched together decode as each alone, the cached (and saved, and reloaded) prefix changes nothing but
 the prefill, sampling is reproducible by seed, and a finished request leaves no cells behind."""
 
@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from edgekit.generate import PromptTooLong, QueueFull, Sampling
-from edgekit.runners.base import RunOptions
-from edgekit.session import open_session
+from edgekit.serve.generate import PromptTooLong, QueueFull, Sampling
+from edgekit.backends.runner import RunOptions
+from edgekit.serve.session import open_session
 
 CTX = 512
 SYSTEM = {"role": "system", "content": "You are a terse assistant who answers in one line. " * 3}
@@ -19,7 +19,7 @@ QUESTIONS = ["Hello there!", "What is the capital of France?", "def f(x): return
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -48,7 +48,7 @@ def argmax_loop(runner, path, knobs, ids, n):
 
 
 def test_greedy_equals_the_runners_argmax_loop(dist):
-    from edgekit.runners.llamacpp import LlamaCppRunner
+    from edgekit.backends.gguf.runner import LlamaCppRunner
 
     s = open_session(dist, threads=1, ctx=CTX)
     try:
@@ -143,8 +143,8 @@ def test_limits(dist):
 
 
 def test_mlx_greedy_equals_the_runners_argmax_loop(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
-    from edgekit.runners import ENGINES
+    from edgekit.builder.pipeline import build
+    from edgekit.backends.engines import ENGINES
 
     out = build(str(tiny_ckpt), target="m2", quants=["mlx-8bit"], out=tmp_path_factory.mktemp("mlx"))
     s = open_session(out, ctx=CTX)

@@ -19,7 +19,7 @@ N_TOKENS = 160
 
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m", "iq4_xs-edge"],
                 out=tmp_path_factory.mktemp("dist"))
@@ -120,7 +120,7 @@ def test_k_quants_stay_k_quants(built):
 
 def test_softcap_absent_is_written_as_zero(tiny_ckpt_nosoftcap, tokens, tmp_path):
     # llama.cpp defaults to a softcap of 30 when the key is missing; a model without one must not get one.
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt_nosoftcap), target="pi5", quants=["f32"], out=tmp_path)
     path = out / "tiny-nosoftcap-F32.gguf"
@@ -152,7 +152,7 @@ def test_metadata_matches_config(built, tiny_ckpt):
 def test_header_reader_agrees_with_gguf_reader(built):
     """edgekit's header walk (the bench and the override check use it: gguf's reader took 29 s on an E2B
     header) gives gguf's own tensor table and file type for every artifact type."""
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     files = sorted(built.glob("*.gguf"))
     assert len(files) == 6

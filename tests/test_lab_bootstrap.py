@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import edgekit
-from edgekit.errors import LabError
+from edgekit.core.errors import LabError
 from edgekit.lab import bootstrap as boot
 from edgekit.lab import ssh
 from edgekit.lab.inventory import load_inventory
@@ -35,7 +35,8 @@ def test_wheel_from_the_checkout_carries_code_and_profiles(wheel):
     meta = zipfile.ZipFile(wheel).read(f"edgekit-{edgekit.__version__}.dist-info/METADATA").decode()
     runtime = sorted(ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and "extra == 'runtime'" in ln)
     assert [ln.split()[1].split(";")[0] for ln in runtime] == ["jinja2>=3.1.6", "llama-cpp-python==0.3.36", "psutil>=5.9",
-                                                                 "starlette>=0.40", "uvicorn>=0.30"]   # run/serve
+                                                                 "pydantic>=2.6", "starlette>=0.40",
+                                                                 "uvicorn>=0.30"]   # run/serve
     assert "torch" not in " ".join(runtime)
 
 
@@ -80,7 +81,7 @@ def test_bootstrap_installs_the_runtime_extra_into_a_device_venv(sshd, wheel, tm
     assert words[3:] == ["edgekit-lab", f"{work}/venv", f"{remote_wheel}[runtime]", remote_wheel, "--no-deps", "--no-index"]
     # The device now runs edgekit from its own venv, with the target profiles inside.
     py = work / "venv" / "bin" / "python"
-    out = subprocess.run([str(py), "-c", "import edgekit.targets as t; print(t.TARGETS.get('pi5').name)"],
+    out = subprocess.run([str(py), "-c", "import edgekit.profiles.targets as t; print(t.TARGETS.get('pi5').name)"],
                          capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (0, "pi5\n"), out.stderr
     assert (work / "venv" / "bin" / "edgekit").is_file()

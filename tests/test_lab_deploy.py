@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.errors import ArtifactError, LabError
+from edgekit.core.errors import ArtifactError, LabError
 from edgekit.lab import deploy as deploy_mod
 from edgekit.lab.deploy import deploy
 from edgekit.lab.inventory import load_inventory
-from edgekit.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
+from edgekit.builder.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
 from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 
 HOSTILE = "x; touch {m} #$(touch {m})`touch {m}` 'q\" "

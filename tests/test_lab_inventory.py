@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.lab import ssh
 from edgekit.lab.inventory import load_inventory
 

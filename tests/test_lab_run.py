@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.manifest import read_manifest
+from edgekit.builder.manifest import read_manifest
 from edgekit.results import Record, Store, to_jsonl
 from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 
@@ -26,7 +26,7 @@ BENCH = ["--", "-p", "8", "-n", "4", "-r", "1"]
 
 @pytest.fixture(scope="module")
 def tiny_dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = tmp_path_factory.mktemp("lab-dist") / "dist"
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=out)

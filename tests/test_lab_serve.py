@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import plistlib
 import sys
+import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from typer.testing import CliRunner
 from edgekit.cli import app
 from edgekit.lab.inventory import load_inventory
 from edgekit.lab.serve import launchd_plist, stop_served, systemd_unit
-from edgekit.manifest import read_manifest
+from edgekit.builder.manifest import read_manifest
 from edgekit.results import Store, parse_markdown
 from serve_fixture import free_port
 from sshd_fixture import sshd  # noqa: F401  (the fixture)
@@ -28,7 +31,7 @@ EDGEKIT = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "edgekit.cli"]
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -122,3 +125,130 @@ def test_service_files():
             '"./edgekit/dist/tiny gemma/pi5" "--port" "8080" "100%%$$x"') in unit
     plist = plistlib.loads(launchd_plist(argv, "./edgekit/serve/serve.log"))
     assert plist["ProgramArguments"][4:] == argv and plist["RunAtLoad"] is True
+
+
+# ---------------------------------------------------------------- deploy --serve: bind, key, replacement
+
+
+def _health(port, key=None):
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/health")
+        with urllib.request.urlopen(req, timeout=3) as h:
+            return json.loads(h.read())["status"] == "ok"
+    except OSError:
+        return False
+
+
+def _serve_pids(work):
+    return int((work / "serve" / "serve.pid").read_text())
+
+
+def test_deploy_serve_refuses_an_open_bind_without_a_key(sshd, dist, tmp_path):  # noqa: F811
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi", workdir=str(tmp_path / "device"), edgekit=EDGEKIT))
+    r = CliRunner().invoke(app, ["deploy", str(dist), "--device", "pi", "--inventory", str(inv), "--serve",
+                                 "--serve-host", "0.0.0.0", "--port", str(free_port())])
+    assert r.exit_code == 1 and r.stderr == ("edgekit: error: --serve-host 0.0.0.0 lets anyone on that network use "
+                                             "the model: give --api-key-file FILE, or --insecure to serve it without "
+                                             "a key\n")
+    assert not (tmp_path / "device").exists()          # refused before anything was copied
+
+
+def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(sshd, dist, tmp_path):  # noqa: F811
+    """Loopback by default, with the key shipped; a redeploy never leaves the port unanswered; a new
+    server that fails leaves the old one serving; a foreign server on the port is not taken for ours."""
+    from edgekit.core.errors import LabError
+    from edgekit.lab.serve import deploy_served
+
+    work = tmp_path / "device"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi", workdir=str(work), edgekit=EDGEKIT))
+    device = load_inventory(inv).get("pi")
+    (tmp_path / "key").write_text("k3y-for-the-pi\n")
+    port = free_port()
+    cmd = ["deploy", str(dist), "--device", "pi", "--inventory", str(inv), "--serve", "--port", str(port),
+           "--api-key-file", str(tmp_path / "key")]
+    r = CliRunner().invoke(app, cmd)
+    assert r.exit_code == 0, r.output
+    assert r.output.splitlines()[-1] == f"pi: serving at http://127.0.0.1:{port}/v1 (nohup: {work / 'serve' / 'serve.pid'})"
+    first = _serve_pids(work)
+    try:
+        argv = psutil.Process(first).cmdline()
+        assert argv[argv.index("--host") + 1] == "127.0.0.1"
+        assert oct((work / "serve" / "api-key").stat().st_mode & 0o777) == "0o600"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert e.value.code == 401
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y-for-the-pi"})
+        with urllib.request.urlopen(req, timeout=10) as m:
+            assert m.status == 200
+
+        # Redeploy: /health polled all along never goes unanswered, and the old server is gone after.
+        misses, stop = [], threading.Event()
+
+        def poll():
+            for _ in range(2000):                  # bounded: 2,000 polls or the redeploy's end
+                if stop.is_set():
+                    return
+                if not _health(port):
+                    misses.append(time.monotonic())
+                time.sleep(0.02)
+
+        t = threading.Thread(target=poll)
+        t.start()
+        try:
+            r = CliRunner().invoke(app, cmd)
+        finally:
+            stop.set()
+            t.join(60)
+        assert r.exit_code == 0, r.output
+        second = _serve_pids(work)
+        assert second != first and not misses
+        assert not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE
+
+        # A new server that cannot start: the old one keeps serving, the error says why.
+        with pytest.raises(LabError) as e:
+            deploy_served(dist, device, port=port, serve_args=["--grace", "-5"], wait_s=60)
+        assert "the new server exited before answering (its log ends: edgekit: error: --grace -5" in str(e.value)
+        assert "keeps serving" in str(e.value)
+        assert _serve_pids(work) == second and psutil.pid_exists(second) and _health(port)
+    finally:
+        stop_served(device)
+
+    # Another program answering on the port (no edgekit, no sha256): deploy fails instead of "serving".
+    import http.server
+
+    foreign = http.server.HTTPServer(("127.0.0.1", port), http.server.SimpleHTTPRequestHandler)
+    th = threading.Thread(target=foreign.serve_forever)
+    th.start()
+    try:
+        r = CliRunner().invoke(app, cmd)
+        assert r.exit_code == 1 and "serving at" not in r.output
+        assert "the new server exited before answering" in r.stderr and "is in use (another server?)" in r.stderr
+    finally:
+        foreign.shutdown()
+        th.join(10)
+        foreign.server_close()
+
+
+def test_lab_run_served_deploys_behind_a_key_made_for_the_run(sshd, dist, tmp_path):  # noqa: F811
+    """The bench client uses the key the run made; the server refuses requests without it. (Bound to
+    loopback here: tests never listen elsewhere; the CLI binds every interface.)"""
+    from edgekit.lab.serve import lab_run_served
+
+    work = tmp_path / "device"
+    inv = tmp_path / "lab.toml"
+    inv.write_text(sshd.device_table("pi", workdir=str(work), edgekit=EDGEKIT))
+    device = load_inventory(inv).get("pi")
+    port = free_port()
+    try:
+        (out,) = lab_run_served(dist, [device], ["-p", "16", "-n", "4", "-r", "1"], port=port, host="127.0.0.1")
+        assert out.ok, out.message
+        assert out.records[0].n_gen == 4 and out.records[0].sha256 == read_manifest(dist).artifacts[0].sha256
+        key = (work / "serve" / "api-key").read_text().strip()
+        assert len(key) >= 32
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
+        assert e.value.code == 401
+    finally:
+        stop_served(device)

@@ -22,7 +22,7 @@ SEED = int(os.environ.get("EDGEKIT_TEST_SEED", "2"))   # bounds below were measu
 
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="m2", quants=["mlx-bf16", "mlx-4bit", "mlx-8bit", "f16"],
                  out=tmp_path_factory.mktemp("dist"))
@@ -45,7 +45,7 @@ def mlx_logits(model, tokens) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fp32(built, tokens):
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     model, _ = load_mlx_model(built / "tiny-gemma4-mlx-bf16", dtype=mx.float32)
     return mlx_logits(model, tokens)
@@ -66,7 +66,7 @@ def test_bf16_compute_bound(built, tokens, hf):
     # The bf16 artifact as users run it (bf16 activations, 2^-8 relative rounding per op): measured
     # mean KL vs transformers fp32 7.1e-4 to 8.7e-4 nats, argmax agreement 0.975-1.0 (seeds 0-3).
     # Bounds 2e-3 nats and 0.95: 4-bit weights alone give 0.3 nats, a wrong tensor far more.
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     model, _ = load_mlx_model(built / "tiny-gemma4-mlx-bf16")
     bf16 = mlx_logits(model, tokens)
@@ -77,7 +77,7 @@ def test_bf16_compute_bound(built, tokens, hf):
 
 
 def quality(built, name, tokens, fp32) -> tuple[float, float, float]:
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     # Computed in fp32 (the bf16 scales cast exactly) to measure what the quantized weights cost, apart
     # from bf16 activations (test_bf16_compute_bound); MLX's CPU matmul is also 10x faster in fp32.
@@ -115,7 +115,7 @@ def test_hook_logits_equal_stock_mlx_lm(built, tokens, name):
     from mlx.utils import tree_flatten
     from mlx_lm.models.cache import make_prompt_cache
 
-    from edgekit.mlx_ple import PLE_FILE, load_mlx_model, ple_table
+    from edgekit.backends.mlx.ple import PLE_FILE, load_mlx_model, ple_table
 
     stock, _ = mlx_lm.load(str(built / name))
     hooked, _ = load_mlx_model(built / name)
@@ -144,7 +144,7 @@ def test_ple_table_never_enters_mlx_memory(built, tokens):
 
     from mlx.utils import tree_flatten
 
-    from edgekit.mlx_ple import load_mlx_model, ple_table
+    from edgekit.backends.mlx.ple import load_mlx_model, ple_table
 
     name = built / "tiny-gemma4-mlx-bf16"
     grown = {}
@@ -168,8 +168,8 @@ def test_ple_table_never_enters_mlx_memory(built, tokens):
 
 def test_ple_file_is_what_mlx_quantizes(built, tiny_ckpt):
     """The streamed, slab-quantized table equals mlx's quantizer run on the whole table, byte for byte."""
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.mlx_ple import open_ple
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.backends.mlx.ple import open_ple
 
     ref = load_checkpoint(tiny_ckpt).tensors["embed_tokens_per_layer.weight"]
     whole = mx.array(ref.load()).astype(mx.bfloat16)
@@ -192,7 +192,7 @@ def test_ple_file_is_what_mlx_quantizes(built, tiny_ckpt):
 def test_ple_precision_choice(tiny_ckpt):
     # quant/mlx-4bit.toml keeps the PLE table at 8 bits because it costs disk, not RAM: measure what
     # 8 vs 4 bits buys on the table's values (Gaussian here; affine g64 theory: ≈ 255/15 = 17x).
-    from edgekit.checkpoint import load_checkpoint
+    from edgekit.model.checkpoint import load_checkpoint
 
     x = mx.array(load_checkpoint(tiny_ckpt).tensors["embed_tokens_per_layer.weight"].load()).astype(mx.bfloat16)
     err = {}
@@ -205,8 +205,8 @@ def test_ple_precision_choice(tiny_ckpt):
 
 
 def test_manifest_and_text_only_folder(built, tiny_ckpt):
-    from edgekit.manifest import artifact_digest, read_manifest, verify
-    from edgekit.mlx_ple import PLE_MODULE
+    from edgekit.builder.manifest import artifact_digest, read_manifest, verify
+    from edgekit.backends.mlx.ple import PLE_MODULE
 
     m = read_manifest(built)
     art = m.artifact("tiny-gemma4-mlx-4bit-g64")
@@ -229,7 +229,7 @@ def test_greedy_agrees_with_gguf_f16(built):
     llama_cpp = pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (edgekit[runtime])")
     from mlx_lm.generate import generate_step
 
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     model, _ = load_mlx_model(built / "tiny-gemma4-mlx-bf16")
     llm = llama_cpp.Llama(str(built / "tiny-gemma4-F16.gguf"), n_ctx=256, n_batch=256, n_threads=1,
@@ -253,8 +253,8 @@ def test_kv_fill_grows_caches_as_a_prefill_does(built, tokens):
     """The runner's kv_fill knob (a benchmark's long context without its prefill) leaves every cache
     exactly as a real prefill of as many tokens does: same offsets, shapes, dtypes, bytes, through the
     same chunked updates (so the sliding layers' rotating caches rotate alike); only values differ."""
-    from edgekit.runners.base import RunOptions
-    from edgekit.runners.mlx import MlxRunner
+    from edgekit.backends.runner import RunOptions
+    from edgekit.backends.mlx.runner import MlxRunner
 
     def caches(runner):
         return [(type(c).__name__, c.offset, c.keys.shape, c.keys.dtype, c.values.shape, c.nbytes) for c in runner.cache]

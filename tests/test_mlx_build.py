@@ -40,9 +40,9 @@ def test_config_as_transformers_saves_it_loads_in_stock_mlx_lm(tiny_ckpt, tmp_pa
     import mlx_lm
     from mlx.utils import tree_map
 
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.mlx.convert import convert
-    from edgekit.recipes import RECIPES
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.profiles.recipes import RECIPES
     from reference import hf_logits, hf_model
 
     ckpt = linked_copy(tiny_ckpt, tmp_path / "hf-saved")
@@ -74,9 +74,9 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
     mx = pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
     import mlx_lm
 
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.formats.mlx.convert import convert
-    from edgekit.recipes import RECIPES
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("mlx-4bit"),
                                  overrides={"embed_tokens$": "bf16", "embed_tokens_per_layer$": "bf16", "down_proj": "8"})
@@ -96,10 +96,10 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
 
 def test_bad_override_is_one_line(tiny_ckpt, tmp_path):
     pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.errors import ConfigError
-    from edgekit.formats.mlx.convert import convert
-    from edgekit.recipes import RECIPES
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.core.errors import ConfigError
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("mlx-4bit"), overrides={"embed_tokens$": "q4_k"})
     with pytest.raises(ConfigError, match=r"^mlx recipe override 'q4_k': use bits .* or bf16 / f16 / f32$"):
@@ -120,7 +120,7 @@ def test_not_gemma4_for_mlx(tiny_ckpt, tmp_path):
 
 def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch):
     pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
-    from edgekit.formats.mlx import convert as fmt
+    from edgekit.backends.mlx import convert as fmt
 
     def full_disk(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -134,8 +134,8 @@ def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch)
 
 
 def test_missing_mlx_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit.errors import EngineMissingError
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.core.errors import EngineMissingError
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     for mod in ("mlx", "mlx.core", "mlx.nn", "mlx_lm"):
         monkeypatch.setitem(sys.modules, mod, None)   # `import mlx.core` now raises ImportError
@@ -150,8 +150,8 @@ def test_missing_mlx_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
 
 
 def test_apple_targets():
-    from edgekit.recipes import RECIPES
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.recipes import RECIPES
+    from edgekit.profiles.targets import TARGETS
 
     apple = [TARGETS.get(n) for n in TARGETS if n[:2] in ("m1", "m2", "m3", "m4")]
     for gen in ("m1", "m2", "m3", "m4"):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from edgekit.budget import apply_pages
-from edgekit.pages import PAGE_16K, count, count_blocks, present_pages
+from edgekit.measure.budget import apply_pages
+from edgekit.measure.pages import PAGE_16K, count, count_blocks, present_pages
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or mmap.PAGESIZE != 4096, reason="4 KB-page Linux host")
 
@@ -63,7 +63,7 @@ def test_pi5_record_gets_rss_minus_4k_pages_plus_16k_blocks():
 def test_pagemap_read_in_chunks_gives_the_same_pages(tmp_path, monkeypatch):
     """The count reads the pagemap a chunk at a time (its memory is inside the measured child); pages
     either side of a chunk boundary, and a last partial chunk, are all found."""
-    import edgekit.pages as pages
+    import edgekit.measure.pages as pages
 
     f = tmp_path / "model.gguf"
     f.write_bytes(b"\x01" * 64 * PAGE)

@@ -82,14 +82,14 @@ def _decode_and_count(path: Path, lazy: int) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def edge_gguf(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="pi5", quants=["iq4_xs-edge"], out=tmp_path_factory.mktemp("dist"))
     return out / "tiny-gemma4-IQ4_XS-edge.gguf"
 
 
 def test_lazy_ple_keeps_the_table_on_disk(edge_gguf):
-    from edgekit.targets import TARGETS
+    from edgekit.profiles.targets import TARGETS
 
     rt = TARGETS.get("pi5").runtime
     assert rt["lazy"] == "on" and rt["repack"] is False and rt["use_mmap"] is True

@@ -8,7 +8,7 @@ import sqlite3
 
 import pytest
 
-from edgekit.errors import OutputError
+from edgekit.core.errors import OutputError
 from edgekit.results import MB, PARSERS, PRINTERS, Record, Store, default_db, parse_markdown, to_markdown
 
 

@@ -25,7 +25,7 @@ T1 = ("-t", "1")
 @pytest.fixture(scope="module")
 def loose(tiny_ckpt, tmp_path_factory):
     """A GGUF file and an MLX folder with no manifest beside them, as a user downloads them."""
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     d = build(str(tiny_ckpt), target="pi5", quants=["q4_0"], out=tmp_path_factory.mktemp("dist"))
     m = build(str(tiny_ckpt), target="m2", quants=["mlx-4bit"], out=tmp_path_factory.mktemp("dist-mlx"))
@@ -47,8 +47,8 @@ def _clean(r: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.parametrize("kind", ["gguf", "mlx", "stock", "hf"])
 def test_plain_model_runs_with_the_models_context(loose, kind):
-    from edgekit.bench import plan
-    from edgekit.session import default_ctx
+    from edgekit.measure.bench import plan
+    from edgekit.serve.session import default_ctx
 
     trained = plan(loose[kind])[0].format.max_context(loose[kind])
     r = cli("run", str(loose[kind]), "Hi", "-n", "6", *T1, "-v")
@@ -59,7 +59,7 @@ def test_plain_model_runs_with_the_models_context(loose, kind):
 
 
 def test_default_context_is_capped_as_llama_cpp_and_ollama():
-    from edgekit.session import default_ctx
+    from edgekit.serve.session import default_ctx
 
     assert default_ctx(131072) == 4096 and default_ctx(2048) == 2048 and default_ctx(None) == 4096
 
@@ -157,7 +157,7 @@ def test_verbose_after_the_command_is_a_summary(loose):
 
 
 def test_build_folder_says_what_it_picked(loose):
-    from edgekit.manifest import read_manifest
+    from edgekit.builder.manifest import read_manifest
 
     first = read_manifest(loose["dist"]).artifacts[0].file
     r = cli("run", str(loose["dist"]), "Hi", "-n", "2", *T1)
@@ -175,8 +175,8 @@ def _wait_exit(proc: subprocess.Popen, timeout: float = 60) -> int:
 def test_serve_plain_gguf_and_mlx_sigterm_exit_0(loose, tmp_path):
     s = start_server(loose["gguf"], tmp_path / "g.log", *T1)
     try:
-        from edgekit.bench import plan
-        from edgekit.session import default_ctx
+        from edgekit.measure.bench import plan
+        from edgekit.serve.session import default_ctx
 
         assert s.health()["n_ctx"] == default_ctx(plan(loose["gguf"])[0].format.max_context(loose["gguf"]))
         r = s.client().chat.completions.create(model=s.client().models.list().data[0].id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
@@ -255,7 +255,7 @@ def test_one_meaning_per_short_flag():
 
 def test_llama_bench_spellings_reach_the_knobs(tiny_ckpt, tmp_path):
     from edgekit.cliopts import knob_items
-    from edgekit.errors import ConfigError
+    from edgekit.core.errors import ConfigError
 
     assert knob_items(None, "128", None, "1") == ["n_ubatch=128", "flash_attn=on"]
     assert knob_items(["kv_type=f16"], None, "256,512", "0,1") == ["kv_type=f16", "n_batch=256,512", "flash_attn=off,on"]

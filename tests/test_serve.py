@@ -9,11 +9,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import psutil
 import pytest
 
-from serve_fixture import cli, start_server
+from serve_fixture import cli, start_server, wait_until
 
 SYSTEM = "You are a terse assistant. Answer in one line."
 MESSAGES = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is the capital of France?"}]
@@ -25,7 +26,7 @@ THREADS = ("--threads", "1")
 
 @pytest.fixture(scope="module")
 def dist(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["q8_0"], out=tmp_path_factory.mktemp("dist"))
 
@@ -117,24 +118,24 @@ def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions", b'{"model": "x", "messages": [')
     assert code == 400 and body["error"]["message"].startswith("the request body is not valid JSON")
     code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": "gpt-4", "messages": MESSAGES}).encode())
-    assert code == 400 and body["error"]["message"] == f"unknown model 'gpt-4'; this server serves '{model}' (GET /v1/models)"
-    code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": [{"role": "user", "content": "word " * 600}]}).encode())
     assert code == 400
     assert body["error"]["message"].endswith(f"tokens; the context is {CTX} tokens (prompt + reply): shorten the prompt or start with a larger --ctx")
     code, body, _ = _post(server, "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode())
-    assert code == 400 and body["error"]["message"] == "messages must be a non-empty list of objects with a role"
+    assert code == 400 and body["error"]["message"] == "messages: must not be empty"
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode())
-    assert code == 400 and body["error"]["message"] == "temperature must be a number in [0.0, 2.0], got 'hot'"
+    assert code == 400 and body["error"]["message"] == "temperature: must be a number, not a string"
+    code, body, _ = _post(server, "/v1/chat/completions",
+                          json.dumps({"model": model, "messages": MESSAGES, "temperature": 2.5}).encode())
+    assert code == 400 and body["error"]["message"] == "temperature: Input should be less than or equal to 2"
     code, body, _ = _post(server, "/v1/chat/completions",
                           json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode())
-    assert code == 400 and body["error"]["message"] == "ignore_eos must be true or false, got 'yes'"
+    assert code == 400 and body["error"]["message"] == "ignore_eos: must be true or false, not a string"
 
 
 def test_sse_writer_writes_what_json_dumps_writes():
-    from edgekit.server import TEXT, _sse_writer
+    from edgekit.serve.http import TEXT, _sse_writer
 
     head = {"id": "chatcmpl-1", "created": 1, "model": "m \"q\"", "object": "chat.completion.chunk"}
     doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}  # noqa: E731
@@ -185,13 +186,7 @@ def _long_stream(server, model, n=8000):
                                                    messages=[{"role": "user", "content": "Write a long story."}])
 
 
-def _wait(cond, seconds=20):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+_wait = wait_until
 
 
 def test_full_queue_is_503_with_retry_after(small):
@@ -252,7 +247,7 @@ RICH_ARGS = {"city": 'Paris, FR {x}: say "hi"', "days": 2, "ratio": 0.5, "exact"
 def _template_call(tpl, name, args):
     """The call markup the chat template writes for an assistant's call in the history: the form the model
     is trained to emit."""
-    from edgekit.chat import CALL_CLOSE, CALL_OPEN
+    from edgekit.serve.chat import CALL_CLOSE, CALL_OPEN
 
     out = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
         {"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}]}])
@@ -268,8 +263,15 @@ class ScriptedEngine:
     def __init__(self, tok, replies):
         self.tok, self.replies, self.prompts, self.slots = tok, list(replies), [], [None]
 
-    def tokenize(self, text):
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+    def tokenize(self, text, special=True):
+        return self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"]
+
+    @property
+    def n_vocab(self):
+        return len(self.tok)
+
+    def special_texts(self):
+        return [t.content for t in self.tok.added_tokens_decoder.values() if t.special]
 
     def stop_ids(self, texts):
         return frozenset(self.tok.convert_tokens_to_ids(t) for t in texts)
@@ -278,7 +280,7 @@ class ScriptedEngine:
         return 0, 0
 
     def submit(self, req):
-        from edgekit.generate import Event
+        from edgekit.serve.generate import Event
 
         self.prompts.append(list(req.prompt))
         text = self.replies.pop(0)
@@ -299,9 +301,9 @@ def scripted(tiny_ckpt):
     import uvicorn
     from transformers import AutoTokenizer
 
-    from edgekit.chat import ChatTemplate
-    from edgekit.server import make_app
-    from edgekit.session import Session
+    from edgekit.serve.chat import ChatTemplate
+    from edgekit.serve.http import make_app
+    from edgekit.serve.session import Session
     from serve_fixture import free_port
 
     tok = AutoTokenizer.from_pretrained(tiny_ckpt)
@@ -351,7 +353,7 @@ def test_tool_call_round_trip(scripted):
     assert "<|tool_response>response:get_weather{value:<|\"|>sunny, 21 C<|\"|>}<tool_response|>" in want[2]
     # The replayed call is the template's own writing of it, and so is a call with every kind of value:
     # the client's parsed arguments are, as JSON, what the call held.
-    from edgekit.chat import ChatTemplate
+    from edgekit.serve.chat import ChatTemplate
 
     tpl = ChatTemplate.from_artifact(tok.name_or_path)
     assert CALL_TEXT.endswith(_template_call(tpl, "get_weather", {"city": "Paris", "days": 2}))
@@ -374,3 +376,210 @@ def test_interactive_run_keeps_the_history(server, model, dist):
     history += [{"role": "assistant", "content": first}, {"role": "user", "content": "How are you?"}]
     second = c.chat.completions.create(model=model, messages=history, **sampling).choices[0].message.content
     assert first.strip() and r.stdout == f"{first}\n{second}\n"
+
+
+# ---------------------------------------------------------------- names, keys and sampling
+
+
+def test_any_model_name_is_served_when_one_model_is(server, model):
+    """As llama-server: a client's own name for the model (Ollama's "gemma4:e2b") gets the model."""
+    r = server.client().chat.completions.create(model="gemma4:e2b", messages=MESSAGES, max_tokens=2, temperature=0)
+    assert r.model == model and r.usage.completion_tokens == 2
+
+
+def test_no_seed_is_a_fresh_seed_per_request(server, model):
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=1.5)
+    a, b = (c.chat.completions.create(**kw).choices[0].message.content for _ in range(2))
+    assert a != b
+    a, b = (c.chat.completions.create(**kw, seed=7).choices[0].message.content for _ in range(2))
+    assert a == b
+
+
+def test_min_p_is_applied(server, model):
+    """min_p 1.0 keeps only the most likely token: at temperature 1.5 that is the greedy reply."""
+    c = server.client()
+    greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
+    hot = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=1.5,
+                                    extra_body={"min_p": 1.0})
+    assert hot.choices[0].message.content == greedy.choices[0].message.content
+
+
+@pytest.mark.parametrize("kw,name", [({"n": 13}, "n"), ({"top_logprobs": 2}, "top_logprobs"),
+                                     ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
+                                      "tool_choice")])
+def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client(max_retries=0).chat.completions.create(model=model, messages=MESSAGES, max_tokens=2, **kw)
+    assert e.value.body["message"].startswith(f"{name}: ")
+
+
+def test_tool_choice_none_leaves_the_tools_out(server, model):
+    c = server.client()
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    plain = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0)
+    none = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools,
+                                     tool_choice="none")
+    auto = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools)
+    assert none.usage.prompt_tokens == plain.usage.prompt_tokens < auto.usage.prompt_tokens
+
+
+@pytest.fixture(scope="module")
+def keyed(dist, tmp_path_factory):
+    d = tmp_path_factory.mktemp("keyed")
+    (d / "key").write_text("s3cret-key\n")
+    s = start_server(dist, d / "log", "--ctx", str(CTX), *THREADS, "--alias", "gemma4:e2b", "--strict-model",
+                     "--api-key-file", str(d / "key"))
+    yield s
+    assert s.stop() == 0
+
+
+def test_alias_strict_names_and_api_key(keyed):
+    import openai
+    from openai import OpenAI
+
+    c = OpenAI(base_url=keyed.url + "/v1", api_key="s3cret-key", max_retries=0)
+    assert [m.id for m in c.models.list().data] == ["gemma4:e2b"]
+    r = c.chat.completions.create(model="gemma4:e2b", messages=MESSAGES, max_tokens=2, temperature=0)
+    assert r.model == "gemma4:e2b"
+    with pytest.raises(openai.NotFoundError) as e:          # --strict-model: OpenAI's 404
+        c.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=2)
+    assert "model 'gpt-4' does not exist" in e.value.body["message"]
+    for key in ("wrong", "s3cret-ke", "s3cret-key2"):
+        with pytest.raises(openai.AuthenticationError):
+            OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0).models.list()
+    code, body, headers = _post(keyed, "/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
+    assert code == 401 and headers.get("www-authenticate") == "Bearer"
+    assert keyed.health()["status"] == "ok"                  # /health stays open, as llama-server's
+    req = urllib.request.Request(keyed.url + "/v1/models", headers={"X-Api-Key": "s3cret-key"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 200
+
+
+def test_verbose_logs_a_line_per_request(dist, tmp_path):
+    from serve_fixture import Server, free_port
+    import os
+    import subprocess
+    import sys
+
+    port = free_port()
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "-v", "serve", str(dist), "--port", str(port),
+                                 "--ctx", str(CTX), *THREADS], stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    s = Server(proc, port, log)
+    try:
+        assert _wait(lambda: _health_ok(s), 60)
+        s.client().chat.completions.create(model="x", messages=MESSAGES, max_tokens=2)
+        _post(s, "/v1/chat/completions", b"{")
+    finally:
+        assert s.stop() == 0
+    lines = [ln for ln in log.read_text().splitlines() if ln.startswith("INFO edgekit.serve.http: 127.0.0.1 ")]
+    assert any(" POST /v1/chat/completions 200 " in ln for ln in lines)
+    assert any(" POST /v1/chat/completions 400 " in ln for ln in lines)
+
+
+def _health_ok(s):
+    try:
+        return s.health()["status"] == "ok"
+    except OSError:
+        return False
+
+
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "city": {"type": "string", "enum": ["Paris", "Rome"]}},
+          "required": ["ok", "city"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_response_format_is_grammar_constrained(server, model, seed):
+    """A random-weight model writes JSON only because llama.cpp's grammar lets nothing else through:
+    json_object parses, json_schema matches the schema (here: both keys, the enum), streamed or not."""
+    c = server.client()
+    r = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=200, temperature=1.0, seed=seed,
+                                  response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":       # a JSON object the model closed within 200 tokens
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:                                          # cut by max_tokens: still a JSON object's beginning
+        assert r.choices[0].message.content.lstrip().startswith("{")
+    kw = dict(model=model, messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed,
+              response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}})
+    r = c.chat.completions.create(**kw)
+    assert r.choices[0].finish_reason == "stop"
+    got = json.loads(r.choices[0].message.content)
+    assert set(got) == {"ok", "city"} and isinstance(got["ok"], bool) and got["city"] in ("Paris", "Rome")
+    text, finish = _stream_text(c, **kw)
+    assert (json.loads(text), finish) == (got, "stop")
+
+
+def test_stop_sequences_cut_the_reply(server, model):
+    """The greedy reply cut before the first occurrence of a piece of its own middle, whole or streamed,
+    chat and completions; the generation ends there (fewer tokens)."""
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
+    full = c.chat.completions.create(**kw)
+    text = full.choices[0].message.content
+    stop = text[len(text) // 2:len(text) // 2 + 2]
+    want = text[:text.find(stop)]
+    r = c.chat.completions.create(**kw, stop=[stop, "never appears"])
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
+    assert r.usage.completion_tokens < full.usage.completion_tokens
+    assert _stream_text(c, **kw, stop=stop) == (want, "stop")
+    p = dict(model=model, prompt="The quick brown fox", max_tokens=24, temperature=0)
+    whole = c.completions.create(**p).choices[0].text
+    cut = whole[len(whole) // 2:len(whole) // 2 + 2]
+    r = c.completions.create(**p, stop=cut)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (whole[:whole.find(cut)], "stop")
+    streamed = list(c.completions.create(**p, stop=cut, stream=True))
+    assert "".join(x.choices[0].text for x in streamed if x.choices) == whole[:whole.find(cut)]
+    assert [x.choices[0].finish_reason for x in streamed if x.choices][-1] == "stop"
+
+
+def test_n_choices(server, model):
+    """n requests in one: seeded seed + i (the i-th choice is the single request with that seed), at
+    temperature 0 all alike; streamed chunks carry their index; usage counts every choice."""
+    c = server.client()
+    kw = dict(model=model, messages=MESSAGES, max_tokens=12, temperature=1.2)
+    r = c.chat.completions.create(**kw, seed=40, n=3)
+    assert [ch.index for ch in r.choices] == [0, 1, 2]
+    alone = [c.chat.completions.create(**kw, seed=40 + i).choices[0].message.content for i in range(3)]
+    assert [ch.message.content for ch in r.choices] == alone and len(set(alone)) == 3
+    assert r.usage.completion_tokens == 36
+    chunks = list(c.chat.completions.create(**kw, seed=40, n=3, stream=True, stream_options={"include_usage": True}))
+    texts = {i: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
+             for i in range(3)}
+    assert [texts[i] for i in range(3)] == alone and chunks[-1].usage.completion_tokens == 36
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == ["length"] * 3
+    greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, temperature=0, n=2)
+    assert greedy.choices[0].message.content == greedy.choices[1].message.content
+    assert server.health()["busy"] == 0
+
+
+def test_logprobs(server, model):
+    """Each token's log-probability under the model (log-softmax of its logits) and the likeliest others:
+    greedy picks the first of them; a seeded hot sample is never likelier than it; each list is a
+    distribution's top (sorted, at most probability 1 together); the tokens spell the reply."""
+    import math
+
+    c = server.client()
+    for kw in (dict(temperature=0), dict(temperature=1.5, seed=3)):
+        r = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, logprobs=True, top_logprobs=4, **kw)
+        content = r.choices[0].logprobs.content
+        assert len(content) == r.usage.completion_tokens == 16
+        assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == r.choices[0].message.content
+        for t in content:
+            tops = [x.logprob for x in t.top_logprobs]
+            assert len(tops) == 4 and tops == sorted(tops, reverse=True) and all(lp <= 0 for lp in tops)
+            assert sum(math.exp(lp) for lp in tops) <= 1 + 1e-9
+            assert t.logprob <= tops[0] + 1e-12
+            if kw["temperature"] == 0:
+                assert (t.token, t.logprob) == (t.top_logprobs[0].token, tops[0])
+    streamed = list(c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0,
+                                              logprobs=True, top_logprobs=2, stream=True))
+    got = [t for ch in streamed if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
+    whole = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True,
+                                      top_logprobs=2).choices[0].logprobs.content
+    assert [(t.token, round(t.logprob, 6)) for t in got] == [(t.token, round(t.logprob, 6)) for t in whole]

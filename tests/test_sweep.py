@@ -10,11 +10,11 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.budget import THRASH_MAJFLT_PER_TOKEN, gate_lines
+from edgekit.measure.budget import THRASH_MAJFLT_PER_TOKEN, gate_lines
 from edgekit.cli import app
-from edgekit.errors import ConfigError
+from edgekit.core.errors import ConfigError
 from edgekit.results import PARSERS, PRINTERS, Store, parse_markdown, to_markdown
-from edgekit.sweep import Point, Test, expand, ints, knob_lists
+from edgekit.measure.sweep import Point, Test, expand, ints, knob_lists
 from tests.test_results import make_record
 
 
@@ -34,7 +34,7 @@ def test_defaults_are_one_point_one_test():
 
 
 def test_knob_values_split_one_by_one():
-    # raw --set strings: each engine's knob schema types them (edgekit.knobs)
+    # raw --set strings: each engine's knob schema types them (edgekit.profiles.knobs)
     assert knob_lists({"n_ubatch": "64,128", "repack": "true,false", "lazy": "on"}) == {
         "n_ubatch": ["64", "128"], "repack": ["true", "false"], "lazy": ["on"]}
 

@@ -6,11 +6,11 @@ import dataclasses
 
 from test_bench import BW, LOG_MIB, expected_kv_bytes
 
-from edgekit import bench as bench_mod
-from edgekit.bench import BenchOptions, bench
-from edgekit.build import build
-from edgekit.checkpoint import load_checkpoint
-from edgekit.targets import TARGETS, load_target
+from edgekit.measure import bench as bench_mod
+from edgekit.measure.bench import BenchOptions, bench
+from edgekit.builder.pipeline import build
+from edgekit.model.checkpoint import load_checkpoint
+from edgekit.profiles.targets import TARGETS, load_target
 
 
 def test_pi5_lean_is_pi5_with_the_lean_build_and_its_prefill_knobs():

@@ -12,9 +12,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from edgekit.errors import OutputError, TokenizerError
-from edgekit.formats.gguf.vocab import add_vocab
-from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
+from edgekit.core.errors import OutputError, TokenizerError
+from edgekit.backends.gguf.vocab import add_vocab
+from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
 TINY = 1024
 E2B = 262144
@@ -187,10 +187,10 @@ def test_gguf_end_of_generation_tokens(tiny_gguf):
 
 
 def test_built_gguf_tokenizes_like_hf(tiny_ckpt, tmp_path):
-    """The converter's own GGUF (edgekit.build, which calls add_vocab) against transformers."""
+    """The converter's own GGUF (edgekit.builder.pipeline, which calls add_vocab) against transformers."""
     from transformers import AutoTokenizer
 
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     folder = build(str(tiny_ckpt), target="pi5", quants=["f32"], out=tmp_path)
     [path] = sorted(Path(folder).glob("*.gguf"))

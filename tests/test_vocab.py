@@ -1,6 +1,6 @@
 """Lean vocabulary (edgekit/vocab): the trimmed tokenizer, configs and rows against the full build.
 
-Tiny random checkpoint (edgekit.synth), trimmed to N_LEAN of its 1,024 tokens on the default corpus.
+Tiny random checkpoint (edgekit.dev.synth), trimmed to N_LEAN of its 1,024 tokens on the default corpus.
 Round trips run in the three tokenizers a deployment meets (transformers' tokenizers library,
 llama.cpp, mlx-lm's wrapper); exactness compares the lean model's logits with the full model's at
 the kept ids, in llama.cpp (F32 artifact, F32 KV cache) and MLX (bf16 weights computed in fp32).
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.checkpoint import sha256_file
+from edgekit.model.checkpoint import sha256_file
 from edgekit.cli import app
 from reference import llama_logits
 from test_tokenizer import TEXTS
@@ -27,7 +27,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def builds(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     quants = ["f32", "mlx-bf16"]
     full = build(str(tiny_ckpt), target="pi5", quants=quants, out=tmp_path_factory.mktemp("full"))
@@ -60,7 +60,7 @@ def _ids(tok, text):
 # ---- what is kept, and the files that say so -----------------------------------------------------
 
 def test_manifest_records_size_corpus_and_id_map(builds, manifest, id_map):
-    from edgekit.vocab import default_corpus
+    from edgekit.builder.vocab import default_corpus
 
     lean = builds[1]
     assert [a["file"] for a in manifest["artifacts"]] == [f"tiny-gemma4-v{N_LEAN}-F32.gguf", f"tiny-gemma4-v{N_LEAN}-mlx-bf16"]
@@ -109,7 +109,7 @@ def test_tokens_configs_and_merges_are_renumbered(tiny_ckpt, builds, id_map):
 def test_rows_are_the_kept_rows(tiny_ckpt, builds, id_map):
     import gguf
 
-    from edgekit.checkpoint import load_checkpoint
+    from edgekit.model.checkpoint import load_checkpoint
 
     full = load_checkpoint(str(tiny_ckpt)).tensors
     t = {x.name: x for x in gguf.GGUFReader(builds[1] / f"tiny-gemma4-v{N_LEAN}-F32.gguf").tensors}
@@ -120,8 +120,8 @@ def test_rows_are_the_kept_rows(tiny_ckpt, builds, id_map):
 
 def test_gather_streams_runs_across_chunks(tmp_path):
     # Runs of consecutive ids crossing chunk boundaries, singletons, first and last row.
-    from edgekit.safetensors_io import TensorSpec, read_tensors, write_safetensors
-    from edgekit.vocab.lean import gather_rows
+    from edgekit.model.safetensors_io import TensorSpec, read_tensors, write_safetensors
+    from edgekit.builder.vocab.lean import gather_rows
 
     table = np.arange(1000 * 24, dtype=np.uint16).reshape(1000, 24)
     write_safetensors(tmp_path / "t.safetensors", [TensorSpec("w", (1000, 24), "BF16")], lambda s: [table])
@@ -209,7 +209,7 @@ def same_ids_text(toks, id_map):
     """Corpus words, each appended while the text's lean tokenization still maps to its full one (no
     whole corpus sentence does at 640 of 1,024 tokens: BPE runs over the whole text, so one dropped
     merge anywhere changes a sentence)."""
-    from edgekit.tokenizer import corpus
+    from edgekit.dev.synthetic_tokenizer import corpus
 
     full, lean = toks
     same = lambda t: [int(id_map[i]) for i in _ids(lean, t)] == _ids(full, t)   # noqa: E731
@@ -239,7 +239,7 @@ def test_gguf_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
 
 def test_mlx_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
     mx = pytest.importorskip("mlx.core")
-    from edgekit.mlx_ple import load_mlx_model
+    from edgekit.backends.mlx.ple import load_mlx_model
 
     full_ids, lean_ids = same_ids_text
 
@@ -306,8 +306,8 @@ def test_corpus_missing_and_corpus_without_size(tmp_path, tiny_ckpt):
 
 
 def test_recipe_vocab_is_validated(tmp_path):
-    from edgekit.errors import ConfigError
-    from edgekit.recipes import load_recipe
+    from edgekit.core.errors import ConfigError
+    from edgekit.profiles.recipes import load_recipe
 
     p = tmp_path / "lean.toml"
     p.write_text('format = "gguf"\nquant = "F32"\nftype = "ALL_F32"\nvocab = 65536\n')
@@ -321,7 +321,7 @@ def test_user_corpus_picks_its_tokens(tmp_path, tiny_ckpt):
     # A corpus of one sentence: its tokens are kept before any other corpus-free token.
     from tokenizers import Tokenizer
 
-    from edgekit.vocab import SourceTokenizer, corpus_from_bytes, select
+    from edgekit.builder.vocab import SourceTokenizer, corpus_from_bytes, select
 
     text = "SELECT name, count(*) FROM tokens WHERE id < 1024 GROUP BY name ORDER BY 2 DESC;"
     src = SourceTokenizer.read(tiny_ckpt)
@@ -340,8 +340,8 @@ def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
 
     import llama_cpp
 
-    from edgekit.build import build
-    from edgekit.recipes import RECIPES
+    from edgekit.builder.pipeline import build
+    from edgekit.profiles.recipes import RECIPES
 
     lean = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-lean", vocab=N_LEAN)
     monkeypatch.setitem(RECIPES._items, "q4_0-lean", lean)
@@ -365,9 +365,9 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     # ≈20 s and ≈1 GB here (two 262k-token tokenizers loaded).
     from tokenizers import Tokenizer
 
-    from edgekit.tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
-    from edgekit.vocab import SourceTokenizer, default_corpus, select
-    from edgekit.vocab.lean import lean_tokenizer_json
+    from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
+    from edgekit.builder.vocab import SourceTokenizer, default_corpus, select
+    from edgekit.builder.vocab.lean import lean_tokenizer_json
 
     write_synthetic_tokenizer(tmp_path, 262144, n_merges=GEMMA4_MERGES)
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [1, 106], "bos_token_id": 2, "pad_token_id": 0}))
@@ -389,8 +389,8 @@ def test_vocab_not_positive(tmp_path, tiny_ckpt):
 
 def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
     # The library call: Checkpoint + N + corpus -> a lean Checkpoint the converters read.
-    from edgekit.checkpoint import load_checkpoint
-    from edgekit.vocab import default_corpus, trim_checkpoint
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.builder.vocab import default_corpus, trim_checkpoint
 
     full = load_checkpoint(str(tiny_ckpt))
     lean, sel = trim_checkpoint(full, 512, default_corpus(), tmp_path)

@@ -21,7 +21,7 @@ from typing import Any, Optional, Protocol, Sequence
 
 import numpy as np
 
-from ..errors import ArtifactError, ConfigError
+from ..core.errors import ArtifactError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ def _bos_of(folder: Path) -> Optional[int]:
 
 class GgufSource:
     def __init__(self, path: Path, threads: int, ctx: int, runtime: dict[str, Any]):
-        from ..runners.base import RunOptions
-        from ..runners.llamacpp import LlamaCppRunner
+        from ..backends.runner import RunOptions
+        from ..backends.gguf.runner import LlamaCppRunner
 
         self.label, self.runner = path.name, LlamaCppRunner()
         # One batch holds a whole window (llama-perplexity: n_batch = n_ctx); ubatch is the runtime's.
@@ -111,8 +111,8 @@ class GgufSource:
 
 class MlxSource(_TokenizersMixin):
     def __init__(self, path: Path, ctx: int, runtime: dict[str, Any]):
-        from ..runners.base import RunOptions
-        from ..runners.mlx import MlxRunner
+        from ..backends.runner import RunOptions
+        from ..backends.mlx.runner import MlxRunner
 
         self.label, self.folder, self.runner = path.name, Path(path), MlxRunner()
         rt = {k: v for k, v in runtime.items() if k != "kv_fill"}  # kv_fill would fake the context
@@ -133,7 +133,7 @@ class HfSource(_TokenizersMixin):
     """transformers' Gemma4ForCausalLM on a checkpoint folder."""
 
     def __init__(self, folder: Path, dtype: str = "float32", threads: int = 2):
-        from ..hf_model import DTYPES, load_torch_model
+        from ..dev.hf_model import DTYPES, load_torch_model
 
         if dtype not in DTYPES:
             raise ConfigError(f"--reference-dtype {dtype!r}: choose one of {', '.join(DTYPES)}")

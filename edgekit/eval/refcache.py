@@ -23,8 +23,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..fsutil import atomic_path
+from ..core.errors import ArtifactError
+from ..core.fsutil import atomic_path
 from .metrics import RefRows
 
 FORMAT = 2

@@ -21,11 +21,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from ..bench import Planned, _target, plan, profile_knobs
-from ..errors import ArtifactError, ConfigError
-from ..host import device_name, host_info
-from ..manifest import id_map_file, versions
-from ..runners import ENGINES
+from ..measure.bench import Planned, _target, plan, profile_knobs
+from ..core.errors import ArtifactError, ConfigError
+from ..core.host import device_name, host_info
+from ..builder.manifest import id_map_file, versions
+from ..backends.engines import ENGINES
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
@@ -67,7 +67,7 @@ def _threads(opts: EvalOptions) -> int:
 
 
 def _is_hf_checkpoint(p: Path) -> bool:
-    from ..safetensors_io import read_header
+    from ..model.safetensors_io import read_header
 
     shard = next(iter(sorted(p.glob("*.safetensors"))), None)
     if not (p / "config.json").is_file() or shard is None:
@@ -112,7 +112,7 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
     if p.is_file() and p.suffix == ".npz":
         return _Ref(p.name, "", {}, None, cache_file=p)
     if p.is_dir() and _is_hf_checkpoint(p):
-        from ..checkpoint import load_checkpoint
+        from ..model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(p)
         sha = ckpt.fingerprint()["sha256"]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..errors import BenchError, ConfigError
-from ..host import device_name, host_info
-from ..manifest import versions
+from ..core.errors import BenchError, ConfigError
+from ..core.host import device_name, host_info
+from ..builder.manifest import versions
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
 from .packs import resolve_suite
 from .record import SuiteRecord
@@ -155,12 +155,12 @@ class SuiteOptions:
 
 
 def engine_chat(path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] = None) -> tuple[Render, Generate, Callable[[], None]]:
-    """render/generate for an artifact: its own chat template (edgekit.chat, the one `edgekit run` and
+    """render/generate for an artifact: its own chat template (edgekit.serve.chat, the one `edgekit run` and
     `edgekit serve` use) and greedy decoding on the engine loaded with the target's knobs, stopped at
     the template's stop tokens; the third item closes the engine. ``info`` gets the session's target
     and runtime knobs (what the record says was applied)."""
-    from ..generate import Sampling
-    from ..session import open_session
+    from ..serve.generate import Sampling
+    from ..serve.session import open_session
 
     session = open_session(Path(path), target=opts.target, threads=opts.threads, knobs=dict(opts.runtime))
     if info is not None:
@@ -204,7 +204,7 @@ def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> list[Suite
     """Every artifact the paths name (a dist folder: each in its manifest), and ``opts.reference`` (one
     artifact) when given, over the suite: one SuiteRecord per suite per artifact, each listing the cases
     whose result differs from the reference's (nothing stored or printed)."""
-    from ..bench import plan
+    from ..measure.bench import plan
 
     suite = resolve_suite(suite)
     cases = load_suite(suite)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..fields import utf8_text
+from ..core.errors import ConfigError
+from ..core.fields import utf8_text
 
 DATA = Path(__file__).resolve().parent / "data"
 DEFAULT_TEXT = DATA / "heldout.txt"

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import LabError
+from ..core.errors import LabError
 from . import ssh
 from .deploy import choose_method, probe, send
 from .inventory import Device, join_remote

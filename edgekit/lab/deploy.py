@@ -3,7 +3,7 @@
 rsync (over ssh, with --protect-args so paths travel inside rsync's protocol, never through the
 device's shell) when both ends have rsync >= 3; else scp in its SFTP mode (OpenSSH >= 8.7). The
 device hashes files with its own sha256sum (or macOS's shasum); a folder artifact's digest is put
-together here from per-file hashes exactly as edgekit.manifest.artifact_digest does it.
+together here from per-file hashes exactly as edgekit.builder.manifest.artifact_digest does it.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..errors import ArtifactError, LabError
-from ..manifest import MANIFEST, Manifest, folder_digest, id_map_file, read_manifest, verify
+from ..core.errors import ArtifactError, LabError
+from ..builder.manifest import MANIFEST, Manifest, folder_digest, id_map_file, read_manifest, verify
 from . import ssh
 from .inventory import Device, join_remote
 

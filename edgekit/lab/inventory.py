@@ -14,8 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..registry import data_dir
+from ..core.errors import ConfigError
+from ..core.registry import data_dir
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
 DEFAULT_WORKDIR = "./edgekit"          # i.e. ~/edgekit on the device

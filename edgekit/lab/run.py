@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
-from ..errors import BudgetExceeded, EdgekitError, LabError
+from ..core.errors import BudgetExceeded, EdgekitError, LabError
 from . import ssh
 from .deploy import DeployReport, build_folder, check_target, deploy, remote_dir
 from .inventory import Device

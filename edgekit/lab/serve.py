@@ -3,10 +3,16 @@
 Linux with a systemd user manager: a user unit ``edgekit-serve.service`` (``systemctl --user``; it runs
 while the user is logged in, or always after ``loginctl enable-linger``). Without one (containers, the
 test sshd): the documented fallback, a ``nohup``'d process detached with ``setsid``, its pid in
-``WORKDIR/serve/serve.pid`` and its log in ``WORKDIR/serve/serve.log``; a new deploy stops the old one
-first (SIGTERM, which lets requests in flight finish). macOS: a launchd agent plist in
-~/Library/LaunchAgents loaded with ``launchctl`` (written, not exercised here). Each then waits for
-``/health`` from the device itself over SSH and returns the URL.
+``WORKDIR/serve/serve.pid`` and its log in ``WORKDIR/serve/serve.log``. A new deploy keeps the old server
+until the new one is up: the new one shares the port (``--reuse-port``), and only when its /props names
+the deployed artifact's sha256 and its own pid is the old one stopped (SIGTERM, which lets requests in
+flight finish); a new server that dies or never answers is removed and the old one keeps serving.
+macOS: a launchd agent plist in ~/Library/LaunchAgents loaded with ``launchctl`` (written, not exercised
+here); systemd restarts its unit. Each then checks /props from the device itself over SSH (the sha256,
+so another server answering on the port is never taken for ours) and returns the URL.
+
+Binding: loopback unless told otherwise; a non-loopback bind needs an API key (``--api-key-file``,
+copied to ``WORKDIR/serve/api-key``, mode 600) or ``--insecure`` (checked by the CLI).
 
 ``bench_served`` is the client side of ``edgekit lab run --served``: TTFT (request sent → the first
 streamed text) and decode t/s (streamed tokens after the first over their time), as a client sees
@@ -16,14 +22,16 @@ them, in a results Record marked ``via = "served"``.
 from __future__ import annotations
 
 import json
+import os
 import plistlib
+import secrets
 import shlex
 import time
 import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..errors import ConfigError, LabError
+from ..core.errors import ConfigError, LabError
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -37,20 +45,44 @@ elif command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >
 else echo none; fi
 """
 
-# $1 = state dir, $2... = the serve command. Stops an earlier server (SIGTERM, up to 30 s), starts this one.
+# $1 = state dir, $2... = the serve command: start it beside any earlier server; print its pid.
 NOHUP = r"""
 dir=$1; shift
 mkdir -p "$dir" || exit 1
+if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi
+nohup $s "$@" >"$dir/serve.log.new" 2>&1 </dev/null &
+echo $! >"$dir/serve.pid.new"
+echo $!
+"""
+
+# $1 = state dir: the new server is up; stop the old one (SIGTERM, up to 40 s) and take its place.
+PROMOTE = r"""
+dir=$1
 if [ -f "$dir/serve.pid" ]; then
   old=$(cat "$dir/serve.pid")
   if kill -TERM "$old" 2>/dev/null; then
-    i=0; while kill -0 "$old" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    i=0; while kill -0 "$old" 2>/dev/null && [ $i -lt 400 ]; do sleep 0.1; i=$((i+1)); done
   fi
-  rm -f "$dir/serve.pid"
 fi
-if command -v setsid >/dev/null 2>&1; then s=setsid; else s=; fi
-nohup $s "$@" >"$dir/serve.log" 2>&1 </dev/null &
-echo $! >"$dir/serve.pid"
+mv -f "$dir/serve.pid.new" "$dir/serve.pid" && mv -f "$dir/serve.log.new" "$dir/serve.log"
+"""
+
+# $1 = state dir: the new server failed; stop it, keep its log as serve.log.failed, print its last line.
+ABANDON = r"""
+dir=$1
+pid=$(cat "$dir/serve.pid.new" 2>/dev/null)
+if [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null; then
+  i=0; while kill -0 "$pid" 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  kill -KILL "$pid" 2>/dev/null
+fi
+rm -f "$dir/serve.pid.new"
+mv -f "$dir/serve.log.new" "$dir/serve.log.failed" 2>/dev/null
+grep -v '^[[:space:]]*$' "$dir/serve.log.failed" 2>/dev/null | tail -1
+"""
+
+# $1 = file: the API key on stdin, kept readable by its owner only.
+KEY = r"""
+umask 077; mkdir -p "$(dirname "$1")" && cat >"$1.tmp" && chmod 600 "$1.tmp" && mv -f "$1.tmp" "$1"
 """
 
 # $1 = state dir: stop the fallback server and wait for it to exit.
@@ -78,8 +110,16 @@ launchctl bootout "gui/$(id -u)/$1" 2>/dev/null
 launchctl bootstrap "gui/$(id -u)" "$p"
 """
 
-# $1 = python, $2 = url: exits 0 once /health answers.
-HEALTH = 'exec "$1" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=3)" "$2"'
+# $1 = python, $2 = /props url, $3 = key file ("" for none), $4 = pid ("" for any): prints /props; exit 3
+# when that pid is gone.
+PROPS = r"""
+[ -z "$4" ] || kill -0 "$4" 2>/dev/null || exit 3
+exec "$1" -c "
+import sys, urllib.request
+h = {'Authorization': 'Bearer ' + open(sys.argv[2]).read().strip()} if sys.argv[2] else {}
+print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=h), timeout=3).read().decode())
+" "$2" "$3"
+"""
 
 
 @dataclass
@@ -128,35 +168,78 @@ def state_dir(device: Device) -> str:
     return join_remote(device.workdir, "serve")
 
 
-def start_served(device: Device, rdir: str, *, host: str = "0.0.0.0", port: int = 8080,
-                 serve_args: Optional[list[str]] = None, wait_s: float = 120.0) -> Served:
-    """Start (or restart) ``edgekit serve`` on the device for the build in ``rdir``; wait for /health."""
-    argv = serve_argv(device, rdir, host, port, list(serve_args or []))
-    mode = _script(device, PROBE, [], "probing the service manager")
+def key_file(device: Device) -> str:
+    return join_remote(state_dir(device), "api-key")
+
+
+def start_served(device: Device, rdir: str, sha256: str, *, host: str = "127.0.0.1", port: int = 8080,
+                 serve_args: Optional[list[str]] = None, wait_s: float = 120.0,
+                 api_key: Optional[str] = None) -> Served:
+    """Start (or replace) ``edgekit serve`` on the device for the build in ``rdir``; return once its
+    /props names ``sha256`` (nohup: and its own pid). The old server keeps serving until then (nohup)."""
     sdir = state_dir(device)
+    extra = list(serve_args or [])
+    kfile = ""
+    if api_key:
+        kfile = key_file(device)
+        _script(device, KEY, [kfile], "writing the API key", input=api_key.encode() + b"\n")
+        extra += ["--api-key-file", kfile]
+    mode = _script(device, PROBE, [], "probing the service manager")
+    pid = ""
     if mode == "systemd":
+        argv = serve_argv(device, rdir, host, port, extra)
         _script(device, SYSTEMD, ["-", UNIT], "installing the systemd user unit", input=systemd_unit(argv).encode())
         where, log_cmd = f"~/.config/systemd/user/{UNIT}.service", f"journalctl --user -u {UNIT} -n 20"
     elif mode == "launchd":
+        argv = serve_argv(device, rdir, host, port, extra)
         log = join_remote(sdir, "serve.log")
         _script(device, LAUNCHD, [LAUNCHD_LABEL], "loading the launchd agent", input=launchd_plist(argv, log))
         where, log_cmd = f"~/Library/LaunchAgents/{LAUNCHD_LABEL}.plist", f"tail -20 {shlex.quote(log)}"
     else:
-        _script(device, NOHUP, [sdir, *argv], "starting the server (nohup)")
+        argv = serve_argv(device, rdir, host, port, [*extra, "--reuse-port"])
+        pid = _script(device, NOHUP, [sdir, *argv], "starting the server (nohup)")
         mode, where = "nohup", join_remote(sdir, "serve.pid")
         log_cmd = f"tail -20 {shlex.quote(join_remote(sdir, 'serve.log'))}"
-    local = f"http://127.0.0.1:{port}/health"
-    deadline = time.monotonic() + wait_s
-    while True:
-        r = ssh.run(device, ssh.script_argv(device, HEALTH, [device.python, local]), timeout=30)
-        if r.returncode == 0:
-            break
-        if time.monotonic() > deadline:
-            raise LabError(f"device {device.name!r}: the server did not answer {local} within {wait_s:g} s; "
-                           f"see `{log_cmd}` on the device")
-        time.sleep(0.5)
+    try:
+        _wait_props(device, host, port, kfile, pid, sha256, wait_s, log_cmd)
+    except LabError as e:
+        if mode != "nohup":
+            raise
+        last = _script(device, ABANDON, [sdir], "stopping the new server")
+        why = f" (its log ends: {last})" if last else ""
+        raise LabError(f"{e}{why}; the server that was running before, if any, keeps serving") from None
+    if mode == "nohup":
+        _script(device, PROMOTE, [sdir], "replacing the old server")
     shown = device.host if host in ("0.0.0.0", "::") else host
     return Served(device.name, f"http://{shown}:{port}/v1", mode, where)
+
+
+def _wait_props(device: Device, host: str, port: int, kfile: str, pid: str, sha256: str, wait_s: float,
+                log_cmd: str) -> dict[str, Any]:
+    """Poll /props from the device until it names ``sha256`` (and ``pid``): a port shared with the old
+    server answers from either, and another program answering there is never taken for ours."""
+    ask = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    url = f"http://{'[' + ask + ']' if ':' in ask else ask}:{port}/props"
+    deadline = time.monotonic() + wait_s
+    seen = ""
+    while True:
+        r = ssh.run(device, ssh.script_argv(device, PROPS, [device.python, url, kfile, pid]), timeout=30)
+        if r.returncode == 3:
+            raise LabError(f"device {device.name!r}: the new server exited before answering")
+        if r.returncode == 0:
+            try:
+                props = json.loads(r.stdout)
+                got = (props.get("artifact") or {}).get("sha256", "")
+                if got == sha256 and (not pid or str(props.get("pid")) == pid):
+                    return props
+                seen = got or "no sha256"
+            except (ValueError, AttributeError):
+                seen = "not an edgekit server"
+        if time.monotonic() > deadline:
+            what = f"; what answers there serves {seen[:12]}" if seen else ""
+            raise LabError(f"device {device.name!r}: no server at {url} named artifact sha256 {sha256[:12]}… "
+                           f"within {wait_s:g} s{what}; see `{log_cmd}` on the device")
+        time.sleep(0.5)
 
 
 def stop_served(device: Device) -> None:
@@ -171,12 +254,13 @@ class NoServer(LabError):
     """Nothing answers at the URL (refused, unresolvable, timed out)."""
 
 
-def _open(url: str, timeout: float, data: Optional[bytes] = None) -> Any:
+def _open(url: str, timeout: float, data: Optional[bytes] = None, key: Optional[str] = None) -> Any:
     import socket
     import urllib.error
     import urllib.parse
 
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         return urllib.request.urlopen(req, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -197,8 +281,8 @@ def _open(url: str, timeout: float, data: Optional[bytes] = None) -> Any:
         raise NoServer(f"no server answers at {u.scheme}://{u.netloc} ({why})") from None
 
 
-def _sse(url: str, body: dict[str, Any], timeout: float) -> Any:
-    r = _open(url, timeout, json.dumps(body).encode())
+def _sse(url: str, body: dict[str, Any], timeout: float, key: Optional[str] = None) -> Any:
+    r = _open(url, timeout, json.dumps(body).encode(), key)
     with r:
         for raw in r:
             line = raw.decode("utf-8", "replace").strip()
@@ -207,7 +291,7 @@ def _sse(url: str, body: dict[str, Any], timeout: float) -> Any:
 
 
 def one_request(base: str, model: str, messages: list[dict[str, Any]], max_tokens: int,
-                timeout: float = 600.0) -> dict[str, Any]:
+                timeout: float = 600.0, key: Optional[str] = None) -> dict[str, Any]:
     """One streamed greedy chat of exactly ``max_tokens`` (``ignore_eos``), timed as its client sees it:
     ttft_ms (request sent → the first generated text, content or thinking), decode_tps (the tokens after
     the first over the time from the first text to the finish chunk), total_ms (request sent → [DONE]),
@@ -217,7 +301,7 @@ def one_request(base: str, model: str, messages: list[dict[str, Any]], max_token
     t0 = time.perf_counter()
     first = end = None
     usage: dict[str, Any] = {}
-    for chunk in _sse(base.rstrip("/") + "/chat/completions", body, timeout):
+    for chunk in _sse(base.rstrip("/") + "/chat/completions", body, timeout, key):
         if chunk.get("usage"):
             usage = chunk["usage"]
         for ch in chunk.get("choices") or []:
@@ -237,22 +321,23 @@ def one_request(base: str, model: str, messages: list[dict[str, Any]], max_token
             "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
 
 
-def _get(url: str, timeout: float = 30.0) -> Any:
-    with _open(url, timeout) as r:
+def _get(url: str, timeout: float = 30.0, key: Optional[str] = None) -> Any:
+    with _open(url, timeout, key=key) as r:
         return json.loads(r.read())
 
 
-def model_id(base: str, timeout: float = 30.0) -> str:
-    return _get(base.rstrip("/") + "/models", timeout)["data"][0]["id"]
+def model_id(base: str, timeout: float = 30.0, key: Optional[str] = None) -> str:
+    return _get(base.rstrip("/") + "/models", timeout, key)["data"][0]["id"]
 
 
-def server_props(base: str, timeout: float = 30.0) -> dict[str, Any]:
+def server_props(base: str, timeout: float = 30.0, key: Optional[str] = None) -> dict[str, Any]:
     """The server's GET /props (what it serves, its knobs, its peak RSS so far); ``base`` ends in /v1."""
     root = base.rstrip("/").removesuffix("/v1")
-    return _get(root + "/props", timeout)
+    return _get(root + "/props", timeout, key)
 
 
-def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6) -> tuple[list[dict[str, Any]], int]:
+def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6,
+              key: Optional[str] = None) -> tuple[list[dict[str, Any]], int]:
     """A one-turn chat whose rendered prompt is ``n_tokens`` tokens as the server counts them (words are
     added or dropped by the difference until it is), or the closest found; returns it and its count."""
     def chat(k: int) -> list[dict[str, Any]]:
@@ -260,7 +345,7 @@ def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6) -> tuple[lis
 
     k, best = n_tokens, None
     for _ in range(tries):
-        got = one_request(base, model, chat(k), 1)["prompt_tokens"]
+        got = one_request(base, model, chat(k), 1, key=key)["prompt_tokens"]
         if best is None or abs(got - n_tokens) < abs(best[1] - n_tokens):
             best = (k, got)
         if got == n_tokens or k <= 1 and got > n_tokens:
@@ -270,26 +355,26 @@ def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6) -> tuple[lis
 
 
 def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, reps: int = 3,
-                 ssh_host: str = "") -> Any:
+                 ssh_host: str = "", key: Optional[str] = None) -> Any:
     """A results Record (``via = "served"``) of the endpoint as its client sees it: after one warm-up
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
-    from ..runners.base import mean_sd
+    from ..backends.runner import mean_sd
     from ..results import Record
 
     if min(n_prompt, n_gen, reps) < 1:
         raise LabError("-p, -n and -r must be at least 1")
-    props = server_props(base)
+    props = server_props(base, key=key)
     a = props.get("artifact") or {}
-    model = model_id(base)
-    messages, p = prompt_of(base, model, n_prompt)
-    one_request(base, model, messages, min(n_gen, 4))
-    runs = [one_request(base, model, messages, n_gen) for _ in range(reps)]
+    model = model_id(base, key=key)
+    messages, p = prompt_of(base, model, n_prompt, key=key)
+    one_request(base, model, messages, min(n_gen, 4), key=key)
+    runs = [one_request(base, model, messages, n_gen, key=key) for _ in range(reps)]
     for r in runs:
         if r["completion_tokens"] != n_gen or r["prompt_tokens"] != p:
             raise LabError(f"{base}: asked for {n_gen} tokens after {p}, the server counted "
                            f"{r['completion_tokens']} after {r['prompt_tokens']}; is it an edgekit serve?")
-    after = server_props(base)
+    after = server_props(base, key=key)
     samples = {"ttft_ms": [r["ttft_ms"] for r in runs], "tg_tps": [r["decode_tps"] for r in runs],
                "total_ms": [r["total_ms"] for r in runs],
                # a client cannot time the prefill alone: the prompt's tokens over the TTFT it waited
@@ -338,7 +423,8 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
 
 
 def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: Any = None, push: bool = True,
-                   method: str = "auto", port: int = 8080, on_outcome: Any = None) -> list[Any]:
+                   method: str = "auto", port: int = 8080, on_outcome: Any = None,
+                   host: str = "0.0.0.0") -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
     from .run import Outcome, for_each
@@ -346,9 +432,13 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
     n_prompt, n_gen, reps = served_args(args)
 
     def work(d: Device) -> Any:
-        url = deploy_served(dist, d, port=port, method=method).url if push else f"http://{d.host}:{port}/v1"
+        # Benched from here over the network: every interface, behind a key made for this run (with
+        # --no-deploy, the running server's key from $EDGEKIT_API_KEY, if it has one).
+        key = secrets.token_urlsafe(24) if push else os.environ.get("EDGEKIT_API_KEY")
+        url = deploy_served(dist, d, host=host, port=port, method=method, api_key=key).url if push \
+            else f"http://{d.host}:{port}/v1"
         try:
-            return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host)
+            return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host, key=key)
         except NoServer as e:
             raise LabError(f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
                            f"--serve --port {port}`, or run without --no-deploy") from None
@@ -369,11 +459,17 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
     return sorted(outcomes, key=lambda o: order.get(o.device, len(order)))
 
 
-def deploy_served(dist: Any, device: Device, *, host: str = "0.0.0.0", port: int = 8080,
-                  serve_args: Optional[list[str]] = None, method: str = "auto") -> Served:
-    """Deploy the device's build (sha256-checked, as ``deploy``), then start the server on it."""
-    from .deploy import deploy
+def deploy_served(dist: Any, device: Device, *, host: str = "127.0.0.1", port: int = 8080,
+                  serve_args: Optional[list[str]] = None, method: str = "auto",
+                  api_key: Optional[str] = None, wait_s: float = 120.0) -> Served:
+    """Deploy the device's build (sha256-checked, as ``deploy``), then start the server on it and check
+    that it serves that build's first artifact (the one ``edgekit serve`` picks)."""
+    from .deploy import build_folder, deploy, load_build
 
+    manifest = load_build(build_folder(dist, device), device)
+    if not manifest.artifacts:
+        raise LabError(f"{dist}: the manifest lists no artifacts; rebuild with `edgekit build`")
     with ssh.multiplexed(device):
         report = deploy(dist, device, method=method)
-        return start_served(device, report.remote_dir, host=host, port=port, serve_args=serve_args)
+        return start_served(device, report.remote_dir, manifest.artifacts[0].sha256, host=host, port=port,
+                            serve_args=serve_args, api_key=api_key, wait_s=wait_s)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import LabError
+from ..core.errors import LabError
 from .inventory import Device
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def slow_quantize(spec, step):
-    from edgekit.formats.gguf.quantize import quantize_child
+    from edgekit.backends.gguf.quantize import quantize_child
 
     Path(spec.dst).write_bytes(b"partial")   # the quantizer's output exists, as mid-quantization
     Path(spec.dst + ".started").touch()
@@ -17,7 +17,7 @@ def slow_quantize(spec, step):
 
 
 def fails(spec, step):
-    from edgekit.errors import ArtifactError
+    from edgekit.core.errors import ArtifactError
 
     step("about to fail")
     raise ArtifactError(f"{spec.src}: refused in the child")

@@ -36,14 +36,14 @@ DRIVER = textwrap.dedent("""
     what, src, out = sys.argv[1:4]
     try:
         if what == "build":
-            import edgekit.formats.gguf.quantize as q
+            import edgekit.backends.gguf.quantize as q
             real = q.run_child
             # the real child, its quantizer slowed (tests/faults/slow_child.py) so the signal lands in it
             q.run_child = lambda entry, *a, **kw: real("slow_child:slow_quantize", *a, **kw)
-            from edgekit.build import build
+            from edgekit.builder.pipeline import build
             build(src, target="pi5", quants=["q8_0"], out=Path(out))
         else:
-            from edgekit.bench import BenchOptions, bench
+            from edgekit.measure.bench import BenchOptions, bench
             bench(Path(src), BenchOptions(n_prompt=64, n_gen=64, reps=100000, threads=1, ctx=256, roofline=False))
     except KeyboardInterrupt:
         print("interrupted", flush=True)
@@ -59,12 +59,12 @@ def start(what: str, src: Path, out: Path) -> subprocess.Popen:
 
 
 def engine_child(proc: subprocess.Popen, ready, timeout: float = 120) -> psutil.Process:
-    """The running ``edgekit.child`` under ``proc``, once ``ready()`` says it is at work."""
+    """The running ``edgekit.core.child`` under ``proc``, once ``ready()`` says it is at work."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
         kids = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                if "edgekit.child" in " ".join(c.cmdline())]
+                if "edgekit.core.child" in " ".join(c.cmdline())]
         if kids and ready():
             return kids[0]
         time.sleep(0.1)
@@ -83,7 +83,7 @@ def gone(p: psutil.Process, timeout: float = 15) -> bool:
 
 @pytest.fixture(scope="module")
 def f16(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
 
@@ -144,15 +144,15 @@ def test_sigkill_of_the_cli_bench_takes_the_child_with_it(f16, tmp_path):
 def test_a_child_whose_parent_is_gone_at_start_exits(tmp_path):
     # The death signal is armed by the child itself: a parent that died before that is caught by the
     # parent-pid check right after, so the child never runs orphaned.
-    res = subprocess.run([sys.executable, "-m", "edgekit.child", "edgekit.runners.measure:measure", "1", "0"],
+    res = subprocess.run([sys.executable, "-m", "edgekit.core.child", "edgekit.measure.worker:measure", "1", "0"],
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL, timeout=60)
     assert res.returncode == 70
 
 
 def test_child_errors_come_back_as_their_class_and_crashes_as_child_died(monkeypatch):
-    from edgekit.child import ChildDied, run_child
-    from edgekit.errors import ArtifactError
-    from edgekit.formats.gguf.quantize import QuantizeResult, QuantizeSpec
+    from edgekit.core.child import ChildDied, run_child
+    from edgekit.core.errors import ArtifactError
+    from edgekit.backends.gguf.quantize import QuantizeResult, QuantizeSpec
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
     steps = []

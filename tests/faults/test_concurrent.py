@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from edgekit.checkpoint import sha256_file
-from edgekit.manifest import read_manifest, verify
+from edgekit.model.checkpoint import sha256_file
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import edgekit_cmd, env, hidden_leftovers, run_cli
 
 QUANTS = "f16,q8_0"   # one written by the converter, one by llama.cpp's quantizer from an intermediate
@@ -27,8 +27,8 @@ WAIT_LINE = "another edgekit build is writing here; waiting for it to finish"
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
     """Two checkpoints named alike (tiny-gemma4) from seeds 1 and 2, and each one's reference build."""
-    from edgekit.build import build
-    from edgekit.synth import synth
+    from edgekit.builder.pipeline import build
+    from edgekit.dev.synth import synth
 
     root = tmp_path_factory.mktemp("seeds")
     out = {}
@@ -82,7 +82,7 @@ def test_two_builds_into_one_folder_leave_a_manifest_for_one_of_them(seeds, tmp_
         assert rcs == [0, 0], [log.read_text() for log in logs]
         if held is not None:
             for log in logs:
-                assert f"WARNING edgekit.staging: {folder}: {WAIT_LINE}" in log.read_text().splitlines()
+                assert f"WARNING edgekit.builder.staging: {folder}: {WAIT_LINE}" in log.read_text().splitlines()
         winners.append(_check_folder(folder, seeds))
     # bench checks every manifest entry's bytes and sha256 before it runs anything, then runs them.
     res = run_cli("bench", folder, "-p", "4", "-n", "2", "-r", "1", "--no-store", "-o", "json", timeout=600)

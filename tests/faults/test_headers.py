@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.errors import ArtifactError, CheckpointError
-from edgekit.safetensors_io import read_tensors
+from edgekit.core.errors import ArtifactError, CheckpointError
+from edgekit.model.safetensors_io import read_tensors
 
 
 def write_raw(path, header, data: bytes = b"\0" * 64) -> None:
@@ -90,7 +90,7 @@ def test_mlx_folder_with_a_malformed_header_is_one_line_on_bench(tmp_path):
 
 
 def test_mlx_ple_table_with_a_malformed_header_is_an_artifact_error(tmp_path):
-    from edgekit.mlx_ple import PLE_FILE, open_ple
+    from edgekit.backends.mlx.ple import PLE_FILE, open_ple
 
     write_raw(tmp_path / PLE_FILE, {"x": 1})
     with pytest.raises(ArtifactError) as e:
@@ -111,7 +111,7 @@ def _gguf_with_alignment(path, alignment: int) -> None:
 
 @pytest.mark.parametrize("alignment", [0, 3])
 def test_gguf_with_a_bad_alignment_is_one_line(tmp_path, alignment):
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     path = tmp_path / "bad.gguf"
     _gguf_with_alignment(path, alignment)
@@ -123,7 +123,7 @@ def test_gguf_with_a_bad_alignment_is_one_line(tmp_path, alignment):
 
 
 def test_gguf_with_the_default_alignment_reads(tmp_path):
-    from edgekit.formats.gguf.header import read_gguf_header
+    from edgekit.backends.gguf.header import read_gguf_header
 
     _gguf_with_alignment(tmp_path / "ok.gguf", 32)
     assert read_gguf_header(tmp_path / "ok.gguf").tensors["token_embd.weight"].n_bytes == 8 * 32 * 4

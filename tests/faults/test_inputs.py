@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.manifest import verify
+from edgekit.builder.manifest import verify
 from faultkit import assert_one_line, hidden_leftovers, run_cli, tmpfs
 
 runner = CliRunner()
@@ -99,9 +99,9 @@ RECIPE_FIX = "fix the TOML (see quant/q4_0.toml for the fields)"
 def _registry(monkeypatch, tmp_path, module: str, loader: str, content: str | bytes):
     import importlib
 
-    from edgekit.registry import Registry
+    from edgekit.core.registry import Registry
 
-    mod = importlib.import_module(f"edgekit.{module}")
+    mod = importlib.import_module(f"edgekit.profiles.{module}")
     path = tmp_path / module / "bad.toml"
     path.parent.mkdir()
     path.write_bytes(content if isinstance(content, bytes) else content.encode())

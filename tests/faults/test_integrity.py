@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
-from edgekit.manifest import read_manifest, verify
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import assert_one_line, hidden_leftovers, tmpfs
 
 runner = CliRunner()
@@ -50,7 +50,7 @@ def disk(tmp_path):
 
 @pytest.mark.parametrize("quant", ["x/../../../../evil", "/tmp/evil", "..", "Q4\\..\\evil"])
 def test_a_recipe_quant_that_is_a_path_is_refused_before_anything_is_written(tiny_ckpt, tmp_path, monkeypatch, quant):
-    from edgekit.recipes import RECIPES
+    from edgekit.profiles.recipes import RECIPES
 
     monkeypatch.setitem(RECIPES._items, "evil", dataclasses.replace(RECIPES.get("f16"), name="evil", quant=quant))
     before = sorted(tmp_path.parent.rglob("*evil*"))
@@ -96,7 +96,7 @@ def test_a_lean_id_map_outside_the_folder_is_refused_by_bench_eval_and_deploy(go
 
 def _poke(shard: Path, tensor: str, value: float) -> None:
     """Set element 7 of ``tensor`` to ``value`` in place, in the tensor's own dtype."""
-    from edgekit.safetensors_io import read_header
+    from edgekit.model.safetensors_io import read_header
 
     header, _, base = read_header(shard)
     info = header[tensor]
@@ -115,7 +115,7 @@ TENSOR = "model.language_model.layers.3.mlp.down_proj.weight"
 @pytest.mark.parametrize("dtype", ["bf16", "f16", "f32"])
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
 def test_nonfinite_source_weights_are_refused_naming_the_tensor(tmp_path, dtype, value):
-    from edgekit.synth import synth
+    from edgekit.dev.synth import synth
 
     ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=3, dtype=dtype)
     _poke(next(ckpt.glob("*.safetensors")), TENSOR, value)
@@ -128,7 +128,7 @@ def test_nonfinite_source_weights_are_refused_naming_the_tensor(tmp_path, dtype,
 
 
 def test_allow_nonfinite_builds_and_the_manifest_says_so(tmp_path):
-    from edgekit.synth import synth
+    from edgekit.dev.synth import synth
 
     ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=3)
     shard = next(ckpt.glob("*.safetensors"))
@@ -153,8 +153,8 @@ def test_a_rebuild_refused_late_keeps_the_earlier_build(good_build, tiny_ckpt, t
 
 
 def test_a_quantizer_failure_on_the_last_recipe_keeps_the_earlier_build(good_build, tiny_ckpt, monkeypatch):
-    import edgekit.formats.gguf.quantize as q
-    from edgekit.errors import QuantizeError
+    import edgekit.backends.gguf.quantize as q
+    from edgekit.core.errors import QuantizeError
 
     out, folder, before = good_build
     real = q.quantize
@@ -222,10 +222,10 @@ def _fake_bench(calls):
 
 
 def test_an_unusable_store_fails_before_anything_is_measured(good_build, tmp_path, monkeypatch):
-    import edgekit.bench
+    import edgekit.measure.bench
 
     calls: list = []
-    monkeypatch.setattr(edgekit.bench, "bench_sweep", _fake_bench(calls))
+    monkeypatch.setattr(edgekit.measure.bench, "bench_sweep", _fake_bench(calls))
     db = tmp_path / "a-folder.db"
     db.mkdir()
     assert_one_line(run("bench", good_build[1], "--db", db), 1,
@@ -234,7 +234,7 @@ def test_an_unusable_store_fails_before_anything_is_measured(good_build, tmp_pat
 
 
 def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk, monkeypatch):
-    import edgekit.bench
+    import edgekit.measure.bench
     from edgekit.results import parse_json
 
     mnt = disk("1m")
@@ -246,7 +246,7 @@ def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk,
         _fill(mnt)   # the disk fills while the runs go on
         return fake(path, opts)
 
-    monkeypatch.setattr(edgekit.bench, "bench_sweep", measure_then_fill)
+    monkeypatch.setattr(edgekit.measure.bench, "bench_sweep", measure_then_fill)
     res = run("bench", good_build[1], "--db", db, "-o", "json")
     assert calls, (res.exit_code, res.exception, res.output)
     assert parse_json(res.stdout) == fake(None, None)   # printed whole
@@ -268,7 +268,7 @@ def _fill(mnt: Path) -> None:
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 def test_values_float16_cannot_hold_are_refused_in_an_f16_build(tmp_path, dtype):
     """Finite source weights over ±65504 would become Inf in an F16 file without a word."""
-    from edgekit.synth import synth
+    from edgekit.dev.synth import synth
 
     ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=4, dtype=dtype)
     _poke(next(ckpt.glob("*.safetensors")), TENSOR, 1e5)

@@ -18,7 +18,7 @@ LLAMA_KNOBS = ("flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatc
 
 @pytest.fixture(scope="module")
 def f16(tiny_ckpt, tmp_path_factory):
-    from edgekit.build import build
+    from edgekit.builder.pipeline import build
 
     return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
 
@@ -26,7 +26,7 @@ def f16(tiny_ckpt, tmp_path_factory):
 @pytest.fixture
 def no_child(monkeypatch):
     """Fail the test if a bench child is started: the settings must be rejected first."""
-    import edgekit.bench as bench_mod
+    import edgekit.measure.bench as bench_mod
 
     def started(*a, **kw):
         raise AssertionError("a child process was started")
@@ -46,7 +46,7 @@ def one_line(res, line: str) -> None:
 
 @pytest.mark.parametrize("value, expected", [("False", False), ("false", False), ("off", False), ("TRUE", True), ("1", True)])
 def test_bool_knob_strings_are_booleans(value, expected):
-    from edgekit.runners.llamacpp import KNOBS
+    from edgekit.backends.gguf.runner import KNOBS
 
     assert KNOBS.validate({"repack": value}, "--set") == {"repack": expected}
 
@@ -91,9 +91,9 @@ def test_ctx_past_the_trained_context_is_rejected(f16, no_child):
 
 
 def test_unknown_profile_knob_is_rejected(f16, no_child):
-    from edgekit.bench import BenchOptions, bench as run
-    from edgekit.errors import ConfigError
-    from edgekit.targets import TARGETS
+    from edgekit.measure.bench import BenchOptions, bench as run
+    from edgekit.core.errors import ConfigError
+    from edgekit.profiles.targets import TARGETS
 
     tgt = dataclasses.replace(TARGETS.get("pi5"), runtime={"kv_typ": "q8_0"})
     with pytest.raises(ConfigError) as e:

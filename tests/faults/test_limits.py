@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from edgekit import bench as bench_mod
-from edgekit import limits
-from edgekit.bench import BenchOptions, bench, check_budget
-from edgekit.budget import limit_notes
-from edgekit.build import build
-from edgekit.errors import BudgetExceeded
+from edgekit.measure import bench as bench_mod
+from edgekit.measure import limits
+from edgekit.measure.bench import BenchOptions, bench, check_budget
+from edgekit.measure.budget import limit_notes
+from edgekit.builder.pipeline import build
+from edgekit.core.errors import BudgetExceeded
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="memory cgroups are Linux only")
 
@@ -46,7 +46,7 @@ def _leftovers() -> list[Path]:
 @pytest.mark.skipif(not _probe().enforced, reason="no memory cgroup here")
 def test_a_sigkilled_benchs_empty_cgroup_is_swept_by_the_next():
     code = ("import os, signal, subprocess, sys\n"
-            "from edgekit import limits\n"
+            "from edgekit.measure import limits\n"
             "with limits.memory_limit(64 << 20) as lim:\n"
             "    print(lim.path, flush=True)\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n")

@@ -18,12 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from edgekit.manifest import read_manifest, verify
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import env, hidden_leftovers, run_cli
 
 HELD_BUILD = """
 import sys, time
-import edgekit.build as b
+import edgekit.builder.pipeline as b
 real = b.source_fingerprint
 def held(ckpt, stop, *a):
     while not stop.is_set():

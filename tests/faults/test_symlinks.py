@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.checkpoint import sha256_file
-from edgekit.fsutil import atomic_dir, atomic_path
-from edgekit.manifest import read_manifest, verify
+from edgekit.model.checkpoint import sha256_file
+from edgekit.core.fsutil import atomic_dir, atomic_path
+from edgekit.builder.manifest import read_manifest, verify
 from faultkit import hidden_leftovers, run_cli
 
 VICTIM = b"precious bytes that must survive\n"
@@ -105,7 +105,7 @@ def test_a_temp_file_swapped_for_a_link_is_never_renamed_into_place(tmp_path):
     target = tmp_path / "out.bin"
     victim = tmp_path / "victim"
     victim.write_bytes(VICTIM)
-    from edgekit.errors import OutputError
+    from edgekit.core.errors import OutputError
 
     with pytest.raises(OutputError, match=r"replaced by something else while being written; nothing was renamed"):
         with atomic_path(target) as tmp:

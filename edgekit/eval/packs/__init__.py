@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import ConfigError
+from ...core.errors import ConfigError
 
 HERE = Path(__file__).resolve().parent
 PACKS: dict[str, Path] = {

@@ -1,0 +1,84 @@
+"""What a format is: one object that checks a recipe, builds an artifact, and reads artifacts back.
+
+A ``Format`` is registered in ``edgekit.backends.formats.FORMATS`` under the name recipes and manifests use
+("gguf", "mlx"). The build calls ``check`` on every recipe before it writes a byte, then ``build``
+per recipe with a ``BuildContext``; the bench calls ``detect`` / ``quant_label`` / ``model_name`` on a
+bare artifact path, ``token_bytes`` for the roofline and ``max_context`` to bound ``--ctx``, and runs
+the artifact on ``engine``. A format never imports a runner (they meet in the manifest).
+
+How to add a format: a package edgekit/backends/<name>/ whose format.py defines a class with
+these members (engine libraries imported inside the methods, so listing formats imports none), an
+instance registered in edgekit/backends/formats.py, and recipes in quant/ naming it. Recipe keys
+beyond the common ones go in ``recipe_keys``; a recipe with any other key is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ..model.checkpoint import Checkpoint
+    from ..builder.manifest import Artifact
+    from ..profiles.recipes import Recipe
+    from ..profiles.targets import Target
+
+T = TypeVar("T")
+
+
+# What a format counts for the roofline (measure/roofline.py); defined here so formats import nothing from measure/.
+@dataclass
+class TokenBytes:
+    total: int                                  # bytes read per decoded token
+    whole: int                                  # of which: matrices read whole
+    gathered: dict[str, int] = field(default_factory=dict)   # table -> bytes of the one row read
+    file_tensor_bytes: int = 0                  # all tensor bytes in the artifact
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
+
+
+@dataclass
+class BuildContext:
+    """One build's shared state: where artifacts go, and what outlives a single recipe.
+
+    ``stack`` closes when the build ends, however it ends (its callbacks remove intermediates);
+    ``shared(key, make)`` makes a resource once per build (``make(ctx)`` registers its own cleanup
+    on ``ctx.stack``), e.g. the lossless GGUF every quantized recipe starts from."""
+
+    target: "Target"
+    out_dir: Path
+    stack: contextlib.ExitStack
+    _shared: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def shared(self, key: str, make: Callable[["BuildContext"], T]) -> T:
+        if key not in self._shared:
+            self._shared[key] = make(self)
+        return self._shared[key]
+
+
+class Format(Protocol):
+    name: str                        # recipes' ``format`` and manifests' artifact format
+    engine: str                      # edgekit.backends.engines.ENGINES key that runs its artifacts
+    recipe_keys: frozenset[str]      # recipe keys this format reads beyond the common ones
+
+    def check(self, recipe: "Recipe") -> None:
+        """Raise what ``build`` would raise up front (engine missing, recipe it cannot follow); write nothing."""
+
+    def build(self, ckpt: "Checkpoint", recipe: "Recipe", ctx: BuildContext) -> "Artifact":
+        """Write one artifact for ``recipe`` under ``ctx.out_dir`` (atomically) and describe it."""
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` looks like an artifact of this format (cheap: names, not contents)."""
+
+    def quant_label(self, path: Path) -> str:
+        """The quant label of an artifact built elsewhere (Q4_0, 4bit-g64, ...; "unknown" if unsaid)."""
+
+    def model_name(self, path: Path) -> str:
+        """The model name a record uses for a bare artifact."""
+
+    def token_bytes(self, path: Path) -> "TokenBytes":
+        """Weight bytes one decoded token reads (ArtifactError for an unreadable artifact)."""
+
+    def max_context(self, path: Path) -> Optional[int]:
+        """The model's trained context (n_ctx_train), or None when the artifact does not say."""

@@ -1,0 +1,1 @@
+"""llama.cpp: the GGUF format, its converter, vocabulary, header reader, quantizer and runner."""

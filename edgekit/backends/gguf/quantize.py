@@ -1,0 +1,140 @@
+"""Quantization by llama.cpp itself (``llama_model_quantize``), honouring a recipe's tensor overrides.
+
+It runs in a child process (edgekit.core.child): a C++ abort or crash inside llama.cpp becomes a clean
+error instead of killing the build, Ctrl-C or SIGTERM stops it at once (the child's process group
+is killed and the partial file removed), the child dies with the build even on SIGKILL, and its
+peak memory is the quantizer's, not the converter's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gguf
+
+from ...core.child import ChildDied, run_child
+from ...core.errors import ConfigError, EngineMissingError, QuantizeError
+from ...core.fsutil import atomic_path, low_space_hint
+from .header import read_gguf_header
+
+log = logging.getLogger(__name__)
+
+# Unquantized recipes are written by the converter directly, no llama.cpp pass.
+FLOAT_FTYPES = {"ALL_F32": "F32", "MOSTLY_F16": "F16", "MOSTLY_BF16": "BF16"}
+# Rows kept in memory at once by the quantizer: slabs keep its peak far below one PLE table.
+MAX_BUF_BYTES = 256 << 20
+
+
+def ggml_type(name: str) -> int:
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise ConfigError(f"unknown tensor type {name!r} in a recipe override; use a ggml type such as q8_0, q6_k, q4_0, f16") from None
+
+
+def llama_ftype(name: str) -> int:
+    import llama_cpp
+
+    value = getattr(llama_cpp, f"LLAMA_FTYPE_{name.upper()}", None)
+    if value is None:
+        raise ConfigError(f"unknown llama ftype {name!r}; use e.g. MOSTLY_Q4_0, MOSTLY_Q8_0, MOSTLY_Q4_K_M")
+    return int(value)
+
+
+@dataclass
+class QuantizeSpec:
+    src: str
+    dst: str
+    ftype: int
+    overrides: list[tuple[str, int]] = field(default_factory=list)
+    threads: int = 0
+    verbose: bool = False
+
+
+@dataclass
+class QuantizeResult:
+    rc: int
+
+
+_SILENT_LOG = None  # the ctypes callback must outlive every llama.cpp log call, so it lives here
+
+
+def quantize_child(spec: QuantizeSpec, step: Callable[[str], None]) -> QuantizeResult:
+    """The child half: one llama_model_quantize call."""
+    import ctypes
+
+    import llama_cpp
+
+    global _SILENT_LOG
+    if not spec.verbose:
+        _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(_SILENT_LOG, ctypes.c_void_p())
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = spec.ftype
+    params.nthread = spec.threads
+    params.max_buf_size = MAX_BUF_BYTES
+    if spec.overrides:
+        arr = (llama_cpp.llama_model_tensor_override * (len(spec.overrides) + 1))()
+        for i, (pattern, t) in enumerate(spec.overrides):
+            arr[i].pattern = pattern.encode()
+            arr[i].type = t
+        arr[len(spec.overrides)].pattern = None
+        params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+    return QuantizeResult(rc=int(llama_cpp.llama_model_quantize(spec.src.encode(), spec.dst.encode(), ctypes.byref(params))))
+
+
+def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
+    """(ftype, overrides) for ``recipe``, or the error quantizing it would end in, before any work."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        raise EngineMissingError("llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]") from None
+    return llama_ftype(recipe.ftype), [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
+
+
+def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
+    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
+    ftype, overrides = check(recipe)
+    with atomic_path(Path(out)) as tmp:
+        spec = QuantizeSpec(str(src), str(tmp), ftype, overrides, max(threads, 0), log.isEnabledFor(logging.DEBUG))
+        try:
+            rc = run_child("edgekit.backends.gguf.quantize:quantize_child", spec, QuantizeResult,
+                           verbose=spec.verbose).rc
+            how = f"return code {rc}"
+        except ChildDied as e:
+            rc, how = -1, e.why
+        if rc != 0 or not tmp.is_file():
+            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how})"
+                                + (low_space_hint(tmp) or "; run with -v for llama.cpp's log"))
+        unmet = unmet_overrides(tmp, recipe.overrides)
+    for pattern, want, names in unmet:
+        if names:
+            log.warning("recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type for "
+                        "some tensors, e.g. per_layer_model_proj, and falls back where a row does not fit the type)", recipe.name, pattern, want,
+                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+        else:
+            log.warning("recipe %s: override %s = %s matches no tensor; check the pattern against the GGUF "
+                        "tensor names (`gguf-dump`)", recipe.name, pattern, want)
+    log.info("quantized %s → %s", src.name, Path(out).name)
+    return Path(out)
+
+
+def unmet_overrides(path: Path, overrides: dict[str, str]) -> list[tuple[str, str, list[str]]]:
+    """(pattern, type, tensor names) for each override the quantized file does not show: tensors that
+    match but kept another type, or no match at all (names empty). llama.cpp skips some tensors and
+    falls back where a type's block does not fit a row, without saying so."""
+    if not overrides:
+        return []
+    types = {n: t.type for n, t in read_gguf_header(path).tensors.items()}
+    out = []
+    for pattern, want in overrides.items():
+        rx = re.compile(pattern)
+        matched = [n for n in types if rx.search(n)]
+        wrong = [n for n in matched if types[n] != gguf.GGMLQuantizationType[want.upper()]]
+        if wrong or not matched:
+            out.append((pattern, want, wrong))
+    return out

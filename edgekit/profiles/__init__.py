@@ -1,0 +1,1 @@
+"""Targets, recipes and knobs: typed data that says what to build and how to run it."""

@@ -1,0 +1,1 @@
+"""edgekit run and serve: session, generation, chat template and reply parsing, the HTTP server."""
