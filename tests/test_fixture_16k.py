@@ -47,7 +47,7 @@ def test_tokenizer_round_trips_heldout(tok, trained_16k_heldout, lang):
 
 def test_heldout_loss_well_below_uniform(trained_16k, trained_16k_heldout, tok):
     torch = pytest.importorskip("torch")
-    from edgekit.hf_model import load_torch_model
+    from edgekit.dev.hf_model import load_torch_model
 
     model = load_torch_model(trained_16k, "float32")
     seq, windows = 256, []
