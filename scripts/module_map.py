@@ -85,9 +85,8 @@ SPLIT: dict[str, dict[str, str]] = {
     },
 }
 
-# Re-export shims left at old paths for the files another branch owns (results.py, report.py import
-# them until the results/ package lands); delete them then.
-SHIMS: tuple[str, ...] = ("edgekit/errors.py", "edgekit/fsutil.py")
+# Re-export shims left at old paths while another branch still imported them (none left).
+SHIMS: tuple[str, ...] = ()
 
 # Folders that moved as a whole (a file added to the old folder on another branch lands in the new one).
 PACKAGES: dict[str, str] = {

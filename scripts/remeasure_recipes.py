@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.eval import EvalOptions, evaluate  # noqa: E402
-from edgekit.eval.record import to_markdown  # noqa: E402
+from edgekit.results.quality import to_markdown  # noqa: E402
 from edgekit.profiles.recipes import RECIPES  # noqa: E402
 
 HEAD, PLE = "^token_embd\\.weight$", "^per_layer_token_embd\\.weight$"

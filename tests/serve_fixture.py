@@ -73,8 +73,8 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
                           timeout=kw.pop("timeout", 300), **kw)
 
 
-def start_server(artifact: Path, log: Path, *args: str) -> Server:
-    port = free_port()
+def start_server(artifact: Path, log: Path, *args: str, port: int | None = None) -> Server:
+    port = port or free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     f = open(log, "w")
     proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],

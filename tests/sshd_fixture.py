@@ -136,10 +136,11 @@ def _stop(proc: subprocess.Popen) -> None:
         p.kill()
 
 
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
+def start_sshd(root: Path, subsystem: str = "internal-sftp") -> SSHD:
+    """One sshd on a free 127.0.0.1 port with its own host key, user key and device dir under ``root``;
+    ``subsystem`` is its sftp server (e.g. a link that corrupts files, tests/corrupt_sftp.py)."""
     binary = _ensure_sshd()
-    root = tmp_path_factory.mktemp("sshd")
+    root.mkdir(parents=True, exist_ok=True)
     host_key, user_key, wrong_key = root / "host_ed25519", root / "user_ed25519", root / "wrong_ed25519"
     for k in (host_key, user_key, wrong_key):
         _keygen(k)
@@ -161,7 +162,7 @@ def sshd(tmp_path_factory):
             f"AuthorizedKeysFile {authorized}", "PubkeyAuthentication yes", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
             # pytest's temp dirs are not the home-dir permissions StrictModes expects.
-            "StrictModes no", f"AllowUsers {user}", "Subsystem sftp internal-sftp",
+            "StrictModes no", f"AllowUsers {user}", f"Subsystem sftp {subsystem}",
             "LogLevel VERBOSE", "MaxStartups 50:30:100", "",
         ]))
         with open(log, "ab") as err:
@@ -177,12 +178,24 @@ def sshd(tmp_path_factory):
     known_hosts = root / "known_hosts"
     key_type, key_b64 = (root / "host_ed25519.pub").read_text().split()[:2]
     known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
-    server = SSHD(root, port, user, user_key, wrong_key, known_hosts, root / "ssh_config", device, log, proc)
-    try:
-        yield server
-    finally:
-        _stop(proc)
+    return SSHD(root, port, user, user_key, wrong_key, known_hosts, root / "ssh_config", device, log, proc)
+
+
+def stop_sshd(server: SSHD) -> None:
+    _stop(server.proc)
+
+
+def assert_no_masters() -> None:
     # edgekit's multiplexing masters (ssh -O exit at the end of every deploy/run) must be gone too.
     masters = [p for p in psutil.process_iter(["cmdline"]) if any("ek-ssh-" in a for a in p.info["cmdline"] or [])]
     assert not masters, f"ssh control masters left running: {[p.info['cmdline'] for p in masters]}"
 
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    try:
+        yield server
+    finally:
+        stop_sshd(server)
+    assert_no_masters()

@@ -160,7 +160,7 @@ def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
     roofline.host_bandwidth()                 # cached from an earlier bench
     calls = _fake_probe(monkeypatch, 30.0)
     seen = []
-    monkeypatch.setattr(bench_mod, "bench", lambda path, opts: seen.append(roofline.host_bandwidth()["read_gbs"]) or [])
+    monkeypatch.setattr(bench_mod, "bench", lambda path, opts, *on_records: seen.append(roofline.host_bandwidth()["read_gbs"]) or [])
     runner = CliRunner()
     res = runner.invoke(app, ["bench", "x.gguf", "--no-store", "-o", "jsonl"])
     assert (res.exit_code, res.stdout, seen, len(calls)) == (0, "", [12.5], 0)

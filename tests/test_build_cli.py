@@ -118,8 +118,9 @@ def test_missing_tokenizer(ckpt_copy, tmp_path):
 def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
     res = run("build", "-m", str(tiny_ckpt), "--target", "pi4", "--out", str(tmp_path))
     assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown target 'pi4'; choose one of: ")
-    res = run("build", "-m", str(tiny_ckpt), "-q", "q3_k", "--out", str(tmp_path))
-    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q3_k'; choose one of: ")
+    # q3_k is llama.cpp's type now (every llama-quantize name is a recipe): an unknown name is one no type has
+    res = run("build", "-m", str(tiny_ckpt), "-q", "q9_k", "--out", str(tmp_path))
+    assert res.exit_code == 1 and res.stderr.startswith("edgekit: error: unknown recipe 'q9_k'; choose one of: ")
 
 
 def test_hub_id_offline(tmp_path, monkeypatch):
@@ -237,7 +238,7 @@ def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_recipe(p)
     assert str(e.value) == (f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
-                            "dtype, format, group_size, name, overrides, quant, vocab")
+                            "dtype, format, group_size, name, overrides, quant, towers, vocab")
     p.write_text('format = "gguf"\nquant = "Q4_0"\nftype = "MOSTLY_Q4_0"\nbits = 4\n')
     with pytest.raises(ConfigError, match="unknown key 'bits' for a gguf recipe"):
         load_recipe(p)

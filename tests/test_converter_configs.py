@@ -24,8 +24,8 @@ def _synth(tmp_path, monkeypatch, name: str, text: dict, rope: dict):
     monkeypatch.setitem(synth_mod.PRESETS, name, {**synth_mod.PRESETS["tiny"], **text})
     real = synth_mod.hf_config
 
-    def hf_config(preset, softcap=True):
-        cfg = real(preset, softcap)
+    def hf_config(preset, softcap=True, towers=False):
+        cfg = real(preset, softcap, towers)
         for kind, params in rope.items():
             cfg["text_config"]["rope_parameters"][kind].update(params)
         return cfg

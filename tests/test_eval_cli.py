@@ -29,8 +29,9 @@ def _one_line_error(code, err, *needles):
 
 
 def test_tokenizer_mismatch_names_both(f32, tiny_ckpt, tmp_path):
+    # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the tokenizers still differ.
     code, _, err = _run("eval", f32, "--reference", tiny_ckpt, "--ctx", 32, "--chunks", 1, "--no-store",
-                        "--ref-cache", tmp_path / "c.npz")
+                        "--ref-cache", tmp_path / "c.npz", "--force-reference")
     line = _one_line_error(code, err, "tiny-trained-F32.gguf", "tiny-gemma4", "tokenizer")
     assert "same checkpoint" in line
 
@@ -60,8 +61,8 @@ def test_cache_from_another_reference_is_refused(f32, trained_ckpt, tmp_path):
 
 
 def test_store_and_printers(f32, tmp_path):
-    from edgekit.eval.record import PARSERS
-    from edgekit.results import Store
+    from edgekit.results import QualityRecord, Store
+    from edgekit.results.quality import PARSERS
 
     db = tmp_path / "r.db"
     args = ("eval", f32, "--reference", f32, "--ctx", 32, "--chunks", 2, "--ref-cache", tmp_path / "c.npz", "--db", db)
@@ -71,7 +72,7 @@ def test_store_and_printers(f32, tmp_path):
         assert code == 0, err
         outs[fmt] = out
     with Store(db) as s:
-        stored = s.quality_records()
+        stored = s.read(QualityRecord)
     assert len(stored) == 4 and {r.sha256 for r in stored} == {stored[0].sha256}
     for fmt in ("csv", "json", "jsonl"):
         (rec,) = PARSERS[fmt](outs[fmt])
@@ -89,9 +90,9 @@ def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
     import json
     import sqlite3
 
-    from edgekit.eval.record import SUITE_PARSERS
+    from edgekit.results.quality import SUITE_PARSERS
     from edgekit.eval.suite import EXAMPLE_SUITE
-    from edgekit.results import Store, parse_markdown
+    from edgekit.results import Store, SuiteRecord, parse_markdown
 
     lines = EXAMPLE_SUITE.read_text().splitlines()
     suite = tmp_path / "four.jsonl"   # four cases over two suites (function_calling, extraction): seconds of greedy decoding
@@ -103,7 +104,7 @@ def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
     assert code == 0, err
     printed = SUITE_PARSERS["json"](out)
     with Store(db) as s:
-        stored = s.suite_records()
+        stored = s.read(SuiteRecord)
     assert [r.to_json() for r in stored] == [r.to_json() for r in printed]
     by_case = {}
     for c in map(json.loads, lines[:4]):

@@ -33,7 +33,7 @@ def test_suite_against_a_hf_folder_and_without_reference(tiny_ckpt, tmp_path):
     assert any(x["is_reference"] for x in recs) and all(x["answers"] == [] for x in recs)
     r = cli("eval", str(art), "--suite", str(suite), "-n", "4", "-t", "1", "--no-store", "-o", "json")
     assert r.returncode == 0, r.stderr
-    from edgekit.eval.record import SUITE_PARSERS, suite_markdown
+    from edgekit.results.quality import SUITE_PARSERS, suite_markdown
 
     recs = SUITE_PARSERS["json"](r.stdout)
     assert sorted(a["id"] for x in recs for a in x.answers) == sorted(ids)

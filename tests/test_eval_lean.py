@@ -158,7 +158,7 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
                                    "--threads", "2", "--ref-cache", str(tmp_path / "c.npz"), "--db", str(db)])
     assert res.exit_code == 0, res.stderr
     print(res.stdout)
-    from edgekit.eval.record import PARSERS
+    from edgekit.results.quality import PARSERS
 
     rows = {r["artifact"]: r for r in PARSERS["md"](res.stdout)}
     ref = rows["tiny-trained (reference)"]
@@ -168,12 +168,12 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
     assert lean["mean KL"] == "not defined"
     assert lean["Δ bits/byte %"] == pytest.approx(100 * (lean["bits/byte"] / ref["bits/byte"] - 1), abs=0.02)
     # the store keeps the record; the report's quality table shows it
-    from edgekit.report import write_report
-    from edgekit.results import Store
+    from edgekit.results import QualityRecord, Store
+    from edgekit.results.report import write_report
     from test_results import make_record
 
     with Store(db) as s:
-        stored = s.quality_records()
+        stored = s.read(QualityRecord)
         s.append([make_record(0)])
     assert {r.artifact for r in stored} == {f"tiny-trained-v{N_LEAN}-F32.gguf", f"tiny-trained-v{N_LEAN}-IQ4_XS-edge.gguf"}
     assert all(r.text_bits_per_byte is not None and r.kl_mean is None for r in stored)
@@ -183,9 +183,10 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
 
 
 def test_lean_against_another_reference_is_refused(lean_dist, tiny_ckpt, tmp_path):
+    # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the vocabularies still differ.
     res = CliRunner().invoke(app, ["eval", str(lean_dist / f"tiny-trained-v{N_LEAN}-F32.gguf"), "--reference",
                                    str(tiny_ckpt), "--ctx", "32", "--chunks", "1", "--no-store",
-                                   "--ref-cache", str(tmp_path / "c.npz")])
+                                   "--ref-cache", str(tmp_path / "c.npz"), "--force-reference"])
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: tiny-trained-v{N_LEAN}-F32.gguf: its lean vocabulary ({N_LEAN} tokens) is "
                           "not the reference tiny-gemma4's restricted to the kept ids of its id map; evaluate against "

@@ -9,7 +9,7 @@ import pytest
 
 from edgekit.core.errors import ConfigError
 from edgekit.eval.scorers import SCORERS, parse_tool_call
-from edgekit.eval.record import suite_markdown
+from edgekit.results.quality import suite_markdown
 from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_records
 
 Q = '<|"|>'

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -15,28 +14,15 @@ import check_imports  # noqa: E402
 import module_map  # noqa: E402
 import rewrite_imports  # noqa: E402
 
-# results.py <-> eval.record (results.py imports eval.record lazily for eval's tables) is being broken on
-# the results/ branch (issue 21, seam 3); it is the one known cycle. Once that branch lands,
-# test_no_import_cycles_strict passes, pytest reports its xfail as XPASS(strict) and fails: then drop
-# KNOWN and the xfail mark.
-KNOWN = ["--known", "results:eval"]
-
-
 def _check(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "check_imports.py"), *args],
                           capture_output=True, text=True)
 
 
 def test_no_import_cycles():
-    r = _check(*KNOWN)
-    assert r.returncode == 0, r.stdout
-    assert " 0 cycle(s)" in r.stdout
-
-
-@pytest.mark.xfail(strict=True, reason="results.py <-> eval.record, broken on the results/ branch (issue 21 seam 3)")
-def test_no_import_cycles_strict():
     r = _check()
     assert r.returncode == 0, r.stdout
+    assert " 0 cycle(s)" in r.stdout
 
 
 def test_the_checker_finds_a_cycle_through_a_deferred_import(tmp_path):
@@ -101,9 +87,9 @@ def test_names_split_per_room_and_dotted_strings_follow():
 
 
 def test_the_tree_is_rewritten():
-    """Nothing left to rewrite, but for the two files the results/ branch owns (they use the shims)."""
+    """Nothing left to rewrite."""
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "rewrite_imports.py"), "--check",
                         *(str(ROOT / d) for d in ("edgekit", "tests", "benchmarks", "scripts"))],
                        capture_output=True, text=True)
     left = sorted(Path(line.split()[-1]).relative_to(ROOT).as_posix() for line in r.stdout.splitlines())
-    assert left == ["edgekit/report.py", "edgekit/results.py"], r.stdout
+    assert left == [], r.stdout

@@ -31,12 +31,13 @@ def wheel(tmp_path_factory):
 def test_wheel_from_the_checkout_carries_code_and_profiles(wheel):
     assert wheel.name == f"edgekit-{edgekit.__version__}-py3-none-any.whl"
     names = set(zipfile.ZipFile(wheel).namelist())
+    assert "edgekit/_data/ansible/edgekit.yml" in names   # the playbook `lab run --via ansible` runs
     assert {"edgekit/lab/deploy.py", "edgekit/cli.py", "edgekit/_data/targets/pi5.toml"} <= names
     meta = zipfile.ZipFile(wheel).read(f"edgekit-{edgekit.__version__}.dist-info/METADATA").decode()
     runtime = sorted(ln for ln in meta.splitlines() if ln.startswith("Requires-Dist:") and "extra == 'runtime'" in ln)
-    assert [ln.split()[1].split(";")[0] for ln in runtime] == ["jinja2>=3.1.6", "llama-cpp-python==0.3.36", "psutil>=5.9",
-                                                                 "pydantic>=2.6", "starlette>=0.40",
-                                                                 "uvicorn>=0.30"]   # run/serve
+    assert [ln.split()[1].split(";")[0] for ln in runtime] == ["jinja2>=3.1.6", "llama-cpp-python==0.3.36", "pillow>=10",
+                                                                 "psutil>=5.9", "pydantic>=2.6", "soundfile>=0.12", "soxr>=0.3",
+                                                                 "starlette>=0.40", "uvicorn>=0.30"]   # run/serve, media
     assert "torch" not in " ".join(runtime)
 
 

@@ -87,7 +87,7 @@ def test_ssh_argv_checks_host_keys_and_quotes_once(inv):
     ('[devices.a]\ntarget = "pi5"\n', "lacks 'host'; see targets/lab.example.toml"),
     ('[devices.a]\ntarget = "pi5"\nhost = "h"\ncolour = "red"\n', "unknown key 'colour'; known: "),
     ('[devices.a]\ntarget = "pi5"\nhost = "h"\nport = 70000\n', "port 70000 is out of range 1-65535"),
-    ('[devices.a]\ntarget = "pi5"\nhost = "h"\nport = "ssh"\n', "port and timeouts must be numbers"),
+    ('[devices.a]\ntarget = "pi5"\nhost = "h"\nport = "ssh"\n', "port must be an integer 1-65535, not the string 'ssh'"),
     ('[devices."a,b"]\ntarget = "pi5"\nhost = "h"\n', "device name 'a,b' contains ','; `--devices` splits on commas"),
     ('[devices.a]\ntarget = "pi5"\nhost = "h"\nuser = "-oProxyCommand=x"\n', "user '-oProxyCommand=x' is not a login name"),
     ('[devices.a]\ntarget = "pi5"\nhost = "me@h"\n', "host 'me@h' is not a host name, address or ssh alias"),

@@ -101,7 +101,7 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
         [("bench", "pi", art.file), ("served", "pi", art.file)]
     row = next(row for row in rows if row["via"] == "served")
     assert row["TTFT ms"][0] == pytest.approx(served.ttft_ms, abs=0.006)
-    assert row["tg6 t/s"][0] == pytest.approx(served.tg_tps, abs=0.006)
+    assert row["test"] == "pp24 + tg6" and row["tg t/s"][0] == pytest.approx(served.tg_tps, abs=0.006)
 
     # The server is down now: one line saying what to do, exit 1, nothing stored.
     r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port)])

@@ -112,7 +112,7 @@ def test_not_gemma4_for_mlx(tiny_ckpt, tmp_path):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["model_type"] = "llama"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    res = runner.invoke(app, ["build", "-m", str(ckpt), "-t", "m2", "-q", "mlx-4bit", "-o", str(tmp_path / "out")])
+    res = runner.invoke(app, ["build", "-m", str(ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1 and "not a Gemma 4 checkpoint" in res.stderr
     assert leftovers(tmp_path / "out") == []
@@ -126,7 +126,7 @@ def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fmt, "_write_ple", full_disk)   # after the main weights are written
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-t", "m2", "-q", "mlx-4bit", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)])
     assert res.exit_code == 1
     assert res.stderr.endswith("no space left on the device; free space or pass --out on a larger disk\n")
     assert res.stderr.count("\n") == 1
@@ -139,7 +139,7 @@ def test_missing_mlx_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
 
     for mod in ("mlx", "mlx.core", "mlx.nn", "mlx_lm"):
         monkeypatch.setitem(sys.modules, mod, None)   # `import mlx.core` now raises ImportError
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-t", "m2", "-q", "mlx-4bit", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)])
     assert res.exit_code == 1
     assert res.stderr.startswith("edgekit: error: MLX is not importable here")
     assert res.stderr.endswith("install edgekit[mlx] (mlx[cpu] on Linux, mlx on macOS)\n")

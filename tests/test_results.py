@@ -51,30 +51,34 @@ def test_lossless_printers_parse_back_to_equal_records(fmt):
 
 
 def test_markdown_parses_back_to_the_printed_figures():
-    text = to_markdown(RECORDS)
+    text = to_markdown(RECORDS)   # the wide table (report, lab, --wide): one table, a row per record
     rows = parse_markdown(text)
     assert len(rows) == len(RECORDS)
     for r, row in zip(RECORDS, rows):
-        pp, tg = f"pp{r.n_prompt} t/s", f"tg{r.n_gen} t/s"  # llama-bench's names, per table
+        assert row["test"] == f"pp{r.n_prompt} + tg{r.n_gen}"  # llama-bench's names, in a column
         assert row["artifact"] == r.artifact
         assert row["quant"] == r.quant and row["engine"] == r.engine and row["device"] == r.device
         assert row["threads"] == (None if r.threads is None else float(r.threads))
         assert row["ctx"] == r.ctx
         assert row["TTFT ms"] == (round(r.ttft_ms, 2), round(r.ttft_ms_sd, 2))
-        assert row[pp] == (round(r.pp_tps, 2), round(r.pp_tps_sd, 2))
-        assert row[tg] == (round(r.tg_tps, 2), round(r.tg_tps_sd, 2))
+        assert row["pp t/s"] == (round(r.pp_tps, 2), round(r.pp_tps_sd, 2))
+        assert row["tg t/s"] == (round(r.tg_tps, 2), round(r.tg_tps_sd, 2))
         assert row["peak RSS MB"] == round(r.peak_rss_bytes / MB, 1)
         assert row["KV MB"] == round(r.kv_cache_bytes / MB, 2)
         assert row["roofline %"] == round(r.roofline_pct, 1)
         if r.engine == "mlx":
             assert row["MLX peak MB"] == round(r.mlx_peak_bytes / MB, 1)
-            assert "anon MB" not in row  # its own table: no record there has the split
+            assert row["anon MB"] is None and row["budget MB"] is None
         else:
             assert row["anon MB"] == round(r.peak_anon_bytes / MB, 1)
             assert row["file MB"] == round(r.peak_file_bytes / MB, 1)
             assert row["budget MB"] == round(r.budget_bytes / MB)
             assert row["predicted tg t/s"] == round(r.predicted_tg_tps, 1)
-            assert "MLX peak MB" not in row  # no record in this table has one
+            assert row["MLX peak MB"] is None
+    # footnotes only for the columns shown: no limit, 16 KB page or served columns here
+    note = text.split("\n\n")[1]
+    assert "roofline:" in note and "anon/file:" in note
+    assert "cgroup peak:" not in note and "peak @16K:" not in note and "via served:" not in note
 
 
 def _append_many(db: str, who: str, n: int) -> None:
@@ -134,7 +138,7 @@ def test_report_writes_the_latest_figures_and_plots(tmp_path):
     md = tmp_path / "rep" / "report.md"
     assert res.stdout == f"{md}\n"
     rows = parse_markdown(md.read_text())
-    assert [(r["artifact"], r["device"], r["tg128 t/s"][0]) for r in rows] == [
+    assert [(r["artifact"], r["device"], r["tg t/s"][0]) for r in rows] == [
         (new.artifact, "pi5-a", 2.5), (other.artifact, "mac-m4", round(other.tg_tps, 2))]
     import matplotlib.image
 
@@ -154,3 +158,25 @@ def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {tmp_path / 'empty.db'}: the results store holds no records; "
                           "run `edgekit bench` first\n")
+
+
+def test_json_streams_the_bytes_a_whole_list_dump_writes():
+    import json
+
+    from edgekit.results import JsonPrinter
+
+    p = JsonPrinter()
+    streamed = "".join(p.feed([r]) for r in RECORDS) + p.footer()   # a row at a time, as bench prints them
+    assert streamed == json.dumps([r.to_json() for r in RECORDS], indent=2, sort_keys=True) + "\n"
+    assert JsonPrinter().render([]) == "[]\n"
+
+
+def test_a_streamed_table_names_a_column_a_later_row_needed():
+    from edgekit.results import printer
+
+    mlx, gguf = RECORDS[2], RECORDS[0]   # the first row has no anon/file split, the second has
+    p = printer("md", wide=True)
+    text = p.feed([mlx]) + p.feed([gguf]) + p.footer()
+    assert "anon MB" not in text.splitlines()[0]   # the header was printed before the second row existed
+    assert ("not shown: target, anon MB, file MB, compute MB, predicted tg t/s, budget MB, verdict (values in later "
+            "rows; -o json has every field)") in text.splitlines()

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from edgekit.measure.budget import THRASH_MAJFLT_PER_TOKEN, gate_lines
 from edgekit.cli import app
 from edgekit.core.errors import ConfigError
-from edgekit.results import PARSERS, PRINTERS, Store, parse_markdown, to_markdown
+from edgekit.results import PARSERS, PRINTERS, Store, parse_markdown, printer, to_markdown
 from edgekit.measure.sweep import Point, Test, expand, ints, knob_lists
 from tests.test_results import make_record
 
@@ -56,8 +56,9 @@ def test_cli_rejects_a_bad_sweep_before_anything_runs(tmp_path):
 def test_markdown_names_tests_as_llama_bench():
     recs = [make_record(4, depth=1024, n_prompt=512, n_gen=128), make_record(8)]
     rows = parse_markdown(to_markdown(recs))
-    assert "pp512 @ d1024 t/s" in rows[0] and "tg128 @ d1024 t/s" in rows[0]
-    assert "pp512 t/s" in rows[1] and "pp512 @ d1024 t/s" not in rows[1]
+    assert [r["test"] for r in rows] == ["pp512 @ d1024 + tg128 @ d1024", "pp512 + tg128"]
+    compact = parse_markdown(printer("md").render(recs))   # bench's default: a row per test, as llama-bench
+    assert [r["test"] for r in compact] == ["pp512 @ d1024", "tg128 @ d1024", "pp512", "tg128"]
 
 
 LIMITED = dict(limit_bytes=1_500_000_000, limit_mechanism="cgroup v1 memory.limit_in_bytes", oom_killed=False,

@@ -259,23 +259,25 @@ def test_mlx_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
 
 def _fails(tmp_path, tiny_ckpt, *args):
     out = tmp_path / "out"
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f32", "-o", str(out), *args])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f32", "--out", str(out), *args])
     assert res.exit_code == 1, res.output
     assert not out.exists()   # every check runs before the output folder is made
     return res.stderr
 
 
 def test_vocab_below_must_keep(tmp_path, tiny_ckpt):
+    # The stated minimum also holds one BPE merge (2 tokens here), which llama.cpp's tokenizer needs:
+    # "use at least 304" used to fail on the lean tokenizer (tests/faults/test_build_inputs.py builds 306).
     assert _fails(tmp_path, tiny_ckpt, "--vocab", str(MUST_KEEP_TINY - 1)) == (
-        f"edgekit: error: vocab {MUST_KEEP_TINY - 1} is smaller than the {MUST_KEEP_TINY} tokens every Gemma 4 "
-        "deployment keeps (special, control, template and multimodal tokens, 256 byte-fallback tokens); "
-        f"use at least {MUST_KEEP_TINY}\n")
+        f"edgekit: error: vocab {MUST_KEEP_TINY - 1} is smaller than the {MUST_KEEP_TINY + 2} tokens every Gemma 4 "
+        "deployment keeps (special, control, template and multimodal tokens, 256 byte-fallback tokens, and 2 for "
+        f"one BPE merge, which llama.cpp's tokenizer needs); use at least {MUST_KEEP_TINY + 2}\n")
 
 
 def test_vocab_above_vocabulary(tmp_path, tiny_ckpt):
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "1025") == (
-        "edgekit: error: vocab 1025 is larger than the model's vocabulary of 1024 tokens; use at most 1024, "
-        "or leave vocab unset for the full vocabulary\n")
+        "edgekit: error: --vocab 1025: the model's vocabulary has 1024 tokens, so there is nothing to trim; build "
+        "without --vocab, or with --vocab below 1024\n")
 
 
 def test_corpus_empty(tmp_path, tiny_ckpt):
@@ -407,7 +409,7 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
     # iq4_xs-edge-lean keeps 65,536 tokens; the tiny model has 1,024: nothing to trim, so the recipe is
     # left out with one warning and a manifest entry, never built as a "lean" copy of the full model.
     caplog.set_level("WARNING", logger="edgekit")
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean,q8_0", "-o", str(tmp_path)])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean,q8_0", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output
     folder = tmp_path / "tiny-gemma4" / "pi5"
     m = json.loads((folder / "manifest.json").read_text())
@@ -419,15 +421,16 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
 
 
 def test_only_no_op_lean_recipes_is_one_line(tmp_path, tiny_ckpt):
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "-o", str(tmp_path / "out")])
+    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "--out", str(tmp_path / "out")])
     assert res.exit_code == 1 and not (tmp_path / "out").exists()
     assert res.stderr == ("edgekit: error: iq4_xs-edge-lean: the model's vocabulary of 1024 tokens is already within "
                           "the recipe's vocab, so there is nothing to trim; build the full-vocabulary recipe instead "
                           "(e.g. --quant iq4_xs-edge)\n")
 
 
-def test_command_line_vocab_is_not_a_cap(tmp_path, tiny_ckpt):
-    # --vocab N is a request for every recipe, lean ones included: above the vocabulary it stays an error
+def test_command_line_vocab_at_or_above_the_vocabulary_is_refused(tmp_path, tiny_ckpt):
+    # --vocab N applies to every recipe, lean ones included: at or above the vocabulary it trims nothing,
+    # so it is refused (a full copy under a lean name would claim a trim that did not happen)
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "2048", "-q", "iq4_xs-edge-lean").endswith(
-        "vocab 2048 is larger than the model's vocabulary of 1024 tokens; use at most 1024, "
-        "or leave vocab unset for the full vocabulary\n")
+        "--vocab 2048: the model's vocabulary has 1024 tokens, so there is nothing to trim; build without --vocab, "
+        "or with --vocab below 1024\n")

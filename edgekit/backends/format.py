@@ -44,11 +44,13 @@ class BuildContext:
 
     ``stack`` closes when the build ends, however it ends (its callbacks remove intermediates);
     ``shared(key, make)`` makes a resource once per build (``make(ctx)`` registers its own cleanup
-    on ``ctx.stack``), e.g. the lossless GGUF every quantized recipe starts from."""
+    on ``ctx.stack``), e.g. the lossless GGUF every quantized recipe starts from. ``calibration``
+    (edgekit.builder.calibration) is what an importance matrix is made from, None when the build asked for none."""
 
     target: "Target"
     out_dir: Path
     stack: contextlib.ExitStack
+    calibration: Any = None
     _shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def shared(self, key: str, make: Callable[["BuildContext"], T]) -> T:
@@ -64,6 +66,12 @@ class Format(Protocol):
 
     def check(self, recipe: "Recipe") -> None:
         """Raise what ``build`` would raise up front (engine missing, recipe it cannot follow); write nothing."""
+
+    def takes_imatrix(self, recipe: "Recipe") -> bool:
+        """Whether building ``recipe`` applies an importance matrix when the build has one."""
+
+    def needs_imatrix(self, recipe: "Recipe") -> list[str]:
+        """What in ``recipe`` the engine only quantizes with an importance matrix (empty: nothing)."""
 
     def build(self, ckpt: "Checkpoint", recipe: "Recipe", ctx: BuildContext) -> "Artifact":
         """Write one artifact for ``recipe`` under ``ctx.out_dir`` (atomically) and describe it."""

@@ -96,6 +96,10 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
     lines = [f"{folder}/{MANIFEST}"]
     for a in manifest.artifacts:
         lines.append(f"  {a.file:<48} {a.format:<5} {a.quant:<12} {a.bytes / 1e6:>9.1f} MB  sha256:{a.sha256[:12]}")
+        p = a.extra.get("projector") if isinstance(a.extra, dict) else None
+        if isinstance(p, dict):
+            types = ",".join(f"{m} {t}" for m, t in p.get("types", {}).items())
+            lines.append(f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}")
     return "\n".join(lines)
 
 
@@ -125,6 +129,12 @@ def read_manifest(folder_or_file: Path) -> Manifest:
         v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
         if isinstance(v, dict) and v.get("id_map") is not None:   # so must a lean artifact's id map
             check_member(v["id_map"], str(path))
+        im = a.extra.get("imatrix") if isinstance(a.extra, dict) else None
+        if isinstance(im, dict) and im.get("file") is not None:   # and its importance matrix
+            check_member(im["file"], str(path))
+        p = a.extra.get("projector") if isinstance(a.extra, dict) else None
+        if isinstance(p, dict) and p.get("file") is not None:   # and a multimodal projector
+            check_member(p["file"], str(path))
     return manifest
 
 

@@ -13,13 +13,15 @@ from pathlib import Path
 from ..model.checkpoint import load_checkpoint
 from ..core.errors import ConfigError, ConversionError, EdgekitError
 from ..backends.formats import FORMATS, BuildContext
+from .calibration import calibration
 from .source_scan import NonFinite, source_fingerprint
 from ..core.names import check_plain_name
 from ..backends.gguf.vocab import check_tokenizer
 from .manifest import Manifest, versions, write_manifest, MANIFEST
-from ..profiles.recipes import RECIPES, check_names
+from ..profiles.recipes import check_names, get_recipe
 from .staging import BuildStage
-from ..profiles.targets import TARGETS
+from ..profiles.targets import TARGETS, parse_modalities
+from . import projector
 from .vocab import VocabTrims, effective_vocab, no_op_trims
 
 log = logging.getLogger(__name__)
@@ -81,29 +83,55 @@ def with_mlx_quant(recipes: list, bits: int | None, group_size: int | None) -> l
 
 def build(model: str, target: str = "pi5", quants: list[str] | None = None, out: Path = Path("dist"),
           vocab: int | None = None, vocab_corpus: Path | None = None, allow_nonfinite: bool = False,
-          q_bits: int | None = None, q_group_size: int | None = None) -> Path:
+          q_bits: int | None = None, q_group_size: int | None = None,
+          calibrate: str | None = None, imatrix: Path | None = None,
+          modalities: list[str] | None = None) -> Path:
     """Build the artifacts ``target`` runs (or ``quants``) from ``model``; return the output folder.
     ``vocab`` trims every recipe's vocabulary to that many tokens, counted on ``vocab_corpus``.
-    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so)."""
+    NaN/Inf in the source weights refuse the build unless ``allow_nonfinite`` (then the manifest says so).
+    ``calibrate`` (a text, or "builtin") or ``imatrix`` (a precomputed file) quantizes with an importance matrix.
+    ``modalities`` (default: the target's) adds a projector for those towers beside each text artifact."""
     tgt = TARGETS.get(target)
+    mods = tgt.modalities if modalities is None else parse_modalities(modalities, "--modalities")
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    recipes = effective_vocab([RECIPES.get(q) for q in (quants or list(tgt.quants))], vocab)
+    names = quants or list(tgt.quants)
+    twice = next((q for i, q in enumerate(names) if q in names[:i]), None)
+    if twice is not None:   # two artifacts of one name: the second would replace the first mid-commit
+        where = f"--quant {','.join(names)}" if quants else f"target {tgt.name}'s quants"
+        raise ConfigError(f"{where}: recipe {twice!r} is listed twice; list each recipe once")
+    recipes = effective_vocab([get_recipe(q) for q in names], vocab)
     recipes = with_mlx_quant(recipes, q_bits, q_group_size)
     # Everything that can fail before a byte is written fails here, leaving an earlier build whole.
+    cal = calibration(calibrate, imatrix)
     for r in recipes:
         check_names(r, f"recipe {r.name!r}")
         FORMATS.get(r.format).check(r)
+        need = FORMATS.get(r.format).needs_imatrix(r) if cal is None else []
+        if need:   # llama-quantize refuses these too, after the conversion; say so before it
+            raise ConfigError(f"{r.name}: llama.cpp quantizes {', '.join(need)} only with an importance matrix; "
+                              "add --calibrate builtin (or --calibrate TEXT, or --imatrix FILE)")
+    untaken = [r.name for r in recipes if cal is not None and not FORMATS.get(r.format).takes_imatrix(r)]
+    if untaken and len(untaken) < len(recipes):
+        log.warning("%s: built without the importance matrix (unquantized, or a quantizer that takes none)", ", ".join(untaken))
+    if cal is not None and len(untaken) == len(recipes):
+        raise ConfigError(f"{cal.label.split()[0]}: none of {', '.join(r.name for r in recipes)} is quantized by "
+                          "llama.cpp, so no importance matrix would be used; drop the option or add a quantized recipe")
     ckpt = load_checkpoint(model)
-    if ckpt.dropped:
+    projector.check_request(recipes, ckpt.config.raw, mods, str(ckpt.path / "config.json"))
+    if ckpt.dropped and not mods:
         log.warning("dropped %d vision/audio tensors: text-only deployment", len(ckpt.dropped))
     check_tokenizer(ckpt.path)
-    skipped: dict[str, str] = {}
-    if vocab is None:   # a recipe's vocab is a cap; --vocab N is a request (above the vocabulary: an error)
-        recipes, skipped = no_op_trims(recipes, ckpt.config.vocab_size)
-        if not recipes:
-            raise ConfigError(f"{', '.join(skipped)}: the model's vocabulary of {ckpt.config.vocab_size} tokens is "
-                              "already within the recipe's vocab, so there is nothing to trim; build the "
-                              "full-vocabulary recipe instead (e.g. --quant iq4_xs-edge)")
+    # A recipe's vocab is a cap, and so is --vocab N at or above the vocabulary: a trim that keeps every
+    # token would write a full copy under a lean name, so the recipe is skipped (the manifest says why).
+    recipes, skipped = no_op_trims(recipes, ckpt.config.vocab_size)
+    if not recipes:
+        if vocab is not None:
+            raise ConfigError(f"--vocab {vocab}: the model's vocabulary has {ckpt.config.vocab_size} tokens, so there "
+                              f"is nothing to trim; build without --vocab, or with --vocab below "
+                              f"{ckpt.config.vocab_size}")
+        raise ConfigError(f"{', '.join(skipped)}: the model's vocabulary of {ckpt.config.vocab_size} tokens is "
+                          "already within the recipe's vocab, so there is nothing to trim; build the "
+                          "full-vocabulary recipe instead (e.g. --quant iq4_xs-edge)")
     # Lean vocabularies are selected now (bad sizes and corpora fail here), written on first use.
     trims = VocabTrims(ckpt, {r.vocab for r in recipes if r.vocab is not None}, vocab_corpus)
     folder = Path(out) / model_slug(ckpt.path) / tgt.name
@@ -121,12 +149,20 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
             stack.callback(stop.set)
             fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
             stack.callback(trims.close)
-            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack)
+            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal)
             try:
                 artifacts = []
+                projectors: set[str] = set()
                 for r in recipes:
                     src, src_ctx = trims.source(r.vocab, ctx)   # a lean vocabulary: its own checkpoint and context
-                    artifacts.append(trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab))
+                    a = trims.annotate(FORMATS.get(r.format).build(src, r, src_ctx), r.vocab)
+                    first = next((x for x in artifacts if x.file == a.file), None)
+                    if first is not None:
+                        raise ConfigError(f"recipes {first.recipe!r} and {r.name!r} both make {a.file}; build them "
+                                          "apart, or give one a different quant label")
+                    artifacts.append(a)
+                    if mods:   # the towers do not depend on the vocabulary: built from the source checkpoint
+                        projectors.add(projector.attach(ckpt, r, artifacts[-1], ctx, mods).name)
                     if fingerprint.done():
                         fingerprint.result()   # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()
@@ -149,5 +185,6 @@ def build(model: str, target: str = "pi5", quants: list[str] | None = None, out:
         )
         # A lean vocabulary's id map (written beside its artifacts, named in extra["vocab"]) goes in with them.
         id_maps = sorted({a.extra["vocab"]["id_map"] for a in artifacts if "vocab" in a.extra})
-        stage.commit([a.file for a in artifacts] + id_maps, lambda f: write_manifest(f, manifest))
+        imatrices = sorted({a.extra["imatrix"]["file"] for a in artifacts if "imatrix" in a.extra})   # beside, for reuse
+        stage.commit([a.file for a in artifacts] + id_maps + imatrices + sorted(projectors), lambda f: write_manifest(f, manifest))
     return folder

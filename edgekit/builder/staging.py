@@ -95,9 +95,15 @@ class BuildStage:
         """Swap the staged ``files`` into the build folder, then write the manifest (last)."""
         assert self.path is not None
         files = list(files)
+        twice = next((f for i, f in enumerate(files) if f in files[:i]), None)
+        if twice is not None:   # the second rename would find nothing (the regression of issue 23)
+            raise OutputError(f"{twice}: the build made it twice; nothing was swapped in")
         for name in files:   # everything that can refuse the swap refuses before the old manifest goes
             check_member(name, f"{self.folder}")
-            st = os.lstat(self.path / name)
+            try:
+                st = os.lstat(self.path / name)
+            except FileNotFoundError:
+                raise OutputError(f"{name}: the build did not make it; nothing was swapped in") from None
             if stat.S_ISLNK(st.st_mode):
                 raise OutputError(f"{self.path / name}: the build made a symlink; nothing was swapped in")
             dest = self.folder / name

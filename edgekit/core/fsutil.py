@@ -37,16 +37,18 @@ FILE_MODE = 0o666 & ~_UMASK
 DIR_MODE = 0o777 & ~_UMASK
 
 
-def output_error(path: Path, e: OSError) -> OutputError:
+def output_error(path: Path, e: OSError, option: str = "--out") -> OutputError:
+    """One line for a failed write; ``option`` is the command's option that names the place (--out,
+    eval's --ref-cache ...), so the fix it suggests is one the command has."""
     if e.errno == errno.ENOSPC:
-        return OutputError(f"{path}: no space left on the device; free space or pass --out on a larger disk")
+        return OutputError(f"{path}: no space left on the device; free space or pass {option} on a larger disk")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return OutputError(f"{path}: not writable ({e.strerror}); pass --out with a folder you can write")
+        return OutputError(f"{path}: not writable ({e.strerror}); pass {option} with a folder you can write")
     if e.errno in (errno.ENOTDIR, errno.EEXIST):
-        return OutputError(f"{path}: a file stands where a folder is needed; pass --out with a folder path")
+        return OutputError(f"{path}: a file stands where a folder is needed; pass {option} with a folder path")
     if e.errno == errno.EISDIR:
-        return OutputError(f"{path}: a folder stands where a file is needed; remove it or pass --out elsewhere")
-    return OutputError(f"{path}: cannot write ({e.strerror or e}); pass --out with a folder you can write")
+        return OutputError(f"{path}: a folder stands where a file is needed; remove it or pass {option} elsewhere")
+    return OutputError(f"{path}: cannot write ({e.strerror or e}); pass {option} with a folder you can write")
 
 
 # Free space under which a failed write by a child (llama.cpp's quantizer, which reports no errno) is
@@ -67,22 +69,23 @@ def low_space_hint(path: Path) -> str:
             "free space or pass --out on a larger disk")
 
 
-def _mkdirs(folder: Path) -> None:
+def _mkdirs(folder: Path, option: str = "--out") -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise output_error(folder, e) from None
+        raise output_error(folder, e, option) from None
 
 
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a fresh, empty temp file beside ``path`` (made exclusively); rename it over ``path``."""
+def atomic_path(path: Path, option: str = "--out") -> Iterator[Path]:
+    """Yield a fresh, empty temp file beside ``path`` (made exclusively); rename it over ``path``.
+    ``option``: the command's option naming the place, for the error's fix."""
     path = Path(path)
-    _mkdirs(path.parent)
+    _mkdirs(path.parent, option)
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as e:
-        raise output_error(path.parent, e) from None
+        raise output_error(path.parent, e, option) from None
     tmp = Path(name)
     try:
         os.fchmod(fd, FILE_MODE)
@@ -95,7 +98,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        raise output_error(path, e) from None
+        raise output_error(path, e, option) from None
     except BaseException:
         _remove(tmp)
         raise

@@ -48,6 +48,9 @@ TAIL_SPECIALS = {
     255999: "<|image>", 256000: "<|audio>", 258880: "<|image|>", 258881: "<|audio|>",
     258882: "<image|>", 258883: "<audio|>", 258884: "<|video|>",
 }
+# Where a small vocabulary with towers (synth --towers) puts the multimodal markers: reserved head
+# slots that are otherwise <unused>; config.json's token ids point at them.
+HEAD_MULTIMODAL = {90 + k: t for k, t in enumerate(TAIL_SPECIALS.values())}
 GEMMA4_MERGES = 514_906    # merges in Gemma 4's tokenizer (llama.cpp's n_merges for gemma-4-E2B-it)
 FILLER_BASE = 0xE000       # Unicode private-use area
 NEWLINE_ID = 107
@@ -233,8 +236,12 @@ def _filler(n_pieces: int, n_merges: int) -> tuple[list[str], list[tuple[str, st
     return pieces, merges
 
 
-def _layout(vocab_size: int, n_merges: int | None = None,
-            texts: list[str] | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
+def _multimodal(vocab_size: int, multimodal: dict[int, str] | None) -> dict[int, str]:
+    return multimodal if multimodal is not None else {i: t for i, t in TAIL_SPECIALS.items() if i < vocab_size}
+
+
+def _layout(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None,
+            multimodal: dict[int, str] | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
     """id -> token for all ``vocab_size`` ids, the merges, and the ids that are added tokens; the BPE part
     is trained on ``texts`` (default: the built-in corpus)."""
     if vocab_size < MIN_VOCAB:
@@ -244,7 +251,7 @@ def _layout(vocab_size: int, n_merges: int | None = None,
     for k in range(1, MAX_NEWLINES + 1):
         ids[NEWLINE_ID + k - 1] = "\n" * k
         added.append(NEWLINE_ID + k - 1)
-    tail = {i: t for i, t in TAIL_SPECIALS.items() if i < vocab_size}
+    tail = _multimodal(vocab_size, multimodal)
     ids.update(tail)
     added += sorted(tail)
     free = (i for i in range(HEAD_END, vocab_size) if i not in ids)
@@ -280,8 +287,9 @@ def _added(i: int, content: str) -> dict:
             "normalized": False, "special": not content.startswith("\n")}
 
 
-def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None) -> dict:
-    ids, merges, added = _layout(vocab_size, n_merges, texts)
+def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None,
+                   multimodal: dict[int, str] | None = None) -> dict:
+    ids, merges, added = _layout(vocab_size, n_merges, texts, multimodal)
     return {
         "version": "1.0",
         "truncation": None,
@@ -308,8 +316,8 @@ def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str
     }
 
 
-def tokenizer_config(vocab_size: int) -> dict:
-    present = set(HEAD_SPECIALS.values()) | {t for i, t in TAIL_SPECIALS.items() if i < vocab_size}
+def tokenizer_config(vocab_size: int, multimodal: dict[int, str] | None = None) -> dict:
+    present = set(HEAD_SPECIALS.values()) | set(_multimodal(vocab_size, multimodal).values())
     cfg: dict = {
         "backend": "tokenizers", "tokenizer_class": "GemmaTokenizer",
         "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
@@ -326,14 +334,14 @@ def tokenizer_config(vocab_size: int) -> dict:
 
 
 def write_synthetic_tokenizer(out_dir: Path, vocab_size: int, n_merges: int | None = None,
-                              texts: list[str] | None = None) -> None:
+                              texts: list[str] | None = None, multimodal: dict[int, str] | None = None) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json with exactly ``vocab_size``
     tokens (and ``n_merges`` merges, when given: see the module's note). With ``texts`` the BPE merges
     are learnt from them (a trained model's tokenizer) instead of the built-in corpus."""
     out_dir = Path(out_dir)
-    tj = tokenizer_json(vocab_size, n_merges, texts)
+    tj = tokenizer_json(vocab_size, n_merges, texts, multimodal)
     (out_dir / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
-    cfg = tokenizer_config(vocab_size)
+    cfg = tokenizer_config(vocab_size, multimodal)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=1), encoding="utf-8")
     stm = {k: cfg[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token", "mask_token")}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(stm, indent=1), encoding="utf-8")

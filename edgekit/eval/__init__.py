@@ -7,7 +7,7 @@ prompts, generate greedily and score the answers.
 """
 
 from .metrics import KLStats, kl_stats
-from .record import QualityRecord
+from ..results import QualityRecord
 from .run import EvalOptions, evaluate
 
 __all__ = ["EvalOptions", "KLStats", "QualityRecord", "evaluate", "kl_stats"]

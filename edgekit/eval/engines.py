@@ -72,12 +72,16 @@ def tokenizer_json_vocab(folder: Path, bos: Optional[int]) -> Vocab:
 
 class _TokenizersMixin:
     folder: Path
+    _tok: Any = None
 
     def tokenize(self, text: str) -> list[int]:
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        return list(tok.encode(text, add_special_tokens=False).ids)
+        from .text import tokenize_text
+
+        if self._tok is None:
+            self._tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        return tokenize_text(lambda piece: list(self._tok.encode(piece, add_special_tokens=False).ids), text)
 
 
 def _bos_of(folder: Path) -> Optional[int]:
@@ -100,7 +104,9 @@ class GgufSource:
         return Vocab(pieces, frozenset(control), self.runner.bos())
 
     def tokenize(self, text: str) -> list[int]:
-        return self.runner.tokenize(text)
+        from .text import tokenize_text
+
+        return tokenize_text(self.runner.tokenize, text)
 
     def logits(self, window: Sequence[int], first: int) -> np.ndarray:
         return self.runner.logits_all(window, first)

@@ -22,15 +22,15 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..measure.bench import Planned, _target, plan, profile_knobs
-from ..core.errors import ArtifactError, ConfigError
-from ..core.host import device_name, host_info
-from ..builder.manifest import id_map_file, versions
+from ..core.errors import ArtifactError, ConfigError, EdgekitError
+from ..builder.manifest import id_map_file
+from ..results import QualityRecord, provenance
 from ..backends.engines import ENGINES
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
-from .record import QualityRecord
-from .text import Text, first_scored, load_texts, piece_bytes, texts_digest, windows
+from .reference import check_quant, check_reference, reference_identity
+from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts_digest, tokenize_text, windows
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class EvalOptions:
     reference_dtype: str = "float32"
     ref_cache: Optional[Path] = None        # default: ~/.cache/edgekit/eval/ref-<key>.npz
     device: Optional[str] = None
+    force_reference: bool = False           # use a quantized or another checkpoint's reference anyway
 
 
 def _threads(opts: EvalOptions) -> int:
@@ -72,6 +73,8 @@ def _is_hf_checkpoint(p: Path) -> bool:
     shard = next(iter(sorted(p.glob("*.safetensors"))), None)
     if not (p / "config.json").is_file() or shard is None:
         return False
+    if not shard.is_file():
+        return True   # a FIFO would block read_header; load_checkpoint refuses it in one line
     try:
         names = read_header(shard)[0]
     except (OSError, ValueError):
@@ -86,6 +89,7 @@ class _Ref:
     runtime: dict[str, Any]
     open: Optional[Callable[[], Source]]    # None: a cache file (nothing to run)
     cache_file: Optional[Path] = None
+    identity: dict[str, Any] = field(default_factory=dict)   # reference.py: its weights and quant
 
 
 def _runtime(pl: Planned, opts: EvalOptions) -> dict[str, Any]:
@@ -115,9 +119,10 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
         from ..model.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(p)
-        sha = ckpt.fingerprint()["sha256"]
-        return _Ref(p.name, sha, {"dtype": opts.reference_dtype},
-                    lambda: HfSource(p, opts.reference_dtype, _threads(opts)))
+        fp = ckpt.fingerprint()
+        return _Ref(p.name, fp["sha256"], {"dtype": opts.reference_dtype},
+                    lambda: HfSource(p, opts.reference_dtype, _threads(opts)),
+                    identity=reference_identity(fp, None))
     if not p.exists():
         raise ConfigError(f"--reference {opts.reference}: no such file or folder; pass a Hugging Face checkpoint "
                           "folder, an unquantized .gguf / MLX folder, or a reference cache (.npz)")
@@ -127,7 +132,42 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
     pl = pls[0]
     rt = _runtime(pl, opts)
     # An artifact reference runs under the artifacts' runtime, so the KL isolates the weights.
-    return _Ref(pl.artifact.file, pl.artifact.sha256, rt, lambda: _open(pl, opts, rt))
+    return _Ref(pl.artifact.file, pl.artifact.sha256, rt, lambda: _open(pl, opts, rt),
+                identity=reference_identity(_manifest_source(pl), pl.artifact.quant))
+
+
+def _manifest_source(pl: Planned) -> Optional[dict[str, Any]]:
+    """The source the manifest beside ``pl`` records (None for a file no manifest lists)."""
+    from ..builder.manifest import MANIFEST, read_manifest
+
+    folder = pl.path.parent
+    if not (folder / MANIFEST).is_file():
+        return None
+    m = read_manifest(folder)
+    return m.source if any(a.file == pl.artifact.file for a in m.artifacts) else None
+
+
+def _read_own_cache(path: Path, key: refcache.CacheKey) -> Optional[refcache.RefCache]:
+    """The cache at ``path`` for ``key``; None when there is none, or when it is not whole (truncated,
+    bit-flipped, edited, an older format): then one warning line, and the reference is computed again
+    and the file replaced. A whole cache made for another key stays an error (refcache.check)."""
+    if not path.exists():
+        return None
+    try:
+        cache = refcache.load(path, want=key)
+    except refcache.CacheCorrupt as e:
+        log.warning("%s; computing the reference again", e)
+        return None
+    log.info("reference cache %s", path)
+    return cache
+
+
+def _save(cache: refcache.RefCache, path: Path) -> None:
+    """Keep the cache; a disk that cannot take it costs the next run the reference pass, not this run's results."""
+    try:
+        refcache.save(cache, path)
+    except EdgekitError as e:
+        log.warning("reference cache not kept: %s", e)
 
 
 def _key(ref: _Ref, text_sha: str, opts: EvalOptions) -> refcache.CacheKey:
@@ -139,8 +179,8 @@ def _key(ref: _Ref, text_sha: str, opts: EvalOptions) -> refcache.CacheKey:
 
 def _whole_text(src: Source, vocab: Vocab, texts: list[Text], opts: EvalOptions) -> tuple[dict[str, Any], np.ndarray]:
     """The reference's whole-text figures (and where each text is cut for --chunks), and its piece hashes."""
-    cuts = [wholetext.prefix_chars(t.text, src.tokenize(t.text), vocab.pieces, set(vocab.control), opts.ctx,
-                                   opts.chunks) for t in texts]
+    cuts = [wholetext.prefix_chars(t.text, tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)),
+                                   vocab.pieces, set(vocab.control), opts.ctx, opts.chunks) for t in texts]
     w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts)], opts.ctx, vocab.bos)
     log.info("reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text", src.label, w.bits_per_byte,
              w.tokens_per_byte, w.nbytes)
@@ -152,39 +192,54 @@ def _has_whole_text(cache: refcache.RefCache) -> bool:
     return cache.piece_hash is not None and isinstance(wt, dict) and wt.get("scheme") == wholetext.SCHEME
 
 
-def reference_cache(opts: EvalOptions, whole_text: bool = False) -> refcache.RefCache:
+def _check_identity(name: str, identity: dict[str, Any], planned: list[Planned], opts: EvalOptions) -> None:
+    """Before the reference runs: refuse it for a quantized one, or for weights other than the artifacts'."""
+    check_quant(name, identity, opts.force_reference)
+    for pl in planned:
+        check_reference(name, identity, pl.artifact.file, _manifest_source(pl), opts.force_reference)
+
+
+def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[Planned] = ()) -> refcache.RefCache:
     """The reference's cache for this run: read when present (its key checked), else computed and saved.
     ``whole_text``: it must also hold the reference's whole-text figures (a lean artifact is in the run);
-    a cache without them gets them added."""
+    a cache without them gets them added. ``planned``: the artifacts it will judge (reference.py)."""
     if opts.ctx < 4:
         raise ConfigError(f"--ctx {opts.ctx}: too short to score anything; use at least 4 (llama-perplexity: 128+)")
     if opts.top_k < 1:
         raise ConfigError(f"--top-k {opts.top_k}: must be at least 1")
+    if opts.chunks is not None and opts.chunks < 1:
+        raise ConfigError(f"--chunks {opts.chunks}: must be at least 1; leave it out to score every window the text has")
+    if opts.threads is not None and opts.threads < 1:
+        raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: this host's cores)")
     texts = load_texts(opts.texts)
     text_sha = texts_digest(texts)
     ref = resolve_reference(opts)
     if ref.open is None:  # a cache file given as the reference: its own key, checked against the run
-        have = refcache.load(ref.cache_file)
+        try:
+            have = refcache.load(ref.cache_file)
+        except refcache.CacheCorrupt as e:   # nothing here to compute it again from
+            raise ArtifactError(f"{e}; make it again where the reference runs, or pass the reference itself") from None
         want = refcache.CacheKey(have.key.reference, have.key.reference_sha256, text_sha, opts.ctx,
                                  opts.chunks or 0, opts.top_k)
         refcache.check(have.key, want, ref.cache_file)
+        _check_identity(have.key.reference, have.ref_stats.get("identity") or {}, list(planned), opts)
         if whole_text and not _has_whole_text(have):
             raise ArtifactError(f"{ref.cache_file}: this reference cache has no whole-text bits per byte, which a "
                                 "lean artifact is compared on; make it where the reference runs, with a lean "
                                 "artifact in that eval, or pass the reference itself")
         return have
+    _check_identity(ref.name, ref.identity, list(planned), opts)
     key = _key(ref, text_sha, opts)
     path = opts.ref_cache or refcache.default_path(key)
-    if Path(path).exists():
-        log.info("reference cache %s", path)
-        cache = refcache.load(path, want=key)
+    cache = _read_own_cache(Path(path), key)
+    if cache is not None:
         if whole_text and not _has_whole_text(cache):
             src = ref.open()
             try:
                 cache.ref_stats["whole_text"], cache.piece_hash = _whole_text(src, src.vocab(), texts, opts)
             finally:
                 src.close()
-            refcache.save(cache, path)
+            _save(cache, path)
         return cache
     t0 = time.perf_counter()
     src = ref.open()
@@ -198,7 +253,8 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False) -> refcache.Ref
         nbytes = piece_bytes(vocab.pieces, set(vocab.control))
         wins, rows, nll, nb = [], [], [], []
         for t in texts:
-            w = windows(src.tokenize(t.text), opts.ctx, vocab.bos, opts.chunks)
+            w = windows(tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)), opts.ctx, vocab.bos,
+                        opts.chunks)
             for win in w:
                 nxt = win[first + 1:].astype(np.int64)
                 r = compact(src.logits(win, first)[:len(nxt)], nxt, opts.top_k)
@@ -212,10 +268,10 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False) -> refcache.Ref
     stats = {"ppl": float(np.exp(all_nll.mean())),
              "bits_per_byte": float(all_nll.sum() / np.log(2) / max(int(all_nb.sum()), 1)),
              "seconds": round(time.perf_counter() - t0, 2), "n_vocab": len(vocab.pieces),
-             "tail_mass": tail_mass(RefRows.concat(rows)), **extra}
+             "tail_mass": tail_mass(RefRows.concat(rows)), "identity": ref.identity, **extra}
     cache = refcache.RefCache(key, vocab.sha256, np.concatenate(wins),
                               RefRows.concat(rows), all_nb, stats, hashes)
-    refcache.save(cache, path)
+    _save(cache, path)
     log.info("reference %s: PPL %.4f over %d windows in %.1f s; cached in %s", ref.name, stats["ppl"],
              len(cache.windows), stats["seconds"], path)
     return cache
@@ -268,7 +324,6 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
             wt = wholetext.measure(src, scored_texts(cache, opts), opts.ctx, vocab.bos)
     finally:
         src.close()
-    vers = versions()
     tgt = _target(pl.target)
     engine = pl.format.engine
     ref_wt = cache.ref_stats.get("whole_text") or {}
@@ -288,7 +343,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
     return QualityRecord(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=device_name(opts.device), target=tgt.name if tgt else "",
+        target=tgt.name if tgt else "",
         reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
         text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows) if st else wt.windows,
@@ -299,8 +354,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
         threads=_threads(opts) if engine == "llama.cpp" else None,
-        seconds=round(time.perf_counter() - t0, 3), timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        edgekit_version=vers.get("edgekit", ""), host=host_info(), versions=vers, runtime=runtime, extra=extra)
+        seconds=round(time.perf_counter() - t0, 3), **provenance(opts.device), runtime=runtime, extra=extra)
 
 
 def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:
@@ -311,7 +365,7 @@ def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:
         raise ConfigError("no artifact given; pass a .gguf, an MLX folder or a dist folder")
     planned = [pl for p in paths for pl in plan(Path(p), opts.target)]
     whole = any(isinstance(pl.artifact.extra, dict) and "vocab" in pl.artifact.extra for pl in planned)
-    cache = reference_cache(opts, whole_text=whole)
+    cache = reference_cache(opts, whole_text=whole, planned=planned)
     if cache.windows.shape[1] != opts.ctx:
         raise ArtifactError(f"reference cache has windows of {cache.windows.shape[1]} tokens, not --ctx {opts.ctx}")
     return [score_artifact(pl, cache, opts, whole_text=whole) for pl in planned]

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..core.errors import BenchError, ConfigError
-from ..core.host import device_name, host_info
-from ..builder.manifest import versions
+from ..results import SuiteRecord, provenance
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
 from .packs import resolve_suite
-from .record import SuiteRecord
 from .scorers import SCORERS
 
 EXAMPLE_SUITE = Path(__file__).resolve().parent / "data" / "example_suite.jsonl"
@@ -42,6 +40,25 @@ class Case:
         return SCORERS[self.scorer][0](output, self.expected)
 
 
+def _not_text(node: Any, where: str = "") -> Optional[tuple[str, str]]:
+    """(field, character) of the first lone surrogate in a parsed JSON value (json.loads accepts the
+    escape "\\ud800" without its pair; no tokenizer can encode it), else None."""
+    if isinstance(node, str):
+        try:
+            node.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return where or "the line", node[e.start]
+        return None
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        if isinstance(k, str) and _not_text(k) is not None:
+            return f"a key in {where or 'the line'}", _not_text(k)[1]
+        found = _not_text(v, f"{where}.{k}" if where and isinstance(k, str) else f"{where}[{k}]" if where else str(k))
+        if found is not None:
+            return found
+    return None
+
+
 def load_suite(path: Path) -> list[Case]:
     """Parse a suite file; any malformed line is a ConfigError naming FILE:LINE and the fix."""
     path = Path(path)
@@ -61,6 +78,10 @@ def load_suite(path: Path) -> list[Case]:
             raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); one JSON object per line") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{where}: a case must be a JSON object with id, suite, messages or prompt, expected, scorer")
+        bad = _not_text(d)
+        if bad is not None:
+            raise ConfigError(f"{where}: {bad[0]} holds {bad[1]!r}, half of a UTF-16 surrogate pair, which is not "
+                              "text; write the character itself or its full \\uXXXX\\uXXXX pair")
         missing = [k for k in ("id", "suite", "expected", "scorer") if k not in d]
         if missing or ("messages" not in d and "prompt" not in d):
             raise ConfigError(f"{where}: case lacks {', '.join(missing) or 'messages or prompt'}")
@@ -191,12 +212,10 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
         run = run_suite(cases, render, generate, opts.max_tokens, pl.artifact.file)
     finally:
         close()
-    vers = versions()
     a = pl.artifact
     run.meta = {"model": pl.model, "format": a.format, "quant": a.quant, "engine": pl.format.engine, "sha256": a.sha256,
-                "file_bytes": a.bytes, "device": device_name(opts.device), "threads": opts.threads,
-                "seconds": round(time.perf_counter() - t0, 3), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "edgekit_version": vers.get("edgekit", ""), "host": host_info(), "versions": vers, **info}
+                "file_bytes": a.bytes, "threads": opts.threads, "seconds": round(time.perf_counter() - t0, 3),
+                **provenance(opts.device), **info}
     return run
 
 

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..core.errors import ArtifactError, LabError
 from ..builder.manifest import MANIFEST, Manifest, folder_digest, id_map_file, read_manifest, verify
+from ..builder.projector import projector_file
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -234,6 +235,9 @@ def sidecars(folder: Path, manifest: Manifest) -> list[_Sidecar]:
         path = id_map_file(folder, a)   # a lean artifact's id map, checked locally before anything is sent
         if path is not None:
             out[path.name] = _Sidecar(path.name, a.extra["vocab"]["id_map_sha256"], path.stat().st_size)
+        proj = projector_file(folder, a)   # a multimodal projector, its sha256 and text link checked first
+        if proj is not None:
+            out[proj.name] = _Sidecar(proj.name, a.extra["projector"]["sha256"], proj.stat().st_size)
     return list(out.values())
 
 

@@ -8,6 +8,7 @@ no remote shell ever has to expand a tilde.
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 import tomllib
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.errors import ConfigError
+from ..core.fields import shown
 from ..core.registry import data_dir
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
@@ -23,7 +25,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Names make can use as targets without quoting (the Makefile pastes `$*` into a recipe line).
 MAKE_SAFE = re.compile(r"^[A-Za-z0-9._+@-]+$")
 _FIELDS = {"target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
-           "connect_timeout", "timeout", "ssh_options", "ssh_config"}
+           "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class Device:
     timeout: float = 1800.0            # seconds for one remote bench
     ssh_options: tuple[tuple[str, str], ...] = ()
     ssh_config: str | None = None      # local ssh_config file (-F); default: ~/.ssh/config
+    serve_port: int | None = None      # the device's `edgekit serve` port (default: --port)
+    api_key: str | None = field(default=None, repr=False)   # the key its server wants (lab serve --front)
+    # (field, where its value came from) for `edgekit lab list --origin`; not part of the identity.
+    origin: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
     @property
     def venv(self) -> str:
@@ -54,6 +60,22 @@ class Device:
     def make_safe(self) -> bool:
         return bool(MAKE_SAFE.match(self.name))
 
+    def fields(self) -> list[tuple[str, str, str]]:
+        """(field, value as used, where it came from) for every setting, set or defaulted."""
+        given = dict(self.origin)
+        unset = "unset: ~/.ssh/config or ssh's default"
+        out = []
+        for key in ("target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
+                    "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"):
+            value = shlex.join(self.edgekit_cmd) if key == "edgekit" else getattr(self, key)
+            if key == "api_key" and value:
+                value = "(set)"   # a secret: say where it comes from, never print it
+            if key == "ssh_options":
+                value = ", ".join(f"{k}={v}" for k, v in value)
+            where = given.get(key) or (unset if value in (None, "") else "edgekit's default")
+            out.append((key, "" if value is None else str(value), where))
+        return out
+
     def address(self) -> str:
         where = f"{self.user}@{self.host}" if self.user else self.host
         return f"{where}:{self.port}" if self.port else where
@@ -63,6 +85,7 @@ class Device:
 class Inventory:
     path: Path
     devices: dict[str, Device] = field(default_factory=dict)
+    kind: str = "toml"                 # toml | ansible (an INI or YAML Ansible inventory)
 
     def get(self, name: str) -> Device:
         try:
@@ -101,7 +124,7 @@ def _check_text(value: object, what: str, where: str) -> str:
     return value
 
 
-def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
+def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()) -> Device:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: [devices.{name}] must be a table; see targets/lab.example.toml")
     _check_text(name, "a device name", where)
@@ -123,14 +146,24 @@ def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
         _check_text(user, "user", where)
         if user.startswith("-") or any(c in user for c in "@:/") or any(c.isspace() for c in user):
             raise ConfigError(f"{where}: user {user!r} is not a login name")
-    try:
-        port = int(merged["port"]) if "port" in merged else None
-        connect_timeout = int(merged.get("connect_timeout", 10))
-        timeout = float(merged.get("timeout", 1800))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: port and timeouts must be numbers ({e})") from None
-    if port is not None and not 0 < port < 65536:
-        raise ConfigError(f"{where}: port {port} is out of range 1-65535")
+    # TOML's true is not port 1, nor nan or inf a timeout: integers and finite numbers only.
+    port, serve_port = merged.get("port"), merged.get("serve_port")
+    for key, p in (("port", port), ("serve_port", serve_port)):
+        if p is not None and type(p) is not int:
+            raise ConfigError(f"{where}: {key} must be an integer 1-65535, not {shown(p)}")
+        if p is not None and not 0 < p < 65536:
+            raise ConfigError(f"{where}: {key} {p} is out of range 1-65535")
+    connect_timeout = merged.get("connect_timeout", 10)
+    if type(connect_timeout) is not int or connect_timeout < 1:
+        raise ConfigError(f"{where}: connect_timeout must be a positive integer of seconds, not {shown(connect_timeout)}")
+    timeout = merged.get("timeout", 1800)
+    if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
+        raise ConfigError(f"{where}: timeout must be a positive number of seconds, not {shown(timeout)}")
+    timeout = float(timeout)
+    api_key = merged.get("api_key")
+    if api_key is not None and (_check_text(api_key, "api_key", where) != api_key.strip() or '"' in api_key
+                                or any(c.isspace() for c in api_key)):
+        raise ConfigError(f"{where}: api_key must be one word without quotes or blanks")
     edgekit = merged.get("edgekit")
     if edgekit is not None:
         # A list is taken as argv; a string is split the way a shell would split it, locally.
@@ -157,6 +190,9 @@ def _device(name: str, raw: dict, defaults: dict, where: str) -> Device:
         timeout=timeout,
         ssh_options=tuple((str(k), ("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in options.items()),
         ssh_config=str(Path(_check_text(ssh_config, "ssh_config", where)).expanduser()) if ssh_config else None,
+        serve_port=serve_port,
+        api_key=api_key,
+        origin=origin,
     )
 
 
@@ -165,9 +201,23 @@ def default_inventory() -> Path:
     return DEFAULT_INVENTORY if DEFAULT_INVENTORY.is_file() else data_dir("targets") / "lab.toml"
 
 
+def is_ansible(path: Path) -> bool:
+    """An Ansible inventory (INI or YAML file, or a folder of them) rather than edgekit's TOML."""
+    return path.suffix.lower() != ".toml"
+
+
 def load_inventory(path: Path | None = None) -> Inventory:
     given = path
     path = Path(path) if path else default_inventory()
+    if not path.exists():
+        raise ConfigError(f"{path}: no lab inventory; copy targets/lab.example.toml there and list your devices")
+    if is_ansible(path):
+        from .ansible_inventory import ansible_hosts
+
+        inv = Inventory(path=path, kind="ansible")
+        for name, raw, where, origin in ansible_hosts(path):
+            inv.devices[name] = _device(name, raw, {}, where, origin)
+        return inv
     if not path.is_file():
         # Name the file the user gave or the one looked for first (./targets/lab.toml), never the copy
         # inside the installed package; the example to copy is wherever it really is.
@@ -186,7 +236,12 @@ def load_inventory(path: Path | None = None) -> Inventory:
         raise ConfigError(f"{path}: [defaults] and [devices.NAME] must be tables; see targets/lab.example.toml")
     inv = Inventory(path=path)
     for name, table in devices.items():
-        inv.devices[name] = _device(name, table, defaults, f"{path} [devices.{name!r}]")
+        where = f"{path} [devices.{name!r}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [devices.{name}] must be a table; see targets/lab.example.toml")
+        origin = tuple((k, f"{path} [devices.{name}]" if k in table else f"{path} [defaults]")
+                       for k in {**defaults, **table})
+        inv.devices[name] = _device(name, table, defaults, where, origin)
     return inv
 
 

@@ -83,6 +83,15 @@ def bench_device(dist: Path, device: Device, bench_args: list[str], *, push: boo
         return _bench_device(build_folder(dist, device), device, bench_args, push, method)
 
 
+def tag_records(device: Device, records: list) -> list:
+    """Records measured on ``device``: named after it in the store, the device's own name kept in extra."""
+    for rec in records:
+        rec.extra = {**rec.extra, "lab": {"device": device.name, "ssh_host": device.host,
+                                          "remote_device": rec.device}}
+        rec.device = device.name
+    return records
+
+
 def _bench_device(folder: Path, device: Device, bench_args: list[str], push: bool, method: str) -> Outcome:
     from ..results import parse_jsonl
 
@@ -101,10 +110,7 @@ def _bench_device(folder: Path, device: Device, bench_args: list[str], push: boo
             raise LabError(explain_exit(device, r.returncode, r.stderr)) from None
         raise LabError(f"device {device.name!r}: bench printed unreadable jsonl ({e.__class__.__name__}); "
                        f"is the device's edgekit the same version? rerun with --bootstrap") from None
-    for rec in records:
-        rec.extra = {**rec.extra, "lab": {"device": device.name, "ssh_host": device.host,
-                                          "remote_device": rec.device}}
-        rec.device = device.name
+    tag_records(device, records)
     if r.returncode and not records:
         raise LabError(explain_exit(device, r.returncode, r.stderr))
     if r.returncode:
@@ -117,10 +123,12 @@ def _bench_device(folder: Path, device: Device, bench_args: list[str], push: boo
 
 
 def lab_run(dist: Path, devices: list[Device], bench_args: list[str], *, store=None, push: bool = True,
-            method: str = "auto", on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+            method: str = "auto", on_outcome: Callable[[Outcome], None] | None = None,
+            parallel: int = 16) -> list[Outcome]:
     """Bench ``devices`` in parallel; append each device's records to ``store`` as soon as it is done."""
     outcomes = []
-    for device, result in for_each(devices, lambda d: bench_device(dist, d, bench_args, push=push, method=method)):
+    for device, result in for_each(devices, lambda d: bench_device(dist, d, bench_args, push=push, method=method),
+                                   parallel):
         out = result if isinstance(result, Outcome) else Outcome(device.name, False, str(result), exit_code=1)
         if out.records and store is not None:
             store.append(out.records)

@@ -360,7 +360,7 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
     from ..backends.runner import mean_sd
-    from ..results import Record
+    from ..results import Record, utc_now
 
     if min(n_prompt, n_gen, reps) < 1:
         raise LabError("-p, -n and -r must be at least 1")
@@ -390,7 +390,7 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
         peak_rss_bytes=after.get("peak_rss_bytes", 0), kv_cache_bytes=props.get("kv_cache_bytes"),
         compute_buffer_bytes=props.get("compute_buffer_bytes"), budget_bytes=props.get("budget_bytes"),
-        via="served", timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        via="served", timestamp=utc_now(),
         edgekit_version=vers.get("edgekit", ""),
         engine_version=props.get("engine_version") or "",
         host=props.get("host") or {}, versions=vers, runtime=props.get("runtime") or {}, samples=samples,
@@ -424,7 +424,7 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
 
 def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: Any = None, push: bool = True,
                    method: str = "auto", port: int = 8080, on_outcome: Any = None,
-                   host: str = "0.0.0.0") -> list[Any]:
+                   host: str = "0.0.0.0", parallel: int = 16) -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
     from .run import Outcome, for_each
@@ -435,16 +435,17 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
         # Benched from here over the network: every interface, behind a key made for this run (with
         # --no-deploy, the running server's key from $EDGEKIT_API_KEY, if it has one).
         key = secrets.token_urlsafe(24) if push else os.environ.get("EDGEKIT_API_KEY")
-        url = deploy_served(dist, d, host=host, port=port, method=method, api_key=key).url if push \
-            else f"http://{d.host}:{port}/v1"
+        p = d.serve_port or port
+        url = deploy_served(dist, d, host=host, port=p, method=method, api_key=key).url if push \
+            else f"http://{d.host}:{p}/v1"
         try:
             return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host, key=key)
         except NoServer as e:
             raise LabError(f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
-                           f"--serve --port {port}`, or run without --no-deploy") from None
+                           f"--serve --port {p}`, or run without --no-deploy") from None
 
     outcomes = []
-    for d, rec in for_each(devices, work):
+    for d, rec in for_each(devices, work, parallel):
         if isinstance(rec, Exception):
             out = Outcome(d.name, False, str(rec), exit_code=1)
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -21,10 +20,10 @@ from typing import Any, Callable, Optional, Union
 from ..core.child import ChildDied, run_child
 from ..core.errors import ArtifactError, BenchError, BudgetExceeded, ConfigError
 from ..backends.formats import Format, detect, format_of
-from ..core.host import device_name, host_info, physical_cores
+from ..core.host import physical_cores
 from ..profiles.knobs import parse_set
-from ..builder.manifest import MANIFEST, Artifact, artifact_digest, read_manifest, versions
-from ..results import Record
+from ..builder.manifest import MANIFEST, Artifact, artifact_digest, read_manifest
+from ..results import Record, provenance
 from .roofline import TokenBytes, host_bandwidth
 from ..backends.engines import ENGINES, Engine
 from ..backends.runner import mean_sd
@@ -104,6 +103,8 @@ def plan(path: Path, target: Union[Target, str, None] = None) -> list[Planned]:
         raise ArtifactError(f"{p}: no such artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
     if p.is_dir() and (p / MANIFEST).exists():
         m = read_manifest(p)
+        if not m.artifacts:   # run and serve take the first; bench and eval would measure nothing
+            raise ArtifactError(f"{p / MANIFEST}: lists no artifacts; rebuild with `edgekit build`")
         out = [Planned(_checked(p, a), a, m.model, target or m.target) for a in m.artifacts]
     else:
         fmt = detect(p)
@@ -149,6 +150,8 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
         raise ConfigError("-p, -n and -r must be at least 1 (and -d at least 0)")
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)")
+    if opts.ctx is not None and opts.ctx < 1:   # 0 would silently mean the default below
+        raise ConfigError(f"--ctx {opts.ctx}: use at least 1 token (leave it out for the target's context)")
     threads = opts.threads or (min(tgt.threads, physical_cores()) if tgt else physical_cores())
     # llama-bench's context is p + n + d; each test here prefills d + p, then decodes d + n from a reset
     ctx = opts.ctx or (tgt.context if tgt else max(p + n + d for p, n, d in tests))
@@ -219,11 +222,10 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
     reps, fig, mem = res["reps"], res["figures"], res["memory"]
     samples = {k: [r[k] for r in reps] for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps")}
     (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
-    vers = versions()
+    prov = provenance(opts.device)
     rec = Record(
         artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
         engine=engine.name, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        device=device_name(opts.device),
         target=tgt.name if tgt else "", threads=applied["threads"], ctx=applied["ctx"],
         n_prompt=n_prompt, n_gen=n_gen, reps=opts.reps, load_ms=load_ms,
         ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
@@ -232,9 +234,7 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
         mlx_peak_bytes=fig.get("mlx_peak_bytes"), kv_cache_bytes=fig.get("kv_cache_bytes"),
         compute_buffer_bytes=fig.get("compute_buffer_bytes"),
         budget_bytes=tgt.memory_budget_bytes if tgt else None, depth=depth,
-        timestamp=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        edgekit_version=vers.get("edgekit", ""), engine_version=vers.get(engine.version_key, ""),
-        host=host_info(), versions=vers, runtime=applied["knobs"], samples=samples,
+        **prov, engine_version=prov["versions"].get(engine.version_key, ""), runtime=applied["knobs"], samples=samples,
         extra={"model_buffers": fig.get("model_buffers") or [], "gathered_bytes_per_token": pl.tokens.gathered,
                "tensor_bytes": pl.tokens.file_tensor_bytes, "bandwidth": bandwidth or {},
                "lazy_tensors": fig.get("lazy_tensors") or [],
@@ -253,8 +253,10 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
     return rec
 
 
-def bench(path: Path, opts: Optional[BenchOptions] = None) -> list[Record]:
-    """Measure every artifact PATH names; return one Record each (nothing is stored or printed)."""
+def bench(path: Path, opts: Optional[BenchOptions] = None,
+          on_records: Callable[[list[Record]], None] = lambda rs: None) -> list[Record]:
+    """Measure every artifact PATH names; return a Record per test. ``on_records`` gets each artifact's
+    records as its child finishes (the CLI prints and stores them there, so a later failure loses none)."""
     opts = opts or BenchOptions()
     planned = plan(path, opts.target)
     for pl in planned:
@@ -268,23 +270,29 @@ def bench(path: Path, opts: Optional[BenchOptions] = None) -> list[Record]:
         for i, pl in enumerate(planned, 1):
             label = f"bench {pl.artifact.file} ({i}/{len(planned)})"
             advance(0, label)
-            out += measure_tests(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}"))
+            recs = measure_tests(pl, opts, bw, on_step=lambda s, label=label: advance(1, f"{label}: {s}"))
+            on_records(recs)
+            out += recs
     return out
 
 
-def bench_sweep(path: Path, opts: BenchOptions, points: list[Any]) -> list[Record]:
+def bench_sweep(path: Path, opts: BenchOptions, points: list[Any],
+                on_records: Callable[[list[Record]], None] = lambda rs: None) -> list[Record]:
     """Every grid point of ``edgekit.measure.sweep.expand`` (threads, ctx, knobs; its tests on one load) on
-    every artifact PATH names: one child per artifact per point, a Record per test."""
+    every artifact PATH names: one child per artifact per point, a Record per test, each child's
+    records passed to ``on_records`` as it finishes."""
     import dataclasses
 
-    runs = [dataclasses.replace(opts, threads=pt.threads or opts.threads, ctx=pt.ctx or opts.ctx,
+    # A point's 0 stays 0 (settings refuses it), never the default (-t 1,0 used to run the default twice).
+    runs = [dataclasses.replace(opts, threads=opts.threads if pt.threads is None else pt.threads,
+                                ctx=opts.ctx if pt.ctx is None else pt.ctx,
                                 runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
     if len(runs) > 1:
         planned = plan(path, opts.target)
         for o in runs:  # every point's settings are checked before the first child starts
             for pl in planned:
                 settings(pl, o)
-    return [r for o in runs for r in bench(path, o)]
+    return [r for o in runs for r in bench(path, o, on_records)]
 
 
 def check_budget(records: list[Record], enforce: bool = True) -> list[str]:

@@ -76,27 +76,38 @@ def _twin(r: Record, records: list[Record]) -> Optional[Record]:
     return None
 
 
+def fault(r: Record, records: list[Record]) -> Optional[tuple[str, str]]:
+    """Why a record fails the gate, short (the bench table's budget column) and as the gate's line; None
+    when it passes. ``records``: the run's records, for the unlimited twin of a limited run."""
+    name = f"{r.artifact} ({r.pp_test}, {r.tg_test})"
+    lim = f"{r.limit_bytes / MB:,.0f} MB" if r.limit_bytes else ""
+    base = _twin(r, records) if r.limit_mechanism else None
+    if r.oom_killed:
+        return "OOM-killed", f"{name}: OOM-killed by the kernel inside the {lim} memory limit ({r.limit_mechanism})"
+    if r.limit_mechanism and (r.majflt_per_token or 0) > THRASH_MAJFLT_PER_TOKEN:
+        return "thrashing", (f"{name}: thrashes inside the {lim} memory limit: {r.majflt_per_token:,.0f} major page "
+                             f"faults per decoded token (the gate allows {THRASH_MAJFLT_PER_TOKEN})")
+    if base is not None and r.tg_tps < TG_FRACTION * base.tg_tps:
+        return (f"slowed {r.tg_tps / base.tg_tps:.2f}x", f"{name}: decodes at {r.tg_tps:.2f} t/s inside the {lim} "
+                f"memory limit, {r.tg_tps / base.tg_tps:.2f}x the {base.tg_tps:.2f} t/s without it (the gate needs "
+                f"{TG_FRACTION}x)")
+    if r.budget_bytes is not None and r.peak_rss_bytes and r.gate_bytes > r.budget_bytes:
+        what = "peak at 16 KB pages" if r.peak_16k_bytes and r.peak_16k_bytes > r.peak_rss_bytes else "peak RSS"
+        return (f"over by {r.over_budget_bytes / MB:.1f} MB",
+                f"{r.artifact}: {what} {r.gate_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
+                f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB")
+    return None
+
+
+def verdict(r: Record, records: list[Record]) -> Optional[str]:
+    """The budget column: "ok", why it fails, or None when no budget or limit applied."""
+    f = fault(r, records)
+    return f[0] if f else "ok" if r.budget_bytes is not None or r.limit_mechanism else None
+
+
 def gate_lines(records: list[Record]) -> list[str]:
     """One line per record that fails: killed, thrashing, slowed down by the limit, or over budget."""
-    out = []
-    for r in records:
-        name = f"{r.artifact} ({r.pp_test}, {r.tg_test})"
-        lim = f"{r.limit_bytes / MB:,.0f} MB" if r.limit_bytes else ""
-        base = _twin(r, records) if r.limit_mechanism else None
-        if r.oom_killed:
-            out.append(f"{name}: OOM-killed by the kernel inside the {lim} memory limit ({r.limit_mechanism})")
-        elif r.limit_mechanism and (r.majflt_per_token or 0) > THRASH_MAJFLT_PER_TOKEN:
-            out.append(f"{name}: thrashes inside the {lim} memory limit: {r.majflt_per_token:,.0f} major page "
-                       f"faults per decoded token (the gate allows {THRASH_MAJFLT_PER_TOKEN})")
-        elif base is not None and r.tg_tps < TG_FRACTION * base.tg_tps:
-            out.append(f"{name}: decodes at {r.tg_tps:.2f} t/s inside the {lim} memory limit, "
-                       f"{r.tg_tps / base.tg_tps:.2f}x the {base.tg_tps:.2f} t/s without it (the gate needs {TG_FRACTION}x)")
-        elif r.budget_bytes is not None and r.peak_rss_bytes and r.gate_bytes > r.budget_bytes:
-            what = ("peak at 16 KB pages" if r.peak_16k_bytes and r.peak_16k_bytes > r.peak_rss_bytes
-                    else "peak RSS")
-            out.append(f"{r.artifact}: {what} {r.gate_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
-                       f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB")
-    return out
+    return [f[1] for r in records if (f := fault(r, records))]
 
 
 def limit_notes(records: list[Record]) -> list[str]:

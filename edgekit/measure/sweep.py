@@ -110,3 +110,28 @@ def expand(n_prompt: Sequence[int], n_gen: Sequence[int], depth: Sequence[int] =
             for t in threads or (None,):
                 out.append(Point(threads=t, ctx=c, knobs=dict(zip(names, values)), tests=tests))
     return out
+
+
+# A grid this large (rows per artifact) starts only with --yes: each row is a model load or a timed run,
+# and a typo such as -p 1,2,...,1000 would hold the machine for hours without a word.
+CONFIRM_ROWS = 100
+
+
+def check_grid(points: Sequence[Point], factors: dict[str, int], yes: bool) -> int:
+    """The grid's rows per artifact; above CONFIRM_ROWS without ``yes``, a ConfigError that gives the
+    count and what multiplies to it (``factors``: flag -> number of values)."""
+    rows = sum(len(pt.tests) or 1 for pt in points)
+    if rows > CONFIRM_ROWS and not yes:
+        made = " × ".join(f"{n} {flag} values" for flag, n in factors.items() if n > 1)
+        raise ConfigError(f"the grid is {rows:,} rows per artifact ({made}); pass --yes to run it, or give fewer values")
+    return rows
+
+
+def swept_keys(points: Sequence[Point]) -> list[str]:
+    """What varies between the grid's points besides threads (a column of its own): ctx and --set knobs,
+    in that order; the bench table shows each as a column."""
+    keys = ["ctx"] if len({p.ctx for p in points}) > 1 else []
+    for k in dict.fromkeys(k for p in points for k in p.knobs):
+        if len({repr(p.knobs.get(k)) for p in points}) > 1:
+            keys.append(k)
+    return keys

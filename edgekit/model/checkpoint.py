@@ -13,7 +13,7 @@ import json
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ class Checkpoint:
     config: Gemma4TextConfig
     tensors: dict[str, TensorRef]   # text tensors, keyed by name without the language-model prefix
     dropped: list[str]              # multimodal tensors skipped for text deployment
+    tower_tensors: dict[str, TensorRef] = field(default_factory=dict)   # those, by full name (the mmproj reads them)
 
     @property
     def name(self) -> str:
@@ -107,6 +108,18 @@ def _snapshot(text: str) -> Path:
         raise HubError(f"{model}: the hub cannot be reached ({e.__class__.__name__}); pass a local directory when offline") from None
 
 
+def _kind(p: Path) -> str:
+    import stat
+
+    try:
+        mode = os.stat(p).st_mode
+    except OSError as e:
+        return e.strerror or "unreadable"
+    return next((what for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+                 if test(mode)), "not a file")
+
+
 def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     path = resolve(model)
     cfg_path = path / "config.json"
@@ -123,21 +136,27 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no .safetensors files; edgekit reads safetensors checkpoints")
+    for shard in shards:   # a FIFO or device would block the first read forever (a symlink to a file is fine)
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: not a regular file ({_kind(shard)}); a safetensors shard must be a file, "
+                                  "fetch it again")
     index_path = path / "model.safetensors.index.json"
     if index_path.is_file():
         try:
             weight_map = json.loads(index_path.read_text())["weight_map"]
         except (OSError, ValueError, KeyError):
             raise CheckpointError(f"{index_path}: unreadable index; restore it from the original checkpoint") from None
-        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        missing = sorted({f for f in weight_map.values() if not (path / f).exists()})
         if missing:
             raise CheckpointError(f"{path}: shard {missing[0]} named by the index is missing; fetch it again")
     tensors: dict[str, TensorRef] = {}
     dropped: list[str] = []
+    towers: dict[str, TensorRef] = {}
     for shard in shards:
         for name, ref in read_tensors(shard, CheckpointError, SOURCE_DTYPES).items():
             if name.startswith(DROPPED_PREFIXES):
                 dropped.append(name)
+                towers[name] = ref
                 continue
             short = name
             for prefix in (TEXT_PREFIX, "model."):
@@ -154,4 +173,4 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     for name, shape in expected.items():
         if tensors[name].shape != shape:
             raise CheckpointError(f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree")
-    return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped)
+    return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped, tower_tensors=towers)

@@ -7,7 +7,7 @@ other is an error naming the keys it knows, so a typo never builds silently with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,9 @@ class Recipe:
     dtype: str | None = None
     # Lean vocabulary, any format: keep this many tokens (edgekit/vocab); None keeps the full vocabulary.
     vocab: int | None = None
+    # The projector's type per tower when a build includes modalities ({vision = "Q8_0", audio = "BF16"});
+    # a tower not named is F16.
+    towers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         d = {"name": self.name, "format": self.format, "quant": self.quant}
@@ -42,6 +45,8 @@ class Recipe:
                 d[k] = getattr(self, k)
         if self.overrides:
             d["overrides"] = dict(self.overrides)
+        if self.towers:
+            d["towers"] = dict(self.towers)
         return d
 
 
@@ -50,6 +55,24 @@ def check_names(r: Recipe, where: str) -> None:
     path. load_recipe checks it, and build again for recipes registered in code."""
     for key in ("name", "quant"):
         check_plain_name(getattr(r, key), key, where, "fix the recipe")
+
+
+def check_label(r: Recipe, where: str) -> None:
+    """The quant label names the artifact (<model>-<quant>.gguf) and the manifest's quant: it must be what
+    the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
+    if r.format == "gguf" and r.ftype:
+        want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+        fix = f"set quant = \"{want}\" (or \"{want}-<suffix>\"), or the ftype that writes {r.quant}"
+        what = f"ftype {r.ftype!r}, which writes {want}"
+    elif r.format == "mlx" and r.bits is not None:
+        want = f"{r.bits}bit"
+        fix = f"set quant = \"{want}-g{r.group_size or 64}\", or the bits it names"
+        what = f"bits = {r.bits}"
+    else:
+        return
+    label = r.quant.upper()
+    if label != want.upper() and not label.startswith(want.upper() + "-"):
+        raise ConfigError(f"{where}: quant {r.quant!r} does not match {what}; {fix}")
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -79,20 +102,54 @@ def load_recipe(path: Path) -> Recipe:
         group_size=f.int("group_size", None),
         dtype=f.str("dtype", None),
         vocab=raw.get("vocab"),
+        towers=_tower_types(raw.get("towers", {}), str(path)),
     )
     check_names(r, str(path))
+    check_label(r, str(path))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
 
 
-# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter.
-COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab"})
+def _tower_types(raw: Any, where: str) -> dict[str, str]:
+    from ..model.towers import MODALITIES, TOWER_TYPES
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: towers must be a table like {{vision = \"Q8_0\", audio = \"BF16\"}}")
+    for m, t in raw.items():
+        if m not in MODALITIES:
+            raise ConfigError(f"{where}: towers.{m}: unknown modality; choose from {', '.join(MODALITIES)}")
+        if not isinstance(t, str) or t.upper() not in TOWER_TYPES:
+            raise ConfigError(f"{where}: towers.{m} = {t!r}; choose one of {', '.join(TOWER_TYPES)}")
+    return {m: t.upper() for m, t in raw.items()}
+
+
+# vocab (a lean vocabulary, edgekit/vocab) is a checkpoint transform before any format's converter;
+# towers (the projector's types) applies to whatever format builds the towers.
+COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab", "towers"})
 
 
 def _load_all() -> dict[str, Recipe]:
-    return {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    from ..backends.gguf.ftypes import type_recipes
+
+    toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
+    # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
+    return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}
 
 
 RECIPES: Registry[Recipe] = Registry("recipe")
 RECIPES.lazy(_load_all)
+
+
+def get_recipe(name: str) -> Recipe:
+    """A recipe by name (a TOML's, or a llama.cpp type's: q5_k_m), or ``RECIPE+TYPE``: RECIPE's tensor
+    overrides and vocabulary on top of llama.cpp type TYPE (``iq4_xs-edge+q5_k_m``: Q5_K_M layers with
+    the edge recipe's Q4_K head and Q6_K per-layer table)."""
+    base, plus, typ = name.rpartition("+")
+    if not plus:
+        return RECIPES.get(name)
+    r, t = RECIPES.get(base), RECIPES.get(typ)
+    if r.format != "gguf" or t.format != "gguf" or t.overrides or t.vocab is not None:
+        raise ConfigError(f"{name}: RECIPE+TYPE takes a gguf recipe and a llama.cpp type (e.g. iq4_xs-edge+q5_k_m)")
+    return replace(r, name=name, quant=f"{t.quant}+{r.name}", ftype=t.ftype,
+                   description=f"{r.name}'s overrides on llama.cpp {t.quant}")

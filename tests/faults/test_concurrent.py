@@ -42,7 +42,7 @@ def seeds(tmp_path_factory):
 
 
 def _start(ckpt, out, log):
-    return subprocess.Popen(edgekit_cmd("build", "-m", ckpt, "-q", QUANTS, "-o", out), env=env(),
+    return subprocess.Popen(edgekit_cmd("build", "-m", ckpt, "-q", QUANTS, "--out", out), env=env(),
                             stdout=subprocess.DEVNULL, stderr=open(log, "w"))
 
 

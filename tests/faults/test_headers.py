@@ -71,7 +71,7 @@ def test_checkpoint_with_a_wrong_shaped_header_is_one_line_on_build(tiny_ckpt, t
     header[name]["data_offsets"] = [-2, header[name]["data_offsets"][1]]
     blob = json.dumps(header).encode()
     shard.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
-    res = CliRunner().invoke(app, ["build", "-m", str(ckpt), "-q", "f16", "-o", str(tmp_path / "out")])
+    res = CliRunner().invoke(app, ["build", "-m", str(ckpt), "-q", "f16", "--out", str(tmp_path / "out")])
     assert res.exit_code == 1
     assert res.stderr == (f"edgekit: error: {shard.name}: tensor {name} has data_offsets {header[name]['data_offsets']}, "
                           "not two ordered byte offsets; the file is corrupt, fetch the file again\n")

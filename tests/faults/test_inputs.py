@@ -72,7 +72,7 @@ def test_config_value_of_the_wrong_type(ckpt, tmp_path, key, value, says):
     cfg = json.loads(cfg_path.read_text())
     _set(cfg, key, value)
     cfg_path.write_text(json.dumps(cfg))
-    res = run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out")
+    res = run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out")
     if says is None:
         assert res.exit_code == 0, res.output
         return
@@ -83,7 +83,7 @@ def test_config_value_of_the_wrong_type(ckpt, tmp_path, key, value, says):
 def test_config_that_is_a_list(ckpt, tmp_path):
     cfg_path = ckpt / "config.json"
     cfg_path.write_text("[1, 2]")
-    res = run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out")
+    res = run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out")
     assert_one_line(res, 1, f"{cfg_path}: the file must be an object of fields, not a list; {RESTORE}")
 
 
@@ -214,7 +214,7 @@ def test_report_skips_and_names_corrupt_store_rows(tmp_path):
     res = run_cli("report", "--db", db, "--out", tmp_path / "rep")   # a process of its own: logging as a user sees it
     assert res.returncode == 0, res.stderr
     assert res.stdout == f"{tmp_path / 'rep' / 'report.md'}\n"
-    assert res.stderr == (f"WARNING edgekit.report: {db}: skipped 5 corrupt row(s) (id 2, 3, 4, 5, 6): "
+    assert res.stderr == (f"WARNING edgekit.results.report: {db}: skipped 5 corrupt row(s) (id 2, 3, 4, 5, 6): "
                           "not a readable bench record\n")
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "1 measurement(s)" in md and "5 corrupt row(s) were skipped." in md and "tiny-Q4_0.gguf" in md
@@ -242,7 +242,7 @@ def test_synth_out_under_a_regular_file(tmp_path):
 def test_manifest_path_that_is_a_folder(tiny_ckpt, tmp_path):
     folder = tmp_path / "out" / "tiny-gemma4" / "pi5"
     (folder / "manifest.json").mkdir(parents=True)
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "--out", tmp_path / "out"), 1,
                     f"{folder / 'manifest.json'}: a folder stands where the manifest goes; remove it and build again")
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json"]
     assert_one_line(run("bench", folder, "--no-store"), 1,
@@ -253,10 +253,10 @@ def test_manifest_path_that_is_a_folder(tiny_ckpt, tmp_path):
 
 def test_rebuild_on_a_read_only_mount(tiny_ckpt, tmp_path):
     with tmpfs(tmp_path / "ro", "64m") as mnt:
-        assert run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt).exit_code == 0
+        assert run("build", "-m", tiny_ckpt, "-q", "f16", "--out", mnt).exit_code == 0
         folder = mnt / "tiny-gemma4" / "pi5"
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-        assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt), 1,
+        assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "--out", mnt), 1,
                         f"{folder}: not writable (Read-only file system); pass --out with a folder you can write")
         assert verify(folder) == [] and hidden_leftovers(mnt) == []
 
@@ -280,15 +280,15 @@ def test_mistyped_local_path_says_the_folder_is_missing(tiny_ckpt, tmp_path, mon
     (tmp_path / "ck2").mkdir()
     shutil.copytree(tiny_ckpt, tmp_path / "ck2" / "tiny")
     monkeypatch.chdir(tmp_path)
-    assert_one_line(run("build", "-m", model, "-q", "f16", "-o", tmp_path / "out"), 1, says)
+    assert_one_line(run("build", "-m", model, "-q", "f16", "--out", tmp_path / "out"), 1, says)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_where_an_artifact_goes_is_refused_before_the_old_manifest_goes(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
-    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", out).exit_code == 0
+    assert run("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", out).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     (folder / "tiny-gemma4-F16.gguf").mkdir()
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16", "-o", out), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16", "--out", out), 1,
                     f"{folder / 'tiny-gemma4-F16.gguf'}: a folder stands where this file goes; remove it and build again")
     assert verify(folder) == [] and hidden_leftovers(out) == []   # the earlier Q8_0 build still stands

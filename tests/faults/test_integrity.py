@@ -34,7 +34,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 @pytest.fixture()
 def good_build(tiny_ckpt, tmp_path):
     out = tmp_path / "dist"
-    assert run("build", "-m", tiny_ckpt, "-q", "f16,q8_0", "-o", out).exit_code == 0
+    assert run("build", "-m", tiny_ckpt, "-q", "f16,q8_0", "--out", out).exit_code == 0
     folder = out / "tiny-gemma4" / "pi5"
     return out, folder, snapshot(folder)
 
@@ -54,7 +54,7 @@ def test_a_recipe_quant_that_is_a_path_is_refused_before_anything_is_written(tin
 
     monkeypatch.setitem(RECIPES._items, "evil", dataclasses.replace(RECIPES.get("f16"), name="evil", quant=quant))
     before = sorted(tmp_path.parent.rglob("*evil*"))
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "evil", "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "evil", "--out", tmp_path / "out"), 1,
                     f"recipe 'evil': quant must be a plain name (letters, digits, . _ + -; no path separator or "
                     f"leading dot), not the string {quant!r}; fix the recipe")
     assert not (tmp_path / "out").exists() and sorted(tmp_path.parent.rglob("*evil*")) == before
@@ -120,7 +120,7 @@ def test_nonfinite_source_weights_are_refused_naming_the_tensor(tmp_path, dtype,
     ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=3, dtype=dtype)
     _poke(next(ckpt.glob("*.safetensors")), TENSOR, value)
     for quant in ("f32", "q8_0"):   # unquantized (written by the converter) and quantized by llama.cpp
-        assert_one_line(run("build", "-m", ckpt, "-q", quant, "-o", tmp_path / "out"), 1,
+        assert_one_line(run("build", "-m", ckpt, "-q", quant, "--out", tmp_path / "out"), 1,
                         f"{ckpt}: tensor {TENSOR} holds 1 NaN/Inf value(s); the checkpoint is corrupt: fetch it "
                         "again, or pass --allow-nonfinite to build it anyway")
         folder = tmp_path / "out" / "tiny-gemma4" / "pi5"
@@ -134,7 +134,7 @@ def test_allow_nonfinite_builds_and_the_manifest_says_so(tmp_path):
     shard = next(ckpt.glob("*.safetensors"))
     _poke(shard, TENSOR, np.nan)
     _poke(shard, "model.language_model.embed_tokens.weight", np.inf)
-    res = run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out", "--allow-nonfinite")
+    res = run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out", "--allow-nonfinite")
     assert res.exit_code == 0, res.output
     folder = tmp_path / "out" / "tiny-gemma4" / "pi5"
     assert read_manifest(folder).source["nonfinite_tensors"] == {TENSOR: 1, "model.language_model.embed_tokens.weight": 1}
@@ -147,7 +147,7 @@ def test_a_rebuild_refused_late_keeps_the_earlier_build(good_build, tiny_ckpt, t
     ckpt = tmp_path / "tiny-gemma4"
     shutil.copytree(tiny_ckpt, ckpt)
     _poke(next(ckpt.glob("*.safetensors")), TENSOR, np.nan)
-    res = run("build", "-m", ckpt, "-q", "f16,q8_0", "-o", out)
+    res = run("build", "-m", ckpt, "-q", "f16,q8_0", "--out", out)
     assert res.exit_code == 1 and "NaN/Inf" in res.stderr
     assert snapshot(folder) == before and verify(folder) == [] and hidden_leftovers(out) == []
 
@@ -159,13 +159,13 @@ def test_a_quantizer_failure_on_the_last_recipe_keeps_the_earlier_build(good_bui
     out, folder, before = good_build
     real = q.quantize
 
-    def fails_on_q4_0(src, dst, recipe, threads=0):
+    def fails_on_q4_0(src, dst, recipe, threads=0, **kw):
         if recipe.name == "q4_0":
             raise QuantizeError("llama.cpp could not quantize (injected)")
-        return real(src, dst, recipe, threads)
+        return real(src, dst, recipe, threads, **kw)
 
     monkeypatch.setattr(q, "quantize", fails_on_q4_0)
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16,q4_0", "-o", out), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "q8_0,f16,q4_0", "--out", out), 1,
                     "llama.cpp could not quantize (injected)")
     assert snapshot(folder) == before and verify(folder) == [] and hidden_leftovers(out) == []
 
@@ -174,15 +174,15 @@ def test_an_mlx_build_checks_the_tokenizer_before_copying_it(tiny_ckpt, tmp_path
     ckpt = tmp_path / "tiny-gemma4"
     shutil.copytree(tiny_ckpt, ckpt)
     out = tmp_path / "dist"
-    assert run("build", "-m", ckpt, "-t", "m2", "-q", "mlx-4bit", "-o", out).exit_code == 0
+    assert run("build", "-m", ckpt, "--target", "m2", "-q", "mlx-4bit", "--out", out).exit_code == 0
     folder = out / "tiny-gemma4" / "m2"
     before = snapshot(folder)
     tok = ckpt / "tokenizer.json"
     tok.write_bytes(tok.read_bytes()[: tok.stat().st_size // 2])   # a torn download
     line = f"{tok} is unreadable or corrupt (JSONDecodeError); replace it with the original Gemma 4 tokenizer.json"
-    assert_one_line(run("build", "-m", ckpt, "-t", "m2", "-q", "mlx-4bit", "-o", out), 1, line)
+    assert_one_line(run("build", "-m", ckpt, "--target", "m2", "-q", "mlx-4bit", "--out", out), 1, line)
     assert snapshot(folder) == before and verify(folder) == []
-    assert_one_line(run("build", "-m", ckpt, "-t", "m2", "-q", "mlx-4bit", "-o", tmp_path / "fresh"), 1, line)
+    assert_one_line(run("build", "-m", ckpt, "--target", "m2", "-q", "mlx-4bit", "--out", tmp_path / "fresh"), 1, line)
     assert not (tmp_path / "fresh").exists()
 
 
@@ -190,10 +190,10 @@ def test_an_mlx_build_checks_the_tokenizer_before_copying_it(tiny_ckpt, tmp_path
 
 def test_full_disk_mid_rebuild_keeps_the_earlier_build(tiny_ckpt, disk):
     mnt = disk("48m")   # one F16 build (29.5 MB) fits; a second copy beside it does not
-    assert run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt).exit_code == 0
+    assert run("build", "-m", tiny_ckpt, "-q", "f16", "--out", mnt).exit_code == 0
     folder = mnt / "tiny-gemma4" / "pi5"
     before = snapshot(folder)
-    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "-o", mnt), 1,
+    assert_one_line(run("build", "-m", tiny_ckpt, "-q", "f16", "--out", mnt), 1,
                     f"{folder / 'tiny-gemma4-F16.gguf'}: no space left on the device; free space or pass --out on a larger disk")
     assert snapshot(folder) == before and verify(folder) == [] and hidden_leftovers(mnt) == []
 
@@ -201,7 +201,7 @@ def test_full_disk_mid_rebuild_keeps_the_earlier_build(tiny_ckpt, disk):
 def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
     mnt = disk("40m")   # the BF16 intermediate (29.5 MB) fits, the Q8_0 file (16.3 MB) beside it does not
     folder = mnt / "tiny-gemma4" / "pi5"
-    res = run("build", "-m", tiny_ckpt, "-q", "q8_0", "-o", mnt)
+    res = run("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", mnt)
     assert_one_line(res, 1, "llama.cpp could not quantize .tiny-gemma4-BF16.intermediate.gguf to Q8_0 (return code 1); "
                     f"the disk holding {folder} has only 0.0 MB free, most likely full: free space or pass --out on a larger disk")
     assert list(folder.iterdir()) == [] and hidden_leftovers(mnt) == []
@@ -212,12 +212,14 @@ def test_full_disk_inside_the_quantizer_says_the_disk_is_full(tiny_ckpt, disk):
 def _fake_bench(calls):
     from edgekit.results import Record
 
-    def bench(path, opts, points=None):
+    def bench(path, opts, points=None, on_records=lambda rs: None):
         calls.append(path)
-        return [Record(artifact="a.gguf", model="tiny", format="gguf", quant="Q8_0", engine="llama.cpp", sha256="0" * 64,
+        recs = [Record(artifact="a.gguf", model="tiny", format="gguf", quant="Q8_0", engine="llama.cpp", sha256="0" * 64,
                        file_bytes=1, device="d", target="pi5", threads=2, ctx=16, n_prompt=4, n_gen=2, reps=1,
                        load_ms=1.0, ttft_ms=1.0, ttft_ms_sd=0.0, pp_tps=1.0, pp_tps_sd=0.0, tg_tps=1.0, tg_tps_sd=0.0,
                        peak_rss_bytes=1)]
+        on_records(recs)   # as bench_sweep hands each child's records over
+        return recs
     return bench
 
 
@@ -242,14 +244,14 @@ def test_a_store_that_fills_up_after_measuring_loses_no_record(good_build, disk,
     calls: list = []
     fake = _fake_bench(calls)
 
-    def measure_then_fill(path, opts, points):
+    def measure_then_fill(path, opts, points, on_records):
         _fill(mnt)   # the disk fills while the runs go on
-        return fake(path, opts)
+        return fake(path, opts, points, on_records)
 
     monkeypatch.setattr(edgekit.measure.bench, "bench_sweep", measure_then_fill)
     res = run("bench", good_build[1], "--db", db, "-o", "json")
     assert calls, (res.exit_code, res.exception, res.output)
-    assert parse_json(res.stdout) == fake(None, None)   # printed whole
+    assert parse_json(res.stdout) == fake(None, None)   # printed whole (the array closed after the error)
     assert_one_line(res, 1, f"{db}: cannot append to the results store (database or disk is full): the 1 record(s) "
                     "above were printed but not stored; rerun with --db elsewhere")
 
@@ -272,9 +274,9 @@ def test_values_float16_cannot_hold_are_refused_in_an_f16_build(tmp_path, dtype)
 
     ckpt = synth(tmp_path / "tiny-gemma4", preset="tiny", seed=4, dtype=dtype)
     _poke(next(ckpt.glob("*.safetensors")), TENSOR, 1e5)
-    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "-o", tmp_path / "out"), 1,
+    assert_one_line(run("build", "-m", ckpt, "-q", "f16", "--out", tmp_path / "out"), 1,
                     f"tensor {TENSOR}: 1 value(s) beyond float16's range (±65504) would become Inf in an F16 file; "
                     "build the f32 recipe or a quantized one instead")
     assert list((tmp_path / "out" / "tiny-gemma4" / "pi5").iterdir()) == []
-    res = run("build", "-m", ckpt, "-q", "f32,q8_0", "-o", tmp_path / "out")   # what the line suggests works
+    res = run("build", "-m", ckpt, "-q", "f32,q8_0", "--out", tmp_path / "out")   # what the line suggests works
     assert res.exit_code == 0, res.output

@@ -36,7 +36,7 @@ app(sys.argv[1:], prog_name="edgekit")
 
 
 def start_held_build(ckpt, out, quants="f16,q8_0"):
-    return subprocess.Popen([sys.executable, "-c", HELD_BUILD, "build", "-m", str(ckpt), "-q", quants, "-o", str(out)],
+    return subprocess.Popen([sys.executable, "-c", HELD_BUILD, "build", "-m", str(ckpt), "-q", quants, "--out", str(out)],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -55,7 +55,7 @@ def wait_until_staged(proc, folder: Path, names: set[str], timeout=120) -> Path:
 @pytest.fixture()
 def earlier_build(tiny_ckpt, tmp_path):
     out = tmp_path / "dist"
-    res = run_cli("build", "-m", tiny_ckpt, "-q", "q4_0", "-o", out)
+    res = run_cli("build", "-m", tiny_ckpt, "-q", "q4_0", "--out", out)
     assert res.returncode == 0, res.stderr
     folder = out / "tiny-gemma4" / "pi5"
     return out, folder, {p.name: p.read_bytes() for p in folder.iterdir()}
@@ -96,7 +96,7 @@ def test_sigkill_mid_build_leaves_no_lock_and_the_next_build_cleans_up(tiny_ckpt
     assert stage.is_dir()
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before and verify(folder) == []
     # The kernel dropped the dead build's lock: the next build starts at once and removes the stage.
-    res = run_cli("build", "-m", tiny_ckpt, "-q", "f16", "-o", out, timeout=120)
+    res = run_cli("build", "-m", tiny_ckpt, "-q", "f16", "--out", out, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "waiting" not in res.stderr
     assert not stage.exists() and hidden_leftovers(out) == []
@@ -105,7 +105,7 @@ def test_sigkill_mid_build_leaves_no_lock_and_the_next_build_cleans_up(tiny_ckpt
 
 def test_sigterm_mid_bench_is_one_line_and_leaves_nothing_behind(tiny_ckpt, tmp_path):
     """The parent's half: the line, 143, and nothing of the run left in TMPDIR."""
-    res = run_cli("build", "-m", tiny_ckpt, "-q", "q4_0", "-o", tmp_path / "dist")
+    res = run_cli("build", "-m", tiny_ckpt, "-q", "q4_0", "--out", tmp_path / "dist")
     assert res.returncode == 0, res.stderr
     tmp = tmp_path / "tmp"
     tmp.mkdir()

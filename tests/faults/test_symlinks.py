@@ -47,7 +47,7 @@ def test_build_writes_through_no_planted_link(tiny_ckpt, tmp_path):
     for i, n in enumerate(names):
         victims[n] = tmp_path / f"victim{i}"
         plant(folder / n, victims[n])
-    res = run_cli("build", "-m", tiny_ckpt, "-q", "f16,q8_0", "-o", out)
+    res = run_cli("build", "-m", tiny_ckpt, "-q", "f16,q8_0", "--out", out)
     assert res.returncode == 0, res.stderr
     for n, v in victims.items():
         assert v.read_bytes() == VICTIM, n
@@ -66,7 +66,7 @@ def test_mlx_folder_artifact_replaces_a_planted_link_to_a_folder(tiny_ckpt, tmp_
     victim_dir = tmp_path / "victim_dir"
     plant_dir(folder / "tiny-gemma4-mlx-4bit-g64", victim_dir)
     plant(folder / ".tiny-gemma4-mlx-4bit-g64.partial", tmp_path / "victim_file")
-    res = run_cli("build", "-m", tiny_ckpt, "-t", "m2", "-q", "mlx-4bit", "-o", out, timeout=600)
+    res = run_cli("build", "-m", tiny_ckpt, "--target", "m2", "-q", "mlx-4bit", "--out", out, timeout=600)
     assert res.returncode == 0, res.stderr
     assert intact_dir(victim_dir) and (tmp_path / "victim_file").read_bytes() == VICTIM
     art = folder / "tiny-gemma4-mlx-4bit-g64"

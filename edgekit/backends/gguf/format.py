@@ -36,6 +36,14 @@ class GgufFormat:
 
         return recipe.ftype in FLOAT_FTYPES and not recipe.overrides
 
+    def takes_imatrix(self, recipe: Any) -> bool:
+        return not self._direct(recipe)
+
+    def needs_imatrix(self, recipe: Any) -> list[str]:
+        from .ftypes import needs_imatrix
+
+        return needs_imatrix(recipe) if recipe.ftype else []
+
     def check(self, recipe: Any) -> None:
         from ...core.errors import ConfigError
 
@@ -52,6 +60,7 @@ class GgufFormat:
         from .quantize import FLOAT_FTYPES, quantize
 
         out = Path(ctx.out_dir) / f"{ckpt.name}-{recipe.quant}.gguf"
+        imatrix = None
         if self._direct(recipe):
             convert(ckpt, out, FLOAT_FTYPES[recipe.ftype], name=ckpt.name)
         else:
@@ -62,10 +71,18 @@ class GgufFormat:
                 convert(ckpt, src, dtype, name=ckpt.name)
                 return src
 
+            if ctx.calibration is not None:
+                from .calibrate import importance_matrix
+
+                # One matrix per checkpoint (a lean vocabulary has its own context), on its intermediate.
+                imatrix = ctx.shared("gguf.imatrix", lambda c: importance_matrix(ckpt, c, c.shared("gguf.intermediate", intermediate)))
             # The build host quantizes with all its cores; the target's thread count is for running.
-            quantize(ctx.shared("gguf.intermediate", intermediate), out, recipe, threads=0)
+            quantize(ctx.shared("gguf.intermediate", intermediate), out, recipe, threads=0,
+                     imatrix=Path(ctx.out_dir) / imatrix["file"] if imatrix else None)
         size, digest = artifact_digest(out)
-        return Artifact(file=out.name, format=self.name, quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest)
+        extra = {"imatrix": dict(imatrix)} if imatrix else {}
+        return Artifact(file=out.name, format=self.name, quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest,
+                        extra=extra)
 
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix == ".gguf"

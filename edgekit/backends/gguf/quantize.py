@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import gguf
+import numpy as np
 
 from ...core.child import ChildDied, run_child
 from ...core.errors import ConfigError, EngineMissingError, QuantizeError
@@ -53,6 +54,7 @@ class QuantizeSpec:
     overrides: list[tuple[str, int]] = field(default_factory=list)
     threads: int = 0
     verbose: bool = False
+    imatrix: str = ""   # an importance-matrix file (imatrix.py), applied as llama-quantize --imatrix applies it
 
 
 @dataclass
@@ -84,7 +86,52 @@ def quantize_child(spec: QuantizeSpec, step: Callable[[str], None]) -> QuantizeR
             arr[i].type = t
         arr[len(spec.overrides)].pattern = None
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+    if spec.imatrix:
+        keep = _apply_imatrix(params, Path(spec.imatrix))  # noqa: F841 (the arrays must live through the call)
     return QuantizeResult(rc=int(llama_cpp.llama_model_quantize(spec.src.encode(), spec.dst.encode(), ctypes.byref(params))))
+
+
+def _apply_imatrix(params: Any, path: Path) -> list[Any]:
+    """Set ``params.imatrix`` and the ``quantize.imatrix.*`` KV overrides exactly as llama-quantize
+    --imatrix does (tools/quantize/quantize.cpp), so the file is byte-identical to its output; returns the
+    ctypes arrays, which must outlive the llama_model_quantize call."""
+    import ctypes
+
+    import llama_cpp
+
+    from .imatrix import KV_QUANT_CHUNKS, KV_QUANT_DATASET, KV_QUANT_ENTRIES, KV_QUANT_FILE, read_imatrix
+
+    m = read_imatrix(path)
+    means = m.means()
+    data = (llama_cpp.llama_model_imatrix_data * (len(means) + 1))()
+    keep: list[Any] = [data]
+    for i, (name, v) in enumerate(means.items()):
+        v = np.ascontiguousarray(v, dtype=np.float32)
+        keep.append(v)
+        data[i].name = name.encode()
+        data[i].data = v.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        data[i].size = v.size
+    data[len(means)].name = None
+    params.imatrix = ctypes.cast(data, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    kvs: list[tuple[str, Any]] = [(KV_QUANT_FILE, path.name)]
+    if m.datasets:
+        kvs.append((KV_QUANT_DATASET, m.datasets[0]))
+    kvs.append((KV_QUANT_ENTRIES, len(means)))
+    if m.chunk_count > 0:
+        kvs.append((KV_QUANT_CHUNKS, m.chunk_count))
+    kv = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
+    for i, (key, value) in enumerate(kvs):
+        kv[i].key = key.encode()
+        if isinstance(value, str):
+            kv[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+            kv[i].value.val_str = value.encode()[:127]   # llama-quantize's strncpy(…, 127)
+        else:
+            kv[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
+            kv[i].value.val_i64 = value
+    kv[len(kvs)].key = b""
+    params.kv_overrides = ctypes.cast(kv, ctypes.POINTER(llama_cpp.llama_model_kv_override))
+    keep.append(kv)
+    return keep
 
 
 def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
@@ -96,11 +143,13 @@ def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
     return llama_ftype(recipe.ftype), [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
 
 
-def quantize(src: Path, out: Path, recipe: Any, threads: int = 0) -> Path:
-    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically)."""
+def quantize(src: Path, out: Path, recipe: Any, threads: int = 0, imatrix: Path | None = None) -> Path:
+    """Quantize the unquantized GGUF ``src`` into ``out`` following ``recipe`` (atomically), with the
+    importance matrix in file ``imatrix`` if given (its name is what the GGUF records)."""
     ftype, overrides = check(recipe)
     with atomic_path(Path(out)) as tmp:
-        spec = QuantizeSpec(str(src), str(tmp), ftype, overrides, max(threads, 0), log.isEnabledFor(logging.DEBUG))
+        spec = QuantizeSpec(str(src), str(tmp), ftype, overrides, max(threads, 0), log.isEnabledFor(logging.DEBUG),
+                            str(imatrix) if imatrix else "")
         try:
             rc = run_child("edgekit.backends.gguf.quantize:quantize_child", spec, QuantizeResult,
                            verbose=spec.verbose).rc

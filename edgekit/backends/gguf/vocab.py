@@ -136,3 +136,23 @@ def check_tokenizer(checkpoint_dir: Path) -> None:
     """Parse tokenizer.json as the GGUF vocabulary writer does (one reader, one set of messages),
     before anything is written: an MLX build copies the file, a GGUF build reads it late."""
     _read_tokenizer_json(Path(checkpoint_dir))
+    check_chat_template(Path(checkpoint_dir))
+
+
+def check_chat_template(checkpoint_dir: Path) -> None:
+    """A checkpoint must carry its chat template where the converters read it, or `run` and `serve`
+    refuse the artifact it builds: gguf-py (as llama.cpp's converter) reads tokenizer_config.json's
+    chat_template, or chat_template.jinja only beside a tokenizer_config.json; MLX copies both."""
+    cfg_path = checkpoint_dir / "tokenizer_config.json"
+    fix = "copy tokenizer_config.json (and chat_template.jinja, if it has one) from the original checkpoint"
+    if not cfg_path.is_file():
+        raise TokenizerError(f"{checkpoint_dir}: no tokenizer_config.json, so no chat template or special tokens reach "
+                             f"the artifacts (run and serve need them); {fix}")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TokenizerError(f"{cfg_path}: unreadable ({e.__class__.__name__}); {fix}") from None
+    template = cfg.get("chat_template") if isinstance(cfg, dict) else None
+    if not template and not (checkpoint_dir / "chat_template.jinja").is_file():
+        raise TokenizerError(f"{checkpoint_dir}: no chat template (tokenizer_config.json's chat_template or "
+                             f"chat_template.jinja), which run and serve need; {fix}")

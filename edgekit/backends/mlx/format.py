@@ -37,6 +37,12 @@ class MlxFormat:
     engine = "mlx"
     recipe_keys = frozenset({"bits", "group_size", "overrides", "dtype"})
 
+    def takes_imatrix(self, recipe: Any) -> bool:
+        return False   # mlx-lm's affine quantizer takes no importance matrix
+
+    def needs_imatrix(self, recipe: Any) -> list[str]:
+        return []
+
     def check(self, recipe: Any) -> None:
         from .ple import require_mlx
         from .convert import Plan

@@ -118,7 +118,7 @@ class VocabTrims:
                     self._src = None   # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
             except OSError as e:
                 raise output_error(folder, e) from None
-            t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack)
+            t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack, calibration=ctx.calibration)
         return t.ckpt, t.ctx
 
     def _write_map(self, folder: Path, t: _Trim) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def no_op_trims(recipes: list[Any], n_vocab: int) -> tuple[list[Any], dict[str, 
     trim would change nothing, so the recipe is left out (its full-vocabulary twin, when the profile
     has one, is the same build; an artifact named lean that trimmed nothing would claim what it did
     not do). Returns the recipes to build and, per recipe left out, why (the manifest records it).
-    ``--vocab N`` on the command line is not a cap: an N above the vocabulary stays an error (select)."""
+    ``--vocab N`` (every recipe's vocab) is the same cap: at or above the vocabulary, build refuses it."""
     keep, skipped = [], {}
     for r in recipes:
         if r.vocab is not None and n_vocab <= r.vocab:

@@ -340,22 +340,42 @@ def select(src: SourceTokenizer, n: int, corpus: Corpus) -> Selection:
     V = src.size
     must, atomic = must_keep(src)
     closure = _Closure(src, atomic)
-    kept: set[int] = set()
+    base: set[int] = set()
     for i in must:
-        kept |= closure(i)
+        base |= closure(i)
     if n > V:
         raise ConfigError(f"vocab {n} is larger than the model's vocabulary of {V} tokens; use at most {V}, "
                           "or leave vocab unset for the full vocabulary")
-    if n < len(kept):
-        raise ConfigError(f"vocab {n} is smaller than the {len(kept)} tokens every Gemma 4 deployment keeps "
-                          f"(special, control, template and multimodal tokens, 256 byte-fallback tokens); "
-                          f"use at least {len(kept)}")
-    n_must = len(kept)
+    if n < len(base):
+        raise _too_small(n, len(base), cheapest_merge(src, closure, base))
     counts = corpus_counts(src, corpus)
     if n == V:
         keep = np.arange(V, dtype=np.int64)
-        n_corpus = int((counts > 0).sum() - np.isin(np.flatnonzero(counts), list(kept)).sum())
-        return Selection(keep, V, n_must, n_corpus, V - n_must - n_corpus, len(src.merges), len(src.merges), corpus)
+        n_corpus = int((counts > 0).sum() - np.isin(np.flatnonzero(counts), list(base)).sum())
+        return Selection(keep, V, len(base), n_corpus, V - len(base) - n_corpus, len(src.merges), len(src.merges), corpus)
+    kept, groups = _fill(src, closure, atomic, counts, set(base), n)
+    n_must = len(base)
+    if not kept_merges(src, kept) and src.merges:
+        # Too few slots were left for any merge (single characters filled them): llama.cpp's gemma4
+        # tokenizer refuses a vocabulary without one, so the cheapest merge is kept with the must-keep set.
+        extra = cheapest_merge(src, closure, base)
+        if extra is not None:
+            if n < len(base) + len(extra):
+                raise _too_small(n, len(base), extra)
+            kept, groups = _fill(src, closure, atomic, counts, base | extra, n)
+            n_must += len(extra)
+    keep = np.array(sorted(kept), dtype=np.int64)
+    merges = len(kept_merges(src, kept))
+    if len(keep) < n:
+        log.warning("vocab %d: only %d tokens can be kept (the others are <unusedN> placeholders or no merge "
+                    "makes them); the lean vocabulary has %d", n, len(keep), len(keep))
+    return Selection(keep, V, n_must, groups["corpus"], groups["fill"], merges, len(src.merges), corpus)
+
+
+def _fill(src: SourceTokenizer, closure: _Closure, atomic: set[int], counts: np.ndarray, kept: set[int],
+          n: int) -> tuple[set[int], dict[str, int]]:
+    """``kept`` grown to ``n``: the corpus's tokens by frequency, then the fill rule, each with its closure."""
+    V = src.size
     used = np.flatnonzero(counts)
     by_freq = used[np.lexsort((used, -counts[used]))]
     groups = {"corpus": 0, "fill": 0}
@@ -376,12 +396,33 @@ def select(src: SourceTokenizer, n: int, corpus: Corpus) -> Selection:
     if not take(by_freq, "corpus"):
         fill = (i for i in range(V) if i not in atomic and not UNUSED.fullmatch(src.tokens[i]) and src.reachable(i))
         take(fill, "fill")
-    keep = np.array(sorted(kept), dtype=np.int64)
-    merges = len(kept_merges(src, kept))
-    if len(keep) < n:
-        log.warning("vocab %d: only %d tokens can be kept (the others are <unusedN> placeholders or no merge "
-                    "makes them); the lean vocabulary has %d", n, len(keep), len(keep))
-    return Selection(keep, V, n_must, groups["corpus"], groups["fill"], merges, len(src.merges), corpus)
+    return kept, groups
+
+
+def cheapest_merge(src: SourceTokenizer, closure: _Closure, kept: set[int]) -> set[int] | None:
+    """The fewest ids (closures included) that bring one BPE merge into ``kept``; None when it already
+    has one or the tokenizer has none."""
+    if kept_merges(src, kept) or not src.merges:
+        return None
+    best: set[int] | None = None
+    for a, b in src.merges:
+        ids = [src.ids.get(t) for t in (a, b, a + b)]
+        if None in ids:
+            continue
+        add = set().union(*(closure(i) for i in ids)) - kept
+        if best is None or len(add) < len(best):
+            best = add
+            if len(best) <= 1:   # the least possible: a merge of two kept tokens, its result added
+                break
+    return best
+
+
+def _too_small(n: int, n_must: int, merge: set[int] | None) -> ConfigError:
+    minimum = n_must + len(merge or ())
+    why = f", and {len(merge)} for one BPE merge, which llama.cpp's tokenizer needs" if merge else ""
+    return ConfigError(f"vocab {n} is smaller than the {minimum} tokens every Gemma 4 deployment keeps "
+                       f"(special, control, template and multimodal tokens, 256 byte-fallback tokens{why}); "
+                       f"use at least {minimum}")
 
 
 def kept_merges(src: SourceTokenizer, kept: set[int]) -> list[Any]:

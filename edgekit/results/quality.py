@@ -1,4 +1,4 @@
-"""Eval's quality record and its printers (md for people; csv, json, jsonl carry every field).
+"""Eval's records (KL quality, task suites) and their printers (md for people; csv, json, jsonl carry every field).
 
 A QualityRecord is linked to bench records by the artifact's sha256 (and device), and to its text by
 the text's sha256, so ``edgekit report`` can put quality beside peak RAM and decode speed.
@@ -6,51 +6,16 @@ the text's sha256, so ``edgekit report`` can put quality beside peak RAM and dec
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
 
-from ..results import _fmt, parse_csv, parse_json, parse_jsonl, parse_markdown, to_csv, to_json, to_jsonl
+from .base import ArtifactRecord, record_type
+from .printers import CsvPrinter, JsonlPrinter, JsonPrinter, fmt, parse_csv, parse_json, parse_jsonl, parse_markdown
 
 
-class _Json:
-    """to_json / from_json of eval's record dataclasses, as bench's Record has them: from_json drops the
-    keys a newer edgekit wrote, and fields added since take their defaults."""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Any:
-        names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
+@record_type("quality", "text_sha256")
 @dataclass
-class _EvalRecord(_Json):
-    """What both eval records say of the artifact and the run (bench's Record has the same names); the
-    run's fields are keyword-only, so each record's own required fields can follow."""
-
-    artifact: str
-    model: str
-    format: str
-    quant: str
-    engine: str
-    sha256: str
-    file_bytes: int
-    device: str
-    target: str
-    threads: Optional[int] = field(default=None, kw_only=True)
-    seconds: float = field(default=0.0, kw_only=True)
-    timestamp: str = field(default="", kw_only=True)
-    edgekit_version: str = field(default="", kw_only=True)
-    host: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    versions: dict[str, str] = field(default_factory=dict, kw_only=True)
-    runtime: dict[str, Any] = field(default_factory=dict, kw_only=True)
-    extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
-
-
-@dataclass
-class QualityRecord(_EvalRecord):
+class QualityRecord(ArtifactRecord):
     reference: str              # the reference's name (folder or file)
     reference_sha256: str
     text: str                   # text file name(s), comma-separated
@@ -119,7 +84,7 @@ _MD_TEXT: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
 def _table(cols: list[tuple[str, Callable[[QualityRecord], Any], int]], rows: list[QualityRecord]) -> list[str]:
     return (["| " + " | ".join(h for h, *_ in cols) + " |",
              "|" + "|".join("---" if d < 0 else "---:" for _, _, d in cols) + "|"]
-            + ["| " + " | ".join(_fmt(get(r), d) for _, get, d in cols) + " |" for r in rows])
+            + ["| " + " | ".join(fmt(get(r), d) for _, get, d in cols) + " |" for r in rows])
 
 
 def to_markdown(records: Iterable[QualityRecord]) -> str:
@@ -164,15 +129,21 @@ NOT_COMPARABLE_MD = ("mean KL \"not defined\": a lean artifact predicts over oth
                      "so KL, same top and Δp against the full reference do not exist")
 
 
+def _render(printer: Callable[[], Any]) -> Callable[[Iterable[Any]], str]:
+    return lambda records: printer().render(records)
+
+
 PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {
-    "md": to_markdown, "csv": to_csv, "json": to_json, "jsonl": to_jsonl}
+    "md": to_markdown, "csv": _render(lambda: CsvPrinter(QualityRecord)), "json": _render(JsonPrinter),
+    "jsonl": _render(JsonlPrinter)}
 PARSERS: dict[str, Callable[[str], list[Any]]] = {
     "md": parse_markdown, "csv": lambda t: parse_csv(t, QualityRecord),
     "json": lambda t: parse_json(t, QualityRecord), "jsonl": lambda t: parse_jsonl(t, QualityRecord)}
 
 
+@record_type("suites", "suite_sha256", "suite")
 @dataclass
-class SuiteRecord(_EvalRecord):
+class SuiteRecord(ArtifactRecord):
     """One artifact's accuracy on one suite of a task-suite file (``edgekit eval --suite``), linked to bench
     and quality records by the artifact's sha256 and to the file by its sha256. ``differs``: each case
     whose pass/fail differs from the reference's, with both outputs ({id, passed, output, reference_output})."""
@@ -229,7 +200,8 @@ def _cell(s: str) -> str:
 
 
 SUITE_PRINTERS: dict[str, Callable[[Iterable[SuiteRecord]], str]] = {
-    "md": suite_markdown, "csv": to_csv, "json": to_json, "jsonl": to_jsonl}
+    "md": suite_markdown, "csv": _render(lambda: CsvPrinter(SuiteRecord)), "json": _render(JsonPrinter),
+    "jsonl": _render(JsonlPrinter)}
 SUITE_PARSERS: dict[str, Callable[[str], list[Any]]] = {
     "csv": lambda t: parse_csv(t, SuiteRecord), "json": lambda t: parse_json(t, SuiteRecord),
     "jsonl": lambda t: parse_jsonl(t, SuiteRecord)}

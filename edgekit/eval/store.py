@@ -1,0 +1,52 @@
+"""Eval's records reach the results store as bench's do: the store is opened and a write is tried
+before anything is measured (a bad --db fails in a second, not after the reference pass), and the
+records are printed before they are appended, so a store that fails late loses none of them."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import click
+
+from ..core.errors import OutputError
+from ..results import RECORD_TYPES, Store
+from ..results.store import _schema
+
+
+def open_writable(db: Optional[Path], table: str) -> Store:
+    """The store, its ``table`` made and a write transaction begun and rolled back: a read-only file
+    or mount, a folder or a file that is not SQLite is an OutputError now."""
+    store = Store(db)
+    try:
+        store.db.execute("BEGIN IMMEDIATE")
+        store.db.execute(_schema(RECORD_TYPES.get(table)))
+        store.db.execute("ROLLBACK")
+    except sqlite3.Error as e:
+        store.close()
+        raise OutputError(f"{store.path}: cannot write the results store ({e}); pass --db with a writable path, "
+                          "or --no-store") from None
+    return store
+
+
+@contextmanager
+def stored_after_printing(db: Optional[Path], table: str, store: bool = True
+                          ) -> Iterator[Callable[[list[Any], Callable[[list[Any]], str]], None]]:
+    """``with stored_after_printing(db, "quality") as keep: ... keep(records, printer)``."""
+    st = open_writable(db, table) if store else None
+    try:
+        def keep(records: list[Any], printer: Callable[[list[Any]], str]) -> None:
+            click.echo(printer(records), nl=False)
+            if st is None:
+                return
+            try:
+                st.append(records)
+            except OutputError as e:
+                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                                  "above were printed but not stored; rerun with --db elsewhere") from None
+        yield keep
+    finally:
+        if st is not None:
+            st.close()

@@ -1,0 +1,197 @@
+"""`edgekit run ART --image FILE --audio FILE -p ...`: one reply with media in the prompt, on llama.cpp.
+
+The artifact's projector comes from its manifest entry (``extra["projector"]``, sha256 checked) or
+``--mmproj``. Images are sized to transformers' size for the token budget (media.prepare_image),
+audio decoded to 16 kHz mono; each medium stands where mtmd's marker is in the rendered chat (before
+the prompt, as in transformers' Gemma 4 examples). mtmd evaluates the chunks into the context; the
+reply is decoded greedily, one token per llama_decode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from ..core.errors import ArtifactError, ConfigError
+from .media import (
+    DEFAULT_IMAGE_BUDGET,
+    Audio,
+    MediaError,
+    open_audio,
+    open_image,
+    prepare_image,
+)
+
+
+@dataclass
+class MediaPrompt:
+    images: list[Any]         # prepared Pillow images
+    audios: list[Audio]
+
+
+def load_media(images: list[Path], audios: list[Path], budget: int = DEFAULT_IMAGE_BUDGET) -> MediaPrompt:
+    return MediaPrompt([prepare_image(open_image(p, str(p)), budget) for p in images],
+                       [open_audio(p, str(p)) for p in audios])
+
+
+def find_projector(artifact_path: Path, artifact: Any, mmproj: Optional[Path]) -> Path:
+    from ..builder.projector import projector_file
+
+    if mmproj is not None:
+        if not Path(mmproj).is_file():
+            raise ArtifactError(f"{mmproj}: no such projector file")
+        return Path(mmproj)
+    proj = projector_file(artifact_path.parent, artifact)
+    if proj is None:
+        raise ArtifactError(f"{artifact_path.name} was built without towers; rebuild with `edgekit build --modalities "
+                            "vision,audio`, or pass --mmproj FILE")
+    return proj
+
+
+class MediaModel:
+    """A text GGUF and its projector on llama.cpp, for replies with media (single sequence, greedy)."""
+
+    def __init__(self, text_gguf: Path, mmproj: Path, n_ctx: int = 2048, threads: int = 2,
+                 image_budget: int = DEFAULT_IMAGE_BUDGET, f32_cache: bool = False):
+        import llama_cpp
+
+        from ..backends.mtmd import Projector
+
+        kw = dict(type_k=0, type_v=0) if f32_cache else {}
+        self.llm = llama_cpp.Llama(str(text_gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads, verbose=False, **kw)
+        self.proj = Projector(self.llm, mmproj, text_gguf, threads=threads, image_budget=image_budget)
+        self.n_vocab = self.llm.n_vocab()
+
+    def close(self) -> None:
+        self.proj.close()
+        self.llm.close()
+
+    def eval_prompt(self, text: str, media: MediaPrompt) -> dict[str, float]:
+        """Evaluate ``text`` (one mtmd marker per medium: images first, then audio) into the context."""
+        import ctypes
+
+        import llama_cpp
+
+        m = self.proj._m
+        bitmaps = [self.proj._bitmap_image(i) for i in media.images] + [self.proj._bitmap_audio(a) for a in media.audios]
+        try:
+            chunks = self.proj.tokenize(text, bitmaps)
+        finally:
+            for b in bitmaps:
+                m.mtmd_bitmap_free(b)
+        try:
+            n_past = llama_cpp.llama_pos(0)
+            self.llm.reset()
+            t0 = time.perf_counter()
+            rc = m.mtmd_helper_eval_chunks(self.proj._ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch, True,
+                                           ctypes.byref(n_past))
+            if rc != 0:
+                raise MediaError(f"llama.cpp could not evaluate the prompt with its media (code {rc}); is it longer than --ctx?")
+            self.llm.n_tokens = n_past.value
+            return {"prompt_ms": (time.perf_counter() - t0) * 1e3, "prompt_positions": float(n_past.value)}
+        finally:
+            m.mtmd_input_chunks_free(chunks)
+
+    def _logits(self) -> np.ndarray:
+        import llama_cpp
+
+        ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def greedy(self, max_tokens: int, stop_ids: frozenset[int] = frozenset()) -> Iterator[int]:
+        for _ in range(max_tokens):
+            tok = int(np.argmax(self._logits()))
+            yield tok
+            if tok in stop_ids:
+                return
+            self.llm.eval([tok])
+
+    def piece(self, tok: int) -> bytes:
+        return self.llm.detokenize([tok], special=False)
+
+    def stop_ids(self, template: Any) -> frozenset[int]:
+        """The template's end-of-reply texts that are single tokens of this model."""
+        ids = (self.llm.tokenize(s.encode(), add_bos=False, special=True) for s in template.stop_texts)
+        return frozenset(t[0] for t in ids if len(t) == 1)
+
+
+def media_marker() -> str:
+    from llama_cpp import mtmd_cpp
+
+    return mtmd_cpp.mtmd_default_marker().decode()
+
+
+def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], write: Callable[[str], Any],
+              target: Optional[str] = None, system: Optional[str] = None, max_tokens: Optional[int] = 256,
+              temperature: float = 0.0, threads: Optional[int] = None, ctx: Optional[int] = None,
+              mmproj: Optional[Path] = None, image_budget: int = DEFAULT_IMAGE_BUDGET,
+              enable_thinking: Optional[bool] = None) -> dict[str, Any]:
+    """One reply to ``prompt`` with the media, streamed through ``write``; returns its figures."""
+    from ..measure.bench import plan
+    from .chat import ChatTemplate
+    from ..core.host import physical_cores
+
+    if temperature != 0.0:
+        raise ConfigError("replies with --image/--audio are greedy for now; drop --temperature")
+    planned = plan(path, target)[0]
+    if planned.artifact.format != "gguf":
+        raise ConfigError(f"{planned.path.name}: images and audio run on GGUF artifacts (llama.cpp's mtmd) for now")
+    proj = find_projector(planned.path, planned.artifact, mmproj)
+    media = load_media(images, audios, image_budget)
+    template = ChatTemplate.from_artifact(planned.path)
+    marker = media_marker()
+    content = "".join(marker + "\n" for _ in range(len(media.images) + len(media.audios))) + prompt
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
+    text = template.render(messages, enable_thinking=enable_thinking)
+    model = MediaModel(planned.path, proj, n_ctx=ctx or 2048, threads=threads or min(4, physical_cores()),
+                       image_budget=image_budget)
+    try:
+        stop = model.stop_ids(template)
+        t0 = time.perf_counter()
+        figures = model.eval_prompt(text, media)
+        room = model.llm.n_ctx() - int(figures["prompt_positions"])   # max_tokens None (-n -1): up to the context's end
+        n, first = 0, None
+        pending = b""
+        for tok in model.greedy(min(room, max_tokens or room), stop):
+            first = first or time.perf_counter()
+            if tok in stop:
+                break
+            n += 1
+            pending += model.piece(tok)
+            try:
+                write(pending.decode())
+                pending = b""
+            except UnicodeDecodeError:
+                continue
+        end = time.perf_counter()
+    finally:
+        model.close()
+    figures.update(ttft_ms=((first or end) - t0) * 1e3, completion_tokens=n,
+                   decode_tps=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0)
+    return figures
+
+
+def run_cli(artifact: Path, text: Optional[str], image: Optional[list[Path]], audio: Optional[list[Path]],
+               ignored: dict[str, bool], **kw) -> None:
+    """`edgekit run --image/--audio`'s adapter: one greedy reply, its figures on stderr; options it cannot
+    apply yet are refused, never ignored."""
+    import sys
+
+    from .session import peak_rss_bytes
+
+    if text is None:
+        raise ConfigError("--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet")
+    bad = [k for k, v in ignored.items() if v]
+    if bad:
+        raise ConfigError(f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it")
+    st = run_media(artifact, text, list(image or []), list(audio or []), lambda t: (sys.stdout.write(t), sys.stdout.flush()),
+                   target=kw["target"], system=kw["system"], max_tokens=kw["max_tokens"], threads=kw["threads"],
+                   ctx=kw["ctx"], mmproj=kw["mmproj"], image_budget=kw["image_tokens"], enable_thinking=kw["think"])
+    sys.stdout.write("\n")
+    sys.stderr.write(f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
+                     f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
+                     f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
