@@ -148,6 +148,8 @@ def hf_config(preset: str, softcap: bool = True, towers: bool = False) -> dict[s
         "_edgekit_synthetic": {"preset": preset},
     }
     if towers:
+        if preset not in TOWER_PRESETS:
+            raise ConfigError(f"preset {preset!r} has no towers; --towers works with {', '.join(TOWER_PRESETS)}")
         vision, audio = TOWER_PRESETS[preset]
         config["vision_config"], config["audio_config"] = vision.to_hf(), audio.to_hf()
         config.update(zip(TOKEN_KEYS, multimodal_tokens(text["vocab_size"])))
