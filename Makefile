@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 clean
+.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 fixture-16k clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,25 @@ bench-e2b-mlx: setup
 # pp512 on the E2B IQ4_XS-edge build (made by bench-e2b): pi5 runtime vs llama.cpp defaults, one knob at a time.
 bench-prefill: setup
 	$(BIN)/python benchmarks/prefill_knobs.py $(PREFILL_ARGS)
+
+# The trained fixture with a 16,384-token vocabulary (docs/fixture-16k.md): Debian's man pages in English,
+# German, French and Spanish rendered to text, then BPE + 100 training steps (about 35 min on a loaded
+# 2-core VM). The held-out and calibration texts land in edgekit/eval/data/manpages, the model in
+# tests/data/tiny-trained-16k (README kept); train.txt stays in .cache.
+FIXTURE_16K      ?= tests/data/tiny-trained-16k
+FIXTURE_16K_WORK ?= .cache/fixture-16k
+MANPAGES_DATA    := edgekit/eval/data/manpages
+fixture-16k: setup
+	sh scripts/ensure-manpages.sh
+	$(BIN)/python scripts/make_fixture_text.py $(FIXTURE_16K_WORK)/text
+	cp $(FIXTURE_16K_WORK)/text/heldout.*.txt $(FIXTURE_16K_WORK)/text/calibration.txt \
+	   $(FIXTURE_16K_WORK)/text/sources.json $(MANPAGES_DATA)/
+	$(BIN)/edgekit -v synth --preset tiny-16k --train $(FIXTURE_16K_WORK)/text/train.txt \
+	   $(foreach l,en de fr es,--heldout $(MANPAGES_DATA)/heldout.$(l).txt) \
+	   --steps 100 --eval-every 20 --eval-windows 4 --seed 0 --out $(FIXTURE_16K_WORK)/model
+	mkdir -p $(FIXTURE_16K)
+	cp $(FIXTURE_16K_WORK)/model/* $(FIXTURE_16K)/
+	cd $(FIXTURE_16K) && sha256sum model.safetensors tokenizer.json
 
 # Device lab (targets/lab.example.toml): `make -j lab` runs one `lab-<device>` job per device, all
 # attempted even when some fail (-k); `make lab-report` renders every device's records side by side.

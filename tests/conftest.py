@@ -25,12 +25,27 @@ def tiny_ckpt_nosoftcap(tmp_path_factory):
 
 
 TRAINED = Path(__file__).resolve().parent / "data" / "tiny-trained"
+TRAINED_16K = Path(__file__).resolve().parent / "data" / "tiny-trained-16k"
+MANPAGES = Path(__file__).resolve().parent.parent / "edgekit" / "eval" / "data" / "manpages"
 
 
 @pytest.fixture(scope="session")
 def trained_ckpt():
     """The tiny Gemma 4 trained on Python's docs and code (committed; tests/data/tiny-trained/README.md)."""
     return TRAINED
+
+
+@pytest.fixture(scope="session")
+def trained_16k():
+    """The tiny-16k Gemma 4 (16,384-token BPE) trained on Debian man pages in en/de/fr/es (committed;
+    tests/data/tiny-trained-16k/README.md). Its held-out texts: trained_16k_heldout."""
+    return TRAINED_16K
+
+
+@pytest.fixture(scope="session")
+def trained_16k_heldout():
+    """language -> the fixture's held-out text (never trained on, disjoint from calibration.txt)."""
+    return {lang: MANPAGES / f"heldout.{lang}.txt" for lang in ("en", "de", "fr", "es")}
 
 
 @pytest.fixture(scope="session")

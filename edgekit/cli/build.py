@@ -15,12 +15,14 @@ from .options import csv_values
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Folder to write the checkpoint to (replaced if present)."),
-    preset: str = typer.Option("tiny", "--preset", help="tiny (seconds), mid (≈0.6 GB) or e2b (shape-true, ≈9.3 GB)."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (seconds), tiny-16k (tiny with 16,384 tokens), mid (≈0.6 GB) or e2b (shape-true, ≈9.3 GB)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same bytes."),
     dtype: str = typer.Option("bf16", "--dtype", help="bf16 (as released), f16 or f32."),
     no_softcap: bool = typer.Option(False, "--no-softcap", help="Write a config without final_logit_softcapping."),
     train_text: Optional[Path] = typer.Option(None, "--train", help="Train the preset on this UTF-8 text (torch, CPU) instead of random weights."),
-    heldout: Optional[Path] = typer.Option(None, "--heldout", help="With --train: text whose loss is logged before and after."),
+    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="With --train: text whose loss is logged before and after (repeat for one per language)."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0, help="With --train and --heldout: also log the held-out loss every N steps."),
+    eval_windows: int = typer.Option(8, "--eval-windows", min=1, help="With --heldout: windows of 512 tokens scored per held-out text."),
     steps: int = typer.Option(100, "--steps", help="With --train: optimizer steps (the run is reproducible for a seed and step count)."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="With --train: stop after this many minutes even if steps remain."),
     threads: int = typer.Option(2, "--threads", "-t", min=1, help="With --train: torch threads."),
@@ -32,8 +34,9 @@ def synth(
     if train_text is not None:
         from ..dev.train import TrainOptions, train
 
-        opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads)
-        typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout)))
+        opts = TrainOptions(steps=steps, minutes=minutes, seed=seed, threads=threads, eval_every=eval_every,
+                            eval_windows=eval_windows)
+        typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout or None)))
         return
     from ..dev.synth import synth as run
 

@@ -63,6 +63,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 512,
         "final_logit_softcapping": 30.0,
     },
+    # tiny with a trainable 16,384-token vocabulary (tests/data/tiny-trained-16k): the PLE table is
+    # vocab × layers × PLE dim, so PLE dim 32 (rows of 320), one query head and a 256-wide MLP keep
+    # the bf16 checkpoint at 30.0 MB; every Gemma 4 feature stays (PLE, KV sharing, sliding + full
+    # layers with head dims 256/512, double-wide MLP, softcap).
+    "tiny-16k": {
+        "hidden_size": 256, "num_hidden_layers": 10, "num_attention_heads": 1, "num_key_value_heads": 1,
+        "head_dim": 256, "global_head_dim": 512, "sliding_window": 32, "vocab_size": 16384,
+        "vocab_size_per_layer_input": 16384, "hidden_size_per_layer_input": 32,
+        "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 256,
+        "final_logit_softcapping": 30.0,
+    },
 }
 
 
@@ -137,6 +148,8 @@ def hf_config(preset: str, softcap: bool = True, towers: bool = False) -> dict[s
         "_edgekit_synthetic": {"preset": preset},
     }
     if towers:
+        if preset not in TOWER_PRESETS:
+            raise ConfigError(f"preset {preset!r} has no towers; --towers works with {', '.join(TOWER_PRESETS)}")
         vision, audio = TOWER_PRESETS[preset]
         config["vision_config"], config["audio_config"] = vision.to_hf(), audio.to_hf()
         config.update(zip(TOKEN_KEYS, multimodal_tokens(text["vocab_size"])))

@@ -57,7 +57,7 @@ NEWLINE_ID = 107
 MAX_NEWLINES = 31          # "\n" * 1..31 at ids 107..137
 HEAD_END = NEWLINE_ID      # ids below this are specials or <unused>
 MIN_VOCAB = HEAD_END + MAX_NEWLINES + 256 + 128   # specials, newline runs, bytes, some merges
-TRAINED_CAP = 4096         # upper bound for training; the built-in corpus yields fewer
+TRAINED_CAP = 4096         # upper bound for training on the built-in corpus (it yields fewer)
 
 # Named tokens in Gemma 4's tokenizer_config.json (key -> token), written when the token fits.
 NAMED_TOKENS = {
@@ -258,7 +258,8 @@ def _layout(vocab_size: int, n_merges: int | None = None, texts: list[str] | Non
     for b in range(256):
         ids[next(free)] = f"<0x{b:02X}>"
     n_free = vocab_size - len(ids) - sum(1 for i in range(HEAD_END) if i not in ids)
-    trained, merges = _train(min(n_free, TRAINED_CAP), texts)
+    # A caller's own texts fill the whole vocabulary (the 16k fixture learns 16,384 - 394 pieces).
+    trained, merges = _train(n_free if texts is not None else min(n_free, TRAINED_CAP), texts)
     taken = set(ids.values())
     clash = taken.intersection(trained)
     if clash:  # a merge would produce a reserved token's text: a corpus bug, not a user error

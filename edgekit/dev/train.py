@@ -44,7 +44,8 @@ class TrainOptions:
     lr: float = 2e-3
     warmup: int = 10
     threads: int = 2
-    eval_windows: int = 8          # held-out windows for the loss before and after
+    eval_windows: int = 8          # held-out windows (per held-out text) for the loss before and after
+    eval_every: int = 0            # also log the held-out loss every this many steps (0: before and after only)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -59,8 +60,9 @@ def _windows(ids: np.ndarray, n: int, seq: int, bos: int, rng: np.random.Generat
 
 
 def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions = TrainOptions(),
-          heldout_path: Path | None = None) -> Path:
-    """Write a checkpoint trained on ``text_path`` to ``out`` (atomically); return ``out``."""
+          heldout_path: Path | list[Path] | None = None) -> Path:
+    """Write a checkpoint trained on ``text_path`` to ``out`` (atomically); return ``out``. With several
+    held-out texts (one per language), each one's loss is logged (the headline is their mean)."""
     try:
         import torch
         from tokenizers import Tokenizer
@@ -68,7 +70,9 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         raise EngineMissingError("training needs torch and transformers; `pip install 'edgekit[dev]'`") from None
 
     text = read_text(text_path)
-    held = read_text(heldout_path) if heldout_path else None
+    held_paths = [] if heldout_path is None else [heldout_path] if isinstance(heldout_path, (str, Path)) \
+        else list(heldout_path)
+    helds = [read_text(p) for p in held_paths]
     torch.manual_seed(opts.seed)
     torch.set_num_threads(opts.threads)
     out = Path(out)
@@ -84,8 +88,12 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
                               f"{4 * opts.seq} tokens' worth")
         bos = cfg["text_config"]["bos_token_id"]
         rng = np.random.Generator(np.random.PCG64(opts.seed))
-        held_ids = np.array(tok.encode(held, add_special_tokens=False).ids, dtype=np.int64) if held else None
-        held_x = torch.from_numpy(_windows(held_ids, opts.eval_windows, opts.seq, bos, rng)) if held else None
+        held_xs = []
+        for p, h in zip(held_paths, helds):
+            h_ids = np.array(tok.encode(h, add_special_tokens=False).ids, dtype=np.int64)
+            if len(h_ids) <= opts.seq:
+                raise ConfigError(f"{p}: {len(h_ids)} tokens is too little held-out text; pass more than {opts.seq}")
+            held_xs.append(torch.from_numpy(_windows(h_ids, opts.eval_windows, opts.seq, bos, rng)))
 
         model = load_torch_model(init, "float32").train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -99,16 +107,24 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
             frac = (step - opts.warmup) / max(1, opts.steps - opts.warmup)
             return opts.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
 
-        def held_loss() -> float | None:
-            if held_x is None:
-                return None
+        def held_losses() -> list[float]:
             model.eval()
             with torch.no_grad():
-                loss = float(model(input_ids=held_x, labels=held_x, use_cache=False).loss)
+                out = [float(model(input_ids=x, labels=x, use_cache=False).loss) for x in held_xs]
             model.train()
-            return loss
+            return out
+
+        def held_loss() -> float | None:
+            if not held_xs:
+                return None
+            per = held_losses()
+            curve.append({"step": len(losses), "loss": float(np.mean(per)),
+                          "per_text": {Path(p).name: round(x, 4) for p, x in zip(held_paths, per)}})
+            log.info("held-out loss at step %d: %.3f", len(losses), curve[-1]["loss"])
+            return curve[-1]["loss"]
 
         losses: list[float] = []
+        curve: list[dict] = []
         held_before = held_loss()
         t0, capped = time.monotonic(), False
         for step in range(opts.steps):
@@ -127,6 +143,8 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
             losses.append(loss.item())
             if step % 10 == 0 or step == opts.steps - 1:
                 log.info("step %d/%d loss %.3f (%.0f s)", step + 1, opts.steps, losses[-1], time.monotonic() - t0)
+            if opts.eval_every and (step + 1) % opts.eval_every == 0 and step + 1 < opts.steps:
+                held_loss()
         held_after = held_loss()
         seconds = time.monotonic() - t0
 
@@ -143,10 +161,11 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
         (tmp / "train_log.json").write_text(json.dumps({
             "preset": preset, "options": asdict(opts), "text": Path(text_path).name,
+            "heldout": [Path(p).name for p in held_paths],
             "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "text_tokens": int(len(ids)),
             "steps_done": n, "capped_by_minutes": capped, "seconds": round(seconds, 1),
             "train_loss_first10": first, "train_loss_last10": last,
-            "heldout_loss_before": held_before, "heldout_loss_after": held_after,
+            "heldout_loss_before": held_before, "heldout_loss_after": held_after, "heldout_curve": curve,
             "torch": torch.__version__, "losses": [round(x, 4) for x in losses],
         }, indent=1))
         import shutil
