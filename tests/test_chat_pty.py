@@ -99,6 +99,10 @@ def test_ctrl_c_at_an_empty_prompt_and_bye(gguf, tmp_path):
     t.read_until(">>> ")
     t.send("Hello\r")
     t.read_until(">>> ")
+    # A person's Ctrl-C comes after readline is waiting. Sent the instant the prompt was drawn, it was lost
+    # once under a loaded full make test (the chat kept waiting); the likely cause, not proven, is a
+    # signal landing before readline's select() starts.
+    time.sleep(0.5)
     t.send("\x03")
     assert t.wait() == 0 and "(4 tokens, prompt" in t.seen
     t2 = Term(["run", str(gguf), "-t", "1", "-n", "4"], tmp_path)
