@@ -225,7 +225,7 @@ def test_report_skips_and_names_corrupt_store_rows(tmp_path):
 def test_synth_unknown_dtype_and_preset(tmp_path):
     assert_one_line(run("synth", "--out", tmp_path / "c", "--dtype", "q4"), 1, "unknown dtype 'q4'; choose bf16, f16 or f32")
     assert_one_line(run("synth", "--out", tmp_path / "c", "--preset", "huge"), 1,
-                    "unknown preset 'huge'; choose one of e2b, mid, tiny")
+                    "unknown preset 'huge'; choose one of e2b, mid, tiny, tiny-16k")
     assert not (tmp_path / "c").exists() and hidden_leftovers(tmp_path) == []
 
 
