@@ -4,7 +4,6 @@ records are printed before they are appended, so a store that fails late loses n
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -12,30 +11,16 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from ..core.errors import OutputError
-from ..results import RECORD_TYPES, Store
-from ..results.store import _schema
-
-
-def open_writable(db: Optional[Path], table: str) -> Store:
-    """The store, its ``table`` made and a write transaction begun and rolled back: a read-only file
-    or mount, a folder or a file that is not SQLite is an OutputError now."""
-    store = Store(db)
-    try:
-        store.db.execute("BEGIN IMMEDIATE")
-        store.db.execute(_schema(RECORD_TYPES.get(table)))
-        store.db.execute("ROLLBACK")
-    except sqlite3.Error as e:
-        store.close()
-        raise OutputError(f"{store.path}: cannot write the results store ({e}); pass --db with a writable path, "
-                          "or --no-store") from None
-    return store
+from ..results import Store
 
 
 @contextmanager
 def stored_after_printing(db: Optional[Path], table: str, store: bool = True
                           ) -> Iterator[Callable[[list[Any], Callable[[list[Any]], str]], None]]:
     """``with stored_after_printing(db, "quality") as keep: ... keep(records, printer)``."""
-    st = open_writable(db, table) if store else None
+    st = Store(db) if store else None
+    if st is not None:
+        st.check_writable(table)
     try:
         def keep(records: list[Any], printer: Callable[[list[Any]], str]) -> None:
             click.echo(printer(records), nl=False)

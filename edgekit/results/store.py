@@ -26,7 +26,7 @@ def default_db() -> Path:
     return base / "edgekit" / "results.db"
 
 
-def _schema(t: RecordType) -> str:
+def table_schema(t: RecordType) -> str:
     cols = ", ".join(f"{c} TEXT NOT NULL" for c in t.columns)
     return (f"CREATE TABLE IF NOT EXISTS {t.table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
             "data TEXT NOT NULL)")
@@ -46,12 +46,24 @@ class Store:
             self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
             self.db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
             self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute(_schema(RECORD_TYPES.get("records")))
+            self.db.execute(table_schema(RECORD_TYPES.get("records")))
         except (OSError, sqlite3.Error) as e:
             if self.db is not None:
                 self.db.close()   # a refused store keeps no file open (a mount it is on can be unmounted)
             raise OutputError(f"{self.path}: cannot open the results store ({e}); "
                               "pass --db with a writable path") from None
+
+    def check_writable(self, table: str) -> None:
+        """Make ``table`` and begin and roll back a write: a read-only file or mount, a folder or a file that
+        is not SQLite is an OutputError before anything is measured (the store is closed then)."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(table_schema(RECORD_TYPES.get(table)))
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            self.close()
+            raise OutputError(f"{self.path}: cannot write the results store ({e}); pass --db with a writable path, "
+                              "or --no-store") from None
 
     def append(self, records: Iterable[Any]) -> int:
         """Append records (each to its type's table) in one BEGIN IMMEDIATE transaction: a second writer
@@ -66,7 +78,7 @@ class Store:
                 for r in records]
         sql = f"INSERT INTO {t.table} ({', '.join(t.columns)}, data) VALUES ({', '.join('?' * (len(t.columns) + 1))})"
         try:
-            self.db.execute(_schema(t))
+            self.db.execute(table_schema(t))
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(sql, rows)
             self.db.execute("COMMIT")
@@ -81,7 +93,7 @@ class Store:
         ``cls`` (edited by hand, written by a foreign tool, a torn disk page) go to ``skipped[table]``."""
         t = table_of(cls)
         try:
-            self.db.execute(_schema(t))
+            self.db.execute(table_schema(t))
             rows = self.db.execute(f"SELECT id, data FROM {t.table} ORDER BY id").fetchall()
         except sqlite3.Error as e:
             raise OutputError(f"{self.path}: unreadable results store ({e})") from None

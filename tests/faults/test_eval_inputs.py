@@ -222,10 +222,10 @@ def test_store_failing_late_keeps_the_printed_records(f32, tmp_path):
     """A store that opens and takes a write, but refuses the insert (a trigger): the records are on stdout."""
     db = tmp_path / "r.db"
     from edgekit.results import RECORD_TYPES
-    from edgekit.results.store import _schema
+    from edgekit.results.store import table_schema
 
     con = sqlite3.connect(db)
-    con.execute(_schema(RECORD_TYPES.get("quality")))
+    con.execute(table_schema(RECORD_TYPES.get("quality")))
     con.execute("CREATE TRIGGER no BEFORE INSERT ON quality BEGIN SELECT RAISE(ABORT, 'quota exceeded'); END")
     con.commit()
     con.close()
