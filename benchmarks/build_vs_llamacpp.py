@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llamacpp_tools  # noqa: E402
+import llamacpp_tools
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
@@ -51,8 +51,11 @@ def checkpoint(preset: str, e2b_dir: Path | None) -> Path:
         return e2b_dir
     path = CACHE / "models" / f"{preset}-gemma4"
     if not (path / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgekit.cli", "synth", "--preset", preset, "--out", str(path)],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "edgekit.cli", "synth", "--preset", preset, "--out", str(path)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return path
 
 
@@ -70,37 +73,68 @@ def run(preset: str, quant: str, e2b_dir: Path | None, work: Path) -> dict[str, 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     drop_caches()
-    ek_t, ek_rss = measured([sys.executable, "-m", "edgekit.cli", "build", "-m", str(ckpt), "--target", "pi5",
-                             "-q", quant, "--out", str(work / "edgekit")])
+    ek_t, ek_rss = measured(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli",
+            "build",
+            "-m",
+            str(ckpt),
+            "--target",
+            "pi5",
+            "-q",
+            quant,
+            "--out",
+            str(work / "edgekit"),
+        ]
+    )
     shutil.rmtree(work / "edgekit")
     convert_py, env = llamacpp_tools.converter()
     quantize_bin = llamacpp_tools.tool("llama-quantize")
     drop_caches()
     bf16 = work / "ref-bf16.gguf"
-    c_t, c_rss = measured([sys.executable, str(convert_py), str(ckpt), "--outtype", "bf16", "--outfile", str(bf16)], env)
+    c_t, c_rss = measured(
+        [sys.executable, str(convert_py), str(ckpt), "--outtype", "bf16", "--outfile", str(bf16)], env
+    )
     q_t, q_rss = measured([str(quantize_bin), str(bf16), str(work / "ref-q.gguf"), LLAMA_FTYPES[quant]])
     shutil.rmtree(work)
     ref_t, ref_rss = c_t + q_t, max(c_rss, q_rss)
-    return {"edgekit_s": ek_t, "edgekit_rss": ek_rss, "convert_s": c_t, "convert_rss": c_rss,
-            "quantize_s": q_t, "quantize_rss": q_rss, "time_ratio": ek_t / ref_t, "rss_ratio": ek_rss / ref_rss}
+    return {
+        "edgekit_s": ek_t,
+        "edgekit_rss": ek_rss,
+        "convert_s": c_t,
+        "convert_rss": c_rss,
+        "quantize_s": q_t,
+        "quantize_rss": q_rss,
+        "time_ratio": ek_t / ref_t,
+        "rss_ratio": ek_rss / ref_rss,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="mid,e2b")
     ap.add_argument("--quant", default="q4_0", choices=sorted(LLAMA_FTYPES))
-    ap.add_argument("--e2b-dir", type=Path, default=None, help="reuse a shape-true checkpoint instead of synthesizing one")
+    ap.add_argument(
+        "--e2b-dir", type=Path, default=None, help="reuse a shape-true checkpoint instead of synthesizing one"
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     llamacpp_tools.tool("llama-quantize")
-    print(f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
+    print(
+        f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    )
     print("| checkpoint | edgekit build | llama.cpp convert (bf16) + quantize | time ratio | peak RSS ratio |")
     print("|---|---|---|---|---|")
     for preset in args.presets.split(","):
         r = run(preset, args.quant, args.e2b_dir, CACHE / "bench-build")
-        print(f"| {preset} → {args.quant} | {r['edgekit_s']:.1f} s, {r['edgekit_rss'] / 1e9:.2f} GB | "
-              f"{r['convert_s']:.1f} s + {r['quantize_s']:.1f} s, {r['convert_rss'] / 1e9:.2f} / {r['quantize_rss'] / 1e9:.2f} GB | "
-              f"{r['time_ratio']:.2f} | {r['rss_ratio']:.2f} |", flush=True)
+        print(
+            f"| {preset} → {args.quant} | {r['edgekit_s']:.1f} s, {r['edgekit_rss'] / 1e9:.2f} GB | "
+            f"{r['convert_s']:.1f} s + {r['quantize_s']:.1f} s, {r['convert_rss'] / 1e9:.2f} / {r['quantize_rss'] / 1e9:.2f} GB | "
+            f"{r['time_ratio']:.2f} | {r['rss_ratio']:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -75,16 +75,18 @@ def drop_caches() -> None:
 def ensure_e2b(e2b_dir: Path | None) -> Path:
     path = e2b_dir or CACHE / "models" / "e2b-gemma4"
     if not (path / "config.json").is_file():
-        subprocess.run([sys.executable, "-m", "edgekit.cli", "synth", "--preset", "e2b", "--out", str(path)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "edgekit.cli", "synth", "--preset", "e2b", "--out", str(path)], check=True
+        )
     return path
 
 
 def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: int | None = None) -> Path:
-    from edgekit.builder.pipeline import build, model_slug
-    from edgekit.core.errors import EdgekitError
     from edgekit.builder.manifest import read_manifest, verify
-    from edgekit.profiles.recipes import RECIPES
+    from edgekit.builder.pipeline import build, model_slug
     from edgekit.builder.vocab import effective_vocab
+    from edgekit.core.errors import EdgekitError
+    from edgekit.profiles.recipes import RECIPES
 
     folder = out / model_slug(ckpt) / target
     try:
@@ -100,9 +102,9 @@ def ensure_build(ckpt: Path, target: str, quants: list[str], out: Path, vocab: i
 
 def breakdown(folder: Path) -> list[str]:
     """Where each artifact's bytes go: the token-indexed tables (what a lean vocabulary shrinks) and the rest."""
-    from edgekit.model.safetensors_io import read_header
     from edgekit.backends.gguf.header import read_gguf_header
     from edgekit.builder.manifest import read_manifest
+    from edgekit.model.safetensors_io import read_header
 
     lines = []
     for a in read_manifest(folder).artifacts:
@@ -113,8 +115,10 @@ def breakdown(folder: Path) -> list[str]:
             t = read_gguf_header(path).tensors
             head, ple = t["token_embd.weight"], t["per_layer_token_embd.weight"]
             rest = sum(x.n_bytes for x in t.values()) - head.n_bytes - ple.n_bytes
-            lines.append(f"{a.file}: {vocab}; token_embd (tied head) {head.type.name} {mib(head.n_bytes)}, "
-                         f"per_layer_token_embd {ple.type.name} {mib(ple.n_bytes)}, other tensors {mib(rest)}")
+            lines.append(
+                f"{a.file}: {vocab}; token_embd (tied head) {head.type.name} {mib(head.n_bytes)}, "
+                f"per_layer_token_embd {ple.type.name} {mib(ple.n_bytes)}, other tensors {mib(rest)}"
+            )
         else:
             sizes = {}
             for f in path.glob("*.safetensors"):
@@ -123,8 +127,10 @@ def breakdown(folder: Path) -> list[str]:
                     key = "ple" if "embed_tokens_per_layer" in name else "embed" if "embed_tokens" in name else "rest"
                     sizes[key] = sizes.get(key, 0) + info["data_offsets"][1] - info["data_offsets"][0]
             tok = (path / "tokenizer.json").stat().st_size
-            lines.append(f"{a.file}: {vocab}; embed_tokens (tied head) {mib(sizes.get('embed', 0))}, PLE file "
-                         f"{mib(sizes.get('ple', 0))}, other weights {mib(sizes.get('rest', 0))}, tokenizer.json {mib(tok)}")
+            lines.append(
+                f"{a.file}: {vocab}; embed_tokens (tied head) {mib(sizes.get('embed', 0))}, PLE file "
+                f"{mib(sizes.get('ple', 0))}, other weights {mib(sizes.get('rest', 0))}, tokenizer.json {mib(tok)}"
+            )
     return lines
 
 
@@ -141,25 +147,31 @@ def main() -> None:
     ap.add_argument("--no-mlx", action="store_true")
     ap.add_argument("--no-gguf", action="store_true")
     ap.add_argument("--no-lean", action="store_true", help="skip the lean-vocabulary rows")
-    ap.add_argument("--vocab", type=int, default=None, help="the lean rows' vocabulary (default: the lean recipes', 65536)")
+    ap.add_argument(
+        "--vocab", type=int, default=None, help="the lean rows' vocabulary (default: the lean recipes', 65536)"
+    )
     lim = ap.add_mutually_exclusive_group()
     lim.add_argument("--no-limits", action="store_true", help="skip the unlimited-vs-cgroup table")
     lim.add_argument("--limits-only", action="store_true", help="only the unlimited-vs-cgroup table (ctx 2048)")
     ap.add_argument("--limit-mb", type=float, default=1500.0, help="the cgroup's limit (default: the pi5 budget)")
     ap.add_argument("--match", default="", help="limits table: only the GGUFs whose name contains this")
-    ap.add_argument("--extra-dir", type=Path, action="append", default=[],
-                    help="limits table: also the GGUFs of this built folder (e.g. a recipe being tried)")
+    ap.add_argument(
+        "--extra-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="limits table: also the GGUFs of this built folder (e.g. a recipe being tried)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
 
-    from edgekit.measure.bench import BenchOptions, bench
-    from edgekit.core.errors import EngineMissingError
     from edgekit.backends.formats import FORMATS
-    from edgekit.results import PRINTERS
-    from edgekit.profiles.targets import TARGETS
-
+    from edgekit.core.errors import EngineMissingError
+    from edgekit.measure.bench import BenchOptions, bench
     from edgekit.profiles.recipes import RECIPES
+    from edgekit.profiles.targets import TARGETS
+    from edgekit.results import PRINTERS
 
     ckpt = ensure_e2b(args.e2b_dir)
     dist = CACHE / "bench-e2b"
@@ -171,10 +183,14 @@ def main() -> None:
     pi5_lean = TARGETS.get("pi5-lean") if "pi5-lean" in TARGETS else None
     mlx_dir = lean_mlx = None
     lean_dist = CACHE / "bench-e2b-lean"
-    lean_gguf = ensure_build(ckpt, "pi5", list(LEAN_GGUF), lean_dist, args.vocab) if not (args.no_lean or args.no_gguf) else None
+    lean_gguf = (
+        ensure_build(ckpt, "pi5", list(LEAN_GGUF), lean_dist, args.vocab)
+        if not (args.no_lean or args.no_gguf)
+        else None
+    )
     if not args.no_mlx:
         try:
-            FORMATS.get("mlx").check(RECIPES.get("mlx-4bit"))   # MLX importable here?
+            FORMATS.get("mlx").check(RECIPES.get("mlx-4bit"))  # MLX importable here?
             mlx_dir = ensure_build(ckpt, "m2", ["mlx-4bit"], dist)
             lean_mlx = ensure_build(ckpt, "m2", list(LEAN_MLX), lean_dist, args.vocab) if not args.no_lean else None
         except EngineMissingError as e:
@@ -193,24 +209,41 @@ def main() -> None:
                 tgts = [stock, pi5] if "Q4_0" in a.name and "edge" not in a.name else [pi5]
                 for tgt in tgts + ([pi5_lean] if folder == lean_gguf and pi5_lean else []):
                     # no cgroup here: this table is the unconstrained peak (stock Q4_0 peaks at 4.7 GB)
-                    runs.append((a, BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt,
-                                                 limit=False)))
+                    runs.append(
+                        (
+                            a,
+                            BenchOptions(
+                                n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=tgt, limit=False
+                            ),
+                        )
+                    )
         for folder in (mlx_dir, lean_mlx):
             for a in sorted(p for p in folder.iterdir() if p.is_dir()) if folder else []:
-                runs.append((a, BenchOptions(n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2",
-                                             runtime={"kv_fill": str(ctx - 4)})))
+                runs.append(
+                    (
+                        a,
+                        BenchOptions(
+                            n_prompt=4, n_gen=2, reps=1, ctx=ctx, target="m2", runtime={"kv_fill": str(ctx - 4)}
+                        ),
+                    )
+                )
 
     print("pi5 runtime: " + ", ".join(f"{k}={v}" for k, v in pi5.runtime.items()))
-    print(f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-          f"E2B shape-true random weights; -p ctx-{args.n} -n {args.n} (MLX: kv_fill ctx-4, -p 4 -n 2)")
+    print(
+        f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"E2B shape-true random weights; -p ctx-{args.n} -n {args.n} (MLX: kv_fill ctx-4, -p 4 -n 2)"
+    )
     records, recs = [], {}
     for path, opts in runs:
         drop_caches()
         (rec,) = bench(path, opts)
         records.append(rec)
         recs[(path, rec.target, rec.ctx)] = rec
-        print(f"measured {rec.artifact} ({rec.target}, ctx {rec.ctx}): peak RSS {mb(rec.peak_rss_bytes)} MB",
-              file=sys.stderr, flush=True)
+        print(
+            f"measured {rec.artifact} ({rec.target}, ctx {rec.ctx}): peak RSS {mb(rec.peak_rss_bytes)} MB",
+            file=sys.stderr,
+            flush=True,
+        )
     print(PRINTERS["md"](records), end="")
     if lean_gguf or lean_mlx:
         lean_vs_full(recs, [(gguf_dir, lean_gguf, LEAN_GGUF), (mlx_dir, lean_mlx, LEAN_MLX)])
@@ -231,8 +264,10 @@ def lean_vs_full(recs: dict, pairs: list) -> None:
             for line in breakdown(folder) if folder else []:
                 print(f"- {line}")
     print()
-    print("| lean artifact | vs | runtime | ctx | full peak RSS MB | lean peak RSS MB | saved MB | full tg t/s "
-          "| lean tg t/s | lean ÷ full tg |")
+    print(
+        "| lean artifact | vs | runtime | ctx | full peak RSS MB | lean peak RSS MB | saved MB | full tg t/s "
+        "| lean tg t/s | lean ÷ full tg |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for full_dir, lean_dir, names in pairs:
         if not (full_dir and lean_dir):
@@ -244,9 +279,12 @@ def lean_vs_full(recs: dict, pairs: list) -> None:
                 full = recs.get((full_path, tgt, ctx))
                 if path != lean_dir / a.file or full is None:
                     continue
-                print(f"| {lean.artifact} | {full.artifact} | {tgt} | {ctx} | {mb(full.peak_rss_bytes)} "
-                      f"| {mb(lean.peak_rss_bytes)} | {mb(full.peak_rss_bytes - lean.peak_rss_bytes)} "
-                      f"| {full.tg_tps:.2f} | {lean.tg_tps:.2f} | {lean.tg_tps / full.tg_tps:.2f} |", flush=True)
+                print(
+                    f"| {lean.artifact} | {full.artifact} | {tgt} | {ctx} | {mb(full.peak_rss_bytes)} "
+                    f"| {mb(lean.peak_rss_bytes)} | {mb(full.peak_rss_bytes - lean.peak_rss_bytes)} "
+                    f"| {full.tg_tps:.2f} | {lean.tg_tps:.2f} | {lean.tg_tps / full.tg_tps:.2f} |",
+                    flush=True,
+                )
 
 
 def limits_table(gguf_dir: Path, args: argparse.Namespace, target: str = "pi5", ctx: int = 2048) -> None:
@@ -257,17 +295,28 @@ def limits_table(gguf_dir: Path, args: argparse.Namespace, target: str = "pi5", 
 
     with memory_limit(int(args.limit_mb * 1e6)) as probe:
         how = probe.mechanism or f"NOT ENFORCED: {probe.reason}"
-    print(f"\npi5 artifacts at ctx {ctx}, {target} runtime, -p {ctx - args.n} -n {args.n} -r {args.r}: unlimited vs a "
-          f"{args.limit_mb:,.0f} MB memory cgroup ({how}); 16 KB: the peak with the GGUF's mapped pages in 16 KB blocks")
-    print("| artifact | run | peak RSS MB | cgroup peak MB | peak @16K MB | majflt prefill | majflt/token | tg t/s "
-          "| tg ÷ unlimited | OOM | gate |")
+    print(
+        f"\npi5 artifacts at ctx {ctx}, {target} runtime, -p {ctx - args.n} -n {args.n} -r {args.r}: unlimited vs a "
+        f"{args.limit_mb:,.0f} MB memory cgroup ({how}); 16 KB: the peak with the GGUF's mapped pages in 16 KB blocks"
+    )
+    print(
+        "| artifact | run | peak RSS MB | cgroup peak MB | peak @16K MB | majflt prefill | majflt/token | tg t/s "
+        "| tg ÷ unlimited | OOM | gate |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for a in sorted(p for p in gguf_dir.glob("*.gguf") if args.match in p.name):
         pair = []
         for limited in (False, True):
             drop_caches()
-            opts = BenchOptions(n_prompt=ctx - args.n, n_gen=args.n, reps=args.r, ctx=ctx, target=target,
-                                limit=limited, limit_bytes=int(args.limit_mb * 1e6) if limited else None)
+            opts = BenchOptions(
+                n_prompt=ctx - args.n,
+                n_gen=args.n,
+                reps=args.r,
+                ctx=ctx,
+                target=target,
+                limit=limited,
+                limit_bytes=int(args.limit_mb * 1e6) if limited else None,
+            )
             (rec,) = bench(a, opts)
             pair.append(rec)
             ratio = f"{rec.tg_tps / pair[0].tg_tps:.2f}" if limited and pair[0].tg_tps else "–"
@@ -276,9 +325,12 @@ def limits_table(gguf_dir: Path, args: argparse.Namespace, target: str = "pi5", 
             gate = "; ".join(own) or "pass"
             majpp = "–" if rec.majflt_prefill is None else f"{rec.majflt_prefill:,.0f}"
             majtg = "–" if rec.majflt_per_token is None else f"{rec.majflt_per_token:.2f}"
-            print(f"| {rec.artifact} | {'cgroup ' + mb(rec.limit_bytes) + ' MB' if limited else 'unlimited'} "
-                  f"| {mb(rec.peak_rss_bytes)} | {mb(rec.cgroup_peak_bytes)} | {mb(rec.peak_16k_bytes)} | {majpp} "
-                  f"| {majtg} | {rec.tg_tps:.2f} | {ratio} | {oom} | {gate} |", flush=True)
+            print(
+                f"| {rec.artifact} | {'cgroup ' + mb(rec.limit_bytes) + ' MB' if limited else 'unlimited'} "
+                f"| {mb(rec.peak_rss_bytes)} | {mb(rec.cgroup_peak_bytes)} | {mb(rec.peak_16k_bytes)} | {majpp} "
+                f"| {majtg} | {rec.tg_tps:.2f} | {ratio} | {oom} | {gate} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

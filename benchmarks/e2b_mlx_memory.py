@@ -38,8 +38,8 @@ def artifact(model: Path, out: Path, stock: bool = False) -> Path:
     streamed PLE file equals mlx's quantizer on the whole table: tests/test_mlx.py)."""
     import dataclasses
 
-    from edgekit.builder.pipeline import build, model_slug
     from edgekit.builder.manifest import read_manifest, verify
+    from edgekit.builder.pipeline import build, model_slug
     from edgekit.profiles.recipes import RECIPES
 
     recipe = "mlx-4bit"
@@ -73,13 +73,15 @@ def groups(art: Path) -> dict[str, int]:
     from edgekit.model.safetensors_io import read_tensors
 
     out: dict[str, int] = {}
-    rules = [("PLE table (embed_tokens_per_layer)", r"embed_tokens_per_layer\."),
-             ("tied embedding / output head", r"model\.embed_tokens\."),
-             ("PLE projection (per_layer_model_projection)", r"per_layer_model_projection"),
-             ("attention", r"self_attn\.(q|k|v|o)_proj"),
-             ("MLP", r"mlp\."),
-             ("per-layer gate / projection", r"per_layer_(input_gate|projection)\."),
-             ("norms, scalars", r".")]
+    rules = [
+        ("PLE table (embed_tokens_per_layer)", r"embed_tokens_per_layer\."),
+        ("tied embedding / output head", r"model\.embed_tokens\."),
+        ("PLE projection (per_layer_model_projection)", r"per_layer_model_projection"),
+        ("attention", r"self_attn\.(q|k|v|o)_proj"),
+        ("MLP", r"mlp\."),
+        ("per-layer gate / projection", r"per_layer_(input_gate|projection)\."),
+        ("norms, scalars", r"."),
+    ]
     for f in sorted(art.glob("*.safetensors")):
         for name, ref in read_tensors(f, ArtifactError, fix="rebuild it").items():
             label = next(lbl for lbl, rx in rules if re.search(rx, name))
@@ -157,10 +159,12 @@ def kv_at(art: Path, ctx: int) -> int:
 
 
 def run_child(art: Path, ple: str, tokenizer: bool, n_tokens: int, with_torch: bool) -> dict:
-    code = ("import sys, json; sys.path.insert(0, %r)\n" % str(ROOT)
-            + ("" if with_torch else "sys.modules['torch'] = None  # as installed by edgekit[mlx]\n")
-            + "sys.path.insert(0, %r); import e2b_mlx_memory as b\n" % str(Path(__file__).parent)
-            + f"print(json.dumps(b.child(b.Path({str(art)!r}), {ple!r}, {tokenizer!r}, {n_tokens})))")
+    code = (
+        "import sys, json; sys.path.insert(0, %r)\n" % str(ROOT)
+        + ("" if with_torch else "sys.modules['torch'] = None  # as installed by edgekit[mlx]\n")
+        + "sys.path.insert(0, %r); import e2b_mlx_memory as b\n" % str(Path(__file__).parent)
+        + f"print(json.dumps(b.child(b.Path({str(art)!r}), {ple!r}, {tokenizer!r}, {n_tokens})))"
+    )
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -171,28 +175,46 @@ def run_child(art: Path, ple: str, tokenizer: bool, n_tokens: int, with_torch: b
 def only(art: Path, args: argparse.Namespace, budget: int) -> None:
     """One artifact, edgekit's loader (PLE on disk), with its tokenizer loaded and without."""
     sizes = groups(art)
-    print(f"artifact {art.name}: {sum(sizes.values()) / GB:.2f} GB on disk; tokenizer.json "
-          f"{(art / 'tokenizer.json').stat().st_size / MB:.1f} MB")
+    print(
+        f"artifact {art.name}: {sum(sizes.values()) / GB:.2f} GB on disk; tokenizer.json "
+        f"{(art / 'tokenizer.json').stat().st_size / MB:.1f} MB"
+    )
     print(f"{args.tokens} prompt tokens + 1 decoded; {'with' if args.with_torch else 'without'} torch; MB = 1e6 bytes")
     print("| tokenizer | RSS load MB | peak RSS MB | anon MB | file MB | mx peak MB | PLE pages MB | peak ÷ budget |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for tok in (True, False):
         r = run_child(art, "disk", tok, args.tokens, args.with_torch)
-        vals = [r["rss_loaded"], r["peak_rss"], r["peak_anon"], r["peak_file"],
-                max(r["mx_peak_load"], r["mx_peak_forward"]), r["ple_file_rss"]]
-        print(f"| {'loaded' if tok else 'not loaded'} | " + " | ".join(f"{v / MB:,.0f}" for v in vals)
-              + f" | {r['peak_rss'] / budget:.2f} |", flush=True)
+        vals = [
+            r["rss_loaded"],
+            r["peak_rss"],
+            r["peak_anon"],
+            r["peak_file"],
+            max(r["mx_peak_load"], r["mx_peak_forward"]),
+            r["ple_file_rss"],
+        ]
+        print(
+            f"| {'loaded' if tok else 'not loaded'} | "
+            + " | ".join(f"{v / MB:,.0f}" for v in vals)
+            + f" | {r['peak_rss'] / budget:.2f} |",
+            flush=True,
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path(os.environ.get("EDGEKIT_E2B", ROOT / ".cache/models/e2b-gemma4")))
+    ap.add_argument(
+        "--model", type=Path, default=Path(os.environ.get("EDGEKIT_E2B", ROOT / ".cache/models/e2b-gemma4"))
+    )
     ap.add_argument("--out", type=Path, default=ROOT / ".cache" / "dist")
     ap.add_argument("--tokens", type=int, default=4, help="prompt tokens (then one decoded token)")
     ap.add_argument("--with-torch", action="store_true", help="let transformers import torch in the children")
-    ap.add_argument("--artifact", type=Path, default=None,
-                    help="only this built MLX artifact folder (e.g. the lean one bench-e2b made), with and "
-                         "without its tokenizer; no stock comparison")
+    ap.add_argument(
+        "--artifact",
+        type=Path,
+        default=None,
+        help="only this built MLX artifact folder (e.g. the lean one bench-e2b made), with and "
+        "without its tokenizer; no stock comparison",
+    )
     args = ap.parse_args()
 
     from edgekit.profiles.targets import TARGETS
@@ -209,20 +231,32 @@ def main() -> None:
         for label, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
             print(f"  {label:45s} {n / MB:9.1f} MB")
 
-    configs = [("stock: convert -q, mlx_lm.load", uniform, "stock", True),
-               ("edgekit mlx-4bit, PLE on disk", art, "disk", True),
-               ("edgekit mlx-4bit, PLE on disk, no tokenizer", art, "disk", False)]
+    configs = [
+        ("stock: convert -q, mlx_lm.load", uniform, "stock", True),
+        ("edgekit mlx-4bit, PLE on disk", art, "disk", True),
+        ("edgekit mlx-4bit, PLE on disk, no tokenizer", art, "disk", False),
+    ]
     rows = []
     for label, path, ple, tok in configs:
         print(f"running: {label} ...", file=sys.stderr)
         rows.append((label, run_child(path, ple, tok, args.tokens, args.with_torch)))
 
-    print(f"\n{args.tokens} prompt tokens + 1 decoded; {'with' if args.with_torch else 'without'} torch; MB = 1e6 bytes")
+    print(
+        f"\n{args.tokens} prompt tokens + 1 decoded; {'with' if args.with_torch else 'without'} torch; MB = 1e6 bytes"
+    )
     cols = ["RSS load", "peak load", "peak RSS", "anon", "file", "mx model", "mx peak", "PLE pages", "fwd s"]
     print(f"{'':42s}" + "".join(f"{c:>10s}" for c in cols))
     for label, r in rows:
-        vals = [r["rss_loaded"], r["peak_load"], r["peak_rss"], r["peak_anon"], r["peak_file"],
-                r["mx_active_model"], max(r["mx_peak_load"], r["mx_peak_forward"]), r["ple_file_rss"]]
+        vals = [
+            r["rss_loaded"],
+            r["peak_load"],
+            r["peak_rss"],
+            r["peak_anon"],
+            r["peak_file"],
+            r["mx_active_model"],
+            max(r["mx_peak_load"], r["mx_peak_forward"]),
+            r["ple_file_rss"],
+        ]
         print(f"{label:42s}" + "".join(f"{v / MB:10.0f}" for v in vals) + f"{r['forward_s']:10.1f}")
 
     stock, hook, bare = (r for _, r in rows)
@@ -236,20 +270,28 @@ def main() -> None:
     ]
     for label, n in parts:
         print(f"  {label:60s} {n / MB:8.0f}")
-    print(f"  {'other (allocator slack, libraries touched later)':60s} {(hook['peak_rss'] - sum(n for _, n in parts)) / MB:8.0f}")
+    print(
+        f"  {'other (allocator slack, libraries touched later)':60s} {(hook['peak_rss'] - sum(n for _, n in parts)) / MB:8.0f}"
+    )
     print(f"  {'= peak RSS':60s} {hook['peak_rss'] / MB:8.0f}")
     print(f"  KV cache after the run: {hook['kv_bytes'] / MB:.1f} MB; PLE rows read: {hook['ple_rows_read']}")
 
     print("\nratios (hooked / stock):")
-    print(f"  peak RSS        {hook['peak_rss'] / stock['peak_rss']:.2f}  ({hook['peak_rss'] / GB:.2f} vs {stock['peak_rss'] / GB:.2f} GB)")
-    print(f"  mx peak memory  {max(hook['mx_peak_load'], hook['mx_peak_forward']) / max(stock['mx_peak_load'], stock['mx_peak_forward']):.2f}")
+    print(
+        f"  peak RSS        {hook['peak_rss'] / stock['peak_rss']:.2f}  ({hook['peak_rss'] / GB:.2f} vs {stock['peak_rss'] / GB:.2f} GB)"
+    )
+    print(
+        f"  mx peak memory  {max(hook['mx_peak_load'], hook['mx_peak_forward']) / max(stock['mx_peak_load'], stock['mx_peak_forward']):.2f}"
+    )
     for (label, *_), r in zip(configs, rows):
         r = r[1]
         verdict = "within" if r["peak_rss"] <= budget else "OVER"
         print(f"  {label:42s} peak RSS / budget {r['peak_rss'] / budget:.2f} ({verdict} {budget / GB:.1f} GB)")
     kv = kv_at(art, TARGETS.get("m2").context)
-    print(f"\nKV cache at the target's context ({TARGETS.get('m2').context}), from the config and mlx-lm's "
-          f"cache classes (not measured: a 2048-token 4-bit prefill takes hours on this CPU): {kv / MB:.1f} MB")
+    print(
+        f"\nKV cache at the target's context ({TARGETS.get('m2').context}), from the config and mlx-lm's "
+        f"cache classes (not measured: a 2048-token 4-bit prefill takes hours on this CPU): {kv / MB:.1f} MB"
+    )
 
 
 if __name__ == "__main__":

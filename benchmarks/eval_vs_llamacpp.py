@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import llamacpp_tools  # noqa: E402
-import numpy as np  # noqa: E402
+import llamacpp_tools
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,16 +47,28 @@ _KLD = re.compile(r"Mean\s+KLD:\s+([-\d.e+]+)\s+±\s+([-\d.e+]+)")
 _SAME = re.compile(r"Same top p:\s+([\d.]+)\s+±")
 
 
-def llama_perplexity(exe: Path, base: Path, model: Path, kld: Path, args: argparse.Namespace) -> tuple[float, float, float]:
+def llama_perplexity(
+    exe: Path, base: Path, model: Path, kld: Path, args: argparse.Namespace
+) -> tuple[float, float, float]:
     common = ["-f", str(DEFAULT_TEXT), "-c", str(args.ctx), "-t", str(args.threads), "-b", str(args.ctx)]
     if args.chunks:
         common += ["--chunks", str(args.chunks)]
     t0 = time.perf_counter()
     env = llamacpp_tools.tool_env()
-    subprocess.run([str(exe), "-m", str(base), "--kl-divergence-base", str(kld), *common], check=True,
-                   capture_output=True, text=True, env=env)
-    out = subprocess.run([str(exe), "-m", str(model), "--kl-divergence-base", str(kld), "--kl-divergence", *common],
-                         check=True, capture_output=True, text=True, env=env)
+    subprocess.run(
+        [str(exe), "-m", str(base), "--kl-divergence-base", str(kld), *common],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    out = subprocess.run(
+        [str(exe), "-m", str(model), "--kl-divergence-base", str(kld), "--kl-divergence", *common],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     seconds = time.perf_counter() - t0
     text = out.stdout + out.stderr
     m, s = _KLD.search(text), _SAME.search(text)
@@ -88,25 +100,38 @@ def main() -> int:
     exe = llamacpp_tools.tool("llama-perplexity")
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        dist = build(str(ROOT / "tests" / "data" / "tiny-trained"), target="pi5", quants=["f32", "q4_0"], out=t / "dist")
+        dist = build(
+            str(ROOT / "tests" / "data" / "tiny-trained"), target="pi5", quants=["f32", "q4_0"], out=t / "dist"
+        )
         base, model = (shutil.copy(dist / f"tiny-trained-{q}.gguf", t / f"{q}.gguf") for q in ("F32", "Q4_0"))
         l_s, l_kl, l_same = llama_perplexity(exe, Path(base), Path(model), t / "base.kld", args)
         t0 = time.perf_counter()
-        (r,) = evaluate([Path(model)], EvalOptions(reference=str(base), ctx=args.ctx, chunks=args.chunks, top_k=args.top_k,
-                                                   threads=args.threads, ref_cache=t / "ref.npz"))
+        (r,) = evaluate(
+            [Path(model)],
+            EvalOptions(
+                reference=str(base),
+                ctx=args.ctx,
+                chunks=args.chunks,
+                top_k=args.top_k,
+                threads=args.threads,
+                ref_cache=t / "ref.npz",
+            ),
+        )
         e_s = time.perf_counter() - t0
         wins = refcache.load(t / "ref.npz").windows
         theirs = base_windows(t / "base.kld", int(wins[0, 0]))
         same = theirs.shape == wins.shape and bool((theirs == wins).all())
     d = r.kl_mean - l_kl
-    print(f"| tool | seconds (base + KL pass) | mean KL | same top |\n|---|---:|---:|---:|\n"
-          f"| llama-perplexity --kl-divergence | {l_s:.2f} | {l_kl:.6f} | {l_same:.4f} |\n"
-          f"| edgekit eval (top-k {args.top_k}) | {e_s:.2f} | {r.kl_mean:.6f} | {r.same_top:.4f} |\n\n"
-          f"same scored tokens: {'yes' if same else 'NO'} ({len(wins)} windows of {args.ctx}, {r.tokens_scored} "
-          f"tokens scored); reference mass outside edgekit's top k: {100 * r.extra['reference_tail_mass']:.2g}%\n"
-          f"time ratio (edgekit / llama.cpp): {e_s / l_s:.2f} (goal ≤ 1.1: {'met' if e_s / l_s <= 1.1 else 'NOT met'}); "
-          f"mean KL difference: {d:+.2e} (goal |Δ| ≤ 1e-3: {'met' if abs(d) <= 1e-3 else 'NOT met'}); "
-          f"ctx {args.ctx}, {args.threads} threads")
+    print(
+        f"| tool | seconds (base + KL pass) | mean KL | same top |\n|---|---:|---:|---:|\n"
+        f"| llama-perplexity --kl-divergence | {l_s:.2f} | {l_kl:.6f} | {l_same:.4f} |\n"
+        f"| edgekit eval (top-k {args.top_k}) | {e_s:.2f} | {r.kl_mean:.6f} | {r.same_top:.4f} |\n\n"
+        f"same scored tokens: {'yes' if same else 'NO'} ({len(wins)} windows of {args.ctx}, {r.tokens_scored} "
+        f"tokens scored); reference mass outside edgekit's top k: {100 * r.extra['reference_tail_mass']:.2g}%\n"
+        f"time ratio (edgekit / llama.cpp): {e_s / l_s:.2f} (goal ≤ 1.1: {'met' if e_s / l_s <= 1.1 else 'NOT met'}); "
+        f"mean KL difference: {d:+.2e} (goal |Δ| ≤ 1e-3: {'met' if abs(d) <= 1e-3 else 'NOT met'}); "
+        f"ctx {args.ctx}, {args.threads} threads"
+    )
     return 0 if same else 1
 
 

@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from serve_fixture import free_port, start_server  # noqa: E402
+
 from edgekit.lab.front import Backend, Front, haproxy_config, write_config  # noqa: E402
 from edgekit.lab.serve import model_id, one_request, prompt_of  # noqa: E402
-from serve_fixture import free_port, start_server  # noqa: E402
 
 
 def tiny_dist(tmp: Path) -> Path:
@@ -52,13 +53,15 @@ def main() -> None:
         try:
             port = free_port()
             front_url = f"http://127.0.0.1:{port}"
-            cfg = write_config(haproxy_config([Backend("dev", "127.0.0.1", server.port, "k" if a.keyed else None)],
-                                              port=port), tmp / "haproxy.cfg")
+            cfg = write_config(
+                haproxy_config([Backend("dev", "127.0.0.1", server.port, "k" if a.keyed else None)], port=port),
+                tmp / "haproxy.cfg",
+            )
             with Front(cfg, tmp / "haproxy.log").start(front_url):
                 direct, front = server.url + "/v1", front_url + "/v1"
                 model = model_id(direct)
                 messages, p = prompt_of(direct, model, a.p)
-                for base in (direct, front):   # warm-up both paths (connections, caches)
+                for base in (direct, front):  # warm-up both paths (connections, caches)
                     one_request(base, model, messages, min(a.n, 4))
                 runs: dict[str, list[dict]] = {"direct": [], "front": []}
                 for _ in range(a.r):
@@ -67,8 +70,10 @@ def main() -> None:
         finally:
             server.stop()
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("ttft_ms", "decode_tps")} for k, v in runs.items()}
-    print(f"tiny model, prompt {p} tokens, {a.n} generated, {a.r} alternating rounds, "
-          f"{'keyed (two hops)' if a.keyed else 'no key (one hop)'}")
+    print(
+        f"tiny model, prompt {p} tokens, {a.n} generated, {a.r} alternating rounds, "
+        f"{'keyed (two hops)' if a.keyed else 'no key (one hop)'}"
+    )
     print("| path   | TTFT ms (median) | decode t/s (median) |")
     print("|--------|-----------------:|--------------------:|")
     for k in ("direct", "front"):

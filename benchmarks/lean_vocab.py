@@ -54,8 +54,13 @@ print(json.dumps({"s": dt, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 
 def child(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -64,13 +69,15 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=65536)
     ap.add_argument("--rows", type=int, default=262144)
     ap.add_argument("--cols", type=int, default=8960)
-    ap.add_argument("--dir", type=Path, default=None, help="where the fake table goes (needs rows x cols x 2 bytes free)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="where the fake table goes (needs rows x cols x 2 bytes free)"
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from edgekit.model.safetensors_io import TensorSpec, write_safetensors
     from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
+    from edgekit.model.safetensors_io import TensorSpec, write_safetensors
 
     with tempfile.TemporaryDirectory(prefix="edgekit-lean-bench-", dir=args.dir) as tmp:
         tmp = Path(tmp)
@@ -79,9 +86,11 @@ def main() -> None:
         write_synthetic_tokenizer(tok, 262144, n_merges=GEMMA4_MERGES)
         (tok / "config.json").write_text(json.dumps({"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0}))
         sel = child(SELECT, str(tok), str(args.vocab), str(tmp / "kept.npy"))
-        print(f"selection: {args.vocab:,} of 262,144 tokens ({sel['must']} must-keep, {sel['corpus']:,} corpus, "
-              f"{sel['fill']:,} fill rule; {sel['merges']:,} of {GEMMA4_MERGES:,} merges) in {sel['s']:.1f} s, "
-              f"peak RSS {sel['rss'] / 2**20:,.0f} MiB")
+        print(
+            f"selection: {args.vocab:,} of 262,144 tokens ({sel['must']} must-keep, {sel['corpus']:,} corpus, "
+            f"{sel['fill']:,} fill rule; {sel['merges']:,} of {GEMMA4_MERGES:,} merges) in {sel['s']:.1f} s, "
+            f"peak RSS {sel['rss'] / 2**20:,.0f} MiB"
+        )
         kept = np.load(tmp / "kept.npy")
         kept = kept[kept < args.rows]
         np.save(tmp / "kept.npy", kept)
@@ -98,9 +107,11 @@ def main() -> None:
         write_safetensors(table, [TensorSpec("t", (args.rows, args.cols), "BF16")], chunks)
         g = child(GATHER, str(table), str(tmp / "lean.safetensors"), str(tmp / "kept.npy"))
         size = args.rows * args.cols * 2
-        print(f"gather: {len(kept):,} of {args.rows:,} rows x {args.cols} bf16 ({g['bytes'] / 1e9:.2f} of {size / 1e9:.2f} GB) "
-              f"in {g['s']:.1f} s, peak RSS {g['rss'] / 2**20:,.0f} MiB = {g['rss'] / size:.3f} x the table; "
-              f"200 sampled rows equal: {g['ok']}")
+        print(
+            f"gather: {len(kept):,} of {args.rows:,} rows x {args.cols} bf16 ({g['bytes'] / 1e9:.2f} of {size / 1e9:.2f} GB) "
+            f"in {g['s']:.1f} s, peak RSS {g['rss'] / 2**20:,.0f} MiB = {g['rss'] / size:.3f} x the table; "
+            f"200 sampled rows equal: {g['ok']}"
+        )
 
 
 if __name__ == "__main__":

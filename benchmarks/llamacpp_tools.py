@@ -37,8 +37,22 @@ def source() -> Path:
     base.mkdir(parents=True, exist_ok=True)
     version = metadata.version("llama-cpp-python")
     log.info("fetching the llama-cpp-python %s sdist for llama.cpp's tools", version)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q",
-                    "-d", str(base), f"llama-cpp-python=={version}"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-q",
+            "-d",
+            str(base),
+            f"llama-cpp-python=={version}",
+        ],
+        check=True,
+    )
     sdist = next(base.glob("llama_cpp_python-*.tar.gz"))
     with tarfile.open(sdist) as tar:
         tar.extractall(base, filter="data")
@@ -52,15 +66,28 @@ def tool(name: str) -> Path:
     if exe.is_file():
         return exe
     src = source()
-    args = ["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
-            "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"]  # RUNPATH $ORIGIN: the tools find their libraries wherever the folder is
+    args = [
+        "cmake",
+        "-S",
+        str(src),
+        "-B",
+        str(build),
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+    ]  # RUNPATH $ORIGIN: the tools find their libraries wherever the folder is
     if platform.machine() == "x86_64":
         args.append("-DGGML_NATIVE=OFF")  # the same flag the wheel is built with (AMX segfault)
     log.info("building llama.cpp tools %s (a few minutes, once)", ", ".join(TOOLS))
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TOOLS],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return exe
 
 

@@ -31,11 +31,11 @@ def _inputs(work: Path, preset: str, budget: int, seconds: float) -> tuple[Path,
     import soundfile as sf
     from PIL import Image
 
-    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.backends.gguf.convert import convert
     from edgekit.backends.gguf.mmproj import write_mmproj
-    from edgekit.serve.media import image_size_for_budget
     from edgekit.dev.synth import synth
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.serve.media import image_size_for_budget
 
     ckpt = load_checkpoint(synth(work / f"{preset}-mm", preset=preset, seed=0, towers=True))
     text = convert(ckpt, work / "text-F16.gguf", "F16")
@@ -48,11 +48,13 @@ def _inputs(work: Path, preset: str, budget: int, seconds: float) -> tuple[Path,
     return text, proj, work / "image.png", work / "audio.wav"
 
 
-def ours(text: Path, proj: Path, image: Path, audio: Path, budget: int, reps: int, threads: int) -> dict[str, list[float]]:
+def ours(
+    text: Path, proj: Path, image: Path, audio: Path, budget: int, reps: int, threads: int
+) -> dict[str, list[float]]:
     import llama_cpp
 
-    from edgekit.serve.media import open_audio, open_image
     from edgekit.backends.mtmd import Projector
+    from edgekit.serve.media import open_audio, open_image
 
     llm = llama_cpp.Llama(str(text), n_ctx=2048, n_threads=threads, verbose=False)
     img, clip = open_image(image), open_audio(audio)
@@ -68,10 +70,34 @@ def theirs(text: Path, proj: Path, media: Path, kind: str, budget: int, reps: in
     cli = llamacpp_tools.tool("llama-mtmd-cli")
     times = []
     for _ in range(reps):
-        r = subprocess.run([str(cli), "-m", str(text), "--mmproj", str(proj), f"--{kind}", str(media), "-p", "hi",
-                            "-n", "1", "-t", str(threads), "--image-min-tokens", "1", "--image-max-tokens", str(budget),
-                            "--temp", "0", "--no-warmup", "--jinja"],   # our template is jinja-only
-                           capture_output=True, text=True, env=llamacpp_tools.tool_env())
+        r = subprocess.run(
+            [
+                str(cli),
+                "-m",
+                str(text),
+                "--mmproj",
+                str(proj),
+                f"--{kind}",
+                str(media),
+                "-p",
+                "hi",
+                "-n",
+                "1",
+                "-t",
+                str(threads),
+                "--image-min-tokens",
+                "1",
+                "--image-max-tokens",
+                str(budget),
+                "--temp",
+                "0",
+                "--no-warmup",
+                "--jinja",
+            ],  # our template is jinja-only
+            capture_output=True,
+            text=True,
+            env=llamacpp_tools.tool_env(),
+        )
         m = re.search(r"(?:slice encoded|batch encoding done) in (\d+) ms", r.stdout + r.stderr)
         if r.returncode != 0 or not m:
             raise SystemExit(f"llama-mtmd-cli failed ({r.returncode}): {(r.stderr or r.stdout)[-400:]}")
@@ -93,8 +119,10 @@ def main() -> None:
         for kind, media in (("image", image), ("audio", audio)):
             ref = theirs(text, proj, media, kind, args.image_tokens, args.reps, args.threads)
             a, b = statistics.median(mine[kind]), statistics.median(ref)
-            print(f"{args.preset} {kind:<5} edgekit {a:8.1f} ms  llama-mtmd-cli {b:8.1f} ms  ratio {a / b:.3f}x "
-                  f"(median of {args.reps}, {args.threads} threads)")
+            print(
+                f"{args.preset} {kind:<5} edgekit {a:8.1f} ms  llama-mtmd-cli {b:8.1f} ms  ratio {a / b:.3f}x "
+                f"(median of {args.reps}, {args.threads} threads)"
+            )
 
 
 if __name__ == "__main__":

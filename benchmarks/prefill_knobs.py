@@ -62,8 +62,9 @@ def parse_config(text: str) -> tuple[str, dict]:
     label, sep, rest = text.partition("=")
     base, *sets = (x.strip() for x in rest.split(","))
     if not sep or not label.strip() or not (base == "defaults" or base in TARGETS):
-        raise SystemExit(f"--config {text!r}: expected LABEL=BASE[,knob=value...], BASE defaults or a target "
-                         f"({', '.join(TARGETS)})")
+        raise SystemExit(
+            f"--config {text!r}: expected LABEL=BASE[,knob=value...], BASE defaults or a target ({', '.join(TARGETS)})"
+        )
     return label.strip(), {**(TARGETS.get(base).runtime if base != "defaults" else {}), **parse_set(sets)}
 
 
@@ -86,8 +87,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over all configurations")
     ap.add_argument("-t", "--threads", type=int, default=None, help="default: pi5's, capped at this host's cores")
     ap.add_argument("--llama-bench", action="store_true", help="also run stock llama-bench with its defaults")
-    ap.add_argument("--config", action="append", default=[], metavar="LABEL=BASE[,k=v...]",
-                    help="your own configurations instead of the one-knob set (repeatable)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="LABEL=BASE[,k=v...]",
+        help="your own configurations instead of the one-knob set (repeatable)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
@@ -111,8 +117,16 @@ def main() -> None:
     cfgs = configs(pi5.runtime)
     if args.config:
         cfgs = cfgs[:1] + [parse_config(c) for c in args.config]
-    base = BenchOptions(n_prompt=args.p, n_gen=1, reps=args.r, threads=args.threads, ctx=max(pi5.context, args.p + 1),
-                        target="pi5-knobs", roofline=False, limit=False)
+    base = BenchOptions(
+        n_prompt=args.p,
+        n_gen=1,
+        reps=args.r,
+        threads=args.threads,
+        ctx=max(pi5.context, args.p + 1),
+        target="pi5-knobs",
+        roofline=False,
+        limit=False,
+    )
     pp: dict[str, list[float]] = {label: [] for label, _ in cfgs}
     rss: dict[str, list[int]] = {label: [] for label, _ in cfgs}
     threads = 0
@@ -124,22 +138,30 @@ def main() -> None:
             rss[label].append(rec.peak_rss_bytes)
             threads = rec.threads or 0
     ref = "llama.cpp defaults"
-    print(f"{gguf.name}, pp{args.p}, {threads} threads, ctx {base.ctx}, {args.rounds} alternating rounds x {args.r} reps; "
-          f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}")
+    print(
+        f"{gguf.name}, pp{args.p}, {threads} threads, ctx {base.ctx}, {args.rounds} alternating rounds x {args.r} reps; "
+        f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    )
     print("pi5 runtime: " + ", ".join(f"{k}={v}" for k, v in pi5.runtime.items()))
-    print(f"| configuration | pp{args.p} t/s (median) | ÷ defaults (medians) | ÷ defaults per round, median [min-max] | peak RSS MB |")
+    print(
+        f"| configuration | pp{args.p} t/s (median) | ÷ defaults (medians) | ÷ defaults per round, median [min-max] | peak RSS MB |"
+    )
     print("|---|---:|---:|---:|---:|")
     for label, _ in cfgs:
         ratios = [a / b for a, b in zip(pp[label], pp[ref])]
-        print(f"| {label} | {statistics.median(pp[label]):.2f} | {statistics.median(pp[label]) / statistics.median(pp[ref]):.3f} "
-              f"| {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}] | {max(rss[label]) / 1e6:,.0f} |")
+        print(
+            f"| {label} | {statistics.median(pp[label]):.2f} | {statistics.median(pp[label]) / statistics.median(pp[ref]):.3f} "
+            f"| {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}] | {max(rss[label]) / 1e6:,.0f} |"
+        )
     if args.llama_bench:
         sys.path.insert(0, str(ROOT / "benchmarks"))
         from llamacpp_tools import tool
         from runner_overhead import llama_bench_run
 
         lb = llama_bench_run(tool("llama-bench"), gguf, args.p, 1, args.r, threads, [])
-        print(f"| stock llama-bench (its defaults) | {lb['pp']:.2f} | {lb['pp'] / statistics.median(pp[ref]):.3f} | – | – |")
+        print(
+            f"| stock llama-bench (its defaults) | {lb['pp']:.2f} | {lb['pp'] / statistics.median(pp[ref]):.3f} | – | – |"
+        )
     tmp.cleanup()
 
 

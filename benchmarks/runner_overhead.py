@@ -56,10 +56,18 @@ def built(workdir: Path, preset: str, target: str, quant: str) -> Path:
 def edgekit_run(path: Path, p: int, n: int, reps: int, threads: int | None, runtime: dict | None = None) -> dict:
     from edgekit.measure.bench import BenchOptions, bench
 
-    (r,) = bench(path, BenchOptions(n_prompt=p, n_gen=n, reps=reps, threads=threads, ctx=p + n, roofline=False,
-                                    runtime=runtime or {}))
-    return {"pp": r.pp_tps, "tg": r.tg_tps, "pp_sd": r.pp_tps_sd, "tg_sd": r.tg_tps_sd, "ttft_ms": r.ttft_ms,
-            "runtime": r.runtime}
+    (r,) = bench(
+        path,
+        BenchOptions(n_prompt=p, n_gen=n, reps=reps, threads=threads, ctx=p + n, roofline=False, runtime=runtime or {}),
+    )
+    return {
+        "pp": r.pp_tps,
+        "tg": r.tg_tps,
+        "pp_sd": r.pp_tps_sd,
+        "tg_sd": r.tg_tps_sd,
+        "ttft_ms": r.ttft_ms,
+        "runtime": r.runtime,
+    }
 
 
 def llama_bench_flags(runtime: dict) -> list[str]:
@@ -79,9 +87,30 @@ def llama_bench_flags(runtime: dict) -> list[str]:
     return flags
 
 
-def llama_bench_run(exe: Path, gguf: Path, p: int, n: int, reps: int, threads: int, flags: list[str]) -> dict[str, float]:
-    out = subprocess.run([str(exe), "-m", str(gguf), "-p", str(p), "-n", str(n), "-r", str(reps), "-t", str(threads),
-                          *flags, "-o", "json"], check=True, capture_output=True, text=True).stdout
+def llama_bench_run(
+    exe: Path, gguf: Path, p: int, n: int, reps: int, threads: int, flags: list[str]
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            str(exe),
+            "-m",
+            str(gguf),
+            "-p",
+            str(p),
+            "-n",
+            str(n),
+            "-r",
+            str(reps),
+            "-t",
+            str(threads),
+            *flags,
+            "-o",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     res = {}
     for row in json.loads(out):
         key = "pp" if row["n_gen"] == 0 else "tg"
@@ -90,8 +119,25 @@ def llama_bench_run(exe: Path, gguf: Path, p: int, n: int, reps: int, threads: i
 
 
 def mlx_bench_run(folder: Path, p: int, n: int, reps: int) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-m", "mlx_lm", "benchmark", "--model", str(folder), "-p", str(p),
-                          "-g", str(n), "-n", str(reps)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "benchmark",
+            "--model",
+            str(folder),
+            "-p",
+            str(p),
+            "-g",
+            str(n),
+            "-n",
+            str(reps),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     m = re.search(r"Averages: prompt_tps=([\d.]+), generation_tps=([\d.]+), peak_memory=([\d.]+)", out)
     if not m:
         raise SystemExit(f"unexpected mlx_lm benchmark output:\n{out}")
@@ -108,8 +154,10 @@ def compare(name: str, ours: list[dict], theirs: list[dict], p: int, n: int, eng
     for label, ok, tk in ((f"pp{p} t/s", pp_key, "pp"), (f"tg{n} t/s", "tg", "tg")):
         a, b = statistics.fmean(r[ok] for r in ours), statistics.fmean(r[tk] for r in theirs)
         ratios = [o[ok] / t[tk] for o, t in zip(ours, theirs)]
-        print(f"  {label:10} {a:12.2f} {b:17.2f} {a / b:15.3f} {statistics.median(ratios):12.3f} "
-              f"[{min(ratios):.3f}-{max(ratios):.3f}]")
+        print(
+            f"  {label:10} {a:12.2f} {b:17.2f} {a / b:15.3f} {statistics.median(ratios):12.3f} "
+            f"[{min(ratios):.3f}-{max(ratios):.3f}]"
+        )
 
 
 def main() -> None:
@@ -143,8 +191,14 @@ def main() -> None:
         ours.append(edgekit_run(gguf, a.p, a.n, a.r, a.threads))
         flags = llama_bench_flags(ours[-1]["runtime"])
         theirs.append(llama_bench_run(exe, gguf, a.p, a.n, a.r, a.threads, flags))
-    compare(f"llama.cpp: {gguf.name}, {a.threads} threads, -p {a.p} -n {a.n} -r {a.r}; llama-bench {' '.join(flags)}",
-            ours, theirs, a.p, a.n, "llama-bench")
+    compare(
+        f"llama.cpp: {gguf.name}, {a.threads} threads, -p {a.p} -n {a.n} -r {a.r}; llama-bench {' '.join(flags)}",
+        ours,
+        theirs,
+        a.p,
+        a.n,
+        "llama-bench",
+    )
 
     if not a.skip_mlx:
         ours, theirs = [], []
@@ -155,8 +209,15 @@ def main() -> None:
         # mlx_lm's prompt_tps is prompt tokens / time to first token: compare it with ours from TTFT.
         for o in ours:
             o["pp_from_ttft"] = a.mlx_p / (o["ttft_ms"] / 1e3)
-        compare(f"MLX: {mlx.name}, -p {a.mlx_p} -n {a.mlx_n} -r {a.mlx_r}", ours, theirs, a.mlx_p, a.mlx_n,
-                "mlx_lm.benchmark", pp_key="pp_from_ttft")
+        compare(
+            f"MLX: {mlx.name}, -p {a.mlx_p} -n {a.mlx_n} -r {a.mlx_r}",
+            ours,
+            theirs,
+            a.mlx_p,
+            a.mlx_n,
+            "mlx_lm.benchmark",
+            pp_key="pp_from_ttft",
+        )
 
 
 if __name__ == "__main__":

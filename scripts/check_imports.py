@@ -31,7 +31,8 @@ def modules(root: Path = ROOT) -> dict[str, Path]:
 def _type_checking(node: ast.If) -> bool:
     t = node.test
     return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(tree: ast.Module, top_level: bool):
@@ -72,7 +73,7 @@ def graph(top_level: bool = False, root: Path = ROOT) -> dict[str, set[str]]:
             for t in targets:
                 if t.startswith("edgekit"):
                     for m in _with_packages(t, mods):
-                        if m != mod and not mod.startswith(m + "."):   # its own package: not a cycle
+                        if m != mod and not mod.startswith(m + "."):  # its own package: not a cycle
                             g[mod].add(m)
     return g
 
@@ -153,11 +154,15 @@ def main(argv: list[str]) -> int:
     found = cycles(g)
     for comp in found:
         cyc = " -> ".join(short(m) for m in path_in(g, comp))
-        print(f"cycle ({len(comp)} modules): {cyc}"
-              + ("" if len(comp) <= 3 else f"\n  all: {', '.join(sorted(short(m) for m in comp))}"))
+        print(
+            f"cycle ({len(comp)} modules): {cyc}"
+            + ("" if len(comp) <= 3 else f"\n  all: {', '.join(sorted(short(m) for m in comp))}")
+        )
     n_edges = sum(len(v) for v in g.values())
-    print(f"{len(g)} modules, {n_edges} imports ({'top level' if top else 'all but TYPE_CHECKING'}): "
-          f"{len(found)} cycle(s)")
+    print(
+        f"{len(g)} modules, {n_edges} imports ({'top level' if top else 'all but TYPE_CHECKING'}): "
+        f"{len(found)} cycle(s)"
+    )
     return 1 if found else 0
 
 

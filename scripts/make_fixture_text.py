@@ -33,9 +33,11 @@ from pathlib import Path
 
 # language -> packages; budgets in bytes of rendered text per (language, split)
 PACKAGES = {"en": ["manpages", "manpages-dev"], "de": ["manpages-de"], "fr": ["manpages-fr"], "es": ["manpages-es"]}
-BUDGET = {"train": {"en": 2_000_000, "de": 1_500_000, "fr": 1_500_000, "es": 1_500_000},
-          "calibration": {lang: 60_000 for lang in PACKAGES},
-          "heldout": {lang: 60_000 for lang in PACKAGES}}
+BUDGET = {
+    "train": {"en": 2_000_000, "de": 1_500_000, "fr": 1_500_000, "es": 1_500_000},
+    "calibration": dict.fromkeys(PACKAGES, 60000),
+    "heldout": dict.fromkeys(PACKAGES, 60000),
+}
 CREDITS = re.compile(r"^(ÜBERSETZUNG|TRADUCTION|TRADUCCIÓN)\s*$", re.M)
 PAGE = re.compile(r"/usr/share/man/(?:(\w\w)/)?(man\w+)/([^/]+)\.gz$")
 
@@ -46,8 +48,9 @@ def split_of(name: str) -> str:
 
 
 def package_info(pkg: str) -> tuple[str, list[str]]:
-    version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True,
-                             check=True).stdout
+    version = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Version}", pkg], capture_output=True, text=True, check=True
+    ).stdout
     files = subprocess.run(["dpkg", "-L", pkg], capture_output=True, text=True, check=True).stdout.split("\n")
     return version, sorted(f for f in files if PAGE.search(f) and Path(f).is_file() and not Path(f).is_symlink())
 
@@ -76,13 +79,18 @@ def licence_of(stanzas: list[tuple[list[str], str]], lang: str, section: str, pa
 def render(path: str) -> str:
     src = gzip.decompress(Path(path).read_bytes())
     pre = subprocess.run(["preconv", "-e", "utf-8"], input=src, capture_output=True, check=True).stdout
-    out = subprocess.run(["groff", "-t", "-man", "-Tutf8", "-rHY=0", "-rLL=78n", "-P-cbou"], input=pre,
-                         capture_output=True, check=True, env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}).stdout
+    out = subprocess.run(
+        ["groff", "-t", "-man", "-Tutf8", "-rHY=0", "-rLL=78n", "-P-cbou"],
+        input=pre,
+        capture_output=True,
+        check=True,
+        env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
+    ).stdout
     text = out.decode("utf-8", errors="replace")
     m = CREDITS.search(text)
     if m:
-        text = text[:m.start()]
-    text = re.sub(r"(?<=\S) {2,}(?=\S)", " ", text)          # groff's justification
+        text = text[: m.start()]
+    text = re.sub(r"(?<=\S) {2,}(?=\S)", " ", text)  # groff's justification
     text = "\n".join(line.rstrip() for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
 
@@ -90,16 +98,22 @@ def render(path: str) -> str:
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, dict[str, list[str]]] = {s: {lang: [] for lang in PACKAGES} for s in BUDGET}
-    used = {s: {lang: 0 for lang in PACKAGES} for s in BUDGET}
+    used = {s: dict.fromkeys(PACKAGES, 0) for s in BUDGET}
     sources, pages = [], []
     for lang, pkgs in PACKAGES.items():
         for pkg in pkgs:
             version, files = package_info(pkg)
             stanzas = copyright_stanzas(pkg)
             cr = Path(f"/usr/share/doc/{pkg}/copyright").read_bytes()
-            sources.append({"package": pkg, "version": version, "language": lang,
-                            "copyright_sha256": hashlib.sha256(cr).hexdigest(),
-                            "licence_files_star": next((lic for p, lic in stanzas if p == ["*"]), "unknown")})
+            sources.append(
+                {
+                    "package": pkg,
+                    "version": version,
+                    "language": lang,
+                    "copyright_sha256": hashlib.sha256(cr).hexdigest(),
+                    "licence_files_star": next((lic for p, lic in stanzas if p == ["*"]), "unknown"),
+                }
+            )
             for f in files:
                 _, section, page = PAGE.search(f).groups()
                 name = page.rsplit(".", 1)[0]
@@ -107,13 +121,20 @@ def main(out: Path) -> None:
                 if used[split][lang] >= BUDGET[split][lang]:
                     continue
                 text = render(f)
-                if len(text) < 200:   # .so redirects and stubs
+                if len(text) < 200:  # .so redirects and stubs
                     continue
                 parts[split][lang].append(text)
                 used[split][lang] += len(text.encode())
-                pages.append({"package": pkg, "page": f"{section}/{page}", "split": split, "language": lang,
-                              "licence": licence_of(stanzas, lang, section, page),
-                              "source_sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest()})
+                pages.append(
+                    {
+                        "package": pkg,
+                        "page": f"{section}/{page}",
+                        "split": split,
+                        "language": lang,
+                        "licence": licence_of(stanzas, lang, section, page),
+                        "source_sha256": hashlib.sha256(Path(f).read_bytes()).hexdigest(),
+                    }
+                )
     seen: set[str] = set()
     files_out: dict[str, str] = {}
     for split in ("train", "calibration", "heldout"):
@@ -141,9 +162,20 @@ def main(out: Path) -> None:
         data = text.encode()
         summary[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     bytes_per_lang = {s: {lang: sum(len(d.encode()) for d in parts[s][lang]) for lang in PACKAGES} for s in parts}
-    (out / "sources.json").write_text(json.dumps({
-        "made_by": "scripts/make_fixture_text.py", "packages": sources, "files": summary,
-        "bytes_per_language": bytes_per_lang, "pages": pages}, indent=1, ensure_ascii=False), encoding="utf-8")
+    (out / "sources.json").write_text(
+        json.dumps(
+            {
+                "made_by": "scripts/make_fixture_text.py",
+                "packages": sources,
+                "files": summary,
+                "bytes_per_language": bytes_per_lang,
+                "pages": pages,
+            },
+            indent=1,
+            ensure_ascii=False,
+        ),
+        encoding="utf-8",
+    )
     for name, s in summary.items():
         print(f"{name:20s} {s['bytes']:>9,d} bytes  {s['sha256'][:16]}")
 

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.eval import EvalOptions, evaluate  # noqa: E402
-from edgekit.results.quality import to_markdown  # noqa: E402
 from edgekit.profiles.recipes import RECIPES  # noqa: E402
+from edgekit.results.quality import to_markdown  # noqa: E402
 
 HEAD, PLE = "^token_embd\\.weight$", "^per_layer_token_embd\\.weight$"
 
@@ -54,7 +54,10 @@ def main() -> int:
     ckpt = ROOT / "tests" / "data" / "tiny-trained"
     vs = variants()
     folder = build(str(ckpt), target="pi5", quants=["iq4_xs-edge", *vs], out=args.out)
-    files = {a.file: a for a in __import__("edgekit.builder.manifest", fromlist=["read_manifest"]).read_manifest(folder).artifacts}
+    files = {
+        a.file: a
+        for a in __import__("edgekit.builder.manifest", fromlist=["read_manifest"]).read_manifest(folder).artifacts
+    }
     ref_cache = args.out / "ref-hf.npz"
     base = dict(reference=str(ckpt), chunks=args.chunks, threads=2, ref_cache=ref_cache, target="pi5")
     recs = evaluate([folder / f for f in files], EvalOptions(**base))

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from module_map import FILES, MODULES, PACKAGES, SPLIT, dotted  # noqa: E402
+from module_map import FILES, MODULES, PACKAGES, SPLIT, dotted
 
 ROOT = Path(__file__).resolve().parent.parent
 DOTTED = re.compile(r"\bedgekit(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -59,10 +59,10 @@ def map_dotted(name: str) -> str | None:
     if old is None:
         return None
     new = _longest(name, NEW)
-    rest = name[len(old) + 1:]
+    rest = name[len(old) + 1 :]
     if new is not None and len(new) > len(old):
-        return None                                   # already a new path
-    if new == old and old not in SPLIT:               # an old module that is also a new package
+        return None  # already a new path
+    if new == old and old not in SPLIT:  # an old module that is also a new package
         first = rest.split(".")[0] if rest else ""
         if first and f"{old}.{first}" in NEW:
             return None
@@ -97,8 +97,11 @@ def _defined(module: str) -> set[str]:
 
 def _valid(module: str | None, names: list[str]) -> bool:
     """Does ``from module import names`` read as an import of the new tree?"""
-    return (module is not None and module in NEW
-            and all(n == "*" or f"{module}.{n}" in NEW or n in _defined(module) for n in names))
+    return (
+        module is not None
+        and module in NEW
+        and all(n == "*" or f"{module}.{n}" in NEW or n in _defined(module) for n in names)
+    )
 
 
 def _resolve(level: int, module: str | None, pkg: str) -> str | None:
@@ -168,7 +171,7 @@ def rewrite_from(node: ast.ImportFrom, pkg: str | None, old_pkg: str | None) -> 
     groups: dict[str, list] = {}
     for a in node.names:
         sub = f"{source}.{a.name}"
-        if sub in MODULES or (sub in SPLIT):          # `from edgekit import bench`: a moved module
+        if sub in MODULES or (sub in SPLIT):  # `from edgekit import bench`: a moved module
             new = MODULES.get(sub, sub)
             frm, _, name = new.rpartition(".")
             groups.setdefault(frm, []).append((name, a.asname or (a.name if name != a.name else None)))
@@ -214,9 +217,11 @@ def rewrite_text(text: str, path: Path) -> str:
                     continue
                 first, last = lines[node.lineno - 1], lines[node.end_lineno - 1]
                 indent = first[: len(first) - len(first.lstrip())]
-                tail = last.rstrip("\n")[node.end_col_offset:]
-                stmt = "\n".join(_fmt_from(indent, lv, m, names, tail if i == len(new) - 1 else "")
-                                 for i, (lv, m, names) in enumerate(new))
+                tail = last.rstrip("\n")[node.end_col_offset :]
+                stmt = "\n".join(
+                    _fmt_from(indent, lv, m, names, tail if i == len(new) - 1 else "")
+                    for i, (lv, m, names) in enumerate(new)
+                )
                 spans.append((node.lineno - 1, node.end_lineno, stmt + "\n"))
     for i, line in enumerate(lines):
         if i not in skip:
@@ -227,7 +232,7 @@ def rewrite_text(text: str, path: Path) -> str:
     return "".join(lines)
 
 
-SKIP = "# rewrite_imports: skip"      # a file that names old paths on purpose (tests/test_house.py)
+SKIP = "# rewrite_imports: skip"  # a file that names old paths on purpose (tests/test_house.py)
 SELF = {Path(__file__).resolve(), Path(__file__).resolve().parent / "module_map.py"}
 
 
@@ -236,7 +241,7 @@ def files(args: list[str]) -> list[Path]:
     for a in args:
         p = Path(a)
         out.extend(sorted(p.rglob("*.py")) if p.is_dir() else [p])
-    return [p for p in out if p.resolve() not in SELF]   # the map itself names the old paths
+    return [p for p in out if p.resolve() not in SELF]  # the map itself names the old paths
 
 
 def main(argv: list[str]) -> int:

@@ -53,5 +53,9 @@ def trained_dist(tmp_path_factory):
     """The trained model's GGUF (F32, F16, Q8_0, Q4_0) and MLX bf16 artifacts, built once."""
     from edgekit.builder.pipeline import build
 
-    return build(str(TRAINED), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "mlx-bf16"],
-                 out=tmp_path_factory.mktemp("trained-dist"))
+    return build(
+        str(TRAINED),
+        target="pi5",
+        quants=["f32", "f16", "q8_0", "q4_0", "mlx-bf16"],
+        out=tmp_path_factory.mktemp("trained-dist"),
+    )

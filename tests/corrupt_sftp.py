@@ -21,7 +21,7 @@ SOURCE = re.compile(rb"^\.?source(\.|$)")
 
 def _string(buf: bytes, at: int) -> tuple[bytes, int]:
     (n,) = struct.unpack_from(">I", buf, at)
-    return buf[at + 4:at + 4 + n], at + 4 + n
+    return buf[at + 4 : at + 4 + n], at + 4 + n
 
 
 def _packets(stream):
@@ -41,8 +41,8 @@ def _packets(stream):
 
 def main() -> None:
     server = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    opened: dict[int, bytes] = {}      # request id -> file name
-    targets: set[bytes] = set()        # handles of the files in transit
+    opened: dict[int, bytes] = {}  # request id -> file name
+    targets: set[bytes] = set()  # handles of the files in transit
     lock = threading.Lock()
 
     def replies() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
             with lock:
                 hit = handle in targets
             if hit and len(body) > data_at:
-                body = body[:data_at] + bytes([body[data_at] ^ 0xFF]) + body[data_at + 1:]
+                body = body[:data_at] + bytes([body[data_at] ^ 0xFF]) + body[data_at + 1 :]
         server.stdin.write(struct.pack(">I", len(body)) + body)
         server.stdin.flush()
     server.stdin.close()

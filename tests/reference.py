@@ -17,7 +17,7 @@ import numpy as np
 def gelu_tanh(x):
     import torch
 
-    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
 
 
 def ggml_gelu(x):
@@ -42,12 +42,13 @@ def hf_model(ckpt_dir: Path, emulate_ggml_gelu: bool = True):
     for f in sorted(Path(ckpt_dir).glob("*.safetensors")):
         for k, v in load_file(f).items():
             if k.startswith("model.language_model."):
-                state["model." + k[len("model.language_model."):]] = v.to(torch.float32)
+                state["model." + k[len("model.language_model.") :]] = v.to(torch.float32)
     state["lm_head.weight"] = state["model.embed_tokens.weight"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert not [m for m in missing if not m.endswith("rotary_emb.inv_freq")], missing
     if emulate_ggml_gelu:
+
         class GgmlGelu(torch.nn.Module):
             def forward(self, x):
                 return ggml_gelu(x)
@@ -72,8 +73,9 @@ def llama_logits(gguf_path: Path, tokens: list[int], f32_cache: bool = True, n_c
     import llama_cpp
 
     kw = dict(type_k=0, type_v=0) if f32_cache else {}
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2,
-                          logits_all=True, verbose=False, **kw)
+    llm = llama_cpp.Llama(
+        str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=2, logits_all=True, verbose=False, **kw
+    )
     try:
         llm.eval(tokens)
         return np.array(llm.scores[: len(tokens)], dtype=np.float32)

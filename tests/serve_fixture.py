@@ -69,16 +69,26 @@ def wait_until(cond, seconds: float = 20.0) -> bool:
 
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=kw.pop("timeout", 300), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=kw.pop("timeout", 300),
+        **kw,
+    )
 
 
 def start_server(artifact: Path, log: Path, *args: str, port: int | None = None) -> Server:
     port = port or free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     f = open(log, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
-                            stdout=f, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
+        stdout=f,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     server = Server(proc, port, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -32,8 +32,10 @@ def _ensure_sshd() -> str:
         subprocess.run(["sh", str(REPO / "scripts" / "ensure-sshd.sh")], check=False)
     path = _sshd_binary()
     if not path:
-        pytest.fail("sshd (openssh-server) is not installed and could not be installed; "
-                    "run scripts/ensure-sshd.sh as root", pytrace=False)
+        pytest.fail(
+            "sshd (openssh-server) is not installed and could not be installed; run scripts/ensure-sshd.sh as root",
+            pytrace=False,
+        )
     return path
 
 
@@ -62,20 +64,26 @@ class SSHD:
     root: Path
     port: int
     user: str
-    identity: Path          # private key sshd accepts
-    wrong_identity: Path    # a valid key sshd does not know
+    identity: Path  # private key sshd accepts
+    wrong_identity: Path  # a valid key sshd does not know
     known_hosts: Path
-    ssh_config: Path        # empty: the tests must not depend on the runner's ~/.ssh/config
-    device: Path            # the device's work dir
+    ssh_config: Path  # empty: the tests must not depend on the runner's ~/.ssh/config
+    device: Path  # the device's work dir
     log: Path
     proc: subprocess.Popen
 
     def device_table(self, name: str, **over) -> str:
         """One [devices.NAME] TOML table pointing at this server."""
         fields = {
-            "target": "pi5", "host": "127.0.0.1", "port": self.port, "user": self.user,
-            "identity": str(self.identity), "workdir": str(self.device), "ssh_config": str(self.ssh_config),
-            "connect_timeout": 5, "timeout": 120,
+            "target": "pi5",
+            "host": "127.0.0.1",
+            "port": self.port,
+            "user": self.user,
+            "identity": str(self.identity),
+            "workdir": str(self.device),
+            "ssh_config": str(self.ssh_config),
+            "connect_timeout": 5,
+            "timeout": 120,
         }
         fields.update(over)
         lines = [f"[devices.{_toml_str(name)}]"]
@@ -89,7 +97,7 @@ class SSHD:
 
 
 def _toml_str(s: str) -> str:
-    return json.dumps(s)   # a JSON string is a valid TOML basic string (\n, \", \\, \uXXXX escapes)
+    return json.dumps(s)  # a JSON string is a valid TOML basic string (\n, \", \\, \uXXXX escapes)
 
 
 def _toml_value(v) -> str:
@@ -157,22 +165,38 @@ def start_sshd(root: Path, subsystem: str = "internal-sftp") -> SSHD:
     for _ in range(5):
         port = _free_port()
         config = root / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", f"PidFile {root / 'sshd.pid'}",
-            f"AuthorizedKeysFile {authorized}", "PubkeyAuthentication yes", "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no",
-            # pytest's temp dirs are not the home-dir permissions StrictModes expects.
-            "StrictModes no", f"AllowUsers {user}", f"Subsystem sftp {subsystem}",
-            "LogLevel VERBOSE", "MaxStartups 50:30:100", "",
-        ]))
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {port}",
+                    "ListenAddress 127.0.0.1",
+                    f"HostKey {host_key}",
+                    f"PidFile {root / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {authorized}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    # pytest's temp dirs are not the home-dir permissions StrictModes expects.
+                    "StrictModes no",
+                    f"AllowUsers {user}",
+                    f"Subsystem sftp {subsystem}",
+                    "LogLevel VERBOSE",
+                    "MaxStartups 50:30:100",
+                    "",
+                ]
+            )
+        )
         with open(log, "ab") as err:
-            proc = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL,
-                                    stderr=err, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [binary, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+            )
         try:
             _wait_listening(port, proc, log)
             break
         except RuntimeError:
-            _stop(proc)   # most likely the free port was taken in between: try another
+            _stop(proc)  # most likely the free port was taken in between: try another
     else:
         pytest.fail(f"sshd did not start: {log.read_text()[-2000:]}", pytrace=False)
     known_hosts = root / "known_hosts"

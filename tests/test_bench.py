@@ -10,17 +10,17 @@ import gguf
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.measure import bench as bench_mod
-from edgekit.measure.bench import BenchOptions, bench, check_budget
 from edgekit.builder.pipeline import build
-from edgekit.model.checkpoint import load_checkpoint
 from edgekit.cli import app
 from edgekit.core.errors import BudgetExceeded
-from edgekit.results import MB, Store, parse_csv, parse_jsonl
+from edgekit.measure import bench as bench_mod
+from edgekit.measure.bench import BenchOptions, bench, check_budget
 from edgekit.measure.roofline import token_bytes
+from edgekit.model.checkpoint import load_checkpoint
 from edgekit.profiles.targets import TARGETS
+from edgekit.results import MB, Store, parse_csv, parse_jsonl
 
-BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}   # a stand-in host bandwidth
+BW = {"read_gbs": 20.0, "copy_gbs": 30.0, "mib": 512, "threads": 2}  # a stand-in host bandwidth
 CTX = 1024
 # llama.cpp reports buffer sizes only in its log, in MiB with 2 decimals: two KV buffers (full and
 # sliding window) are each known to ±0.005 MiB.
@@ -51,7 +51,11 @@ def test_figures_are_positive_with_sd_over_the_kept_samples(benched):
     assert (r.n_prompt, r.n_gen, r.reps, r.threads, r.ctx, r.engine) == (64, 16, 3, 2, CTX, "llama.cpp")
     for k in ("ttft_ms", "prefill_ms", "pp_tps", "tg_tps"):
         assert len(r.samples[k]) == 3 and all(x > 0 for x in r.samples[k])
-    for k, mean, sd in (("ttft_ms", r.ttft_ms, r.ttft_ms_sd), ("pp_tps", r.pp_tps, r.pp_tps_sd), ("tg_tps", r.tg_tps, r.tg_tps_sd)):
+    for k, mean, sd in (
+        ("ttft_ms", r.ttft_ms, r.ttft_ms_sd),
+        ("pp_tps", r.pp_tps, r.pp_tps_sd),
+        ("tg_tps", r.tg_tps, r.tg_tps_sd),
+    ):
         import statistics
 
         assert mean == pytest.approx(statistics.fmean(r.samples[k]))
@@ -111,7 +115,7 @@ def test_kv_cache_bytes_match_the_config(benched, tiny_ckpt):
 def test_roofline_and_prediction_follow_from_the_artifact(benched, dist):
     r = benched
     tb = token_bytes(dist / r.artifact, "gguf")
-    assert r.bytes_per_token == tb.total < tb.file_tensor_bytes   # the PLE table is gathered
+    assert r.bytes_per_token == tb.total < tb.file_tensor_bytes  # the PLE table is gathered
     assert r.achieved_gbs == pytest.approx(tb.total * r.tg_tps / 1e9)
     assert r.roofline_pct == pytest.approx(100 * r.achieved_gbs / BW["read_gbs"])
     assert r.predicted_tg_tps == pytest.approx(TARGETS.get("pi5").bandwidth_gbs * 1e9 / tb.total)
@@ -124,8 +128,10 @@ def test_gate_trips_below_the_measured_peak_and_not_at_or_above(benched):
     below = dataclasses.replace(benched, budget_bytes=peak - 3_000_000)
     with pytest.raises(BudgetExceeded) as e:
         check_budget([below])
-    assert str(e.value) == (f"{benched.artifact}: peak at 16 KB pages {peak / MB:.1f} MB is 3.0 MB over the pi5 budget of "
-                            f"{(peak - 3_000_000) / MB:.0f} MB; choose a smaller quant or --ctx, or pass --no-gate to only warn")
+    assert str(e.value) == (
+        f"{benched.artifact}: peak at 16 KB pages {peak / MB:.1f} MB is 3.0 MB over the pi5 budget of "
+        f"{(peak - 3_000_000) / MB:.0f} MB; choose a smaller quant or --ctx, or pass --no-gate to only warn"
+    )
     assert e.value.exit_code == 3
     assert check_budget([below], enforce=False) == [str(e.value).split(";")[0]]
     for budget in (peak, peak + 1, None):
@@ -137,8 +143,12 @@ def tiny_budget():
     # A profile whose budget every real process exceeds: the gate must trip through the CLI (on peak RSS:
     # no memory cgroup, which at 1 MB would kill the child, and no 16 KB pages; tests/faults/test_limits.py
     # covers those).
-    TARGETS.register("tiny-budget", dataclasses.replace(TARGETS.get("pi5"), name="tiny-budget", memory_budget_gb=0.001,
-                                                        enforce_limit=False, page_size=0))
+    TARGETS.register(
+        "tiny-budget",
+        dataclasses.replace(
+            TARGETS.get("pi5"), name="tiny-budget", memory_budget_gb=0.001, enforce_limit=False, page_size=0
+        ),
+    )
     yield "tiny-budget"
     TARGETS._items.pop("tiny-budget", None)
 
@@ -147,35 +157,86 @@ def _cli(*args):
     return CliRunner().invoke(app, ["bench", *map(str, args)])
 
 
-def test_cli_over_budget_prints_records_stores_them_and_exits_3(dist, tiny_ckpt, tmp_path, tiny_budget, fixed_bandwidth):
+def test_cli_over_budget_prints_records_stores_them_and_exits_3(
+    dist, tiny_ckpt, tmp_path, tiny_budget, fixed_bandwidth
+):
     db = tmp_path / "r.db"
-    res = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 256, "--target", tiny_budget,
-               "-o", "jsonl", "--db", db, "--set", "kv_type=q8_0", "--set", "n_ubatch=64")
+    res = _cli(
+        dist,
+        "-p",
+        8,
+        "-n",
+        4,
+        "-r",
+        1,
+        "--threads",
+        1,
+        "--ctx",
+        256,
+        "--target",
+        tiny_budget,
+        "-o",
+        "jsonl",
+        "--db",
+        db,
+        "--set",
+        "kv_type=q8_0",
+        "--set",
+        "n_ubatch=64",
+    )
     assert res.exit_code == 3
     (rec,) = parse_jsonl(res.stdout)
     # --set knobs override the target's and reach the engine; the record holds what llama.cpp applied:
     # the batch edgekit passes by default (2048) capped at the context, read back from the context
-    assert rec.runtime == {**TARGETS.get(tiny_budget).runtime, "kv_type": "q8_0", "n_ubatch": 64,
-                           "n_batch": 256, "swa_full": False}
+    assert rec.runtime == {
+        **TARGETS.get(tiny_budget).runtime,
+        "kv_type": "q8_0",
+        "n_ubatch": 64,
+        "n_batch": 256,
+        "swa_full": False,
+    }
     assert abs(rec.kv_cache_bytes - expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 256, rec.runtime)) <= LOG_MIB
     over = (rec.peak_rss_bytes - 1_000_000) / MB
-    assert res.stderr == (f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
-                          "the tiny-budget budget of 1 MB; choose a smaller quant or --ctx, or pass --no-gate to only warn\n")
+    assert res.stderr == (
+        f"edgekit: error: {rec.artifact}: peak RSS {rec.peak_rss_bytes / MB:.1f} MB is {over:.1f} MB over "
+        "the tiny-budget budget of 1 MB; choose a smaller quant or --ctx, or pass --no-gate to only warn\n"
+    )
     with Store(db) as s:
-        assert s.records() == [rec]   # measured figures are kept even when the gate fails
-    ok = _cli(dist, "-p", 8, "-n", 4, "-r", 1, "--threads", 1, "--ctx", 64, "--target", tiny_budget,
-              "-o", "csv", "--no-gate", "--no-store")
+        assert s.records() == [rec]  # measured figures are kept even when the gate fails
+    ok = _cli(
+        dist,
+        "-p",
+        8,
+        "-n",
+        4,
+        "-r",
+        1,
+        "--threads",
+        1,
+        "--ctx",
+        64,
+        "--target",
+        tiny_budget,
+        "-o",
+        "csv",
+        "--no-gate",
+        "--no-store",
+    )
     assert ok.exit_code == 0
     (again,) = parse_csv(ok.stdout)
-    assert ok.stderr == (f"edgekit: warning: over budget: {again.artifact}: peak RSS {again.peak_rss_bytes / MB:.1f} MB "
-                         f"is {(again.peak_rss_bytes - 1_000_000) / MB:.1f} MB over the tiny-budget budget of 1 MB\n")
+    assert ok.stderr == (
+        f"edgekit: warning: over budget: {again.artifact}: peak RSS {again.peak_rss_bytes / MB:.1f} MB "
+        f"is {(again.peak_rss_bytes - 1_000_000) / MB:.1f} MB over the tiny-budget budget of 1 MB\n"
+    )
 
 
 def test_missing_artifact_is_one_clear_line(tmp_path):
     res = _cli(tmp_path / "nope.gguf")
     assert res.exit_code == 1 and res.stdout == ""
-    assert res.stderr == (f"edgekit: error: {tmp_path / 'nope.gguf'}: no such artifact; pass a .gguf file, "
-                          "an MLX folder or a dist folder with manifest.json\n")
+    assert res.stderr == (
+        f"edgekit: error: {tmp_path / 'nope.gguf'}: no such artifact; pass a .gguf file, "
+        "an MLX folder or a dist folder with manifest.json\n"
+    )
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -185,8 +246,9 @@ def test_corrupt_gguf_is_one_clear_line(dist, tmp_path, damage):
     bad.write_bytes(src[: len(src) * 9 // 10] if damage == "truncate" else b"GGUF" + b"\x00" * 64)
     res = _cli(bad, "--no-store")
     assert res.exit_code == 1 and res.stdout == ""
-    assert res.stderr == ("edgekit: error: bad.gguf: not a complete GGUF file (corrupt or truncated); "
-                          "rebuild it with `edgekit build`\n")
+    assert res.stderr == (
+        "edgekit: error: bad.gguf: not a complete GGUF file (corrupt or truncated); rebuild it with `edgekit build`\n"
+    )
 
 
 def test_artifact_changed_since_build_is_one_clear_line(dist, tmp_path):
@@ -198,8 +260,10 @@ def test_artifact_changed_since_build_is_one_clear_line(dist, tmp_path):
     f.write_bytes(bytes(data))
     res = _cli(copy, "--no-store")
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {f}: bytes/sha256 differ from manifest.json (changed or truncated); "
-                          "rebuild with `edgekit build`\n")
+    assert res.stderr == (
+        f"edgekit: error: {f}: bytes/sha256 differ from manifest.json (changed or truncated); "
+        "rebuild with `edgekit build`\n"
+    )
 
 
 @pytest.mark.slow
@@ -213,6 +277,6 @@ def test_mlx_artifact_measures_with_mlx_peak(tiny_ckpt, tmp_path, fixed_bandwidt
     for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
         assert ttft >= 1000 * r.n_prompt / pp
     assert r.mlx_peak_bytes > 0 and r.kv_cache_bytes > 0
-    resident = (folder / r.artifact / "model.safetensors").stat().st_size   # loaded into MLX arrays
+    resident = (folder / r.artifact / "model.safetensors").stat().st_size  # loaded into MLX arrays
     assert r.peak_rss_bytes >= resident
-    assert r.bytes_per_token < r.extra["tensor_bytes"]   # the PLE rows are gathered
+    assert r.bytes_per_token < r.extra["tensor_bytes"]  # the PLE rows are gathered

@@ -62,8 +62,9 @@ def _bench(*args):
 
 def _tables(text: str) -> list[list[str]]:
     """The header row of each markdown table in the text."""
-    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("| artifact |")]
+    return [
+        [c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| artifact |")
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["md", "jsonl"])
@@ -82,21 +83,25 @@ def test_a_later_artifact_that_fails_leaves_the_finished_rows_printed_and_stored
     else:
         rows = parse_markdown(res.stdout)
         assert [(r["artifact"], r["test"]) for r in rows] == [
-            ("tiny-gemma4-Q8_0.gguf", "pp8"), ("tiny-gemma4-Q8_0.gguf", "tg4"), ("tiny-gemma4-Q4_0.gguf", "pp8"), ("tiny-gemma4-Q4_0.gguf", "tg4")]
+            ("tiny-gemma4-Q8_0.gguf", "pp8"),
+            ("tiny-gemma4-Q8_0.gguf", "tg4"),
+            ("tiny-gemma4-Q4_0.gguf", "pp8"),
+            ("tiny-gemma4-Q4_0.gguf", "tg4"),
+        ]
         assert rows[1]["t/s"] == (round(stored[0].tg_tps, 2), round(stored[0].tg_tps_sd, 2))
-        assert res.stdout.split("\n\n")[1].startswith("MB = 1e6 bytes")   # the footer was printed too
+        assert res.stdout.split("\n\n")[1].startswith("MB = 1e6 bytes")  # the footer was printed too
 
 
 def test_the_compact_table_is_the_default_and_a_sweep_is_one_table(dist):
     q4 = dist / "tiny-gemma4-Q4_0.gguf"
     res = _bench(q4, "-p", "8,16", "-n", "4,8", *QUICK, "--no-store")
     assert res.exit_code == 0, res.stderr
-    assert _tables(res.stdout) == [COMPACT]   # llama-bench's columns and the memory; one table, not four
+    assert _tables(res.stdout) == [COMPACT]  # llama-bench's columns and the memory; one table, not four
     rows = parse_markdown(res.stdout)
     assert [r["test"] for r in rows] == ["pp8", "tg4", "pp8", "tg8", "pp16", "tg4", "pp16", "tg8"]
     assert all(r["budget"] == "ok" and r["t/s"][0] > 0 and r["threads"] == 1 for r in rows)
     note = res.stdout.split("\n\n")[1]
-    assert "mean ± sd" in note and "budget:" in note and "roofline" not in note   # footnotes of the shown columns only
+    assert "mean ± sd" in note and "budget:" in note and "roofline" not in note  # footnotes of the shown columns only
     assert max(map(len, res.stdout.splitlines())) < 120
 
     wide = _bench(q4, "-p", "8,16", "-n", "4", *QUICK, "--no-store", "--wide")
@@ -113,13 +118,19 @@ def test_a_set_sweep_is_a_column_and_stays_two_runs_in_the_report(dist, tmp_path
     assert res.exit_code == 0, res.stderr
     assert _tables(res.stdout) == [COMPACT[:3] + ["kv_type"] + COMPACT[3:]]
     assert [(r["kv_type"], r["test"]) for r in parse_markdown(res.stdout)] == [
-        ("f16", "pp8"), ("f16", "tg4"), ("q8_0", "pp8"), ("q8_0", "tg4")]
+        ("f16", "pp8"),
+        ("f16", "tg4"),
+        ("q8_0", "pp8"),
+        ("q8_0", "tg4"),
+    ]
     rep = CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(tmp_path / "rep")])
     assert rep.exit_code == 0, rep.output
     rows = parse_markdown((tmp_path / "rep" / "report.md").read_text())
     with Store(db) as s:
         stored = s.records()
-    assert [(r["kv_type"], r["tg t/s"][0]) for r in rows] == [(x.runtime["kv_type"], round(x.tg_tps, 2)) for x in stored]
+    assert [(r["kv_type"], r["tg t/s"][0]) for r in rows] == [
+        (x.runtime["kv_type"], round(x.tg_tps, 2)) for x in stored
+    ]
     assert [r["kv_type"] for r in rows] == ["f16", "q8_0"]
 
 
@@ -129,7 +140,7 @@ def test_csv_cells_hold_no_json_and_parse_back(dist):
     (rec,) = parse_csv(res.stdout)
     rows = list(csv.reader(io.StringIO(res.stdout)))
     head, cells = rows[0], rows[1]
-    assert all(not c.startswith(("{", "[")) or c in ("[]", "{}") for c in cells)   # "[]": an empty list
+    assert all(not c.startswith(("{", "[")) or c in ("[]", "{}") for c in cells)  # "[]": an empty list
     row = dict(zip(head, cells))
     assert row["runtime.kv_type"] == rec.runtime["kv_type"] and row["host.cpu"] == rec.host["cpu"]
     assert row["samples.tg_tps"] == " ".join(map(repr, rec.samples["tg_tps"]))
@@ -148,7 +159,9 @@ def test_a_killed_limit_run_stays_apart_from_the_good_one(dist, tmp_path):
     killed = _bench(q4, "-p", 8, "-n", 4, *QUICK, "--db", db, "--limit-mb", 30)
     assert killed.exit_code == 3
     assert [(r["test"], r["t/s"], r["budget"]) for r in parse_markdown(killed.stdout)] == [
-        ("pp8", None, "OOM-killed"), ("tg4", None, "OOM-killed")]
+        ("pp8", None, "OOM-killed"),
+        ("tg4", None, "OOM-killed"),
+    ]
     out = tmp_path / "rep"
     assert CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)]).exit_code == 0
     text = (out / "report.md").read_text()
@@ -161,11 +174,35 @@ def test_a_killed_limit_run_stays_apart_from_the_good_one(dist, tmp_path):
 
 
 def _quality(artifact: str, sha: str, kl: float) -> QualityRecord:
-    return QualityRecord(artifact=artifact, model="tiny", format="gguf", quant="Q4_0", engine="llama.cpp", sha256=sha,
-                         file_bytes=10, device="pi5-a", target="pi5", reference="tiny", reference_sha256="r",
-                         text="heldout.txt", text_sha256="t", ctx=64, chunks=2, tokens_scored=64, top_k=1024, ppl=3.0,
-                         bits_per_byte=6.0, kl_mean=kl, kl_lo=kl * 0.9, kl_hi=kl * 1.1, kl_median=kl, kl_p99=kl,
-                         kl_max=kl, same_top=0.9, rms_dp=0.01)
+    return QualityRecord(
+        artifact=artifact,
+        model="tiny",
+        format="gguf",
+        quant="Q4_0",
+        engine="llama.cpp",
+        sha256=sha,
+        file_bytes=10,
+        device="pi5-a",
+        target="pi5",
+        reference="tiny",
+        reference_sha256="r",
+        text="heldout.txt",
+        text_sha256="t",
+        ctx=64,
+        chunks=2,
+        tokens_scored=64,
+        top_k=1024,
+        ppl=3.0,
+        bits_per_byte=6.0,
+        kl_mean=kl,
+        kl_lo=kl * 0.9,
+        kl_hi=kl * 1.1,
+        kl_median=kl,
+        kl_p99=kl,
+        kl_max=kl,
+        same_top=0.9,
+        rms_dp=0.01,
+    )
 
 
 def test_quality_png_is_drawn_from_eval_records_alone_and_says_so(tmp_path):
@@ -185,8 +222,19 @@ def test_quality_png_is_drawn_from_eval_records_alone_and_says_so(tmp_path):
 def test_a_failed_record_has_no_figures_in_either_table():
     from tests.test_results import make_record
 
-    dead = make_record(4, oom_killed=True, limit_bytes=30_000_000, limit_mechanism="cgroup v1", tg_tps=0.0,
-                       tg_tps_sd=0.0, pp_tps=0.0, pp_tps_sd=0.0, ttft_ms=0.0, ttft_ms_sd=0.0, peak_rss_bytes=0,
-                       samples={"ttft_ms": [], "tg_tps": []})
+    dead = make_record(
+        4,
+        oom_killed=True,
+        limit_bytes=30_000_000,
+        limit_mechanism="cgroup v1",
+        tg_tps=0.0,
+        tg_tps_sd=0.0,
+        pp_tps=0.0,
+        pp_tps_sd=0.0,
+        ttft_ms=0.0,
+        ttft_ms_sd=0.0,
+        peak_rss_bytes=0,
+        samples={"ttft_ms": [], "tg_tps": []},
+    )
     assert dead.failed and not make_record(4).failed
     assert isinstance(dead, Record)

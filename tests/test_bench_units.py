@@ -13,12 +13,12 @@ import gguf
 import numpy as np
 import pytest
 
-from edgekit.measure import roofline
-from edgekit.core import host
-from edgekit.measure.bench import parse_knobs
 from edgekit.backends.gguf.runner import KNOBS as LLAMACPP_KNOBS
-from edgekit.core.errors import ConfigError
 from edgekit.backends.runner import mean_sd, one_rep, run_reps
+from edgekit.core import host
+from edgekit.core.errors import ConfigError
+from edgekit.measure import roofline
+from edgekit.measure.bench import parse_knobs
 
 MiB = 1 << 20
 
@@ -88,11 +88,11 @@ def test_roofline_counts_tied_embedding_whole_and_ple_by_row(tmp_path):
     t = _tensors()
     sizes = _write_gguf(tmp_path / "tied.gguf", t, q8=("blk.0.ffn_up.weight",))
     tb = roofline.token_bytes(tmp_path / "tied.gguf", "gguf")
-    ple_row = 64 * 2                          # one f16 row of 64 values
-    assert sizes["blk.0.ffn_up.weight"] == 128 * 64 // 32 * 34   # Q8_0: 34 bytes per 32 values
+    ple_row = 64 * 2  # one f16 row of 64 values
+    assert sizes["blk.0.ffn_up.weight"] == 128 * 64 // 32 * 34  # Q8_0: 34 bytes per 32 values
     whole = sum(sizes.values()) - sizes["per_layer_token_embd.weight"]
     assert tb.gathered == {"per_layer_token_embd.weight": ple_row}
-    assert tb.whole == whole                  # token_embd is the output head here: read whole
+    assert tb.whole == whole  # token_embd is the output head here: read whole
     assert tb.total == whole + ple_row
     assert tb.file_tensor_bytes == sum(sizes.values())
 
@@ -103,7 +103,9 @@ def test_roofline_gathers_token_embd_when_the_head_is_separate(tmp_path):
     sizes = _write_gguf(tmp_path / "untied.gguf", t)
     tb = roofline.token_bytes(tmp_path / "untied.gguf", "gguf")
     assert tb.gathered == {"per_layer_token_embd.weight": 64 * 2, "token_embd.weight": 64 * 4}
-    assert tb.total == sum(sizes.values()) - sizes["per_layer_token_embd.weight"] - sizes["token_embd.weight"] + 128 + 256
+    assert (
+        tb.total == sum(sizes.values()) - sizes["per_layer_token_embd.weight"] - sizes["token_embd.weight"] + 128 + 256
+    )
 
 
 def test_bandwidth_is_measured_once_then_cached(tmp_path, monkeypatch):
@@ -152,15 +154,17 @@ def test_figures_from_an_older_probe_are_measured_again(tmp_path, monkeypatch):
 def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from edgekit.measure import bench as bench_mod
     from edgekit.cli import app
+    from edgekit.measure import bench as bench_mod
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = _fake_probe(monkeypatch, 12.5)
-    roofline.host_bandwidth()                 # cached from an earlier bench
+    roofline.host_bandwidth()  # cached from an earlier bench
     calls = _fake_probe(monkeypatch, 30.0)
     seen = []
-    monkeypatch.setattr(bench_mod, "bench", lambda path, opts, *on_records: seen.append(roofline.host_bandwidth()["read_gbs"]) or [])
+    monkeypatch.setattr(
+        bench_mod, "bench", lambda path, opts, *on_records: seen.append(roofline.host_bandwidth()["read_gbs"]) or []
+    )
     runner = CliRunner()
     res = runner.invoke(app, ["bench", "x.gguf", "--no-store", "-o", "jsonl"])
     assert (res.exit_code, res.stdout, seen, len(calls)) == (0, "", [12.5], 0)
@@ -208,9 +212,9 @@ def test_timing_separates_prefill_ttft_and_decode():
     r = FakeRunner(clock)
     m = one_rep(r, [2, 5, 9, 11], n_gen=5, first_token=2, clock=clock)
     assert m.prefill_ms == pytest.approx(28.0)
-    assert m.ttft_ms == pytest.approx(31.0)          # prefill + reading the first token
+    assert m.ttft_ms == pytest.approx(31.0)  # prefill + reading the first token
     assert m.pp_tps == pytest.approx(4 / 0.028)
-    assert m.tg_tps == pytest.approx(1 / 0.020)      # the pick between steps is not decode time
+    assert m.tg_tps == pytest.approx(1 / 0.020)  # the pick between steps is not decode time
     assert m.decode_ms == pytest.approx(100.0)
     # pp and tg each start from an empty cache; decode feeds back the greedy token
     assert r.calls[0] == "reset" and r.calls[2] == "reset"
@@ -227,7 +231,7 @@ def test_warm_up_is_excluded_and_prompt_is_fixed_random_with_bos():
     assert len(prompts) == 5 and all(p == prompts[0] for p in prompts)
     assert prompts[0][0] == 2 and len(prompts[0]) == 6 and all(0 <= t < 50 for t in prompts[0])
     decodes = [c for c in r.calls if c[0] == "decode"]
-    assert len(decodes) == 1 + 4 * 3                  # warm-up decodes one token only
+    assert len(decodes) == 1 + 4 * 3  # warm-up decodes one token only
 
 
 def test_mean_sd_is_the_sample_standard_deviation():
@@ -240,6 +244,11 @@ def test_set_knobs_are_typed_by_the_engine_schema():
     raw = parse_knobs(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "use_mmap = True"])
     assert raw == {"repack": "false", "n_ubatch": "128", "kv_type": "q8_0", "lazy": "on", "use_mmap": "True"}
     assert LLAMACPP_KNOBS.validate(raw, "--set") == {
-        "repack": False, "n_ubatch": 128, "kv_type": "q8_0", "lazy": "on", "use_mmap": True}
+        "repack": False,
+        "n_ubatch": 128,
+        "kv_type": "q8_0",
+        "lazy": "on",
+        "use_mmap": True,
+    }
     with pytest.raises(ConfigError, match=r"--set 'repack': expected KEY=VALUE"):
         parse_knobs(["repack"])

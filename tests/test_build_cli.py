@@ -14,8 +14,8 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.model.checkpoint import sha256_file
 from edgekit.cli import app
+from edgekit.model.checkpoint import sha256_file
 
 runner = CliRunner()
 
@@ -50,7 +50,9 @@ def test_build_writes_manifest_last_with_hashes(tiny_ckpt, tmp_path):
     assert manifest["source"]["files"]["config.json"] == sha256_file(tiny_ckpt / "config.json")
     assert {"edgekit", "gguf", "llama-cpp-python"} <= set(manifest["versions"])
     # Only the artifacts and the manifest: the intermediate unquantized file is gone.
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", "tiny-gemma4-Q8_0.gguf", "tiny-gemma4-Q4_0.gguf"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["manifest.json", "tiny-gemma4-Q8_0.gguf", "tiny-gemma4-Q4_0.gguf"]
+    )
 
 
 def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
@@ -67,11 +69,13 @@ def test_default_quants_come_from_the_target(tiny_ckpt, tmp_path, caplog):
     # artifact built, the recommended one, is the full-vocabulary iq4_xs-edge.
     assert quants[:2] == ["iq4_xs-edge", "iq4_xs-edge-lean"]
     assert [a["recipe"] for a in manifest["artifacts"]] == [q for q in quants if q != "iq4_xs-edge-lean"]
-    assert manifest["skipped"] == {"iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 "
-                                                       "tokens: nothing to trim"}
+    assert manifest["skipped"] == {
+        "iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 tokens: nothing to trim"
+    }
     assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
         "recipe iq4_xs-edge-lean skipped: the model's vocabulary of 1024 tokens is already within its vocab = 65536 "
-        "(nothing to trim; the manifest says so)"]
+        "(nothing to trim; the manifest says so)"
+    ]
     assert not [p for p in folder.iterdir() if "-v65536" in p.name]
 
 
@@ -79,8 +83,10 @@ def test_missing_config(ckpt_copy, tmp_path):
     (ckpt_copy / "config.json").unlink()
     res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {ckpt_copy}: no config.json; a Hugging Face checkpoint folder "
-                          "has config.json beside its .safetensors\n")
+    assert res.stderr == (
+        f"edgekit: error: {ckpt_copy}: no config.json; a Hugging Face checkpoint folder "
+        "has config.json beside its .safetensors\n"
+    )
     assert leftovers(tmp_path / "out") == []
 
 
@@ -90,8 +96,10 @@ def test_not_gemma4(ckpt_copy, tmp_path):
     (ckpt_copy / "config.json").write_text(json.dumps(cfg))
     res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {ckpt_copy / 'config.json'}: model_type is 'llama', not a Gemma 4 "
-                          "checkpoint (expected 'gemma4' or 'gemma4_text')\n")
+    assert res.stderr == (
+        f"edgekit: error: {ckpt_copy / 'config.json'}: model_type is 'llama', not a Gemma 4 "
+        "checkpoint (expected 'gemma4' or 'gemma4_text')\n"
+    )
 
 
 def test_truncated_safetensors(ckpt_copy, tmp_path):
@@ -111,8 +119,9 @@ def test_missing_tokenizer(ckpt_copy, tmp_path):
     (ckpt_copy / "tokenizer.json").unlink()
     res = run("build", "-m", str(ckpt_copy), "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {ckpt_copy}: no tokenizer.json; copy the tokenizer files "
-                          "from the original checkpoint\n")
+    assert res.stderr == (
+        f"edgekit: error: {ckpt_copy}: no tokenizer.json; copy the tokenizer files from the original checkpoint\n"
+    )
 
 
 def test_unknown_target_and_recipe(tiny_ckpt, tmp_path):
@@ -128,8 +137,10 @@ def test_hub_id_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     res = run("build", "-m", "google/gemma-4-E2B-it", "-q", "q8_0", "--out", str(tmp_path / "out"))
     assert res.exit_code == 1
-    assert res.stderr == ("edgekit: error: google/gemma-4-E2B-it: the hub cannot be reached and the model is not "
-                          "in the local cache; download it where you are online, or pass a local directory\n")
+    assert res.stderr == (
+        "edgekit: error: google/gemma-4-E2B-it: the hub cannot be reached and the model is not "
+        "in the local cache; download it where you are online, or pass a local directory\n"
+    )
 
 
 def test_unwritable_output(tiny_ckpt, tmp_path):
@@ -185,10 +196,14 @@ def test_ctrl_c_mid_build_leaves_nothing_finished(tiny_ckpt, tmp_path, monkeypat
     assert verify(folder) == []
 
 
-@pytest.mark.parametrize("quant, engine, says", [
-    ("q8_0", ("llama_cpp",), "llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]"),
-    ("mlx-4bit", ("mlx", "mlx.core", "mlx.nn", "mlx_lm"), "MLX is not importable here"),
-], ids=["llama.cpp", "mlx"])
+@pytest.mark.parametrize(
+    "quant, engine, says",
+    [
+        ("q8_0", ("llama_cpp",), "llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]"),
+        ("mlx-4bit", ("mlx", "mlx.core", "mlx.nn", "mlx_lm"), "MLX is not importable here"),
+    ],
+    ids=["llama.cpp", "mlx"],
+)
 def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, monkeypatch, quant, engine, says):
     """A build that cannot start (its engine is missing) must not take the earlier build's manifest with it."""
     out = tmp_path / "out"
@@ -196,7 +211,7 @@ def test_missing_engine_leaves_the_earlier_build_untouched(tiny_ckpt, tmp_path, 
     folder = out / "tiny-gemma4" / "pi5"
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for mod in engine:
-        monkeypatch.setitem(sys.modules, mod, None)   # `import <engine>` now raises ImportError
+        monkeypatch.setitem(sys.modules, mod, None)  # `import <engine>` now raises ImportError
     res = run("build", "-m", str(tiny_ckpt), "-q", quant, "--out", str(out))
     assert res.exit_code == 1
     assert res.stderr.startswith(f"edgekit: error: {says}") and res.stderr.count("\n") == 1
@@ -214,8 +229,11 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
     from edgekit.builder.pipeline import build
     from edgekit.profiles.recipes import RECIPES
 
-    recipe = dataclasses.replace(RECIPES.get("q4_0"), name="q4_0-x", overrides={
-        "^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"})
+    recipe = dataclasses.replace(
+        RECIPES.get("q4_0"),
+        name="q4_0-x",
+        overrides={"^per_layer_model_proj\\.weight$": "q8_0", "ffn_up": "q8_0", "^no_such_tensor$": "q8_0"},
+    )
     monkeypatch.setitem(RECIPES._items, "q4_0-x", recipe)
     with caplog.at_level(logging.WARNING, logger="edgekit.backends.gguf.quantize"):
         folder = build(str(tiny_ckpt), target="pi5", quants=["q4_0-x"], out=tmp_path)
@@ -224,7 +242,8 @@ def test_overrides_llama_cpp_does_not_apply_are_reported(tiny_ckpt, tmp_path, mo
         "(llama.cpp keeps its own type for some tensors, e.g. per_layer_model_proj, and falls back where a row "
         "does not fit the type)",
         "recipe q4_0-x: override ^no_such_tensor$ = q8_0 matches no tensor; check the pattern against the GGUF "
-        "tensor names (`gguf-dump`)"]
+        "tensor names (`gguf-dump`)",
+    ]
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(next(folder.glob("*.gguf"))).tensors}
     assert {types[n] for n in types if "ffn_up" in n} == {"Q8_0"} and types["blk.0.ffn_gate.weight"] == "Q4_0"
 
@@ -237,8 +256,10 @@ def test_a_recipe_key_its_format_does_not_read_is_an_error(tmp_path):
     p.write_text('format = "mlx"\nquant = "3bit-g64"\nbits = 3\ngroup_sise = 64\n')
     with pytest.raises(ConfigError) as e:
         load_recipe(p)
-    assert str(e.value) == (f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
-                            "dtype, format, group_size, name, overrides, quant, towers, vocab")
+    assert str(e.value) == (
+        f"{p}: unknown key 'group_sise' for a mlx recipe; known keys: bits, description, "
+        "dtype, format, group_size, name, overrides, quant, towers, vocab"
+    )
     p.write_text('format = "gguf"\nquant = "Q4_0"\nftype = "MOSTLY_Q4_0"\nbits = 4\n')
     with pytest.raises(ConfigError, match="unknown key 'bits' for a gguf recipe"):
         load_recipe(p)

@@ -7,38 +7,79 @@ import json
 
 import pytest
 
-from edgekit.serve.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
 from edgekit.core.errors import ArtifactError
+from edgekit.serve.chat import ChatTemplate, StreamSplitter, parse_reply, parse_tool_call
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "required": ["city"], "properties": {
-        "city": {"type": "string", "description": "City name"},
-        "unit": {"type": "string", "enum": ["c", "f"]},
-        "days": {"type": "integer"}}}}}]
-CALL = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "required": ["city"],
+                "properties": {
+                    "city": {"type": "string", "description": "City name"},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                    "days": {"type": "integer"},
+                },
+            },
+        },
+    }
+]
+CALL = {
+    "id": "call_0",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}},
+}
 
 CASES = {
     "user": ([{"role": "user", "content": "hi"}], {}),
-    "system+history, thinking on": ([{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "hi"},
-                                     {"role": "assistant", "content": "hello"}, {"role": "user", "content": "more"}],
-                                    {"enable_thinking": True}),
-    "thinking off": ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
-                     {"enable_thinking": False}),
+    "system+history, thinking on": (
+        [
+            {"role": "system", "content": " Be brief. "},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "more"},
+        ],
+        {"enable_thinking": True},
+    ),
+    "thinking off": (
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+        {"enable_thinking": False},
+    ),
     "tools": ([{"role": "user", "content": "Weather in Paris?"}], {"tools": TOOLS}),
-    "tools, thinking on": ([{"role": "system", "content": "You help."}, {"role": "user", "content": "Weather?"}],
-                           {"tools": TOOLS, "enable_thinking": True}),
-    "tool round trip": ([{"role": "user", "content": "Weather in Paris?"},
-                         {"role": "assistant", "content": "", "tool_calls": [CALL]},
-                         {"role": "tool", "tool_call_id": "call_0", "content": "sunny, 21 C"}], {"tools": TOOLS}),
-    "after tool answer": ([{"role": "user", "content": "Weather?"},
-                           {"role": "assistant", "content": "", "tool_calls": [CALL]},
-                           {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
-                           {"role": "assistant", "content": "It is sunny."}, {"role": "user", "content": "Thanks"}],
-                          {"tools": TOOLS}),
-    "earlier thinking dropped": ([{"role": "user", "content": "a"},
-                                  {"role": "assistant", "content": "<|channel>thought\nhmm<channel|>b"},
-                                  {"role": "user", "content": "c"}], {}),
+    "tools, thinking on": (
+        [{"role": "system", "content": "You help."}, {"role": "user", "content": "Weather?"}],
+        {"tools": TOOLS, "enable_thinking": True},
+    ),
+    "tool round trip": (
+        [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "sunny, 21 C"},
+        ],
+        {"tools": TOOLS},
+    ),
+    "after tool answer": (
+        [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": "", "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_0", "content": "sunny"},
+            {"role": "assistant", "content": "It is sunny."},
+            {"role": "user", "content": "Thanks"},
+        ],
+        {"tools": TOOLS},
+    ),
+    "earlier thinking dropped": (
+        [
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "<|channel>thought\nhmm<channel|>b"},
+            {"role": "user", "content": "c"},
+        ],
+        {},
+    ),
     "content parts": ([{"role": "user", "content": [{"type": "text", "text": "part one"}]}], {}),
 }
 
@@ -64,8 +105,9 @@ def test_render_equals_transformers(tiny_ckpt, hf_tok, case, gen):
     messages, kw = CASES[case]
     want = hf_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **kw)
     kw = dict(kw)
-    got = ChatTemplate.from_artifact(tiny_ckpt).render(messages, tools=kw.pop("tools", None),
-                                                       add_generation_prompt=gen, **kw)
+    got = ChatTemplate.from_artifact(tiny_ckpt).render(
+        messages, tools=kw.pop("tools", None), add_generation_prompt=gen, **kw
+    )
     assert got == want
 
 
@@ -77,17 +119,20 @@ def test_gemma4_shapes(tiny_ckpt):
     off = tpl.render([{"role": "user", "content": "hi"}], enable_thinking=False)
     assert "<|think|>" not in off and "system" not in off
     trip = tpl.render(CASES["tool round trip"][0], tools=TOOLS)
-    assert trip.endswith('<|turn>model\n<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
-                         '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}<tool_response|>')
+    assert trip.endswith(
+        '<|turn>model\n<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
+        '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}<tool_response|>'
+    )
     assert tpl.stop_texts == ("<turn|>", "<|tool_response>", "<eos>")
 
 
 def test_gguf_carries_the_checkpoint_template(tiny_ckpt, gguf_path, hf_tok):
     tpl = ChatTemplate.from_artifact(gguf_path)
-    assert (tpl.bos_token, tpl.eos_token) == ("<bos>", "<eos>")   # read from the file's token table
+    assert (tpl.bos_token, tpl.eos_token) == ("<bos>", "<eos>")  # read from the file's token table
     messages, kw = CASES["tool round trip"]
-    assert tpl.render(messages, tools=TOOLS) == hf_tok.apply_chat_template(messages, tokenize=False,
-                                                                           add_generation_prompt=True, **kw)
+    assert tpl.render(messages, tools=TOOLS) == hf_tok.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **kw
+    )
 
 
 def test_missing_template_is_one_line(tmp_path):
@@ -108,32 +153,48 @@ def test_sandbox_and_helpers():
 
 
 def test_tool_call_values():
-    c = parse_tool_call('call:plan{when:<|"|>a "quoted", {b}<|"|>,n:-2.5,ok:true,none:null,'
-                        'xs:[1,<|"|>x<|"|>,[]],o:{<|"|>k k<|"|>:{z:false}},raw:"json \\"s\\""}')
+    c = parse_tool_call(
+        'call:plan{when:<|"|>a "quoted", {b}<|"|>,n:-2.5,ok:true,none:null,'
+        'xs:[1,<|"|>x<|"|>,[]],o:{<|"|>k k<|"|>:{z:false}},raw:"json \\"s\\""}'
+    )
     assert c.name == "plan"
-    assert c.arguments == {"when": 'a "quoted", {b}', "n": -2.5, "ok": True, "none": None,
-                           "xs": [1, "x", []], "o": {"k k": {"z": False}}, "raw": 'json "s"'}
+    assert c.arguments == {
+        "when": 'a "quoted", {b}',
+        "n": -2.5,
+        "ok": True,
+        "none": None,
+        "xs": [1, "x", []],
+        "o": {"k k": {"z": False}},
+        "raw": 'json "s"',
+    }
     with pytest.raises(ValueError):
-        parse_tool_call("call:f{a:<|\"|>open")
+        parse_tool_call('call:f{a:<|"|>open')
 
 
 def test_reply_with_thinking_and_calls():
-    text = ('<|channel>thought\nNeed weather.<channel|>Checking.<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}'
-            '<tool_call|><|tool_call>call:get_time{}<tool_call|>')
+    text = (
+        '<|channel>thought\nNeed weather.<channel|>Checking.<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}'
+        "<tool_call|><|tool_call>call:get_time{}<tool_call|>"
+    )
     r = parse_reply(text)
     assert (r.content, r.reasoning) == ("Checking.", "Need weather.")
     assert r.openai_tool_calls() == [
-        {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})}},
-        {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]
+        {
+            "id": "call_0",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
+        },
+        {"id": "call_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+    ]
     bad = parse_reply("x<|tool_call>call:f{a:<tool_call|>y")
     assert bad.tool_calls == [] and bad.content == "x<|tool_call>call:f{a:<tool_call|>y"
 
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7])
 def test_stream_splitter_equals_whole(step):
-    text = '<|channel>thought\nhm <ok><channel|>Hi <there> <|tool_call>call:f{a:1}<tool_call|>'
+    text = "<|channel>thought\nhm <ok><channel|>Hi <there> <|tool_call>call:f{a:1}<tool_call|>"
     s = StreamSplitter()
-    events = [e for i in range(0, len(text), step) for e in s.feed(text[i:i + step])]
+    events = [e for i in range(0, len(text), step) for e in s.feed(text[i : i + step])]
     joined = {k: "".join(t for kk, t in events if kk == k) for k in ("content", "reasoning")}
     assert joined == {"content": "Hi <there> ", "reasoning": "hm <ok>"}
     r = s.finish()

@@ -12,7 +12,6 @@ import sys
 import time
 
 import pytest
-
 from serve_fixture import REPO
 
 
@@ -30,7 +29,7 @@ class Term:
     def __init__(self, argv: list[str], home):
         env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(home), "TERM": "xterm"}
         self.pid, self.fd = pty.fork()
-        if self.pid == 0:   # the child: a session leader with the pty as its terminal, as a shell starts it
+        if self.pid == 0:  # the child: a session leader with the pty as its terminal, as a shell starts it
             os.execve(sys.executable, [sys.executable, "-m", "edgekit.cli", *argv], env)
         self.seen = ""
 
@@ -43,7 +42,7 @@ class Term:
             if select.select([self.fd], [], [], left)[0]:
                 try:
                     chunk = os.read(self.fd, 65536)
-                except OSError:   # EIO: the child closed the terminal
+                except OSError:  # EIO: the child closed the terminal
                     chunk = b""
                 if not chunk:
                     raise AssertionError(f"the chat ended before {text!r}:\n{self.seen[-2000:]}")
@@ -56,7 +55,7 @@ class Term:
     def wait(self, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:   # keep draining, or a full pty buffer blocks the child's last writes
+            try:  # keep draining, or a full pty buffer blocks the child's last writes
                 if select.select([self.fd], [], [], 0.1)[0]:
                     self.seen += os.read(self.fd, 65536).decode("utf-8", "replace")
             except OSError:
@@ -77,18 +76,18 @@ def test_chat_in_a_terminal(gguf, tmp_path):
     t.send("/help\r")
     assert "Available commands" in t.read_until(">>> ")
     t.send("Hi\r")
-    time.sleep(1.0)                      # well into the reply (≈100+ tokens a second here)
+    time.sleep(1.0)  # well into the reply (≈100+ tokens a second here)
     t.send("\x03")
     stopped = t.read_until(">>> ", timeout=30)
     assert "reply stopped" in stopped
-    t.send("\x1b[A")                     # Up: readline recalls "Hi", no ^[[A
+    t.send("\x1b[A")  # Up: readline recalls "Hi", no ^[[A
     recalled = t.read_until("Hi", timeout=10)
     assert "^[[A" not in recalled
-    t.send("\x03")                       # Ctrl-C with text typed drops the line; the chat goes on
+    t.send("\x03")  # Ctrl-C with text typed drops the line; the chat goes on
     t.read_until(">>> ", timeout=10)
     t.send("/clear\r")
     assert "Cleared" in t.read_until(">>> ")
-    t.send("\x04")                       # Ctrl-D at an empty prompt: the end, with the stats
+    t.send("\x04")  # Ctrl-D at an empty prompt: the end, with the stats
     assert t.wait() == 0
     assert "peak RSS" in t.seen and "Traceback" not in t.seen
     assert (tmp_path / "edgekit" / "chat_history").read_text().splitlines()[-1] == "/clear"

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from reference import hf_model, llama_logits
 
-N_TOKENS = 96   # three sliding windows of the tiny preset
+N_TOKENS = 96  # three sliding windows of the tiny preset
 
 
 def _synth(tmp_path, monkeypatch, name: str, text: dict, rope: dict):
@@ -40,8 +39,12 @@ def hf_logits(model, tokens):
     import torch
 
     with torch.no_grad():
-        return model(torch.tensor([tokens]), use_cache=False,
-                     logits_to_keep=torch.arange(len(tokens))).logits[0].float().numpy()
+        return (
+            model(torch.tensor([tokens]), use_cache=False, logits_to_keep=torch.arange(len(tokens)))
+            .logits[0]
+            .float()
+            .numpy()
+        )
 
 
 def _parity(ckpt, tmp_path):
@@ -59,11 +62,16 @@ def test_no_ple_and_full_rotary_writes_rope_freqs_and_matches_transformers(tmp_p
     pytest.importorskip("llama_cpp")
     from edgekit.backends.gguf.header import read_gguf_header
 
-    ckpt = _synth(tmp_path, monkeypatch, "tiny-nople", {"hidden_size_per_layer_input": 0},
-                  {"full_attention": {"partial_rotary_factor": 1.0}})
-    err, span, folder = _parity(ckpt, tmp_path)   # llama.cpp refused this file before the fix
+    ckpt = _synth(
+        tmp_path,
+        monkeypatch,
+        "tiny-nople",
+        {"hidden_size_per_layer_input": 0},
+        {"full_attention": {"partial_rotary_factor": 1.0}},
+    )
+    err, span, folder = _parity(ckpt, tmp_path)  # llama.cpp refused this file before the fix
     freqs = read_gguf_header(folder / "tiny-nople-F32.gguf").tensors["rope_freqs.weight"]
-    assert freqs.shape == (256,)   # global_head_dim 512 / 2 factors, all 1 (every pair rotates)
+    assert freqs.shape == (256,)  # global_head_dim 512 / 2 factors, all 1 (every pair rotates)
     assert err <= 1e-3 * span, f"max |Δlogit| {err:.4g} over a range of {span:.3g}"
 
 
@@ -71,9 +79,8 @@ def test_sliding_partial_rotary_factor_is_ignored_as_transformers_does(tmp_path,
     pytest.importorskip("llama_cpp")
     from edgekit.backends.gguf.header import read_gguf_header
 
-    ckpt = _synth(tmp_path, monkeypatch, "tiny-slidepart", {},
-                  {"sliding_attention": {"partial_rotary_factor": 0.5}})
+    ckpt = _synth(tmp_path, monkeypatch, "tiny-slidepart", {}, {"sliding_attention": {"partial_rotary_factor": 0.5}})
     err, span, folder = _parity(ckpt, tmp_path)
     assert err <= 1e-3 * span, f"max |Δlogit| {err:.4g} over a range of {span:.3g}"
     scalars = read_gguf_header(folder / "tiny-slidepart-F32.gguf").scalars
-    assert scalars["gemma4.rope.dimension_count_swa"] == 256   # head_dim: the factor is not applied
+    assert scalars["gemma4.rope.dimension_count_swa"] == 256  # head_dim: the factor is not applied

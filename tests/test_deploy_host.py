@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from sshd_fixture import sshd  # noqa: F401  (the fixture)
+from test_lab_deploy import make_build, same_tree
 from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.core.errors import ConfigError
 from edgekit.lab.inventory import device_from_address
-from sshd_fixture import sshd  # noqa: F401  (the fixture)
-from test_lab_deploy import make_build, same_tree
 
 
 def test_address_forms():
@@ -19,8 +19,12 @@ def test_address_forms():
     assert (d.user, d.host, d.port) == (None, "mac.local", None)
     d = device_from_address("me@[2001:db8::1]:22", "pi5")
     assert (d.host, d.port) == ("2001:db8::1", 22)
-    for bad, msg in (("pi@h:99999", "not a TCP port"), ("pi@h:x", "not a TCP port"), ("-oProxy@h", "not a login name"),
-                     ("pi@-h", "not a host name")):
+    for bad, msg in (
+        ("pi@h:99999", "not a TCP port"),
+        ("pi@h:x", "not a TCP port"),
+        ("-oProxy@h", "not a login name"),
+        ("pi@-h", "not a host name"),
+    ):
         with pytest.raises(ConfigError, match=msg):
             device_from_address(bad, "pi5")
 
@@ -28,10 +32,25 @@ def test_address_forms():
 def test_deploy_to_one_host(sshd, tmp_path):  # noqa: F811
     folder = make_build(tmp_path)
     cfg = tmp_path / "ssh_config"
-    cfg.write_text(f"UserKnownHostsFile {sshd.known_hosts}\nGlobalKnownHostsFile /dev/null\nStrictHostKeyChecking yes\n")
+    cfg.write_text(
+        f"UserKnownHostsFile {sshd.known_hosts}\nGlobalKnownHostsFile /dev/null\nStrictHostKeyChecking yes\n"
+    )
     work = tmp_path / "device"
-    r = CliRunner().invoke(app, ["deploy", str(folder), "--host", f"{sshd.user}@127.0.0.1:{sshd.port}",
-                                 "--identity", str(sshd.identity), "--ssh-config", str(cfg), "--workdir", str(work)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            str(folder),
+            "--host",
+            f"{sshd.user}@127.0.0.1:{sshd.port}",
+            "--identity",
+            str(sshd.identity),
+            "--ssh-config",
+            str(cfg),
+            "--workdir",
+            str(work),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert same_tree(folder, work / "dist" / "tiny" / "pi5")
     r = CliRunner().invoke(app, ["deploy", str(folder), "--host", "x@127.0.0.1", "--device", "pi"])

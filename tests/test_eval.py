@@ -32,14 +32,23 @@ def hf_cache(tmp_path_factory):
 
 
 def _opts(ref, cache, **kw):
-    return EvalOptions(reference=str(ref), ctx=kw.pop("ctx", CTX), chunks=kw.pop("chunks", CHUNKS), threads=2,
-                       ref_cache=cache, runtime=kw.pop("runtime", dict(F32_CACHE)), **kw)
+    return EvalOptions(
+        reference=str(ref),
+        ctx=kw.pop("ctx", CTX),
+        chunks=kw.pop("chunks", CHUNKS),
+        threads=2,
+        ref_cache=cache,
+        runtime=kw.pop("runtime", dict(F32_CACHE)),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
 def hf_records(built, hf_cache):
     """Every GGUF of the build against transformers' fp32 Gemma 4 on the trained checkpoint."""
-    recs = evaluate([built / f"tiny-trained-{q}.gguf" for q in ("F32", "F16", "Q8_0", "Q4_0")], _opts(TRAINED, hf_cache))
+    recs = evaluate(
+        [built / f"tiny-trained-{q}.gguf" for q in ("F32", "F16", "Q8_0", "Q4_0")], _opts(TRAINED, hf_cache)
+    )
     return {r.quant: r for r in recs}
 
 
@@ -56,8 +65,10 @@ def test_artifact_against_itself_is_exact(built, tmp_path):
 
 def test_f32_gguf_matches_transformers(hf_records):
     r = hf_records["F32"]
-    print(f"F32 vs transformers: mean KL {r.kl_mean:.3g} [{r.kl_lo:.3g}, {r.kl_hi:.3g}], max {r.kl_max:.3g}, "
-          f"same top {r.same_top:.4f}, PPL {r.ppl:.4f} (reference {r.extra['reference_ppl']:.4f})")
+    print(
+        f"F32 vs transformers: mean KL {r.kl_mean:.3g} [{r.kl_lo:.3g}, {r.kl_hi:.3g}], max {r.kl_max:.3g}, "
+        f"same top {r.same_top:.4f}, PPL {r.ppl:.4f} (reference {r.extra['reference_ppl']:.4f})"
+    )
     # What remains between llama.cpp (F32 weights, F32 cache) and transformers fp32 is ggml's fp16 GELU
     # table and summation order (test_gguf_parity: max |Δlogit| ≈ 3e-3 on a 16-wide range); KL is
     # quadratic in a logit error, measured 2.4e-8 mean (max 2.2e-7) here over the whole vocabulary (1.9e-8
@@ -72,7 +83,9 @@ def test_f32_gguf_matches_transformers(hf_records):
 def test_quant_order_with_intervals_apart(hf_records):
     f16, q8, q4 = hf_records["F16"], hf_records["Q8_0"], hf_records["Q4_0"]
     for r in (f16, q8, q4):
-        print(f"{r.quant}: mean KL {r.kl_mean:.5f} [{r.kl_lo:.5f}, {r.kl_hi:.5f}] same top {r.same_top:.4f} PPL {r.ppl:.3f}")
+        print(
+            f"{r.quant}: mean KL {r.kl_mean:.5f} [{r.kl_lo:.5f}, {r.kl_hi:.5f}] same top {r.same_top:.4f} PPL {r.ppl:.3f}"
+        )
     assert f16.kl_hi < q8.kl_lo and q8.kl_hi < q4.kl_lo
     assert q4.ppl > q8.ppl
 
@@ -89,9 +102,14 @@ def test_ppl_recomputed_independently(built, hf_cache, hf_records):
     src = GgufSource(built / "tiny-trained-Q4_0.gguf", 2, CTX, dict(hf_records["Q4_0"].runtime))
     first = CTX // 2
     try:
-        nll = [torch.nn.functional.cross_entropy(torch.from_numpy(src.logits(w, first)[:-1]).double(),
-                                                 torch.from_numpy(w[first + 1:].astype(np.int64)), reduction="none")
-               for w in cache.windows]
+        nll = [
+            torch.nn.functional.cross_entropy(
+                torch.from_numpy(src.logits(w, first)[:-1]).double(),
+                torch.from_numpy(w[first + 1 :].astype(np.int64)),
+                reduction="none",
+            )
+            for w in cache.windows
+        ]
     finally:
         src.close()
     ppl = math.exp(float(torch.cat(nll).mean()))
@@ -166,6 +184,8 @@ def test_kl_at_k_vocabulary_is_the_full_kl(built, tmp_path):
     assert r.kl_max == pytest.approx(full.max(), abs=1e-6)
     assert r.kl_median == pytest.approx(np.median(full), abs=1e-6)
     (r64,) = evaluate([q4], _opts(f32, tmp_path / "k64.npz", top_k=64))
-    print(f"Q4_0 vs F32: full KL {full.mean():.6f}, top-64 {r64.kl_mean:.6f} "
-          f"({100 * r64.extra['reference_tail_mass']:.1f}% of the mass outside)")
+    print(
+        f"Q4_0 vs F32: full KL {full.mean():.6f}, top-64 {r64.kl_mean:.6f} "
+        f"({100 * r64.extra['reference_tail_mass']:.1f}% of the mass outside)"
+    )
     assert r64.kl_mean < full.mean() and r64.extra["reference_tail_mass"] > 0.05

@@ -30,8 +30,20 @@ def _one_line_error(code, err, *needles):
 
 def test_tokenizer_mismatch_names_both(f32, tiny_ckpt, tmp_path):
     # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the tokenizers still differ.
-    code, _, err = _run("eval", f32, "--reference", tiny_ckpt, "--ctx", 32, "--chunks", 1, "--no-store",
-                        "--ref-cache", tmp_path / "c.npz", "--force-reference")
+    code, _, err = _run(
+        "eval",
+        f32,
+        "--reference",
+        tiny_ckpt,
+        "--ctx",
+        32,
+        "--chunks",
+        1,
+        "--no-store",
+        "--ref-cache",
+        tmp_path / "c.npz",
+        "--force-reference",
+    )
     line = _one_line_error(code, err, "tiny-trained-F32.gguf", "tiny-gemma4", "tokenizer")
     assert "same checkpoint" in line
 
@@ -39,22 +51,28 @@ def test_tokenizer_mismatch_names_both(f32, tiny_ckpt, tmp_path):
 def test_empty_text(f32, tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
     code, _, err = _run("eval", f32, "--reference", f32, "--text", tmp_path / "empty.txt", "--no-store")
-    assert _one_line_error(code, err) == f"edgekit: error: {tmp_path / 'empty.txt'}: the text is empty; pass a file with text in it"
+    assert (
+        _one_line_error(code, err)
+        == f"edgekit: error: {tmp_path / 'empty.txt'}: the text is empty; pass a file with text in it"
+    )
 
 
 def test_non_utf8_text(f32, tmp_path):
     (tmp_path / "latin1.txt").write_bytes("Café crème".encode("latin-1"))
     code, _, err = _run("eval", f32, "--reference", f32, "--text", tmp_path / "latin1.txt", "--no-store")
-    assert _one_line_error(code, err) == (f"edgekit: error: {tmp_path / 'latin1.txt'}: not UTF-8 text (byte 0xe9 "
-                                          "at offset 3); convert it, e.g. `iconv -t utf-8 FILE`")
+    assert _one_line_error(code, err) == (
+        f"edgekit: error: {tmp_path / 'latin1.txt'}: not UTF-8 text (byte 0xe9 "
+        "at offset 3); convert it, e.g. `iconv -t utf-8 FILE`"
+    )
 
 
 def test_cache_from_another_reference_is_refused(f32, trained_ckpt, tmp_path):
     cache = tmp_path / "ref.npz"
     code, _, err = _run("eval", f32, "--reference", f32, "--ctx", 32, "--chunks", 2, "--no-store", "--ref-cache", cache)
     assert code == 0, err
-    code, _, err = _run("eval", f32, "--reference", trained_ckpt, "--ctx", 32, "--chunks", 2, "--no-store",
-                        "--ref-cache", cache)
+    code, _, err = _run(
+        "eval", f32, "--reference", trained_ckpt, "--ctx", 32, "--chunks", 2, "--no-store", "--ref-cache", cache
+    )
     _one_line_error(code, err, str(cache), "reference", "tiny-trained-F32.gguf vs tiny-trained")
     code, _, err = _run("eval", f32, "--reference", f32, "--ctx", 64, "--chunks", 2, "--no-store", "--ref-cache", cache)
     _one_line_error(code, err, "ctx 32, this run has 64")
@@ -76,8 +94,11 @@ def test_store_and_printers(f32, tmp_path):
     assert len(stored) == 4 and {r.sha256 for r in stored} == {stored[0].sha256}
     for fmt in ("csv", "json", "jsonl"):
         (rec,) = PARSERS[fmt](outs[fmt])
-        assert rec.to_json() | {"timestamp": "", "seconds": 0, "host": {}} == \
-            stored[0].to_json() | {"timestamp": "", "seconds": 0, "host": {}}
+        assert rec.to_json() | {"timestamp": "", "seconds": 0, "host": {}} == stored[0].to_json() | {
+            "timestamp": "",
+            "seconds": 0,
+            "host": {},
+        }
     (row,) = PARSERS["md"](outs["md"])
     assert row["artifact"] == "tiny-trained-F32.gguf" and row["same top %"] == 100.0
 
@@ -90,17 +111,35 @@ def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
     import json
     import sqlite3
 
-    from edgekit.results.quality import SUITE_PARSERS
     from edgekit.eval.suite import EXAMPLE_SUITE
     from edgekit.results import Store, SuiteRecord, parse_markdown
+    from edgekit.results.quality import SUITE_PARSERS
 
     lines = EXAMPLE_SUITE.read_text().splitlines()
-    suite = tmp_path / "four.jsonl"   # four cases over two suites (function_calling, extraction): seconds of greedy decoding
+    suite = (
+        tmp_path / "four.jsonl"
+    )  # four cases over two suites (function_calling, extraction): seconds of greedy decoding
     suite.write_text("\n".join(lines[:4]) + "\n")
     q4, q8 = trained_dist / "tiny-trained-Q4_0.gguf", trained_dist / "tiny-trained-Q8_0.gguf"
     db = tmp_path / "r.db"
-    code, out, err = _run("eval", q4, "--reference", q8, "--suite", suite, "--max-tokens", 8, "--threads", 1,
-                          "--db", db, "-o", "json", "--device", "box")
+    code, out, err = _run(
+        "eval",
+        q4,
+        "--reference",
+        q8,
+        "--suite",
+        suite,
+        "--max-tokens",
+        8,
+        "--threads",
+        1,
+        "--db",
+        db,
+        "-o",
+        "json",
+        "--device",
+        "box",
+    )
     assert code == 0, err
     printed = SUITE_PARSERS["json"](out)
     with Store(db) as s:
@@ -109,8 +148,9 @@ def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
     by_case = {}
     for c in map(json.loads, lines[:4]):
         by_case.setdefault(c["suite"], []).append(c["id"])
-    assert {(r.artifact, r.suite, r.cases) for r in stored} == \
-        {(a, s, len(ids)) for a in (q8.name, q4.name) for s, ids in by_case.items()}
+    assert {(r.artifact, r.suite, r.cases) for r in stored} == {
+        (a, s, len(ids)) for a in (q8.name, q4.name) for s, ids in by_case.items()
+    }
     sha = hashlib.sha256(suite.read_bytes()).hexdigest()
     manifest = {a["file"]: a["sha256"] for a in json.loads((trained_dist / "manifest.json").read_text())["artifacts"]}
     for r in stored:
@@ -121,18 +161,20 @@ def test_suite_results_go_to_the_store_and_the_report(trained_dist, tmp_path):
             assert r.reference == q8.name and r.reference_sha256 == manifest[q8.name]
             ref = next(x for x in stored if x.is_reference and x.suite == r.suite)
             assert r.reference_passed == ref.passed
-            assert len(r.differs) >= abs(r.passed - ref.passed)   # every flipped case is listed
+            assert len(r.differs) >= abs(r.passed - ref.passed)  # every flipped case is listed
     con = sqlite3.connect(db)
-    con.execute("INSERT INTO suites (timestamp, device, artifact, sha256, engine, quant, suite_sha256, suite, data) "
-                "VALUES ('t', 'box', 'x', 'y', 'e', 'q', 'z', 's', '{\"accuracy\": \"high\"}')")
+    con.execute(
+        "INSERT INTO suites (timestamp, device, artifact, sha256, engine, quant, suite_sha256, suite, data) "
+        "VALUES ('t', 'box', 'x', 'y', 'e', 'q', 'z', 's', '{\"accuracy\": \"high\"}')"
+    )
     con.commit()
     con.close()
     code, out, err = _run("report", "--db", db, "--out", tmp_path / "rep")
     assert code == 0, err
     text = (tmp_path / "rep" / "report.md").read_text()
     assert "1 corrupt suite row(s) were skipped." in text
-    section = text[text.index("### Task suites"):]
-    rows = {r["artifact"]: r for r in parse_markdown(section) if "artifact" in r}   # not the side-by-side tables
+    section = text[text.index("### Task suites") :]
+    rows = {r["artifact"]: r for r in parse_markdown(section) if "artifact" in r}  # not the side-by-side tables
     suites = sorted(by_case)
     for r in stored:
         label = r.artifact + (" (reference)" if r.is_reference else "")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from serve_fixture import cli
 
 
@@ -26,8 +25,21 @@ def test_suite_against_a_hf_folder_and_without_reference(tiny_ckpt, tmp_path):
     d = build(str(tiny_ckpt), target="pi5", quants=["q4_0"], out=tmp_path / "dist")
     art = d / "tiny-gemma4-Q4_0.gguf"
     suite, ids = _suite(tmp_path)
-    r = cli("eval", str(art), "--reference", str(tiny_ckpt), "--suite", str(suite), "-n", "4", "-t", "1", "--no-store",
-            "-o", "json")
+    r = cli(
+        "eval",
+        str(art),
+        "--reference",
+        str(tiny_ckpt),
+        "--suite",
+        str(suite),
+        "-n",
+        "4",
+        "-t",
+        "1",
+        "--no-store",
+        "-o",
+        "json",
+    )
     assert r.returncode == 0, r.stderr
     recs = json.loads(r.stdout)
     assert any(x["is_reference"] for x in recs) and all(x["answers"] == [] for x in recs)
@@ -37,7 +49,7 @@ def test_suite_against_a_hf_folder_and_without_reference(tiny_ckpt, tmp_path):
 
     recs = SUITE_PARSERS["json"](r.stdout)
     assert sorted(a["id"] for x in recs for a in x.answers) == sorted(ids)
-    md = suite_markdown(recs)           # what `eval --suite` prints by default
+    md = suite_markdown(recs)  # what `eval --suite` prints by default
     assert "no reference: every answer" in md
     for x in recs:
         for a in x.answers:

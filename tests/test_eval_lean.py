@@ -28,8 +28,9 @@ F32_CACHE = {"kv_type": "f32"}
 def lean_dist(tmp_path_factory):
     from edgekit.builder.pipeline import build
 
-    return build(str(TRAINED), target="pi5", quants=["f32", "iq4_xs-edge"], out=tmp_path_factory.mktemp("lean"),
-                 vocab=N_LEAN)
+    return build(
+        str(TRAINED), target="pi5", quants=["f32", "iq4_xs-edge"], out=tmp_path_factory.mktemp("lean"), vocab=N_LEAN
+    )
 
 
 @pytest.mark.parametrize("ctx", [4, 5, 16, 17])
@@ -60,7 +61,7 @@ def _hand_nll(next_logp, seq: list[int], ctx: int) -> float:
             context = seq[:i]
         else:
             start = -(-(i - ctx + 1) // per) * per
-            context = [seq[0], *seq[start + 1:i]]
+            context = [seq[0], *seq[start + 1 : i]]
         assert len(context) <= ctx - 1
         total -= next_logp(context, seq[i])
     return total
@@ -95,8 +96,17 @@ def _llama_nll(gguf: Path, text: str) -> tuple[float, int]:
     relative, measured: another attention kernel, another float summation order)."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=64, n_batch=64, n_ubatch=64, logits_all=True, verbose=False,
-                          type_k=0, type_v=0, flash_attn=True)
+    llm = llama_cpp.Llama(
+        str(gguf),
+        n_ctx=64,
+        n_batch=64,
+        n_ubatch=64,
+        logits_all=True,
+        verbose=False,
+        type_k=0,
+        type_v=0,
+        flash_attn=True,
+    )
     try:
         ids = llm.tokenize(text.encode(), add_bos=False, special=False)
 
@@ -114,17 +124,30 @@ def test_whole_text_bits_per_byte_by_hand(lean_dist, tmp_path):
     """A short text, three to five windows of 32: both figures are Σ NLL of every token / ln 2 / the
     text's UTF-8 bytes, computed here without edgekit (torch for the reference, llama-cpp-python for the
     lean GGUF), each target with the context written out per target."""
-    text = ("The dictionary maps keys to values: ünïcode, tabs\tand  runs of   spaces. print(len(x)) "
-            "A list holds items in order; a set holds each item once.")
+    text = (
+        "The dictionary maps keys to values: ünïcode, tabs\tand  runs of   spaces. print(len(x)) "
+        "A list holds items in order; a set holds each item once."
+    )
     (tmp_path / "short.txt").write_text(text, encoding="utf-8")
     lean = lean_dist / f"tiny-trained-v{N_LEAN}-F32.gguf"
-    (r,) = evaluate([lean], EvalOptions(reference=str(TRAINED), texts=[tmp_path / "short.txt"], ctx=CTX, threads=2,
-                                        ref_cache=tmp_path / "c.npz", runtime=dict(F32_CACHE)))
+    (r,) = evaluate(
+        [lean],
+        EvalOptions(
+            reference=str(TRAINED),
+            texts=[tmp_path / "short.txt"],
+            ctx=CTX,
+            threads=2,
+            ref_cache=tmp_path / "c.npz",
+            runtime=dict(F32_CACHE),
+        ),
+    )
     nbytes = len(text.encode("utf-8"))
     ref_nll, ref_n = _torch_nll(text)
     lean_nll, lean_n = _llama_nll(lean, text)
-    print(f"reference {ref_n} tokens {ref_nll / math.log(2) / nbytes:.5f} bits/byte; lean {lean_n} tokens "
-          f"{lean_nll / math.log(2) / nbytes:.5f}; edgekit {r.reference_text_bits_per_byte:.5f} / {r.text_bits_per_byte:.5f}")
+    print(
+        f"reference {ref_n} tokens {ref_nll / math.log(2) / nbytes:.5f} bits/byte; lean {lean_n} tokens "
+        f"{lean_nll / math.log(2) / nbytes:.5f}; edgekit {r.reference_text_bits_per_byte:.5f} / {r.text_bits_per_byte:.5f}"
+    )
     assert lean_n > ref_n > CTX
     assert r.text_bytes == nbytes
     assert r.text_tokens == lean_n and r.tokens_per_byte == pytest.approx(lean_n / nbytes, rel=1e-12)
@@ -140,9 +163,12 @@ def test_full_artifact_whole_text_equals_the_reference(trained_dist, lean_dist, 
     """In a run with a lean artifact, the full F32 GGUF gets the whole-text figures too: same tokenizer
     and the same weights as the reference, so its bits/byte is the reference's (to llama.cpp vs torch
     float error, KL 2e-8 in test_eval) and its tokens the same; every record counts the same bytes."""
-    recs = evaluate([trained_dist / "tiny-trained-F32.gguf", lean_dist],
-                    EvalOptions(reference=str(TRAINED), ctx=256, chunks=4, threads=2, ref_cache=tmp_path / "c.npz",
-                                runtime=dict(F32_CACHE)))
+    recs = evaluate(
+        [trained_dist / "tiny-trained-F32.gguf", lean_dist],
+        EvalOptions(
+            reference=str(TRAINED), ctx=256, chunks=4, threads=2, ref_cache=tmp_path / "c.npz", runtime=dict(F32_CACHE)
+        ),
+    )
     full, *lean = recs
     assert {r.text_bytes for r in recs} == {full.text_bytes} and full.text_bytes > 0
     assert full.kl_mean is not None and full.text_tokens == round(full.reference_tokens_per_byte * full.text_bytes)
@@ -154,8 +180,25 @@ def test_full_artifact_whole_text_equals_the_reference(trained_dist, lean_dist, 
 
 def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
     db = tmp_path / "r.db"
-    res = CliRunner().invoke(app, ["eval", str(lean_dist), "--reference", str(TRAINED), "--ctx", "256", "--chunks", "8",
-                                   "--threads", "2", "--ref-cache", str(tmp_path / "c.npz"), "--db", str(db)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(lean_dist),
+            "--reference",
+            str(TRAINED),
+            "--ctx",
+            "256",
+            "--chunks",
+            "8",
+            "--threads",
+            "2",
+            "--ref-cache",
+            str(tmp_path / "c.npz"),
+            "--db",
+            str(db),
+        ],
+    )
     assert res.exit_code == 0, res.stderr
     print(res.stdout)
     from edgekit.results.quality import PARSERS
@@ -168,14 +211,18 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
     assert lean["mean KL"] == "not defined"
     assert lean["Δ bits/byte %"] == pytest.approx(100 * (lean["bits/byte"] / ref["bits/byte"] - 1), abs=0.02)
     # the store keeps the record; the report's quality table shows it
+    from test_results import make_record
+
     from edgekit.results import QualityRecord, Store
     from edgekit.results.report import write_report
-    from test_results import make_record
 
     with Store(db) as s:
         stored = s.read(QualityRecord)
         s.append([make_record(0)])
-    assert {r.artifact for r in stored} == {f"tiny-trained-v{N_LEAN}-F32.gguf", f"tiny-trained-v{N_LEAN}-IQ4_XS-edge.gguf"}
+    assert {r.artifact for r in stored} == {
+        f"tiny-trained-v{N_LEAN}-F32.gguf",
+        f"tiny-trained-v{N_LEAN}-IQ4_XS-edge.gguf",
+    }
     assert all(r.text_bits_per_byte is not None and r.kl_mean is None for r in stored)
     md = write_report(db, tmp_path / "report").read_text()
     report_rows = {r["artifact"]: r for r in PARSERS["md"](md.split("## Quality", 1)[1])}
@@ -184,13 +231,29 @@ def test_lean_build_eval_cli_prints_both_and_stores(lean_dist, tmp_path):
 
 def test_lean_against_another_reference_is_refused(lean_dist, tiny_ckpt, tmp_path):
     # Other weights are refused first (tests/faults/test_eval_inputs.py); forced, the vocabularies still differ.
-    res = CliRunner().invoke(app, ["eval", str(lean_dist / f"tiny-trained-v{N_LEAN}-F32.gguf"), "--reference",
-                                   str(tiny_ckpt), "--ctx", "32", "--chunks", "1", "--no-store",
-                                   "--ref-cache", str(tmp_path / "c.npz"), "--force-reference"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(lean_dist / f"tiny-trained-v{N_LEAN}-F32.gguf"),
+            "--reference",
+            str(tiny_ckpt),
+            "--ctx",
+            "32",
+            "--chunks",
+            "1",
+            "--no-store",
+            "--ref-cache",
+            str(tmp_path / "c.npz"),
+            "--force-reference",
+        ],
+    )
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: tiny-trained-v{N_LEAN}-F32.gguf: its lean vocabulary ({N_LEAN} tokens) is "
-                          "not the reference tiny-gemma4's restricted to the kept ids of its id map; evaluate against "
-                          "the checkpoint it was trimmed from\n")
+    assert res.stderr == (
+        f"edgekit: error: tiny-trained-v{N_LEAN}-F32.gguf: its lean vocabulary ({N_LEAN} tokens) is "
+        "not the reference tiny-gemma4's restricted to the kept ids of its id map; evaluate against "
+        "the checkpoint it was trimmed from\n"
+    )
 
 
 def test_missing_id_map_is_one_line(lean_dist, tmp_path):
@@ -200,9 +263,25 @@ def test_missing_id_map_is_one_line(lean_dist, tmp_path):
     shutil.copytree(lean_dist, d)
     m = json.loads((d / "manifest.json").read_text())
     (d / m["artifacts"][0]["extra"]["vocab"]["id_map"]).unlink()
-    res = CliRunner().invoke(app, ["eval", str(d / f"tiny-trained-v{N_LEAN}-F32.gguf"), "--reference", str(TRAINED),
-                                   "--ctx", "32", "--chunks", "1", "--no-store", "--ref-cache", str(tmp_path / "c.npz")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(d / f"tiny-trained-v{N_LEAN}-F32.gguf"),
+            "--reference",
+            str(TRAINED),
+            "--ctx",
+            "32",
+            "--chunks",
+            "1",
+            "--no-store",
+            "--ref-cache",
+            str(tmp_path / "c.npz"),
+        ],
+    )
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {d / f'tiny-trained-v{N_LEAN}.vocab-ids.npy'}: "
-                          f"tiny-trained-v{N_LEAN}-F32.gguf's lean-vocabulary id map is missing beside "
-                          "manifest.json; copy it from the build folder or rebuild with `edgekit build`\n")
+    assert res.stderr == (
+        f"edgekit: error: {d / f'tiny-trained-v{N_LEAN}.vocab-ids.npy'}: "
+        f"tiny-trained-v{N_LEAN}-F32.gguf's lean-vocabulary id map is missing beside "
+        "manifest.json; copy it from the build folder or rebuild with `edgekit build`\n"
+    )

@@ -64,9 +64,9 @@ def test_stats_follow_llama_perplexity_definitions():
     assert st.kl_mean == pytest.approx(kl.mean(), abs=1e-6)
     assert st.kl_hi - st.kl_mean == pytest.approx(1.959964 * se, rel=1e-4)
     assert st.kl_median == pytest.approx(np.median(kl), rel=1e-5)
-    srt = np.sort(kl)   # llama.cpp's percentile: linear between the sorted values at 0.99 * (n - 1)
+    srt = np.sort(kl)  # llama.cpp's percentile: linear between the sorted values at 0.99 * (n - 1)
     pos = 0.99 * 199
     assert st.kl_p99 == pytest.approx(srt[int(pos)] * (1 - pos % 1) + srt[int(pos) + 1] * (pos % 1), rel=1e-5)
     assert st.same_top == pytest.approx((p.argmax(1) == q.argmax(1)).mean())
     dp = np.exp(lq[np.arange(200), nxt]) - np.exp(lp[np.arange(200), nxt])
-    assert st.rms_dp == pytest.approx(math.sqrt((dp ** 2).mean()), rel=1e-5)
+    assert st.rms_dp == pytest.approx(math.sqrt((dp**2).mean()), rel=1e-5)

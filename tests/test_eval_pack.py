@@ -22,6 +22,7 @@ CASES = {c.id: c for c in load_suite(PACKS["enterprise"])}
 def gemma_call(name: str, args: dict) -> str:
     def val(v):
         return f'<|"|>{v}<|"|>' if isinstance(v, str) else json.dumps(v)
+
     return f"<|tool_call>call:{name}{{" + ",".join(f"{k}:{val(v)}" for k, v in args.items()) + "}<tool_call|>"
 
 
@@ -33,8 +34,10 @@ CODE = {
     "palin": "def is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n    return t == t[::-1]",
     "chunks": "def chunks(xs, n):\n    return [xs[i:i + n] for i in range(0, len(xs), n)]",
     "wordcount": "import re\nfrom collections import Counter\ndef word_counts(text):\n    return dict(Counter(re.findall(r'[a-z]+', text.lower())))",
-    "roman": ("def to_roman(n):\n    out = ''\n    for v, s in [(1000,'M'),(900,'CM'),(500,'D'),(400,'CD'),(100,'C'),(90,'XC'),(50,'L'),"
-              "(40,'XL'),(10,'X'),(9,'IX'),(5,'V'),(4,'IV'),(1,'I')]:\n        while n >= v:\n            out += s; n -= v\n    return out"),
+    "roman": (
+        "def to_roman(n):\n    out = ''\n    for v, s in [(1000,'M'),(900,'CM'),(500,'D'),(400,'CD'),(100,'C'),(90,'XC'),(50,'L'),"
+        "(40,'XL'),(10,'X'),(9,'IX'),(5,'V'),(4,'IV'),(1,'I')]:\n        while n >= v:\n            out += s; n -= v\n    return out"
+    ),
     "flatten": "def flatten(xs):\n    return [y for x in xs for y in (flatten(x) if isinstance(x, list) else [x])]",
     "isoweek": "import datetime\ndef weekday_name(d):\n    return datetime.date.fromisoformat(d).strftime('%A')",
     "csvsum": "import csv, io\ndef column_sum(t, c):\n    return float(sum(float(r[c]) for r in csv.DictReader(io.StringIO(t))))",
@@ -55,11 +58,18 @@ EXTRACT = {
     "meter": {"meter_id": "E-5521", "reading_kwh": 10423.7},
 }
 TRANSLATE = {
-    "de1": "Die Besprechung beginnt um neun.", "de2": "Bitte starten Sie den Router neu.",
-    "fr1": "La facture est jointe.", "fr2": "Merci pour votre commande.", "es1": "La oficina está cerrada el domingo.",
-    "es2": "Su contraseña ha caducado.", "it1": "Il treno è in ritardo.", "pt1": "A entrega chega amanhã.",
-    "nl1": "De printer heeft geen papier meer.", "sv1": "Mötet är inställt.",
-    "en1": "The server has been offline since yesterday.", "en2": "The meeting is postponed to Monday.",
+    "de1": "Die Besprechung beginnt um neun.",
+    "de2": "Bitte starten Sie den Router neu.",
+    "fr1": "La facture est jointe.",
+    "fr2": "Merci pour votre commande.",
+    "es1": "La oficina está cerrada el domingo.",
+    "es2": "Su contraseña ha caducado.",
+    "it1": "Il treno è in ritardo.",
+    "pt1": "A entrega chega amanhã.",
+    "nl1": "De printer heeft geen papier meer.",
+    "sv1": "Mötet är inställt.",
+    "en1": "The server has been offline since yesterday.",
+    "en2": "The meeting is postponed to Monday.",
 }
 INSTRUCT = {
     "bullets3": "- They catch regressions\n- They document behaviour\n- They make refactoring safe",
@@ -70,7 +80,8 @@ INSTRUCT = {
     "nocomma": "Coffee wakes me up every morning. I drink it black and hot.",
     "lines4": "Rain on the roof\nsoft as a sigh\nthe street shines\nunder a grey sky",
     "avoid": "An index is a sorted structure that points to rows. It lets the database find rows without scanning the whole table.",
-    "yesno": "Yes", "chars": "Sunlight by day, light by night.",
+    "yesno": "Yes",
+    "chars": "Sunlight by day, light by night.",
     "numbered": "1. Open the login page\n2. Click 'Forgot password'\n3. Follow the emailed link",
     "upper": "READY",
 }
@@ -83,8 +94,11 @@ def right_answer(case) -> str:
         "json_schema": lambda: "```json\n" + json.dumps(EXTRACT[key], ensure_ascii=False) + "\n```",
         "choice": lambda: f"Answer: {e}",
         "rouge_l": lambda: e["reference"],
-        "grounded": lambda: ("The passages do not say." if e.get("unanswerable")
-                             else " and ".join(e["must"]) + " " + " ".join(f"[{n}]" for n in e["cite"])),
+        "grounded": lambda: (
+            "The passages do not say."
+            if e.get("unanswerable")
+            else " and ".join(e["must"]) + " " + " ".join(f"[{n}]" for n in e["cite"])
+        ),
         "code": lambda: f"```python\n{CODE[key]}\n```",
         "regex": lambda: TRANSLATE[key],
         "instructions": lambda: INSTRUCT[key],
@@ -97,10 +111,10 @@ def near_miss(case) -> str:
     e, key = case.expected, case.id.split("-", 1)[1]
     return {
         "tool_call": lambda: gemma_call(e["name"] + "_v2", e["arguments"]),
-        "json_schema": lambda: json.dumps({k: "?" for k in EXTRACT[key]}),  # every field the wrong type or value
+        "json_schema": lambda: json.dumps(dict.fromkeys(EXTRACT[key], "?")),  # every field the wrong type or value
         "choice": lambda: "Answer: " + ("B" if e != "B" else "A"),
         "rouge_l": lambda: "Quarterly figures were published without comment.",
-        "grounded": lambda: ("It costs 10 euro [1]." if e.get("unanswerable") else "I am not sure [9]."),
+        "grounded": lambda: "It costs 10 euro [1]." if e.get("unanswerable") else "I am not sure [9].",
         "code": lambda: f"```python\n{CODE[key].rsplit(chr(10), 1)[0]}\n    return None\n```",
         "regex": lambda: "I cannot translate that.",
         "instructions": lambda: INSTRUCT[key].upper() + "\n\n" + INSTRUCT[key] + ", fast, fast",
@@ -138,6 +152,7 @@ def test_code_sandbox_limits():
 
 def test_code_sandbox_has_no_network():
     from edgekit.eval.sandbox import _net_isolation
+
     if not _net_isolation():
         pytest.skip("this kernel does not let the sandbox make a network namespace (unshare -rn)")
     with socket.socket() as srv:  # a listener the test process itself can reach
@@ -150,7 +165,9 @@ def test_code_sandbox_has_no_network():
 def test_rouge_l_figures():
     assert scorers_pack.rouge_l_f("the cat sat on the mat", "the cat sat on the mat") == 1.0
     # LCS "the cat the mat" = 4 of 6 and 4 of 6 words
-    assert scorers_pack.rouge_l_f("the cat ate the mat", "the cat sat on the mat") == pytest.approx(2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6))
+    assert scorers_pack.rouge_l_f("the cat ate the mat", "the cat sat on the mat") == pytest.approx(
+        2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6)
+    )
     assert scorers_pack.rouge_l_f("", "x") == 0.0
 
 
@@ -172,20 +189,23 @@ def test_grounding_refuses_outside_facts_and_bad_citations():
     e = CASES["rag-warranty"].expected
     ok = SCORERS["grounded"][0]
     assert ok("The warranty is two years [1].", e)
-    assert not ok("The warranty is two years.", e)              # no citation
-    assert not ok("The warranty is two years [2].", e)          # cites the wrong passage
+    assert not ok("The warranty is two years.", e)  # no citation
+    assert not ok("The warranty is two years [2].", e)  # cites the wrong passage
     assert not ok("Two years [1], or three years with the plan.", e)  # a fact from outside
 
 
-@pytest.mark.parametrize("scorer,expected,problem", [
-    ("json_schema", {"schema": {"type": 3}}, "not a valid JSON Schema"),
-    ("rouge_l", {"reference": "x", "min_f": 2}, "min_f"),
-    ("grounded", {"must": ["x"]}, "needs must and cite"),
-    ("code", {"tests": "print(1)"}, "assert"),
-    ("sql", {"setup": "CREATE TABLE t(a);", "reference": "SELECT b FROM t"}, "reference query fails"),
-    ("instructions", {"checks": [{"kind": "max_words"}]}, "malformed"),
-    ("refusal", {"refuse": "yes"}, "refuse"),
-])
+@pytest.mark.parametrize(
+    "scorer,expected,problem",
+    [
+        ("json_schema", {"schema": {"type": 3}}, "not a valid JSON Schema"),
+        ("rouge_l", {"reference": "x", "min_f": 2}, "min_f"),
+        ("grounded", {"must": ["x"]}, "needs must and cite"),
+        ("code", {"tests": "print(1)"}, "assert"),
+        ("sql", {"setup": "CREATE TABLE t(a);", "reference": "SELECT b FROM t"}, "reference query fails"),
+        ("instructions", {"checks": [{"kind": "max_words"}]}, "malformed"),
+        ("refusal", {"refuse": "yes"}, "refuse"),
+    ],
+)
 def test_malformed_expected_is_refused_at_load(scorer, expected, problem):
     assert problem in SCORERS[scorer][1](expected)
 

@@ -9,8 +9,8 @@ import pytest
 
 from edgekit.core.errors import ConfigError
 from edgekit.eval.scorers import SCORERS, parse_tool_call
-from edgekit.results.quality import suite_markdown
 from edgekit.eval.suite import EXAMPLE_SUITE, differences, load_suite, run_suite, to_records
+from edgekit.results.quality import suite_markdown
 
 Q = '<|"|>'
 CASES = [  # scorer, expected, passing output, failing output
@@ -19,14 +19,24 @@ CASES = [  # scorer, expected, passing output, failing output
     ("regex", r"\b(3|three)\b", "Up to three days.", "Up to 30 days."),
     ("choice", "B", "Answer: B) negative", "A"),
     ("choice", "C", "The answer is (C).", "Answer: D"),
-    ("json", {"invoice": "INV-2291", "total": 1450.0}, '```json\n{"invoice": "INV-2291", "total": 1450.0, "x": 1}\n```',
-     '{"invoice": "INV-2291", "total": "1450"}'),
-    ("tool_call", {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}},
-     f"<|tool_call>call:get_weather{{city:{Q}Oslo{Q},unit:{Q}C{Q}}}<tool_call|>",
-     f"<|tool_call>call:get_weather{{city:{Q}Bergen{Q},unit:{Q}C{Q}}}<tool_call|>"),
-    ("tool_call", {"name": "set_timer", "arguments": {"minutes": 10}},
-     f"Sure.<|tool_call>call:set_timer{{minutes:10,label:{Q}pasta, al dente{Q}}}<tool_call|>",
-     "I set a timer for 10 minutes."),
+    (
+        "json",
+        {"invoice": "INV-2291", "total": 1450.0},
+        '```json\n{"invoice": "INV-2291", "total": 1450.0, "x": 1}\n```',
+        '{"invoice": "INV-2291", "total": "1450"}',
+    ),
+    (
+        "tool_call",
+        {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "C"}},
+        f"<|tool_call>call:get_weather{{city:{Q}Oslo{Q},unit:{Q}C{Q}}}<tool_call|>",
+        f"<|tool_call>call:get_weather{{city:{Q}Bergen{Q},unit:{Q}C{Q}}}<tool_call|>",
+    ),
+    (
+        "tool_call",
+        {"name": "set_timer", "arguments": {"minutes": 10}},
+        f"Sure.<|tool_call>call:set_timer{{minutes:10,label:{Q}pasta, al dente{Q}}}<tool_call|>",
+        "I set a timer for 10 minutes.",
+    ),
 ]
 
 
@@ -41,7 +51,7 @@ def test_scorers(scorer, expected, good, bad):
 def test_tool_call_parse_nested():
     out = f"<|tool_call>call:book{{who:{Q}Ann{Q},seats:[1,2],opts:{{window:true,note:{Q}a:b, c{Q}}}}}<tool_call|>"
     assert parse_tool_call(out) == ("book", {"who": "Ann", "seats": [1, 2], "opts": {"window": True, "note": "a:b, c"}})
-    assert parse_tool_call(f"<|tool_call>call:book{{who:{Q}Ann}}<tool_call|>") is None   # unterminated string
+    assert parse_tool_call(f"<|tool_call>call:book{{who:{Q}Ann}}<tool_call|>") is None  # unterminated string
 
 
 def _write(tmp_path, lines):
@@ -53,17 +63,28 @@ def _write(tmp_path, lines):
 GOOD = json.dumps({"id": "a", "suite": "s", "prompt": "hi", "expected": "x", "scorer": "exact"})
 
 
-@pytest.mark.parametrize("line,message", [
-    ('{"id": "b", "suite": "s"', "not valid JSON (Expecting ',' delimiter at column 25); one JSON object per line"),
-    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "x", "scorer": "fuzzy"}),
-     "unknown scorer 'fuzzy'; choose one of exact, contains, regex, choice, json, tool_call, json_schema, rouge_l, grounded, code, sql, instructions, refusal"),
-    (json.dumps({"id": "b", "suite": "s", "expected": "x", "scorer": "exact"}), "case lacks messages or prompt"),
-    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "E", "scorer": "choice"}) .replace('"E"', '"AB"'),
-     "choice: expected must be one letter A-J"),
-    (json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "(", "scorer": "regex"}),
-     "regex: expected is not a valid regex (missing ), unterminated subpattern at position 0)"),
-    (GOOD, "duplicate id 'a'; ids must be unique in a suite file"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ('{"id": "b", "suite": "s"', "not valid JSON (Expecting ',' delimiter at column 25); one JSON object per line"),
+        (
+            json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "x", "scorer": "fuzzy"}),
+            "unknown scorer 'fuzzy'; choose one of exact, contains, regex, choice, json, tool_call, json_schema, rouge_l, grounded, code, sql, instructions, refusal",
+        ),
+        (json.dumps({"id": "b", "suite": "s", "expected": "x", "scorer": "exact"}), "case lacks messages or prompt"),
+        (
+            json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "E", "scorer": "choice"}).replace(
+                '"E"', '"AB"'
+            ),
+            "choice: expected must be one letter A-J",
+        ),
+        (
+            json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "(", "scorer": "regex"}),
+            "regex: expected is not a valid regex (missing ), unterminated subpattern at position 0)",
+        ),
+        (GOOD, "duplicate id 'a'; ids must be unique in a suite file"),
+    ],
+)
 def test_loader_errors_name_the_line(tmp_path, line, message):
     p = _write(tmp_path, [GOOD, "", line])
     with pytest.raises(ConfigError) as e:
@@ -73,8 +94,14 @@ def test_loader_errors_name_the_line(tmp_path, line, message):
 
 def test_example_suite_covers_the_tasks():
     cases = load_suite(EXAMPLE_SUITE)
-    assert {c.suite for c in cases} == {"function_calling", "extraction", "classification", "summarization",
-                                        "grounded_qa", "code"}
+    assert {c.suite for c in cases} == {
+        "function_calling",
+        "extraction",
+        "classification",
+        "summarization",
+        "grounded_qa",
+        "code",
+    }
     assert {c.scorer for c in cases} == {"exact", "contains", "regex", "choice", "json", "tool_call"}
 
 
@@ -82,12 +109,14 @@ def test_runner_is_deterministic_and_shows_differences():
     cases = load_suite(EXAMPLE_SUITE)
     answers = {"ex-date": "2026-03-03", "cls-sentiment": "B", "code-output": "6"}
 
-    def render(messages):   # stand-in chat template: the last message's bytes
+    def render(messages):  # stand-in chat template: the last message's bytes
         return list(messages[-1]["content"].encode())
 
     def oracle(ids, max_tokens):
         text = bytes(ids).decode()
-        return next((v for k, v in answers.items() if _case(cases, k).messages[-1]["content"] == text), "no idea")[:max_tokens]
+        return next((v for k, v in answers.items() if _case(cases, k).messages[-1]["content"] == text), "no idea")[
+            :max_tokens
+        ]
 
     ref = run_suite(cases, render, oracle, 64, "ref")
     a = run_suite(cases, render, lambda ids, n: "no idea", 64, "art")
@@ -96,7 +125,9 @@ def test_runner_is_deterministic_and_shows_differences():
     assert ref.accuracy()["extraction"] == (1, 2) and a.accuracy()["extraction"] == (0, 2)
     diff = differences(a, ref)
     assert sorted(r.case.id for r, _ in diff) == sorted(answers)
-    recs = to_records(ref, None, "s.jsonl", "ab" * 32, 64, is_reference=True) + to_records(a, ref, "s.jsonl", "ab" * 32, 64)
+    recs = to_records(ref, None, "s.jsonl", "ab" * 32, 64, is_reference=True) + to_records(
+        a, ref, "s.jsonl", "ab" * 32, 64
+    )
     ex = next(r for r in recs if r.suite == "extraction" and not r.is_reference)
     assert (ex.passed, ex.cases, ex.reference_passed, ex.reference) == (0, 2, 1, "ref")
     assert ex.differs == [{"id": "ex-date", "passed": False, "output": "no idea", "reference_output": "2026-03-03"}]
@@ -112,8 +143,8 @@ def _case(cases, cid):
 def test_suite_on_a_real_artifact_is_deterministic(trained_dist):
     """`edgekit eval --suite` through the artifact's own chat template and greedy decoding (edgekit.serve.chat,
     edgekit.serve.session): two runs give identical outputs, and each prompt is the template's rendering."""
-    from edgekit.serve.chat import ChatTemplate
     from edgekit.eval.suite import SuiteOptions, engine_chat, run_suite
+    from edgekit.serve.chat import ChatTemplate
 
     q8 = next(trained_dist.glob("*-Q8_0.gguf"))
     cases = load_suite(EXAMPLE_SUITE)[:3]

@@ -26,7 +26,7 @@ def test_vocabulary_is_16k_with_gemma4_specials(trained_16k, tok):
     assert tok.get_vocab_size() == 16384
     for i, t in {0: "<pad>", 1: "<eos>", 2: "<bos>", 105: "<|turn>", 106: "<turn|>", 107: "\n"}.items():
         assert tok.id_to_token(i) == t
-    assert tok.token_to_id("<0xE9>") is not None           # byte fallback
+    assert tok.token_to_id("<0xE9>") is not None  # byte fallback
     tc = json.loads((trained_16k / "tokenizer_config.json").read_text())
     assert "<|turn>" in tc["chat_template"]
     # the BPE part is learnt from the man pages, not padded with <unused> filler
@@ -52,15 +52,16 @@ def test_heldout_loss_beats_unigram(trained_16k, trained_16k_heldout, tok):
     torch = pytest.importorskip("torch")
     from edgekit.dev.hf_model import load_torch_model
 
-    cal = tok.encode((trained_16k_heldout["en"].parent / "calibration.txt").read_text(encoding="utf-8"),
-                     add_special_tokens=False).ids
+    cal = tok.encode(
+        (trained_16k_heldout["en"].parent / "calibration.txt").read_text(encoding="utf-8"), add_special_tokens=False
+    ).ids
     counts = np.bincount(cal, minlength=16384) + 1.0
     logp = np.log(counts / counts.sum())
     model = load_torch_model(trained_16k, "float32")
     seq = 512
     for lang in LANGS:
         ids = tok.encode(trained_16k_heldout[lang].read_text(encoding="utf-8"), add_special_tokens=False).ids
-        x = torch.tensor([[2] + ids[k * seq:(k + 1) * seq - 1] for k in (1, 3)])   # <bos> + text, 2 windows
+        x = torch.tensor([[2] + ids[k * seq : (k + 1) * seq - 1] for k in (1, 3)])  # <bos> + text, 2 windows
         with torch.no_grad():
             loss = float(model(input_ids=x, labels=x, use_cache=False).loss)
         unigram = float(-logp[x[:, 1:].numpy()].mean())

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from edgekit.serve.generate import PromptTooLong, QueueFull, Sampling
 from edgekit.backends.runner import RunOptions
+from edgekit.serve.generate import PromptTooLong, QueueFull, Sampling
 from edgekit.serve.session import open_session
 
 CTX = 512
@@ -100,7 +100,7 @@ def test_prefix_cache_and_its_file(dist, tmp_path):
     assert (d1.stats["cached_tokens"], d2.stats["cached_tokens"], d3.stats["cached_tokens"]) == (0, plen, plen)
     assert warm == cold and other == nocache
     assert f.exists()
-    s = open_session(dist, threads=1, ctx=CTX, prefix_file=f)   # a restart: the prefix comes from the file
+    s = open_session(dist, threads=1, ctx=CTX, prefix_file=f)  # a restart: the prefix comes from the file
     try:
         again, d4 = tokens(s, ids, Sampling(max_tokens=16, temperature=0), plen)
     finally:
@@ -131,8 +131,7 @@ def test_limits(dist):
         out, done = tokens(s, ids, Sampling(max_tokens=1000, temperature=0))
         assert done.finish_reason == "length" and len(ids) + len(out) == 64
         started = threading.Event()
-        req = s.request(ids, Sampling(max_tokens=10_000, temperature=0),
-                        on_event=lambda e: started.set())
+        req = s.request(ids, Sampling(max_tokens=10_000, temperature=0), on_event=lambda e: started.set())
         s.engine.submit(req)
         started.wait(10)
         with pytest.raises(QueueFull):
@@ -143,8 +142,8 @@ def test_limits(dist):
 
 
 def test_mlx_greedy_equals_the_runners_argmax_loop(tiny_ckpt, tmp_path_factory):
-    from edgekit.builder.pipeline import build
     from edgekit.backends.engines import ENGINES
+    from edgekit.builder.pipeline import build
 
     out = build(str(tiny_ckpt), target="m2", quants=["mlx-8bit"], out=tmp_path_factory.mktemp("mlx"))
     s = open_session(out, ctx=CTX)

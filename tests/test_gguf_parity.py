@@ -11,7 +11,6 @@ import json
 import gguf
 import numpy as np
 import pytest
-
 from reference import hf_logits, hf_model, llama_logits, mean_kl
 
 N_TOKENS = 160
@@ -21,8 +20,12 @@ N_TOKENS = 160
 def built(tiny_ckpt, tmp_path_factory):
     from edgekit.builder.pipeline import build
 
-    out = build(str(tiny_ckpt), target="pi5", quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m", "iq4_xs-edge"],
-                out=tmp_path_factory.mktemp("dist"))
+    out = build(
+        str(tiny_ckpt),
+        target="pi5",
+        quants=["f32", "f16", "q8_0", "q4_0", "q4_k_m", "iq4_xs-edge"],
+        out=tmp_path_factory.mktemp("dist"),
+    )
     return out
 
 
@@ -79,8 +82,10 @@ def test_q8_0_argmax(built, tokens, f32_logits):
     # (rms ≈0.09 logits) flips a few near-ties: measured 96-97% raw agreement on seeds 0-2. Where the
     # reference's margin is > 4x that noise, a flip can only come from a broken tensor.
     decisive = margin > 4 * noise
-    print(f"Q8_0: argmax agreement {agree.mean():.3f} raw, {agree[decisive].mean():.3f} on "
-          f"{decisive.sum()} decisive positions; rms Δlogit {noise:.3f}; KL {mean_kl(f32_logits, q8):.5f}")
+    print(
+        f"Q8_0: argmax agreement {agree.mean():.3f} raw, {agree[decisive].mean():.3f} on "
+        f"{decisive.sum()} decisive positions; rms Δlogit {noise:.3f}; KL {mean_kl(f32_logits, q8):.5f}"
+    )
     assert decisive.sum() >= 0.5 * len(margin)
     assert agree[decisive].mean() >= 0.99
     assert agree.mean() >= 0.93
@@ -103,7 +108,11 @@ def test_iq4_xs_edge_has_its_recipe_types(built):
     types = {t.name: t.tensor_type for t in gguf.GGUFReader(built / "tiny-gemma4-IQ4_XS-edge.gguf").tensors}
     q = gguf.GGMLQuantizationType
     assert types["per_layer_token_embd.weight"] == q.Q6_K and types["token_embd.weight"] == q.Q4_K
-    layers = {n: t for n, t in types.items() if n.endswith(("attn_q.weight", "attn_output.weight", "ffn_up.weight", "ffn_gate.weight"))}
+    layers = {
+        n: t
+        for n, t in types.items()
+        if n.endswith(("attn_q.weight", "attn_output.weight", "ffn_up.weight", "ffn_gate.weight"))
+    }
     assert len(layers) == 40 and set(layers.values()) == {q.IQ4_XS}
     assert {t for n, t in types.items() if n.endswith("ffn_down.weight")} <= {q.IQ4_XS, q.Q5_K}
 
@@ -143,7 +152,9 @@ def test_metadata_matches_config(built, tiny_ckpt):
     assert f["gemma4.attention.sliding_window_pattern"] == [t == "sliding_attention" for t in cfg["layer_types"]]
     n = cfg["intermediate_size"]
     first_shared = cfg["num_hidden_layers"] - cfg["num_kv_shared_layers"]
-    assert f["gemma4.feed_forward_length"] == [n if i < first_shared else 2 * n for i in range(cfg["num_hidden_layers"])]
+    assert f["gemma4.feed_forward_length"] == [
+        n if i < first_shared else 2 * n for i in range(cfg["num_hidden_layers"])
+    ]
     names = {t.name for t in r.tensors}
     assert not any("vision" in n or "audio" in n for n in names)
     assert f"blk.{first_shared}.attn_k.weight" not in names and f"blk.{first_shared - 1}.attn_k.weight" in names
@@ -158,7 +169,10 @@ def test_header_reader_agrees_with_gguf_reader(built):
     assert len(files) == 6
     for path in files:
         ref, got = gguf.GGUFReader(path), read_gguf_header(path)
-        want = {t.name: (t.tensor_type, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes)) for t in ref.tensors}
+        want = {
+            t.name: (t.tensor_type, tuple(int(d) for d in t.shape), int(t.data_offset), int(t.n_bytes))
+            for t in ref.tensors
+        }
         assert {n: (t.type, t.shape, t.offset, t.n_bytes) for n, t in got.tensors.items()} == want, path.name
         assert got.scalars["general.file_type"] == int(ref.get_field("general.file_type").contents())
         assert got.scalars["general.architecture"] == "gemma4"

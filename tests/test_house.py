@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -14,9 +13,11 @@ import check_imports  # noqa: E402
 import module_map  # noqa: E402
 import rewrite_imports  # noqa: E402
 
+
 def _check(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "check_imports.py"), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "check_imports.py"), *args], capture_output=True, text=True
+    )
 
 
 def test_no_import_cycles():
@@ -31,11 +32,12 @@ def test_the_checker_finds_a_cycle_through_a_deferred_import(tmp_path):
     (pkg / "__init__.py").write_text("")
     (pkg / "room" / "__init__.py").write_text("")
     (pkg / "room" / "a.py").write_text("from ..b import f\n")
-    (pkg / "b.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import X\n"
-                              "def f():\n    from .room import a\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .c import X\ndef f():\n    from .room import a\n"
+    )
     (pkg / "c.py").write_text("from .b import f\n")
     g = check_imports.graph(root=tmp_path)
-    assert check_imports.cycles(g) == [["edgekit.b", "edgekit.room.a"]]   # b -> c only under TYPE_CHECKING
+    assert check_imports.cycles(g) == [["edgekit.b", "edgekit.room.a"]]  # b -> c only under TYPE_CHECKING
     assert check_imports.cycles(check_imports.graph(top_level=True, root=tmp_path)) == []
 
 
@@ -55,41 +57,54 @@ def test_every_move_landed():
 
 def _rw(text, where):
     out = rewrite_imports.rewrite_text(text, ROOT / where)
-    assert rewrite_imports.rewrite_text(out, ROOT / where) == out      # a second run changes nothing
+    assert rewrite_imports.rewrite_text(out, ROOT / where) == out  # a second run changes nothing
     return out
 
 
 def test_a_moved_file_reads_its_old_relative_imports_against_its_old_folder():
     old = "from .child import ChildDied, run_child\nfrom .limits import apply\nfrom .results import Record\n"
     assert _rw(old, "edgekit/measure/bench.py") == (
-        "from ..core.child import ChildDied, run_child\nfrom .limits import apply\nfrom ..results import Record\n")
+        "from ..core.child import ChildDied, run_child\nfrom .limits import apply\nfrom ..results import Record\n"
+    )
     assert _rw("def f():\n    from . import ENGINES\n    from .. import pages\n", "edgekit/measure/worker.py") == (
-        "def f():\n    from ..backends.engines import ENGINES\n    from . import pages\n")
+        "def f():\n    from ..backends.engines import ENGINES\n    from . import pages\n"
+    )
     # a file added to an old folder on another branch, carried into the new one by the merge
-    assert _rw("from ..base import BuildContext\nfrom ...errors import ArtifactError  # why\n",
-               "edgekit/backends/gguf/mmproj.py") == (
-        "from ..format import BuildContext\nfrom ...core.errors import ArtifactError  # why\n")
+    assert _rw(
+        "from ..base import BuildContext\nfrom ...errors import ArtifactError  # why\n",
+        "edgekit/backends/gguf/mmproj.py",
+    ) == ("from ..format import BuildContext\nfrom ...core.errors import ArtifactError  # why\n")
 
 
 def test_names_split_per_room_and_dotted_strings_follow():
-    src = ("from . import bench, errors\nfrom .integrity import check_member, NonFinite\n"
-           "from edgekit.build import build\nfrom edgekit.manifest import MANIFEST\n"
-           "import edgekit.formats.gguf.quantize as q\n"
-           'patch("edgekit.bench._target")\ncmd = ["-m", "edgekit.child", "edgekit.runners.measure:measure"]\n'
-           'code = "from edgekit import limits, errors\\nlimits.x()"\n')
+    src = (
+        "from . import bench, errors\nfrom .integrity import check_member, NonFinite\n"
+        "from edgekit.build import build\nfrom edgekit.manifest import MANIFEST\n"
+        "import edgekit.formats.gguf.quantize as q\n"
+        'patch("edgekit.bench._target")\ncmd = ["-m", "edgekit.child", "edgekit.runners.measure:measure"]\n'
+        'code = "from edgekit import limits, errors\\nlimits.x()"\n'
+    )
     assert _rw(src, "edgekit/newmod.py") == (
         "from .measure import bench\nfrom .core import errors\nfrom .core.names import check_member\n"
         "from .builder.source_scan import NonFinite\nfrom edgekit.builder.pipeline import build\n"
         "from edgekit.builder.manifest import MANIFEST\nimport edgekit.backends.gguf.quantize as q\n"
         'patch("edgekit.measure.bench._target")\n'
         'cmd = ["-m", "edgekit.core.child", "edgekit.measure.worker:measure"]\n'
-        'code = "from edgekit.measure import limits; from edgekit.core import errors\\nlimits.x()"\n')
+        'code = "from edgekit.measure import limits; from edgekit.core import errors\\nlimits.x()"\n'
+    )
 
 
 def test_the_tree_is_rewritten():
     """Nothing left to rewrite."""
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "rewrite_imports.py"), "--check",
-                        *(str(ROOT / d) for d in ("edgekit", "tests", "benchmarks", "scripts"))],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "rewrite_imports.py"),
+            "--check",
+            *(str(ROOT / d) for d in ("edgekit", "tests", "benchmarks", "scripts")),
+        ],
+        capture_output=True,
+        text=True,
+    )
     left = sorted(Path(line.split()[-1]).relative_to(ROOT).as_posix() for line in r.stdout.splitlines())
     assert left == [], r.stdout

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from serve_fixture import free_port
+from sshd_fixture import assert_no_masters, closed_port, start_sshd, stop_sshd  # noqa: F401  (closed_port: a fixture)
 from typer.testing import CliRunner
 
+from edgekit.builder.manifest import MANIFEST, read_manifest
 from edgekit.cli import app
 from edgekit.core.errors import ConfigError
 from edgekit.lab.inventory import load_inventory
-from edgekit.builder.manifest import MANIFEST, read_manifest
 from edgekit.results import Store
-from serve_fixture import free_port
-from sshd_fixture import assert_no_masters, closed_port, start_sshd, stop_sshd  # noqa: F401  (closed_port: a fixture)
 
 pytest.importorskip("ansible_runner")
 REPO = Path(__file__).resolve().parent.parent
@@ -67,16 +67,19 @@ def test_ini_and_yaml_inventories_with_group_and_host_vars(tmp_path):
     lab = load_inventory(ini)
     assert lab.kind == "ansible" and sorted(lab.devices) == ["pi-01.lan", "pi-02.lan", "pi-a", "pi-b"]
     a, b, one = lab.get("pi-a"), lab.get("pi-b"), lab.get("pi-01.lan")
-    assert (a.target, a.host, a.port, a.user) == ("pi5-lean", "10.0.0.5", 2222, "pi")   # a host var beats the group's
-    assert (b.target, b.host, b.port) == ("pi5", "pi-b", None)                           # no ansible_host: its name
+    assert (a.target, a.host, a.port, a.user) == ("pi5-lean", "10.0.0.5", 2222, "pi")  # a host var beats the group's
+    assert (b.target, b.host, b.port) == ("pi5", "pi-b", None)  # no ansible_host: its name
     assert a.identity == str(Path("~/.ssh/id_lab").expanduser()) and one.identity is None
     assert one.user == "ops" and one.ssh_options == (("ServerAliveInterval", "15"), ("ProxyJump", "bastion"))
     origin = dict(a.origin)
     assert origin["target"] == f"edgekit_target from host 'pi-a' in {ini}"
     assert origin["user"] == f"ansible_user from group 'pis' in {ini}"
-    assert origin["identity"] == f"ansible_ssh_private_key_file from group 'kitchen' in {tmp_path / 'group_vars' / 'kitchen.yml'}"
+    assert (
+        origin["identity"]
+        == f"ansible_ssh_private_key_file from group 'kitchen' in {tmp_path / 'group_vars' / 'kitchen.yml'}"
+    )
     r = CliRunner().invoke(app, ["lab", "list", "--inventory", str(ini), "--origin", "--devices", "x"])
-    assert r.exit_code == 2   # lab list takes no --devices: a usage error, not ignored
+    assert r.exit_code == 2  # lab list takes no --devices: a usage error, not ignored
     r = CliRunner().invoke(app, ["lab", "list", "--inventory", str(ini), "--origin"])
     assert r.exit_code == 0, r.output
     block = r.stdout.split("pi-b\t")[0].split("\n")
@@ -96,17 +99,28 @@ def test_ini_and_yaml_inventories_with_group_and_host_vars(tmp_path):
     assert (r.exit_code, r.stdout) == (0, "pi-a\npi-b\n")
 
 
-@pytest.mark.parametrize("name, text, message", [
-    ("bad.ini", "[pis\npi-a ansible_host=h\n", "unreadable Ansible inventory ("),
-    ("bad.yml", "all:\n  hosts: [a, b\n", "unreadable Ansible inventory (YAML parsing failed"),
-    ("none.ini", "[pis]\npi-a ansible_host=h\n", "host 'pi-a': no edgekit_target; set it as a host or group var"),
-    ("port.ini", "pi-a edgekit_target=pi5 ansible_port=70000\n", "port 70000 is out of range 1-65535"),
-    ("pw.ini", "pi-a edgekit_target=pi5 ansible_password=x\n", "ansible_password gives a password"),
-    ("conn.ini", "pi-a edgekit_target=pi5 ansible_connection=local\n", "ansible_connection=local is not supported"),
-    ("args.ini", "pi-a edgekit_target=pi5 ansible_ssh_common_args='-C'\n", "cannot apply '-C' from ansible_ssh_common_args"),
-    ("user.ini", "pi-a edgekit_target=pi5 ansible_user=-oProxyCommand=x\n", "user '-oProxyCommand=x' is not a login name"),
-    ("empty.yml", "all:\n  hosts: {}\n", "the Ansible inventory lists no hosts"),
-])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("bad.ini", "[pis\npi-a ansible_host=h\n", "unreadable Ansible inventory ("),
+        ("bad.yml", "all:\n  hosts: [a, b\n", "unreadable Ansible inventory (YAML parsing failed"),
+        ("none.ini", "[pis]\npi-a ansible_host=h\n", "host 'pi-a': no edgekit_target; set it as a host or group var"),
+        ("port.ini", "pi-a edgekit_target=pi5 ansible_port=70000\n", "port 70000 is out of range 1-65535"),
+        ("pw.ini", "pi-a edgekit_target=pi5 ansible_password=x\n", "ansible_password gives a password"),
+        ("conn.ini", "pi-a edgekit_target=pi5 ansible_connection=local\n", "ansible_connection=local is not supported"),
+        (
+            "args.ini",
+            "pi-a edgekit_target=pi5 ansible_ssh_common_args='-C'\n",
+            "cannot apply '-C' from ansible_ssh_common_args",
+        ),
+        (
+            "user.ini",
+            "pi-a edgekit_target=pi5 ansible_user=-oProxyCommand=x\n",
+            "user '-oProxyCommand=x' is not a login name",
+        ),
+        ("empty.yml", "all:\n  hosts: {}\n", "the Ansible inventory lists no hosts"),
+    ],
+)
 def test_bad_ansible_inventories_are_one_line_errors(tmp_path, name, text, message):
     p = tmp_path / name
     p.write_text(text)
@@ -139,10 +153,15 @@ def devices(tmp_path_factory):
 
 
 def _host(name, srv, work: Path, **over) -> str:
-    v = {"ansible_host": "127.0.0.1", "ansible_port": srv.port, "ansible_user": srv.user,
-         "ansible_ssh_private_key_file": srv.identity, "edgekit_workdir": work / name,
-         "ansible_ssh_common_args": f"'-F {srv.ssh_config} -o UserKnownHostsFile={srv.known_hosts} "
-                                    f"-o StrictHostKeyChecking=yes'"}
+    v = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": srv.port,
+        "ansible_user": srv.user,
+        "ansible_ssh_private_key_file": srv.identity,
+        "edgekit_workdir": work / name,
+        "ansible_ssh_common_args": f"'-F {srv.ssh_config} -o UserKnownHostsFile={srv.known_hosts} "
+        f"-o StrictHostKeyChecking=yes'",
+    }
     v.update(over)
     return name + " " + " ".join(f"{k}={x}" for k, x in v.items())
 
@@ -153,23 +172,51 @@ def test_lab_run_via_ansible_stores_records_and_survives_failing_devices(devices
     a = srv["pi-a"]
     # The refused key goes by another name for the same sshd ("localhost"): Ansible shares one ssh
     # connection per host, port and user, and pi-a's would otherwise carry it in.
-    a.known_hosts.write_text(a.known_hosts.read_text() + a.known_hosts.read_text().replace("[127.0.0.1]", "[localhost]"))
+    a.known_hosts.write_text(
+        a.known_hosts.read_text() + a.known_hosts.read_text().replace("[127.0.0.1]", "[localhost]")
+    )
     inv = tmp_path / "fleet.ini"
-    inv.write_text("\n".join([
-        "[pis]", *(_host(n, s, tmp_path) for n, s in srv.items()),
-        _host("pi-down", a, tmp_path, ansible_port=closed_port),
-        _host("pi-badkey", a, tmp_path, ansible_host="localhost", ansible_ssh_private_key_file=a.wrong_identity),
-        "[pis:vars]", "edgekit_target=pi5", f"edgekit_command={EDGEKIT}",
-        # this machine's pyenv shims confuse Ansible's interpreter discovery
-        "ansible_python_interpreter=/usr/bin/python3", ""]))
+    inv.write_text(
+        "\n".join(
+            [
+                "[pis]",
+                *(_host(n, s, tmp_path) for n, s in srv.items()),
+                _host("pi-down", a, tmp_path, ansible_port=closed_port),
+                _host(
+                    "pi-badkey", a, tmp_path, ansible_host="localhost", ansible_ssh_private_key_file=a.wrong_identity
+                ),
+                "[pis:vars]",
+                "edgekit_target=pi5",
+                f"edgekit_command={EDGEKIT}",
+                # this machine's pyenv shims confuse Ansible's interpreter discovery
+                "ansible_python_interpreter=/usr/bin/python3",
+                "",
+            ]
+        )
+    )
     db = tmp_path / "results.db"
     bench = ["--", "-p", "8", "-n", "4", "-r", "1"]
-    r = CliRunner().invoke(app, ["lab", "run", str(tiny_dist.parent.parent), "--via", "ansible", "--inventory", str(inv),
-                                 "--db", str(db), *bench])
+    r = CliRunner().invoke(
+        app,
+        [
+            "lab",
+            "run",
+            str(tiny_dist.parent.parent),
+            "--via",
+            "ansible",
+            "--inventory",
+            str(inv),
+            "--db",
+            str(db),
+            *bench,
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert r.stdout.splitlines() == [
-        "pi-a: 1 record(s) (ansible: changed=3, 1 file(s) sent)", "pi-b: 1 record(s) (ansible: changed=3, 1 file(s) sent)",
-        f"2 record(s) from 2/5 device(s) in {db}"]
+        "pi-a: 1 record(s) (ansible: changed=3, 1 file(s) sent)",
+        "pi-b: 1 record(s) (ansible: changed=3, 1 file(s) sent)",
+        f"2 record(s) from 2/5 device(s) in {db}",
+    ]
     u = a.user
     assert r.stderr.splitlines() == [
         "edgekit: error: device 'pi-c': edgekit copy failed: tiny-gemma4-Q8_0.gguf: Copied file does not match the "
@@ -188,7 +235,11 @@ def test_lab_run_via_ansible_stores_records_and_survives_failing_devices(devices
         # exactly what the SSH path stores (tests/test_lab_run.py)
         assert (rec.artifact, rec.sha256, rec.file_bytes, rec.quant) == (art.file, art.sha256, art.bytes, "Q8_0")
         assert (rec.n_prompt, rec.n_gen, rec.reps) == (8, 4, 1) and rec.tg_tps > 0
-        assert rec.extra["lab"] == {"device": rec.device, "ssh_host": "127.0.0.1", "remote_device": socket.gethostname()}
+        assert rec.extra["lab"] == {
+            "device": rec.device,
+            "ssh_host": "127.0.0.1",
+            "remote_device": socket.gethostname(),
+        }
         remote = tmp_path / rec.device / "dist" / manifest.model / "pi5"
         assert (remote / art.file).read_bytes() == (tiny_dist / art.file).read_bytes()
         assert (remote / MANIFEST).read_bytes() == (tiny_dist / MANIFEST).read_bytes()
@@ -199,12 +250,18 @@ def test_lab_run_via_ansible_stores_records_and_survives_failing_devices(devices
     # Idempotent: a second run sends nothing and changes nothing on the devices. It goes through the same
     # devices described in edgekit's TOML, which --via ansible turns into an Ansible inventory.
     toml = tmp_path / "lab.toml"
-    toml.write_text("".join(srv[n].device_table(n, workdir=str(tmp_path / n), edgekit=[EDGEKIT]) for n in ("pi-a", "pi-b")))
-    r = CliRunner().invoke(app, ["lab", "run", str(tiny_dist), "--via", "ansible", "--inventory", str(toml), "--db", str(db),
-                                 *bench])
+    toml.write_text(
+        "".join(srv[n].device_table(n, workdir=str(tmp_path / n), edgekit=[EDGEKIT]) for n in ("pi-a", "pi-b"))
+    )
+    r = CliRunner().invoke(
+        app, ["lab", "run", str(tiny_dist), "--via", "ansible", "--inventory", str(toml), "--db", str(db), *bench]
+    )
     assert r.exit_code == 0, r.output
-    assert r.stdout.splitlines() == ["pi-a: 1 record(s) (ansible: changed=0)", "pi-b: 1 record(s) (ansible: changed=0)",
-                                     f"2 record(s) from 2/2 device(s) in {db}"]
+    assert r.stdout.splitlines() == [
+        "pi-a: 1 record(s) (ansible: changed=0)",
+        "pi-b: 1 record(s) (ansible: changed=0)",
+        f"2 record(s) from 2/2 device(s) in {db}",
+    ]
     assert len(Store(db).records()) == 4
 
 
@@ -218,11 +275,20 @@ def test_deploy_via_ansible_bootstraps_serves_and_is_idempotent(devices, tiny_di
     work = tmp_path / "pi-b"
     inv = tmp_path / "fleet.yml"
     cmd = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "edgekit.cli"]
-    host = {"ansible_host": "127.0.0.1", "ansible_port": b.port, "ansible_user": b.user, "ansible_python_interpreter": "/usr/bin/python3",
-            "ansible_ssh_private_key_file": str(b.identity), "edgekit_workdir": str(work), "edgekit_serve_port": port,
-            "ansible_ssh_common_args": f"-o UserKnownHostsFile={b.known_hosts} -o StrictHostKeyChecking=yes",
-            "edgekit_command": " ".join(cmd)}
-    inv.write_text(json.dumps({"all": {"children": {"pis": {"vars": {"edgekit_target": "pi5"}, "hosts": {"pi-b": host}}}}}))
+    host = {
+        "ansible_host": "127.0.0.1",
+        "ansible_port": b.port,
+        "ansible_user": b.user,
+        "ansible_python_interpreter": "/usr/bin/python3",
+        "ansible_ssh_private_key_file": str(b.identity),
+        "edgekit_workdir": str(work),
+        "edgekit_serve_port": port,
+        "ansible_ssh_common_args": f"-o UserKnownHostsFile={b.known_hosts} -o StrictHostKeyChecking=yes",
+        "edgekit_command": " ".join(cmd),
+    }
+    inv.write_text(
+        json.dumps({"all": {"children": {"pis": {"vars": {"edgekit_target": "pi5"}, "hosts": {"pi-b": host}}}}})
+    )
     lab = load_inventory(inv)
     kw = dict(bootstrap=True, pip_args=["--no-deps", "--no-index"], serve=True, serve_host="127.0.0.1", bench=False)
     pid_file = work / "serve" / "serve.pid"
@@ -238,11 +304,13 @@ def test_deploy_via_ansible_bootstraps_serves_and_is_idempotent(devices, tiny_di
         assert venv_py.exists() and (work / "venv" / ".edgekit-wheel").is_file()
         [second] = ansible_run(tiny_dist, lab, list(lab.devices.values()), [], **kw)
         assert second.message == "pi-b: up to date (ansible: changed=0)"
-        assert int(pid_file.read_text()) == pid and psutil.pid_exists(pid)   # the same server, not restarted
+        assert int(pid_file.read_text()) == pid and psutil.pid_exists(pid)  # the same server, not restarted
     finally:
         if pid_file.exists():
             p = psutil.Process(int(pid_file.read_text()))
             p.terminate()
             p.wait(timeout=30)
-    assert not any("edgekit.cli serve" in " ".join(q.info["cmdline"] or []) and str(work) in " ".join(q.info["cmdline"] or [])
-                   for q in psutil.process_iter(["cmdline"]))
+    assert not any(
+        "edgekit.cli serve" in " ".join(q.info["cmdline"] or []) and str(work) in " ".join(q.info["cmdline"] or [])
+        for q in psutil.process_iter(["cmdline"])
+    )

@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 from typer.testing import CliRunner
 
+from edgekit.builder.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
 from edgekit.cli import app
 from edgekit.core.errors import ArtifactError, LabError
 from edgekit.lab import deploy as deploy_mod
 from edgekit.lab.deploy import deploy
 from edgekit.lab.inventory import load_inventory
-from edgekit.builder.manifest import MANIFEST, Artifact, Manifest, artifact_digest, read_manifest, write_manifest
-from sshd_fixture import closed_port, sshd  # noqa: F401  (the fixtures)
 
 HOSTILE = "x; touch {m} #$(touch {m})`touch {m}` 'q\" "
 
@@ -42,8 +42,10 @@ def make_build(root: Path, seed: int = 0, target: str = "pi5") -> Path:
 
 def same_tree(a: Path, b: Path) -> bool:
     def tree(p):
-        return {q.relative_to(p).as_posix(): hashlib.sha256(q.read_bytes()).hexdigest()
-                for q in p.rglob("*") if q.is_file()}
+        return {
+            q.relative_to(p).as_posix(): hashlib.sha256(q.read_bytes()).hexdigest() for q in p.rglob("*") if q.is_file()
+        }
+
     return tree(a) == tree(b)
 
 
@@ -166,7 +168,7 @@ def test_a_copy_that_arrives_corrupt_is_sent_again(lab, tmp_path, monkeypatch):
     def flaky_send(device, method, src, rdir, files):
         real_send(device, method, src, rdir, files)
         calls.append(list(files))
-        if len(calls) == 1:   # the link corrupts the first transfer
+        if len(calls) == 1:  # the link corrupts the first transfer
             p = remote / "tiny-Q8_0.gguf"
             p.write_bytes(b"\0" + p.read_bytes()[1:])
 
@@ -190,25 +192,31 @@ def test_a_device_that_keeps_corrupting_fails_with_one_line(lab, tmp_path, monke
     monkeypatch.setattr(deploy_mod, "send", bad_disk)
     with pytest.raises(LabError, match=r"^device 'pi': tiny-Q8_0.gguf still differ\(s\) by sha256 after a re-send; "):
         deploy(folder, load_inventory(inv).get("pi"))
-    assert not (remote / MANIFEST).exists()   # no manifest vouches for the bad copy
+    assert not (remote / MANIFEST).exists()  # no manifest vouches for the bad copy
 
 
 def test_unreachable_port_and_wrong_key_are_one_clear_line(sshd, closed_port, tmp_path):  # noqa: F811
     folder = make_build(tmp_path)
     closed = closed_port
     inv = tmp_path / "lab.toml"
-    inv.write_text(sshd.device_table("down", port=closed) + sshd.device_table("badkey", identity=str(sshd.wrong_identity)))
+    inv.write_text(
+        sshd.device_table("down", port=closed) + sshd.device_table("badkey", identity=str(sshd.wrong_identity))
+    )
     runner = CliRunner()
     r = runner.invoke(app, ["deploy", str(folder), "--device", "down", "--inventory", str(inv)])
     assert r.exit_code == 1
     assert r.stdout == ""
-    assert r.stderr == (f"edgekit: error: device 'down' ({sshd.user}@127.0.0.1:{closed}): unreachable: connection "
-                        f"refused; check that the device is on and sshd listens on that port\n")
+    assert r.stderr == (
+        f"edgekit: error: device 'down' ({sshd.user}@127.0.0.1:{closed}): unreachable: connection "
+        f"refused; check that the device is on and sshd listens on that port\n"
+    )
     r = runner.invoke(app, ["deploy", str(folder), "--device", "badkey", "--inventory", str(inv)])
     assert r.exit_code == 1
-    assert r.stderr == (f"edgekit: error: device 'badkey' ({sshd.user}@127.0.0.1:{sshd.port}): authentication "
-                        f"refused; check `user` and `identity` in the inventory and that the key is in the "
-                        f"device's authorized_keys\n")
+    assert r.stderr == (
+        f"edgekit: error: device 'badkey' ({sshd.user}@127.0.0.1:{sshd.port}): authentication "
+        f"refused; check `user` and `identity` in the inventory and that the key is in the "
+        f"device's authorized_keys\n"
+    )
 
 
 def test_unknown_host_key_is_refused_not_accepted(sshd, tmp_path):  # noqa: F811
@@ -220,7 +228,7 @@ def test_unknown_host_key_is_refused_not_accepted(sshd, tmp_path):  # noqa: F811
     r = CliRunner().invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
     assert r.exit_code == 1
     assert r.stderr.startswith(f"edgekit: error: device 'pi' ({sshd.user}@127.0.0.1:{sshd.port}): host key not trusted")
-    assert empty.read_text() == ""   # nothing was added behind the user's back
+    assert empty.read_text() == ""  # nothing was added behind the user's back
 
 
 @pytest.mark.parametrize("method", ["rsync", "scp"])
@@ -234,7 +242,7 @@ def test_hostile_names_and_paths_run_nothing(sshd, tmp_path, method):  # noqa: F
     r = CliRunner().invoke(app, ["deploy", str(folder), "--device", evil, "--inventory", str(inv), "--method", method])
     assert not marker.exists()
     assert r.exit_code == 0, r.output
-    assert same_tree(folder, work / "dist" / "tiny" / "pi5")   # the literal path, spaces and all
+    assert same_tree(folder, work / "dist" / "tiny" / "pi5")  # the literal path, spaces and all
 
 
 def test_hostile_host_cannot_become_an_ssh_option(tmp_path):
@@ -243,8 +251,10 @@ def test_hostile_host_cannot_become_an_ssh_option(tmp_path):
     inv.write_text(f'[devices.a]\ntarget = "pi5"\nhost = "-oProxyCommand=touch {marker}"\n')
     r = CliRunner().invoke(app, ["lab", "list", "--inventory", str(inv)])
     assert r.exit_code == 1
-    assert r.stderr == (f"edgekit: error: {inv} [devices.'a']: host '-oProxyCommand=touch {marker}' is not a host "
-                        f"name, address or ssh alias\n")
+    assert r.stderr == (
+        f"edgekit: error: {inv} [devices.'a']: host '-oProxyCommand=touch {marker}' is not a host "
+        f"name, address or ssh alias\n"
+    )
     assert not marker.exists()
 
 
@@ -258,7 +268,7 @@ def test_corrupt_local_build_and_wrong_target_never_ship(lab, tmp_path):
     other = make_build(tmp_path / "o", target="m4")
     with pytest.raises(LabError, match="device 'pi' runs target 'pi5' but .* was built for 'm4'"):
         deploy(other, device)
-    assert not work.exists()   # neither reached the device
+    assert not work.exists()  # neither reached the device
 
 
 def test_a_lean_builds_id_map_travels_with_it_and_is_checked(lab, tmp_path):
@@ -270,8 +280,11 @@ def test_a_lean_builds_id_map_travels_with_it_and_is_checked(lab, tmp_path):
     id_map = folder / "tiny-v512.vocab-ids.npy"
     id_map.write_bytes(bytes(range(256)) * 8)
     m = read_manifest(folder)
-    m.artifacts[0].extra["vocab"] = {"size": 512, "id_map": id_map.name,
-                                     "id_map_sha256": hashlib.sha256(id_map.read_bytes()).hexdigest()}
+    m.artifacts[0].extra["vocab"] = {
+        "size": 512,
+        "id_map": id_map.name,
+        "id_map_sha256": hashlib.sha256(id_map.read_bytes()).hexdigest(),
+    }
     write_manifest(folder, m)
     rep = deploy(folder, load_inventory(inv).get("pi"))
     remote = work / "dist" / "tiny" / "pi5"
@@ -285,5 +298,7 @@ def test_a_lean_builds_id_map_travels_with_it_and_is_checked(lab, tmp_path):
     id_map.write_bytes(b"changed")
     r = CliRunner().invoke(app, ["deploy", str(folder), "--device", "pi", "--inventory", str(inv)])
     assert r.exit_code != 0
-    assert r.stderr == (f"edgekit: error: {id_map}: {m.artifacts[0].file}'s lean-vocabulary id map does not "
-                        "match the sha256 manifest.json records; rebuild with `edgekit build`\n")
+    assert r.stderr == (
+        f"edgekit: error: {id_map}: {m.artifacts[0].file}'s lean-vocabulary id map does not "
+        "match the sha256 manifest.json records; rebuild with `edgekit build`\n"
+    )

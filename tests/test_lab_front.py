@@ -9,18 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
-
-from edgekit.lab.front import Backend, Front, haproxy_config, write_config
 from serve_fixture import REPO, free_port, start_server
 
+from edgekit.lab.front import Backend, Front, haproxy_config, write_config
 
 
 def _have_haproxy() -> bool:
@@ -33,10 +30,13 @@ def haproxy():
         # the same script `make test` runs; it installs Debian's haproxy when run as root
         subprocess.run(["sh", str(REPO / "scripts" / "ensure-haproxy.sh")], check=False)
     if not _have_haproxy():
-        pytest.fail("haproxy is not installed and could not be installed; run scripts/ensure-haproxy.sh as root",
-                    pytrace=False)
+        pytest.fail(
+            "haproxy is not installed and could not be installed; run scripts/ensure-haproxy.sh as root", pytrace=False
+        )
+
+
 ARGS = ("--parallel", "2", "--ctx", "256", "--threads", "1")
-MODEL = "tiny-gemma4-Q8_0"   # what every device serves (the front routes by load, not by model)
+MODEL = "tiny-gemma4-Q8_0"  # what every device serves (the front routes by load, not by model)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,14 @@ def _post(url: str, body: dict, key: str | None = None, timeout: float = 60):
 
 def _chat(url: str, n: int = 4, stream: bool = False, key: str | None = "front-key"):
     """(device that served it, text) for one greedy chat of exactly n tokens; streamed: and its chunks."""
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": n, "temperature": 0,
-            "ignore_eos": True, "stream": stream}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": n,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": stream,
+    }
     with _post(url, body, key) as r:
         device = r.headers["X-Edgekit-Device"]
         raw = r.read().decode()
@@ -81,14 +87,16 @@ def test_config_from_an_inventory_with_per_device_keys(tmp_path):
     from edgekit.lab.inventory import load_inventory
 
     inv = tmp_path / "fleet.ini"
-    inv.write_text("[pis]\npi-a ansible_host=10.0.0.1 edgekit_api_key=key-a\npi-b ansible_host=10.0.0.2 edgekit_serve_port=9000\n"
-                   "[pis:vars]\nedgekit_target=pi5\n")
+    inv.write_text(
+        "[pis]\npi-a ansible_host=10.0.0.1 edgekit_api_key=key-a\npi-b ansible_host=10.0.0.2 edgekit_serve_port=9000\n"
+        "[pis:vars]\nedgekit_target=pi5\n"
+    )
     cfg = haproxy_config(backends(list(load_inventory(inv).devices.values()), 8080), port=free_port(), tag="t")
     assert "    server pi-a abns@edgekit-t-pi-a check inter 1s fall 2 rise 2 init-addr last,libc,none" in cfg
     assert "    server pi-b 10.0.0.2:9000 check inter 1s fall 2 rise 2 init-addr last,libc,none" in cfg
     assert cfg.count("set-header Authorization") == 1 and 'set-header Authorization "Bearer key-a"' in cfg
     assert "    server pi-a 10.0.0.1:8080 check" in cfg.split("listen device-pi-a")[1]
-    path = write_config(cfg, tmp_path / "haproxy.cfg")   # haproxy -c accepts it
+    path = write_config(cfg, tmp_path / "haproxy.cfg")  # haproxy -c accepts it
     assert path.stat().st_mode & 0o777 == 0o600
 
 
@@ -112,8 +120,14 @@ def test_front_spreads_skips_a_dead_backend_rejoins_and_streams(fleet):
         # Streaming passes through: many SSE chunks, the same greedy text as the non-streamed reply.
         # Streaming passes through: the first token reaches the client while the device is still generating
         # the rest (a buffering front would hold it until the end), and the whole text is the device's own.
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 160,
-                "temperature": 0, "ignore_eos": True, "stream": True}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 160,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
         with _post(url, body, "front-key") as r:
             device, parts, busy_at_first = r.headers["X-Edgekit-Device"], [], None
             for raw in r:
@@ -129,7 +143,7 @@ def test_front_spreads_skips_a_dead_backend_rejoins_and_streams(fleet):
         assert "".join(parts) == _chat(servers[device].url, n=160, key=None)[1]
 
         # Kill pi-b while three clients keep asking (a bounded loop): only requests it had in flight fail.
-        results: list[tuple[float, float, str | None, str]] = []   # (start, end, device, error)
+        results: list[tuple[float, float, str | None, str]] = []  # (start, end, device, error)
         stop_at = time.monotonic() + 60
         killed: list[float] = []
 
@@ -141,7 +155,7 @@ def test_front_spreads_skips_a_dead_backend_rejoins_and_streams(fleet):
                 try:
                     d, _ = _chat(url, n=8)
                     results.append((t0, time.monotonic(), d, ""))
-                except Exception as ex:   # noqa: BLE001  (any failure is what is counted)
+                except Exception as ex:
                     results.append((t0, time.monotonic(), None, repr(ex)))
 
         threads = [threading.Thread(target=client) for _ in range(3)]
@@ -222,8 +236,10 @@ def test_each_device_receives_its_own_key_not_the_front_key(tmp_path):
                 try:
                     urllib.request.urlopen(req, timeout=5).close()
                 except urllib.error.HTTPError:
-                    time.sleep(0.2)   # 503 until the first health checks pass
-        assert {p: set(h) for p, h in seen.items()} == {s.server_port: {f"Bearer key-{i}"} for i, s in enumerate(servers)}
+                    time.sleep(0.2)  # 503 until the first health checks pass
+        assert {p: set(h) for p, h in seen.items()} == {
+            s.server_port: {f"Bearer key-{i}"} for i, s in enumerate(servers)
+        }
     finally:
         for s in servers:
             s.shutdown()

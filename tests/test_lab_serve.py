@@ -14,15 +14,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from serve_fixture import free_port
+from sshd_fixture import sshd  # noqa: F401  (the fixture)
 from typer.testing import CliRunner
 
+from edgekit.builder.manifest import read_manifest
 from edgekit.cli import app
 from edgekit.lab.inventory import load_inventory
 from edgekit.lab.serve import launchd_plist, stop_served, systemd_unit
-from edgekit.builder.manifest import read_manifest
 from edgekit.results import Store, parse_markdown
-from serve_fixture import free_port
-from sshd_fixture import sshd  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 # The "device" runs this checkout's edgekit from the same venv.
@@ -41,8 +41,22 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     inv = tmp_path / "lab.toml"
     inv.write_text(sshd.device_table("pi", workdir=str(work), edgekit=EDGEKIT))
     port = free_port()
-    r = CliRunner().invoke(app, ["deploy", str(dist), "--device", "pi", "--inventory", str(inv), "--serve",
-                                 "--serve-host", "127.0.0.1", "--port", str(port)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            str(dist),
+            "--device",
+            "pi",
+            "--inventory",
+            str(inv),
+            "--serve",
+            "--serve-host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+    )
     assert r.exit_code == 0, r.output
     pid_file = work / "serve" / "serve.pid"
     url = f"http://127.0.0.1:{port}/v1"
@@ -57,8 +71,9 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
             assert json.loads(h.read())["status"] == "ok"
         assert "serving tiny-gemma4-Q8_0" in (work / "serve" / "serve.log").read_text()
         # The endpoint benched as a client sees it, into the store beside a direct bench of the same build.
-        r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port), "--", "-p", "24",
-                                     "-n", "6", "-r", "2"])
+        r = CliRunner().invoke(
+            app, [*lab, "--served", "--no-deploy", "--port", str(port), "--", "-p", "24", "-n", "6", "-r", "2"]
+        )
         assert r.exit_code == 0, r.output
         (line, summary) = r.stdout.splitlines()
         assert line.startswith("pi: 1 served record: TTFT ") and line.endswith(f" t/s at {url}")
@@ -74,16 +89,25 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     art = read_manifest(dist).artifacts[0]
     assert (served.via, direct.via) == ("served", "bench")
     for rec in (served, direct):
-        assert (rec.device, rec.artifact, rec.sha256, rec.file_bytes, rec.quant, rec.engine, rec.target) == \
-            ("pi", art.file, art.sha256, art.bytes, "Q8_0", "llama.cpp", "pi5")
+        assert (rec.device, rec.artifact, rec.sha256, rec.file_bytes, rec.quant, rec.engine, rec.target) == (
+            "pi",
+            art.file,
+            art.sha256,
+            art.bytes,
+            "Q8_0",
+            "llama.cpp",
+            "pi5",
+        )
         assert (rec.n_prompt, rec.n_gen, rec.reps, rec.ctx) == (24, 6, 2, 2048)
-        assert rec.threads == direct.threads and rec.runtime == direct.runtime   # the same knobs applied
+        assert rec.threads == direct.threads and rec.runtime == direct.runtime  # the same knobs applied
     # Each repetition's TTFT is positive and within its request's whole time; the means are the samples'.
     s = served.samples
     assert len(s["ttft_ms"]) == len(s["total_ms"]) == len(s["tg_tps"]) == 2
     assert all(0 < t <= total for t, total in zip(s["ttft_ms"], s["total_ms"]))
     assert all(v > 0 for v in s["tg_tps"])
-    assert served.ttft_ms == pytest.approx(sum(s["ttft_ms"]) / 2) and served.tg_tps == pytest.approx(sum(s["tg_tps"]) / 2)
+    assert served.ttft_ms == pytest.approx(sum(s["ttft_ms"]) / 2) and served.tg_tps == pytest.approx(
+        sum(s["tg_tps"]) / 2
+    )
     assert served.pp_tps == pytest.approx(sum(24 / (t / 1e3) for t in s["ttft_ms"]) / 2)
     # A decode of 6 tokens cannot be faster than their whole request: (6 - 1) tokens within total - TTFT.
     assert all(tps >= 5 / ((total - t) / 1e3) for tps, t, total in zip(s["tg_tps"], s["ttft_ms"], s["total_ms"]))
@@ -97,8 +121,10 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     r = CliRunner().invoke(app, ["report", "--db", str(db), "--out", str(out)])
     assert r.exit_code == 0, r.output
     rows = parse_markdown((out / "report.md").read_text())
-    assert sorted((row["via"], row["device"], row["artifact"]) for row in rows) == \
-        [("bench", "pi", art.file), ("served", "pi", art.file)]
+    assert sorted((row["via"], row["device"], row["artifact"]) for row in rows) == [
+        ("bench", "pi", art.file),
+        ("served", "pi", art.file),
+    ]
     row = next(row for row in rows if row["via"] == "served")
     assert row["TTFT ms"][0] == pytest.approx(served.ttft_ms, abs=0.006)
     assert row["test"] == "pp24 + tg6" and row["tg t/s"][0] == pytest.approx(served.tg_tps, abs=0.006)
@@ -106,23 +132,29 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     # The server is down now: one line saying what to do, exit 1, nothing stored.
     r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port)])
     assert r.exit_code == 1
-    assert r.stderr == (f"edgekit: error: device 'pi': no server answers at http://127.0.0.1:{port} (connection refused); "
-                        f"start it with `edgekit deploy DIST --device pi --serve --port {port}`, or run without "
-                        f"--no-deploy\n")
+    assert r.stderr == (
+        f"edgekit: error: device 'pi': no server answers at http://127.0.0.1:{port} (connection refused); "
+        f"start it with `edgekit deploy DIST --device pi --serve --port {port}`, or run without "
+        f"--no-deploy\n"
+    )
     assert r.stdout == f"0 record(s) from 0/1 device(s) in {db}\n"
     assert len(Store(db).records()) == 2
     # Options `edgekit bench` takes but a served run cannot apply are refused, not ignored.
     r = CliRunner().invoke(app, [*lab, "--served", "--no-deploy", "--port", str(port), "--", "-d", "64"])
-    assert r.exit_code != 0 and r.stderr == ("edgekit: error: lab run --served takes -p, -n and -r (prompt tokens, "
-                                             "generated tokens, repetitions), not '-d'\n")
+    assert r.exit_code != 0 and r.stderr == (
+        "edgekit: error: lab run --served takes -p, -n and -r (prompt tokens, "
+        "generated tokens, repetitions), not '-d'\n"
+    )
 
 
 def test_service_files():
     argv = ["./edgekit/venv/bin/edgekit", "serve", "./edgekit/dist/tiny gemma/pi5", "--port", "8080", "100%$x"]
     unit = systemd_unit(argv)
     assert "WorkingDirectory=%h" in unit and "KillSignal=SIGTERM" in unit and "WantedBy=default.target" in unit
-    assert ('ExecStart=/bin/sh -c "exec \\"$$@\\"" sh "./edgekit/venv/bin/edgekit" "serve" '
-            '"./edgekit/dist/tiny gemma/pi5" "--port" "8080" "100%%$$x"') in unit
+    assert (
+        'ExecStart=/bin/sh -c "exec \\"$$@\\"" sh "./edgekit/venv/bin/edgekit" "serve" '
+        '"./edgekit/dist/tiny gemma/pi5" "--port" "8080" "100%%$$x"'
+    ) in unit
     plist = plistlib.loads(launchd_plist(argv, "./edgekit/serve/serve.log"))
     assert plist["ProgramArguments"][4:] == argv and plist["RunAtLoad"] is True
 
@@ -146,12 +178,28 @@ def _serve_pids(work):
 def test_deploy_serve_refuses_an_open_bind_without_a_key(sshd, dist, tmp_path):  # noqa: F811
     inv = tmp_path / "lab.toml"
     inv.write_text(sshd.device_table("pi", workdir=str(tmp_path / "device"), edgekit=EDGEKIT))
-    r = CliRunner().invoke(app, ["deploy", str(dist), "--device", "pi", "--inventory", str(inv), "--serve",
-                                 "--serve-host", "0.0.0.0", "--port", str(free_port())])
-    assert r.exit_code == 1 and r.stderr == ("edgekit: error: --serve-host 0.0.0.0 lets anyone on that network use "
-                                             "the model: give --api-key-file FILE, or --insecure to serve it without "
-                                             "a key\n")
-    assert not (tmp_path / "device").exists()          # refused before anything was copied
+    r = CliRunner().invoke(
+        app,
+        [
+            "deploy",
+            str(dist),
+            "--device",
+            "pi",
+            "--inventory",
+            str(inv),
+            "--serve",
+            "--serve-host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+    )
+    assert r.exit_code == 1 and r.stderr == (
+        "edgekit: error: --serve-host 0.0.0.0 lets anyone on that network use "
+        "the model: give --api-key-file FILE, or --insecure to serve it without "
+        "a key\n"
+    )
+    assert not (tmp_path / "device").exists()  # refused before anything was copied
 
 
 def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(sshd, dist, tmp_path):  # noqa: F811
@@ -166,11 +214,25 @@ def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(ssh
     device = load_inventory(inv).get("pi")
     (tmp_path / "key").write_text("k3y-for-the-pi\n")
     port = free_port()
-    cmd = ["deploy", str(dist), "--device", "pi", "--inventory", str(inv), "--serve", "--port", str(port),
-           "--api-key-file", str(tmp_path / "key")]
+    cmd = [
+        "deploy",
+        str(dist),
+        "--device",
+        "pi",
+        "--inventory",
+        str(inv),
+        "--serve",
+        "--port",
+        str(port),
+        "--api-key-file",
+        str(tmp_path / "key"),
+    ]
     r = CliRunner().invoke(app, cmd)
     assert r.exit_code == 0, r.output
-    assert r.output.splitlines()[-1] == f"pi: serving at http://127.0.0.1:{port}/v1 (nohup: {work / 'serve' / 'serve.pid'})"
+    assert (
+        r.output.splitlines()[-1]
+        == f"pi: serving at http://127.0.0.1:{port}/v1 (nohup: {work / 'serve' / 'serve.pid'})"
+    )
     first = _serve_pids(work)
     try:
         argv = psutil.Process(first).cmdline()
@@ -179,7 +241,9 @@ def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(ssh
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10)
         assert e.value.code == 401
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y-for-the-pi"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": "Bearer k3y-for-the-pi"}
+        )
         with urllib.request.urlopen(req, timeout=10) as m:
             assert m.status == 200
 
@@ -187,7 +251,7 @@ def test_deploy_serve_binds_loopback_keeps_the_old_server_and_checks_the_sha(ssh
         misses, stop = [], threading.Event()
 
         def poll():
-            for _ in range(2000):                  # bounded: 2,000 polls or the redeploy's end
+            for _ in range(2000):  # bounded: 2,000 polls or the redeploy's end
                 if stop.is_set():
                     return
                 if not _health(port):

@@ -17,15 +17,19 @@ mx = pytest.importorskip("mlx.core", reason="MLX tests need edgekit[mlx]")
 from reference import hf_logits, hf_model, mean_kl  # noqa: E402
 
 N_TOKENS = 80
-SEED = int(os.environ.get("EDGEKIT_TEST_SEED", "2"))   # bounds below were measured on seeds 0-3
+SEED = int(os.environ.get("EDGEKIT_TEST_SEED", "2"))  # bounds below were measured on seeds 0-3
 
 
 @pytest.fixture(scope="module")
 def built(tiny_ckpt, tmp_path_factory):
     from edgekit.builder.pipeline import build
 
-    return build(str(tiny_ckpt), target="m2", quants=["mlx-bf16", "mlx-4bit", "mlx-8bit", "f16"],
-                 out=tmp_path_factory.mktemp("dist"))
+    return build(
+        str(tiny_ckpt),
+        target="m2",
+        quants=["mlx-bf16", "mlx-4bit", "mlx-8bit", "f16"],
+        out=tmp_path_factory.mktemp("dist"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +158,7 @@ def test_ple_table_never_enters_mlx_memory(built, tokens):
         model, _ = load_mlx_model(name, ple=ple, tokenizer=False)
         grown[ple] = mx.get_active_memory() - before
         params = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-        assert params <= grown[ple] <= params + 4096   # + mlx-lm's rope frequency buffers
+        assert params <= grown[ple] <= params + 4096  # + mlx-lm's rope frequency buffers
         if ple == "disk":
             table = ple_table(model).nbytes
             logits = model(mx.array([tokens[:40]]))
@@ -168,8 +172,8 @@ def test_ple_table_never_enters_mlx_memory(built, tokens):
 
 def test_ple_file_is_what_mlx_quantizes(built, tiny_ckpt):
     """The streamed, slab-quantized table equals mlx's quantizer run on the whole table, byte for byte."""
-    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.backends.mlx.ple import open_ple
+    from edgekit.model.checkpoint import load_checkpoint
 
     ref = load_checkpoint(tiny_ckpt).tensors["embed_tokens_per_layer.weight"]
     whole = mx.array(ref.load()).astype(mx.bfloat16)
@@ -198,15 +202,19 @@ def test_ple_precision_choice(tiny_ckpt):
     err = {}
     for bits in (4, 8):
         y = mx.dequantize(*mx.quantize(x, 64, bits), group_size=64, bits=bits)
-        err[bits] = float(mx.sqrt(mx.mean(mx.square(y.astype(mx.float32) - x.astype(mx.float32)))
-                                  / mx.mean(mx.square(x.astype(mx.float32)))))
+        err[bits] = float(
+            mx.sqrt(
+                mx.mean(mx.square(y.astype(mx.float32) - x.astype(mx.float32)))
+                / mx.mean(mx.square(x.astype(mx.float32)))
+            )
+        )
     print(f"PLE relative rms error: 4-bit {err[4]:.4f}, 8-bit {err[8]:.5f} ({err[4] / err[8]:.1f}x)")
     assert err[4] / err[8] >= 10
 
 
 def test_manifest_and_text_only_folder(built, tiny_ckpt):
-    from edgekit.builder.manifest import artifact_digest, read_manifest, verify
     from edgekit.backends.mlx.ple import PLE_MODULE
+    from edgekit.builder.manifest import artifact_digest, read_manifest, verify
 
     m = read_manifest(built)
     art = m.artifact("tiny-gemma4-mlx-4bit-g64")
@@ -232,8 +240,16 @@ def test_greedy_agrees_with_gguf_f16(built):
     from edgekit.backends.mlx.ple import load_mlx_model
 
     model, _ = load_mlx_model(built / "tiny-gemma4-mlx-bf16")
-    llm = llama_cpp.Llama(str(built / "tiny-gemma4-F16.gguf"), n_ctx=256, n_batch=256, n_threads=1,
-                          logits_all=True, type_k=0, type_v=0, verbose=False)
+    llm = llama_cpp.Llama(
+        str(built / "tiny-gemma4-F16.gguf"),
+        n_ctx=256,
+        n_batch=256,
+        n_threads=1,
+        logits_all=True,
+        type_k=0,
+        type_v=0,
+        verbose=False,
+    )
     try:
         for seed in range(3):
             prompt = [2] + np.random.default_rng(100 + seed).integers(5, 1000, 27).tolist()
@@ -253,20 +269,22 @@ def test_kv_fill_grows_caches_as_a_prefill_does(built, tokens):
     """The runner's kv_fill knob (a benchmark's long context without its prefill) leaves every cache
     exactly as a real prefill of as many tokens does: same offsets, shapes, dtypes, bytes, through the
     same chunked updates (so the sliding layers' rotating caches rotate alike); only values differ."""
-    from edgekit.backends.runner import RunOptions
     from edgekit.backends.mlx.runner import MlxRunner
+    from edgekit.backends.runner import RunOptions
 
     def caches(runner):
-        return [(type(c).__name__, c.offset, c.keys.shape, c.keys.dtype, c.values.shape, c.nbytes) for c in runner.cache]
+        return [
+            (type(c).__name__, c.offset, c.keys.shape, c.keys.dtype, c.values.shape, c.nbytes) for c in runner.cache
+        ]
 
-    path, n = built / "tiny-gemma4-mlx-4bit-g64", 70   # past the sliding window (32) and 4 chunks of 16
+    path, n = built / "tiny-gemma4-mlx-4bit-g64", 70  # past the sliding window (32) and 4 chunks of 16
     real, filled = MlxRunner(), MlxRunner()
     real.load(path, RunOptions(threads=1, ctx=128, knobs={"n_batch": 16}))
     filled.load(path, RunOptions(threads=1, ctx=128, knobs={"n_batch": 16, "kv_fill": n - 1}))
     real.reset()
-    real.prefill(tokens[:n])            # n-1 tokens in chunks of 16, then the last one alone
+    real.prefill(tokens[:n])  # n-1 tokens in chunks of 16, then the last one alone
     filled.reset()
-    filled.prefill(tokens[n - 1:n])     # the same updates: n-1 filled in chunks of 16, then one real token
+    filled.prefill(tokens[n - 1 : n])  # the same updates: n-1 filled in chunks of 16, then one real token
     got, want = caches(filled), caches(real)
     assert [c[0] for c in want].count("RotatingKVCache") > 0 and [c[0] for c in want].count("KVCache") > 0
     assert got == want

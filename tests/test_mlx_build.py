@@ -39,19 +39,20 @@ def test_config_as_transformers_saves_it_loads_in_stock_mlx_lm(tiny_ckpt, tmp_pa
     mx = pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
     import mlx_lm
     from mlx.utils import tree_map
-
-    from edgekit.model.checkpoint import load_checkpoint
-    from edgekit.backends.mlx.convert import convert
-    from edgekit.profiles.recipes import RECIPES
     from reference import hf_logits, hf_model
+
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.profiles.recipes import RECIPES
 
     ckpt = linked_copy(tiny_ckpt, tmp_path / "hf-saved")
     cfg = json.loads((ckpt / "config.json").read_text())
     text = cfg["text_config"]
     cfg.pop("vocab_size")
     gdim = text.pop("global_head_dim")
-    text["per_layer_config"] = {str(i): {"head_dim": gdim} for i, t in enumerate(text["layer_types"])
-                                if t == "full_attention"}
+    text["per_layer_config"] = {
+        str(i): {"head_dim": gdim} for i, t in enumerate(text["layer_types"]) if t == "full_attention"
+    }
     text.pop("final_logit_softcapping")
     (ckpt / "config.json").write_text(json.dumps(cfg))
 
@@ -74,12 +75,14 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
     mx = pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
     import mlx_lm
 
-    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.backends.mlx.convert import convert
+    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.profiles.recipes import RECIPES
 
-    recipe = dataclasses.replace(RECIPES.get("mlx-4bit"),
-                                 overrides={"embed_tokens$": "bf16", "embed_tokens_per_layer$": "bf16", "down_proj": "8"})
+    recipe = dataclasses.replace(
+        RECIPES.get("mlx-4bit"),
+        overrides={"embed_tokens$": "bf16", "embed_tokens_per_layer$": "bf16", "down_proj": "8"},
+    )
     out = convert(load_checkpoint(tiny_ckpt), recipe, tmp_path / "mixed")
     names = set(mx.load(str(out / "model.safetensors")))
     q = json.loads((out / "config.json").read_text())["quantization"]
@@ -87,7 +90,7 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
     assert "language_model.model.embed_tokens.scales" not in names
     assert q["language_model.model.embed_tokens"] is False
     assert q["language_model.model.layers.0.mlp.down_proj"]["bits"] == 8
-    assert "language_model.model.layers.0.mlp.up_proj" not in q and q["bits"] == 4   # the recipe default
+    assert "language_model.model.layers.0.mlp.up_proj" not in q and q["bits"] == 4  # the recipe default
     model, _ = mlx_lm.load(str(out))
     assert model.language_model.model.layers[0].mlp.down_proj.bits == 8
     assert model.language_model.model.layers[0].mlp.up_proj.bits == 4
@@ -96,9 +99,9 @@ def test_override_keeps_a_tensor_unquantized(tiny_ckpt, tmp_path):
 
 def test_bad_override_is_one_line(tiny_ckpt, tmp_path):
     pytest.importorskip("mlx.core", reason="needs edgekit[mlx]")
-    from edgekit.model.checkpoint import load_checkpoint
-    from edgekit.core.errors import ConfigError
     from edgekit.backends.mlx.convert import convert
+    from edgekit.core.errors import ConfigError
+    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.profiles.recipes import RECIPES
 
     recipe = dataclasses.replace(RECIPES.get("mlx-4bit"), overrides={"embed_tokens$": "q4_k"})
@@ -112,7 +115,9 @@ def test_not_gemma4_for_mlx(tiny_ckpt, tmp_path):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["model_type"] = "llama"
     (ckpt / "config.json").write_text(json.dumps(cfg))
-    res = runner.invoke(app, ["build", "-m", str(ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path / "out")])
+    res = runner.invoke(
+        app, ["build", "-m", str(ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path / "out")]
+    )
     assert res.exit_code == 1
     assert res.stderr.count("\n") == 1 and "not a Gemma 4 checkpoint" in res.stderr
     assert leftovers(tmp_path / "out") == []
@@ -125,8 +130,10 @@ def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch)
     def full_disk(*a, **kw):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fmt, "_write_ple", full_disk)   # after the main weights are written
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)])
+    monkeypatch.setattr(fmt, "_write_ple", full_disk)  # after the main weights are written
+    res = runner.invoke(
+        app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 1
     assert res.stderr.endswith("no space left on the device; free space or pass --out on a larger disk\n")
     assert res.stderr.count("\n") == 1
@@ -134,12 +141,14 @@ def test_failure_mid_conversion_leaves_nothing(tiny_ckpt, tmp_path, monkeypatch)
 
 
 def test_missing_mlx_is_one_line(tiny_ckpt, tmp_path, monkeypatch):
-    from edgekit.core.errors import EngineMissingError
     from edgekit.backends.mlx.ple import load_mlx_model
+    from edgekit.core.errors import EngineMissingError
 
     for mod in ("mlx", "mlx.core", "mlx.nn", "mlx_lm"):
-        monkeypatch.setitem(sys.modules, mod, None)   # `import mlx.core` now raises ImportError
-    res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)])
+        monkeypatch.setitem(sys.modules, mod, None)  # `import mlx.core` now raises ImportError
+    res = runner.invoke(
+        app, ["build", "-m", str(tiny_ckpt), "--target", "m2", "-q", "mlx-4bit", "--out", str(tmp_path)]
+    )
     assert res.exit_code == 1
     assert res.stderr.startswith("edgekit: error: MLX is not importable here")
     assert res.stderr.endswith("install edgekit[mlx] (mlx[cpu] on Linux, mlx on macOS)\n")
@@ -160,6 +169,6 @@ def test_apple_targets():
     for t in apple:
         assert t.engine == "mlx" and "llama.cpp" in t.alternatives
         formats = [RECIPES.get(q).format for q in t.quants]
-        assert formats[0] == "mlx" and "gguf" in formats      # the default, and the llama.cpp alternative
+        assert formats[0] == "mlx" and "gguf" in formats  # the default, and the llama.cpp alternative
         assert t.memory_budget_gb == TARGETS.get("pi5").memory_budget_gb
         assert t.runtime["ple"] == "disk"

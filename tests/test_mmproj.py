@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgekit.model.checkpoint import load_checkpoint
-from edgekit.cli import app
 from edgekit.backends.gguf.mmproj import write_mmproj
+from edgekit.cli import app
 from edgekit.dev.synth import synth
+from edgekit.model.checkpoint import load_checkpoint
 
 GQT = gguf.GGMLQuantizationType
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +36,12 @@ def _reference(ckpt: Path, outtype: str, out: Path) -> Path:
     from benchmarks import llamacpp_tools
 
     convert_py, env = llamacpp_tools.converter()
-    subprocess.run([sys.executable, str(convert_py), str(ckpt), "--mmproj", "--outtype", outtype, "--outfile", str(out)],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(convert_py), str(ckpt), "--mmproj", "--outtype", outtype, "--outfile", str(out)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -53,8 +57,11 @@ def test_matches_llamacpp_converter_but_for_use_gelu(mm_ckpt, tmp_path, ttype):
       softplus is 1 ulp off on some values; nothing else may differ by a single bit;
     - general.name / size_label: provenance (llama.cpp title-cases the folder name)."""
     ref = gguf.GGUFReader(_reference(mm_ckpt, ttype.lower(), tmp_path / "ref.gguf"))
-    ours = gguf.GGUFReader(write_mmproj(load_checkpoint(mm_ckpt), tmp_path / "ours.gguf", ("vision", "audio"),
-                                        {"vision": ttype, "audio": ttype}))
+    ours = gguf.GGUFReader(
+        write_mmproj(
+            load_checkpoint(mm_ckpt), tmp_path / "ours.gguf", ("vision", "audio"), {"vision": ttype, "audio": ttype}
+        )
+    )
     fo, fr = _fields(ours), _fields(ref)
     assert fo.pop("clip.use_gelu") is True and "clip.use_gelu" not in fr
     for k in ("general.name", "general.size_label"):
@@ -70,29 +77,53 @@ def test_matches_llamacpp_converter_but_for_use_gelu(mm_ckpt, tmp_path, ttype):
             softplus_ulps += int((d > 0).sum())
         else:
             assert bytes(a.data) == bytes(b.data), a.name
-    assert softplus_ulps > 0   # the one known difference is there (else this test no longer says where)
+    assert softplus_ulps > 0  # the one known difference is there (else this test no longer says where)
 
 
 def test_tower_types_follow_the_recipe(mm_ckpt, tmp_path):
     ckpt = load_checkpoint(mm_ckpt)
-    r = gguf.GGUFReader(write_mmproj(ckpt, tmp_path / "m.gguf", ("vision", "audio"), {"vision": "Q8_0", "audio": "BF16"}))
+    r = gguf.GGUFReader(
+        write_mmproj(ckpt, tmp_path / "m.gguf", ("vision", "audio"), {"vision": "Q8_0", "audio": "BF16"})
+    )
     types = {t.name: t.tensor_type for t in r.tensors}
     assert types["v.blk.0.attn_q.weight"] == GQT.Q8_0 and types["mm.input_projection.weight"] == GQT.Q8_0
     assert types["a.blk.0.attn_q.weight"] == GQT.BF16 and types["mm.a.input_projection.weight"] == GQT.BF16
     # What llama.cpp needs in F32 stays F32 whatever the recipe says.
-    for name in ("v.position_embd.weight", "v.patch_embd.weight", "a.conv1d.0.weight", "a.blk.0.conv_dw.weight",
-                 "v.blk.0.attn_q.input_min", "a.blk.0.per_dim_scale.weight", "v.blk.0.ln1.weight", "a.pre_encode.out.bias"):
+    for name in (
+        "v.position_embd.weight",
+        "v.patch_embd.weight",
+        "a.conv1d.0.weight",
+        "a.blk.0.conv_dw.weight",
+        "v.blk.0.attn_q.input_min",
+        "a.blk.0.per_dim_scale.weight",
+        "v.blk.0.ln1.weight",
+        "a.pre_encode.out.bias",
+    ):
         assert types[name] == GQT.F32, name
     f = _fields(r)
     assert f["clip.use_gelu"] is True and f["clip.vision.projection_dim"] == 256 and f["clip.audio.num_mel_bins"] == 128
     only = gguf.GGUFReader(write_mmproj(ckpt, tmp_path / "v.gguf", ("vision",), {"vision": "F16"}))
     assert {t.name[:2] for t in only.tensors} == {"v.", "mm"} and "clip.has_audio_encoder" not in _fields(only)
-    assert {t.tensor_type for t in only.tensors if t.name == "v.patch_embd.weight"} == {GQT.F16}   # F16 stays F16
+    assert {t.tensor_type for t in only.tensors if t.name == "v.patch_embd.weight"} == {GQT.F16}  # F16 stays F16
 
 
 def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "q8_0,f16", "--modalities",
-                                 "vision,audio", "--out", str(tmp_path)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "build",
+            "-m",
+            str(mm_ckpt),
+            "--target",
+            "pi5",
+            "-q",
+            "q8_0,f16",
+            "--modalities",
+            "vision,audio",
+            "--out",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 0, r.output
     folder = tmp_path / "tiny-mm" / "pi5"
     m = json.loads((folder / "manifest.json").read_text())
@@ -105,7 +136,7 @@ def test_build_links_the_projector_in_the_manifest(mm_ckpt, tmp_path):
 
     for a in read_manifest(folder).artifacts:
         assert a.extra["projector"]["text_sha256"] == a.sha256
-        assert projector_file(folder, a).name == a.extra["projector"]["file"]   # sha256 checked
+        assert projector_file(folder, a).name == a.extra["projector"]["file"]  # sha256 checked
     assert "mmproj" in r.output
 
     # deploy's sidecars: the projectors go along, and a changed one is refused before anything is sent.
@@ -127,31 +158,38 @@ def test_text_only_stays_the_default(mm_ckpt, tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-mm-F16.gguf"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--modalities", "vision,smell"], "modality 'smell'"),
-    (["--modalities", "vision", "-q", "mlx-bf16"], "mlx artifacts carry no towers"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--modalities", "vision,smell"], "modality 'smell'"),
+        (["--modalities", "vision", "-q", "mlx-bf16"], "mlx artifacts carry no towers"),
+    ],
+)
 def test_bad_requests_are_one_line(mm_ckpt, tmp_path, args, message):
-    r = CliRunner().invoke(app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "f16", "--out", str(tmp_path), *args])
+    r = CliRunner().invoke(
+        app, ["build", "-m", str(mm_ckpt), "--target", "pi5", "-q", "f16", "--out", str(tmp_path), *args]
+    )
     assert r.exit_code != 0 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "tiny-mm").exists()
 
 
 def test_a_checkpoint_without_towers_is_refused(tiny_ckpt, tmp_path):
-    r = CliRunner().invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f16", "--modalities", "audio", "--out", str(tmp_path)])
+    r = CliRunner().invoke(
+        app, ["build", "-m", str(tiny_ckpt), "-q", "f16", "--modalities", "audio", "--out", str(tmp_path)]
+    )
     assert r.exit_code != 0 and "no audio tower" in r.output and "Traceback" not in r.output
 
 
 def test_a_projector_for_another_model_is_refused(mm_ckpt, tiny_ckpt, tmp_path):
     """Widths from the headers; the marker tokens from the loaded text model's vocabulary."""
-    from edgekit.core.errors import ArtifactError
     from edgekit.backends.gguf.convert import convert
     from edgekit.builder.projector import check_pair
+    from edgekit.core.errors import ArtifactError
 
     proj = write_mmproj(load_checkpoint(mm_ckpt), tmp_path / "m.gguf", ("vision",), {"vision": "F16"})
     mm_text = convert(load_checkpoint(mm_ckpt), tmp_path / "mm.gguf", "F16")
     assert check_pair(mm_text, proj, lambda t: True) == ("vision",)
-    plain = convert(load_checkpoint(tiny_ckpt), tmp_path / "plain.gguf", "F16")   # same width, no marker tokens
+    plain = convert(load_checkpoint(tiny_ckpt), tmp_path / "plain.gguf", "F16")  # same width, no marker tokens
     with pytest.raises(ArtifactError, match="has no <\\|image> token"):
         check_pair(plain, proj, lambda t: t not in ("<|image>", "<image|>"))
     w = gguf.GGUFWriter(tmp_path / "wide.gguf", "clip")

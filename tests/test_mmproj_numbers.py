@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgekit.model.checkpoint import load_checkpoint
 from edgekit.backends.gguf.convert import convert
 from edgekit.backends.gguf.mmproj import write_mmproj
-from edgekit.serve.media import Audio, image_size_for_budget, prepare_image
 from edgekit.dev.synth import synth
+from edgekit.model.checkpoint import load_checkpoint
+from edgekit.serve.media import Audio, image_size_for_budget, prepare_image
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_image_size_is_transformers_own():
     for h, w in [(224, 224), (1080, 1920), (1920, 1080), (48, 2000), (2000, 40), *rng.integers(30, 4000, (40, 2))]:
         for budget in (70, 140, 280, 560, 1120):
             assert image_size_for_budget(int(h), int(w), budget) == get_aspect_ratio_preserving_size(
-                int(h), int(w), patch_size=16, max_patches=budget * 9, pooling_kernel_size=3), (h, w, budget)
+                int(h), int(w), patch_size=16, max_patches=budget * 9, pooling_kernel_size=3
+            ), (h, w, budget)
 
 
 @pytest.mark.parametrize("h, w, budget", [(224, 224, 280), (1080, 1920, 280), (300, 400, 70), (60, 900, 140)])
@@ -145,14 +146,16 @@ def test_audio_soft_tokens_and_the_log_mel_floor(llm, mm, hf):
     floored = np.log(np.maximum(np.exp(a["input_features"].double().numpy()) - 1e-3, 1e-3)).astype(np.float32)
     with torch.no_grad():
         plain = model.model.get_audio_features(a["input_features"], a["input_features_mask"]).pooler_output[0].numpy()
-        same_floor = model.model.get_audio_features(torch.from_numpy(floored), a["input_features_mask"]).pooler_output[0].numpy()
+        same_floor = (
+            model.model.get_audio_features(torch.from_numpy(floored), a["input_features_mask"]).pooler_output[0].numpy()
+        )
     with _projector(llm, mm) as p:
         got = p.encode_audio(audio).embeddings
     assert got.shape == plain.shape == (50, 256)
     e_plain, e_floor = _rel(got, plain), _rel(got, same_floor)
     print(f"audio soft tokens: relative L2 {e_plain:.2e} vs transformers, {e_floor:.2e} with llama.cpp's floor")
     assert e_floor < 1e-3
-    assert e_plain > 5 * e_floor   # what remains is the floor, not the tower
+    assert e_plain > 5 * e_floor  # what remains is the floor, not the tower
 
 
 @pytest.mark.slow
@@ -180,7 +183,8 @@ def test_greedy_generation_with_an_image_agrees_with_transformers(mm, tmp_path):
     proj = write_mmproj(c, tmp_path / "p32.gguf", ("vision",), {"vision": "F32"})
     img = prepare_image(_image(300, 400), 70)
     rendered = ChatTemplate.from_artifact(ckpt).render(
-        [{"role": "user", "content": media_marker() + "\nWhat is in this picture?"}])
+        [{"role": "user", "content": media_marker() + "\nWhat is in this picture?"}]
+    )
     model = MediaModel(text, proj, n_ctx=512, threads=2, image_budget=70, f32_cache=True)
     try:
         model.eval_prompt(rendered, MediaPrompt([img], []))
@@ -193,8 +197,11 @@ def test_greedy_generation_with_an_image_agrees_with_transformers(mm, tmp_path):
 
     x = AutoImageProcessor.from_pretrained(ckpt)(images=[img], return_tensors="pt", max_soft_tokens=70)
     n = int(x["num_soft_tokens_per_image"][0])
-    ids = Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode(
-        rendered.replace(media_marker(), "<|image>" + "<|image|>" * n + "<image|>"), add_special_tokens=False).ids
+    ids = (
+        Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+        .encode(rendered.replace(media_marker(), "<|image>" + "<|image|>" * n + "<image|>"), add_special_tokens=False)
+        .ids
+    )
     state = {k: v.float() for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
     ref = {}
     for mode in (None, "vision"):
@@ -203,15 +210,19 @@ def test_greedy_generation_with_an_image_agrees_with_transformers(mm, tmp_path):
         hf = Gemma4ForConditionalGeneration(cfg).float().eval()
         hf.load_state_dict(state, strict=False)
         ids_t = torch.tensor([ids])
-        kw = dict(attention_mask=torch.ones_like(ids_t), pixel_values=x["pixel_values"],
-                  image_position_ids=x["image_position_ids"], mm_token_type_ids=(ids_t == cfg.image_token_id).long())
+        kw = dict(
+            attention_mask=torch.ones_like(ids_t),
+            pixel_values=x["pixel_values"],
+            image_position_ids=x["image_position_ids"],
+            mm_token_type_ids=(ids_t == cfg.image_token_id).long(),
+        )
         with torch.no_grad():
             logits = hf(input_ids=ids_t, **kw).logits[0, -1].numpy()
-            gen = hf.generate(input_ids=ids_t, max_new_tokens=16, do_sample=False, **kw)[0, len(ids):].tolist()
+            gen = hf.generate(input_ids=ids_t, max_new_tokens=16, do_sample=False, **kw)[0, len(ids) :].tolist()
         ref[mode] = (logits, gen)
     d_bidir = float(np.abs(first - ref["vision"][0]).max())
     d_causal = float(np.abs(first - ref[None][0]).max())
     print(f"max |dlogit|: {d_bidir:.2e} vs bidirectional-image transformers, {d_causal:.2f} vs causal")
     assert d_bidir < 1e-2
     assert ours == ref["vision"][1]
-    assert d_causal > 20 * d_bidir   # the difference from the causal reference is the mask
+    assert d_causal > 20 * d_bidir  # the difference from the causal reference is the mask

@@ -14,7 +14,7 @@ from edgekit.measure.pages import PAGE_16K, count, count_blocks, present_pages
 pytestmark = pytest.mark.skipif(sys.platform != "linux" or mmap.PAGESIZE != 4096, reason="4 KB-page Linux host")
 
 PAGE = 4096
-TOUCHED = [0, 5, 6, 40]   # of a 64-page file: blocks 0 (pages 0-3), 1 (4-7), 10 (40-43)
+TOUCHED = [0, 5, 6, 40]  # of a 64-page file: blocks 0 (pages 0-3), 1 (4-7), 10 (40-43)
 
 
 def test_block_arithmetic_by_hand():
@@ -41,7 +41,7 @@ def test_a_mapping_whose_touched_pages_the_test_chose(tmp_path, offset_pages):
             c = count(f)
         finally:
             m.close()
-    assert [v.tolist() for v in pages.values()] == [[p + offset_pages for p in TOUCHED]]   # ascending
+    assert [v.tolist() for v in pages.values()] == [[p + offset_pages for p in TOUCHED]]  # ascending
     assert c is not None and (c.page_size, c.resident_bytes, c.mappings) == (PAGE, 4 * PAGE, 1)
     # offset 8 pages = 32 KB: still 16 KB-aligned, so the same three blocks, shifted by two
     assert c.blocks == 3 and c.extra_bytes == 3 * PAGE_16K - 4 * PAGE
@@ -56,7 +56,7 @@ def test_pi5_record_gets_rss_minus_4k_pages_plus_16k_blocks():
     assert rec.page_size == PAGE and rec.peak_16k_bytes == 100_000_000 - 4 * PAGE + 3 * PAGE_16K
     assert rec.gate_bytes == rec.peak_16k_bytes
     other = make_record(4, peak_rss_bytes=100_000_000)
-    apply_pages(other, counted, device_page_size=0)   # a target without 16 KB pages: page size only
+    apply_pages(other, counted, device_page_size=0)  # a target without 16 KB pages: page size only
     assert other.page_size == PAGE and other.peak_16k_bytes is None and other.gate_bytes == 100_000_000
 
 
@@ -67,7 +67,7 @@ def test_pagemap_read_in_chunks_gives_the_same_pages(tmp_path, monkeypatch):
 
     f = tmp_path / "model.gguf"
     f.write_bytes(b"\x01" * 64 * PAGE)
-    monkeypatch.setattr(pages, "_CHUNK", 5)   # 64 pages: 12 chunks of 5 and one of 4
+    monkeypatch.setattr(pages, "_CHUNK", 5)  # 64 pages: 12 chunks of 5 and one of 4
     touched = [0, 4, 5, 9, 10, 59, 60, 63]
     with open(f, "rb") as fh:
         m = mmap.mmap(fh.fileno(), 64 * PAGE, access=mmap.ACCESS_COPY)

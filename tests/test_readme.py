@@ -40,8 +40,13 @@ def test_readme_quick_tour_runs_in_order(tmp_path):
     shim.chmod(0o755)
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", EDGEKIT_DB=str(tmp_path / "results.db"),
-               EDGEKIT_NO_PROGRESS="1", PYTHONPATH=str(README.parent))
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        EDGEKIT_DB=str(tmp_path / "results.db"),
+        EDGEKIT_NO_PROGRESS="1",
+        PYTHONPATH=str(README.parent),
+    )
     for command in tour_commands():
         r = subprocess.run(["bash", "-c", command], cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"README command failed: {command}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"

@@ -14,16 +14,44 @@ from edgekit.results import MB, PARSERS, PRINTERS, Record, Store, default_db, pa
 
 def make_record(i: int, **over) -> Record:
     base = dict(
-        artifact=f"tiny-Q{i}_0.gguf", model="tiny", format="gguf", quant=f"Q{i}_0", engine="llama.cpp",
-        sha256=f"{i:064x}", file_bytes=10_053_664 + i, device="pi5-a", target="pi5", threads=4, ctx=2048,
-        n_prompt=512, n_gen=128, reps=3, load_ms=12.345678 + i, ttft_ms=1234.56789 / (i + 1), ttft_ms_sd=0.1 / 3,
-        pp_tps=2074.6012345, pp_tps_sd=31.16, tg_tps=1 / 3 + i, tg_tps_sd=2 / 7, peak_rss_bytes=1_122_263_040 + i,
-        peak_anon_bytes=45_096_960, peak_file_bytes=43_552_768, kv_cache_bytes=7_340_032,
-        compute_buffer_bytes=26_235_372, bytes_per_token=13_502_152, host_read_gbs=24.9, achieved_gbs=6.66,
-        roofline_pct=26.73, predicted_tg_tps=1266.46, budget_bytes=1_500_000_000,
-        timestamp="2026-11-23T02:35:58Z", edgekit_version="0.1.0", engine_version="0.3.36",
+        artifact=f"tiny-Q{i}_0.gguf",
+        model="tiny",
+        format="gguf",
+        quant=f"Q{i}_0",
+        engine="llama.cpp",
+        sha256=f"{i:064x}",
+        file_bytes=10_053_664 + i,
+        device="pi5-a",
+        target="pi5",
+        threads=4,
+        ctx=2048,
+        n_prompt=512,
+        n_gen=128,
+        reps=3,
+        load_ms=12.345678 + i,
+        ttft_ms=1234.56789 / (i + 1),
+        ttft_ms_sd=0.1 / 3,
+        pp_tps=2074.6012345,
+        pp_tps_sd=31.16,
+        tg_tps=1 / 3 + i,
+        tg_tps_sd=2 / 7,
+        peak_rss_bytes=1_122_263_040 + i,
+        peak_anon_bytes=45_096_960,
+        peak_file_bytes=43_552_768,
+        kv_cache_bytes=7_340_032,
+        compute_buffer_bytes=26_235_372,
+        bytes_per_token=13_502_152,
+        host_read_gbs=24.9,
+        achieved_gbs=6.66,
+        roofline_pct=26.73,
+        predicted_tg_tps=1266.46,
+        budget_bytes=1_500_000_000,
+        timestamp="2026-11-23T02:35:58Z",
+        edgekit_version="0.1.0",
+        engine_version="0.3.36",
         host={"cpu": "AMD EPYC", "cores_physical": 2, "ram_bytes": 25_276_502_016, "os": "Linux"},
-        versions={"edgekit": "0.1.0", "gguf": "0.19.0"}, runtime={"use_mmap": True, "kv_type": "f16"},
+        versions={"edgekit": "0.1.0", "gguf": "0.19.0"},
+        runtime={"use_mmap": True, "kv_type": "f16"},
         samples={"ttft_ms": [1.5, 2.25, 3.0], "tg_tps": [0.1, 0.2, 0.30000000000000004]},
         extra={"model_buffers": {"CPU_Mapped": 16_284_385}, "note": 'quotes " and , commas'},
     )
@@ -35,9 +63,23 @@ RECORDS = [
     make_record(4),
     make_record(8),
     # an MLX record: no threads, no anon/file split, an MLX peak; odd characters in names
-    make_record(1, artifact="tiny|mlx, \"4bit\"", format="mlx", engine="mlx", quant="4bit-g64", threads=None,
-                peak_anon_bytes=None, peak_file_bytes=None, mlx_peak_bytes=377_100_000, compute_buffer_bytes=None,
-                target="", budget_bytes=None, predicted_tg_tps=None, n_prompt=32, n_gen=8),
+    make_record(
+        1,
+        artifact='tiny|mlx, "4bit"',
+        format="mlx",
+        engine="mlx",
+        quant="4bit-g64",
+        threads=None,
+        peak_anon_bytes=None,
+        peak_file_bytes=None,
+        mlx_peak_bytes=377_100_000,
+        compute_buffer_bytes=None,
+        target="",
+        budget_bytes=None,
+        predicted_tg_tps=None,
+        n_prompt=32,
+        n_gen=8,
+    ),
 ]
 
 
@@ -51,7 +93,7 @@ def test_lossless_printers_parse_back_to_equal_records(fmt):
 
 
 def test_markdown_parses_back_to_the_printed_figures():
-    text = to_markdown(RECORDS)   # the wide table (report, lab, --wide): one table, a row per record
+    text = to_markdown(RECORDS)  # the wide table (report, lab, --wide): one table, a row per record
     rows = parse_markdown(text)
     assert len(rows) == len(RECORDS)
     for r, row in zip(RECORDS, rows):
@@ -129,7 +171,7 @@ def test_report_writes_the_latest_figures_and_plots(tmp_path):
 
     db = tmp_path / "r.db"
     old = make_record(4, tg_tps=1.0, timestamp="2026-11-22T00:00:00Z")
-    new = make_record(4, tg_tps=2.5)                      # same device/artifact/settings: replaces `old`
+    new = make_record(4, tg_tps=2.5)  # same device/artifact/settings: replaces `old`
     other = make_record(8, device="mac-m4", engine="mlx", threads=None)
     with Store(db) as s:
         s.append([old, new, other])
@@ -139,7 +181,9 @@ def test_report_writes_the_latest_figures_and_plots(tmp_path):
     assert res.stdout == f"{md}\n"
     rows = parse_markdown(md.read_text())
     assert [(r["artifact"], r["device"], r["tg t/s"][0]) for r in rows] == [
-        (new.artifact, "pi5-a", 2.5), (other.artifact, "mac-m4", round(other.tg_tps, 2))]
+        (new.artifact, "pi5-a", 2.5),
+        (other.artifact, "mac-m4", round(other.tg_tps, 2)),
+    ]
     import matplotlib.image
 
     for png in ("tg_vs_peak.png", "ttft.png"):
@@ -156,8 +200,9 @@ def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
     Store(tmp_path / "empty.db").close()
     res = CliRunner().invoke(app, ["report", "--db", str(tmp_path / "empty.db"), "--out", str(tmp_path / "rep")])
     assert res.exit_code == 1
-    assert res.stderr == (f"edgekit: error: {tmp_path / 'empty.db'}: the results store holds no records; "
-                          "run `edgekit bench` first\n")
+    assert res.stderr == (
+        f"edgekit: error: {tmp_path / 'empty.db'}: the results store holds no records; run `edgekit bench` first\n"
+    )
 
 
 def test_json_streams_the_bytes_a_whole_list_dump_writes():
@@ -166,7 +211,7 @@ def test_json_streams_the_bytes_a_whole_list_dump_writes():
     from edgekit.results import JsonPrinter
 
     p = JsonPrinter()
-    streamed = "".join(p.feed([r]) for r in RECORDS) + p.footer()   # a row at a time, as bench prints them
+    streamed = "".join(p.feed([r]) for r in RECORDS) + p.footer()  # a row at a time, as bench prints them
     assert streamed == json.dumps([r.to_json() for r in RECORDS], indent=2, sort_keys=True) + "\n"
     assert JsonPrinter().render([]) == "[]\n"
 
@@ -174,9 +219,11 @@ def test_json_streams_the_bytes_a_whole_list_dump_writes():
 def test_a_streamed_table_names_a_column_a_later_row_needed():
     from edgekit.results import printer
 
-    mlx, gguf = RECORDS[2], RECORDS[0]   # the first row has no anon/file split, the second has
+    mlx, gguf = RECORDS[2], RECORDS[0]  # the first row has no anon/file split, the second has
     p = printer("md", wide=True)
     text = p.feed([mlx]) + p.feed([gguf]) + p.footer()
-    assert "anon MB" not in text.splitlines()[0]   # the header was printed before the second row existed
-    assert ("not shown: target, anon MB, file MB, compute MB, predicted tg t/s, budget MB, verdict (values in later "
-            "rows; -o json has every field)") in text.splitlines()
+    assert "anon MB" not in text.splitlines()[0]  # the header was printed before the second row existed
+    assert (
+        "not shown: target, anon MB, file MB, compute MB, predicted tg t/s, budget MB, verdict (values in later "
+        "rows; -o json has every field)"
+    ) in text.splitlines()

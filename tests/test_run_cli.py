@@ -4,19 +4,14 @@ MLX or Hugging Face folder, exit codes for real (subprocesses), bad input, and t
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-
 from serve_fixture import REPO, cli, free_port, start_server
 
 T1 = ("-t", "1")
@@ -33,11 +28,21 @@ def loose(tiny_ckpt, tmp_path_factory):
     shutil.copy(d / "tiny-gemma4-Q4_0.gguf", out / "tiny-Q4_0.gguf")
     mlx = next(p for p in m.iterdir() if p.is_dir())
     shutil.copytree(mlx, out / "tiny-mlx-4bit")
-    stock = out / "stock-mlx"   # what `mlx_lm.convert --hf-path CKPT -q` writes
-    subprocess.run([sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(tiny_ckpt), "--mlx-path", str(stock), "-q"],
-                   check=True, capture_output=True, timeout=300)
-    return {"gguf": out / "tiny-Q4_0.gguf", "mlx": out / "tiny-mlx-4bit", "stock": stock, "hf": tiny_ckpt, "dist": d,
-            "mlx_dist": m}
+    stock = out / "stock-mlx"  # what `mlx_lm.convert --hf-path CKPT -q` writes
+    subprocess.run(
+        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(tiny_ckpt), "--mlx-path", str(stock), "-q"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return {
+        "gguf": out / "tiny-Q4_0.gguf",
+        "mlx": out / "tiny-mlx-4bit",
+        "stock": stock,
+        "hf": tiny_ckpt,
+        "dist": d,
+        "mlx_dist": m,
+    }
 
 
 def _clean(r: subprocess.CompletedProcess) -> None:
@@ -52,7 +57,7 @@ def test_plain_model_runs_with_the_models_context(loose, kind):
 
     trained = plan(loose[kind])[0].format.max_context(loose[kind])
     r = cli("run", str(loose[kind]), "Hi", "-n", "6", *T1, "-v")
-    assert r.returncode == 0, r.stderr       # the MLX run ended in abort (134) before
+    assert r.returncode == 0, r.stderr  # the MLX run ended in abort (134) before
     _clean(r)
     assert f"ctx {default_ctx(trained)}," in r.stderr and "(6 tokens, prompt" in r.stderr
     assert r.stdout.endswith("\n")
@@ -70,10 +75,13 @@ def test_model_flag_and_prompt_file(loose, tmp_path):
     a = cli("run", "-m", str(loose["gguf"]), "-f", str(f), "-n", "5", *T1)
     b = cli("run", str(loose["gguf"]), "-p", "Hi there", "-n", "5", *T1)
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
-    prompt = lambda r: r.stderr.split("prompt ")[1].split(")")[0]   # noqa: E731
+    prompt = lambda r: r.stderr.split("prompt ")[1].split(")")[0]
     assert prompt(a) == prompt(b) != prompt(cli("run", str(loose["gguf"]), "Hi", "-n", "5", *T1))
     r = cli("run", str(loose["gguf"]), "Hi", "-p", "Hi", *T1)
-    assert r.returncode == 1 and r.stderr.strip() == "edgekit: error: give the prompt once: as an argument, with -p or with -f FILE"
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == "edgekit: error: give the prompt once: as an argument, with -p or with -f FILE"
+    )
 
 
 def test_too_long_prompt_names_ctx(loose):
@@ -83,16 +91,19 @@ def test_too_long_prompt_names_ctx(loose):
     assert r.returncode == 1 and r.stderr.startswith("edgekit: error: --ctx 4 cannot hold an empty chat turn")
 
 
-@pytest.mark.parametrize("args, message", [
-    (("-n", "0"), "-n 0: generate at least 1 token"),
-    (("-n", "-5"), "-n -5: generate at least 1 token"),
-    (("--temperature", "nan"), "--temperature nan: use a finite number >= 0"),
-    (("--temperature", "inf"), "--temperature inf: use a finite number >= 0"),
-    (("--temperature", "-1"), "--temperature -1.0: use a finite number >= 0"),
-    (("--top-p", "0"), "--top-p 0.0: use a number in (0, 1]"),
-    (("--min-p", "1.5"), "--min-p 1.5: use a number in [0, 1)"),
-    (("--repeat-penalty", "0"), "--repeat-penalty 0.0: use a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("-n", "0"), "-n 0: generate at least 1 token"),
+        (("-n", "-5"), "-n -5: generate at least 1 token"),
+        (("--temperature", "nan"), "--temperature nan: use a finite number >= 0"),
+        (("--temperature", "inf"), "--temperature inf: use a finite number >= 0"),
+        (("--temperature", "-1"), "--temperature -1.0: use a finite number >= 0"),
+        (("--top-p", "0"), "--top-p 0.0: use a number in (0, 1]"),
+        (("--min-p", "1.5"), "--min-p 1.5: use a number in [0, 1)"),
+        (("--repeat-penalty", "0"), "--repeat-penalty 0.0: use a finite number > 0"),
+    ],
+)
 def test_bad_values_are_refused(loose, args, message):
     r = cli("run", str(loose["gguf"]), "Hi", *args, *T1)
     assert r.returncode == 1 and r.stderr == f"edgekit: error: {message}" + r.stderr.split(message, 1)[1]
@@ -104,36 +115,49 @@ def test_n_minus_one_runs_to_the_context(loose):
     assert r.returncode == 0, r.stderr
     stats = r.stderr.strip().splitlines()[-1]
     prompt = int(stats.split("prompt ")[1].split(")")[0])
-    assert f"({48 - prompt} tokens," in stats      # greedy random weights never end the turn: the context does
+    assert f"({48 - prompt} tokens," in stats  # greedy random weights never end the turn: the context does
 
 
 @pytest.mark.slow
 def test_sampling_options_change_the_reply(loose):
     base = ("run", str(loose["gguf"]), "Hi", "-n", "12", "--temperature", "1", "--seed", "3", *T1)
     plain, again = cli(*base), cli(*base)
-    assert plain.returncode == 0 and plain.stdout == again.stdout      # seeded: reproducible
+    assert plain.returncode == 0 and plain.stdout == again.stdout  # seeded: reproducible
     for extra in (("--top-k", "1"), ("--repeat-penalty", "5"), ("--min-p", "0.9")):
         r = cli(*base, *extra)
-        assert r.returncode == 0 and r.stdout != plain.stdout, extra   # each option reaches the sampler
+        assert r.returncode == 0 and r.stdout != plain.stdout, extra  # each option reaches the sampler
     greedy = cli("run", str(loose["gguf"]), "Hi", "-n", "12", *T1)
-    assert cli(*base, "--top-k", "1").stdout == greedy.stdout          # top-k 1 is greedy
+    assert cli(*base, "--top-k", "1").stdout == greedy.stdout  # top-k 1 is greedy
 
 
 def test_bad_bytes_and_binary_stdin(loose):
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "-p", b"\xff\xfehi", "-n", "3", *T1],
-                       capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "-p", b"\xff\xfehi", "-n", "3", *T1],
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert r.returncode == 0 and b"not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "-n", "3", *T1],
-                       input=b"\x00\xff\xfe\x80 binary\n\xc3\x28\n", capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "-n", "3", *T1],
+        input=b"\x00\xff\xfe\x80 binary\n\xc3\x28\n",
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     assert r.returncode == 0 and b"Traceback" not in r.stderr and r.stderr.count(b">>> ") == 3
 
 
 def test_output_to_a_full_disk(loose):
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "Hi", "-n", "3", *T1],
-                           stdout=full, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-                           timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "Hi", "-n", "3", *T1],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            timeout=120,
+        )
     assert r.returncode == 1
     assert r.stderr.strip() == "edgekit: error: cannot write the reply to stdout (No space left on device)"
 
@@ -144,8 +168,8 @@ def test_history_outgrowing_the_context_drops_old_turns(loose):
     assert r.returncode == 0, r.stderr
     assert "that message is" in r.stderr and "shorten it or start with a larger --ctx" in r.stderr
     assert "dropped the oldest" in r.stderr
-    assert f", {len(lines) - 1} replies" in r.stderr       # every message but the refused one got a reply
-    assert "(8 tokens, prompt" in r.stderr                  # and the last one its whole -n
+    assert f", {len(lines) - 1} replies" in r.stderr  # every message but the refused one got a reply
+    assert "(8 tokens, prompt" in r.stderr  # and the last one its whole -n
 
 
 def test_verbose_after_the_command_is_a_summary(loose):
@@ -153,7 +177,7 @@ def test_verbose_after_the_command_is_a_summary(loose):
     assert r.returncode == 0
     assert "log lines (-vv shows them)" in r.stderr and len(r.stderr.splitlines()) < 10
     r2 = cli("-vv", "run", str(loose["gguf"]), "Hi", "-n", "2", *T1)
-    assert len(r2.stderr.splitlines()) > 100          # llama.cpp's full log
+    assert len(r2.stderr.splitlines()) > 100  # llama.cpp's full log
 
 
 def test_build_folder_says_what_it_picked(loose):
@@ -179,19 +203,22 @@ def test_serve_plain_gguf_and_mlx_sigterm_exit_0(loose, tmp_path):
         from edgekit.serve.session import default_ctx
 
         assert s.health()["n_ctx"] == default_ctx(plan(loose["gguf"])[0].format.max_context(loose["gguf"]))
-        r = s.client().chat.completions.create(model=s.client().models.list().data[0].id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        r = s.client().chat.completions.create(
+            model=s.client().models.list().data[0].id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
         assert r.choices[0].message.content is not None
     finally:
         assert s.stop() == 0
     m = start_server(loose["mlx"], tmp_path / "m.log")
     try:
-        r = m.client().chat.completions.create(model=m.client().models.list().data[0].id,
-                                               messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+        r = m.client().chat.completions.create(
+            model=m.client().models.list().data[0].id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
         assert r.usage.completion_tokens >= 1
     finally:
         code = m.stop()
     log = (tmp_path / "m.log").read_text()
-    assert code == 0, log       # 134 (abort at interpreter exit) before
+    assert code == 0, log  # 134 (abort at interpreter exit) before
     assert "terminate called" not in log and "PyTorch was not found" not in log
 
 
@@ -202,7 +229,9 @@ def test_busy_port_is_one_line_exit_1(loose):
         port = busy.getsockname()[1]
         r = cli("serve", str(loose["gguf"]), "--port", str(port), *T1)
     assert r.returncode == 1
-    assert r.stderr.strip() == f"edgekit: error: port {port} on 127.0.0.1 is in use (another server?); pass another --port"
+    assert (
+        r.stderr.strip() == f"edgekit: error: port {port} on 127.0.0.1 is in use (another server?); pass another --port"
+    )
 
 
 def test_version_targets_recipes_list(loose):
@@ -211,7 +240,15 @@ def test_version_targets_recipes_list(loose):
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.startswith(f"edgekit {__version__} (llama-cpp-python ")
     r = cli("targets")
-    assert r.stdout.splitlines()[0].split() == ["TARGET", "ENGINE", "RECIPES", "THREADS", "CTX", "BUDGET", "DESCRIPTION"]
+    assert r.stdout.splitlines()[0].split() == [
+        "TARGET",
+        "ENGINE",
+        "RECIPES",
+        "THREADS",
+        "CTX",
+        "BUDGET",
+        "DESCRIPTION",
+    ]
     assert any(line.split()[0] == "pi5" for line in r.stdout.splitlines()[1:])
     r = cli("targets", "pi5")
     assert r.returncode == 0 and "runtime" in r.stdout and "memory_budget_gb  1.5" in r.stdout
@@ -221,8 +258,13 @@ def test_version_targets_recipes_list(loose):
     r = cli("list", str(loose["dist"].parent.parent))
     head, *rows = r.stdout.splitlines()
     assert head.split() == ["NAME", "FORMAT", "QUANT", "SIZE", "MODIFIED"]
-    assert rows[0].split()[:5] == [str(loose["dist"] / "tiny-gemma4-Q4_0.gguf"), "*", "gguf", "Q4_0", "%.1f" % (
-        (loose["dist"] / "tiny-gemma4-Q4_0.gguf").stat().st_size / 1e6)]
+    assert rows[0].split()[:5] == [
+        str(loose["dist"] / "tiny-gemma4-Q4_0.gguf"),
+        "*",
+        "gguf",
+        "Q4_0",
+        "%.1f" % ((loose["dist"] / "tiny-gemma4-Q4_0.gguf").stat().st_size / 1e6),
+    ]
 
 
 def test_one_meaning_per_short_flag():
@@ -258,7 +300,11 @@ def test_llama_bench_spellings_reach_the_knobs(tiny_ckpt, tmp_path):
     from edgekit.core.errors import ConfigError
 
     assert knob_items(None, "128", None, "1") == ["n_ubatch=128", "flash_attn=on"]
-    assert knob_items(["kv_type=f16"], None, "256,512", "0,1") == ["kv_type=f16", "n_batch=256,512", "flash_attn=off,on"]
+    assert knob_items(["kv_type=f16"], None, "256,512", "0,1") == [
+        "kv_type=f16",
+        "n_batch=256,512",
+        "flash_attn=off,on",
+    ]
     with pytest.raises(ConfigError, match="n_ubatch is given twice"):
         knob_items(["n_ubatch=64"], "128")
 
@@ -275,10 +321,14 @@ def test_mlx_run_exits_0_every_time(loose):
 
 def test_ctrl_c_in_a_one_shot_run_is_130(loose):
     """Outside the chat, Ctrl-C ends the run as any command (130), after the engine has stopped."""
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "Hi", "-n", "-1", *T1],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    first = proc.stdout.read(8)            # the reply has started
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "run", str(loose["gguf"]), "Hi", "-n", "-1", *T1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    first = proc.stdout.read(8)  # the reply has started
     assert first
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

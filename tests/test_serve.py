@@ -13,7 +13,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from serve_fixture import cli, start_server, wait_until
 
 SYSTEM = "You are a terse assistant. Answer in one line."
@@ -33,7 +32,9 @@ def dist(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(dist, tmp_path_factory):
-    s = start_server(dist, tmp_path_factory.mktemp("serve") / "log", "--parallel", "4", "--queue", "8", "--ctx", str(CTX), *THREADS)
+    s = start_server(
+        dist, tmp_path_factory.mktemp("serve") / "log", "--parallel", "4", "--queue", "8", "--ctx", str(CTX), *THREADS
+    )
     yield s
     assert s.stop() == 0
 
@@ -44,7 +45,9 @@ def model(server):
 
 
 def _run(dist, *extra):
-    r = cli("run", str(dist), "--ctx", str(CTX), *THREADS, "--system", SYSTEM, "--prompt", MESSAGES[1]["content"], *extra)
+    r = cli(
+        "run", str(dist), "--ctx", str(CTX), *THREADS, "--system", SYSTEM, "--prompt", MESSAGES[1]["content"], *extra
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.endswith("\n")
     return r.stdout[:-1], r.stderr
@@ -86,8 +89,8 @@ def test_eight_concurrent_clients(server, model):
     def one(i):
         try:
             r = server.client().chat.completions.create(
-                model=model, max_tokens=16, temperature=0,
-                messages=[{"role": "user", "content": f"Count to {i}."}])
+                model=model, max_tokens=16, temperature=0, messages=[{"role": "user", "content": f"Count to {i}."}]
+            )
             results[i] = r.choices[0]
         except Exception as e:  # collected: the assertion below names it
             errors.append(repr(e))
@@ -100,8 +103,9 @@ def test_eight_concurrent_clients(server, model):
     assert not errors and sorted(results) == list(range(8))
     assert all(ch.finish_reason == "length" for ch in results.values())
     # Each equals the same request served alone (slots batched together decode as each alone).
-    alone = server.client().chat.completions.create(model=model, max_tokens=16, temperature=0,
-                                                    messages=[{"role": "user", "content": "Count to 3."}])
+    alone = server.client().chat.completions.create(
+        model=model, max_tokens=16, temperature=0, messages=[{"role": "user", "content": "Count to 3."}]
+    )
     assert results[3].message.content == alone.choices[0].message.content
 
 
@@ -117,30 +121,40 @@ def _post(server, path, data: bytes):
 def test_bad_requests_are_400_with_a_message(server, model):
     code, body, _ = _post(server, "/v1/chat/completions", b'{"model": "x", "messages": [')
     assert code == 400 and body["error"]["message"].startswith("the request body is not valid JSON")
-    code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": model, "messages": [{"role": "user", "content": "word " * 600}]}).encode())
+    code, body, _ = _post(
+        server,
+        "/v1/chat/completions",
+        json.dumps({"model": model, "messages": [{"role": "user", "content": "word " * 600}]}).encode(),
+    )
     assert code == 400
-    assert body["error"]["message"].endswith(f"tokens; the context is {CTX} tokens (prompt + reply): shorten the prompt or start with a larger --ctx")
+    assert body["error"]["message"].endswith(
+        f"tokens; the context is {CTX} tokens (prompt + reply): shorten the prompt or start with a larger --ctx"
+    )
     code, body, _ = _post(server, "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode())
     assert code == 400 and body["error"]["message"] == "messages: must not be empty"
-    code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode())
+    code, body, _ = _post(
+        server,
+        "/v1/chat/completions",
+        json.dumps({"model": model, "messages": MESSAGES, "temperature": "hot"}).encode(),
+    )
     assert code == 400 and body["error"]["message"] == "temperature: must be a number, not a string"
-    code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": model, "messages": MESSAGES, "temperature": 2.5}).encode())
+    code, body, _ = _post(
+        server, "/v1/chat/completions", json.dumps({"model": model, "messages": MESSAGES, "temperature": 2.5}).encode()
+    )
     assert code == 400 and body["error"]["message"] == "temperature: Input should be less than or equal to 2"
-    code, body, _ = _post(server, "/v1/chat/completions",
-                          json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode())
+    code, body, _ = _post(
+        server, "/v1/chat/completions", json.dumps({"model": model, "messages": MESSAGES, "ignore_eos": "yes"}).encode()
+    )
     assert code == 400 and body["error"]["message"] == "ignore_eos: must be true or false, not a string"
 
 
 def test_sse_writer_writes_what_json_dumps_writes():
     from edgekit.serve.http import TEXT, _sse_writer
 
-    head = {"id": "chatcmpl-1", "created": 1, "model": "m \"q\"", "object": "chat.completion.chunk"}
-    doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}  # noqa: E731
+    head = {"id": "chatcmpl-1", "created": 1, "model": 'm "q"', "object": "chat.completion.chunk"}
+    doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}
     write = _sse_writer(doc(TEXT))
-    for text in ["", "plain", 'quote " and \\ backslash', "line\nbreak\t", "é ü 中文 🙂", "<|\"|>", "\0 nul"]:
+    for text in ["", "plain", 'quote " and \\ backslash', "line\nbreak\t", "é ü 中文 🙂", '<|"|>', "\0 nul"]:
         assert write(text) == "data: " + json.dumps(doc(text), ensure_ascii=False) + "\n\n"
 
 
@@ -160,11 +174,14 @@ def test_rss_does_not_grow_with_requests(server, model):
     c.chat.completions.create(model=model, messages=[{"role": "user", "content": prompts[0]}], max_tokens=8)
     first = server.rss()
     for p in prompts[1:]:
-        c.chat.completions.create(model=model, messages=[{"role": "system", "content": p[:40]},
-                                                         {"role": "user", "content": p}], max_tokens=8)
+        c.chat.completions.create(
+            model=model, messages=[{"role": "system", "content": p[:40]}, {"role": "user", "content": p}], max_tokens=8
+        )
     last = server.rss()
     growth = last - first
-    print(f"RSS after request 1: {first / 2**20:.1f} MiB, after 200: {last / 2**20:.1f} MiB, growth {growth / 2**20:+.2f} MiB")
+    print(
+        f"RSS after request 1: {first / 2**20:.1f} MiB, after 200: {last / 2**20:.1f} MiB, growth {growth / 2**20:+.2f} MiB"
+    )
     # Measured on a fresh server: +1.21 MiB from request 1 to 200 (warm-up: allocator arenas, Python's
     # caches); a warm server's next 200: +16 kB, then 0. Bound 4 MiB, ≈3x the fresh figure; a leaked
     # sequence or context per request would be MiBs per request (this model's KV is 2.6 MiB at ctx 512).
@@ -176,14 +193,21 @@ def test_rss_does_not_grow_with_requests(server, model):
 
 @pytest.fixture(scope="module")
 def small(dist, tmp_path_factory):
-    s = start_server(dist, tmp_path_factory.mktemp("serve1") / "log", "--parallel", "1", "--queue", "1", "--ctx", "8192", *THREADS)
+    s = start_server(
+        dist, tmp_path_factory.mktemp("serve1") / "log", "--parallel", "1", "--queue", "1", "--ctx", "8192", *THREADS
+    )
     yield s
     assert s.stop() == 0
 
 
 def _long_stream(server, model, n=8000):
-    return server.client().chat.completions.create(model=model, max_tokens=n, temperature=0, stream=True,
-                                                   messages=[{"role": "user", "content": "Write a long story."}])
+    return server.client().chat.completions.create(
+        model=model,
+        max_tokens=n,
+        temperature=0,
+        stream=True,
+        messages=[{"role": "user", "content": "Write a long story."}],
+    )
 
 
 _wait = wait_until
@@ -194,10 +218,11 @@ def test_full_queue_is_503_with_retry_after(small):
     a = _long_stream(small, model)
     next(iter(a))
     assert _wait(lambda: small.health()["busy"] == 1)
-    b = _long_stream(small, model)          # waits in the queue (its first chunk needs the slot)
+    b = _long_stream(small, model)  # waits in the queue (its first chunk needs the slot)
     assert _wait(lambda: small.health()["waiting"] == 1)
-    code, body, headers = _post(small, "/v1/chat/completions",
-                                json.dumps({"model": model, "messages": MESSAGES, "max_tokens": 4}).encode())
+    code, body, headers = _post(
+        small, "/v1/chat/completions", json.dumps({"model": model, "messages": MESSAGES, "max_tokens": 4}).encode()
+    )
     assert code == 503 and headers.get("retry-after") == "1"
     assert body["error"]["message"] == "server busy: 1 requests in progress and 1 waiting (the bound); retry after 1 s"
     a.close()
@@ -207,11 +232,11 @@ def test_full_queue_is_503_with_retry_after(small):
 
 def test_disconnect_frees_the_slot(small):
     model = small.client().models.list().data[0].id
-    s = _long_stream(small, model)          # 8000 tokens: over a minute at this model's speed here
+    s = _long_stream(small, model)  # 8000 tokens: over a minute at this model's speed here
     it = iter(s)
     for _ in range(4):
         next(it)
-    s.close()                               # the client goes away mid-stream
+    s.close()  # the client goes away mid-stream
     t0 = time.monotonic()
     r = small.client().chat.completions.create(model=model, messages=MESSAGES, max_tokens=4, temperature=0)
     assert r.choices[0].finish_reason == "length" and time.monotonic() - t0 < 10
@@ -221,11 +246,13 @@ def test_disconnect_frees_the_slot(small):
 def test_sigterm_finishes_in_flight_and_exits_0(dist, tmp_path):
     s = start_server(dist, tmp_path / "log", "--ctx", str(CTX), *THREADS)
     model = s.client().models.list().data[0].id
-    stream = s.client().chat.completions.create(model=model, messages=MESSAGES, max_tokens=200, temperature=0, stream=True)
+    stream = s.client().chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=200, temperature=0, stream=True
+    )
     it = iter(stream)
     next(it)
     s.proc.send_signal(signal.SIGTERM)
-    rest = list(it)                          # the request in flight completes
+    rest = list(it)  # the request in flight completes
     assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "length"
     assert s.proc.wait(30) == 0
     assert not psutil.pid_exists(s.proc.pid) or psutil.Process(s.proc.pid).status() == psutil.STATUS_ZOMBIE
@@ -233,15 +260,32 @@ def test_sigterm_finishes_in_flight_and_exits_0(dist, tmp_path):
 
 # ---------------------------------------------------------------- tool calls (a scripted model)
 
-TOOLS = [{"type": "function", "function": {
-    "name": "get_weather", "description": "Current weather in a city",
-    "parameters": {"type": "object", "required": ["city"],
-                   "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            },
+        },
+    }
+]
 CALL_TEXT = '<|channel>thought\nThe user wants weather.<channel|><|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
 # Every kind of value Gemma 4's syntax has: a string with the JSON and call punctuation in it (inside
 # <|"|> nothing is escaped), a float, true, null, an empty list, a nested object holding a list.
-RICH_ARGS = {"city": 'Paris, FR {x}: say "hi"', "days": 2, "ratio": 0.5, "exact": True, "none": None, "tags": [],
-             "units": {"temp": "C", "wind": ["kmh", 3]}}
+RICH_ARGS = {
+    "city": 'Paris, FR {x}: say "hi"',
+    "days": 2,
+    "ratio": 0.5,
+    "exact": True,
+    "none": None,
+    "tags": [],
+    "units": {"temp": "C", "wind": ["kmh", 3]},
+}
 
 
 def _template_call(tpl, name, args):
@@ -249,10 +293,18 @@ def _template_call(tpl, name, args):
     is trained to emit."""
     from edgekit.serve.chat import CALL_CLOSE, CALL_OPEN
 
-    out = tpl.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": "", "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}]}])
+    out = tpl.render(
+        [
+            {"role": "user", "content": "q"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": name, "arguments": args}}],
+            },
+        ]
+    )
     a = out.index(CALL_OPEN)
-    return out[a:out.index(CALL_CLOSE, a) + len(CALL_CLOSE)]
+    return out[a : out.index(CALL_CLOSE, a) + len(CALL_CLOSE)]
 
 
 class ScriptedEngine:
@@ -286,10 +338,16 @@ class ScriptedEngine:
         text = self.replies.pop(0)
 
         def play():
-            for i in range(0, len(text), 3):   # pieces that split the markers
-                req.on_event(Event("token", text=text[i:i + 3]))
-            req.on_event(Event("done", finish_reason="stop", stats={"prompt_tokens": len(req.prompt),
-                                                                    "completion_tokens": len(text) // 3 + 1}))
+            for i in range(0, len(text), 3):  # pieces that split the markers
+                req.on_event(Event("token", text=text[i : i + 3]))
+            req.on_event(
+                Event(
+                    "done",
+                    finish_reason="stop",
+                    stats={"prompt_tokens": len(req.prompt), "completion_tokens": len(text) // 3 + 1},
+                )
+            )
+
         threading.Thread(target=play).start()
 
     def close(self):
@@ -299,16 +357,18 @@ class ScriptedEngine:
 @pytest.fixture()
 def scripted(tiny_ckpt):
     import uvicorn
+    from serve_fixture import free_port
     from transformers import AutoTokenizer
 
     from edgekit.serve.chat import ChatTemplate
     from edgekit.serve.http import make_app
     from edgekit.serve.session import Session
-    from serve_fixture import free_port
 
     tok = AutoTokenizer.from_pretrained(tiny_ckpt)
     tpl = ChatTemplate.from_artifact(tiny_ckpt)
-    eng = ScriptedEngine(tok, [CALL_TEXT, CALL_TEXT, "It is sunny in Paris.", _template_call(tpl, "get_weather", RICH_ARGS)])
+    eng = ScriptedEngine(
+        tok, [CALL_TEXT, CALL_TEXT, "It is sunny in Paris.", _template_call(tpl, "get_weather", RICH_ARGS)]
+    )
     session = Session(eng, tpl, "scripted", tiny_ckpt, "gguf", "", {}, 4096)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(session), host="127.0.0.1", port=port, log_level="warning"))
@@ -330,27 +390,46 @@ def test_tool_call_round_trip(scripted):
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert choice.message.reasoning_content == "The user wants weather."
     (call,) = choice.message.tool_calls
-    assert (call.type, call.function.name, json.loads(call.function.arguments)) == ("function", "get_weather",
-                                                                                    {"city": "Paris", "days": 2})
+    assert (call.type, call.function.name, json.loads(call.function.arguments)) == (
+        "function",
+        "get_weather",
+        {"city": "Paris", "days": 2},
+    )
     chunks = list(client.chat.completions.create(model="scripted", messages=question, tools=TOOLS, stream=True))
     streamed = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in streamed] == \
-        [(0, "get_weather", {"city": "Paris", "days": 2})]
+    assert [(tc.index, tc.function.name, json.loads(tc.function.arguments)) for tc in streamed] == [
+        (0, "get_weather", {"city": "Paris", "days": 2})
+    ]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""   # no markup leaks
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""  # no markup leaks
     # The client runs the tool and sends the call and its result back, as OpenAI clients do.
-    history = question + [choice.message.model_dump(exclude_none=True),
-                          {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    history = question + [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+    ]
     final = client.chat.completions.create(model="scripted", messages=history, tools=TOOLS)
     assert final.choices[0].message.content == "It is sunny in Paris." and final.choices[0].finish_reason == "stop"
     # Every prompt the server built is transformers' rendering of the same conversation, token for token.
-    hf_history = question + [{"role": "assistant", "content": "", "tool_calls": [
-        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
-        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
-    want = [tok.apply_chat_template(m, tools=TOOLS, add_generation_prompt=True, tokenize=False)
-            for m in (question, question, hf_history)]
+    hf_history = question + [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+    ]
+    want = [
+        tok.apply_chat_template(m, tools=TOOLS, add_generation_prompt=True, tokenize=False)
+        for m in (question, question, hf_history)
+    ]
     assert eng.prompts == [tok(w, add_special_tokens=False)["input_ids"] for w in want]
-    assert "<|tool_response>response:get_weather{value:<|\"|>sunny, 21 C<|\"|>}<tool_response|>" in want[2]
+    assert '<|tool_response>response:get_weather{value:<|"|>sunny, 21 C<|"|>}<tool_response|>' in want[2]
     # The replayed call is the template's own writing of it, and so is a call with every kind of value:
     # the client's parsed arguments are, as JSON, what the call held.
     from edgekit.serve.chat import ChatTemplate
@@ -364,11 +443,23 @@ def test_tool_call_round_trip(scripted):
 
 
 def test_interactive_run_keeps_the_history(server, model, dist):
-    sampling = {"max_tokens": 12, "temperature": 0.9, "seed": 5}   # seeded: visible tokens, still deterministic
-    r = cli("run", str(dist), "--ctx", str(CTX), *THREADS, "-n", "12", "--temperature", "0.9", "--seed", "5",
-            input="Hi there\n\nHow are you?\n")
+    sampling = {"max_tokens": 12, "temperature": 0.9, "seed": 5}  # seeded: visible tokens, still deterministic
+    r = cli(
+        "run",
+        str(dist),
+        "--ctx",
+        str(CTX),
+        *THREADS,
+        "-n",
+        "12",
+        "--temperature",
+        "0.9",
+        "--seed",
+        "5",
+        input="Hi there\n\nHow are you?\n",
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stderr.count("> ") == 4          # a prompt per line read, and one at EOF
+    assert r.stderr.count("> ") == 4  # a prompt per line read, and one at EOF
     # Each reply is what the server answers to the same history (the blank line is skipped).
     c = server.client()
     history = [{"role": "user", "content": "Hi there"}]
@@ -400,14 +491,20 @@ def test_min_p_is_applied(server, model):
     """min_p 1.0 keeps only the most likely token: at temperature 1.5 that is the greedy reply."""
     c = server.client()
     greedy = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
-    hot = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=24, temperature=1.5,
-                                    extra_body={"min_p": 1.0})
+    hot = c.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=24, temperature=1.5, extra_body={"min_p": 1.0}
+    )
     assert hot.choices[0].message.content == greedy.choices[0].message.content
 
 
-@pytest.mark.parametrize("kw,name", [({"n": 13}, "n"), ({"top_logprobs": 2}, "top_logprobs"),
-                                     ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]},
-                                      "tool_choice")])
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"n": 13}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+    ],
+)
 def test_options_not_implemented_are_refused_by_name(server, model, kw, name):
     import openai
 
@@ -420,8 +517,9 @@ def test_tool_choice_none_leaves_the_tools_out(server, model):
     c = server.client()
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
     plain = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0)
-    none = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools,
-                                     tool_choice="none")
+    none = c.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools, tool_choice="none"
+    )
     auto = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=1, temperature=0, tools=tools)
     assert none.usage.prompt_tokens == plain.usage.prompt_tokens < auto.usage.prompt_tokens
 
@@ -430,8 +528,18 @@ def test_tool_choice_none_leaves_the_tools_out(server, model):
 def keyed(dist, tmp_path_factory):
     d = tmp_path_factory.mktemp("keyed")
     (d / "key").write_text("s3cret-key\n")
-    s = start_server(dist, d / "log", "--ctx", str(CTX), *THREADS, "--alias", "gemma4:e2b", "--strict-model",
-                     "--api-key-file", str(d / "key"))
+    s = start_server(
+        dist,
+        d / "log",
+        "--ctx",
+        str(CTX),
+        *THREADS,
+        "--alias",
+        "gemma4:e2b",
+        "--strict-model",
+        "--api-key-file",
+        str(d / "key"),
+    )
     yield s
     assert s.stop() == 0
 
@@ -444,7 +552,7 @@ def test_alias_strict_names_and_api_key(keyed):
     assert [m.id for m in c.models.list().data] == ["gemma4:e2b"]
     r = c.chat.completions.create(model="gemma4:e2b", messages=MESSAGES, max_tokens=2, temperature=0)
     assert r.model == "gemma4:e2b"
-    with pytest.raises(openai.NotFoundError) as e:          # --strict-model: OpenAI's 404
+    with pytest.raises(openai.NotFoundError) as e:  # --strict-model: OpenAI's 404
         c.chat.completions.create(model="gpt-4", messages=MESSAGES, max_tokens=2)
     assert "model 'gpt-4' does not exist" in e.value.body["message"]
     for key in ("wrong", "s3cret-ke", "s3cret-key2"):
@@ -452,24 +560,40 @@ def test_alias_strict_names_and_api_key(keyed):
             OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0).models.list()
     code, body, headers = _post(keyed, "/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
     assert code == 401 and headers.get("www-authenticate") == "Bearer"
-    assert keyed.health()["status"] == "ok"                  # /health stays open, as llama-server's
+    assert keyed.health()["status"] == "ok"  # /health stays open, as llama-server's
     req = urllib.request.Request(keyed.url + "/v1/models", headers={"X-Api-Key": "s3cret-key"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
 
 
 def test_verbose_logs_a_line_per_request(dist, tmp_path):
-    from serve_fixture import Server, free_port
     import os
     import subprocess
     import sys
 
+    from serve_fixture import Server, free_port
+
     port = free_port()
     log = tmp_path / "log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "-v", "serve", str(dist), "--port", str(port),
-                                 "--ctx", str(CTX), *THREADS], stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgekit.cli",
+                "-v",
+                "serve",
+                str(dist),
+                "--port",
+                str(port),
+                "--ctx",
+                str(CTX),
+                *THREADS,
+            ],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        )
     s = Server(proc, port, log)
     try:
         assert _wait(lambda: _health_ok(s), 60)
@@ -489,8 +613,12 @@ def _health_ok(s):
         return False
 
 
-SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}, "city": {"type": "string", "enum": ["Paris", "Rome"]}},
-          "required": ["ok", "city"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "city": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["ok", "city"],
+    "additionalProperties": False,
+}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -498,14 +626,26 @@ def test_response_format_is_grammar_constrained(server, model, seed):
     """A random-weight model writes JSON only because llama.cpp's grammar lets nothing else through:
     json_object parses, json_schema matches the schema (here: both keys, the enum), streamed or not."""
     c = server.client()
-    r = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=200, temperature=1.0, seed=seed,
-                                  response_format={"type": "json_object"})
-    if r.choices[0].finish_reason == "stop":       # a JSON object the model closed within 200 tokens
+    r = c.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=200,
+        temperature=1.0,
+        seed=seed,
+        response_format={"type": "json_object"},
+    )
+    if r.choices[0].finish_reason == "stop":  # a JSON object the model closed within 200 tokens
         assert isinstance(json.loads(r.choices[0].message.content), dict)
-    else:                                          # cut by max_tokens: still a JSON object's beginning
+    else:  # cut by max_tokens: still a JSON object's beginning
         assert r.choices[0].message.content.lstrip().startswith("{")
-    kw = dict(model=model, messages=MESSAGES, max_tokens=100, temperature=1.0, seed=seed,
-              response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}})
+    kw = dict(
+        model=model,
+        messages=MESSAGES,
+        max_tokens=100,
+        temperature=1.0,
+        seed=seed,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": SCHEMA}},
+    )
     r = c.chat.completions.create(**kw)
     assert r.choices[0].finish_reason == "stop"
     got = json.loads(r.choices[0].message.content)
@@ -521,19 +661,19 @@ def test_stop_sequences_cut_the_reply(server, model):
     kw = dict(model=model, messages=MESSAGES, max_tokens=24, temperature=0)
     full = c.chat.completions.create(**kw)
     text = full.choices[0].message.content
-    stop = text[len(text) // 2:len(text) // 2 + 2]
-    want = text[:text.find(stop)]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    want = text[: text.find(stop)]
     r = c.chat.completions.create(**kw, stop=[stop, "never appears"])
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (want, "stop")
     assert r.usage.completion_tokens < full.usage.completion_tokens
     assert _stream_text(c, **kw, stop=stop) == (want, "stop")
     p = dict(model=model, prompt="The quick brown fox", max_tokens=24, temperature=0)
     whole = c.completions.create(**p).choices[0].text
-    cut = whole[len(whole) // 2:len(whole) // 2 + 2]
+    cut = whole[len(whole) // 2 : len(whole) // 2 + 2]
     r = c.completions.create(**p, stop=cut)
-    assert (r.choices[0].text, r.choices[0].finish_reason) == (whole[:whole.find(cut)], "stop")
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (whole[: whole.find(cut)], "stop")
     streamed = list(c.completions.create(**p, stop=cut, stream=True))
-    assert "".join(x.choices[0].text for x in streamed if x.choices) == whole[:whole.find(cut)]
+    assert "".join(x.choices[0].text for x in streamed if x.choices) == whole[: whole.find(cut)]
     assert [x.choices[0].finish_reason for x in streamed if x.choices][-1] == "stop"
 
 
@@ -548,8 +688,10 @@ def test_n_choices(server, model):
     assert [ch.message.content for ch in r.choices] == alone and len(set(alone)) == 3
     assert r.usage.completion_tokens == 36
     chunks = list(c.chat.completions.create(**kw, seed=40, n=3, stream=True, stream_options={"include_usage": True}))
-    texts = {i: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
-             for i in range(3)}
+    texts = {
+        i: "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices and ch.choices[0].index == i)
+        for i in range(3)
+    }
     assert [texts[i] for i in range(3)] == alone and chunks[-1].usage.completion_tokens == 36
     finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
     assert finishes == ["length"] * 3
@@ -566,7 +708,9 @@ def test_logprobs(server, model):
 
     c = server.client()
     for kw in (dict(temperature=0), dict(temperature=1.5, seed=3)):
-        r = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, logprobs=True, top_logprobs=4, **kw)
+        r = c.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=16, logprobs=True, top_logprobs=4, **kw
+        )
         content = r.choices[0].logprobs.content
         assert len(content) == r.usage.completion_tokens == 16
         assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == r.choices[0].message.content
@@ -577,9 +721,17 @@ def test_logprobs(server, model):
             assert t.logprob <= tops[0] + 1e-12
             if kw["temperature"] == 0:
                 assert (t.token, t.logprob) == (t.top_logprobs[0].token, tops[0])
-    streamed = list(c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0,
-                                              logprobs=True, top_logprobs=2, stream=True))
+    streamed = list(
+        c.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True, top_logprobs=2, stream=True
+        )
+    )
     got = [t for ch in streamed if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content]
-    whole = c.chat.completions.create(model=model, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True,
-                                      top_logprobs=2).choices[0].logprobs.content
+    whole = (
+        c.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True, top_logprobs=2
+        )
+        .choices[0]
+        .logprobs.content
+    )
     assert [(t.token, round(t.logprob, 6)) for t in got] == [(t.token, round(t.logprob, 6)) for t in whole]

@@ -6,9 +6,9 @@ import dataclasses
 
 from test_bench import BW, LOG_MIB, expected_kv_bytes
 
+from edgekit.builder.pipeline import build
 from edgekit.measure import bench as bench_mod
 from edgekit.measure.bench import BenchOptions, bench
-from edgekit.builder.pipeline import build
 from edgekit.model.checkpoint import load_checkpoint
 from edgekit.profiles.targets import TARGETS, load_target
 
@@ -17,9 +17,17 @@ def test_pi5_lean_is_pi5_with_the_lean_build_and_its_prefill_knobs():
     pi5, lean = TARGETS.get("pi5"), TARGETS.get("pi5-lean")
     assert lean.quants == ("iq4_xs-edge-lean",)
     assert lean.runtime == {**pi5.runtime, "kv_type": "f16", "n_ubatch": 512}
-    assert pi5.runtime["kv_type"] == "q8_0" and pi5.runtime["n_ubatch"] == 64   # the base is untouched
-    same = ("engine", "threads", "context", "memory_budget_gb", "bandwidth_gbs", "alternatives", "enforce_limit",
-            "page_size")
+    assert pi5.runtime["kv_type"] == "q8_0" and pi5.runtime["n_ubatch"] == 64  # the base is untouched
+    same = (
+        "engine",
+        "threads",
+        "context",
+        "memory_budget_gb",
+        "bandwidth_gbs",
+        "alternatives",
+        "enforce_limit",
+        "page_size",
+    )
     assert {k: getattr(lean, k) for k in same} == {k: getattr(pi5, k) for k in same}
     assert lean.enforce_limit and lean.page_size == 16384
 
@@ -27,17 +35,24 @@ def test_pi5_lean_is_pi5_with_the_lean_build_and_its_prefill_knobs():
 def test_a_variant_overrides_field_by_field_and_knob_by_knob(tmp_path):
     (tmp_path / "dev.toml").write_text(
         'name = "dev"\ndescription = "base"\nengine = "llama.cpp"\nquants = ["q4_0", "q8_0"]\nthreads = 4\n'
-        'context = 2048\nmemory_budget_gb = 1.5\nbandwidth_gbs = 17.1\n'
-        '[runtime]\nkv_type = "q8_0"\nn_ubatch = 64\nlazy = "on"\n[bench]\nenforce_limit = true\npage_size = 16384\n')
-    (tmp_path / "dev-fast.toml").write_text('extends = "dev"\nthreads = 2\n[runtime]\nn_ubatch = 512\n'
-                                            '[bench]\nenforce_limit = false\n')
+        "context = 2048\nmemory_budget_gb = 1.5\nbandwidth_gbs = 17.1\n"
+        '[runtime]\nkv_type = "q8_0"\nn_ubatch = 64\nlazy = "on"\n[bench]\nenforce_limit = true\npage_size = 16384\n'
+    )
+    (tmp_path / "dev-fast.toml").write_text(
+        'extends = "dev"\nthreads = 2\n[runtime]\nn_ubatch = 512\n[bench]\nenforce_limit = false\n'
+    )
     (tmp_path / "dev-fast-small.toml").write_text('extends = "dev-fast"\nname = "small"\ncontext = 512\n')
     base, fast, small = (load_target(tmp_path / f"{n}.toml") for n in ("dev", "dev-fast", "dev-fast-small"))
     # the variant is named by its own file (never the base's name), or by its own name field
     assert (fast.name, small.name) == ("dev-fast", "small")
-    assert fast == dataclasses.replace(base, name="dev-fast", threads=2, enforce_limit=False,
-                                       runtime={"kv_type": "q8_0", "n_ubatch": 512, "lazy": "on"})
-    assert small == dataclasses.replace(fast, name="small", context=512)   # a chain resolves in order
+    assert fast == dataclasses.replace(
+        base,
+        name="dev-fast",
+        threads=2,
+        enforce_limit=False,
+        runtime={"kv_type": "q8_0", "n_ubatch": 512, "lazy": "on"},
+    )
+    assert small == dataclasses.replace(fast, name="small", context=512)  # a chain resolves in order
 
 
 def test_a_pi5_lean_build_runs_with_pi5_leans_knobs_and_the_engine_applies_them(tiny_ckpt, tmp_path, monkeypatch):
@@ -49,8 +64,12 @@ def test_a_pi5_lean_build_runs_with_pi5_leans_knobs_and_the_engine_applies_them(
     assert folder.name == "pi5-lean"
     (rec,) = bench(folder, BenchOptions(n_prompt=32, n_gen=2, reps=1, threads=2, ctx=1024, limit=False))
     assert rec.target == "pi5-lean" and "v512-IQ4_XS-edge" in rec.artifact
-    assert {k: rec.runtime[k] for k in ("kv_type", "n_ubatch", "flash_attn", "lazy")} == \
-        {"kv_type": "f16", "n_ubatch": 512, "flash_attn": "on", "lazy": "on"}
+    assert {k: rec.runtime[k] for k in ("kv_type", "n_ubatch", "flash_attn", "lazy")} == {
+        "kv_type": "f16",
+        "n_ubatch": 512,
+        "flash_attn": "on",
+        "lazy": "on",
+    }
     expected = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, rec.runtime)
     q8 = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, {**rec.runtime, "kv_type": "q8_0"})
     assert abs(rec.kv_cache_bytes - expected) <= LOG_MIB and abs(rec.kv_cache_bytes - q8) > LOG_MIB

@@ -12,8 +12,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from edgekit.core.errors import OutputError, TokenizerError
 from edgekit.backends.gguf.vocab import add_vocab
+from edgekit.core.errors import OutputError, TokenizerError
 from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
 TINY = 1024
@@ -21,16 +21,38 @@ E2B = 262144
 
 # Published Gemma 4 ids (tokenizer_config / config.json of google/gemma-4-*), the reference here.
 GEMMA4_IDS = {
-    "<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "<|tool>": 46, "<tool|>": 47,
-    "<|tool_call>": 48, "<tool_call|>": 49, "<|tool_response>": 50, "<tool_response|>": 51,
-    '<|"|>': 52, "<|think|>": 98, "<|channel>": 100, "<channel|>": 101, "<|turn>": 105,
-    "<turn|>": 106, "\n": 107,
+    "<pad>": 0,
+    "<eos>": 1,
+    "<bos>": 2,
+    "<unk>": 3,
+    "<mask>": 4,
+    "<|tool>": 46,
+    "<tool|>": 47,
+    "<|tool_call>": 48,
+    "<tool_call|>": 49,
+    "<|tool_response>": 50,
+    "<tool_response|>": 51,
+    '<|"|>': 52,
+    "<|think|>": 98,
+    "<|channel>": 100,
+    "<channel|>": 101,
+    "<|turn>": 105,
+    "<turn|>": 106,
+    "\n": 107,
 }
-GEMMA4_MULTIMODAL_IDS = {"<|image>": 255999, "<|audio>": 256000, "<|image|>": 258880,
-                         "<|audio|>": 258881, "<image|>": 258882, "<audio|>": 258883, "<|video|>": 258884}
+GEMMA4_MULTIMODAL_IDS = {
+    "<|image>": 255999,
+    "<|audio>": 256000,
+    "<|image|>": 258880,
+    "<|audio|>": 258881,
+    "<image|>": 258882,
+    "<audio|>": 258883,
+    "<|video|>": 258884,
+}
 
-CHAT = ("<bos><|turn>user\nWhat is 2+2?<turn|>\n<|turn>model\n"
-        "<|channel>thought\nsimple sum<channel|>It is 4.<turn|><eos>")
+CHAT = (
+    "<bos><|turn>user\nWhat is 2+2?<turn|>\n<|turn>model\n<|channel>thought\nsimple sum<channel|>It is 4.<turn|><eos>"
+)
 TOOL = '<|tool_call>call:get_weather{city:<|"|>Tokyo<|"|>}<tool_call|><|tool_response>response:{t:20}<tool_response|>'
 TEXTS = [
     "Hello, world! The quick brown fox jumps over the lazy dog.",
@@ -90,6 +112,7 @@ def tiny_gguf(tiny_tok_dir, tmp_path_factory) -> Path:
 
 # ---- HF side -------------------------------------------------------------------------------------
 
+
 def test_hf_tokenizer_has_gemma4_layout(hf_tok, tiny_tok_dir):
     assert len(hf_tok) == TINY
     assert {t: hf_tok.convert_tokens_to_ids(t) for t in GEMMA4_IDS} == GEMMA4_IDS
@@ -124,16 +147,24 @@ def test_hf_special_tokens_are_single_ids(hf_tok):
     # A newline run is one token (Gemma keeps runs of newlines as single pieces).
     assert hf_tok("a\n\n\nb", add_special_tokens=False)["input_ids"].count(GEMMA4_IDS["\n"] + 2) == 1
     # Characters the corpus never saw fall back to their UTF-8 bytes.
-    assert hf_tok.convert_ids_to_tokens(hf_tok("龘", add_special_tokens=False)["input_ids"]) == ["<0xE9>", "<0xBE>", "<0x98>"]
+    assert hf_tok.convert_ids_to_tokens(hf_tok("龘", add_special_tokens=False)["input_ids"]) == [
+        "<0xE9>",
+        "<0xBE>",
+        "<0x98>",
+    ]
 
 
 def test_chat_template_renders_gemma4_turns(hf_tok):
-    out = hf_tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
-                                     tokenize=False, add_generation_prompt=True)
+    out = hf_tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert out == "<bos><|turn>user\nhi<turn|>\n<|turn>model\nhello<turn|>\n<|turn>model\n"
 
 
 # ---- GGUF side -----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_gguf_ids_equal_hf_ids(tiny_gguf, hf_tok, text):
@@ -161,8 +192,12 @@ def test_gguf_metadata(tiny_gguf, tiny_tok_dir):
         return r.fields[key].contents()
 
     assert val("tokenizer.ggml.model") == "gemma4"
-    assert (val("tokenizer.ggml.bos_token_id"), val("tokenizer.ggml.eos_token_id"),
-            val("tokenizer.ggml.unknown_token_id"), val("tokenizer.ggml.padding_token_id")) == (2, 1, 3, 0)
+    assert (
+        val("tokenizer.ggml.bos_token_id"),
+        val("tokenizer.ggml.eos_token_id"),
+        val("tokenizer.ggml.unknown_token_id"),
+        val("tokenizer.ggml.padding_token_id"),
+    ) == (2, 1, 3, 0)
     assert val("tokenizer.ggml.add_bos_token") is True
     assert val("tokenizer.ggml.add_space_prefix") is False
     tj = json.loads((tiny_tok_dir / "tokenizer.json").read_text())
@@ -171,8 +206,20 @@ def test_gguf_metadata(tiny_gguf, tiny_tok_dir):
     T = gguf.TokenType
     kind = {t: T(k) for t, k in zip(tokens, types)}
     assert {kind[t] for t in ("<bos>", "<eos>", "<|turn>", "<turn|>", "<|think|>", "<unused3>")} == {T.CONTROL}
-    assert {kind[t] for t in ("<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
-                              "<tool_response|>", '<|"|>', "\n", "\n\n")} == {T.USER_DEFINED}
+    assert {
+        kind[t]
+        for t in (
+            "<|channel>",
+            "<channel|>",
+            "<|tool_call>",
+            "<tool_call|>",
+            "<|tool_response>",
+            "<tool_response|>",
+            '<|"|>',
+            "\n",
+            "\n\n",
+        )
+    } == {T.USER_DEFINED}
     assert {kind[f"<0x{b:02X}>"] for b in range(256)} == {T.BYTE}
     assert sum(k == T.NORMAL for k in kind.values()) == TINY - len(tj["added_tokens"]) - 256
 
@@ -208,13 +255,22 @@ def test_gguf_tokens_match_gguf_py_llamahfvocab(tiny_gguf, tiny_tok_dir):
     tokens, types = r.fields["tokenizer.ggml.tokens"].contents(), r.fields["tokenizer.ggml.token_type"].contents()
     assert tokens == [t.decode() for t, _, _ in ref]
     added = {a["id"] for a in json.loads((tiny_tok_dir / "tokenizer.json").read_text())["added_tokens"]}
-    visible = {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
+    visible = {
+        "<|channel>",
+        "<channel|>",
+        "<|tool_call>",
+        "<tool_call|>",
+        "<|tool_response>",
+        "<tool_response|>",
+        '<|"|>',
+    }
     diff = {i for i, ((t, _, k), mine) in enumerate(zip(ref, types)) if int(k) != mine and t.decode() not in visible}
     assert diff and diff <= added
     assert all(ref[i][2] == gguf.TokenType.NORMAL for i in diff)
 
 
 # ---- errors --------------------------------------------------------------------------------------
+
 
 def _one_line_error(tok_dir: Path, n_vocab: int = TINY) -> str:
     with pytest.raises(TokenizerError) as e:
@@ -244,6 +300,7 @@ def test_too_small_vocab_is_refused(tmp_path):
 
 # ---- E2B size ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_e2b_size_tokenizer_writes_and_loads(tmp_path):
     from transformers import AutoTokenizer
@@ -253,13 +310,13 @@ def test_e2b_size_tokenizer_writes_and_loads(tmp_path):
     write_synthetic_tokenizer(tmp_path, E2B, n_merges=GEMMA4_MERGES)
     model = json.loads((tmp_path / "tokenizer.json").read_text(encoding="utf-8"))["model"]
     assert len(model["merges"]) == 514_906 and len(model["vocab"]) == E2B
-    big = AutoTokenizer.from_pretrained(tmp_path)   # tokenizers rejects a merge whose parts are not pieces
+    big = AutoTokenizer.from_pretrained(tmp_path)  # tokenizers rejects a merge whose parts are not pieces
     assert len(big) == E2B
     assert {t: big.convert_tokens_to_ids(t) for t in GEMMA4_MULTIMODAL_IDS} == GEMMA4_MULTIMODAL_IDS
     assert {t: big.convert_tokens_to_ids(t) for t in GEMMA4_IDS} == GEMMA4_IDS
     filler = "".join(chr(0xE000 + i) for i in (0, 1, 2, 3, 5, 8))
     ids = big(filler[:3], add_special_tokens=False)["input_ids"]
-    assert big.convert_ids_to_tokens(ids) == [filler[:3]]    # pair merge, then the triple's merge
+    assert big.convert_ids_to_tokens(ids) == [filler[:3]]  # pair merge, then the triple's merge
     path = tmp_path / "vocab.gguf"
     assert _write_vocab_gguf(tmp_path, path, E2B) == E2B
     llm = _llama(path)

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from edgekit.model.checkpoint import load_checkpoint
 from edgekit.dev.synth import TOWER_PRESETS, hf_config, synth
+from edgekit.model.checkpoint import load_checkpoint
 from edgekit.model.towers import CLIP_BOUNDS, Towers
 
 
@@ -36,8 +36,11 @@ def test_tower_shapes_are_transformers(preset):
             model = _hf_model(config)
     else:
         model = _hf_model(config)
-    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()
-              if not k.startswith(("model.language_model.", "lm_head."))}
+    theirs = {
+        k: tuple(v.shape)
+        for k, v in model.state_dict().items()
+        if not k.startswith(("model.language_model.", "lm_head."))
+    }
     ours = Towers.from_hf(config).shapes(config["text_config"]["hidden_size"])
     assert ours == theirs
 
@@ -49,7 +52,7 @@ def test_transformers_loads_the_checkpoint_strictly(mm_ckpt):
     model = _hf_model(json.loads((mm_ckpt / "config.json").read_text()))
     state = {k: v for f in mm_ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    assert unexpected == [] and missing == ["lm_head.weight"]   # tied to embed_tokens
+    assert unexpected == [] and missing == ["lm_head.weight"]  # tied to embed_tokens
     assert all(torch.isfinite(v.float()).all() for v in state.values())
 
 
@@ -63,7 +66,7 @@ def test_every_tower_tensor_is_random(mm_ckpt):
     # Drawn per tensor: 136 bounds on tiny take 105 distinct values (bf16 has 64 steps in [2, 4) per sign).
     assert len(bounds) == 136 and len(set(bounds.values())) >= 100
     assert all((v < 0) == n.endswith("_min") for n, v in bounds.items())
-    assert all(2.0 <= abs(v) <= 4.0 for v in bounds.values())   # they clip the tails of unit activations
+    assert all(2.0 <= abs(v) <= 4.0 for v in bounds.values())  # they clip the tails of unit activations
 
 
 def test_text_part_is_unchanged_by_towers(mm_ckpt, tiny_ckpt):
@@ -81,8 +84,14 @@ def test_marker_tokens_are_single_specials_at_the_config_ids(mm_ckpt):
 
     config = json.loads((mm_ckpt / "config.json").read_text())
     tok = Tokenizer.from_file(str(mm_ckpt / "tokenizer.json"))
-    for key, text in (("boi_token_id", "<|image>"), ("eoi_token_id", "<image|>"), ("image_token_id", "<|image|>"),
-                      ("boa_token_id", "<|audio>"), ("eoa_token_id", "<audio|>"), ("audio_token_id", "<|audio|>")):
+    for key, text in (
+        ("boi_token_id", "<|image>"),
+        ("eoi_token_id", "<image|>"),
+        ("image_token_id", "<|image|>"),
+        ("boa_token_id", "<|audio>"),
+        ("eoa_token_id", "<audio|>"),
+        ("audio_token_id", "<|audio|>"),
+    ):
         assert tok.encode(text, add_special_tokens=False).ids == [config[key]], key
     assert config["eoa_token_index"] == config["eoa_token_id"]
 
@@ -98,7 +107,12 @@ def test_transformers_processors_read_the_configs(mm_ckpt):
 
 def test_presets_keep_e2b_structure():
     e2b_v, e2b_a = TOWER_PRESETS["e2b"]
-    assert (e2b_v.hidden_size, e2b_v.num_hidden_layers, e2b_a.hidden_size, e2b_a.num_hidden_layers) == (768, 16, 1024, 12)
+    assert (e2b_v.hidden_size, e2b_v.num_hidden_layers, e2b_a.hidden_size, e2b_a.num_hidden_layers) == (
+        768,
+        16,
+        1024,
+        12,
+    )
     n = sum(int(np.prod(s)) for s in Towers(e2b_v, e2b_a, {}).shapes(1536).values())
     # FACTS.md: vision 167.4 M + embed_vision 1.2 M, audio 304.8 M + embed_audio 2.4 M.
     assert abs(n / 1e6 - (167.4 + 1.2 + 304.8 + 2.4)) < 1.0

@@ -34,8 +34,22 @@ def test_curve_per_heldout_text(tmp_path):
 def test_short_heldout_is_one_line(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("zu kurz\n", encoding="utf-8")
-    r = CliRunner().invoke(app, ["synth", "--preset", "tiny", "--train", str(DATA / "train.txt"), "--heldout",
-                                 str(short), "--steps", "1", "--out", str(tmp_path / "m")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "--preset",
+            "tiny",
+            "--train",
+            str(DATA / "train.txt"),
+            "--heldout",
+            str(short),
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert r.exit_code != 0
     assert "too little held-out text" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "m").exists()

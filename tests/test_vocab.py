@@ -12,16 +12,16 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
-from edgekit.model.checkpoint import sha256_file
-from edgekit.cli import app
 from reference import llama_logits
 from test_tokenizer import TEXTS
+from typer.testing import CliRunner
+
+from edgekit.cli import app
+from edgekit.model.checkpoint import sha256_file
 
 N_LEAN = 640
 N_TOKENS = 160
-MUST_KEEP_TINY = 304   # 17 named specials + 31 newline runs + 256 bytes (the 90 <unusedN> are dropped)
+MUST_KEEP_TINY = 304  # 17 named specials + 31 newline runs + 256 bytes (the 90 <unusedN> are dropped)
 runner = CliRunner()
 
 
@@ -59,22 +59,32 @@ def _ids(tok, text):
 
 # ---- what is kept, and the files that say so -----------------------------------------------------
 
+
 def test_manifest_records_size_corpus_and_id_map(builds, manifest, id_map):
     from edgekit.builder.vocab import default_corpus
 
     lean = builds[1]
-    assert [a["file"] for a in manifest["artifacts"]] == [f"tiny-gemma4-v{N_LEAN}-F32.gguf", f"tiny-gemma4-v{N_LEAN}-mlx-bf16"]
+    assert [a["file"] for a in manifest["artifacts"]] == [
+        f"tiny-gemma4-v{N_LEAN}-F32.gguf",
+        f"tiny-gemma4-v{N_LEAN}-mlx-bf16",
+    ]
     v = manifest["artifacts"][0]["extra"]["vocab"]
     assert manifest["artifacts"][1]["extra"]["vocab"] == v
     corpus = default_corpus()
-    assert (v["size"], v["source_size"], v["corpus_sha256"], v["corpus_bytes"]) == (N_LEAN, 1024, corpus.sha256, corpus.nbytes)
+    assert (v["size"], v["source_size"], v["corpus_sha256"], v["corpus_bytes"]) == (
+        N_LEAN,
+        1024,
+        corpus.sha256,
+        corpus.nbytes,
+    )
     assert v["must_keep"] == MUST_KEEP_TINY and v["must_keep"] + v["from_corpus"] + v["by_fill_rule"] == N_LEAN
     assert v["id_map_sha256"] == sha256_file(lean / v["id_map"])
     assert id_map.dtype == np.int32 and id_map.shape == (N_LEAN,) and (np.diff(id_map) > 0).all()
     assert all(r["vocab"] == N_LEAN for r in manifest["recipes"].values())
     # The private lean checkpoint is gone; only the artifacts, the id map and the manifest remain.
-    assert sorted(p.name for p in lean.iterdir()) == sorted([*(a["file"] for a in manifest["artifacts"]),
-                                                            v["id_map"], "manifest.json"])
+    assert sorted(p.name for p in lean.iterdir()) == sorted(
+        [*(a["file"] for a in manifest["artifacts"]), v["id_map"], "manifest.json"]
+    )
 
 
 def test_tokens_configs_and_merges_are_renumbered(tiny_ckpt, builds, id_map):
@@ -88,8 +98,11 @@ def test_tokens_configs_and_merges_are_renumbered(tiny_ckpt, builds, id_map):
     assert all(lean_by_id[n] == full_by_id[int(o)] for n, o in enumerate(id_map))
     kept = set(lean_by_id.values())
     # every added token but the <unusedN> placeholders, same text and flags, renumbered
-    want = [{**a, "id": int(np.searchsorted(id_map, a["id"]))} for a in full_tj["added_tokens"]
-            if not a["content"].startswith("<unused")]
+    want = [
+        {**a, "id": int(np.searchsorted(id_map, a["id"]))}
+        for a in full_tj["added_tokens"]
+        if not a["content"].startswith("<unused")
+    ]
     assert tj["added_tokens"] == want and len(want) == MUST_KEEP_TINY - 256
     assert all(f"<0x{b:02X}>" in kept for b in range(256))
     # merges: exactly the full list's merges whose parts and result are all kept, in rank order
@@ -99,10 +112,17 @@ def test_tokens_configs_and_merges_are_renumbered(tiny_ckpt, builds, id_map):
     # the head specials keep their ids (ascending map); config and generation ids name the same tokens
     assert [lean_by_id[i] for i in range(5)] == ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     cfg = json.loads((lean_dir / "config.json").read_text())
-    assert cfg["vocab_size"] == cfg["text_config"]["vocab_size"] == cfg["text_config"]["vocab_size_per_layer_input"] == N_LEAN
+    assert (
+        cfg["vocab_size"]
+        == cfg["text_config"]["vocab_size"]
+        == cfg["text_config"]["vocab_size_per_layer_input"]
+        == N_LEAN
+    )
     assert [lean_by_id[i] for i in cfg["eos_token_id"]] == ["<eos>", "<turn|>"]
     gen = json.loads((lean_dir / "generation_config.json").read_text())
-    assert [lean_by_id[i] for i in gen["eos_token_id"]] == ["<eos>", "<turn|>"] and lean_by_id[gen["bos_token_id"]] == "<bos>"
+    assert [lean_by_id[i] for i in gen["eos_token_id"]] == ["<eos>", "<turn|>"] and lean_by_id[
+        gen["bos_token_id"]
+    ] == "<bos>"
     assert tj["post_processor"]["special_tokens"]["<bos>"]["ids"] == [tj["model"]["vocab"]["<bos>"]]
 
 
@@ -113,15 +133,18 @@ def test_rows_are_the_kept_rows(tiny_ckpt, builds, id_map):
 
     full = load_checkpoint(str(tiny_ckpt)).tensors
     t = {x.name: x for x in gguf.GGUFReader(builds[1] / f"tiny-gemma4-v{N_LEAN}-F32.gguf").tensors}
-    for gname, hname in (("token_embd.weight", "embed_tokens"), ("per_layer_token_embd.weight", "embed_tokens_per_layer")):
+    for gname, hname in (
+        ("token_embd.weight", "embed_tokens"),
+        ("per_layer_token_embd.weight", "embed_tokens_per_layer"),
+    ):
         got = np.asarray(t[gname].data).reshape(N_LEAN, -1)
         np.testing.assert_array_equal(got, full[f"{hname}.weight"].load()[id_map])
 
 
 def test_gather_streams_runs_across_chunks(tmp_path):
     # Runs of consecutive ids crossing chunk boundaries, singletons, first and last row.
-    from edgekit.model.safetensors_io import TensorSpec, read_tensors, write_safetensors
     from edgekit.builder.vocab.lean import gather_rows
+    from edgekit.model.safetensors_io import TensorSpec, read_tensors, write_safetensors
 
     table = np.arange(1000 * 24, dtype=np.uint16).reshape(1000, 24)
     write_safetensors(tmp_path / "t.safetensors", [TensorSpec("w", (1000, 24), "BF16")], lambda s: [table])
@@ -134,12 +157,13 @@ def test_gather_streams_runs_across_chunks(tmp_path):
 
 # ---- round trips and reachability ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("text", TEXTS)
 def test_round_trip_tokenizers(toks, id_map, text):
     full, lean = toks
     ids = _ids(lean, text)
     assert lean.decode(ids, skip_special_tokens=False) == text
-    assert len(ids) >= len(_ids(full, text))   # fewer tokens to spell it with, never fewer tokens used
+    assert len(ids) >= len(_ids(full, text))  # fewer tokens to spell it with, never fewer tokens used
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +178,7 @@ def lean_llama(builds):
 def test_round_trip_llama_cpp(lean_llama, toks, text):
     ids = lean_llama.tokenize(text.encode(), add_bos=False, special=True)
     assert lean_llama.detokenize(ids, special=True).decode() == text
-    assert ids == _ids(toks[1], text)   # llama.cpp's gemma4 BPE agrees with tokenizers on the lean files
+    assert ids == _ids(toks[1], text)  # llama.cpp's gemma4 BPE agrees with tokenizers on the lean files
 
 
 def test_llama_cpp_special_ids(lean_llama, toks):
@@ -186,6 +210,7 @@ def test_round_trip_mlx_lm(mlx_tokenizers, toks, text):
             d.add_token(i)
         d.finalize()
         return d.text
+
     # The streaming detokenizer (what mlx_lm.generate prints) gives what it gives on the full model.
     assert stream(lean, ids) == stream(full, full.encode(text, add_special_tokens=False))
 
@@ -204,6 +229,7 @@ def test_every_self_encoding_kept_token_stays_reachable(toks, id_map):
 
 # ---- exactness: lean logits are the full logits at the kept ids -----------------------------------
 
+
 @pytest.fixture(scope="module")
 def same_ids_text(toks, id_map):
     """Corpus words, each appended while the text's lean tokenization still maps to its full one (no
@@ -212,7 +238,7 @@ def same_ids_text(toks, id_map):
     from edgekit.dev.synthetic_tokenizer import corpus
 
     full, lean = toks
-    same = lambda t: [int(id_map[i]) for i in _ids(lean, t)] == _ids(full, t)   # noqa: E731
+    same = lambda t: [int(id_map[i]) for i in _ids(lean, t)] == _ids(full, t)
     text = ""
     for word in " ".join(corpus()).split(" "):
         if same(text + " " + word):
@@ -232,7 +258,9 @@ def test_gguf_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
     assert lean.shape == (len(lean_ids), N_LEAN)
     err = float(np.abs(lean - full[:, id_map]).max())
     span = float(full.max() - full.min())
-    print(f"GGUF F32 lean vs full at kept ids: max |Δlogit| {err:.3g} over a range of {span:.3g}, {len(lean_ids)} tokens")
+    print(
+        f"GGUF F32 lean vs full at kept ids: max |Δlogit| {err:.3g} over a range of {span:.3g}, {len(lean_ids)} tokens"
+    )
     # Same weights, same rows, the same F32 arithmetic per logit: measured 0 exactly.
     assert err == 0.0
 
@@ -257,11 +285,12 @@ def test_mlx_lean_logits_equal_full_at_kept_ids(builds, same_ids_text, id_map):
 
 # ---- bad input: one line, non-zero exit, nothing written -----------------------------------------
 
+
 def _fails(tmp_path, tiny_ckpt, *args):
     out = tmp_path / "out"
     res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "f32", "--out", str(out), *args])
     assert res.exit_code == 1, res.output
-    assert not out.exists()   # every check runs before the output folder is made
+    assert not out.exists()  # every check runs before the output folder is made
     return res.stderr
 
 
@@ -271,13 +300,15 @@ def test_vocab_below_must_keep(tmp_path, tiny_ckpt):
     assert _fails(tmp_path, tiny_ckpt, "--vocab", str(MUST_KEEP_TINY - 1)) == (
         f"edgekit: error: vocab {MUST_KEEP_TINY - 1} is smaller than the {MUST_KEEP_TINY + 2} tokens every Gemma 4 "
         "deployment keeps (special, control, template and multimodal tokens, 256 byte-fallback tokens, and 2 for "
-        f"one BPE merge, which llama.cpp's tokenizer needs); use at least {MUST_KEEP_TINY + 2}\n")
+        f"one BPE merge, which llama.cpp's tokenizer needs); use at least {MUST_KEEP_TINY + 2}\n"
+    )
 
 
 def test_vocab_above_vocabulary(tmp_path, tiny_ckpt):
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "1025") == (
         "edgekit: error: --vocab 1025: the model's vocabulary has 1024 tokens, so there is nothing to trim; build "
-        "without --vocab, or with --vocab below 1024\n")
+        "without --vocab, or with --vocab below 1024\n"
+    )
 
 
 def test_corpus_empty(tmp_path, tiny_ckpt):
@@ -285,7 +316,8 @@ def test_corpus_empty(tmp_path, tiny_ckpt):
     c = tmp_path / "empty.txt"
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "512", "--vocab-corpus", str(c)) == (
         f"edgekit: error: {c}: the vocabulary corpus is empty; pass a UTF-8 text file with the kind of text "
-        "the deployment will see\n")
+        "the deployment will see\n"
+    )
 
 
 def test_corpus_not_utf8(tmp_path, tiny_ckpt):
@@ -293,18 +325,21 @@ def test_corpus_not_utf8(tmp_path, tiny_ckpt):
     c.write_bytes("café olé".encode("latin-1"))
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "512", "--vocab-corpus", str(c)) == (
         f"edgekit: error: {c}: the vocabulary corpus: not UTF-8 text (byte 0xe9 at offset 3); convert it to "
-        "UTF-8 (e.g. iconv -t UTF-8) or pass another file\n")
+        "UTF-8 (e.g. iconv -t UTF-8) or pass another file\n"
+    )
 
 
 def test_corpus_missing_and_corpus_without_size(tmp_path, tiny_ckpt):
     c = tmp_path / "nope.txt"
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "512", "--vocab-corpus", str(c)) == (
         f"edgekit: error: {c}: cannot read the vocabulary corpus (No such file or directory); pass a "
-        "readable UTF-8 text file\n")
+        "readable UTF-8 text file\n"
+    )
     (tmp_path / "c.txt").write_text("hello")
     assert _fails(tmp_path, tiny_ckpt, "--vocab-corpus", str(tmp_path / "c.txt")) == (
         "edgekit: error: --vocab-corpus needs a vocabulary size to trim to; add --vocab N or pick a recipe "
-        "with vocab = N\n")
+        "with vocab = N\n"
+    )
 
 
 def test_recipe_vocab_is_validated(tmp_path):
@@ -352,8 +387,9 @@ def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
     assert [a["file"] for a in m["artifacts"]] == ["tiny-gemma4-Q4_0.gguf", f"tiny-gemma4-v{N_LEAN}-Q4_0.gguf"]
     assert "vocab" not in m["artifacts"][0]["extra"] and m["artifacts"][1]["extra"]["vocab"]["size"] == N_LEAN
     assert m["recipes"]["q4_0-lean"]["vocab"] == N_LEAN and "vocab" not in m["recipes"]["q4_0"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*(a["file"] for a in m["artifacts"]), "manifest.json",
-                                                              f"tiny-gemma4-v{N_LEAN}.vocab-ids.npy"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*(a["file"] for a in m["artifacts"]), "manifest.json", f"tiny-gemma4-v{N_LEAN}.vocab-ids.npy"]
+    )
     for a, n in zip(m["artifacts"], (1024, N_LEAN)):
         llm = llama_cpp.Llama(str(folder / a["file"]), vocab_only=True, verbose=False)
         assert llm.n_vocab() == n
@@ -367,9 +403,9 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     # ≈20 s and ≈1 GB here (two 262k-token tokenizers loaded).
     from tokenizers import Tokenizer
 
-    from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
     from edgekit.builder.vocab import SourceTokenizer, default_corpus, select
     from edgekit.builder.vocab.lean import lean_tokenizer_json
+    from edgekit.dev.synthetic_tokenizer import GEMMA4_MERGES, write_synthetic_tokenizer
 
     write_synthetic_tokenizer(tmp_path, 262144, n_merges=GEMMA4_MERGES)
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": [1, 106], "bos_token_id": 2, "pad_token_id": 0}))
@@ -386,13 +422,14 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
 
 def test_vocab_not_positive(tmp_path, tiny_ckpt):
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "0") == (
-        "edgekit: error: --vocab 0: give a positive number of tokens, e.g. --vocab 65536\n")
+        "edgekit: error: --vocab 0: give a positive number of tokens, e.g. --vocab 65536\n"
+    )
 
 
 def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
     # The library call: Checkpoint + N + corpus -> a lean Checkpoint the converters read.
-    from edgekit.model.checkpoint import load_checkpoint
     from edgekit.builder.vocab import default_corpus, trim_checkpoint
+    from edgekit.model.checkpoint import load_checkpoint
 
     full = load_checkpoint(str(tiny_ckpt))
     lean, sel = trim_checkpoint(full, 512, default_corpus(), tmp_path)
@@ -401,8 +438,9 @@ def test_trim_checkpoint_is_a_checkpoint_transform(tiny_ckpt, tmp_path):
     assert lean.tensors["embed_tokens_per_layer.weight"].shape == (512, full.config.ple_dim)
     # every other tensor is the source's, read in place
     assert all(lean.tensors[k] is v for k, v in full.tensors.items() if not k.startswith("embed_tokens"))
-    np.testing.assert_array_equal(lean.tensors["embed_tokens.weight"].load(),
-                                  full.tensors["embed_tokens.weight"].load()[sel.kept])
+    np.testing.assert_array_equal(
+        lean.tensors["embed_tokens.weight"].load(), full.tensors["embed_tokens.weight"].load()[sel.kept]
+    )
 
 
 def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
@@ -414,8 +452,9 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
     folder = tmp_path / "tiny-gemma4" / "pi5"
     m = json.loads((folder / "manifest.json").read_text())
     assert [a["recipe"] for a in m["artifacts"]] == ["q8_0"] and list(m["recipes"]) == ["q8_0"]
-    assert m["skipped"] == {"iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 tokens: "
-                                                "nothing to trim"}
+    assert m["skipped"] == {
+        "iq4_xs-edge-lean": "vocab = 65536 caps the vocabulary, and the model's has 1024 tokens: nothing to trim"
+    }
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "tiny-gemma4-Q8_0.gguf"]
     assert len([r for r in caplog.records if "skipped" in r.getMessage()]) == 1
 
@@ -423,9 +462,11 @@ def test_recipe_vocab_is_a_cap(tiny_ckpt, tmp_path, caplog):
 def test_only_no_op_lean_recipes_is_one_line(tmp_path, tiny_ckpt):
     res = runner.invoke(app, ["build", "-m", str(tiny_ckpt), "-q", "iq4_xs-edge-lean", "--out", str(tmp_path / "out")])
     assert res.exit_code == 1 and not (tmp_path / "out").exists()
-    assert res.stderr == ("edgekit: error: iq4_xs-edge-lean: the model's vocabulary of 1024 tokens is already within "
-                          "the recipe's vocab, so there is nothing to trim; build the full-vocabulary recipe instead "
-                          "(e.g. --quant iq4_xs-edge)\n")
+    assert res.stderr == (
+        "edgekit: error: iq4_xs-edge-lean: the model's vocabulary of 1024 tokens is already within "
+        "the recipe's vocab, so there is nothing to trim; build the full-vocabulary recipe instead "
+        "(e.g. --quant iq4_xs-edge)\n"
+    )
 
 
 def test_command_line_vocab_at_or_above_the_vocabulary_is_refused(tmp_path, tiny_ckpt):
@@ -433,4 +474,5 @@ def test_command_line_vocab_at_or_above_the_vocabulary_is_refused(tmp_path, tiny
     # so it is refused (a full copy under a lean name would claim a trim that did not happen)
     assert _fails(tmp_path, tiny_ckpt, "--vocab", "2048", "-q", "iq4_xs-edge-lean").endswith(
         "--vocab 2048: the model's vocabulary has 1024 tokens, so there is nothing to trim; build without --vocab, "
-        "or with --vocab below 1024\n")
+        "or with --vocab below 1024\n"
+    )

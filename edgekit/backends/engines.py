@@ -7,24 +7,27 @@ mlx. A format names the engine that runs its artifacts (``Format.engine``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
-from ..profiles.knobs import Schema
 from ..core.registry import Registry
+from ..profiles.knobs import Schema
+from .gguf.runner import KNOBS as LLAMACPP_KNOBS
+from .gguf.runner import N_CTX_MAX, LlamaCppRunner
+from .mlx.runner import KNOBS as MLX_KNOBS
+from .mlx.runner import MlxRunner
 from .runner import Measurement, Runner, RunOptions
-from .gguf.runner import KNOBS as LLAMACPP_KNOBS, N_CTX_MAX, LlamaCppRunner
-from .mlx.runner import KNOBS as MLX_KNOBS, MlxRunner
 
 
 @dataclass(frozen=True)
 class Engine:
     name: str
     knobs: Schema
-    version_key: str                 # the key of edgekit.builder.manifest.versions() naming its library
+    version_key: str  # the key of edgekit.builder.manifest.versions() naming its library
     make: Callable[[], Runner]
-    block: tuple[str, ...] = ()      # modules its bench child treats as absent
-    max_ctx: Optional[int] = None    # the longest context the engine can represent
+    block: tuple[str, ...] = ()  # modules its bench child treats as absent
+    max_ctx: Optional[int] = None  # the longest context the engine can represent
 
 
 def _llamacpp() -> Runner:
@@ -36,8 +39,7 @@ def _mlx() -> Runner:
 
 
 ENGINES: Registry[Engine] = Registry("engine")
-ENGINES.register("llama.cpp", Engine("llama.cpp", LLAMACPP_KNOBS, "llama-cpp-python", _llamacpp,
-                                          max_ctx=N_CTX_MAX))
+ENGINES.register("llama.cpp", Engine("llama.cpp", LLAMACPP_KNOBS, "llama-cpp-python", _llamacpp, max_ctx=N_CTX_MAX))
 # mlx-lm imports transformers, which imports torch whenever it is installed (a dev venv): ≈180 MB
 # resident that a device running edgekit[mlx] does not have, for nothing the runner uses (it feeds
 # token ids); E2B 4-bit at kv_fill 2044 measured 1,625 MB with it. transformers treats a blocked

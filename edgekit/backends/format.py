@@ -15,13 +15,14 @@ beyond the common ones go in ``recipe_keys``; a recipe with any other key is an 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from ..model.checkpoint import Checkpoint
     from ..builder.manifest import Artifact
+    from ..model.checkpoint import Checkpoint
     from ..profiles.recipes import Recipe
     from ..profiles.targets import Target
 
@@ -31,11 +32,11 @@ T = TypeVar("T")
 # What a format counts for the roofline (measure/roofline.py); defined here so formats import nothing from measure/.
 @dataclass
 class TokenBytes:
-    total: int                                  # bytes read per decoded token
-    whole: int                                  # of which: matrices read whole
-    gathered: dict[str, int] = field(default_factory=dict)   # table -> bytes of the one row read
-    file_tensor_bytes: int = 0                  # all tensor bytes in the artifact
-    sizes: dict[str, int] = field(default_factory=dict, repr=False)   # tensor name -> bytes
+    total: int  # bytes read per decoded token
+    whole: int  # of which: matrices read whole
+    gathered: dict[str, int] = field(default_factory=dict)  # table -> bytes of the one row read
+    file_tensor_bytes: int = 0  # all tensor bytes in the artifact
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)  # tensor name -> bytes
 
 
 @dataclass
@@ -47,33 +48,33 @@ class BuildContext:
     on ``ctx.stack``), e.g. the lossless GGUF every quantized recipe starts from. ``calibration``
     (edgekit.builder.calibration) is what an importance matrix is made from, None when the build asked for none."""
 
-    target: "Target"
+    target: Target
     out_dir: Path
     stack: contextlib.ExitStack
     calibration: Any = None
     _shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def shared(self, key: str, make: Callable[["BuildContext"], T]) -> T:
+    def shared(self, key: str, make: Callable[[BuildContext], T]) -> T:
         if key not in self._shared:
             self._shared[key] = make(self)
         return self._shared[key]
 
 
 class Format(Protocol):
-    name: str                        # recipes' ``format`` and manifests' artifact format
-    engine: str                      # edgekit.backends.engines.ENGINES key that runs its artifacts
-    recipe_keys: frozenset[str]      # recipe keys this format reads beyond the common ones
+    name: str  # recipes' ``format`` and manifests' artifact format
+    engine: str  # edgekit.backends.engines.ENGINES key that runs its artifacts
+    recipe_keys: frozenset[str]  # recipe keys this format reads beyond the common ones
 
-    def check(self, recipe: "Recipe") -> None:
+    def check(self, recipe: Recipe) -> None:
         """Raise what ``build`` would raise up front (engine missing, recipe it cannot follow); write nothing."""
 
-    def takes_imatrix(self, recipe: "Recipe") -> bool:
+    def takes_imatrix(self, recipe: Recipe) -> bool:
         """Whether building ``recipe`` applies an importance matrix when the build has one."""
 
-    def needs_imatrix(self, recipe: "Recipe") -> list[str]:
+    def needs_imatrix(self, recipe: Recipe) -> list[str]:
         """What in ``recipe`` the engine only quantizes with an importance matrix (empty: nothing)."""
 
-    def build(self, ckpt: "Checkpoint", recipe: "Recipe", ctx: BuildContext) -> "Artifact":
+    def build(self, ckpt: Checkpoint, recipe: Recipe, ctx: BuildContext) -> Artifact:
         """Write one artifact for ``recipe`` under ``ctx.out_dir`` (atomically) and describe it."""
 
     def detect(self, path: Path) -> bool:
@@ -85,7 +86,7 @@ class Format(Protocol):
     def model_name(self, path: Path) -> str:
         """The model name a record uses for a bare artifact."""
 
-    def token_bytes(self, path: Path) -> "TokenBytes":
+    def token_bytes(self, path: Path) -> TokenBytes:
         """Weight bytes one decoded token reads (ArtifactError for an unreadable artifact)."""
 
     def max_context(self, path: Path) -> Optional[int]:

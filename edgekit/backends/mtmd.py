@@ -10,36 +10,46 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from ..builder.projector import check_pair
 from ..core.errors import ArtifactError, EngineMissingError
 from ..serve.media import DEFAULT_IMAGE_BUDGET, Audio, MediaError, image_tokens
-from ..builder.projector import check_pair
 
-IMAGE_CHUNK, AUDIO_CHUNK = 1, 2   # mtmd_input_chunk_type
+IMAGE_CHUNK, AUDIO_CHUNK = 1, 2  # mtmd_input_chunk_type
 
 
 @dataclass
 class Encoded:
-    kind: str              # "image" | "audio"
+    kind: str  # "image" | "audio"
     embeddings: np.ndarray  # [n_tokens, n_embd] float32, what reaches the language model
-    seconds: float          # encode time
+    seconds: float  # encode time
 
 
 class Projector:
     """An mmproj loaded against ``llm`` (a llama_cpp.Llama). ``image_tokens``: the budget mtmd may use
     per image; edgekit sizes images to it first (media.prepare_image), so mtmd never rescales them."""
 
-    def __init__(self, llm: Any, mmproj: Path, text_gguf: Path, threads: int = 2,
-                 image_budget: int = DEFAULT_IMAGE_BUDGET, flash_attn: bool = False):
+    def __init__(
+        self,
+        llm: Any,
+        mmproj: Path,
+        text_gguf: Path,
+        threads: int = 2,
+        image_budget: int = DEFAULT_IMAGE_BUDGET,
+        flash_attn: bool = False,
+    ):
         try:
             from llama_cpp import mtmd_cpp
         except ImportError:  # pragma: no cover - a runtime dependency
-            raise EngineMissingError("llama-cpp-python with mtmd is not installed; pip install 'edgekit[runtime]'") from None
+            raise EngineMissingError(
+                "llama-cpp-python with mtmd is not installed; pip install 'edgekit[runtime]'"
+            ) from None
         self._m = mtmd_cpp
         # mtmd logs through its own hook: route it to llama-cpp-python's, which a Llama(verbose=False) silences.
         from llama_cpp._logger import llama_log_callback
@@ -66,7 +76,9 @@ class Projector:
         self._marker = mtmd_cpp.mtmd_default_marker()
         self._ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, p)
         if not self._ctx:
-            raise ArtifactError(f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build --modalities ...`")
+            raise ArtifactError(
+                f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build --modalities ...`"
+            )
         self.n_embd = llm.n_embd()
 
     def close(self) -> None:
@@ -74,7 +86,7 @@ class Projector:
             self._m.mtmd_free(self._ctx)
             self._ctx = None
 
-    def __enter__(self) -> "Projector":
+    def __enter__(self) -> Projector:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -136,7 +148,9 @@ class Projector:
                 raise MediaError(f"mtmd failed to encode the {kind}")
             dt = time.perf_counter() - t0
             out = m.mtmd_get_output_embd(self._ctx)
-            return Encoded(kind, np.ctypeslib.as_array(out, shape=(n * self.n_embd,)).reshape(n, self.n_embd).copy(), dt)
+            return Encoded(
+                kind, np.ctypeslib.as_array(out, shape=(n * self.n_embd,)).reshape(n, self.n_embd).copy(), dt
+            )
 
     def count_tokens(self, bitmap: Any, kind: str) -> int:
         """Soft tokens mtmd makes for a bitmap (tokenized, not encoded); frees the bitmap."""

@@ -23,9 +23,10 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class RunOptions:
     ctx: int
     knobs: dict[str, Any] = field(default_factory=dict)  # typed by the engine's KNOBS schema, defaults filled
     verbose: bool = False
-    n_seq: int = 1   # sequences one context holds at once (edgekit serve's slots + its prefix cache)
+    n_seq: int = 1  # sequences one context holds at once (edgekit serve's slots + its prefix cache)
 
 
 class Runner(Protocol):
@@ -78,8 +79,8 @@ class Measurement:
     pp_tps: float
     tg_tps: float
     decode_ms: float
-    majflt_prefill: int = 0     # major page faults (pages read from disk) of this process while prefilling
-    majflt_decode: int = 0      # ... while decoding the n_gen tokens (÷ n_gen: per token)
+    majflt_prefill: int = 0  # major page faults (pages read from disk) of this process while prefilling
+    majflt_decode: int = 0  # ... while decoding the n_gen tokens (÷ n_gen: per token)
 
     def to_json(self) -> dict[str, float]:
         return asdict(self)
@@ -99,9 +100,15 @@ def majflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
-def one_rep(runner: Runner, prompt: Sequence[int], n_gen: int, first_token: int,
-            clock: Callable[[], float] = time.perf_counter,
-            on_sample: Callable[[], object] = lambda: None, depth: Sequence[int] = ()) -> Measurement:
+def one_rep(
+    runner: Runner,
+    prompt: Sequence[int],
+    n_gen: int,
+    first_token: int,
+    clock: Callable[[], float] = time.perf_counter,
+    on_sample: Callable[[], object] = lambda: None,
+    depth: Sequence[int] = (),
+) -> Measurement:
     """One repetition; with ``depth`` tokens, both tests run after those are already in the cache
     (llama-bench's -d: the depth prefill is untimed and done again before each test)."""
     runner.reset()
@@ -128,15 +135,27 @@ def one_rep(runner: Runner, prompt: Sequence[int], n_gen: int, first_token: int,
         tok = runner.next_token()
     f3 = majflt()
     prefill_s = t1 - t0
-    return Measurement(ttft_ms=(t2 - t0) * 1e3, prefill_ms=prefill_s * 1e3,
-                       pp_tps=len(prompt) / prefill_s if prompt else 0.0,
-                       tg_tps=n_gen / decode_s if n_gen else 0.0, decode_ms=decode_s * 1e3,
-                       majflt_prefill=f1 - f0, majflt_decode=f3 - f2)
+    return Measurement(
+        ttft_ms=(t2 - t0) * 1e3,
+        prefill_ms=prefill_s * 1e3,
+        pp_tps=len(prompt) / prefill_s if prompt else 0.0,
+        tg_tps=n_gen / decode_s if n_gen else 0.0,
+        decode_ms=decode_s * 1e3,
+        majflt_prefill=f1 - f0,
+        majflt_decode=f3 - f2,
+    )
 
 
-def run_reps(runner: Runner, n_prompt: int, n_gen: int, reps: int, seed: int = 0,
-             on_step: Callable[[str], None] = lambda s: None,
-             on_sample: Callable[[], object] = lambda: None, depth: int = 0) -> list[Measurement]:
+def run_reps(
+    runner: Runner,
+    n_prompt: int,
+    n_gen: int,
+    reps: int,
+    seed: int = 0,
+    on_step: Callable[[str], None] = lambda s: None,
+    on_sample: Callable[[], object] = lambda: None,
+    depth: int = 0,
+) -> list[Measurement]:
     """A warm-up repetition (discarded), then ``reps`` measured ones."""
     prompt = prompt_tokens(runner, n_prompt, seed)
     first = runner.bos() if runner.bos() is not None else prompt_tokens(runner, 1, seed + 1)[0]

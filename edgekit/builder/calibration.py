@@ -21,8 +21,8 @@ DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "eval" / "data" / "calib
 
 @dataclass(frozen=True)
 class Calibration:
-    text: Optional[Path] = None      # the calibration text (None: a precomputed matrix)
-    imatrix: Optional[Path] = None   # a precomputed importance matrix
+    text: Optional[Path] = None  # the calibration text (None: a precomputed matrix)
+    imatrix: Optional[Path] = None  # a precomputed importance matrix
 
     @property
     def label(self) -> str:
@@ -36,7 +36,7 @@ def calibration(calibrate: Optional[str], imatrix: Optional[Path]) -> Optional[C
     if imatrix is not None:
         from ..backends.gguf.imatrix import read_imatrix
 
-        read_imatrix(Path(imatrix))   # a file llama.cpp cannot read fails here, before any conversion
+        read_imatrix(Path(imatrix))  # a file llama.cpp cannot read fails here, before any conversion
         return Calibration(imatrix=Path(imatrix))
     if calibrate is None:
         return None

@@ -10,16 +10,17 @@ import hashlib
 import json
 import platform
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import __version__
-from ..model.checkpoint import sha256_file
 from ..core.errors import ArtifactError
 from ..core.fsutil import atomic_path
 from ..core.names import check_member
+from ..model.checkpoint import sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -27,9 +28,9 @@ SCHEMA = 1
 
 @dataclass
 class Artifact:
-    file: str          # relative to the manifest's folder
-    format: str        # "gguf" | "mlx"
-    quant: str         # "Q4_0", "F16", "4bit-g64", ...
+    file: str  # relative to the manifest's folder
+    format: str  # "gguf" | "mlx"
+    quant: str  # "Q4_0", "F16", "4bit-g64", ...
     recipe: str
     bytes: int
     sha256: str
@@ -51,7 +52,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        if not d["skipped"]:   # written only when a recipe was skipped: older readers take the rest unchanged
+        if not d["skipped"]:  # written only when a recipe was skipped: older readers take the rest unchanged
             del d["skipped"]
         return d
 
@@ -99,7 +100,9 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
         p = a.extra.get("projector") if isinstance(a.extra, dict) else None
         if isinstance(p, dict):
             types = ",".join(f"{m} {t}" for m, t in p.get("types", {}).items())
-            lines.append(f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}")
+            lines.append(
+                f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}"
+            )
     return "\n".join(lines)
 
 
@@ -123,17 +126,19 @@ def read_manifest(folder_or_file: Path) -> Manifest:
             if not (isinstance(a.bytes, int) and isinstance(a.sha256, str) and isinstance(a.format, str)):
                 raise TypeError("artifact fields of the wrong type")
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ArtifactError(f"{path}: corrupt manifest ({e.__class__.__name__}); rebuild with `edgekit build`") from None
-    for a in arts:   # an entry must name a file inside this folder: bench and deploy read what it names
+        raise ArtifactError(
+            f"{path}: corrupt manifest ({e.__class__.__name__}); rebuild with `edgekit build`"
+        ) from None
+    for a in arts:  # an entry must name a file inside this folder: bench and deploy read what it names
         check_member(a.file, str(path))
         v = a.extra.get("vocab") if isinstance(a.extra, dict) else None
-        if isinstance(v, dict) and v.get("id_map") is not None:   # so must a lean artifact's id map
+        if isinstance(v, dict) and v.get("id_map") is not None:  # so must a lean artifact's id map
             check_member(v["id_map"], str(path))
         im = a.extra.get("imatrix") if isinstance(a.extra, dict) else None
-        if isinstance(im, dict) and im.get("file") is not None:   # and its importance matrix
+        if isinstance(im, dict) and im.get("file") is not None:  # and its importance matrix
             check_member(im["file"], str(path))
         p = a.extra.get("projector") if isinstance(a.extra, dict) else None
-        if isinstance(p, dict) and p.get("file") is not None:   # and a multimodal projector
+        if isinstance(p, dict) and p.get("file") is not None:  # and a multimodal projector
             check_member(p["file"], str(path))
     return manifest
 
@@ -147,11 +152,15 @@ def id_map_file(folder: Path, a: Artifact) -> Path | None:
         return None
     path = Path(folder) / v["id_map"]
     if not path.is_file():
-        raise ArtifactError(f"{path}: {a.file}'s lean-vocabulary id map is missing beside {MANIFEST}; copy it "
-                            "from the build folder or rebuild with `edgekit build`")
+        raise ArtifactError(
+            f"{path}: {a.file}'s lean-vocabulary id map is missing beside {MANIFEST}; copy it "
+            "from the build folder or rebuild with `edgekit build`"
+        )
     if sha256_file(path) != v.get("id_map_sha256"):
-        raise ArtifactError(f"{path}: {a.file}'s lean-vocabulary id map does not match the sha256 {MANIFEST} "
-                            "records; rebuild with `edgekit build`")
+        raise ArtifactError(
+            f"{path}: {a.file}'s lean-vocabulary id map does not match the sha256 {MANIFEST} "
+            "records; rebuild with `edgekit build`"
+        )
     return path
 
 

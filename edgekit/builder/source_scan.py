@@ -34,13 +34,16 @@ def _read_exact(f: Any, n: int, path: Path) -> bytes:
     while got < n:
         k = f.readinto(view[got:])
         if not k:
-            raise CheckpointError(f"{path.name}: file ended while being read (truncated or being replaced); fetch it again")
+            raise CheckpointError(
+                f"{path.name}: file ended while being read (truncated or being replaced); fetch it again"
+            )
         got += k
     return bytes(buf)
 
 
-def _hash_and_scan(path: Path, refs: list[Any], found: dict[str, int], refuse: bool,
-                   stop: threading.Event | None) -> str:
+def _hash_and_scan(
+    path: Path, refs: list[Any], found: dict[str, int], refuse: bool, stop: threading.Event | None
+) -> str:
     h = hashlib.sha256()
     size = path.stat().st_size
     # (start, end, ref or None) regions in file order; a tensor overlapping an earlier one (a corrupt
@@ -70,7 +73,7 @@ def _hash_and_scan(path: Path, refs: list[Any], found: dict[str, int], refuse: b
                 found[ref.name] = bad
                 if refuse:
                     raise nonfinite_error(path.parent, found)
-        if hasattr(os, "posix_fadvise"):   # one pass: leave the page cache as it was (see sha256_file)
+        if hasattr(os, "posix_fadvise"):  # one pass: leave the page cache as it was (see sha256_file)
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     for ref in overlapping:
         bad = sum(_count_nonfinite(c.tobytes(), ref.dtype) for c in ref.raw_chunks(_BLOCK))
@@ -90,12 +93,15 @@ def _count_nonfinite(block: bytes, dtype: str) -> int:
 def nonfinite_error(where: Path, found: dict[str, int]) -> NonFinite:
     name, n = next(iter(found.items()))
     more = f" ({len(found)} tensors in all)" if len(found) > 1 else ""
-    return NonFinite(f"{where}: tensor {name} holds {n} NaN/Inf value(s){more}; the checkpoint is corrupt: fetch it "
-                     "again, or pass --allow-nonfinite to build it anyway")
+    return NonFinite(
+        f"{where}: tensor {name} holds {n} NaN/Inf value(s){more}; the checkpoint is corrupt: fetch it "
+        "again, or pass --allow-nonfinite to build it anyway"
+    )
 
 
-def source_fingerprint(ckpt: Any, stop: threading.Event | None = None,
-                       refuse_nonfinite: bool = True) -> tuple[dict[str, Any], dict[str, int]]:
+def source_fingerprint(
+    ckpt: Any, stop: threading.Event | None = None, refuse_nonfinite: bool = True
+) -> tuple[dict[str, Any], dict[str, int]]:
     """(fingerprint, non-finite counts): ``Checkpoint.fingerprint``'s per-file sha256s and total, and
     the number of NaN/Inf elements per text tensor that has any. With ``refuse_nonfinite`` the first
     such tensor raises NonFinite (once that tensor has been read)."""

@@ -24,8 +24,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..core.errors import EdgekitError, OutputError
 from ..core.fsutil import _remove, output_error, replace_into
@@ -43,7 +43,7 @@ class BuildStage:
         self._fd: int | None = None
         self.path: Path | None = None
 
-    def __enter__(self) -> "BuildStage":
+    def __enter__(self) -> BuildStage:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -88,7 +88,7 @@ class BuildStage:
 
     def _unlock(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)   # closing the fd drops the flock
+            os.close(self._fd)  # closing the fd drops the flock
             self._fd = None
 
     def commit(self, files: Iterable[str], write_manifest: Callable[[Path], object]) -> None:
@@ -96,9 +96,9 @@ class BuildStage:
         assert self.path is not None
         files = list(files)
         twice = next((f for i, f in enumerate(files) if f in files[:i]), None)
-        if twice is not None:   # the second rename would find nothing (the regression of issue 23)
+        if twice is not None:  # the second rename would find nothing (the regression of issue 23)
             raise OutputError(f"{twice}: the build made it twice; nothing was swapped in")
-        for name in files:   # everything that can refuse the swap refuses before the old manifest goes
+        for name in files:  # everything that can refuse the swap refuses before the old manifest goes
             check_member(name, f"{self.folder}")
             try:
                 st = os.lstat(self.path / name)

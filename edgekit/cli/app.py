@@ -35,7 +35,11 @@ class _Group(TyperGroup):
     def invoke(self, ctx: click.Context):
         # `kill`, systemd, a CI timeout and `docker stop` send SIGTERM: treat it like Ctrl-C (every
         # `finally` and `except BaseException` removes its partial files), then exit 128 + 15.
-        previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() else None
+        previous = (
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         try:
             return super().invoke(ctx)
         except EdgekitError as e:
@@ -52,9 +56,14 @@ class _Group(TyperGroup):
                 signal.signal(signal.SIGTERM, previous)
 
 
-app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
-                  context_settings=HELP,
-                  help="Convert, quantize, deploy and measure Gemma 4 E2B on Raspberry Pi 5 and Apple Silicon.")
+app = typer.Typer(
+    cls=_Group,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    context_settings=HELP,
+    help="Convert, quantize, deploy and measure Gemma 4 E2B on Raspberry Pi 5 and Apple Silicon.",
+)
 
 
 def _version(value: bool) -> None:
@@ -66,8 +75,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="Log progress details to stderr; -vv adds llama.cpp's full log."),
-          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit.")) -> None:
+def _main(
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="Log progress details to stderr; -vv adds llama.cpp's full log."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit."
+    ),
+) -> None:
     from .options import set_verbosity
 
     set_verbosity(verbose, reset=True)

@@ -16,39 +16,65 @@ from .options import ART, BATCH, CTX, FLASH, KNOB, MODEL, TARGET, THREADS, UBATC
 def _picked(session, artifact: Path) -> None:
     """Name the artifact a build folder resolved to (its manifest's first, recommended one)."""
     a = session.artifact
-    typer.echo(f"edgekit: {session.path} ({a.format} {a.quant}, {a.bytes / 1e6:.1f} MB; ctx {session.n_ctx}, "
-               f"threads {session.threads or '-'}, target {session.target or '-'})"
-               + ("; the build's first, recommended artifact" if Path(artifact).is_dir() and session.path != Path(artifact) else ""),
-               err=True)
+    typer.echo(
+        f"edgekit: {session.path} ({a.format} {a.quant}, {a.bytes / 1e6:.1f} MB; ctx {session.n_ctx}, "
+        f"threads {session.threads or '-'}, target {session.target or '-'})"
+        + (
+            "; the build's first, recommended artifact"
+            if Path(artifact).is_dir() and session.path != Path(artifact)
+            else ""
+        ),
+        err=True,
+    )
 
 
 @app.command()
 def run(
     artifact: Optional[Path] = ART,
-    prompt_arg: Optional[str] = typer.Argument(None, metavar="[PROMPT]", help="The prompt, as `ollama run MODEL PROMPT`."),
+    prompt_arg: Optional[str] = typer.Argument(
+        None, metavar="[PROMPT]", help="The prompt, as `ollama run MODEL PROMPT`."
+    ),
     model: Optional[Path] = MODEL,
     target: Optional[str] = TARGET,
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="One prompt; without a prompt, an interactive chat."),
+    prompt: Optional[str] = typer.Option(
+        None, "--prompt", "-p", help="One prompt; without a prompt, an interactive chat."
+    ),
     file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from FILE (- for stdin)."),
     system: Optional[str] = typer.Option(None, "--system", "-sys", help="System prompt."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", "--n-predict", help="Most tokens per reply; -1: until the turn or the context ends."),
-    think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Gemma 4 thinking on/off (default: the template's, off)."),
+    max_tokens: int = typer.Option(
+        256, "--max-tokens", "-n", "--n-predict", help="Most tokens per reply; -1: until the turn or the context ends."
+    ),
+    think: Optional[bool] = typer.Option(
+        None, "--think/--no-think", help="Gemma 4 thinking on/off (default: the template's, off)."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", "--temp", help="0 is greedy."),
     top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (1: off)."),
     top_k: int = typer.Option(0, "--top-k", help="Keep the k most likely tokens (0: off)."),
     min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens under min_p x the top probability (0: off)."),
-    repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", help="Penalize the last 64 tokens (1: off), as llama.cpp's."),
-    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Sampling seed (default: a random one, printed with -v)."),
+    repeat_penalty: float = typer.Option(
+        1.0, "--repeat-penalty", help="Penalize the last 64 tokens (1: off), as llama.cpp's."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", "-s", help="Sampling seed (default: a random one, printed with -v)."
+    ),
     ctx: Optional[int] = CTX,
     threads: Optional[int] = THREADS,
     knob: Optional[list[str]] = KNOB,
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
     flash: Optional[str] = FLASH,
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="An image for the prompt (any format Pillow reads); repeatable. Needs -p."),
-    audio: Optional[list[Path]] = typer.Option(None, "--audio", help="An audio clip for the prompt (WAV, FLAC, OGG, MP3; ≤ 30 s); repeatable. Needs -p."),
-    mmproj: Optional[Path] = typer.Option(None, "--mmproj", help="The projector file (default: the one the manifest links to the artifact)."),
-    image_tokens: int = typer.Option(280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (transformers' budgets)."),
+    image: Optional[list[Path]] = typer.Option(
+        None, "--image", help="An image for the prompt (any format Pillow reads); repeatable. Needs -p."
+    ),
+    audio: Optional[list[Path]] = typer.Option(
+        None, "--audio", help="An audio clip for the prompt (WAV, FLAC, OGG, MP3; ≤ 30 s); repeatable. Needs -p."
+    ),
+    mmproj: Optional[Path] = typer.Option(
+        None, "--mmproj", help="The projector file (default: the one the manifest links to the artifact)."
+    ),
+    image_tokens: int = typer.Option(
+        280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (transformers' budgets)."
+    ),
 ) -> None:
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit.
 
@@ -68,11 +94,28 @@ def run(
     if image or audio:
         from ..serve.media_run import run_cli
 
-        run_cli(artifact, text, image, audio, target=target, system=system, max_tokens=n, think=think,
-                   threads=threads, ctx=ctx, mmproj=mmproj, image_tokens=image_tokens,
-                   ignored={"--temperature": temperature != 0.0, "--top-p": top_p != 1.0, "--top-k": top_k != 0,
-                            "--min-p": min_p != 0.0, "--repeat-penalty": repeat_penalty != 1.0,
-                            "--knob/--ubatch/--batch/--flash": bool(knob or ubatch or batch or flash)})
+        run_cli(
+            artifact,
+            text,
+            image,
+            audio,
+            target=target,
+            system=system,
+            max_tokens=n,
+            think=think,
+            threads=threads,
+            ctx=ctx,
+            mmproj=mmproj,
+            image_tokens=image_tokens,
+            ignored={
+                "--temperature": temperature != 0.0,
+                "--top-p": top_p != 1.0,
+                "--top-k": top_k != 0,
+                "--min-p": min_p != 0.0,
+                "--repeat-penalty": repeat_penalty != 1.0,
+                "--knob/--ubatch/--batch/--flash": bool(knob or ubatch or batch or flash),
+            },
+        )
         return
     if mmproj is not None:
         raise ConfigError("--mmproj is for --image/--audio")
@@ -80,28 +123,42 @@ def run(
         seed = random.SystemRandom().randrange(2**32)
         logging.getLogger("edgekit").info("seed %d", seed)
     knobs = parse_knobs(knob_items(knob, ubatch, batch, flash))
-    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=knobs,
-                           verbose=verbosity(), block=True)
+    session = open_session(
+        artifact, target=target, threads=threads, ctx=ctx, knobs=knobs, verbose=verbosity(), block=True
+    )
     w = Writer()
     if text is None or verbosity() or Path(artifact).is_dir():
         _picked(session, artifact)
-    sampling = Sampling(max_tokens=n, temperature=temperature, seed=seed, top_p=top_p, top_k=top_k,  # type: ignore[arg-type]
-                        min_p=min_p, repeat_penalty=repeat_penalty)
+    sampling = Sampling(
+        max_tokens=n,
+        temperature=temperature,
+        seed=seed,
+        top_p=top_p,
+        top_k=top_k,  # type: ignore[arg-type]
+        min_p=min_p,
+        repeat_penalty=repeat_penalty,
+    )
     chat = Chat(session, sampling, think, w, system=clean_text(system)[0] if system else None)
     try:
         if text is not None:
             if not chat.reply(text):
                 raise typer.Exit(1)
         else:
-            interactive(chat, f"edgekit: chatting with {session.path.name}. Type /help for commands; "
-                              f"/bye, Ctrl-D or Ctrl-C at an empty prompt to exit; Ctrl-C stops a reply.\n")
+            interactive(
+                chat,
+                f"edgekit: chatting with {session.path.name}. Type /help for commands; "
+                f"/bye, Ctrl-D or Ctrl-C at an empty prompt to exit; Ctrl-C stops a reply.\n",
+            )
     finally:
         session.close()
     st = chat.stats
     if st:
-        w.err(f"ttft {st['ttft_ms']:.0f} ms, {st['decode_tps']:.1f} t/s ({st['completion_tokens']} tokens, "
-              f"prompt {st['prompt_tokens']}), peak RSS {peak_rss_bytes() / 1e6:.0f} MB"
-              + (f", {chat.turns} replies" if chat.turns > 1 else "") + "\n")
+        w.err(
+            f"ttft {st['ttft_ms']:.0f} ms, {st['decode_tps']:.1f} t/s ({st['completion_tokens']} tokens, "
+            f"prompt {st['prompt_tokens']}), peak RSS {peak_rss_bytes() / 1e6:.0f} MB"
+            + (f", {chat.turns} replies" if chat.turns > 1 else "")
+            + "\n"
+        )
 
 
 @app.command()
@@ -109,24 +166,73 @@ def serve(
     artifact: Optional[Path] = ART,
     model: Optional[Path] = MODEL,
     target: Optional[str] = TARGET,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface; then give --api-key)."
+    ),
     port: int = typer.Option(8080, "--port", help="TCP port."),
-    parallel: int = typer.Option(1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."),
-    queue: int = typer.Option(8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."),
-    ctx: Optional[int] = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096)."),
+    parallel: int = typer.Option(
+        1, "--parallel", "-np", min=1, help="Requests generated at once (slots of one context)."
+    ),
+    queue: int = typer.Option(
+        8, "--queue", min=0, help="Requests that may wait for a slot; beyond it: 503 + Retry-After."
+    ),
+    ctx: Optional[int] = typer.Option(
+        None,
+        "--ctx",
+        "-c",
+        "--ctx-size",
+        min=1,
+        help="Context per request. Default: the target's, else min(the model's n_ctx_train, 4096).",
+    ),
     threads: Optional[int] = THREADS,
-    prefix_cache: Optional[Path] = typer.Option(None, "--prefix-cache", help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256."),
-    grace: float = typer.Option(30.0, "--grace", help="Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason \"cancelled\"."),
-    alias: Optional[str] = typer.Option(None, "--alias", "-a", help="The model id /v1/models lists and replies name (default: the artifact's file name)."),
-    strict_model: bool = typer.Option(False, "--strict-model", help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="EDGEKIT_API_KEY", help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health."),
-    api_key_file: Optional[Path] = typer.Option(None, "--api-key-file", help="Read the key from this file (first line)."),
-    allowed_origin: Optional[list[str]] = typer.Option(None, "--allowed-origin", help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any."),
+    prefix_cache: Optional[Path] = typer.Option(
+        None,
+        "--prefix-cache",
+        help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256.",
+    ),
+    grace: float = typer.Option(
+        30.0,
+        "--grace",
+        help='Seconds in-flight requests may finish after SIGTERM; then they end with finish_reason "cancelled".',
+    ),
+    alias: Optional[str] = typer.Option(
+        None,
+        "--alias",
+        "-a",
+        help="The model id /v1/models lists and replies name (default: the artifact's file name).",
+    ),
+    strict_model: bool = typer.Option(
+        False,
+        "--strict-model",
+        help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model.",
+    ),
+    api_key: Optional[str] = typer.Option(
+        None,
+        "--api-key",
+        envvar="EDGEKIT_API_KEY",
+        help="Require Authorization: Bearer KEY (or X-Api-Key) on every route but /health.",
+    ),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help="Read the key from this file (first line)."
+    ),
+    allowed_origin: Optional[list[str]] = typer.Option(
+        None,
+        "--allowed-origin",
+        help="A web origin (https://app.example) allowed besides localhost's; repeatable; * allows any.",
+    ),
     max_body_mb: float = typer.Option(8.0, "--max-body-mb", help="Largest request body (413 beyond)."),
-    max_prompt_chars: Optional[int] = typer.Option(None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."),
-    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."),
-    body_timeout: float = typer.Option(30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."),
-    reuse_port: bool = typer.Option(False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."),
+    max_prompt_chars: Optional[int] = typer.Option(
+        None, "--max-prompt-chars", help="Most characters of text a request may hold (default 16 per token of context)."
+    ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", help="Seconds a client may take to send its request headers (slowloris guard)."
+    ),
+    body_timeout: float = typer.Option(
+        30.0, "--body-timeout", help="Seconds a client may take to send its request body (408 beyond)."
+    ),
+    reuse_port: bool = typer.Option(
+        False, "--reuse-port", hidden=True, help="Share the port with the server being replaced (deploy --serve)."
+    ),
     knob: Optional[list[str]] = KNOB,
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
@@ -152,23 +258,53 @@ def serve(
         raise EdgekitError("--alias is empty: give the model id clients will use")
     key = read_api_key(api_key, api_key_file)
     artifact, _ = artifact_arg(artifact, model)
-    bind(host, port, reuse_port).close()      # a bad --host/--port or a busy port: one line before the model loads
-    policy = Policy(api_key=key, origins=tuple(allowed_origin or ()), loopback_only=is_loopback(host),
-                    limits=Limits(max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout,
-                                  body_timeout_s=body_timeout))
-    session = open_session(artifact, target=target, threads=threads, ctx=ctx, knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
-                           slots=parallel, max_queue=queue, prefix_file=prefix_cache, verbose=verbosity(), block=True)
+    bind(host, port, reuse_port).close()  # a bad --host/--port or a busy port: one line before the model loads
+    policy = Policy(
+        api_key=key,
+        origins=tuple(allowed_origin or ()),
+        loopback_only=is_loopback(host),
+        limits=Limits(
+            max_body=int(max_body_mb * (1 << 20)), header_timeout_s=header_timeout, body_timeout_s=body_timeout
+        ),
+    )
+    session = open_session(
+        artifact,
+        target=target,
+        threads=threads,
+        ctx=ctx,
+        knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
+        slots=parallel,
+        max_queue=queue,
+        prefix_file=prefix_cache,
+        verbose=verbosity(),
+        block=True,
+    )
     _picked(session, artifact)
     if alias:
         session.model = alias.strip()
     shown = f"[{host}]" if ":" in host else host
 
     def announce() -> None:
-        typer.echo(f"edgekit: serving {session.model} at http://{shown}:{port}/v1 ({parallel} slot(s), "
-                   f"ctx {session.n_ctx}, target {session.target or '-'}{', API key required' if key else ''})", err=True)
+        typer.echo(
+            f"edgekit: serving {session.model} at http://{shown}:{port}/v1 ({parallel} slot(s), "
+            f"ctx {session.n_ctx}, target {session.target or '-'}{', API key required' if key else ''})",
+            err=True,
+        )
         if not policy.loopback_only and not key:
-            typer.echo(f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
-                       "port can use the model", err=True)
+            typer.echo(
+                f"edgekit: warning: listening on {host} without --api-key: anyone who reaches this "
+                "port can use the model",
+                err=True,
+            )
 
-    run_server(session, host=host, port=port, grace_s=grace, policy=policy, strict_model=strict_model,
-               max_prompt_chars=max_prompt_chars, announce=announce, reuse_port=reuse_port)
+    run_server(
+        session,
+        host=host,
+        port=port,
+        grace_s=grace,
+        policy=policy,
+        strict_model=strict_model,
+        max_prompt_chars=max_prompt_chars,
+        announce=announce,
+        reuse_port=reuse_port,
+    )

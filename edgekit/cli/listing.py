@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..builder.manifest import MANIFEST, read_manifest
 from ..core.errors import ConfigError
 
-MAX_DEPTH = 4   # dist/<model>/<target>/manifest.json is depth 2; a little slack for nested roots
+MAX_DEPTH = 4  # dist/<model>/<target>/manifest.json is depth 2; a little slack for nested roots
 
 
 def _manifests(root: Path) -> Iterator[Path]:
@@ -20,14 +21,14 @@ def _manifests(root: Path) -> Iterator[Path]:
         here = Path(dirpath)
         if MANIFEST in filenames:
             yield here
-            dirnames[:] = []          # artifacts (MLX folders) live inside: not builds of their own
+            dirnames[:] = []  # artifacts (MLX folders) live inside: not builds of their own
         elif len(here.parts) - base >= MAX_DEPTH:
             dirnames[:] = []
         dirnames.sort()
 
 
 def ago(seconds: float) -> str:
-    """"3 minutes ago", as ollama list writes it."""
+    """ "3 minutes ago", as ollama list writes it."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = int(seconds // size)
@@ -46,20 +47,23 @@ def built(root: Path) -> list[list[Any]]:
         try:
             m = read_manifest(folder)
             when = ago(now - (folder / MANIFEST).stat().st_mtime)
-        except Exception as e:   # one unreadable manifest must not hide the others
+        except Exception as e:  # one unreadable manifest must not hide the others
             rows.append([str(folder), "?", "?", "?", f"unreadable: {str(e)[:60]}"])
             continue
         for i, a in enumerate(m.artifacts):
-            rows.append([str(folder / a.file) + (" *" if i == 0 else ""), a.format, a.quant,
-                         f"{a.bytes / 1e6:.1f} MB", when])
+            rows.append(
+                [str(folder / a.file) + (" *" if i == 0 else ""), a.format, a.quant, f"{a.bytes / 1e6:.1f} MB", when]
+            )
     return rows
 
 
 def target_rows(names: list[str]) -> list[list[Any]]:
     from ..profiles.targets import TARGETS
 
-    return [[t.name, t.engine, ",".join(t.quants), t.threads, t.context, f"{t.memory_budget_gb:g} GB", t.description]
-            for t in (TARGETS.get(n) for n in names)]
+    return [
+        [t.name, t.engine, ",".join(t.quants), t.threads, t.context, f"{t.memory_budget_gb:g} GB", t.description]
+        for t in (TARGETS.get(n) for n in names)
+    ]
 
 
 def target_detail(name: str) -> str:

@@ -5,7 +5,8 @@ table), llama-bench's spellings for the engine knobs users type most, `-v`/`-vv`
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import typer
 
@@ -23,7 +24,7 @@ def set_verbosity(level: int, reset: bool = False) -> None:
     VERBOSITY = level if reset else max(VERBOSITY, level)
     level = logging.INFO if VERBOSITY else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().setLevel(level)   # a -v after the command name comes after the group's call
+    logging.getLogger().setLevel(level)  # a -v after the command name comes after the group's call
     # Keep edgekit's own notes (one-liners such as dropped towers) visible without -v.
     logging.getLogger("edgekit").setLevel(logging.INFO if VERBOSITY else logging.WARNING)
 
@@ -57,28 +58,52 @@ HELP = {"help_option_names": ["-h", "--help"]}
 # ---------------------------------------------------------------- llama-bench's knob spellings
 
 MODEL = typer.Option(None, "-m", "--model", help="The artifact, as llama-cli's -m (instead of the first argument).")
-UBATCH = typer.Option(None, "-ub", "--ubatch-size", help="llama.cpp n_ubatch (= --set n_ubatch=N); comma-separated values sweep in bench.")
+UBATCH = typer.Option(
+    None, "-ub", "--ubatch-size", help="llama.cpp n_ubatch (= --set n_ubatch=N); comma-separated values sweep in bench."
+)
 BATCH = typer.Option(None, "-b", "--batch-size", help="llama.cpp n_batch (= --set n_batch=N).")
 FLASH = typer.Option(None, "-fa", "--flash-attn", help="on, off or auto (= --set flash_attn=...); 1/0 as llama-bench.")
 # Options several commands share, declared once.
-INVENTORY = typer.Option(None, "--inventory", "-i", help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).")
+INVENTORY = typer.Option(
+    None,
+    "--inventory",
+    "-i",
+    help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).",
+)
 METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
-VIA = typer.Option("ssh", "--via", help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).")
+VIA = typer.Option(
+    "ssh",
+    "--via",
+    help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).",
+)
 FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
-ART = typer.Argument(None, help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact); or -m.")
+ART = typer.Argument(
+    None, help="A .gguf file, an MLX folder, or a dist folder (its first, recommended artifact); or -m."
+)
 TARGET = typer.Option(None, "--target", help="Target profile whose \\[runtime] knobs to use. Default: the manifest's.")
 KNOB = typer.Option(None, "--set", help="Engine knob over the target's \\[runtime], e.g. --set n_ubatch=128.")
-CTX = typer.Option(None, "--ctx", "-c", "--ctx-size", min=1, help="Context size. Default: the target's, else min(the model's n_ctx_train, 4096).")
+CTX = typer.Option(
+    None,
+    "--ctx",
+    "-c",
+    "--ctx-size",
+    min=1,
+    help="Context size. Default: the target's, else min(the model's n_ctx_train, 4096).",
+)
 THREADS = typer.Option(None, "--threads", "-t", min=1, help="Default: the target's, capped at this host's cores.")
 
 
-def knob_items(knob: Optional[list[str]], ubatch: Optional[str] = None, batch: Optional[str] = None,
-               flash: Optional[str] = None) -> list[str]:
+def knob_items(
+    knob: Optional[list[str]], ubatch: Optional[str] = None, batch: Optional[str] = None, flash: Optional[str] = None
+) -> list[str]:
     """--set items with llama-bench's spellings appended (the engine's schema then checks the values)."""
     items = list(knob or [])
     fa = {"1": "on", "0": "off"}
-    for key, value in (("n_ubatch", ubatch), ("n_batch", batch),
-                       ("flash_attn", ",".join(fa.get(v.strip(), v.strip()) for v in flash.split(",")) if flash else None)):
+    for key, value in (
+        ("n_ubatch", ubatch),
+        ("n_batch", batch),
+        ("flash_attn", ",".join(fa.get(v.strip(), v.strip()) for v in flash.split(",")) if flash else None),
+    ):
         if value is not None:
             if any(i.split("=", 1)[0].strip() == key for i in items):
                 from ..core.errors import ConfigError
@@ -102,6 +127,7 @@ def artifact_arg(artifact: Any, model: Any, prompt_arg: Optional[str] = None) ->
 
 
 # ---------------------------------------------------------------- tables
+
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[int] = ()) -> str:
     """A plain, aligned text table with a header, as `ollama list` prints."""

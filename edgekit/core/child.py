@@ -35,8 +35,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from .errors import EdgekitError
 
@@ -76,22 +77,40 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_child(entry: str, spec: Any, result_type: Callable[[dict[str, Any]], R], *,
-              verbose: bool = False, on_step: Callable[[str], None] = lambda s: None,
-              block: tuple[str, ...] = (), wrap: Callable[[list[str]], list[str]] = list) -> R:
+def run_child(
+    entry: str,
+    spec: Any,
+    result_type: Callable[[dict[str, Any]], R],
+    *,
+    verbose: bool = False,
+    on_step: Callable[[str], None] = lambda s: None,
+    block: tuple[str, ...] = (),
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> R:
     """Run ``entry(spec, step)`` in a fresh interpreter and return ``result_type(**result)``.
 
     ``block`` names modules the child must treat as absent (set to None in sys.modules before the
     entry is imported). ``wrap`` turns the child's command into the one to run (edgekit.measure.limits: one
     that joins a memory cgroup, then execs it, same pid). Raises the child's EdgekitError as its own
     class, ChildDied otherwise."""
-    payload = json.dumps({"spec": dataclasses.asdict(spec), "block": list(block),
-                          "spec_type": f"{type(spec).__module__}:{type(spec).__qualname__}"})
+    payload = json.dumps(
+        {
+            "spec": dataclasses.asdict(spec),
+            "block": list(block),
+            "spec_type": f"{type(spec).__module__}:{type(spec).__qualname__}",
+        }
+    )
     r, w = os.pipe()
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(wrap([sys.executable, "-m", "edgekit.core.child", entry, str(os.getpid()), str(w)]),
-                                pass_fds=(w,), stdin=subprocess.PIPE, stdout=2 if verbose else err,
-                                stderr=None if verbose else err, env=_env(), process_group=0)
+        proc = subprocess.Popen(
+            wrap([sys.executable, "-m", "edgekit.core.child", entry, str(os.getpid()), str(w)]),
+            pass_fds=(w,),
+            stdin=subprocess.PIPE,
+            stdout=2 if verbose else err,
+            stderr=None if verbose else err,
+            env=_env(),
+            process_group=0,
+        )
         os.close(w)
         result: Optional[dict[str, Any]] = None
         try:
@@ -140,13 +159,13 @@ def die_with_parent(parent: int) -> None:
         except (OSError, AttributeError):
             pass
     if os.getppid() != parent:
-        os._exit(70)   # the parent died before the death signal was armed
+        os._exit(70)  # the parent died before the death signal was armed
 
 
 def main(argv: list[str]) -> int:
     entry, parent, fd = argv[0], int(argv[1]), int(argv[2])
     die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)   # the parent decides about Ctrl-C; no traceback here
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides about Ctrl-C; no traceback here
     payload = json.loads(sys.stdin.read())
     for mod in payload.get("block", ()):
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import ConfigError, EdgekitError
 
@@ -19,8 +20,15 @@ _MISSING: Any = object()
 
 
 def shown(v: Any) -> str:
-    kind = {bool: "the boolean", str: "the string", int: "the integer", float: "the number", list: "a list",
-            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+    kind = {
+        bool: "the boolean",
+        str: "the string",
+        int: "the integer",
+        float: "the number",
+        list: "a list",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
     if isinstance(v, (list, dict)):
         return kind
     text = repr(v) if not isinstance(v, bool) else str(v).lower()
@@ -42,7 +50,7 @@ class Fields:
     def fail(self, key: str, must: str, value: Any) -> EdgekitError:
         return self.error(f"{self.where}: {self.name(key)} must be {must}, not {shown(value)}; {self.fix}")
 
-    def sub(self, key: str) -> "Fields":
+    def sub(self, key: str) -> Fields:
         """The fields of the object at ``key`` (an empty one when absent)."""
         return Fields(self.table(key, {}), self.where, self.fix, self.error, self.name(key))
 
@@ -57,19 +65,31 @@ class Fields:
         return v
 
     def int(self, key: str, default: Any = _MISSING, minimum: int | None = 1) -> Any:
-        must = ("a positive integer" if minimum == 1 else "a non-negative integer" if minimum == 0
-                else "an integer" if minimum is None else f"an integer ≥ {minimum}")
+        must = (
+            "a positive integer"
+            if minimum == 1
+            else "a non-negative integer"
+            if minimum == 0
+            else "an integer"
+            if minimum is None
+            else f"an integer ≥ {minimum}"
+        )
         return self._get(key, default, lambda v: type(v) is int and (minimum is None or v >= minimum), must)
 
     def number(self, key: str, default: Any = _MISSING, positive: bool = True, maximum: float | None = None) -> Any:
         def ok(v: Any) -> bool:
-            return (type(v) in (int, float) and math.isfinite(v) and (not positive or v > 0)
-                    and (maximum is None or v <= maximum))
+            return (
+                type(v) in (int, float)
+                and math.isfinite(v)
+                and (not positive or v > 0)
+                and (maximum is None or v <= maximum)
+            )
+
         must = "a positive number" if positive else "a number"
         if maximum is not None:
             must += f" ≤ {maximum:g}"
         v = self._get(key, default, ok, must)
-        return float(v) if type(v) in (int, float) else v   # a non-numeric default (None) as given
+        return float(v) if type(v) in (int, float) else v  # a non-numeric default (None) as given
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         return self._get(key, default, lambda v: type(v) is bool, "true or false")
@@ -80,8 +100,12 @@ class Fields:
 
     def strs(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
         must = "a list of strings" + (" from " + ", ".join(repr(c) for c in choices) if choices else "")
-        return self._get(key, default, lambda v: type(v) is list and all(
-            type(x) is str and (choices is None or x in choices) for x in v), must)
+        return self._get(
+            key,
+            default,
+            lambda v: type(v) is list and all(type(x) is str and (choices is None or x in choices) for x in v),
+            must,
+        )
 
     def table(self, key: str, default: Any = _MISSING) -> Any:
         return self._get(key, default, lambda v: type(v) is dict, "an object of fields")

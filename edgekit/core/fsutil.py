@@ -17,9 +17,9 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import OutputError
 
@@ -65,8 +65,10 @@ def low_space_hint(path: Path) -> str:
     free = st.f_bavail * st.f_frsize
     if free >= LOW_SPACE:
         return ""
-    return (f"; the disk holding {Path(path).parent} has only {free / 1e6:.1f} MB free, most likely full: "
-            "free space or pass --out on a larger disk")
+    return (
+        f"; the disk holding {Path(path).parent} has only {free / 1e6:.1f} MB free, most likely full: "
+        "free space or pass --out on a larger disk"
+    )
 
 
 def _mkdirs(folder: Path, option: str = "--out") -> None:
@@ -93,7 +95,7 @@ def atomic_path(path: Path, option: str = "--out") -> Iterator[Path]:
         os.close(fd)
     try:
         yield tmp
-        if not stat.S_ISREG(os.lstat(tmp).st_mode):   # swapped for a link or folder under our feet
+        if not stat.S_ISREG(os.lstat(tmp).st_mode):  # swapped for a link or folder under our feet
             raise OutputError(f"{tmp}: replaced by something else while being written; nothing was renamed into place")
         os.replace(tmp, path)
     except OSError as e:
@@ -135,7 +137,7 @@ def replace_into(src: Path, dst: Path) -> None:
         _remove(aside)
         return
     if dst.is_symlink() and src.is_dir():
-        dst.unlink()   # rename() cannot put a folder over a link; the link goes, its target stays
+        dst.unlink()  # rename() cannot put a folder over a link; the link goes, its target stays
     os.replace(src, dst)
 
 
@@ -148,4 +150,4 @@ def _remove(p: Path) -> None:
         except FileNotFoundError:
             pass
         except OSError:
-            pass   # cleanup must not hide the error that brought us here
+            pass  # cleanup must not hide the error that brought us here

@@ -15,8 +15,12 @@ from typing import Any, Optional
 def cpu_model() -> str:
     if platform.system() == "Darwin":
         try:
-            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                  timeout=5).stdout.strip() or platform.machine()
+            return (
+                subprocess.run(
+                    ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+                ).stdout.strip()
+                or platform.machine()
+            )
         except (OSError, subprocess.SubprocessError):
             return platform.machine()
     try:
@@ -61,10 +65,16 @@ def host_key() -> str:
 def host_info() -> dict[str, Any]:
     import psutil
 
-    return {"cpu": cpu_model(), "cores_physical": psutil.cpu_count(logical=False),
-            "cores_logical": psutil.cpu_count(logical=True), "ram_bytes": memory_bytes(),
-            "page_bytes": page_size(), "os": platform.platform(), "machine": platform.machine(),
-            "hostname": socket.gethostname()}
+    return {
+        "cpu": cpu_model(),
+        "cores_physical": psutil.cpu_count(logical=False),
+        "cores_logical": psutil.cpu_count(logical=True),
+        "ram_bytes": memory_bytes(),
+        "page_bytes": page_size(),
+        "os": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": socket.gethostname(),
+    }
 
 
 def device_name(given: Optional[str] = None) -> str:

@@ -20,11 +20,17 @@ def check_member(name: Any, where: str) -> str:
     """``name`` if it is one plain file or folder name: not empty, . or .., no path separator or NUL,
     no leading dash (it reaches ssh and shell commands in deploy); else ArtifactError. Every manifest
     entry passes here when read, and every artifact before it is swapped into a build folder."""
-    ok = (isinstance(name, str) and name not in ("", ".", "..") and not name.startswith("-")
-          and not any(c in name for c in "/\\\0"))
+    ok = (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not name.startswith("-")
+        and not any(c in name for c in "/\\\0")
+    )
     if not ok:
-        raise ArtifactError(f"{where}: artifact name {name!r} is not a plain name inside the build folder "
-                            "(absolute, .., or a path separator); rebuild with `edgekit build`")
+        raise ArtifactError(
+            f"{where}: artifact name {name!r} is not a plain name inside the build folder "
+            "(absolute, .., or a path separator); rebuild with `edgekit build`"
+        )
     return name
 
 
@@ -32,6 +38,8 @@ def check_plain_name(value: Any, key: str, where: str, fix: str) -> str:
     """A recipe's name or quant, a target's name: they become file and folder names, so each must be
     one portable name (SAFE_NAME), never a path; else ConfigError."""
     if not (isinstance(value, str) and SAFE_NAME.match(value)):
-        raise ConfigError(f"{where}: {key} must be a plain name (letters, digits, . _ + -; no path separator "
-                          f"or leading dot), not {shown(value)}; {fix}")
+        raise ConfigError(
+            f"{where}: {key} must be a plain name (letters, digits, . _ + -; no path separator "
+            f"or leading dot), not {shown(value)}; {fix}"
+        )
     return value

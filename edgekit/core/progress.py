@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 
 @contextmanager
@@ -13,10 +13,16 @@ def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
     if not sys.stderr.isatty() or os.environ.get("EDGEKIT_NO_PROGRESS"):
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from rich.console import Console
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as prog:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as prog:
         task = prog.add_task(label, total=total)
         yield lambda n: prog.advance(task, n)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
 
-_PKG = Path(__file__).resolve().parent.parent   # edgekit/ (this file is edgekit/core/registry.py)
+_PKG = Path(__file__).resolve().parent.parent  # edgekit/ (this file is edgekit/core/registry.py)
 
 
 def data_dir(kind: str) -> Path:
@@ -44,7 +45,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}") from None
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self._items))}"
+            ) from None
 
     def names(self) -> list[str]:
         self._load()

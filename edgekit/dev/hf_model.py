@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..model.checkpoint import load_checkpoint
 from ..core.errors import EngineMissingError
+from ..model.checkpoint import load_checkpoint
 
 DTYPES = ("float32", "bfloat16")
 
@@ -25,8 +25,10 @@ def _torch():
         import torch
         import transformers  # noqa: F401
     except ImportError:
-        raise EngineMissingError("torch and transformers are not installed; `pip install 'edgekit[dev]'` "
-                                 "(or pass an unquantized artifact as the reference)") from None
+        raise EngineMissingError(
+            "torch and transformers are not installed; `pip install 'edgekit[dev]'` "
+            "(or pass an unquantized artifact as the reference)"
+        ) from None
     return torch
 
 
@@ -60,5 +62,8 @@ def load_torch_model(ckpt_dir: Path, dtype: str = "float32") -> Any:
 
 def text_state(model: Any, prefix: str = "model.language_model.") -> dict[str, Any]:
     """The model's weights under the checkpoint's names (tied output head left out), as torch tensors."""
-    return {prefix + k[len("model."):]: v for k, v in model.state_dict().items()
-            if k.startswith("model.") and not k.endswith("rotary_emb.inv_freq")}
+    return {
+        prefix + k[len("model.") :]: v
+        for k, v in model.state_dict().items()
+        if k.startswith("model.") and not k.endswith("rotary_emb.inv_freq")
+    }

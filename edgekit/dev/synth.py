@@ -11,27 +11,37 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from ..model.dtypes import SOURCE_DTYPES, from_f32
 from ..core.errors import ConfigError
 from ..core.fsutil import atomic_dir
-from ..model.gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
 from ..core.progress import progress_bar
+from ..model.dtypes import SOURCE_DTYPES, from_f32
+from ..model.gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
 from ..model.safetensors_io import TensorSpec, shard, write_safetensors
-from .synthetic_tokenizer import GEMMA4_MERGES, HEAD_MULTIMODAL, TAIL_SPECIALS, write_synthetic_tokenizer
 from ..model.towers import AudioConfig, Towers, VisionConfig
+from .synthetic_tokenizer import GEMMA4_MERGES, HEAD_MULTIMODAL, TAIL_SPECIALS, write_synthetic_tokenizer
 
 log = logging.getLogger(__name__)
 
 REFERENCE_CONFIG = {
-    "hidden_size": 1536, "num_hidden_layers": 35, "num_attention_heads": 8, "num_key_value_heads": 1,
-    "head_dim": 256, "global_head_dim": 512, "sliding_window": 512, "vocab_size": 262144,
-    "vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256,
-    "num_kv_shared_layers": 20, "use_double_wide_mlp": True, "intermediate_size": 6144,
+    "hidden_size": 1536,
+    "num_hidden_layers": 35,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "head_dim": 256,
+    "global_head_dim": 512,
+    "sliding_window": 512,
+    "vocab_size": 262144,
+    "vocab_size_per_layer_input": 262144,
+    "hidden_size_per_layer_input": 256,
+    "num_kv_shared_layers": 20,
+    "use_double_wide_mlp": True,
+    "intermediate_size": 6144,
     "final_logit_softcapping": 30.0,
 }
 
@@ -50,17 +60,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "e2b": dict(REFERENCE_CONFIG),
     # Mid-size (≈0.3 B parameters, 0.6 GB bf16): big enough that conversion cost is not start-up cost.
     "mid": {
-        "hidden_size": 1024, "num_hidden_layers": 15, "num_attention_heads": 4, "num_key_value_heads": 1,
-        "head_dim": 256, "global_head_dim": 512, "sliding_window": 128, "vocab_size": 32768,
-        "vocab_size_per_layer_input": 32768, "hidden_size_per_layer_input": 256,
-        "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 2048,
+        "hidden_size": 1024,
+        "num_hidden_layers": 15,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "sliding_window": 128,
+        "vocab_size": 32768,
+        "vocab_size_per_layer_input": 32768,
+        "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 5,
+        "use_double_wide_mlp": True,
+        "intermediate_size": 2048,
         "final_logit_softcapping": 30.0,
     },
     "tiny": {
-        "hidden_size": 256, "num_hidden_layers": 10, "num_attention_heads": 2, "num_key_value_heads": 1,
-        "head_dim": 256, "global_head_dim": 512, "sliding_window": 32, "vocab_size": 1024,
-        "vocab_size_per_layer_input": 1024, "hidden_size_per_layer_input": 256,
-        "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 512,
+        "hidden_size": 256,
+        "num_hidden_layers": 10,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "sliding_window": 32,
+        "vocab_size": 1024,
+        "vocab_size_per_layer_input": 1024,
+        "hidden_size_per_layer_input": 256,
+        "num_kv_shared_layers": 5,
+        "use_double_wide_mlp": True,
+        "intermediate_size": 512,
         "final_logit_softcapping": 30.0,
     },
     # tiny with a trainable 16,384-token vocabulary (tests/data/tiny-trained-16k): the PLE table is
@@ -68,10 +96,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the bf16 checkpoint at 30.0 MB; every Gemma 4 feature stays (PLE, KV sharing, sliding + full
     # layers with head dims 256/512, double-wide MLP, softcap).
     "tiny-16k": {
-        "hidden_size": 256, "num_hidden_layers": 10, "num_attention_heads": 1, "num_key_value_heads": 1,
-        "head_dim": 256, "global_head_dim": 512, "sliding_window": 32, "vocab_size": 16384,
-        "vocab_size_per_layer_input": 16384, "hidden_size_per_layer_input": 32,
-        "num_kv_shared_layers": 5, "use_double_wide_mlp": True, "intermediate_size": 256,
+        "hidden_size": 256,
+        "num_hidden_layers": 10,
+        "num_attention_heads": 1,
+        "num_key_value_heads": 1,
+        "head_dim": 256,
+        "global_head_dim": 512,
+        "sliding_window": 32,
+        "vocab_size": 16384,
+        "vocab_size_per_layer_input": 16384,
+        "hidden_size_per_layer_input": 32,
+        "num_kv_shared_layers": 5,
+        "use_double_wide_mlp": True,
+        "intermediate_size": 256,
         "final_logit_softcapping": 30.0,
     },
 }
@@ -80,18 +117,50 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Towers with E2B's structure (synth --towers): shape-true for e2b, narrow and shallow for tiny and mid.
 # tiny's audio subsampling keeps 128 channels: transformers sizes its input projection from them.
 TOWER_PRESETS: dict[str, tuple[VisionConfig, AudioConfig]] = {
-    "e2b": (VisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
-                         num_key_value_heads=12, head_dim=64),
-            AudioConfig(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536)),
-    "mid": (VisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                         num_key_value_heads=4, head_dim=64),
-            AudioConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, output_proj_dims=1024)),
-    "tiny": (VisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=2, head_dim=64, position_embedding_size=1024),
-             AudioConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=256)),
+    "e2b": (
+        VisionConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=16,
+            num_attention_heads=12,
+            num_key_value_heads=12,
+            head_dim=64,
+        ),
+        AudioConfig(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8, output_proj_dims=1536),
+    ),
+    "mid": (
+        VisionConfig(
+            hidden_size=256,
+            intermediate_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            head_dim=64,
+        ),
+        AudioConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, output_proj_dims=1024),
+    ),
+    "tiny": (
+        VisionConfig(
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=64,
+            position_embedding_size=1024,
+        ),
+        AudioConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, output_proj_dims=256),
+    ),
 }
-TOKEN_KEYS = ("boi_token_id", "boa_token_id", "image_token_id", "audio_token_id", "eoi_token_id", "eoa_token_id",
-              "video_token_id")   # in TAIL_SPECIALS' order
+TOKEN_KEYS = (
+    "boi_token_id",
+    "boa_token_id",
+    "image_token_id",
+    "audio_token_id",
+    "eoi_token_id",
+    "eoa_token_id",
+    "video_token_id",
+)  # in TAIL_SPECIALS' order
 
 
 def multimodal_tokens(vocab_size: int) -> dict[int, str]:
@@ -103,46 +172,84 @@ def processor_configs(towers: Towers, image_seq_length: int = 280) -> dict[str, 
     """processor_config.json and preprocessor_config.json as transformers 5.x writes them for Gemma 4
     (the values are its defaults); llama.cpp's converter reads image_mean/image_std from them."""
     v = towers.vision
-    image = {"image_processor_type": "Gemma4ImageProcessor", "do_resize": True, "resample": 3,
-             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False,
-             "image_mean": [0.0, 0.0, 0.0], "image_std": [1.0, 1.0, 1.0], "do_convert_rgb": True,
-             "patch_size": v.patch_size if v else 16, "pooling_kernel_size": v.pooling_kernel_size if v else 3,
-             "max_soft_tokens": image_seq_length}
-    audio = {"feature_extractor_type": "Gemma4AudioFeatureExtractor", "feature_size": 128, "sampling_rate": 16000,
-             "padding_value": 0.0, "return_attention_mask": True, "frame_length_ms": 20.0, "hop_length_ms": 10.0,
-             "min_frequency": 0.0, "max_frequency": 8000.0, "mel_floor": 1e-3, "dither": 0.0,
-             "input_scale_factor": 1.0, "preemphasis": 0.0, "preemphasis_htk_flavor": True, "fft_overdrive": False}
-    processor = {"processor_class": "Gemma4Processor", "image_seq_length": image_seq_length,
-                 "audio_seq_length": 750, "audio_ms_per_token": 40, "image_processor": image,
-                 "feature_extractor": audio}
-    return {"processor_config.json": processor, "preprocessor_config.json": {**image, "processor_class": "Gemma4Processor"}}
+    image = {
+        "image_processor_type": "Gemma4ImageProcessor",
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": False,
+        "image_mean": [0.0, 0.0, 0.0],
+        "image_std": [1.0, 1.0, 1.0],
+        "do_convert_rgb": True,
+        "patch_size": v.patch_size if v else 16,
+        "pooling_kernel_size": v.pooling_kernel_size if v else 3,
+        "max_soft_tokens": image_seq_length,
+    }
+    audio = {
+        "feature_extractor_type": "Gemma4AudioFeatureExtractor",
+        "feature_size": 128,
+        "sampling_rate": 16000,
+        "padding_value": 0.0,
+        "return_attention_mask": True,
+        "frame_length_ms": 20.0,
+        "hop_length_ms": 10.0,
+        "min_frequency": 0.0,
+        "max_frequency": 8000.0,
+        "mel_floor": 1e-3,
+        "dither": 0.0,
+        "input_scale_factor": 1.0,
+        "preemphasis": 0.0,
+        "preemphasis_htk_flavor": True,
+        "fft_overdrive": False,
+    }
+    processor = {
+        "processor_class": "Gemma4Processor",
+        "image_seq_length": image_seq_length,
+        "audio_seq_length": 750,
+        "audio_ms_per_token": 40,
+        "image_processor": image,
+        "feature_extractor": audio,
+    }
+    return {
+        "processor_config.json": processor,
+        "preprocessor_config.json": {**image, "processor_class": "Gemma4Processor"},
+    }
 
 
 def hf_config(preset: str, softcap: bool = True, towers: bool = False) -> dict[str, Any]:
     text = dict(PRESETS[preset])
     n = text["num_hidden_layers"]
-    text.update({
-        "model_type": "gemma4_text",
-        "layer_types": _layer_types(n),
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "attention_k_eq_v": False,
-        "num_global_key_value_heads": None,
-        "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 1,
-        "tie_word_embeddings": True,
-        "rope_parameters": {
-            "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0, "rope_type": "proportional"},
-            "sliding_attention": {"rope_theta": 10_000.0, "rope_type": "default"},
-        },
-    })
+    text.update(
+        {
+            "model_type": "gemma4_text",
+            "layer_types": _layer_types(n),
+            "max_position_embeddings": 131072,
+            "rms_norm_eps": 1e-6,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "attention_k_eq_v": False,
+            "num_global_key_value_heads": None,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 1,
+            "tie_word_embeddings": True,
+            "rope_parameters": {
+                "full_attention": {
+                    "partial_rotary_factor": 0.25,
+                    "rope_theta": 1_000_000.0,
+                    "rope_type": "proportional",
+                },
+                "sliding_attention": {"rope_theta": 10_000.0, "rope_type": "default"},
+            },
+        }
+    )
     if not softcap:
         text["final_logit_softcapping"] = None
     config: dict[str, Any] = {
         "architectures": ["Gemma4ForConditionalGeneration"],
         "model_type": "gemma4",
         "tie_word_embeddings": True,
-        "vocab_size": text["vocab_size"],   # mlx-lm reads it at the top level
+        "vocab_size": text["vocab_size"],  # mlx-lm reads it at the top level
         "eos_token_id": [1, 106],
         "text_config": text,
         "_edgekit_synthetic": {"preset": preset},
@@ -153,7 +260,7 @@ def hf_config(preset: str, softcap: bool = True, towers: bool = False) -> dict[s
         vision, audio = TOWER_PRESETS[preset]
         config["vision_config"], config["audio_config"] = vision.to_hf(), audio.to_hf()
         config.update(zip(TOKEN_KEYS, multimodal_tokens(text["vocab_size"])))
-        config["eoa_token_index"] = config["eoa_token_id"]   # transformers' Gemma4Config's name for it
+        config["eoa_token_index"] = config["eoa_token_id"]  # transformers' Gemma4Config's name for it
     return config
 
 
@@ -181,7 +288,7 @@ def _tower_std(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     """(mean, std) for a tower tensor. Every one is random, norms and scalars included, so a converter
     that maps a tensor to the wrong place, or drops one, changes the soft tokens."""
     if name.endswith(("q_norm.weight", "k_norm.weight")):
-        return float((2.0 / np.sqrt(shape[0])) ** 0.5), 0.02   # as for the text model: scores with std ≈ 2
+        return float((2.0 / np.sqrt(shape[0])) ** 0.5), 0.02  # as for the text model: scores with std ≈ 2
     if name.endswith("per_dim_scale"):
         return 0.0, 0.5
     if name.endswith("position_embedding_table"):
@@ -218,8 +325,16 @@ def _chunks(spec: TensorSpec, cfg: Gemma4TextConfig, seed: int, index: int) -> I
         yield from_f32(x, spec.dtype)
 
 
-def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", softcap: bool = True,
-          extra_towers: bool = True, shard_bytes: int = 2 << 30, towers: bool = False) -> Path:
+def synth(
+    out: Path,
+    preset: str = "tiny",
+    seed: int = 0,
+    dtype: str = "BF16",
+    softcap: bool = True,
+    extra_towers: bool = True,
+    shard_bytes: int = 2 << 30,
+    towers: bool = False,
+) -> Path:
     """Write a random-weight Gemma 4 checkpoint to ``out`` (replacing it atomically); return ``out``.
     ``towers`` adds vision and audio towers (TOWER_PRESETS), their token ids and processor configs."""
     if preset not in PRESETS:
@@ -233,8 +348,10 @@ def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", s
     if towers:
         specs += [TensorSpec(n, s, dtype) for n, s in Towers.from_hf(config).shapes(cfg.hidden_size).items()]
     elif extra_towers:
-        specs += [TensorSpec("model.vision_tower.patch_embedder.input_proj.weight", (64, 48), dtype),
-                  TensorSpec("model.audio_tower.output_proj.weight", (64, 64), dtype)]
+        specs += [
+            TensorSpec("model.vision_tower.patch_embedder.input_proj.weight", (64, 48), dtype),
+            TensorSpec("model.audio_tower.output_proj.weight", (64, 64), dtype),
+        ]
     index_of = {s.name: i for i, s in enumerate(specs)}
     total = sum(s.nbytes for s in specs)
     out = Path(out)
@@ -251,13 +368,19 @@ def synth(out: Path, preset: str = "tiny", seed: int = 0, dtype: str = "BF16", s
 
             write_safetensors(tmp / fname, group, chunks)
             weight_map.update({s.name: fname for s in group})
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+        )
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        (tmp / "generation_config.json").write_text(json.dumps(
-            {"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0}, indent=1))
-        write_synthetic_tokenizer(tmp, cfg.vocab_size, n_merges=PRESET_MERGES.get(preset),
-                                  multimodal=multimodal_tokens(cfg.vocab_size) if towers else None)
+        (tmp / "generation_config.json").write_text(
+            json.dumps({"bos_token_id": 2, "eos_token_id": [1, 106], "pad_token_id": 0}, indent=1)
+        )
+        write_synthetic_tokenizer(
+            tmp,
+            cfg.vocab_size,
+            n_merges=PRESET_MERGES.get(preset),
+            multimodal=multimodal_tokens(cfg.vocab_size) if towers else None,
+        )
         if towers:
             for fname, body in processor_configs(Towers.from_hf(config)).items():
                 (tmp / fname).write_text(json.dumps(body, indent=1))

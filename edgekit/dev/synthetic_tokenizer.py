@@ -39,33 +39,64 @@ from pathlib import Path
 from ..core.errors import OutputError
 
 HEAD_SPECIALS = {
-    0: "<pad>", 1: "<eos>", 2: "<bos>", 3: "<unk>", 4: "<mask>",
-    46: "<|tool>", 47: "<tool|>", 48: "<|tool_call>", 49: "<tool_call|>",
-    50: "<|tool_response>", 51: "<tool_response|>", 52: '<|"|>',
-    98: "<|think|>", 100: "<|channel>", 101: "<channel|>", 105: "<|turn>", 106: "<turn|>",
+    0: "<pad>",
+    1: "<eos>",
+    2: "<bos>",
+    3: "<unk>",
+    4: "<mask>",
+    46: "<|tool>",
+    47: "<tool|>",
+    48: "<|tool_call>",
+    49: "<tool_call|>",
+    50: "<|tool_response>",
+    51: "<tool_response|>",
+    52: '<|"|>',
+    98: "<|think|>",
+    100: "<|channel>",
+    101: "<channel|>",
+    105: "<|turn>",
+    106: "<turn|>",
 }
 TAIL_SPECIALS = {
-    255999: "<|image>", 256000: "<|audio>", 258880: "<|image|>", 258881: "<|audio|>",
-    258882: "<image|>", 258883: "<audio|>", 258884: "<|video|>",
+    255999: "<|image>",
+    256000: "<|audio>",
+    258880: "<|image|>",
+    258881: "<|audio|>",
+    258882: "<image|>",
+    258883: "<audio|>",
+    258884: "<|video|>",
 }
 # Where a small vocabulary with towers (synth --towers) puts the multimodal markers: reserved head
 # slots that are otherwise <unused>; config.json's token ids point at them.
 HEAD_MULTIMODAL = {90 + k: t for k, t in enumerate(TAIL_SPECIALS.values())}
-GEMMA4_MERGES = 514_906    # merges in Gemma 4's tokenizer (llama.cpp's n_merges for gemma-4-E2B-it)
-FILLER_BASE = 0xE000       # Unicode private-use area
+GEMMA4_MERGES = 514_906  # merges in Gemma 4's tokenizer (llama.cpp's n_merges for gemma-4-E2B-it)
+FILLER_BASE = 0xE000  # Unicode private-use area
 NEWLINE_ID = 107
-MAX_NEWLINES = 31          # "\n" * 1..31 at ids 107..137
-HEAD_END = NEWLINE_ID      # ids below this are specials or <unused>
-MIN_VOCAB = HEAD_END + MAX_NEWLINES + 256 + 128   # specials, newline runs, bytes, some merges
-TRAINED_CAP = 4096         # upper bound for training on the built-in corpus (it yields fewer)
+MAX_NEWLINES = 31  # "\n" * 1..31 at ids 107..137
+HEAD_END = NEWLINE_ID  # ids below this are specials or <unused>
+MIN_VOCAB = HEAD_END + MAX_NEWLINES + 256 + 128  # specials, newline runs, bytes, some merges
+TRAINED_CAP = 4096  # upper bound for training on the built-in corpus (it yields fewer)
 
 # Named tokens in Gemma 4's tokenizer_config.json (key -> token), written when the token fits.
 NAMED_TOKENS = {
-    "sot_token": "<|turn>", "eot_token": "<turn|>", "soc_token": "<|channel>", "eoc_token": "<channel|>",
-    "think_token": "<|think|>", "escape_token": '<|"|>', "stc_token": "<|tool_call>", "etc_token": "<tool_call|>",
-    "std_token": "<|tool>", "etd_token": "<tool|>", "str_token": "<|tool_response>", "etr_token": "<tool_response|>",
-    "boi_token": "<|image>", "eoi_token": "<image|>", "image_token": "<|image|>",
-    "boa_token": "<|audio>", "eoa_token": "<audio|>", "audio_token": "<|audio|>",
+    "sot_token": "<|turn>",
+    "eot_token": "<turn|>",
+    "soc_token": "<|channel>",
+    "eoc_token": "<channel|>",
+    "think_token": "<|think|>",
+    "escape_token": '<|"|>',
+    "stc_token": "<|tool_call>",
+    "etc_token": "<tool_call|>",
+    "std_token": "<|tool>",
+    "etd_token": "<tool|>",
+    "str_token": "<|tool_response>",
+    "etr_token": "<tool_response|>",
+    "boi_token": "<|image>",
+    "eoi_token": "<image|>",
+    "image_token": "<|image|>",
+    "boa_token": "<|audio>",
+    "eoa_token": "<audio|>",
+    "audio_token": "<|audio|>",
 }
 
 # Gemma 4's turn format as a chat template (our own wording of it, not Google's file): a system turn when
@@ -166,7 +197,7 @@ _CORPUS = [
     "class Config:\n    def __init__(self, path):\n        self.path = path\n        self.values = {}\n\n"
     "    def get(self, key, default=None):\n        return self.values.get(key, default)\n",
     "import json\nfrom pathlib import Path\n\nwith open(Path('config.json'), encoding='utf-8') as f:\n"
-    "    data = json.load(f)\nprint(f\"loaded {len(data)} keys\")\n",
+    '    data = json.load(f)\nprint(f"loaded {len(data)} keys")\n',
     "for (int i = 0; i < n; ++i) {\n\tif (x[i] > max) {\n\t\tmax = x[i];\n\t}\n}\nreturn max;\n",
     "const add = (a, b) => a + b;\nfunction main() {\n  console.log(add(2, 3));\n  return 0;\n}\n",
     "SELECT name, count(*) FROM tokens WHERE id < 1024 GROUP BY name ORDER BY 2 DESC;",
@@ -180,7 +211,7 @@ _CORPUS = [
     "한국어 문장도 있습니다. 안녕하세요, 세계! مرحبا بالعالم. שלום עולם. नमस्ते दुनिया।",
     "Emoji: 😀 😂 🤖 🚀 ✨ 🎉 👍🏽 ❤️ 🇩🇰 — math: ∑ ∫ √ π ≈ ≠ ≤ ≥ ∞ → ← ± × ÷ °C € £ ¥",
     "Markdown: # Title\n\n- item one\n- item two\n\n**bold** and _italic_ and `code` and [link](http://x.y).",
-    "JSON: {\"name\": \"gemma\", \"layers\": 35, \"heads\": [8, 1], \"ok\": true, \"value\": null}",
+    'JSON: {"name": "gemma", "layers": 35, "heads": [8, 1], "ok": true, "value": null}',
     "The model was trained on text, code and mathematics. It answers questions, writes programs, "
     "translates between languages and summarizes long documents into short, readable notes.",
     "Whitespace matters in code:    four spaces,        eight spaces, a\ttab, and trailing spaces   ",
@@ -200,11 +231,13 @@ def _train(size: int, texts: list[str] | None = None) -> tuple[dict[str, int], l
     # Training-only splits (the saved tokenizer has none): no merge may contain "\n" (newline runs
     # are added tokens, and llama.cpp's gemma4 pre-tokenizer cuts at newlines), digits stay single
     # as in Gemma, and a space run stops before the "▁word" it precedes.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split("\n", "removed"),
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.Split(Regex("▁+(?=▁)|▁?[^▁]+|▁+"), "isolated"),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", "removed"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Split(Regex("▁+(?=▁)|▁?[^▁]+|▁+"), "isolated"),
+        ]
+    )
     trainer = trainers.BpeTrainer(vocab_size=size, show_progress=False, min_frequency=1)
     tok.train_from_iterator(corpus() if texts is None else texts, trainer=trainer)
     data = json.loads(tok.to_str())["model"]
@@ -222,14 +255,14 @@ def _filler(n_pieces: int, n_merges: int) -> tuple[list[str], list[tuple[str, st
         k = 2 * s
         q = n_merges - n_pieces + k
         p = n_pieces - k - q
-        if 0 <= q <= s ** 3 and s * s <= p <= k * k:
+        if 0 <= q <= s**3 and s * s <= p <= k * k:
             break
     else:
         raise ValueError(f"no private-use filler has {n_pieces} pieces and {n_merges} merges")
     chars = [chr(FILLER_BASE + i) for i in range(k)]
     core = [(chars[i], chars[j]) for i in range(s) for j in range(s)]
     rest = [(chars[i], chars[j]) for i in range(k) for j in range(k) if i >= s or j >= s]
-    pairs = core + rest[:p - len(core)]
+    pairs = core + rest[: p - len(core)]
     triples = [(a, b, c) for a in chars[:s] for b in chars[:s] for c in chars[:s]][:q]
     pieces = chars + [a + b for a, b in pairs] + [a + b + c for a, b, c in triples]
     merges = pairs + [m for a, b, c in triples for m in ((a + b, c), (a, b + c))]
@@ -240,8 +273,12 @@ def _multimodal(vocab_size: int, multimodal: dict[int, str] | None) -> dict[int,
     return multimodal if multimodal is not None else {i: t for i, t in TAIL_SPECIALS.items() if i < vocab_size}
 
 
-def _layout(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None,
-            multimodal: dict[int, str] | None = None) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
+def _layout(
+    vocab_size: int,
+    n_merges: int | None = None,
+    texts: list[str] | None = None,
+    multimodal: dict[int, str] | None = None,
+) -> tuple[dict[int, str], list[tuple[str, str]], list[int]]:
     """id -> token for all ``vocab_size`` ids, the merges, and the ids that are added tokens; the BPE part
     is trained on ``texts`` (default: the built-in corpus)."""
     if vocab_size < MIN_VOCAB:
@@ -283,12 +320,23 @@ def _layout(vocab_size: int, n_merges: int | None = None, texts: list[str] | Non
 
 
 def _added(i: int, content: str) -> dict:
-    return {"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
-            "normalized": False, "special": not content.startswith("\n")}
+    return {
+        "id": i,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": not content.startswith("\n"),
+    }
 
 
-def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str] | None = None,
-                   multimodal: dict[int, str] | None = None) -> dict:
+def tokenizer_json(
+    vocab_size: int,
+    n_merges: int | None = None,
+    texts: list[str] | None = None,
+    multimodal: dict[int, str] | None = None,
+) -> dict:
     ids, merges, added = _layout(vocab_size, n_merges, texts, multimodal)
     return {
         "version": "1.0",
@@ -296,20 +344,40 @@ def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str
         "padding": None,
         "added_tokens": [_added(i, ids[i]) for i in added],
         "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious", "invert": False},
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"String": " "},
+            "behavior": "MergedWithPrevious",
+            "invert": False,
+        },
         "post_processor": {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": "<bos>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "pair": [
+                {"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "<bos>", "type_id": 1}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+            ],
             "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}},
         },
-        "decoder": {"type": "Sequence", "decoders": [
-            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
-            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "decoder": {
+            "type": "Sequence",
+            "decoders": [
+                {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+                {"type": "ByteFallback"},
+                {"type": "Fuse"},
+            ],
+        },
         "model": {
-            "type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
-            "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": "<unk>",
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": True,
+            "byte_fallback": True,
+            "ignore_merges": False,
             "vocab": {t: i for i, t in sorted(ids.items())},
             "merges": [list(m) for m in merges],
         },
@@ -319,10 +387,18 @@ def tokenizer_json(vocab_size: int, n_merges: int | None = None, texts: list[str
 def tokenizer_config(vocab_size: int, multimodal: dict[int, str] | None = None) -> dict:
     present = set(HEAD_SPECIALS.values()) | set(_multimodal(vocab_size, multimodal).values())
     cfg: dict = {
-        "backend": "tokenizers", "tokenizer_class": "GemmaTokenizer",
-        "bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>",
-        "mask_token": "<mask>", "add_bos_token": True, "add_eos_token": False, "padding_side": "left",
-        "clean_up_tokenization_spaces": False, "model_max_length": 131072,
+        "backend": "tokenizers",
+        "tokenizer_class": "GemmaTokenizer",
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "mask_token": "<mask>",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 131072,
     }
     named = {k: t for k, t in NAMED_TOKENS.items() if t in present}
     cfg.update(named)
@@ -333,8 +409,13 @@ def tokenizer_config(vocab_size: int, multimodal: dict[int, str] | None = None) 
     return cfg
 
 
-def write_synthetic_tokenizer(out_dir: Path, vocab_size: int, n_merges: int | None = None,
-                              texts: list[str] | None = None, multimodal: dict[int, str] | None = None) -> None:
+def write_synthetic_tokenizer(
+    out_dir: Path,
+    vocab_size: int,
+    n_merges: int | None = None,
+    texts: list[str] | None = None,
+    multimodal: dict[int, str] | None = None,
+) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json with exactly ``vocab_size``
     tokens (and ``n_merges`` merges, when given: see the module's note). With ``texts`` the BPE merges
     are learnt from them (a trained model's tokenizer) instead of the built-in corpus."""

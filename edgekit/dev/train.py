@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ConfigError, EngineMissingError
-from ..eval.text import read_text
 from ..core.fsutil import atomic_dir
+from ..eval.text import read_text
 from .hf_model import load_torch_model, text_state
 from .synth import synth
 from .synthetic_tokenizer import write_synthetic_tokenizer
@@ -37,15 +37,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainOptions:
     steps: int = 100
-    minutes: float | None = None   # wall-time cap (stops early; the run is then not reproducible)
+    minutes: float | None = None  # wall-time cap (stops early; the run is then not reproducible)
     seed: int = 0
     batch: int = 2
-    seq: int = 512                 # eval's default context: every position it scores was trained
+    seq: int = 512  # eval's default context: every position it scores was trained
     lr: float = 2e-3
     warmup: int = 10
     threads: int = 2
-    eval_windows: int = 8          # held-out windows (per held-out text) for the loss before and after
-    eval_every: int = 0            # also log the held-out loss every this many steps (0: before and after only)
+    eval_windows: int = 8  # held-out windows (per held-out text) for the loss before and after
+    eval_every: int = 0  # also log the held-out loss every this many steps (0: before and after only)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -54,13 +54,18 @@ def _paragraphs(text: str) -> list[str]:
 
 def _windows(ids: np.ndarray, n: int, seq: int, bos: int, rng: np.random.Generator) -> np.ndarray:
     starts = rng.integers(0, len(ids) - seq, size=n)
-    out = np.stack([ids[s:s + seq] for s in starts])
+    out = np.stack([ids[s : s + seq] for s in starts])
     out[:, 0] = bos
     return out
 
 
-def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions = TrainOptions(),
-          heldout_path: Path | list[Path] | None = None) -> Path:
+def train(
+    out: Path,
+    text_path: Path,
+    preset: str = "tiny",
+    opts: TrainOptions = TrainOptions(),
+    heldout_path: Path | list[Path] | None = None,
+) -> Path:
     """Write a checkpoint trained on ``text_path`` to ``out`` (atomically); return ``out``. With several
     held-out texts (one per language), each one's loss is logged (the headline is their mean)."""
     try:
@@ -70,8 +75,9 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         raise EngineMissingError("training needs torch and transformers; `pip install 'edgekit[dev]'`") from None
 
     text = read_text(text_path)
-    held_paths = [] if heldout_path is None else [heldout_path] if isinstance(heldout_path, (str, Path)) \
-        else list(heldout_path)
+    held_paths = (
+        [] if heldout_path is None else [heldout_path] if isinstance(heldout_path, (str, Path)) else list(heldout_path)
+    )
     helds = [read_text(p) for p in held_paths]
     torch.manual_seed(opts.seed)
     torch.set_num_threads(opts.threads)
@@ -84,8 +90,10 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         tok = Tokenizer.from_file(str(init / "tokenizer.json"))
         ids = np.array(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
         if len(ids) < 4 * opts.seq:
-            raise ConfigError(f"{text_path}: {len(ids)} tokens is too little text to train on; pass at least "
-                              f"{4 * opts.seq} tokens' worth")
+            raise ConfigError(
+                f"{text_path}: {len(ids)} tokens is too little text to train on; pass at least "
+                f"{4 * opts.seq} tokens' worth"
+            )
         bos = cfg["text_config"]["bos_token_id"]
         rng = np.random.Generator(np.random.PCG64(opts.seed))
         held_xs = []
@@ -98,8 +106,11 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
         model = load_torch_model(init, "float32").train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
         rest = [p for n, p in model.named_parameters() if p.ndim < 2]
-        optim = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
-                                  lr=opts.lr, betas=(0.9, 0.95))
+        optim = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+            lr=opts.lr,
+            betas=(0.9, 0.95),
+        )
 
         def lr_at(step: int) -> float:
             if step < opts.warmup:
@@ -118,8 +129,13 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
             if not held_xs:
                 return None
             per = held_losses()
-            curve.append({"step": len(losses), "loss": float(np.mean(per)),
-                          "per_text": {Path(p).name: round(x, 4) for p, x in zip(held_paths, per)}})
+            curve.append(
+                {
+                    "step": len(losses),
+                    "loss": float(np.mean(per)),
+                    "per_text": {Path(p).name: round(x, 4) for p, x in zip(held_paths, per)},
+                }
+            )
             log.info("held-out loss at step %d: %.3f", len(losses), curve[-1]["loss"])
             return curve[-1]["loss"]
 
@@ -159,15 +175,29 @@ def train(out: Path, text_path: Path, preset: str = "tiny", opts: TrainOptions =
             (init / name).replace(tmp / name)
         n = len(losses)
         first, last = float(np.mean(losses[:10])), float(np.mean(losses[-10:]))
-        (tmp / "train_log.json").write_text(json.dumps({
-            "preset": preset, "options": asdict(opts), "text": Path(text_path).name,
-            "heldout": [Path(p).name for p in held_paths],
-            "text_sha256": hashlib.sha256(text.encode()).hexdigest(), "text_tokens": int(len(ids)),
-            "steps_done": n, "capped_by_minutes": capped, "seconds": round(seconds, 1),
-            "train_loss_first10": first, "train_loss_last10": last,
-            "heldout_loss_before": held_before, "heldout_loss_after": held_after, "heldout_curve": curve,
-            "torch": torch.__version__, "losses": [round(x, 4) for x in losses],
-        }, indent=1))
+        (tmp / "train_log.json").write_text(
+            json.dumps(
+                {
+                    "preset": preset,
+                    "options": asdict(opts),
+                    "text": Path(text_path).name,
+                    "heldout": [Path(p).name for p in held_paths],
+                    "text_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                    "text_tokens": len(ids),
+                    "steps_done": n,
+                    "capped_by_minutes": capped,
+                    "seconds": round(seconds, 1),
+                    "train_loss_first10": first,
+                    "train_loss_last10": last,
+                    "heldout_loss_before": held_before,
+                    "heldout_loss_after": held_after,
+                    "heldout_curve": curve,
+                    "torch": torch.__version__,
+                    "losses": [round(x, 4) for x in losses],
+                },
+                indent=1,
+            )
+        )
         import shutil
 
         shutil.rmtree(init)

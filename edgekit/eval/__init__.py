@@ -6,8 +6,8 @@ figures ``llama-perplexity --kl-divergence`` prints. Task suites (suite.py, scor
 prompts, generate greedily and score the answers.
 """
 
-from .metrics import KLStats, kl_stats
 from ..results import QualityRecord
+from .metrics import KLStats, kl_stats
 from .run import EvalOptions, evaluate
 
 __all__ = ["EvalOptions", "KLStats", "QualityRecord", "evaluate", "kl_stats"]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
@@ -59,7 +60,9 @@ def tokenizer_json_vocab(folder: Path, bos: Optional[int]) -> Vocab:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: unreadable tokenizer ({e.__class__.__name__}); copy it from the checkpoint") from None
+        raise ArtifactError(
+            f"{path}: unreadable tokenizer ({e.__class__.__name__}); copy it from the checkpoint"
+        ) from None
     by_id = {int(i): t for t, i in data["model"]["vocab"].items()}
     control = set()
     for a in data.get("added_tokens", []):
@@ -92,8 +95,8 @@ def _bos_of(folder: Path) -> Optional[int]:
 
 class GgufSource:
     def __init__(self, path: Path, threads: int, ctx: int, runtime: dict[str, Any]):
-        from ..backends.runner import RunOptions
         from ..backends.gguf.runner import LlamaCppRunner
+        from ..backends.runner import RunOptions
 
         self.label, self.runner = path.name, LlamaCppRunner()
         # One batch holds a whole window (llama-perplexity: n_batch = n_ctx); ubatch is the runtime's.
@@ -117,8 +120,8 @@ class GgufSource:
 
 class MlxSource(_TokenizersMixin):
     def __init__(self, path: Path, ctx: int, runtime: dict[str, Any]):
-        from ..backends.runner import RunOptions
         from ..backends.mlx.runner import MlxRunner
+        from ..backends.runner import RunOptions
 
         self.label, self.folder, self.runner = path.name, Path(path), MlxRunner()
         rt = {k: v for k, v in runtime.items() if k != "kv_fill"}  # kv_fill would fake the context
@@ -167,6 +170,8 @@ class HfSource(_TokenizersMixin):
 def _fit(v: Vocab, n_vocab: int, label: str) -> Vocab:
     """A tokenizer with fewer pieces than the embedding has rows is padded (rows no text reaches)."""
     if len(v.pieces) > n_vocab:
-        raise ArtifactError(f"{label}: tokenizer has {len(v.pieces)} tokens but the model only {n_vocab} rows; "
-                            "the tokenizer does not belong to these weights")
+        raise ArtifactError(
+            f"{label}: tokenizer has {len(v.pieces)} tokens but the model only {n_vocab} rows; "
+            "the tokenizer does not belong to these weights"
+        )
     return Vocab(v.pieces + [""] * (n_vocab - len(v.pieces)), v.control, v.bos)

@@ -43,19 +43,19 @@ def log_softmax(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class RefRows:
     """The reference's compact log-probabilities for a run of scored positions."""
 
-    top_ids: np.ndarray     # int32 [n, k], most probable first
-    top_logp: np.ndarray    # float32 [n, k]
-    next_logp: np.ndarray   # float32 [n]: log P(next token)
-    lse: np.ndarray         # float32 [n]: log-sum-exp of the reference's logits
-    tail_logp: np.ndarray   # float32 [n]: log of the probability outside the top k (-inf: none)
+    top_ids: np.ndarray  # int32 [n, k], most probable first
+    top_logp: np.ndarray  # float32 [n, k]
+    next_logp: np.ndarray  # float32 [n]: log P(next token)
+    lse: np.ndarray  # float32 [n]: log-sum-exp of the reference's logits
+    tail_logp: np.ndarray  # float32 [n]: log of the probability outside the top k (-inf: none)
 
     FIELDS = ("top_ids", "top_logp", "next_logp", "lse", "tail_logp")
 
-    def slice(self, s: slice) -> "RefRows":
+    def slice(self, s: slice) -> RefRows:
         return RefRows(*(getattr(self, f)[s] for f in self.FIELDS))
 
     @classmethod
-    def concat(cls, parts: list["RefRows"]) -> "RefRows":
+    def concat(cls, parts: list[RefRows]) -> RefRows:
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in cls.FIELDS))
 
 
@@ -71,9 +71,14 @@ def compact(logits: np.ndarray, next_ids: np.ndarray, k: int) -> RefRows:
     rest = np.exp(logp)
     np.put_along_axis(rest, idx, 0.0, 1)
     with np.errstate(divide="ignore"):
-        tail = np.log(rest.sum(1))   # summed directly, not 1 - Σ top-k: no cancellation when it is tiny
-    return RefRows(idx.astype(np.int32), part.astype(np.float32), nxt.astype(np.float32), lse.astype(np.float32),
-                   tail.astype(np.float32))
+        tail = np.log(rest.sum(1))  # summed directly, not 1 - Σ top-k: no cancellation when it is tiny
+    return RefRows(
+        idx.astype(np.int32),
+        part.astype(np.float32),
+        nxt.astype(np.float32),
+        lse.astype(np.float32),
+        tail.astype(np.float32),
+    )
 
 
 def tail_mass(ref: RefRows) -> float:
@@ -125,14 +130,14 @@ class KLStats:
     ppl: float
     bits_per_byte: float
     kl_mean: float
-    kl_lo: float            # 95% interval of the mean (mean ± 1.96 standard errors)
+    kl_lo: float  # 95% interval of the mean (mean ± 1.96 standard errors)
     kl_hi: float
     kl_median: float
     kl_p99: float
     kl_max: float
-    same_top: float         # fraction of scored tokens
+    same_top: float  # fraction of scored tokens
     same_top_se: float
-    rms_dp: float           # RMS of Δp, as a probability (llama.cpp prints it in %)
+    rms_dp: float  # RMS of Δp, as a probability (llama.cpp prints it in %)
 
 
 def kl_stats(s: TokenScores) -> KLStats:
@@ -142,14 +147,22 @@ def kl_stats(s: TokenScores) -> KLStats:
     mean = float(kl.mean())
     st = float(s.same_top.mean())
     return KLStats(
-        n=n, ppl=float(math.exp(s.nll.mean())),
+        n=n,
+        ppl=float(math.exp(s.nll.mean())),
         bits_per_byte=float(s.nll.sum() / LN2 / max(int(s.nbytes.sum()), 1)),
-        kl_mean=mean, kl_lo=mean - Z95 * se, kl_hi=mean + Z95 * se,
-        kl_median=float(np.median(kl)), kl_p99=float(np.percentile(kl, 99)), kl_max=float(kl.max()),
-        same_top=st, same_top_se=math.sqrt(st * (1 - st) / (n - 1)) if n > 1 else 0.0,
-        rms_dp=float(math.sqrt((s.dp ** 2).mean())))
+        kl_mean=mean,
+        kl_lo=mean - Z95 * se,
+        kl_hi=mean + Z95 * se,
+        kl_median=float(np.median(kl)),
+        kl_p99=float(np.percentile(kl, 99)),
+        kl_max=float(kl.max()),
+        same_top=st,
+        same_top_se=math.sqrt(st * (1 - st) / (n - 1)) if n > 1 else 0.0,
+        rms_dp=float(math.sqrt((s.dp**2).mean())),
+    )
 
 
 def concat(parts: list[TokenScores]) -> TokenScores:
-    return TokenScores(*(np.concatenate([getattr(p, f) for p in parts])
-                         for f in ("nll", "kl", "same_top", "dp", "nbytes")))
+    return TokenScores(
+        *(np.concatenate([getattr(p, f) for p in parts]) for f in ("nll", "kl", "same_top", "dp", "nbytes"))
+    )

@@ -41,30 +41,31 @@ class CacheCorrupt(ArtifactError):
 
 @dataclass(frozen=True)
 class CacheKey:
-    reference: str          # the reference's name as given
+    reference: str  # the reference's name as given
     reference_sha256: str
     text_sha256: str
     ctx: int
-    chunks: int             # windows requested (0: all the text has)
+    chunks: int  # windows requested (0: all the text has)
     top_k: int
     format: int = FORMAT
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps({k: v for k, v in asdict(self).items() if k != "reference"},
-                                         sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(
+            json.dumps({k: v for k, v in asdict(self).items() if k != "reference"}, sort_keys=True).encode()
+        ).hexdigest()[:16]
 
 
 @dataclass
 class RefCache:
     key: CacheKey
     vocab_sha256: str
-    windows: np.ndarray     # int32 [n_chunks, ctx]
-    rows: RefRows           # n_chunks * (ctx - 1 - first) rows, window by window
+    windows: np.ndarray  # int32 [n_chunks, ctx]
+    rows: RefRows  # n_chunks * (ctx - 1 - first) rows, window by window
     next_bytes: np.ndarray  # int32 per row: UTF-8 bytes of the next token's text, by the reference's vocabulary
-    ref_stats: dict         # the reference's own PPL / bits per byte (for the printed table); with a
-                            # lean artifact in a run, also its whole-text figures ("whole_text", wholetext.py)
-    piece_hash: Optional[np.ndarray] = None   # uint64 per reference piece, to check a lean tokenizer (wholetext.py)
+    ref_stats: dict  # the reference's own PPL / bits per byte (for the printed table); with a
+    # lean artifact in a run, also its whole-text figures ("whole_text", wholetext.py)
+    piece_hash: Optional[np.ndarray] = None  # uint64 per reference piece, to check a lean tokenizer (wholetext.py)
 
     def rows_of(self, i: int, per: int) -> tuple[RefRows, np.ndarray]:
         s = slice(i * per, (i + 1) * per)
@@ -83,8 +84,12 @@ def default_path(key: CacheKey) -> Path:
 
 def _arrays(cache: RefCache) -> dict[str, np.ndarray]:
     r = cache.rows
-    return {"windows": cache.windows, "next_bytes": cache.next_bytes, **{k: getattr(r, k) for k in RefRows.FIELDS},
-            **({} if cache.piece_hash is None else {"piece_hash": cache.piece_hash})}
+    return {
+        "windows": cache.windows,
+        "next_bytes": cache.next_bytes,
+        **{k: getattr(r, k) for k in RefRows.FIELDS},
+        **({} if cache.piece_hash is None else {"piece_hash": cache.piece_hash}),
+    }
 
 
 def checksum(meta: dict, arrays: dict[str, np.ndarray]) -> str:
@@ -102,9 +107,8 @@ def save(cache: RefCache, path: Path) -> Path:
     meta = {"key": asdict(cache.key), "vocab_sha256": cache.vocab_sha256, "ref_stats": cache.ref_stats}
     arrays = _arrays(cache)
     meta["sha256"] = checksum(meta, arrays)
-    with atomic_path(Path(path), option="--ref-cache") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    with atomic_path(Path(path), option="--ref-cache") as tmp, open(tmp, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
     return Path(path)
 
 
@@ -112,7 +116,9 @@ def load(path: Path, want: Optional[CacheKey] = None) -> RefCache:
     """Read a cache; with ``want``, a key that differs is an ArtifactError naming the field."""
     path = Path(path)
     if path.exists() and not path.is_file():
-        raise ArtifactError(f"{path}: a folder stands where the reference cache goes; pass --ref-cache with a file path")
+        raise ArtifactError(
+            f"{path}: a folder stands where the reference cache goes; pass --ref-cache with a file path"
+        )
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(bytes(z["meta"]).decode())
@@ -134,12 +140,20 @@ def load(path: Path, want: Optional[CacheKey] = None) -> RefCache:
 
 
 def check(have: CacheKey, want: CacheKey, path: Path) -> None:
-    names = {"reference_sha256": "reference", "text_sha256": "text", "ctx": "ctx", "chunks": "chunks",
-             "top_k": "top-k", "format": "format"}
+    names = {
+        "reference_sha256": "reference",
+        "text_sha256": "text",
+        "ctx": "ctx",
+        "chunks": "chunks",
+        "top_k": "top-k",
+        "format": "format",
+    }
     for field, label in names.items():
         a, b = getattr(have, field), getattr(want, field)
         if a != b:
             shown = (lambda v: str(v)[:12]) if field.endswith("sha256") else str
             extra = f" ({have.reference} vs {want.reference})" if field == "reference_sha256" else ""
-            raise ArtifactError(f"{path}: reference cache was made for {label} {shown(a)}, this run has "
-                                f"{shown(b)}{extra}; pass the matching --reference/--text/--ctx, or another --ref-cache")
+            raise ArtifactError(
+                f"{path}: reference cache was made for {label} {shown(a)}, this run has "
+                f"{shown(b)}{extra}; pass the matching --reference/--text/--ctx, or another --ref-cache"
+            )

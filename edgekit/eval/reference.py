@@ -36,20 +36,25 @@ def check_quant(ref_name: str, identity: dict[str, Any], force: bool) -> None:
     quant = identity.get("quant")
     if force or not isinstance(quant, str) or quant.lower() in UNQUANTIZED:
         return
-    raise ConfigError(f"--reference {ref_name} is quantized ({quant}): the KL would measure the distance between "
-                      f"two quantized builds, not what the build lost; pass the checkpoint or its f32/f16/bf16 "
-                      f"build, or {FORCE} to use it anyway")
+    raise ConfigError(
+        f"--reference {ref_name} is quantized ({quant}): the KL would measure the distance between "
+        f"two quantized builds, not what the build lost; pass the checkpoint or its f32/f16/bf16 "
+        f"build, or {FORCE} to use it anyway"
+    )
 
 
-def check_reference(ref_name: str, identity: dict[str, Any], artifact: str, source: Optional[dict[str, Any]],
-                    force: bool) -> None:
+def check_reference(
+    ref_name: str, identity: dict[str, Any], artifact: str, source: Optional[dict[str, Any]], force: bool
+) -> None:
     """Refuse a quantized reference, or one whose weights are not those ``artifact`` was built from
     (``source``: its manifest's), unless ``force``. Unknown on either side: nothing to compare."""
     check_quant(ref_name, identity, force)
     mine, ref = weights_of(source), identity.get("weights")
     if force or not mine or not ref or mine == ref:
         return
-    raise ConfigError(f"{artifact} was built from other weights than the reference {ref_name} (safetensors sha256 "
-                      f"{mine[0][:12]} by its manifest, the reference's {ref[0][:12]}): the KL would compare two "
-                      f"models, not measure the build; pass the checkpoint it was built from or its f32/f16 build, "
-                      f"or {FORCE} to use it anyway")
+    raise ConfigError(
+        f"{artifact} was built from other weights than the reference {ref_name} (safetensors sha256 "
+        f"{mine[0][:12]} by its manifest, the reference's {ref[0][:12]}): the KL would compare two "
+        f"models, not measure the build; pass the checkpoint it was built from or its f32/f16 build, "
+        f"or {FORCE} to use it anyway"
+    )

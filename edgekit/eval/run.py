@@ -15,17 +15,18 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from ..measure.bench import Planned, _target, plan, profile_knobs
-from ..core.errors import ArtifactError, ConfigError, EdgekitError
-from ..builder.manifest import id_map_file
-from ..results import QualityRecord, provenance
 from ..backends.engines import ENGINES
+from ..builder.manifest import id_map_file
+from ..core.errors import ArtifactError, ConfigError, EdgekitError
+from ..measure.bench import Planned, _target, plan, profile_knobs
+from ..results import QualityRecord, provenance
 from . import refcache, wholetext
 from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
@@ -48,17 +49,17 @@ DEFAULT_TOP_K = 1024
 @dataclass
 class EvalOptions:
     reference: str
-    texts: Optional[list[Path]] = None      # default: edgekit's held-out text
+    texts: Optional[list[Path]] = None  # default: edgekit's held-out text
     ctx: int = 512
-    chunks: Optional[int] = None            # windows per text (default: all the text has)
+    chunks: Optional[int] = None  # windows per text (default: all the text has)
     top_k: int = DEFAULT_TOP_K
     threads: Optional[int] = None
-    target: Optional[str] = None            # default: the manifest's
-    runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime]
+    target: Optional[str] = None  # default: the manifest's
+    runtime: dict[str, Any] = field(default_factory=dict)  # knobs over the target's [runtime]
     reference_dtype: str = "float32"
-    ref_cache: Optional[Path] = None        # default: ~/.cache/edgekit/eval/ref-<key>.npz
+    ref_cache: Optional[Path] = None  # default: ~/.cache/edgekit/eval/ref-<key>.npz
     device: Optional[str] = None
-    force_reference: bool = False           # use a quantized or another checkpoint's reference anyway
+    force_reference: bool = False  # use a quantized or another checkpoint's reference anyway
 
 
 def _threads(opts: EvalOptions) -> int:
@@ -74,7 +75,7 @@ def _is_hf_checkpoint(p: Path) -> bool:
     if not (p / "config.json").is_file() or shard is None:
         return False
     if not shard.is_file():
-        return True   # a FIFO would block read_header; load_checkpoint refuses it in one line
+        return True  # a FIFO would block read_header; load_checkpoint refuses it in one line
     try:
         names = read_header(shard)[0]
     except (OSError, ValueError):
@@ -87,20 +88,23 @@ class _Ref:
     name: str
     sha256: str
     runtime: dict[str, Any]
-    open: Optional[Callable[[], Source]]    # None: a cache file (nothing to run)
+    open: Optional[Callable[[], Source]]  # None: a cache file (nothing to run)
     cache_file: Optional[Path] = None
-    identity: dict[str, Any] = field(default_factory=dict)   # reference.py: its weights and quant
+    identity: dict[str, Any] = field(default_factory=dict)  # reference.py: its weights and quant
 
 
 def _runtime(pl: Planned, opts: EvalOptions) -> dict[str, Any]:
     """The engine's knobs as bench would apply them: its defaults, the target's [runtime], then --set."""
     engine, tgt = ENGINES.get(pl.format.engine), _target(pl.target)
-    for name in opts.runtime:   # a mixed run (GGUF + MLX): each engine takes the --set knobs it has
+    for name in opts.runtime:  # a mixed run (GGUF + MLX): each engine takes the --set knobs it has
         if not any(name in ENGINES.get(e).knobs for e in ENGINES):
-            engine.knobs.validate({name: opts.runtime[name]}, "--set")   # raises, naming the known knobs
+            engine.knobs.validate({name: opts.runtime[name]}, "--set")  # raises, naming the known knobs
     mine = {k: v for k, v in opts.runtime.items() if k in engine.knobs}
-    rt = {**engine.knobs.defaults(), **(profile_knobs(tgt, engine) if tgt else {}),
-          **engine.knobs.validate(mine, "--set")}
+    rt = {
+        **engine.knobs.defaults(),
+        **(profile_knobs(tgt, engine) if tgt else {}),
+        **engine.knobs.validate(mine, "--set"),
+    }
     rt.pop("kv_fill", None)  # stand-in keys/values would fake the context being scored
     return rt
 
@@ -120,20 +124,31 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
 
         ckpt = load_checkpoint(p)
         fp = ckpt.fingerprint()
-        return _Ref(p.name, fp["sha256"], {"dtype": opts.reference_dtype},
-                    lambda: HfSource(p, opts.reference_dtype, _threads(opts)),
-                    identity=reference_identity(fp, None))
+        return _Ref(
+            p.name,
+            fp["sha256"],
+            {"dtype": opts.reference_dtype},
+            lambda: HfSource(p, opts.reference_dtype, _threads(opts)),
+            identity=reference_identity(fp, None),
+        )
     if not p.exists():
-        raise ConfigError(f"--reference {opts.reference}: no such file or folder; pass a Hugging Face checkpoint "
-                          "folder, an unquantized .gguf / MLX folder, or a reference cache (.npz)")
+        raise ConfigError(
+            f"--reference {opts.reference}: no such file or folder; pass a Hugging Face checkpoint "
+            "folder, an unquantized .gguf / MLX folder, or a reference cache (.npz)"
+        )
     pls = plan(p, opts.target)
     if len(pls) != 1:
         raise ConfigError(f"--reference {opts.reference}: names {len(pls)} artifacts; pass one file or folder")
     pl = pls[0]
     rt = _runtime(pl, opts)
     # An artifact reference runs under the artifacts' runtime, so the KL isolates the weights.
-    return _Ref(pl.artifact.file, pl.artifact.sha256, rt, lambda: _open(pl, opts, rt),
-                identity=reference_identity(_manifest_source(pl), pl.artifact.quant))
+    return _Ref(
+        pl.artifact.file,
+        pl.artifact.sha256,
+        rt,
+        lambda: _open(pl, opts, rt),
+        identity=reference_identity(_manifest_source(pl), pl.artifact.quant),
+    )
 
 
 def _manifest_source(pl: Planned) -> Optional[dict[str, Any]]:
@@ -179,11 +194,25 @@ def _key(ref: _Ref, text_sha: str, opts: EvalOptions) -> refcache.CacheKey:
 
 def _whole_text(src: Source, vocab: Vocab, texts: list[Text], opts: EvalOptions) -> tuple[dict[str, Any], np.ndarray]:
     """The reference's whole-text figures (and where each text is cut for --chunks), and its piece hashes."""
-    cuts = [wholetext.prefix_chars(t.text, tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)),
-                                   vocab.pieces, set(vocab.control), opts.ctx, opts.chunks) for t in texts]
+    cuts = [
+        wholetext.prefix_chars(
+            t.text,
+            tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)),
+            vocab.pieces,
+            set(vocab.control),
+            opts.ctx,
+            opts.chunks,
+        )
+        for t in texts
+    ]
     w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts)], opts.ctx, vocab.bos)
-    log.info("reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text", src.label, w.bits_per_byte,
-             w.tokens_per_byte, w.nbytes)
+    log.info(
+        "reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text",
+        src.label,
+        w.bits_per_byte,
+        w.tokens_per_byte,
+        w.nbytes,
+    )
     return {**w.to_json(), "prefix_chars": cuts}, wholetext.piece_hashes(vocab.pieces)
 
 
@@ -208,7 +237,9 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[P
     if opts.top_k < 1:
         raise ConfigError(f"--top-k {opts.top_k}: must be at least 1")
     if opts.chunks is not None and opts.chunks < 1:
-        raise ConfigError(f"--chunks {opts.chunks}: must be at least 1; leave it out to score every window the text has")
+        raise ConfigError(
+            f"--chunks {opts.chunks}: must be at least 1; leave it out to score every window the text has"
+        )
     if opts.threads is not None and opts.threads < 1:
         raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: this host's cores)")
     texts = load_texts(opts.texts)
@@ -217,16 +248,19 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[P
     if ref.open is None:  # a cache file given as the reference: its own key, checked against the run
         try:
             have = refcache.load(ref.cache_file)
-        except refcache.CacheCorrupt as e:   # nothing here to compute it again from
+        except refcache.CacheCorrupt as e:  # nothing here to compute it again from
             raise ArtifactError(f"{e}; make it again where the reference runs, or pass the reference itself") from None
-        want = refcache.CacheKey(have.key.reference, have.key.reference_sha256, text_sha, opts.ctx,
-                                 opts.chunks or 0, opts.top_k)
+        want = refcache.CacheKey(
+            have.key.reference, have.key.reference_sha256, text_sha, opts.ctx, opts.chunks or 0, opts.top_k
+        )
         refcache.check(have.key, want, ref.cache_file)
         _check_identity(have.key.reference, have.ref_stats.get("identity") or {}, list(planned), opts)
         if whole_text and not _has_whole_text(have):
-            raise ArtifactError(f"{ref.cache_file}: this reference cache has no whole-text bits per byte, which a "
-                                "lean artifact is compared on; make it where the reference runs, with a lean "
-                                "artifact in that eval, or pass the reference itself")
+            raise ArtifactError(
+                f"{ref.cache_file}: this reference cache has no whole-text bits per byte, which a "
+                "lean artifact is compared on; make it where the reference runs, with a lean "
+                "artifact in that eval, or pass the reference itself"
+            )
         return have
     _check_identity(ref.name, ref.identity, list(planned), opts)
     key = _key(ref, text_sha, opts)
@@ -253,11 +287,12 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[P
         nbytes = piece_bytes(vocab.pieces, set(vocab.control))
         wins, rows, nll, nb = [], [], [], []
         for t in texts:
-            w = windows(tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)), opts.ctx, vocab.bos,
-                        opts.chunks)
+            w = windows(
+                tokenize_text(src.tokenize, t.text, head_limit(opts.ctx, opts.chunks)), opts.ctx, vocab.bos, opts.chunks
+            )
             for win in w:
-                nxt = win[first + 1:].astype(np.int64)
-                r = compact(src.logits(win, first)[:len(nxt)], nxt, opts.top_k)
+                nxt = win[first + 1 :].astype(np.int64)
+                r = compact(src.logits(win, first)[: len(nxt)], nxt, opts.top_k)
                 rows.append(r)
                 nll.append(-r.next_logp.astype(np.float64))
                 nb.append(nbytes[nxt].astype(np.int32))
@@ -265,26 +300,41 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[P
     finally:
         src.close()
     all_nll, all_nb = np.concatenate(nll), np.concatenate(nb)
-    stats = {"ppl": float(np.exp(all_nll.mean())),
-             "bits_per_byte": float(all_nll.sum() / np.log(2) / max(int(all_nb.sum()), 1)),
-             "seconds": round(time.perf_counter() - t0, 2), "n_vocab": len(vocab.pieces),
-             "tail_mass": tail_mass(RefRows.concat(rows)), "identity": ref.identity, **extra}
-    cache = refcache.RefCache(key, vocab.sha256, np.concatenate(wins),
-                              RefRows.concat(rows), all_nb, stats, hashes)
+    stats = {
+        "ppl": float(np.exp(all_nll.mean())),
+        "bits_per_byte": float(all_nll.sum() / np.log(2) / max(int(all_nb.sum()), 1)),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "n_vocab": len(vocab.pieces),
+        "tail_mass": tail_mass(RefRows.concat(rows)),
+        "identity": ref.identity,
+        **extra,
+    }
+    cache = refcache.RefCache(key, vocab.sha256, np.concatenate(wins), RefRows.concat(rows), all_nb, stats, hashes)
     _save(cache, path)
-    log.info("reference %s: PPL %.4f over %d windows in %.1f s; cached in %s", ref.name, stats["ppl"],
-             len(cache.windows), stats["seconds"], path)
+    log.info(
+        "reference %s: PPL %.4f over %d windows in %.1f s; cached in %s",
+        ref.name,
+        stats["ppl"],
+        len(cache.windows),
+        stats["seconds"],
+        path,
+    )
     return cache
 
 
 def _check_vocab(vocab: Vocab, cache: refcache.RefCache, label: str) -> None:
     if vocab.sha256 != cache.vocab_sha256:
         n_ref = cache.ref_stats.get("n_vocab", "?")
-        hint = ("; a lean artifact is evaluated from its build folder, whose manifest names its kept-id map"
-                if isinstance(n_ref, int) and len(vocab.pieces) < n_ref else "")
-        raise ArtifactError(f"{label}: its tokenizer ({len(vocab.pieces)} tokens, sha256 {vocab.sha256[:12]}) differs "
-                            f"from the reference {cache.key.reference}'s ({n_ref} tokens, sha256 "
-                            f"{cache.vocab_sha256[:12]}); evaluate against a reference of the same checkpoint{hint}")
+        hint = (
+            "; a lean artifact is evaluated from its build folder, whose manifest names its kept-id map"
+            if isinstance(n_ref, int) and len(vocab.pieces) < n_ref
+            else ""
+        )
+        raise ArtifactError(
+            f"{label}: its tokenizer ({len(vocab.pieces)} tokens, sha256 {vocab.sha256[:12]}) differs "
+            f"from the reference {cache.key.reference}'s ({n_ref} tokens, sha256 "
+            f"{cache.vocab_sha256[:12]}); evaluate against a reference of the same checkpoint{hint}"
+        )
 
 
 def scored_texts(cache: refcache.RefCache, opts: EvalOptions) -> list[str]:
@@ -298,7 +348,7 @@ def _kl_pass(src: Source, cache: refcache.RefCache, opts: EvalOptions):
     per = opts.ctx - 1 - first
     parts = []
     for i, win in enumerate(cache.windows):
-        nxt = win[first + 1:].astype(np.int64)
+        nxt = win[first + 1 :].astype(np.int64)
         rows, nbytes = cache.rows_of(i, per)
         parts.append(score(src.logits(win, first)[:per], rows, nxt, nbytes))
     return kl_stats(concat(parts))
@@ -327,34 +377,65 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
     tgt = _target(pl.target)
     engine = pl.format.engine
     ref_wt = cache.ref_stats.get("whole_text") or {}
-    extra: dict[str, Any] = {"reference_ppl": cache.ref_stats.get("ppl"),
-                             "reference_bits_per_byte": cache.ref_stats.get("bits_per_byte"),
-                             "reference_vocab": cache.ref_stats.get("n_vocab")}
+    extra: dict[str, Any] = {
+        "reference_ppl": cache.ref_stats.get("ppl"),
+        "reference_bits_per_byte": cache.ref_stats.get("bits_per_byte"),
+        "reference_vocab": cache.ref_stats.get("n_vocab"),
+    }
     if st is not None:
         extra["same_top_se"] = st.same_top_se
         extra["reference_tail_mass"] = tail_mass(cache.rows)
     else:
         extra["kl"] = wholetext.NOT_COMPARABLE
-    if wt is not None:   # PPL per own token: not comparable across tokenizers, kept for the record
+    if wt is not None:  # PPL per own token: not comparable across tokenizers, kept for the record
         extra["text_ppl"] = wt.ppl
-    kl = {f: getattr(st, f) if st else None for f in ("ppl", "bits_per_byte", "kl_mean", "kl_lo", "kl_hi", "kl_median",
-                                                      "kl_p99", "kl_max", "same_top", "rms_dp")}
+    kl = {
+        f: getattr(st, f) if st else None
+        for f in (
+            "ppl",
+            "bits_per_byte",
+            "kl_mean",
+            "kl_lo",
+            "kl_hi",
+            "kl_median",
+            "kl_p99",
+            "kl_max",
+            "same_top",
+            "rms_dp",
+        )
+    }
     ref_w = wholetext.WholeText.from_json(ref_wt) if wt is not None else None
     return QualityRecord(
-        artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
-        engine=engine, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
+        artifact=pl.artifact.file,
+        model=pl.model,
+        format=pl.artifact.format,
+        quant=pl.artifact.quant,
+        engine=engine,
+        sha256=pl.artifact.sha256,
+        file_bytes=pl.artifact.bytes,
         target=tgt.name if tgt else "",
-        reference=cache.key.reference, reference_sha256=cache.key.reference_sha256,
+        reference=cache.key.reference,
+        reference_sha256=cache.key.reference_sha256,
         text=",".join(Path(t).name for t in opts.texts) if opts.texts else "heldout.txt",
-        text_sha256=cache.key.text_sha256, ctx=opts.ctx, chunks=len(cache.windows) if st else wt.windows,
-        tokens_scored=st.n if st else wt.tokens, top_k=cache.key.top_k, **kl,
+        text_sha256=cache.key.text_sha256,
+        ctx=opts.ctx,
+        chunks=len(cache.windows) if st else wt.windows,
+        tokens_scored=st.n if st else wt.tokens,
+        top_k=cache.key.top_k,
+        **kl,
         vocab=int(lean["size"]) if lean else len(vocab.pieces),
-        text_bytes=wt.nbytes if wt else None, text_tokens=wt.tokens if wt else None,
-        tokens_per_byte=wt.tokens_per_byte if wt else None, text_bits_per_byte=wt.bits_per_byte if wt else None,
+        text_bytes=wt.nbytes if wt else None,
+        text_tokens=wt.tokens if wt else None,
+        tokens_per_byte=wt.tokens_per_byte if wt else None,
+        text_bits_per_byte=wt.bits_per_byte if wt else None,
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
         threads=_threads(opts) if engine == "llama.cpp" else None,
-        seconds=round(time.perf_counter() - t0, 3), **provenance(opts.device), runtime=runtime, extra=extra)
+        seconds=round(time.perf_counter() - t0, 3),
+        **provenance(opts.device),
+        runtime=runtime,
+        extra=extra,
+    )
 
 
 def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:

@@ -63,8 +63,15 @@ def run_python(program: str, timeout: float = 10.0) -> SandboxResult:
         cmd = [*_net_isolation(), sys.executable, "-I", "-B", script]
         env = {"PATH": "/usr/bin:/bin", "HOME": tmp, "LANG": "C.UTF-8"}
         try:
-            proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, preexec_fn=_limits)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=tmp,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_limits,
+            )
         except OSError as e:
             return SandboxResult(False, "error", f"cannot start the sandbox: {e}")
         try:

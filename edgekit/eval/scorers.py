@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 QUOTE, CALL_OPEN, CALL_CLOSE = '<|"|>', "<|tool_call>", "<tool_call|>"
 
@@ -67,19 +68,19 @@ def parse_tool_call(out: str) -> tuple[str, dict] | None:
     if a < 0:
         return None
     b = out.find(CALL_CLOSE, a)
-    body = out[a + len(CALL_OPEN):b if b >= 0 else len(out)]
+    body = out[a + len(CALL_OPEN) : b if b >= 0 else len(out)]
     m = re.match(r"\s*call:\s*([^{\s]+)\s*(\{.*\})\s*$", body, re.DOTALL)
     if not m:
         return None
     parts, rest = [], m.group(2)
-    while QUOTE in rest:   # <|"|>text<|"|> → a JSON string; bare keys outside strings → quoted
+    while QUOTE in rest:  # <|"|>text<|"|> → a JSON string; bare keys outside strings → quoted
         i = rest.index(QUOTE)
         j = rest.find(QUOTE, i + len(QUOTE))
         if j < 0:
             return None
         parts.append(re.sub(r"([{,]\s*)([A-Za-z_][\w.\-]*)\s*:", r'\1"\2":', rest[:i]))
-        parts.append(json.dumps(rest[i + len(QUOTE):j]))
-        rest = rest[j + len(QUOTE):]
+        parts.append(json.dumps(rest[i + len(QUOTE) : j]))
+        rest = rest[j + len(QUOTE) :]
     parts.append(re.sub(r"([{,]\s*)([A-Za-z_][\w.\-]*)\s*:", r'\1"\2":', rest))
     try:
         args = json.loads("".join(parts))
@@ -90,7 +91,9 @@ def parse_tool_call(out: str) -> tuple[str, dict] | None:
 
 def tool_call(out: str, expected: Any) -> bool:
     call = parse_tool_call(out)
-    return call is not None and call[0] == expected.get("name") and fields_match(call[1], expected.get("arguments") or {})
+    return (
+        call is not None and call[0] == expected.get("name") and fields_match(call[1], expected.get("arguments") or {})
+    )
 
 
 def _check_str(e: Any) -> str | None:
@@ -129,6 +132,10 @@ Scorer = tuple[Callable[[str, Any], bool], Callable[[Any], "str | None"]]
 
 # name → (scorer, check of ``expected`` at load time)
 SCORERS: dict[str, Scorer] = {
-    "exact": (exact, _check_str), "contains": (contains, _check_contains), "regex": (regex, _check_regex),
-    "choice": (choice, _check_choice), "json": (json_fields, _check_json), "tool_call": (tool_call, _check_tool),
+    "exact": (exact, _check_str),
+    "contains": (contains, _check_contains),
+    "regex": (regex, _check_regex),
+    "choice": (choice, _check_choice),
+    "json": (json_fields, _check_json),
+    "tool_call": (tool_call, _check_tool),
 }

@@ -4,9 +4,10 @@ records are printed before they are appended, so a store that fails late loses n
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import click
 
@@ -15,13 +16,15 @@ from ..results import Store
 
 
 @contextmanager
-def stored_after_printing(db: Optional[Path], table: str, store: bool = True
-                          ) -> Iterator[Callable[[list[Any], Callable[[list[Any]], str]], None]]:
+def stored_after_printing(
+    db: Optional[Path], table: str, store: bool = True
+) -> Iterator[Callable[[list[Any], Callable[[list[Any]], str]], None]]:
     """``with stored_after_printing(db, "quality") as keep: ... keep(records, printer)``."""
     st = Store(db) if store else None
     if st is not None:
         st.check_writable(table)
     try:
+
         def keep(records: list[Any], printer: Callable[[list[Any]], str]) -> None:
             click.echo(printer(records), nl=False)
             if st is None:
@@ -29,8 +32,11 @@ def stored_after_printing(db: Optional[Path], table: str, store: bool = True
             try:
                 st.append(records)
             except OutputError as e:
-                raise OutputError(f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
-                                  "above were printed but not stored; rerun with --db elsewhere") from None
+                raise OutputError(
+                    f"{e.message.removesuffix('; pass --db elsewhere')}: the {len(records)} record(s) "
+                    "above were printed but not stored; rerun with --db elsewhere"
+                ) from None
+
         yield keep
     finally:
         if st is not None:

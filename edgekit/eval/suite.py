@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..core.errors import BenchError, ConfigError
 from ..results import SuiteRecord, provenance
@@ -75,13 +76,19 @@ def load_suite(path: Path) -> list[Case]:
         try:
             d = json.loads(line)
         except ValueError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); one JSON object per line") from None
+            raise ConfigError(
+                f"{where}: not valid JSON ({e.msg} at column {e.colno}); one JSON object per line"
+            ) from None
         if not isinstance(d, dict):
-            raise ConfigError(f"{where}: a case must be a JSON object with id, suite, messages or prompt, expected, scorer")
+            raise ConfigError(
+                f"{where}: a case must be a JSON object with id, suite, messages or prompt, expected, scorer"
+            )
         bad = _not_text(d)
         if bad is not None:
-            raise ConfigError(f"{where}: {bad[0]} holds {bad[1]!r}, half of a UTF-16 surrogate pair, which is not "
-                              "text; write the character itself or its full \\uXXXX\\uXXXX pair")
+            raise ConfigError(
+                f"{where}: {bad[0]} holds {bad[1]!r}, half of a UTF-16 surrogate pair, which is not "
+                "text; write the character itself or its full \\uXXXX\\uXXXX pair"
+            )
         missing = [k for k in ("id", "suite", "expected", "scorer") if k not in d]
         if missing or ("messages" not in d and "prompt" not in d):
             raise ConfigError(f"{where}: case lacks {', '.join(missing) or 'messages or prompt'}")
@@ -92,7 +99,7 @@ def load_suite(path: Path) -> list[Case]:
             raise ConfigError(f"{where}: {d['scorer']}: {problem}")
         msgs = d.get("messages") or [{"role": "user", "content": str(d["prompt"])}]
         if not (isinstance(msgs, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs)):
-            raise ConfigError(f"{where}: messages must be a list of {{\"role\", \"content\"}} objects")
+            raise ConfigError(f'{where}: messages must be a list of {{"role", "content"}} objects')
         cid = str(d["id"])
         if cid in seen:
             raise ConfigError(f"{where}: duplicate id {cid!r}; ids must be unique in a suite file")
@@ -118,7 +125,7 @@ class CaseResult:
 class SuiteRun:
     artifact: str
     results: list[CaseResult]
-    meta: dict[str, Any] = field(default_factory=dict)   # the SuiteRecord fields of the artifact run
+    meta: dict[str, Any] = field(default_factory=dict)  # the SuiteRecord fields of the artifact run
 
     def accuracy(self) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
@@ -139,29 +146,59 @@ def run_suite(cases: list[Case], render: Render, generate: Generate, max_tokens:
 def differences(run: SuiteRun, ref: SuiteRun) -> list[tuple[CaseResult, str]]:
     """Cases whose pass/fail differs from the reference's: (the artifact's result, reference output)."""
     by_id = {r.case.id: r for r in ref.results}
-    return [(r, by_id[r.case.id].output) for r in run.results
-            if r.case.id in by_id and r.passed != by_id[r.case.id].passed]
+    return [
+        (r, by_id[r.case.id].output) for r in run.results if r.case.id in by_id and r.passed != by_id[r.case.id].passed
+    ]
 
 
-def to_records(run: SuiteRun, ref: Optional[SuiteRun], suite_file: str, suite_sha: str, max_tokens: int,
-               is_reference: bool = False) -> list[SuiteRecord]:
+def to_records(
+    run: SuiteRun, ref: Optional[SuiteRun], suite_file: str, suite_sha: str, max_tokens: int, is_reference: bool = False
+) -> list[SuiteRecord]:
     """One SuiteRecord per suite of the run; a run with a reference lists the cases that differ from it."""
     diffs = differences(run, ref) if ref is not None and not is_reference else []
     ref_acc = ref.accuracy() if ref is not None and not is_reference else {}
-    meta = {"model": "", "format": "", "quant": "", "engine": "", "sha256": "", "file_bytes": 0, "device": "",
-            "target": "", **run.meta}
+    meta = {
+        "model": "",
+        "format": "",
+        "quant": "",
+        "engine": "",
+        "sha256": "",
+        "file_bytes": 0,
+        "device": "",
+        "target": "",
+        **run.meta,
+    }
     out = []
     for name, (ok, n) in sorted(run.accuracy().items()):
-        out.append(SuiteRecord(
-            artifact=run.artifact, suite_file=suite_file, suite_sha256=suite_sha, suite=name, cases=n, passed=ok,
-            accuracy=ok / n, max_tokens=max_tokens, is_reference=is_reference,
-            reference=ref.artifact if ref_acc else "", reference_sha256=ref.meta.get("sha256", "") if ref_acc else "",
-            reference_passed=ref_acc[name][0] if name in ref_acc else None,
-            differs=[{"id": r.case.id, "passed": r.passed, "output": r.output, "reference_output": theirs}
-                     for r, theirs in diffs if r.case.suite == name],
-            answers=[] if ref is not None or is_reference else
-            [{"id": r.case.id, "passed": r.passed, "output": r.output} for r in run.results if r.case.suite == name],
-            **meta))
+        out.append(
+            SuiteRecord(
+                artifact=run.artifact,
+                suite_file=suite_file,
+                suite_sha256=suite_sha,
+                suite=name,
+                cases=n,
+                passed=ok,
+                accuracy=ok / n,
+                max_tokens=max_tokens,
+                is_reference=is_reference,
+                reference=ref.artifact if ref_acc else "",
+                reference_sha256=ref.meta.get("sha256", "") if ref_acc else "",
+                reference_passed=ref_acc[name][0] if name in ref_acc else None,
+                differs=[
+                    {"id": r.case.id, "passed": r.passed, "output": r.output, "reference_output": theirs}
+                    for r, theirs in diffs
+                    if r.case.suite == name
+                ],
+                answers=[]
+                if ref is not None or is_reference
+                else [
+                    {"id": r.case.id, "passed": r.passed, "output": r.output}
+                    for r in run.results
+                    if r.case.suite == name
+                ],
+                **meta,
+            )
+        )
     return out
 
 
@@ -175,7 +212,9 @@ class SuiteOptions:
     device: Optional[str] = None
 
 
-def engine_chat(path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] = None) -> tuple[Render, Generate, Callable[[], None]]:
+def engine_chat(
+    path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] = None
+) -> tuple[Render, Generate, Callable[[], None]]:
     """render/generate for an artifact: its own chat template (edgekit.serve.chat, the one `edgekit run` and
     `edgekit serve` use) and greedy decoding on the engine loaded with the target's knobs, stopped at
     the template's stop tokens; the third item closes the engine. ``info`` gets the session's target
@@ -195,7 +234,9 @@ def engine_chat(path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] =
         for e in session.stream(ids, Sampling(max_tokens=max_tokens, temperature=0.0)):
             if e.kind == "done":
                 if e.finish_reason == "error":
-                    raise BenchError(f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the engine log")
+                    raise BenchError(
+                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the engine log"
+                    )
                 break
             text += e.text
         return text
@@ -213,9 +254,18 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
     finally:
         close()
     a = pl.artifact
-    run.meta = {"model": pl.model, "format": a.format, "quant": a.quant, "engine": pl.format.engine, "sha256": a.sha256,
-                "file_bytes": a.bytes, "threads": opts.threads, "seconds": round(time.perf_counter() - t0, 3),
-                **provenance(opts.device), **info}
+    run.meta = {
+        "model": pl.model,
+        "format": a.format,
+        "quant": a.quant,
+        "engine": pl.format.engine,
+        "sha256": a.sha256,
+        "file_bytes": a.bytes,
+        "threads": opts.threads,
+        "seconds": round(time.perf_counter() - t0, 3),
+        **provenance(opts.device),
+        **info,
+    }
     return run
 
 

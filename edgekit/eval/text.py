@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -103,9 +104,11 @@ def windows(ids: list[int], ctx: int, bos: int | None, max_chunks: int | None = 
     if max_chunks is not None and max_chunks > 0:
         n = min(n, max_chunks)
     if n == 0:
-        raise ConfigError(f"the text has {len(seq)} tokens, fewer than one window of --ctx {ctx}; "
-                          "pass a longer --text or a smaller --ctx")
-    out = np.array(seq[:n * ctx], dtype=np.int32).reshape(n, ctx)
+        raise ConfigError(
+            f"the text has {len(seq)} tokens, fewer than one window of --ctx {ctx}; "
+            "pass a longer --text or a smaller --ctx"
+        )
+    out = np.array(seq[: n * ctx], dtype=np.int32).reshape(n, ctx)
     if bos is not None:
         out[:, 0] = bos
     return out

@@ -25,9 +25,10 @@ from a cached reference) scores exactly that prefix, whole, with its own tokeniz
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -36,9 +37,11 @@ from .metrics import log_softmax
 from .text import first_scored, piece_bytes
 
 SCHEME = 1
-NOT_COMPARABLE = ("KL, same top and RMS Δp are not defined across tokenizers (the lean artifact predicts over "
-                  "other ids after another tokenization of the text): compare bits per byte, which counts the "
-                  "same bytes on both sides")
+NOT_COMPARABLE = (
+    "KL, same top and RMS Δp are not defined across tokenizers (the lean artifact predicts over "
+    "other ids after another tokenization of the text): compare bits per byte, which counts the "
+    "same bytes on both sides"
+)
 
 
 def spans(n_seq: int, ctx: int) -> list[tuple[int, int, int]]:
@@ -64,17 +67,18 @@ def covered(n_ids: int, ctx: int, chunks: Optional[int]) -> int:
 def text_nll(logits_of: Any, ids: Sequence[int], ctx: int, bos: Optional[int], label: str) -> float:
     """−ln P(ids | BOS) in nats, every token predicted once (``logits_of(window, first)``: a Source's logits)."""
     if bos is None:
-        raise ArtifactError(f"{label}: has no BOS token; bits per byte over the whole text needs one to predict "
-                            "the first token from")
+        raise ArtifactError(
+            f"{label}: has no BOS token; bits per byte over the whole text needs one to predict the first token from"
+        )
     seq = np.array([bos, *ids], dtype=np.int64)
     nll = 0.0
     for start, end, first in spans(len(seq), ctx):
         win = seq[start:end].copy()
         win[0] = bos
-        nxt = win[first + 1:]
+        nxt = win[first + 1 :]
         if len(nxt) == 0:
             continue
-        logp, _ = log_softmax(logits_of(win, first)[:len(nxt)])
+        logp, _ = log_softmax(logits_of(win, first)[: len(nxt)])
         nll -= float(logp[np.arange(len(nxt)), nxt].sum())
     return nll
 
@@ -83,9 +87,9 @@ def text_nll(logits_of: Any, ids: Sequence[int], ctx: int, bos: Optional[int], l
 class WholeText:
     """One model's figures over the scored text (every text, each cut to its prefix)."""
 
-    nll: float              # nats, summed over every token
+    nll: float  # nats, summed over every token
     tokens: int
-    nbytes: int             # UTF-8 bytes of the scored text: the same on both sides
+    nbytes: int  # UTF-8 bytes of the scored text: the same on both sides
     windows: int
 
     @property
@@ -105,7 +109,7 @@ class WholeText:
         return {**asdict(self), "scheme": SCHEME}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "WholeText":
+    def from_json(cls, d: dict[str, Any]) -> WholeText:
         return cls(float(d["nll"]), int(d["tokens"]), int(d["nbytes"]), int(d["windows"]))
 
 
@@ -115,14 +119,19 @@ def measure(src: Any, texts: list[str], ctx: int, bos: Optional[int]) -> WholeTe
     for t in texts:
         ids = src.tokenize(t)
         nll += text_nll(src.logits, ids, ctx, bos, src.label)
-        tokens, nbytes, windows = tokens + len(ids), nbytes + len(t.encode("utf-8")), windows + len(spans(len(ids) + 1, ctx))
+        tokens, nbytes, windows = (
+            tokens + len(ids),
+            nbytes + len(t.encode("utf-8")),
+            windows + len(spans(len(ids) + 1, ctx)),
+        )
     if nbytes == 0:
         raise ConfigError("the scored text is empty; pass a longer --text or more --chunks")
     return WholeText(nll, tokens, nbytes, windows)
 
 
-def prefix_chars(text: str, ids: Sequence[int], pieces: list[str], control: set[int], ctx: int,
-                 chunks: Optional[int]) -> int:
+def prefix_chars(
+    text: str, ids: Sequence[int], pieces: list[str], control: set[int], ctx: int, chunks: Optional[int]
+) -> int:
     """Characters of ``text`` the reference's first ``chunks`` windows cover (its tokens ``ids``), cut
     back to a whole character when the last token covered ends inside one (byte-fallback tokens)."""
     n = covered(len(ids), ctx, chunks)
@@ -134,11 +143,17 @@ def prefix_chars(text: str, ids: Sequence[int], pieces: list[str], control: set[
 
 # ---- a lean artifact's tokenizer is the reference's, restricted to the kept ids ------------------
 
+
 def piece_hashes(pieces: list[str]) -> np.ndarray:
     """8 bytes of BLAKE2b per piece (2 MiB for Gemma 4's 262,144): what the reference cache keeps so a
     lean tokenizer can be checked against the reference's without the reference's files."""
-    return np.array([int.from_bytes(hashlib.blake2b(p.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                                    "little") for p in pieces], dtype=np.uint64)
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(p.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+            for p in pieces
+        ],
+        dtype=np.uint64,
+    )
 
 
 def load_id_map(path: Path) -> np.ndarray:
@@ -154,8 +169,14 @@ def check_trim(pieces: list[str], id_map: np.ndarray, ref_hashes: np.ndarray, la
     """Refuse a lean artifact that is not a trim of the reference's vocabulary: every kept piece must be
     the reference's piece at its original id."""
     n = len(id_map)
-    ok = (len(pieces) >= n and all(p == "" for p in pieces[n:]) and int(id_map.max(initial=-1)) < len(ref_hashes)
-          and np.array_equal(piece_hashes(pieces[:n]), ref_hashes[id_map]))
+    ok = (
+        len(pieces) >= n
+        and all(p == "" for p in pieces[n:])
+        and int(id_map.max(initial=-1)) < len(ref_hashes)
+        and np.array_equal(piece_hashes(pieces[:n]), ref_hashes[id_map])
+    )
     if not ok:
-        raise ArtifactError(f"{label}: its lean vocabulary ({n} tokens) is not the reference {ref_name}'s restricted "
-                            "to the kept ids of its id map; evaluate against the checkpoint it was trimmed from")
+        raise ArtifactError(
+            f"{label}: its lean vocabulary ({n} tokens) is not the reference {ref_name}'s restricted "
+            "to the kept ids of its id map; evaluate against the checkpoint it was trimmed from"
+        )

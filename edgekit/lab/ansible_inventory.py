@@ -19,17 +19,28 @@ from ..core.errors import ConfigError
 
 # Ansible var -> the TOML field it fills (first listed wins when both are set).
 FIELDS = {
-    "edgekit_target": "target", "ansible_host": "host", "ansible_user": "user", "ansible_port": "port",
-    "ansible_ssh_private_key_file": "identity", "edgekit_workdir": "workdir", "edgekit_command": "edgekit",
-    "edgekit_python": "python", "ansible_python_interpreter": "python", "ansible_ssh_timeout": "connect_timeout",
-    "edgekit_timeout": "timeout", "edgekit_ssh_options": "ssh_options", "edgekit_serve_port": "serve_port",
+    "edgekit_target": "target",
+    "ansible_host": "host",
+    "ansible_user": "user",
+    "ansible_port": "port",
+    "ansible_ssh_private_key_file": "identity",
+    "edgekit_workdir": "workdir",
+    "edgekit_command": "edgekit",
+    "edgekit_python": "python",
+    "ansible_python_interpreter": "python",
+    "ansible_ssh_timeout": "connect_timeout",
+    "edgekit_timeout": "timeout",
+    "edgekit_ssh_options": "ssh_options",
+    "edgekit_serve_port": "serve_port",
     "edgekit_api_key": "api_key",
 }
 SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
 # Connection settings edgekit's own SSH path cannot apply: refused rather than silently ignored.
-REFUSED = {"ansible_password": "a password (edgekit's SSH runs in BatchMode: use a key)",
-           "ansible_ssh_pass": "a password (edgekit's SSH runs in BatchMode: use a key)",
-           "ansible_ssh_password": "a password (edgekit's SSH runs in BatchMode: use a key)"}
+REFUSED = {
+    "ansible_password": "a password (edgekit's SSH runs in BatchMode: use a key)",
+    "ansible_ssh_pass": "a password (edgekit's SSH runs in BatchMode: use a key)",
+    "ansible_ssh_password": "a password (edgekit's SSH runs in BatchMode: use a key)",
+}
 _LOCK = threading.Lock()
 _SUFFIX_PLUGIN = {".yml": "yaml", ".yaml": "yaml", ".json": "yaml"}
 
@@ -69,23 +80,31 @@ def _one_line(text: str) -> str:
 def _parse(path: Path):
     C, manager, _, DataLoader = _ansible()
     loader = DataLoader()
-    plugin = "yaml" if path.is_file() and path.suffix.lower() in _SUFFIX_PLUGIN else \
-        "ini" if path.is_file() else None
-    with _LOCK:   # Ansible's settings are module globals: set them for this parse only
-        saved = (C.INVENTORY_ENABLED, C.INVENTORY_ANY_UNPARSED_IS_FAILED, C.INVENTORY_UNPARSED_IS_FAILED, manager.display)
+    plugin = "yaml" if path.is_file() and path.suffix.lower() in _SUFFIX_PLUGIN else "ini" if path.is_file() else None
+    with _LOCK:  # Ansible's settings are module globals: set them for this parse only
+        saved = (
+            C.INVENTORY_ENABLED,
+            C.INVENTORY_ANY_UNPARSED_IS_FAILED,
+            C.INVENTORY_UNPARSED_IS_FAILED,
+            manager.display,
+        )
         # Never the script plugin (it would execute the file) nor Ansible's own toml one (ours is the TOML).
         C.INVENTORY_ENABLED = [plugin] if plugin else ["yaml", "ini"]
         C.INVENTORY_ANY_UNPARSED_IS_FAILED = C.INVENTORY_UNPARSED_IS_FAILED = True
         manager.display = rec = _Failures(manager.display)
         try:
             return loader, manager.InventoryManager(loader=loader, sources=[str(path)])
-        except Exception as e:   # AnsibleError, or anything a plugin raised on malformed input
+        except Exception as e:  # AnsibleError, or anything a plugin raised on malformed input
             why = next((r for r in rec.reasons if not r.startswith("Unable to parse")), None) or str(e)
             why = _one_line(why).removeprefix("Failed to parse inventory: ")
-            raise ConfigError(f"{path}: unreadable Ansible inventory ({why}); fix the "
-                              f"{'YAML' if plugin == 'yaml' else 'INI' if plugin else 'inventory'}") from None
+            raise ConfigError(
+                f"{path}: unreadable Ansible inventory ({why}); fix the "
+                f"{'YAML' if plugin == 'yaml' else 'INI' if plugin else 'inventory'}"
+            ) from None
         finally:
-            C.INVENTORY_ENABLED, C.INVENTORY_ANY_UNPARSED_IS_FAILED, C.INVENTORY_UNPARSED_IS_FAILED, manager.display = saved
+            C.INVENTORY_ENABLED, C.INVENTORY_ANY_UNPARSED_IS_FAILED, C.INVENTORY_UNPARSED_IS_FAILED, manager.display = (
+                saved
+            )
 
 
 def _var_files(loader, folder: Path, name: str) -> list[tuple[Path, dict]]:
@@ -137,8 +156,10 @@ def _ssh_args(value: Any, where: str) -> tuple[dict, str | None]:
         elif flag == "-J":
             opts["ProxyJump"] = rest
         else:
-            raise ConfigError(f"{where}: edgekit's SSH path cannot apply {w!r} from ansible_ssh_common_args; "
-                              f"use -o Key=Value, or put it in ~/.ssh/config")
+            raise ConfigError(
+                f"{where}: edgekit's SSH path cannot apply {w!r} from ansible_ssh_common_args; "
+                f"use -o Key=Value, or put it in ~/.ssh/config"
+            )
         i += 1
     return opts, config
 
@@ -190,8 +211,10 @@ def ansible_hosts(path: Path) -> list[tuple[str, dict[str, Any], str, tuple[tupl
         if conn not in ("ssh", "smart"):
             raise ConfigError(f"{where}: ansible_connection={conn} is not supported; edgekit reaches devices over ssh")
         if "edgekit_target" not in merged:
-            raise ConfigError(f"{where}: no edgekit_target; set it as a host or group var (e.g. edgekit_target=pi5 "
-                              f"under [GROUP:vars]) to name the device's target profile")
+            raise ConfigError(
+                f"{where}: no edgekit_target; set it as a host or group var (e.g. edgekit_target=pi5 "
+                f"under [GROUP:vars]) to name the device's target profile"
+            )
         raw: dict[str, Any] = {}
         fields_origin: dict[str, str] = {}
         for var, field_name in FIELDS.items():

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import logging
+import os
 import shlex
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..builder.manifest import MANIFEST
 from ..core.errors import EdgekitError, LabError
 from ..model.checkpoint import sha256_file
-from ..builder.manifest import MANIFEST
 from . import ssh
 from .deploy import build_folder, load_build, remote_dir, sidecars
 from .inventory import Device, Inventory
@@ -47,17 +48,24 @@ def build_spec(folder: Path, device: Device) -> dict[str, Any]:
     """What the playbook copies for one build: every file with its sha256 (a folder artifact file by
     file, hashed here after the folder's digest was checked against the manifest), manifest last."""
     manifest = load_build(folder, device)
-    remote_dir(device, manifest)   # the model and target must be plain folder names
+    remote_dir(device, manifest)  # the model and target must be plain folder names
     files = []
     for item in [*manifest.artifacts, *sidecars(folder, manifest)]:
         path = folder / item.file
         if path.is_file():
             files.append({"path": item.file, "sha256": item.sha256})
         else:
-            files += [{"path": p.relative_to(folder).as_posix(), "sha256": sha256_file(p)}
-                      for p in sorted(path.rglob("*")) if p.is_file()]
-    return {"src": str(folder.resolve()), "model": manifest.model, "files": files,
-            "manifest_sha256": hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()}
+            files += [
+                {"path": p.relative_to(folder).as_posix(), "sha256": sha256_file(p)}
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+            ]
+    return {
+        "src": str(folder.resolve()),
+        "model": manifest.model,
+        "files": files,
+        "manifest_sha256": hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest(),
+    }
 
 
 def _ssh_args(d: Device) -> str:
@@ -71,9 +79,13 @@ def generated_inventory(devices: list[Device]) -> dict[str, Any]:
     """An Ansible YAML inventory (as JSON, which YAML reads) for devices from a TOML inventory."""
     hosts = {}
     for d in devices:
-        h: dict[str, Any] = {"ansible_host": d.host, "edgekit_target": d.target, "ansible_ssh_timeout": d.connect_timeout,
-                             # the SSH path's interpreter on the device, also Ansible's for its modules
-                             "ansible_python_interpreter": d.python}
+        h: dict[str, Any] = {
+            "ansible_host": d.host,
+            "edgekit_target": d.target,
+            "ansible_ssh_timeout": d.connect_timeout,
+            # the SSH path's interpreter on the device, also Ansible's for its modules
+            "ansible_python_interpreter": d.python,
+        }
         if d.user:
             h["ansible_user"] = d.user
         if d.port:
@@ -94,7 +106,7 @@ def device_vars(d: Device) -> dict[str, Any]:
 
 @dataclass
 class _Host:
-    failed: str = ""           # one line
+    failed: str = ""  # one line
     unreachable: str = ""
     rc: int | None = None
     bench_stdout: str | None = None
@@ -112,12 +124,16 @@ def _why(res: dict[str, Any]) -> str:
     """The telling message of a failed task result (a loop's failed items carry their own)."""
     for item in res.get("results") or []:
         if isinstance(item, dict) and item.get("failed"):
-            label = (item.get("_ansible_item_label") or item.get("item") or {})
+            label = item.get("_ansible_item_label") or item.get("item") or {}
             label = label.get("path") if isinstance(label, dict) else label
             why = _why(item)
             return f"{label}: {why}" if label and str(label) not in why else why
-    return (ssh.last_error(res.get("stderr") or "") if res.get("stderr") else "") or _first_line(res.get("msg")) \
-        or _first_line(res.get("stdout")) or "no message"
+    return (
+        (ssh.last_error(res.get("stderr") or "") if res.get("stderr") else "")
+        or _first_line(res.get("msg"))
+        or _first_line(res.get("stdout"))
+        or "no message"
+    )
 
 
 class _Events:
@@ -148,7 +164,9 @@ class _Events:
         return True
 
 
-def run_playbook(inventory: Inventory, devices: list[Device], extravars: dict[str, Any], *, forks: int = 16) -> tuple[_Events, dict]:
+def run_playbook(
+    inventory: Inventory, devices: list[Device], extravars: dict[str, Any], *, forks: int = 16
+) -> tuple[_Events, dict]:
     """Run the playbook on ``devices``; return the events seen and Ansible's per-host stats."""
     try:
         import ansible_runner
@@ -169,22 +187,32 @@ def run_playbook(inventory: Inventory, devices: list[Device], extravars: dict[st
             inv_path = str(Path(tmp) / "inventory.yml")
             Path(inv_path).write_text(json.dumps(generated_inventory(devices)))
         r = ansible_runner.run(
-            private_data_dir=tmp, playbook=str(playbook), inventory=inv_path,
-            extravars=extravars, limit=",".join(d.name for d in devices), forks=max(1, min(forks, len(devices))),
-            quiet=True, event_handler=events,
-            envvars={"ANSIBLE_RETRY_FILES_ENABLED": "False", "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
-                     "ANSIBLE_NOCOLOR": "1",
-                     # modules over the ssh session's stdin, not a file copy each: fewer round trips per
-                     # task (the user's environment decides if it says otherwise)
-                     "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
-                     # the ansible-playbook beside this Python (a venv's bin is often not on PATH)
-                     "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")])},
+            private_data_dir=tmp,
+            playbook=str(playbook),
+            inventory=inv_path,
+            extravars=extravars,
+            limit=",".join(d.name for d in devices),
+            forks=max(1, min(forks, len(devices))),
+            quiet=True,
+            event_handler=events,
+            envvars={
+                "ANSIBLE_RETRY_FILES_ENABLED": "False",
+                "ANSIBLE_ROLES_PATH": str(playbook_dir() / "roles"),
+                "ANSIBLE_NOCOLOR": "1",
+                # modules over the ssh session's stdin, not a file copy each: fewer round trips per
+                # task (the user's environment decides if it says otherwise)
+                "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
+                # the ansible-playbook beside this Python (a venv's bin is often not on PATH)
+                "PATH": os.pathsep.join([str(Path(binary).parent), os.environ.get("PATH", "")]),
+            },
         )
         stats = r.stats or {}
         log.info("ansible: %s", r.config.command)
     if not stats and not events.hosts:
-        raise LabError(f"ansible-playbook failed before reaching any device (status {r.status}, rc {r.rc}): "
-                       f"{_first_line(' '.join(events.tail[-3:])) or 'no message'}")
+        raise LabError(
+            f"ansible-playbook failed before reaching any device (status {r.status}, rc {r.rc}): "
+            f"{_first_line(' '.join(events.tail[-3:])) or 'no message'}"
+        )
     return events, stats
 
 
@@ -201,11 +229,25 @@ def _builds(dist: Path, devices: list[Device]) -> tuple[dict[str, Any], dict[str
     return builds, errors
 
 
-def ansible_run(dist: Path, inventory: Inventory, devices: list[Device], bench_args: list[str], *, store=None,
-                push: bool = True, bootstrap: bool = False, wheel: Path | None = None,
-                pip_args: list[str] | None = None, serve: bool = False, serve_host: str = "0.0.0.0",
-                port: int = 8080, serve_args: list[str] | None = None, bench: bool = True, forks: int = 16,
-                on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+def ansible_run(
+    dist: Path,
+    inventory: Inventory,
+    devices: list[Device],
+    bench_args: list[str],
+    *,
+    store=None,
+    push: bool = True,
+    bootstrap: bool = False,
+    wheel: Path | None = None,
+    pip_args: list[str] | None = None,
+    serve: bool = False,
+    serve_host: str = "0.0.0.0",
+    port: int = 8080,
+    serve_args: list[str] | None = None,
+    bench: bool = True,
+    forks: int = 16,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
     """Deploy (unless not ``push``) and bench ``devices`` through the playbook; store each device's
     records as the SSH path does. One Outcome per device, failures one line each."""
     builds, errors = _builds(dist, devices)
@@ -217,11 +259,18 @@ def ansible_run(dist: Path, inventory: Inventory, devices: list[Device], bench_a
 
             wheel = build_wheel(Path(tmp))
         extravars = {
-            "edgekit_builds": builds, "edgekit_devices": {d.name: device_vars(d) for d in reachable},
-            "edgekit_deploy": push, "edgekit_bench": bench, "edgekit_bench_args": list(bench_args),
-            "edgekit_bootstrap": bootstrap, "edgekit_wheel": str(Path(wheel).resolve()) if wheel else "",
-            "edgekit_pip_args": list(pip_args or []), "edgekit_serve": serve, "edgekit_serve_host": serve_host,
-            "edgekit_serve_port": port, "edgekit_serve_args": list(serve_args or []),
+            "edgekit_builds": builds,
+            "edgekit_devices": {d.name: device_vars(d) for d in reachable},
+            "edgekit_deploy": push,
+            "edgekit_bench": bench,
+            "edgekit_bench_args": list(bench_args),
+            "edgekit_bootstrap": bootstrap,
+            "edgekit_wheel": str(Path(wheel).resolve()) if wheel else "",
+            "edgekit_pip_args": list(pip_args or []),
+            "edgekit_serve": serve,
+            "edgekit_serve_host": serve_host,
+            "edgekit_serve_port": port,
+            "edgekit_serve_args": list(serve_args or []),
         }
         events, stats = run_playbook(inventory, reachable, extravars, forks=forks) if reachable else (_Events(), {})
     for d in reachable:
@@ -250,19 +299,26 @@ def _outcome(d: Device, h: _Host, stats: dict, bench: bool) -> Outcome:
             records = tag_records(d, parse_jsonl(h.bench_stdout))
         except (ValueError, TypeError) as e:
             if not h.failed:
-                return Outcome(d.name, False, f"device {d.name!r}: bench printed unreadable jsonl "
-                                              f"({e.__class__.__name__}); is the device's edgekit the same version?",
-                               exit_code=1)
+                return Outcome(
+                    d.name,
+                    False,
+                    f"device {d.name!r}: bench printed unreadable jsonl "
+                    f"({e.__class__.__name__}); is the device's edgekit the same version?",
+                    exit_code=1,
+                )
     if h.failed:
-        if h.rc:   # the bench ran and failed: the same line as the SSH path
+        if h.rc:  # the bench ran and failed: the same line as the SSH path
             msg = explain_exit(d, h.rc, h.bench_stderr)
-            return Outcome(d.name, False, msg, records, exit_code=3 if records and h.rc == BudgetExceeded.exit_code else 1)
+            return Outcome(
+                d.name, False, msg, records, exit_code=3 if records and h.rc == BudgetExceeded.exit_code else 1
+            )
         return Outcome(d.name, False, f"device {d.name!r}: {h.failed}", exit_code=1)
     if d.name not in (stats.get("ok") or {}) and d.name not in (stats.get("skipped") or {}):
         return Outcome(d.name, False, f"device {d.name!r}: the playbook did not run on it", exit_code=1)
     if bench and not records:
-        return Outcome(d.name, False, f"device {d.name!r}: bench printed no records; run it there by hand to see why",
-                       exit_code=1)
+        return Outcome(
+            d.name, False, f"device {d.name!r}: bench printed no records; run it there by hand to see why", exit_code=1
+        )
     what = f"{len(records)} record(s)" if bench else "up to date" if not changed else "deployed"
     sent = f", {len(h.sent)} file(s) sent" if h.sent else ""
     return Outcome(d.name, True, f"{d.name}: {what} (ansible: changed={changed}{sent})", records)

@@ -49,15 +49,17 @@ def checkout_root() -> Path:
     root = Path(__file__).resolve().parents[2]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or 'name = "edgekit"' not in pyproject.read_text():
-        raise LabError("this edgekit is not running from a source checkout, so there is no wheel to build; "
-                       "pass --wheel edgekit-*.whl")
+        raise LabError(
+            "this edgekit is not running from a source checkout, so there is no wheel to build; "
+            "pass --wheel edgekit-*.whl"
+        )
     return root
 
 
 def build_wheel_argv(root: Path, out: Path) -> list[str]:
     argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q", "-w", str(out)]
     if importlib.util.find_spec("hatchling") is not None:
-        argv.append("--no-build-isolation")   # offline and quick when the build backend is already here
+        argv.append("--no-build-isolation")  # offline and quick when the build backend is already here
     return [*argv, str(root)]
 
 
@@ -76,8 +78,14 @@ def install_args(device: Device, remote_wheel: str, extra: str, pip_args: list[s
     return [device.venv, f"{remote_wheel}[{extra}]" if extra else remote_wheel, remote_wheel, *pip_args]
 
 
-def bootstrap(device: Device, wheel: Path | None = None, *, extra: str = "runtime",
-              pip_args: list[str] | None = None, method: str = "auto") -> str:
+def bootstrap(
+    device: Device,
+    wheel: Path | None = None,
+    *,
+    extra: str = "runtime",
+    pip_args: list[str] | None = None,
+    method: str = "auto",
+) -> str:
     """Create the device's venv and install edgekit[extra] there; return the version it reports."""
     with ssh.multiplexed(device):
         return _bootstrap(device, wheel, extra, pip_args, method)
@@ -95,9 +103,13 @@ def _bootstrap(device: Device, wheel: Path | None, extra: str, pip_args: list[st
             raise LabError(f"device {device.name!r}: bootstrap failed: {ssh.last_error(r.stderr)}")
         send(device, choose_method(method, remote_rsync), wheel.parent, wheels, [wheel.name])
     log.info("%s: installing edgekit[%s] (llama-cpp-python compiles there; minutes on a Pi 5)", device.name, extra)
-    r = ssh.run(device, ssh.script_argv(device, INSTALL, install_args(device, join_remote(wheels, wheel.name), extra,
-                                                                      list(pip_args or []))),
-                timeout=max(device.timeout, 3600.0))   # compiling llama.cpp on a Pi 5 takes a while
+    r = ssh.run(
+        device,
+        ssh.script_argv(
+            device, INSTALL, install_args(device, join_remote(wheels, wheel.name), extra, list(pip_args or []))
+        ),
+        timeout=max(device.timeout, 3600.0),
+    )  # compiling llama.cpp on a Pi 5 takes a while
     if r.returncode:
         raise LabError(f"device {device.name!r}: pip install of edgekit[{extra}] failed: {ssh.last_error(r.stderr)}")
     return r.stdout.decode(errors="replace").strip().splitlines()[-1] if r.stdout.strip() else ""

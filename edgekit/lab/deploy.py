@@ -17,9 +17,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..core.errors import ArtifactError, LabError
 from ..builder.manifest import MANIFEST, Manifest, folder_digest, id_map_file, read_manifest, verify
 from ..builder.projector import projector_file
+from ..core.errors import ArtifactError, LabError
 from . import ssh
 from .inventory import Device, join_remote
 
@@ -82,8 +82,10 @@ class DeployReport:
         if not self.sent and not self.manifest_written:
             return f"{self.device}: up to date ({len(self.unchanged)} unchanged) in {self.remote_dir}"
         extra = f", {len(self.resent)} re-sent after a failed check" if self.resent else ""
-        return (f"{self.device}: {len(self.sent)} sent ({self.bytes_sent / 1e6:.1f} MB), "
-                f"{len(self.unchanged)} unchanged{extra}, verified, via {self.method} -> {self.remote_dir}")
+        return (
+            f"{self.device}: {len(self.sent)} sent ({self.bytes_sent / 1e6:.1f} MB), "
+            f"{len(self.unchanged)} unchanged{extra}, verified, via {self.method} -> {self.remote_dir}"
+        )
 
 
 def build_folder(dist: Path, device: Device) -> Path:
@@ -98,10 +100,14 @@ def build_folder(dist: Path, device: Device) -> Path:
     if len(found) == 1:
         return found[0]
     if found:
-        raise ArtifactError(f"{dist}: several models are built for {device.target!r} "
-                            f"({', '.join(p.parent.name for p in found)}); pass {dist}/<model>")
-    raise ArtifactError(f"{dist}: no build for target {device.target!r} (device {device.name!r}); "
-                        f"run `edgekit build --target {device.target}` first")
+        raise ArtifactError(
+            f"{dist}: several models are built for {device.target!r} "
+            f"({', '.join(p.parent.name for p in found)}); pass {dist}/<model>"
+        )
+    raise ArtifactError(
+        f"{dist}: no build for target {device.target!r} (device {device.name!r}); "
+        f"run `edgekit build --target {device.target}` first"
+    )
 
 
 def remote_dir(device: Device, manifest: Manifest) -> str:
@@ -122,8 +128,10 @@ def check_target(folder: Path, device: Device) -> Manifest:
     manifest = read_manifest(folder)
     _check_files(manifest)
     if manifest.target != device.target:
-        raise LabError(f"device {device.name!r} runs target {device.target!r} but {folder} was built for "
-                       f"{manifest.target!r}; build with `--target {device.target}` or fix the inventory")
+        raise LabError(
+            f"device {device.name!r} runs target {device.target!r} but {folder} was built for "
+            f"{manifest.target!r}; build with `--target {device.target}` or fix the inventory"
+        )
     return manifest
 
 
@@ -157,7 +165,7 @@ def remote_digest(file: str, hashes: dict[str, str]) -> str | None:
     if file in hashes:
         return hashes[file]
     prefix = file.rstrip("/") + "/"
-    inner = [(p[len(prefix):], h) for p, h in hashes.items() if p.startswith(prefix)]
+    inner = [(p[len(prefix) :], h) for p, h in hashes.items() if p.startswith(prefix)]
     return folder_digest(inner) if inner else None
 
 
@@ -171,9 +179,11 @@ def _scp_flags() -> list[str]:
     out = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr
     m = re.search(r"OpenSSH_(\d+)\.(\d+)", out)
     if not m or (int(m[1]), int(m[2])) < (8, 7):
-        raise LabError("this machine's scp passes paths through the device's shell (OpenSSH < 8.7); "
-                       "install rsync >= 3 on both ends or upgrade OpenSSH")
-    return ["-s"]   # SFTP protocol: the remote path is a protocol field, not shell text
+        raise LabError(
+            "this machine's scp passes paths through the device's shell (OpenSSH < 8.7); "
+            "install rsync >= 3 on both ends or upgrade OpenSSH"
+        )
+    return ["-s"]  # SFTP protocol: the remote path is a protocol field, not shell text
 
 
 def choose_method(requested: str, remote_rsync: str) -> str:
@@ -190,13 +200,38 @@ def send(device: Device, method: str, folder: Path, rdir: str, files: list[str])
     if method == "rsync":
         # -R with "folder/./rel" recreates rel's parents; -I re-sends even when size and mtime match
         # (a corrupted file can keep both); --delete drops stray files inside a folder artifact.
-        _run_copy(device, ["rsync", "-rtR", "-I", "--delete", "--protect-args", "-e", ssh.rsync_shell(device), "--",
-                           *(f"{folder}/./{f}" for f in files), ssh.remote_spec(device, rdir + "/")])
+        _run_copy(
+            device,
+            [
+                "rsync",
+                "-rtR",
+                "-I",
+                "--delete",
+                "--protect-args",
+                "-e",
+                ssh.rsync_shell(device),
+                "--",
+                *(f"{folder}/./{f}" for f in files),
+                ssh.remote_spec(device, rdir + "/"),
+            ],
+        )
         return
     flags = _scp_flags()
     for f in files:
-        _run_copy(device, ["scp", *flags, "-r", "-p", "-q", *ssh.options(device), "--", str(folder / f),
-                           ssh.remote_spec(device, join_remote(rdir, f))])
+        _run_copy(
+            device,
+            [
+                "scp",
+                *flags,
+                "-r",
+                "-p",
+                "-q",
+                *ssh.options(device),
+                "--",
+                str(folder / f),
+                ssh.remote_spec(device, join_remote(rdir, f)),
+            ],
+        )
 
 
 def _run_copy(device: Device, argv: list[str]) -> None:
@@ -232,10 +267,10 @@ class _Sidecar:
 def sidecars(folder: Path, manifest: Manifest) -> list[_Sidecar]:
     out: dict[str, _Sidecar] = {}
     for a in manifest.artifacts:
-        path = id_map_file(folder, a)   # a lean artifact's id map, checked locally before anything is sent
+        path = id_map_file(folder, a)  # a lean artifact's id map, checked locally before anything is sent
         if path is not None:
             out[path.name] = _Sidecar(path.name, a.extra["vocab"]["id_map_sha256"], path.stat().st_size)
-        proj = projector_file(folder, a)   # a multimodal projector, its sha256 and text link checked first
+        proj = projector_file(folder, a)  # a multimodal projector, its sha256 and text link checked first
         if proj is not None:
             out[proj.name] = _Sidecar(proj.name, a.extra["projector"]["sha256"], proj.stat().st_size)
     return list(out.values())
@@ -263,15 +298,19 @@ def _deploy(folder: Path, manifest: Manifest, device: Device, method: str) -> De
         bad = _check_sent(device, rdir, stale)
         if bad:
             # One re-send covers a flaky link or disk; a second mismatch means the device cannot hold it.
-            log.warning("%s: %s did not verify on the device; sending again", device.name, ", ".join(a.file for a in bad))
+            log.warning(
+                "%s: %s did not verify on the device; sending again", device.name, ", ".join(a.file for a in bad)
+            )
             _prepare(device, method, rdir, bad)
             send(device, method, folder, rdir, [a.file for a in bad])
             report.resent = [a.file for a in bad]
             report.bytes_sent += sum(a.bytes for a in bad)
             still = _check_sent(device, rdir, bad)
             if still:
-                raise LabError(f"device {device.name!r}: {', '.join(a.file for a in still)} still differ(s) by "
-                               f"sha256 after a re-send; check the device's disk and free space")
+                raise LabError(
+                    f"device {device.name!r}: {', '.join(a.file for a in still)} still differ(s) by "
+                    f"sha256 after a re-send; check the device's disk and free space"
+                )
     _script(device, COMMIT, [rdir, PARTIAL, local_manifest], "writing the manifest", input=manifest_bytes)
     report.manifest_written = True
     return report

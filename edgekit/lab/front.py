@@ -36,7 +36,7 @@ _NAME = re.compile(r"[^A-Za-z0-9_.-]")
 
 @dataclass(frozen=True)
 class Backend:
-    name: str           # the device's name (X-Edgekit-Device)
+    name: str  # the device's name (X-Edgekit-Device)
     host: str
     port: int
     api_key: str | None = None
@@ -79,39 +79,61 @@ def _raise_fd_limit() -> None:  # in the HAProxy child before exec: the soft lim
     resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
 
 
-def haproxy_config(items: list[Backend], *, host: str = "127.0.0.1", port: int = 8000,
-                   front_key: str | None = None, tag: str | None = None) -> str:
+def haproxy_config(
+    items: list[Backend],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    front_key: str | None = None,
+    tag: str | None = None,
+) -> str:
     """The whole haproxy.cfg for ``items`` behind one OpenAI-compatible front at host:port."""
     if not items:
         raise ConfigError("no devices to put behind the front")
-    tag = tag or uuid.uuid4().hex[:8]   # abstract socket names are machine-wide: one set per front
+    tag = tag or uuid.uuid4().hex[:8]  # abstract socket names are machine-wide: one set per front
     ids = _ids([b.name for b in items])
     lines = [
         "# Written by `edgekit lab serve --front` from the lab inventory. It holds API keys: keep it private.",
-        "global", f"    maxconn {_maxconn()}", "",
-        "defaults", "    mode http", "    timeout connect 2s",
+        "global",
+        f"    maxconn {_maxconn()}",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
         # forward each streamed token as it comes: without it HAProxy merges small writes (MSG_MORE) and
         # the first tokens waited ~130 ms for company here (TTFT direct/front 0.39 on the tiny model)
         "    option http-no-delay",
         # a bench or a long answer streams for minutes
-        "    timeout client 600s", "    timeout server 600s", "    timeout queue 60s", "    timeout http-request 30s", "",
-        "frontend edgekit", f"    bind {_addr(host, port)}",
+        "    timeout client 600s",
+        "    timeout server 600s",
+        "    timeout queue 60s",
+        "    timeout http-request 30s",
+        "",
+        "frontend edgekit",
+        f"    bind {_addr(host, port)}",
         "    http-request return status 200 content-type application/json string "
-        "\"{\\\"status\\\":\\\"ok\\\"}\" if { path /health } { nbsrv(fleet) gt 0 }",
+        '"{\\"status\\":\\"ok\\"}" if { path /health } { nbsrv(fleet) gt 0 }',
         "    http-request return status 503 content-type application/json string "
-        "\"{\\\"status\\\":\\\"no device up\\\"}\" if { path /health }",
+        '"{\\"status\\":\\"no device up\\"}" if { path /health }',
     ]
     if front_key:
-        lines.append(f"    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m str {_quote('Bearer ' + front_key)} }}")
+        lines.append(
+            f"    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m str {_quote('Bearer ' + front_key)} }}"
+        )
     lines += [
-        "    default_backend fleet", "",
+        "    default_backend fleet",
+        "",
         "backend fleet",
         # the device with the fewest requests in flight (each runs few slots)
         "    balance leastconn",
-        "    option httpchk", "    http-check send meth GET uri /health", "    http-check expect status 200",
+        "    option httpchk",
+        "    http-check send meth GET uri /health",
+        "    http-check expect status 200",
         # a request no device answered is sent to another: refused, dropped before a reply, 502 (the
         # device's key listener lost it) or 503 (busy, or down before the checks noticed)
-        "    option http-buffer-request", "    retries 3", "    option redispatch 1",
+        "    option http-buffer-request",
+        "    retries 3",
+        "    option redispatch 1",
         "    retry-on conn-failure empty-response 502 503",
         "    http-response set-header X-Edgekit-Device %[srv_name]",
     ]
@@ -123,18 +145,25 @@ def haproxy_config(items: list[Backend], *, host: str = "127.0.0.1", port: int =
         if not k:
             continue
         lines += [
-            "", f"listen device-{sid}", f"    bind abns@edgekit-{tag}-{sid}",
+            "",
+            f"listen device-{sid}",
+            f"    bind abns@edgekit-{tag}-{sid}",
             f"    http-request set-header Authorization {_quote('Bearer ' + b.api_key)}",
-            "    option httpchk", "    http-check send meth GET uri /health", "    http-check expect status 200",
-            "    option http-buffer-request", "    retries 1", "    retry-on conn-failure empty-response",
+            "    option httpchk",
+            "    http-check send meth GET uri /health",
+            "    http-check expect status 200",
+            "    option http-buffer-request",
+            "    retries 1",
+            "    retry-on conn-failure empty-response",
             f"    server {sid} {_addr(b.host, b.port)} check {CHECK} init-addr last,libc,none",
         ]
     return "\n".join(lines) + "\n"
 
 
 def haproxy_binary() -> str:
-    path = shutil.which("haproxy") or next((p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy")
-                                            if os.access(p, os.X_OK)), None)
+    path = shutil.which("haproxy") or next(
+        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if os.access(p, os.X_OK)), None
+    )
     if not path:
         raise LabError("haproxy is not installed: apt-get install haproxy (or run scripts/ensure-haproxy.sh)")
     return path
@@ -143,7 +172,7 @@ def haproxy_binary() -> str:
 def write_config(text: str, path: Path) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds the devices' keys
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the devices' keys
     with os.fdopen(fd, "w") as f:
         f.write(text)
     check = subprocess.run([haproxy_binary(), "-c", "-q", "-f", str(tmp)], capture_output=True, text=True)
@@ -163,23 +192,29 @@ class Front:
         self.config, self.log = Path(config), log
         self.proc: subprocess.Popen | None = None
 
-    def start(self, url: str, wait_s: float = 10.0) -> "Front":
+    def start(self, url: str, wait_s: float = 10.0) -> Front:
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen([haproxy_binary(), "-db", "-f", str(self.config)], stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_raise_fd_limit)
+        self.proc = subprocess.Popen(
+            [haproxy_binary(), "-db", "-f", str(self.config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_raise_fd_limit,
+        )
         import urllib.error
         import urllib.request
 
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LabError(f"haproxy exited ({self.proc.returncode}) at start"
-                               + (f"; see {self.log}" if self.log else ""))
+                raise LabError(
+                    f"haproxy exited ({self.proc.returncode}) at start" + (f"; see {self.log}" if self.log else "")
+                )
             try:
                 urllib.request.urlopen(url + "/health", timeout=2).close()
                 return self
             except urllib.error.HTTPError:
-                return self          # it answers (503: no device up yet)
+                return self  # it answers (503: no device up yet)
             except OSError:
                 time.sleep(0.1)
         self.stop()
@@ -187,49 +222,85 @@ class Front:
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGUSR1)   # soft stop
+            self.proc.send_signal(signal.SIGUSR1)  # soft stop
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> "Front":
+    def __enter__(self) -> Front:
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
 
-def start_devices(dist: Path | None, inventory, devices: list[Device], *, via: str = "ssh", port: int = 8080,
-                  serve_host: str = "0.0.0.0", serve_args: list[str] | None = None, method: str = "auto",
-                  forks: int = 16):
+def start_devices(
+    dist: Path | None,
+    inventory,
+    devices: list[Device],
+    *,
+    via: str = "ssh",
+    port: int = 8080,
+    serve_host: str = "0.0.0.0",
+    serve_args: list[str] | None = None,
+    method: str = "auto",
+    forks: int = 16,
+):
     """Deploy and start every device's `edgekit serve` (SSH path or the playbook); yield (device, ok, line).
     Each device's key (``api_key``) goes to its server as `deploy --serve` sends one (a mode-600 file)."""
     if via == "ansible":
         from .ansible_run import ansible_run
 
         if any(d.api_key for d in devices):
-            raise ConfigError("per-device API keys reach the servers over --via ssh only; the playbook does not "
-                              "send them yet")
-        for o in ansible_run(dist, inventory, devices, [], serve=True, bench=False, serve_host=serve_host, port=port,
-                             serve_args=serve_args, forks=forks):
+            raise ConfigError(
+                "per-device API keys reach the servers over --via ssh only; the playbook does not send them yet"
+            )
+        for o in ansible_run(
+            dist,
+            inventory,
+            devices,
+            [],
+            serve=True,
+            bench=False,
+            serve_host=serve_host,
+            port=port,
+            serve_args=serve_args,
+            forks=forks,
+        ):
             yield next(d for d in devices if d.name == o.device), o.ok, o.message
         return
     from .run import for_each
     from .serve import deploy_served
 
     def work(d: Device) -> str:
-        s = deploy_served(dist, d, host=serve_host, port=d.serve_port or port, serve_args=list(serve_args or []),
-                          method=method, api_key=d.api_key)
+        s = deploy_served(
+            dist,
+            d,
+            host=serve_host,
+            port=d.serve_port or port,
+            serve_args=list(serve_args or []),
+            method=method,
+            api_key=d.api_key,
+        )
         return f"{s.device}: serving at {s.url} ({s.mode}: {s.where})"
 
     for d, result in for_each(devices, work, parallel=forks):
         yield d, not isinstance(result, Exception), str(result)
 
 
-def run_front(devices: list[Device], *, port: int, host: str, front_port: int, front_key: str | None,
-              config: Path | None, config_only: bool, echo) -> None:
+def run_front(
+    devices: list[Device],
+    *,
+    port: int,
+    host: str,
+    front_port: int,
+    front_key: str | None,
+    config: Path | None,
+    config_only: bool,
+    echo,
+) -> None:
     """Write and check haproxy.cfg for ``devices``; unless ``config_only``, run HAProxy with it until
     interrupted (Ctrl-C, SIGTERM: it finishes the requests in flight). The devices keep serving."""
     path = Path(config) if config else Path.home() / ".cache" / "edgekit" / "front" / "haproxy.cfg"
@@ -241,8 +312,10 @@ def run_front(devices: list[Device], *, port: int, host: str, front_port: int, f
         return
     log = path.with_suffix(".log")
     with Front(path, log).start(url) as f:
-        echo(f"front: {url}/v1 -> {len(devices)} device(s) (haproxy, {path}); Ctrl-C stops the front, "
-             f"the devices keep serving")
+        echo(
+            f"front: {url}/v1 -> {len(devices)} device(s) (haproxy, {path}); Ctrl-C stops the front, "
+            f"the devices keep serving"
+        )
         while f.proc.poll() is None:
             time.sleep(0.5)
         raise LabError(f"haproxy exited ({f.proc.returncode}); see {log}")

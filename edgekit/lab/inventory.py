@@ -20,31 +20,45 @@ from ..core.fields import shown
 from ..core.registry import data_dir
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
-DEFAULT_WORKDIR = "./edgekit"          # i.e. ~/edgekit on the device
+DEFAULT_WORKDIR = "./edgekit"  # i.e. ~/edgekit on the device
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Names make can use as targets without quoting (the Makefile pastes `$*` into a recipe line).
 MAKE_SAFE = re.compile(r"^[A-Za-z0-9._+@-]+$")
-_FIELDS = {"target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
-           "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"}
+_FIELDS = {
+    "target",
+    "host",
+    "user",
+    "port",
+    "identity",
+    "workdir",
+    "edgekit",
+    "python",
+    "connect_timeout",
+    "timeout",
+    "ssh_options",
+    "ssh_config",
+    "serve_port",
+    "api_key",
+}
 
 
 @dataclass(frozen=True)
 class Device:
     name: str
-    target: str                        # target profile name (targets/*.toml)
-    host: str                          # host name, address or ~/.ssh/config alias
+    target: str  # target profile name (targets/*.toml)
+    host: str  # host name, address or ~/.ssh/config alias
     user: str | None = None
     port: int | None = None
-    identity: str | None = None        # local private key file
-    workdir: str = DEFAULT_WORKDIR     # remote; relative = under the login directory
-    edgekit: tuple[str, ...] = ()      # remote edgekit command; default: the bootstrap venv's
-    python: str = "python3"            # remote interpreter that creates the bootstrap venv
+    identity: str | None = None  # local private key file
+    workdir: str = DEFAULT_WORKDIR  # remote; relative = under the login directory
+    edgekit: tuple[str, ...] = ()  # remote edgekit command; default: the bootstrap venv's
+    python: str = "python3"  # remote interpreter that creates the bootstrap venv
     connect_timeout: int = 10
-    timeout: float = 1800.0            # seconds for one remote bench
+    timeout: float = 1800.0  # seconds for one remote bench
     ssh_options: tuple[tuple[str, str], ...] = ()
-    ssh_config: str | None = None      # local ssh_config file (-F); default: ~/.ssh/config
-    serve_port: int | None = None      # the device's `edgekit serve` port (default: --port)
-    api_key: str | None = field(default=None, repr=False)   # the key its server wants (lab serve --front)
+    ssh_config: str | None = None  # local ssh_config file (-F); default: ~/.ssh/config
+    serve_port: int | None = None  # the device's `edgekit serve` port (default: --port)
+    api_key: str | None = field(default=None, repr=False)  # the key its server wants (lab serve --front)
     # (field, where its value came from) for `edgekit lab list --origin`; not part of the identity.
     origin: tuple[tuple[str, str], ...] = field(default=(), compare=False, hash=False)
 
@@ -65,11 +79,25 @@ class Device:
         given = dict(self.origin)
         unset = "unset: ~/.ssh/config or ssh's default"
         out = []
-        for key in ("target", "host", "user", "port", "identity", "workdir", "edgekit", "python",
-                    "connect_timeout", "timeout", "ssh_options", "ssh_config", "serve_port", "api_key"):
+        for key in (
+            "target",
+            "host",
+            "user",
+            "port",
+            "identity",
+            "workdir",
+            "edgekit",
+            "python",
+            "connect_timeout",
+            "timeout",
+            "ssh_options",
+            "ssh_config",
+            "serve_port",
+            "api_key",
+        ):
             value = shlex.join(self.edgekit_cmd) if key == "edgekit" else getattr(self, key)
             if key == "api_key" and value:
-                value = "(set)"   # a secret: say where it comes from, never print it
+                value = "(set)"  # a secret: say where it comes from, never print it
             if key == "ssh_options":
                 value = ", ".join(f"{k}={v}" for k, v in value)
             where = given.get(key) or (unset if value in (None, "") else "edgekit's default")
@@ -85,14 +113,15 @@ class Device:
 class Inventory:
     path: Path
     devices: dict[str, Device] = field(default_factory=dict)
-    kind: str = "toml"                 # toml | ansible (an INI or YAML Ansible inventory)
+    kind: str = "toml"  # toml | ansible (an INI or YAML Ansible inventory)
 
     def get(self, name: str) -> Device:
         try:
             return self.devices[name]
         except KeyError:
-            raise ConfigError(f"no device {name!r} in {self.path}; choose one of: "
-                              f"{', '.join(self.devices) or '(none)'}") from None
+            raise ConfigError(
+                f"no device {name!r} in {self.path}; choose one of: {', '.join(self.devices) or '(none)'}"
+            ) from None
 
     def select(self, names: list[str] | None) -> list[Device]:
         return [self.get(n) for n in names] if names else list(self.devices.values())
@@ -155,21 +184,24 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
             raise ConfigError(f"{where}: {key} {p} is out of range 1-65535")
     connect_timeout = merged.get("connect_timeout", 10)
     if type(connect_timeout) is not int or connect_timeout < 1:
-        raise ConfigError(f"{where}: connect_timeout must be a positive integer of seconds, not {shown(connect_timeout)}")
+        raise ConfigError(
+            f"{where}: connect_timeout must be a positive integer of seconds, not {shown(connect_timeout)}"
+        )
     timeout = merged.get("timeout", 1800)
     if type(timeout) not in (int, float) or not math.isfinite(timeout) or timeout <= 0:
         raise ConfigError(f"{where}: timeout must be a positive number of seconds, not {shown(timeout)}")
     timeout = float(timeout)
     api_key = merged.get("api_key")
-    if api_key is not None and (_check_text(api_key, "api_key", where) != api_key.strip() or '"' in api_key
-                                or any(c.isspace() for c in api_key)):
+    if api_key is not None and (
+        _check_text(api_key, "api_key", where) != api_key.strip() or '"' in api_key or any(c.isspace() for c in api_key)
+    ):
         raise ConfigError(f"{where}: api_key must be one word without quotes or blanks")
     edgekit = merged.get("edgekit")
     if edgekit is not None:
         # A list is taken as argv; a string is split the way a shell would split it, locally.
         cmd = list(edgekit) if isinstance(edgekit, list) else shlex.split(_check_text(edgekit, "edgekit", where))
         if not cmd or not all(isinstance(c, str) and c for c in cmd):
-            raise ConfigError(f"{where}: edgekit must be a command such as \"~/edgekit/venv/bin/edgekit\"")
+            raise ConfigError(f'{where}: edgekit must be a command such as "~/edgekit/venv/bin/edgekit"')
         edgekit = (remote_path(cmd[0], where), *cmd[1:])
     options = merged.get("ssh_options", {})
     if not isinstance(options, dict):
@@ -188,7 +220,9 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
         python=remote_path(merged.get("python", "python3"), where),
         connect_timeout=connect_timeout,
         timeout=timeout,
-        ssh_options=tuple((str(k), ("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in options.items()),
+        ssh_options=tuple(
+            (str(k), ("yes" if v else "no") if isinstance(v, bool) else str(v)) for k, v in options.items()
+        ),
         ssh_config=str(Path(_check_text(ssh_config, "ssh_config", where)).expanduser()) if ssh_config else None,
         serve_port=serve_port,
         api_key=api_key,
@@ -213,10 +247,14 @@ def load_inventory(path: Path | None = None) -> Inventory:
         # Name the file the user gave or the one looked for first (./targets/lab.toml), never the copy
         # inside the installed package; the example to copy is wherever it really is.
         where = Path(given) if given else DEFAULT_INVENTORY
-        example = next((p for p in (Path("targets/lab.example.toml"), data_dir("targets") / "lab.example.toml")
-                        if p.is_file()), Path("targets/lab.example.toml"))
-        raise ConfigError(f"{where}: no lab inventory; copy {example} there and list your devices"
-                          + ("" if given else ", or pass --inventory FILE"))
+        example = next(
+            (p for p in (Path("targets/lab.example.toml"), data_dir("targets") / "lab.example.toml") if p.is_file()),
+            Path("targets/lab.example.toml"),
+        )
+        raise ConfigError(
+            f"{where}: no lab inventory; copy {example} there and list your devices"
+            + ("" if given else ", or pass --inventory FILE")
+        )
     if is_ansible(path):
         from .ansible_inventory import ansible_hosts
 
@@ -237,20 +275,22 @@ def load_inventory(path: Path | None = None) -> Inventory:
         where = f"{path} [devices.{name!r}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [devices.{name}] must be a table; see targets/lab.example.toml")
-        origin = tuple((k, f"{path} [devices.{name}]" if k in table else f"{path} [defaults]")
-                       for k in {**defaults, **table})
+        origin = tuple(
+            (k, f"{path} [devices.{name}]" if k in table else f"{path} [defaults]") for k in {**defaults, **table}
+        )
         inv.devices[name] = _device(name, table, defaults, where, origin)
     return inv
 
 
-def device_from_address(address: str, target: str, identity: str | None = None, ssh_config: str | None = None,
-                        workdir: str | None = None) -> Device:
+def device_from_address(
+    address: str, target: str, identity: str | None = None, ssh_config: str | None = None, workdir: str | None = None
+) -> Device:
     """One device from `deploy --host user@host[:port]` (IPv6 as [addr]:port), checked as an inventory
     entry is; the rest falls through to ssh's own config, as with `ssh user@host`."""
     where = f"--host {address!r}"
     user, _, rest = address.rpartition("@")
     host, port = rest, None
-    if rest.startswith("["):                       # [2001:db8::1]:22
+    if rest.startswith("["):  # [2001:db8::1]:22
         host, _, tail = rest[1:].partition("]")
         if tail:
             if not tail.startswith(":"):

@@ -27,7 +27,6 @@ import plistlib
 import secrets
 import shlex
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -125,9 +124,9 @@ print(urllib.request.urlopen(urllib.request.Request(sys.argv[1], headers=h), tim
 @dataclass
 class Served:
     device: str
-    url: str          # the API base, http://HOST:PORT/v1
-    mode: str         # systemd | launchd | nohup
-    where: str        # unit file, plist, or pid file on the device
+    url: str  # the API base, http://HOST:PORT/v1
+    mode: str  # systemd | launchd | nohup
+    where: str  # unit file, plist, or pid file on the device
 
 
 def serve_argv(device: Device, rdir: str, host: str, port: int, extra: list[str]) -> list[str]:
@@ -141,20 +140,40 @@ def _systemd_arg(a: str) -> str:
 
 def systemd_unit(argv: list[str], grace_s: float = 30.0) -> str:
     """A user unit running ``argv`` from the home directory (where the inventory's relative paths start)."""
-    return "\n".join([
-        "[Unit]", "Description=edgekit serve (OpenAI-compatible API)", "After=network-online.target", "",
-        "[Service]", "WorkingDirectory=%h",
-        # sh finds a relative command (./edgekit/venv/bin/edgekit) from the working directory; systemd
-        # itself wants an absolute one.
-        "ExecStart=/bin/sh -c " + _systemd_arg('exec "$@"') + " sh " + " ".join(_systemd_arg(a) for a in argv),
-        "KillSignal=SIGTERM", f"TimeoutStopSec={int(grace_s) + 10}", "Restart=on-failure", "RestartSec=2", "",
-        "[Install]", "WantedBy=default.target", ""])
+    return "\n".join(
+        [
+            "[Unit]",
+            "Description=edgekit serve (OpenAI-compatible API)",
+            "After=network-online.target",
+            "",
+            "[Service]",
+            "WorkingDirectory=%h",
+            # sh finds a relative command (./edgekit/venv/bin/edgekit) from the working directory; systemd
+            # itself wants an absolute one.
+            "ExecStart=/bin/sh -c " + _systemd_arg('exec "$@"') + " sh " + " ".join(_systemd_arg(a) for a in argv),
+            "KillSignal=SIGTERM",
+            f"TimeoutStopSec={int(grace_s) + 10}",
+            "Restart=on-failure",
+            "RestartSec=2",
+            "",
+            "[Install]",
+            "WantedBy=default.target",
+            "",
+        ]
+    )
 
 
 def launchd_plist(argv: list[str], log: str) -> bytes:
-    return plistlib.dumps({"Label": LAUNCHD_LABEL, "ProgramArguments": ["/bin/sh", "-c", 'cd ~ && exec "$@"', "sh", *argv],
-                           "RunAtLoad": True, "KeepAlive": {"SuccessfulExit": False},
-                           "StandardOutPath": log, "StandardErrorPath": log})
+    return plistlib.dumps(
+        {
+            "Label": LAUNCHD_LABEL,
+            "ProgramArguments": ["/bin/sh", "-c", 'cd ~ && exec "$@"', "sh", *argv],
+            "RunAtLoad": True,
+            "KeepAlive": {"SuccessfulExit": False},
+            "StandardOutPath": log,
+            "StandardErrorPath": log,
+        }
+    )
 
 
 def _script(device: Device, script: str, args: list[str], what: str, input: Optional[bytes] = None) -> str:
@@ -172,9 +191,17 @@ def key_file(device: Device) -> str:
     return join_remote(state_dir(device), "api-key")
 
 
-def start_served(device: Device, rdir: str, sha256: str, *, host: str = "127.0.0.1", port: int = 8080,
-                 serve_args: Optional[list[str]] = None, wait_s: float = 120.0,
-                 api_key: Optional[str] = None) -> Served:
+def start_served(
+    device: Device,
+    rdir: str,
+    sha256: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    serve_args: Optional[list[str]] = None,
+    wait_s: float = 120.0,
+    api_key: Optional[str] = None,
+) -> Served:
     """Start (or replace) ``edgekit serve`` on the device for the build in ``rdir``; return once its
     /props names ``sha256`` (nohup: and its own pid). The old server keeps serving until then (nohup)."""
     sdir = state_dir(device)
@@ -214,8 +241,9 @@ def start_served(device: Device, rdir: str, sha256: str, *, host: str = "127.0.0
     return Served(device.name, f"http://{shown}:{port}/v1", mode, where)
 
 
-def _wait_props(device: Device, host: str, port: int, kfile: str, pid: str, sha256: str, wait_s: float,
-                log_cmd: str) -> dict[str, Any]:
+def _wait_props(
+    device: Device, host: str, port: int, kfile: str, pid: str, sha256: str, wait_s: float, log_cmd: str
+) -> dict[str, Any]:
     """Poll /props from the device until it names ``sha256`` (and ``pid``): a port shared with the old
     server answers from either, and another program answering there is never taken for ours."""
     ask = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -237,8 +265,10 @@ def _wait_props(device: Device, host: str, port: int, kfile: str, pid: str, sha2
                 seen = "not an edgekit server"
         if time.monotonic() > deadline:
             what = f"; what answers there serves {seen[:12]}" if seen else ""
-            raise LabError(f"device {device.name!r}: no server at {url} named artifact sha256 {sha256[:12]}… "
-                           f"within {wait_s:g} s{what}; see `{log_cmd}` on the device")
+            raise LabError(
+                f"device {device.name!r}: no server at {url} named artifact sha256 {sha256[:12]}… "
+                f"within {wait_s:g} s{what}; see `{log_cmd}` on the device"
+            )
         time.sleep(0.5)
 
 
@@ -290,14 +320,27 @@ def _sse(url: str, body: dict[str, Any], timeout: float, key: Optional[str] = No
                 yield json.loads(line[6:])
 
 
-def one_request(base: str, model: str, messages: list[dict[str, Any]], max_tokens: int,
-                timeout: float = 600.0, key: Optional[str] = None) -> dict[str, Any]:
+def one_request(
+    base: str,
+    model: str,
+    messages: list[dict[str, Any]],
+    max_tokens: int,
+    timeout: float = 600.0,
+    key: Optional[str] = None,
+) -> dict[str, Any]:
     """One streamed greedy chat of exactly ``max_tokens`` (``ignore_eos``), timed as its client sees it:
     ttft_ms (request sent → the first generated text, content or thinking), decode_tps (the tokens after
     the first over the time from the first text to the finish chunk), total_ms (request sent → [DONE]),
     and the server's token counts."""
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "ignore_eos": True}
+    body = {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
     t0 = time.perf_counter()
     first = end = None
     usage: dict[str, Any] = {}
@@ -314,11 +357,15 @@ def one_request(base: str, model: str, messages: list[dict[str, Any]], max_token
     n = usage.get("completion_tokens", 0)
     if end is None:
         raise LabError(f"{base}: the stream ended without a finish chunk")
-    first = end if first is None else first   # no text at all (e.g. one token, half a UTF-8 character)
-    return {"ttft_ms": (first - t0) * 1e3, "total_ms": (total - t0) * 1e3,
-            "decode_tps": (n - 1) / (end - first) if end > first and n > 1 else 0.0,
-            "completion_tokens": n, "prompt_tokens": usage.get("prompt_tokens", 0),
-            "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0)}
+    first = end if first is None else first  # no text at all (e.g. one token, half a UTF-8 character)
+    return {
+        "ttft_ms": (first - t0) * 1e3,
+        "total_ms": (total - t0) * 1e3,
+        "decode_tps": (n - 1) / (end - first) if end > first and n > 1 else 0.0,
+        "completion_tokens": n,
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "cached_tokens": (usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
+    }
 
 
 def _get(url: str, timeout: float = 30.0, key: Optional[str] = None) -> Any:
@@ -336,10 +383,12 @@ def server_props(base: str, timeout: float = 30.0, key: Optional[str] = None) ->
     return _get(root + "/props", timeout, key)
 
 
-def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6,
-              key: Optional[str] = None) -> tuple[list[dict[str, Any]], int]:
+def prompt_of(
+    base: str, model: str, n_tokens: int, tries: int = 6, key: Optional[str] = None
+) -> tuple[list[dict[str, Any]], int]:
     """A one-turn chat whose rendered prompt is ``n_tokens`` tokens as the server counts them (words are
     added or dropped by the difference until it is), or the closest found; returns it and its count."""
+
     def chat(k: int) -> list[dict[str, Any]]:
         return [{"role": "user", "content": " ".join(["a"] * max(k, 1))}]
 
@@ -348,14 +397,21 @@ def prompt_of(base: str, model: str, n_tokens: int, tries: int = 6,
         got = one_request(base, model, chat(k), 1, key=key)["prompt_tokens"]
         if best is None or abs(got - n_tokens) < abs(best[1] - n_tokens):
             best = (k, got)
-        if got == n_tokens or k <= 1 and got > n_tokens:
+        if got == n_tokens or (k <= 1 and got > n_tokens):
             break
         k = max(1, k + n_tokens - got)
     return chat(best[0]), best[1]
 
 
-def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, reps: int = 3,
-                 ssh_host: str = "", key: Optional[str] = None) -> Any:
+def bench_served(
+    base: str,
+    device: str,
+    n_prompt: int = 64,
+    n_gen: int = 64,
+    reps: int = 3,
+    ssh_host: str = "",
+    key: Optional[str] = None,
+) -> Any:
     """A results Record (``via = "served"``) of the endpoint as its client sees it: after one warm-up
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
@@ -372,30 +428,60 @@ def bench_served(base: str, device: str, n_prompt: int = 64, n_gen: int = 64, re
     runs = [one_request(base, model, messages, n_gen, key=key) for _ in range(reps)]
     for r in runs:
         if r["completion_tokens"] != n_gen or r["prompt_tokens"] != p:
-            raise LabError(f"{base}: asked for {n_gen} tokens after {p}, the server counted "
-                           f"{r['completion_tokens']} after {r['prompt_tokens']}; is it an edgekit serve?")
+            raise LabError(
+                f"{base}: asked for {n_gen} tokens after {p}, the server counted "
+                f"{r['completion_tokens']} after {r['prompt_tokens']}; is it an edgekit serve?"
+            )
     after = server_props(base, key=key)
-    samples = {"ttft_ms": [r["ttft_ms"] for r in runs], "tg_tps": [r["decode_tps"] for r in runs],
-               "total_ms": [r["total_ms"] for r in runs],
-               # a client cannot time the prefill alone: the prompt's tokens over the TTFT it waited
-               "pp_tps": [p / (r["ttft_ms"] / 1e3) for r in runs]}
+    samples = {
+        "ttft_ms": [r["ttft_ms"] for r in runs],
+        "tg_tps": [r["decode_tps"] for r in runs],
+        "total_ms": [r["total_ms"] for r in runs],
+        # a client cannot time the prefill alone: the prompt's tokens over the TTFT it waited
+        "pp_tps": [p / (r["ttft_ms"] / 1e3) for r in runs],
+    }
     (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
     vers = props.get("versions") or {}
     engine = props.get("engine") or ""
     return Record(
-        artifact=a.get("file", model), model=props.get("model_name") or model, format=a.get("format", ""),
-        quant=a.get("quant", ""), engine=engine, sha256=a.get("sha256", ""), file_bytes=a.get("bytes", 0),
-        device=device, target=props.get("target") or "", threads=props.get("threads"), ctx=props.get("n_ctx", 0),
-        n_prompt=p, n_gen=n_gen, reps=reps, load_ms=props.get("load_ms", 0.0),
-        ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
-        peak_rss_bytes=after.get("peak_rss_bytes", 0), kv_cache_bytes=props.get("kv_cache_bytes"),
-        compute_buffer_bytes=props.get("compute_buffer_bytes"), budget_bytes=props.get("budget_bytes"),
-        via="served", timestamp=utc_now(),
+        artifact=a.get("file", model),
+        model=props.get("model_name") or model,
+        format=a.get("format", ""),
+        quant=a.get("quant", ""),
+        engine=engine,
+        sha256=a.get("sha256", ""),
+        file_bytes=a.get("bytes", 0),
+        device=device,
+        target=props.get("target") or "",
+        threads=props.get("threads"),
+        ctx=props.get("n_ctx", 0),
+        n_prompt=p,
+        n_gen=n_gen,
+        reps=reps,
+        load_ms=props.get("load_ms", 0.0),
+        ttft_ms=ttft,
+        ttft_ms_sd=ttft_sd,
+        pp_tps=pp,
+        pp_tps_sd=pp_sd,
+        tg_tps=tg,
+        tg_tps_sd=tg_sd,
+        peak_rss_bytes=after.get("peak_rss_bytes", 0),
+        kv_cache_bytes=props.get("kv_cache_bytes"),
+        compute_buffer_bytes=props.get("compute_buffer_bytes"),
+        budget_bytes=props.get("budget_bytes"),
+        via="served",
+        timestamp=utc_now(),
         edgekit_version=vers.get("edgekit", ""),
         engine_version=props.get("engine_version") or "",
-        host=props.get("host") or {}, versions=vers, runtime=props.get("runtime") or {}, samples=samples,
-        extra={"served": {"url": base, "model": model, "slots": props.get("slots")},
-               "lab": {"device": device, "ssh_host": ssh_host, "remote_device": props.get("hostname", "")}})
+        host=props.get("host") or {},
+        versions=vers,
+        runtime=props.get("runtime") or {},
+        samples=samples,
+        extra={
+            "served": {"url": base, "model": model, "slots": props.get("slots")},
+            "lab": {"device": device, "ssh_host": ssh_host, "remote_device": props.get("hostname", "")},
+        },
+    )
 
 
 def served_args(args: list[str]) -> tuple[int, int, int]:
@@ -407,8 +493,9 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
         a = args[i]
         key, _, val = a.partition("=") if a.startswith("--") else (a, "", "")
         if key not in names or (not val and i + 1 >= len(args)):
-            raise ConfigError(f"lab run --served takes -p, -n and -r (prompt tokens, generated tokens, "
-                              f"repetitions), not {a!r}")
+            raise ConfigError(
+                f"lab run --served takes -p, -n and -r (prompt tokens, generated tokens, repetitions), not {a!r}"
+            )
         if not val:
             i += 1
             val = args[i]
@@ -422,9 +509,19 @@ def served_args(args: list[str]) -> tuple[int, int, int]:
     return out[0], out[1], out[2]
 
 
-def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: Any = None, push: bool = True,
-                   method: str = "auto", port: int = 8080, on_outcome: Any = None,
-                   host: str = "0.0.0.0", parallel: int = 16) -> list[Any]:
+def lab_run_served(
+    dist: Any,
+    devices: list[Device],
+    args: list[str],
+    *,
+    store: Any = None,
+    push: bool = True,
+    method: str = "auto",
+    port: int = 8080,
+    on_outcome: Any = None,
+    host: str = "0.0.0.0",
+    parallel: int = 16,
+) -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
     from .run import Outcome, for_each
@@ -436,21 +533,31 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
         # --no-deploy, the running server's key from $EDGEKIT_API_KEY, if it has one).
         key = secrets.token_urlsafe(24) if push else os.environ.get("EDGEKIT_API_KEY")
         p = d.serve_port or port
-        url = deploy_served(dist, d, host=host, port=p, method=method, api_key=key).url if push \
+        url = (
+            deploy_served(dist, d, host=host, port=p, method=method, api_key=key).url
+            if push
             else f"http://{d.host}:{p}/v1"
+        )
         try:
             return bench_served(url, d.name, n_prompt, n_gen, reps, ssh_host=d.host, key=key)
         except NoServer as e:
-            raise LabError(f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
-                           f"--serve --port {p}`, or run without --no-deploy") from None
+            raise LabError(
+                f"device {d.name!r}: {e}; start it with `edgekit deploy DIST --device {d.name} "
+                f"--serve --port {p}`, or run without --no-deploy"
+            ) from None
 
     outcomes = []
     for d, rec in for_each(devices, work, parallel):
         if isinstance(rec, Exception):
             out = Outcome(d.name, False, str(rec), exit_code=1)
         else:
-            out = Outcome(d.name, True, f"{d.name}: 1 served record: TTFT {rec.ttft_ms:.1f} ms, "
-                                        f"{rec.tg_tps:.2f} t/s at {rec.extra['served']['url']}", [rec])
+            out = Outcome(
+                d.name,
+                True,
+                f"{d.name}: 1 served record: TTFT {rec.ttft_ms:.1f} ms, "
+                f"{rec.tg_tps:.2f} t/s at {rec.extra['served']['url']}",
+                [rec],
+            )
             if store is not None:
                 store.append([rec])
         outcomes.append(out)
@@ -460,9 +567,17 @@ def lab_run_served(dist: Any, devices: list[Device], args: list[str], *, store: 
     return sorted(outcomes, key=lambda o: order.get(o.device, len(order)))
 
 
-def deploy_served(dist: Any, device: Device, *, host: str = "127.0.0.1", port: int = 8080,
-                  serve_args: Optional[list[str]] = None, method: str = "auto",
-                  api_key: Optional[str] = None, wait_s: float = 120.0) -> Served:
+def deploy_served(
+    dist: Any,
+    device: Device,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    serve_args: Optional[list[str]] = None,
+    method: str = "auto",
+    api_key: Optional[str] = None,
+    wait_s: float = 120.0,
+) -> Served:
     """Deploy the device's build (sha256-checked, as ``deploy``), then start the server on it and check
     that it serves that build's first artifact (the one ``edgekit serve`` picks)."""
     from .deploy import build_folder, deploy, load_build
@@ -472,5 +587,13 @@ def deploy_served(dist: Any, device: Device, *, host: str = "127.0.0.1", port: i
         raise LabError(f"{dist}: the manifest lists no artifacts; rebuild with `edgekit build`")
     with ssh.multiplexed(device):
         report = deploy(dist, device, method=method)
-        return start_served(device, report.remote_dir, manifest.artifacts[0].sha256, host=host, port=port,
-                            serve_args=serve_args, api_key=api_key, wait_s=wait_s)
+        return start_served(
+            device,
+            report.remote_dir,
+            manifest.artifacts[0].sha256,
+            host=host,
+            port=port,
+            serve_args=serve_args,
+            api_key=api_key,
+            wait_s=wait_s,
+        )

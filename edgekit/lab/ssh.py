@@ -16,18 +16,18 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from ..core.errors import LabError
 from .inventory import Device
 
 log = logging.getLogger(__name__)
 
-SSH_FAILED = 255        # ssh's own exit status: the connection or authentication failed
-OOM_KILLED = 137        # 128 + SIGKILL: what the kernel's OOM killer leaves behind
+SSH_FAILED = 255  # ssh's own exit status: the connection or authentication failed
+OOM_KILLED = 137  # 128 + SIGKILL: what the kernel's OOM killer leaves behind
 
 
 @dataclass
@@ -58,7 +58,7 @@ def multiplexed(device: Device) -> Iterator[None]:
     with _MUX_LOCK:
         nested = device in _MUX
         if not nested:
-            tmp = tempfile.mkdtemp(prefix="ek-ssh-")   # short: a socket path must fit in ~100 bytes
+            tmp = tempfile.mkdtemp(prefix="ek-ssh-")  # short: a socket path must fit in ~100 bytes
             _MUX[device] = os.path.join(tmp, "mux")
     if nested:
         yield
@@ -69,8 +69,13 @@ def multiplexed(device: Device) -> Iterator[None]:
         with _MUX_LOCK:
             path = _MUX.pop(device)
         try:
-            subprocess.run(["ssh", *options(device), *_option("ControlPath", path), "-O", "exit", "--", device.host],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+            subprocess.run(
+                ["ssh", *options(device), *_option("ControlPath", path), "-O", "exit", "--", device.host],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=15,
+            )
         except (OSError, subprocess.TimeoutExpired):
             pass
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,8 +124,10 @@ def remote_spec(device: Device, path: str) -> str:
 
 def check_local(device: Device) -> None:
     if device.identity and not Path(device.identity).is_file():
-        raise LabError(f"device {device.name!r}: identity file {device.identity} does not exist; "
-                       f"fix `identity` in the lab inventory")
+        raise LabError(
+            f"device {device.name!r}: identity file {device.identity} does not exist; "
+            f"fix `identity` in the lab inventory"
+        )
 
 
 def explain(device: Device, stderr: str) -> str:
@@ -136,17 +143,27 @@ def explain(device: Device, stderr: str) -> str:
     if "no route to host" in text or "network is unreachable" in text:
         return f"{where}: unreachable: no route to host; check the network"
     if "host key verification failed" in text or "remote host identification has changed" in text:
-        return (f"{where}: host key not trusted (unknown or changed); verify it, then add it to known_hosts "
-                f"by running `ssh` to the device once")
+        return (
+            f"{where}: host key not trusted (unknown or changed); verify it, then add it to known_hosts "
+            f"by running `ssh` to the device once"
+        )
     if "permission denied" in text or "too many authentication failures" in text:
-        return (f"{where}: authentication refused; check `user` and `identity` in the inventory and that "
-                f"the key is in the device's authorized_keys")
+        return (
+            f"{where}: authentication refused; check `user` and `identity` in the inventory and that "
+            f"the key is in the device's authorized_keys"
+        )
     last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no message")
     return f"{where}: ssh failed: {last}"
 
 
-def run(device: Device, argv: list[str], *, input: bytes | None = None, timeout: float | None = None,
-        hold_stdin: bool = False) -> Result:
+def run(
+    device: Device,
+    argv: list[str],
+    *,
+    input: bytes | None = None,
+    timeout: float | None = None,
+    hold_stdin: bool = False,
+) -> Result:
     """Run an ssh/scp/rsync argv; raise LabError (one line) when the connection itself failed.
 
     ``hold_stdin`` keeps the remote command's stdin open until we are done with it, so a command
@@ -155,15 +172,23 @@ def run(device: Device, argv: list[str], *, input: bytes | None = None, timeout:
     check_local(device)
     log.info("%s: %s", device.name, shlex.join(argv))
     try:
-        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.PIPE if input is not None or hold_stdin else subprocess.DEVNULL)
+        p = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.PIPE if input is not None or hold_stdin else subprocess.DEVNULL,
+        )
     except FileNotFoundError:
-        raise LabError(f"{argv[0]}: not installed on this machine; install the OpenSSH client"
-                       + (" and rsync" if argv[0] == "rsync" else "")) from None
+        raise LabError(
+            f"{argv[0]}: not installed on this machine; install the OpenSSH client"
+            + (" and rsync" if argv[0] == "rsync" else "")
+        ) from None
     out: list[bytes] = []
     err: list[bytes] = []
-    readers = [threading.Thread(target=lambda f=f, b=b: b.append(f.read()), daemon=True)
-               for f, b in ((p.stdout, out), (p.stderr, err))]
+    readers = [
+        threading.Thread(target=lambda f=f, b=b: b.append(f.read()), daemon=True)
+        for f, b in ((p.stdout, out), (p.stderr, err))
+    ]
     for t in readers:
         t.start()
     try:
@@ -177,10 +202,12 @@ def run(device: Device, argv: list[str], *, input: bytes | None = None, timeout:
         p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
-        raise LabError(f"device {device.name!r}: timed out after {timeout:g} s; raise `timeout` in the "
-                       f"inventory or bench fewer tokens") from None
+        raise LabError(
+            f"device {device.name!r}: timed out after {timeout:g} s; raise `timeout` in the "
+            f"inventory or bench fewer tokens"
+        ) from None
     finally:
-        if p.poll() is None:   # Ctrl-C or any other way out: never leave the ssh behind
+        if p.poll() is None:  # Ctrl-C or any other way out: never leave the ssh behind
             p.kill()
         p.wait()
         if p.stdin and not p.stdin.closed:
@@ -211,8 +238,11 @@ def watched(device: Device, remote_args: list[str]) -> list[str]:
     return script_argv(device, WATCH, remote_args)
 
 
-_CONNECT = re.compile(r"connection refused|timed out|could not resolve|no route to host|network is unreachable|"
-                      r"host key verification failed|permission denied \((?:publickey|password|keyboard|gssapi|hostbased)", re.I)
+_CONNECT = re.compile(
+    r"connection refused|timed out|could not resolve|no route to host|network is unreachable|"
+    r"host key verification failed|permission denied \((?:publickey|password|keyboard|gssapi|hostbased)",
+    re.I,
+)
 
 
 def _connect_failed(stderr: str) -> bool:

@@ -13,26 +13,27 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
+from ..backends.engines import ENGINES, Engine
+from ..backends.formats import Format, detect, format_of
+from ..backends.runner import mean_sd
+from ..builder.manifest import MANIFEST, Artifact, artifact_digest, read_manifest
 from ..core.child import ChildDied, run_child
 from ..core.errors import ArtifactError, BenchError, BudgetExceeded, ConfigError
-from ..backends.formats import Format, detect, format_of
 from ..core.host import physical_cores
 from ..profiles.knobs import parse_set
-from ..builder.manifest import MANIFEST, Artifact, artifact_digest, read_manifest
+from ..profiles.targets import TARGETS, Target
 from ..results import Record, provenance
 from .roofline import TokenBytes, host_bandwidth
-from ..backends.engines import ENGINES, Engine
-from ..backends.runner import mean_sd
 from .worker import MeasureResult, MeasureSpec
-from ..profiles.targets import TARGETS, Target
 
 log = logging.getLogger(__name__)
 
-parse_knobs = parse_set   # `--set KEY=VALUE` items → raw strings, typed later by the engine's schema
+parse_knobs = parse_set  # `--set KEY=VALUE` items → raw strings, typed later by the engine's schema
 
 
 @dataclass
@@ -40,19 +41,19 @@ class BenchOptions:
     n_prompt: int = 512
     n_gen: int = 128
     reps: int = 5
-    threads: Optional[int] = None     # default: the target's threads capped at this host's cores
-    ctx: Optional[int] = None         # default: the target's context, else n_prompt + n_gen (llama-bench)
-    target: Union[Target, str, None] = None   # a Target, a profile name, or None: the manifest's
-    device: Optional[str] = None      # default: $EDGEKIT_DEVICE, else the hostname
+    threads: Optional[int] = None  # default: the target's threads capped at this host's cores
+    ctx: Optional[int] = None  # default: the target's context, else n_prompt + n_gen (llama-bench)
+    target: Union[Target, str, None] = None  # a Target, a profile name, or None: the manifest's
+    device: Optional[str] = None  # default: $EDGEKIT_DEVICE, else the hostname
     roofline: bool = True
-    runtime: dict[str, Any] = field(default_factory=dict)   # knobs over the target's [runtime] (--set)
+    runtime: dict[str, Any] = field(default_factory=dict)  # knobs over the target's [runtime] (--set)
     verbose: bool = False
     seed: int = 0
-    depth: int = 0                    # tokens already in the cache before each test (llama-bench -d)
+    depth: int = 0  # tokens already in the cache before each test (llama-bench -d)
     # A sweep's tests for one child (edgekit.measure.sweep.Test: n_prompt, n_gen, depth), run on one loaded
     # model; default: the one test (n_prompt, n_gen, depth).
     tests: Optional[list[Any]] = None
-    limit: Optional[bool] = None      # run inside a memory cgroup; default: the target's [bench] enforce_limit
+    limit: Optional[bool] = None  # run inside a memory cgroup; default: the target's [bench] enforce_limit
     limit_bytes: Optional[int] = None  # the limit; default: the target's memory budget
 
     def test_list(self) -> list[tuple[int, int, int]]:
@@ -87,12 +88,15 @@ class Settings:
 
 # ---------------------------------------------------------------- resolving PATH
 
+
 def _checked(folder: Path, a: Artifact) -> Path:
     p = folder / a.file
     if not p.exists():
         raise ArtifactError(f"{p}: listed in {MANIFEST} but missing; rebuild with `edgekit build`")
     if artifact_digest(p) != (a.bytes, a.sha256):
-        raise ArtifactError(f"{p}: bytes/sha256 differ from {MANIFEST} (changed or truncated); rebuild with `edgekit build`")
+        raise ArtifactError(
+            f"{p}: bytes/sha256 differ from {MANIFEST} (changed or truncated); rebuild with `edgekit build`"
+        )
     return p
 
 
@@ -103,13 +107,15 @@ def plan(path: Path, target: Union[Target, str, None] = None) -> list[Planned]:
         raise ArtifactError(f"{p}: no such artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
     if p.is_dir() and (p / MANIFEST).exists():
         m = read_manifest(p)
-        if not m.artifacts:   # run and serve take the first; bench and eval would measure nothing
+        if not m.artifacts:  # run and serve take the first; bench and eval would measure nothing
             raise ArtifactError(f"{p / MANIFEST}: lists no artifacts; rebuild with `edgekit build`")
         out = [Planned(_checked(p, a), a, m.model, target or m.target) for a in m.artifacts]
     else:
         fmt = detect(p)
         if fmt is None:
-            raise ArtifactError(f"{p}: not an artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
+            raise ArtifactError(
+                f"{p}: not an artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}"
+            )
         listed = p.parent / MANIFEST
         m = read_manifest(p.parent) if listed.exists() else None
         a = next((x for x in m.artifacts if x.file == p.name), None) if m else None
@@ -125,6 +131,7 @@ def plan(path: Path, target: Union[Target, str, None] = None) -> list[Planned]:
 
 
 # ---------------------------------------------------------------- settings
+
 
 def _target(t: Union[Target, str, None]) -> Optional[Target]:
     return t if isinstance(t, Target) else TARGETS.get(t) if t else None
@@ -149,8 +156,10 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
     if any(p < 1 or n < 1 or d < 0 for p, n, d in tests) or opts.reps < 1:
         raise ConfigError("-p, -n and -r must be at least 1 (and -d at least 0)")
     if opts.threads is not None and opts.threads < 1:
-        raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)")
-    if opts.ctx is not None and opts.ctx < 1:   # 0 would silently mean the default below
+        raise ConfigError(
+            f"--threads {opts.threads}: use at least 1 thread (default: the target's, capped at this host's cores)"
+        )
+    if opts.ctx is not None and opts.ctx < 1:  # 0 would silently mean the default below
         raise ConfigError(f"--ctx {opts.ctx}: use at least 1 token (leave it out for the target's context)")
     threads = opts.threads or (min(tgt.threads, physical_cores()) if tgt else physical_cores())
     # llama-bench's context is p + n + d; each test here prefills d + p, then decodes d + n from a reset
@@ -161,20 +170,32 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
             raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
     trained, engine_max = pl.format.max_context(pl.path), engine.max_ctx
     if engine_max and ctx > engine_max:
-        raise ConfigError(f"--ctx {ctx} is too long: {engine.name} counts the context in 32 bits (at most "
-                          f"{engine_max}); pass a smaller --ctx")
+        raise ConfigError(
+            f"--ctx {ctx} is too long: {engine.name} counts the context in 32 bits (at most "
+            f"{engine_max}); pass a smaller --ctx"
+        )
     if trained and ctx > trained:
-        raise ConfigError(f"--ctx {ctx} is longer than {pl.artifact.file} was trained for (n_ctx_train "
-                          f"{trained}); pass --ctx {trained} or less")
-    knobs = {**engine.knobs.defaults(), **(profile_knobs(tgt, engine) if tgt else {}),
-             **engine.knobs.validate(opts.runtime, "--set")}
+        raise ConfigError(
+            f"--ctx {ctx} is longer than {pl.artifact.file} was trained for (n_ctx_train "
+            f"{trained}); pass --ctx {trained} or less"
+        )
+    knobs = {
+        **engine.knobs.defaults(),
+        **(profile_knobs(tgt, engine) if tgt else {}),
+        **engine.knobs.validate(opts.runtime, "--set"),
+    }
     return Settings(tgt, engine, threads, ctx, knobs)
 
 
 # ---------------------------------------------------------------- records
 
-def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str, float]] = None,
-                  on_step: Callable[[str], None] = lambda s: None) -> list[Record]:
+
+def measure_tests(
+    pl: Planned,
+    opts: BenchOptions,
+    bandwidth: Optional[dict[str, float]] = None,
+    on_step: Callable[[str], None] = lambda s: None,
+) -> list[Record]:
     """One artifact in one child (one load), a Record per test; inside a memory cgroup when asked."""
     from . import limits
     from .budget import apply_limit, killed_result
@@ -182,9 +203,20 @@ def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str,
     st = settings(pl, opts)
     tgt, engine = st.target, st.engine
     tests = opts.test_list()
-    spec = MeasureSpec(engine=engine.name, path=str(pl.path), n_prompt=tests[0][0], n_gen=tests[0][1],
-                       reps=opts.reps, threads=st.threads, ctx=st.ctx, knobs=st.knobs, seed=opts.seed,
-                       verbose=opts.verbose, depth=tests[0][2], tests=[list(t) for t in tests])
+    spec = MeasureSpec(
+        engine=engine.name,
+        path=str(pl.path),
+        n_prompt=tests[0][0],
+        n_gen=tests[0][1],
+        reps=opts.reps,
+        threads=st.threads,
+        ctx=st.ctx,
+        knobs=st.knobs,
+        seed=opts.seed,
+        verbose=opts.verbose,
+        depth=tests[0][2],
+        tests=[list(t) for t in tests],
+    )
     use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
     limit_bytes = opts.limit_bytes or (tgt.memory_budget_bytes if tgt else None)
     if use_limit and limit_bytes is None:
@@ -193,14 +225,23 @@ def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str,
         if lim.enforced:
             limits.evict(pl.path)  # its pages are then read in by, and charged to, the child's cgroup
         try:
-            res = run_child("edgekit.measure.worker:measure", spec, MeasureResult, verbose=opts.verbose,
-                            on_step=on_step, block=engine.block, wrap=lim.wrap)
+            res = run_child(
+                "edgekit.measure.worker:measure",
+                spec,
+                MeasureResult,
+                verbose=opts.verbose,
+                on_step=on_step,
+                block=engine.block,
+                wrap=lim.wrap,
+            )
             per_test, load_ms, applied = res.tests, res.load_ms, res.applied
         except ChildDied as e:
             if not (lim.enforced and lim.read().oom_kills):
-                raise BenchError(f"{pl.path.name}: the {engine.name} child process died ({e.why}"
-                                 f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the "
-                                 "engine log") from None
+                raise BenchError(
+                    f"{pl.path.name}: the {engine.name} child process died ({e.why}"
+                    f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the "
+                    "engine log"
+                ) from None
             killed = killed_result(tests)
             per_test, load_ms = killed["tests"], killed["load_ms"]
             applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
@@ -213,8 +254,16 @@ def measure_tests(pl: Planned, opts: BenchOptions, bandwidth: Optional[dict[str,
     return records
 
 
-def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, applied: dict[str, Any],
-            res: dict[str, Any], test: tuple[int, int, int], bandwidth: Optional[dict[str, float]]) -> Record:
+def _record(
+    pl: Planned,
+    opts: BenchOptions,
+    st: Settings,
+    load_ms: float,
+    applied: dict[str, Any],
+    res: dict[str, Any],
+    test: tuple[int, int, int],
+    bandwidth: Optional[dict[str, float]],
+) -> Record:
     from .budget import apply_pages, majflt_means
 
     tgt, engine = st.target, st.engine
@@ -224,21 +273,47 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
     (ttft, ttft_sd), (pp, pp_sd), (tg, tg_sd) = (mean_sd(samples[k]) for k in ("ttft_ms", "pp_tps", "tg_tps"))
     prov = provenance(opts.device)
     rec = Record(
-        artifact=pl.artifact.file, model=pl.model, format=pl.artifact.format, quant=pl.artifact.quant,
-        engine=engine.name, sha256=pl.artifact.sha256, file_bytes=pl.artifact.bytes,
-        target=tgt.name if tgt else "", threads=applied["threads"], ctx=applied["ctx"],
-        n_prompt=n_prompt, n_gen=n_gen, reps=opts.reps, load_ms=load_ms,
-        ttft_ms=ttft, ttft_ms_sd=ttft_sd, pp_tps=pp, pp_tps_sd=pp_sd, tg_tps=tg, tg_tps_sd=tg_sd,
-        peak_rss_bytes=mem["peak_rss_bytes"], peak_anon_bytes=mem.get("peak_anon_bytes"),
-        peak_file_bytes=mem.get("peak_file_bytes"), phys_footprint_bytes=mem.get("phys_footprint_bytes"),
-        mlx_peak_bytes=fig.get("mlx_peak_bytes"), kv_cache_bytes=fig.get("kv_cache_bytes"),
+        artifact=pl.artifact.file,
+        model=pl.model,
+        format=pl.artifact.format,
+        quant=pl.artifact.quant,
+        engine=engine.name,
+        sha256=pl.artifact.sha256,
+        file_bytes=pl.artifact.bytes,
+        target=tgt.name if tgt else "",
+        threads=applied["threads"],
+        ctx=applied["ctx"],
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        reps=opts.reps,
+        load_ms=load_ms,
+        ttft_ms=ttft,
+        ttft_ms_sd=ttft_sd,
+        pp_tps=pp,
+        pp_tps_sd=pp_sd,
+        tg_tps=tg,
+        tg_tps_sd=tg_sd,
+        peak_rss_bytes=mem["peak_rss_bytes"],
+        peak_anon_bytes=mem.get("peak_anon_bytes"),
+        peak_file_bytes=mem.get("peak_file_bytes"),
+        phys_footprint_bytes=mem.get("phys_footprint_bytes"),
+        mlx_peak_bytes=fig.get("mlx_peak_bytes"),
+        kv_cache_bytes=fig.get("kv_cache_bytes"),
         compute_buffer_bytes=fig.get("compute_buffer_bytes"),
-        budget_bytes=tgt.memory_budget_bytes if tgt else None, depth=depth,
-        **prov, engine_version=prov["versions"].get(engine.version_key, ""), runtime=applied["knobs"], samples=samples,
-        extra={"model_buffers": fig.get("model_buffers") or [], "gathered_bytes_per_token": pl.tokens.gathered,
-               "tensor_bytes": pl.tokens.file_tensor_bytes, "bandwidth": bandwidth or {},
-               "lazy_tensors": fig.get("lazy_tensors") or [],
-               "lazy_bytes": sum(pl.tokens.sizes.get(t, 0) for t in fig.get("lazy_tensors") or [])},
+        budget_bytes=tgt.memory_budget_bytes if tgt else None,
+        depth=depth,
+        **prov,
+        engine_version=prov["versions"].get(engine.version_key, ""),
+        runtime=applied["knobs"],
+        samples=samples,
+        extra={
+            "model_buffers": fig.get("model_buffers") or [],
+            "gathered_bytes_per_token": pl.tokens.gathered,
+            "tensor_bytes": pl.tokens.file_tensor_bytes,
+            "bandwidth": bandwidth or {},
+            "lazy_tensors": fig.get("lazy_tensors") or [],
+            "lazy_bytes": sum(pl.tokens.sizes.get(t, 0) for t in fig.get("lazy_tensors") or []),
+        },
     )
     rec.majflt_prefill, rec.majflt_per_token = majflt_means(reps, n_gen)
     apply_pages(rec, res.get("pages"), tgt.page_size if tgt else 0)
@@ -253,8 +328,9 @@ def _record(pl: Planned, opts: BenchOptions, st: Settings, load_ms: float, appli
     return rec
 
 
-def bench(path: Path, opts: Optional[BenchOptions] = None,
-          on_records: Callable[[list[Record]], None] = lambda rs: None) -> list[Record]:
+def bench(
+    path: Path, opts: Optional[BenchOptions] = None, on_records: Callable[[list[Record]], None] = lambda rs: None
+) -> list[Record]:
     """Measure every artifact PATH names; return a Record per test. ``on_records`` gets each artifact's
     records as its child finishes (the CLI prints and stores them there, so a later failure loses none)."""
     opts = opts or BenchOptions()
@@ -276,17 +352,25 @@ def bench(path: Path, opts: Optional[BenchOptions] = None,
     return out
 
 
-def bench_sweep(path: Path, opts: BenchOptions, points: list[Any],
-                on_records: Callable[[list[Record]], None] = lambda rs: None) -> list[Record]:
+def bench_sweep(
+    path: Path, opts: BenchOptions, points: list[Any], on_records: Callable[[list[Record]], None] = lambda rs: None
+) -> list[Record]:
     """Every grid point of ``edgekit.measure.sweep.expand`` (threads, ctx, knobs; its tests on one load) on
     every artifact PATH names: one child per artifact per point, a Record per test, each child's
     records passed to ``on_records`` as it finishes."""
     import dataclasses
 
     # A point's 0 stays 0 (settings refuses it), never the default (-t 1,0 used to run the default twice).
-    runs = [dataclasses.replace(opts, threads=opts.threads if pt.threads is None else pt.threads,
-                                ctx=opts.ctx if pt.ctx is None else pt.ctx,
-                                runtime={**opts.runtime, **pt.knobs}, tests=list(pt.tests) or None) for pt in points]
+    runs = [
+        dataclasses.replace(
+            opts,
+            threads=opts.threads if pt.threads is None else pt.threads,
+            ctx=opts.ctx if pt.ctx is None else pt.ctx,
+            runtime={**opts.runtime, **pt.knobs},
+            tests=list(pt.tests) or None,
+        )
+        for pt in points
+    ]
     if len(runs) > 1:
         planned = plan(path, opts.target)
         for o in runs:  # every point's settings are checked before the first child starts
@@ -320,8 +404,14 @@ class _progress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self.prog = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.prog.__enter__()
             self.task = self.prog.add_task("bench", total=self.total)
         return self.advance

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from .pages import PAGE_16K
 from ..results import MB, Record
+from .pages import PAGE_16K
 
 THRASH_MAJFLT_PER_TOKEN = 64
 TG_FRACTION = 0.5
@@ -63,15 +63,22 @@ def apply_limit(rec: Record, lim: Any) -> None:
 
 def killed_result(tests: list[tuple[int, int, int]]) -> dict[str, Any]:
     """What a child that the kernel killed inside its limit leaves: no figures, one entry per test."""
-    return {"load_ms": 0.0, "tests": [{"reps": [], "figures": {}, "memory": {"peak_rss_bytes": 0}, "pages": None}
-                                      for _ in tests]}
+    return {
+        "load_ms": 0.0,
+        "tests": [{"reps": [], "figures": {}, "memory": {"peak_rss_bytes": 0}, "pages": None} for _ in tests],
+    }
 
 
 def _twin(r: Record, records: list[Record]) -> Optional[Record]:
     """The same artifact, test and knobs measured without a limit in the same run."""
     for b in records:
-        if (b.limit_bytes is None and b.sha256 == r.sha256 and (b.n_prompt, b.n_gen, b.depth, b.threads, b.ctx)
-                == (r.n_prompt, r.n_gen, r.depth, r.threads, r.ctx) and b.runtime == r.runtime and b.tg_tps > 0):
+        if (
+            b.limit_bytes is None
+            and b.sha256 == r.sha256
+            and (b.n_prompt, b.n_gen, b.depth, b.threads, b.ctx) == (r.n_prompt, r.n_gen, r.depth, r.threads, r.ctx)
+            and b.runtime == r.runtime
+            and b.tg_tps > 0
+        ):
             return b
     return None
 
@@ -85,17 +92,24 @@ def fault(r: Record, records: list[Record]) -> Optional[tuple[str, str]]:
     if r.oom_killed:
         return "OOM-killed", f"{name}: OOM-killed by the kernel inside the {lim} memory limit ({r.limit_mechanism})"
     if r.limit_mechanism and (r.majflt_per_token or 0) > THRASH_MAJFLT_PER_TOKEN:
-        return "thrashing", (f"{name}: thrashes inside the {lim} memory limit: {r.majflt_per_token:,.0f} major page "
-                             f"faults per decoded token (the gate allows {THRASH_MAJFLT_PER_TOKEN})")
+        return "thrashing", (
+            f"{name}: thrashes inside the {lim} memory limit: {r.majflt_per_token:,.0f} major page "
+            f"faults per decoded token (the gate allows {THRASH_MAJFLT_PER_TOKEN})"
+        )
     if base is not None and r.tg_tps < TG_FRACTION * base.tg_tps:
-        return (f"slowed {r.tg_tps / base.tg_tps:.2f}x", f"{name}: decodes at {r.tg_tps:.2f} t/s inside the {lim} "
-                f"memory limit, {r.tg_tps / base.tg_tps:.2f}x the {base.tg_tps:.2f} t/s without it (the gate needs "
-                f"{TG_FRACTION}x)")
+        return (
+            f"slowed {r.tg_tps / base.tg_tps:.2f}x",
+            f"{name}: decodes at {r.tg_tps:.2f} t/s inside the {lim} "
+            f"memory limit, {r.tg_tps / base.tg_tps:.2f}x the {base.tg_tps:.2f} t/s without it (the gate needs "
+            f"{TG_FRACTION}x)",
+        )
     if r.budget_bytes is not None and r.peak_rss_bytes and r.gate_bytes > r.budget_bytes:
         what = "peak at 16 KB pages" if r.peak_16k_bytes and r.peak_16k_bytes > r.peak_rss_bytes else "peak RSS"
-        return (f"over by {r.over_budget_bytes / MB:.1f} MB",
-                f"{r.artifact}: {what} {r.gate_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
-                f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB")
+        return (
+            f"over by {r.over_budget_bytes / MB:.1f} MB",
+            f"{r.artifact}: {what} {r.gate_bytes / MB:.1f} MB is {r.over_budget_bytes / MB:.1f} MB over "
+            f"the {r.target} budget of {r.budget_bytes / MB:.0f} MB",
+        )
     return None
 
 

@@ -40,21 +40,22 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 log = logging.getLogger(__name__)
 
-JOIN = 'echo $$ > "$0" || exit 97; exec "$@"'   # $0 = the cgroup's procs file (sh -c's first operand)
-JOIN_FAILED = 97                                 # the wrapper's exit code when it could not join
+JOIN = 'echo $$ > "$0" || exit 97; exec "$@"'  # $0 = the cgroup's procs file (sh -c's first operand)
+JOIN_FAILED = 97  # the wrapper's exit code when it could not join
 
 
 @dataclass
 class Readings:
-    peak_bytes: Optional[int] = None    # the cgroup's high-water mark, page cache charged to it included
-    oom_kills: int = 0                  # processes the kernel's OOM killer killed inside it
-    failcnt: Optional[int] = None       # v1: times usage hit the limit (reclaim ran)
+    peak_bytes: Optional[int] = None  # the cgroup's high-water mark, page cache charged to it included
+    oom_kills: int = 0  # processes the kernel's OOM killer killed inside it
+    failcnt: Optional[int] = None  # v1: times usage hit the limit (reclaim ran)
 
 
 @dataclass
@@ -62,12 +63,12 @@ class Limit:
     """A limit a child can be put under: ``enforced`` with a ``mechanism``, or not, with a ``reason``."""
 
     limit_bytes: Optional[int]
-    mechanism: str = ""                 # e.g. "cgroup v1 memory.limit_in_bytes"
-    reason: str = ""                    # why it is not enforced ("" when it is)
-    path: Optional[Path] = None         # the cgroup folder (v1/v2)
-    procs: Optional[Path] = None        # the file a process writes its pid to, to join
-    unit: str = ""                      # systemd scope name
-    version: int = 0                    # 1, 2, or 0 for systemd / not enforced
+    mechanism: str = ""  # e.g. "cgroup v1 memory.limit_in_bytes"
+    reason: str = ""  # why it is not enforced ("" when it is)
+    path: Optional[Path] = None  # the cgroup folder (v1/v2)
+    procs: Optional[Path] = None  # the file a process writes its pid to, to join
+    unit: str = ""  # systemd scope name
+    version: int = 0  # 1, 2, or 0 for systemd / not enforced
     readings: Readings = field(default_factory=Readings)
 
     @property
@@ -79,8 +80,19 @@ class Limit:
             return ["/bin/sh", "-c", JOIN, str(self.procs), *argv]
         if self.unit:
             user = [] if os.geteuid() == 0 else ["--user"]
-            return ["systemd-run", *user, "--scope", "--quiet", f"--unit={self.unit}",
-                    "-p", f"MemoryMax={self.limit_bytes}", "-p", "MemorySwapMax=0", "--", *argv]
+            return [
+                "systemd-run",
+                *user,
+                "--scope",
+                "--quiet",
+                f"--unit={self.unit}",
+                "-p",
+                f"MemoryMax={self.limit_bytes}",
+                "-p",
+                "MemorySwapMax=0",
+                "--",
+                *argv,
+            ]
         return list(argv)
 
     def read(self) -> Readings:
@@ -93,6 +105,7 @@ class Limit:
 
 
 # ---------------------------------------------------------------- where this process's cgroups are
+
 
 def _own_cgroups() -> tuple[Optional[str], Optional[str]]:
     """(v1 memory controller path, v2 path) of this process from /proc/self/cgroup."""
@@ -194,7 +207,7 @@ def _sweep(parent: Path) -> None:
     except OSError:
         return
     for p in stale:
-        pid = p.name[len(PREFIX):].split("-")[0]
+        pid = p.name[len(PREFIX) :].split("-")[0]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not _pids(p):
             with contextlib.suppress(OSError):
                 p.rmdir()
@@ -291,6 +304,7 @@ def _remove(cg: Path, timeout_s: float = 10.0) -> None:
 
 # ---------------------------------------------------------------- reading the counters
 
+
 def _int(path: Path) -> Optional[int]:
     try:
         return int(path.read_text().split()[0])
@@ -311,9 +325,11 @@ def _keyed(path: Path) -> dict[str, int]:
 
 
 def _read_v1(cg: Path) -> Readings:
-    return Readings(peak_bytes=_int(cg / "memory.max_usage_in_bytes"),
-                    oom_kills=_keyed(cg / "memory.oom_control").get("oom_kill", 0),
-                    failcnt=_int(cg / "memory.failcnt"))
+    return Readings(
+        peak_bytes=_int(cg / "memory.max_usage_in_bytes"),
+        oom_kills=_keyed(cg / "memory.oom_control").get("oom_kill", 0),
+        failcnt=_int(cg / "memory.failcnt"),
+    )
 
 
 def _read_v2(cg: Path) -> Readings:
@@ -323,8 +339,9 @@ def _read_v2(cg: Path) -> Readings:
 def _read_systemd(unit: str) -> Optional[Readings]:
     user = [] if os.geteuid() == 0 else ["--user"]
     try:
-        out = subprocess.run(["systemctl", *user, "show", unit, "-p", "MemoryPeak,Result"], capture_output=True,
-                             text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["systemctl", *user, "show", unit, "-p", "MemoryPeak,Result"], capture_output=True, text=True, timeout=10
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -333,6 +350,7 @@ def _read_systemd(unit: str) -> Optional[Readings]:
 
 
 # ---------------------------------------------------------------- page cache
+
 
 def evict(path: Path) -> None:
     """Drop a file's (or a folder's files') clean pages from the page cache (fadvise DONTNEED), so the

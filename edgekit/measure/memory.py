@@ -35,8 +35,8 @@ class Sample:
 @dataclass
 class MemoryPeak:
     peak_rss_bytes: int
-    peak_anon_bytes: Optional[int] = None       # Linux: anonymous part of the sampled peak
-    peak_file_bytes: Optional[int] = None       # Linux: file-backed (mmap'd weights) part of it
+    peak_anon_bytes: Optional[int] = None  # Linux: anonymous part of the sampled peak
+    peak_file_bytes: Optional[int] = None  # Linux: file-backed (mmap'd weights) part of it
     phys_footprint_bytes: Optional[int] = None  # macOS: lifetime maximum phys_footprint
 
 
@@ -54,15 +54,40 @@ def read_status() -> Sample:
 
 class _RusageInfoV4(ctypes.Structure):
     # <sys/resource.h> rusage_info_v4, up to the field we read (the buffer we pass is larger).
-    _fields_ = [("ri_uuid", ctypes.c_uint8 * 16)] + [(n, ctypes.c_uint64) for n in (
-        "ri_user_time", "ri_system_time", "ri_pkg_idle_wkups", "ri_interrupt_wkups", "ri_pageins",
-        "ri_wired_size", "ri_resident_size", "ri_phys_footprint", "ri_proc_start_abstime",
-        "ri_proc_exit_abstime", "ri_child_user_time", "ri_child_system_time", "ri_child_pkg_idle_wkups",
-        "ri_child_interrupt_wkups", "ri_child_pageins", "ri_child_elapsed_abstime", "ri_diskio_bytesread",
-        "ri_diskio_byteswritten", "ri_cpu_time_qos_default", "ri_cpu_time_qos_maintenance",
-        "ri_cpu_time_qos_background", "ri_cpu_time_qos_utility", "ri_cpu_time_qos_legacy",
-        "ri_cpu_time_qos_user_initiated", "ri_cpu_time_qos_user_interactive", "ri_billed_system_time",
-        "ri_serviced_system_time", "ri_logical_writes", "ri_lifetime_max_phys_footprint")]
+    _fields_ = [("ri_uuid", ctypes.c_uint8 * 16)] + [
+        (n, ctypes.c_uint64)
+        for n in (
+            "ri_user_time",
+            "ri_system_time",
+            "ri_pkg_idle_wkups",
+            "ri_interrupt_wkups",
+            "ri_pageins",
+            "ri_wired_size",
+            "ri_resident_size",
+            "ri_phys_footprint",
+            "ri_proc_start_abstime",
+            "ri_proc_exit_abstime",
+            "ri_child_user_time",
+            "ri_child_system_time",
+            "ri_child_pkg_idle_wkups",
+            "ri_child_interrupt_wkups",
+            "ri_child_pageins",
+            "ri_child_elapsed_abstime",
+            "ri_diskio_bytesread",
+            "ri_diskio_byteswritten",
+            "ri_cpu_time_qos_default",
+            "ri_cpu_time_qos_maintenance",
+            "ri_cpu_time_qos_background",
+            "ri_cpu_time_qos_utility",
+            "ri_cpu_time_qos_legacy",
+            "ri_cpu_time_qos_user_initiated",
+            "ri_cpu_time_qos_user_interactive",
+            "ri_billed_system_time",
+            "ri_serviced_system_time",
+            "ri_logical_writes",
+            "ri_lifetime_max_phys_footprint",
+        )
+    ]
 
 
 def macos_phys_footprint() -> tuple[int, int]:
@@ -134,7 +159,7 @@ class PeakSampler:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.sample()
         self._thread = threading.Thread(target=self._run, name="edgekit-memory", daemon=True)
         self._thread.start()
@@ -152,8 +177,9 @@ class PeakSampler:
         if self.linux:
             # Not ru_maxrss: Linux carries it across fork + exec, so a child started by a parent that
             # once held 1 GB reports 1 GB (seen here after the bandwidth probe). VmHWM is per address space.
-            return MemoryPeak(peak_rss_bytes=max(self.hwm, last.hwm, b.rss), peak_anon_bytes=b.anon,
-                              peak_file_bytes=b.file)
+            return MemoryPeak(
+                peak_rss_bytes=max(self.hwm, last.hwm, b.rss), peak_anon_bytes=b.anon, peak_file_bytes=b.file
+            )
         out = MemoryPeak(peak_rss_bytes=max(b.rss, _maxrss_bytes()))
         if sys.platform == "darwin":
             try:

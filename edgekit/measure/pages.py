@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -28,11 +29,11 @@ PAGE_16K = 16384
 
 @dataclass
 class PageCount:
-    page_size: int             # this host's page size
-    block: int                 # the page size counted for (16384)
-    resident_bytes: int        # the mappings' present pages at this host's page size
-    blocks: int                # distinct file-aligned blocks of ``block`` bytes with any present page
-    mappings: int              # mappings of those files
+    page_size: int  # this host's page size
+    block: int  # the page size counted for (16384)
+    resident_bytes: int  # the mappings' present pages at this host's page size
+    blocks: int  # distinct file-aligned blocks of ``block`` bytes with any present page
+    mappings: int  # mappings of those files
 
     @property
     def block_bytes(self) -> int:
@@ -101,8 +102,9 @@ def count_blocks(pages: dict[str, Iterable[int]], page: int, block: int = PAGE_1
         idx = ps if isinstance(ps, np.ndarray) else np.unique(np.fromiter(ps, dtype=np.int64))
         resident += idx.size
         blocks += int(np.count_nonzero(np.diff(idx // per))) + (idx.size > 0)
-    return PageCount(page_size=page, block=max(block, page), resident_bytes=resident * page,
-                     blocks=blocks, mappings=len(pages))
+    return PageCount(
+        page_size=page, block=max(block, page), resident_bytes=resident * page, blocks=blocks, mappings=len(pages)
+    )
 
 
 def artifact_files(path: Path) -> list[Path]:

@@ -31,6 +31,7 @@ def token_bytes(path: Path, fmt: str) -> TokenBytes:
 
 # ---------------------------------------------------------------- bandwidth probe
 
+
 def _cache_file() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "edgekit" / "bandwidth.json"
@@ -68,8 +69,13 @@ def measure_bandwidth(mib: int = 512, threads: Optional[int] = None, trials: int
     # DRAM both read the same there.
     read_s = timed(lambda a, b: src[a:b].max())
     copy_s = timed(lambda a, b: np.copyto(dst[a:b], src[a:b]))
-    return {"read_gbs": src.nbytes / read_s / 1e9, "copy_gbs": 2 * src.nbytes / copy_s / 1e9,
-            "mib": mib, "threads": threads, "probe": PROBE_VERSION}
+    return {
+        "read_gbs": src.nbytes / read_s / 1e9,
+        "copy_gbs": 2 * src.nbytes / copy_s / 1e9,
+        "mib": mib,
+        "threads": threads,
+        "probe": PROBE_VERSION,
+    }
 
 
 def host_bandwidth(refresh: bool = False, cache: Optional[Path] = None) -> dict[str, float]:

@@ -18,8 +18,9 @@ then -p, then -n), as llama-bench reuses a model across tests that differ only i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from ..core.errors import ConfigError
 from .bench import parse_knobs
@@ -27,7 +28,7 @@ from .bench import parse_knobs
 
 @dataclass(frozen=True)
 class Test:
-    __test__ = False   # not a pytest test class
+    __test__ = False  # not a pytest test class
     n_prompt: int
     n_gen: int
     depth: int = 0
@@ -96,9 +97,14 @@ def knob_lists(knobs: dict[str, Any]) -> dict[str, list[Any]]:
     return out
 
 
-def expand(n_prompt: Sequence[int], n_gen: Sequence[int], depth: Sequence[int] = (0,),
-           threads: Sequence[Optional[int]] = (None,), ctx: Sequence[Optional[int]] = (None,),
-           knobs: Optional[dict[str, list[Any]]] = None) -> list[Point]:
+def expand(
+    n_prompt: Sequence[int],
+    n_gen: Sequence[int],
+    depth: Sequence[int] = (0,),
+    threads: Sequence[Optional[int]] = (None,),
+    ctx: Sequence[Optional[int]] = (None,),
+    knobs: Optional[dict[str, list[Any]]] = None,
+) -> list[Point]:
     """The grid: one Point per (knob values × ctx × threads), in llama-bench's nesting (knobs in the
     order given, outermost; threads innermost), each with the tests d × p × n in that order."""
     knobs = knobs or {}
@@ -123,7 +129,9 @@ def check_grid(points: Sequence[Point], factors: dict[str, int], yes: bool) -> i
     rows = sum(len(pt.tests) or 1 for pt in points)
     if rows > CONFIRM_ROWS and not yes:
         made = " × ".join(f"{n} {flag} values" for flag, n in factors.items() if n > 1)
-        raise ConfigError(f"the grid is {rows:,} rows per artifact ({made}); pass --yes to run it, or give fewer values")
+        raise ConfigError(
+            f"the grid is {rows:,} rows per artifact ({made}); pass --yes to run it, or give fewer values"
+        )
     return rows
 
 

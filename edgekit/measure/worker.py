@@ -9,9 +9,10 @@ sampler, and returns a ``MeasureResult`` with what the engine applied.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions, run_reps
@@ -31,7 +32,7 @@ class MeasureSpec:
     knobs: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     verbose: bool = False
-    depth: int = 0                   # tokens in the cache before each test (llama-bench -d)
+    depth: int = 0  # tokens in the cache before each test (llama-bench -d)
     # the tests this child runs on one loaded model (a sweep's -p/-n/-d), each [n_prompt, n_gen, depth];
     # empty: the one test (n_prompt, n_gen, depth)
     tests: list[list[int]] = field(default_factory=list)
@@ -43,8 +44,8 @@ class MeasureResult:
     reps: list[dict[str, float]]
     figures: dict[str, Any]
     memory: dict[str, Any]
-    applied: dict[str, Any]          # ctx, threads, knobs as the engine applied them
-    pages: Optional[dict[str, int]] = None   # the first test's mapped pages in 16 KB blocks (edgekit.measure.pages)
+    applied: dict[str, Any]  # ctx, threads, knobs as the engine applied them
+    pages: Optional[dict[str, int]] = None  # the first test's mapped pages in 16 KB blocks (edgekit.measure.pages)
     # per test, in spec order: {"reps", "figures", "memory", "pages"} (the fields above are the first's)
     tests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -63,17 +64,31 @@ def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
         for i, (n_prompt, n_gen, depth) in enumerate(tests):
             if i:  # each test's peak is its own; the load's memory is still mapped and counted
                 sampler.reset()
-            reps = run_reps(runner, n_prompt, n_gen, spec.reps, seed=spec.seed, on_step=step,
-                            on_sample=sampler.sample, depth=depth)
+            reps = run_reps(
+                runner, n_prompt, n_gen, spec.reps, seed=spec.seed, on_step=step, on_sample=sampler.sample, depth=depth
+            )
             # the peak first: the page count below allocates (a few MB of pagemap entries), and the
             # kernel's VmHWM would add that to the figure it corrects
             memory = asdict(sampler.peak())
             # which pages of the mapped artifact are resident at the end of the test (16 KB blocks)
             count = pages.count(Path(spec.path))
-            out.append({"reps": [r.to_json() for r in reps], "figures": runner.figures(),
-                        "memory": memory, "pages": count.to_json() if count else None})
+            out.append(
+                {
+                    "reps": [r.to_json() for r in reps],
+                    "figures": runner.figures(),
+                    "memory": memory,
+                    "pages": count.to_json() if count else None,
+                }
+            )
         applied = runner.applied()
     runner.close()
     first = out[0]
-    return MeasureResult(load_ms=load_ms, reps=first["reps"], figures=first["figures"], memory=first["memory"],
-                         applied=applied, pages=first["pages"], tests=out)
+    return MeasureResult(
+        load_ms=load_ms,
+        reps=first["reps"],
+        figures=first["figures"],
+        memory=first["memory"],
+        applied=applied,
+        pages=first["pages"],
+        tests=out,
+    )

@@ -17,16 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .dtypes import SOURCE_DTYPES
 from ..core.errors import CheckpointError, HubError, TokenizerError
-from .gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
 from ..core.paths import looks_like_path, missing_folder
+from .dtypes import SOURCE_DTYPES
+from .gemma4 import DROPPED_PREFIXES, TEXT_PREFIX, Gemma4TextConfig
 from .safetensors_io import TensorRef, read_tensors
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
-                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                "chat_template.jinja"]
+HUB_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -34,9 +42,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 class Checkpoint:
     path: Path
     config: Gemma4TextConfig
-    tensors: dict[str, TensorRef]   # text tensors, keyed by name without the language-model prefix
-    dropped: list[str]              # multimodal tensors skipped for text deployment
-    tower_tensors: dict[str, TensorRef] = field(default_factory=dict)   # those, by full name (the mmproj reads them)
+    tensors: dict[str, TensorRef]  # text tensors, keyed by name without the language-model prefix
+    dropped: list[str]  # multimodal tensors skipped for text deployment
+    tower_tensors: dict[str, TensorRef] = field(default_factory=dict)  # those, by full name (the mmproj reads them)
 
     @property
     def name(self) -> str:
@@ -86,7 +94,7 @@ def resolve(model: str | os.PathLike[str]) -> Path:
     try:
         return _snapshot(text)
     except HubError as e:
-        if looks_like_path(text):   # e.g. ck2/tinny beside an existing ck2/: say the folder is missing first
+        if looks_like_path(text):  # e.g. ck2/tinny beside an existing ck2/: say the folder is missing first
             raise missing_folder(text, e.message.removeprefix(f"{text}: ")) from None
         raise
 
@@ -97,15 +105,23 @@ def _snapshot(text: str) -> Path:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise HubError(f"{model}: huggingface_hub is not installed; pip install huggingface_hub, or pass a local directory") from None
+        raise HubError(
+            f"{model}: huggingface_hub is not installed; pip install huggingface_hub, or pass a local directory"
+        ) from None
     try:
         return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError:
-        raise HubError(f"{model}: the hub cannot be reached and the model is not in the local cache; download it where you are online, or pass a local directory") from None
+        raise HubError(
+            f"{model}: the hub cannot be reached and the model is not in the local cache; download it where you are online, or pass a local directory"
+        ) from None
     except HfHubHTTPError as e:
-        raise HubError(f"{model}: the hub refused ({e.__class__.__name__}); check the id, and for gated models run `hf auth login`") from None
+        raise HubError(
+            f"{model}: the hub refused ({e.__class__.__name__}); check the id, and for gated models run `hf auth login`"
+        ) from None
     except OSError as e:
-        raise HubError(f"{model}: the hub cannot be reached ({e.__class__.__name__}); pass a local directory when offline") from None
+        raise HubError(
+            f"{model}: the hub cannot be reached ({e.__class__.__name__}); pass a local directory when offline"
+        ) from None
 
 
 def _kind(p: Path) -> str:
@@ -115,20 +131,35 @@ def _kind(p: Path) -> str:
         mode = os.stat(p).st_mode
     except OSError as e:
         return e.strerror or "unreadable"
-    return next((what for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
-                                         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-                 if test(mode)), "not a file")
+    return next(
+        (
+            what
+            for test, what in (
+                (stat.S_ISFIFO, "a FIFO"),
+                (stat.S_ISDIR, "a folder"),
+                (stat.S_ISSOCK, "a socket"),
+                (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"),
+            )
+            if test(mode)
+        ),
+        "not a file",
+    )
 
 
 def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     path = resolve(model)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: no config.json; a Hugging Face checkpoint folder has config.json beside its .safetensors")
+        raise CheckpointError(
+            f"{path}: no config.json; a Hugging Face checkpoint folder has config.json beside its .safetensors"
+        )
     try:
         raw = json.loads(cfg_path.read_text())
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"{cfg_path}: unreadable JSON ({e}); restore the file from the original checkpoint") from None
+        raise CheckpointError(
+            f"{cfg_path}: unreadable JSON ({e}); restore the file from the original checkpoint"
+        ) from None
     config = Gemma4TextConfig.from_hf(raw, str(cfg_path))
     if not (path / "tokenizer.json").is_file():
         raise TokenizerError(f"{path}: no tokenizer.json; copy the tokenizer files from the original checkpoint")
@@ -136,10 +167,11 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no .safetensors files; edgekit reads safetensors checkpoints")
-    for shard in shards:   # a FIFO or device would block the first read forever (a symlink to a file is fine)
+    for shard in shards:  # a FIFO or device would block the first read forever (a symlink to a file is fine)
         if not shard.is_file():
-            raise CheckpointError(f"{shard}: not a regular file ({_kind(shard)}); a safetensors shard must be a file, "
-                                  "fetch it again")
+            raise CheckpointError(
+                f"{shard}: not a regular file ({_kind(shard)}); a safetensors shard must be a file, fetch it again"
+            )
     index_path = path / "model.safetensors.index.json"
     if index_path.is_file():
         try:
@@ -161,7 +193,7 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
             short = name
             for prefix in (TEXT_PREFIX, "model."):
                 if short.startswith(prefix):
-                    short = short[len(prefix):]
+                    short = short[len(prefix) :]
                     break
             if short == "lm_head.weight" and config.tie_word_embeddings:
                 continue
@@ -169,8 +201,12 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     expected = config.expected_shapes()
     absent = [n for n in expected if n not in tensors]
     if absent:
-        raise CheckpointError(f"{path}: tensor {absent[0]} missing ({len(absent)} in all); the checkpoint is incomplete")
+        raise CheckpointError(
+            f"{path}: tensor {absent[0]} missing ({len(absent)} in all); the checkpoint is incomplete"
+        )
     for name, shape in expected.items():
         if tensors[name].shape != shape:
-            raise CheckpointError(f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree"
+            )
     return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped, tower_tensors=towers)

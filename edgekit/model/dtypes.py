@@ -9,8 +9,9 @@ How to add a type: one ``DType`` row; a converter that cannot write it says so i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -19,25 +20,36 @@ from ..core.errors import ConversionError
 
 @dataclass(frozen=True)
 class DType:
-    name: str                 # safetensors name: F32, F16, BF16, U32
-    storage: type             # numpy type the bytes are read as (BF16: uint16 bits)
-    size: int                 # bytes per element
-    mlx: Optional[str]        # mlx.core attribute, e.g. "bfloat16"
-    gguf: Optional[str]       # gguf.GGMLQuantizationType member for the unquantized storage
+    name: str  # safetensors name: F32, F16, BF16, U32
+    storage: type  # numpy type the bytes are read as (BF16: uint16 bits)
+    size: int  # bytes per element
+    mlx: Optional[str]  # mlx.core attribute, e.g. "bfloat16"
+    gguf: Optional[str]  # gguf.GGMLQuantizationType member for the unquantized storage
     float: bool = True
 
 
-DTYPES: dict[str, DType] = {d.name: d for d in (
-    DType("F32", np.float32, 4, "float32", "F32"),
-    DType("F16", np.float16, 2, "float16", "F16"),
-    DType("BF16", np.uint16, 2, "bfloat16", "BF16"),
-    DType("U32", np.uint32, 4, "uint32", None, float=False),   # MLX's packed quantized weights
-)}
+DTYPES: dict[str, DType] = {
+    d.name: d
+    for d in (
+        DType("F32", np.float32, 4, "float32", "F32"),
+        DType("F16", np.float16, 2, "float16", "F16"),
+        DType("BF16", np.uint16, 2, "bfloat16", "BF16"),
+        DType("U32", np.uint32, 4, "uint32", None, float=False),  # MLX's packed quantized weights
+    )
+}
 # The float types a checkpoint may hold (what edgekit converts from).
 SOURCE_DTYPES = ("F32", "F16", "BF16")
 # Spellings recipes and the CLI accept for a float type.
-FLOAT_ALIASES = {"bf16": "BF16", "bfloat16": "BF16", "f16": "F16", "float16": "F16", "fp16": "F16",
-                 "f32": "F32", "float32": "F32", "fp32": "F32"}
+FLOAT_ALIASES = {
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+    "f16": "F16",
+    "float16": "F16",
+    "fp16": "F16",
+    "f32": "F32",
+    "float32": "F32",
+    "fp32": "F32",
+}
 
 
 def float_dtype(name: str) -> Optional[DType]:
@@ -77,10 +89,12 @@ def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
 def to_f16(chunk: Any, tensor: str) -> Any:
     """``chunk`` (finite float32) as float16, refusing values float16 cannot hold: they would turn
     into Inf in the artifact silently (bf16 and f32 sources reach ±3.4e38, float16 ±65504)."""
-    with np.errstate(over="ignore"):   # counted and reported below instead of a RuntimeWarning
+    with np.errstate(over="ignore"):  # counted and reported below instead of a RuntimeWarning
         out = chunk.astype(np.float16)
     bad = int(np.count_nonzero(~np.isfinite(out)))
     if bad and np.isfinite(chunk).all():
-        raise ConversionError(f"tensor {tensor}: {bad} value(s) beyond float16's range (±65504) would become Inf "
-                              "in an F16 file; build the f32 recipe or a quantized one instead")
+        raise ConversionError(
+            f"tensor {tensor}: {bad} value(s) beyond float16's range (±65504) would become Inf "
+            "in an F16 file; build the f32 recipe or a quantized one instead"
+        )
     return out

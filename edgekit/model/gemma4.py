@@ -94,8 +94,12 @@ class Gemma4TextConfig:
             shapes[p + "mlp.gate_proj.weight"] = (ff, h)
             shapes[p + "mlp.up_proj.weight"] = (ff, h)
             shapes[p + "mlp.down_proj.weight"] = (h, ff)
-            for norm in ("input_layernorm", "post_attention_layernorm",
-                         "pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            for norm in (
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ):
                 shapes[p + norm + ".weight"] = (h,)
             if self.hidden_size_per_layer_input:
                 shapes[p + "per_layer_input_gate.weight"] = (self.hidden_size_per_layer_input, h)
@@ -114,14 +118,16 @@ class Gemma4TextConfig:
 
     # --- parsing -------------------------------------------------------------------------------
     @classmethod
-    def from_hf(cls, config: Any, source: str = "config.json") -> "Gemma4TextConfig":
+    def from_hf(cls, config: Any, source: str = "config.json") -> Gemma4TextConfig:
         fix = "restore config.json from the original checkpoint"
         top = Fields(config, source, fix, CheckpointError)
         model_type = config.get("model_type")
         if model_type == "gemma4":
             text_cfg = top.table("text_config", {})
             if not text_cfg:
-                raise CheckpointError(f"{source}: model_type 'gemma4' but no text_config; re-export the checkpoint with transformers >= 5")
+                raise CheckpointError(
+                    f"{source}: model_type 'gemma4' but no text_config; re-export the checkpoint with transformers >= 5"
+                )
             text = dict(text_cfg)
         elif model_type == "gemma4_text":
             text = dict(config)
@@ -129,11 +135,22 @@ class Gemma4TextConfig:
             raise CheckpointError(
                 f"{source}: model_type is {model_type!r}, not a Gemma 4 checkpoint (expected 'gemma4' or 'gemma4_text')"
             )
-        required = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "head_dim", "intermediate_size", "vocab_size", "layer_types", "sliding_window"]
+        required = [
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+            "layer_types",
+            "sliding_window",
+        ]
         missing = [k for k in required if text.get(k) is None]
         if missing:
-            raise CheckpointError(f"{source}: Gemma 4 text config lacks {', '.join(missing)}; the checkpoint's config.json is incomplete")
+            raise CheckpointError(
+                f"{source}: Gemma 4 text config lacks {', '.join(missing)}; the checkpoint's config.json is incomplete"
+            )
         # Every value is type-checked here, at the boundary: a string where a number belongs would
         # otherwise surface as a numpy or struct error deep inside a converter.
         t = Fields(text, source, fix, CheckpointError, "text_config" if model_type == "gemma4" else "")
@@ -180,8 +197,11 @@ class Gemma4TextConfig:
             # head_dim dims whatever partial_rotary_factor says (compute_default_rope_parameters never
             # reads it; mlx-lm's default RoPE neither): honouring it gave a max logit error of 7.6 vs
             # 7e-3 on tiny. Only another rope_type makes the factor mean something.
-            partial_rotary_factor_sliding=(1.0 if sliding.str("rope_type", "default") == "default"
-                                           else sliding.number("partial_rotary_factor", 1.0, maximum=1.0)),
+            partial_rotary_factor_sliding=(
+                1.0
+                if sliding.str("rope_type", "default") == "default"
+                else sliding.number("partial_rotary_factor", 1.0, maximum=1.0)
+            ),
             use_double_wide_mlp=t.bool("use_double_wide_mlp", False),
             final_logit_softcapping=softcap,
             rms_norm_eps=t.number("rms_norm_eps", 1e-6),
@@ -194,9 +214,13 @@ class Gemma4TextConfig:
             raw=config,
         )
         if cfg.num_kv_shared_layers >= n_layers:
-            raise CheckpointError(f"{source}: num_kv_shared_layers {cfg.num_kv_shared_layers} leaves no layer with its "
-                                  f"own KV cache ({n_layers} layers); {fix}")
+            raise CheckpointError(
+                f"{source}: num_kv_shared_layers {cfg.num_kv_shared_layers} leaves no layer with its "
+                f"own KV cache ({n_layers} layers); {fix}"
+            )
         if cfg.num_attention_heads % cfg.num_key_value_heads:
-            raise CheckpointError(f"{source}: num_attention_heads {cfg.num_attention_heads} is not a multiple of "
-                                  f"num_key_value_heads {cfg.num_key_value_heads}; {fix}")
+            raise CheckpointError(
+                f"{source}: num_attention_heads {cfg.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads {cfg.num_key_value_heads}; {fix}"
+            )
         return cfg

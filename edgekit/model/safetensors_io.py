@@ -20,26 +20,27 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from .dtypes import DTYPES, to_f32
 from ..core.errors import CheckpointError, EdgekitError
 from ..core.fsutil import atomic_path
+from .dtypes import DTYPES, to_f32
 
-MAX_HEADER = 100 << 20   # safetensors' own limit
+MAX_HEADER = 100 << 20  # safetensors' own limit
 
 
 @dataclass(frozen=True)
 class TensorRef:
-    name: str           # name as stored in the file
+    name: str  # name as stored in the file
     shape: tuple[int, ...]
-    dtype: str          # safetensors dtype
+    dtype: str  # safetensors dtype
     path: Path
-    offset: int         # absolute byte offset in ``path``
+    offset: int  # absolute byte offset in ``path``
     nbytes: int
 
     @property
@@ -59,7 +60,9 @@ class TensorRef:
             while got < nbytes:
                 n = os.preadv(f.fileno(), [view[got:]], self.offset + start + got)
                 if n == 0:
-                    raise CheckpointError(f"{self.path.name}: file ends inside tensor {self.name}; the download is truncated, fetch it again")
+                    raise CheckpointError(
+                        f"{self.path.name}: file ends inside tensor {self.name}; the download is truncated, fetch it again"
+                    )
                 got += n
         return np.frombuffer(buf, dtype=DTYPES[self.dtype].storage)
 
@@ -108,8 +111,12 @@ def read_header(path: Path) -> tuple[dict[str, Any], dict[str, Any], int]:
     return header, meta, 8 + n
 
 
-def read_tensors(path: Path, error_cls: type[EdgekitError] = CheckpointError,
-                 dtypes: Iterable[str] = tuple(DTYPES), fix: str = "fetch the file again") -> dict[str, TensorRef]:
+def read_tensors(
+    path: Path,
+    error_cls: type[EdgekitError] = CheckpointError,
+    dtypes: Iterable[str] = tuple(DTYPES),
+    fix: str = "fetch the file again",
+) -> dict[str, TensorRef]:
     """Every tensor of ``path`` as a TensorRef, the header checked; ``error_cls`` with one line (ending
     in ``fix``) for a file whose header is malformed, of the wrong shape or points outside the data."""
     path = Path(path)
@@ -117,11 +124,14 @@ def read_tensors(path: Path, error_cls: type[EdgekitError] = CheckpointError,
         header, _, base = read_header(path)
         size = path.stat().st_size
     except (OSError, ValueError) as e:
-        raise error_cls(f"{path.name}: cannot read safetensors header ({e}); the file is truncated or corrupt, {fix}") from None
+        raise error_cls(
+            f"{path.name}: cannot read safetensors header ({e}); the file is truncated or corrupt, {fix}"
+        ) from None
     allowed = tuple(dtypes)
     refs: dict[str, TensorRef] = {}
     spans = []
     for name, info in header.items():
+
         def bad(why: str) -> EdgekitError:
             return error_cls(f"{path.name}: tensor {name} {why}; the file is corrupt, {fix}")
 
@@ -147,12 +157,13 @@ def read_tensors(path: Path, error_cls: type[EdgekitError] = CheckpointError,
         spans.append((begin, end, name))
     spans.sort()
     for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
-        if b1 < e0 and b1 != e1:   # empty tensors may share an offset
+        if b1 < e0 and b1 != e1:  # empty tensors may share an offset
             raise error_cls(f"{path.name}: tensors {n0} and {n1} overlap in the file; the file is corrupt, {fix}")
     return refs
 
 
 # ---------------------------------------------------------------- writing
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -177,9 +188,12 @@ def _header_blob(specs: Iterable[TensorSpec], metadata: dict[str, str]) -> tuple
     return struct.pack("<Q", len(blob)) + blob, offsets
 
 
-def write_safetensors(path: Path, specs: list[TensorSpec],
-                      chunks: Callable[[TensorSpec], Iterable[np.ndarray]],
-                      metadata: Optional[dict[str, str]] = None) -> None:
+def write_safetensors(
+    path: Path,
+    specs: list[TensorSpec],
+    chunks: Callable[[TensorSpec], Iterable[np.ndarray]],
+    metadata: Optional[dict[str, str]] = None,
+) -> None:
     """Write ``specs`` in order (atomically); ``chunks(spec)`` yields the tensor as arrays of its storage dtype."""
     blob, _ = _header_blob(specs, metadata or {"format": "pt"})
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -19,14 +19,14 @@ AUDIO_PREFIX = "model.audio_tower."
 EMBED_VISION = "model.embed_vision.embedding_projection.weight"
 EMBED_AUDIO = "model.embed_audio.embedding_projection.weight"
 CLIP_BOUNDS = ("input_min", "input_max", "output_min", "output_max")
-MEL_BINS = 128          # Gemma4AudioFeatureExtractor's feature size (the subsampling convs assume it)
+MEL_BINS = 128  # Gemma4AudioFeatureExtractor's feature size (the subsampling convs assume it)
 MODALITIES = ("vision", "audio")
-TOWER_TYPES = ("F32", "F16", "BF16", "Q8_0")   # a projector tower's storage types (recipes' towers table)
+TOWER_TYPES = ("F32", "F16", "BF16", "Q8_0")  # a projector tower's storage types (recipes' towers table)
 
 
 def _clipped(prefix: str, out: int, inp: int, clipped: bool) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {prefix + ".linear.weight": (out, inp)}
-    if clipped:   # 0-d buffers in the checkpoint (transformers' Gemma4ClippableLinear)
+    if clipped:  # 0-d buffers in the checkpoint (transformers' Gemma4ClippableLinear)
         shapes.update({f"{prefix}.{b}": () for b in CLIP_BOUNDS})
     return shapes
 
@@ -51,7 +51,7 @@ class VisionConfig:
         h, p, c = self.hidden_size, VISION_PREFIX, self.use_clipped_linears
         q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
         s: dict[str, tuple[int, ...]] = {
-            p + "patch_embedder.input_proj.weight": (h, 3 * self.patch_size ** 2),
+            p + "patch_embedder.input_proj.weight": (h, 3 * self.patch_size**2),
             p + "patch_embedder.position_embedding_table": (2, self.position_embedding_size, h),
         }
         for i in range(self.num_hidden_layers):
@@ -60,11 +60,18 @@ class VisionConfig:
                 s.update(_clipped(b + "self_attn." + name, out, inp, c))
             s[b + "self_attn.q_norm.weight"] = (self.head_dim,)
             s[b + "self_attn.k_norm.weight"] = (self.head_dim,)
-            for name, out, inp in (("gate_proj", self.intermediate_size, h), ("up_proj", self.intermediate_size, h),
-                                   ("down_proj", h, self.intermediate_size)):
+            for name, out, inp in (
+                ("gate_proj", self.intermediate_size, h),
+                ("up_proj", self.intermediate_size, h),
+                ("down_proj", h, self.intermediate_size),
+            ):
                 s.update(_clipped(b + "mlp." + name, out, inp, c))
-            for norm in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                         "post_feedforward_layernorm"):
+            for norm in (
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ):
                 s[b + norm + ".weight"] = (h,)
         if self.standardize:
             s[p + "std_bias"] = (h,)
@@ -73,8 +80,11 @@ class VisionConfig:
         return s
 
     def to_hf(self) -> dict[str, Any]:
-        return {"model_type": "gemma4_vision", **{k: getattr(self, k) for k in self.__dataclass_fields__},
-                "global_head_dim": self.head_dim}
+        return {
+            "model_type": "gemma4_vision",
+            **{k: getattr(self, k) for k in self.__dataclass_fields__},
+            "global_head_dim": self.head_dim,
+        }
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,10 @@ class AudioConfig:
         c0, c1 = self.subsampling_conv_channels
         sub = p + "subsample_conv_projection."
         s: dict[str, tuple[int, ...]] = {
-            sub + "layer0.conv.weight": (c0, 1, 3, 3), sub + "layer0.norm.weight": (c0,),
-            sub + "layer1.conv.weight": (c1, c0, 3, 3), sub + "layer1.norm.weight": (c1,),
+            sub + "layer0.conv.weight": (c0, 1, 3, 3),
+            sub + "layer0.norm.weight": (c0,),
+            sub + "layer1.conv.weight": (c1, c0, 3, 3),
+            sub + "layer1.norm.weight": (c1,),
             # transformers sizes it (c0 // 4) * c1: the 128 mel bins halved twice, times c1 channels.
             sub + "input_proj_linear.weight": (h, (c0 // 4) * c1),
         }
@@ -158,40 +170,56 @@ class Towers:
         return s
 
     @classmethod
-    def from_hf(cls, config: dict[str, Any], source: str = "config.json") -> "Towers":
+    def from_hf(cls, config: dict[str, Any], source: str = "config.json") -> Towers:
         fix = "restore config.json from the original checkpoint"
         top = Fields(config, source, fix, CheckpointError)
         vision = audio = None
         if config.get("vision_config"):
             v = Fields(config["vision_config"], source, fix, CheckpointError, "vision_config")
             vision = VisionConfig(
-                hidden_size=v.int("hidden_size"), intermediate_size=v.int("intermediate_size"),
-                num_hidden_layers=v.int("num_hidden_layers"), num_attention_heads=v.int("num_attention_heads"),
+                hidden_size=v.int("hidden_size"),
+                intermediate_size=v.int("intermediate_size"),
+                num_hidden_layers=v.int("num_hidden_layers"),
+                num_attention_heads=v.int("num_attention_heads"),
                 num_key_value_heads=v.int("num_key_value_heads", v.int("num_attention_heads")),
-                head_dim=v.int("head_dim"), patch_size=v.int("patch_size", 16),
+                head_dim=v.int("head_dim"),
+                patch_size=v.int("patch_size", 16),
                 pooling_kernel_size=v.int("pooling_kernel_size", 3),
                 position_embedding_size=v.int("position_embedding_size", 10240),
-                use_clipped_linears=v.bool("use_clipped_linears", False), standardize=v.bool("standardize", False),
+                use_clipped_linears=v.bool("use_clipped_linears", False),
+                standardize=v.bool("standardize", False),
                 rms_norm_eps=v.number("rms_norm_eps", 1e-6),
-                hidden_activation=v.str("hidden_activation", "gelu_pytorch_tanh"))
+                hidden_activation=v.str("hidden_activation", "gelu_pytorch_tanh"),
+            )
         if config.get("audio_config"):
             a = Fields(config["audio_config"], source, fix, CheckpointError, "audio_config")
             ch = config["audio_config"].get("subsampling_conv_channels", [128, 32])
             if not (isinstance(ch, list) and len(ch) == 2 and all(type(x) is int and x > 0 for x in ch)):
                 raise a.fail("subsampling_conv_channels", "two channel counts", ch)
             audio = AudioConfig(
-                hidden_size=a.int("hidden_size"), num_hidden_layers=a.int("num_hidden_layers"),
-                num_attention_heads=a.int("num_attention_heads"), output_proj_dims=a.int("output_proj_dims"),
-                subsampling_conv_channels=(ch[0], ch[1]), conv_kernel_size=a.int("conv_kernel_size", 5),
+                hidden_size=a.int("hidden_size"),
+                num_hidden_layers=a.int("num_hidden_layers"),
+                num_attention_heads=a.int("num_attention_heads"),
+                output_proj_dims=a.int("output_proj_dims"),
+                subsampling_conv_channels=(ch[0], ch[1]),
+                conv_kernel_size=a.int("conv_kernel_size", 5),
                 attention_chunk_size=a.int("attention_chunk_size", 12),
                 attention_context_left=a.int("attention_context_left", 13),
                 attention_context_right=a.int("attention_context_right", 0, minimum=0),
                 attention_logit_cap=a.number("attention_logit_cap", 50.0),
                 residual_weight=a.number("residual_weight", 0.5),
-                use_clipped_linears=a.bool("use_clipped_linears", True), rms_norm_eps=a.number("rms_norm_eps", 1e-6),
-                hidden_act=a.str("hidden_act", "silu"))
-        defaults = {"boi_token_id": 255999, "eoi_token_id": 258882, "image_token_id": 258880,
-                    "boa_token_id": 256000, "eoa_token_id": 258883, "audio_token_id": 258881}
+                use_clipped_linears=a.bool("use_clipped_linears", True),
+                rms_norm_eps=a.number("rms_norm_eps", 1e-6),
+                hidden_act=a.str("hidden_act", "silu"),
+            )
+        defaults = {
+            "boi_token_id": 255999,
+            "eoi_token_id": 258882,
+            "image_token_id": 258880,
+            "boa_token_id": 256000,
+            "eoa_token_id": 258883,
+            "audio_token_id": 258881,
+        }
         ids = {}
         for k, d in defaults.items():
             # transformers' Gemma4Config names the end-of-audio id eoa_token_index; the published config eoa_token_id.

@@ -13,8 +13,9 @@ applied (``Runner.applied()``), and only that goes in the record.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Optional
 
 from ..core.errors import ConfigError
 
@@ -25,15 +26,16 @@ _FALSE = {"false", "off", "no", "0"}
 @dataclass(frozen=True)
 class Knob:
     name: str
-    type: type                          # bool | int | float | str
+    type: type  # bool | int | float | str
     help: str
-    default: Any = None                 # None: the engine's own default applies (knob not passed)
+    default: Any = None  # None: the engine's own default applies (knob not passed)
     choices: Optional[tuple[Any, ...]] = None
     min: Optional[float] = None
     max: Optional[float] = None
 
     def parse(self, value: Any, where: str) -> Any:
         """``value`` as this knob's type, or ConfigError (``where`` names the source: --set, a profile)."""
+
         def bad(why: str) -> ConfigError:
             allowed = f"one of {', '.join(map(str, self.choices))}" if self.choices else f"a {self.type.__name__}"
             return ConfigError(f"{where}: runtime knob {self.name} = {value!r} {why}; use {allowed} ({self.help})")
@@ -85,8 +87,10 @@ class Schema:
             knob = self.knobs.get(name)
             if knob is None:
                 if strict:
-                    raise ConfigError(f"{where}: unknown runtime knob {name!r} for {self.engine}; "
-                                      f"known: {', '.join(sorted(self.knobs))}")
+                    raise ConfigError(
+                        f"{where}: unknown runtime knob {name!r} for {self.engine}; "
+                        f"known: {', '.join(sorted(self.knobs))}"
+                    )
                 continue
             out[name] = knob.parse(value, where)
         return out
@@ -95,8 +99,10 @@ class Schema:
         return {k.name: k.default for k in self.knobs.values() if k.default is not None}
 
     def describe(self) -> str:
-        return "\n".join(f"{k.name} ({k.type.__name__}{': ' + '|'.join(map(str, k.choices)) if k.choices else ''})"
-                         f"  {k.help}" for k in self.knobs.values())
+        return "\n".join(
+            f"{k.name} ({k.type.__name__}{': ' + '|'.join(map(str, k.choices)) if k.choices else ''})  {k.help}"
+            for k in self.knobs.values()
+        )
 
 
 def parse_set(items: Iterable[str]) -> dict[str, str]:
@@ -108,6 +114,6 @@ def parse_set(items: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set kv_type=q8_0")
         v = value.strip()
         if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
-            v = v[1:-1]   # a quoted string, as TOML would write it
+            v = v[1:-1]  # a quoted string, as TOML would write it
         out[key.strip()] = v
     return out

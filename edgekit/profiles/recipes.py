@@ -19,9 +19,9 @@ from ..core.registry import Registry, data_dir
 
 @dataclass(frozen=True)
 class Recipe:
-    name: str              # what the CLI shows: q4_0, q4_k_m, mlx-4bit, ...
-    format: str            # "gguf" | "mlx"
-    quant: str             # label in the manifest: Q4_0, Q4_K_M, 4bit-g64, ...
+    name: str  # what the CLI shows: q4_0, q4_k_m, mlx-4bit, ...
+    format: str  # "gguf" | "mlx"
+    quant: str  # label in the manifest: Q4_0, Q4_K_M, 4bit-g64, ...
     description: str = ""
     # gguf: llama_ftype name (e.g. "MOSTLY_Q4_0", or "ALL_F32"/"MOSTLY_F16" for unquantized)
     ftype: str | None = None
@@ -62,11 +62,11 @@ def check_label(r: Recipe, where: str) -> None:
     the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
     if r.format == "gguf" and r.ftype:
         want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
-        fix = f"set quant = \"{want}\" (or \"{want}-<suffix>\"), or the ftype that writes {r.quant}"
+        fix = f'set quant = "{want}" (or "{want}-<suffix>"), or the ftype that writes {r.quant}'
         what = f"ftype {r.ftype!r}, which writes {want}"
     elif r.format == "mlx" and r.bits is not None:
         want = f"{r.bits}bit"
-        fix = f"set quant = \"{want}-g{r.group_size or 64}\", or the bits it names"
+        fix = f'set quant = "{want}-g{r.group_size or 64}", or the bits it names'
         what = f"bits = {r.bits}"
     else:
         return
@@ -86,11 +86,13 @@ def load_recipe(path: Path) -> Recipe:
     known = COMMON_KEYS | FORMATS.get(fmt).recipe_keys
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{path}: unknown key {unknown[0]!r} for a {fmt} recipe; known keys: {', '.join(sorted(known))}"
+        )
     overrides = f.table("overrides", {})
     for k, v in overrides.items():
         if type(v) not in (str, int):
-            raise f.fail(f"overrides.{k!r}", "a type name (\"q8_0\", \"bf16\") or bits (8)", v)
+            raise f.fail(f"overrides.{k!r}", 'a type name ("q8_0", "bf16") or bits (8)', v)
     r = Recipe(
         name=f.str("name", path.stem),
         format=fmt,
@@ -115,7 +117,7 @@ def _tower_types(raw: Any, where: str) -> dict[str, str]:
     from ..model.towers import MODALITIES, TOWER_TYPES
 
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: towers must be a table like {{vision = \"Q8_0\", audio = \"BF16\"}}")
+        raise ConfigError(f'{where}: towers must be a table like {{vision = "Q8_0", audio = "BF16"}}')
     for m, t in raw.items():
         if m not in MODALITIES:
             raise ConfigError(f"{where}: towers.{m}: unknown modality; choose from {', '.join(MODALITIES)}")
@@ -151,5 +153,10 @@ def get_recipe(name: str) -> Recipe:
     r, t = RECIPES.get(base), RECIPES.get(typ)
     if r.format != "gguf" or t.format != "gguf" or t.overrides or t.vocab is not None:
         raise ConfigError(f"{name}: RECIPE+TYPE takes a gguf recipe and a llama.cpp type (e.g. iq4_xs-edge+q5_k_m)")
-    return replace(r, name=name, quant=f"{t.quant}+{r.name}", ftype=t.ftype,
-                   description=f"{r.name}'s overrides on llama.cpp {t.quant}")
+    return replace(
+        r,
+        name=name,
+        quant=f"{t.quant}+{r.name}",
+        ftype=t.ftype,
+        description=f"{r.name}'s overrides on llama.cpp {t.quant}",
+    )

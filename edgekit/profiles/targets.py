@@ -17,18 +17,18 @@ from ..core.registry import Registry, data_dir
 class Target:
     name: str
     description: str
-    engine: str                       # default runner: "llama.cpp" | "mlx"
-    quants: tuple[str, ...]           # recipes `edgekit build` makes by default (first = recommended)
+    engine: str  # default runner: "llama.cpp" | "mlx"
+    quants: tuple[str, ...]  # recipes `edgekit build` makes by default (first = recommended)
     threads: int
     context: int
     memory_budget_gb: float
     bandwidth_gbs: float
     alternatives: tuple[str, ...] = ()
-    runtime: dict[str, Any] = field(default_factory=dict)   # engine knobs: use_mmap, kv_type, repack, ...
+    runtime: dict[str, Any] = field(default_factory=dict)  # engine knobs: use_mmap, kv_type, repack, ...
     notes: str = ""
     # [bench]: how `edgekit bench` measures for this device
-    enforce_limit: bool = False       # run each child inside a memory cgroup at the budget (bench --limit)
-    page_size: int = 0                # the device kernel's page size when larger than 4 KB (pi5: 16384)
+    enforce_limit: bool = False  # run each child inside a memory cgroup at the budget (bench --limit)
+    page_size: int = 0  # the device kernel's page size when larger than 4 KB (pi5: 16384)
     modalities: tuple[str, ...] = ()  # towers `edgekit build` ships beside the text model ("vision", "audio")
 
     @property
@@ -37,8 +37,24 @@ class Target:
 
 
 # Every key a profile may hold (a typo such as `threds` is an error, never a silent default).
-KEYS = frozenset({"name", "extends", "description", "engine", "quants", "threads", "context", "memory_budget_gb",
-                  "bandwidth_gbs", "alternatives", "runtime", "notes", "bench", "modalities"})
+KEYS = frozenset(
+    {
+        "name",
+        "extends",
+        "description",
+        "engine",
+        "quants",
+        "threads",
+        "context",
+        "memory_budget_gb",
+        "bandwidth_gbs",
+        "alternatives",
+        "runtime",
+        "notes",
+        "bench",
+        "modalities",
+    }
+)
 BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
 
 
@@ -65,15 +81,16 @@ def _raw(path: Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[s
     if base is None:
         return raw, _origins(raw, path)
     where = f"{path}: extends"
-    check_plain_name(base, "extends", str(path), "name a profile in the same folder (e.g. extends = \"pi5\")")
+    check_plain_name(base, "extends", str(path), 'name a profile in the same folder (e.g. extends = "pi5")')
     if base in seen or base == path.stem:
-        raise ConfigError(f"{where} {base!r} makes a loop ({' -> '.join((*seen, path.stem, base))}); "
-                          "a profile cannot extend itself")
+        raise ConfigError(
+            f"{where} {base!r} makes a loop ({' -> '.join((*seen, path.stem, base))}); a profile cannot extend itself"
+        )
     base_path = path.with_name(base + ".toml")
     if not base_path.is_file():
         raise ConfigError(f"{where} {base!r}: no {base_path.name} beside it; name a profile in {path.parent}")
     out, origins = _raw(base_path, (*seen, path.stem))
-    out.pop("name", None)   # the variant's own name (or its file's stem), never the base's
+    out.pop("name", None)  # the variant's own name (or its file's stem), never the base's
     for key, value in raw.items():
         merge = isinstance(value, dict) and isinstance(out.get(key), dict)
         out[key] = {**out[key], **value} if merge else value
@@ -82,7 +99,7 @@ def _raw(path: Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[s
 
 
 def _origins(raw: dict[str, Any], path: Path) -> dict[str, Path]:
-    out = {key: path for key in raw}
+    out = dict.fromkeys(raw, path)
     for key, value in raw.items():
         if isinstance(value, dict):
             out.update({f"{key}.{k}": path for k in value})
@@ -100,7 +117,7 @@ class _Sourced(Fields):
         where = self.origins.get(self.name(key), self.where)
         return self.error(f"{where}: {self.name(key)} must be {must}, not {shown(value)}; {self.fix}")
 
-    def sub(self, key: str) -> "_Sourced":
+    def sub(self, key: str) -> _Sourced:
         return _Sourced(self.table(key, {}), self.origins, self.where, self.fix, self.name(key))
 
 
@@ -145,9 +162,11 @@ def _load_all() -> dict[str, Target]:
         if p.stem.startswith("lab"):
             continue  # lab inventories live beside the profiles but are not profiles
         t = load_target(p)
-        if t.name in out:   # one would silently stand in for the other
-            raise ConfigError(f"{p}: name {t.name!r} is also the name of {where[t.name]}; two profiles cannot share "
-                              "a name, rename one")
+        if t.name in out:  # one would silently stand in for the other
+            raise ConfigError(
+                f"{p}: name {t.name!r} is also the name of {where[t.name]}; two profiles cannot share "
+                "a name, rename one"
+            )
         out[t.name], where[t.name] = t, p
     return out
 

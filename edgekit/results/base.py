@@ -11,8 +11,9 @@ import dataclasses
 import functools
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from ..builder.manifest import versions
 from ..core.host import device_name, host_info
@@ -28,8 +29,13 @@ def utc_now() -> str:
 def provenance(device: Optional[str] = None) -> dict[str, Any]:
     """When, where and with what a record was measured: the fields every record type has by these names."""
     vers = versions()
-    return {"device": device_name(device), "timestamp": utc_now(), "edgekit_version": vers.get("edgekit", ""),
-            "host": host_info(), "versions": vers}
+    return {
+        "device": device_name(device),
+        "timestamp": utc_now(),
+        "edgekit_version": vers.get("edgekit", ""),
+        "host": host_info(),
+        "versions": vers,
+    }
 
 
 class RecordBase:
@@ -72,6 +78,7 @@ class ArtifactRecord(RecordBase):
 
 # ---------------------------------------------------------------- registry of record types
 
+
 @dataclass(frozen=True)
 class RecordType:
     """A record class and its store table: ``columns`` are indexed copies of fields (the record itself is
@@ -89,9 +96,11 @@ R = TypeVar("R")
 
 def record_type(table: str, *columns: str) -> Callable[[R], R]:
     """Register a record dataclass under its store table; every table also has the artifact's identity."""
+
     def deco(cls: R) -> R:
-        RECORD_TYPES.register(table, RecordType(table, cls, (*IDENTITY, *columns)))   # type: ignore[arg-type]
+        RECORD_TYPES.register(table, RecordType(table, cls, (*IDENTITY, *columns)))  # type: ignore[arg-type]
         return cls
+
     return deco
 
 
@@ -106,6 +115,7 @@ def table_of(cls: type) -> RecordType:
 
 
 # ---------------------------------------------------------------- field types (parsers and the store)
+
 
 @functools.cache
 def hints(cls: type) -> dict[str, Any]:
@@ -138,6 +148,6 @@ def well_typed(d: Any, cls: Any) -> Optional[Any]:
         v, k = d[f.name], kind(f.name, cls)
         if v is None and optional(f.name, cls):
             continue
-        if isinstance(v, bool) and k is not bool or not isinstance(v, (int, float) if k is float else k):
+        if (isinstance(v, bool) and k is not bool) or not isinstance(v, (int, float) if k is float else k):
             return None
     return cls.from_json(d)

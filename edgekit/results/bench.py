@@ -8,8 +8,9 @@ figure on one row. Both are one table per run, a column for each swept value (ct
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from . import printers
 from .base import MB, RecordBase, record_type
@@ -22,17 +23,17 @@ class Record(RecordBase):
     """One bench measurement: an artifact, one test (pp + tg at a depth), the memory it took, and how."""
 
     # what was measured
-    artifact: str                # file or folder name as the manifest lists it
+    artifact: str  # file or folder name as the manifest lists it
     model: str
-    format: str                  # gguf | mlx
+    format: str  # gguf | mlx
     quant: str
-    engine: str                  # llama.cpp | mlx
+    engine: str  # llama.cpp | mlx
     sha256: str
     file_bytes: int
-    device: str                  # hostname unless the lab names it
-    target: str                  # target profile whose knobs and budget applied ("" for none)
+    device: str  # hostname unless the lab names it
+    target: str  # target profile whose knobs and budget applied ("" for none)
     # how
-    threads: Optional[int]       # None where the engine has no thread knob (MLX)
+    threads: Optional[int]  # None where the engine has no thread knob (MLX)
     ctx: int
     n_prompt: int
     n_gen: int
@@ -50,26 +51,26 @@ class Record(RecordBase):
     peak_file_bytes: Optional[int] = None
     phys_footprint_bytes: Optional[int] = None
     mlx_peak_bytes: Optional[int] = None
-    kv_cache_bytes: Optional[int] = None        # llama.cpp: its log's MiB, 2 decimals, per buffer; MLX: cache nbytes
+    kv_cache_bytes: Optional[int] = None  # llama.cpp: its log's MiB, 2 decimals, per buffer; MLX: cache nbytes
     compute_buffer_bytes: Optional[int] = None  # llama.cpp only (same resolution)
     # roofline: weights read per decoded token vs this host's measured read bandwidth
     bytes_per_token: Optional[int] = None
     host_read_gbs: Optional[float] = None
     achieved_gbs: Optional[float] = None
     roofline_pct: Optional[float] = None
-    predicted_tg_tps: Optional[float] = None   # a prediction from the target's bandwidth, not a measurement
+    predicted_tg_tps: Optional[float] = None  # a prediction from the target's bandwidth, not a measurement
     budget_bytes: Optional[int] = None
     # memory as a device would count it (edgekit.measure.limits, edgekit.measure.pages); None where not measured
-    depth: int = 0                               # tokens already in the cache before each test (-d)
-    page_size: Optional[int] = None              # this host's page size (Linux)
-    peak_16k_bytes: Optional[int] = None         # peak RSS with the artifact's mappings counted in 16 KB pages
-    limit_bytes: Optional[int] = None            # the memory limit the child was asked to run under
-    limit_mechanism: Optional[str] = None        # what enforced it ("cgroup v1 memory.limit_in_bytes", ...)
-    limit_not_enforced: Optional[str] = None     # why an asked-for limit could not be enforced
-    cgroup_peak_bytes: Optional[int] = None      # the cgroup's own peak: page cache charged to the run included
-    oom_killed: Optional[bool] = None            # the kernel's OOM killer stopped the child inside the limit
-    majflt_prefill: Optional[float] = None       # major page faults per prefill (mean over reps)
-    majflt_per_token: Optional[float] = None     # major page faults per decoded token (mean over reps)
+    depth: int = 0  # tokens already in the cache before each test (-d)
+    page_size: Optional[int] = None  # this host's page size (Linux)
+    peak_16k_bytes: Optional[int] = None  # peak RSS with the artifact's mappings counted in 16 KB pages
+    limit_bytes: Optional[int] = None  # the memory limit the child was asked to run under
+    limit_mechanism: Optional[str] = None  # what enforced it ("cgroup v1 memory.limit_in_bytes", ...)
+    limit_not_enforced: Optional[str] = None  # why an asked-for limit could not be enforced
+    cgroup_peak_bytes: Optional[int] = None  # the cgroup's own peak: page cache charged to the run included
+    oom_killed: Optional[bool] = None  # the kernel's OOM killer stopped the child inside the limit
+    majflt_prefill: Optional[float] = None  # major page faults per prefill (mean over reps)
+    majflt_per_token: Optional[float] = None  # major page faults per decoded token (mean over reps)
     # "bench": edgekit bench, in its own process; "served": an HTTP client timing `edgekit serve`
     # (edgekit lab run --served: TTFT and decode t/s as the client sees them, template, HTTP and SSE included)
     via: str = "bench"
@@ -107,8 +108,6 @@ class Record(RecordBase):
         return bool(self.oom_killed) or (self.tg_tps == 0 and not self.samples.get("tg_tps"))
 
 
-
-
 def _mb(x: Optional[int]) -> Optional[float]:
     return None if x is None else x / MB
 
@@ -119,8 +118,9 @@ def _sd(mean: float, sd: float, r: Record) -> Optional[tuple[float, float]]:
 
 MEAN_NOTE = "mean ± sd over the repetitions"
 MB_NOTE = "MB = 1e6 bytes"
-GATE_NOTE = ("the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; "
-             "OOM-kill or thrashing)")
+GATE_NOTE = (
+    "the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; OOM-kill or thrashing)"
+)
 
 
 def _some(rows: Sequence[Record], test: Callable[[Record], bool]) -> bool:
@@ -132,10 +132,14 @@ WIDE: list[Column] = [
     Column("artifact", lambda r: r.artifact),
     Column("quant", lambda r: r.quant),
     Column("engine", lambda r: r.engine),
-    Column("via", lambda r: r.via, show=lambda rs: _some(rs, lambda r: r.via != "bench"),
-           note="via served: timed by an HTTP client through `edgekit serve` (lab run --served: TTFT to the "
-                "first streamed text, decode t/s over the stream, pp t/s = prompt tokens ÷ that TTFT, peak RSS "
-                "the server's), not by `edgekit bench`"),
+    Column(
+        "via",
+        lambda r: r.via,
+        show=lambda rs: _some(rs, lambda r: r.via != "bench"),
+        note="via served: timed by an HTTP client through `edgekit serve` (lab run --served: TTFT to the "
+        "first streamed text, decode t/s over the stream, pp t/s = prompt tokens ÷ that TTFT, peak RSS "
+        "the server's), not by `edgekit bench`",
+    ),
     Column("device", lambda r: r.device),
     Column("target", lambda r: r.target or None, show="some"),
     Column("threads", lambda r: r.threads, 0),
@@ -147,29 +151,61 @@ WIDE: list[Column] = [
     Column("pp t/s", lambda r: _sd(r.pp_tps, r.pp_tps_sd, r), 2, note=MEAN_NOTE),
     Column("tg t/s", lambda r: _sd(r.tg_tps, r.tg_tps_sd, r), 2, note=MEAN_NOTE),
     Column("peak RSS MB", lambda r: None if r.failed else _mb(r.peak_rss_bytes), 1, note=MB_NOTE),
-    Column("anon MB", lambda r: _mb(r.peak_anon_bytes), 1, "some",
-           "anon/file: the peak's anonymous vs file-backed (mmap'd) part"),
+    Column(
+        "anon MB",
+        lambda r: _mb(r.peak_anon_bytes),
+        1,
+        "some",
+        "anon/file: the peak's anonymous vs file-backed (mmap'd) part",
+    ),
     Column("file MB", lambda r: _mb(r.peak_file_bytes), 1, "some"),
-    Column("footprint MB", lambda r: _mb(r.phys_footprint_bytes), 1, "some",
-           "footprint: macOS's physical footprint of the process"),
+    Column(
+        "footprint MB",
+        lambda r: _mb(r.phys_footprint_bytes),
+        1,
+        "some",
+        "footprint: macOS's physical footprint of the process",
+    ),
     Column("MLX peak MB", lambda r: _mb(r.mlx_peak_bytes), 1, "some"),
     Column("KV MB", lambda r: _mb(r.kv_cache_bytes), 2, "some"),
     Column("compute MB", lambda r: _mb(r.compute_buffer_bytes), 2, "some"),
-    Column("roofline %", lambda r: None if r.failed else r.roofline_pct, 1, "some",
-           "roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth"),
-    Column("predicted tg t/s", lambda r: r.predicted_tg_tps, 1, "some",
-           "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement"),
+    Column(
+        "roofline %",
+        lambda r: None if r.failed else r.roofline_pct,
+        1,
+        "some",
+        "roofline: weight bytes read per token × tg ÷ this host's measured read bandwidth",
+    ),
+    Column(
+        "predicted tg t/s",
+        lambda r: r.predicted_tg_tps,
+        1,
+        "some",
+        "predicted tg: the target's bandwidth ÷ bytes per token, a prediction, not a measurement",
+    ),
     Column("budget MB", lambda r: _mb(r.budget_bytes), 0, "some"),
     Column("page KB", lambda r: None if r.page_size is None else r.page_size / 1024, 0, "some"),
-    Column("peak @16K MB", lambda r: _mb(r.peak_16k_bytes), 1, "some",
-           "peak @16K: the peak with the artifact's mapped pages counted in 16 KB file-aligned blocks, as a "
-           "16 KB-page kernel (Raspberry Pi 5) maps them"),
+    Column(
+        "peak @16K MB",
+        lambda r: _mb(r.peak_16k_bytes),
+        1,
+        "some",
+        "peak @16K: the peak with the artifact's mapped pages counted in 16 KB file-aligned blocks, as a "
+        "16 KB-page kernel (Raspberry Pi 5) maps them",
+    ),
     Column("limit MB", lambda r: _mb(r.limit_bytes), 0, "some"),
-    Column("enforced by", lambda r: r.limit_mechanism or (r.limit_not_enforced and
-                                                          f"not enforced: {r.limit_not_enforced}"),
-           show="some"),
-    Column("cgroup peak MB", lambda r: _mb(r.cgroup_peak_bytes), 1, "some",
-           "cgroup peak: the memory cgroup's high-water mark (page cache charged to the run included)"),
+    Column(
+        "enforced by",
+        lambda r: r.limit_mechanism or (r.limit_not_enforced and f"not enforced: {r.limit_not_enforced}"),
+        show="some",
+    ),
+    Column(
+        "cgroup peak MB",
+        lambda r: _mb(r.cgroup_peak_bytes),
+        1,
+        "some",
+        "cgroup peak: the memory cgroup's high-water mark (page cache charged to the run included)",
+    ),
     Column("OOM", lambda r: None if r.oom_killed is None else ("killed" if r.oom_killed else "no"), show="some"),
     Column("majflt pp", lambda r: r.majflt_prefill, 1, "some", "majflt: major page faults (pages read from disk)"),
     Column("majflt/tok", lambda r: r.majflt_per_token, 2, "some"),
@@ -180,9 +216,9 @@ WIDE: list[Column] = [
 class TestRow:
     """A row of the compact table: one record's pp or tg test."""
 
-    __test__ = False   # not a pytest test class
+    __test__ = False  # not a pytest test class
     rec: Record
-    phase: str   # "pp" | "tg"
+    phase: str  # "pp" | "tg"
 
     @property
     def name(self) -> str:
@@ -213,16 +249,22 @@ def compact(verdict: Callable[[Record], Optional[str]] = simple_verdict) -> list
         Column("test", lambda t: t.name),
         Column("t/s", lambda t: t.tps, 2, note=MEAN_NOTE),
         Column("peak RSS MB", lambda t: None if t.rec.failed else _mb(t.rec.peak_rss_bytes), 1, note=MB_NOTE),
-        Column("budget", lambda t: verdict(t.rec), show=lambda ts: any(verdict(t.rec) for t in ts),
-               note="budget: " + GATE_NOTE),
+        Column(
+            "budget",
+            lambda t: verdict(t.rec),
+            show=lambda ts: any(verdict(t.rec) for t in ts),
+            note="budget: " + GATE_NOTE,
+        ),
     ]
 
 
 def swept(keys: Iterable[str], *, row: bool) -> list[Column]:
     """A column per swept value: ctx, or a --set knob as the engine applied it."""
     get: Callable[[Any], Record] = (lambda t: t.rec) if row else (lambda r: r)
-    return [Column("ctx", lambda t: get(t).ctx, 0) if k == "ctx" else
-            Column(k, lambda t, k=k: _knob(get(t).runtime.get(k))) for k in keys]
+    return [
+        Column("ctx", lambda t: get(t).ctx, 0) if k == "ctx" else Column(k, lambda t, k=k: _knob(get(t).runtime.get(k)))
+        for k in keys
+    ]
 
 
 def _knob(v: Any) -> Any:
@@ -244,18 +286,30 @@ def varying(records: Sequence[Record]) -> list[str]:
     return list(keys)
 
 
-def table(wide: bool = False, sweep: Sequence[str] = (), decide: Optional[Sequence[Record]] = None,
-          verdict: Callable[[Record], Optional[str]] = simple_verdict) -> MarkdownPrinter:
+def table(
+    wide: bool = False,
+    sweep: Sequence[str] = (),
+    decide: Optional[Sequence[Record]] = None,
+    verdict: Callable[[Record], Optional[str]] = simple_verdict,
+) -> MarkdownPrinter:
     """The bench table for one run; ``sweep``: the swept keys (ctx, knob names) shown as columns after
     threads."""
     base = compact(verdict)
     if wide:
-        gate = dataclasses.replace(base[-1], header="verdict", get=verdict, show=lambda rs: any(verdict(r) for r in rs),
-                                   note="verdict: " + GATE_NOTE)
-        knobs = swept([k for k in sweep if k != "ctx"], row=False)   # ctx is a wide column already
+        gate = dataclasses.replace(
+            base[-1],
+            header="verdict",
+            get=verdict,
+            show=lambda rs: any(verdict(r) for r in rs),
+            note="verdict: " + GATE_NOTE,
+        )
+        knobs = swept([k for k in sweep if k != "ctx"], row=False)  # ctx is a wide column already
         return MarkdownPrinter(WIDE[:8] + knobs + WIDE[8:] + [gate], decide=decide)
-    return MarkdownPrinter(base[:3] + swept(sweep, row=True) + base[3:],
-                           rows_of=lambda r: [TestRow(r, "pp"), TestRow(r, "tg")], decide=decide)
+    return MarkdownPrinter(
+        base[:3] + swept(sweep, row=True) + base[3:],
+        rows_of=lambda r: [TestRow(r, "pp"), TestRow(r, "tg")],
+        decide=decide,
+    )
 
 
 def to_markdown(records: Iterable[Record], wide: bool = True) -> str:
@@ -270,8 +324,12 @@ def to_markdown(records: Iterable[Record], wide: bool = True) -> str:
 OUTPUTS = ("md", "csv", "json", "jsonl")
 
 
-def printer(output: str, wide: bool = False, sweep: Sequence[str] = (),
-            verdict: Callable[[Record], Optional[str]] = simple_verdict) -> Printer:
+def printer(
+    output: str,
+    wide: bool = False,
+    sweep: Sequence[str] = (),
+    verdict: Callable[[Record], Optional[str]] = simple_verdict,
+) -> Printer:
     """The streaming printer ``bench -o OUTPUT`` writes with (md: the compact table, or --wide)."""
     if output == "md":
         return table(wide, sweep, verdict=verdict)
@@ -304,7 +362,15 @@ def parse_jsonl(text: str, cls: Any = Record) -> list[Any]:
     return printers.parse_jsonl(text, cls)
 
 
-PRINTERS: dict[str, Callable[[Iterable[Record]], str]] = {"md": to_markdown, "csv": to_csv, "json": to_json,
-                                                           "jsonl": to_jsonl}
-PARSERS: dict[str, Callable[[str], list[Any]]] = {"md": parse_markdown, "csv": parse_csv, "json": parse_json,
-                                                   "jsonl": parse_jsonl}
+PRINTERS: dict[str, Callable[[Iterable[Record]], str]] = {
+    "md": to_markdown,
+    "csv": to_csv,
+    "json": to_json,
+    "jsonl": to_jsonl,
+}
+PARSERS: dict[str, Callable[[str], list[Any]]] = {
+    "md": parse_markdown,
+    "csv": parse_csv,
+    "json": parse_json,
+    "jsonl": parse_jsonl,
+}

@@ -8,8 +8,9 @@ apart, error bars that stop at zero, and failed runs as red crosses at the limit
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.fsutil import atomic_path
 from .base import MB
@@ -36,8 +37,13 @@ def label(r: Record, records: Sequence[Record], axis: str = "") -> str:
     parts = [r.model] if len({x.model for x in records}) > 1 else []
     parts.append(r.quant or r.artifact)
     parts += [f"ctx {r.ctx}" if k == "ctx" else f"{k}={_knob(r.runtime.get(k))}" for k in varying(group)]
-    for name, get in (("pp", lambda x: x.n_prompt), ("tg", lambda x: x.n_gen), ("d", lambda x: x.depth),
-                      ("t", lambda x: x.threads), ("", lambda x: "" if x.via == "bench" else x.via)):
+    for name, get in (
+        ("pp", lambda x: x.n_prompt),
+        ("tg", lambda x: x.n_gen),
+        ("d", lambda x: x.depth),
+        ("t", lambda x: x.threads),
+        ("", lambda x: "" if x.via == "bench" else x.via),
+    ):
         if name != axis and len({get(x) for x in group}) > 1:
             parts.append(f"{name}{get(r)}")
     return " ".join(map(str, parts))
@@ -49,8 +55,10 @@ def _styles(records: Sequence[Record]) -> tuple[dict[str, Any], dict[str, str]]:
     cmap = matplotlib.colormaps["tab10"]
     models = sorted({r.model for r in records})
     devices = sorted({r.device for r in records})
-    return ({m: cmap(i % 10) for i, m in enumerate(models)},
-            {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(devices)})
+    return (
+        {m: cmap(i % 10) for i, m in enumerate(models)},
+        {d: MARKERS[i % len(MARKERS)] for i, d in enumerate(devices)},
+    )
 
 
 def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bool) -> None:
@@ -60,8 +68,18 @@ def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bo
     if len(markers) > 1:
         h += [Line2D([], [], color="gray", marker=mk, linestyle="", label=d) for d, mk in markers.items()]
     if failed:
-        h.append(Line2D([], [], color=FAIL, marker="x", linestyle="", markersize=9, markeredgewidth=2,
-                        label="failed (OOM-killed)"))
+        h.append(
+            Line2D(
+                [],
+                [],
+                color=FAIL,
+                marker="x",
+                linestyle="",
+                markersize=9,
+                markeredgewidth=2,
+                label="failed (OOM-killed)",
+            )
+        )
     ax.legend(handles=h, fontsize=8, loc="best", title="model" + (" / device" if len(markers) > 1 else ""))
 
 
@@ -80,8 +98,13 @@ def _labels(ax: Any, items: list[tuple[float, float, str, str]]) -> None:
     if len(texts) > 1:
         from adjustText import adjust_text
 
-        adjust_text(texts, x=[m[0] for m in merged], y=[m[1] for m in merged], ax=ax,
-                    arrowprops=dict(arrowstyle="-", color="gray", lw=0.5))
+        adjust_text(
+            texts,
+            x=[m[0] for m in merged],
+            y=[m[1] for m in merged],
+            ax=ax,
+            arrowprops=dict(arrowstyle="-", color="gray", lw=0.5),
+        )
 
 
 def _span(lo: float, hi: float, pad: float = 0.12) -> tuple[float, float]:
@@ -99,8 +122,15 @@ def tg_vs_peak(records: list[Record], out: Path) -> Path:
     items: list[tuple[float, float, str, str]] = []
     for r in ok:
         x, y = r.peak_rss_bytes / MB, r.tg_tps
-        ax.errorbar([x], [y], yerr=[[min(r.tg_tps_sd, y)], [r.tg_tps_sd]], fmt=markers[r.device],
-                    color=colors[r.model], capsize=3, markersize=7)
+        ax.errorbar(
+            [x],
+            [y],
+            yerr=[[min(r.tg_tps_sd, y)], [r.tg_tps_sd]],
+            fmt=markers[r.device],
+            color=colors[r.model],
+            capsize=3,
+            markersize=7,
+        )
         items.append((x, y, label(r, records), colors[r.model]))
     fx = [(r.limit_bytes or r.cgroup_peak_bytes or 0) / MB for r in bad]
     top = max([r.tg_tps + r.tg_tps_sd for r in ok], default=1.0)
@@ -114,17 +144,32 @@ def tg_vs_peak(records: list[Record], out: Path) -> Path:
     budgets = sorted({r.budget_bytes / MB for r in records if r.budget_bytes})
     far = []
     for b in budgets:
-        if b <= hi + 0.5 * (hi - lo):   # near the points: a line, and the axis reaches it
+        if b <= hi + 0.5 * (hi - lo):  # near the points: a line, and the axis reaches it
             hi = max(hi, b * 1.03)
             ax.axvline(b, color=FAIL, linestyle="--", linewidth=1)
-            ax.text(b, 0.98, f"budget {b:,.0f} MB ", transform=ax.get_xaxis_transform(), color=FAIL, fontsize=8,
-                    rotation=90, va="top", ha="right")
+            ax.text(
+                b,
+                0.98,
+                f"budget {b:,.0f} MB ",
+                transform=ax.get_xaxis_transform(),
+                color=FAIL,
+                fontsize=8,
+                rotation=90,
+                va="top",
+                ha="right",
+            )
         else:
             far.append(b)
     ax.set_xlim(lo, hi)
     ax.set_ylim(0, top * 1.15)
-    ax.set_xlabel("peak RSS (MB = 1e6 bytes)" + (f"; the budget ({', '.join(f'{b:,.0f}' for b in far)} MB) is far to "
-                                                  "the right: every run is under it" if far else ""))
+    ax.set_xlabel(
+        "peak RSS (MB = 1e6 bytes)"
+        + (
+            f"; the budget ({', '.join(f'{b:,.0f}' for b in far)} MB) is far to the right: every run is under it"
+            if far
+            else ""
+        )
+    )
     ax.set_ylabel("decode (tg) tokens/s, mean ± sd")
     ax.set_title("Decode speed against peak memory, one point per run")
     ax.grid(alpha=0.3)
@@ -140,8 +185,9 @@ def ttft(records: list[Record], out: Path) -> Path:
     colors, markers = _styles(ok)
     series: dict[tuple, list[Record]] = {}
     for r in ok:
-        series.setdefault((r.device, r.sha256, r.engine, r.via, r.threads, r.depth, r.ctx,
-                           json.dumps(r.runtime, sort_keys=True)), []).append(r)
+        series.setdefault(
+            (r.device, r.sha256, r.engine, r.via, r.threads, r.depth, r.ctx, json.dumps(r.runtime, sort_keys=True)), []
+        ).append(r)
     lengths = sorted({r.n_prompt for r in ok})
     if len(lengths) > 1:
         fig, ax = plt.subplots(figsize=(9, 5.5))
@@ -152,11 +198,16 @@ def ttft(records: list[Record], out: Path) -> Path:
         for i, rs in enumerate(series.values()):
             rs = sorted(rs, key=lambda r: r.n_prompt)
             r0 = rs[0]
-            dodge = 2 ** (0.025 * (i - (n - 1) / 2))   # series side by side at a shared length (log axis)
-            ax.errorbar([r.n_prompt * dodge for r in rs], [r.ttft_ms for r in rs],
-                        yerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rs], [r.ttft_ms_sd for r in rs]],
-                        marker=markers[r0.device], color=cmap(i % 10), capsize=3,
-                        label=label(r0, ok, axis="pp") + (f" ({r0.device})" if len(markers) > 1 else ""))
+            dodge = 2 ** (0.025 * (i - (n - 1) / 2))  # series side by side at a shared length (log axis)
+            ax.errorbar(
+                [r.n_prompt * dodge for r in rs],
+                [r.ttft_ms for r in rs],
+                yerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rs], [r.ttft_ms_sd for r in rs]],
+                marker=markers[r0.device],
+                color=cmap(i % 10),
+                capsize=3,
+                label=label(r0, ok, axis="pp") + (f" ({r0.device})" if len(markers) > 1 else ""),
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.set_xlabel("prompt tokens (pp)")
@@ -167,8 +218,13 @@ def ttft(records: list[Record], out: Path) -> Path:
     else:
         rows = sorted(ok, key=lambda r: r.ttft_ms)
         fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.6))
-        ax.barh(range(len(rows)), [r.ttft_ms for r in rows], color=[colors[r.model] for r in rows],
-                xerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rows], [r.ttft_ms_sd for r in rows]], capsize=3)
+        ax.barh(
+            range(len(rows)),
+            [r.ttft_ms for r in rows],
+            color=[colors[r.model] for r in rows],
+            xerr=[[min(r.ttft_ms_sd, r.ttft_ms) for r in rows], [r.ttft_ms_sd for r in rows]],
+            capsize=3,
+        )
         dev = len({r.device for r in rows}) > 1
         ax.set_yticks(range(len(rows)), [label(r, ok) + (f" ({r.device})" if dev else "") for r in rows], fontsize=8)
         ax.set_xlabel("time to first token (ms), mean ± sd")
@@ -189,8 +245,10 @@ def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
     recs = [r for r, _ in pairs]
     colors, markers = _styles(recs)
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
-    for ax, x, name in ((a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"),
-                        (b, lambda r: r.tg_tps, "decode (tg) tokens/s")):
+    for ax, x, name in (
+        (a, lambda r: r.peak_rss_bytes / MB, "peak RSS (MB)"),
+        (b, lambda r: r.tg_tps, "decode (tg) tokens/s"),
+    ):
         items, xs = [], []
         ys, err = _kl_errors([q for _, q in pairs])
         for (r, q), y, lo, hi in zip(pairs, ys, *err):
@@ -199,7 +257,7 @@ def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
             xs.append(x(r))
         ax.set_xlabel(name)
         ax.set_yscale("log")
-        ax.set_xlim(*_span(min(xs), max(xs), pad=0.2))   # room for the labels at the edges
+        ax.set_xlim(*_span(min(xs), max(xs), pad=0.2))  # room for the labels at the edges
         ax.grid(alpha=0.3)
         ax.set_ylim(min(ys) / 3, max(ys) * 3)
         _labels(ax, items)
@@ -218,8 +276,11 @@ def kl_only(quality_records: list[Any], out: Path) -> Path:
     # points, not bars: a log axis has no zero for a bar to start from
     ax.errorbar(ys, range(len(qs)), xerr=err, fmt="o", capsize=3, color="#1f77b4")
     dev = len({q.device for q in qs}) > 1
-    ax.set_yticks(range(len(qs)), [f"{q.artifact} (vs {q.reference}, ctx {q.ctx}" + (f", {q.device})" if dev else ")")
-                                   for q in qs], fontsize=8)
+    ax.set_yticks(
+        range(len(qs)),
+        [f"{q.artifact} (vs {q.reference}, ctx {q.ctx}" + (f", {q.device})" if dev else ")") for q in qs],
+        fontsize=8,
+    )
     ax.set_ylim(-0.6, len(qs) - 0.4)
     ax.set_xscale("log")
     ax.set_xlabel("mean KL from the reference (nats/token), 95% interval")

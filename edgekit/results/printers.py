@@ -14,8 +14,9 @@ import io
 import json
 import re
 import typing
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Optional
 
 from .base import hints, kind, optional
 
@@ -129,10 +130,10 @@ def _leaf(v: Any) -> str:
 
 def _flat(prefix: str, v: Any, out: dict[str, str]) -> None:
     if isinstance(v, (dict, list)) and v:
-        for k, x in (v.items() if isinstance(v, dict) else enumerate(v)):
+        for k, x in v.items() if isinstance(v, dict) else enumerate(v):
             _flat(f"{prefix}.{k}", x, out)
     elif isinstance(v, (dict, list)):
-        out[prefix] = "[]" if isinstance(v, list) else "{}"   # an empty container, so that it reads back
+        out[prefix] = "[]" if isinstance(v, list) else "{}"  # an empty container, so that it reads back
     else:
         out[prefix] = _leaf(v)
 
@@ -186,7 +187,7 @@ def unflatten(row: dict[str, str], cls: type) -> dict[str, Any]:
             tree = d.setdefault(name, {})
             vt = _values(name, cls)
             if v == "":
-                continue   # a key this row does not have
+                continue  # a key this row does not have
             if vt is list:
                 tree[rest] = [float(x) for x in v.split()]
             elif vt is str:
@@ -197,7 +198,7 @@ def unflatten(row: dict[str, str], cls: type) -> dict[str, Any]:
                     tree = tree.setdefault(p, {})
                 tree[last] = _unleaf(v)
         elif kd is list:
-            if v != "":   # differs.0.output: the field's name heads the path, so [] reads back too
+            if v != "":  # differs.0.output: the field's name heads the path, so [] reads back too
                 tree = d.setdefault("\0" + name, {})
                 *path, last = k.split(".")
                 for p in path:
@@ -227,6 +228,7 @@ def parse_json(text: str, cls: Any) -> list[Any]:
 
 
 # ---------------------------------------------------------------- markdown
+
 
 @dataclass(frozen=True)
 class Column:
@@ -258,8 +260,14 @@ def fmt(v: Any, dec: int) -> str:
 
 
 def table_lines(cols: Sequence[Column], rows: Iterable[Any], head: bool = True) -> list[str]:
-    out = (["| " + " | ".join(c.header for c in cols) + " |",
-            "|" + "|".join("---" if c.dec < 0 else "---:" for c in cols) + "|"] if head else [])
+    out = (
+        [
+            "| " + " | ".join(c.header for c in cols) + " |",
+            "|" + "|".join("---" if c.dec < 0 else "---:" for c in cols) + "|",
+        ]
+        if head
+        else []
+    )
     return out + ["| " + " | ".join(fmt(c.get(r), c.dec) for c in cols) + " |" for r in rows]
 
 
@@ -269,8 +277,13 @@ class MarkdownPrinter(Printer):
     all of it; streaming: the first record's rows); a later value in a column not shown is named in the
     footer. Footnotes are those of the columns shown, plus ``notes``."""
 
-    def __init__(self, columns: Sequence[Column], rows_of: Callable[[Any], list[Any]] = lambda r: [r],
-                 decide: Optional[Sequence[Any]] = None, notes: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        columns: Sequence[Column],
+        rows_of: Callable[[Any], list[Any]] = lambda r: [r],
+        decide: Optional[Sequence[Any]] = None,
+        notes: Sequence[str] = (),
+    ) -> None:
         super().__init__()
         self.all, self.rows_of, self.notes = list(columns), rows_of, list(notes)
         self.cols: list[Column] = []
@@ -296,7 +309,7 @@ class MarkdownPrinter(Printer):
         notes = [c.note for c in self.cols if c.note] + self.notes
         if self.hidden:
             notes.append(f"not shown: {', '.join(self.hidden)} (values in later rows; -o json has every field)")
-        return "\n" + "".join(n + "\n" for n in dict.fromkeys(notes)) if notes else ""   # a line each
+        return "\n" + "".join(n + "\n" for n in dict.fromkeys(notes)) if notes else ""  # a line each
 
 
 def parse_markdown(text: str) -> list[dict[str, Any]]:

@@ -6,8 +6,9 @@ the text's sha256, so ``edgekit report`` can put quality beside peak RAM and dec
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 from .base import ArtifactRecord, record_type
 from .printers import CsvPrinter, JsonlPrinter, JsonPrinter, fmt, parse_csv, parse_json, parse_jsonl, parse_markdown
@@ -16,9 +17,9 @@ from .printers import CsvPrinter, JsonlPrinter, JsonPrinter, fmt, parse_csv, par
 @record_type("quality", "text_sha256")
 @dataclass
 class QualityRecord(ArtifactRecord):
-    reference: str              # the reference's name (folder or file)
+    reference: str  # the reference's name (folder or file)
     reference_sha256: str
-    text: str                   # text file name(s), comma-separated
+    text: str  # text file name(s), comma-separated
     text_sha256: str
     ctx: int
     chunks: int
@@ -27,7 +28,7 @@ class QualityRecord(ArtifactRecord):
     # The KL pass, over the reference's token windows (None for a lean artifact: another tokenizer, so
     # these are not defined; extra["kl"] says so).
     ppl: Optional[float]
-    bits_per_byte: Optional[float]   # over the scored halves of the windows
+    bits_per_byte: Optional[float]  # over the scored halves of the windows
     kl_mean: Optional[float]
     kl_lo: Optional[float]
     kl_hi: Optional[float]
@@ -38,8 +39,8 @@ class QualityRecord(ArtifactRecord):
     rms_dp: Optional[float]
     # Whole text, every token predicted once with the artifact's own tokenizer (eval/wholetext.py):
     # comparable across tokenizers. Set for a lean artifact, and for every artifact of a run that has one.
-    vocab: Optional[int] = None                 # tokens in the artifact's vocabulary
-    text_bytes: Optional[int] = None            # UTF-8 bytes scored (the same for the reference)
+    vocab: Optional[int] = None  # tokens in the artifact's vocabulary
+    text_bytes: Optional[int] = None  # UTF-8 bytes scored (the same for the reference)
     text_tokens: Optional[int] = None
     tokens_per_byte: Optional[float] = None
     text_bits_per_byte: Optional[float] = None
@@ -75,16 +76,24 @@ _MD_TEXT: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
     ("tokens", lambda r: r.text_tokens, 0),
     ("tokens/byte", lambda r: r.tokens_per_byte, 4),
     ("bits/byte", lambda r: r.text_bits_per_byte, 4),
-    ("Δ bits/byte %", lambda r: None if r.reference_text_bits_per_byte is None else
-     100 * (r.text_bits_per_byte / r.reference_text_bits_per_byte - 1), 2),
+    (
+        "Δ bits/byte %",
+        lambda r: (
+            None
+            if r.reference_text_bits_per_byte is None
+            else 100 * (r.text_bits_per_byte / r.reference_text_bits_per_byte - 1)
+        ),
+        2,
+    ),
     ("mean KL", lambda r: _g(r.kl_mean) if r.kl_mean is not None else "not defined" if "kl" in r.extra else None, -1),
 ]
 
 
 def _table(cols: list[tuple[str, Callable[[QualityRecord], Any], int]], rows: list[QualityRecord]) -> list[str]:
-    return (["| " + " | ".join(h for h, *_ in cols) + " |",
-             "|" + "|".join("---" if d < 0 else "---:" for _, _, d in cols) + "|"]
-            + ["| " + " | ".join(fmt(get(r), d) for _, get, d in cols) + " |" for r in rows])
+    return [
+        "| " + " | ".join(h for h, *_ in cols) + " |",
+        "|" + "|".join("---" if d < 0 else "---:" for _, _, d in cols) + "|",
+    ] + ["| " + " | ".join(fmt(get(r), d) for _, get, d in cols) + " |" for r in rows]
 
 
 def to_markdown(records: Iterable[QualityRecord]) -> str:
@@ -99,34 +108,60 @@ def to_markdown(records: Iterable[QualityRecord]) -> str:
     out = []
     for (ref, text, ctx, n), rs in groups.items():
         tail = rs[0].extra.get("reference_tail_mass")
-        kept = f", top {rs[0].top_k} kept" + (f" ({100 * tail:.2g}% of the reference's mass outside)" if tail is not None else "")
-        out.append("\n".join([f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}", "",
-                              *_table(_MD, rs)]))
+        kept = f", top {rs[0].top_k} kept" + (
+            f" ({100 * tail:.2g}% of the reference's mass outside)" if tail is not None else ""
+        )
+        out.append(
+            "\n".join(
+                [
+                    f"reference {ref}, text {text}, ctx {ctx}, {rs[0].chunks} chunks, {n} scored tokens{kept}",
+                    "",
+                    *_table(_MD, rs),
+                ]
+            )
+        )
     if out:
-        out[-1] += ("\n\nKL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
-                    "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
-                    "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax "
-                    "agrees; Δp: artifact − reference probability of the actual next token")
+        out[-1] += (
+            "\n\nKL: KL(reference ‖ artifact) in nats per scored token (the second half of each window, as "
+            "llama-perplexity), over the reference's top k plus one bin for the rest (exact when nothing is "
+            "outside; else low by about that share); interval: mean ± 1.96 standard errors; same top: argmax "
+            "agrees; Δp: artifact − reference probability of the actual next token"
+        )
     whole: dict[tuple, list[QualityRecord]] = {}
     for r in records:
         if r.text_bits_per_byte is not None:
             whole.setdefault((r.reference, r.text, r.ctx, r.text_bytes), []).append(r)
     for (ref, text, ctx, nbytes), rs in whole.items():
-        ref_row = QualityRecord(**{**rs[0].to_json(), "artifact": f"{ref} (reference)", "quant": "-", "file_bytes": None,
-                                   "vocab": rs[0].extra.get("reference_vocab"),
-                                   "text_tokens": round(rs[0].reference_tokens_per_byte * nbytes),
-                                   "tokens_per_byte": rs[0].reference_tokens_per_byte,
-                                   "text_bits_per_byte": rs[0].reference_text_bits_per_byte,
-                                   "kl_mean": None, "extra": {}})
-        lines = [f"whole text, each with its own tokenizer: reference {ref}, text {text}, ctx {ctx}, {nbytes} bytes", "",
-                 *_table(_MD_TEXT, [ref_row, *rs])]
-        out.append("\n".join(lines) + "\n\nbits/byte: −log₂ P(text) / UTF-8 bytes of the same text, every token "
-                   "predicted once: comparable across tokenizers. " + NOT_COMPARABLE_MD)
+        ref_row = QualityRecord(
+            **{
+                **rs[0].to_json(),
+                "artifact": f"{ref} (reference)",
+                "quant": "-",
+                "file_bytes": None,
+                "vocab": rs[0].extra.get("reference_vocab"),
+                "text_tokens": round(rs[0].reference_tokens_per_byte * nbytes),
+                "tokens_per_byte": rs[0].reference_tokens_per_byte,
+                "text_bits_per_byte": rs[0].reference_text_bits_per_byte,
+                "kl_mean": None,
+                "extra": {},
+            }
+        )
+        lines = [
+            f"whole text, each with its own tokenizer: reference {ref}, text {text}, ctx {ctx}, {nbytes} bytes",
+            "",
+            *_table(_MD_TEXT, [ref_row, *rs]),
+        ]
+        out.append(
+            "\n".join(lines) + "\n\nbits/byte: −log₂ P(text) / UTF-8 bytes of the same text, every token "
+            "predicted once: comparable across tokenizers. " + NOT_COMPARABLE_MD
+        )
     return "\n\n".join(out) + ("\n" if out else "")
 
 
-NOT_COMPARABLE_MD = ("mean KL \"not defined\": a lean artifact predicts over other ids after another tokenization, "
-                     "so KL, same top and Δp against the full reference do not exist")
+NOT_COMPARABLE_MD = (
+    'mean KL "not defined": a lean artifact predicts over other ids after another tokenization, '
+    "so KL, same top and Δp against the full reference do not exist"
+)
 
 
 def _render(printer: Callable[[], Any]) -> Callable[[Iterable[Any]], str]:
@@ -134,11 +169,17 @@ def _render(printer: Callable[[], Any]) -> Callable[[Iterable[Any]], str]:
 
 
 PRINTERS: dict[str, Callable[[Iterable[QualityRecord]], str]] = {
-    "md": to_markdown, "csv": _render(lambda: CsvPrinter(QualityRecord)), "json": _render(JsonPrinter),
-    "jsonl": _render(JsonlPrinter)}
+    "md": to_markdown,
+    "csv": _render(lambda: CsvPrinter(QualityRecord)),
+    "json": _render(JsonPrinter),
+    "jsonl": _render(JsonlPrinter),
+}
 PARSERS: dict[str, Callable[[str], list[Any]]] = {
-    "md": parse_markdown, "csv": lambda t: parse_csv(t, QualityRecord),
-    "json": lambda t: parse_json(t, QualityRecord), "jsonl": lambda t: parse_jsonl(t, QualityRecord)}
+    "md": parse_markdown,
+    "csv": lambda t: parse_csv(t, QualityRecord),
+    "json": lambda t: parse_json(t, QualityRecord),
+    "jsonl": lambda t: parse_jsonl(t, QualityRecord),
+}
 
 
 @record_type("suites", "suite_sha256", "suite")
@@ -156,7 +197,7 @@ class SuiteRecord(ArtifactRecord):
     accuracy: float
     max_tokens: int
     is_reference: bool = False
-    reference: str = ""             # the reference artifact's name ("" when the run had none)
+    reference: str = ""  # the reference artifact's name ("" when the run had none)
     reference_sha256: str = ""
     reference_passed: Optional[int] = None
     differs: list[dict[str, Any]] = field(default_factory=list)
@@ -176,21 +217,33 @@ def suite_markdown(records: Iterable[SuiteRecord]) -> str:
         rows: dict[tuple[str, str, bool], dict[str, SuiteRecord]] = {}
         for r in sorted(rs, key=lambda r: not r.is_reference):
             rows.setdefault((r.artifact, r.sha256, r.is_reference), {})[r.suite] = r
-        lines = [f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}", "",
-                 "| artifact | " + " | ".join(suites) + " |", "|---|" + "---:|" * len(suites)]
+        lines = [
+            f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}",
+            "",
+            "| artifact | " + " | ".join(suites) + " |",
+            "|---|" + "---:|" * len(suites),
+        ]
         for (art, _, ref), by in rows.items():
-            lines.append(f"| {art}{' (reference)' if ref else ''} | " + " | ".join(
-                f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites) + " |")
+            lines.append(
+                f"| {art}{' (reference)' if ref else ''} | "
+                + " | ".join(
+                    f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites
+                )
+                + " |"
+            )
         text = "\n".join(lines) + "\n"
         for r in rs:
             if r.answers:
                 text += f"\n{r.artifact}, {r.suite} (no reference: every answer):\n| case | result | answer |\n|---|---|---|\n"
-                text += "".join(f"| {a['id']} | {'pass' if a['passed'] else 'FAIL'} | {_cell(a['output'])} |\n"
-                                for a in r.answers)
+                text += "".join(
+                    f"| {a['id']} | {'pass' if a['passed'] else 'FAIL'} | {_cell(a['output'])} |\n" for a in r.answers
+                )
             for d in r.differs:
-                text += (f"\n{r.artifact} vs {r.reference}, case {d['id']} ({r.suite}):\n"
-                         f"| {r.artifact} | {r.reference} |\n|---|---|\n"
-                         f"| {_cell(d['output'])} | {_cell(d['reference_output'])} |\n")
+                text += (
+                    f"\n{r.artifact} vs {r.reference}, case {d['id']} ({r.suite}):\n"
+                    f"| {r.artifact} | {r.reference} |\n|---|---|\n"
+                    f"| {_cell(d['output'])} | {_cell(d['reference_output'])} |\n"
+                )
         out.append(text)
     return "\n".join(out)
 
@@ -200,8 +253,13 @@ def _cell(s: str) -> str:
 
 
 SUITE_PRINTERS: dict[str, Callable[[Iterable[SuiteRecord]], str]] = {
-    "md": suite_markdown, "csv": _render(lambda: CsvPrinter(SuiteRecord)), "json": _render(JsonPrinter),
-    "jsonl": _render(JsonlPrinter)}
+    "md": suite_markdown,
+    "csv": _render(lambda: CsvPrinter(SuiteRecord)),
+    "json": _render(JsonPrinter),
+    "jsonl": _render(JsonlPrinter),
+}
 SUITE_PARSERS: dict[str, Callable[[str], list[Any]]] = {
-    "csv": lambda t: parse_csv(t, SuiteRecord), "json": lambda t: parse_json(t, SuiteRecord),
-    "jsonl": lambda t: parse_jsonl(t, SuiteRecord)}
+    "csv": lambda t: parse_csv(t, SuiteRecord),
+    "json": lambda t: parse_json(t, SuiteRecord),
+    "jsonl": lambda t: parse_jsonl(t, SuiteRecord),
+}

@@ -27,8 +27,21 @@ log = logging.getLogger(__name__)
 
 def run_key(r: Record) -> tuple:
     """What makes two bench records the same run: a later one replaces an earlier one."""
-    return (r.device, r.sha256, r.engine, r.via, r.target, r.threads, r.ctx, r.n_prompt, r.n_gen, r.depth,
-            json.dumps(r.runtime, sort_keys=True), r.limit_bytes, r.failed)
+    return (
+        r.device,
+        r.sha256,
+        r.engine,
+        r.via,
+        r.target,
+        r.threads,
+        r.ctx,
+        r.n_prompt,
+        r.n_gen,
+        r.depth,
+        json.dumps(r.runtime, sort_keys=True),
+        r.limit_bytes,
+        r.failed,
+    )
 
 
 def latest(records: list[Record]) -> list[Record]:
@@ -42,8 +55,17 @@ def latest(records: list[Record]) -> list[Record]:
 def latest_quality(quality: list) -> list:
     seen: dict[tuple, object] = {}
     for q in quality:  # later rows replace earlier ones
-        seen[(q.device, q.sha256, q.engine, q.reference_sha256, q.text_sha256, q.ctx,
-              json.dumps(q.runtime, sort_keys=True))] = q
+        seen[
+            (
+                q.device,
+                q.sha256,
+                q.engine,
+                q.reference_sha256,
+                q.text_sha256,
+                q.ctx,
+                json.dumps(q.runtime, sort_keys=True),
+            )
+        ] = q
     return list(seen.values())
 
 
@@ -52,8 +74,18 @@ def latest_suites(suites: list) -> list:
     earlier ones, in the order they were stored."""
     seen: dict[tuple, object] = {}
     for s in suites:
-        seen[(s.device, s.sha256, s.engine, s.is_reference, s.suite_sha256, s.suite, s.max_tokens,
-              json.dumps(s.runtime, sort_keys=True))] = s
+        seen[
+            (
+                s.device,
+                s.sha256,
+                s.engine,
+                s.is_reference,
+                s.suite_sha256,
+                s.suite,
+                s.max_tokens,
+                json.dumps(s.runtime, sort_keys=True),
+            )
+        ] = s
     return list(seen.values())
 
 
@@ -67,7 +99,7 @@ def quality_pairs(records: list[Record], quality: list) -> list[tuple[Record, An
     tests = [(r.n_prompt, r.n_gen, r.depth) for r in ok]
     common = max(set(tests), key=tests.count, default=None)
     runs: dict[tuple, Record] = {}
-    for r in ok:   # one point per configuration: its run of the most common test where it has one
+    for r in ok:  # one point per configuration: its run of the most common test where it has one
         key = run_key(r)[:7] + run_key(r)[10:]
         if key not in runs or (r.n_prompt, r.n_gen, r.depth) == common:
             runs[key] = r
@@ -97,8 +129,11 @@ def write_report(db: Optional[Path], out: Path) -> Path:
         records, where = latest(store.records()), store.path
         quality = latest_quality(store.read(QualityRecord))
         suites = latest_suites(store.read(SuiteRecord))
-        skipped = {"": len(store.skipped["records"]), " quality": len(store.skipped["quality"]),
-                   " suite": len(store.skipped["suites"])}
+        skipped = {
+            "": len(store.skipped["records"]),
+            " quality": len(store.skipped["quality"]),
+            " suite": len(store.skipped["suites"]),
+        }
         corrupt = store.corrupt
     for kind, n in skipped.items():
         if n and kind:
@@ -110,17 +145,23 @@ def write_report(db: Optional[Path], out: Path) -> Path:
         raise OutputError(f"{where}: the results store holds no records; run `edgekit bench` first")
     out = Path(out)
     failed = sum(r.failed for r in records)
-    text = (f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` (the latest of each device, "
-            "artifact, engine, bench or served, target, threads, context, test, knobs and memory limit"
-            + (f"; {failed} failed, shown as failures" if failed else "") + ")."
-            + "".join(f" {n} corrupt{kind} row(s) were skipped." for kind, n in skipped.items() if n) + "\n\n")
+    text = (
+        f"# edgekit bench report\n\n{len(records)} measurement(s) from `{where}` (the latest of each device, "
+        "artifact, engine, bench or served, target, threads, context, test, knobs and memory limit"
+        + (f"; {failed} failed, shown as failures" if failed else "")
+        + ")."
+        + "".join(f" {n} corrupt{kind} row(s) were skipped." for kind, n in skipped.items() if n)
+        + "\n\n"
+    )
     if records:  # a store with only eval's records still reports them
         plots.tg_vs_peak(records, out / "tg_vs_peak.png")
         plots.ttft(records, out / "ttft.png")
         devices = sorted({r.device for r in records})
         hosts = "\n".join(f"- **{d}**: " + _host_line(next(r for r in records if r.device == d)) for d in devices)
-        text += (f"## Devices\n\n{hosts}\n\n## Figures\n\n{bench_markdown(records)}\n"
-                 "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per prompt length](ttft.png)\n")
+        text += (
+            f"## Devices\n\n{hosts}\n\n## Figures\n\n{bench_markdown(records)}\n"
+            "![decode t/s against peak RSS](tg_vs_peak.png)\n\n![TTFT per prompt length](ttft.png)\n"
+        )
     if quality or suites:
         text += "\n## Quality\n\n" + (f"{quality_md(quality)}\n" if quality else "")
         if suites:
@@ -138,23 +179,32 @@ def _quality_plot(records: list[Record], quality: list, out: Path) -> str:
         return ""
     with_kl = [q for q in quality if q.kl_mean is not None]
     if not with_kl:
-        return ("\nNo quality.png: every quality record is of a lean vocabulary, whose KL against the full "
-                "reference is not defined; its bits per byte are in the table above.\n")
+        return (
+            "\nNo quality.png: every quality record is of a lean vocabulary, whose KL against the full "
+            "reference is not defined; its bits per byte are in the table above.\n"
+        )
     pairs = quality_pairs(records, with_kl)
     if pairs:
         plots.quality(pairs, out / "quality.png")
         alone = len({q.sha256 for q in with_kl} - {q.sha256 for _, q in pairs})
-        more = (f" {alone} evaluated artifact(s) have no bench record here and are only in the table above."
-                if alone else "")
+        more = (
+            f" {alone} evaluated artifact(s) have no bench record here and are only in the table above."
+            if alone
+            else ""
+        )
         return f"\n![mean KL against peak RSS and decode t/s](quality.png)\n{more}\n"
     plots.kl_only(with_kl, out / "quality.png")
-    return ("\n![mean KL per artifact](quality.png)\n\nquality.png shows KL alone: no bench record of these "
-            "artifacts (same sha256 and engine) is in the store; `edgekit bench` them to plot KL against memory "
-            "and speed.\n")
+    return (
+        "\n![mean KL per artifact](quality.png)\n\nquality.png shows KL alone: no bench record of these "
+        "artifacts (same sha256 and engine) is in the store; `edgekit bench` them to plot KL against memory "
+        "and speed.\n"
+    )
 
 
 def _host_line(r: Record) -> str:
     h = r.host
     ram = f"{h['ram_bytes'] / 1e9:.1f} GB RAM" if h.get("ram_bytes") else "RAM unknown"
-    return (f"{h.get('cpu', '?')}, {h.get('cores_physical', '?')} cores, {ram}, {h.get('os', '?')}; "
-            f"edgekit {r.edgekit_version}")
+    return (
+        f"{h.get('cpu', '?')}, {h.get('cores_physical', '?')} cores, {ram}, {h.get('os', '?')}; "
+        f"edgekit {r.edgekit_version}"
+    )

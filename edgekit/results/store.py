@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from ..core.errors import OutputError
 from .base import RECORD_TYPES, RecordType, table_of, well_typed
@@ -28,8 +29,7 @@ def default_db() -> Path:
 
 def table_schema(t: RecordType) -> str:
     cols = ", ".join(f"{c} TEXT NOT NULL" for c in t.columns)
-    return (f"CREATE TABLE IF NOT EXISTS {t.table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, "
-            "data TEXT NOT NULL)")
+    return f"CREATE TABLE IF NOT EXISTS {t.table} (id INTEGER PRIMARY KEY AUTOINCREMENT, {cols}, data TEXT NOT NULL)"
 
 
 class Store:
@@ -39,7 +39,7 @@ class Store:
 
     def __init__(self, path: Optional[Path] = None, timeout_s: float = 60.0):
         self.path = Path(path) if path else default_db()
-        self.skipped: dict[str, list[int]] = {}   # table → ids of rows read() skipped as not well-typed
+        self.skipped: dict[str, list[int]] = {}  # table → ids of rows read() skipped as not well-typed
         self.db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,9 +49,10 @@ class Store:
             self.db.execute(table_schema(RECORD_TYPES.get("records")))
         except (OSError, sqlite3.Error) as e:
             if self.db is not None:
-                self.db.close()   # a refused store keeps no file open (a mount it is on can be unmounted)
-            raise OutputError(f"{self.path}: cannot open the results store ({e}); "
-                              "pass --db with a writable path") from None
+                self.db.close()  # a refused store keeps no file open (a mount it is on can be unmounted)
+            raise OutputError(
+                f"{self.path}: cannot open the results store ({e}); pass --db with a writable path"
+            ) from None
 
     def check_writable(self, table: str) -> None:
         """Make ``table`` and begin and roll back a write: a read-only file or mount, a folder or a file that
@@ -62,8 +63,9 @@ class Store:
             self.db.execute("ROLLBACK")
         except sqlite3.Error as e:
             self.close()
-            raise OutputError(f"{self.path}: cannot write the results store ({e}); pass --db with a writable path, "
-                              "or --no-store") from None
+            raise OutputError(
+                f"{self.path}: cannot write the results store ({e}); pass --db with a writable path, or --no-store"
+            ) from None
 
     def append(self, records: Iterable[Any]) -> int:
         """Append records (each to its type's table) in one BEGIN IMMEDIATE transaction: a second writer
@@ -74,8 +76,9 @@ class Store:
         t = table_of(type(records[0]))
         if any(type(r) is not t.cls for r in records):
             raise TypeError("append records of one type at a time")
-        rows = [tuple(str(getattr(r, c)) for c in t.columns) + (json.dumps(r.to_json(), sort_keys=True),)
-                for r in records]
+        rows = [
+            tuple(str(getattr(r, c)) for c in t.columns) + (json.dumps(r.to_json(), sort_keys=True),) for r in records
+        ]
         sql = f"INSERT INTO {t.table} ({', '.join(t.columns)}, data) VALUES ({', '.join('?' * (len(t.columns) + 1))})"
         try:
             self.db.execute(table_schema(t))
@@ -121,7 +124,7 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..core.errors import ArtifactError, ConfigError
 
@@ -47,8 +48,9 @@ def _compile(source: str) -> Any:
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None,
-               sort_keys: bool = False) -> str:
+    def tojson(
+        x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False
+    ) -> str:
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
@@ -58,8 +60,10 @@ def _compile(source: str) -> Any:
     try:
         return env.from_string(source)
     except jinja2.exceptions.TemplateSyntaxError as e:
-        raise ArtifactError(f"the chat template does not parse ({e.message}, line {e.lineno}); "
-                            "fix chat_template in the checkpoint's tokenizer_config.json and rebuild") from None
+        raise ArtifactError(
+            f"the chat template does not parse ({e.message}, line {e.lineno}); "
+            "fix chat_template in the checkpoint's tokenizer_config.json and rebuild"
+        ) from None
 
 
 def _token_text(v: Any) -> Optional[str]:
@@ -74,7 +78,7 @@ class ChatTemplate:
     _compiled: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def from_artifact(cls, path: Path) -> "ChatTemplate":
+    def from_artifact(cls, path: Path) -> ChatTemplate:
         """The template an artifact carries: a GGUF's ``tokenizer.chat_template``; a folder's
         chat_template.jinja, else tokenizer_config.json's ``chat_template``."""
         path = Path(path)
@@ -93,8 +97,14 @@ class ChatTemplate:
         """Token texts that end a reply: end of turn and the hand-over after tool calls (Gemma 4), and eos."""
         return (GEMMA4_STOPS if self.is_gemma4 else ()) + (self.eos_token,)
 
-    def render(self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]] = None,
-               add_generation_prompt: bool = True, enable_thinking: Optional[bool] = None, **kwargs: Any) -> str:
+    def render(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Optional[list[dict[str, Any]]] = None,
+        add_generation_prompt: bool = True,
+        enable_thinking: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> str:
         import jinja2
 
         if self._compiled is None:
@@ -104,8 +114,9 @@ class ChatTemplate:
         kwargs.setdefault("bos_token", self.bos_token)
         kwargs.setdefault("eos_token", self.eos_token)
         try:
-            return self._compiled.render(messages=messages, tools=tools, documents=None,
-                                         add_generation_prompt=add_generation_prompt, **kwargs)
+            return self._compiled.render(
+                messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt, **kwargs
+            )
         except jinja2.exceptions.TemplateError as e:
             raise ConfigError(f"the chat template rejected these messages: {e}") from None
 
@@ -122,10 +133,13 @@ def _from_folder(path: Path) -> ChatTemplate:
         named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
         source = named.get("default") or next(iter(named.values()), None)
     if not source:
-        raise ArtifactError(f"{path}: no chat template (chat_template.jinja or tokenizer_config.json's "
-                            "chat_template); build from a checkpoint that has one")
-    return ChatTemplate(source, _token_text(cfg.get("bos_token")) or "<bos>",
-                        _token_text(cfg.get("eos_token")) or "<eos>")
+        raise ArtifactError(
+            f"{path}: no chat template (chat_template.jinja or tokenizer_config.json's "
+            "chat_template); build from a checkpoint that has one"
+        )
+    return ChatTemplate(
+        source, _token_text(cfg.get("bos_token")) or "<bos>", _token_text(cfg.get("eos_token")) or "<eos>"
+    )
 
 
 def _from_gguf(path: Path) -> ChatTemplate:
@@ -134,8 +148,10 @@ def _from_gguf(path: Path) -> ChatTemplate:
     scalars = read_gguf_header(path).scalars
     source = scalars.get("tokenizer.chat_template")
     if not source:
-        raise ArtifactError(f"{path.name}: no tokenizer.chat_template in its metadata; rebuild it with `edgekit build` "
-                            "from a checkpoint whose tokenizer_config.json has a chat template")
+        raise ArtifactError(
+            f"{path.name}: no tokenizer.chat_template in its metadata; rebuild it with `edgekit build` "
+            "from a checkpoint whose tokenizer_config.json has a chat template"
+        )
     want = {k: scalars.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
     texts = _gguf_tokens(path, {i for i in want.values() if isinstance(i, int)})
     return ChatTemplate(source, texts.get(want["bos"], "<bos>"), texts.get(want["eos"], "<eos>"))
@@ -164,7 +180,7 @@ def _gguf_tokens(path: Path, ids: set[int]) -> dict[int, str]:
             for i in range(count):
                 n = struct.unpack_from("<Q", buf, cur.pos)[0]
                 if i in ids:
-                    out[i] = bytes(buf[cur.pos + 8:cur.pos + 8 + n]).decode("utf-8", "replace")
+                    out[i] = bytes(buf[cur.pos + 8 : cur.pos + 8 + n]).decode("utf-8", "replace")
                 cur.pos += 8 + n
             break
     return out
@@ -186,9 +202,14 @@ class Reply:
     tool_calls: list[ToolCall] = field(default_factory=list)
 
     def openai_tool_calls(self, prefix: str = "call") -> list[dict[str, Any]]:
-        return [{"id": f"{prefix}_{i}", "type": "function",
-                 "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}}
-                for i, c in enumerate(self.tool_calls)]
+        return [
+            {
+                "id": f"{prefix}_{i}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+            }
+            for i, c in enumerate(self.tool_calls)
+        ]
 
 
 class _Parser:
@@ -212,7 +233,7 @@ class _Parser:
             if end < 0:
                 raise self.fail("unterminated string")
             self.i = end + len(QUOTE)
-            return s[i + len(QUOTE):end]
+            return s[i + len(QUOTE) : end]
         if i < len(s) and s[i] == '"':
             v, self.i = json.JSONDecoder().raw_decode(s, i)
             return v
@@ -244,7 +265,7 @@ class _Parser:
         end = self.s.find(":", self.i)
         if end < 0:
             raise self.fail("expected key:")
-        k, self.i = self.s[self.i:end].strip(), end
+        k, self.i = self.s[self.i : end].strip(), end
         return k
 
     def items(self, close: str, item: Callable[[], None]) -> None:
@@ -283,7 +304,7 @@ class _Parser:
 def parse_tool_call(body: str) -> ToolCall:
     """``call:NAME{...}`` (the text between ``<|tool_call>`` and ``<tool_call|>``) → ToolCall; ValueError if malformed."""
     m = re.match(r"\s*call:\s*([^{\s]+)\s*", body)
-    if not m or not body[m.end():].startswith("{"):
+    if not m or not body[m.end() :].startswith("{"):
         raise ValueError(f"not a Gemma 4 tool call: {body[:80]!r}")
     p = _Parser(body)
     p.i = m.end()
@@ -299,9 +320,9 @@ def parse_reply(text: str) -> Reply:
     while THINK_OPEN in text:
         a = text.index(THINK_OPEN)
         b = text.find(THINK_CLOSE, a)
-        inner = text[a + len(THINK_OPEN):] if b < 0 else text[a + len(THINK_OPEN):b]
+        inner = text[a + len(THINK_OPEN) :] if b < 0 else text[a + len(THINK_OPEN) : b]
         reasoning.append(inner.removeprefix("thought").lstrip("\n"))
-        text = text[:a] + ("" if b < 0 else text[b + len(THINK_CLOSE):])
+        text = text[:a] + ("" if b < 0 else text[b + len(THINK_CLOSE) :])
     calls, kept, pos = [], [], 0
     while True:
         a = text.find(CALL_OPEN, pos)
@@ -312,9 +333,9 @@ def parse_reply(text: str) -> Reply:
         end = len(text) if b < 0 else b
         kept.append(text[pos:a])
         try:
-            calls.append(parse_tool_call(text[a + len(CALL_OPEN):end]))
+            calls.append(parse_tool_call(text[a + len(CALL_OPEN) : end]))
         except ValueError:
-            kept.append(text[a:end + (len(CALL_CLOSE) if b >= 0 else 0)])
+            kept.append(text[a : end + (len(CALL_CLOSE) if b >= 0 else 0)])
         pos = len(text) if b < 0 else b + len(CALL_CLOSE)
     return Reply("".join(kept), "".join(reasoning).strip() or None, calls)
 
@@ -328,7 +349,7 @@ class StreamSplitter:
     def __init__(self) -> None:
         self.buf = ""
         self.all = ""
-        self.mode = "content"   # content | reasoning | call
+        self.mode = "content"  # content | reasoning | call
         self.head = False
 
     def feed(self, piece: str) -> list[tuple[str, str]]:
@@ -346,14 +367,14 @@ class StreamSplitter:
                 i, m = min(marks)
                 if i:
                     out.append((self.mode, self.buf[:i]))
-                self.buf = self.buf[i + len(m):]
+                self.buf = self.buf[i + len(m) :]
                 self.mode = {THINK_OPEN: "reasoning", THINK_CLOSE: "content", CALL_OPEN: "call"}[m]
                 self.head = m == THINK_OPEN
                 continue
             hold = max((k for m in self._MARKS for k in range(1, len(m)) if self.buf.endswith(m[:k])), default=0)
             if len(self.buf) > hold:
-                out.append((self.mode, self.buf[:len(self.buf) - hold]))
-                self.buf = self.buf[len(self.buf) - hold:]
+                out.append((self.mode, self.buf[: len(self.buf) - hold]))
+                self.buf = self.buf[len(self.buf) - hold :]
             break
         return [(k, t) for k, t in out if t]
 
@@ -384,10 +405,10 @@ class StopScanner:
         self.buf += piece
         found = [i for i in (self.buf.find(s) for s in self.stops) if i >= 0]
         if found:
-            out, self.buf, self.hit = self.buf[:min(found)], "", True
+            out, self.buf, self.hit = self.buf[: min(found)], "", True
             return out
         hold = max((k for s in self.stops for k in range(1, len(s)) if self.buf.endswith(s[:k])), default=0)
-        out, self.buf = self.buf[:len(self.buf) - hold], self.buf[len(self.buf) - hold:]
+        out, self.buf = self.buf[: len(self.buf) - hold], self.buf[len(self.buf) - hold :]
         return out
 
     def rest(self) -> str:

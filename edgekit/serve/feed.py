@@ -7,7 +7,8 @@ import asyncio
 import collections
 import json
 import threading
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any, Optional
 
 from .generate import Event
 
@@ -17,7 +18,7 @@ from .generate import Event
 COALESCE_S = 0.004
 
 
-def _resolve(w: "asyncio.Future[None]") -> None:
+def _resolve(w: asyncio.Future[None]) -> None:
     if not w.done():
         w.set_result(None)
 
@@ -35,9 +36,9 @@ class _Feed:
     def __init__(self, eager: bool = True):
         self.loop = asyncio.get_running_loop()
         self.eager = eager
-        self.items: "collections.deque[Event]" = collections.deque()
+        self.items: collections.deque[Event] = collections.deque()
         self.lock = threading.Lock()
-        self.waiter: "Optional[asyncio.Future[None]]" = None
+        self.waiter: Optional[asyncio.Future[None]] = None
 
     def put(self, e: Event) -> None:
         """Engine thread."""
@@ -49,7 +50,7 @@ class _Feed:
         if w is not None:
             try:
                 self.loop.call_soon_threadsafe(_resolve, w)
-            except RuntimeError:   # the loop has closed (shutdown): nobody is waiting any more
+            except RuntimeError:  # the loop has closed (shutdown): nobody is waiting any more
                 pass
 
     async def take(self) -> list[Event]:
@@ -73,7 +74,7 @@ class _Feed:
             await asyncio.sleep(COALESCE_S)
 
 
-TEXT = "\0"   # where _sse_writer's document takes the text
+TEXT = "\0"  # where _sse_writer's document takes the text
 
 
 def _sse_writer(doc: dict[str, Any]) -> Any:

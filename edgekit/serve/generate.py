@@ -34,13 +34,14 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
-from ..core.errors import BenchError, ConfigError
 from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions
+from ..core.errors import BenchError, ConfigError
 
 log = logging.getLogger(__name__)
 # LLAMA_TOKEN_ATTR_CONTROL: what only special-token parsing matches (user-defined tokens, such as
@@ -51,24 +52,24 @@ L_ATTR_CONTROL = 1 << 3
 @dataclass
 class Sampling:
     max_tokens: int = 256
-    temperature: float = 0.0       # 0: greedy
+    temperature: float = 0.0  # 0: greedy
     seed: int = 0
     top_p: float = 1.0
-    top_k: int = 0                 # 0: off
-    min_p: float = 0.0             # 0: off
-    grammar: str = ""              # GBNF the reply must match (llama.cpp); "": free text
-    logprobs: int = -1             # -1: none; N >= 0: each token's log-probability and the N likeliest
-    repeat_penalty: float = 1.0    # 1: off; over the last REPEAT_LAST_N tokens, as llama.cpp's default
+    top_k: int = 0  # 0: off
+    min_p: float = 0.0  # 0: off
+    grammar: str = ""  # GBNF the reply must match (llama.cpp); "": free text
+    logprobs: int = -1  # -1: none; N >= 0: each token's log-probability and the N likeliest
+    repeat_penalty: float = 1.0  # 1: off; over the last REPEAT_LAST_N tokens, as llama.cpp's default
 
 
 @dataclass
 class Event:
-    kind: str                      # "token" | "done"
+    kind: str  # "token" | "done"
     token: int = -1
     text: str = ""
     finish_reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
-    logprob: Any = None            # (logprob, [(token id, logprob), ...]) when the request asked (Sampling.logprobs)
+    logprob: Any = None  # (logprob, [(token id, logprob), ...]) when the request asked (Sampling.logprobs)
 
 
 @dataclass
@@ -77,7 +78,7 @@ class GenRequest:
     sampling: Sampling
     stop_ids: frozenset[int] = frozenset()
     on_event: Callable[[Event], None] = lambda e: None
-    prefix_len: int = 0            # leading prompt tokens that may be shared with other requests (cached)
+    prefix_len: int = 0  # leading prompt tokens that may be shared with other requests (cached)
     cancelled: threading.Event = field(default_factory=threading.Event)
     t_submit: float = field(default_factory=time.perf_counter)
 
@@ -85,7 +86,7 @@ class GenRequest:
         self.cancelled.set()
 
 
-REPEAT_LAST_N = 64   # llama.cpp's --repeat-last-n default
+REPEAT_LAST_N = 64  # llama.cpp's --repeat-last-n default
 
 
 class QueueFull(Exception):
@@ -109,13 +110,18 @@ class _Slot:
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         s = req.sampling
         self.smpl = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
-        if s.repeat_penalty != 1.0:   # first, as llama.cpp's sampler chain (greedy included)
-            pen = L.llama_sampler_init_penalties(L.llama_vocab_n_tokens(L.llama_model_get_vocab(L.llama_get_model(ctx))),
-                                                 REPEAT_LAST_N, s.repeat_penalty, 0.0, 0.0)
-            for tok in req.prompt[-REPEAT_LAST_N:]:   # the prompt's tokens to this sampler alone: a grammar
-                L.llama_sampler_accept(pen, tok)       # in the chain would refuse them
+        if s.repeat_penalty != 1.0:  # first, as llama.cpp's sampler chain (greedy included)
+            pen = L.llama_sampler_init_penalties(
+                L.llama_vocab_n_tokens(L.llama_model_get_vocab(L.llama_get_model(ctx))),
+                REPEAT_LAST_N,
+                s.repeat_penalty,
+                0.0,
+                0.0,
+            )
+            for tok in req.prompt[-REPEAT_LAST_N:]:  # the prompt's tokens to this sampler alone: a grammar
+                L.llama_sampler_accept(pen, tok)  # in the chain would refuse them
             L.llama_sampler_chain_add(self.smpl, pen)
-        if s.grammar:   # the rest sample among the tokens the grammar allows (checked by LlamaEngine.grammar_error)
+        if s.grammar:  # the rest sample among the tokens the grammar allows (checked by LlamaEngine.grammar_error)
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root"))
         if s.temperature <= 0:
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_greedy())
@@ -140,7 +146,7 @@ class _Scheduler:
     def __init__(self, slots: int, max_queue: int):
         self.slots = [_Slot(i) for i in range(slots)]
         self.max_queue = max_queue
-        self.waiting: "queue.SimpleQueue[GenRequest]" = queue.SimpleQueue()
+        self.waiting: queue.SimpleQueue[GenRequest] = queue.SimpleQueue()
         self.n_waiting = 0
         self.lock = threading.Condition()
         self.stopping = False
@@ -148,8 +154,10 @@ class _Scheduler:
 
     def submit(self, req: GenRequest) -> None:
         if len(req.prompt) > self.n_ctx - 1:
-            raise PromptTooLong(f"the prompt is {len(req.prompt)} tokens; the context is {self.n_ctx} tokens "
-                                f"(prompt + reply): shorten the prompt or start with a larger --ctx")
+            raise PromptTooLong(
+                f"the prompt is {len(req.prompt)} tokens; the context is {self.n_ctx} tokens "
+                f"(prompt + reply): shorten the prompt or start with a larger --ctx"
+            )
         with self.lock:
             busy = sum(s.req is not None for s in self.slots)
             if busy + self.n_waiting >= len(self.slots) + self.max_queue:
@@ -213,9 +221,14 @@ class _Scheduler:
     def _stats(self, slot: _Slot) -> dict[str, Any]:
         req, now = slot.req, time.perf_counter()
         first = slot.t_first or now
-        return {"prompt_tokens": len(req.prompt), "cached_tokens": slot.cached, "completion_tokens": slot.n_gen,
-                "queue_ms": (slot.t_start - req.t_submit) * 1e3, "ttft_ms": (first - req.t_submit) * 1e3,
-                "decode_tps": (slot.n_gen - 1) / (now - first) if slot.n_gen > 1 and now > first else 0.0}
+        return {
+            "prompt_tokens": len(req.prompt),
+            "cached_tokens": slot.cached,
+            "completion_tokens": slot.n_gen,
+            "queue_ms": (slot.t_start - req.t_submit) * 1e3,
+            "ttft_ms": (first - req.t_submit) * 1e3,
+            "decode_tps": (slot.n_gen - 1) / (now - first) if slot.n_gen > 1 and now > first else 0.0,
+        }
 
     def close(self) -> None:
         with self.lock:
@@ -229,16 +242,26 @@ class _Scheduler:
 
 
 class LlamaEngine(_Scheduler):
-    logprobs_supported = True     # the logits of each sampled row are at hand (MLX: not wired)
-    def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
+    logprobs_supported = True  # the logits of each sampled row are at hand (MLX: not wired)
+
+    def __init__(
+        self,
+        path: Path,
+        opts: RunOptions,
+        slots: int = 1,
+        max_queue: int = 16,
+        prefix_file: Optional[Path] = None,
+        prefix_key: str = "",
+    ):
         super().__init__(slots, max_queue)
         self.n_ctx = opts.ctx
-        self.prefix_seq = slots           # the extra sequence holding the cached prefix
+        self.prefix_seq = slots  # the extra sequence holding the cached prefix
         self.runner = ENGINES.get("llama.cpp").make()
-        ctx_all = opts.ctx * slots + opts.ctx   # every slot's context plus the prefix's (shared cells)
-        self.runner.load(Path(path), RunOptions(threads=opts.threads, ctx=ctx_all, knobs=opts.knobs,
-                                                verbose=opts.verbose, n_seq=slots + 1))
+        ctx_all = opts.ctx * slots + opts.ctx  # every slot's context plus the prefix's (shared cells)
+        self.runner.load(
+            Path(path),
+            RunOptions(threads=opts.threads, ctx=ctx_all, knobs=opts.knobs, verbose=opts.verbose, n_seq=slots + 1),
+        )
         r = self.runner
         self.L, self.ctx, self.mem = r.L, r.ctx, r.mem
         self.vocab = self.L.llama_model_get_vocab(r.model)
@@ -271,14 +294,17 @@ class LlamaEngine(_Scheduler):
         """The texts only special-token parsing turns into one id: the control tokens."""
         if not hasattr(self, "_special"):
             L, v, want = self.L, self.vocab, L_ATTR_CONTROL
-            self._special = [L.llama_vocab_get_text(v, i).decode("utf-8", "replace")
-                             for i in range(self.n_vocab) if L.llama_vocab_get_attr(v, i) & want]
+            self._special = [
+                L.llama_vocab_get_text(v, i).decode("utf-8", "replace")
+                for i in range(self.n_vocab)
+                if L.llama_vocab_get_attr(v, i) & want
+            ]
         return self._special
 
     def piece(self, tok: int) -> bytes:
         buf = ctypes.create_string_buffer(256)
         n = self.L.llama_token_to_piece(self.vocab, tok, buf, 256, 0, True)
-        return buf.raw[:max(n, 0)]
+        return buf.raw[: max(n, 0)]
 
     def stop_ids(self, texts: Sequence[str]) -> frozenset[int]:
         ids = {self.L.llama_vocab_eos(self.vocab)}
@@ -292,7 +318,7 @@ class LlamaEngine(_Scheduler):
         return self.runner.figures()
 
     def grammar_error(self, gbnf: str) -> str:
-        """"" if llama.cpp parses ``gbnf`` (root rule ``root``), else why not (its parser logs the detail)."""
+        """ "" if llama.cpp parses ``gbnf`` (root rule ``root``), else why not (its parser logs the detail)."""
         smpl = self.L.llama_sampler_init_grammar(self.vocab, gbnf.encode(), b"root")
         if not smpl:
             return "llama.cpp could not parse the grammar made from it"
@@ -303,14 +329,16 @@ class LlamaEngine(_Scheduler):
     def _load_prefix(self) -> None:
         cap = self.n_ctx
         toks, n = (ctypes.c_int32 * cap)(), ctypes.c_size_t(0)
-        got = self.L.llama_state_seq_load_file(self.ctx, str(self.prefix_file).encode(), self.prefix_seq, toks, cap,
-                                               ctypes.byref(n))
+        got = self.L.llama_state_seq_load_file(
+            self.ctx, str(self.prefix_file).encode(), self.prefix_seq, toks, cap, ctypes.byref(n)
+        )
         if got == 0:
-            log.warning("%s: not a prefix cache this model and context can load; it will be prefilled again",
-                        self.prefix_file)
+            log.warning(
+                "%s: not a prefix cache this model and context can load; it will be prefilled again", self.prefix_file
+            )
             self.L.llama_memory_seq_rm(self.mem, self.prefix_seq, -1, -1)
             return
-        self.prefix = list(toks[:n.value])
+        self.prefix = list(toks[: n.value])
         log.info("prefix cache: %d tokens loaded from %s", len(self.prefix), self.prefix_file)
 
     def _keep_prefix(self, slot: _Slot) -> None:
@@ -324,9 +352,14 @@ class LlamaEngine(_Scheduler):
 
             arr = (ctypes.c_int32 * n)(*self.prefix)
             try:
-                prefix_cache.save(self.prefix_file, self.prefix_key, lambda tmp: bool(
-                    self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n)))
-            except OSError as e:     # a full disk costs the cache, never the request
+                prefix_cache.save(
+                    self.prefix_file,
+                    self.prefix_key,
+                    lambda tmp: bool(
+                        self.L.llama_state_seq_save_file(self.ctx, str(tmp).encode(), self.prefix_seq, arr, n)
+                    ),
+                )
+            except OSError as e:  # a full disk costs the cache, never the request
                 log.warning("%s: prefix cache not saved (%s)", self.prefix_file, e)
 
     def _start(self, slot: _Slot, req: GenRequest) -> None:
@@ -351,19 +384,19 @@ class LlamaEngine(_Scheduler):
         for s in self.slots:
             if s.req is not None and s.req.cancelled.is_set():
                 self._finish(s, "cancelled")
-        rows: list[tuple[_Slot, int]] = []   # (slot, batch row whose logits it samples)
+        rows: list[tuple[_Slot, int]] = []  # (slot, batch row whose logits it samples)
         n = 0
-        for s in self.slots:                  # decoding sequences first: one token each
+        for s in self.slots:  # decoding sequences first: one token each
             if s.req is not None and not s.prefilling and n < self.n_batch:
                 self._put(n, s.last, s.pos, s.seq, True)
                 rows.append((s, n))
                 s.pos += 1
                 n += 1
-        for s in self.slots:                  # then prompt chunks, up to the batch
+        for s in self.slots:  # then prompt chunks, up to the batch
             if s.prefilling and n < self.n_batch:
                 end = len(s.req.prompt)
-                if s.req.prefix_len and s.pos < s.req.prefix_len and s.req.prompt[:s.req.prefix_len] != self.prefix:
-                    end = s.req.prefix_len    # stop at the prefix, to keep its cells before the rest lands
+                if s.req.prefix_len and s.pos < s.req.prefix_len and s.req.prompt[: s.req.prefix_len] != self.prefix:
+                    end = s.req.prefix_len  # stop at the prefix, to keep its cells before the rest lands
                 take = min(end - s.pos, self.n_batch - n)
                 for i in range(take):
                     last = s.pos + i == len(s.req.prompt) - 1
@@ -379,8 +412,14 @@ class LlamaEngine(_Scheduler):
         if rc != 0:
             raise BenchError(f"llama_decode failed (code {rc}: {self.runner.log.last_error()})")
         for s in self.slots:
-            if s.req is not None and s.req.prefix_len and s.pos == s.req.prefix_len and s.cached == 0 \
-                    and s.req.prompt[:s.pos] != self.prefix and s.pos < len(s.req.prompt):
+            if (
+                s.req is not None
+                and s.req.prefix_len
+                and s.pos == s.req.prefix_len
+                and s.cached == 0
+                and s.req.prompt[: s.pos] != self.prefix
+                and s.pos < len(s.req.prompt)
+            ):
                 self._keep_prefix(s)
         for s, row in rows:
             tok = L.llama_sampler_sample(s.smpl, self.ctx, row)
@@ -418,8 +457,15 @@ class LlamaEngine(_Scheduler):
 class MlxEngine(_Scheduler):
     """One request at a time: the runner's prefill/decode with mlx-lm's samplers."""
 
-    def __init__(self, path: Path, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                 prefix_file: Optional[Path] = None, prefix_key: str = ""):
+    def __init__(
+        self,
+        path: Path,
+        opts: RunOptions,
+        slots: int = 1,
+        max_queue: int = 16,
+        prefix_file: Optional[Path] = None,
+        prefix_key: str = "",
+    ):
         super().__init__(1, max_queue)
         from transformers import AutoTokenizer
 
@@ -428,7 +474,7 @@ class MlxEngine(_Scheduler):
         self.tok = AutoTokenizer.from_pretrained(str(path))
         # MLX arrays and streams belong to the thread that made them (a model loaded here and run on the
         # worker failed with "There is no Stream(cpu, 0) in current thread"): the worker loads it.
-        loaded: "queue.SimpleQueue[Optional[BaseException]]" = queue.SimpleQueue()
+        loaded: queue.SimpleQueue[Optional[BaseException]] = queue.SimpleQueue()
         self._ended = threading.Event()
 
         def load_then_run() -> None:
@@ -460,7 +506,7 @@ class MlxEngine(_Scheduler):
             raise err
 
     def _wait_stopped(self) -> None:
-        self._ended.wait()   # the thread itself stays, parked (see load_then_run)
+        self._ended.wait()  # the thread itself stays, parked (see load_then_run)
 
     def tokenize(self, text: str, special: bool = True) -> list[int]:
         return list(self.tok(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
@@ -502,8 +548,7 @@ class MlxEngine(_Scheduler):
             return
         req, s = slot.req, slot.req.sampling
         mx.random.seed(s.seed)
-        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k,
-                               min_p=s.min_p)
+        sampler = make_sampler(temp=s.temperature, top_p=s.top_p if s.top_p < 1 else 0.0, top_k=s.top_k, min_p=s.min_p)
         self._generate(slot, req, s, sampler)
 
     def _generate(self, slot: _Slot, req: GenRequest, s: Sampling, sampler: Any) -> None:
@@ -517,11 +562,12 @@ class MlxEngine(_Scheduler):
         r.prefill(req.prompt)
         reason = "length"
         penalize = None
-        if s.repeat_penalty != 1.0:   # mlx-lm's processor over the same window as llama.cpp's
+        if s.repeat_penalty != 1.0:  # mlx-lm's processor over the same window as llama.cpp's
             from mlx_lm.sample_utils import make_logits_processors
 
-            penalize = make_logits_processors(repetition_penalty=s.repeat_penalty,
-                                              repetition_context_size=REPEAT_LAST_N)[0]
+            penalize = make_logits_processors(
+                repetition_penalty=s.repeat_penalty, repetition_context_size=REPEAT_LAST_N
+            )[0]
             seen = list(req.prompt[-REPEAT_LAST_N:])
         for _ in range(s.max_tokens):
             if req.cancelled.is_set():
@@ -540,13 +586,21 @@ class MlxEngine(_Scheduler):
         self._finish(slot, reason)
 
 
-GENERATORS = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}   # by ENGINES name
+GENERATORS = {"llama.cpp": LlamaEngine, "mlx": MlxEngine}  # by ENGINES name
 
 
-def open_engine(path: Path, engine: str, opts: RunOptions, slots: int = 1, max_queue: int = 16,
-                prefix_file: Optional[Path] = None, prefix_key: str = "") -> Any:
+def open_engine(
+    path: Path,
+    engine: str,
+    opts: RunOptions,
+    slots: int = 1,
+    max_queue: int = 16,
+    prefix_file: Optional[Path] = None,
+    prefix_key: str = "",
+) -> Any:
     """The engine for ``engine`` (an ENGINES name) with ``opts.knobs`` already typed by its schema."""
     if engine == "mlx" and slots > 1:
         raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
-    return GENERATORS[engine](path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file,
-                             prefix_key=prefix_key)
+    return GENERATORS[engine](
+        path, opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file, prefix_key=prefix_key
+    )

@@ -33,30 +33,32 @@ from urllib.parse import urlsplit
 
 log = logging.getLogger("edgekit.serve.http")
 
-OPEN_PATHS = frozenset({"/health"})   # answer without a key, as llama-server's /health does
+OPEN_PATHS = frozenset({"/health"})  # answer without a key, as llama-server's /health does
 LOCAL_NAMES = frozenset({"localhost"})
-CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project, X-Stainless-Arch, " \
-               "X-Stainless-Lang, X-Stainless-OS, X-Stainless-Package-Version, X-Stainless-Runtime, " \
-               "X-Stainless-Runtime-Version, X-Stainless-Retry-Count, X-Stainless-Timeout, User-Agent"
+CORS_HEADERS = (
+    "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project, X-Stainless-Arch, "
+    "X-Stainless-Lang, X-Stainless-OS, X-Stainless-Package-Version, X-Stainless-Runtime, "
+    "X-Stainless-Runtime-Version, X-Stainless-Retry-Count, X-Stainless-Timeout, User-Agent"
+)
 
 
 @dataclass
 class Limits:
-    max_body: int = 8 << 20            # bytes; a 4,096-token prompt is ≈16 KB of JSON
-    bodies_per_max: int = 4            # bodies held at once, in max_body units (64 connections × 8 MiB
-                                       # would be 512 MiB beside a 1.2 GB model): 503 beyond
-    body_timeout_s: float = 30.0       # the whole body, from the headers' end
+    max_body: int = 8 << 20  # bytes; a 4,096-token prompt is ≈16 KB of JSON
+    bodies_per_max: int = 4  # bodies held at once, in max_body units (64 connections × 8 MiB
+    # would be 512 MiB beside a 1.2 GB model): 503 beyond
+    body_timeout_s: float = 30.0  # the whole body, from the headers' end
     header_timeout_s: float = 10.0
     keep_alive_s: int = 5
-    max_connections: int = 64          # uvicorn's limit_concurrency: 503 beyond it
-    max_header_bytes: int = 64 << 10   # h11_max_incomplete_event_size
+    max_connections: int = 64  # uvicorn's limit_concurrency: 503 beyond it
+    max_header_bytes: int = 64 << 10  # h11_max_incomplete_event_size
 
 
 @dataclass
 class Policy:
     api_key: Optional[str] = None
-    origins: tuple[str, ...] = ()       # extra allowed origins; "*" allows any
-    loopback_only: bool = True          # bound to loopback: check the Host header
+    origins: tuple[str, ...] = ()  # extra allowed origins; "*" allows any
+    loopback_only: bool = True  # bound to loopback: check the Host header
     limits: Limits = field(default_factory=Limits)
 
 
@@ -92,7 +94,7 @@ def is_loopback(host: str) -> bool:
 def _host_of(value: str) -> str:
     """The host of a Host header: ``name:port``, ``[v6]:port`` or a bare name."""
     if value.startswith("["):
-        return value[1:value.find("]")] if "]" in value else value
+        return value[1 : value.find("]")] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
@@ -105,8 +107,11 @@ def origin_allowed(origin: str, extra: tuple[str, ...]) -> bool:
 
 def _json(status: int, message: str, code: str, headers: Optional[list[tuple[bytes, bytes]]] = None) -> tuple:
     body = json.dumps({"error": {"message": message, "type": code, "code": status}}).encode()
-    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    *(headers or [])], body
+    return (
+        status,
+        [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])],
+        body,
+    )
 
 
 class Guard:
@@ -115,7 +120,7 @@ class Guard:
     def __init__(self, app: Any, policy: Policy):
         self.app, self.p = app, policy
         self.key = policy.api_key.encode() if policy.api_key else None
-        self.held = 0                  # body bytes held by requests in progress (declared or read)
+        self.held = 0  # body bytes held by requests in progress (declared or read)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -146,10 +151,18 @@ class Guard:
             refusal = self._refusal(scope, headers, origin)
             if refusal is not None:
                 return await respond(refusal)
-            if scope["method"] == "OPTIONS" and origin is not None:     # a preflight from an allowed origin
-                return await respond((204, [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                                            (b"access-control-allow-headers", CORS_HEADERS.encode()),
-                                            (b"access-control-max-age", b"600")], b""))
+            if scope["method"] == "OPTIONS" and origin is not None:  # a preflight from an allowed origin
+                return await respond(
+                    (
+                        204,
+                        [
+                            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                            (b"access-control-allow-headers", CORS_HEADERS.encode()),
+                            (b"access-control-max-age", b"600"),
+                        ],
+                        b"",
+                    )
+                )
             if scope["method"] in ("POST", "PUT", "PATCH"):
                 body = await self._read_body(headers, receive, held)
                 if isinstance(body, tuple):
@@ -160,24 +173,42 @@ class Guard:
             self.held -= held[0]
             if log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
-                log.info("%s %s %s %d %.0f ms", client[0], scope["method"], scope["path"], status[0],
-                         (time.perf_counter() - t0) * 1e3)
+                log.info(
+                    "%s %s %s %d %.0f ms",
+                    client[0],
+                    scope["method"],
+                    scope["path"],
+                    status[0],
+                    (time.perf_counter() - t0) * 1e3,
+                )
 
     def _refusal(self, scope: dict, headers: dict[str, str], origin: Optional[str]) -> Optional[tuple]:
         if self.p.loopback_only and not is_loopback(_host_of(headers.get("host", "localhost"))):
-            return _json(403, f"Host {headers.get('host')!r} is not this machine; this server is bound to "
-                              "loopback and answers only to localhost names (DNS rebinding guard)", "forbidden")
+            return _json(
+                403,
+                f"Host {headers.get('host')!r} is not this machine; this server is bound to "
+                "loopback and answers only to localhost names (DNS rebinding guard)",
+                "forbidden",
+            )
         if origin is not None and not origin_allowed(origin, self.p.origins):
-            return _json(403, f"origin {origin!r} is not allowed; start the server with --allowed-origin "
-                              f"{origin} to let that page use it", "forbidden")
+            return _json(
+                403,
+                f"origin {origin!r} is not allowed; start the server with --allowed-origin "
+                f"{origin} to let that page use it",
+                "forbidden",
+            )
         if self.key is not None and scope["path"] not in OPEN_PATHS and scope["method"] != "OPTIONS":
             given = headers.get("x-api-key") or ""
             auth = headers.get("authorization", "")
             if auth[:7].lower() == "bearer ":
                 given = auth[7:].strip()
             if not hmac.compare_digest(given.encode("utf-8", "replace"), self.key):
-                return _json(401, "invalid or missing API key (Authorization: Bearer KEY)", "invalid_api_key",
-                             [(b"www-authenticate", b"Bearer")])
+                return _json(
+                    401,
+                    "invalid or missing API key (Authorization: Bearer KEY)",
+                    "invalid_api_key",
+                    [(b"www-authenticate", b"Bearer")],
+                )
         return None
 
     def _hold(self, held: list[int], n: int) -> bool:
@@ -196,10 +227,18 @@ class Guard:
         lim = self.p.limits
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > lim.max_body:
-            return _json(413, f"the request body is {int(declared):,} bytes; this server takes at most "
-                              f"{lim.max_body:,} (--max-body-mb)", "request_too_large")
-        busy = _json(503, "server busy: other requests' bodies hold the memory set aside for bodies; retry "
-                          "after 1 s", "server_busy", [(b"retry-after", b"1"), (b"connection", b"close")])
+            return _json(
+                413,
+                f"the request body is {int(declared):,} bytes; this server takes at most "
+                f"{lim.max_body:,} (--max-body-mb)",
+                "request_too_large",
+            )
+        busy = _json(
+            503,
+            "server busy: other requests' bodies hold the memory set aside for bodies; retry after 1 s",
+            "server_busy",
+            [(b"retry-after", b"1"), (b"connection", b"close")],
+        )
         if declared is not None and declared.isdigit() and not self._hold(held, int(declared)):
             return busy
         chunks, n = [], 0
@@ -208,16 +247,24 @@ class Guard:
             left = deadline - time.monotonic()
             try:
                 message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
-            except asyncio.TimeoutError:
-                return _json(408, f"the request body did not arrive within {lim.body_timeout_s:g} s",
-                             "request_timeout", [(b"connection", b"close")])
+            except TimeoutError:
+                return _json(
+                    408,
+                    f"the request body did not arrive within {lim.body_timeout_s:g} s",
+                    "request_timeout",
+                    [(b"connection", b"close")],
+                )
             if message["type"] == "http.disconnect":
                 return _json(400, "the client went away while sending the body", "invalid_request_error")
             piece = message.get("body", b"")
             n += len(piece)
             if n > lim.max_body:
-                return _json(413, f"the request body is over {lim.max_body:,} bytes, this server's limit "
-                                  "(--max-body-mb)", "request_too_large", [(b"connection", b"close")])
+                return _json(
+                    413,
+                    f"the request body is over {lim.max_body:,} bytes, this server's limit (--max-body-mb)",
+                    "request_too_large",
+                    [(b"connection", b"close")],
+                )
             if not self._hold(held, n):
                 return busy
             chunks.append(piece)
@@ -233,7 +280,8 @@ def _replay(body: bytes, receive: Any) -> Any:
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()     # then the real stream: http.disconnect when the client goes
+        return await receive()  # then the real stream: http.disconnect when the client goes
+
     return again
 
 

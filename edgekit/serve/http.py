@@ -27,13 +27,14 @@ import secrets
 import socket
 import time
 import uuid
-from typing import Any, AsyncIterator, Optional
+from collections.abc import AsyncIterator
+from typing import Any, Optional
 
-from .chat import StopScanner, StreamSplitter, parse_reply
-from .feed import TEXT, _Feed, _sse_writer  # noqa: F401  (TEXT, _sse_writer: tests)
-from ..core.errors import ConfigError, EdgekitError
-from .generate import Event, PromptTooLong, QueueFull, Sampling
 from ..backends.engines import ENGINES
+from ..core.errors import ConfigError, EdgekitError
+from .chat import StopScanner, StreamSplitter, parse_reply
+from .feed import TEXT, _Feed, _sse_writer
+from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .guard import Guard, Policy
 from .schema import Invalid, check_media, parse_body
 from .session import Session, peak_rss_bytes
@@ -51,8 +52,9 @@ class BadRequest(Exception):
 def _error(message: str, status: int, code: str, headers: Optional[dict[str, str]] = None) -> Any:
     from starlette.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": code, "code": status}}, status_code=status,
-                        headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": code, "code": status}}, status_code=status, headers=headers
+    )
 
 
 def _sampling(req: Any, n_vocab: int) -> Sampling:
@@ -62,9 +64,14 @@ def _sampling(req: Any, n_vocab: int) -> Sampling:
         raise BadRequest(f"top_k: at most the vocabulary's {n_vocab} tokens, got {req.top_k}")
     seed = secrets.randbits(32) if req.seed in (None, -1) else req.seed & 0xFFFFFFFF
     cap = req.token_cap
-    return Sampling(max_tokens=256 if cap is None else cap,
-                    temperature=1.0 if req.temperature is None else req.temperature, seed=seed,
-                    top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, min_p=req.min_p or 0.0)
+    return Sampling(
+        max_tokens=256 if cap is None else cap,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        seed=seed,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+    )
 
 
 class App:
@@ -80,7 +87,7 @@ class App:
         # JSON parsing, the template and the tokenizer run here, off the event loop (/health answers
         # meanwhile); one worker, so a flood of big prompts queues instead of taking every core.
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="edgekit-prompt")
-        self.live: dict[int, Any] = {}   # id → request in the engine, for a shutdown's cancel_all
+        self.live: dict[int, Any] = {}  # id → request in the engine, for a shutdown's cancel_all
 
     # -- plumbing
     async def _parse(self, request: Any, kind: str) -> Any:
@@ -91,22 +98,30 @@ class App:
         except Invalid as e:
             raise BadRequest(str(e)) from None
         if self.strict_model and req.model not in (None, "", self.s.model):
-            raise BadRequest(f"model {req.model!r} does not exist; this server serves {self.s.model!r} "
-                             "(GET /v1/models)", 404, "model_not_found")
+            raise BadRequest(
+                f"model {req.model!r} does not exist; this server serves {self.s.model!r} (GET /v1/models)",
+                404,
+                "model_not_found",
+            )
         for name, why in req.refused():
             raise BadRequest(f"{name}: {why}", code="unsupported_parameter")
         if chars > self.max_chars:
-            raise BadRequest(f"the request holds {chars:,} characters of text; this server takes at most "
-                             f"{self.max_chars:,} (context {self.s.n_ctx} tokens, --max-prompt-chars)",
-                             code="context_length_exceeded")
+            raise BadRequest(
+                f"the request holds {chars:,} characters of text; this server takes at most "
+                f"{self.max_chars:,} (context {self.s.n_ctx} tokens, --max-prompt-chars)",
+                code="context_length_exceeded",
+            )
         return req
 
     def _grammar(self, body: Any) -> str:
         """response_format as llama.cpp grammar (constrained sampling), or a 400 naming it."""
         check = getattr(self.s.engine, "grammar_error", None)
         if check is None:
-            raise BadRequest(f"response_format: {body.response_format.type} needs grammar-constrained sampling, "
-                             f"which the {self.s.engine_name or 'this'} engine does not have", code="unsupported_parameter")
+            raise BadRequest(
+                f"response_format: {body.response_format.type} needs grammar-constrained sampling, "
+                f"which the {self.s.engine_name or 'this'} engine does not have",
+                code="unsupported_parameter",
+            )
         try:
             gbnf = body.response_format.gbnf()
         except ValueError as e:
@@ -122,8 +137,9 @@ class App:
         for r in list(self.live.values()):
             r.cancel()
 
-    def _submit(self, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
-                ignore_eos: bool = False) -> tuple[Any, _Feed]:
+    def _submit(
+        self, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool, ignore_eos: bool = False
+    ) -> tuple[Any, _Feed]:
         """``stream``: the feed wakes the coroutine for each token (a stream, or stop sequences to scan)."""
         q = _Feed(eager=stream)
         req = self.s.request(ids, sampling, prefix_len, q.put, stop=not ignore_eos)
@@ -165,15 +181,22 @@ class App:
     def _logprobs(self, tokens: list[Event]) -> dict[str, Any]:
         """OpenAI's ``logprobs.content``: each generated token (thinking and tool-call markup included:
         the engine does not tell them apart) with the model's log-probability and the likeliest others."""
+
         def one(tok: int, lp: float) -> dict[str, Any]:
             raw = self.s.engine.piece(tok)
             return {"token": raw.decode("utf-8", "replace"), "logprob": lp, "bytes": list(raw)}
 
-        return {"content": [{**one(e.token, e.logprob[0]), "top_logprobs": [one(t, lp) for t, lp in e.logprob[1]]}
-                            for e in tokens if e.logprob is not None and e.token >= 0]}
+        return {
+            "content": [
+                {**one(e.token, e.logprob[0]), "top_logprobs": [one(t, lp) for t, lp in e.logprob[1]]}
+                for e in tokens
+                if e.logprob is not None and e.token >= 0
+            ]
+        }
 
-    def _submit_n(self, n: int, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool,
-                  ignore_eos: bool) -> list[tuple[Any, _Feed]]:
+    def _submit_n(
+        self, n: int, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool, ignore_eos: bool
+    ) -> list[tuple[Any, _Feed]]:
         """``n`` choices: n requests, the i-th seeded seed + i (n equal replies at temperature 0, as
         OpenAI's); all or none: a full queue part-way cancels those already in."""
         subs: list[tuple[Any, _Feed]] = []
@@ -190,6 +213,7 @@ class App:
 
     async def _collect(self, request: Any, req: Any, q: _Feed, stops: list[str]) -> tuple[list[Event], Event]:
         """Every token of a non-streamed reply; cancels the generation if the client goes away."""
+
         async def watch() -> None:
             while not await request.is_disconnected():
                 await asyncio.sleep(0.25)
@@ -202,7 +226,7 @@ class App:
             if stops:
                 events = [e async for batch in self._events(q, req, stops) for e in batch]
             else:
-                events = await q.take()     # all of them: this feed wakes us for the last one only
+                events = await q.take()  # all of them: this feed wakes us for the last one only
             return events[:-1], events[-1]
         finally:
             watcher.cancel()
@@ -211,46 +235,79 @@ class App:
     def _usage(stats: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
         """OpenAI's usage: the prompt once, the completion tokens of every choice (``n``) together."""
         done = stats.get("completion_tokens", 0) + sum(m.get("completion_tokens", 0) for m in more)
-        return {"prompt_tokens": stats.get("prompt_tokens", 0), "completion_tokens": done,
-                "total_tokens": stats.get("prompt_tokens", 0) + done,
-                "prompt_tokens_details": {"cached_tokens": stats.get("cached_tokens", 0)}}
+        return {
+            "prompt_tokens": stats.get("prompt_tokens", 0),
+            "completion_tokens": done,
+            "total_tokens": stats.get("prompt_tokens", 0) + done,
+            "prompt_tokens_details": {"cached_tokens": stats.get("cached_tokens", 0)},
+        }
 
     # -- routes
     async def health(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
         busy, waiting = self.s.engine.busy()
-        return JSONResponse({"status": "ok", "model": self.s.model, "slots": len(self.s.engine.slots),
-                             "busy": busy, "waiting": waiting, "n_ctx": self.s.n_ctx})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.s.model,
+                "slots": len(self.s.engine.slots),
+                "busy": busy,
+                "waiting": waiting,
+                "n_ctx": self.s.n_ctx,
+            }
+        )
 
     async def props(self, request: Any) -> Any:
         """What is served and how (as llama.cpp's server's /props): the artifact, knobs, threads and
         context applied, the engine's memory figures and this process's peak RSS so far."""
         from starlette.responses import JSONResponse
 
-        from ..core.host import host_info
         from ..builder.manifest import versions
+        from ..core.host import host_info
 
         s, a = self.s, self.s.artifact
-        if not hasattr(self, "_host"):   # reading the host's CPU and RAM once is enough
+        if not hasattr(self, "_host"):  # reading the host's CPU and RAM once is enough
             self._host, self._versions = host_info(), versions()
         figures = s.engine.figures() if hasattr(s.engine, "figures") else {}
-        return JSONResponse({
-            "model": s.model, "model_name": s.model_name, "engine": s.engine_name, "format": s.format,
-            "artifact": None if a is None else {"file": a.file, "sha256": a.sha256, "bytes": a.bytes,
-                                                "quant": a.quant, "format": a.format},
-            "target": s.target, "threads": s.threads, "n_ctx": s.n_ctx, "slots": len(s.engine.slots),
-            "runtime": s.runtime, "load_ms": s.load_ms, "budget_bytes": s.budget_bytes,
-            "peak_rss_bytes": peak_rss_bytes(), "kv_cache_bytes": figures.get("kv_cache_bytes"),
-            "compute_buffer_bytes": figures.get("compute_buffer_bytes"), "host": self._host,
-            "versions": self._versions, "hostname": socket.gethostname(), "pid": os.getpid(),
-            "engine_version": self._versions.get(ENGINES.get(s.engine_name).version_key, "") if s.engine_name else ""})
+        return JSONResponse(
+            {
+                "model": s.model,
+                "model_name": s.model_name,
+                "engine": s.engine_name,
+                "format": s.format,
+                "artifact": None
+                if a is None
+                else {"file": a.file, "sha256": a.sha256, "bytes": a.bytes, "quant": a.quant, "format": a.format},
+                "target": s.target,
+                "threads": s.threads,
+                "n_ctx": s.n_ctx,
+                "slots": len(s.engine.slots),
+                "runtime": s.runtime,
+                "load_ms": s.load_ms,
+                "budget_bytes": s.budget_bytes,
+                "peak_rss_bytes": peak_rss_bytes(),
+                "kv_cache_bytes": figures.get("kv_cache_bytes"),
+                "compute_buffer_bytes": figures.get("compute_buffer_bytes"),
+                "host": self._host,
+                "versions": self._versions,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "engine_version": self._versions.get(ENGINES.get(s.engine_name).version_key, "")
+                if s.engine_name
+                else "",
+            }
+        )
 
     async def models(self, request: Any) -> Any:
         from starlette.responses import JSONResponse
 
-        return JSONResponse({"object": "list", "data": [{"id": self.s.model, "object": "model",
-                                                         "created": self.created, "owned_by": "edgekit"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": self.s.model, "object": "model", "created": self.created, "owned_by": "edgekit"}],
+            }
+        )
 
     async def chat(self, request: Any) -> Any:
         from starlette.responses import JSONResponse, StreamingResponse
@@ -263,16 +320,21 @@ class App:
         sampling = _sampling(body, self.s.engine.n_vocab)
         if body.logprobs:
             if not getattr(self.s.engine, "logprobs_supported", False):
-                raise BadRequest(f"logprobs: not available on the {self.s.engine_name or 'this'} engine",
-                                 code="unsupported_parameter")
+                raise BadRequest(
+                    f"logprobs: not available on the {self.s.engine_name or 'this'} engine",
+                    code="unsupported_parameter",
+                )
             sampling.logprobs = body.top_logprobs or 0
         if body.response_format is not None and body.response_format.type != "text":
             sampling.grammar = await asyncio.get_running_loop().run_in_executor(self.pool, self._grammar, body)
         messages = [m.plain() for m in body.messages]
-        tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and body.tool_choice != "none" else None
+        tools = (
+            [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and body.tool_choice != "none" else None
+        )
         try:
             ids, prefix_len = await asyncio.get_running_loop().run_in_executor(
-                self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking))
+                self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking)
+            )
         except ConfigError as e:
             raise BadRequest(e.message) from None
         stops = body.stops
@@ -285,12 +347,15 @@ class App:
             base = {"id": rid, "created": created, "model": self.s.model}
             if body.stream:
                 usage = bool(body.stream_options and body.stream_options.include_usage)
-                return StreamingResponse(self._chat_sse(subs, base, usage, stops), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache"})
+                return StreamingResponse(
+                    self._chat_sse(subs, base, usage, stops),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache"},
+                )
             results = await asyncio.gather(*(self._collect(request, r, q, stops) for r, q in subs))
         except BaseException:
             for r, _ in subs:
-                r.cancel()    # nothing will read it: free the slot at the next engine step
+                r.cancel()  # nothing will read it: free the slot at the next engine step
             raise
         finally:
             if not body.stream:
@@ -304,10 +369,22 @@ class App:
                 msg["reasoning_content"] = reply.reasoning
             if reply.tool_calls:
                 msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}{i or ''}")
-            choices.append({"index": i, "message": msg, "finish_reason": self._reason(done, reply),
-                            **({"logprobs": self._logprobs(tokens)} if body.logprobs else {})})
-        return JSONResponse({**base, "object": "chat.completion", "choices": choices,
-                             "usage": self._usage(*(done.stats for _, done in results))})
+            choices.append(
+                {
+                    "index": i,
+                    "message": msg,
+                    "finish_reason": self._reason(done, reply),
+                    **({"logprobs": self._logprobs(tokens)} if body.logprobs else {}),
+                }
+            )
+        return JSONResponse(
+            {
+                **base,
+                "object": "chat.completion",
+                "choices": choices,
+                "usage": self._usage(*(done.stats for _, done in results)),
+            }
+        )
 
     @staticmethod
     def _reason(done: Event, reply: Any) -> str:
@@ -315,8 +392,9 @@ class App:
             return "error"
         return "tool_calls" if reply.tool_calls and done.finish_reason == "stop" else done.finish_reason
 
-    async def _chat_sse(self, subs: list[tuple[Any, _Feed]], base: dict[str, Any], usage: bool,
-                        stops: list[str]) -> AsyncIterator[str]:
+    async def _chat_sse(
+        self, subs: list[tuple[Any, _Feed]], base: dict[str, Any], usage: bool, stops: list[str]
+    ) -> AsyncIterator[str]:
         """The stream of every choice (``n`` > 1: their chunks interleaved as they come), then usage and
         [DONE]."""
         head = {**base, "object": "chat.completion.chunk"}
@@ -326,7 +404,7 @@ class App:
                 async for text in self._choice_sse(0, *subs[0], head, stops, stats):
                     yield text
             else:
-                merged: "asyncio.Queue[Optional[str]]" = asyncio.Queue()
+                merged: asyncio.Queue[Optional[str]] = asyncio.Queue()
 
                 async def pump(i: int) -> None:
                     try:
@@ -353,19 +431,28 @@ class App:
             yield tail + "data: [DONE]\n\n"
         finally:
             for r, _ in subs:
-                r.cancel()    # a disconnect closes this generator mid-stream: free the slots
+                r.cancel()  # a disconnect closes this generator mid-stream: free the slots
                 self.live.pop(id(r), None)
 
-    async def _choice_sse(self, index: int, req: Any, q: _Feed, head: dict[str, Any], stops: list[str],
-                          stats: list[dict[str, Any]]) -> AsyncIterator[str]:
+    async def _choice_sse(
+        self, index: int, req: Any, q: _Feed, head: dict[str, Any], stops: list[str], stats: list[dict[str, Any]]
+    ) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
-            return "data: " + json.dumps({**head, "choices": [
-                {"index": index, "delta": delta, "finish_reason": finish, **extra}]}, ensure_ascii=False) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish, **extra}]},
+                    ensure_ascii=False,
+                )
+                + "\n\n"
+            )
 
         # The tokens that arrived together go out as one delta per run of content (or of thinking):
         # joined, they are the text the tokens one by one would have given.
-        write = {kind: _sse_writer({**head, "choices": [{"index": index, "delta": {key: TEXT}, "finish_reason": None}]})
-                 for kind, key in (("content", "content"), ("reasoning", "reasoning_content"))}
+        write = {
+            kind: _sse_writer({**head, "choices": [{"index": index, "delta": {key: TEXT}, "finish_reason": None}]})
+            for kind, key in (("content", "content"), ("reasoning", "reasoning_content"))
+        }
         split = StreamSplitter()
         yield chunk({"role": "assistant", "content": ""})
         async for batch in self._events(q, req, stops):
@@ -400,7 +487,8 @@ class App:
         # A raw prompt is the client's whole text, template markers included (as llama-server's
         # /completion parses them): special tokens are parsed here, unlike chat messages.
         ids = await asyncio.get_running_loop().run_in_executor(
-            self.pool, self.s.engine.tokenize, prompt if prompt.startswith(bos) else bos + prompt)
+            self.pool, self.s.engine.tokenize, prompt if prompt.startswith(bos) else bos + prompt
+        )
         stops = body.stops
         req, q = self._submit(ids, sampling, 0, body.stream or bool(stops), body.ignore_eos)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.s.model}
@@ -408,36 +496,65 @@ class App:
             usage = bool(body.stream_options and body.stream_options.include_usage)
 
             async def sse() -> AsyncIterator[str]:
-                write = _sse_writer({**base, "object": "text_completion", "choices": [
-                    {"index": 0, "text": TEXT, "finish_reason": None}]})
+                write = _sse_writer(
+                    {
+                        **base,
+                        "object": "text_completion",
+                        "choices": [{"index": 0, "text": TEXT, "finish_reason": None}],
+                    }
+                )
                 try:
                     async for batch in self._events(q, req, stops):
                         e = batch[-1]
                         text = "".join(x.text for x in batch if x.kind == "token")
                         if text:
                             yield write(text)
-                    yield "data: " + json.dumps({**base, "object": "text_completion", "choices": [
-                        {"index": 0, "text": "", "finish_reason": e.finish_reason}]}) + "\n\n"
+                    yield (
+                        "data: "
+                        + json.dumps(
+                            {
+                                **base,
+                                "object": "text_completion",
+                                "choices": [{"index": 0, "text": "", "finish_reason": e.finish_reason}],
+                            }
+                        )
+                        + "\n\n"
+                    )
                     if usage:
-                        yield "data: " + json.dumps({**base, "object": "text_completion", "choices": [],
-                                                     "usage": self._usage(e.stats)}) + "\n\n"
+                        yield (
+                            "data: "
+                            + json.dumps(
+                                {**base, "object": "text_completion", "choices": [], "usage": self._usage(e.stats)}
+                            )
+                            + "\n\n"
+                        )
                     yield "data: [DONE]\n\n"
                 finally:
                     req.cancel()
                     self.live.pop(id(req), None)
+
             return StreamingResponse(sse(), media_type="text/event-stream")
         try:
             tokens, done = await self._collect(request, req, q, stops)
         finally:
             req.cancel()
             self.live.pop(id(req), None)
-        return JSONResponse({**base, "object": "text_completion", "usage": self._usage(done.stats),
-                             "choices": [{"index": 0, "text": "".join(e.text for e in tokens),
-                                          "finish_reason": done.finish_reason}]})
+        return JSONResponse(
+            {
+                **base,
+                "object": "text_completion",
+                "usage": self._usage(done.stats),
+                "choices": [{"index": 0, "text": "".join(e.text for e in tokens), "finish_reason": done.finish_reason}],
+            }
+        )
 
 
-def make_app(session: Session, policy: Optional[Policy] = None, strict_model: bool = False,
-             max_prompt_chars: Optional[int] = None) -> Any:
+def make_app(
+    session: Session,
+    policy: Optional[Policy] = None,
+    strict_model: bool = False,
+    max_prompt_chars: Optional[int] = None,
+) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Route
 
@@ -452,14 +569,17 @@ def make_app(session: Session, policy: Optional[Policy] = None, strict_model: bo
                 return _error(e.message, e.status, e.code, headers)
             except EdgekitError as e:
                 return _error(e.message, 500, "server_error")
+
         return handler
 
-    app = Starlette(routes=[
-        Route("/health", guarded(a.health), methods=["GET"]),
-        Route("/v1/models", guarded(a.models), methods=["GET"]),
-        Route("/props", guarded(a.props), methods=["GET"]),
-        Route("/v1/chat/completions", guarded(a.chat), methods=["POST"]),
-        Route("/v1/completions", guarded(a.completions), methods=["POST"]),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/health", guarded(a.health), methods=["GET"]),
+            Route("/v1/models", guarded(a.models), methods=["GET"]),
+            Route("/props", guarded(a.props), methods=["GET"]),
+            Route("/v1/chat/completions", guarded(a.chat), methods=["POST"]),
+            Route("/v1/completions", guarded(a.completions), methods=["POST"]),
+        ]
+    )
     app.state.api = a
     return Guard(app, policy or Policy())

@@ -20,13 +20,13 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     ``reuse_port``: share the port with another server that also asked (SO_REUSEPORT), so that ``deploy
     --serve`` starts the new server while the old one still answers, and stops the old one after."""
     if not host:
-        raise ConfigError("--host is empty: give an address (127.0.0.1: this machine only; 0.0.0.0: every "
-                          "interface)")
+        raise ConfigError("--host is empty: give an address (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port}: give a TCP port from 1 to 65535")
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+            0
+        ]
     except (socket.gaierror, UnicodeError) as e:
         raise ConfigError(f"--host {host!r}: not an address this machine can listen on ({e})") from None
     sock = socket.socket(family, kind, proto)
@@ -44,9 +44,17 @@ def bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: float = 30.0,
-          policy: Optional[Policy] = None, strict_model: bool = False, max_prompt_chars: Optional[int] = None,
-          announce: Any = None, reuse_port: bool = False) -> None:
+def serve(
+    session: Session,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    grace_s: float = 30.0,
+    policy: Optional[Policy] = None,
+    strict_model: bool = False,
+    max_prompt_chars: Optional[int] = None,
+    announce: Any = None,
+    reuse_port: bool = False,
+) -> None:
     """Run until SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to ``grace_s``, then
     end them in the engine (each stream still gets its finish chunk and [DONE]), free the engine, return
     (the CLI exits 0)."""
@@ -63,10 +71,17 @@ def serve(session: Session, host: str = "127.0.0.1", port: int = 8080, grace_s: 
     lim = policy.limits
     # uvicorn's own limits: header size (h11), keep-alive, concurrent connections; its graceful timeout
     # only backs ours up (it cancels tasks, which cut streams with a CancelledError traceback).
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=grace_s + 10, http=guarded_h11(lim.header_timeout_s),
-                            h11_max_incomplete_event_size=lim.max_header_bytes, timeout_keep_alive=lim.keep_alive_s,
-                            limit_concurrency=lim.max_connections)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=grace_s + 10,
+        http=guarded_h11(lim.header_timeout_s),
+        h11_max_incomplete_event_size=lim.max_header_bytes,
+        timeout_keep_alive=lim.keep_alive_s,
+        limit_concurrency=lim.max_connections,
+    )
 
     class _Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:

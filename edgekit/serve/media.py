@@ -26,9 +26,9 @@ from ..core.errors import EdgekitError
 SAMPLE_RATE = 16_000
 MS_PER_AUDIO_TOKEN = 40
 MAX_AUDIO_SECONDS = 30.0
-IMAGE_BUDGETS = (70, 140, 280, 560, 1120)   # transformers' allowed max_soft_tokens
+IMAGE_BUDGETS = (70, 140, 280, 560, 1120)  # transformers' allowed max_soft_tokens
 DEFAULT_IMAGE_BUDGET = 280
-MAX_PIXELS = 50_000_000                     # refuse decompression bombs before decoding them whole
+MAX_PIXELS = 50_000_000  # refuse decompression bombs before decoding them whole
 
 
 class MediaError(EdgekitError):
@@ -37,15 +37,16 @@ class MediaError(EdgekitError):
     exit_code = 2
 
 
-def image_size_for_budget(height: int, width: int, budget: int = DEFAULT_IMAGE_BUDGET, patch: int = 16,
-                          pool: int = 3) -> tuple[int, int]:
+def image_size_for_budget(
+    height: int, width: int, budget: int = DEFAULT_IMAGE_BUDGET, patch: int = 16, pool: int = 3
+) -> tuple[int, int]:
     """(height, width) transformers' Gemma 4 image processor resizes an image to for ``budget`` soft
     tokens (its get_aspect_ratio_preserving_size, re-derived: sides floored to multiples of patch×pool)."""
     max_patches = budget * pool * pool
     factor = math.sqrt(max_patches * patch * patch / (height * width))
     side = pool * patch
     th, tw = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
-    longest = (max_patches // pool ** 2) * side
+    longest = (max_patches // pool**2) * side
     if th == 0 and tw == 0:
         raise MediaError(f"a {width}x{height} image is too small to make a single soft token")
     if th == 0:
@@ -92,7 +93,7 @@ def prepare_image(img: Any, budget: int = DEFAULT_IMAGE_BUDGET) -> Any:
 
 @dataclass(frozen=True)
 class Audio:
-    samples: np.ndarray      # float32 mono at SAMPLE_RATE
+    samples: np.ndarray  # float32 mono at SAMPLE_RATE
     source_rate: int
 
     @property

@@ -10,9 +10,10 @@ reply is decoded greedily, one token per llama_decode.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -29,13 +30,14 @@ from .media import (
 
 @dataclass
 class MediaPrompt:
-    images: list[Any]         # prepared Pillow images
+    images: list[Any]  # prepared Pillow images
     audios: list[Audio]
 
 
 def load_media(images: list[Path], audios: list[Path], budget: int = DEFAULT_IMAGE_BUDGET) -> MediaPrompt:
-    return MediaPrompt([prepare_image(open_image(p, str(p)), budget) for p in images],
-                       [open_audio(p, str(p)) for p in audios])
+    return MediaPrompt(
+        [prepare_image(open_image(p, str(p)), budget) for p in images], [open_audio(p, str(p)) for p in audios]
+    )
 
 
 def find_projector(artifact_path: Path, artifact: Any, mmproj: Optional[Path]) -> Path:
@@ -47,16 +49,25 @@ def find_projector(artifact_path: Path, artifact: Any, mmproj: Optional[Path]) -
         return Path(mmproj)
     proj = projector_file(artifact_path.parent, artifact)
     if proj is None:
-        raise ArtifactError(f"{artifact_path.name} was built without towers; rebuild with `edgekit build --modalities "
-                            "vision,audio`, or pass --mmproj FILE")
+        raise ArtifactError(
+            f"{artifact_path.name} was built without towers; rebuild with `edgekit build --modalities "
+            "vision,audio`, or pass --mmproj FILE"
+        )
     return proj
 
 
 class MediaModel:
     """A text GGUF and its projector on llama.cpp, for replies with media (single sequence, greedy)."""
 
-    def __init__(self, text_gguf: Path, mmproj: Path, n_ctx: int = 2048, threads: int = 2,
-                 image_budget: int = DEFAULT_IMAGE_BUDGET, f32_cache: bool = False):
+    def __init__(
+        self,
+        text_gguf: Path,
+        mmproj: Path,
+        n_ctx: int = 2048,
+        threads: int = 2,
+        image_budget: int = DEFAULT_IMAGE_BUDGET,
+        f32_cache: bool = False,
+    ):
         import llama_cpp
 
         from ..backends.mtmd import Projector
@@ -77,7 +88,9 @@ class MediaModel:
         import llama_cpp
 
         m = self.proj._m
-        bitmaps = [self.proj._bitmap_image(i) for i in media.images] + [self.proj._bitmap_audio(a) for a in media.audios]
+        bitmaps = [self.proj._bitmap_image(i) for i in media.images] + [
+            self.proj._bitmap_audio(a) for a in media.audios
+        ]
         try:
             chunks = self.proj.tokenize(text, bitmaps)
         finally:
@@ -87,10 +100,13 @@ class MediaModel:
             n_past = llama_cpp.llama_pos(0)
             self.llm.reset()
             t0 = time.perf_counter()
-            rc = m.mtmd_helper_eval_chunks(self.proj._ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch, True,
-                                           ctypes.byref(n_past))
+            rc = m.mtmd_helper_eval_chunks(
+                self.proj._ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch, True, ctypes.byref(n_past)
+            )
             if rc != 0:
-                raise MediaError(f"llama.cpp could not evaluate the prompt with its media (code {rc}); is it longer than --ctx?")
+                raise MediaError(
+                    f"llama.cpp could not evaluate the prompt with its media (code {rc}); is it longer than --ctx?"
+                )
             self.llm.n_tokens = n_past.value
             return {"prompt_ms": (time.perf_counter() - t0) * 1e3, "prompt_positions": float(n_past.value)}
         finally:
@@ -125,15 +141,26 @@ def media_marker() -> str:
     return mtmd_cpp.mtmd_default_marker().decode()
 
 
-def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], write: Callable[[str], Any],
-              target: Optional[str] = None, system: Optional[str] = None, max_tokens: Optional[int] = 256,
-              temperature: float = 0.0, threads: Optional[int] = None, ctx: Optional[int] = None,
-              mmproj: Optional[Path] = None, image_budget: int = DEFAULT_IMAGE_BUDGET,
-              enable_thinking: Optional[bool] = None) -> dict[str, Any]:
+def run_media(
+    path: Path,
+    prompt: str,
+    images: list[Path],
+    audios: list[Path],
+    write: Callable[[str], Any],
+    target: Optional[str] = None,
+    system: Optional[str] = None,
+    max_tokens: Optional[int] = 256,
+    temperature: float = 0.0,
+    threads: Optional[int] = None,
+    ctx: Optional[int] = None,
+    mmproj: Optional[Path] = None,
+    image_budget: int = DEFAULT_IMAGE_BUDGET,
+    enable_thinking: Optional[bool] = None,
+) -> dict[str, Any]:
     """One reply to ``prompt`` with the media, streamed through ``write``; returns its figures."""
+    from ..core.host import physical_cores
     from ..measure.bench import plan
     from .chat import ChatTemplate
-    from ..core.host import physical_cores
 
     if temperature != 0.0:
         raise ConfigError("replies with --image/--audio are greedy for now; drop --temperature")
@@ -147,13 +174,14 @@ def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], w
     content = "".join(marker + "\n" for _ in range(len(media.images) + len(media.audios))) + prompt
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
     text = template.render(messages, enable_thinking=enable_thinking)
-    model = MediaModel(planned.path, proj, n_ctx=ctx or 2048, threads=threads or min(4, physical_cores()),
-                       image_budget=image_budget)
+    model = MediaModel(
+        planned.path, proj, n_ctx=ctx or 2048, threads=threads or min(4, physical_cores()), image_budget=image_budget
+    )
     try:
         stop = model.stop_ids(template)
         t0 = time.perf_counter()
         figures = model.eval_prompt(text, media)
-        room = model.llm.n_ctx() - int(figures["prompt_positions"])   # max_tokens None (-n -1): up to the context's end
+        room = model.llm.n_ctx() - int(figures["prompt_positions"])  # max_tokens None (-n -1): up to the context's end
         n, first = 0, None
         pending = b""
         for tok in model.greedy(min(room, max_tokens or room), stop):
@@ -170,13 +198,22 @@ def run_media(path: Path, prompt: str, images: list[Path], audios: list[Path], w
         end = time.perf_counter()
     finally:
         model.close()
-    figures.update(ttft_ms=((first or end) - t0) * 1e3, completion_tokens=n,
-                   decode_tps=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0)
+    figures.update(
+        ttft_ms=((first or end) - t0) * 1e3,
+        completion_tokens=n,
+        decode_tps=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0,
+    )
     return figures
 
 
-def run_cli(artifact: Path, text: Optional[str], image: Optional[list[Path]], audio: Optional[list[Path]],
-               ignored: dict[str, bool], **kw) -> None:
+def run_cli(
+    artifact: Path,
+    text: Optional[str],
+    image: Optional[list[Path]],
+    audio: Optional[list[Path]],
+    ignored: dict[str, bool],
+    **kw,
+) -> None:
     """`edgekit run --image/--audio`'s adapter: one greedy reply, its figures on stderr; options it cannot
     apply yet are refused, never ignored."""
     import sys
@@ -184,14 +221,32 @@ def run_cli(artifact: Path, text: Optional[str], image: Optional[list[Path]], au
     from .session import peak_rss_bytes
 
     if text is None:
-        raise ConfigError("--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet")
+        raise ConfigError(
+            "--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet"
+        )
     bad = [k for k, v in ignored.items() if v]
     if bad:
-        raise ConfigError(f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it")
-    st = run_media(artifact, text, list(image or []), list(audio or []), lambda t: (sys.stdout.write(t), sys.stdout.flush()),
-                   target=kw["target"], system=kw["system"], max_tokens=kw["max_tokens"], threads=kw["threads"],
-                   ctx=kw["ctx"], mmproj=kw["mmproj"], image_budget=kw["image_tokens"], enable_thinking=kw["think"])
+        raise ConfigError(
+            f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it"
+        )
+    st = run_media(
+        artifact,
+        text,
+        list(image or []),
+        list(audio or []),
+        lambda t: (sys.stdout.write(t), sys.stdout.flush()),
+        target=kw["target"],
+        system=kw["system"],
+        max_tokens=kw["max_tokens"],
+        threads=kw["threads"],
+        ctx=kw["ctx"],
+        mmproj=kw["mmproj"],
+        image_budget=kw["image_tokens"],
+        enable_thinking=kw["think"],
+    )
     sys.stdout.write("\n")
-    sys.stderr.write(f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
-                     f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
-                     f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n")
+    sys.stderr.write(
+        f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
+        f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
+        f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n"
+    )

@@ -11,7 +11,8 @@ characters, never its id). A request without marker text is tokenized exactly as
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 # Plane 15 (Supplementary Private Use Area-A): characters no tokenizer gives a meaning.
 _BASE = 0xF0000
@@ -19,7 +20,7 @@ _BASE = 0xF0000
 
 class PlainText:
     def __init__(self, specials: Iterable[str]):
-        texts = sorted({t for t in specials if t}, key=len, reverse=True)   # longest first: <|turn> before <|
+        texts = sorted({t for t in specials if t}, key=len, reverse=True)  # longest first: <|turn> before <|
         self.pattern = re.compile("|".join(map(re.escape, texts))) if texts else None
 
     def escape(self, *values: Any) -> tuple[list[Any], dict[str, str]]:
@@ -61,8 +62,9 @@ class PlainText:
         return [sub(v) for v in values], {p: t for t, p in marks.items()}
 
     @staticmethod
-    def tokenize(text: str, marks: dict[str, str], special: Callable[[str], list[int]],
-                 plain: Callable[[str], list[int]]) -> list[int]:
+    def tokenize(
+        text: str, marks: dict[str, str], special: Callable[[str], list[int]], plain: Callable[[str], list[int]]
+    ) -> list[int]:
         """``text`` (a rendered chat) → ids: special parsing outside the placeholders, each placeholder's
         marker text as plain text."""
         if not marks:

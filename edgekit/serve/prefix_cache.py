@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import ConfigError
 
@@ -29,8 +29,9 @@ def check(path: Path, sha256: str) -> bool:
     if not sha256:
         raise ConfigError("--prefix-cache needs the artifact's sha256 (its manifest); serve a build folder")
     if path.is_dir() or (path.exists() and not path.is_file()):
-        raise ConfigError(f"--prefix-cache {path}: a folder or special file; give the path of a file to keep "
-                          "the cache in")
+        raise ConfigError(
+            f"--prefix-cache {path}: a folder or special file; give the path of a file to keep the cache in"
+        )
     if not path.parent.is_dir():
         raise ConfigError(f"--prefix-cache {path}: the folder {path.parent} does not exist")
     meta = meta_path(path)
@@ -42,12 +43,16 @@ def check(path: Path, sha256: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         saved = None
     if saved is None:
-        raise ConfigError(f"--prefix-cache {path}: the file exists and is not an edgekit prefix cache (no valid "
-                          f"{meta.name} beside it); not overwriting it: remove it or give another path")
+        raise ConfigError(
+            f"--prefix-cache {path}: the file exists and is not an edgekit prefix cache (no valid "
+            f"{meta.name} beside it); not overwriting it: remove it or give another path"
+        )
     if saved != sha256:
-        raise ConfigError(f"--prefix-cache {path}: saved by artifact sha256 {saved[:12]}…, this server serves "
-                          f"{sha256[:12]}…; another model's cache would change the replies: remove it or give "
-                          "another path")
+        raise ConfigError(
+            f"--prefix-cache {path}: saved by artifact sha256 {saved[:12]}…, this server serves "
+            f"{sha256[:12]}…; another model's cache would change the replies: remove it or give "
+            "another path"
+        )
     return True
 
 

@@ -14,9 +14,10 @@ import math
 import os
 import queue
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..core.errors import ConfigError, OutputError
 
@@ -32,6 +33,7 @@ HISTORY_FILE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / 
 
 # ---------------------------------------------------------------- checking what the user typed
 
+
 def clean_text(s: str) -> tuple[str, bool]:
     """``s`` as valid UTF-8 text, and whether anything had to be replaced. Command-line arguments that
     are not UTF-8 arrive as lone surrogates (surrogateescape), which no tokenizer can encode: each such
@@ -43,7 +45,7 @@ def clean_text(s: str) -> tuple[str, bool]:
         pass
     try:
         raw = s.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:          # surrogates no byte decoded into (e.g. "\ud800" typed as text)
+    except UnicodeEncodeError:  # surrogates no byte decoded into (e.g. "\ud800" typed as text)
         raw = s.encode("utf-8", "replace")
     return raw.decode("utf-8", "replace"), True
 
@@ -88,6 +90,7 @@ def read_prompt(prompt: Optional[str], positional: Optional[str], file: Optional
 
 # ---------------------------------------------------------------- writing
 
+
 class Writer:
     """stdout and stderr writes that end in one OutputError line, never a traceback (a full disk, a
     closed pipe)."""
@@ -109,7 +112,7 @@ class Writer:
             self._err.write(text)
             self._err.flush()
         except OSError:
-            pass   # nowhere left to say it
+            pass  # nowhere left to say it
 
 
 def _silence(stream: Any) -> None:
@@ -125,6 +128,7 @@ def _silence(stream: Any) -> None:
 
 # ---------------------------------------------------------------- one reply
 
+
 @dataclass
 class Chat:
     session: Any
@@ -135,7 +139,7 @@ class Chat:
     history: list[dict[str, Any]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     turns: int = 0
-    interactive: bool = False      # Ctrl-C stops the reply only; in a one-shot run it ends the run (130)
+    interactive: bool = False  # Ctrl-C stops the reply only; in a one-shot run it ends the run (130)
 
     def __post_init__(self) -> None:
         self.clear()
@@ -161,8 +165,10 @@ class Chat:
                 del self.history[head]
             dropped += 1
         if dropped:
-            self.w.err(f"edgekit: the conversation outgrew the context ({s.n_ctx} tokens): dropped the "
-                       f"oldest {dropped} turn(s)\n")
+            self.w.err(
+                f"edgekit: the conversation outgrew the context ({s.n_ctx} tokens): dropped the "
+                f"oldest {dropped} turn(s)\n"
+            )
         return ids, prefix
 
     def reply(self, text: str) -> bool:
@@ -178,18 +184,20 @@ class Chat:
         if fitted is None:
             n = len(self.session.prompt(self.history, enable_thinking=self.think)[0])
             self.history.pop()
-            self.w.err(f"edgekit: that message is {n} tokens with the chat template; the context is "
-                       f"{self.session.n_ctx} tokens: shorten it or start with a larger --ctx\n")
+            self.w.err(
+                f"edgekit: that message is {n} tokens with the chat template; the context is "
+                f"{self.session.n_ctx} tokens: shorten it or start with a larger --ctx\n"
+            )
             return False
         ids, prefix = fitted
         sampling = self.sampling
-        if sampling.max_tokens is None:   # -n -1: until the end of the turn or of the context
+        if sampling.max_tokens is None:  # -n -1: until the end of the turn or of the context
             from dataclasses import replace
 
             sampling = replace(sampling, max_tokens=self.session.n_ctx)
         split, done, stopped = StreamSplitter(), None, False
         emit = {"content": self.w.out, "thinking": self.w.err}
-        events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         req = self.session.request(ids, sampling, prefix, events.put)
         self.session.engine.submit(req)
         try:
@@ -201,10 +209,10 @@ class Chat:
                         break
                     for kind, piece in split.feed(e.text):
                         emit.get(kind, self.w.err)(piece)
-            except KeyboardInterrupt:   # stops this reply only: the engine ends it at its next step
+            except KeyboardInterrupt:  # stops this reply only: the engine ends it at its next step
                 stopped = True
                 req.cancel()
-                while done is None:     # its stats, and an idle engine for the next message
+                while done is None:  # its stats, and an idle engine for the next message
                     e = events.get()
                     done = e if e.kind == "done" else None
                 if not self.interactive:
@@ -235,11 +243,12 @@ class Chat:
 
 # ---------------------------------------------------------------- the loop
 
+
 def _readline_setup() -> Callable[[], None]:
     """Line editing and a history file when stdin is a terminal; returns the function that saves it."""
     try:
         import readline
-    except ImportError:    # e.g. a Python built without it: plain input() still works
+    except ImportError:  # e.g. a Python built without it: plain input() still works
         return lambda: None
     try:
         readline.read_history_file(HISTORY_FILE)
@@ -247,8 +256,9 @@ def _readline_setup() -> Callable[[], None]:
         pass
     readline.set_history_length(1000)
     readline.parse_and_bind("tab: complete")
-    readline.set_completer(lambda text, i: ([c for c in COMMANDS if c.startswith(text)] + [None])[i]
-                           if text.startswith("/") else None)
+    readline.set_completer(
+        lambda text, i: ([c for c in COMMANDS if c.startswith(text)] + [None])[i] if text.startswith("/") else None
+    )
 
     def save() -> None:
         try:
@@ -256,6 +266,7 @@ def _readline_setup() -> Callable[[], None]:
             readline.write_history_file(HISTORY_FILE)
         except OSError:
             pass
+
     return save
 
 
@@ -286,7 +297,7 @@ def interactive(chat: Chat, banner: str) -> None:
                     return
                 except KeyboardInterrupt:
                     if _line_buffer().strip():
-                        chat.w.err("\n")      # Ctrl-C with text typed: drop the line, as a shell does
+                        chat.w.err("\n")  # Ctrl-C with text typed: drop the line, as a shell does
                         continue
                     chat.w.err("\n")
                     return
@@ -310,8 +321,10 @@ def interactive(chat: Chat, banner: str) -> None:
                     chat.w.err(HELP)
                 continue
             if cmd.startswith("/") and " " not in cmd:
-                chat.w.err(f"Unknown command {cmd!r}; type /help for the list (a message starting with / "
-                           "needs a space in it or a leading space)\n")
+                chat.w.err(
+                    f"Unknown command {cmd!r}; type /help for the list (a message starting with / "
+                    "needs a space in it or a leading space)\n"
+                )
                 continue
             chat.reply(line)
     finally:

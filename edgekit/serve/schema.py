@@ -19,8 +19,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MAX_DEPTH = 64          # JSON nesting; a tool's JSON schema nests ~10 deep, 10,000 deep was a RecursionError
-MAX_STOP = 4            # as OpenAI
+MAX_DEPTH = 64  # JSON nesting; a tool's JSON schema nests ~10 deep, 10,000 deep was a RecursionError
+MAX_STOP = 4  # as OpenAI
 
 # A content part's type → the tower that reads it. The server passes the towers it has loaded
 # (``Session.towers``, empty for a text-only model) to ``check_media``.
@@ -104,14 +104,13 @@ class Message(_Strict):
             t = p["type"]
             if t == "text":
                 if not isinstance(p.get("text"), str) or set(p) - {"type", "text"}:
-                    raise ValueError(f"part {i}: a text part is {{\"type\": \"text\", \"text\": STRING}}")
+                    raise ValueError(f'part {i}: a text part is {{"type": "text", "text": STRING}}')
             elif t not in MEDIA_PARTS:
-                raise ValueError(f"part {i}: unknown content part type {t!r} (text, "
-                                 f"{', '.join(MEDIA_PARTS)})")
+                raise ValueError(f"part {i}: unknown content part type {t!r} (text, {', '.join(MEDIA_PARTS)})")
         return v
 
     @model_validator(mode="after")
-    def _by_role(self) -> "Message":
+    def _by_role(self) -> Message:
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError(f"a {self.role} message needs content")
         if self.tool_calls is not None and self.role != "assistant":
@@ -139,9 +138,9 @@ class ResponseFormat(_Strict):
     json_schema: Optional[JsonSchema] = None
 
     @model_validator(mode="after")
-    def _schema_given(self) -> "ResponseFormat":
+    def _schema_given(self) -> ResponseFormat:
         if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
-            raise ValueError("json_schema needs {\"name\": ..., \"schema\": {...}}")
+            raise ValueError('json_schema needs {"name": ..., "schema": {...}}')
         return self
 
     def gbnf(self) -> str:
@@ -161,19 +160,20 @@ class ResponseFormat(_Strict):
 
 class Sampled(_Strict):
     """Fields both endpoints share: the model and the sampling options."""
+
     model: Optional[str] = None
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
     temperature: Optional[float] = Field(None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(None, ge=0.0, le=1.0)
-    top_k: Optional[int] = Field(None, ge=0)          # its upper bound is the vocabulary: checked by the App
+    top_k: Optional[int] = Field(None, ge=0)  # its upper bound is the vocabulary: checked by the App
     min_p: Optional[float] = Field(None, ge=0.0, le=1.0)
     # llama.cpp takes -1 for "random"; any other value is reduced to 32 bits, as both engines seed with them
     seed: Optional[int] = Field(None, ge=-1, lt=1 << 64)
-    n: Optional[int] = Field(None, ge=1, le=128)   # as OpenAI; the App bounds it by slots + queue
+    n: Optional[int] = Field(None, ge=1, le=128)  # as OpenAI; the App bounds it by slots + queue
     ignore_eos: bool = False
-    stop: Union[None, str, list[str]] = None
+    stop: Union[str, list[str], None] = None
     frequency_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     presence_penalty: Optional[float] = Field(None, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = None
@@ -204,8 +204,12 @@ class Sampled(_Strict):
         an option silently ignored."""
         out = []
         if self.frequency_penalty or self.presence_penalty:
-            out.append(("frequency_penalty" if self.frequency_penalty else "presence_penalty",
-                        "penalties are not implemented; leave them 0"))
+            out.append(
+                (
+                    "frequency_penalty" if self.frequency_penalty else "presence_penalty",
+                    "penalties are not implemented; leave them 0",
+                )
+            )
         if self.logit_bias:
             out.append(("logit_bias", "logit_bias is not implemented"))
         return out
@@ -215,7 +219,7 @@ class ChatRequest(Sampled):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=1 << 20)
     tools: Optional[list[Tool]] = None
-    tool_choice: Union[None, Literal["none", "auto", "required"], dict[str, Any]] = None
+    tool_choice: Union[Literal["none", "auto", "required"], dict[str, Any], None] = None
     parallel_tool_calls: Optional[bool] = None
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
@@ -228,8 +232,7 @@ class ChatRequest(Sampled):
         if self.top_logprobs is not None and not self.logprobs:
             out.append(("top_logprobs", "needs logprobs: true"))
         if self.tool_choice not in (None, "auto", "none"):
-            out.append(("tool_choice", "only \"auto\" and \"none\" are honoured: the model chooses whether to "
-                                       "call a tool"))
+            out.append(("tool_choice", 'only "auto" and "none" are honoured: the model chooses whether to call a tool'))
         if self.parallel_tool_calls is False:
             out.append(("parallel_tool_calls", "false is not enforced: the model may call several tools"))
         return out
@@ -273,14 +276,28 @@ class CompletionRequest(Sampled):
 SCHEMAS = {"chat": ChatRequest, "completions": CompletionRequest}
 
 
-_TYPES = {"dict_type": "an object", "model_type": "an object", "model_attributes_type": "an object",
-          "bool_type": "true or false", "int_type": "a whole number", "float_type": "a number",
-          "string_type": "a string", "list_type": "a list"}
+_TYPES = {
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "bool_type": "true or false",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+}
 
 
 def _kind(v: Any) -> str:
-    return {dict: "an object", list: "a list", bool: "a boolean", int: "a whole number", float: "a decimal number",
-            str: "a string", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        dict: "an object",
+        list: "a list",
+        bool: "a boolean",
+        int: "a whole number",
+        float: "a decimal number",
+        str: "a string",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -289,7 +306,7 @@ def _path(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         elif "[" in part or part in ("str", "int", "float", "bool", "none"):
-            continue     # pydantic's name for a union member, not a field of the request
+            continue  # pydantic's name for a union member, not a field of the request
         else:
             out += ("." if out else "") + part
     return out or "body"
@@ -365,5 +382,6 @@ def check_media(req: ChatRequest, towers: frozenset[str]) -> None:
         for j, p in enumerate(m.content):
             tower = MEDIA_PARTS.get(p["type"])
             if tower and tower not in towers:
-                raise Invalid(f"messages[{i}].content[{j}]: this model has no {tower} tower "
-                              f"({p['type']} parts need one)")
+                raise Invalid(
+                    f"messages[{i}].content[{j}]: this model has no {tower} tower ({p['type']} parts need one)"
+                )

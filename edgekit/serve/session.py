@@ -9,15 +9,16 @@ import queue
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from .chat import ChatTemplate
+from ..backends.runner import RunOptions
 from ..core.errors import ConfigError
+from .chat import ChatTemplate
 from .generate import Event, GenRequest, Sampling, open_engine
 from .plain_text import PlainText
-from ..backends.runner import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -26,34 +27,44 @@ log = logging.getLogger(__name__)
 class Session:
     engine: Any
     template: ChatTemplate
-    model: str            # the id /v1/models lists
+    model: str  # the id /v1/models lists
     path: Path
     format: str
     target: str
     runtime: dict[str, Any]
     n_ctx: int
     # what the server reports on GET /props (``edgekit lab run --served`` records it)
-    artifact: Any = None          # the manifest's Artifact (file, sha256, bytes, quant, format)
-    model_name: str = ""          # the manifest's model
-    engine_name: str = ""         # ENGINES name
+    artifact: Any = None  # the manifest's Artifact (file, sha256, bytes, quant, format)
+    model_name: str = ""  # the manifest's model
+    engine_name: str = ""  # ENGINES name
     threads: Optional[int] = None
     load_ms: float = 0.0
     budget_bytes: Optional[int] = None
-    towers: frozenset[str] = frozenset()   # encoders loaded beside the text model ("vision", "audio"): schema.check_media
+    towers: frozenset[str] = (
+        frozenset()
+    )  # encoders loaded beside the text model ("vision", "audio"): schema.check_media
 
-    def prompt(self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]] = None,
-               enable_thinking: Optional[bool] = None) -> tuple[list[int], int]:
+    def prompt(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Optional[list[dict[str, Any]]] = None,
+        enable_thinking: Optional[bool] = None,
+    ) -> tuple[list[int], int]:
         """Token ids of the rendered chat and how many leading ones are its shareable prefix (the system
         turn: everything up to the first user message), 0 when there is none."""
         (messages, tools), marks = self.plain_text.escape(messages, tools)
         text = self.template.render(messages, tools=tools, enable_thinking=enable_thinking)
         ids = self._tokenize(text, marks)
         prefix_len = 0
-        if messages and messages[0].get("role") in ("system", "developer") or tools or enable_thinking:
-            head = self.template.render(messages[:1] if messages[0].get("role") in ("system", "developer") else [],
-                                        tools=tools, enable_thinking=enable_thinking, add_generation_prompt=False)
+        if (messages and messages[0].get("role") in ("system", "developer")) or tools or enable_thinking:
+            head = self.template.render(
+                messages[:1] if messages[0].get("role") in ("system", "developer") else [],
+                tools=tools,
+                enable_thinking=enable_thinking,
+                add_generation_prompt=False,
+            )
             head_ids = self._tokenize(head, marks)
-            if 0 < len(head_ids) < len(ids) and ids[:len(head_ids)] == head_ids:
+            if 0 < len(head_ids) < len(ids) and ids[: len(head_ids)] == head_ids:
                 prefix_len = len(head_ids)
         return ids, prefix_len
 
@@ -67,11 +78,17 @@ class Session:
     def _tokenize(self, text: str, marks: dict[str, str]) -> list[int]:
         return PlainText.tokenize(text, marks, self.engine.tokenize, lambda t: self.engine.tokenize(t, special=False))
 
-    def request(self, ids: list[int], sampling: Sampling, prefix_len: int = 0, on_event=None,
-                stop: bool = True) -> GenRequest:
+    def request(
+        self, ids: list[int], sampling: Sampling, prefix_len: int = 0, on_event=None, stop: bool = True
+    ) -> GenRequest:
         """``stop``: end at the end-of-turn tokens (off: exactly ``max_tokens``, as a benchmark wants)."""
-        return GenRequest(ids, sampling, stop_ids=self.stop_ids if stop else frozenset(), prefix_len=prefix_len,
-                          on_event=on_event or (lambda e: None))
+        return GenRequest(
+            ids,
+            sampling,
+            stop_ids=self.stop_ids if stop else frozenset(),
+            prefix_len=prefix_len,
+            on_event=on_event or (lambda e: None),
+        )
 
     @property
     def stop_ids(self) -> frozenset[int]:
@@ -81,7 +98,7 @@ class Session:
 
     def stream(self, ids: list[int], sampling: Sampling, prefix_len: int = 0) -> Iterator[Event]:
         """Blocking iteration over one request's events (for `edgekit run` and tests)."""
-        q: "queue.SimpleQueue[Event]" = queue.SimpleQueue()
+        q: queue.SimpleQueue[Event] = queue.SimpleQueue()
         req = self.request(ids, sampling, prefix_len, q.put)
         self.engine.submit(req)
         try:
@@ -108,10 +125,18 @@ def default_ctx(trained: Optional[int]) -> int:
     return min(trained, DEFAULT_CTX) if trained else DEFAULT_CTX
 
 
-def open_session(path: Path, target: Optional[str] = None, threads: Optional[int] = None,
-                 ctx: Optional[int] = None, knobs: Optional[dict[str, Any]] = None, slots: int = 1,
-                 max_queue: int = 16, prefix_file: Optional[Path] = None, verbose: bool = False,
-                 block: bool = False) -> Session:
+def open_session(
+    path: Path,
+    target: Optional[str] = None,
+    threads: Optional[int] = None,
+    ctx: Optional[int] = None,
+    knobs: Optional[dict[str, Any]] = None,
+    slots: int = 1,
+    max_queue: int = 16,
+    prefix_file: Optional[Path] = None,
+    verbose: bool = False,
+    block: bool = False,
+) -> Session:
     """PATH as bench takes it (a .gguf, an MLX folder, or a dist folder: its first, recommended artifact),
     verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does.
     ``block``: treat the modules the engine's bench child blocks as absent (a process of its own only)."""
@@ -120,8 +145,9 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
     planned = plan(path, target)[0]
     if ctx is None and not _target(planned.target):
         ctx = default_ctx(planned.format.max_context(planned.path))
-    st = settings(planned, BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target,
-                                        runtime=dict(knobs or {})))
+    st = settings(
+        planned, BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target, runtime=dict(knobs or {}))
+    )
     tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
     if prefix_file is not None:
@@ -130,28 +156,56 @@ def open_session(path: Path, target: Optional[str] = None, threads: Optional[int
         if st.engine.name != "llama.cpp":
             raise ConfigError("--prefix-cache is a llama.cpp feature; an MLX artifact is served without it")
         prefix_cache.check(prefix_file, planned.artifact.sha256)
-    for mod in st.engine.block if block else ():   # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
+    for mod in (
+        st.engine.block if block else ()
+    ):  # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
     if block and st.engine.block and "transformers" not in sys.modules:
         _import_without_advice("transformers")
     t0 = time.perf_counter()
-    engine = open_engine(planned.path, st.engine.name,
-                         RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
-                         slots=slots, max_queue=max_queue, prefix_file=prefix_file,
-                         prefix_key=planned.artifact.sha256 if prefix_file else "")
-    log.info("%s: %s, target %s, ctx %d, threads %d, knobs %s", planned.path.name, planned.artifact.format,
-             tgt.name if tgt else "-", n_ctx, n_threads, runtime)
+    engine = open_engine(
+        planned.path,
+        st.engine.name,
+        RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
+        slots=slots,
+        max_queue=max_queue,
+        prefix_file=prefix_file,
+        prefix_key=planned.artifact.sha256 if prefix_file else "",
+    )
+    log.info(
+        "%s: %s, target %s, ctx %d, threads %d, knobs %s",
+        planned.path.name,
+        planned.artifact.format,
+        tgt.name if tgt else "-",
+        n_ctx,
+        n_threads,
+        runtime,
+    )
     # A context that cannot hold an empty chat turn and one token of reply refuses every request.
     floor = len(engine.tokenize(template.render([{"role": "user", "content": ""}]))) + 2
     if n_ctx < floor:
         engine.close()
-        raise ConfigError(f"--ctx {n_ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
-                          f"use --ctx {max(floor, 64)} or more (default: min(n_ctx_train, {DEFAULT_CTX}))")
+        raise ConfigError(
+            f"--ctx {n_ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
+            f"use --ctx {max(floor, 64)} or more (default: min(n_ctx_train, {DEFAULT_CTX}))"
+        )
     load_ms = (time.perf_counter() - t0) * 1e3
-    return Session(engine, template, planned.path.stem if planned.path.is_file() else planned.path.name,
-                   planned.path, planned.artifact.format, tgt.name if tgt else "", runtime, n_ctx,
-                   artifact=planned.artifact, model_name=planned.model, engine_name=st.engine.name,
-                   threads=n_threads, load_ms=load_ms, budget_bytes=tgt.memory_budget_bytes if tgt else None)
+    return Session(
+        engine,
+        template,
+        planned.path.stem if planned.path.is_file() else planned.path.name,
+        planned.path,
+        planned.artifact.format,
+        tgt.name if tgt else "",
+        runtime,
+        n_ctx,
+        artifact=planned.artifact,
+        model_name=planned.model,
+        engine_name=st.engine.name,
+        threads=n_threads,
+        load_ms=load_ms,
+        budget_bytes=tgt.memory_budget_bytes if tgt else None,
+    )
 
 
 def _import_without_advice(name: str) -> None:
@@ -165,7 +219,7 @@ def _import_without_advice(name: str) -> None:
     try:
         importlib.import_module(name)
     except ImportError:
-        pass   # the engine reports what is missing, with the install line
+        pass  # the engine reports what is missing, with the install line
     finally:
         if before is None:
             del os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"]
@@ -184,8 +238,14 @@ def peak_rss_bytes() -> int:
         return r if sys.platform == "darwin" else r * 1024
 
 
-def chat_turn(session: Session, messages: list[dict[str, Any]], sampling: Sampling,
-              enable_thinking: Optional[bool], write: Any, write_err: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def chat_turn(
+    session: Session,
+    messages: list[dict[str, Any]],
+    sampling: Sampling,
+    enable_thinking: Optional[bool],
+    write: Any,
+    write_err: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """One reply streamed through ``write`` (content) and ``write_err`` (thinking); returns the assistant
     message to append to the history and the request's stats."""
     from .chat import StreamSplitter

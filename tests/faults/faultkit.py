@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -41,7 +41,7 @@ def exit_code(res) -> int:
 
 def assert_one_line(res, code: int, line: str) -> None:
     """Exit ``code``; stderr is exactly ``edgekit: error: <line>``: one line, no traceback."""
-    exc = getattr(res, "exception", None)   # CliRunner keeps an escaped exception here, not on stderr
+    exc = getattr(res, "exception", None)  # CliRunner keeps an escaped exception here, not on stderr
     assert exc is None or isinstance(exc, SystemExit), repr(exc)
     assert exit_code(res) == code, (exit_code(res), res.stderr)
     assert "Traceback" not in res.stderr and "Traceback" not in (res.stdout or "")
@@ -52,7 +52,10 @@ def assert_one_line(res, code: int, line: str) -> None:
 def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
     """A tmpfs of ``size`` mounted at ``mnt`` for the block (a small disk that really fills up)."""
     mnt.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode
+    ):
         pytest.skip("needs root to mount a tmpfs")
     try:
         yield mnt

@@ -10,7 +10,7 @@ from pathlib import Path
 def slow_quantize(spec, step):
     from edgekit.backends.gguf.quantize import quantize_child
 
-    Path(spec.dst).write_bytes(b"partial")   # the quantizer's output exists, as mid-quantization
+    Path(spec.dst).write_bytes(b"partial")  # the quantizer's output exists, as mid-quantization
     Path(spec.dst + ".started").touch()
     time.sleep(120)
     return quantize_child(spec, step)

@@ -54,8 +54,13 @@ DRIVER = textwrap.dedent("""
 def start(what: str, src: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "TMPDIR": str(out / "tmp")}
     (out / "tmp").mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([sys.executable, "-c", DRIVER, what, str(src), str(out)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, what, str(src), str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def engine_child(proc: subprocess.Popen, ready, timeout: float = 120) -> psutil.Process:
@@ -63,8 +68,11 @@ def engine_child(proc: subprocess.Popen, ready, timeout: float = 120) -> psutil.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
-        kids = [c for c in psutil.Process(proc.pid).children(recursive=True)
-                if "edgekit.core.child" in " ".join(c.cmdline())]
+        kids = [
+            c
+            for c in psutil.Process(proc.pid).children(recursive=True)
+            if "edgekit.core.child" in " ".join(c.cmdline())
+        ]
         if kids and ready():
             return kids[0]
         time.sleep(0.1)
@@ -85,7 +93,10 @@ def gone(p: psutil.Process, timeout: float = 15) -> bool:
 def f16(tiny_ckpt, tmp_path_factory):
     from edgekit.builder.pipeline import build
 
-    return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
+    return (
+        build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist"))
+        / "tiny-gemma4-F16.gguf"
+    )
 
 
 def _build_started(out: Path):
@@ -97,13 +108,13 @@ def test_sigterm_during_quantize_kills_the_child_and_removes_temp_files(tiny_ckp
     proc = start("build", tiny_ckpt, out)
     child = engine_child(proc, _build_started(out))
     folder = out / "tiny-gemma4" / "pi5"
-    assert [p.name for p in folder.iterdir() if p.name.startswith(".")]   # intermediate + partial exist now
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")]  # intermediate + partial exist now
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=60)
     assert (proc.returncode, stdout) == (143, "interrupted\n")
-    assert gone(child, timeout=1)   # killed and reaped before the parent returned
+    assert gone(child, timeout=1)  # killed and reaped before the parent returned
     left = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".started"))
-    assert left == [], left          # no .partial, no intermediate, no manifest
+    assert left == [], left  # no .partial, no intermediate, no manifest
     assert list((out / "tmp").iterdir()) == []
 
 
@@ -120,19 +131,37 @@ def test_sigterm_during_bench_kills_the_child_and_leaves_no_temp_folder(f16, tmp
     out = tmp_path / "b"
     proc = start("bench", f16, out)
     t0 = time.monotonic()
-    child = engine_child(proc, lambda: time.monotonic() - t0 > 3)   # loaded and measuring by then
+    child = engine_child(proc, lambda: time.monotonic() - t0 > 3)  # loaded and measuring by then
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=60)
     assert (proc.returncode, stdout) == (143, "interrupted\n")
     assert gone(child, timeout=1)
-    assert list((out / "tmp").iterdir()) == []   # the child's stderr log was an unlinked temp file
+    assert list((out / "tmp").iterdir()) == []  # the child's stderr log was an unlinked temp file
 
 
 def test_sigkill_of_the_cli_bench_takes_the_child_with_it(f16, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "bench", str(f16), "-p", "64", "-n", "64",
-                             "-r", "100000", "--ctx", "256", "--no-store"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli",
+            "bench",
+            str(f16),
+            "-p",
+            "64",
+            "-n",
+            "64",
+            "-r",
+            "100000",
+            "--ctx",
+            "256",
+            "--no-store",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     t0 = time.monotonic()
     child = engine_child(proc, lambda: time.monotonic() - t0 > 3)
     proc.kill()
@@ -144,15 +173,19 @@ def test_sigkill_of_the_cli_bench_takes_the_child_with_it(f16, tmp_path):
 def test_a_child_whose_parent_is_gone_at_start_exits(tmp_path):
     # The death signal is armed by the child itself: a parent that died before that is caught by the
     # parent-pid check right after, so the child never runs orphaned.
-    res = subprocess.run([sys.executable, "-m", "edgekit.core.child", "edgekit.measure.worker:measure", "1", "0"],
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdin=subprocess.DEVNULL, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "edgekit.core.child", "edgekit.measure.worker:measure", "1", "0"],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
     assert res.returncode == 70
 
 
 def test_child_errors_come_back_as_their_class_and_crashes_as_child_died(monkeypatch):
+    from edgekit.backends.gguf.quantize import QuantizeResult, QuantizeSpec
     from edgekit.core.child import ChildDied, run_child
     from edgekit.core.errors import ArtifactError
-    from edgekit.backends.gguf.quantize import QuantizeResult, QuantizeSpec
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(HERE)]))
     steps = []

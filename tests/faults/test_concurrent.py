@@ -15,12 +15,12 @@ import subprocess
 import time
 
 import pytest
-
-from edgekit.model.checkpoint import sha256_file
-from edgekit.builder.manifest import read_manifest, verify
 from faultkit import edgekit_cmd, env, hidden_leftovers, run_cli
 
-QUANTS = "f16,q8_0"   # one written by the converter, one by llama.cpp's quantizer from an intermediate
+from edgekit.builder.manifest import read_manifest, verify
+from edgekit.model.checkpoint import sha256_file
+
+QUANTS = "f16,q8_0"  # one written by the converter, one by llama.cpp's quantizer from an intermediate
 WAIT_LINE = "another edgekit build is writing here; waiting for it to finish"
 
 
@@ -42,8 +42,12 @@ def seeds(tmp_path_factory):
 
 
 def _start(ckpt, out, log):
-    return subprocess.Popen(edgekit_cmd("build", "-m", ckpt, "-q", QUANTS, "--out", out), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    return subprocess.Popen(
+        edgekit_cmd("build", "-m", ckpt, "-q", QUANTS, "--out", out),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
 
 
 def _check_folder(folder, seeds):
@@ -77,7 +81,7 @@ def test_two_builds_into_one_folder_leave_a_manifest_for_one_of_them(seeds, tmp_
                 assert time.monotonic() < deadline, [log.read_text() for log in logs]
                 assert all(p.poll() is None for p in procs)
                 time.sleep(0.05)
-            os.close(held)   # now both race for the lock
+            os.close(held)  # now both race for the lock
         rcs = [p.wait(timeout=300) for p in procs]
         assert rcs == [0, 0], [log.read_text() for log in logs]
         if held is not None:

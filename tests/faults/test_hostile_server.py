@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from serve_fixture import start_server, wait_until  # noqa: E402
+from serve_fixture import start_server, wait_until
 
 THREADS = ("--threads", "1")
 LIMITS = ("--max-body-mb", "1", "--body-timeout", "2", "--header-timeout", "2")
@@ -40,7 +40,9 @@ def dist(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(dist, tmp_path_factory):
-    s = start_server(dist, tmp_path_factory.mktemp("hostile") / "log", "--ctx", "512", "--queue", "2", *THREADS, *LIMITS)
+    s = start_server(
+        dist, tmp_path_factory.mktemp("hostile") / "log", "--ctx", "512", "--queue", "2", *THREADS, *LIMITS
+    )
     good(s)
     s.warm_rss = s.rss()
     yield s
@@ -65,7 +67,9 @@ def wait(cond, seconds=10.0) -> bool:
 
 
 def post(s, path, data: bytes, headers=None, timeout=30):
-    req = urllib.request.Request(s.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        s.url + path, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read(), dict(r.headers)
@@ -87,7 +91,7 @@ def raw(s, data: bytes, timeout=15.0) -> tuple[float, bytes]:
                 out += piece
                 if b"\r\n\r\n" in out and b'"code"' in out and out.rstrip().endswith(b"}"):
                     break
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     return time.monotonic() - t0, out
 
@@ -103,12 +107,24 @@ MALFORMED = [
     (chat(stream=True, stream_options="x", max_tokens=100000, ignore_eos=True), "stream_options"),
     (chat(tools=[1]), "tools[0]"),
     (chat(tools=[{"type": "function"}]), "tools[0].function"),
-    (json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": "x"}]}).encode(), "messages[0].tool_calls"),
-    (json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": [1]}]}).encode(), "messages[0].tool_calls[0]"),
-    (json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": "x"}]}]}).encode(),
-     "messages[0].tool_calls[0].function"),
-    (json.dumps({"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]}).encode(),
-     "messages[0].tool_calls[0].function.arguments"),
+    (
+        json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": "x"}]}).encode(),
+        "messages[0].tool_calls",
+    ),
+    (
+        json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": [1]}]}).encode(),
+        "messages[0].tool_calls[0]",
+    ),
+    (
+        json.dumps({"messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": "x"}]}]}).encode(),
+        "messages[0].tool_calls[0].function",
+    ),
+    (
+        json.dumps(
+            {"messages": [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{"}}]}]}
+        ).encode(),
+        "messages[0].tool_calls[0].function.arguments",
+    ),
     (chat(chat_template_kwargs=[1]), "chat_template_kwargs"),
     (chat(chat_template_kwargs="x"), "chat_template_kwargs"),
     (chat(chat_template_kwargs={"enable_thinking": "no"}), "chat_template_kwargs.enable_thinking"),
@@ -120,17 +136,41 @@ MALFORMED = [
     (b'{"prompt": "a\\udfff"}', "prompt"),
     (b"[" * 10000 + b"]" * 10000, "nested"),
     (b'{"messages": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}", "nested"),
-    (json.dumps({"messages": MSG, "metadata": {"k": "v"}, "tools": [{"type": "function", "function": {
-        "name": "f", "parameters": json.loads('{"a": ' * 80 + "1" + "}" * 80)}}]}).encode(), "nested"),
+    (
+        json.dumps(
+            {
+                "messages": MSG,
+                "metadata": {"k": "v"},
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": json.loads('{"a": ' * 80 + "1" + "}" * 80)},
+                    }
+                ],
+            }
+        ).encode(),
+        "nested",
+    ),
     (json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "messages[0].content"),
     (json.dumps({"messages": [{"role": "user", "content": {"text": "hi"}}]}).encode(), "messages[0].content"),
     (json.dumps({"messages": [{"role": "user", "content": None}]}).encode(), "messages[0]"),
     (json.dumps({"messages": [{"role": "user", "content": [{"type": "text"}]}]}).encode(), "messages[0].content"),
-    (json.dumps({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}).encode(), "messages[0].content"),
-    (json.dumps({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}).encode(),
-     "no vision tower"),
-    (json.dumps({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": ""}}]}]}).encode(),
-     "no audio tower"),
+    (
+        json.dumps({"messages": [{"role": "user", "content": [{"type": "video", "video": "x"}]}]}).encode(),
+        "messages[0].content",
+    ),
+    (
+        json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]}
+        ).encode(),
+        "no vision tower",
+    ),
+    (
+        json.dumps(
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": ""}}]}]}
+        ).encode(),
+        "no audio tower",
+    ),
     (json.dumps({"messages": [{"role": "root", "content": "hi"}]}).encode(), "messages[0].role"),
     (json.dumps({"messages": [{"content": "hi"}]}).encode(), "messages[0].role"),
     (json.dumps({"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}).encode(), "messages[0]"),
@@ -152,15 +192,17 @@ MALFORMED = [
     (chat(max_tokens=1.5), "max_tokens"),
     (chat(max_tokens=True), "max_tokens"),
     (chat(max_completion_tokens=-3), "max_completion_tokens"),
-    (chat(n=4), "n"),             # this server: --parallel 1 + --queue 2
+    (chat(n=4), "n"),  # this server: --parallel 1 + --queue 2
     (chat(n=0), "n"),
     (json.dumps({"prompt": "hi", "n": 2}).encode(), "n"),
     (chat(logprobs=True, top_logprobs=21), "top_logprobs"),
     (chat(logprobs="yes"), "logprobs"),
     (chat(top_logprobs=2), "top_logprobs"),
     (chat(response_format={"type": "json_schema"}), "response_format"),
-    (chat(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "frobnicate"}}}),
-     "response_format.json_schema.schema"),
+    (
+        chat(response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "frobnicate"}}}),
+        "response_format.json_schema.schema",
+    ),
     (chat(response_format={"type": "yaml"}), "response_format.type"),
     (chat(tool_choice="required", tools=[{"type": "function", "function": {"name": "f"}}]), "tool_choice"),
     (chat(tool_choice="sometimes"), "tool_choice"),
@@ -186,7 +228,7 @@ def test_malformed_body_is_a_400_naming_the_field(server, body, field):
     assert code == 400 and field in msg, (code, msg)
     assert "\n" not in msg and "Traceback" not in msg
     h = server.health()
-    assert (h["busy"], h["waiting"]) == (0, 0)     # nothing was queued
+    assert (h["busy"], h["waiting"]) == (0, 0)  # nothing was queued
 
 
 def test_still_serves_after_the_malformed_bodies(server):
@@ -196,8 +238,11 @@ def test_still_serves_after_the_malformed_bodies(server):
 def test_declared_huge_bodies_are_refused_before_reading(server):
     t, out = raw(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1e20\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 400") and t < 5
-    t, out = raw(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 52428800\r\n"
-                         b"Content-Type: application/json\r\n\r\n{")
+    t, out = raw(
+        server,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 52428800\r\n"
+        b"Content-Type: application/json\r\n\r\n{",
+    )
     assert out.startswith(b"HTTP/1.1 413") and b"52,428,800 bytes" in out and t < 5
     good(server)
 
@@ -217,7 +262,7 @@ def test_an_undeclared_huge_body_is_cut_at_the_limit(server):
             pass
         try:
             got = c.recv(4096)
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     assert time.monotonic() - t0 < 20
     assert got.startswith(b"HTTP/1.1 413"), got[:200]
@@ -226,8 +271,11 @@ def test_an_undeclared_huge_body_is_cut_at_the_limit(server):
 
 def test_a_stalled_body_is_408_and_health_answers_meanwhile(server):
     result = {}
-    t = threading.Thread(target=lambda: result.update(r=raw(server, b"POST /v1/chat/completions HTTP/1.1\r\n"
-                                                               b"Host: localhost\r\nContent-Length: 100\r\n\r\n{")))
+    t = threading.Thread(
+        target=lambda: result.update(
+            r=raw(server, b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{")
+        )
+    )
     t.start()
     t0 = time.monotonic()
     assert server.health()["status"] == "ok" and time.monotonic() - t0 < 1.0
@@ -249,7 +297,7 @@ def test_slowloris_connections_are_closed(server):
     closed = 0
     for c in conns:
         try:
-            c.sendall(b"X-a: b\r\n")     # one more header line each, as slowloris does
+            c.sendall(b"X-a: b\r\n")  # one more header line each, as slowloris does
         except OSError:
             pass
     deadline = time.monotonic() + 8
@@ -257,7 +305,7 @@ def test_slowloris_connections_are_closed(server):
         c.settimeout(max(deadline - time.monotonic(), 0.01))
         try:
             closed += c.recv(1) == b""
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             closed += isinstance(sys.exc_info()[1], ConnectionResetError)
         c.close()
     assert closed == 40 and time.monotonic() - t0 < 8
@@ -291,21 +339,34 @@ def test_host_and_origin_checks(server):
     for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", "[::1]", "app.localhost"):
         assert post(server, "/v1/models", None, {"Host": host})[0] == 200, host
     # a page elsewhere posting text/plain (a "simple" request: no preflight) is refused, never processed
-    code, out, _ = post(server, "/v1/chat/completions", chat(max_tokens=200, ignore_eos=True),
-                        {"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    code, out, _ = post(
+        server,
+        "/v1/chat/completions",
+        chat(max_tokens=200, ignore_eos=True),
+        {"Origin": "https://evil.example", "Content-Type": "text/plain"},
+    )
     assert code == 403 and "origin 'https://evil.example' is not allowed" in json.loads(out)["error"]["message"]
     assert server.health()["busy"] == 0
     code, _, headers = post(server, "/v1/chat/completions", b"", {"Origin": "https://evil.example"})
     assert code == 403 and "access-control-allow-origin" not in {k.lower() for k in headers}
     # a page on this machine may use it (Ollama's default), with CORS headers and a preflight
     code, _, headers = post(server, "/v1/chat/completions", chat(max_tokens=1), {"Origin": "http://localhost:3000"})
-    assert code == 200 and {k.lower(): v for k, v in headers.items()}["access-control-allow-origin"] == "http://localhost:3000"
-    req = urllib.request.Request(server.url + "/v1/chat/completions", method="OPTIONS",
-                                 headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"})
+    assert (
+        code == 200
+        and {k.lower(): v for k, v in headers.items()}["access-control-allow-origin"] == "http://localhost:3000"
+    )
+    req = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        method="OPTIONS",
+        headers={"Origin": "http://127.0.0.1:5173", "Access-Control-Request-Method": "POST"},
+    )
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 204 and "POST" in r.headers["Access-Control-Allow-Methods"]
-    req = urllib.request.Request(server.url + "/v1/chat/completions", method="OPTIONS",
-                                 headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    req = urllib.request.Request(
+        server.url + "/v1/chat/completions",
+        method="OPTIONS",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=10)
     assert e.value.code == 403
@@ -315,10 +376,20 @@ def test_host_and_origin_checks(server):
 def test_injection_string_is_served_as_text(server):
     """The string in a message, a tool name and tool-call arguments: a 200, and the reply is the model's."""
     tools = [{"type": "function", "function": {"name": "f" + INJECTION, "parameters": {"type": "object"}}}]
-    hist = [{"role": "user", "content": INJECTION},
-            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
-                                                  "function": {"name": INJECTION, "arguments": json.dumps({"a": INJECTION})}}]},
-            {"role": "tool", "tool_call_id": "c", "content": INJECTION}]
+    hist = [
+        {"role": "user", "content": INJECTION},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": "c",
+                    "type": "function",
+                    "function": {"name": INJECTION, "arguments": json.dumps({"a": INJECTION})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c", "content": INJECTION},
+    ]
     r = server.client().chat.completions.create(model="m", messages=hist, tools=tools, max_tokens=2, temperature=0)
     assert r.usage.prompt_tokens > 0 and r.choices[0].finish_reason in ("length", "stop", "tool_calls")
     good(server)
@@ -343,21 +414,42 @@ def _control(session, ids):
     return [i for i in ids if e.L.llama_vocab_get_attr(e.vocab, i) & L_ATTR_CONTROL]
 
 
-@pytest.mark.parametrize("where", ["message", "system", "tool_name", "tool_description", "call_name", "call_args",
-                                   "tool_result"])
+@pytest.mark.parametrize(
+    "where", ["message", "system", "tool_name", "tool_description", "call_name", "call_args", "tool_result"]
+)
 def test_injection_adds_no_special_tokens(session, where):
     """The prompt with the injection string holds exactly the control tokens of the prompt with a harmless
     string in its place: the template's own markers, and nothing the client typed."""
+
     def conv(text):
-        tools = [{"type": "function", "function": {"name": "f" + (text if where == "tool_name" else ""),
-                                                   "description": text if where == "tool_description" else "d",
-                                                   "parameters": {"type": "object", "properties": {}}}}]
-        msgs = [{"role": "system", "content": text if where == "system" else "be brief"},
-                {"role": "user", "content": text if where == "message" else "hi"},
-                {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
-                    "name": "g" + (text if where == "call_name" else ""),
-                    "arguments": {"a": text if where == "call_args" else "x"}}}]},
-                {"role": "tool", "tool_call_id": "c", "content": text if where == "tool_result" else "ok"}]
+        tools = [
+            {
+                "type": "function",
+                "function": {
+                    "name": "f" + (text if where == "tool_name" else ""),
+                    "description": text if where == "tool_description" else "d",
+                    "parameters": {"type": "object", "properties": {}},
+                },
+            }
+        ]
+        msgs = [
+            {"role": "system", "content": text if where == "system" else "be brief"},
+            {"role": "user", "content": text if where == "message" else "hi"},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c",
+                        "type": "function",
+                        "function": {
+                            "name": "g" + (text if where == "call_name" else ""),
+                            "arguments": {"a": text if where == "call_args" else "x"},
+                        },
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c", "content": text if where == "tool_result" else "ok"},
+        ]
         return session.prompt(msgs, tools=tools)
 
     benign, _ = conv("plain words here")
@@ -365,7 +457,7 @@ def test_injection_adds_no_special_tokens(session, where):
     assert _control(session, hostile) == _control(session, benign)
     # and the string's characters are all there, as text
     text = b"".join(session.engine.piece(i) for i in hostile).decode("utf-8", "replace")
-    assert INJECTION.strip() in text or where in ("call_name", "tool_name")   # names may be reformatted by the template
+    assert INJECTION.strip() in text or where in ("call_name", "tool_name")  # names may be reformatted by the template
 
 
 def test_plain_text_prompts_tokenize_as_before(session):
@@ -391,19 +483,29 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
         code, out, _ = post(s, "/v1/chat/completions", chat(top_k=1048576, max_tokens=2))
         assert code == 400 and json.loads(out)["error"]["message"].startswith("top_k: at most the vocabulary's ")
         for seed in (-1, 0, (1 << 64) - 1, 1 << 40):
-            code, out, _ = post(s, "/v1/chat/completions", chat(seed=seed, temperature=1.0, top_k=5, min_p=0.1, max_tokens=2))
+            code, out, _ = post(
+                s, "/v1/chat/completions", chat(seed=seed, temperature=1.0, top_k=5, min_p=0.1, max_tokens=2)
+            )
             assert code == 200 and json.loads(out)["choices"][0]["finish_reason"] == "length", (seed, out)
-        a, b = (json.loads(post(s, "/v1/chat/completions", chat(temperature=1.0, seed=9, max_tokens=8))[1])
-                for _ in range(2))
+        a, b = (
+            json.loads(post(s, "/v1/chat/completions", chat(temperature=1.0, seed=9, max_tokens=8))[1])
+            for _ in range(2)
+        )
         assert a["choices"][0]["message"]["content"] == b["choices"][0]["message"]["content"]
-        benign = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": "x"}], max_tokens=1))[1])
-        hostile = json.loads(post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": INJECTION}], max_tokens=1))[1])
+        benign = json.loads(
+            post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": "x"}], max_tokens=1))[1]
+        )
+        hostile = json.loads(
+            post(s, "/v1/chat/completions", chat(messages=[{"role": "user", "content": INJECTION}], max_tokens=1))[1]
+        )
         # the injection string as text: many more prompt tokens than its 4 markers would be
         assert hostile["usage"]["prompt_tokens"] - benign["usage"]["prompt_tokens"] > 10
         code, out, _ = post(s, "/v1/chat/completions", chat(logprobs=True))
         assert code == 400 and json.loads(out)["error"]["message"] == "logprobs: not available on the mlx engine"
         code, out, _ = post(s, "/v1/chat/completions", chat(response_format={"type": "json_object"}))
-        assert code == 400 and json.loads(out)["error"]["message"].startswith("response_format: json_object needs grammar")
+        assert code == 400 and json.loads(out)["error"]["message"].startswith(
+            "response_format: json_object needs grammar"
+        )
         good(s)
     finally:
         s.stop()

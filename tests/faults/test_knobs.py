@@ -13,14 +13,17 @@ from edgekit.results import parse_jsonl
 
 pytest.importorskip("llama_cpp")
 
-LLAMA_KNOBS = ("flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, repack, swa_full, use_mmap")
+LLAMA_KNOBS = "flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, repack, swa_full, use_mmap"
 
 
 @pytest.fixture(scope="module")
 def f16(tiny_ckpt, tmp_path_factory):
     from edgekit.builder.pipeline import build
 
-    return build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist")) / "tiny-gemma4-F16.gguf"
+    return (
+        build(str(tiny_ckpt), target="pi5", quants=["f16"], out=tmp_path_factory.mktemp("dist"))
+        / "tiny-gemma4-F16.gguf"
+    )
 
 
 @pytest.fixture
@@ -44,7 +47,9 @@ def one_line(res, line: str) -> None:
     assert res.stderr == f"edgekit: error: {line}\n"
 
 
-@pytest.mark.parametrize("value, expected", [("False", False), ("false", False), ("off", False), ("TRUE", True), ("1", True)])
+@pytest.mark.parametrize(
+    "value, expected", [("False", False), ("false", False), ("off", False), ("TRUE", True), ("1", True)]
+)
 def test_bool_knob_strings_are_booleans(value, expected):
     from edgekit.backends.gguf.runner import KNOBS
 
@@ -59,46 +64,59 @@ def test_set_repack_false_reaches_the_record_as_false(f16):
 
 
 def test_bool_knob_other_words_are_rejected(f16, no_child):
-    one_line(bench(f16, "--set", "repack=maybe"),
-             "--set: runtime knob repack = 'maybe' is not a boolean; use a bool "
-             "(let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy))")
+    one_line(
+        bench(f16, "--set", "repack=maybe"),
+        "--set: runtime knob repack = 'maybe' is not a boolean; use a bool "
+        "(let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy))",
+    )
 
 
 def test_unknown_set_key_names_the_known_keys(f16, no_child):
-    one_line(bench(f16, "--set", "n_ubach=64"),
-             f"--set: unknown runtime knob 'n_ubach' for llama.cpp; known: {LLAMA_KNOBS}")
+    one_line(
+        bench(f16, "--set", "n_ubach=64"), f"--set: unknown runtime knob 'n_ubach' for llama.cpp; known: {LLAMA_KNOBS}"
+    )
 
 
 def test_zero_ubatch_is_rejected(f16, no_child):
-    one_line(bench(f16, "--set", "n_ubatch=0"),
-             "--set: runtime knob n_ubatch = '0' is below 1; use a int (physical batch for prefill (capped at n_batch))")
+    one_line(
+        bench(f16, "--set", "n_ubatch=0"),
+        "--set: runtime knob n_ubatch = '0' is below 1; use a int (physical batch for prefill (capped at n_batch))",
+    )
 
 
 def test_negative_threads_are_rejected(f16, no_child):
-    one_line(bench(f16, "-t", -4),
-             "--threads -4: use at least 1 thread (default: the target's, capped at this host's cores)")
+    one_line(
+        bench(f16, "-t", -4), "--threads -4: use at least 1 thread (default: the target's, capped at this host's cores)"
+    )
 
 
 def test_ctx_past_uint32_is_rejected(f16, no_child):
-    one_line(bench(f16, "--ctx", 4294967312),
-             "--ctx 4294967312 is too long: llama.cpp counts the context in 32 bits (at most 4294967295); pass a smaller --ctx")
+    one_line(
+        bench(f16, "--ctx", 4294967312),
+        "--ctx 4294967312 is too long: llama.cpp counts the context in 32 bits (at most 4294967295); pass a smaller --ctx",
+    )
 
 
 def test_ctx_past_the_trained_context_is_rejected(f16, no_child):
     # the tiny preset's max_position_embeddings, written as gemma4.context_length
-    one_line(bench(f16, "--ctx", 131073),
-             "--ctx 131073 is longer than tiny-gemma4-F16.gguf was trained for (n_ctx_train 131072); pass --ctx 131072 or less")
+    one_line(
+        bench(f16, "--ctx", 131073),
+        "--ctx 131073 is longer than tiny-gemma4-F16.gguf was trained for (n_ctx_train 131072); pass --ctx 131072 or less",
+    )
 
 
 def test_unknown_profile_knob_is_rejected(f16, no_child):
-    from edgekit.measure.bench import BenchOptions, bench as run
     from edgekit.core.errors import ConfigError
+    from edgekit.measure.bench import BenchOptions
+    from edgekit.measure.bench import bench as run
     from edgekit.profiles.targets import TARGETS
 
     tgt = dataclasses.replace(TARGETS.get("pi5"), runtime={"kv_typ": "q8_0"})
     with pytest.raises(ConfigError) as e:
         run(f16, BenchOptions(n_prompt=8, n_gen=2, reps=1, target=tgt, roofline=False))
-    known = "flash_attn, kv_fill, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, ple, repack, swa_full, use_mmap"
+    known = (
+        "flash_attn, kv_fill, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, ple, repack, swa_full, use_mmap"
+    )
     assert str(e.value) == f"target pi5 [runtime]: unknown runtime knob 'kv_typ'; known: {known}"
 
 
@@ -115,4 +133,4 @@ def test_the_record_holds_the_context_llama_cpp_applied(f16):
         llm.close()
     # llama.cpp rounds the context up (100 → 256 here, measured): the record says what it ran
     assert applied > 100 and rec.ctx == applied
-    assert rec.runtime["n_batch"] == 100 and rec.threads == 1   # capped at the context asked, read back
+    assert rec.runtime["n_batch"] == 100 and rec.threads == 1  # capped at the context asked, read back

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from serve_fixture import cli, free_port, start_server  # noqa: E402
+from serve_fixture import cli, free_port, start_server
 
 THREADS = ("--threads", "1")
 SYSTEM = "You are a terse assistant. Answer in one line."
@@ -36,14 +36,25 @@ def one_line_error(r, *needles):
     return err
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--grace", "-5"], "--grace -5"), (["--grace", "nan"], "--grace nan"), (["--grace", "inf"], "--grace inf"),
-    (["--port", "70000"], "--port 70000"), (["--port", "-1"], "--port -1"), (["--port", "0"], "--port 0"),
-    (["--host", ""], "--host is empty"), (["--host", "no such host.invalid"], "--host"),
-    (["--max-body-mb", "0"], "--max-body-mb"), (["--body-timeout", "nan"], "--body-timeout"),
-    (["--header-timeout", "-1"], "--header-timeout"), (["--alias", " "], "--alias"),
-    (["--api-key", "two words"], "API key"), (["--api-key-file", "/nonexistent/key"], "--api-key-file"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--grace", "-5"], "--grace -5"),
+        (["--grace", "nan"], "--grace nan"),
+        (["--grace", "inf"], "--grace inf"),
+        (["--port", "70000"], "--port 70000"),
+        (["--port", "-1"], "--port -1"),
+        (["--port", "0"], "--port 0"),
+        (["--host", ""], "--host is empty"),
+        (["--host", "no such host.invalid"], "--host"),
+        (["--max-body-mb", "0"], "--max-body-mb"),
+        (["--body-timeout", "nan"], "--body-timeout"),
+        (["--header-timeout", "-1"], "--header-timeout"),
+        (["--alias", " "], "--alias"),
+        (["--api-key", "two words"], "API key"),
+        (["--api-key-file", "/nonexistent/key"], "--api-key-file"),
+    ],
+)
 def test_bad_flags_are_one_line(dist, args, needle):
     t0 = time.monotonic()
     r = cli("serve", str(dist), *args, *THREADS, timeout=60)
@@ -62,8 +73,10 @@ def test_a_busy_port_is_one_line(dist):
 def _raw_stream(port, body: dict, timeout=60) -> tuple[socket.socket, bytes]:
     data = json.dumps(body).encode()
     c = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    c.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(data) + data
+    )
     return c
 
 
@@ -71,8 +84,16 @@ def test_sigterm_mid_stream_with_grace_1_ends_the_stream_properly(dist, tmp_path
     """A stream that would run far past the grace: at the grace its generation is ended in the engine,
     so the client still gets a finish chunk and [DONE]; no CancelledError traceback; exit 0."""
     s = start_server(dist, tmp_path / "log", "--ctx", "8192", "--grace", "1", *THREADS)
-    c = _raw_stream(s.port, {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8000,
-                             "ignore_eos": True, "stream": True, "temperature": 0})
+    c = _raw_stream(
+        s.port,
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 8000,
+            "ignore_eos": True,
+            "stream": True,
+            "temperature": 0,
+        },
+    )
     got = b""
     while b"data: " not in got:
         got += c.recv(65536)
@@ -100,8 +121,12 @@ def test_sigterm_mid_stream_with_grace_1_ends_the_stream_properly(dist, tmp_path
 
 
 def _chat(s):
-    r = s.client().chat.completions.create(model="m", max_tokens=2, temperature=0, messages=[
-        {"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2 + 2?"}])
+    r = s.client().chat.completions.create(
+        model="m",
+        max_tokens=2,
+        temperature=0,
+        messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 2 + 2?"}],
+    )
     return r.usage.prompt_tokens_details.cached_tokens
 
 
@@ -120,7 +145,7 @@ def test_prefix_cache_round_trip_is_keyed_by_the_artifact(dist, tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     s = start_server(dist, tmp_path / "log2", "--ctx", "512", "--prefix-cache", str(cache), *THREADS)
     try:
-        assert _chat(s) > 0              # loaded: the system turn was not prefilled again
+        assert _chat(s) > 0  # loaded: the system turn was not prefilled again
     finally:
         assert s.stop() == 0
     # the same file claimed by another artifact: refused before serving, left as it was
@@ -134,12 +159,20 @@ def test_prefix_cache_round_trip_is_keyed_by_the_artifact(dist, tmp_path):
 def test_prefix_cache_refuses_a_folder_and_an_unrelated_file(dist, tmp_path):
     r = cli("serve", str(dist), "--port", str(free_port()), "--prefix-cache", str(tmp_path), *THREADS, timeout=120)
     one_line_error(r, "a folder")
-    assert not [p for p in tmp_path.iterdir()]          # no stray .tmp
+    assert not [p for p in tmp_path.iterdir()]  # no stray .tmp
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
     r = cli("serve", str(dist), "--port", str(free_port()), "--prefix-cache", str(notes), *THREADS, timeout=120)
     one_line_error(r, "not an edgekit prefix cache", "not overwriting it")
     assert notes.read_text() == "my notes\n" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    r = cli("serve", str(dist), "--port", str(free_port()), "--prefix-cache", str(tmp_path / "no" / "x.bin"),
-            *THREADS, timeout=120)
+    r = cli(
+        "serve",
+        str(dist),
+        "--port",
+        str(free_port()),
+        "--prefix-cache",
+        str(tmp_path / "no" / "x.bin"),
+        *THREADS,
+        timeout=120,
+    )
     one_line_error(r, "does not exist")

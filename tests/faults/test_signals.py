@@ -17,9 +17,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from faultkit import env, hidden_leftovers, run_cli
 
 from edgekit.builder.manifest import read_manifest, verify
-from faultkit import env, hidden_leftovers, run_cli
 
 HELD_BUILD = """
 import sys, time
@@ -36,8 +36,13 @@ app(sys.argv[1:], prog_name="edgekit")
 
 
 def start_held_build(ckpt, out, quants="f16,q8_0"):
-    return subprocess.Popen([sys.executable, "-c", HELD_BUILD, "build", "-m", str(ckpt), "-q", quants, "--out", str(out)],
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", HELD_BUILD, "build", "-m", str(ckpt), "-q", quants, "--out", str(out)],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until_staged(proc, folder: Path, names: set[str], timeout=120) -> Path:
@@ -64,10 +69,14 @@ def earlier_build(tiny_ckpt, tmp_path):
 STAGED = {"tiny-gemma4-F16.gguf", "tiny-gemma4-Q8_0.gguf"}
 
 
-@pytest.mark.parametrize("sig, code, line", [
-    (signal.SIGTERM, 143, "edgekit: terminated (SIGTERM); partial files were removed\n"),
-    (signal.SIGINT, 130, "edgekit: interrupted; partial files were removed\n"),
-], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig, code, line",
+    [
+        (signal.SIGTERM, 143, "edgekit: terminated (SIGTERM); partial files were removed\n"),
+        (signal.SIGINT, 130, "edgekit: interrupted; partial files were removed\n"),
+    ],
+    ids=["SIGTERM", "SIGINT"],
+)
 def test_signal_mid_build_is_one_line_and_leaves_the_earlier_build(tiny_ckpt, earlier_build, sig, code, line):
     out, folder, before = earlier_build
     proc = start_held_build(tiny_ckpt, out)
@@ -109,17 +118,37 @@ def test_sigterm_mid_bench_is_one_line_and_leaves_nothing_behind(tiny_ckpt, tmp_
     assert res.returncode == 0, res.stderr
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "edgekit.cli", "bench", str(tmp_path / "dist" / "tiny-gemma4" / "pi5"),
-                             "-p", "16", "-n", "64", "-r", "100000", "--no-store"],
-                            env=env(TMPDIR=str(tmp)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edgekit.cli",
+            "bench",
+            str(tmp_path / "dist" / "tiny-gemma4" / "pi5"),
+            "-p",
+            "16",
+            "-n",
+            "64",
+            "-r",
+            "100000",
+            "--no-store",
+        ],
+        env=env(TMPDIR=str(tmp)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     parent = psutil.Process(proc.pid)
-    while not parent.children():   # the measuring child has started
+    while not parent.children():  # the measuring child has started
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.05)
-    time.sleep(1.0)   # into the measured runs
+    time.sleep(1.0)  # into the measured runs
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
-    assert stderr.splitlines()[-1] == "edgekit: terminated (SIGTERM); partial files were removed" and "Traceback" not in stderr
+    assert (
+        stderr.splitlines()[-1] == "edgekit: terminated (SIGTERM); partial files were removed"
+        and "Traceback" not in stderr
+    )
     assert stdout == "" and list(tmp.iterdir()) == []

@@ -10,11 +10,11 @@ import os
 from pathlib import Path
 
 import pytest
-
-from edgekit.model.checkpoint import sha256_file
-from edgekit.core.fsutil import atomic_dir, atomic_path
-from edgekit.builder.manifest import read_manifest, verify
 from faultkit import hidden_leftovers, run_cli
+
+from edgekit.builder.manifest import read_manifest, verify
+from edgekit.core.fsutil import atomic_dir, atomic_path
+from edgekit.model.checkpoint import sha256_file
 
 VICTIM = b"precious bytes that must survive\n"
 
@@ -34,15 +34,25 @@ def plant_dir(link: Path, victim_dir: Path) -> None:
 
 
 def intact_dir(victim_dir: Path) -> bool:
-    return sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"] and (victim_dir / "keep.txt").read_bytes() == VICTIM
+    return (
+        sorted(p.name for p in victim_dir.iterdir()) == ["keep.txt"]
+        and (victim_dir / "keep.txt").read_bytes() == VICTIM
+    )
 
 
 def test_build_writes_through_no_planted_link(tiny_ckpt, tmp_path):
     out = tmp_path / "dist"
     folder = out / "tiny-gemma4" / "pi5"
-    names = ["tiny-gemma4-F16.gguf", "tiny-gemma4-Q8_0.gguf", "manifest.json",
-             ".tiny-gemma4-F16.gguf.partial", ".tiny-gemma4-Q8_0.gguf.partial", ".manifest.json.partial",
-             ".tiny-gemma4-BF16.intermediate.gguf", "..tiny-gemma4-BF16.intermediate.gguf.partial"]
+    names = [
+        "tiny-gemma4-F16.gguf",
+        "tiny-gemma4-Q8_0.gguf",
+        "manifest.json",
+        ".tiny-gemma4-F16.gguf.partial",
+        ".tiny-gemma4-Q8_0.gguf.partial",
+        ".manifest.json.partial",
+        ".tiny-gemma4-BF16.intermediate.gguf",
+        "..tiny-gemma4-BF16.intermediate.gguf.partial",
+    ]
     victims = {}
     for i, n in enumerate(names):
         victims[n] = tmp_path / f"victim{i}"
@@ -81,7 +91,11 @@ def test_synth_out_replaces_a_link_and_never_writes_through_the_old_temp_name(tm
     res = run_cli("synth", "--out", tmp_path / "ck", "--preset", "tiny")
     assert res.returncode == 0, res.stderr
     assert intact_dir(victim_dir) and (tmp_path / "victim_file").read_bytes() == VICTIM
-    assert (tmp_path / "ck").is_dir() and not (tmp_path / "ck").is_symlink() and (tmp_path / "ck" / "config.json").is_file()
+    assert (
+        (tmp_path / "ck").is_dir()
+        and not (tmp_path / "ck").is_symlink()
+        and (tmp_path / "ck" / "config.json").is_file()
+    )
 
 
 def test_atomic_path_temp_names_are_fresh_and_made_exclusively(tmp_path):
@@ -96,7 +110,7 @@ def test_atomic_path_temp_names_are_fresh_and_made_exclusively(tmp_path):
             assert not t.is_symlink()
         a.write_bytes(b"a")
         b.write_bytes(b"b")
-    assert target.read_bytes() == b"a" and not target.is_symlink()   # the last rename wins, whole
+    assert target.read_bytes() == b"a" and not target.is_symlink()  # the last rename wins, whole
     assert (tmp_path / "victim").read_bytes() == VICTIM
     assert hidden_leftovers(tmp_path) == []
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -34,41 +35,52 @@ from .imatrix import Entry, Imatrix, write_imatrix
 
 log = logging.getLogger(__name__)
 
-CHUNK = 512     # llama-imatrix's default context (-c 512)
-N_BATCH = 512   # one chunk per decode; llama-imatrix's default -b 2048 decodes 4 at once, whose logits
+CHUNK = 512  # llama-imatrix's default context (-c 512)
+N_BATCH = 512  # one chunk per decode; llama-imatrix's default -b 2048 decodes 4 at once, whose logits
 # buffer is 2 GB on E2B's 262,144-token vocabulary (4 x 512 outputs); the figures agree either way
-MIN_ROWS = 16   # llama-imatrix ignores matmuls over fewer rows
+MIN_ROWS = 16  # llama-imatrix ignores matmuls over fewer rows
 
 
 class _Tensor(ctypes.Structure):
     """struct ggml_tensor (ggml/include/ggml.h of the vendored llama.cpp); checked against ggml's own
     accessors on the first tensor, so a layout change fails loudly instead of reading garbage."""
-    _fields_ = [("type", ctypes.c_int), ("buffer", ctypes.c_void_p),
-                ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4),
-                ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16), ("flags", ctypes.c_int32),
-                ("src", ctypes.c_void_p * 10), ("view_src", ctypes.c_void_p), ("view_offs", ctypes.c_size_t),
-                ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64), ("extra", ctypes.c_void_p),
-                ("padding", ctypes.c_char * 8)]
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+        ("extra", ctypes.c_void_p),
+        ("padding", ctypes.c_char * 8),
+    ]
 
 
 @dataclass
 class CalibrateSpec:
-    model: str        # the lossless GGUF
-    text: str         # calibration text file
-    out: str          # imatrix GGUF to write
-    dataset: str      # the text's name recorded in the file (imatrix.datasets)
+    model: str  # the lossless GGUF
+    text: str  # calibration text file
+    out: str  # imatrix GGUF to write
+    dataset: str  # the text's name recorded in the file (imatrix.datasets)
     ctx: int = CHUNK
     n_batch: int = N_BATCH
     threads: int = 0
     verbose: bool = False
-    max_chunks: int = 0   # 0: every chunk the text has (llama-imatrix --chunks)
+    max_chunks: int = 0  # 0: every chunk the text has (llama-imatrix --chunks)
 
 
 @dataclass
 class CalibrateResult:
-    tokens: int       # tokens the text made
-    chunks: int       # chunks evaluated (tokens used: chunks * ctx)
-    entries: int      # weights with a matrix
+    tokens: int  # tokens the text made
+    chunks: int  # chunks evaluated (tokens used: chunks * ctx)
+    entries: int  # weights with a matrix
 
 
 def _ggml():
@@ -107,7 +119,7 @@ class Collector:
 
     def __init__(self, g):
         self.g = g
-        self.op_names: dict[int, bytes] = {}   # op id → ggml's name, asked only for ids the graph holds
+        self.op_names: dict[int, bytes] = {}  # op id → ggml's name, asked only for ids the graph holds
         self.stats: dict[str, list[np.ndarray]] = {}
         self.checked = False
         self.error: str | None = None
@@ -149,7 +161,7 @@ class Collector:
         if ask:
             if op == b"MUL_MAT_ID":
                 return True
-            return src1.ne[1] >= MIN_ROWS and src1.type == 0 and wname.startswith("blk.")   # 0: GGML_TYPE_F32
+            return src1.ne[1] >= MIN_ROWS and src1.type == 0 and wname.startswith("blk.")  # 0: GGML_TYPE_F32
         if src1.nb[0] != 4:
             raise RuntimeError(f"{wname}: input rows are not contiguous F32")
         x = self._read(src1, t.src[1])
@@ -157,7 +169,7 @@ class Collector:
         if op == b"MUL_MAT_ID":
             ids_t = _Tensor.from_address(t.src[2])
             n_as = int(src0.ne[2])
-            ids = self._read_ids(ids_t, t.src[2])       # [n_tokens, n_ids]
+            ids = self._read_ids(ids_t, t.src[2])  # [n_tokens, n_ids]
             sums, counts = self._entry(wname, n_as, ne0)
             n_tokens = int(src1.ne[2])
             for idx in range(ids.shape[1]):
@@ -184,7 +196,9 @@ class Collector:
         n = self.g.ggml_nbytes(ptr)
         buf = np.empty((n + 3) // 4, dtype=np.int32)
         self.g.ggml_backend_tensor_get(ptr, buf.ctypes.data, 0, n)
-        return np.lib.stride_tricks.as_strided(buf, shape=(int(t.ne[1]), int(t.ne[0])), strides=(int(t.nb[1]), int(t.nb[0])))
+        return np.lib.stride_tricks.as_strided(
+            buf, shape=(int(t.ne[1]), int(t.ne[0])), strides=(int(t.nb[1]), int(t.nb[0]))
+        )
 
     def _entry(self, name: str, n_mat: int, ne0: int) -> list[np.ndarray]:
         e = self.stats.get(name)
@@ -231,9 +245,11 @@ def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> Calibra
     text = Path(spec.text).read_text(encoding="utf-8")
     tokens = tokenize_text(L, vocab, text)
     n_ctx = spec.ctx
-    if len(tokens) < 2 * n_ctx:   # llama-imatrix's own minimum
-        raise ConfigError(f"{Path(spec.text).name}: {len(tokens)} tokens; calibration needs at least {2 * n_ctx} "
-                          f"(two chunks of {n_ctx}); pass a longer text")
+    if len(tokens) < 2 * n_ctx:  # llama-imatrix's own minimum
+        raise ConfigError(
+            f"{Path(spec.text).name}: {len(tokens)} tokens; calibration needs at least {2 * n_ctx} "
+            f"(two chunks of {n_ctx}); pass a longer text"
+        )
     n_chunk = len(tokens) // n_ctx if spec.max_chunks <= 0 else min(spec.max_chunks, len(tokens) // n_ctx)
     n_seq = max(1, spec.n_batch // n_ctx)
     n_kv = n_seq * n_ctx
@@ -291,17 +307,33 @@ def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> Calibra
     return CalibrateResult(tokens=len(tokens), chunks=n_chunk, entries=len(m.entries))
 
 
-def calibrate(model: Path, text: Path, out: Path, dataset: str, threads: int = 0, n_batch: int = N_BATCH,
-              max_chunks: int = 0) -> CalibrateResult:
+def calibrate(
+    model: Path, text: Path, out: Path, dataset: str, threads: int = 0, n_batch: int = N_BATCH, max_chunks: int = 0
+) -> CalibrateResult:
     """Compute the importance matrix of GGUF ``model`` over ``text`` into ``out`` (llama.cpp's GGUF imatrix)."""
-    spec = CalibrateSpec(str(model), str(text), str(out), dataset, threads=max(threads, 0), n_batch=n_batch,
-                         verbose=log.isEnabledFor(logging.DEBUG), max_chunks=max_chunks)
+    spec = CalibrateSpec(
+        str(model),
+        str(text),
+        str(out),
+        dataset,
+        threads=max(threads, 0),
+        n_batch=n_batch,
+        verbose=log.isEnabledFor(logging.DEBUG),
+        max_chunks=max_chunks,
+    )
     try:
-        return run_child("edgekit.backends.gguf.calibrate:calibrate_child", spec, CalibrateResult,
-                         verbose=spec.verbose, on_step=lambda s: log.info("%s", s))
+        return run_child(
+            "edgekit.backends.gguf.calibrate:calibrate_child",
+            spec,
+            CalibrateResult,
+            verbose=spec.verbose,
+            on_step=lambda s: log.info("%s", s),
+        )
     except ChildDied as e:
-        raise QuantizeError(f"llama.cpp failed computing the importance matrix of {Path(model).name} ({e.why}); "
-                            "run with -v for llama.cpp's log") from None
+        raise QuantizeError(
+            f"llama.cpp failed computing the importance matrix of {Path(model).name} ({e.why}); "
+            "run with -v for llama.cpp's log"
+        ) from None
 
 
 def importance_matrix(ckpt: Any, ctx: Any, src: Path) -> dict[str, Any]:
@@ -309,9 +341,9 @@ def importance_matrix(ckpt: Any, ctx: Any, src: Path) -> dict[str, Any]:
     on the intermediate ``src``, or a precomputed file copied in), and what the manifest records of it."""
     import shutil
 
-    from ...model.checkpoint import sha256_file
-    from ...core.fsutil import atomic_path
     from ...builder.manifest import versions
+    from ...core.fsutil import atomic_path
+    from ...model.checkpoint import sha256_file
     from .imatrix import read_imatrix
 
     cal = ctx.calibration
@@ -320,16 +352,24 @@ def importance_matrix(ckpt: Any, ctx: Any, src: Path) -> dict[str, Any]:
         with atomic_path(Path(ctx.out_dir) / name) as tmp:
             shutil.copyfile(cal.imatrix, tmp)
         m = read_imatrix(Path(ctx.out_dir) / name)
-        info = {"computed": f"precomputed ({cal.imatrix.name}, as given to --imatrix)",
-                "text": m.datasets[0] if m.datasets else None, "chunks": m.chunk_count}
+        info = {
+            "computed": f"precomputed ({cal.imatrix.name}, as given to --imatrix)",
+            "text": m.datasets[0] if m.datasets else None,
+            "chunks": m.chunk_count,
+        }
     else:
         name = f"{ckpt.name}.imatrix.gguf"
         text = Path(cal.text)
         r = calibrate(src, text, Path(ctx.out_dir) / name, dataset=text.name)
-        info = {"computed": f"edgekit: llama.cpp eval callback as llama-imatrix (-c {CHUNK} -b {N_BATCH}) on the "
-                            f"{src.name.split('-')[-1].split('.')[0]} intermediate, "
-                            f"llama-cpp-python {versions().get('llama-cpp-python', '?')}",
-                "text": text.name, "text_sha256": sha256_file(text), "tokens": r.tokens, "chunks": r.chunks,
-                "chunk_size": CHUNK}
+        info = {
+            "computed": f"edgekit: llama.cpp eval callback as llama-imatrix (-c {CHUNK} -b {N_BATCH}) on the "
+            f"{src.name.split('-')[-1].split('.')[0]} intermediate, "
+            f"llama-cpp-python {versions().get('llama-cpp-python', '?')}",
+            "text": text.name,
+            "text_sha256": sha256_file(text),
+            "tokens": r.tokens,
+            "chunks": r.chunks,
+            "chunk_size": CHUNK,
+        }
         log.info("importance matrix: %d weights over %d chunks of %s", r.entries, r.chunks, text.name)
     return {"file": name, "sha256": sha256_file(Path(ctx.out_dir) / name), **info}

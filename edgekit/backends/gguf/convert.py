@@ -13,20 +13,20 @@ import errno
 import functools
 import logging
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gguf
 import numpy as np
 
-from ...model.checkpoint import Checkpoint
-from ...model.dtypes import DTYPES, from_f32
 from ...core.errors import CheckpointError, ConversionError
 from ...core.fsutil import atomic_path
-from ...model.gemma4 import Gemma4TextConfig
-from ...model.dtypes import to_f16
 from ...core.progress import progress_bar
+from ...model.checkpoint import Checkpoint
+from ...model.dtypes import DTYPES, from_f32, to_f16
+from ...model.gemma4 import Gemma4TextConfig
 from ...model.safetensors_io import TensorRef
 from .vocab import add_vocab
 
@@ -38,7 +38,9 @@ GQT = gguf.GGMLQuantizationType
 # Unquantized storage types the converter writes itself (edgekit.model.dtypes names them).
 FLOAT_TYPES: dict[str, GQT] = {n: GQT[d.gguf] for n, d in DTYPES.items() if d.float and d.gguf}
 FILE_TYPES: dict[GQT, gguf.LlamaFileType] = {
-    GQT.F32: gguf.LlamaFileType.ALL_F32, GQT.F16: gguf.LlamaFileType.MOSTLY_F16, GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    GQT.F32: gguf.LlamaFileType.ALL_F32,
+    GQT.F16: gguf.LlamaFileType.MOSTLY_F16,
+    GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
 }
 
 
@@ -49,7 +51,7 @@ class _Streamed:
     nbytes: int
     chunks: Callable[[], Iterator[np.ndarray]]
     advance: Callable[[int], None]
-    copy_from: tuple[Path, int] | None = None   # (file, offset) when the bytes go over unchanged
+    copy_from: tuple[Path, int] | None = None  # (file, offset) when the bytes go over unchanged
 
     def tofile(self, f: Any) -> None:
         if self.copy_from and _copy_range(*self.copy_from, f, self.nbytes, self.advance):
@@ -80,7 +82,9 @@ def _copy_range(src: Path, offset: int, f: Any, nbytes: int, advance: Callable[[
                     return False
                 raise
             if n == 0:
-                raise CheckpointError(f"{src.name}: file ends inside a tensor; the download is truncated, fetch it again")
+                raise CheckpointError(
+                    f"{src.name}: file ends inside a tensor; the download is truncated, fetch it again"
+                )
             done += n
             advance(n)
     f.seek(0, os.SEEK_END)
@@ -90,7 +94,7 @@ def _copy_range(src: Path, offset: int, f: Any, nbytes: int, advance: Callable[[
 @dataclass
 class _Planned:
     name: str
-    shape: tuple[int, ...]        # numpy order (rows, cols)
+    shape: tuple[int, ...]  # numpy order (rows, cols)
     qtype: GQT
     chunks: Callable[[], Iterator[np.ndarray]]
     copy_from: tuple[Path, int] | None = None
@@ -106,7 +110,7 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
 
     def gen() -> Iterator[np.ndarray]:
         left = ref.n_rows if rows is None else rows
-        for c in (ref.raw_chunks() if same else ref.row_chunks()):
+        for c in ref.raw_chunks() if same else ref.row_chunks():
             if left <= 0:
                 break
             if ref.shape and c.shape[0] > left:
@@ -114,10 +118,11 @@ def _convert(ref: TensorRef, qtype: GQT, rows: int | None = None) -> Callable[[]
             left -= c.shape[0] if ref.shape else 1
             # F16 refuses values it cannot hold (they would turn into Inf silently): dtypes.to_f16.
             yield c if same else to_f16(c, ref.name) if qtype == GQT.F16 else from_f32(c, qtype.name)
+
     return gen
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _name_map(n_layers: int) -> gguf.TensorNameMap:
     return gguf.get_tensor_name_map(ARCH, n_layers)
 
@@ -178,7 +183,9 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
     cfg = ckpt.config
     plans: list[_Planned] = []
     if cfg.vocab_size < n_vocab:
-        raise ConversionError(f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and weights do not belong together")
+        raise ConversionError(
+            f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and weights do not belong together"
+        )
     for short, ref in ckpt.tensors.items():
         name = gguf_tensor_name(short, cfg.num_hidden_layers)
         rows = None
@@ -186,8 +193,8 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
         if short == "embed_tokens.weight" and n_vocab < ref.shape[0]:
             # Rows past the tokenizer's vocabulary are padding no token can reach.
             rows, shape = n_vocab, (n_vocab, ref.shape[1])
-        t = qtype if len(shape) > 1 else GQT.F32   # norms and scalars stay F32, as llama.cpp expects
-        same = FLOAT_TYPES[ref.dtype] == t   # a prefix of rows is a prefix of bytes: copy it as is
+        t = qtype if len(shape) > 1 else GQT.F32  # norms and scalars stay F32, as llama.cpp expects
+        same = FLOAT_TYPES[ref.dtype] == t  # a prefix of rows is a prefix of bytes: copy it as is
         plans.append(_Planned(name, shape, t, _convert(ref, t, rows), (ref.path, ref.offset) if same else None))
     # Always, as llama.cpp's converter writes it: its gemma4 loader requires the tensor ("tensor
     # 'rope_freqs.weight' not found" otherwise), even when the full layers rotate every dim (all 1s).
@@ -207,8 +214,7 @@ def convert(ckpt: Checkpoint, out: Path, dtype: str = "F16", name: str | None = 
             n_vocab = add_vocab(w, ckpt.path, ckpt.config.vocab_size)
             plans = plan_tensors(ckpt, qtype, n_vocab)
             for p in plans:
-                w.add_tensor_info(p.name, p.shape, np.dtype(DTYPES[p.qtype.name].storage),
-                                  p.nbytes, raw_dtype=p.qtype)
+                w.add_tensor_info(p.name, p.shape, np.dtype(DTYPES[p.qtype.name].storage), p.nbytes, raw_dtype=p.qtype)
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_ti_data_to_file()

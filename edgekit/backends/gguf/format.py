@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ...model.dtypes import lossless
 from ...core.errors import ArtifactError, EdgekitError
+from ...model.dtypes import lossless
 from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
-    from ...model.checkpoint import Checkpoint
     from ...builder.manifest import Artifact
+    from ...model.checkpoint import Checkpoint
 
 # Read a row per token (the token's entry), not whole: the PLE table always, the embedding unless it
 # is also the output head (tied embeddings, no output.weight), whose matmul then reads it whole.
@@ -48,13 +48,13 @@ class GgufFormat:
         from ...core.errors import ConfigError
 
         if not recipe.ftype:
-            raise ConfigError(f"recipe {recipe.name}: a gguf recipe needs ftype (e.g. \"MOSTLY_Q4_0\")")
+            raise ConfigError(f'recipe {recipe.name}: a gguf recipe needs ftype (e.g. "MOSTLY_Q4_0")')
         if not self._direct(recipe):
             from .quantize import check
 
             check(recipe)
 
-    def build(self, ckpt: "Checkpoint", recipe: Any, ctx: BuildContext) -> "Artifact":
+    def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
         from ...builder.manifest import Artifact, artifact_digest
         from .convert import convert
         from .quantize import FLOAT_FTYPES, quantize
@@ -64,10 +64,11 @@ class GgufFormat:
         if self._direct(recipe):
             convert(ckpt, out, FLOAT_FTYPES[recipe.ftype], name=ckpt.name)
         else:
+
             def intermediate(c: BuildContext) -> Path:
                 dtype = lossless(ckpt.source_dtypes())
                 src = Path(c.out_dir) / f".{ckpt.name}-{dtype}.intermediate.gguf"
-                c.stack.callback(src.unlink, missing_ok=True)   # registered first: a failed convert leaves nothing
+                c.stack.callback(src.unlink, missing_ok=True)  # registered first: a failed convert leaves nothing
                 convert(ckpt, src, dtype, name=ckpt.name)
                 return src
 
@@ -75,14 +76,28 @@ class GgufFormat:
                 from .calibrate import importance_matrix
 
                 # One matrix per checkpoint (a lean vocabulary has its own context), on its intermediate.
-                imatrix = ctx.shared("gguf.imatrix", lambda c: importance_matrix(ckpt, c, c.shared("gguf.intermediate", intermediate)))
+                imatrix = ctx.shared(
+                    "gguf.imatrix", lambda c: importance_matrix(ckpt, c, c.shared("gguf.intermediate", intermediate))
+                )
             # The build host quantizes with all its cores; the target's thread count is for running.
-            quantize(ctx.shared("gguf.intermediate", intermediate), out, recipe, threads=0,
-                     imatrix=Path(ctx.out_dir) / imatrix["file"] if imatrix else None)
+            quantize(
+                ctx.shared("gguf.intermediate", intermediate),
+                out,
+                recipe,
+                threads=0,
+                imatrix=Path(ctx.out_dir) / imatrix["file"] if imatrix else None,
+            )
         size, digest = artifact_digest(out)
         extra = {"imatrix": dict(imatrix)} if imatrix else {}
-        return Artifact(file=out.name, format=self.name, quant=recipe.quant, recipe=recipe.name, bytes=size, sha256=digest,
-                        extra=extra)
+        return Artifact(
+            file=out.name,
+            format=self.name,
+            quant=recipe.quant,
+            recipe=recipe.name,
+            bytes=size,
+            sha256=digest,
+            extra=extra,
+        )
 
     def detect(self, path: Path) -> bool:
         return path.is_file() and path.suffix == ".gguf"
@@ -101,10 +116,10 @@ class GgufFormat:
     def model_name(self, path: Path) -> str:
         return path.stem
 
-    def token_bytes(self, path: Path) -> "TokenBytes":
+    def token_bytes(self, path: Path) -> TokenBytes:
         from .header import read_gguf_header
 
-        tensors = read_gguf_header(path).tensors   # ArtifactError for a corrupt or truncated file
+        tensors = read_gguf_header(path).tensors  # ArtifactError for a corrupt or truncated file
         tied = "output.weight" not in tensors
         whole, gathered = 0, {}
         for name, t in tensors.items():
@@ -114,8 +129,13 @@ class GgufFormat:
             else:
                 whole += int(t.n_bytes)
         sizes = {name: int(t.n_bytes) for name, t in tensors.items()}
-        return TokenBytes(total=whole + sum(gathered.values()), whole=whole, gathered=gathered,
-                          file_tensor_bytes=sum(sizes.values()), sizes=sizes)
+        return TokenBytes(
+            total=whole + sum(gathered.values()),
+            whole=whole,
+            gathered=gathered,
+            file_tensor_bytes=sum(sizes.values()),
+            sizes=sizes,
+        )
 
     def max_context(self, path: Path) -> Optional[int]:
         from .header import read_gguf_header

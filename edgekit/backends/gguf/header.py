@@ -23,22 +23,33 @@ log = logging.getLogger(__name__)
 
 INCOMPLETE = "{name}: not a complete GGUF file (corrupt or truncated); rebuild it with `edgekit build`"
 _T = gguf.GGUFValueType
-_SCALAR = {_T.UINT8: "B", _T.INT8: "b", _T.UINT16: "H", _T.INT16: "h", _T.UINT32: "I", _T.INT32: "i",
-           _T.FLOAT32: "f", _T.BOOL: "?", _T.UINT64: "Q", _T.INT64: "q", _T.FLOAT64: "d"}
+_SCALAR = {
+    _T.UINT8: "B",
+    _T.INT8: "b",
+    _T.UINT16: "H",
+    _T.INT16: "h",
+    _T.UINT32: "I",
+    _T.INT32: "i",
+    _T.FLOAT32: "f",
+    _T.BOOL: "?",
+    _T.UINT64: "Q",
+    _T.INT64: "q",
+    _T.FLOAT64: "d",
+}
 
 
 @dataclass(frozen=True)
 class TensorInfo:
     name: str
     type: gguf.GGMLQuantizationType
-    shape: tuple[int, ...]   # ggml order: shape[0] is the row length
-    offset: int              # from the start of the file
+    shape: tuple[int, ...]  # ggml order: shape[0] is the row length
+    offset: int  # from the start of the file
     n_bytes: int
 
 
 @dataclass(frozen=True)
 class GGUFHeader:
-    scalars: dict[str, Any]          # metadata keys with scalar or string values (arrays are skipped)
+    scalars: dict[str, Any]  # metadata keys with scalar or string values (arrays are skipped)
     tensors: dict[str, TensorInfo]
 
 
@@ -53,7 +64,7 @@ class _Cursor:
 
     def string(self) -> str:
         n = self.unpack("Q")
-        s = bytes(self.buf[self.pos:self.pos + n]).decode("utf-8", "replace")
+        s = bytes(self.buf[self.pos : self.pos + n]).decode("utf-8", "replace")
         self.pos += n
         return s
 

@@ -28,8 +28,8 @@ KV_QUANT_ENTRIES, KV_QUANT_CHUNKS = "quantize.imatrix.entries_count", "quantize.
 
 @dataclass
 class Entry:
-    sums: np.ndarray     # float32 [n_mat, n_cols]
-    counts: np.ndarray   # int64 [n_mat]
+    sums: np.ndarray  # float32 [n_mat, n_cols]
+    counts: np.ndarray  # int64 [n_mat]
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Imatrix:
     datasets: list[str] = field(default_factory=list)
     chunk_count: int = 0
     chunk_size: int = 0
-    legacy: bool = False   # read from a .dat: sums are (sum / count) * ncall, counts [ncall]
+    legacy: bool = False  # read from a .dat: sums are (sum / count) * ncall, counts [ncall]
 
     def means(self) -> dict[str, np.ndarray]:
         """name → float32 per-column values the quantizer takes, as llama-quantize's load_imatrix makes them."""
@@ -62,12 +62,12 @@ def write_imatrix(path: Path, m: Imatrix) -> Path:
 
     with atomic_path(Path(path)) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch="imatrix")
-        w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)   # an imatrix names no architecture
+        w.kv_data[0].pop(gguf.Keys.General.ARCHITECTURE, None)  # an imatrix names no architecture
         w.add_type("imatrix")
         w.add_array(KV_DATASETS, list(m.datasets))
         w.add_uint32(KV_CHUNK_COUNT, int(m.chunk_count))
         w.add_uint32(KV_CHUNK_SIZE, int(m.chunk_size))
-        for name in sorted(m.entries):   # llama-imatrix's order: deterministic by name
+        for name in sorted(m.entries):  # llama-imatrix's order: deterministic by name
             e = m.entries[name]
             w.add_tensor(f"{name}.in_sum2", np.ascontiguousarray(e.sums, dtype=np.float32))
             w.add_tensor(f"{name}.counts", np.asarray(e.counts, dtype=np.float32).reshape(-1, 1))
@@ -88,8 +88,10 @@ def read_imatrix(path: Path) -> Imatrix:
     try:
         m = _read_gguf(path) if head == b"GGUF" else _read_dat(path)
     except (ValueError, KeyError, IndexError, struct.error) as e:
-        raise ConfigError(f"{path}: not an importance matrix llama.cpp reads ({e}); make one with "
-                          "`edgekit build --calibrate TEXT` or llama-imatrix") from None
+        raise ConfigError(
+            f"{path}: not an importance matrix llama.cpp reads ({e}); make one with "
+            "`edgekit build --calibrate TEXT` or llama-imatrix"
+        ) from None
     if not m.entries:
         raise ConfigError(f"{path}: the importance matrix has no entries")
     if not m.legacy and not (m.datasets is not None and m.chunk_size):
@@ -142,7 +144,7 @@ def _read_dat(path: Path) -> Imatrix:
     m = Imatrix(legacy=True)
     for _ in range(n):
         (ln,) = take("<i")
-        name = raw[pos:pos + ln].decode("utf-8")
+        name = raw[pos : pos + ln].decode("utf-8")
         pos += ln
         ncall, nval = take("<ii")
         if nval < 1:
@@ -150,10 +152,10 @@ def _read_dat(path: Path) -> Imatrix:
         vals = np.frombuffer(raw, dtype="<f4", count=nval, offset=pos).astype(np.float32)
         pos += 4 * nval
         m.entries[name] = Entry(vals.reshape(1, -1), np.array([ncall], dtype=np.int64))
-    if pos < len(raw):   # optional trailer: chunk count, then the dataset's name
+    if pos < len(raw):  # optional trailer: chunk count, then the dataset's name
         (m.chunk_count,) = take("<i")
         if pos < len(raw):
             (ln,) = take("<i")
             if ln > 0:
-                m.datasets = [raw[pos:pos + ln].decode("utf-8", "replace")]
+                m.datasets = [raw[pos : pos + ln].decode("utf-8", "replace")]
     return m

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import gguf
 import numpy as np
 
-from ...model.checkpoint import Checkpoint
 from ...core.errors import CheckpointError, ConfigError, ConversionError
 from ...core.fsutil import atomic_path
+from ...model.checkpoint import Checkpoint
 from ...model.safetensors_io import TensorRef
 from ...model.towers import (
     AUDIO_PREFIX,
@@ -34,14 +34,18 @@ log = logging.getLogger(__name__)
 GQT = gguf.GGMLQuantizationType
 # Tower types a recipe may ask for (what llama.cpp's converter offers for an mmproj, F32 aside).
 QTYPES: dict[str, GQT] = {"F32": GQT.F32, "F16": GQT.F16, "BF16": GQT.BF16, "Q8_0": GQT.Q8_0}
-FILE_TYPES = {GQT.F32: gguf.LlamaFileType.ALL_F32, GQT.F16: gguf.LlamaFileType.MOSTLY_F16,
-              GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16, GQT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0}
+FILE_TYPES = {
+    GQT.F32: gguf.LlamaFileType.ALL_F32,
+    GQT.F16: gguf.LlamaFileType.MOSTLY_F16,
+    GQT.BF16: gguf.LlamaFileType.MOSTLY_BF16,
+    GQT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+}
 CLIP_SUFFIXES = (".weight", ".bias", ".input_max", ".input_min", ".output_max", ".output_min")
 # llama.cpp's converter writes a Gemma 4 projector with this image_size: mtmd ignores it for gemma4v.
 IMAGE_SIZE = 224
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tensor_map() -> gguf.TensorNameMap:
     return gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, 128)
 
@@ -63,7 +67,9 @@ def gguf_name(name: str) -> str:
             n += ".weight"
     mapped = _tensor_map().get_name(n, try_suffixes=CLIP_SUFFIXES)
     if mapped is None:
-        raise ConversionError(f"tower tensor {name} has no mmproj name; the checkpoint is not a Gemma 4 model this converter knows")
+        raise ConversionError(
+            f"tower tensor {name} has no mmproj name; the checkpoint is not a Gemma 4 model this converter knows"
+        )
     return mapped
 
 
@@ -78,13 +84,13 @@ def tensor_data(name: str, ref: TensorRef) -> np.ndarray:
     """A tower tensor as float32 in the layout mtmd reads."""
     x = ref.load().astype(np.float32).reshape(ref.shape)
     if x.ndim == 0:
-        return x.reshape(1)            # 0-d clip bounds become 1-element tensors
+        return x.reshape(1)  # 0-d clip bounds become 1-element tensors
     if name.endswith("per_dim_scale"):
         return _softplus(x)
     if name.endswith("lconv1d.depthwise_conv1d.weight"):
-        return x.reshape(x.shape[0], x.shape[2])       # [C, 1, K] → [C, K]
+        return x.reshape(x.shape[0], x.shape[2])  # [C, 1, K] → [C, K]
     if name.endswith("patch_embedder.input_proj.weight"):
-        n, k = x.shape                 # [n, 16*16*3] in HWC order → [n, 3, 16, 16] as ggml's conv reads it
+        n, k = x.shape  # [n, 16*16*3] in HWC order → [n, 3, 16, 16] as ggml's conv reads it
         p = int(round((k // 3) ** 0.5))
         return np.ascontiguousarray(x.reshape(n, p, p, 3).transpose(0, 3, 1, 2))
     return x
@@ -93,15 +99,15 @@ def tensor_data(name: str, ref: TensorRef) -> np.ndarray:
 def tensor_type(name: str, new_name: str, ndim: int, want: GQT) -> GQT:
     """The type llama.cpp's converter gives a tensor when the tower's type is ``want``."""
     if ndim <= 1 or new_name.endswith("_norm.weight") or not new_name.endswith(".weight"):
-        return GQT.F32                 # norms, biases, scalars, clip bounds
+        return GQT.F32  # norms, biases, scalars, clip bounds
     if "position_embedding_table" in name:
-        return GQT.F32                 # mtmd adds it to F32 activations by row lookup
+        return GQT.F32  # mtmd adds it to F32 activations by row lookup
     if modality_of(name) == "audio" and (".conv" in name or "_conv" in name):
         # The subsampling convs, their input projection and the depthwise conv: ggml's conv kernels
         # take F32 (the reference's rule, which the projection matches by name too).
         return GQT.F32
     if new_name.endswith(".patch_embd.weight"):
-        return GQT.F16 if want == GQT.F16 else GQT.F32   # ggml's im2col path: F16 or F32 only
+        return GQT.F16 if want == GQT.F16 else GQT.F32  # ggml's im2col path: F16 or F32 only
     return want
 
 
@@ -118,8 +124,14 @@ def _ftype(types: dict[str, GQT]) -> gguf.LlamaFileType:
     return FILE_TYPES[next(iter(types.values()))]
 
 
-def write_metadata(w: gguf.GGUFWriter, towers: Towers, modalities: tuple[str, ...], text_hidden: int,
-                   name: str, ftype: gguf.LlamaFileType) -> None:
+def write_metadata(
+    w: gguf.GGUFWriter,
+    towers: Towers,
+    modalities: tuple[str, ...],
+    text_hidden: int,
+    name: str,
+    ftype: gguf.LlamaFileType,
+) -> None:
     v, a = towers.vision, towers.audio
     w.add_type(gguf.GGUFType.MMPROJ)
     w.add_name(name)
@@ -134,7 +146,7 @@ def write_metadata(w: gguf.GGUFWriter, towers: Towers, modalities: tuple[str, ..
         w.add_vision_feed_forward_length(v.intermediate_size)
         w.add_vision_block_count(v.num_hidden_layers)
         w.add_vision_head_count(v.num_attention_heads)
-        w.add_vision_image_mean([0.0, 0.0, 0.0])   # Gemma 4 does not normalise; the graph maps to 2x - 1 itself
+        w.add_vision_image_mean([0.0, 0.0, 0.0])  # Gemma 4 does not normalise; the graph maps to 2x - 1 itself
         w.add_vision_image_std([1.0, 1.0, 1.0])
     if "audio" in modalities:
         assert a is not None
@@ -158,21 +170,33 @@ def write_metadata(w: gguf.GGUFWriter, towers: Towers, modalities: tuple[str, ..
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def write_mmproj(ckpt: Checkpoint, out: Path, modalities: tuple[str, ...], types: dict[str, str],
-                 name: str | None = None, advance: Callable[[int], None] = lambda n: None) -> Path:
+def write_mmproj(
+    ckpt: Checkpoint,
+    out: Path,
+    modalities: tuple[str, ...],
+    types: dict[str, str],
+    name: str | None = None,
+    advance: Callable[[int], None] = lambda n: None,
+) -> Path:
     """Write the projector for ``modalities`` of ``ckpt`` at ``out`` (atomically); return ``out``."""
     towers = Towers.from_hf(ckpt.config.raw)
     missing = [m for m in modalities if getattr(towers, m) is None]
     if missing:
-        raise ConfigError(f"{ckpt.path}: no {missing[0]} tower in config.json; build without --modalities "
-                          f"{missing[0]} (the checkpoint has: {', '.join(towers.modalities) or 'text only'})")
+        raise ConfigError(
+            f"{ckpt.path}: no {missing[0]} tower in config.json; build without --modalities "
+            f"{missing[0]} (the checkpoint has: {', '.join(towers.modalities) or 'text only'})"
+        )
     expected = towers.shapes(ckpt.config.hidden_size, modalities)
     absent = [n for n in expected if n not in ckpt.tower_tensors]
     if absent:
-        raise CheckpointError(f"{ckpt.path}: tower tensor {absent[0]} missing ({len(absent)} in all); the checkpoint is incomplete")
+        raise CheckpointError(
+            f"{ckpt.path}: tower tensor {absent[0]} missing ({len(absent)} in all); the checkpoint is incomplete"
+        )
     for n, shape in expected.items():
         if ckpt.tower_tensors[n].shape != shape:
-            raise CheckpointError(f"{ckpt.path}: tensor {n} has shape {ckpt.tower_tensors[n].shape}, config implies {shape}; config and weights disagree")
+            raise CheckpointError(
+                f"{ckpt.path}: tensor {n} has shape {ckpt.tower_tensors[n].shape}, config implies {shape}; config and weights disagree"
+            )
     want = {m: QTYPES[types.get(m, "F16")] for m in modalities}
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -192,6 +216,10 @@ def write_mmproj(ckpt: Checkpoint, out: Path, modalities: tuple[str, ...], types
             w.write_tensors_to_file()
         finally:
             w.close()
-    log.info("wrote %s (%s, %.1f MB)", out.name, ", ".join(f"{m} {want[m].name}" for m in modalities),
-             out.stat().st_size / 1e6)
+    log.info(
+        "wrote %s (%s, %.1f MB)",
+        out.name,
+        ", ".join(f"{m} {want[m].name}" for m in modalities),
+        out.stat().st_size / 1e6,
+    )
     return out

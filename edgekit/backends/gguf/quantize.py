@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gguf
 import numpy as np
@@ -34,7 +35,9 @@ def ggml_type(name: str) -> int:
     try:
         return int(gguf.GGMLQuantizationType[name.upper()])
     except KeyError:
-        raise ConfigError(f"unknown tensor type {name!r} in a recipe override; use a ggml type such as q8_0, q6_k, q4_0, f16") from None
+        raise ConfigError(
+            f"unknown tensor type {name!r} in a recipe override; use a ggml type such as q8_0, q6_k, q4_0, f16"
+        ) from None
 
 
 def llama_ftype(name: str) -> int:
@@ -54,7 +57,7 @@ class QuantizeSpec:
     overrides: list[tuple[str, int]] = field(default_factory=list)
     threads: int = 0
     verbose: bool = False
-    imatrix: str = ""   # an importance-matrix file (imatrix.py), applied as llama-quantize --imatrix applies it
+    imatrix: str = ""  # an importance-matrix file (imatrix.py), applied as llama-quantize --imatrix applies it
 
 
 @dataclass
@@ -88,7 +91,9 @@ def quantize_child(spec: QuantizeSpec, step: Callable[[str], None]) -> QuantizeR
         params.tt_overrides = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     if spec.imatrix:
         keep = _apply_imatrix(params, Path(spec.imatrix))  # noqa: F841 (the arrays must live through the call)
-    return QuantizeResult(rc=int(llama_cpp.llama_model_quantize(spec.src.encode(), spec.dst.encode(), ctypes.byref(params))))
+    return QuantizeResult(
+        rc=int(llama_cpp.llama_model_quantize(spec.src.encode(), spec.dst.encode(), ctypes.byref(params)))
+    )
 
 
 def _apply_imatrix(params: Any, path: Path) -> list[Any]:
@@ -124,7 +129,7 @@ def _apply_imatrix(params: Any, path: Path) -> list[Any]:
         kv[i].key = key.encode()
         if isinstance(value, str):
             kv[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-            kv[i].value.val_str = value.encode()[:127]   # llama-quantize's strncpy(…, 127)
+            kv[i].value.val_str = value.encode()[:127]  # llama-quantize's strncpy(…, 127)
         else:
             kv[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT
             kv[i].value.val_i64 = value
@@ -139,7 +144,9 @@ def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        raise EngineMissingError("llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]") from None
+        raise EngineMissingError(
+            "llama-cpp-python is not installed; run `make setup` or pip install edgekit[runtime]"
+        ) from None
     return llama_ftype(recipe.ftype), [(pattern, ggml_type(t)) for pattern, t in recipe.overrides.items()]
 
 
@@ -148,26 +155,46 @@ def quantize(src: Path, out: Path, recipe: Any, threads: int = 0, imatrix: Path 
     importance matrix in file ``imatrix`` if given (its name is what the GGUF records)."""
     ftype, overrides = check(recipe)
     with atomic_path(Path(out)) as tmp:
-        spec = QuantizeSpec(str(src), str(tmp), ftype, overrides, max(threads, 0), log.isEnabledFor(logging.DEBUG),
-                            str(imatrix) if imatrix else "")
+        spec = QuantizeSpec(
+            str(src),
+            str(tmp),
+            ftype,
+            overrides,
+            max(threads, 0),
+            log.isEnabledFor(logging.DEBUG),
+            str(imatrix) if imatrix else "",
+        )
         try:
-            rc = run_child("edgekit.backends.gguf.quantize:quantize_child", spec, QuantizeResult,
-                           verbose=spec.verbose).rc
+            rc = run_child(
+                "edgekit.backends.gguf.quantize:quantize_child", spec, QuantizeResult, verbose=spec.verbose
+            ).rc
             how = f"return code {rc}"
         except ChildDied as e:
             rc, how = -1, e.why
         if rc != 0 or not tmp.is_file():
-            raise QuantizeError(f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how})"
-                                + (low_space_hint(tmp) or "; run with -v for llama.cpp's log"))
+            raise QuantizeError(
+                f"llama.cpp could not quantize {src.name} to {recipe.quant} ({how})"
+                + (low_space_hint(tmp) or "; run with -v for llama.cpp's log")
+            )
         unmet = unmet_overrides(tmp, recipe.overrides)
     for pattern, want, names in unmet:
         if names:
-            log.warning("recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type for "
-                        "some tensors, e.g. per_layer_model_proj, and falls back where a row does not fit the type)", recipe.name, pattern, want,
-                        ", ".join(names[:3]) + (" …" if len(names) > 3 else ""))
+            log.warning(
+                "recipe %s: override %s = %s had no effect on %s (llama.cpp keeps its own type for "
+                "some tensors, e.g. per_layer_model_proj, and falls back where a row does not fit the type)",
+                recipe.name,
+                pattern,
+                want,
+                ", ".join(names[:3]) + (" …" if len(names) > 3 else ""),
+            )
         else:
-            log.warning("recipe %s: override %s = %s matches no tensor; check the pattern against the GGUF "
-                        "tensor names (`gguf-dump`)", recipe.name, pattern, want)
+            log.warning(
+                "recipe %s: override %s = %s matches no tensor; check the pattern against the GGUF "
+                "tensor names (`gguf-dump`)",
+                recipe.name,
+                pattern,
+                want,
+            )
     log.info("quantized %s → %s", src.name, Path(out).name)
     return Path(out)
 

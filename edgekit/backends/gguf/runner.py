@@ -16,8 +16,9 @@ from __future__ import annotations
 import ctypes
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -28,26 +29,38 @@ from ..runner import RunOptions
 _LAZY = re.compile(r"tensor (\S+) \(size = \d+ MiB\) lazy read enabled")
 _BUF = re.compile(r"(?P<name>\S+)\s+(?P<kind>model|KV|compute) buffer size\s*=\s*(?P<mib>[\d.]+) MiB")
 
-KV_TYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1",
-            "q5_0": "Q5_0", "q5_1": "Q5_1", "iq4_nl": "IQ4_NL"}
+KV_TYPES = {
+    "f32": "F32",
+    "f16": "F16",
+    "bf16": "BF16",
+    "q8_0": "Q8_0",
+    "q4_0": "Q4_0",
+    "q4_1": "Q4_1",
+    "q5_0": "Q5_0",
+    "q5_1": "Q5_1",
+    "iq4_nl": "IQ4_NL",
+}
 FLASH = {"auto": -1, "off": 0, "on": 1}
 LAZY = {"off": 0, "auto": 1, "on": 2}
-N_CTX_MAX = 2**32 - 1   # llama_context_params.n_ctx is a uint32
+N_CTX_MAX = 2**32 - 1  # llama_context_params.n_ctx is a uint32
 
-KNOBS = Schema("llama.cpp", [
-    Knob("use_mmap", bool, "map the file (weights then count as file-backed, reclaimable pages)"),
-    Knob("mlock", bool, "lock the weights in RAM"),
-    Knob("lazy", str, "read rows of tables the architecture marks (Gemma 4's PLE) on demand", choices=tuple(LAZY)),
-    Knob("repack", bool, "let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy)"),
-    Knob("kv_type", str, "KV cache type for K and V", choices=tuple(KV_TYPES)),
-    Knob("flash_attn", str, "flash attention", choices=tuple(FLASH)),
-    Knob("n_batch", int, "logical batch for prefill (capped at the context)", default=2048, min=1, max=N_CTX_MAX),
-    Knob("n_ubatch", int, "physical batch for prefill (capped at n_batch)", default=512, min=1, max=N_CTX_MAX),
-    # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
-    # own tools size it to the window (swa_full = false), which is what a deployment runs.
-    Knob("swa_full", bool, "full-context cache for sliding-window layers", default=False),
-    Knob("n_gpu_layers", int, "layers to offload where the build has a GPU backend (Metal); -1 all", min=-1),
-])
+KNOBS = Schema(
+    "llama.cpp",
+    [
+        Knob("use_mmap", bool, "map the file (weights then count as file-backed, reclaimable pages)"),
+        Knob("mlock", bool, "lock the weights in RAM"),
+        Knob("lazy", str, "read rows of tables the architecture marks (Gemma 4's PLE) on demand", choices=tuple(LAZY)),
+        Knob("repack", bool, "let llama.cpp repack weights into CPU-friendly layouts (an anonymous copy)"),
+        Knob("kv_type", str, "KV cache type for K and V", choices=tuple(KV_TYPES)),
+        Knob("flash_attn", str, "flash attention", choices=tuple(FLASH)),
+        Knob("n_batch", int, "logical batch for prefill (capped at the context)", default=2048, min=1, max=N_CTX_MAX),
+        Knob("n_ubatch", int, "physical batch for prefill (capped at n_batch)", default=512, min=1, max=N_CTX_MAX),
+        # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
+        # own tools size it to the window (swa_full = false), which is what a deployment runs.
+        Knob("swa_full", bool, "full-context cache for sliding-window layers", default=False),
+        Knob("n_gpu_layers", int, "layers to offload where the build has a GPU backend (Metal); -1 all", min=-1),
+    ],
+)
 
 
 def _import():
@@ -66,10 +79,10 @@ class _Log:
         self.lines: list[str] = []
         self._partial = ""
         self._buffers: list[tuple[str, str, int]] = []
-        self.lazy: list[str] = []   # tensors llama.cpp reads row by row from the mapping
+        self.lazy: list[str] = []  # tensors llama.cpp reads row by row from the mapping
 
         self._level = 0
-        self.count = 0   # lines seen (``lines`` keeps the tail)
+        self.count = 0  # lines seen (``lines`` keeps the tail)
 
         @L.llama_log_callback
         def cb(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
@@ -126,8 +139,12 @@ class LlamaCppRunner:
         mp = L.llama_model_default_params()
         if "use_mmap" in rt or "mlock" in rt:  # else llama.cpp's auto mode (mmap where supported)
             mmap, mlock = bool(rt.get("use_mmap", True)), bool(rt.get("mlock", False))
-            mp.load_mode = {(True, False): L.LLAMA_LOAD_MODE_MMAP, (False, False): L.LLAMA_LOAD_MODE_NONE,
-                            (True, True): L.LLAMA_LOAD_MODE_MMAP_MLOCK, (False, True): L.LLAMA_LOAD_MODE_MLOCK}[mmap, mlock]
+            mp.load_mode = {
+                (True, False): L.LLAMA_LOAD_MODE_MMAP,
+                (False, False): L.LLAMA_LOAD_MODE_NONE,
+                (True, True): L.LLAMA_LOAD_MODE_MMAP_MLOCK,
+                (False, True): L.LLAMA_LOAD_MODE_MLOCK,
+            }[mmap, mlock]
         if "lazy" in rt:
             mp.lazy_mode = LAZY[rt["lazy"]]
         if "repack" in rt:
@@ -136,8 +153,9 @@ class LlamaCppRunner:
             mp.n_gpu_layers = int(rt["n_gpu_layers"])
         self.model = L.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
-            raise BenchError(f"{path.name}: llama.cpp could not load it ({self.log.last_error()}); "
-                             "rebuild it with `edgekit build`")
+            raise BenchError(
+                f"{path.name}: llama.cpp could not load it ({self.log.last_error()}); rebuild it with `edgekit build`"
+            )
         cp = L.llama_context_default_params()
         cp.n_ctx = opts.ctx
         cp.n_batch = min(rt.get("n_batch", 2048), opts.ctx)
@@ -155,8 +173,10 @@ class LlamaCppRunner:
             cp.n_seq_max, cp.kv_unified = opts.n_seq, True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
-            raise BenchError(f"{path.name}: llama.cpp could not create a context of {opts.ctx} tokens "
-                             f"({self.log.last_error()}); try a smaller --ctx")
+            raise BenchError(
+                f"{path.name}: llama.cpp could not create a context of {opts.ctx} tokens "
+                f"({self.log.last_error()}); try a smaller --ctx"
+            )
         # What the context really has (llama.cpp may round or cap what it was asked for).
         self.n_batch = int(L.llama_n_batch(self.ctx))
         self.knobs.update(n_batch=self.n_batch, n_ubatch=int(L.llama_n_ubatch(self.ctx)))
@@ -167,11 +187,13 @@ class LlamaCppRunner:
         self._bos = L.llama_vocab_bos(vocab) if L.llama_vocab_get_add_bos(vocab) else None
         self.mem = L.llama_get_memory(self.ctx)
         if opts.verbose == 1:
-            mib = lambda kind: sum(b for _, b in self.log.buffers(kind)) / 1e6   # noqa: E731
-            sys.stderr.write(f"llama.cpp: {path.name}: {self.log.count} log lines (-vv shows them); model "
-                             f"{mib('model'):.1f} MB, KV {mib('KV'):.1f} MB, compute {mib('compute'):.1f} MB, "
-                             f"ctx {self._applied_ctx}, batch {self.n_batch}/{self.knobs['n_ubatch']}, "
-                             f"threads {self._threads}\n")
+            mib = lambda kind: sum(b for _, b in self.log.buffers(kind)) / 1e6
+            sys.stderr.write(
+                f"llama.cpp: {path.name}: {self.log.count} log lines (-vv shows them); model "
+                f"{mib('model'):.1f} MB, KV {mib('KV'):.1f} MB, compute {mib('compute'):.1f} MB, "
+                f"ctx {self._applied_ctx}, batch {self.n_batch}/{self.knobs['n_ubatch']}, "
+                f"threads {self._threads}\n"
+            )
 
     def n_vocab(self) -> int:
         return self._n_vocab
@@ -189,8 +211,10 @@ class LlamaCppRunner:
 
     def prefill(self, tokens: Sequence[int]) -> None:
         # Copying the ids into ctypes arrays costs microseconds; llama_batch_get_one only points at them.
-        arrs = [(ctypes.c_int32 * len(c))(*c) for c in
-                (tokens[i:i + self.n_batch] for i in range(0, len(tokens), self.n_batch))]
+        arrs = [
+            (ctypes.c_int32 * len(c))(*c)
+            for c in (tokens[i : i + self.n_batch] for i in range(0, len(tokens), self.n_batch))
+        ]
         for a in arrs:
             self._decode(a, len(a))
         self.L.llama_synchronize(self.ctx)
@@ -231,7 +255,7 @@ class LlamaCppRunner:
                 k = max(0, start + m - max(first, start))
                 if k:
                     ptr = L.llama_get_logits(self.ctx)
-                    out[row:row + k] = np.ctypeslib.as_array(ptr, shape=(k, nv))
+                    out[row : row + k] = np.ctypeslib.as_array(ptr, shape=(k, nv))
                     row += k
         finally:
             L.llama_batch_free(batch)
@@ -260,9 +284,12 @@ class LlamaCppRunner:
 
     def figures(self) -> dict[str, Any]:
         kv, compute = self.log.buffers("KV"), self.log.buffers("compute")
-        return {"kv_cache_bytes": sum(b for _, b in kv) if kv else None,
-                "compute_buffer_bytes": sum(b for _, b in compute) if compute else None,
-                "model_buffers": self.log.buffers("model"), "lazy_tensors": list(self.log.lazy)}
+        return {
+            "kv_cache_bytes": sum(b for _, b in kv) if kv else None,
+            "compute_buffer_bytes": sum(b for _, b in compute) if compute else None,
+            "model_buffers": self.log.buffers("model"),
+            "lazy_tensors": list(self.log.lazy),
+        }
 
     def applied(self) -> dict[str, Any]:
         return {"ctx": self._applied_ctx, "threads": self._threads, "knobs": dict(self.knobs)}
@@ -282,4 +309,3 @@ class LlamaCppRunner:
 
             self.L.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
             self.log = None
-

@@ -22,23 +22,30 @@ log = logging.getLogger(__name__)
 
 # Rendered as text even when special tokens are hidden, so a chat parser can read them
 # (llama.cpp's Gemma 4 converter marks the same set USER_DEFINED).
-VISIBLE_TOKENS = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>",
-                            "<|tool_response>", "<tool_response|>", '<|"|>'})
+VISIBLE_TOKENS = frozenset(
+    {"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>'}
+)
 
 
 def _read_tokenizer_json(checkpoint_dir: Path) -> dict[str, Any]:
     path = Path(checkpoint_dir) / "tokenizer.json"
     if not path.is_file():
-        raise TokenizerError(f"{path} is missing; copy tokenizer.json from the original Gemma 4 checkpoint into {path.parent}")
+        raise TokenizerError(
+            f"{path} is missing; copy tokenizer.json from the original Gemma 4 checkpoint into {path.parent}"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         model = data["model"]
         if not isinstance(model, dict):
             raise TypeError("model is not an object")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise TokenizerError(f"{path} is unreadable or corrupt ({type(e).__name__}); replace it with the original Gemma 4 tokenizer.json") from None
+        raise TokenizerError(
+            f"{path} is unreadable or corrupt ({type(e).__name__}); replace it with the original Gemma 4 tokenizer.json"
+        ) from None
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
-        raise TokenizerError(f"{path} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); use the tokenizer.json shipped with the Gemma 4 checkpoint")
+        raise TokenizerError(
+            f"{path} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); use the tokenizer.json shipped with the Gemma 4 checkpoint"
+        )
     return data
 
 
@@ -60,7 +67,9 @@ def _tokens(data: dict[str, Any], where: Path) -> tuple[list[str], list[int]]:
     by_id.update({int(a["id"]): a["content"] for a in data.get("added_tokens", [])})
     n = len(by_id)
     if set(by_id) != set(range(n)):
-        raise TokenizerError(f"{where}: token ids are not 0..{n - 1} without gaps; restore the original Gemma 4 tokenizer.json")
+        raise TokenizerError(
+            f"{where}: token ids are not 0..{n - 1} without gaps; restore the original Gemma 4 tokenizer.json"
+        )
     texts = [by_id[i] for i in range(n)]
     T = gguf.TokenType
     types = []
@@ -99,17 +108,21 @@ def add_vocab(writer: gguf.GGUFWriter, checkpoint_dir: Path, n_vocab: int) -> in
     try:
         texts, types = _tokens(data, where)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise TokenizerError(f"{where} is corrupt ({type(e).__name__}); replace it with the original Gemma 4 tokenizer.json") from None
+        raise TokenizerError(
+            f"{where} is corrupt ({type(e).__name__}); replace it with the original Gemma 4 tokenizer.json"
+        ) from None
     n = len(texts)
     if n > n_vocab:
-        raise TokenizerError(f"{checkpoint_dir}: tokenizer has {n} tokens but the embedding only {n_vocab} rows; the tokenizer does not belong to these weights")
+        raise TokenizerError(
+            f"{checkpoint_dir}: tokenizer has {n} tokens but the embedding only {n_vocab} rows; the tokenizer does not belong to these weights"
+        )
     if len(set(texts)) != n:
         # llama.cpp aborts at load on a repeated token text; say so here instead.
         raise TokenizerError(f"{where} has repeated token texts; restore the original Gemma 4 tokenizer.json")
 
     writer.add_tokenizer_model("gemma4")
     writer.add_token_list(texts)
-    writer.add_token_scores([-1000.0] * n)   # BPE ignores scores; LlamaHfVocab writes the same placeholder
+    writer.add_token_scores([-1000.0] * n)  # BPE ignores scores; LlamaHfVocab writes the same placeholder
     writer.add_token_types(types)
 
     vocab_log = logging.getLogger("gguf.vocab")
@@ -118,17 +131,25 @@ def add_vocab(writer: gguf.GGUFWriter, checkpoint_dir: Path, n_vocab: int) -> in
     try:
         special = gguf.SpecialVocab(checkpoint_dir, load_merges=True, n_vocab=n)
     except (ValueError, OSError) as e:
-        raise TokenizerError(f"{checkpoint_dir}: tokenizer files are inconsistent ({e}); restore tokenizer.json and tokenizer_config.json from the original checkpoint") from None
+        raise TokenizerError(
+            f"{checkpoint_dir}: tokenizer files are inconsistent ({e}); restore tokenizer.json and tokenizer_config.json from the original checkpoint"
+        ) from None
     finally:
         vocab_log.removeFilter(quiet)
     if not special.merges:
-        raise TokenizerError(f"{where} has no BPE merges; llama.cpp's gemma4 tokenizer needs them, restore the original file")
+        raise TokenizerError(
+            f"{where} has no BPE merges; llama.cpp's gemma4 tokenizer needs them, restore the original file"
+        )
     # llama.cpp forces add_bos for gemma4 anyway; write it (and no space prefix) explicitly.
     special.add_special_token["bos"] = True
     special.add_to_gguf(writer, quiet=True)
     writer.add_add_space_prefix(False)
-    log.info("gguf vocab: %d tokens, %d merges, %d control", n, len(special.merges),
-             sum(t == gguf.TokenType.CONTROL for t in types))
+    log.info(
+        "gguf vocab: %d tokens, %d merges, %d control",
+        n,
+        len(special.merges),
+        sum(t == gguf.TokenType.CONTROL for t in types),
+    )
     return n
 
 
@@ -146,13 +167,17 @@ def check_chat_template(checkpoint_dir: Path) -> None:
     cfg_path = checkpoint_dir / "tokenizer_config.json"
     fix = "copy tokenizer_config.json (and chat_template.jinja, if it has one) from the original checkpoint"
     if not cfg_path.is_file():
-        raise TokenizerError(f"{checkpoint_dir}: no tokenizer_config.json, so no chat template or special tokens reach "
-                             f"the artifacts (run and serve need them); {fix}")
+        raise TokenizerError(
+            f"{checkpoint_dir}: no tokenizer_config.json, so no chat template or special tokens reach "
+            f"the artifacts (run and serve need them); {fix}"
+        )
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TokenizerError(f"{cfg_path}: unreadable ({e.__class__.__name__}); {fix}") from None
     template = cfg.get("chat_template") if isinstance(cfg, dict) else None
     if not template and not (checkpoint_dir / "chat_template.jinja").is_file():
-        raise TokenizerError(f"{checkpoint_dir}: no chat template (tokenizer_config.json's chat_template or "
-                             f"chat_template.jinja), which run and serve need; {fix}")
+        raise TokenizerError(
+            f"{checkpoint_dir}: no chat template (tokenizer_config.json's chat_template or "
+            f"chat_template.jinja), which run and serve need; {fix}"
+        )

@@ -25,21 +25,28 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ...model.checkpoint import Checkpoint
-from ...model.dtypes import DTYPES, float_dtype, lossless
 from ...core.errors import ConfigError, ConversionError
 from ...core.fsutil import atomic_dir
-from .ple import PLE_FILE, PLE_MODULE, require_mlx
 from ...core.progress import progress_bar
+from ...model.checkpoint import Checkpoint
+from ...model.dtypes import DTYPES, float_dtype, lossless
 from ...model.safetensors_io import SlabWriter, TensorSpec
+from .ple import PLE_FILE, PLE_MODULE, require_mlx
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "chat_template.jinja", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "generation_config.json",
+)
 HF_PREFIX = "model.language_model."
 
 
@@ -47,35 +54,56 @@ def mlx_config(ckpt: Checkpoint) -> dict[str, Any]:
     """The config.json mlx-lm's gemma4 reads exactly as transformers would (text only)."""
     c = ckpt.config
     if c.hidden_activation not in ("gelu_pytorch_tanh", "gelu_approx"):
-        raise ConversionError(f"{ckpt.path}: hidden_activation {c.hidden_activation!r}; mlx-lm's gemma4 "
-                              "computes the tanh GELU only, so this checkpoint cannot be converted to MLX")
+        raise ConversionError(
+            f"{ckpt.path}: hidden_activation {c.hidden_activation!r}; mlx-lm's gemma4 "
+            "computes the tanh GELU only, so this checkpoint cannot be converted to MLX"
+        )
     raw = dict(c.raw)
     text = dict(raw.get("text_config") or raw)
     text.update(
-        model_type="gemma4_text", hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
-        head_dim=c.head_dim, global_head_dim=c.global_head_dim, intermediate_size=c.intermediate_size,
-        vocab_size=c.vocab_size, vocab_size_per_layer_input=c.vocab_size_per_layer_input,
-        hidden_size_per_layer_input=c.hidden_size_per_layer_input, num_kv_shared_layers=c.num_kv_shared_layers,
-        sliding_window=c.sliding_window, layer_types=list(c.layer_types),
-        use_double_wide_mlp=c.use_double_wide_mlp, final_logit_softcapping=c.final_logit_softcapping,
-        rms_norm_eps=c.rms_norm_eps, max_position_embeddings=c.max_position_embeddings,
+        model_type="gemma4_text",
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        head_dim=c.head_dim,
+        global_head_dim=c.global_head_dim,
+        intermediate_size=c.intermediate_size,
+        vocab_size=c.vocab_size,
+        vocab_size_per_layer_input=c.vocab_size_per_layer_input,
+        hidden_size_per_layer_input=c.hidden_size_per_layer_input,
+        num_kv_shared_layers=c.num_kv_shared_layers,
+        sliding_window=c.sliding_window,
+        layer_types=list(c.layer_types),
+        use_double_wide_mlp=c.use_double_wide_mlp,
+        final_logit_softcapping=c.final_logit_softcapping,
+        rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.max_position_embeddings,
         tie_word_embeddings=c.tie_word_embeddings,
         enable_moe_block=bool(text.get("enable_moe_block", False)),
         attention_k_eq_v=bool(text.get("attention_k_eq_v", False)),
     )
     if not text.get("rope_parameters"):
         text["rope_parameters"] = {
-            "full_attention": {"rope_type": "proportional", "rope_theta": c.rope_theta_full,
-                               "partial_rotary_factor": c.partial_rotary_factor_full},
+            "full_attention": {
+                "rope_type": "proportional",
+                "rope_theta": c.rope_theta_full,
+                "partial_rotary_factor": c.partial_rotary_factor_full,
+            },
             "sliding_attention": {"rope_type": "default", "rope_theta": c.rope_theta_sliding},
         }
     text.pop("per_layer_config", None)
     top = {k: v for k, v in raw.items() if k not in ("text_config", "vision_config", "audio_config")}
     if raw.get("model_type") == "gemma4_text":
         top = {}
-    top.update(model_type="gemma4", architectures=["Gemma4ForConditionalGeneration"], vocab_size=c.vocab_size,
-               tie_word_embeddings=c.tie_word_embeddings, eos_token_id=c.eos_token_id, text_config=text)
+    top.update(
+        model_type="gemma4",
+        architectures=["Gemma4ForConditionalGeneration"],
+        vocab_size=c.vocab_size,
+        tie_word_embeddings=c.tie_word_embeddings,
+        eos_token_id=c.eos_token_id,
+        text_config=text,
+    )
     return top
 
 
@@ -123,13 +151,15 @@ class Plan:
 
     def predicate(self, kept: list[str]) -> Callable[[str, Any], Any]:
         """mlx-lm's quant_predicate; paths an override keeps in floats are appended to ``kept``."""
+
         def pred(path: str, module: Any) -> Any:
             if self.rule(path) is None:
-                return True          # the recipe's default bits (recorded once in the config)
+                return True  # the recipe's default bits (recorded once in the config)
             q = self.quant(path)
             if q is None:
                 kept.append(path)
             return q or False
+
         return pred
 
 
@@ -225,11 +255,12 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
         # quantize_model reports bits per weight on stdout, which belongs to edgekit's results.
         kept: list[str] = []
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            model, config = quantize_model(model, config, plan.group_size, plan.bits,
-                                           quant_predicate=plan.predicate(kept))
+            model, config = quantize_model(
+                model, config, plan.group_size, plan.bits, quant_predicate=plan.predicate(kept)
+            )
         log.info("mlx-lm: %s", said.getvalue().strip())
         # mlx-lm would infer these from the missing scales; saying so keeps the config self-describing.
-        config["quantization"].update({p: False for p in kept})
+        config["quantization"].update(dict.fromkeys(kept, False))
     text = model.language_model.model
     ple_q = plan.quant(PLE_MODULE) if has_ple else None
     if has_ple:
@@ -254,7 +285,7 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
             size = _write_ple(ckpt.tensors["embed_tokens_per_layer.weight"], tmp / PLE_FILE, ple_q, ple_dtype)
             index_path = tmp / "model.safetensors.index.json"
             index = json.loads(index_path.read_text())
-            for suffix in (("weight", "scales", "biases") if ple_q else ("weight",)):
+            for suffix in ("weight", "scales", "biases") if ple_q else ("weight",):
                 index["weight_map"][f"{PLE_MODULE}.{suffix}"] = PLE_FILE
             index["metadata"]["total_size"] += size
             index["weight_map"] = dict(sorted(index["weight_map"].items()))

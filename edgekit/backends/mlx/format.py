@@ -14,8 +14,8 @@ from ...core.errors import ArtifactError
 from ..format import BuildContext, TokenBytes
 
 if TYPE_CHECKING:
-    from ...model.checkpoint import Checkpoint
     from ...builder.manifest import Artifact
+    from ...model.checkpoint import Checkpoint
 
 # mlx-lm names: the tables end in these, with .weight/.scales/.biases parts when quantized.
 GATHERED = ("embed_tokens_per_layer", "embed_tokens")
@@ -38,19 +38,19 @@ class MlxFormat:
     recipe_keys = frozenset({"bits", "group_size", "overrides", "dtype"})
 
     def takes_imatrix(self, recipe: Any) -> bool:
-        return False   # mlx-lm's affine quantizer takes no importance matrix
+        return False  # mlx-lm's affine quantizer takes no importance matrix
 
     def needs_imatrix(self, recipe: Any) -> list[str]:
         return []
 
     def check(self, recipe: Any) -> None:
-        from .ple import require_mlx
         from .convert import Plan
+        from .ple import require_mlx
 
         require_mlx()
         Plan(recipe)
 
-    def build(self, ckpt: "Checkpoint", recipe: Any, ctx: BuildContext) -> "Artifact":
+    def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
         from ...builder.manifest import Artifact, artifact_digest
         from .convert import convert
 
@@ -58,8 +58,15 @@ class MlxFormat:
         size, digest = artifact_digest(out)
         cfg = json.loads((out / "config.json").read_text())
         extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note")}
-        return Artifact(file=out.name, format=self.name, quant=recipe.quant, recipe=recipe.name, bytes=size,
-                        sha256=digest, extra=extra)
+        return Artifact(
+            file=out.name,
+            format=self.name,
+            quant=recipe.quant,
+            recipe=recipe.name,
+            bytes=size,
+            sha256=digest,
+            extra=extra,
+        )
 
     def detect(self, path: Path) -> bool:
         return path.is_dir() and (path / "config.json").exists() and any(path.glob("*.safetensors"))
@@ -69,18 +76,25 @@ class MlxFormat:
             q = _config(path).get("quantization") or {}
         except ArtifactError:
             return "unknown"
-        return f"{q['bits']}bit-g{q['group_size']}" if isinstance(q, dict) and "bits" in q and "group_size" in q else "float"
+        return (
+            f"{q['bits']}bit-g{q['group_size']}"
+            if isinstance(q, dict) and "bits" in q and "group_size" in q
+            else "float"
+        )
 
     def model_name(self, path: Path) -> str:
         return path.name
 
-    def token_bytes(self, path: Path) -> "TokenBytes":
+    def token_bytes(self, path: Path) -> TokenBytes:
         from ...model.safetensors_io import read_tensors
 
         folder = Path(path)
         fix = "rebuild it with `edgekit build`"
-        entries = {k: v for p in sorted(folder.glob("*.safetensors"))
-                   for k, v in read_tensors(p, ArtifactError, fix=fix).items()}
+        entries = {
+            k: v
+            for p in sorted(folder.glob("*.safetensors"))
+            for k, v in read_tensors(p, ArtifactError, fix=fix).items()
+        }
         cfg = _config(folder)
         text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
         tied = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
@@ -94,8 +108,9 @@ class MlxFormat:
                 gathered[module] = gathered.get(module, 0) + ref.nbytes // max(ref.n_rows, 1)
             else:
                 whole += ref.nbytes
-        return TokenBytes(total=whole + sum(gathered.values()), whole=whole, gathered=gathered,
-                          file_tensor_bytes=total_file)
+        return TokenBytes(
+            total=whole + sum(gathered.values()), whole=whole, gathered=gathered, file_tensor_bytes=total_file
+        )
 
     def max_context(self, path: Path) -> Optional[int]:
         cfg = _config(Path(path))

@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
-from ...model.dtypes import DTYPES
 from ...core.errors import ArtifactError, EngineMissingError
+from ...model.dtypes import DTYPES
 from ...model.safetensors_io import read_tensors
 
 PLE_FILE = "model-ple.safetensors"
-PLE_MODULE = "language_model.model.embed_tokens_per_layer"   # mlx-lm's path for the table
+PLE_MODULE = "language_model.model.embed_tokens_per_layer"  # mlx-lm's path for the table
 
 
 def require_mlx() -> Any:
@@ -53,8 +53,9 @@ def require_mlx() -> Any:
         import mlx.core as mx
         import mlx_lm  # noqa: F401
     except ImportError as e:
-        raise EngineMissingError(f"MLX is not importable here ({e}); install edgekit[mlx] "
-                                 "(mlx[cpu] on Linux, mlx on macOS)") from None
+        raise EngineMissingError(
+            f"MLX is not importable here ({e}); install edgekit[mlx] (mlx[cpu] on Linux, mlx on macOS)"
+        ) from None
     return mx
 
 
@@ -63,7 +64,7 @@ class PleTable:
     """The PLE tensors of ``model-ple.safetensors``: where each lies in the file, read by rows."""
 
     path: Path
-    parts: dict[str, tuple[int, tuple[int, int], str]]   # weight/scales/biases: offset, shape, dtype
+    parts: dict[str, tuple[int, tuple[int, int], str]]  # weight/scales/biases: offset, shape, dtype
     group_size: int | None
     bits: int | None
     _fd: int
@@ -135,7 +136,7 @@ def _to_mx(a: np.ndarray, dtype: str) -> Any:
     import mlx.core as mx
 
     if dtype == "BF16":
-        return mx.array(a).view(mx.bfloat16)   # bf16 is stored as its raw 16 bits
+        return mx.array(a).view(mx.bfloat16)  # bf16 is stored as its raw 16 bits
     return mx.array(a)
 
 
@@ -159,7 +160,7 @@ def _make_disk_embedding() -> type:
 
         def __call__(self, ids: Any) -> Any:
             t = self.table
-            idx = np.asarray(ids, dtype=np.int64)   # the ids must be on the host to read their rows
+            idx = np.asarray(ids, dtype=np.int64)  # the ids must be on the host to read their rows
             flat = idx.reshape(-1)
             if flat.size and (flat.min() < 0 or flat.max() >= t.shape[0]):
                 raise IndexError(f"token id out of range for a {t.shape[0]}-row PLE table")
@@ -172,9 +173,14 @@ def _make_disk_embedding() -> type:
 
             if not t.quantized:
                 return rows("weight")
-            return mx.dequantize(rows("weight"), scales=rows("scales"),
-                                 biases=rows("biases") if "biases" in t.parts else None,
-                                 group_size=t.group_size, bits=t.bits, mode="affine")
+            return mx.dequantize(
+                rows("weight"),
+                scales=rows("scales"),
+                biases=rows("biases") if "biases" in t.parts else None,
+                group_size=t.group_size,
+                bits=t.bits,
+                mode="affine",
+            )
 
     return DiskEmbedding
 
@@ -183,8 +189,9 @@ def _text_model(model: Any) -> Any:
     return model.language_model.model
 
 
-def load_mlx_model(path: str | Path, ple: str = "auto", dtype: Any = None, lazy: bool = False,
-                   tokenizer: bool = True) -> tuple[Any, Any]:
+def load_mlx_model(
+    path: str | Path, ple: str = "auto", dtype: Any = None, lazy: bool = False, tokenizer: bool = True
+) -> tuple[Any, Any]:
     """(model, tokenizer) for an MLX artifact folder, stock mlx-lm or edgekit-built.
 
     ``ple``: "disk" keeps the PLE table in its file and reads the rows in flight (edgekit artifacts;
@@ -200,13 +207,17 @@ def load_mlx_model(path: str | Path, ple: str = "auto", dtype: Any = None, lazy:
 
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise ArtifactError(f"{folder}: not an MLX artifact (no config.json); build one with `edgekit build --target m2`")
+        raise ArtifactError(
+            f"{folder}: not an MLX artifact (no config.json); build one with `edgekit build --target m2`"
+        )
     has_file = (folder / PLE_FILE).is_file()
     if ple not in ("auto", "disk", "mmap", "resident"):
         raise ValueError(f"ple must be auto, disk or resident, not {ple!r}")
     on_disk = ple in ("disk", "mmap") or (ple == "auto" and has_file)
     if on_disk and not has_file:
-        raise ArtifactError(f"{folder}: no {PLE_FILE}; this artifact was not built by edgekit, load it with ple='resident'")
+        raise ArtifactError(
+            f"{folder}: no {PLE_FILE}; this artifact was not built by edgekit, load it with ple='resident'"
+        )
     tok = None
     if tokenizer:
         # Before the weights: parsing a 262k-entry tokenizer.json briefly takes ≈150 MB more than the
@@ -218,23 +229,30 @@ def load_mlx_model(path: str | Path, ple: str = "auto", dtype: Any = None, lazy:
         # lazy: mx.load only records where each tensor lives; the PLE arrays are dropped unread below.
         model, config = load_model(folder, lazy=True)
     except (ValueError, FileNotFoundError, KeyError) as e:
-        raise ArtifactError(f"{folder}: mlx-lm cannot load this artifact ({e}); rebuild it with `edgekit build`") from None
+        raise ArtifactError(
+            f"{folder}: mlx-lm cannot load this artifact ({e}); rebuild it with `edgekit build`"
+        ) from None
     if dtype is not None:
-        model.update(tree_map(lambda v: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v,
-                              model.parameters()))
+        model.update(
+            tree_map(lambda v: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v, model.parameters())
+        )
     if on_disk:
         quant = config.get("quantization") or {}
         # The converter names the table explicitly (False when unquantized); else the default applies.
         entry = quant.get(PLE_MODULE, quant) if quant else None
         table = open_ple(folder, entry or None)
         text = _text_model(model)
-        expected = (text.config.vocab_size_per_layer_input,
-                    text.config.num_hidden_layers * text.config.hidden_size_per_layer_input)
+        expected = (
+            text.config.vocab_size_per_layer_input,
+            text.config.num_hidden_layers * text.config.hidden_size_per_layer_input,
+        )
         rows, cols = table.shape
         cols *= 32 // table.bits if table.quantized else 1
         if (rows, cols) != expected:
-            raise ArtifactError(f"{folder}: PLE table is {rows}x{cols}, config implies "
-                                f"{expected[0]}x{expected[1]}; rebuild the artifact")
+            raise ArtifactError(
+                f"{folder}: PLE table is {rows}x{cols}, config implies "
+                f"{expected[0]}x{expected[1]}; rebuild the artifact"
+            )
         text.embed_tokens_per_layer = _make_disk_embedding()(table, dtype)
     if not lazy:
         mx.eval(model.parameters())

@@ -16,19 +16,28 @@ so a figure measured with it says so.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from ...core.errors import BenchError, EngineMissingError
 from ...profiles.knobs import Knob, Schema
 from ..runner import RunOptions
 
-KNOBS = Schema("mlx", [
-    Knob("ple", str, "where the per-layer-embedding table lives (edgekit.backends.mlx.ple): disk reads rows in flight",
-         default="auto", choices=("auto", "disk", "mmap", "resident")),
-    Knob("n_batch", int, "prefill chunk (mlx-lm's prefill_step_size)", default=2048, min=1),
-    Knob("kv_fill", int, "positions of stand-in keys/values in every cache before the prompt", default=0, min=0),
-])
+KNOBS = Schema(
+    "mlx",
+    [
+        Knob(
+            "ple",
+            str,
+            "where the per-layer-embedding table lives (edgekit.backends.mlx.ple): disk reads rows in flight",
+            default="auto",
+            choices=("auto", "disk", "mmap", "resident"),
+        ),
+        Knob("n_batch", int, "prefill chunk (mlx-lm's prefill_step_size)", default=2048, min=1),
+        Knob("kv_fill", int, "positions of stand-in keys/values in every cache before the prompt", default=0, min=0),
+    ],
+)
 
 
 def _import():
@@ -68,8 +77,9 @@ class MlxRunner:
         try:
             self.model = load_mlx_model(path, ple=opts.knobs.get("ple", "auto"))
         except (OSError, ValueError, KeyError) as e:
-            raise BenchError(f"{path.name}: mlx-lm could not load it ({e.__class__.__name__}: {e}); "
-                             "rebuild it with `edgekit build`") from None
+            raise BenchError(
+                f"{path.name}: mlx-lm could not load it ({e.__class__.__name__}: {e}); rebuild it with `edgekit build`"
+            ) from None
         mx.eval(self.model.parameters())
         cfg = json.loads((Path(path) / "config.json").read_text())
         text = cfg.get("text_config", {})
@@ -85,7 +95,7 @@ class MlxRunner:
         text = getattr(getattr(self.model, "language_model", None), "model", None)
         ple = getattr(text, "embed_tokens_per_layer", None)
         if ple is None:
-            self.knobs.pop("ple", None)   # no PLE table: the knob did nothing
+            self.knobs.pop("ple", None)  # no PLE table: the knob did nothing
         else:
             self.knobs["ple"] = "disk" if getattr(ple, "table", None) is not None else "resident"
 
@@ -125,9 +135,9 @@ class MlxRunner:
         toks = mx.array(list(tokens), dtype=mx.int32)[None]
         n = toks.shape[1]
         for i in range(0, n - 1, self.step):
-            self.model(toks[:, i:min(i + self.step, n - 1)], cache=self.cache)
+            self.model(toks[:, i : min(i + self.step, n - 1)], cache=self.cache)
             mx.eval([c.state for c in self.cache])
-        self.logits = self.model(toks[:, n - 1:], cache=self.cache)[:, -1, :]
+        self.logits = self.model(toks[:, n - 1 :], cache=self.cache)[:, -1, :]
         mx.eval(self.logits)
         self.kv_max = max(self.kv_max, self._kv_bytes() or 0)
 
@@ -145,7 +155,7 @@ class MlxRunner:
     def next_token(self) -> int:
         return int(self.mx.argmax(self.logits, axis=-1).item())
 
-    def logits_all(self, tokens: Sequence[int], first: int = 0) -> "Any":
+    def logits_all(self, tokens: Sequence[int], first: int = 0) -> Any:
         """Logits [len(tokens) - first, n_vocab] (float32 numpy) of one sequence run through mlx-lm's model
         call from an empty prompt cache, in prefill chunks of n_batch (edgekit eval)."""
         import numpy as np
@@ -156,7 +166,7 @@ class MlxRunner:
         toks = mx.array([int(t) for t in tokens], dtype=mx.int32)[None]
         parts = []
         for i in range(0, toks.shape[1], self.step):
-            logits = self.model(toks[:, i:i + self.step], cache=cache)[0]
+            logits = self.model(toks[:, i : i + self.step], cache=cache)[0]
             lo = max(first - i, 0)
             if lo < logits.shape[0]:
                 part = logits[lo:].astype(mx.float32)

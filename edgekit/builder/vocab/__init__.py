@@ -35,17 +35,29 @@ from typing import Any
 
 import numpy as np
 
-from ...model.checkpoint import Checkpoint, sha256_file
-from ...core.errors import ConfigError
 from ...backends.format import BuildContext
+from ...core.errors import ConfigError
 from ...core.fsutil import atomic_path, output_error
+from ...model.checkpoint import Checkpoint, sha256_file
 from .lean import write_lean
 from .select import Corpus, Selection, SourceTokenizer, corpus_from_bytes, load_corpus, select
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Corpus", "Selection", "SourceTokenizer", "VocabTrims", "corpus_from_bytes", "default_corpus", "effective_vocab",
-           "load_corpus", "no_op_trims", "select", "trim_checkpoint", "write_lean"]
+__all__ = [
+    "Corpus",
+    "Selection",
+    "SourceTokenizer",
+    "VocabTrims",
+    "corpus_from_bytes",
+    "default_corpus",
+    "effective_vocab",
+    "load_corpus",
+    "no_op_trims",
+    "select",
+    "trim_checkpoint",
+    "write_lean",
+]
 
 DEFAULT_CORPUS_NAME = "builtin:edgekit/eval/data/train.txt (CPython docs and code, PSF License)"
 
@@ -71,7 +83,7 @@ def trim_checkpoint(ckpt: Checkpoint, n: int, corpus: Corpus, dest: Path) -> tup
 class _Trim:
     selection: Selection
     ckpt: Checkpoint | None = None
-    ctx: Any = None          # its formats.BuildContext (intermediates of its own)
+    ctx: Any = None  # its formats.BuildContext (intermediates of its own)
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,16 +100,25 @@ class VocabTrims:
         self._src: SourceTokenizer | None = None
         if not sizes:
             if corpus_path is not None:
-                raise ConfigError("--vocab-corpus needs a vocabulary size to trim to; add --vocab N or pick a recipe "
-                                  "with vocab = N")
+                raise ConfigError(
+                    "--vocab-corpus needs a vocabulary size to trim to; add --vocab N or pick a recipe with vocab = N"
+                )
             return
         corpus = load_corpus(corpus_path)
         src = SourceTokenizer.read(ckpt.path)
         for n in sorted(sizes):
             sel = select(src, n, corpus)
             self.trims[n] = _Trim(sel)
-            log.info("vocab %d: %d must-keep, %d from the corpus (%s), %d by the fill rule; %d of %d merges",
-                     n, sel.n_must, sel.n_corpus, corpus.name, sel.n_fill, sel.merges, sel.source_merges)
+            log.info(
+                "vocab %d: %d must-keep, %d from the corpus (%s), %d by the fill rule; %d of %d merges",
+                n,
+                sel.n_must,
+                sel.n_corpus,
+                corpus.name,
+                sel.n_fill,
+                sel.merges,
+                sel.source_merges,
+            )
         self._src = src
 
     def source(self, n: int | None, ctx: Any) -> tuple[Checkpoint, Any]:
@@ -112,10 +133,12 @@ class VocabTrims:
             try:
                 if self._tmp is None:
                     self._tmp = Path(tempfile.mkdtemp(prefix=".edgekit-vocab-", dir=folder))
-                t.ckpt = write_lean(self.ckpt, self._src, t.selection, self._tmp / lean_name(self.ckpt, t.selection.size))
+                t.ckpt = write_lean(
+                    self.ckpt, self._src, t.selection, self._tmp / lean_name(self.ckpt, t.selection.size)
+                )
                 t.record = self._write_map(folder, t)
                 if all(x.ckpt is not None for x in self.trims.values()):
-                    self._src = None   # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
+                    self._src = None  # the full tokenizer's tables (356 MiB for E2B's shape, measured) are done with
             except OSError as e:
                 raise output_error(folder, e) from None
             t.ctx = BuildContext(target=ctx.target, out_dir=ctx.out_dir, stack=ctx.stack, calibration=ctx.calibration)
@@ -127,12 +150,19 @@ class VocabTrims:
         with atomic_path(Path(folder) / name) as tmp, open(tmp, "wb") as f:
             np.save(f, sel.kept.astype(np.int32 if sel.source_size < 2**31 else np.int64))
         return {
-            "size": sel.size, "source_size": sel.source_size,
-            "must_keep": sel.n_must, "from_corpus": sel.n_corpus, "by_fill_rule": sel.n_fill,
-            "merges": sel.merges, "source_merges": sel.source_merges,
-            "corpus": sel.corpus.name, "corpus_sha256": sel.corpus.sha256, "corpus_bytes": sel.corpus.nbytes,
+            "size": sel.size,
+            "source_size": sel.source_size,
+            "must_keep": sel.n_must,
+            "from_corpus": sel.n_corpus,
+            "by_fill_rule": sel.n_fill,
+            "merges": sel.merges,
+            "source_merges": sel.source_merges,
+            "corpus": sel.corpus.name,
+            "corpus_sha256": sel.corpus.sha256,
+            "corpus_bytes": sel.corpus.nbytes,
             # new id -> original id, int32, ascending (numpy .npy)
-            "id_map": name, "id_map_sha256": sha256_file(Path(folder) / name),
+            "id_map": name,
+            "id_map_sha256": sha256_file(Path(folder) / name),
         }
 
     def annotate(self, artifact: Any, n: int | None) -> Any:
@@ -166,10 +196,16 @@ def no_op_trims(recipes: list[Any], n_vocab: int) -> tuple[list[Any], dict[str, 
     keep, skipped = [], {}
     for r in recipes:
         if r.vocab is not None and n_vocab <= r.vocab:
-            skipped[r.name] = (f"vocab = {r.vocab} caps the vocabulary, and the model's has {n_vocab} tokens: "
-                               "nothing to trim")
-            log.warning("recipe %s skipped: the model's vocabulary of %d tokens is already within its vocab = %d "
-                        "(nothing to trim; the manifest says so)", r.name, n_vocab, r.vocab)
+            skipped[r.name] = (
+                f"vocab = {r.vocab} caps the vocabulary, and the model's has {n_vocab} tokens: nothing to trim"
+            )
+            log.warning(
+                "recipe %s skipped: the model's vocabulary of %d tokens is already within its vocab = %d "
+                "(nothing to trim; the manifest says so)",
+                r.name,
+                n_vocab,
+                r.vocab,
+            )
         else:
             keep.append(r)
     return keep, skipped

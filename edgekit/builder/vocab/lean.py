@@ -21,13 +21,14 @@ import copy
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from ...model.checkpoint import Checkpoint
 from ...core.errors import ConversionError
+from ...model.checkpoint import Checkpoint
 from ...model.gemma4 import Gemma4TextConfig
 from ...model.safetensors_io import TensorRef, TensorSpec, read_tensors, write_safetensors
 from .select import ID_KEY_SUFFIXES, Selection, SourceTokenizer, kept_merges
@@ -75,8 +76,9 @@ def lean_tokenizer_json(src: SourceTokenizer, sel: Selection) -> dict[str, Any]:
     model["vocab"] = {src.tokens[o]: n for o, n in new_id.items()}
     model["merges"] = kept_merges(src, kept)
     data["model"] = model
-    data["added_tokens"] = [{**a, "id": new_id[int(a["id"])]} for a in src.data.get("added_tokens", [])
-                            if int(a["id"]) in kept]
+    data["added_tokens"] = [
+        {**a, "id": new_id[int(a["id"])]} for a in src.data.get("added_tokens", []) if int(a["id"]) in kept
+    ]
     if isinstance(data.get("padding"), dict) and "pad_id" in data["padding"]:
         data["padding"]["pad_id"] = new_id[int(data["padding"]["pad_id"])]
     if data.get("post_processor"):
@@ -133,8 +135,9 @@ def write_lean(ckpt: Checkpoint, src: SourceTokenizer, sel: Selection, dest: Pat
     dest.mkdir(parents=True)
 
     def dump(name: str, obj: dict[str, Any]) -> None:
-        (dest / name).write_text(json.dumps(obj, ensure_ascii=False, indent=None if name == "tokenizer.json" else 1),
-                                 encoding="utf-8")
+        (dest / name).write_text(
+            json.dumps(obj, ensure_ascii=False, indent=None if name == "tokenizer.json" else 1), encoding="utf-8"
+        )
 
     dump("tokenizer.json", lean_tokenizer_json(src, sel))
     if src.tokenizer_config:
@@ -160,6 +163,8 @@ def write_lean(ckpt: Checkpoint, src: SourceTokenizer, sel: Selection, dest: Pat
         tensors[short] = lean_refs[r.name]
     lean_cfg = Gemma4TextConfig.from_hf(config, str(dest / "config.json"))
     for name, shape in lean_cfg.expected_shapes().items():
-        if tensors[name].shape != shape:   # a bug here, not a user error
-            raise ConversionError(f"lean vocabulary: {name} has shape {tensors[name].shape}, the lean config implies {shape}")
+        if tensors[name].shape != shape:  # a bug here, not a user error
+            raise ConversionError(
+                f"lean vocabulary: {name} has shape {tensors[name].shape}, the lean config implies {shape}"
+            )
     return Checkpoint(path=dest, config=lean_cfg, tensors=tensors, dropped=list(ckpt.dropped))

@@ -24,9 +24,10 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -55,11 +56,14 @@ class Corpus:
 
 
 def corpus_from_bytes(name: str, raw: bytes) -> Corpus:
-    text = utf8_text(raw, f"{name}: the vocabulary corpus",
-                     "convert it to UTF-8 (e.g. iconv -t UTF-8) or pass another file")
+    text = utf8_text(
+        raw, f"{name}: the vocabulary corpus", "convert it to UTF-8 (e.g. iconv -t UTF-8) or pass another file"
+    )
     if not text.strip():
-        raise ConfigError(f"{name}: the vocabulary corpus is empty; pass a UTF-8 text file with the kind of "
-                          "text the deployment will see")
+        raise ConfigError(
+            f"{name}: the vocabulary corpus is empty; pass a UTF-8 text file with the kind of "
+            "text the deployment will see"
+        )
     return Corpus(name=name, text=text, sha256=hashlib.sha256(raw).hexdigest(), nbytes=len(raw))
 
 
@@ -72,8 +76,9 @@ def load_corpus(path: Path | None) -> Corpus:
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the vocabulary corpus ({e.strerror or e}); pass a readable "
-                          "UTF-8 text file") from None
+        raise ConfigError(
+            f"{path}: cannot read the vocabulary corpus ({e.strerror or e}); pass a readable UTF-8 text file"
+        ) from None
     return corpus_from_bytes(str(path), raw)
 
 
@@ -85,8 +90,9 @@ def _read_json(path: Path, required: bool) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise TokenizerError(f"{path} is unreadable or corrupt ({type(e).__name__}); restore it from the "
-                             "original Gemma 4 checkpoint") from None
+        raise TokenizerError(
+            f"{path} is unreadable or corrupt ({type(e).__name__}); restore it from the original Gemma 4 checkpoint"
+        ) from None
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} is not a JSON object; restore it from the original Gemma 4 checkpoint")
     return data
@@ -123,44 +129,51 @@ class SourceTokenizer:
     """A checkpoint's tokenizer files, read once: the BPE model and what names token ids."""
 
     path: Path
-    data: dict[str, Any]                       # tokenizer.json
+    data: dict[str, Any]  # tokenizer.json
     tokenizer_config: dict[str, Any]
     special_tokens_map: dict[str, Any]
-    model_config: dict[str, Any]               # config.json
+    model_config: dict[str, Any]  # config.json
     generation_config: dict[str, Any]
     chat_template: str
-    tokens: list[str] = field(default_factory=list)       # id -> text
-    ids: dict[str, int] = field(default_factory=dict)     # text -> id
+    tokens: list[str] = field(default_factory=list)  # id -> text
+    ids: dict[str, int] = field(default_factory=dict)  # text -> id
     merges: list[tuple[str, str]] = field(default_factory=list)
     ranks: dict[tuple[str, str], int] = field(default_factory=dict)
-    producer: dict[str, tuple[str, str]] = field(default_factory=dict)   # token -> its lowest-rank merge
+    producer: dict[str, tuple[str, str]] = field(default_factory=dict)  # token -> its lowest-rank merge
     added: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, ckpt_dir: Path) -> "SourceTokenizer":
+    def read(cls, ckpt_dir: Path) -> SourceTokenizer:
         d = Path(ckpt_dir)
         where = d / "tokenizer.json"
         data = _read_json(where, required=True)
         model = data.get("model")
         if not isinstance(model, dict) or model.get("type") != "BPE" or not model.get("byte_fallback"):
-            raise TokenizerError(f"{where} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); a lean "
-                                 "vocabulary is made from the tokenizer.json shipped with the Gemma 4 checkpoint")
+            raise TokenizerError(
+                f"{where} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); a lean "
+                "vocabulary is made from the tokenizer.json shipped with the Gemma 4 checkpoint"
+            )
         tcfg = _read_json(d / "tokenizer_config.json", required=False)
         template = tcfg.get("chat_template") or ""
-        if isinstance(template, list):   # [{"name": ..., "template": ...}, ...]
+        if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
             template = "\n".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
         if (d / "chat_template.jinja").is_file():
             template = f"{template}\n{(d / 'chat_template.jinja').read_text(encoding='utf-8', errors='replace')}"
-        src = cls(path=d, data=data, tokenizer_config=tcfg,
-                  special_tokens_map=_read_json(d / "special_tokens_map.json", required=False),
-                  model_config=_read_json(d / "config.json", required=True),
-                  generation_config=_read_json(d / "generation_config.json", required=False),
-                  chat_template=str(template))
+        src = cls(
+            path=d,
+            data=data,
+            tokenizer_config=tcfg,
+            special_tokens_map=_read_json(d / "special_tokens_map.json", required=False),
+            model_config=_read_json(d / "config.json", required=True),
+            generation_config=_read_json(d / "generation_config.json", required=False),
+            chat_template=str(template),
+        )
         try:
             src._index()
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TokenizerError(f"{where} is corrupt ({type(e).__name__}); restore the original Gemma 4 "
-                                 "tokenizer.json") from None
+            raise TokenizerError(
+                f"{where} is corrupt ({type(e).__name__}); restore the original Gemma 4 tokenizer.json"
+            ) from None
         return src
 
     def _index(self) -> None:
@@ -171,16 +184,19 @@ class SourceTokenizer:
             self.added[int(a["id"])] = a
         n = len(by_id)
         if set(by_id) != set(range(n)):
-            raise TokenizerError(f"{where}: token ids are not 0..{n - 1} without gaps; restore the original "
-                                 "Gemma 4 tokenizer.json")
+            raise TokenizerError(
+                f"{where}: token ids are not 0..{n - 1} without gaps; restore the original Gemma 4 tokenizer.json"
+            )
         self.tokens = [by_id[i] for i in range(n)]
         self.ids = {t: i for i, t in enumerate(self.tokens)}
         if len(self.ids) != n:
             raise TokenizerError(f"{where} has repeated token texts; restore the original Gemma 4 tokenizer.json")
         missing = [t for t in BYTE_TOKENS if t not in self.ids]
         if missing:
-            raise TokenizerError(f"{where} lacks byte-fallback token {missing[0]} ({len(missing)} in all); a lean "
-                                 "vocabulary needs all 256 to spell any text")
+            raise TokenizerError(
+                f"{where} lacks byte-fallback token {missing[0]} ({len(missing)} in all); a lean "
+                "vocabulary needs all 256 to spell any text"
+            )
         self.merges = [_merge_pair(m) for m in self.data["model"].get("merges", [])]
         for r, (a, b) in enumerate(self.merges):
             self.ranks.setdefault((a, b), r)
@@ -206,7 +222,7 @@ class SourceTokenizer:
                     best, at = r, i
             if best is None:
                 break
-            syms[at:at + 2] = [syms[at] + syms[at + 1]]
+            syms[at : at + 2] = [syms[at] + syms[at + 1]]
             seen.add(syms[at])
         return seen, syms
 
@@ -224,7 +240,7 @@ class SourceTokenizer:
             if isinstance(node, str):
                 out.append((where, node))
             elif isinstance(node, dict):
-                if isinstance(node.get("content"), str):     # an AddedToken object
+                if isinstance(node.get("content"), str):  # an AddedToken object
                     out.append((where, node["content"]))
                 else:
                     for k, v in node.items():
@@ -233,8 +249,10 @@ class SourceTokenizer:
                 for v in node:
                     texts(v, where)
 
-        for name, cfg in (("tokenizer_config.json", self.tokenizer_config),
-                          ("special_tokens_map.json", self.special_tokens_map)):
+        for name, cfg in (
+            ("tokenizer_config.json", self.tokenizer_config),
+            ("special_tokens_map.json", self.special_tokens_map),
+        ):
             for k, v in cfg.items():
                 if k.endswith("_token") or k.endswith("_tokens") or k == "model_specific_special_tokens":
                     texts(v, f"{name}:{k}")
@@ -255,8 +273,10 @@ class SourceTokenizer:
         out += [(f"generation_config.json:{k}", i) for k, i in iter_ids(self.generation_config)]
         for where, i in out:
             if not 0 <= i < self.size:
-                raise TokenizerError(f"{where} is token id {i}, which the {self.size}-token tokenizer lacks; "
-                                     "restore config.json and tokenizer.json from the same checkpoint")
+                raise TokenizerError(
+                    f"{where} is token id {i}, which the {self.size}-token tokenizer lacks; "
+                    "restore config.json and tokenizer.json from the same checkpoint"
+                )
         return out
 
 
@@ -264,18 +284,18 @@ class SourceTokenizer:
 class Selection:
     """The kept ids (ascending: new id -> original id) and how each group got in."""
 
-    kept: np.ndarray        # int64, ascending original ids; position = new id
+    kept: np.ndarray  # int64, ascending original ids; position = new id
     source_size: int
-    n_must: int             # specials, control/template/multimodal tokens, bytes (with their closures)
-    n_corpus: int           # tokens the corpus used, most frequent first (with their closures)
-    n_fill: int             # by the fill rule, after the corpus ran out
-    merges: int             # merges kept
+    n_must: int  # specials, control/template/multimodal tokens, bytes (with their closures)
+    n_corpus: int  # tokens the corpus used, most frequent first (with their closures)
+    n_fill: int  # by the fill rule, after the corpus ran out
+    merges: int  # merges kept
     source_merges: int
     corpus: Corpus
 
     @property
     def size(self) -> int:
-        return int(len(self.kept))
+        return len(self.kept)
 
 
 class _Closure:
@@ -294,7 +314,7 @@ class _Closure:
             for s in seen:
                 sid = src.ids.get(s)
                 if sid is not None and sid != tid:
-                    out |= self(sid)   # s is a proper substring of text: the recursion ends
+                    out |= self(sid)  # s is a proper substring of text: the recursion ends
             if final != [text] and text in src.producer:
                 # BPE does not rebuild this token from its own string, but a merge in context can:
                 # keep the lowest-rank merge that makes it.
@@ -311,7 +331,7 @@ def must_keep(src: SourceTokenizer) -> tuple[list[int], set[int]]:
     for where, text in src.named_tokens():
         if text in src.ids:
             must.append(src.ids[text])
-        elif text:   # the full build has the same inconsistency; the trim need not stop for it
+        elif text:  # the full build has the same inconsistency; the trim need not stop for it
             log.warning("%s names %r, which tokenizer.json lacks; nothing to keep for it", where, text)
     must += [i for _, i in src.named_ids()]
     must += [src.ids[t] for t in BYTE_TOKENS]
@@ -327,7 +347,7 @@ def corpus_counts(src: SourceTokenizer, corpus: Corpus) -> np.ndarray:
     pieces = [p for p in re.split(r"(?<=\n)(?=[^\n])", corpus.text) if p]
     counts = np.zeros(src.size, dtype=np.int64)
     for k in range(0, len(pieces), 4096):
-        for enc in tok.encode_batch(pieces[k:k + 4096], add_special_tokens=False):
+        for enc in tok.encode_batch(pieces[k : k + 4096], add_special_tokens=False):
             if enc.ids:
                 counts += np.bincount(np.asarray(enc.ids, dtype=np.int64), minlength=src.size)
     return counts
@@ -344,15 +364,19 @@ def select(src: SourceTokenizer, n: int, corpus: Corpus) -> Selection:
     for i in must:
         base |= closure(i)
     if n > V:
-        raise ConfigError(f"vocab {n} is larger than the model's vocabulary of {V} tokens; use at most {V}, "
-                          "or leave vocab unset for the full vocabulary")
+        raise ConfigError(
+            f"vocab {n} is larger than the model's vocabulary of {V} tokens; use at most {V}, "
+            "or leave vocab unset for the full vocabulary"
+        )
     if n < len(base):
         raise _too_small(n, len(base), cheapest_merge(src, closure, base))
     counts = corpus_counts(src, corpus)
     if n == V:
         keep = np.arange(V, dtype=np.int64)
         n_corpus = int((counts > 0).sum() - np.isin(np.flatnonzero(counts), list(base)).sum())
-        return Selection(keep, V, len(base), n_corpus, V - len(base) - n_corpus, len(src.merges), len(src.merges), corpus)
+        return Selection(
+            keep, V, len(base), n_corpus, V - len(base) - n_corpus, len(src.merges), len(src.merges), corpus
+        )
     kept, groups = _fill(src, closure, atomic, counts, set(base), n)
     n_must = len(base)
     if not kept_merges(src, kept) and src.merges:
@@ -367,13 +391,19 @@ def select(src: SourceTokenizer, n: int, corpus: Corpus) -> Selection:
     keep = np.array(sorted(kept), dtype=np.int64)
     merges = len(kept_merges(src, kept))
     if len(keep) < n:
-        log.warning("vocab %d: only %d tokens can be kept (the others are <unusedN> placeholders or no merge "
-                    "makes them); the lean vocabulary has %d", n, len(keep), len(keep))
+        log.warning(
+            "vocab %d: only %d tokens can be kept (the others are <unusedN> placeholders or no merge "
+            "makes them); the lean vocabulary has %d",
+            n,
+            len(keep),
+            len(keep),
+        )
     return Selection(keep, V, n_must, groups["corpus"], groups["fill"], merges, len(src.merges), corpus)
 
 
-def _fill(src: SourceTokenizer, closure: _Closure, atomic: set[int], counts: np.ndarray, kept: set[int],
-          n: int) -> tuple[set[int], dict[str, int]]:
+def _fill(
+    src: SourceTokenizer, closure: _Closure, atomic: set[int], counts: np.ndarray, kept: set[int], n: int
+) -> tuple[set[int], dict[str, int]]:
     """``kept`` grown to ``n``: the corpus's tokens by frequency, then the fill rule, each with its closure."""
     V = src.size
     used = np.flatnonzero(counts)
@@ -412,7 +442,7 @@ def cheapest_merge(src: SourceTokenizer, closure: _Closure, kept: set[int]) -> s
         add = set().union(*(closure(i) for i in ids)) - kept
         if best is None or len(add) < len(best):
             best = add
-            if len(best) <= 1:   # the least possible: a merge of two kept tokens, its result added
+            if len(best) <= 1:  # the least possible: a merge of two kept tokens, its result added
                 break
     return best
 
@@ -420,14 +450,19 @@ def cheapest_merge(src: SourceTokenizer, closure: _Closure, kept: set[int]) -> s
 def _too_small(n: int, n_must: int, merge: set[int] | None) -> ConfigError:
     minimum = n_must + len(merge or ())
     why = f", and {len(merge)} for one BPE merge, which llama.cpp's tokenizer needs" if merge else ""
-    return ConfigError(f"vocab {n} is smaller than the {minimum} tokens every Gemma 4 deployment keeps "
-                       f"(special, control, template and multimodal tokens, 256 byte-fallback tokens{why}); "
-                       f"use at least {minimum}")
+    return ConfigError(
+        f"vocab {n} is smaller than the {minimum} tokens every Gemma 4 deployment keeps "
+        f"(special, control, template and multimodal tokens, 256 byte-fallback tokens{why}); "
+        f"use at least {minimum}"
+    )
 
 
 def kept_merges(src: SourceTokenizer, kept: set[int]) -> list[Any]:
     """The merges (as tokenizer.json writes them, in rank order) whose two parts and result are kept."""
     ids = src.ids
     raw = src.data["model"].get("merges", [])
-    return [m for m, (a, b) in zip(raw, src.merges)
-            if ids.get(a, -1) in kept and ids.get(b, -1) in kept and ids.get(a + b, -1) in kept]
+    return [
+        m
+        for m, (a, b) in zip(raw, src.merges)
+        if ids.get(a, -1) in kept and ids.get(b, -1) in kept and ids.get(a + b, -1) in kept
+    ]
