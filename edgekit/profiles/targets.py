@@ -59,7 +59,7 @@ BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
 
 
 def _check_keys(raw: dict[str, Any], path: Path) -> None:
-    """Unknown keys at the top and in [bench] ([runtime] is the runners' to check: bench.profile_knobs)."""
+    """Unknown keys at the top and in [bench] ([runtime] is the engines' to check: resolve.profile_knobs)."""
     bench = raw.get("bench")
     for prefix, keys, known in (("", raw, KEYS), ("bench.", bench if isinstance(bench, dict) else {}, BENCH_KEYS)):
         for key in keys:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..core.errors import ArtifactError, ConfigError
+from ..profiles.resolve import resolve
 from .media import (
     DEFAULT_IMAGE_BUDGET,
     Audio,
@@ -159,12 +160,11 @@ def run_media(
 ) -> dict[str, Any]:
     """One reply to ``prompt`` with the media, streamed through ``write``; returns its figures."""
     from ..core.host import physical_cores
-    from ..measure.bench import plan
     from .chat import ChatTemplate
 
     if temperature != 0.0:
         raise ConfigError("replies with --image/--audio are greedy for now; drop --temperature")
-    planned = plan(path, target)[0]
+    (planned,) = resolve(path, target=target, first=True)
     if planned.artifact.format != "gguf":
         raise ConfigError(f"{planned.path.name}: images and audio run on GGUF artifacts (llama.cpp's mtmd) for now")
     proj = find_projector(planned.path, planned.artifact, mmproj)
