@@ -141,7 +141,7 @@ def test_media_cases_are_refused_where_they_cannot_run(suite):
     with pytest.raises(ConfigError, match="GGUF builds with a projector"):
         run_media_cases(mlx, cases, SuiteOptions())
     gguf = SimpleNamespace(path=suite.parent / "x.gguf", artifact=SimpleNamespace(format="gguf"))
-    with pytest.raises(ConfigError, match="--knob n_batch"):
+    with pytest.raises(ConfigError, match="--set n_batch"):
         run_media_cases(gguf, cases, SuiteOptions(runtime={"n_batch": 64}))
 
 

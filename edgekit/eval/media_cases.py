@@ -75,7 +75,7 @@ def run_media_cases(pl: Any, cases: list[Any], opts: Any) -> list[tuple[Any, str
         )
     if opts.runtime:
         raise ConfigError(
-            f"--knob {next(iter(opts.runtime))}: cases with media run on llama.cpp's defaults, which the knob "
+            f"--set {next(iter(opts.runtime))}: cases with media run on llama.cpp's defaults, which the knob "
             "would not change; drop it or use a suite without media"
         )
     proj = find_projector(pl.path, pl.artifact, None)
