@@ -277,8 +277,26 @@ def test_modalities_listed_and_media_without_a_tower_refused(server, built, art)
         assert _get(text, "/props")["modalities"] == {"vision": False, "audio": False}
         with pytest.raises(openai.BadRequestError, match="no audio tower"):
             _reply(vision, _ask(_audio(_wav())))
+        # pi5's ubatch (64) on a model whose image attention is non-causal: warned at start, and an image
+        # of 70 soft tokens (480x336) is a 400 naming the fix, while one of 60 is served
+        assert "those over 64 soft tokens (the ubatch) are refused" in (built / "v.log").read_text()
+        with pytest.raises(openai.BadRequestError, match=r"makes 70 soft tokens.*--ubatch-size 70"):
+            _reply(vision, _ask(_image(_png(480, 336))))
+        assert _reply(vision, _ask(_image(_png())), n_tokens=1).usage.completion_tokens == 1
         with pytest.raises(openai.BadRequestError, match="no vision tower"):
             _reply(text, _ask(_image(_png())))
         assert _reply(text, [{"role": "user", "content": PROMPT}], n_tokens=2).usage.completion_tokens == 2
     finally:
         assert vision.stop() == 0 and text.stop() == 0
+
+
+def test_requests_waiting_for_the_towers_are_bounded():
+    import asyncio
+
+    from edgekit.serve.towers import Busy, Towers
+
+    t = Towers.__new__(Towers)  # the bound alone: no model behind it
+    t.max_waiting, t._waiting, t._lock = 2, 2, threading.Lock()
+    with pytest.raises(Busy, match="2 requests with media are waiting"):
+        asyncio.run(t.prompt([], None, None))
+    assert t._waiting == 2
