@@ -104,7 +104,8 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
                 continue
             types = ",".join(f"{m} {t}" for m, t in p.get("types", {}).items())
             lines.append(
-                f"    + {where + p.get('file', ''):<46} {label} {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}"
+                f"    + {where + p.get('file', ''):<46} {label} {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  "
+                f"sha256:{str(p.get('sha256'))[:12]}"
             )
     return "\n".join(lines)
 
