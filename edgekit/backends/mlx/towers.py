@@ -102,11 +102,13 @@ def _tower_modules(config: dict[str, Any]) -> Any:
         m.audio_tower = gemma4.AudioEncoder(a)
         m.embed_audio = gemma4.MultimodalEmbedder(a.output_proj_dims or a.hidden_size, text_width, eps=a.rms_norm_eps)
     # Model.sanitize reads only .config and .audio_tower: the same mapping stock mlx-vlm applies at load.
-    owner = types.SimpleNamespace(config=cfg, audio_tower=getattr(m, "audio_tower", None))
+    owner: Any = types.SimpleNamespace(config=cfg, audio_tower=getattr(m, "audio_tower", None))
     return m, lambda w: gemma4.Model.sanitize(owner, w)
 
 
-def write(ckpt: Checkpoint, folder: Path, config: dict[str, Any], modalities: tuple[str, ...], types_: dict) -> int:
+def write(
+    ckpt: Checkpoint, folder: Path, config: dict[str, Any], modalities: tuple[str, ...], types_: dict[str, str]
+) -> int:
     """Write ``towers.safetensors`` into ``folder`` (the artifact's private stage) and name its tensors in the
     index; return its size. ``config`` is the artifact's config.json with ``config_part`` merged in."""
     import mlx.core as mx
@@ -120,7 +122,7 @@ def write(ckpt: Checkpoint, folder: Path, config: dict[str, Any], modalities: tu
     absent = [n for n in shapes if n not in ckpt.tower_tensors]
     if absent:
         raise ConversionError(f"{ckpt.path}: tower tensor {absent[0]} missing ({len(absent)} in all)")
-    files: dict[Path, dict[str, Any]] = {}
+    files: dict[Path, Any] = {}  # mx.load: name -> lazy array
     weights = {}
     for name in shapes:
         ref = ckpt.tower_tensors[name]
@@ -138,8 +140,9 @@ def write(ckpt: Checkpoint, folder: Path, config: dict[str, Any], modalities: tu
         kind = "audio" if name.startswith(("audio_tower.", "embed_audio.")) else "vision"
         return getattr(mx, MLX_TYPES[types_[kind]])
 
-    out = {}
-    for name, v in tree_flatten(module.parameters()):
+    out: dict[str, Any] = {}
+    params: list[tuple[str, Any]] = tree_flatten(module.parameters())  # type: ignore[assignment]  # (path, array)
+    for name, v in params:
         out[name] = v.astype(dtype_of(name)) if mx.issubdtype(v.dtype, mx.floating) else v
     path = Path(folder) / TOWERS_FILE
     mx.save_safetensors(str(path), out, metadata={"format": "mlx"})
