@@ -9,29 +9,15 @@ import json
 import re
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.core.errors import ConfigError
 from edgekit.eval.suite import SuiteOptions, load_suite, run_suites
+from tests.media_samples import chirp, gradient_image
 
 pytest.importorskip("llama_cpp.mtmd_cpp", reason="needs edgekit[runtime]")
-
-
-def _image(h=300, w=400, seed=0):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    arr = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) % 255], -1) + rng.normal(0, 20, (h, w, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def _chirp(seconds=2.0):
-    t = np.arange(int(16000 * seconds)) / 16000
-    return (0.5 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
 
 
 def _sha(p) -> str:
@@ -56,8 +42,8 @@ def suite(tmp_path):
     import soundfile as sf
 
     (tmp_path / "media").mkdir()
-    _image().save(tmp_path / "media" / "img.png")
-    sf.write(tmp_path / "media" / "chirp.wav", _chirp(), 16000)
+    gradient_image().save(tmp_path / "media" / "img.png")
+    sf.write(tmp_path / "media" / "chirp.wav", chirp(), 16000)
     img, wav = tmp_path / "media" / "img.png", tmp_path / "media" / "chirp.wav"
     cases = [
         {"id": "t", "suite": "text", "prompt": "Say hi.", "expected": "hi", "scorer": "contains"},
@@ -162,9 +148,9 @@ def test_projector_precision_against_f16(built, tmp_path):
         t: write_mmproj(ckpt, tmp_path / f"p-{t}.gguf", both, dict.fromkeys(both, t)) for t in ("F16", "BF16", "Q8_0")
     }
     media = [
-        Medium("image", "image", prepare_image(_image(), 70)),
-        Medium("image 2", "image", prepare_image(_image(seed=1), 70)),
-        Medium("audio", "audio", Audio(_chirp(), 16000)),
+        Medium("image", "image", prepare_image(gradient_image(), 70)),
+        Medium("image 2", "image", prepare_image(gradient_image(seed=1), 70)),
+        Medium("audio", "audio", Audio(chirp(), 16000)),
     ]
     rows = {(r.projector, r.medium): r for r in compare_projectors(text, projs, media, threads=2)}
     for m in ("image", "audio"):

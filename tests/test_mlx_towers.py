@@ -15,6 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgekit.cli import app
+from edgekit.serve.media import prepare_image
+from tests.media_samples import chirp, gradient_image
 
 pytest.importorskip("mlx_vlm.models.gemma4", reason="needs edgekit[mlx] (mlx-vlm)")
 runner = CliRunner()
@@ -57,30 +59,15 @@ def hf(mm):
     return model, AutoImageProcessor.from_pretrained(ckpt), AutoFeatureExtractor.from_pretrained(ckpt)
 
 
-def _image(h=300, w=400, seed=0):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    arr = np.stack([xx * 255 / w, yy * 255 / h, (xx + yy) % 255], -1) + rng.normal(0, 20, (h, w, 3))
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
-
-
-def _chirp(seconds=2.0):
-    t = np.arange(int(16000 * seconds)) / 16000
-    return (0.5 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
-
-
 def _rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _inputs(hf):
-    from edgekit.serve.media import prepare_image
 
     _, ip, fe = hf
-    x = ip(images=[prepare_image(_image(), 70)], return_tensors="pt", max_soft_tokens=70)
-    a = fe([_chirp()], sampling_rate=16000, return_tensors="pt")
+    x = ip(images=[prepare_image(gradient_image(), 70)], return_tensors="pt", max_soft_tokens=70)
+    a = fe([chirp()], sampling_rate=16000, return_tensors="pt")
     return x, a
 
 
@@ -152,9 +139,8 @@ def test_mlx_vlm_logits_with_an_image_match_transformers(mm, hf):
     print(f"last 3 positions: max |dlogit| {diff:.1e} (logit range {span:.1f})")
     assert diff < 1e-3 * span
     # the image reaches the logits: another image moves them by far more than the difference above
-    from edgekit.serve.media import prepare_image
 
-    y = hf[1](images=[prepare_image(_image(seed=1), 70)], return_tensors="pt", max_soft_tokens=70)
+    y = hf[1](images=[prepare_image(gradient_image(seed=1), 70)], return_tensors="pt", max_soft_tokens=70)
     other = model(
         mx.array([ids]),
         pixel_values=mx.array(y["pixel_values"].numpy()),
@@ -171,14 +157,18 @@ def test_stock_mlx_vlm_generates_with_image_and_audio(mm, hf, tmp_path):
     from mlx_vlm import generate, load
 
     cfg = json.loads((mm["ckpt"] / "config.json").read_text())
-    _image().save(tmp_path / "img.png")
-    sf.write(tmp_path / "chirp.wav", _chirp(), 16000)
+    gradient_image().save(tmp_path / "img.png")
+    sf.write(tmp_path / "chirp.wav", chirp(), 16000)
     model, proc = load(str(mm["f16"]))
     turn = "<|turn>user\n{}Describe.<turn|>\n<|turn>model\n"
-    ids = np.asarray(proc(text=[turn.format(proc.image_token)], images=[_image()], return_tensors="np")["input_ids"])
-    want = int(hf[1](images=[_image()], return_tensors="np", max_soft_tokens=280)["num_soft_tokens_per_image"][0])
+    ids = np.asarray(
+        proc(text=[turn.format(proc.image_token)], images=[gradient_image()], return_tensors="np")["input_ids"]
+    )
+    want = int(
+        hf[1](images=[gradient_image()], return_tensors="np", max_soft_tokens=280)["num_soft_tokens_per_image"][0]
+    )
     assert int((ids == cfg["image_token_id"]).sum()) == want == 266
-    ids = np.asarray(proc(text=[turn.format(proc.audio_token)], audio=[_chirp()], return_tensors="np")["input_ids"])
+    ids = np.asarray(proc(text=[turn.format(proc.audio_token)], audio=[chirp()], return_tensors="np")["input_ids"])
     assert int((ids == cfg["audio_token_id"]).sum()) == 50
     for kind, path in (("image", "img.png"), ("audio", "chirp.wav")):
         prompt = turn.format(getattr(proc, f"{kind}_token"))
