@@ -22,6 +22,7 @@ from ..results import SuiteRecord, provenance
 from ..serve.generate import Sampling
 from ..serve.session import open_resolved
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
+from .media_cases import parse_media, run_media_cases
 from .packs import resolve_suite
 from .scorers import SCORERS
 
@@ -39,6 +40,7 @@ class Case:
     expected: Any
     scorer: str
     line: int
+    media: tuple[Any, ...] = ()  # media_cases.CaseMedium: an image and/or audio beside the suite, sha256-pinned
 
     def score(self, output: str) -> bool:
         return SCORERS[self.scorer][0](output, self.expected)
@@ -107,7 +109,8 @@ def load_suite(path: Path) -> list[Case]:
         if cid in seen:
             raise ConfigError(f"{where}: duplicate id {cid!r}; ids must be unique in a suite file")
         seen.add(cid)
-        cases.append(Case(cid, str(d["suite"]), msgs, d["expected"], d["scorer"], n))
+        media = parse_media(d, path, where)
+        cases.append(Case(cid, str(d["suite"]), msgs, d["expected"], d["scorer"], n, media))
     if not cases:
         raise ConfigError(f"{path}: the suite has no cases")
     return cases
@@ -249,11 +252,18 @@ def run_artifact(ra: ResolvedArtifact, cases: list[Case], opts: SuiteOptions) ->
     """One resolved artifact over the cases, with the record fields that identify it."""
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
-    render, generate, close = engine_chat(ra, info)
-    try:
-        run = run_suite(cases, render, generate, opts.max_tokens, ra.artifact.file)
-    finally:
-        close()
+    text = [c for c in cases if not c.media]
+    run = SuiteRun(ra.artifact.file, [])
+    if text:
+        render, generate, close = engine_chat(ra, info)
+        try:
+            run = run_suite(text, render, generate, opts.max_tokens, ra.artifact.file)
+        finally:
+            close()
+    if len(text) < len(cases):  # images and audio go through llama.cpp's mtmd (media_cases)
+        replies = run_media_cases(ra, [c for c in cases if c.media], opts)
+        media = [CaseResult(c, out, c.score(out)) for c, out in replies]
+        run.results = sorted(run.results + media, key=lambda r: r.case.line)
     a = ra.artifact
     run.meta = {
         "model": ra.model,

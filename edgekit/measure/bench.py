@@ -153,7 +153,7 @@ def measure_tests(
             applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", ra.artifact.file, st.ctx, engine.name, applied["ctx"])
-    records = [_record(ra, opts, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
+    records = [_record(ra, opts, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests, strict=True)]
     for rec in records:
         if use_limit:
             apply_limit(rec, lim)

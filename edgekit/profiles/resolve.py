@@ -147,11 +147,10 @@ def _find(path: Path, target: TargetArg) -> list[_Found]:
     fmt = detect(p)
     if fmt is None:
         raise ArtifactError(f"{p}: not an artifact; pass a .gguf file, an MLX folder or a dist folder with {MANIFEST}")
-    listed = p.parent / MANIFEST
-    m = read_manifest(p.parent) if listed.exists() else None
-    a = next((x for x in m.artifacts if x.file == p.name), None) if m else None
-    if a and m:
-        return [_Found(_checked(p.parent, a), a, m.model, m, target or m.target)]
+    beside = read_manifest(p.parent) if (p.parent / MANIFEST).exists() else None
+    listed = next((x for x in beside.artifacts if x.file == p.name), None) if beside else None
+    if listed and beside:
+        return [_Found(_checked(p.parent, listed), listed, beside.model, beside, target or beside.target)]
     size, sha = artifact_digest(p)
     a = Artifact(file=p.name, format=fmt.name, quant=fmt.quant_label(p), recipe="", bytes=size, sha256=sha)
     return [_Found(p, a, fmt.model_name(p), None, target)]
