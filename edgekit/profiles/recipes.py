@@ -11,10 +11,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..backends.formats import FORMATS
+from ..backends.gguf.ftypes import type_recipes
 from ..core.errors import ConfigError
 from ..core.fields import Fields, read_toml
 from ..core.names import check_plain_name
 from ..core.registry import Registry, data_dir
+from ..model.towers import MODALITIES, TOWER_TYPES
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,6 @@ def check_label(r: Recipe, where: str) -> None:
 
 
 def load_recipe(path: Path) -> Recipe:
-    from ..backends.formats import FORMATS
-
     raw = read_toml(path, ConfigError, "recipe")
     f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
     fmt = raw.get("format")
@@ -114,8 +115,6 @@ def load_recipe(path: Path) -> Recipe:
 
 
 def _tower_types(raw: Any, where: str) -> dict[str, str]:
-    from ..model.towers import MODALITIES, TOWER_TYPES
-
     if not isinstance(raw, dict):
         raise ConfigError(f'{where}: towers must be a table like {{vision = "Q8_0", audio = "BF16"}}')
     for m, t in raw.items():
@@ -132,8 +131,6 @@ COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab", "tow
 
 
 def _load_all() -> dict[str, Recipe]:
-    from ..backends.gguf.ftypes import type_recipes
-
     toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
     # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
     return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}

@@ -146,6 +146,7 @@ class ResponseFormat(_Strict):
     def gbnf(self) -> str:
         """The grammar a reply must match (llama.cpp's JSON grammar, or its converter's for the schema);
         "" for text. ValueError when the schema cannot be converted."""
+        # deferred: llama-cpp-python loads only for a request with a JSON schema
         from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
         if self.type == "json_object":
