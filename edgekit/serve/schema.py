@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .media_parts import media_chars
+
 MAX_DEPTH = 64  # JSON nesting; a tool's JSON schema nests ~10 deep, 10,000 deep was a RecursionError
 MAX_STOP = 4  # as OpenAI
 
@@ -371,6 +373,8 @@ def parse_body(raw: bytes, kind: str) -> tuple[Any, int]:
         elif err["type"] in _TYPES:
             msg = f"must be {_TYPES[err['type']]}, not {_kind(err.get('input'))}"
         raise Invalid(f"{_path(err['loc'])}: {msg}") from None
+    if kind == "chat":  # base64 media is not prompt text (--max-prompt-chars); its own limits are media_parts'
+        chars -= media_chars(req.messages)
     return req, chars
 
 
