@@ -26,7 +26,7 @@ import numpy as np
 
 from edgekit.backends.backend import Backend
 from edgekit.backends.format import BuildContext, ChatText, LabelRule, TokenBytes
-from edgekit.backends.generator import GenRequest, Scheduler, Slot
+from edgekit.backends.generator import GenOptions, GenRequest, Scheduler, Slot
 from edgekit.backends.logits import Vocab
 from edgekit.backends.registry import BACKENDS
 from edgekit.backends.runner import RunOptions
@@ -173,17 +173,8 @@ class FakeGenerator(Scheduler):
 
     logprobs_supported = False
 
-    def __init__(
-        self,
-        path: Path,
-        opts: RunOptions,
-        *,
-        slots: int = 1,
-        max_queue: int = 16,
-        prefix_file: Optional[Path] = None,
-        prefix_key: str = "",
-    ):
-        super().__init__(slots, max_queue)
+    def __init__(self, path: Path, opts: RunOptions, gen: GenOptions):
+        super().__init__(gen.slots, gen.max_queue)
         self.runner = FakeRunner()
         self.runner.load(Path(path), opts)
         self.n_ctx, self.art = opts.ctx, self.runner.art

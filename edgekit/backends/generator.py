@@ -3,7 +3,7 @@
 A generator loads an artifact through its backend's runner, with the knobs bench uses (so the memory
 served is the memory measured), and runs requests on a worker thread:
 
-    gen = BACKENDS.get("llama.cpp").generator(path, RunOptions(threads=4, ctx=2048, knobs=typed), slots=1)
+    gen = BACKENDS.get("llama.cpp").generator(path, RunOptions(threads=4, ctx=2048, knobs=typed), GenOptions())
     req = GenRequest(gen.tokenize(text), Sampling(max_tokens=128), stop_ids=gen.stop_ids(tpl.stop_texts),
                      on_event=callback)       # callback(Event) from the worker thread
     gen.submit(req); ...; gen.close()
@@ -117,17 +117,19 @@ class Generator(Protocol):
         """End every request (``cancelled``), stop the worker, free the engine."""
 
 
+@dataclass(frozen=True)
+class GenOptions:
+    """How a generator serves, beyond how its runner loads (RunOptions)."""
+
+    slots: int = 1  # requests decoded together
+    max_queue: int = 16  # requests that may wait for a slot
+    prefix_file: Optional[Path] = None  # where a shared prompt prefix's state is kept (Backend.prefix_cache)
+    prefix_key: str = ""  # the artifact's sha256, which that file must name
+
+
 class MakeGenerator(Protocol):
-    def __call__(
-        self,
-        path: Path,
-        opts: RunOptions,
-        *,
-        slots: int = 1,
-        max_queue: int = 16,
-        prefix_file: Optional[Path] = None,
-        prefix_key: str = "",
-    ) -> Generator: ...
+    def __call__(self, path: Path, opts: RunOptions, gen: GenOptions) -> Generator:
+        """Load ``path`` and start the worker (a ConfigError for what the engine cannot serve)."""
 
 
 class Slot:

@@ -14,6 +14,7 @@ from ..backends.generator import (
     REPEAT_LAST_N,
     Event,
     Generator,
+    GenOptions,
     GenRequest,
     PromptTooLong,
     QueueFull,
@@ -34,15 +35,13 @@ def open_engine(
 ) -> Generator:
     """The generator of backend ``engine`` (a BACKENDS name) with ``opts.knobs`` already typed by its schema
     (a ConfigError when it cannot run ``slots`` requests at once)."""
-    backend = BACKENDS.get(engine)
-    return backend.generator(
-        Path(path), opts, slots=slots, max_queue=max_queue, prefix_file=prefix_file, prefix_key=prefix_key
-    )
+    return BACKENDS.get(engine).generator(Path(path), opts, GenOptions(slots, max_queue, prefix_file, prefix_key))
 
 
 __all__ = [
     "REPEAT_LAST_N",
     "Event",
+    "GenOptions",
     "GenRequest",
     "Generator",
     "PromptTooLong",

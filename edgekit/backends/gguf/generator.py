@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...core.errors import BenchError
-from ..generator import REPEAT_LAST_N, GenRequest, Scheduler, Slot
+from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Scheduler, Slot
 from ..runner import RunOptions
 from . import prefix_cache
 from .runner import LlamaCppRunner
@@ -67,17 +67,9 @@ def sampler_chain(L: Any, ctx: Any, vocab: Any, req: GenRequest) -> Any:
 class LlamaGenerator(Scheduler):
     logprobs_supported = True  # the logits of each sampled row are at hand
 
-    def __init__(
-        self,
-        path: Path,
-        opts: RunOptions,
-        *,
-        slots: int = 1,
-        max_queue: int = 16,
-        prefix_file: Optional[Path] = None,
-        prefix_key: str = "",
-    ):
-        super().__init__(slots, max_queue)
+    def __init__(self, path: Path, opts: RunOptions, gen: GenOptions):
+        super().__init__(gen.slots, gen.max_queue)
+        slots = gen.slots
         self.n_ctx = opts.ctx
         self.prefix_seq = slots  # the extra sequence holding the cached prefix
         self.runner = LlamaCppRunner()
@@ -92,8 +84,8 @@ class LlamaGenerator(Scheduler):
         self.n_batch = r.n_batch
         self.batch = self.L.llama_batch_init(self.n_batch, 0, 1)
         self.prefix: list[int] = []
-        self.prefix_file = Path(prefix_file) if prefix_file else None
-        self.prefix_key = prefix_key
+        self.prefix_file = Path(gen.prefix_file) if gen.prefix_file else None
+        self.prefix_key = gen.prefix_key
         self._special: Optional[list[str]] = None
         if self.prefix_file and self.prefix_file.exists():
             self._load_prefix()

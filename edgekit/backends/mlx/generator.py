@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ...core.errors import ConfigError
-from ..generator import REPEAT_LAST_N, GenRequest, Sampling, Scheduler, Slot
+from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Sampling, Scheduler, Slot
 from ..runner import RunOptions
 from .runner import MlxRunner
 
@@ -21,19 +21,10 @@ class MlxGenerator(Scheduler):
 
     logprobs_supported = False  # not wired
 
-    def __init__(
-        self,
-        path: Path,
-        opts: RunOptions,
-        *,
-        slots: int = 1,
-        max_queue: int = 16,
-        prefix_file: Optional[Path] = None,
-        prefix_key: str = "",
-    ):
-        if slots > 1:
+    def __init__(self, path: Path, opts: RunOptions, gen: GenOptions):
+        if gen.slots > 1:
             raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
-        super().__init__(1, max_queue)
+        super().__init__(1, gen.max_queue)
         from transformers import AutoTokenizer  # heavy (and torch where installed): only when serving MLX
 
         self.n_ctx = opts.ctx
