@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "fail": "",  # "" | "load" | "crash" | "decode"
     "fail_after": 0,  # decode calls that succeed before "decode" fails
     "reply": [],  # the ids generated after any prompt (then the walk below)
+    "logit_peak": 10.0,  # eval's logits: this on the walk's next token, 0 on every other
 }
 KNOBS = Schema(
     NAME,
@@ -247,7 +248,7 @@ class FakeGenerator(Scheduler):
 
 
 class FakeSource:
-    """Logits: a peak of 10 on the walk's next token, zeros elsewhere."""
+    """Logits: ``logit_peak`` on the walk's next token, zeros elsewhere."""
 
     def __init__(self, path: Path, opts: RunOptions):
         self.label, self.runner = Path(path).name, FakeRunner()
@@ -265,7 +266,7 @@ class FakeSource:
         n = self.runner.n_vocab()
         out = np.zeros((len(window) - first, n), np.float32)
         for row, tok in enumerate(window[first:]):
-            out[row, walk(int(tok), n)] = 10.0
+            out[row, walk(int(tok), n)] = self.runner.art["logit_peak"]
         return out
 
     def close(self) -> None:

@@ -128,7 +128,8 @@ class LlamaCppRunner:
 
     def __init__(self) -> None:
         self.L = _import()
-        self.model = self.ctx = None
+        self.model = self.ctx = self.mem = None
+        self.n_batch = 0
         self._tok = (ctypes.c_int32 * 1)()
 
     def load(self, path: Path, opts: RunOptions) -> None:

@@ -8,7 +8,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from ...core.errors import ConfigError
 from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Sampling, Scheduler, Slot
@@ -77,7 +77,8 @@ class MlxGenerator(Scheduler):
         return [t.content for t in self.tok.added_tokens_decoder.values() if t.special]
 
     def piece(self, tok: int) -> bytes:
-        return self.tok.convert_tokens_to_string([self.tok.convert_ids_to_tokens(tok)]).encode("utf-8")
+        text = cast(str, self.tok.convert_ids_to_tokens(tok))  # one id in: one token's text out
+        return self.tok.convert_tokens_to_string([text]).encode("utf-8")
 
     def stop_ids(self, texts: Sequence[str]) -> frozenset[int]:
         ids = {self.tok.convert_tokens_to_ids(t) for t in texts}
