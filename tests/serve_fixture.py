@@ -83,13 +83,13 @@ def start_server(artifact: Path, log: Path, *args: str, port: int | None = None)
     port = port or free_port()
     # this checkout first; a fixture's own entries after it (the fake backend's tests/ folder)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    f = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
-        stdout=f,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(log, "w") as f:  # the server holds its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     server = Server(proc, port, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

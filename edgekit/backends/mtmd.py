@@ -77,7 +77,8 @@ class Projector:
         self._ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, p)
         if not self._ctx:
             raise ArtifactError(
-                f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build --modalities ...`"
+                f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build "
+                "--modalities ...`"
             )
         self.n_embd = llm.n_embd()
 

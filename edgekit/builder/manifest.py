@@ -101,7 +101,8 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
         if isinstance(p, dict):
             types = ",".join(f"{m} {t}" for m, t in p.get("types", {}).items())
             lines.append(
-                f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}"
+                f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  "
+                f"sha256:{str(p.get('sha256'))[:12]}"
             )
     return "\n".join(lines)
 

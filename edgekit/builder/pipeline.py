@@ -45,7 +45,10 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
     except EdgekitError:
         return error
     if nonfinite:
-        error.message += f"; the source holds NaN/Inf in {len(nonfinite)} tensor(s) (--allow-nonfinite), which llama.cpp refuses to quantize"
+        error.message += (
+            f"; the source holds NaN/Inf in {len(nonfinite)} tensor(s) (--allow-nonfinite), which "
+            "llama.cpp refuses to quantize"
+        )
         error.args = (error.message,)
     return error
 

@@ -188,7 +188,10 @@ def serve(
     prefix_cache: Optional[Path] = typer.Option(
         None,
         "--prefix-cache",
-        help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256.",
+        help=(
+            "File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's "
+            "sha256."
+        ),
     ),
     grace: float = typer.Option(
         30.0,
@@ -204,7 +207,10 @@ def serve(
     strict_model: bool = typer.Option(
         False,
         "--strict-model",
-        help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model.",
+        help=(
+            "Refuse (404) a request naming another model; by default any name is served, as llama-server does with "
+            "one model."
+        ),
     ),
     api_key: Optional[str] = typer.Option(
         None,

@@ -208,7 +208,7 @@ def _whole_text(src: Source, vocab: Vocab, texts: list[Text], opts: EvalOptions)
         )
         for t in texts
     ]
-    w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts)], opts.ctx, vocab.bos)
+    w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts, strict=True)], opts.ctx, vocab.bos)
     log.info(
         "reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text",
         src.label,
@@ -343,7 +343,7 @@ def _check_vocab(vocab: Vocab, cache: refcache.RefCache, label: str) -> None:
 def scored_texts(cache: refcache.RefCache, opts: EvalOptions) -> list[str]:
     """The texts as the whole-text figures score them: each cut where the reference's cache says."""
     cuts = cache.ref_stats["whole_text"]["prefix_chars"]
-    return [t.text[:c] for t, c in zip(load_texts(opts.texts), cuts)]
+    return [t.text[:c] for t, c in zip(load_texts(opts.texts), cuts, strict=True)]
 
 
 def _kl_pass(src: Source, cache: refcache.RefCache, opts: EvalOptions):

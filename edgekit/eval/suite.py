@@ -235,7 +235,8 @@ def engine_chat(
             if e.kind == "done":
                 if e.finish_reason == "error":
                     raise BenchError(
-                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the engine log"
+                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the "
+                        "engine log"
                     )
                 break
             text += e.text

@@ -234,7 +234,10 @@ def suite_markdown(records: Iterable[SuiteRecord]) -> str:
         text = "\n".join(lines) + "\n"
         for r in rs:
             if r.answers:
-                text += f"\n{r.artifact}, {r.suite} (no reference: every answer):\n| case | result | answer |\n|---|---|---|\n"
+                text += (
+                    f"\n{r.artifact}, {r.suite} (no reference: every answer):\n"
+                    "| case | result | answer |\n|---|---|---|\n"
+                )
                 text += "".join(
                     f"| {a['id']} | {'pass' if a['passed'] else 'FAIL'} | {_cell(a['output'])} |\n" for a in r.answers
                 )

@@ -76,9 +76,7 @@ class Store:
         t = table_of(type(records[0]))
         if any(type(r) is not t.cls for r in records):
             raise TypeError("append records of one type at a time")
-        rows = [
-            tuple(str(getattr(r, c)) for c in t.columns) + (json.dumps(r.to_json(), sort_keys=True),) for r in records
-        ]
+        rows = [(*(str(getattr(r, c)) for c in t.columns), json.dumps(r.to_json(), sort_keys=True)) for r in records]
         sql = f"INSERT INTO {t.table} ({', '.join(t.columns)}, data) VALUES ({', '.join('?' * (len(t.columns) + 1))})"
         try:
             self.db.execute(table_schema(t))

@@ -45,14 +45,14 @@ def image_size_for_budget(
     max_patches = budget * pool * pool
     factor = math.sqrt(max_patches * patch * patch / (height * width))
     side = pool * patch
-    th, tw = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
+    th, tw = math.floor(factor * height / side) * side, math.floor(factor * width / side) * side
     longest = (max_patches // pool**2) * side
     if th == 0 and tw == 0:
         raise MediaError(f"a {width}x{height} image is too small to make a single soft token")
     if th == 0:
-        th, tw = side, min(int(math.floor(width / height)) * side, longest)
+        th, tw = side, min(math.floor(width / height) * side, longest)
     elif tw == 0:
-        tw, th = side, min(int(math.floor(height / width)) * side, longest)
+        tw, th = side, min(math.floor(height / width) * side, longest)
     return th, tw
 
 
@@ -65,7 +65,8 @@ def open_image(data: bytes | Path, what: str = "image") -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")
+        # closed by `with src` below
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")  # noqa: SIM115
     except OSError as e:
         raise MediaError(f"{what}: cannot read it ({e.strerror or e})") from None
     try:

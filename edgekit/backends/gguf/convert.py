@@ -184,7 +184,8 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
     plans: list[_Planned] = []
     if cfg.vocab_size < n_vocab:
         raise ConversionError(
-            f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and weights do not belong together"
+            f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and "
+            "weights do not belong together"
         )
     for short, ref in ckpt.tensors.items():
         name = gguf_tensor_name(short, cfg.num_hidden_layers)

@@ -229,7 +229,9 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
         r0 = 0
         for chunk in ref.row_chunks(32 << 20):
             x = mx.array(chunk).astype(want)
-            arrays = dict(zip(("weight", "scales", "biases"), mx.quantize(x, gs, bits))) if q else {"weight": x}
+            arrays = (
+                dict(zip(("weight", "scales", "biases"), mx.quantize(x, gs, bits), strict=True)) if q else {"weight": x}
+            )
             for name, a in arrays.items():
                 w.write_rows(f"{PLE_MODULE}.{name}", r0, host(a))
             r0 += chunk.shape[0]

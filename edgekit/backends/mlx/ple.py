@@ -97,7 +97,7 @@ class PleTable:
 
     def read(self, part: str, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``part`` ("weight", "scales", "biases"), each distinct row read once."""
-        offset, (_, cols), dt = self.parts[part]
+        offset, (_, _cols), dt = self.parts[part]
         rb = self._row_bytes(part)
         uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
         out = np.empty((len(uniq), rb), dtype=np.uint8)
