@@ -111,7 +111,7 @@ def test_one_slot_queues_in_order_and_bounds_the_queue(engine):
         eng.submit(log.request("c", [1, 9], max_tokens=4))
     a, b = log.wait("a", "b")
     assert [n for n, _ in log.events] == ["a"] * 5 + ["b"] * 5  # b waited for a's slot
-    assert b.stats["queue_ms"] >= 4 * 10 * 0.9 > a.stats["queue_ms"]
+    assert b.stats["queue_ms"] - a.stats["queue_ms"] >= 30  # b waited for a's 4 steps of >= 10 ms
     assert eng.busy() == (0, 0)
 
 
@@ -138,7 +138,7 @@ def test_cancel_in_flight_and_waiting(engine):
     b.cancel()  # a client that left while waiting: never started
     a.cancel()  # one that left mid-reply
     da, db = log.wait("a", "b")
-    assert da.finish_reason == "cancelled" and 3 <= da.stats["completion_tokens"] < 20
+    assert da.finish_reason == "cancelled" and 3 <= da.stats["completion_tokens"] < 100  # of 1000
     assert db.finish_reason == "cancelled" and log.tokens("b") == []
     eng.submit(log.request("c", [1, 9], max_tokens=2))  # the slot is free again
     assert log.wait("c")[0].finish_reason == "length"
