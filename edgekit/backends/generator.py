@@ -67,6 +67,8 @@ class GenRequest:
     stop_ids: frozenset[int] = frozenset()
     on_event: Callable[[Event], None] = lambda e: None
     prefix_len: int = 0  # leading prompt tokens that may be shared with other requests (cached)
+    # images/audio in the prompt (backends.mtmd.MediaSpan, by start): their positions hold -1 in ``prompt``
+    media: Sequence[Any] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
     t_submit: float = field(default_factory=time.perf_counter)
 

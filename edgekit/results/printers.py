@@ -99,7 +99,7 @@ class CsvPrinter(Printer):
 # ---------------------------------------------------------------- CSV cells: scalars only
 
 _INT = re.compile(r"-?\d+")
-_WORDS = {"null": None, "true": True, "false": False, "[]": [], "{}": {}}
+_WORDS: dict[str, Any] = {"null": None, "true": True, "false": False, "[]": [], "{}": {}}
 
 
 def _unleaf(s: str) -> Any:

@@ -80,7 +80,7 @@ _MD_TEXT: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
         "Δ bits/byte %",
         lambda r: (
             None
-            if r.reference_text_bits_per_byte is None
+            if r.reference_text_bits_per_byte is None or r.text_bits_per_byte is None
             else 100 * (r.text_bits_per_byte / r.reference_text_bits_per_byte - 1)
         ),
         2,

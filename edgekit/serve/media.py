@@ -60,7 +60,7 @@ def image_tokens(height: int, width: int, patch: int = 16, pool: int = 3) -> int
     return (height // patch // pool) * (width // patch // pool)
 
 
-def open_image(data: bytes | Path, what: str = "image") -> Any:
+def open_image(data: bytes | Path, what: str = "image", max_pixels: int = MAX_PIXELS) -> Any:
     """A Pillow RGB image from a file or bytes; MediaError for anything Pillow cannot decode."""
     from PIL import Image, UnidentifiedImageError
 
@@ -72,8 +72,8 @@ def open_image(data: bytes | Path, what: str = "image") -> Any:
     try:
         with src:
             img = Image.open(src)
-            if img.width * img.height > MAX_PIXELS:
-                raise MediaError(f"{what}: {img.width}x{img.height} is over {MAX_PIXELS:,} pixels")
+            if img.width * img.height > max_pixels:
+                raise MediaError(f"{what}: {img.width}x{img.height} is over {max_pixels:,} pixels")
             img.load()
             return img.convert("RGB")
     except MediaError:

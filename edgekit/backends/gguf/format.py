@@ -157,7 +157,7 @@ class GgufFormat:
                 "from a checkpoint whose tokenizer_config.json has a chat template"
             )
         want = {k: scalars.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
-        texts = token_texts(path, {i for i in want.values() if isinstance(i, int)})
+        texts: dict[Any, str] = token_texts(path, {i for i in want.values() if isinstance(i, int)})  # None: absent
         return ChatText(source, texts.get(want["bos"], "<bos>"), texts.get(want["eos"], "<eos>"))
 
     def recipe_label(self, recipe: Any) -> Optional[LabelRule]:

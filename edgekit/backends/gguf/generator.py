@@ -46,7 +46,8 @@ def sampler_chain(L: Any, ctx: Any, vocab: Any, req: GenRequest) -> Any:
             0.0,
         )
         for tok in req.prompt[-REPEAT_LAST_N:]:  # the prompt's tokens to this sampler alone: a grammar
-            L.llama_sampler_accept(pen, tok)  # in the chain would refuse them
+            if tok >= 0:  # in the chain would refuse them; -1: a medium's position
+                L.llama_sampler_accept(pen, tok)
         L.llama_sampler_chain_add(smpl, pen)
     if s.grammar:  # the rest sample among the tokens the grammar allows (checked by grammar_error)
         L.llama_sampler_chain_add(smpl, L.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root"))
@@ -215,6 +216,12 @@ class LlamaGenerator(Scheduler):
                 end = len(req.prompt)
                 if req.prefix_len and s.pos < req.prefix_len and req.prompt[: req.prefix_len] != self.prefix:
                     end = req.prefix_len  # stop at the prefix, to keep its cells before the rest lands
+                for m in req.media:  # a medium here is decoded now (its own llama_decode); text stops at the next
+                    if m.start == s.pos:
+                        s.pos = m.decode(self.ctx, s.seq, s.pos, self.n_batch)
+                    elif m.start > s.pos:
+                        end = min(end, m.start)
+                        break
                 take = min(end - s.pos, self.n_batch - n)
                 for i in range(take):
                     last = s.pos + i == len(req.prompt) - 1

@@ -111,8 +111,9 @@ def _override(value: str) -> int | str:
     v = str(value).strip().lower()
     if v.isdigit() and int(v) in (2, 3, 4, 5, 6, 8):
         return int(v)
-    if float_dtype(v):
-        return float_dtype(v).mlx
+    d = float_dtype(v)
+    if d is not None and d.mlx:
+        return d.mlx
     raise ConfigError(f"mlx recipe override {value!r}: use bits (2, 3, 4, 5, 6, 8) or bf16 / f16 / f32")
 
 
@@ -125,7 +126,8 @@ class Plan:
         if self.bits is not None and self.bits not in (2, 3, 4, 5, 6, 8):
             raise ConfigError(f"recipe {recipe.name}: bits {self.bits}; mlx quantizes to 2, 3, 4, 5, 6 or 8 bits")
         dtype = recipe.dtype
-        self.dtype = float_dtype(dtype).mlx if dtype and float_dtype(dtype) else None
+        d = float_dtype(dtype) if dtype else None
+        self.dtype = d.mlx if d else None
         if dtype and not self.dtype:
             raise ConfigError(f"recipe {recipe.name}: dtype {dtype!r}; use bfloat16, float16 or float32")
         try:
@@ -164,7 +166,11 @@ class Plan:
 
 
 def _source_dtype(ckpt: Checkpoint) -> str:
-    return DTYPES[lossless(ckpt.source_dtypes())].mlx
+    name = lossless(ckpt.source_dtypes())
+    mlx = DTYPES[name].mlx
+    if mlx is None:  # lossless() names a source dtype, all of which MLX holds
+        raise ConversionError(f"{ckpt.path}: MLX has no {name} arrays")
+    return mlx
 
 
 def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
@@ -173,7 +179,7 @@ def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
     from mlx_lm.models import gemma4
 
     model = gemma4.Model(gemma4.ModelArgs.from_dict(config))
-    files: dict[Path, dict[str, Any]] = {}
+    files: dict[Path, Any] = {}  # mx.load: name -> lazy array
     weights = {}
     for short, ref in ckpt.tensors.items():
         if ref.path not in files:
@@ -279,7 +285,7 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
     }
     with atomic_dir(Path(out)) as tmp:
         # Materialize one module at a time so each source tensor is freed as soon as its result exists.
-        for _, p in tree_flatten(model.parameters()):
+        for _, p in tree_flatten(model.parameters()):  # type: ignore[str-unpack]  # (path, array) pairs
             mx.eval(p)
         save_model(tmp, model, donate_model=True)
         if has_ple:

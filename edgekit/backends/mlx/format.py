@@ -96,10 +96,11 @@ class MlxFormat:
             for k, v in read_tensors(p, ArtifactError, fix=fix).items()
         }
         cfg = _config(folder)
-        text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+        text: dict[str, Any] = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else {}
         tied = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
         tied = tied and not any(".lm_head." in k or k.startswith("lm_head.") for k in entries)
-        whole, gathered, total_file = 0, {}, 0
+        whole, total_file = 0, 0
+        gathered: dict[str, int] = {}
         for name, ref in entries.items():
             total_file += ref.nbytes
             module = name.rsplit(".", 1)[0]
@@ -114,7 +115,7 @@ class MlxFormat:
 
     def max_context(self, path: Path) -> Optional[int]:
         cfg = _config(Path(path))
-        text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+        text: dict[str, Any] = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
         n = text.get("max_position_embeddings")
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 

@@ -40,7 +40,7 @@ KNOBS = Schema(
 )
 
 
-def _import():
+def _import() -> Any:
     try:
         import mlx.core as mx
         import mlx_lm  # noqa: F401
