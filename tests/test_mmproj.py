@@ -162,7 +162,10 @@ def test_text_only_stays_the_default(mm_ckpt, tmp_path):
     "args, message",
     [
         (["--modalities", "vision,smell"], "modality 'smell'"),
-        (["--modalities", "vision", "-q", "mlx-bf16"], "mlx artifacts carry no towers"),
+        (
+            ["--modalities", "audio", "-q", "mlx-bf16"],
+            "always builds the vision tower",
+        ),  # MLX: tests/test_mlx_towers.py
     ],
 )
 def test_bad_requests_are_one_line(mm_ckpt, tmp_path, args, message):

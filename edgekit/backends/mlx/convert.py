@@ -35,6 +35,7 @@ from ...core.progress import progress_bar
 from ...model.checkpoint import Checkpoint
 from ...model.dtypes import DTYPES, float_dtype, lossless
 from ...model.safetensors_io import SlabWriter, TensorSpec
+from . import towers as mlx_towers
 from .ple import PLE_FILE, PLE_MODULE, require_mlx
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,12 @@ class Plan:
         return pred
 
 
+def check_towers(recipe: Any, modalities: tuple[str, ...]) -> None:
+    """Refuse, before anything is written, towers this MLX recipe cannot carry (edgekit.backends.mlx.towers)."""
+    q = Plan(recipe).quant(PLE_MODULE)
+    mlx_towers.check(recipe, modalities, q["bits"] if q else None)
+
+
 def _source_dtype(ckpt: Checkpoint) -> str:
     name = lossless(ckpt.source_dtypes())
     mlx = DTYPES[name].mlx
@@ -245,8 +252,9 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
     return w.size
 
 
-def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
-    """Write the MLX artifact folder ``out`` for ``recipe`` (atomically: all of it or nothing)."""
+def convert(ckpt: Checkpoint, recipe: Any, out: Path, modalities: tuple[str, ...] = ()) -> Path:
+    """Write the MLX artifact folder ``out`` for ``recipe`` (atomically: all of it or nothing); with
+    ``modalities``, the towers too, in mlx-vlm's layout (edgekit.backends.mlx.towers)."""
     require_mlx()
     import mlx.core as mx
     import mlx.nn as nn
@@ -276,13 +284,25 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
         text.embed_tokens_per_layer = nn.Module()
         if "quantization" in config:
             config["quantization"][PLE_MODULE] = ple_q or False
+    tower_types = {m: recipe.towers.get(m, "F16") for m in modalities}
+    if modalities:
+        config.update(mlx_towers.config_part(ckpt, modalities))
+        note = f"with towers: {', '.join(modalities)} (mlx-vlm)"
+    else:
+        note = "text-only: vision/audio towers dropped" if ckpt.dropped else "text-only"
     config["edgekit"] = {
         "source": ckpt.name,
         "recipe": recipe.name,
-        "dropped_tensors": len(ckpt.dropped),
-        "note": "text-only: vision/audio towers dropped" if ckpt.dropped else "text-only",
+        "dropped_tensors": len([n for n in ckpt.dropped if not mlx_towers.shipped(n, modalities)]),
+        "note": note,
         "ple": {"file": PLE_FILE, "bits": ple_q["bits"] if ple_q else None} if has_ple else None,
     }
+    if modalities:
+        config["edgekit"]["towers"] = {
+            "file": mlx_towers.TOWERS_FILE,
+            "modalities": list(modalities),
+            "types": tower_types,
+        }
     with atomic_dir(Path(out)) as tmp:
         # Materialize one module at a time so each source tensor is freed as soon as its result exists.
         for _, p in tree_flatten(model.parameters()):  # type: ignore[str-unpack]  # (path, array) pairs
@@ -298,10 +318,12 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
             index["metadata"]["total_size"] += size
             index["weight_map"] = dict(sorted(index["weight_map"].items()))
             index_path.write_text(json.dumps(index, indent=4))
-        save_config(config, tmp / "config.json")
+        if modalities:
+            mlx_towers.write(ckpt, tmp, config, modalities, tower_types)
+        save_config(config, tmp / "config.json", keep_vision_config=bool(modalities))
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, tmp / name)
-    if ckpt.dropped:
+    if ckpt.dropped and not modalities:
         log.info("%s: dropped %d vision/audio tensors (text-only deployment)", Path(out).name, len(ckpt.dropped))
     return Path(out)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError
 from ..format import BuildContext, ChatText, LabelRule, TokenBytes, folder_chat_template
+from .towers import TOWERS_FILE
 
 if TYPE_CHECKING:
     from ...builder.manifest import Artifact
@@ -52,12 +53,17 @@ class MlxFormat:
 
     def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
         from ...builder.manifest import Artifact, artifact_digest
-        from .convert import convert
+        from .convert import check_towers, convert
 
-        out = convert(ckpt, recipe, Path(ctx.out_dir) / f"{ckpt.name}-mlx-{recipe.quant}")
+        mods = tuple(ctx.modalities)
+        check_towers(recipe, mods)  # builder.projector checked them before the build; a direct call too
+        out = convert(ckpt, recipe, Path(ctx.out_dir) / f"{ckpt.name}-mlx-{recipe.quant}", mods)
         size, digest = artifact_digest(out)
         cfg = json.loads((out / "config.json").read_text())
-        extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note")}
+        extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note", "towers")}
+        if "towers" in extra:  # inside the folder (its sha256 covers them); the file's own digest for deploy checks
+            t_size, t_digest = artifact_digest(out / extra["towers"]["file"])
+            extra["towers"].update(bytes=t_size, sha256=t_digest, format="mlx")
         return Artifact(
             file=out.name,
             format=self.name,
@@ -93,6 +99,7 @@ class MlxFormat:
         entries = {
             k: v
             for p in sorted(folder.glob("*.safetensors"))
+            if p.name != TOWERS_FILE  # mlx-vlm's towers: never loaded for text
             for k, v in read_tensors(p, ArtifactError, fix=fix).items()
         }
         cfg = _config(folder)
