@@ -23,12 +23,15 @@ from typing import Any, Optional
 import numpy as np
 
 from ..backends.engines import ENGINES
+from ..backends.logits import LogitsSource as Source
+from ..backends.logits import Vocab
+from ..backends.runner import RunOptions
 from ..builder.manifest import id_map_file
 from ..core.errors import ArtifactError, ConfigError, EdgekitError
 from ..measure.bench import Planned, _target, plan, profile_knobs
 from ..results import QualityRecord, provenance
 from . import refcache, wholetext
-from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
+from .engines import HfSource
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
 from .reference import check_quant, check_reference, reference_identity
 from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts_digest, tokenize_text, windows
@@ -106,9 +109,9 @@ def _runtime(pl: Planned, opts: EvalOptions) -> dict[str, Any]:
 
 
 def _open(pl: Planned, opts: EvalOptions, runtime: dict[str, Any]) -> Source:
-    if pl.format.engine == "llama.cpp":
-        return GgufSource(pl.path, _threads(opts), opts.ctx, runtime)
-    return MlxSource(pl.path, opts.ctx, runtime)
+    return ENGINES.get(pl.format.engine).logits(
+        pl.path, RunOptions(threads=_threads(opts), ctx=opts.ctx, knobs=runtime)
+    )
 
 
 def resolve_reference(opts: EvalOptions) -> _Ref:
@@ -426,7 +429,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
         text_bits_per_byte=wt.bits_per_byte if wt else None,
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
-        threads=_threads(opts) if engine == "llama.cpp" else None,
+        threads=_threads(opts) if ENGINES.get(engine).threads else None,
         seconds=round(time.perf_counter() - t0, 3),
         **provenance(opts.device),
         runtime=runtime,

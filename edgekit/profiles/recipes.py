@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..backends.formats import FORMATS
 from ..backends.gguf.ftypes import type_recipes
@@ -18,6 +18,9 @@ from ..core.fields import Fields, read_toml
 from ..core.names import check_plain_name
 from ..core.registry import Registry, data_dir
 from ..model.towers import MODALITIES, TOWER_TYPES
+
+if TYPE_CHECKING:
+    from ..backends.format import Format
 
 
 @dataclass(frozen=True)
@@ -60,22 +63,15 @@ def check_names(r: Recipe, where: str) -> None:
         check_plain_name(getattr(r, key), key, where, "fix the recipe")
 
 
-def check_label(r: Recipe, where: str) -> None:
+def check_label(r: Recipe, where: str, fmt: Format) -> None:
     """The quant label names the artifact (<model>-<quant>.gguf) and the manifest's quant: it must be what
     the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
-    if r.format == "gguf" and r.ftype:
-        want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
-        fix = f'set quant = "{want}" (or "{want}-<suffix>"), or the ftype that writes {r.quant}'
-        what = f"ftype {r.ftype!r}, which writes {want}"
-    elif r.format == "mlx" and r.bits is not None:
-        want = f"{r.bits}bit"
-        fix = f'set quant = "{want}-g{r.group_size or 64}", or the bits it names'
-        what = f"bits = {r.bits}"
-    else:
+    rule = fmt.recipe_label(r)
+    if rule is None:
         return
-    label = r.quant.upper()
-    if label != want.upper() and not label.startswith(want.upper() + "-"):
-        raise ConfigError(f"{where}: quant {r.quant!r} does not match {what}; {fix}")
+    label, want = r.quant.upper(), rule.want.upper()
+    if label != want and not label.startswith(want + "-"):
+        raise ConfigError(f"{where}: quant {r.quant!r} does not match {rule.what}; {rule.fix}")
 
 
 def load_recipe(path: Path) -> Recipe:
@@ -108,7 +104,7 @@ def load_recipe(path: Path) -> Recipe:
         towers=_tower_types(raw.get("towers", {}), str(path)),
     )
     check_names(r, str(path))
-    check_label(r, str(path))
+    check_label(r, str(path), FORMATS.get(fmt))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r

@@ -164,10 +164,12 @@ def open_session(
     tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
     template = ChatTemplate.from_artifact(planned.path)
     if prefix_file is not None:
-        from . import prefix_cache
+        from ..backends.gguf import prefix_cache
 
-        if st.engine.name != "llama.cpp":
-            raise ConfigError("--prefix-cache is a llama.cpp feature; an MLX artifact is served without it")
+        if not st.engine.prefix_cache:
+            raise ConfigError(
+                f"--prefix-cache is a llama.cpp feature; {st.engine.name} artifacts are served without it"
+            )
         prefix_cache.check(prefix_file, planned.artifact.sha256)
     for mod in (
         st.engine.block if block else ()
