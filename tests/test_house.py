@@ -120,7 +120,6 @@ LOCAL_IMPORTS_PENDING = (
     "eval/run.py",
     "eval/suite.py",
     "eval/engines.py",
-    "serve/generate.py",
     "serve/session.py",
     "serve/http.py",
     "serve/chat.py",
