@@ -21,6 +21,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..backends.engines import ENGINES
+from ..backends.logits import LogitsSource as Source
+from ..backends.logits import Vocab
 from ..builder.manifest import id_map_file
 from ..core.errors import ArtifactError, ConfigError, EdgekitError
 from ..model.checkpoint import load_checkpoint
@@ -28,7 +31,7 @@ from ..model.safetensors_io import read_header
 from ..profiles.resolve import SCORE, Overrides, ResolvedArtifact, resolve, resolve_threads
 from ..results import QualityRecord, provenance
 from . import refcache, wholetext
-from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
+from .engines import HfSource
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
 from .reference import check_quant, check_reference, reference_identity
 from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts_digest, tokenize_text, windows
@@ -93,10 +96,7 @@ class _Ref:
 
 
 def _open(ra: ResolvedArtifact) -> Source:
-    st = ra.settings
-    if ra.format.engine == "llama.cpp":
-        return GgufSource(ra.path, st.threads, st.ctx, st.knobs)
-    return MlxSource(ra.path, st.ctx, st.knobs)
+    return ra.engine.logits(ra.path, ra.settings.run_options())
 
 
 def resolve_reference(opts: EvalOptions) -> _Ref:
@@ -414,7 +414,7 @@ def score_artifact(
         text_bits_per_byte=wt.bits_per_byte if wt else None,
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
-        threads=ra.settings.threads if engine == "llama.cpp" else None,
+        threads=ra.settings.threads if ENGINES.get(engine).threads else None,
         seconds=round(time.perf_counter() - t0, 3),
         **provenance(opts.device),
         runtime=runtime,

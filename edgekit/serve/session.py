@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backends.gguf import prefix_cache
 from ..core.errors import BenchError, ConfigError
 from ..measure.memory import read_status
 from ..profiles.resolve import DEFAULT_CTX, Overrides, ResolvedArtifact, resolve
@@ -162,10 +163,8 @@ def open_resolved(
     tgt, engine, st = ra.target, ra.engine, ra.settings
     template = ChatTemplate.from_artifact(ra.path)
     if prefix_file is not None:
-        from . import prefix_cache
-
-        if engine.name != "llama.cpp":
-            raise ConfigError("--prefix-cache is a llama.cpp feature; an MLX artifact is served without it")
+        if not engine.prefix_cache:
+            raise ConfigError(f"--prefix-cache is a llama.cpp feature; {engine.name} artifacts are served without it")
         prefix_cache.check(prefix_file, ra.sha256)
     for mod in engine.block if block else ():  # as the bench child does (mlx: transformers' torch import, ≈180 MB)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
