@@ -120,15 +120,15 @@ def test_run_with_an_image_and_audio(built, tmp_path):
     )
     assert r.exit_code == 0, r.output
     # 70-token budget: 300x200 → 336x192 px, 28 image tokens; 1 s of audio: 25 tokens; plus the chat text.
-    assert "prompt with media" in r.output and "4 tokens" in r.output
+    assert "towers" in r.output and "(4 tokens, prompt " in r.output
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--image", "{tmp}/bad.jpg"], "not an image Pillow can decode"),
-        (["--image", "{tmp}/photo.jpg", "--temperature", "0.5"], "--temperature is not applied to replies with media"),
-        (["--image", "{tmp}/photo.jpg", "--top-k", "5"], "--top-k is not applied to replies with media"),
+        (["--image", "{tmp}/none.jpg"], "none.jpg: cannot read it"),
+        (["--audio", "{tmp}/photo.jpg", "--temperature", "0.5"], "photo.jpg: not audio libsndfile can decode"),
         (["--audio", "{tmp}/photo.jpg"], "not audio libsndfile can decode"),
         (["--image", "{tmp}/photo.jpg", "--mmproj", "{tmp}/none.gguf"], "no such projector file"),
     ],

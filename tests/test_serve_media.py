@@ -20,6 +20,10 @@ from edgekit.serve.media_parts import MediaLimits, split
 
 CTX = 1024
 BASE = ("--ctx", str(CTX), "--threads", "1", "--image-tokens", "70")
+# -ub 512: the tiny model's width gets non-causal image attention in llama.cpp (E2B's does not), so an
+# image's tokens must fit one ubatch; pi5's is 64. F16 cache, no flash attention: the library's mtmd path
+# (media_run.MediaModel, llama.cpp's defaults) that the served log-probabilities are compared with.
+KNOBS = ("-ub", "512", "--set", "kv_type=f16", "--set", "flash_attn=off")
 PROMPT = "What is this?"
 
 
@@ -81,19 +85,11 @@ def art(built):
 
 @pytest.fixture(scope="module")
 def server(built, art):
-    # -ub 512: the tiny model's width gets non-causal image attention in llama.cpp (E2B's does not), so an
-    # image's tokens must fit one ubatch; pi5's is 64. F16 cache, no flash attention: what `edgekit run
-    # --image`'s context (media_run.MediaModel) runs, which pi5's Q8_0 cache and flash attention are not.
     s = start_server(
         art,
         built / "serve.log",
         *BASE,
-        "-ub",
-        "512",
-        "--set",
-        "kv_type=f16",
-        "--set",
-        "flash_attn=off",
+        *KNOBS,
         "--parallel",
         "2",
         "--max-media-mb",
@@ -118,11 +114,12 @@ def _reply(server, messages, **kw):
 
 def test_reply_with_an_image_equals_run_and_the_library(server, art, built, tmp_path):
     (tmp_path / "photo.png").write_bytes(_png())
-    r = cli("run", str(art), "-p", PROMPT, "--image", str(tmp_path / "photo.png"), "-n", "6", *BASE)
+    # run --image goes through the session's scheduler with the knobs it is given, as serve does
+    r = cli("run", str(art), "-p", PROMPT, "--image", str(tmp_path / "photo.png"), "-n", "6", *BASE, *KNOBS)
     assert r.returncode == 0, r.stderr
     got = _reply(server, _ask(_image(_png())), logprobs=True, top_logprobs=5)
     assert got.choices[0].message.content == r.stdout[:-1]
-    assert f", {got.usage.prompt_tokens} positions)" in r.stderr  # the image's 60 soft tokens and the text
+    assert f"prompt {got.usage.prompt_tokens})" in r.stderr  # the image's 60 soft tokens and the text
 
     # The same positions through the library's mtmd path (media_run.MediaModel, its own context): the
     # served log-probabilities of each greedy token and its top 5.
@@ -156,6 +153,32 @@ def test_reply_with_an_image_equals_run_and_the_library(server, art, built, tmp_
     other = _reply(server, _ask(_image(_png(color=(0, 0, 255)))), logprobs=True, top_logprobs=5)
     first = lambda r: [t.logprob for t in r.choices[0].logprobs.content[0].top_logprobs]
     assert max(abs(a - b) for a, b in zip(first(got), first(other), strict=True)) > 1e-2
+
+
+def test_run_applies_sampling_and_knobs_with_media(server, art, tmp_path):
+    """Sampling options and --set knobs now apply to `run --image/--audio`: a seeded sampled reply equals
+    the served one with the same seed; another seed, or greedy, is another reply."""
+    (tmp_path / "photo.png").write_bytes(_png())
+    (tmp_path / "clip.wav").write_bytes(_wav(1.0))
+    media = ("--image", str(tmp_path / "photo.png"), "--audio", str(tmp_path / "clip.wav"))
+    sampled = ("--temperature", "0.9", "--top-p", "0.95", "-n", "8")
+    runs = {
+        seed: cli("run", str(art), "-p", PROMPT, *media, *sampled, "--seed", str(seed), *BASE, *KNOBS)
+        for seed in (7, 8)
+    }
+    for r in runs.values():
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    served = {
+        seed: _reply(
+            server, _ask(_image(_png()), _audio(_wav(1.0))), temperature=0.9, top_p=0.95, seed=seed, n_tokens=8
+        )
+        .choices[0]
+        .message.content
+        for seed in (7, 8)
+    }
+    assert {seed: r.stdout[:-1] for seed, r in runs.items()} == served
+    greedy = _reply(server, _ask(_image(_png()), _audio(_wav(1.0))), n_tokens=8).choices[0].message.content
+    assert len({served[7], served[8], greedy}) == 3, (served, greedy)
 
 
 def test_streaming_sampling_audio_and_n(server):

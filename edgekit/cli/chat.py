@@ -91,33 +91,11 @@ def run(
     check_sampling(temperature, top_p, top_k, min_p, repeat_penalty)
     n = check_n(max_tokens)
     text = read_prompt(prompt, prompt_arg, file)
-    if image or audio:
-        from ..serve.media_run import run_cli
-
-        run_cli(
-            artifact,
-            text,
-            image,
-            audio,
-            target=target,
-            system=system,
-            max_tokens=n,
-            think=think,
-            threads=threads,
-            ctx=ctx,
-            mmproj=mmproj,
-            image_tokens=image_tokens,
-            ignored={
-                "--temperature": temperature != 0.0,
-                "--top-p": top_p != 1.0,
-                "--top-k": top_k != 0,
-                "--min-p": min_p != 0.0,
-                "--repeat-penalty": repeat_penalty != 1.0,
-                "--knob/--ubatch/--batch/--flash": bool(knob or ubatch or batch or flash),
-            },
+    if (image or audio) and text is None:
+        raise ConfigError(
+            "--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet"
         )
-        return
-    if mmproj is not None:
+    if mmproj is not None and not (image or audio):
         raise ConfigError("--mmproj is for --image/--audio")
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
@@ -139,8 +117,14 @@ def run(
         repeat_penalty=repeat_penalty,
     )
     chat = Chat(session, sampling, think, w, system=clean_text(system)[0] if system else None)
+    towers_s = None
     try:
-        if text is not None:
+        if image or audio:
+            from ..serve.media_reply import reply_with_media
+
+            assert text is not None  # refused above
+            towers_s = reply_with_media(chat, text, list(image or []), list(audio or []), mmproj, image_tokens)
+        elif text is not None:
             if not chat.reply(text):
                 raise typer.Exit(1)
         else:
@@ -157,6 +141,7 @@ def run(
             f"ttft {st['ttft_ms']:.0f} ms, {st['decode_tps']:.1f} t/s ({st['completion_tokens']} tokens, "
             f"prompt {st['prompt_tokens']}), peak RSS {peak_rss_bytes() / 1e6:.0f} MB"
             + (f", {chat.turns} replies" if chat.turns > 1 else "")
+            + (f", towers {towers_s * 1e3:.0f} ms before the prompt" if towers_s is not None else "")
             + "\n"
         )
 

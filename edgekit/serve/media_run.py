@@ -1,18 +1,19 @@
-"""`edgekit run ART --image FILE --audio FILE -p ...`: one reply with media in the prompt, on llama.cpp.
+"""The library's own mtmd path: a text GGUF and its projector in one llama_cpp.Llama context of their own
+(llama.cpp's defaults), media evaluated by mtmd and the reply decoded greedily, one token per llama_decode.
+`eval` runs its media cases here and `projector_precision` compares towers with it; `edgekit run
+--image/--audio` and `serve` run media through the session's scheduler instead (serve/towers.py).
 
 The artifact's projector comes from its manifest entry (``extra["projector"]``, sha256 checked) or
-``--mmproj``. Images are sized to transformers' size for the token budget (media.prepare_image),
-audio decoded to 16 kHz mono; each medium stands where mtmd's marker is in the rendered chat (before
-the prompt, as in transformers' Gemma 4 examples). mtmd evaluates the chunks into the context; the
-reply is decoded greedily, one token per llama_decode.
+``--mmproj`` (find_projector). Images are sized to transformers' size for the token budget
+(media.prepare_image), audio decoded to 16 kHz mono; each medium stands where mtmd's marker is in the
+rendered chat (before the prompt, as in transformers' Gemma 4 examples).
 """
 
 from __future__ import annotations
 
 import ctypes
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -21,10 +22,7 @@ import numpy as np
 
 from ..backends.mtmd import Projector
 from ..builder.projector import projector_file
-from ..core.errors import ArtifactError, ConfigError
-from ..core.host import physical_cores
-from ..profiles.resolve import resolve
-from .chat import ChatTemplate
+from ..core.errors import ArtifactError
 from .media import (
     DEFAULT_IMAGE_BUDGET,
     Audio,
@@ -33,7 +31,6 @@ from .media import (
     open_image,
     prepare_image,
 )
-from .session import peak_rss_bytes
 
 
 @dataclass
@@ -147,108 +144,3 @@ def media_marker() -> str:
     from llama_cpp import mtmd_cpp
 
     return mtmd_cpp.mtmd_default_marker().decode()
-
-
-def run_media(
-    path: Path,
-    prompt: str,
-    images: list[Path],
-    audios: list[Path],
-    write: Callable[[str], Any],
-    target: Optional[str] = None,
-    system: Optional[str] = None,
-    max_tokens: Optional[int] = 256,
-    temperature: float = 0.0,
-    threads: Optional[int] = None,
-    ctx: Optional[int] = None,
-    mmproj: Optional[Path] = None,
-    image_budget: int = DEFAULT_IMAGE_BUDGET,
-    enable_thinking: Optional[bool] = None,
-) -> dict[str, Any]:
-    """One reply to ``prompt`` with the media, streamed through ``write``; returns its figures."""
-
-    if temperature != 0.0:
-        raise ConfigError("replies with --image/--audio are greedy for now; drop --temperature")
-    (planned,) = resolve(path, target=target, first=True)
-    if planned.artifact.format != "gguf":
-        raise ConfigError(f"{planned.path.name}: images and audio run on GGUF artifacts (llama.cpp's mtmd) for now")
-    proj = find_projector(planned.path, planned.artifact, mmproj)
-    media = load_media(images, audios, image_budget)
-    template = ChatTemplate.from_artifact(planned.path)
-    marker = media_marker()
-    content = "".join(marker + "\n" for _ in range(len(media.images) + len(media.audios))) + prompt
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-    text = template.render(messages, enable_thinking=enable_thinking)
-    model = MediaModel(
-        planned.path, proj, n_ctx=ctx or 2048, threads=threads or min(4, physical_cores()), image_budget=image_budget
-    )
-    try:
-        stop = model.stop_ids(template)
-        t0 = time.perf_counter()
-        figures = model.eval_prompt(text, media)
-        room = model.llm.n_ctx() - int(figures["prompt_positions"])  # max_tokens None (-n -1): up to the context's end
-        n, first = 0, None
-        pending = b""
-        for tok in model.greedy(min(room, max_tokens or room), stop):
-            first = first or time.perf_counter()
-            if tok in stop:
-                break
-            n += 1
-            pending += model.piece(tok)
-            try:
-                write(pending.decode())
-                pending = b""
-            except UnicodeDecodeError:
-                continue
-        end = time.perf_counter()
-    finally:
-        model.close()
-    figures.update(
-        ttft_ms=((first or end) - t0) * 1e3,
-        completion_tokens=n,
-        decode_tps=(n - 1) / (end - first) if first and n > 1 and end > first else 0.0,
-    )
-    return figures
-
-
-def run_cli(
-    artifact: Path,
-    text: Optional[str],
-    image: Optional[list[Path]],
-    audio: Optional[list[Path]],
-    ignored: dict[str, bool],
-    **kw,
-) -> None:
-    """`edgekit run --image/--audio`'s adapter: one greedy reply, its figures on stderr; options it cannot
-    apply yet are refused, never ignored."""
-
-    if text is None:
-        raise ConfigError(
-            "--image/--audio need a prompt (-p or PROMPT); an interactive chat with media is not there yet"
-        )
-    bad = [k for k, v in ignored.items() if v]
-    if bad:
-        raise ConfigError(
-            f"{bad[0]} is not applied to replies with media yet (they are greedy, on llama.cpp's defaults); drop it"
-        )
-    st = run_media(
-        artifact,
-        text,
-        list(image or []),
-        list(audio or []),
-        lambda t: (sys.stdout.write(t), sys.stdout.flush()),
-        target=kw["target"],
-        system=kw["system"],
-        max_tokens=kw["max_tokens"],
-        threads=kw["threads"],
-        ctx=kw["ctx"],
-        mmproj=kw["mmproj"],
-        image_budget=kw["image_tokens"],
-        enable_thinking=kw["think"],
-    )
-    sys.stdout.write("\n")
-    sys.stderr.write(
-        f"ttft {st['ttft_ms']:.0f} ms (prompt with media {st['prompt_ms']:.0f} ms, "
-        f"{st['prompt_positions']:.0f} positions), {st['decode_tps']:.1f} t/s "
-        f"({st['completion_tokens']} tokens), peak RSS {peak_rss_bytes() / 2**20:.0f} MiB\n"
-    )

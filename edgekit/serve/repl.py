@@ -190,6 +190,10 @@ class Chat:
             )
             return False
         ids, prefix = fitted
+        return self.stream(ids, prefix)
+
+    def stream(self, ids: list[int], prefix: int, media: Any = ()) -> bool:
+        """Generate the reply to the prompt ``ids`` (with the towers' ``media`` spans, if any), streamed."""
         sampling = self.sampling
         if sampling.max_tokens is None:  # -n -1: until the end of the turn or of the context
             sampling = replace(sampling, max_tokens=self.session.n_ctx)
@@ -197,6 +201,7 @@ class Chat:
         emit = {"content": self.w.out, "thinking": self.w.err}
         events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         req = self.session.request(ids, sampling, prefix, events.put)
+        req.media = media
         self.session.engine.submit(req)
         try:
             try:
