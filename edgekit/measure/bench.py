@@ -10,6 +10,7 @@ context, threads and knobs as read back), never what was merely asked. ``check_b
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -55,6 +56,10 @@ class BenchOptions:
     tests: Optional[list[Any]] = None
     limit: Optional[bool] = None  # run inside a memory cgroup; default: the target's [bench] enforce_limit
     limit_bytes: Optional[int] = None  # the limit; default: the target's memory budget
+    # `--image/--audio` (edgekit.measure.media.describe): each test runs once per medium, the medium in its
+    # prompt; the projector is the manifest's (or ``mmproj``)
+    media: list[Any] = field(default_factory=list)
+    mmproj: Optional[Path] = None
 
     def test_list(self) -> list[tuple[int, int, int]]:
         if self.tests:
@@ -168,6 +173,18 @@ def settings(pl: Planned, opts: BenchOptions) -> Settings:
         if ctx < d + max(p, n, 1):
             at = f" after -d {d}" if d else ""
             raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
+    if opts.media:
+        if pl.artifact.format != "gguf":
+            raise ConfigError(f"{pl.artifact.file}: --image/--audio run on GGUF artifacts (llama.cpp's mtmd) for now")
+        for p, n, d in tests:
+            m = max(x.tokens for x in opts.media)
+            if d:
+                raise ConfigError("-d cannot be combined with --image/--audio (the medium opens the prompt)")
+            if ctx < 1 + m + p + n:
+                raise ConfigError(
+                    f"--ctx {ctx} is shorter than the test with its media (BOS + {m} soft tokens + -p {p} "
+                    f"+ -n {n}, and the markers); raise --ctx or lower -p"
+                )
     trained, engine_max = pl.format.max_context(pl.path), engine.max_ctx
     if engine_max and ctx > engine_max:
         raise ConfigError(
@@ -216,6 +233,8 @@ def measure_tests(
         verbose=opts.verbose,
         depth=tests[0][2],
         tests=[list(t) for t in tests],
+        mmproj=str(_projector(pl, opts)) if opts.media else "",
+        media=[dataclasses.asdict(m) for m in opts.media],
     )
     use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
     limit_bytes = opts.limit_bytes or (tgt.memory_budget_bytes if tgt else None)
@@ -242,12 +261,19 @@ def measure_tests(
                     f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the "
                     "engine log"
                 ) from None
-            killed = killed_result(tests)
+            killed = killed_result(tests, len(opts.media))
             per_test, load_ms = killed["tests"], killed["load_ms"]
             applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", pl.artifact.file, st.ctx, engine.name, applied["ctx"])
-    records = [_record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
+    if opts.media:
+        records = [
+            _media_record(_record(pl, opts, st, load_ms, applied, m, test, bandwidth), medium, m, spec.mmproj)
+            for t, test in zip(per_test, tests, strict=True)
+            for medium, m in zip(opts.media, t["media"], strict=True)
+        ]
+    else:
+        records = [_record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
     for rec in records:
         if use_limit:
             apply_limit(rec, lim)
@@ -325,6 +351,53 @@ def _record(
             rec.host_read_gbs = bandwidth["read_gbs"]
             rec.achieved_gbs = pl.tokens.total * tg / 1e9
             rec.roofline_pct = 100 * rec.achieved_gbs / bandwidth["read_gbs"]
+    return rec
+
+
+def _projector(pl: Planned, opts: BenchOptions) -> Path:
+    """--mmproj, else the projector the manifest links to the artifact (sha256 checked)."""
+    from ..builder.projector import projector_file
+
+    if opts.mmproj is not None:
+        if not Path(opts.mmproj).is_file():
+            raise ArtifactError(f"{opts.mmproj}: no such projector file")
+        return Path(opts.mmproj)
+    proj = projector_file(pl.path.parent, pl.artifact)
+    if proj is None:
+        raise ArtifactError(
+            f"{pl.path.name} was built without towers; rebuild with `edgekit build --modalities "
+            "vision,audio`, or pass --mmproj FILE"
+        )
+    return proj
+
+
+def _media_record(rec: Record, medium: Any, res: dict[str, Any], mmproj: str) -> Record:
+    """A record of a test with a medium in its prompt (edgekit.measure.media): what the medium is, its
+    encode time, and the peak split into text and towers."""
+    got = res.get("medium") or {}
+    reps = res["reps"]
+    rec.media_kind, rec.media_sha256 = medium.kind, medium.sha256
+    rec.media_width, rec.media_height, rec.media_seconds = medium.width, medium.height, medium.seconds
+    rec.image_tokens_budget = medium.budget
+    rec.media_tokens = got.get("n_tokens")
+    rec.n_positions = got.get("positions")
+    if reps:
+        rec.encode_ms, rec.encode_ms_sd = mean_sd([r["encode_ms"] for r in reps])
+        rec.towers_load_ms = mean_sd([r["towers_load_ms"] for r in reps])[0]
+    rec.samples.update({k: [r[k] for r in reps] for k in ("encode_ms", "towers_load_ms")})
+    if got:
+        rec.towers_bytes = got["towers_bytes"]
+        resident = rec.runtime.get("towers", "resident") == "resident"
+        # resident: the towers' memory is part of every moment after load, so of the peak too; on_demand:
+        # the text's part is the largest RSS seen with the towers freed
+        rec.text_bytes = rec.peak_rss_bytes - rec.towers_bytes if resident else got["rss_without_towers"]
+        rec.extra["towers"] = {
+            "load_bytes": got["towers_load_bytes"],
+            "rss_with_towers": got["rss_with_towers"],
+            "rss_without_towers": got["rss_without_towers"],
+        }
+    rec.extra["media"] = {"file": Path(medium.path).name, "processor_tokens": medium.tokens}
+    rec.extra["projector"] = {"file": Path(mmproj).name}
     return rec
 
 
