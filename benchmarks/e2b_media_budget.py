@@ -106,7 +106,7 @@ def main() -> None:
     allrecs = [r for *_, r in rows]
     for target, s, mode, r in rows:
         pj = proj.get(s)
-        f = lambda x: "–" if x is None else f"{x / 1e6:,.0f}"  # noqa: E731
+        f = lambda x: "–" if x is None else f"{x / 1e6:,.0f}"
         split = f"{f(r.text_bytes)} / {f(r.towers_bytes)}" if r.media_kind else "–"
         enc = f"{r.encode_ms / 1e3:.1f}" if r.encode_ms else "–"
         print(
