@@ -273,7 +273,9 @@ def measure_tests(
             for medium, m in zip(opts.media, t["media"], strict=True)
         ]
     else:
-        records = [_record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
+        records = [
+            _record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests, strict=True)
+        ]
     for rec in records:
         if use_limit:
             apply_limit(rec, lim)
