@@ -35,8 +35,22 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..core.errors import ConfigError
-from ..serve.media import DEFAULT_IMAGE_BUDGET, IMAGE_BUDGETS, MediaError, image_tokens
+from ..backends.mtmd import AUDIO_CHUNK, IMAGE_CHUNK, Projector
+from ..backends.runner import majflt, mean_sd, prompt_tokens
+from ..builder.projector import projector_file
+from ..core.errors import ArtifactError, ConfigError
+from ..profiles.resolve import ResolvedArtifact
+from ..results import Record
+from ..serve.media import (
+    DEFAULT_IMAGE_BUDGET,
+    IMAGE_BUDGETS,
+    MediaError,
+    image_size_for_budget,
+    image_tokens,
+    open_audio,
+    open_image,
+    prepare_image,
+)
 
 TOWERS_MODES = ("resident", "on_demand")
 
@@ -70,8 +84,6 @@ def _sha256(path: Path) -> str:
 def describe(images: list[Path], audios: list[Path], budgets: list[int]) -> list[MediaSpec]:
     """The media of a run: each image once per budget (a sweep), each clip once; MediaError (one line)
     for a file that cannot be read or decoded, or is over a limit."""
-    from ..serve.media import image_size_for_budget, open_audio, open_image
-
     for b in budgets:
         if b not in IMAGE_BUDGETS:
             raise ConfigError(f"--image-tokens {b}: choose among {', '.join(map(str, IMAGE_BUDGETS))}")
@@ -127,23 +139,15 @@ class Prepared:
 
 
 def _load_image(spec: MediaSpec) -> Any:
-    from ..serve.media import open_image, prepare_image
-
     return prepare_image(open_image(Path(spec.path), spec.path), spec.budget or DEFAULT_IMAGE_BUDGET)
-
-
-def _bitmap(proj: Any, spec: MediaSpec, decoded: Any) -> Any:
-    return proj._bitmap_image(decoded) if spec.kind == "image" else proj._bitmap_audio(decoded)
 
 
 def prepare(proj: Any, spec: MediaSpec, bitmap: Any) -> tuple[list[Segment], int, float]:
     """mtmd's chunks for the medium's marker, the medium encoded: (segments, soft tokens, encode ms);
     ``bitmap`` (the medium as mtmd holds it) is freed."""
-    from ..backends.mtmd import AUDIO_CHUNK, IMAGE_CHUNK
-
-    m = proj._m
+    m = proj.lib
     try:
-        chunks = proj.tokenize(proj._marker.decode(), [bitmap])
+        chunks = proj.tokenize(proj.marker, [bitmap])
     finally:
         m.mtmd_bitmap_free(bitmap)
     segs, n_tok, enc_ms = [], 0, 0.0
@@ -151,16 +155,16 @@ def prepare(proj: Any, spec: MediaSpec, bitmap: Any) -> tuple[list[Segment], int
         for i in range(m.mtmd_input_chunks_size(chunks)):
             c = m.mtmd_input_chunks_get(chunks, i)
             if m.mtmd_input_chunk_get_type(c) in (IMAGE_CHUNK, AUDIO_CHUNK):
-                if m.mtmd_decode_use_mrope(proj._ctx):
+                if m.mtmd_decode_use_mrope(proj.ctx):
                     raise MediaError("this projector uses M-RoPE positions, which bench does not lay out")
                 n = int(m.mtmd_input_chunk_get_n_tokens(c))
                 t0 = time.perf_counter()
-                if m.mtmd_encode_chunk(proj._ctx, c) != 0:
+                if m.mtmd_encode_chunk(proj.ctx, c) != 0:
                     raise MediaError(f"mtmd failed to encode the {spec.kind} ({Path(spec.path).name})")
                 enc_ms += (time.perf_counter() - t0) * 1e3
-                out = m.mtmd_get_output_embd(proj._ctx)
+                out = m.mtmd_get_output_embd(proj.ctx)
                 embd = np.ctypeslib.as_array(out, shape=(n * proj.n_embd,)).reshape(n, proj.n_embd).copy()
-                causal = bool(m.mtmd_decode_use_non_causal(proj._ctx, c))
+                causal = bool(m.mtmd_decode_use_non_causal(proj.ctx, c))
                 segs.append(Segment(embd=embd, non_causal=causal, n_pos=int(m.mtmd_input_chunk_get_n_pos(c))))
                 n_tok += n
             else:
@@ -256,8 +260,6 @@ class Towers:
             self.open()
 
     def open(self) -> float:
-        from ..backends.mtmd import Projector
-
         runner, mmproj, text, threads, budget = self.args
         before = self.sample().anon
         t0 = time.perf_counter()
@@ -272,7 +274,7 @@ class Towers:
         """Encode; on a medium's ``first`` encode (after a load), what mtmd allocated and kept (its compute
         buffers) joins ``held``. The medium's own buffers are made before the window; later encodes add
         nothing to mtmd, and counting their heap noise would grow ``held`` with every repetition."""
-        bitmap = _bitmap(self.proj, spec, decoded)
+        bitmap = self.proj.bitmap(decoded, spec.kind)
         before = self.sample().anon
         out = prepare(self.proj, spec, bitmap)
         if first:
@@ -300,13 +302,9 @@ def run_media(
 ) -> MediaTest:
     """A warm-up and ``reps`` repetitions of: [towers loaded] → medium encoded → [towers freed] → prompt
     evaluated → first token read (TTFT) → ``n_gen`` tokens decoded after the prompt."""
-    from ..backends.runner import majflt, prompt_tokens
-
     if spec.kind == "image":
         decoded = _load_image(spec)
     else:
-        from ..serve.media import open_audio
-
         decoded = open_audio(Path(spec.path), spec.path)
     text = prompt_tokens(runner, n_prompt + 1, seed)[1:]  # BOS goes first, before the medium
     bos = [runner.bos()] if runner.bos() is not None else []
@@ -366,3 +364,51 @@ def run_media(
     result.towers_load_bytes, result.towers_bytes = towers.load_bytes, towers.peak
     result.rss_with_towers, result.rss_without_towers = towers.rss_with, towers.rss_without
     return result
+
+
+# ---------------------------------------------------------------- the parent's records
+
+
+def projector_for(ra: ResolvedArtifact, mmproj: Optional[Path]) -> Path:
+    """--mmproj, else the projector the manifest links to the artifact (sha256 checked)."""
+    if mmproj is not None:
+        if not Path(mmproj).is_file():
+            raise ArtifactError(f"{mmproj}: no such projector file")
+        return Path(mmproj)
+    proj = projector_file(ra.path.parent, ra.artifact)
+    if proj is None:
+        raise ArtifactError(
+            f"{ra.path.name} was built without towers; rebuild with `edgekit build --modalities "
+            "vision,audio`, or pass --mmproj FILE"
+        )
+    return proj
+
+
+def media_record(rec: Record, medium: Any, res: dict[str, Any], mmproj: str) -> Record:
+    """A record of a test with a medium in its prompt (edgekit.measure.media): what the medium is, its
+    encode time, and the peak split into text and towers."""
+    got = res.get("medium") or {}
+    reps = res["reps"]
+    rec.media_kind, rec.media_sha256 = medium.kind, medium.sha256
+    rec.media_width, rec.media_height, rec.media_seconds = medium.width, medium.height, medium.seconds
+    rec.image_tokens_budget = medium.budget
+    rec.media_tokens = got.get("n_tokens")
+    rec.n_positions = got.get("positions")
+    if reps:
+        rec.encode_ms, rec.encode_ms_sd = mean_sd([r["encode_ms"] for r in reps])
+        rec.towers_load_ms = mean_sd([r["towers_load_ms"] for r in reps])[0]
+    rec.samples.update({k: [r[k] for r in reps] for k in ("encode_ms", "towers_load_ms")})
+    if got:
+        rec.towers_bytes = got["towers_bytes"]
+        resident = rec.runtime.get("towers", "resident") == "resident"
+        # resident: the towers' memory is part of every moment after load, so of the peak too; on_demand:
+        # the text's part is the largest RSS seen with the towers freed
+        rec.text_bytes = rec.peak_rss_bytes - rec.towers_bytes if resident else got["rss_without_towers"]
+        rec.extra["towers"] = {
+            "load_bytes": got["towers_load_bytes"],
+            "rss_with_towers": got["rss_with_towers"],
+            "rss_without_towers": got["rss_without_towers"],
+        }
+    rec.extra["media"] = {"file": Path(medium.path).name, "processor_tokens": medium.tokens}
+    rec.extra["projector"] = {"file": Path(mmproj).name}
+    return rec

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions, run_reps
 from . import pages
+from .media import MediaSpec, Towers, run_media
 from .memory import PeakSampler
 
 
@@ -59,8 +60,6 @@ def _media(
 ) -> list[dict[str, Any]]:
     """Each medium of ``spec`` in a prompt of ``n_prompt`` text tokens: a result per medium, its own peak.
     ``towers`` holds the one Towers of this child (made on the first call)."""
-    from .media import MediaSpec, Towers, run_media
-
     if not towers:
         budget = max((m.get("budget") or 0 for m in spec.media), default=0) or 280
         mode = spec.knobs.get("towers") or "resident"
