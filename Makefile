@@ -11,7 +11,7 @@ endif
 export CMAKE_ARGS
 export EDGEKIT_NO_PROGRESS ?=
 
-.PHONY: setup tools demo test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 fixture-16k clean
+.PHONY: setup tools demo lint typecheck test bench-build bench-runner bench-e2b bench-e2b-mlx bench-prefill bench-imatrix bench-imatrix-gemma3 fixture-16k clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,16 @@ demo: setup
 tools: setup
 	$(BIN)/python benchmarks/llamacpp_tools.py
 
-test: setup tools
+# ruff (the dev extra; config in pyproject.toml [tool.ruff]): lint, then check that the tree is formatted.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy (the dev extra; [tool.mypy] in pyproject.toml names the packages it checks).
+typecheck: setup
+	$(BIN)/mypy
+
+test: setup tools lint typecheck
 	sh scripts/ensure-sshd.sh
 	sh scripts/ensure-haproxy.sh
 	$(BIN)/python -m pytest -q

@@ -123,7 +123,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     llamacpp_tools.tool("llama-quantize")
     print(
-        f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+        f"host: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
+        f"{platform.release()}"
     )
     print("| checkpoint | edgekit build | llama.cpp convert (bf16) + quantize | time ratio | peak RSS ratio |")
     print("|---|---|---|---|---|")
@@ -131,7 +132,8 @@ def main() -> None:
         r = run(preset, args.quant, args.e2b_dir, CACHE / "bench-build")
         print(
             f"| {preset} → {args.quant} | {r['edgekit_s']:.1f} s, {r['edgekit_rss'] / 1e9:.2f} GB | "
-            f"{r['convert_s']:.1f} s + {r['quantize_s']:.1f} s, {r['convert_rss'] / 1e9:.2f} / {r['quantize_rss'] / 1e9:.2f} GB | "
+            f"{r['convert_s']:.1f} s + {r['quantize_s']:.1f} s, {r['convert_rss'] / 1e9:.2f} / "
+            f"{r['quantize_rss'] / 1e9:.2f} GB | "
             f"{r['time_ratio']:.2f} | {r['rss_ratio']:.2f} |",
             flush=True,
         )

@@ -116,7 +116,7 @@ def child(art: Path, ple: str, tokenizer: bool, n_tokens: int) -> dict:
         mx.reset_peak_memory()
         # random ids inside the artifact's vocabulary (a lean one has 65,536 rows)
         vocab = json.loads((art / "config.json").read_text())["text_config"]["vocab_size"]
-        ids = [2] + np.random.default_rng(0).integers(1000, min(200_000, vocab), n_tokens - 1).tolist()
+        ids = [2, *np.random.default_rng(0).integers(1000, min(200_000, vocab), n_tokens - 1).tolist()]
         cache = make_prompt_cache(model)
         t0 = time.perf_counter()
         logits = model(mx.array([ids]), cache=cache)[:, -1, :]
@@ -160,9 +160,9 @@ def kv_at(art: Path, ctx: int) -> int:
 
 def run_child(art: Path, ple: str, tokenizer: bool, n_tokens: int, with_torch: bool) -> dict:
     code = (
-        "import sys, json; sys.path.insert(0, %r)\n" % str(ROOT)
+        f"import sys, json; sys.path.insert(0, {str(ROOT)!r})\n"
         + ("" if with_torch else "sys.modules['torch'] = None  # as installed by edgekit[mlx]\n")
-        + "sys.path.insert(0, %r); import e2b_mlx_memory as b\n" % str(Path(__file__).parent)
+        + f"sys.path.insert(0, {str(Path(__file__).parent)!r}); import e2b_mlx_memory as b\n"
         + f"print(json.dumps(b.child(b.Path({str(art)!r}), {ple!r}, {tokenizer!r}, {n_tokens})))"
     )
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
@@ -271,19 +271,20 @@ def main() -> None:
     for label, n in parts:
         print(f"  {label:60s} {n / MB:8.0f}")
     print(
-        f"  {'other (allocator slack, libraries touched later)':60s} {(hook['peak_rss'] - sum(n for _, n in parts)) / MB:8.0f}"
+        f"  {'other (allocator slack, libraries touched later)':60s} "
+        f"{(hook['peak_rss'] - sum(n for _, n in parts)) / MB:8.0f}"
     )
     print(f"  {'= peak RSS':60s} {hook['peak_rss'] / MB:8.0f}")
     print(f"  KV cache after the run: {hook['kv_bytes'] / MB:.1f} MB; PLE rows read: {hook['ple_rows_read']}")
 
     print("\nratios (hooked / stock):")
     print(
-        f"  peak RSS        {hook['peak_rss'] / stock['peak_rss']:.2f}  ({hook['peak_rss'] / GB:.2f} vs {stock['peak_rss'] / GB:.2f} GB)"
+        f"  peak RSS        {hook['peak_rss'] / stock['peak_rss']:.2f}  ({hook['peak_rss'] / GB:.2f} vs "
+        f"{stock['peak_rss'] / GB:.2f} GB)"
     )
-    print(
-        f"  mx peak memory  {max(hook['mx_peak_load'], hook['mx_peak_forward']) / max(stock['mx_peak_load'], stock['mx_peak_forward']):.2f}"
-    )
-    for (label, *_), r in zip(configs, rows):
+    hook_mx, stock_mx = (max(r["mx_peak_load"], r["mx_peak_forward"]) for r in (hook, stock))
+    print(f"  mx peak memory  {hook_mx / stock_mx:.2f}")
+    for (label, *_), r in zip(configs, rows, strict=True):
         r = r[1]
         verdict = "within" if r["peak_rss"] <= budget else "OVER"
         print(f"  {label:42s} peak RSS / budget {r['peak_rss'] / budget:.2f} ({verdict} {budget / GB:.1f} GB)")

@@ -35,7 +35,7 @@ from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.eval import EvalOptions, evaluate  # noqa: E402
 
 PLAIN = ["q4_0", "q4_k_m", "iq4_xs-edge", "q3_k_m", "q2_k"]
-CALIBRATED = PLAIN + ["iq3_xxs", "iq2_xs"]
+CALIBRATED = [*PLAIN, "iq3_xxs", "iq2_xs"]
 
 
 def matrix(model: Path, out: Path, threads: int) -> Path:
@@ -101,7 +101,7 @@ def gemma3(out: Path, chunks: int, threads: int, cal_chunks: int) -> int:
             files.setdefault(name, {})[tag] = dst
     opts = EvalOptions(reference=str(f32), chunks=chunks, threads=threads, ref_cache=out / "ref-f32.npz", target="pi5")
     paths = [p for d in files.values() for p in d.values()]
-    recs = dict(zip(paths, evaluate(paths, opts)))
+    recs = dict(zip(paths, evaluate(paths, opts), strict=True))
     table({n: {t: recs[p] for t, p in d.items()} for n, d in files.items()})
     return 0
 
@@ -164,7 +164,7 @@ def main() -> int:
     for tag, folder in (("plain", plain), ("imatrix", cal)):
         m = read_manifest(folder)
         recs = evaluate([folder / a.file for a in m.artifacts], opts)
-        for a, r in zip(m.artifacts, recs):
+        for a, r in zip(m.artifacts, recs, strict=True):
             rows.setdefault(a.recipe, {})[tag] = r
     table(rows)
     return 0

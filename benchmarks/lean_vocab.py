@@ -42,7 +42,8 @@ from edgekit.builder.vocab.lean import gather_rows
 ref = read_tensors(Path(sys.argv[1]))["t"]
 kept = np.load(sys.argv[3])
 t = time.time()
-write_safetensors(Path(sys.argv[2]), [TensorSpec("t", (len(kept), *ref.shape[1:]), ref.dtype)], lambda s: gather_rows(ref, kept))
+spec = TensorSpec("t", (len(kept), *ref.shape[1:]), ref.dtype)
+write_safetensors(Path(sys.argv[2]), [spec], lambda s: gather_rows(ref, kept))
 dt = time.time() - t
 out = read_tensors(Path(sys.argv[2]))["t"]
 row = lambda r, i: r.read_bytes(i * r.row_bytes, r.row_bytes)
@@ -108,7 +109,8 @@ def main() -> None:
         g = child(GATHER, str(table), str(tmp / "lean.safetensors"), str(tmp / "kept.npy"))
         size = args.rows * args.cols * 2
         print(
-            f"gather: {len(kept):,} of {args.rows:,} rows x {args.cols} bf16 ({g['bytes'] / 1e9:.2f} of {size / 1e9:.2f} GB) "
+            f"gather: {len(kept):,} of {args.rows:,} rows x {args.cols} bf16 ({g['bytes'] / 1e9:.2f} of "
+            f"{size / 1e9:.2f} GB) "
             f"in {g['s']:.1f} s, peak RSS {g['rss'] / 2**20:,.0f} MiB = {g['rss'] / size:.3f} x the table; "
             f"200 sampled rows equal: {g['ok']}"
         )

@@ -139,18 +139,21 @@ def main() -> None:
             threads = rec.threads or 0
     ref = "llama.cpp defaults"
     print(
-        f"{gguf.name}, pp{args.p}, {threads} threads, ctx {base.ctx}, {args.rounds} alternating rounds x {args.r} reps; "
+        f"{gguf.name}, pp{args.p}, {threads} threads, ctx {base.ctx}, {args.rounds} alternating rounds x {args.r} "
+        "reps; "
         f"host: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
     )
     print("pi5 runtime: " + ", ".join(f"{k}={v}" for k, v in pi5.runtime.items()))
     print(
-        f"| configuration | pp{args.p} t/s (median) | ÷ defaults (medians) | ÷ defaults per round, median [min-max] | peak RSS MB |"
+        f"| configuration | pp{args.p} t/s (median) | ÷ defaults (medians) | ÷ defaults per round, median [min-max] | "
+        "peak RSS MB |"
     )
     print("|---|---:|---:|---:|---:|")
     for label, _ in cfgs:
-        ratios = [a / b for a, b in zip(pp[label], pp[ref])]
+        ratios = [a / b for a, b in zip(pp[label], pp[ref], strict=True)]
         print(
-            f"| {label} | {statistics.median(pp[label]):.2f} | {statistics.median(pp[label]) / statistics.median(pp[ref]):.3f} "
+            f"| {label} | {statistics.median(pp[label]):.2f} | "
+            f"{statistics.median(pp[label]) / statistics.median(pp[ref]):.3f} "
             f"| {statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}] | {max(rss[label]) / 1e6:,.0f} |"
         )
     if args.llama_bench:
@@ -160,7 +163,8 @@ def main() -> None:
 
         lb = llama_bench_run(tool("llama-bench"), gguf, args.p, 1, args.r, threads, [])
         print(
-            f"| stock llama-bench (its defaults) | {lb['pp']:.2f} | {lb['pp'] / statistics.median(pp[ref]):.3f} | – | – |"
+            f"| stock llama-bench (its defaults) | {lb['pp']:.2f} | {lb['pp'] / statistics.median(pp[ref]):.3f} | – | "
+            "– |"
         )
     tmp.cleanup()
 

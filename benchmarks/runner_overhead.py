@@ -153,7 +153,7 @@ def compare(name: str, ours: list[dict], theirs: list[dict], p: int, n: int, eng
     print(f"  {'':10} {'edgekit':>12} {engine:>17} {'ratio of means':>15} {'median ratio [min-max]':>24}")
     for label, ok, tk in ((f"pp{p} t/s", pp_key, "pp"), (f"tg{n} t/s", "tg", "tg")):
         a, b = statistics.fmean(r[ok] for r in ours), statistics.fmean(r[tk] for r in theirs)
-        ratios = [o[ok] / t[tk] for o, t in zip(ours, theirs)]
+        ratios = [o[ok] / t[tk] for o, t in zip(ours, theirs, strict=True)]
         print(
             f"  {label:10} {a:12.2f} {b:17.2f} {a / b:15.3f} {statistics.median(ratios):12.3f} "
             f"[{min(ratios):.3f}-{max(ratios):.3f}]"

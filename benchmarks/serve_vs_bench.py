@@ -62,7 +62,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.log = open(log, "w")
+        self.log = open(log, "w")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(self.port), *args],
             stdout=self.log,
@@ -142,7 +142,8 @@ def ratio(artifact: Path, args: argparse.Namespace, common: list[str], tmp: Path
     )
     over = sorted(1e6 / r["decode_tps"] - 1e6 / d.tg_tps for r, _, d in rounds)
     print(
-        f"ratio: prompt {p} tokens, {args.n_gen} generated, {args.reps} paired rounds (medians; ratios: median of the rounds')"
+        f"ratio: prompt {p} tokens, {args.n_gen} generated, {args.reps} paired rounds (medians; ratios: median of the "
+        "rounds')"
     )
     print(
         f"  TTFT   serve {s_ttft:8.1f} ms   bench {b_ttft:8.1f} ms   bench/serve "

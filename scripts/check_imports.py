@@ -127,7 +127,7 @@ def path_in(g: dict[str, set[str]], comp: list[str]) -> list[str]:
                     path = [v]
                     while path[-1] != start:
                         path.append(prev[path[-1]])
-                    return [start] + path[::-1][1:] + [start] if len(path) > 1 else [start, v, start]
+                    return [start, *path[::-1][1:], start] if len(path) > 1 else [start, v, start]
                 if w not in prev:
                     prev[w] = v
                     nxt.append(w)

@@ -82,13 +82,13 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 def start_server(artifact: Path, log: Path, *args: str, port: int | None = None) -> Server:
     port = port or free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    f = open(log, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
-        stdout=f,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
+    with open(log, "w") as f:  # the server holds its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     server = Server(proc, port, log)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -68,7 +68,7 @@ def test_figures_are_positive_with_sd_over_the_kept_samples(benched):
 
 def test_ttft_covers_the_prefill_the_same_run_implies(benched):
     r = benched
-    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
+    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"], strict=True):
         assert ttft >= 1000 * r.n_prompt / pp
 
 
@@ -274,7 +274,7 @@ def test_mlx_artifact_measures_with_mlx_peak(tiny_ckpt, tmp_path, fixed_bandwidt
     # m4's ple = "disk" and the runner's defaults, as applied ("disk": the table stayed in its file)
     assert r.runtime == {"ple": "disk", "n_batch": 2048, "kv_fill": 0}
     assert min(r.samples["pp_tps"] + r.samples["tg_tps"]) > 0 and r.tg_tps_sd >= 0
-    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"]):
+    for ttft, pp in zip(r.samples["ttft_ms"], r.samples["pp_tps"], strict=True):
         assert ttft >= 1000 * r.n_prompt / pp
     assert r.mlx_peak_bytes > 0 and r.kv_cache_bytes > 0
     resident = (folder / r.artifact / "model.safetensors").stat().st_size  # loaded into MLX arrays

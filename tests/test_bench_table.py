@@ -116,7 +116,7 @@ def test_a_set_sweep_is_a_column_and_stays_two_runs_in_the_report(dist, tmp_path
     db, q4 = tmp_path / "r.db", dist / "tiny-gemma4-Q4_0.gguf"
     res = _bench(q4, "-p", 8, "-n", 4, *QUICK, "--set", "kv_type=f16,q8_0", "--db", db)
     assert res.exit_code == 0, res.stderr
-    assert _tables(res.stdout) == [COMPACT[:3] + ["kv_type"] + COMPACT[3:]]
+    assert _tables(res.stdout) == [[*COMPACT[:3], "kv_type", *COMPACT[3:]]]
     assert [(r["kv_type"], r["test"]) for r in parse_markdown(res.stdout)] == [
         ("f16", "pp8"),
         ("f16", "tg4"),
@@ -141,7 +141,7 @@ def test_csv_cells_hold_no_json_and_parse_back(dist):
     rows = list(csv.reader(io.StringIO(res.stdout)))
     head, cells = rows[0], rows[1]
     assert all(not c.startswith(("{", "[")) or c in ("[]", "{}") for c in cells)  # "[]": an empty list
-    row = dict(zip(head, cells))
+    row = dict(zip(head, cells, strict=True))
     assert row["runtime.kv_type"] == rec.runtime["kv_type"] and row["host.cpu"] == rec.host["cpu"]
     assert row["samples.tg_tps"] == " ".join(map(repr, rec.samples["tg_tps"]))
     assert row["versions.llama.cpp"] == rec.versions["llama.cpp"]

@@ -51,7 +51,7 @@ def _parity(ckpt, tmp_path):
     from edgekit.builder.pipeline import build
 
     folder = build(str(ckpt), target="pi5", quants=["f32"], out=tmp_path / "dist")
-    tokens = [2] + np.random.default_rng(4).integers(5, 1000, N_TOKENS - 1).tolist()
+    tokens = [2, *np.random.default_rng(4).integers(5, 1000, N_TOKENS - 1).tolist()]
     ours = llama_logits(folder / f"{ckpt.name}-F32.gguf", tokens)
     ref = hf_logits(hf_model(ckpt, emulate_ggml_gelu=True), tokens)
     span = float(ref.max() - ref.min())

@@ -84,7 +84,8 @@ def test_quant_order_with_intervals_apart(hf_records):
     f16, q8, q4 = hf_records["F16"], hf_records["Q8_0"], hf_records["Q4_0"]
     for r in (f16, q8, q4):
         print(
-            f"{r.quant}: mean KL {r.kl_mean:.5f} [{r.kl_lo:.5f}, {r.kl_hi:.5f}] same top {r.same_top:.4f} PPL {r.ppl:.3f}"
+            f"{r.quant}: mean KL {r.kl_mean:.5f} [{r.kl_lo:.5f}, {r.kl_hi:.5f}] same top {r.same_top:.4f} PPL "
+            f"{r.ppl:.3f}"
         )
     assert f16.kl_hi < q8.kl_lo and q8.kl_hi < q4.kl_lo
     assert q4.ppl > q8.ppl
@@ -173,7 +174,7 @@ def test_kl_at_k_vocabulary_is_the_full_kl(built, tmp_path):
         finally:
             src.close()
     per = []
-    for p, q in zip(*kl):
+    for p, q in zip(*kl, strict=True):
         lp = p - np.logaddexp.reduce(p, axis=1, keepdims=True)
         lq = q - np.logaddexp.reduce(q, axis=1, keepdims=True)
         per.append((np.exp(lp) * (lp - lq)).sum(1))

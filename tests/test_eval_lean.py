@@ -146,7 +146,8 @@ def test_whole_text_bits_per_byte_by_hand(lean_dist, tmp_path):
     lean_nll, lean_n = _llama_nll(lean, text)
     print(
         f"reference {ref_n} tokens {ref_nll / math.log(2) / nbytes:.5f} bits/byte; lean {lean_n} tokens "
-        f"{lean_nll / math.log(2) / nbytes:.5f}; edgekit {r.reference_text_bits_per_byte:.5f} / {r.text_bits_per_byte:.5f}"
+        f"{lean_nll / math.log(2) / nbytes:.5f}; edgekit {r.reference_text_bits_per_byte:.5f} / "
+        f"{r.text_bits_per_byte:.5f}"
     )
     assert lean_n > ref_n > CTX
     assert r.text_bytes == nbytes

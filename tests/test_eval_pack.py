@@ -28,20 +28,27 @@ def gemma_call(name: str, args: dict) -> str:
 
 CODE = {
     "slugify": "import re\ndef slugify(s):\n    return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')",
-    "fizz": "def fizzbuzz(n):\n    return 'FizzBuzz' if n % 15 == 0 else 'Fizz' if n % 3 == 0 else 'Buzz' if n % 5 == 0 else str(n)",
-    "median": "def median(xs):\n    s = sorted(xs); m = len(s) // 2\n    return s[m] if len(s) % 2 else (s[m - 1] + s[m]) / 2",
+    "fizz": "def fizzbuzz(n):\n    return 'FizzBuzz' if n % 15 == 0 else 'Fizz' if n % 3 == 0 else 'Buzz' if n % 5 == "
+    "0 else str(n)",
+    "median": "def median(xs):\n    s = sorted(xs); m = len(s) // 2\n    return s[m] if len(s) % 2 else (s[m - 1] + "
+    "s[m]) / 2",
     "dedupe": "def dedupe(items):\n    return list(dict.fromkeys(items))",
     "palin": "def is_palindrome(s):\n    t = [c.lower() for c in s if c.isalnum()]\n    return t == t[::-1]",
     "chunks": "def chunks(xs, n):\n    return [xs[i:i + n] for i in range(0, len(xs), n)]",
-    "wordcount": "import re\nfrom collections import Counter\ndef word_counts(text):\n    return dict(Counter(re.findall(r'[a-z]+', text.lower())))",
+    "wordcount": "import re\nfrom collections import Counter\ndef word_counts(text):\n    return "
+    "dict(Counter(re.findall(r'[a-z]+', text.lower())))",
     "roman": (
-        "def to_roman(n):\n    out = ''\n    for v, s in [(1000,'M'),(900,'CM'),(500,'D'),(400,'CD'),(100,'C'),(90,'XC'),(50,'L'),"
-        "(40,'XL'),(10,'X'),(9,'IX'),(5,'V'),(4,'IV'),(1,'I')]:\n        while n >= v:\n            out += s; n -= v\n    return out"
+        "def to_roman(n):\n    out = ''\n    for v, s in "
+        "[(1000,'M'),(900,'CM'),(500,'D'),(400,'CD'),(100,'C'),(90,'XC'),(50,'L'),"
+        "(40,'XL'),(10,'X'),(9,'IX'),(5,'V'),(4,'IV'),(1,'I')]:\n        while n >= v:\n            out += s; n -= "
+        "v\n    return out"
     ),
     "flatten": "def flatten(xs):\n    return [y for x in xs for y in (flatten(x) if isinstance(x, list) else [x])]",
     "isoweek": "import datetime\ndef weekday_name(d):\n    return datetime.date.fromisoformat(d).strftime('%A')",
-    "csvsum": "import csv, io\ndef column_sum(t, c):\n    return float(sum(float(r[c]) for r in csv.DictReader(io.StringIO(t))))",
-    "primes": "def primes_below(n):\n    return [p for p in range(2, n) if all(p % d for d in range(2, int(p ** 0.5) + 1))]",
+    "csvsum": "import csv, io\ndef column_sum(t, c):\n    return float(sum(float(r[c]) for r in "
+    "csv.DictReader(io.StringIO(t))))",
+    "primes": "def primes_below(n):\n    return [p for p in range(2, n) if all(p % d for d in range(2, int(p ** 0.5) "
+    "+ 1))]",
 }
 EXTRACT = {
     "invoice": {"invoice": "INV-2291", "total": 1450.0, "currency": "EUR"},
@@ -79,7 +86,8 @@ INSTRUCT = {
     "startend": "Dear team, thank you for a great quarter. Best regards",
     "nocomma": "Coffee wakes me up every morning. I drink it black and hot.",
     "lines4": "Rain on the roof\nsoft as a sigh\nthe street shines\nunder a grey sky",
-    "avoid": "An index is a sorted structure that points to rows. It lets the database find rows without scanning the whole table.",
+    "avoid": "An index is a sorted structure that points to rows. It lets the database find rows without scanning the "
+    "whole table.",
     "yesno": "Yes",
     "chars": "Sunlight by day, light by night.",
     "numbered": "1. Open the login page\n2. Click 'Forgot password'\n3. Follow the emailed link",

@@ -69,7 +69,8 @@ GOOD = json.dumps({"id": "a", "suite": "s", "prompt": "hi", "expected": "x", "sc
         ('{"id": "b", "suite": "s"', "not valid JSON (Expecting ',' delimiter at column 25); one JSON object per line"),
         (
             json.dumps({"id": "b", "suite": "s", "prompt": "p", "expected": "x", "scorer": "fuzzy"}),
-            "unknown scorer 'fuzzy'; choose one of exact, contains, regex, choice, json, tool_call, json_schema, rouge_l, grounded, code, sql, instructions, refusal",
+            "unknown scorer 'fuzzy'; choose one of exact, contains, regex, choice, json, tool_call, json_schema, "
+            "rouge_l, grounded, code, sql, instructions, refusal",
         ),
         (json.dumps({"id": "b", "suite": "s", "expected": "x", "scorer": "exact"}), "case lacks messages or prompt"),
         (

@@ -61,7 +61,7 @@ def test_heldout_loss_beats_unigram(trained_16k, trained_16k_heldout, tok):
     seq = 512
     for lang in LANGS:
         ids = tok.encode(trained_16k_heldout[lang].read_text(encoding="utf-8"), add_special_tokens=False).ids
-        x = torch.tensor([[2] + ids[k * seq : (k + 1) * seq - 1] for k in (1, 3)])  # <bos> + text, 2 windows
+        x = torch.tensor([[2, *ids[k * seq : (k + 1) * seq - 1]] for k in (1, 3)])  # <bos> + text, 2 windows
         with torch.no_grad():
             loss = float(model(input_ids=x, labels=x, use_cache=False).loss)
         unigram = float(-logp[x[:, 1:].numpy()].mean())

@@ -32,7 +32,7 @@ def built(tiny_ckpt, tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokens():
     rng = np.random.default_rng(1)
-    return [2] + rng.integers(5, 1000, N_TOKENS - 1).tolist()
+    return [2, *rng.integers(5, 1000, N_TOKENS - 1).tolist()]
 
 
 @pytest.fixture(scope="module")

@@ -339,7 +339,7 @@ def test_quantized_with_our_matrix_equals_llama_quantize(intermediate, ours, qua
     args = [exe, "--imatrix", "ours.imatrix.gguf"]
     for pattern, t in r.overrides.items():  # llama-quantize's --tensor-type takes the same regex=type pairs
         args += ["--tensor-type", f"{pattern}={t}"]
-    _run(args + ["tiny-BF16.gguf", f"ref-{quant}.gguf", ftype, "1"], cwd=d)
+    _run([*args, "tiny-BF16.gguf", f"ref-{quant}.gguf", ftype, "1"], cwd=d)
     assert ours.read_bytes() == (d / f"ref-{quant}.gguf").read_bytes()
     from edgekit.backends.gguf.header import read_gguf_header
 

@@ -168,7 +168,7 @@ def _host(name, srv, work: Path, **over) -> str:
 
 @pytest.mark.slow
 def test_lab_run_via_ansible_stores_records_and_survives_failing_devices(devices, closed_port, tiny_dist, tmp_path):  # noqa: F811
-    root, srv = devices
+    _root, srv = devices
     a = srv["pi-a"]
     # The refused key goes by another name for the same sshd ("localhost"): Ansible shares one ssh
     # connection per host, port and user, and pi-a's would otherwise carry it in.

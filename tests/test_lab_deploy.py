@@ -31,7 +31,7 @@ def make_build(root: Path, seed: int = 0, target: str = "pi5") -> Path:
     (folder / "mlx-4bit" / "sub").mkdir(parents=True)
     (folder / "tiny-Q8_0.gguf").write_bytes(rng.randbytes(300_000))
     (folder / "mlx-4bit" / "model.safetensors").write_bytes(rng.randbytes(50_000))
-    (folder / "mlx-4bit" / "sub" / "config.json").write_text('{"seed": %d}\n' % seed)
+    (folder / "mlx-4bit" / "sub" / "config.json").write_text(f'{{"seed": {seed}}}\n')
     arts = []
     for name, fmt, quant in (("tiny-Q8_0.gguf", "gguf", "Q8_0"), ("mlx-4bit", "mlx", "4bit-g64")):
         size, digest = artifact_digest(folder / name)
@@ -263,10 +263,10 @@ def test_corrupt_local_build_and_wrong_target_never_ship(lab, tmp_path):
     folder = make_build(tmp_path)
     (folder / "tiny-Q8_0.gguf").write_bytes(b"truncated")
     device = load_inventory(inv).get("pi")
-    with pytest.raises(ArtifactError, match="tiny-Q8_0.gguf do not match the manifest locally"):
+    with pytest.raises(ArtifactError, match=r"tiny-Q8_0\.gguf do not match the manifest locally"):
         deploy(folder, device)
     other = make_build(tmp_path / "o", target="m4")
-    with pytest.raises(LabError, match="device 'pi' runs target 'pi5' but .* was built for 'm4'"):
+    with pytest.raises(LabError, match=r"device 'pi' runs target 'pi5' but .* was built for 'm4'"):
         deploy(other, device)
     assert not work.exists()  # neither reached the device
 

@@ -63,7 +63,8 @@ def test_lab_run_gathers_records_and_survives_failing_devices(sshd, closed_port,
             f"`identity` in the inventory and that the key is in the device's authorized_keys",
             "edgekit: error: device 'pi-oom': bench killed (exit 137, SIGKILL: most likely out of memory); "
             "try a smaller quant, a shorter context, or close other programs on the device",
-            "edgekit: error: device 'pi-slow': timed out after 4 s; raise `timeout` in the inventory or bench fewer tokens",
+            "edgekit: error: device 'pi-slow': timed out after 4 s; raise `timeout` in the inventory or bench fewer "
+            "tokens",
             "edgekit: error: device 'pi-bare': edgekit not found on the device; run "
             "`edgekit deploy DIST --bootstrap --device pi-bare` or set `edgekit` in the inventory",
         ]

@@ -103,14 +103,16 @@ def test_deploy_serve_then_lab_run_served(sshd, dist, tmp_path):  # noqa: F811
     # Each repetition's TTFT is positive and within its request's whole time; the means are the samples'.
     s = served.samples
     assert len(s["ttft_ms"]) == len(s["total_ms"]) == len(s["tg_tps"]) == 2
-    assert all(0 < t <= total for t, total in zip(s["ttft_ms"], s["total_ms"]))
+    assert all(0 < t <= total for t, total in zip(s["ttft_ms"], s["total_ms"], strict=True))
     assert all(v > 0 for v in s["tg_tps"])
     assert served.ttft_ms == pytest.approx(sum(s["ttft_ms"]) / 2) and served.tg_tps == pytest.approx(
         sum(s["tg_tps"]) / 2
     )
     assert served.pp_tps == pytest.approx(sum(24 / (t / 1e3) for t in s["ttft_ms"]) / 2)
     # A decode of 6 tokens cannot be faster than their whole request: (6 - 1) tokens within total - TTFT.
-    assert all(tps >= 5 / ((total - t) / 1e3) for tps, t, total in zip(s["tg_tps"], s["ttft_ms"], s["total_ms"]))
+    assert all(
+        tps >= 5 / ((total - t) / 1e3) for tps, t, total in zip(s["tg_tps"], s["ttft_ms"], s["total_ms"], strict=True)
+    )
     # The server's own peak RSS (it maps the whole file), its budget and provenance.
     assert served.peak_rss_bytes > art.bytes and served.budget_bytes == direct.budget_bytes == 1_500_000_000
     assert served.extra["served"] == {"url": url, "model": "tiny-gemma4-Q8_0", "slots": 1}

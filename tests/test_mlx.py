@@ -34,7 +34,7 @@ def built(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokens():
-    return [2] + np.random.default_rng(SEED).integers(5, 1000, N_TOKENS - 1).tolist()
+    return [2, *np.random.default_rng(SEED).integers(5, 1000, N_TOKENS - 1).tolist()]
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +252,7 @@ def test_greedy_agrees_with_gguf_f16(built):
     )
     try:
         for seed in range(3):
-            prompt = [2] + np.random.default_rng(100 + seed).integers(5, 1000, 27).tolist()
+            prompt = [2, *np.random.default_rng(100 + seed).integers(5, 1000, 27).tolist()]
             ours = [int(t) for t, _ in generate_step(mx.array(prompt), model, max_tokens=16)]
             llm.reset()
             llm.eval(prompt)

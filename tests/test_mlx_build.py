@@ -63,7 +63,7 @@ def test_config_as_transformers_saves_it_loads_in_stock_mlx_lm(tiny_ckpt, tmp_pa
 
     model, _ = mlx_lm.load(str(out))
     model.update(tree_map(lambda v: v.astype(mx.float32), model.parameters()))
-    tokens = [2] + np.random.default_rng(5).integers(5, 1000, 47).tolist()
+    tokens = [2, *np.random.default_rng(5).integers(5, 1000, 47).tolist()]
     ours = np.array(model(mx.array([tokens]))[0])
     ref = hf_logits(hf_model(ckpt, emulate_ggml_gelu=False), tokens)
     # Same 1e-5-of-range bound as test_mlx.py's parity test; mlx-lm's default softcap of 30 would

@@ -3,8 +3,8 @@
 With targets/pi5.toml's runtime (mmap, lazy = "on", repack = false) llama.cpp maps the PLE table
 and touches only the rows of the tokens it decodes. We check it page by page: /proc/self/pagemap
 says which virtual pages of the mapped GGUF are present in this process, so after decoding a few
-tokens only a small fraction of the table's pages may be resident. The same check with lazy = "off" sees the whole table resident,
-which shows the check can tell the two apart.
+tokens only a small fraction of the table's pages may be resident. The same check with lazy = "off" sees
+the whole table resident, which shows the check can tell the two apart.
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ def test_markdown_parses_back_to_the_printed_figures():
     text = to_markdown(RECORDS)  # the wide table (report, lab, --wide): one table, a row per record
     rows = parse_markdown(text)
     assert len(rows) == len(RECORDS)
-    for r, row in zip(RECORDS, rows):
+    for r, row in zip(RECORDS, rows, strict=True):
         assert row["test"] == f"pp{r.n_prompt} + tg{r.n_gen}"  # llama-bench's names, in a column
         assert row["artifact"] == r.artifact
         assert row["quant"] == r.quant and row["engine"] == r.engine and row["device"] == r.device

@@ -281,7 +281,7 @@ def test_one_meaning_per_short_flag():
                 if o.startswith("-") and not o.startswith("--"):
                     meaning.setdefault(o, set()).add(p.name)
         for name, sub in getattr(cmd, "commands", {}).items():
-            walk(sub, path + [name])
+            walk(sub, [*path, name])
 
     walk(typer.main.get_command(app), [])
     # the same concept under another Python name in one command is still one meaning
@@ -331,6 +331,6 @@ def test_ctrl_c_in_a_one_shot_run_is_130(loose):
     first = proc.stdout.read(8)  # the reply has started
     assert first
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().endswith("edgekit: interrupted; partial files were removed") and "Traceback" not in err

@@ -180,7 +180,8 @@ def test_rss_does_not_grow_with_requests(server, model):
     last = server.rss()
     growth = last - first
     print(
-        f"RSS after request 1: {first / 2**20:.1f} MiB, after 200: {last / 2**20:.1f} MiB, growth {growth / 2**20:+.2f} MiB"
+        f"RSS after request 1: {first / 2**20:.1f} MiB, after 200: {last / 2**20:.1f} MiB, growth "
+        f"{growth / 2**20:+.2f} MiB"
     )
     # Measured on a fresh server: +1.21 MiB from request 1 to 200 (warm-up: allocator arenas, Python's
     # caches); a warm server's next 200: +16 kB, then 0. Bound 4 MiB, ≈3x the fresh figure; a leaked
@@ -274,7 +275,10 @@ TOOLS = [
         },
     }
 ]
-CALL_TEXT = '<|channel>thought\nThe user wants weather.<channel|><|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
+CALL_TEXT = (
+    "<|channel>thought\nThe user wants "
+    'weather.<channel|><|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
+)
 # Every kind of value Gemma 4's syntax has: a string with the JSON and call punctuation in it (inside
 # <|"|> nothing is escaped), a float, true, null, an empty list, a nested object holding a list.
 RICH_ARGS = {
@@ -403,14 +407,16 @@ def test_tool_call_round_trip(scripted):
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ""  # no markup leaks
     # The client runs the tool and sends the call and its result back, as OpenAI clients do.
-    history = question + [
+    history = [
+        *question,
         choice.message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
     ]
     final = client.chat.completions.create(model="scripted", messages=history, tools=TOOLS)
     assert final.choices[0].message.content == "It is sunny in Paris." and final.choices[0].finish_reason == "stop"
     # Every prompt the server built is transformers' rendering of the same conversation, token for token.
-    hf_history = question + [
+    hf_history = [
+        *question,
         {
             "role": "assistant",
             "content": "",
@@ -558,7 +564,7 @@ def test_alias_strict_names_and_api_key(keyed):
     for key in ("wrong", "s3cret-ke", "s3cret-key2"):
         with pytest.raises(openai.AuthenticationError):
             OpenAI(base_url=keyed.url + "/v1", api_key=key, max_retries=0).models.list()
-    code, body, headers = _post(keyed, "/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
+    code, _body, headers = _post(keyed, "/v1/chat/completions", json.dumps({"messages": MESSAGES}).encode())
     assert code == 401 and headers.get("www-authenticate") == "Bearer"
     assert keyed.health()["status"] == "ok"  # /health stays open, as llama-server's
     req = urllib.request.Request(keyed.url + "/v1/models", headers={"X-Api-Key": "s3cret-key"})

@@ -204,7 +204,7 @@ def test_gguf_metadata(tiny_gguf, tiny_tok_dir):
     assert val("tokenizer.ggml.merges") == [" ".join(m) for m in tj["model"]["merges"]]
     tokens, types = val("tokenizer.ggml.tokens"), val("tokenizer.ggml.token_type")
     T = gguf.TokenType
-    kind = {t: T(k) for t, k in zip(tokens, types)}
+    kind = {t: T(k) for t, k in zip(tokens, types, strict=True)}
     assert {kind[t] for t in ("<bos>", "<eos>", "<|turn>", "<turn|>", "<|think|>", "<unused3>")} == {T.CONTROL}
     assert {
         kind[t]
@@ -264,7 +264,11 @@ def test_gguf_tokens_match_gguf_py_llamahfvocab(tiny_gguf, tiny_tok_dir):
         "<tool_response|>",
         '<|"|>',
     }
-    diff = {i for i, ((t, _, k), mine) in enumerate(zip(ref, types)) if int(k) != mine and t.decode() not in visible}
+    diff = {
+        i
+        for i, ((t, _, k), mine) in enumerate(zip(ref, types, strict=True))
+        if int(k) != mine and t.decode() not in visible
+    }
     assert diff and diff <= added
     assert all(ref[i][2] == gguf.TokenType.NORMAL for i in diff)
 

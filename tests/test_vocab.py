@@ -245,7 +245,7 @@ def same_ids_text(toks, id_map):
             text += " " + word
         if len(_ids(full, text)) >= N_TOKENS:
             break
-    full_ids, lean_ids = [2] + _ids(full, text), [2] + _ids(lean, text)
+    full_ids, lean_ids = [2, *_ids(full, text)], [2, *_ids(lean, text)]
     # 5x the tiny preset's sliding window of 32: sliding, full and KV-shared layers all take part.
     assert [int(id_map[i]) for i in lean_ids] == full_ids and len(full_ids) > N_TOKENS, len(full_ids)
     return full_ids, lean_ids
@@ -390,7 +390,7 @@ def test_recipe_vocab_mixed_with_full_recipes(tiny_ckpt, tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [*(a["file"] for a in m["artifacts"]), "manifest.json", f"tiny-gemma4-v{N_LEAN}.vocab-ids.npy"]
     )
-    for a, n in zip(m["artifacts"], (1024, N_LEAN)):
+    for a, n in zip(m["artifacts"], (1024, N_LEAN), strict=True):
         llm = llama_cpp.Llama(str(folder / a["file"]), vocab_only=True, verbose=False)
         assert llm.n_vocab() == n
         llm.close()
@@ -415,8 +415,12 @@ def test_e2b_shaped_tokenizer_keeps_every_kept_token_reachable(tmp_path):
     lean = Tokenizer.from_str(json.dumps(lean_tokenizer_json(src, sel)))
     full = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
     texts = [src.tokens[int(o)].replace("▁", " ") for o in sel.kept]
-    pairs = zip(full.encode_batch(texts, add_special_tokens=False), lean.encode_batch(texts, add_special_tokens=False))
-    checked = [(k, l.ids) for k, (f, l) in enumerate(pairs) if f.ids == [int(sel.kept[k])]]
+    pairs = zip(
+        full.encode_batch(texts, add_special_tokens=False),
+        lean.encode_batch(texts, add_special_tokens=False),
+        strict=True,
+    )
+    checked = [(k, lean_enc.ids) for k, (full_enc, lean_enc) in enumerate(pairs) if full_enc.ids == [int(sel.kept[k])]]
     assert len(checked) == 65536 - 256 and all(ids == [k] for k, ids in checked)
 
 

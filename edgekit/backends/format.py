@@ -52,6 +52,7 @@ class BuildContext:
     out_dir: Path
     stack: contextlib.ExitStack
     calibration: Any = None
+    modalities: tuple[str, ...] = ()  # towers a format that carries them inside its artifact writes (MLX)
     _shared: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def shared(self, key: str, make: Callable[[BuildContext], T]) -> T:

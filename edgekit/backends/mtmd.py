@@ -24,6 +24,45 @@ from ..serve.media import DEFAULT_IMAGE_BUDGET, Audio, MediaError, image_tokens
 IMAGE_CHUNK, AUDIO_CHUNK = 1, 2  # mtmd_input_chunk_type
 
 
+class MediaSpan:
+    """One image or audio clip of a prompt for a generator: mtmd's chunk (an owned copy) and, once
+    ``Projector.encode_span`` ran, its embeddings. The generator's prefill calls ``decode`` when the
+    sequence reaches ``start`` (mtmd's helper: the positions, and non-causal attention where the
+    projector asks for it); the text positions around it are ordinary tokens."""
+
+    def __init__(self, m: Any, mctx: Any, chunk: Any, kind: str):
+        self._m, self._mctx, self._chunk, self.kind = m, mctx, chunk, kind
+        self.n_tokens = int(m.mtmd_input_chunk_get_n_tokens(chunk))
+        self.n_pos = int(m.mtmd_input_chunk_get_n_pos(chunk))
+        self.non_causal = bool(m.mtmd_decode_use_non_causal(mctx, chunk))
+        self.start = -1  # its first position in the prompt (set by whoever lays the prompt out)
+        self.embd: np.ndarray | None = None
+        self.encode_s = 0.0
+
+    def decode(self, lctx: Any, seq: int, pos: int, n_batch: int) -> int:
+        """Decode the embeddings into sequence ``seq`` of ``lctx`` from ``pos``; the position after it."""
+        import llama_cpp
+        from llama_cpp.mtmd_cpp import mtmd_helper_post_decode_callback as _NO_CALLBACK  # called with 0: NULL
+
+        if self.embd is None:
+            raise MediaError(f"the {self.kind} was never encoded")
+        out = llama_cpp.llama_pos(0)
+        buf = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        rc = self._m.mtmd_helper_decode_image_chunk(
+            self._mctx, lctx, self._chunk, buf, pos, seq, n_batch, ctypes.byref(out), _NO_CALLBACK(0), None
+        )
+        if rc != 0:
+            raise MediaError(f"llama.cpp could not decode the {self.kind}'s embeddings (code {rc})")
+        return int(out.value)
+
+    def close(self) -> None:
+        if self._chunk is not None:
+            self._m.mtmd_input_chunk_free(self._chunk)
+            self._chunk = None
+
+    __del__ = close
+
+
 @dataclass
 class Encoded:
     kind: str  # "image" | "audio"
@@ -43,6 +82,7 @@ class Projector:
         threads: int = 2,
         image_budget: int = DEFAULT_IMAGE_BUDGET,
         flash_attn: bool = False,
+        log_callback: Any = None,
     ):
         try:
             from llama_cpp import mtmd_cpp
@@ -52,10 +92,12 @@ class Projector:
             ) from None
         self._m = mtmd_cpp
         # mtmd logs through its own hook: route it to llama-cpp-python's, which a Llama(verbose=False) silences.
-        from llama_cpp._logger import llama_log_callback
+        # (or to ``log_callback``: a served engine's, which keeps llama.cpp's lines for -vv and its errors)
+        if log_callback is None:
+            from llama_cpp._logger import llama_log_callback as log_callback
 
-        mtmd_cpp.mtmd_log_set(llama_log_callback, None)
-        mtmd_cpp.mtmd_helper_log_set(llama_log_callback, None)
+        mtmd_cpp.mtmd_log_set(log_callback, None)
+        mtmd_cpp.mtmd_helper_log_set(log_callback, None)
 
         def has_token(text: str) -> bool:
             return len(llm.tokenize(text.encode(), add_bos=False, special=True)) == 1
@@ -77,7 +119,8 @@ class Projector:
         self._ctx = mtmd_cpp.mtmd_init_from_file(str(mmproj).encode(), llm.model, p)
         if not self._ctx:
             raise ArtifactError(
-                f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build --modalities ...`"
+                f"{Path(mmproj).name}: llama.cpp's mtmd could not load it; rebuild it with `edgekit build "
+                "--modalities ...`"
             )
         self.n_embd = llm.n_embd()
 
@@ -151,6 +194,46 @@ class Projector:
             return Encoded(
                 kind, np.ctypeslib.as_array(out, shape=(n * self.n_embd,)).reshape(n, self.n_embd).copy(), dt
             )
+
+    def span(self, bitmap: Any, kind: str) -> tuple[list[int], MediaSpan, list[int]]:
+        """The text tokens mtmd puts before and after a medium (Gemma 4: ``<|image>`` ... ``<image|>``) and
+        the medium as a MediaSpan, not yet encoded; frees the bitmap."""
+        m = self._m
+        try:
+            chunks = self.tokenize(self._marker.decode(), [bitmap])
+        finally:
+            m.mtmd_bitmap_free(bitmap)
+        before: list[int] = []
+        after: list[int] = []
+        span: MediaSpan | None = None
+        try:
+            for i in range(m.mtmd_input_chunks_size(chunks)):
+                c = m.mtmd_input_chunks_get(chunks, i)
+                if m.mtmd_input_chunk_get_type(c) in (IMAGE_CHUNK, AUDIO_CHUNK):
+                    if span is not None:
+                        span.close()
+                        raise MediaError(f"mtmd made more than one chunk of one {kind}")
+                    span = MediaSpan(m, self._ctx, m.mtmd_input_chunk_copy(c), kind)
+                else:
+                    n = ctypes.c_size_t(0)
+                    toks = m.mtmd_input_chunk_get_tokens_text(c, ctypes.byref(n))
+                    (before if span is None else after).extend(int(toks[j]) for j in range(n.value))
+        finally:
+            m.mtmd_input_chunks_free(chunks)
+        if span is None:
+            raise MediaError(f"mtmd made no {kind} chunk of the {kind}")
+        return before, span, after
+
+    def encode_span(self, span: MediaSpan) -> None:
+        """Run the tower on ``span`` (one at a time per Projector: mtmd's context is not re-entrant)."""
+        m = self._m
+        t0 = time.perf_counter()
+        if m.mtmd_encode_chunk(self._ctx, span._chunk) != 0:
+            raise MediaError(f"mtmd failed to encode the {span.kind}")
+        span.encode_s = time.perf_counter() - t0
+        out = m.mtmd_get_output_embd(self._ctx)
+        n = span.n_tokens * self.n_embd
+        span.embd = np.ctypeslib.as_array(out, shape=(n,)).reshape(span.n_tokens, self.n_embd).copy()
 
     def count_tokens(self, bitmap: Any, kind: str) -> int:
         """Soft tokens mtmd makes for a bitmap (tokenized, not encoded); frees the bitmap."""

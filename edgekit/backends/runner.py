@@ -158,7 +158,8 @@ def run_reps(
 ) -> list[Measurement]:
     """A warm-up repetition (discarded), then ``reps`` measured ones."""
     prompt = prompt_tokens(runner, n_prompt, seed)
-    first = runner.bos() if runner.bos() is not None else prompt_tokens(runner, 1, seed + 1)[0]
+    bos = runner.bos()
+    first = bos if bos is not None else prompt_tokens(runner, 1, seed + 1)[0]
     ctx = prompt_tokens(runner, depth, seed + 2) if depth else []  # starts with BOS, as llama-bench's
     one_rep(runner, prompt, min(n_gen, 1) if n_gen else 0, first, on_sample=on_sample, depth=ctx)  # warm-up
     on_sample()

@@ -97,11 +97,15 @@ def format_manifest(folder: Path, manifest: Manifest) -> str:
     lines = [f"{folder}/{MANIFEST}"]
     for a in manifest.artifacts:
         lines.append(f"  {a.file:<48} {a.format:<5} {a.quant:<12} {a.bytes / 1e6:>9.1f} MB  sha256:{a.sha256[:12]}")
-        p = a.extra.get("projector") if isinstance(a.extra, dict) else None
-        if isinstance(p, dict):
+        extra = a.extra if isinstance(a.extra, dict) else {}
+        for key, label, where in (("projector", "mmproj", ""), ("towers", "towers", "(inside) ")):
+            p = extra.get(key)
+            if not isinstance(p, dict):
+                continue
             types = ",".join(f"{m} {t}" for m, t in p.get("types", {}).items())
             lines.append(
-                f"    + {p.get('file', ''):<46} mmproj {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  sha256:{str(p.get('sha256'))[:12]}"
+                f"    + {where + p.get('file', ''):<46} {label} {types:<24} {p.get('bytes', 0) / 1e6:>5.1f} MB  "
+                f"sha256:{str(p.get('sha256'))[:12]}"
             )
     return "\n".join(lines)
 

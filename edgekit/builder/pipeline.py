@@ -45,7 +45,10 @@ def _nonfinite_cause(fingerprint: Future, error: ConversionError) -> EdgekitErro
     except EdgekitError:
         return error
     if nonfinite:
-        error.message += f"; the source holds NaN/Inf in {len(nonfinite)} tensor(s) (--allow-nonfinite), which llama.cpp refuses to quantize"
+        error.message += (
+            f"; the source holds NaN/Inf in {len(nonfinite)} tensor(s) (--allow-nonfinite), which "
+            "llama.cpp refuses to quantize"
+        )
         error.args = (error.message,)
     return error
 
@@ -178,7 +181,7 @@ def build(
             stack.callback(stop.set)
             fingerprint = hasher.submit(source_fingerprint, ckpt, stop, not allow_nonfinite)
             stack.callback(trims.close)
-            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal)
+            ctx = BuildContext(target=tgt, out_dir=stage.path, stack=stack, calibration=cal, modalities=mods)
             try:
                 artifacts = []
                 projectors: set[str] = set()
@@ -193,7 +196,8 @@ def build(
                         )
                     artifacts.append(a)
                     if mods:  # the towers do not depend on the vocabulary: built from the source checkpoint
-                        projectors.add(projector.attach(ckpt, r, artifacts[-1], ctx, mods).name)
+                        p = projector.attach(ckpt, r, artifacts[-1], ctx, mods)
+                        projectors.update([p.name] if p else [])
                     if fingerprint.done():
                         fingerprint.result()  # NaN/Inf in the source: stop before the next recipe
                 source, nonfinite = fingerprint.result()

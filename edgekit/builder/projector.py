@@ -31,10 +31,14 @@ def check_request(recipes: list[Recipe], ckpt_config: dict[str, Any], modalities
     if not modalities:
         return
     for r in recipes:
-        if r.format != "gguf":
+        if r.format == "mlx":  # the towers go inside the MLX folder, in mlx-vlm's layout
+            from ..backends.mlx.convert import check_towers
+
+            check_towers(r, modalities)
+        elif r.format != "gguf":
             raise ConfigError(
-                f"recipe {r.name}: {r.format} artifacts carry no towers yet (GGUF projectors only, "
-                f"docs/multimodal.md); build it without --modalities"
+                f"recipe {r.name}: {r.format} artifacts carry no towers yet (GGUF projectors and MLX "
+                f"folders only, docs/multimodal.md); build it without --modalities"
             )
     towers = Towers.from_hf(ckpt_config, where)
     missing = [m for m in modalities if getattr(towers, m) is None]
@@ -45,8 +49,13 @@ def check_request(recipes: list[Recipe], ckpt_config: dict[str, Any], modalities
         )
 
 
-def attach(ckpt: Checkpoint, recipe: Recipe, art: Artifact, ctx: BuildContext, modalities: tuple[str, ...]) -> Path:
-    """Write (once per tower types) the projector for ``art`` and link it in ``art.extra``; return its path."""
+def attach(
+    ckpt: Checkpoint, recipe: Recipe, art: Artifact, ctx: BuildContext, modalities: tuple[str, ...]
+) -> Path | None:
+    """Write (once per tower types) the projector for ``art`` and link it in ``art.extra``; return its path
+    (None for an MLX folder, which carries its towers inside: ``extra["towers"]``)."""
+    if art.format == "mlx":
+        return None
     from ..backends.gguf.mmproj import write_mmproj
     from .manifest import artifact_digest
 

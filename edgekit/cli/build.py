@@ -75,7 +75,9 @@ def build(
         None,
         "--quant",
         "-q",
-        help="Comma-separated recipes or llama.cpp types (q5_k_m, iq4_nl ...; `edgekit recipes`); default: the target's.",
+        help=(
+            "Comma-separated recipes or llama.cpp types (q5_k_m, iq4_nl ...; `edgekit recipes`); default: the target's."
+        ),
     ),
     out: Path = typer.Option(Path("dist"), "--out", help="Output root: artifacts go to OUT/<model>/<target>/."),
     vocab: Optional[int] = typer.Option(
@@ -96,7 +98,10 @@ def build(
     calibrate: Optional[str] = typer.Option(
         None,
         "--calibrate",
-        help="Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written beside the artifacts.",
+        help=(
+            "Quantize with an importance matrix computed over this UTF-8 text (`builtin`: the shipped one); written "
+            "beside the artifacts."
+        ),
     ),
     imatrix: Optional[Path] = typer.Option(
         None, "--imatrix", help="Quantize with this precomputed importance matrix (llama-imatrix's .gguf or .dat)."
@@ -104,7 +109,10 @@ def build(
     modalities: Optional[str] = typer.Option(
         None,
         "--modalities",
-        help="Towers to ship beside the text model: vision, audio, or text (none); default: the target's (docs/multimodal.md).",
+        help=(
+            "Towers to ship beside the text model: vision, audio, or text (none); default: the target's "
+            "(docs/multimodal.md)."
+        ),
     ),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""

@@ -188,7 +188,10 @@ def serve(
     prefix_cache: Optional[Path] = typer.Option(
         None,
         "--prefix-cache",
-        help="File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's sha256.",
+        help=(
+            "File keeping the shared system prefix's KV state across restarts (llama.cpp), keyed by the artifact's "
+            "sha256."
+        ),
     ),
     grace: float = typer.Option(
         30.0,
@@ -204,7 +207,10 @@ def serve(
     strict_model: bool = typer.Option(
         False,
         "--strict-model",
-        help="Refuse (404) a request naming another model; by default any name is served, as llama-server does with one model.",
+        help=(
+            "Refuse (404) a request naming another model; by default any name is served, as llama-server does with "
+            "one model."
+        ),
     ),
     api_key: Optional[str] = typer.Option(
         None,
@@ -237,6 +243,25 @@ def serve(
     ubatch: Optional[str] = UBATCH,
     batch: Optional[str] = BATCH,
     flash: Optional[str] = FLASH,
+    mmproj: Optional[Path] = typer.Option(
+        None, "--mmproj", help="Projector serving images/audio (default: the one the manifest links to the artifact)."
+    ),
+    no_mmproj: bool = typer.Option(False, "--no-mmproj", help="Serve text only, even when the build has towers."),
+    image_tokens: int = typer.Option(
+        280, "--image-tokens", help="Soft tokens per image: 70, 140, 280, 560 or 1120 (detail low: 70)."
+    ),
+    media_path: Optional[Path] = typer.Option(
+        None, "--media-path", help="Folder whose files image_url may name (file://NAME); none are read otherwise."
+    ),
+    allow_remote_media: bool = typer.Option(
+        False, "--allow-remote-media", help="Fetch http(s) image_url URLs (never fetched otherwise)."
+    ),
+    media_fetch_timeout: float = typer.Option(10.0, "--media-fetch-timeout", help="Seconds a remote image may take."),
+    max_media_mb: float = typer.Option(
+        20.0, "--max-media-mb", help="Largest image or audio clip, decoded (400 beyond)."
+    ),
+    max_image_pixels: int = typer.Option(50_000_000, "--max-image-pixels", help="Largest image, width x height."),
+    max_audio_seconds: float = typer.Option(30.0, "--max-audio-seconds", help="Longest audio clip (at most 30)."),
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
     from ..measure.bench import parse_knobs
@@ -257,6 +282,17 @@ def serve(
     if alias is not None and not alias.strip():
         raise EdgekitError("--alias is empty: give the model id clients will use")
     key = read_api_key(api_key, api_key_file)
+    limits = _media_limits(
+        image_tokens,
+        media_path,
+        allow_remote_media,
+        media_fetch_timeout,
+        max_media_mb,
+        max_image_pixels,
+        max_audio_seconds,
+    )
+    if no_mmproj and mmproj is not None:
+        raise ConfigError("--mmproj and --no-mmproj contradict each other; drop one")
     artifact, _ = artifact_arg(artifact, model)
     bind(host, port, reuse_port).close()  # a bad --host/--port or a busy port: one line before the model loads
     policy = Policy(
@@ -280,6 +316,7 @@ def serve(
         block=True,
     )
     _picked(session, artifact)
+    _towers(session, limits, mmproj, no_mmproj, queue)
     if alias:
         session.model = alias.strip()
     shown = f"[{host}]" if ":" in host else host
@@ -308,3 +345,31 @@ def serve(
         announce=announce,
         reuse_port=reuse_port,
     )
+
+
+def _media_limits(image_tokens, media_path, remote, timeout, mb, pixels, seconds):
+    from ..serve.media import IMAGE_BUDGETS
+    from ..serve.media_parts import MediaLimits
+
+    if image_tokens not in IMAGE_BUDGETS:
+        raise ConfigError(f"--image-tokens {image_tokens}: one of {', '.join(map(str, IMAGE_BUDGETS))}")
+    if not 0 < mb < float("inf"):
+        raise ConfigError(f"--max-media-mb {mb}: give a positive size")
+    limits = MediaLimits(int(mb * (1 << 20)), pixels, seconds, image_tokens, media_path, remote, timeout)
+    limits.check()
+    return limits
+
+
+def _towers(session, limits, mmproj, off, queue) -> None:
+    """The projector beside the served model (serve/towers.py), and one line saying what it serves."""
+    from ..serve.towers import attach
+
+    try:
+        towers = attach(session, limits, mmproj, off, max_waiting=max(queue, 1))
+    except BaseException:
+        session.close()
+        raise
+    if towers is not None:
+        typer.echo(f"edgekit: {towers.mmproj.name} serves {', '.join(towers.modalities)}", err=True)
+        if towers.warning:
+            typer.echo(f"edgekit: warning: {towers.warning}", err=True)

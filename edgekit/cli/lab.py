@@ -13,7 +13,10 @@ from .options import FORKS, INVENTORY, METHOD, VIA, csv_values
 
 lab_app = typer.Typer(
     no_args_is_help=True,
-    help="Deploy to and bench on the devices of a lab inventory (TOML, or an Ansible INI/YAML inventory) over SSH or Ansible.",
+    help=(
+        "Deploy to and bench on the devices of a lab inventory (TOML, or an Ansible INI/YAML inventory) over SSH or "
+        "Ansible."
+    ),
 )
 app.add_typer(lab_app, name="lab")
 
@@ -42,12 +45,17 @@ def deploy(
     serve: bool = typer.Option(
         False,
         "--serve",
-        help="Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health.",
+        help=(
+            "Then run `edgekit serve` there (systemd user unit; nohup fallback; launchd on macOS) and wait for /health."
+        ),
     ),
     serve_host: str = typer.Option(
         "127.0.0.1",
         "--serve-host",
-        help="Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or --insecure).",
+        help=(
+            "Address the device's server listens on (default: its loopback only; 0.0.0.0 needs --api-key-file or "
+            "--insecure)."
+        ),
     ),
     serve_key: Optional[Path] = typer.Option(
         None, "--api-key-file", help="With --serve: the key clients must send, copied to the device (mode 600)."
@@ -197,7 +205,11 @@ def lab_run(
     served: bool = typer.Option(
         False,
         "--served",
-        help="Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with --no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say via served.",
+        help=(
+            "Bench each device's `edgekit serve` endpoint as an HTTP client sees it (deployed and started here; with "
+            "--no-deploy the one already running), instead of `edgekit bench`: takes -p, -n, -r; records say "
+            "via served."
+        ),
     ),
     port: int = typer.Option(8080, "--port", help="With --served: the device servers' port."),
     via: str = VIA,
@@ -257,7 +269,10 @@ def lab_serve(
     front: bool = typer.Option(
         False,
         "--front",
-        help="Put HAProxy in front of the devices' servers (health checks on /health, retries on another device) and run it until Ctrl-C.",
+        help=(
+            "Put HAProxy in front of the devices' servers (health checks on /health, retries on another device) and "
+            "run it until Ctrl-C."
+        ),
     ),
     front_host: str = typer.Option("127.0.0.1", "--front-host", help="Address the front listens on."),
     front_port: int = typer.Option(8000, "--front-port", help="The front's port."),

@@ -53,12 +53,18 @@ def bench(
     knob: Optional[list[str]] = typer.Option(
         None,
         "--set",
-        help="Engine knob over the target's \\[runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py KNOBS); --set kv_type=f16,q8_0 sweeps.",
+        help=(
+            "Engine knob over the target's \\[runtime], e.g. --set repack=false (see edgekit/runners/<engine>.py "
+            "KNOBS); --set kv_type=f16,q8_0 sweeps."
+        ),
     ),
     limit: Optional[bool] = typer.Option(
         None,
         "--limit/--no-limit",
-        help="Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] enforce_limit.",
+        help=(
+            "Run each child inside a memory cgroup at the target's budget. Default: the target's \\[bench] "
+            "enforce_limit."
+        ),
     ),
     limit_mb: Optional[float] = typer.Option(
         None, "--limit-mb", help="The limit in MB (1e6 bytes) instead of the budget; implies --limit."
@@ -66,7 +72,9 @@ def bench(
     refresh_bandwidth: bool = typer.Option(
         False,
         "--refresh-bandwidth",
-        help="Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure.",
+        help=(
+            "Measure this host's memory bandwidth again (the roofline's reference) instead of using the cached figure."
+        ),
     ),
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Run a grid of more than 100 rows per artifact (it is refused without)."

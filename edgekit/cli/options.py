@@ -68,13 +68,19 @@ INVENTORY = typer.Option(
     None,
     "--inventory",
     "-i",
-    help="Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: targets/lab.toml).",
+    help=(
+        "Lab inventory: edgekit's TOML, or an Ansible inventory (INI or YAML; hosts need edgekit_target) (default: "
+        "targets/lab.toml)."
+    ),
 )
 METHOD = typer.Option("auto", "--method", help="Copy with rsync (auto: when both ends have rsync >= 3) or scp.")
 VIA = typer.Option(
     "ssh",
     "--via",
-    help="ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by ansible-runner (fleets).",
+    help=(
+        "ssh: edgekit's own fan-out (small labs); ansible: the shipped playbook (deploy/ansible) run by "
+        "ansible-runner (fleets)."
+    ),
 )
 FORKS = typer.Option(16, "--forks", min=1, help="Devices worked on at once (Ansible forks; SSH threads).")
 ART = typer.Argument(
@@ -135,7 +141,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for r in cells:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
         lines.append("   ".join(parts).rstrip())
     return "\n".join(lines) + "\n"
 

@@ -80,7 +80,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 def run_child(
     entry: str,
     spec: Any,
-    result_type: Callable[[dict[str, Any]], R],
+    result_type: Callable[..., R],
     *,
     verbose: bool = False,
     on_step: Callable[[str], None] = lambda s: None,
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # the parent decides about Ctrl-C; no traceback here
     payload = json.loads(sys.stdin.read())
     for mod in payload.get("block", ()):
-        sys.modules.setdefault(mod, None)  # type: ignore[assignment]
+        sys.modules.setdefault(mod, None)  # type: ignore[arg-type]
     out = os.fdopen(fd, "w", buffering=1)
 
     def send(msg: dict[str, Any]) -> None:
@@ -178,7 +178,8 @@ def main(argv: list[str]) -> int:
         fn = _resolve(entry)
         spec = _resolve(payload["spec_type"])(**payload["spec"])
         result = fn(spec, lambda s: send({"step": s}))
-        send({"result": dataclasses.asdict(result) if dataclasses.is_dataclass(result) else result})
+        is_record = dataclasses.is_dataclass(result) and not isinstance(result, type)
+        send({"result": dataclasses.asdict(result) if is_record else result})
     except EdgekitError as e:
         send({"error": {"type": e.__class__.__name__, "message": e.message}})
         return 1

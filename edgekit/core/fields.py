@@ -8,6 +8,7 @@ give bool as a subclass of int, so booleans are refused where a number belongs, 
 
 from __future__ import annotations
 
+import builtins
 import math
 import tomllib
 from collections.abc import Callable
@@ -98,7 +99,7 @@ class Fields:
         must = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
         return self._get(key, default, lambda v: type(v) is str and (choices is None or v in choices), must)
 
-    def strs(self, key: str, default: Any = _MISSING, choices: tuple[str, ...] | None = None) -> Any:
+    def strs(self, key: builtins.str, default: Any = _MISSING, choices: tuple[builtins.str, ...] | None = None) -> Any:
         must = "a list of strings" + (" from " + ", ".join(repr(c) for c in choices) if choices else "")
         return self._get(
             key,
@@ -107,7 +108,7 @@ class Fields:
             must,
         )
 
-    def table(self, key: str, default: Any = _MISSING) -> Any:
+    def table(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self._get(key, default, lambda v: type(v) is dict, "an object of fields")
 
 

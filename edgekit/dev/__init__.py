@@ -1,1 +1,2 @@
-"""Development tools (torch/transformers only, never on devices): synth, the synthetic tokenizer, train, the HF reference."""
+"""Development tools (torch/transformers only, never on devices): synth, the synthetic tokenizer, train,
+the HF reference."""

@@ -259,7 +259,7 @@ def hf_config(preset: str, softcap: bool = True, towers: bool = False) -> dict[s
             raise ConfigError(f"preset {preset!r} has no towers; --towers works with {', '.join(TOWER_PRESETS)}")
         vision, audio = TOWER_PRESETS[preset]
         config["vision_config"], config["audio_config"] = vision.to_hf(), audio.to_hf()
-        config.update(zip(TOKEN_KEYS, multimodal_tokens(text["vocab_size"])))
+        config.update(zip(TOKEN_KEYS, multimodal_tokens(text["vocab_size"]), strict=True))
         config["eoa_token_index"] = config["eoa_token_id"]  # transformers' Gemma4Config's name for it
     return config
 

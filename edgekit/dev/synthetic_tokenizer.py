@@ -179,7 +179,7 @@ CHAT_TEMPLATE = r"""{%- macro arg(v, quote_keys=false) -%}
 {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt and not ns.open_model -%}<|turn>model
-{% endif -%}"""
+{% endif -%}"""  # noqa: E501 (line 114: the template goes into checkpoints byte for byte)
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.",
@@ -306,7 +306,7 @@ def _layout(
     if n_merges is not None:
         slots = [i for i in range(HEAD_END, vocab_size) if i not in ids]
         pieces, extra = _filler(len(slots), n_merges - len(merges))
-        ids.update(zip(slots, pieces))
+        ids.update(zip(slots, pieces, strict=True))
         merges = merges + extra
     # Whatever the corpus could not fill, and the head slots without a known token, are <unused>.
     n = 0

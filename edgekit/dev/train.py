@@ -97,7 +97,7 @@ def train(
         bos = cfg["text_config"]["bos_token_id"]
         rng = np.random.Generator(np.random.PCG64(opts.seed))
         held_xs = []
-        for p, h in zip(held_paths, helds):
+        for p, h in zip(held_paths, helds, strict=True):
             h_ids = np.array(tok.encode(h, add_special_tokens=False).ids, dtype=np.int64)
             if len(h_ids) <= opts.seq:
                 raise ConfigError(f"{p}: {len(h_ids)} tokens is too little held-out text; pass more than {opts.seq}")
@@ -133,7 +133,7 @@ def train(
                 {
                     "step": len(losses),
                     "loss": float(np.mean(per)),
-                    "per_text": {Path(p).name: round(x, 4) for p, x in zip(held_paths, per)},
+                    "per_text": {Path(p).name: round(x, 4) for p, x in zip(held_paths, per, strict=True)},
                 }
             )
             log.info("held-out loss at step %d: %.3f", len(losses), curve[-1]["loss"])

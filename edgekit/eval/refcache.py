@@ -3,8 +3,9 @@
 Per scored position: the reference's ``k`` most probable token ids and their log-probabilities, the
 log-probability of the next token, the log-sum-exp of its logits and the log of the mass outside the
 top k (``metrics.compact``): 8 k + 12 bytes a position whatever the vocabulary (8,204 at the default
-k = 1024, run.DEFAULT_TOP_K), against llama.cpp's 512 KB for Gemma 4's 262,144 tokens at 16 bits. The windows' token ids are stored too, so an artifact is scored on exactly
-the tokens the reference saw, and a device can evaluate from a cache made on a host.
+k = 1024, run.DEFAULT_TOP_K), against llama.cpp's 512 KB for Gemma 4's 262,144 tokens at 16 bits. The
+windows' token ids are stored too, so an artifact is scored on exactly the tokens the reference saw, and
+a device can evaluate from a cache made on a host.
 
 The file (.npz) carries its key: the reference's sha256 and name, the texts' sha256, ctx, the number of
 chunks, k, and the vocabulary's sha256. A cache whose key differs from the run's is an error naming

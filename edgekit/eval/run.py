@@ -35,14 +35,10 @@ from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts
 
 log = logging.getLogger(__name__)
 
-# Reference log-probabilities kept per position. KL over the top k plus one tail bin is a lower bound
-# that undercounts by about the reference's mass outside the top k, as a fraction of the KL. Measured
-# on the trained tiny model (Q4_0 vs F32 GGUF, ctx 512, 12,750 held-out positions; full KL 0.006999,
-# what llama-perplexity --kl-divergence prints): k=64 0.005289 (-24%, 21% of the mass outside),
-# k=256 0.006635 (-5.2%, 4.5% outside), k=512 0.006976 (-0.3%), k=1024 exact (= its vocabulary).
-# 64 missed issue 13's 1e-3 agreement with llama.cpp; 1024 costs 8,204 bytes a position (64: 524),
-# 60 MB for E2B on the default text (~7,500 positions) against llama.cpp's 3.9 GB. Every record
-# carries the reference's mean mass outside the top k, so a run where it is large says so.
+# Reference log-probabilities kept per position. KL over the top k plus a tail bin is a lower bound, low by
+# about the reference's mass outside the top k; at 1024 it matches llama-perplexity's KL (Δ −2e-8 on the
+# trained tiny model, where 64 read 24% low) for 8,204 bytes a position (docs/eval.md has k = 64 ... 1024).
+# Every record carries the reference's mean mass outside the top k, so a run where it is large says so.
 DEFAULT_TOP_K = 1024
 
 
@@ -205,7 +201,7 @@ def _whole_text(src: Source, vocab: Vocab, texts: list[Text], opts: EvalOptions)
         )
         for t in texts
     ]
-    w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts)], opts.ctx, vocab.bos)
+    w = wholetext.measure(src, [t.text[:c] for t, c in zip(texts, cuts, strict=True)], opts.ctx, vocab.bos)
     log.info(
         "reference %s: %.4f bits/byte, %.4f tokens/byte over %d bytes of text",
         src.label,
@@ -340,7 +336,7 @@ def _check_vocab(vocab: Vocab, cache: refcache.RefCache, label: str) -> None:
 def scored_texts(cache: refcache.RefCache, opts: EvalOptions) -> list[str]:
     """The texts as the whole-text figures score them: each cut where the reference's cache says."""
     cuts = cache.ref_stats["whole_text"]["prefix_chars"]
-    return [t.text[:c] for t, c in zip(load_texts(opts.texts), cuts)]
+    return [t.text[:c] for t, c in zip(load_texts(opts.texts), cuts, strict=True)]
 
 
 def _kl_pass(src: Source, cache: refcache.RefCache, opts: EvalOptions):

@@ -37,7 +37,8 @@ WORD = re.compile(r"\w+", re.UNICODE)
 CITATION = re.compile(r"\[(\d+)\]")
 NO_ANSWER = re.compile(
     r"\b(not (?:in|mentioned|stated|given|provided|covered|included|answered)|do(?:es)?(?:n't| not) "
-    r"(?:say|mention|state|contain|specify|cover|answer|include)|no information|cannot (?:be )?(?:answer|determine|find)"
+    r"(?:say|mention|state|contain|specify|cover|answer|include)|no information"
+    r"|cannot (?:be )?(?:answer|determine|find)"
     r"|can't (?:answer|determine|find)|unknown from|isn't (?:stated|mentioned))\b",
     re.IGNORECASE,
 )

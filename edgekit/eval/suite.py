@@ -19,6 +19,7 @@ from typing import Any, Optional
 from ..core.errors import BenchError, ConfigError
 from ..results import SuiteRecord, provenance
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
+from .media_cases import parse_media, run_media_cases
 from .packs import resolve_suite
 from .scorers import SCORERS
 
@@ -36,6 +37,7 @@ class Case:
     expected: Any
     scorer: str
     line: int
+    media: tuple[Any, ...] = ()  # media_cases.CaseMedium: an image and/or audio beside the suite, sha256-pinned
 
     def score(self, output: str) -> bool:
         return SCORERS[self.scorer][0](output, self.expected)
@@ -104,7 +106,8 @@ def load_suite(path: Path) -> list[Case]:
         if cid in seen:
             raise ConfigError(f"{where}: duplicate id {cid!r}; ids must be unique in a suite file")
         seen.add(cid)
-        cases.append(Case(cid, str(d["suite"]), msgs, d["expected"], d["scorer"], n))
+        media = parse_media(d, path, where)
+        cases.append(Case(cid, str(d["suite"]), msgs, d["expected"], d["scorer"], n, media))
     if not cases:
         raise ConfigError(f"{path}: the suite has no cases")
     return cases
@@ -235,7 +238,8 @@ def engine_chat(
             if e.kind == "done":
                 if e.finish_reason == "error":
                     raise BenchError(
-                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the engine log"
+                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the "
+                        "engine log"
                     )
                 break
             text += e.text
@@ -248,11 +252,18 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
     """One planned artifact (bench.Planned) over the cases, with the record fields that identify it."""
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
-    render, generate, close = engine_chat(pl.path, opts, info)
-    try:
-        run = run_suite(cases, render, generate, opts.max_tokens, pl.artifact.file)
-    finally:
-        close()
+    text = [c for c in cases if not c.media]
+    run = SuiteRun(pl.artifact.file, [])
+    if text:
+        render, generate, close = engine_chat(pl.path, opts, info)
+        try:
+            run = run_suite(text, render, generate, opts.max_tokens, pl.artifact.file)
+        finally:
+            close()
+    if len(text) < len(cases):  # images and audio go through llama.cpp's mtmd (media_cases)
+        replies = run_media_cases(pl, [c for c in cases if c.media], opts)
+        media = [CaseResult(c, out, c.score(out)) for c, out in replies]
+        run.results = sorted(run.results + media, key=lambda r: r.case.line)
     a = pl.artifact
     run.meta = {
         "model": pl.model,

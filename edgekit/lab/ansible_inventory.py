@@ -2,7 +2,8 @@
 
 Parsed by Ansible's own code (InventoryManager + DataLoader, ansible-core from the `fleet` extra), so
 groups, ranges like ``pi[01:20]``, ``group_vars/`` and ``host_vars/`` beside the file mean what they
-mean to ``ansible-playbook``. Each host becomes a device's fields (edgekit.lab.inventory checks them): ``edgekit_target`` names its target profile,
+mean to ``ansible-playbook``. Each host becomes a device's fields (edgekit.lab.inventory checks them):
+``edgekit_target`` names its target profile,
 Ansible's connection vars are honoured (ansible_host, ansible_user, ansible_port,
 ansible_ssh_private_key_file, ``-o`` options in ansible_ssh_common_args), and every field remembers
 which file, group or host gave it (``edgekit lab list --origin``).

@@ -15,6 +15,7 @@ to the front with the front's own key, if one is given. Every response says whic
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -118,7 +119,8 @@ def haproxy_config(
     ]
     if front_key:
         lines.append(
-            f"    http-request deny deny_status 401 unless {{ req.hdr(authorization) -m str {_quote('Bearer ' + front_key)} }}"
+            "    http-request deny deny_status 401 unless "
+            f"{{ req.hdr(authorization) -m str {_quote('Bearer ' + front_key)} }}"
         )
     lines += [
         "    default_backend fleet",
@@ -138,10 +140,10 @@ def haproxy_config(
         "    http-response set-header X-Edgekit-Device %[srv_name]",
     ]
     keyed = [b.api_key is not None for b in items]
-    for b, sid in zip(items, ids):
+    for b, sid in zip(items, ids, strict=True):
         target = f"abns@edgekit-{tag}-{sid}" if b.api_key else _addr(b.host, b.port)
         lines.append(f"    server {sid} {target} check {CHECK} init-addr last,libc,none")
-    for b, sid, k in zip(items, ids, keyed):
+    for b, sid, k in zip(items, ids, keyed, strict=True):
         if not k:
             continue
         lines += [
@@ -193,14 +195,15 @@ class Front:
         self.proc: subprocess.Popen | None = None
 
     def start(self, url: str, wait_s: float = 10.0) -> Front:
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [haproxy_binary(), "-db", "-f", str(self.config)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=_raise_fd_limit,
-        )
+        # haproxy holds its own copy of the log's descriptor; ours closes once it has started
+        with open(self.log, "ab") if self.log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+            self.proc = subprocess.Popen(
+                [haproxy_binary(), "-db", "-f", str(self.config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_raise_fd_limit,
+            )
         import urllib.error
         import urllib.request
 

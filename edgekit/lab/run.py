@@ -179,5 +179,5 @@ def deploy_devices(
                 line = deploy(dist, d, method=method).line()
             return line + (f"; edgekit {version} in {d.venv}" if bootstrap else "")
 
-        for device, result in for_each(devices, work):
+        for _device, result in for_each(devices, work):
             yield (str(result), False) if isinstance(result, EdgekitError) else (result, True)

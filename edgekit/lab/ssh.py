@@ -95,7 +95,7 @@ def options(device: Device) -> list[str]:
     if device.port:
         out += _option("Port", str(device.port))
     if device.identity:
-        out += ["-i", device.identity] + _option("IdentitiesOnly", "yes")
+        out += ["-i", device.identity, *_option("IdentitiesOnly", "yes")]
     for key, value in device.ssh_options:
         out += _option(key, value)
     return out

@@ -247,7 +247,9 @@ def measure_tests(
             applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", pl.artifact.file, st.ctx, engine.name, applied["ctx"])
-    records = [_record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests)]
+    records = [
+        _record(pl, opts, st, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests, strict=True)
+    ]
     for rec in records:
         if use_limit:
             apply_limit(rec, lim)

@@ -1,4 +1,5 @@
-"""The memory gate's figures and lines: limits (edgekit.measure.limits), 16 KB pages (edgekit.measure.pages), page faults.
+"""The memory gate's figures and lines: limits (edgekit.measure.limits), 16 KB pages (edgekit.measure.pages),
+page faults.
 
 A record passes when its child ran to the end inside its limit without thrashing and its peak is
 under the target's budget. Thresholds, with why:

@@ -124,7 +124,7 @@ def _mounts() -> tuple[Optional[Path], Optional[Path]]:
     v1 = v2 = None
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
-        fstype, _src, opts = (right.split() + ["", "", ""])[:3]
+        fstype, _src, opts = [*right.split(), "", "", ""][:3]
         mnt = Path(left.split()[4])
         if fstype == "cgroup2" and v2 is None:
             v2 = mnt

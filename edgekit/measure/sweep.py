@@ -114,7 +114,7 @@ def expand(
     for values in itertools.product(*(knobs[k] for k in names)):
         for c in ctx or (None,):
             for t in threads or (None,):
-                out.append(Point(threads=t, ctx=c, knobs=dict(zip(names, values)), tests=tests))
+                out.append(Point(threads=t, ctx=c, knobs=dict(zip(names, values, strict=True)), tests=tests))
     return out
 
 

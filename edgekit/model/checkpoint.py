@@ -112,7 +112,8 @@ def _snapshot(text: str) -> Path:
         return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError:
         raise HubError(
-            f"{model}: the hub cannot be reached and the model is not in the local cache; download it where you are online, or pass a local directory"
+            f"{model}: the hub cannot be reached and the model is not in the local cache; download it where you are "
+            "online, or pass a local directory"
         ) from None
     except HfHubHTTPError as e:
         raise HubError(
@@ -207,6 +208,7 @@ def load_checkpoint(model: str | os.PathLike[str]) -> Checkpoint:
     for name, shape in expected.items():
         if tensors[name].shape != shape:
             raise CheckpointError(
-                f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights disagree"
+                f"{path}: tensor {name} has shape {tensors[name].shape}, config implies {shape}; config and weights "
+                "disagree"
             )
     return Checkpoint(path=path, config=config, tensors=tensors, dropped=dropped, tower_tensors=towers)

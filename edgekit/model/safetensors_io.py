@@ -17,6 +17,7 @@ once (a shape-true E2B is 9 GB in bf16).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -61,7 +62,8 @@ class TensorRef:
                 n = os.preadv(f.fileno(), [view[got:]], self.offset + start + got)
                 if n == 0:
                     raise CheckpointError(
-                        f"{self.path.name}: file ends inside tensor {self.name}; the download is truncated, fetch it again"
+                        f"{self.path.name}: file ends inside tensor {self.name}; the download is truncated, fetch it "
+                        "again"
                     )
                 got += n
         return np.frombuffer(buf, dtype=DTYPES[self.dtype].storage)
@@ -132,7 +134,7 @@ def read_tensors(
     spans = []
     for name, info in header.items():
 
-        def bad(why: str) -> EdgekitError:
+        def bad(why: str, name: str = name) -> EdgekitError:
             return error_cls(f"{path.name}: tensor {name} {why}; the file is corrupt, {fix}")
 
         if not isinstance(info, dict):
@@ -156,7 +158,7 @@ def read_tensors(
         refs[name] = TensorRef(name, tuple(shape), dtype, path, base + begin, end - begin)
         spans.append((begin, end, name))
     spans.sort()
-    for (b0, e0, n0), (b1, e1, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (b1, e1, n1) in itertools.pairwise(spans):
         if b1 < e0 and b1 != e1:  # empty tensors may share an offset
             raise error_cls(f"{path.name}: tensors {n0} and {n1} overlap in the file; the file is corrupt, {fix}")
     return refs
@@ -219,7 +221,7 @@ class SlabWriter:
         self.base = len(blob)
         self.offsets = offsets
         self.size = self.base + sum(s.nbytes for s in specs)
-        self.f = open(path, "wb")
+        self.f = open(path, "wb")  # noqa: SIM115 (the writer owns it; close() closes it)
         self.f.write(blob)
         self.f.truncate(self.size)
 

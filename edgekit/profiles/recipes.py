@@ -39,7 +39,7 @@ class Recipe:
     towers: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d = {"name": self.name, "format": self.format, "quant": self.quant}
+        d: dict[str, Any] = {"name": self.name, "format": self.format, "quant": self.quant}
         for k in ("ftype", "bits", "group_size", "dtype", "vocab"):
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
@@ -81,7 +81,7 @@ def load_recipe(path: Path) -> Recipe:
     raw = read_toml(path, ConfigError, "recipe")
     f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
     fmt = raw.get("format")
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise ConfigError(f"{path}: format {fmt!r}; a recipe's format is one of: {', '.join(FORMATS)}")
     known = COMMON_KEYS | FORMATS.get(fmt).recipe_keys
     unknown = sorted(set(raw) - known)

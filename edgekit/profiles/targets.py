@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, EdgekitError
 from ..core.fields import Fields, read_toml, shown
 from ..core.names import check_plain_name
 from ..core.registry import Registry, data_dir
@@ -113,7 +113,7 @@ class _Sourced(Fields):
         super().__init__(raw, where, fix, ConfigError, path)
         self.origins = origins
 
-    def fail(self, key: str, must: str, value: Any) -> ConfigError:
+    def fail(self, key: str, must: str, value: Any) -> EdgekitError:
         where = self.origins.get(self.name(key), self.where)
         return self.error(f"{where}: {self.name(key)} must be {must}, not {shown(value)}; {self.fix}")
 

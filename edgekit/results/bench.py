@@ -261,10 +261,11 @@ def compact(verdict: Callable[[Record], Optional[str]] = simple_verdict) -> list
 def swept(keys: Iterable[str], *, row: bool) -> list[Column]:
     """A column per swept value: ctx, or a --set knob as the engine applied it."""
     get: Callable[[Any], Record] = (lambda t: t.rec) if row else (lambda r: r)
-    return [
-        Column("ctx", lambda t: get(t).ctx, 0) if k == "ctx" else Column(k, lambda t, k=k: _knob(get(t).runtime.get(k)))
-        for k in keys
-    ]
+    return [Column("ctx", lambda t: get(t).ctx, 0) if k == "ctx" else _knob_column(k, get) for k in keys]
+
+
+def _knob_column(k: str, get: Callable[[Any], Record]) -> Column:
+    return Column(k, lambda t: _knob(get(t).runtime.get(k)))
 
 
 def _knob(v: Any) -> Any:

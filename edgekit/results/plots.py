@@ -134,7 +134,7 @@ def tg_vs_peak(records: list[Record], out: Path) -> Path:
         items.append((x, y, label(r, records), colors[r.model]))
     fx = [(r.limit_bytes or r.cgroup_peak_bytes or 0) / MB for r in bad]
     top = max([r.tg_tps + r.tg_tps_sd for r in ok], default=1.0)
-    for r, x in zip(bad, fx):
+    for r, x in zip(bad, fx, strict=True):
         ax.plot([x], [0], marker="x", color=FAIL, markersize=11, markeredgewidth=2.5, clip_on=False, zorder=5)
         why = "OOM-killed" if r.oom_killed else "failed"
         limit = f" at {r.limit_bytes / MB:,.0f} MB limit" if r.limit_bytes else ""
@@ -235,7 +235,10 @@ def ttft(records: list[Record], out: Path) -> Path:
 
 def _kl_errors(qs: list[Any]) -> tuple[list[float], list[list[float]]]:
     ys = [max(q.kl_mean, 1e-7) for q in qs]
-    return ys, [[y - max(q.kl_lo, 1e-8) for y, q in zip(ys, qs)], [max(q.kl_hi - y, 0.0) for y, q in zip(ys, qs)]]
+    return ys, [
+        [y - max(q.kl_lo, 1e-8) for y, q in zip(ys, qs, strict=True)],
+        [max(q.kl_hi - y, 0.0) for y, q in zip(ys, qs, strict=True)],
+    ]
 
 
 def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
@@ -251,7 +254,7 @@ def quality(pairs: list[tuple[Record, Any]], out: Path) -> Path:
     ):
         items, xs = [], []
         ys, err = _kl_errors([q for _, q in pairs])
-        for (r, q), y, lo, hi in zip(pairs, ys, *err):
+        for (r, _q), y, lo, hi in zip(pairs, ys, *err, strict=True):
             ax.errorbar([x(r)], [y], yerr=[[lo], [hi]], fmt=markers[r.device], color=colors[r.model], capsize=3)
             items.append((x(r), y, label(r, recs), colors[r.model]))
             xs.append(x(r))

@@ -99,7 +99,7 @@ class CsvPrinter(Printer):
 # ---------------------------------------------------------------- CSV cells: scalars only
 
 _INT = re.compile(r"-?\d+")
-_WORDS = {"null": None, "true": True, "false": False, "[]": [], "{}": {}}
+_WORDS: dict[str, Any] = {"null": None, "true": True, "false": False, "[]": [], "{}": {}}
 
 
 def _unleaf(s: str) -> Any:
@@ -324,7 +324,7 @@ def parse_markdown(text: str) -> list[dict[str, Any]]:
         if not heads:
             heads = cells
         elif not all(set(c) <= set("-:") for c in cells):
-            rows.append({h: _cell(c) for h, c in zip(heads, cells)})
+            rows.append({h: _cell(c) for h, c in zip(heads, cells, strict=True)})
     return rows
 
 
@@ -337,7 +337,7 @@ def _split_row(line: str) -> list[str]:
         else:
             cur += ch
         esc = ch == "\\"
-    return parts + [cur]
+    return [*parts, cur]
 
 
 def _cell(c: str) -> Any:

@@ -80,7 +80,7 @@ _MD_TEXT: list[tuple[str, Callable[[QualityRecord], Any], int]] = [
         "Δ bits/byte %",
         lambda r: (
             None
-            if r.reference_text_bits_per_byte is None
+            if r.reference_text_bits_per_byte is None or r.text_bits_per_byte is None
             else 100 * (r.text_bits_per_byte / r.reference_text_bits_per_byte - 1)
         ),
         2,
@@ -234,7 +234,10 @@ def suite_markdown(records: Iterable[SuiteRecord]) -> str:
         text = "\n".join(lines) + "\n"
         for r in rs:
             if r.answers:
-                text += f"\n{r.artifact}, {r.suite} (no reference: every answer):\n| case | result | answer |\n|---|---|---|\n"
+                text += (
+                    f"\n{r.artifact}, {r.suite} (no reference: every answer):\n"
+                    "| case | result | answer |\n|---|---|---|\n"
+                )
                 text += "".join(
                     f"| {a['id']} | {'pass' if a['passed'] else 'FAIL'} | {_cell(a['output'])} |\n" for a in r.answers
                 )

@@ -40,19 +40,20 @@ class Store:
     def __init__(self, path: Optional[Path] = None, timeout_s: float = 60.0):
         self.path = Path(path) if path else default_db()
         self.skipped: dict[str, list[int]] = {}  # table → ids of rows read() skipped as not well-typed
-        self.db = None
+        db: Optional[sqlite3.Connection] = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-            self.db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.execute(table_schema(RECORD_TYPES.get("records")))
+            db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+            db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute(table_schema(RECORD_TYPES.get("records")))
         except (OSError, sqlite3.Error) as e:
-            if self.db is not None:
-                self.db.close()  # a refused store keeps no file open (a mount it is on can be unmounted)
+            if db is not None:
+                db.close()  # a refused store keeps no file open (a mount it is on can be unmounted)
             raise OutputError(
                 f"{self.path}: cannot open the results store ({e}); pass --db with a writable path"
             ) from None
+        self.db: sqlite3.Connection = db
 
     def check_writable(self, table: str) -> None:
         """Make ``table`` and begin and roll back a write: a read-only file or mount, a folder or a file that
@@ -76,9 +77,7 @@ class Store:
         t = table_of(type(records[0]))
         if any(type(r) is not t.cls for r in records):
             raise TypeError("append records of one type at a time")
-        rows = [
-            tuple(str(getattr(r, c)) for c in t.columns) + (json.dumps(r.to_json(), sort_keys=True),) for r in records
-        ]
+        rows = [(*(str(getattr(r, c)) for c in t.columns), json.dumps(r.to_json(), sort_keys=True)) for r in records]
         sql = f"INSERT INTO {t.table} ({', '.join(t.columns)}, data) VALUES ({', '.join('?' * (len(t.columns) + 1))})"
         try:
             self.db.execute(table_schema(t))

@@ -302,7 +302,8 @@ class _Parser:
 
 
 def parse_tool_call(body: str) -> ToolCall:
-    """``call:NAME{...}`` (the text between ``<|tool_call>`` and ``<tool_call|>``) → ToolCall; ValueError if malformed."""
+    """``call:NAME{...}`` (the text between ``<|tool_call>`` and ``<tool_call|>``) → ToolCall; ValueError if
+    malformed."""
     m = re.match(r"\s*call:\s*([^{\s]+)\s*", body)
     if not m or not body[m.end() :].startswith("{"):
         raise ValueError(f"not a Gemma 4 tool call: {body[:80]!r}")

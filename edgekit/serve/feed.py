@@ -26,12 +26,10 @@ def _resolve(w: asyncio.Future[None]) -> None:
 class _Feed:
     """One request's events, from the engine thread to the coroutine answering it.
 
-    Not an asyncio.Queue fed by ``call_soon_threadsafe`` per token: on the tiny model (≈2.6 ms a token
-    with one thread) that hand-off was 13.5% of the engine thread's samples (py-spy): the self-pipe write
-    releases the GIL to the loop it wakes, and the engine waits for the loop's Python before its next
-    decode. Here the engine appends to a deque and wakes the loop only when the coroutine waits on an
-    empty feed (``eager``), or only for the last event (not eager: a reply sent whole needs nothing
-    before it)."""
+    Not an asyncio.Queue fed by ``call_soon_threadsafe`` per token: waking the loop for every token makes
+    the engine wait for the loop's Python before its next decode (docs/design-notes.md measures it). Here
+    the engine appends to a deque and wakes the loop only when the coroutine waits on an empty feed
+    (``eager``), or only for the last event (not eager: a reply sent whole needs nothing before it)."""
 
     def __init__(self, eager: bool = True):
         self.loop = asyncio.get_running_loop()

@@ -79,6 +79,8 @@ class GenRequest:
     stop_ids: frozenset[int] = frozenset()
     on_event: Callable[[Event], None] = lambda e: None
     prefix_len: int = 0  # leading prompt tokens that may be shared with other requests (cached)
+    # images/audio in the prompt (backends.mtmd.MediaSpan, by start): their positions hold -1 in ``prompt``
+    media: Sequence[Any] = ()
     cancelled: threading.Event = field(default_factory=threading.Event)
     t_submit: float = field(default_factory=time.perf_counter)
 
@@ -119,7 +121,8 @@ class _Slot:
                 0.0,
             )
             for tok in req.prompt[-REPEAT_LAST_N:]:  # the prompt's tokens to this sampler alone: a grammar
-                L.llama_sampler_accept(pen, tok)  # in the chain would refuse them
+                if tok >= 0:  # in the chain would refuse them; -1: a medium's position
+                    L.llama_sampler_accept(pen, tok)
             L.llama_sampler_chain_add(self.smpl, pen)
         if s.grammar:  # the rest sample among the tokens the grammar allows (checked by LlamaEngine.grammar_error)
             L.llama_sampler_chain_add(self.smpl, L.llama_sampler_init_grammar(vocab, s.grammar.encode(), b"root"))
@@ -397,6 +400,12 @@ class LlamaEngine(_Scheduler):
                 end = len(s.req.prompt)
                 if s.req.prefix_len and s.pos < s.req.prefix_len and s.req.prompt[: s.req.prefix_len] != self.prefix:
                     end = s.req.prefix_len  # stop at the prefix, to keep its cells before the rest lands
+                for m in s.req.media:  # a medium here is decoded now (its own llama_decode); text stops at the next
+                    if m.start == s.pos:
+                        s.pos = m.decode(self.ctx, s.seq, s.pos, self.n_batch)
+                    elif m.start > s.pos:
+                        end = min(end, m.start)
+                        break
                 take = min(end - s.pos, self.n_batch - n)
                 for i in range(take):
                     last = s.pos + i == len(s.req.prompt) - 1

@@ -36,8 +36,11 @@ from .chat import StopScanner, StreamSplitter, parse_reply
 from .feed import TEXT, _Feed, _sse_writer
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .guard import Guard, Policy
+from .media import MediaError
+from .media_parts import has_media
 from .schema import Invalid, check_media, parse_body
 from .session import Session, peak_rss_bytes
+from .towers import Busy as MediaBusy
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1
@@ -138,11 +141,18 @@ class App:
             r.cancel()
 
     def _submit(
-        self, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool, ignore_eos: bool = False
+        self,
+        ids: list[int],
+        sampling: Sampling,
+        prefix_len: int,
+        stream: bool,
+        ignore_eos: bool = False,
+        media: tuple[Any, ...] = (),
     ) -> tuple[Any, _Feed]:
         """``stream``: the feed wakes the coroutine for each token (a stream, or stop sequences to scan)."""
         q = _Feed(eager=stream)
         req = self.s.request(ids, sampling, prefix_len, q.put, stop=not ignore_eos)
+        req.media = media
         try:
             self.s.engine.submit(req)
         except QueueFull as e:
@@ -195,7 +205,14 @@ class App:
         }
 
     def _submit_n(
-        self, n: int, ids: list[int], sampling: Sampling, prefix_len: int, stream: bool, ignore_eos: bool
+        self,
+        n: int,
+        ids: list[int],
+        sampling: Sampling,
+        prefix_len: int,
+        stream: bool,
+        ignore_eos: bool,
+        media: tuple[Any, ...] = (),
     ) -> list[tuple[Any, _Feed]]:
         """``n`` choices: n requests, the i-th seeded seed + i (n equal replies at temperature 0, as
         OpenAI's); all or none: a full queue part-way cancels those already in."""
@@ -203,7 +220,7 @@ class App:
         try:
             for i in range(n):
                 sub = Sampling(**{**sampling.__dict__, "seed": (sampling.seed + i) & 0xFFFFFFFF})
-                subs.append(self._submit(ids, sub, prefix_len, stream, ignore_eos))
+                subs.append(self._submit(ids, sub, prefix_len, stream, ignore_eos, media))
         except BaseException:
             for r, _ in subs:
                 r.cancel()
@@ -286,6 +303,9 @@ class App:
                 "runtime": s.runtime,
                 "load_ms": s.load_ms,
                 "budget_bytes": s.budget_bytes,
+                # as llama-server's /props: what the projector serves (serve/towers.py)
+                "modalities": {"vision": "vision" in s.towers, "audio": "audio" in s.towers},
+                "mmproj": None if s.media is None else s.media.mmproj.name,
                 "peak_rss_bytes": peak_rss_bytes(),
                 "kv_cache_bytes": figures.get("kv_cache_bytes"),
                 "compute_buffer_bytes": figures.get("compute_buffer_bytes"),
@@ -305,7 +325,15 @@ class App:
         return JSONResponse(
             {
                 "object": "list",
-                "data": [{"id": self.s.model, "object": "model", "created": self.created, "owned_by": "edgekit"}],
+                "data": [
+                    {
+                        "id": self.s.model,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "edgekit",
+                        "modalities": ["text", *(t for t in ("vision", "audio") if t in self.s.towers)],
+                    }
+                ],
             }
         )
 
@@ -331,17 +359,27 @@ class App:
         tools = (
             [t.model_dump(exclude_none=True) for t in body.tools] if body.tools and body.tool_choice != "none" else None
         )
+        media: tuple[Any, ...] = ()
         try:
-            ids, prefix_len = await asyncio.get_running_loop().run_in_executor(
-                self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking)
-            )
-        except ConfigError as e:
+            if self.s.media is not None and has_media(messages):
+                ids, prefix_len, media = await self.s.media.prompt(messages, tools, body.thinking)
+            else:
+                ids, prefix_len = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, lambda: self.s.prompt(messages, tools=tools, enable_thinking=body.thinking)
+                )
+        except MediaBusy as e:
+            raise BadRequest(f"server busy: {e}; retry after {RETRY_AFTER_S} s", 503, "server_busy") from None
+        except PromptTooLong as e:
+            raise BadRequest(e.message, code="context_length_exceeded") from None
+        except (ConfigError, MediaError) as e:  # media: corrupt, unsupported or over a limit
             raise BadRequest(e.message) from None
         stops = body.stops
         room = len(self.s.engine.slots) + getattr(self.s.engine, "max_queue", 0)
         if (body.n or 1) > room:
             raise BadRequest(f"n: at most {room} choices on this server (--parallel + --queue), got {body.n}")
-        subs = self._submit_n(body.n or 1, ids, sampling, prefix_len, body.stream or bool(stops), body.ignore_eos)
+        subs = self._submit_n(
+            body.n or 1, ids, sampling, prefix_len, body.stream or bool(stops), body.ignore_eos, media
+        )
         try:
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             base = {"id": rid, "created": created, "model": self.s.model}

@@ -45,14 +45,14 @@ def image_size_for_budget(
     max_patches = budget * pool * pool
     factor = math.sqrt(max_patches * patch * patch / (height * width))
     side = pool * patch
-    th, tw = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
+    th, tw = math.floor(factor * height / side) * side, math.floor(factor * width / side) * side
     longest = (max_patches // pool**2) * side
     if th == 0 and tw == 0:
         raise MediaError(f"a {width}x{height} image is too small to make a single soft token")
     if th == 0:
-        th, tw = side, min(int(math.floor(width / height)) * side, longest)
+        th, tw = side, min(math.floor(width / height) * side, longest)
     elif tw == 0:
-        tw, th = side, min(int(math.floor(height / width)) * side, longest)
+        tw, th = side, min(math.floor(height / width) * side, longest)
     return th, tw
 
 
@@ -60,19 +60,20 @@ def image_tokens(height: int, width: int, patch: int = 16, pool: int = 3) -> int
     return (height // patch // pool) * (width // patch // pool)
 
 
-def open_image(data: bytes | Path, what: str = "image") -> Any:
+def open_image(data: bytes | Path, what: str = "image", max_pixels: int = MAX_PIXELS) -> Any:
     """A Pillow RGB image from a file or bytes; MediaError for anything Pillow cannot decode."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")
+        # closed by `with src` below
+        src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else open(data, "rb")  # noqa: SIM115
     except OSError as e:
         raise MediaError(f"{what}: cannot read it ({e.strerror or e})") from None
     try:
         with src:
             img = Image.open(src)
-            if img.width * img.height > MAX_PIXELS:
-                raise MediaError(f"{what}: {img.width}x{img.height} is over {MAX_PIXELS:,} pixels")
+            if img.width * img.height > max_pixels:
+                raise MediaError(f"{what}: {img.width}x{img.height} is over {max_pixels:,} pixels")
             img.load()
             return img.convert("RGB")
     except MediaError:

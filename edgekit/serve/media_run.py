@@ -98,7 +98,8 @@ class MediaModel:
                 m.mtmd_bitmap_free(b)
         try:
             n_past = llama_cpp.llama_pos(0)
-            self.llm.reset()
+            self.llm.reset()  # n_tokens only: a second prompt on this context needs its KV memory cleared too
+            self.llm._ctx.kv_cache_clear()
             t0 = time.perf_counter()
             rc = m.mtmd_helper_eval_chunks(
                 self.proj._ctx, self.llm.ctx, chunks, 0, 0, self.llm.n_batch, True, ctypes.byref(n_past)

@@ -370,6 +370,10 @@ def parse_body(raw: bytes, kind: str) -> tuple[Any, int]:
         elif err["type"] in _TYPES:
             msg = f"must be {_TYPES[err['type']]}, not {_kind(err.get('input'))}"
         raise Invalid(f"{_path(err['loc'])}: {msg}") from None
+    if kind == "chat":  # base64 media is not prompt text (--max-prompt-chars); its own limits are media_parts'
+        from .media_parts import media_chars
+
+        chars -= media_chars(req.messages)
     return req, chars
 
 

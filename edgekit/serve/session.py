@@ -43,6 +43,7 @@ class Session:
     towers: frozenset[str] = (
         frozenset()
     )  # encoders loaded beside the text model ("vision", "audio"): schema.check_media
+    media: Any = None  # serve/towers.Towers: the projector serving them
 
     def prompt(
         self,
@@ -55,7 +56,17 @@ class Session:
         (messages, tools), marks = self.plain_text.escape(messages, tools)
         text = self.template.render(messages, tools=tools, enable_thinking=enable_thinking)
         ids = self._tokenize(text, marks)
-        prefix_len = 0
+        return ids, self.prefix_len(messages, tools, enable_thinking, marks, ids)
+
+    def prefix_len(
+        self,
+        messages: list[dict[str, Any]],
+        tools: Optional[list[dict[str, Any]]],
+        enable_thinking: Optional[bool],
+        marks: dict[str, str],
+        ids: list[int],
+    ) -> int:
+        """How many leading ``ids`` (the escaped chat's tokens) are its system turn, 0 when none."""
         if (messages and messages[0].get("role") in ("system", "developer")) or tools or enable_thinking:
             head = self.template.render(
                 messages[:1] if messages[0].get("role") in ("system", "developer") else [],
@@ -65,8 +76,8 @@ class Session:
             )
             head_ids = self._tokenize(head, marks)
             if 0 < len(head_ids) < len(ids) and ids[: len(head_ids)] == head_ids:
-                prefix_len = len(head_ids)
-        return ids, prefix_len
+                return len(head_ids)
+        return 0
 
     @property
     def plain_text(self) -> PlainText:
@@ -112,6 +123,8 @@ class Session:
 
     def close(self) -> None:
         self.engine.close()
+        if self.media is not None:  # after the engine: its requests hold the projector's chunks
+            self.media.close()
 
 
 # Without a target: the model's trained context, capped here. llama-cli and llama-server default to

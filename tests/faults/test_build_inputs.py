@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import pytest
 from faultkit import ROOT, assert_one_line, hidden_leftovers, run_cli
-from test_inputs import ckpt, run  # noqa: F401  (a fresh copy of the tiny checkpoint; the CLI in-process)
+from test_inputs import run  # the CLI in-process (ckpt, a fresh copy of the tiny checkpoint: conftest.py)
 
 from edgekit.builder.manifest import verify
 
@@ -78,10 +78,12 @@ def test_commit_of_a_name_twice_keeps_the_manifest(tmp_path):
     folder = tmp_path / "b"
     folder.mkdir()
     (folder / "manifest.json").write_text("{}")
-    with pytest.raises(OutputError, match=r"^a\.gguf: the build made it twice; nothing was swapped in$"):
-        with BuildStage(folder, "manifest.json") as stage:
-            (stage.path / "a.gguf").write_bytes(b"x")
-            stage.commit(["a.gguf", "a.gguf"], lambda f: None)
+    with (
+        pytest.raises(OutputError, match=r"^a\.gguf: the build made it twice; nothing was swapped in$"),
+        BuildStage(folder, "manifest.json") as stage,
+    ):
+        (stage.path / "a.gguf").write_bytes(b"x")
+        stage.commit(["a.gguf", "a.gguf"], lambda f: None)
     assert (folder / "manifest.json").read_text() == "{}"
 
 

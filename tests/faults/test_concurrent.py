@@ -74,7 +74,7 @@ def test_two_builds_into_one_folder_leave_a_manifest_for_one_of_them(seeds, tmp_
             folder.mkdir(parents=True)
             held = os.open(folder, os.O_RDONLY)
             fcntl.flock(held, fcntl.LOCK_EX)
-        procs = [_start(seeds[s][0], out, log) for s, log in zip((1, 2), logs)]
+        procs = [_start(seeds[s][0], out, log) for s, log in zip((1, 2), logs, strict=True)]
         if held is not None:
             deadline = time.monotonic() + 120
             while not all(WAIT_LINE in log.read_text() for log in logs):

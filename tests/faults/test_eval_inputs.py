@@ -140,7 +140,7 @@ def test_ctrl_c_stops_a_whole_text_pass_promptly(f32, big_text, tmp_path):
     assert p.poll() is None, p.communicate()
     t0 = time.monotonic()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    _out, err = p.communicate(timeout=60)
     waited = time.monotonic() - t0
     assert p.returncode == 130, err
     assert err == "edgekit: interrupted; partial files were removed\n"

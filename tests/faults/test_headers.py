@@ -31,7 +31,8 @@ CASES = [
     (
         "list",
         [],
-        "cannot read safetensors header (header is a JSON list, not an object); the file is truncated or corrupt, fetch the file again",
+        "cannot read safetensors header (header is a JSON list, not an object); the file is truncated or corrupt, "
+        "fetch the file again",
     ),
     (
         "string entry",
@@ -77,7 +78,8 @@ CASES = [
     (
         "metadata list",
         {"__metadata__": [1], "w": entry((0, 64))},
-        "cannot read safetensors header (__metadata__ is not an object); the file is truncated or corrupt, fetch the file again",
+        "cannot read safetensors header (__metadata__ is not an object); the file is truncated or corrupt, fetch the "
+        "file again",
     ),
 ]
 

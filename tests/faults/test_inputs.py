@@ -28,13 +28,6 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture()
-def ckpt(tiny_ckpt, tmp_path):
-    dst = tmp_path / "tiny-gemma4"
-    shutil.copytree(tiny_ckpt, dst)
-    return dst
-
-
 # ---------------------------------------------------------------- config.json
 
 
@@ -78,7 +71,8 @@ CONFIG_CASES = [
     (
         "text_config.rope_parameters.full_attention.partial_rotary_factor",
         2.0,
-        "text_config.rope_parameters.full_attention.partial_rotary_factor must be a positive number ≤ 1, not the number 2.0",
+        "text_config.rope_parameters.full_attention.partial_rotary_factor must be a positive number ≤ 1, not the "
+        "number 2.0",
     ),
     ("text_config.rms_norm_eps", None, None),  # null = the default: not an error (control case)
     ("text_config.final_logit_softcapping", {}, "text_config.final_logit_softcapping must be a number, not an object"),
@@ -390,12 +384,14 @@ HUB_OFFLINE = (
     [
         (
             "ck2/tinny",
-            f"ck2/tinny: no such folder (ck2 has no tinny; did you mean ck2/tiny?); also tried as a hub id: {HUB_OFFLINE}",
+            "ck2/tinny: no such folder (ck2 has no tinny; did you mean ck2/tiny?); also tried as a hub id: "
+            f"{HUB_OFFLINE}",
         ),
         ("ck2/other", f"ck2/other: no such folder (ck2 has no other); also tried as a hub id: {HUB_OFFLINE}"),
         (
             "./ck2/tinny",
-            "./ck2/tinny: no such folder (ck2 has no tinny; did you mean ck2/tiny?), and not a hub id of the form owner/name",
+            "./ck2/tinny: no such folder (ck2 has no tinny; did you mean ck2/tiny?), and not a hub id of the form "
+            "owner/name",
         ),
         ("ck2/tiny/x", "ck2/tiny/x: no such folder (ck2/tiny has no x), and not a hub id of the form owner/name"),
         ("nowhere/tiny", f"nowhere/tiny: {HUB_OFFLINE}"),  # no such parent here: a hub id, as before

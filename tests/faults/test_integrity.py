@@ -66,7 +66,7 @@ def test_a_recipe_quant_that_is_a_path_is_refused_before_anything_is_written(tin
 
 @pytest.mark.parametrize("entry", ["/etc/hostname", "../victim.gguf", "sub/../../victim.gguf", "..", "", "-oX"])
 def test_a_manifest_entry_outside_the_folder_is_refused_by_bench_and_deploy(good_build, tmp_path, entry):
-    out, folder, _ = good_build
+    _out, folder, _ = good_build
     victim = folder.parent / "victim.gguf"
     shutil.copyfile(folder / "tiny-gemma4-F16.gguf", victim)  # a real GGUF with the right sha256, outside
     m = json.loads((folder / "manifest.json").read_text())
@@ -85,7 +85,7 @@ def test_a_manifest_entry_outside_the_folder_is_refused_by_bench_and_deploy(good
 @pytest.mark.parametrize("entry", ["/etc/hostname", "../victim.npy", "..", "-oX"])
 def test_a_lean_id_map_outside_the_folder_is_refused_by_bench_eval_and_deploy(good_build, tmp_path, entry):
     """eval reads a lean artifact's id map and deploy sends it: its name passes the same check as an artifact's."""
-    out, folder, _ = good_build
+    _out, folder, _ = good_build
     m = json.loads((folder / "manifest.json").read_text())
     m["artifacts"][0]["extra"]["vocab"] = {"size": 512, "id_map": entry, "id_map_sha256": "0" * 64}
     (folder / "manifest.json").write_text(json.dumps(m))

@@ -93,7 +93,8 @@ def test_negative_threads_are_rejected(f16, no_child):
 def test_ctx_past_uint32_is_rejected(f16, no_child):
     one_line(
         bench(f16, "--ctx", 4294967312),
-        "--ctx 4294967312 is too long: llama.cpp counts the context in 32 bits (at most 4294967295); pass a smaller --ctx",
+        "--ctx 4294967312 is too long: llama.cpp counts the context in 32 bits (at most 4294967295); pass a smaller "
+        "--ctx",
     )
 
 
@@ -101,7 +102,8 @@ def test_ctx_past_the_trained_context_is_rejected(f16, no_child):
     # the tiny preset's max_position_embeddings, written as gemma4.context_length
     one_line(
         bench(f16, "--ctx", 131073),
-        "--ctx 131073 is longer than tiny-gemma4-F16.gguf was trained for (n_ctx_train 131072); pass --ctx 131072 or less",
+        "--ctx 131073 is longer than tiny-gemma4-F16.gguf was trained for (n_ctx_train 131072); pass --ctx 131072 or "
+        "less",
     )
 
 

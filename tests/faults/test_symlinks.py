@@ -121,10 +121,12 @@ def test_a_temp_file_swapped_for_a_link_is_never_renamed_into_place(tmp_path):
     victim.write_bytes(VICTIM)
     from edgekit.core.errors import OutputError
 
-    with pytest.raises(OutputError, match=r"replaced by something else while being written; nothing was renamed"):
-        with atomic_path(target) as tmp:
-            tmp.unlink()
-            tmp.symlink_to(victim)
+    with (
+        pytest.raises(OutputError, match=r"replaced by something else while being written; nothing was renamed"),
+        atomic_path(target) as tmp,
+    ):
+        tmp.unlink()
+        tmp.symlink_to(victim)
     assert not target.exists() and not target.is_symlink() and victim.read_bytes() == VICTIM
     assert hidden_leftovers(tmp_path) == []
 

@@ -83,7 +83,7 @@ class CalibrateResult:
     entries: int  # weights with a matrix
 
 
-def _ggml():
+def _ggml() -> Any:
     from llama_cpp._ggml import libggml as g
 
     g.ggml_get_name.restype = ctypes.c_char_p
@@ -117,7 +117,7 @@ def add_rows(acc: np.ndarray, rows: np.ndarray) -> np.ndarray:
 class Collector:
     """The eval callback's state: per weight, float32 sums [n_mat, n_cols] and int64 counts [n_mat]."""
 
-    def __init__(self, g):
+    def __init__(self, g: Any) -> None:
         self.g = g
         self.op_names: dict[int, bytes] = {}  # op id → ggml's name, asked only for ids the graph holds
         self.stats: dict[str, list[np.ndarray]] = {}
@@ -212,7 +212,7 @@ class Collector:
 _SILENT_LOG = None
 
 
-def tokenize_text(L, vocab, text: str) -> list[int]:
+def tokenize_text(L: Any, vocab: Any, text: str) -> list[int]:
     """llama-imatrix's tokens: the file minus one trailing newline, BOS added, specials not parsed."""
     if text.endswith("\n"):
         text = text[:-1]
@@ -300,11 +300,11 @@ def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> Calibra
         L.llama_batch_free(batch)
         L.llama_free(ctx)
         L.llama_model_free(model)
-    m = Imatrix(datasets=[spec.dataset], chunk_count=n_chunk, chunk_size=n_ctx)
+    imat = Imatrix(datasets=[spec.dataset], chunk_count=n_chunk, chunk_size=n_ctx)
     for name, (sums, counts) in collector.stats.items():
-        m.entries[name] = Entry(sums, counts)
-    write_imatrix(Path(spec.out), m)
-    return CalibrateResult(tokens=len(tokens), chunks=n_chunk, entries=len(m.entries))
+        imat.entries[name] = Entry(sums, counts)
+    write_imatrix(Path(spec.out), imat)
+    return CalibrateResult(tokens=len(tokens), chunks=n_chunk, entries=len(imat.entries))
 
 
 def calibrate(

@@ -36,7 +36,7 @@ ARCH = gguf.MODEL_ARCH.GEMMA4
 GQT = gguf.GGMLQuantizationType
 
 # Unquantized storage types the converter writes itself (edgekit.model.dtypes names them).
-FLOAT_TYPES: dict[str, GQT] = {n: GQT[d.gguf] for n, d in DTYPES.items() if d.float and d.gguf}
+FLOAT_TYPES: dict[str, GQT] = {n: GQT.__members__[d.gguf] for n, d in DTYPES.items() if d.float and d.gguf}
 FILE_TYPES: dict[GQT, gguf.LlamaFileType] = {
     GQT.F32: gguf.LlamaFileType.ALL_F32,
     GQT.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -59,7 +59,7 @@ class _Streamed:
         written = 0
         for c in self.chunks():
             c = np.ascontiguousarray(c)
-            f.write(memoryview(c).cast("B"))
+            f.write(c.data.cast("B"))
             written += c.nbytes
             self.advance(c.nbytes)
         if written != self.nbytes:
@@ -184,7 +184,8 @@ def plan_tensors(ckpt: Checkpoint, qtype: GQT, n_vocab: int) -> list[_Planned]:
     plans: list[_Planned] = []
     if cfg.vocab_size < n_vocab:
         raise ConversionError(
-            f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and weights do not belong together"
+            f"{ckpt.path}: tokenizer has {n_vocab} tokens but embed_tokens only {cfg.vocab_size} rows; tokenizer and "
+            "weights do not belong together"
         )
     for short, ref in ckpt.tensors.items():
         name = gguf_tensor_name(short, cfg.num_hidden_layers)

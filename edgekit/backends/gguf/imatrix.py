@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +133,7 @@ def _read_dat(path: Path) -> Imatrix:
     raw = path.read_bytes()
     pos = 0
 
-    def take(fmt: str):
+    def take(fmt: str) -> Any:
         nonlocal pos
         v = struct.unpack_from(fmt, raw, pos)
         pos += struct.calcsize(fmt)

@@ -91,7 +91,7 @@ def tensor_data(name: str, ref: TensorRef) -> np.ndarray:
         return x.reshape(x.shape[0], x.shape[2])  # [C, 1, K] → [C, K]
     if name.endswith("patch_embedder.input_proj.weight"):
         n, k = x.shape  # [n, 16*16*3] in HWC order → [n, 3, 16, 16] as ggml's conv reads it
-        p = int(round((k // 3) ** 0.5))
+        p = round((k // 3) ** 0.5)
         return np.ascontiguousarray(x.reshape(n, p, p, 3).transpose(0, 3, 1, 2))
     return x
 
@@ -195,7 +195,8 @@ def write_mmproj(
     for n, shape in expected.items():
         if ckpt.tower_tensors[n].shape != shape:
             raise CheckpointError(
-                f"{ckpt.path}: tensor {n} has shape {ckpt.tower_tensors[n].shape}, config implies {shape}; config and weights disagree"
+                f"{ckpt.path}: tensor {n} has shape {ckpt.tower_tensors[n].shape}, config implies {shape}; config and "
+                "weights disagree"
             )
     want = {m: QTYPES[types.get(m, "F16")] for m in modalities}
     out = Path(out)

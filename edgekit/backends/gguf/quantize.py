@@ -124,7 +124,7 @@ def _apply_imatrix(params: Any, path: Path) -> list[Any]:
     kvs.append((KV_QUANT_ENTRIES, len(means)))
     if m.chunk_count > 0:
         kvs.append((KV_QUANT_CHUNKS, m.chunk_count))
-    kv = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
+    kv: Any = (llama_cpp.llama_model_kv_override * (len(kvs) + 1))()
     for i, (key, value) in enumerate(kvs):
         kv[i].key = key.encode()
         if isinstance(value, str):

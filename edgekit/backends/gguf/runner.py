@@ -63,7 +63,7 @@ KNOBS = Schema(
 )
 
 
-def _import():
+def _import() -> Any:
     try:
         import llama_cpp
     except ImportError:
@@ -125,6 +125,15 @@ class _Log:
 
 class LlamaCppRunner:
     engine = "llama.cpp"
+    # set by load()
+    knobs: dict[str, Any]
+    log: _Log
+    mem: Any
+    n_batch: int
+    _n_vocab: int
+    _bos: Optional[int]
+    _applied_ctx: int
+    _threads: int
 
     def __init__(self) -> None:
         self.L = _import()
@@ -308,4 +317,4 @@ class LlamaCppRunner:
             from llama_cpp import _logger
 
             self.L.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-            self.log = None
+            del self.log

@@ -44,7 +44,8 @@ def _read_tokenizer_json(checkpoint_dir: Path) -> dict[str, Any]:
         ) from None
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
         raise TokenizerError(
-            f"{path} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); use the tokenizer.json shipped with the Gemma 4 checkpoint"
+            f"{path} is not a Gemma 4 tokenizer (needs a byte-fallback BPE model); use the tokenizer.json shipped "
+            "with the Gemma 4 checkpoint"
         )
     return data
 
@@ -114,7 +115,8 @@ def add_vocab(writer: gguf.GGUFWriter, checkpoint_dir: Path, n_vocab: int) -> in
     n = len(texts)
     if n > n_vocab:
         raise TokenizerError(
-            f"{checkpoint_dir}: tokenizer has {n} tokens but the embedding only {n_vocab} rows; the tokenizer does not belong to these weights"
+            f"{checkpoint_dir}: tokenizer has {n} tokens but the embedding only {n_vocab} rows; the tokenizer does "
+            "not belong to these weights"
         )
     if len(set(texts)) != n:
         # llama.cpp aborts at load on a repeated token text; say so here instead.
@@ -132,7 +134,8 @@ def add_vocab(writer: gguf.GGUFWriter, checkpoint_dir: Path, n_vocab: int) -> in
         special = gguf.SpecialVocab(checkpoint_dir, load_merges=True, n_vocab=n)
     except (ValueError, OSError) as e:
         raise TokenizerError(
-            f"{checkpoint_dir}: tokenizer files are inconsistent ({e}); restore tokenizer.json and tokenizer_config.json from the original checkpoint"
+            f"{checkpoint_dir}: tokenizer files are inconsistent ({e}); restore tokenizer.json and "
+            "tokenizer_config.json from the original checkpoint"
         ) from None
     finally:
         vocab_log.removeFilter(quiet)

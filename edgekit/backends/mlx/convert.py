@@ -35,6 +35,7 @@ from ...core.progress import progress_bar
 from ...model.checkpoint import Checkpoint
 from ...model.dtypes import DTYPES, float_dtype, lossless
 from ...model.safetensors_io import SlabWriter, TensorSpec
+from . import towers as mlx_towers
 from .ple import PLE_FILE, PLE_MODULE, require_mlx
 
 log = logging.getLogger(__name__)
@@ -111,8 +112,9 @@ def _override(value: str) -> int | str:
     v = str(value).strip().lower()
     if v.isdigit() and int(v) in (2, 3, 4, 5, 6, 8):
         return int(v)
-    if float_dtype(v):
-        return float_dtype(v).mlx
+    d = float_dtype(v)
+    if d is not None and d.mlx:
+        return d.mlx
     raise ConfigError(f"mlx recipe override {value!r}: use bits (2, 3, 4, 5, 6, 8) or bf16 / f16 / f32")
 
 
@@ -125,7 +127,8 @@ class Plan:
         if self.bits is not None and self.bits not in (2, 3, 4, 5, 6, 8):
             raise ConfigError(f"recipe {recipe.name}: bits {self.bits}; mlx quantizes to 2, 3, 4, 5, 6 or 8 bits")
         dtype = recipe.dtype
-        self.dtype = float_dtype(dtype).mlx if dtype and float_dtype(dtype) else None
+        d = float_dtype(dtype) if dtype else None
+        self.dtype = d.mlx if d else None
         if dtype and not self.dtype:
             raise ConfigError(f"recipe {recipe.name}: dtype {dtype!r}; use bfloat16, float16 or float32")
         try:
@@ -163,8 +166,18 @@ class Plan:
         return pred
 
 
+def check_towers(recipe: Any, modalities: tuple[str, ...]) -> None:
+    """Refuse, before anything is written, towers this MLX recipe cannot carry (edgekit.backends.mlx.towers)."""
+    q = Plan(recipe).quant(PLE_MODULE)
+    mlx_towers.check(recipe, modalities, q["bits"] if q else None)
+
+
 def _source_dtype(ckpt: Checkpoint) -> str:
-    return DTYPES[lossless(ckpt.source_dtypes())].mlx
+    name = lossless(ckpt.source_dtypes())
+    mlx = DTYPES[name].mlx
+    if mlx is None:  # lossless() names a source dtype, all of which MLX holds
+        raise ConversionError(f"{ckpt.path}: MLX has no {name} arrays")
+    return mlx
 
 
 def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
@@ -173,7 +186,7 @@ def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
     from mlx_lm.models import gemma4
 
     model = gemma4.Model(gemma4.ModelArgs.from_dict(config))
-    files: dict[Path, dict[str, Any]] = {}
+    files: dict[Path, Any] = {}  # mx.load: name -> lazy array
     weights = {}
     for short, ref in ckpt.tensors.items():
         if ref.path not in files:
@@ -229,7 +242,9 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
         r0 = 0
         for chunk in ref.row_chunks(32 << 20):
             x = mx.array(chunk).astype(want)
-            arrays = dict(zip(("weight", "scales", "biases"), mx.quantize(x, gs, bits))) if q else {"weight": x}
+            arrays = (
+                dict(zip(("weight", "scales", "biases"), mx.quantize(x, gs, bits), strict=True)) if q else {"weight": x}
+            )
             for name, a in arrays.items():
                 w.write_rows(f"{PLE_MODULE}.{name}", r0, host(a))
             r0 += chunk.shape[0]
@@ -237,8 +252,9 @@ def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> in
     return w.size
 
 
-def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
-    """Write the MLX artifact folder ``out`` for ``recipe`` (atomically: all of it or nothing)."""
+def convert(ckpt: Checkpoint, recipe: Any, out: Path, modalities: tuple[str, ...] = ()) -> Path:
+    """Write the MLX artifact folder ``out`` for ``recipe`` (atomically: all of it or nothing); with
+    ``modalities``, the towers too, in mlx-vlm's layout (edgekit.backends.mlx.towers)."""
     require_mlx()
     import mlx.core as mx
     import mlx.nn as nn
@@ -268,16 +284,28 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
         text.embed_tokens_per_layer = nn.Module()
         if "quantization" in config:
             config["quantization"][PLE_MODULE] = ple_q or False
+    tower_types = {m: recipe.towers.get(m, "F16") for m in modalities}
+    if modalities:
+        config.update(mlx_towers.config_part(ckpt, modalities))
+        note = f"with towers: {', '.join(modalities)} (mlx-vlm)"
+    else:
+        note = "text-only: vision/audio towers dropped" if ckpt.dropped else "text-only"
     config["edgekit"] = {
         "source": ckpt.name,
         "recipe": recipe.name,
-        "dropped_tensors": len(ckpt.dropped),
-        "note": "text-only: vision/audio towers dropped" if ckpt.dropped else "text-only",
+        "dropped_tensors": len([n for n in ckpt.dropped if not mlx_towers.shipped(n, modalities)]),
+        "note": note,
         "ple": {"file": PLE_FILE, "bits": ple_q["bits"] if ple_q else None} if has_ple else None,
     }
+    if modalities:
+        config["edgekit"]["towers"] = {
+            "file": mlx_towers.TOWERS_FILE,
+            "modalities": list(modalities),
+            "types": tower_types,
+        }
     with atomic_dir(Path(out)) as tmp:
         # Materialize one module at a time so each source tensor is freed as soon as its result exists.
-        for _, p in tree_flatten(model.parameters()):
+        for _, p in tree_flatten(model.parameters()):  # type: ignore[str-unpack]  # (path, array) pairs
             mx.eval(p)
         save_model(tmp, model, donate_model=True)
         if has_ple:
@@ -290,10 +318,12 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path) -> Path:
             index["metadata"]["total_size"] += size
             index["weight_map"] = dict(sorted(index["weight_map"].items()))
             index_path.write_text(json.dumps(index, indent=4))
-        save_config(config, tmp / "config.json")
+        if modalities:
+            mlx_towers.write(ckpt, tmp, config, modalities, tower_types)
+        save_config(config, tmp / "config.json", keep_vision_config=bool(modalities))
         for name in TOKENIZER_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, tmp / name)
-    if ckpt.dropped:
+    if ckpt.dropped and not modalities:
         log.info("%s: dropped %d vision/audio tensors (text-only deployment)", Path(out).name, len(ckpt.dropped))
     return Path(out)

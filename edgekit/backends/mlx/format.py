@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError
 from ..format import BuildContext, TokenBytes
+from .towers import TOWERS_FILE
 
 if TYPE_CHECKING:
     from ...builder.manifest import Artifact
@@ -52,12 +53,17 @@ class MlxFormat:
 
     def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
         from ...builder.manifest import Artifact, artifact_digest
-        from .convert import convert
+        from .convert import check_towers, convert
 
-        out = convert(ckpt, recipe, Path(ctx.out_dir) / f"{ckpt.name}-mlx-{recipe.quant}")
+        mods = tuple(ctx.modalities)
+        check_towers(recipe, mods)  # builder.projector checked them before the build; a direct call too
+        out = convert(ckpt, recipe, Path(ctx.out_dir) / f"{ckpt.name}-mlx-{recipe.quant}", mods)
         size, digest = artifact_digest(out)
         cfg = json.loads((out / "config.json").read_text())
-        extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note")}
+        extra = {k: v for k, v in cfg["edgekit"].items() if k in ("ple", "dropped_tensors", "note", "towers")}
+        if "towers" in extra:  # inside the folder (its sha256 covers them); the file's own digest for deploy checks
+            t_size, t_digest = artifact_digest(out / extra["towers"]["file"])
+            extra["towers"].update(bytes=t_size, sha256=t_digest, format="mlx")
         return Artifact(
             file=out.name,
             format=self.name,
@@ -93,13 +99,15 @@ class MlxFormat:
         entries = {
             k: v
             for p in sorted(folder.glob("*.safetensors"))
+            if p.name != TOWERS_FILE  # mlx-vlm's towers: never loaded for text
             for k, v in read_tensors(p, ArtifactError, fix=fix).items()
         }
         cfg = _config(folder)
-        text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else {}
+        text: dict[str, Any] = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else {}
         tied = cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", True))
         tied = tied and not any(".lm_head." in k or k.startswith("lm_head.") for k in entries)
-        whole, gathered, total_file = 0, {}, 0
+        whole, total_file = 0, 0
+        gathered: dict[str, int] = {}
         for name, ref in entries.items():
             total_file += ref.nbytes
             module = name.rsplit(".", 1)[0]
@@ -114,7 +122,7 @@ class MlxFormat:
 
     def max_context(self, path: Path) -> Optional[int]:
         cfg = _config(Path(path))
-        text = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+        text: dict[str, Any] = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
         n = text.get("max_position_embeddings")
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 

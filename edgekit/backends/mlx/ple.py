@@ -97,7 +97,7 @@ class PleTable:
 
     def read(self, part: str, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of ``part`` ("weight", "scales", "biases"), each distinct row read once."""
-        offset, (_, cols), dt = self.parts[part]
+        offset, (_, _cols), dt = self.parts[part]
         rb = self._row_bytes(part)
         uniq, inverse = np.unique(np.asarray(ids, dtype=np.int64), return_inverse=True)
         out = np.empty((len(uniq), rb), dtype=np.uint8)
@@ -129,7 +129,8 @@ def open_ple(folder: Path, quant: dict[str, Any] | None) -> PleTable:
     q = quant if isinstance(quant, dict) else None
     if ("scales" in parts) != (q is not None):
         raise ArtifactError(f"{path}: PLE table and config.json disagree on quantization; rebuild the artifact")
-    return PleTable(path, parts, q and q["group_size"], q and q["bits"], os.open(path, os.O_RDONLY))
+    group_size, bits = (q["group_size"], q["bits"]) if q else (None, None)
+    return PleTable(path, parts, group_size, bits, os.open(path, os.O_RDONLY))
 
 
 def _to_mx(a: np.ndarray, dtype: str) -> Any:
@@ -247,7 +248,8 @@ def load_mlx_model(
             text.config.num_hidden_layers * text.config.hidden_size_per_layer_input,
         )
         rows, cols = table.shape
-        cols *= 32 // table.bits if table.quantized else 1
+        if table.quantized and table.bits:
+            cols *= 32 // table.bits
         if (rows, cols) != expected:
             raise ArtifactError(
                 f"{folder}: PLE table is {rows}x{cols}, config implies "

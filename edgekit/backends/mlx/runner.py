@@ -40,7 +40,7 @@ KNOBS = Schema(
 )
 
 
-def _import():
+def _import() -> Any:
     try:
         import mlx.core as mx
         import mlx_lm  # noqa: F401
@@ -118,7 +118,8 @@ class MlxRunner:
         """Append ``n`` positions of random keys/values to every cache, in prefill-sized chunks through
         mlx-lm's own update path, so each cache grows (or rotates) as a real prefill would grow it."""
         mx = self.mx
-        for layer, cache in zip(self.model.layers, self.cache):
+        # Gemma's KV-shared last layers own no cache (mlx-lm's make_cache): the caches are the first layers'
+        for layer, cache in zip(self.model.layers, self.cache, strict=False):
             attn = layer.self_attn
             dtype = attn.q_norm.weight.dtype  # the activations' dtype: keys are stored as computed
             for i in range(0, n, self.step):

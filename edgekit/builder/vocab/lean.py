@@ -69,7 +69,7 @@ def _remap_post_processor(node: Any, new_id: dict[int, int]) -> Any:
 
 
 def lean_tokenizer_json(src: SourceTokenizer, sel: Selection) -> dict[str, Any]:
-    kept = set(int(i) for i in sel.kept)
+    kept = {int(i) for i in sel.kept}
     new_id = {int(o): n for n, o in enumerate(sel.kept)}
     data = copy.deepcopy({k: v for k, v in src.data.items() if k != "model"})
     model = {k: v for k, v in src.data["model"].items() if k not in ("vocab", "merges")}

@@ -463,6 +463,6 @@ def kept_merges(src: SourceTokenizer, kept: set[int]) -> list[Any]:
     raw = src.data["model"].get("merges", [])
     return [
         m
-        for m, (a, b) in zip(raw, src.merges)
+        for m, (a, b) in zip(raw, src.merges, strict=True)
         if ids.get(a, -1) in kept and ids.get(b, -1) in kept and ids.get(a + b, -1) in kept
     ]
