@@ -248,9 +248,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         artifact = args.artifact or tiny_artifact(args.workdir or tmp, args.target)
-        from edgekit.measure.bench import plan
+        from edgekit.profiles.resolve import resolve
 
-        artifact = plan(artifact, args.target)[0].path  # the one `serve` picks from a dist folder: bench the same
+        artifact = resolve(artifact, target=args.target, first=True)[
+            0
+        ].path  # the one `serve` picks from a dist folder: bench the same
         common = (
             ["--target", args.target]
             + (["--threads", str(args.threads)] if args.threads else [])

@@ -73,6 +73,8 @@ FILES: dict[str, str] = {
     "edgekit/hf_model.py": "edgekit/dev/hf_model.py",
     # integrity.py was dissolved: its largest piece (source hash + NaN scan) kept the file's history
     "edgekit/integrity.py": "edgekit/builder/source_scan.py",
+    # issue 21 seam 2: the llama.cpp state file behind serve --prefix-cache belongs to its backend
+    "edgekit/serve/prefix_cache.py": "edgekit/backends/gguf/prefix_cache.py",
 }
 
 # integrity.py's other names, each in the room it belongs to (rewrite_imports.py splits imports of them).

@@ -59,3 +59,19 @@ def trained_dist(tmp_path_factory):
         quants=["f32", "f16", "q8_0", "q4_0", "mlx-bf16"],
         out=tmp_path_factory.mktemp("trained-dist"),
     )
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    """The pure-Python backend of tests/fake_backend.py, registered for one test: here, and in every
+    child edgekit starts ($EDGEKIT_PLUGINS names the module; PYTHONPATH reaches tests/)."""
+    import fake_backend as fb
+
+    from edgekit.backends.registry import BACKENDS, PLUGINS_ENV
+
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv(PLUGINS_ENV, "fake_backend")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    BACKENDS.register(fb.NAME, fb.BACKEND)
+    yield fb
+    BACKENDS.unregister(fb.NAME)

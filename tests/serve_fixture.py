@@ -81,7 +81,8 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def start_server(artifact: Path, log: Path, *args: str, port: int | None = None) -> Server:
     port = port or free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # this checkout first; a fixture's own entries after it (the fake backend's tests/ folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(log, "w") as f:  # the server holds its own copy of the descriptor
         proc = subprocess.Popen(
             [sys.executable, "-m", "edgekit.cli", "serve", str(artifact), "--port", str(port), *args],

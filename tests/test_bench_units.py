@@ -18,7 +18,7 @@ from edgekit.backends.runner import mean_sd, one_rep, run_reps
 from edgekit.core import host
 from edgekit.core.errors import ConfigError
 from edgekit.measure import roofline
-from edgekit.measure.bench import parse_knobs
+from edgekit.profiles.knobs import parse_set
 
 MiB = 1 << 20
 
@@ -163,7 +163,9 @@ def test_bench_refresh_bandwidth_measures_again(tmp_path, monkeypatch):
     calls = _fake_probe(monkeypatch, 30.0)
     seen = []
     monkeypatch.setattr(
-        bench_mod, "bench", lambda path, opts, *on_records: seen.append(roofline.host_bandwidth()["read_gbs"]) or []
+        bench_mod,
+        "bench_sweep",
+        lambda path, opts, points, **kw: seen.append(roofline.host_bandwidth()["read_gbs"]) or [],
     )
     runner = CliRunner()
     res = runner.invoke(app, ["bench", "x.gguf", "--no-store", "-o", "jsonl"])
@@ -241,7 +243,7 @@ def test_mean_sd_is_the_sample_standard_deviation():
 
 
 def test_set_knobs_are_typed_by_the_engine_schema():
-    raw = parse_knobs(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "use_mmap = True"])
+    raw = parse_set(["repack=false", "n_ubatch=128", "kv_type=q8_0", 'lazy="on"', "use_mmap = True"])
     assert raw == {"repack": "false", "n_ubatch": "128", "kv_type": "q8_0", "lazy": "on", "use_mmap": "True"}
     assert LLAMACPP_KNOBS.validate(raw, "--set") == {
         "repack": False,
@@ -251,4 +253,4 @@ def test_set_knobs_are_typed_by_the_engine_schema():
         "use_mmap": True,
     }
     with pytest.raises(ConfigError, match=r"--set 'repack': expected KEY=VALUE"):
-        parse_knobs(["repack"])
+        parse_set(["repack"])

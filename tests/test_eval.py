@@ -96,11 +96,14 @@ def test_ppl_recomputed_independently(built, hf_cache, hf_records):
     windows the reference cache holds."""
     import torch
 
+    from edgekit.backends.registry import BACKENDS
+    from edgekit.backends.runner import RunOptions
     from edgekit.eval import refcache
-    from edgekit.eval.engines import GgufSource
 
     cache = refcache.load(hf_cache)
-    src = GgufSource(built / "tiny-trained-Q4_0.gguf", 2, CTX, dict(hf_records["Q4_0"].runtime))
+    src = BACKENDS.get("llama.cpp").logits(
+        built / "tiny-trained-Q4_0.gguf", RunOptions(threads=2, ctx=CTX, knobs=dict(hf_records["Q4_0"].runtime))
+    )
     first = CTX // 2
     try:
         nll = [
@@ -130,9 +133,10 @@ def test_bits_per_byte_by_hand(built, tmp_path):
     ids = [tok.bos_token_id] + tok(text.read_text(), add_special_tokens=False)["input_ids"]
     scored = ids[9:16]
     nbytes = sum(len(tok.decode([i]).encode()) for i in scored)
-    from edgekit.eval.engines import GgufSource
+    from edgekit.backends.registry import BACKENDS
+    from edgekit.backends.runner import RunOptions
 
-    src = GgufSource(f32, 2, 16, F32_CACHE)
+    src = BACKENDS.get("llama.cpp").logits(f32, RunOptions(threads=2, ctx=16, knobs=F32_CACHE))
     try:
         logits = src.logits(ids[:16], 8)[:-1].astype(np.float64)
     finally:
@@ -159,8 +163,9 @@ def test_kl_at_k_vocabulary_is_the_full_kl(built, tmp_path):
     """Q4_0 against the F32 GGUF with k = the vocabulary (1024, the default): edgekit's KL equals the
     full-vocabulary KL written out in numpy from both engines' logits on the cached windows; at k = 64
     the tail bin makes it a lower bound, measured 24% low on this model (run.DEFAULT_TOP_K)."""
+    from edgekit.backends.registry import BACKENDS
+    from edgekit.backends.runner import RunOptions
     from edgekit.eval import refcache
-    from edgekit.eval.engines import GgufSource
 
     f32, q4 = built / "tiny-trained-F32.gguf", built / "tiny-trained-Q4_0.gguf"
     (r,) = evaluate([q4], _opts(f32, tmp_path / "full.npz", top_k=1024))
@@ -168,7 +173,7 @@ def test_kl_at_k_vocabulary_is_the_full_kl(built, tmp_path):
     first = CTX // 2
     kl = []
     for path in (f32, q4):
-        src = GgufSource(path, 2, CTX, dict(r.runtime))
+        src = BACKENDS.get("llama.cpp").logits(path, RunOptions(threads=2, ctx=CTX, knobs=dict(r.runtime)))
         try:
             kl.append([src.logits(w, first)[:-1].astype(np.float64) for w in cache.windows])
         finally:

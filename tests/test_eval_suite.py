@@ -144,13 +144,14 @@ def _case(cases, cid):
 def test_suite_on_a_real_artifact_is_deterministic(trained_dist):
     """`edgekit eval --suite` through the artifact's own chat template and greedy decoding (edgekit.serve.chat,
     edgekit.serve.session): two runs give identical outputs, and each prompt is the template's rendering."""
-    from edgekit.eval.suite import SuiteOptions, engine_chat, run_suite
+    from edgekit.eval.suite import engine_chat, run_suite
+    from edgekit.profiles.resolve import Overrides, resolve
     from edgekit.serve.chat import ChatTemplate
 
     q8 = next(trained_dist.glob("*-Q8_0.gguf"))
     cases = load_suite(EXAMPLE_SUITE)[:3]
-    opts = SuiteOptions(max_tokens=12, threads=1)
-    render, generate, close = engine_chat(q8, opts)
+    (ra,) = resolve(q8, overrides=Overrides(threads=1))
+    render, generate, close = engine_chat(ra)
     try:
         tmpl = ChatTemplate.from_artifact(q8)
         text = tmpl.render(cases[0].messages, enable_thinking=False)

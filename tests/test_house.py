@@ -2,6 +2,7 @@
 
 # rewrite_imports: skip (the snippets below hold old module paths on purpose)
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,75 @@ def test_the_tree_is_rewritten():
     )
     left = sorted(Path(line.split()[-1]).relative_to(ROOT).as_posix() for line in r.stdout.splitlines())
     assert left == [], r.stdout
+
+
+# ---------------------------------------------------------------- function-local imports
+
+# Files another engineer is rewriting this session (the resolver and backend seams); their
+# function-local imports are sorted out when those rewrites land. Remove an entry once its file is clean.
+LOCAL_IMPORTS_PENDING = (
+    "eval/engines.py",
+    "serve/http.py",
+    "serve/chat.py",
+    "cli/measure.py",
+    "cli/chat.py",
+    "cli/evaluate.py",
+    "backends/",
+)
+MARK = "# deferred:"
+
+
+def unmarked_local_imports(source: str) -> list[int]:
+    """Lines of imports inside a function that no ``# deferred: <why>`` comment explains: on the import's
+    own line, or on the line just above a run of consecutive imports."""
+    lines = source.splitlines()
+    out = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                stmts = getattr(node, field, None)
+                if not isinstance(stmts, list):
+                    continue
+                run: list[ast.stmt] = []
+                for stmt in [*stmts, None]:
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        run.append(stmt)
+                        continue
+                    if run:
+                        above = lines[run[0].lineno - 2].strip() if run[0].lineno > 1 else ""
+                        marked = above.startswith(MARK) or any(
+                            MARK in line for s in run for line in lines[s.lineno - 1 : s.end_lineno]
+                        )
+                        out += [] if marked else [s.lineno for s in run]
+                    run = []
+    return sorted(set(out))
+
+
+def test_function_local_imports_say_why_they_are_deferred():
+    pkg = ROOT / "edgekit"
+    found, pending_clean = [], []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).as_posix()
+        bad = unmarked_local_imports(path.read_text())
+        if rel.startswith(LOCAL_IMPORTS_PENDING):
+            continue
+        found += [f"edgekit/{rel}:{n}" for n in bad]
+    for entry in LOCAL_IMPORTS_PENDING:
+        files = list(pkg.glob(entry + "**/*.py" if entry.endswith("/") else entry))
+        if files and not any(unmarked_local_imports(p.read_text()) for p in files):
+            pending_clean.append(entry)
+    assert not found, "import at the module top, or say why not with '# deferred: <why>':\n" + "\n".join(found)
+    assert not pending_clean, f"no unmarked local imports left: drop {pending_clean} from LOCAL_IMPORTS_PENDING"
+
+
+def test_the_local_import_check_sees_marks():
+    src = (
+        "import os\n"
+        "def a():\n    import json\n    return json\n"
+        "def b():\n    # deferred: heavy\n    import torch\n    import transformers\n"
+        "def c():\n    try:\n        import mlx  # deferred: the mlx extra\n    except ImportError:\n        pass\n"
+        "def d():\n    if True:\n        from . import x\n"
+    )
+    assert unmarked_local_imports(src) == [3, 16]

@@ -52,10 +52,9 @@ def _clean(r: subprocess.CompletedProcess) -> None:
 
 @pytest.mark.parametrize("kind", ["gguf", "mlx", "stock", "hf"])
 def test_plain_model_runs_with_the_models_context(loose, kind):
-    from edgekit.measure.bench import plan
-    from edgekit.serve.session import default_ctx
+    from edgekit.profiles.resolve import default_ctx, resolve
 
-    trained = plan(loose[kind])[0].format.max_context(loose[kind])
+    trained = resolve(loose[kind])[0].format.max_context(loose[kind])
     r = cli("run", str(loose[kind]), "Hi", "-n", "6", *T1, "-v")
     assert r.returncode == 0, r.stderr  # the MLX run ended in abort (134) before
     _clean(r)
@@ -64,7 +63,7 @@ def test_plain_model_runs_with_the_models_context(loose, kind):
 
 
 def test_default_context_is_capped_as_llama_cpp_and_ollama():
-    from edgekit.serve.session import default_ctx
+    from edgekit.profiles.resolve import default_ctx
 
     assert default_ctx(131072) == 4096 and default_ctx(2048) == 2048 and default_ctx(None) == 4096
 
@@ -199,10 +198,9 @@ def _wait_exit(proc: subprocess.Popen, timeout: float = 60) -> int:
 def test_serve_plain_gguf_and_mlx_sigterm_exit_0(loose, tmp_path):
     s = start_server(loose["gguf"], tmp_path / "g.log", *T1)
     try:
-        from edgekit.measure.bench import plan
-        from edgekit.serve.session import default_ctx
+        from edgekit.profiles.resolve import default_ctx, resolve
 
-        assert s.health()["n_ctx"] == default_ctx(plan(loose["gguf"])[0].format.max_context(loose["gguf"]))
+        assert s.health()["n_ctx"] == default_ctx(resolve(loose["gguf"])[0].format.max_context(loose["gguf"]))
         r = s.client().chat.completions.create(
             model=s.client().models.list().data[0].id, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
         )

@@ -1,24 +1,28 @@
 """What a format is: one object that checks a recipe, builds an artifact, and reads artifacts back.
 
-A ``Format`` is registered in ``edgekit.backends.formats.FORMATS`` under the name recipes and manifests use
-("gguf", "mlx"). The build calls ``check`` on every recipe before it writes a byte, then ``build``
-per recipe with a ``BuildContext``; the bench calls ``detect`` / ``quant_label`` / ``model_name`` on a
-bare artifact path, ``token_bytes`` for the roofline and ``max_context`` to bound ``--ctx``, and runs
-the artifact on ``engine``. A format never imports a runner (they meet in the manifest).
+A ``Format`` belongs to one backend (edgekit.backends.backend.Backend) and shows in
+``edgekit.backends.formats.FORMATS`` under the name recipes and manifests use ("gguf", "mlx"). The
+build calls ``check`` on every recipe before it writes a byte, then ``build`` per recipe with a
+``BuildContext``; the bench calls ``detect`` / ``quant_label`` / ``model_name`` on a bare artifact
+path, ``token_bytes`` for the roofline and ``max_context`` to bound ``--ctx``, and runs the artifact
+on ``engine``; run and serve read its ``chat_template``. A format never imports a runner.
 
 How to add a format: a package edgekit/backends/<name>/ whose format.py defines a class with
 these members (engine libraries imported inside the methods, so listing formats imports none), an
-instance registered in edgekit/backends/formats.py, and recipes in quant/ naming it. Recipe keys
-beyond the common ones go in ``recipe_keys``; a recipe with any other key is an error.
+instance in its backend's registration (edgekit/backends/backend.py), and recipes in quant/ naming
+it. Recipe keys beyond the common ones go in ``recipe_keys``; a recipe with any other key is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Protocol, TypeVar
+
+from ..core.errors import ArtifactError
 
 if TYPE_CHECKING:
     from ..builder.manifest import Artifact
@@ -37,6 +41,47 @@ class TokenBytes:
     gathered: dict[str, int] = field(default_factory=dict)  # table -> bytes of the one row read
     file_tensor_bytes: int = 0  # all tensor bytes in the artifact
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # tensor name -> bytes
+
+
+class ChatText(NamedTuple):
+    """An artifact's chat template (jinja source) and the texts of its BOS and EOS tokens."""
+
+    source: str
+    bos: str
+    eos: str
+
+
+class LabelRule(NamedTuple):
+    """The quant label a recipe's settings write (``want``), what in the recipe says so, and the fix."""
+
+    want: str
+    what: str
+    fix: str
+
+
+def _token_text(v: Any) -> Optional[str]:
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def folder_chat_template(path: Path) -> ChatText:
+    """A Hugging Face folder's template (an MLX artifact's or a checkpoint's): chat_template.jinja, else
+    tokenizer_config.json's ``chat_template``; BOS and EOS texts from tokenizer_config.json."""
+    cfg_path = path / "tokenizer_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{cfg_path}: unreadable ({e}); rebuild the artifact") from None
+    jinja = path / "chat_template.jinja"
+    source = jinja.read_text(encoding="utf-8") if jinja.exists() else cfg.get("chat_template")
+    if isinstance(source, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
+        source = named.get("default") or next(iter(named.values()), None)
+    if not source:
+        raise ArtifactError(
+            f"{path}: no chat template (chat_template.jinja or tokenizer_config.json's "
+            "chat_template); build from a checkpoint that has one"
+        )
+    return ChatText(source, _token_text(cfg.get("bos_token")) or "<bos>", _token_text(cfg.get("eos_token")) or "<eos>")
 
 
 @dataclass
@@ -92,3 +137,9 @@ class Format(Protocol):
 
     def max_context(self, path: Path) -> Optional[int]:
         """The model's trained context (n_ctx_train), or None when the artifact does not say."""
+
+    def chat_template(self, path: Path) -> ChatText:
+        """The chat template the artifact carries (ArtifactError when it has none)."""
+
+    def recipe_label(self, recipe: Recipe) -> Optional[LabelRule]:
+        """The quant label ``recipe``'s settings write, or None when they leave it free."""

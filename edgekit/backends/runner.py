@@ -4,12 +4,13 @@ A runner only says how to load an artifact, prefill a prompt, decode one token a
 next token. Timing, warm-up, repetitions and memory sampling live here and in ``measure.py``, so the
 figures of different engines mean the same thing.
 
-How to add an engine method (e.g. logits of every position, sampling): add it to ``Runner`` below
-with a docstring saying what it returns, implement it in each runners/<engine>.py (an engine that
-cannot raise EngineMissingError-like ConfigError with the fix), and call it from a child function
-of your own (a spec/result pair run through ``edgekit.core.child.run_child``, as measure.py does). How to
-add an engine: a runner module with ``KNOBS`` (edgekit.profiles.knobs.Schema) and a class, one ``Engine`` in
-runners/__init__.py, and the formats it runs name it in their ``engine``.
+How to add an engine method that bench needs (e.g. a figure the engine reports): add it to ``Runner``
+below with a docstring saying what it returns, implement it in each backend's runner.py (an engine that
+cannot raise ConfigError with the fix), and call it from a child function of your own (a spec/result
+pair run through ``edgekit.core.child.run_child``, as measure/worker.py does). What only one consumer
+needs stays behind that consumer's protocol: eval's whole-window logits behind ``LogitsSource``
+(backends/logits.py), serve's batched sampling behind ``Generator`` (backends/generator.py). How to add
+an engine: see backends/backend.py.
 
 The tests follow llama-bench: ``pp<p>`` prefills ``p`` fixed random token ids into an empty cache
 (the first one BOS when the model adds one), ``tg<n>`` decodes ``n`` tokens one at a time from an

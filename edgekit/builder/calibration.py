@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..backends.gguf.imatrix import read_imatrix
 from ..core.errors import ConfigError
+from ..eval.text import read_text
 
 BUILTIN = "builtin"
 DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "eval" / "data" / "calibration.txt"
@@ -34,13 +36,10 @@ def calibration(calibrate: Optional[str], imatrix: Optional[Path]) -> Optional[C
     if calibrate is not None and imatrix is not None:
         raise ConfigError("--calibrate and --imatrix both name an importance matrix; pass one of them")
     if imatrix is not None:
-        from ..backends.gguf.imatrix import read_imatrix
-
         read_imatrix(Path(imatrix))  # a file llama.cpp cannot read fails here, before any conversion
         return Calibration(imatrix=Path(imatrix))
     if calibrate is None:
         return None
-    from ..eval.text import read_text
 
     path = DEFAULT_TEXT if calibrate == BUILTIN else Path(calibrate)
     read_text(path)

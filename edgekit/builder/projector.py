@@ -12,8 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..backends.gguf.header import read_gguf_header
+from ..backends.gguf.mmproj import write_mmproj
+from ..backends.mlx.convert import check_towers
 from ..core.errors import ArtifactError, ConfigError
+from ..model.checkpoint import sha256_file
 from ..model.towers import MODALITIES, Towers
+from .manifest import artifact_digest
 
 if TYPE_CHECKING:
     from ..backends.format import BuildContext
@@ -32,8 +37,6 @@ def check_request(recipes: list[Recipe], ckpt_config: dict[str, Any], modalities
         return
     for r in recipes:
         if r.format == "mlx":  # the towers go inside the MLX folder, in mlx-vlm's layout
-            from ..backends.mlx.convert import check_towers
-
             check_towers(r, modalities)
         elif r.format != "gguf":
             raise ConfigError(
@@ -56,8 +59,6 @@ def attach(
     (None for an MLX folder, which carries its towers inside: ``extra["towers"]``)."""
     if art.format == "mlx":
         return None
-    from ..backends.gguf.mmproj import write_mmproj
-    from .manifest import artifact_digest
 
     types = {m: recipe.towers.get(m, "F16") for m in modalities}
     label = "-".join(f"{m}-{t}" for m, t in types.items())
@@ -87,7 +88,6 @@ def projector_of(folder: Path, art: Artifact) -> dict[str, Any] | None:
 
 def projector_file(folder: Path, art: Artifact) -> Path | None:
     """The artifact's projector beside the manifest, its sha256 and text link checked; None if it has none."""
-    from ..model.checkpoint import sha256_file
 
     p = projector_of(folder, art)
     if p is None:
@@ -110,7 +110,6 @@ def check_pair(text_gguf: Path, mmproj: Path, has_token: Any = None) -> tuple[st
     """The modalities ``mmproj`` gives ``text_gguf``; ArtifactError (one line) when they do not belong
     together: a projection width other than the text model's, or a vocabulary without the markers mtmd
     wraps soft tokens in. ``has_token(text) -> bool`` checks a marker against the loaded text model."""
-    from ..backends.gguf.header import read_gguf_header
 
     text = read_gguf_header(text_gguf).scalars
     proj = read_gguf_header(mmproj).scalars

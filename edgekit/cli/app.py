@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..core.errors import EdgekitError
-from .options import HELP, add_verbose
+from .options import HELP, add_verbose, set_verbosity, version_line
 
 
 class _Terminated(KeyboardInterrupt):
@@ -68,8 +68,6 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from .options import version_line
-
         typer.echo(version_line())
         raise typer.Exit()
 
@@ -83,6 +81,4 @@ def _main(
         False, "--version", callback=_version, is_eager=True, help="Print edgekit's version and its engines' and exit."
     ),
 ) -> None:
-    from .options import set_verbosity
-
     set_verbosity(verbose, reset=True)

@@ -9,7 +9,7 @@ import typer
 
 from ..core.errors import ConfigError
 from .app import app
-from .options import csv_values
+from .options import csv_values, table
 
 
 @app.command()
@@ -54,6 +54,7 @@ def synth(
     if towers and train_text is not None:
         raise ConfigError("--towers makes random towers; --train trains the text model only: use one of them")
     if train_text is not None:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..dev.train import TrainOptions, train
 
         opts = TrainOptions(
@@ -61,6 +62,7 @@ def synth(
         )
         typer.echo(str(train(out, train_text, preset=preset, opts=opts, heldout_path=heldout or None)))
         return
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..dev.synth import synth as run
 
     path = run(out, preset=preset, seed=seed, dtype=dtype, softcap=not no_softcap, towers=towers)
@@ -116,6 +118,7 @@ def build(
     ),
 ) -> None:
     """Convert and quantize a checkpoint into the artifacts a target runs, with a manifest."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..builder.manifest import format_manifest, read_manifest
     from ..builder.pipeline import build as run
 
@@ -139,9 +142,9 @@ def build(
 @app.command()
 def targets(name: Optional[str] = typer.Argument(None, help="Show this profile in full.")) -> None:
     """List target profiles, or show one (`edgekit targets pi5`)."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..profiles.targets import TARGETS
     from .listing import target_detail, target_rows
-    from .options import table
 
     if name is not None:
         typer.echo(target_detail(name), nl=False)
@@ -159,8 +162,8 @@ def targets(name: Optional[str] = typer.Argument(None, help="Show this profile i
 @app.command()
 def recipes() -> None:
     """List quantization recipes."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from .listing import recipe_rows
-    from .options import table
 
     typer.echo(table(["RECIPE", "FORMAT", "QUANT", "DESCRIPTION"], recipe_rows()), nl=False)
 
@@ -168,8 +171,8 @@ def recipes() -> None:
 @app.command("list")
 def list_(root: Path = typer.Argument(Path("dist"), help="Folder holding builds (default: dist).")) -> None:
     """What was built, as `ollama list`: one row per artifact (* marks a build's recommended one)."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from .listing import built
-    from .options import table
 
     rows = built(root)
     if not rows:

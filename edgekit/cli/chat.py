@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import ConfigError, EdgekitError
+from ..profiles.knobs import parse_set
 from .app import app
 from .options import ART, BATCH, CTX, FLASH, KNOB, MODEL, TARGET, THREADS, UBATCH, artifact_arg, knob_items, verbosity
 
@@ -81,7 +82,6 @@ def run(
     `edgekit run ART "Hi"` answers once; `edgekit run ART` opens a chat (/help lists its commands)."""
     import random
 
-    from ..measure.bench import parse_knobs
     from ..serve.generate import Sampling
     from ..serve.repl import Chat, Writer, check_sampling, clean_text, interactive, read_prompt
     from ..serve.repl import max_tokens as check_n
@@ -122,7 +122,7 @@ def run(
     if seed is None:
         seed = random.SystemRandom().randrange(2**32)
         logging.getLogger("edgekit").info("seed %d", seed)
-    knobs = parse_knobs(knob_items(knob, ubatch, batch, flash))
+    knobs = parse_set(knob_items(knob, ubatch, batch, flash))
     session = open_session(
         artifact, target=target, threads=threads, ctx=ctx, knobs=knobs, verbose=verbosity(), block=True
     )
@@ -264,7 +264,6 @@ def serve(
     max_audio_seconds: float = typer.Option(30.0, "--max-audio-seconds", help="Longest audio clip (at most 30)."),
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
-    from ..measure.bench import parse_knobs
     from ..serve.guard import Limits, Policy, is_loopback, read_api_key
     from ..serve.lifecycle import bind
     from ..serve.lifecycle import serve as run_server
@@ -308,7 +307,7 @@ def serve(
         target=target,
         threads=threads,
         ctx=ctx,
-        knobs=parse_knobs(knob_items(knob, ubatch, batch, flash)),
+        knobs=parse_set(knob_items(knob, ubatch, batch, flash)),
         slots=parallel,
         max_queue=queue,
         prefix_file=prefix_cache,

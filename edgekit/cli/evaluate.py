@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import ConfigError
+from ..profiles.knobs import parse_set
 from .app import app
 from .options import BATCH, FLASH, UBATCH, knob_items
 
@@ -70,7 +71,6 @@ def eval_(
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
-    from ..measure.bench import parse_knobs
     from ..results.quality import PRINTERS
 
     if output not in PRINTERS:
@@ -92,7 +92,7 @@ def eval_(
                     max_tokens=max_tokens,
                     threads=threads,
                     target=target,
-                    runtime=parse_knobs(knob or []),
+                    runtime=parse_set(knob or []),
                     device=device,
                 ),
             )
@@ -114,7 +114,7 @@ def eval_(
                 **({} if top_k is None else {"top_k": top_k}),
                 threads=threads,
                 target=target,
-                runtime=parse_knobs(knob or []),
+                runtime=parse_set(knob or []),
                 reference_dtype=reference_dtype,
                 ref_cache=ref_cache,
                 device=device,

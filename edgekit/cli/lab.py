@@ -68,6 +68,7 @@ def deploy(
     via: str = VIA,
 ) -> None:
     """Copy a build to devices: only files whose sha256 differs, verified on the device, manifest last."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..lab.run import deploy_devices
     from ..serve.guard import is_loopback, read_api_key
 
@@ -83,6 +84,7 @@ def deploy(
         )
     devices = _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir)
     if _via(via) == "ansible":
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..lab.ansible_run import ansible_run
         from ..lab.inventory import Inventory, load_inventory
 
@@ -107,6 +109,7 @@ def deploy(
         typer.echo(line if ok else f"edgekit: error: {line}", err=not ok)
         failed |= not ok
     if serve and not failed:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..lab.serve import deploy_served
 
         for d in devices:
@@ -134,7 +137,7 @@ def _via(via: str) -> str:
 
 
 def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config, workdir):
-    from ..core.errors import ConfigError
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..lab.inventory import device_from_address, load_inventory
 
     if host is None:
@@ -148,6 +151,7 @@ def _deploy_devices(dist, device, inventory, host, target, identity, ssh_config,
     if device or inventory:
         raise ConfigError("--host names one device without an inventory; drop --device/--inventory, or use them alone")
     if target is None:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..builder.manifest import MANIFEST, read_manifest
 
         if not (Path(dist) / MANIFEST).is_file():
@@ -173,6 +177,7 @@ def lab_list(
     ),
 ) -> None:
     """List the inventory's devices: name, target, ssh address, remote work dir."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..lab.inventory import load_inventory
 
     for d in load_inventory(inventory).devices.values():
@@ -219,6 +224,7 @@ def lab_run(
 
     Other options (after DIST, or after `--`), e.g. `--reps 3`, are passed to `edgekit bench` on the devices.
     """
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..lab.inventory import load_inventory
     from ..lab.run import exit_code
     from ..lab.run import lab_run as run
@@ -230,10 +236,12 @@ def lab_run(
     if served and _via(via) == "ansible":
         raise ConfigError("--served runs over edgekit's SSH path only; drop --via ansible")
     if served:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..lab.serve import lab_run_served as run
 
         kw = {"port": port}
     elif _via(via) == "ansible":
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..lab.ansible_run import ansible_run
 
         def run(dist, chosen, args, parallel, **k):
@@ -303,6 +311,7 @@ def lab_serve(
     forks: int = FORKS,
 ) -> None:
     """Start `edgekit serve` on every device (deployed first, sha256-checked), optionally behind a load balancer."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..lab.front import run_front, start_devices
     from ..lab.inventory import load_inventory
 
@@ -312,6 +321,7 @@ def lab_serve(
         raise ConfigError("--no-deploy, --config, --config-only and --front-key only make sense with --front")
     failed = 0
     if not no_deploy and not config_only:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..serve.guard import is_loopback
 
         open_ = [d.name for d in chosen if not d.api_key]

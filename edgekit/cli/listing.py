@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..builder.manifest import MANIFEST, read_manifest
 from ..core.errors import ConfigError
+from ..profiles.recipes import RECIPES
+from ..profiles.targets import TARGETS
 
 MAX_DEPTH = 4  # dist/<model>/<target>/manifest.json is depth 2; a little slack for nested roots
 
@@ -58,8 +61,6 @@ def built(root: Path) -> list[list[Any]]:
 
 
 def target_rows(names: list[str]) -> list[list[Any]]:
-    from ..profiles.targets import TARGETS
-
     return [
         [t.name, t.engine, ",".join(t.quants), t.threads, t.context, f"{t.memory_budget_gb:g} GB", t.description]
         for t in (TARGETS.get(n) for n in names)
@@ -68,9 +69,6 @@ def target_rows(names: list[str]) -> list[list[Any]]:
 
 def target_detail(name: str) -> str:
     """One profile: every field, the [runtime] knobs included."""
-    from dataclasses import fields
-
-    from ..profiles.targets import TARGETS
 
     t = TARGETS.get(name)
     width = max(len(f.name) for f in fields(t))
@@ -86,6 +84,4 @@ def target_detail(name: str) -> str:
 
 
 def recipe_rows() -> list[list[Any]]:
-    from ..profiles.recipes import RECIPES
-
     return [[r.name, r.format, r.quant, r.description] for r in (RECIPES.get(n) for n in RECIPES)]

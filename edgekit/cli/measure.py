@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ..core.errors import ConfigError
+from ..profiles.knobs import parse_set
 from .app import app
 from .options import BATCH, FLASH, MODEL, UBATCH, artifact_arg, knob_items, verbosity
 
@@ -82,7 +83,7 @@ def bench(
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from ..core.errors import OutputError
-    from ..measure.bench import BenchOptions, bench_sweep, check_budget, parse_knobs
+    from ..measure.bench import BenchOptions, bench_sweep, check_budget
     from ..measure.budget import limit_notes, verdict
     from ..measure.roofline import host_bandwidth
     from ..measure.sweep import CONFIRM_ROWS, check_grid, expand, ints, knob_lists, swept_keys
@@ -99,7 +100,7 @@ def bench(
         "--threads": ints(threads, "--threads", None) or [None],
         "--ctx": ints(ctx, "--ctx", None) or [None],
     }
-    knobs = knob_lists(parse_knobs(knob or []))
+    knobs = knob_lists(parse_set(knob or []))
     points = expand(*axes.values(), knobs)
     rows = check_grid(
         points, {**{k: len(v) for k, v in axes.items()}, **{f"--set {k}": len(v) for k, v in knobs.items()}}, yes

@@ -4,11 +4,16 @@ table), llama-bench's spellings for the engine knobs users type most, `-v`/`-vv`
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any, Optional
 
 import typer
+
+from .. import __version__
+from ..core.errors import ConfigError
 
 # -v: edgekit's progress notes and a one-line summary of llama.cpp's load; -vv: llama.cpp's whole log.
 VERBOSITY = 0
@@ -38,7 +43,6 @@ def _on_verbose(ctx: Any, param: Any, value: int) -> int:
 def add_verbose(group: Any, option: Any = None) -> None:
     """`-v` after the command name too (`edgekit run -v ART`), on every command and sub-command: a copy
     of the group's own -v option (typer's click), counted the same way, passed to no function."""
-    import copy
 
     if option is None:
         option = next((p for p in group.params if "-v" in getattr(p, "opts", ())), None)
@@ -112,8 +116,6 @@ def knob_items(
     ):
         if value is not None:
             if any(i.split("=", 1)[0].strip() == key for i in items):
-                from ..core.errors import ConfigError
-
                 raise ConfigError(f"{key} is given twice (--set {key}=... and its short spelling); give it once")
             items.append(f"{key}={value}")
     return items
@@ -121,7 +123,6 @@ def knob_items(
 
 def artifact_arg(artifact: Any, model: Any, prompt_arg: Optional[str] = None) -> tuple[Any, Optional[str]]:
     """The artifact from the first argument or -m; with -m, a lone positional is the prompt."""
-    from ..core.errors import ConfigError
 
     if model is not None:
         if artifact is not None and prompt_arg is not None:
@@ -148,9 +149,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[
 
 def version_line() -> str:
     """edgekit's version and its engines', as `llama-cli --version` names its build."""
-    from importlib import metadata
-
-    from .. import __version__
 
     parts = []
     for dist in ("llama-cpp-python", "mlx", "mlx-lm", "transformers"):

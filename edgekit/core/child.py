@@ -39,6 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, TypeVar
 
+import edgekit
+import edgekit.core.errors as errors
+
 from .errors import EdgekitError
 
 R = TypeVar("R")
@@ -59,8 +62,6 @@ def _resolve(entry: str) -> Any:
 
 
 def _env() -> dict[str, str]:
-    import edgekit
-
     env = dict(os.environ)
     root = str(Path(edgekit.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -142,7 +143,6 @@ def run_child(
 
 def rebuild(err: dict[str, str]) -> EdgekitError:
     """The child's EdgekitError as the same class (the EdgekitError base when the name is unknown)."""
-    import edgekit.core.errors as errors
 
     cls = getattr(errors, err.get("type", ""), None)
     if not (isinstance(cls, type) and issubclass(cls, EdgekitError)):

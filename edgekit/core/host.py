@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
+import psutil
+
 
 def cpu_model() -> str:
     if platform.system() == "Darwin":
@@ -42,8 +44,6 @@ def usable_cores() -> int:
 
 
 def physical_cores() -> int:
-    import psutil
-
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
@@ -52,8 +52,6 @@ def page_size() -> int:
 
 
 def memory_bytes() -> int:
-    import psutil
-
     return int(psutil.virtual_memory().total)
 
 
@@ -63,8 +61,6 @@ def host_key() -> str:
 
 
 def host_info() -> dict[str, Any]:
-    import psutil
-
     return {
         "cpu": cpu_model(),
         "cores_physical": psutil.cpu_count(logical=False),

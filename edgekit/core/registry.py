@@ -40,6 +40,11 @@ class Registry(Generic[T]):
         self._items[name] = item
         return item
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin taken out again: the test suite's fake backend after its tests)."""
+        self._load()
+        self._items.pop(name, None)
+
     def get(self, name: str) -> T:
         self._load()
         try:

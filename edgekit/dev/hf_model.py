@@ -22,6 +22,7 @@ DTYPES = ("float32", "bfloat16")
 
 def _torch():
     try:
+        # deferred: torch and transformers (seconds to import) load only when the HF reference runs
         import torch
         import transformers  # noqa: F401
     except ImportError:
@@ -33,6 +34,7 @@ def _torch():
 
 
 def text_config(ckpt_dir: Path) -> Any:
+    # deferred: transformers, as _torch() above
     from transformers import Gemma4TextConfig
 
     raw = json.loads((Path(ckpt_dir) / "config.json").read_text())
@@ -44,6 +46,7 @@ def text_config(ckpt_dir: Path) -> Any:
 def load_torch_model(ckpt_dir: Path, dtype: str = "float32") -> Any:
     """Gemma4ForCausalLM with the checkpoint's text weights, in eval mode."""
     torch = _torch()
+    # deferred: transformers, as _torch() above
     from transformers import Gemma4ForCausalLM
 
     ckpt = load_checkpoint(ckpt_dir)

@@ -36,6 +36,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
 from ..core.errors import OutputError
 
 HEAD_SPECIALS = {
@@ -224,8 +226,6 @@ def corpus() -> list[str]:
 
 
 def _train(size: int, texts: list[str] | None = None) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.Replace(" ", "▁")
     # Training-only splits (the saved tokenizer has none): no merge may contain "\n" (newline runs

@@ -18,11 +18,13 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from ..core.errors import ConfigError, EngineMissingError
 from ..core.fsutil import atomic_dir
@@ -69,8 +71,8 @@ def train(
     """Write a checkpoint trained on ``text_path`` to ``out`` (atomically); return ``out``. With several
     held-out texts (one per language), each one's loss is logged (the headline is their mean)."""
     try:
+        # deferred: torch loads only when training runs
         import torch
-        from tokenizers import Tokenizer
     except ImportError:
         raise EngineMissingError("training needs torch and transformers; `pip install 'edgekit[dev]'`") from None
 
@@ -164,6 +166,7 @@ def train(
         held_after = held_loss()
         seconds = time.monotonic() - t0
 
+        # deferred: safetensors.torch imports torch
         from safetensors.torch import save_file
 
         state = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in text_state(model).items()}
@@ -198,7 +201,6 @@ def train(
                 indent=1,
             )
         )
-        import shutil
 
         shutil.rmtree(init)
     log.info("trained %s on %s: loss %.3f → %.3f in %d steps (%.0f s)", preset, text_path, first, last, n, seconds)

@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import ConfigError
+from ..core.host import physical_cores
+from ..serve.chat import ChatTemplate
+from ..serve.media_run import MediaModel, find_projector, load_media, media_marker
 
 KINDS = ("image", "audio")
 
@@ -63,10 +66,7 @@ def parse_media(d: dict[str, Any], suite: Path, where: str) -> tuple[CaseMedium,
 
 
 def run_media_cases(pl: Any, cases: list[Any], opts: Any) -> list[tuple[Any, str]]:
-    """(case, greedy reply) for ``cases`` (each with media) on ``pl`` (a planned GGUF artifact with a projector)."""
-    from ..core.host import physical_cores
-    from ..serve.chat import ChatTemplate
-    from ..serve.media_run import MediaModel, find_projector, load_media, media_marker
+    """(case, greedy reply) for ``cases`` (each with media) on ``pl`` (a resolved GGUF artifact with a projector)."""
 
     if pl.artifact.format != "gguf":
         raise ConfigError(

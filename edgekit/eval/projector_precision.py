@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError
+from ..serve.chat import ChatTemplate
+from ..serve.media_run import MediaModel, MediaPrompt, media_marker
 from .metrics import full_kl
 
 REFERENCE = "F16"
@@ -42,8 +44,6 @@ class PrecisionRow:
 
 def _measure(text_gguf: Path, mmproj: Path, media: list[Medium], threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(soft tokens, next-token logits) per medium for one projector."""
-    from ..serve.chat import ChatTemplate
-    from ..serve.media_run import MediaModel, MediaPrompt, media_marker
 
     template = ChatTemplate.from_artifact(Path(text_gguf))
     text = template.render([{"role": "user", "content": media_marker() + "\n" + PROMPT}], enable_thinking=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +22,16 @@ from typing import Any, Optional
 import numpy as np
 
 from ..backends.engines import ENGINES
+from ..backends.logits import LogitsSource as Source
+from ..backends.logits import Vocab
 from ..builder.manifest import id_map_file
 from ..core.errors import ArtifactError, ConfigError, EdgekitError
-from ..measure.bench import Planned, _target, plan, profile_knobs
+from ..model.checkpoint import load_checkpoint
+from ..model.safetensors_io import read_header
+from ..profiles.resolve import SCORE, Overrides, ResolvedArtifact, resolve, resolve_threads
 from ..results import QualityRecord, provenance
 from . import refcache, wholetext
-from .engines import GgufSource, HfSource, MlxSource, Source, Vocab
+from .engines import HfSource
 from .metrics import RefRows, compact, concat, kl_stats, score, tail_mass
 from .reference import check_quant, check_reference, reference_identity
 from .text import Text, first_scored, head_limit, load_texts, piece_bytes, texts_digest, tokenize_text, windows
@@ -59,14 +62,17 @@ class EvalOptions:
 
 
 def _threads(opts: EvalOptions) -> int:
-    import psutil
+    """The reference checkpoint's threads (an artifact's come with its settings): the resolver's rule."""
+    return resolve_threads(opts.threads, None, SCORE)
 
-    return opts.threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+def _resolve(path: Path, opts: EvalOptions) -> list[ResolvedArtifact]:
+    """The artifacts PATH names, settled for scoring: the engine's knobs as bench applies them (its defaults,
+    the target's [runtime], then --set, each engine taking the --set knobs it has), on --ctx windows."""
+    return resolve(path, target=opts.target, overrides=Overrides(opts.threads, opts.ctx, dict(opts.runtime)), use=SCORE)
 
 
 def _is_hf_checkpoint(p: Path) -> bool:
-    from ..model.safetensors_io import read_header
-
     shard = next(iter(sorted(p.glob("*.safetensors"))), None)
     if not (p / "config.json").is_file() or shard is None:
         return False
@@ -89,26 +95,8 @@ class _Ref:
     identity: dict[str, Any] = field(default_factory=dict)  # reference.py: its weights and quant
 
 
-def _runtime(pl: Planned, opts: EvalOptions) -> dict[str, Any]:
-    """The engine's knobs as bench would apply them: its defaults, the target's [runtime], then --set."""
-    engine, tgt = ENGINES.get(pl.format.engine), _target(pl.target)
-    for name in opts.runtime:  # a mixed run (GGUF + MLX): each engine takes the --set knobs it has
-        if not any(name in ENGINES.get(e).knobs for e in ENGINES):
-            engine.knobs.validate({name: opts.runtime[name]}, "--set")  # raises, naming the known knobs
-    mine = {k: v for k, v in opts.runtime.items() if k in engine.knobs}
-    rt = {
-        **engine.knobs.defaults(),
-        **(profile_knobs(tgt, engine) if tgt else {}),
-        **engine.knobs.validate(mine, "--set"),
-    }
-    rt.pop("kv_fill", None)  # stand-in keys/values would fake the context being scored
-    return rt
-
-
-def _open(pl: Planned, opts: EvalOptions, runtime: dict[str, Any]) -> Source:
-    if pl.format.engine == "llama.cpp":
-        return GgufSource(pl.path, _threads(opts), opts.ctx, runtime)
-    return MlxSource(pl.path, opts.ctx, runtime)
+def _open(ra: ResolvedArtifact) -> Source:
+    return ra.engine.logits(ra.path, ra.settings.run_options())
 
 
 def resolve_reference(opts: EvalOptions) -> _Ref:
@@ -116,8 +104,6 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
     if p.is_file() and p.suffix == ".npz":
         return _Ref(p.name, "", {}, None, cache_file=p)
     if p.is_dir() and _is_hf_checkpoint(p):
-        from ..model.checkpoint import load_checkpoint
-
         ckpt = load_checkpoint(p)
         fp = ckpt.fingerprint()
         return _Ref(
@@ -132,30 +118,23 @@ def resolve_reference(opts: EvalOptions) -> _Ref:
             f"--reference {opts.reference}: no such file or folder; pass a Hugging Face checkpoint "
             "folder, an unquantized .gguf / MLX folder, or a reference cache (.npz)"
         )
-    pls = plan(p, opts.target)
-    if len(pls) != 1:
-        raise ConfigError(f"--reference {opts.reference}: names {len(pls)} artifacts; pass one file or folder")
-    pl = pls[0]
-    rt = _runtime(pl, opts)
+    refs = _resolve(p, opts)
+    if len(refs) != 1:
+        raise ConfigError(f"--reference {opts.reference}: names {len(refs)} artifacts; pass one file or folder")
+    ra = refs[0]
     # An artifact reference runs under the artifacts' runtime, so the KL isolates the weights.
     return _Ref(
-        pl.artifact.file,
-        pl.artifact.sha256,
-        rt,
-        lambda: _open(pl, opts, rt),
-        identity=reference_identity(_manifest_source(pl), pl.artifact.quant),
+        ra.artifact.file,
+        ra.sha256,
+        ra.settings.knobs,
+        lambda: _open(ra),
+        identity=reference_identity(_manifest_source(ra), ra.artifact.quant),
     )
 
 
-def _manifest_source(pl: Planned) -> Optional[dict[str, Any]]:
-    """The source the manifest beside ``pl`` records (None for a file no manifest lists)."""
-    from ..builder.manifest import MANIFEST, read_manifest
-
-    folder = pl.path.parent
-    if not (folder / MANIFEST).is_file():
-        return None
-    m = read_manifest(folder)
-    return m.source if any(a.file == pl.artifact.file for a in m.artifacts) else None
+def _manifest_source(ra: ResolvedArtifact) -> Optional[dict[str, Any]]:
+    """The source the manifest listing ``ra`` records (None for a file no manifest lists)."""
+    return ra.manifest.source if ra.manifest else None
 
 
 def _read_own_cache(path: Path, key: refcache.CacheKey) -> Optional[refcache.RefCache]:
@@ -217,17 +196,15 @@ def _has_whole_text(cache: refcache.RefCache) -> bool:
     return cache.piece_hash is not None and isinstance(wt, dict) and wt.get("scheme") == wholetext.SCHEME
 
 
-def _check_identity(name: str, identity: dict[str, Any], planned: list[Planned], opts: EvalOptions) -> None:
+def _check_identity(name: str, identity: dict[str, Any], planned: list[ResolvedArtifact], opts: EvalOptions) -> None:
     """Before the reference runs: refuse it for a quantized one, or for weights other than the artifacts'."""
     check_quant(name, identity, opts.force_reference)
-    for pl in planned:
-        check_reference(name, identity, pl.artifact.file, _manifest_source(pl), opts.force_reference)
+    for ra in planned:
+        check_reference(name, identity, ra.artifact.file, _manifest_source(ra), opts.force_reference)
 
 
-def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[Planned] = ()) -> refcache.RefCache:
-    """The reference's cache for this run: read when present (its key checked), else computed and saved.
-    ``whole_text``: it must also hold the reference's whole-text figures (a lean artifact is in the run);
-    a cache without them gets them added. ``planned``: the artifacts it will judge (reference.py)."""
+def _check_options(opts: EvalOptions) -> None:
+    """eval's own bounds, before any file is read (threads are the resolver's)."""
     if opts.ctx < 4:
         raise ConfigError(f"--ctx {opts.ctx}: too short to score anything; use at least 4 (llama-perplexity: 128+)")
     if opts.top_k < 1:
@@ -236,8 +213,16 @@ def reference_cache(opts: EvalOptions, whole_text: bool = False, planned: list[P
         raise ConfigError(
             f"--chunks {opts.chunks}: must be at least 1; leave it out to score every window the text has"
         )
-    if opts.threads is not None and opts.threads < 1:
-        raise ConfigError(f"--threads {opts.threads}: use at least 1 thread (default: this host's cores)")
+    _threads(opts)
+
+
+def reference_cache(
+    opts: EvalOptions, whole_text: bool = False, planned: list[ResolvedArtifact] = ()
+) -> refcache.RefCache:
+    """The reference's cache for this run: read when present (its key checked), else computed and saved.
+    ``whole_text``: it must also hold the reference's whole-text figures (a lean artifact is in the run);
+    a cache without them gets them added. ``planned``: the artifacts it will judge (reference.py)."""
+    _check_options(opts)
     texts = load_texts(opts.texts)
     text_sha = texts_digest(texts)
     ref = resolve_reference(opts)
@@ -350,28 +335,31 @@ def _kl_pass(src: Source, cache: refcache.RefCache, opts: EvalOptions):
     return kl_stats(concat(parts))
 
 
-def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, whole_text: bool = False) -> QualityRecord:
+def score_artifact(
+    ra: ResolvedArtifact, cache: refcache.RefCache, opts: EvalOptions, whole_text: bool = False
+) -> QualityRecord:
     """KL pass against the cache; with ``whole_text`` (or for a lean artifact, which has only those)
-    also bits and tokens per byte of the whole text (wholetext.py)."""
-    runtime = _runtime(pl, opts)
-    lean = pl.artifact.extra.get("vocab") if isinstance(pl.artifact.extra, dict) else None
+    also bits and tokens per byte of the whole text (wholetext.py). ``ra`` is settled for scoring
+    (``_resolve``): its settings are what the record says was applied."""
+    runtime = ra.settings.knobs
+    lean = ra.artifact.extra.get("vocab") if isinstance(ra.artifact.extra, dict) else None
     t0 = time.perf_counter()
-    src = _open(pl, opts, runtime)
+    src = _open(ra)
     st, wt = None, None
     try:
         vocab = src.vocab()
         if lean:
-            id_map = wholetext.load_id_map(id_map_file(pl.path.parent, pl.artifact))
-            wholetext.check_trim(vocab.pieces, id_map, cache.piece_hash, pl.artifact.file, cache.key.reference)
+            id_map = wholetext.load_id_map(id_map_file(ra.path.parent, ra.artifact))
+            wholetext.check_trim(vocab.pieces, id_map, cache.piece_hash, ra.artifact.file, cache.key.reference)
         else:
-            _check_vocab(vocab, cache, pl.artifact.file)
+            _check_vocab(vocab, cache, ra.artifact.file)
             st = _kl_pass(src, cache, opts)
         if lean or whole_text:
             wt = wholetext.measure(src, scored_texts(cache, opts), opts.ctx, vocab.bos)
     finally:
         src.close()
-    tgt = _target(pl.target)
-    engine = pl.format.engine
+    tgt = ra.target
+    engine = ra.format.engine
     ref_wt = cache.ref_stats.get("whole_text") or {}
     extra: dict[str, Any] = {
         "reference_ppl": cache.ref_stats.get("ppl"),
@@ -402,13 +390,13 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
     }
     ref_w = wholetext.WholeText.from_json(ref_wt) if wt is not None else None
     return QualityRecord(
-        artifact=pl.artifact.file,
-        model=pl.model,
-        format=pl.artifact.format,
-        quant=pl.artifact.quant,
+        artifact=ra.artifact.file,
+        model=ra.model,
+        format=ra.artifact.format,
+        quant=ra.artifact.quant,
         engine=engine,
-        sha256=pl.artifact.sha256,
-        file_bytes=pl.artifact.bytes,
+        sha256=ra.artifact.sha256,
+        file_bytes=ra.artifact.bytes,
         target=tgt.name if tgt else "",
         reference=cache.key.reference,
         reference_sha256=cache.key.reference_sha256,
@@ -426,7 +414,7 @@ def score_artifact(pl: Planned, cache: refcache.RefCache, opts: EvalOptions, who
         text_bits_per_byte=wt.bits_per_byte if wt else None,
         reference_tokens_per_byte=ref_w.tokens_per_byte if ref_w else None,
         reference_text_bits_per_byte=ref_w.bits_per_byte if ref_w else None,
-        threads=_threads(opts) if engine == "llama.cpp" else None,
+        threads=ra.settings.threads if ENGINES.get(engine).threads else None,
         seconds=round(time.perf_counter() - t0, 3),
         **provenance(opts.device),
         runtime=runtime,
@@ -440,9 +428,10 @@ def evaluate(paths: list[Path], opts: EvalOptions) -> list[QualityRecord]:
     full ones (and the reference) are compared on the same bytes."""
     if not paths:
         raise ConfigError("no artifact given; pass a .gguf, an MLX folder or a dist folder")
-    planned = [pl for p in paths for pl in plan(Path(p), opts.target)]
-    whole = any(isinstance(pl.artifact.extra, dict) and "vocab" in pl.artifact.extra for pl in planned)
+    _check_options(opts)
+    planned = [ra for p in paths for ra in _resolve(Path(p), opts)]
+    whole = any(isinstance(ra.artifact.extra, dict) and "vocab" in ra.artifact.extra for ra in planned)
     cache = reference_cache(opts, whole_text=whole, planned=planned)
     if cache.windows.shape[1] != opts.ctx:
         raise ArtifactError(f"reference cache has windows of {cache.windows.shape[1]} tokens, not --ctx {opts.ctx}")
-    return [score_artifact(pl, cache, opts, whole_text=whole) for pl in planned]
+    return [score_artifact(ra, cache, opts, whole_text=whole) for ra in planned]

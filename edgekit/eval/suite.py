@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..core.errors import BenchError, ConfigError
+from ..profiles.resolve import Overrides, ResolvedArtifact, resolve
 from ..results import SuiteRecord, provenance
+from ..serve.generate import Sampling
+from ..serve.session import open_resolved
 from . import scorers_pack  # noqa: F401  (registers the pack's scorers in SCORERS)
 from .media_cases import parse_media, run_media_cases
 from .packs import resolve_suite
@@ -216,16 +219,13 @@ class SuiteOptions:
 
 
 def engine_chat(
-    path: Path, opts: SuiteOptions, info: Optional[dict[str, Any]] = None
+    ra: ResolvedArtifact, info: Optional[dict[str, Any]] = None
 ) -> tuple[Render, Generate, Callable[[], None]]:
-    """render/generate for an artifact: its own chat template (edgekit.serve.chat, the one `edgekit run` and
-    `edgekit serve` use) and greedy decoding on the engine loaded with the target's knobs, stopped at
+    """render/generate for a resolved artifact: its own chat template (edgekit.serve.chat, the one `edgekit
+    run` and `edgekit serve` use) and greedy decoding on the engine loaded with its settings, stopped at
     the template's stop tokens; the third item closes the engine. ``info`` gets the session's target
     and runtime knobs (what the record says was applied)."""
-    from ..serve.generate import Sampling
-    from ..serve.session import open_session
-
-    session = open_session(Path(path), target=opts.target, threads=opts.threads, knobs=dict(opts.runtime))
+    session = open_resolved(ra)
     if info is not None:
         info.update(target=session.target, runtime=dict(session.runtime))
 
@@ -238,8 +238,8 @@ def engine_chat(
             if e.kind == "done":
                 if e.finish_reason == "error":
                     raise BenchError(
-                        f"{Path(path).name}: generation failed ({e.text}); rerun with `edgekit -v eval` to see the "
-                        "engine log"
+                        f"{ra.path.name}: generation failed ({e.text}); "
+                        "rerun with `edgekit -v eval` to see the engine log"
                     )
                 break
             text += e.text
@@ -248,28 +248,28 @@ def engine_chat(
     return render, generate, session.close
 
 
-def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
-    """One planned artifact (bench.Planned) over the cases, with the record fields that identify it."""
+def run_artifact(ra: ResolvedArtifact, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
+    """One resolved artifact over the cases, with the record fields that identify it."""
     info: dict[str, Any] = {}
     t0 = time.perf_counter()
     text = [c for c in cases if not c.media]
-    run = SuiteRun(pl.artifact.file, [])
+    run = SuiteRun(ra.artifact.file, [])
     if text:
-        render, generate, close = engine_chat(pl.path, opts, info)
+        render, generate, close = engine_chat(ra, info)
         try:
-            run = run_suite(text, render, generate, opts.max_tokens, pl.artifact.file)
+            run = run_suite(text, render, generate, opts.max_tokens, ra.artifact.file)
         finally:
             close()
     if len(text) < len(cases):  # images and audio go through llama.cpp's mtmd (media_cases)
-        replies = run_media_cases(pl, [c for c in cases if c.media], opts)
+        replies = run_media_cases(ra, [c for c in cases if c.media], opts)
         media = [CaseResult(c, out, c.score(out)) for c, out in replies]
         run.results = sorted(run.results + media, key=lambda r: r.case.line)
-    a = pl.artifact
+    a = ra.artifact
     run.meta = {
-        "model": pl.model,
+        "model": ra.model,
         "format": a.format,
         "quant": a.quant,
-        "engine": pl.format.engine,
+        "engine": ra.engine.name,
         "sha256": a.sha256,
         "file_bytes": a.bytes,
         "threads": opts.threads,
@@ -283,23 +283,23 @@ def run_artifact(pl: Any, cases: list[Case], opts: SuiteOptions) -> SuiteRun:
 def run_suites(paths: list[Path], suite: Path, opts: SuiteOptions) -> list[SuiteRecord]:
     """Every artifact the paths name (a dist folder: each in its manifest), and ``opts.reference`` (one
     artifact) when given, over the suite: one SuiteRecord per suite per artifact, each listing the cases
-    whose result differs from the reference's (nothing stored or printed)."""
-    from ..measure.bench import plan
-
+    whose result differs from the reference's (nothing stored or printed). Each artifact is read and
+    hashed once, by the resolver."""
     suite = resolve_suite(suite)
     cases = load_suite(suite)
     name, sha = Path(suite).name, suite_sha256(suite)
     if not paths:
         raise ConfigError("no artifact given; pass a .gguf, an MLX folder or a dist folder")
-    planned = [pl for p in paths for pl in plan(Path(p), opts.target)]
+    over = Overrides(threads=opts.threads, knobs=dict(opts.runtime))
+    resolved = [ra for p in paths for ra in resolve(Path(p), target=opts.target, overrides=over)]
     out: list[SuiteRecord] = []
     ref = None
     if opts.reference:
-        refs = plan(Path(opts.reference), opts.target)
+        refs = resolve(Path(opts.reference), target=opts.target, overrides=over)
         if len(refs) != 1:
             raise ConfigError(f"--reference {opts.reference}: names {len(refs)} artifacts; pass one file or folder")
         ref = run_artifact(refs[0], cases, opts)
         out += to_records(ref, None, name, sha, opts.max_tokens, is_reference=True)
-    for pl in planned:
-        out += to_records(run_artifact(pl, cases, opts), ref, name, sha, opts.max_tokens)
+    for ra in resolved:
+        out += to_records(run_artifact(ra, cases, opts), ref, name, sha, opts.max_tokens)
     return out

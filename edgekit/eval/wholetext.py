@@ -34,7 +34,7 @@ import numpy as np
 
 from ..core.errors import ArtifactError, ConfigError
 from .metrics import log_softmax
-from .text import first_scored, piece_bytes
+from .text import first_scored, piece_bytes, tokenize_text
 
 SCHEME = 1
 NOT_COMPARABLE = (
@@ -117,7 +117,7 @@ def measure(src: Any, texts: list[str], ctx: int, bos: Optional[int]) -> WholeTe
     """A Source's figures over ``texts``, each tokenized whole with the source's own tokenizer."""
     nll, tokens, nbytes, windows = 0.0, 0, 0, 0
     for t in texts:
-        ids = src.tokenize(t)
+        ids = tokenize_text(src.tokenize, t)
         nll += text_nll(src.logits, ids, ctx, bos, src.label)
         tokens, nbytes, windows = (
             tokens + len(ids),

@@ -48,6 +48,7 @@ _SUFFIX_PLUGIN = {".yml": "yaml", ".yaml": "yaml", ".json": "yaml"}
 
 def _ansible():
     try:
+        # deferred: ansible-core (the fleet extra) loads only for an Ansible inventory
         import ansible.constants as C
         from ansible.inventory import manager
         from ansible.inventory.helpers import sort_groups
@@ -167,6 +168,7 @@ def _ssh_args(value: Any, where: str) -> tuple[dict, str | None]:
 
 def _template(loader, value: Any, variables: dict) -> Any:
     if isinstance(value, str) and "{{" in value:
+        # deferred: ansible-core, as _ansible() above
         from ansible.template import Templar
 
         try:

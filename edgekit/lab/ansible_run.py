@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ..builder.manifest import MANIFEST
-from ..core.errors import EdgekitError, LabError
+from ..core.errors import BudgetExceeded, EdgekitError, LabError
 from ..model.checkpoint import sha256_file
+from ..results import parse_jsonl
 from . import ssh
+from .bootstrap import build_wheel
 from .deploy import build_folder, load_build, remote_dir, sidecars
 from .inventory import Device, Inventory
 from .run import Outcome, explain_exit, tag_records
@@ -169,6 +171,7 @@ def run_playbook(
 ) -> tuple[_Events, dict]:
     """Run the playbook on ``devices``; return the events seen and Ansible's per-host stats."""
     try:
+        # deferred: ansible-runner (the fleet extra) loads only for --via ansible
         import ansible_runner
     except ImportError:
         raise LabError("--via ansible needs ansible-core and ansible-runner: pip install 'edgekit[fleet]'") from None
@@ -255,8 +258,6 @@ def ansible_run(
     outcomes = [Outcome(n, False, msg, exit_code=1) for n, msg in errors.items()]
     with tempfile.TemporaryDirectory(prefix="edgekit-wheel-") as tmp:
         if bootstrap and wheel is None:
-            from .bootstrap import build_wheel
-
             wheel = build_wheel(Path(tmp))
         extravars = {
             "edgekit_builds": builds,
@@ -287,9 +288,6 @@ def ansible_run(
 
 
 def _outcome(d: Device, h: _Host, stats: dict, bench: bool) -> Outcome:
-    from ..core.errors import BudgetExceeded
-    from ..results import parse_jsonl
-
     changed = (stats.get("changed") or {}).get(d.name, 0)
     if h.unreachable or d.name in (stats.get("dark") or {}):
         return Outcome(d.name, False, ssh.explain(d, h.unreachable), exit_code=1)

@@ -23,12 +23,17 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError, LabError
+from .ansible_run import ansible_run
 from .inventory import Device
+from .run import for_each
+from .serve import deploy_served
 
 # Health: a device is out after 2 failed checks 1 s apart, back after 2 good ones.
 CHECK = "inter 1s fall 2 rise 2"
@@ -204,8 +209,6 @@ class Front:
                 stdin=subprocess.DEVNULL,
                 preexec_fn=_raise_fd_limit,
             )
-        import urllib.error
-        import urllib.request
 
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
@@ -254,8 +257,6 @@ def start_devices(
     """Deploy and start every device's `edgekit serve` (SSH path or the playbook); yield (device, ok, line).
     Each device's key (``api_key``) goes to its server as `deploy --serve` sends one (a mode-600 file)."""
     if via == "ansible":
-        from .ansible_run import ansible_run
-
         if any(d.api_key for d in devices):
             raise ConfigError(
                 "per-device API keys reach the servers over --via ssh only; the playbook does not send them yet"
@@ -274,8 +275,6 @@ def start_devices(
         ):
             yield next(d for d in devices if d.name == o.device), o.ok, o.message
         return
-    from .run import for_each
-    from .serve import deploy_served
 
     def work(d: Device) -> str:
         s = deploy_served(

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..core.errors import ConfigError
 from ..core.fields import shown
 from ..core.registry import data_dir
+from .ansible_inventory import ansible_hosts
 
 DEFAULT_INVENTORY = Path("targets/lab.toml")
 DEFAULT_WORKDIR = "./edgekit"  # i.e. ~/edgekit on the device
@@ -256,8 +257,6 @@ def load_inventory(path: Path | None = None) -> Inventory:
             + ("" if given else ", or pass --inventory FILE")
         )
     if is_ansible(path):
-        from .ansible_inventory import ansible_hosts
-
         inv = Inventory(path=path, kind="ansible")
         for name, raw, where, origin in ansible_hosts(path):
             inv.devices[name] = _device(name, raw, {}, where, origin)

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..core.errors import BudgetExceeded, EdgekitError, LabError
+from ..results import parse_jsonl
 from . import ssh
+from .bootstrap import bootstrap as prepare
+from .bootstrap import build_wheel
 from .deploy import DeployReport, build_folder, check_target, deploy, remote_dir
 from .inventory import Device
 
@@ -98,8 +101,6 @@ def tag_records(device: Device, records: list) -> list:
 
 
 def _bench_device(folder: Path, device: Device, bench_args: list[str], push: bool, method: str) -> Outcome:
-    from ..results import parse_jsonl
-
     if push:
         report = deploy(folder, device, method=method)
         rdir = report.remote_dir
@@ -166,8 +167,6 @@ def deploy_devices(
     dist: Path, devices: list[Device], *, bootstrap: bool = False, wheel: Path | None = None, method: str = "auto"
 ):
     """Deploy (and optionally bootstrap) in parallel; yield (one line, ok) per device as each finishes."""
-    from .bootstrap import bootstrap as prepare
-    from .bootstrap import build_wheel
 
     with tempfile.TemporaryDirectory(prefix="edgekit-wheel-") as tmp:
         if bootstrap and wheel is None:

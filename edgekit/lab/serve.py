@@ -26,13 +26,20 @@ import os
 import plistlib
 import secrets
 import shlex
+import socket
 import time
+import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..backends.runner import mean_sd
 from ..core.errors import ConfigError, LabError
+from ..results import Record, utc_now
 from . import ssh
+from .deploy import build_folder, deploy, load_build
 from .inventory import Device, join_remote
+from .run import Outcome, for_each
 
 UNIT = "edgekit-serve"
 LAUNCHD_LABEL = "com.edgekit.serve"
@@ -285,10 +292,6 @@ class NoServer(LabError):
 
 
 def _open(url: str, timeout: float, data: Optional[bytes] = None, key: Optional[str] = None) -> Any:
-    import socket
-    import urllib.error
-    import urllib.parse
-
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
     req = urllib.request.Request(url, data=data, headers=headers)
     try:
@@ -415,8 +418,6 @@ def bench_served(
     """A results Record (``via = "served"``) of the endpoint as its client sees it: after one warm-up
     request, ``reps`` streamed greedy chats of an ``n_prompt``-token prompt and exactly ``n_gen`` tokens;
     what is served (artifact, sha256, knobs, threads, context) and the peak RSS come from its /props."""
-    from ..backends.runner import mean_sd
-    from ..results import Record, utc_now
 
     if min(n_prompt, n_gen, reps) < 1:
         raise LabError("-p, -n and -r must be at least 1")
@@ -524,7 +525,6 @@ def lab_run_served(
 ) -> list[Any]:
     """``edgekit lab run --served``: per device (in parallel), deploy and start its server (unless not
     ``push``: then the one already listening at host:port), bench it over HTTP, append its record."""
-    from .run import Outcome, for_each
 
     n_prompt, n_gen, reps = served_args(args)
 
@@ -580,7 +580,6 @@ def deploy_served(
 ) -> Served:
     """Deploy the device's build (sha256-checked, as ``deploy``), then start the server on it and check
     that it serves that build's first artifact (the one ``edgekit serve`` picks)."""
-    from .deploy import build_folder, deploy, load_build
 
     manifest = load_build(build_folder(dist, device), device)
     if not manifest.artifacts:

@@ -14,11 +14,14 @@ on (current and lifetime maximum, via ``proc_pid_rusage``). Elsewhere: psutil's 
 from __future__ import annotations
 
 import ctypes
+import os
 import resource
 import sys
 import threading
 from dataclasses import dataclass
 from typing import Optional
+
+import psutil
 
 _STATUS_KEYS = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem", "VmHWM": "hwm"}
 
@@ -92,7 +95,6 @@ class _RusageInfoV4(ctypes.Structure):
 
 def macos_phys_footprint() -> tuple[int, int]:
     """(current, lifetime maximum) phys_footprint of this process on macOS, in bytes."""
-    import os
 
     lib = ctypes.CDLL("/usr/lib/libproc.dylib")
     buf = ctypes.create_string_buffer(1024)  # larger than any rusage_info version
@@ -128,8 +130,6 @@ class PeakSampler:
         if self.linux:
             s = read_status()
         else:
-            import psutil
-
             s = Sample(rss=psutil.Process().memory_info().rss)
         with self._lock:
             self.hwm = max(self.hwm, s.hwm)

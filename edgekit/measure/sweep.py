@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..core.errors import ConfigError
-from .bench import parse_knobs
+from ..profiles.knobs import parse_set
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def knob_lists(knobs: dict[str, Any]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for k, v in knobs.items():
         if isinstance(v, str) and "," in v:
-            out[k] = [parse_knobs([f"{k}={x.strip()}"])[k] for x in v.split(",") if x.strip()]
+            out[k] = [parse_set([f"{k}={x.strip()}"])[k] for x in v.split(",") if x.strip()]
         else:
             out[k] = [v]
     return out

@@ -12,10 +12,14 @@ import hashlib
 import json
 import os
 import re
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from ..core.errors import CheckpointError, HubError, TokenizerError
 from ..core.paths import looks_like_path, missing_folder
@@ -102,13 +106,6 @@ def resolve(model: str | os.PathLike[str]) -> Path:
 def _snapshot(text: str) -> Path:
     model = text
     try:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        raise HubError(
-            f"{model}: huggingface_hub is not installed; pip install huggingface_hub, or pass a local directory"
-        ) from None
-    try:
         return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
     except LocalEntryNotFoundError:
         raise HubError(
@@ -126,8 +123,6 @@ def _snapshot(text: str) -> Path:
 
 
 def _kind(p: Path) -> str:
-    import stat
-
     try:
         mode = os.stat(p).st_mode
     except OSError as e:

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..backends.formats import FORMATS
+from ..backends.gguf.ftypes import type_recipes
 from ..core.errors import ConfigError
 from ..core.fields import Fields, read_toml
 from ..core.names import check_plain_name
 from ..core.registry import Registry, data_dir
+from ..model.towers import MODALITIES, TOWER_TYPES
+
+if TYPE_CHECKING:
+    from ..backends.format import Format
 
 
 @dataclass(frozen=True)
@@ -57,27 +63,18 @@ def check_names(r: Recipe, where: str) -> None:
         check_plain_name(getattr(r, key), key, where, "fix the recipe")
 
 
-def check_label(r: Recipe, where: str) -> None:
+def check_label(r: Recipe, where: str, fmt: Format) -> None:
     """The quant label names the artifact (<model>-<quant>.gguf) and the manifest's quant: it must be what
     the settings write (a gguf ftype's type, an MLX recipe's bits), optionally with a -suffix."""
-    if r.format == "gguf" and r.ftype:
-        want = r.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
-        fix = f'set quant = "{want}" (or "{want}-<suffix>"), or the ftype that writes {r.quant}'
-        what = f"ftype {r.ftype!r}, which writes {want}"
-    elif r.format == "mlx" and r.bits is not None:
-        want = f"{r.bits}bit"
-        fix = f'set quant = "{want}-g{r.group_size or 64}", or the bits it names'
-        what = f"bits = {r.bits}"
-    else:
+    rule = fmt.recipe_label(r)
+    if rule is None:
         return
-    label = r.quant.upper()
-    if label != want.upper() and not label.startswith(want.upper() + "-"):
-        raise ConfigError(f"{where}: quant {r.quant!r} does not match {what}; {fix}")
+    label, want = r.quant.upper(), rule.want.upper()
+    if label != want and not label.startswith(want + "-"):
+        raise ConfigError(f"{where}: quant {r.quant!r} does not match {rule.what}; {rule.fix}")
 
 
 def load_recipe(path: Path) -> Recipe:
-    from ..backends.formats import FORMATS
-
     raw = read_toml(path, ConfigError, "recipe")
     f = Fields(raw, str(path), "fix the TOML (see quant/q4_0.toml for the fields)", ConfigError)
     fmt = raw.get("format")
@@ -107,15 +104,13 @@ def load_recipe(path: Path) -> Recipe:
         towers=_tower_types(raw.get("towers", {}), str(path)),
     )
     check_names(r, str(path))
-    check_label(r, str(path))
+    check_label(r, str(path), FORMATS.get(fmt))
     if r.vocab is not None and (isinstance(r.vocab, bool) or not isinstance(r.vocab, int) or r.vocab <= 0):
         raise ConfigError(f"{path}: vocab = {r.vocab!r}; give a positive number of tokens (e.g. vocab = 65536)")
     return r
 
 
 def _tower_types(raw: Any, where: str) -> dict[str, str]:
-    from ..model.towers import MODALITIES, TOWER_TYPES
-
     if not isinstance(raw, dict):
         raise ConfigError(f'{where}: towers must be a table like {{vision = "Q8_0", audio = "BF16"}}')
     for m, t in raw.items():
@@ -132,8 +127,6 @@ COMMON_KEYS = frozenset({"name", "format", "quant", "description", "vocab", "tow
 
 
 def _load_all() -> dict[str, Recipe]:
-    from ..backends.gguf.ftypes import type_recipes
-
     toml = {r.name: r for r in (load_recipe(p) for p in sorted(data_dir("quant").glob("*.toml")))}
     # Every llama.cpp file type by llama-quantize's name (q5_k_m, iq3_xxs ...); a TOML of the same name wins.
     return {**type_recipes(Recipe(name="", format="gguf", quant="")), **toml}

@@ -11,6 +11,7 @@ from ..core.errors import ConfigError, EdgekitError
 from ..core.fields import Fields, read_toml, shown
 from ..core.names import check_plain_name
 from ..core.registry import Registry, data_dir
+from ..model.towers import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
 
 
 def _check_keys(raw: dict[str, Any], path: Path) -> None:
-    """Unknown keys at the top and in [bench] ([runtime] is the runners' to check: bench.profile_knobs)."""
+    """Unknown keys at the top and in [bench] ([runtime] is the engines' to check: resolve.profile_knobs)."""
     bench = raw.get("bench")
     for prefix, keys, known in (("", raw, KEYS), ("bench.", bench if isinstance(bench, dict) else {}, BENCH_KEYS)):
         for key in keys:
@@ -147,7 +148,6 @@ def load_target(path: Path) -> Target:
 
 def parse_modalities(names: list[str] | tuple[str, ...], where: str) -> tuple[str, ...]:
     """Modalities in canonical order ("text" is always there and may be named); ConfigError for others."""
-    from ..model.towers import MODALITIES
 
     bad = [m for m in names if m not in (*MODALITIES, "text")]
     if bad:

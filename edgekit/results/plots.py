@@ -21,9 +21,11 @@ FAIL = "#d62728"
 
 
 def _plt() -> Any:
+    # deferred: matplotlib (the report extra) loads only when plotting
     import matplotlib
 
     matplotlib.use("Agg")
+    # deferred: pyplot after matplotlib.use("Agg") picks the headless backend
     import matplotlib.pyplot as plt
 
     return plt
@@ -50,6 +52,7 @@ def label(r: Record, records: Sequence[Record], axis: str = "") -> str:
 
 
 def _styles(records: Sequence[Record]) -> tuple[dict[str, Any], dict[str, str]]:
+    # deferred: matplotlib, as _plt() above
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10"]
@@ -62,6 +65,7 @@ def _styles(records: Sequence[Record]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _legend(ax: Any, colors: dict[str, Any], markers: dict[str, str], failed: bool) -> None:
+    # deferred: matplotlib, as _plt() above
     from matplotlib.lines import Line2D
 
     h = [Line2D([], [], color=c, marker="o", linestyle="", label=m) for m, c in colors.items()]
@@ -96,6 +100,7 @@ def _labels(ax: Any, items: list[tuple[float, float, str, str]]) -> None:
             near[2] += "\n" + text
     texts = [ax.text(x, y, text, fontsize=8, color=color) for x, y, text, color, _ in merged]
     if len(texts) > 1:
+        # deferred: adjustText (the report extra) loads only when plotting
         from adjustText import adjust_text
 
         adjust_text(
@@ -191,6 +196,7 @@ def ttft(records: list[Record], out: Path) -> Path:
     lengths = sorted({r.n_prompt for r in ok})
     if len(lengths) > 1:
         fig, ax = plt.subplots(figsize=(9, 5.5))
+        # deferred: matplotlib, as _plt() above
         import matplotlib
 
         cmap = matplotlib.colormaps["tab10"]

@@ -121,6 +121,7 @@ def bench_markdown(records: list[Record]) -> str:
 def write_report(db: Optional[Path], out: Path) -> Path:
     """Write OUT/report.md and its plots (tg_vs_peak.png, ttft.png, quality.png); return the markdown's path."""
     try:
+        # deferred: the report extra, checked only when a report is asked for
         import adjustText  # noqa: F401
         import matplotlib  # noqa: F401
     except ImportError as e:

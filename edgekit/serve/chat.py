@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backends.format import folder_chat_template
+from ..backends.registry import detect
 from ..core.errors import ArtifactError, ConfigError
 
 QUOTE = '<|"|>'
@@ -66,10 +68,6 @@ def _compile(source: str) -> Any:
         ) from None
 
 
-def _token_text(v: Any) -> Optional[str]:
-    return v.get("content") if isinstance(v, dict) else v
-
-
 @dataclass
 class ChatTemplate:
     source: str
@@ -82,10 +80,11 @@ class ChatTemplate:
         """The template an artifact carries: a GGUF's ``tokenizer.chat_template``; a folder's
         chat_template.jinja, else tokenizer_config.json's ``chat_template``."""
         path = Path(path)
-        if path.is_file() and path.suffix == ".gguf":
-            return _from_gguf(path)
-        if path.is_dir():
-            return _from_folder(path)
+        fmt = detect(path)
+        if fmt is not None:
+            return cls(*fmt.chat_template(path))
+        if path.is_dir():  # a checkpoint folder: Hugging Face's tokenizer files, as an MLX artifact's
+            return cls(*folder_chat_template(path))
         raise ArtifactError(f"{path}: not a .gguf file or a model folder; give an artifact `edgekit build` wrote")
 
     @property
@@ -119,71 +118,6 @@ class ChatTemplate:
             )
         except jinja2.exceptions.TemplateError as e:
             raise ConfigError(f"the chat template rejected these messages: {e}") from None
-
-
-def _from_folder(path: Path) -> ChatTemplate:
-    cfg_path = path / "tokenizer_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{cfg_path}: unreadable ({e}); rebuild the artifact") from None
-    jinja = path / "chat_template.jinja"
-    source = jinja.read_text(encoding="utf-8") if jinja.exists() else cfg.get("chat_template")
-    if isinstance(source, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        named = {t.get("name"): t.get("template") for t in source if isinstance(t, dict)}
-        source = named.get("default") or next(iter(named.values()), None)
-    if not source:
-        raise ArtifactError(
-            f"{path}: no chat template (chat_template.jinja or tokenizer_config.json's "
-            "chat_template); build from a checkpoint that has one"
-        )
-    return ChatTemplate(
-        source, _token_text(cfg.get("bos_token")) or "<bos>", _token_text(cfg.get("eos_token")) or "<eos>"
-    )
-
-
-def _from_gguf(path: Path) -> ChatTemplate:
-    from ..backends.gguf.header import read_gguf_header
-
-    scalars = read_gguf_header(path).scalars
-    source = scalars.get("tokenizer.chat_template")
-    if not source:
-        raise ArtifactError(
-            f"{path.name}: no tokenizer.chat_template in its metadata; rebuild it with `edgekit build` "
-            "from a checkpoint whose tokenizer_config.json has a chat template"
-        )
-    want = {k: scalars.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
-    texts = _gguf_tokens(path, {i for i in want.values() if isinstance(i, int)})
-    return ChatTemplate(source, texts.get(want["bos"], "<bos>"), texts.get(want["eos"], "<eos>"))
-
-
-def _gguf_tokens(path: Path, ids: set[int]) -> dict[int, str]:
-    """The texts of a few token ids from a GGUF's ``tokenizer.ggml.tokens`` (walking, not decoding, the rest)."""
-    import mmap
-    import struct
-
-    import gguf
-
-    from ..backends.gguf.header import _Cursor, _value
-
-    out: dict[int, str] = {}
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-        cur = _Cursor(buf)
-        cur.pos = 8
-        _n_tensors, n_kv = cur.unpack("Q"), cur.unpack("Q")
-        for _ in range(n_kv):
-            key, vtype = cur.string(), cur.unpack("I")
-            if key != "tokenizer.ggml.tokens" or vtype != gguf.GGUFValueType.ARRAY:
-                _value(cur, vtype)
-                continue
-            _etype, count = cur.unpack("I"), cur.unpack("Q")
-            for i in range(count):
-                n = struct.unpack_from("<Q", buf, cur.pos)[0]
-                if i in ids:
-                    out[i] = bytes(buf[cur.pos + 8 : cur.pos + 8 + n]).decode("utf-8", "replace")
-                cur.pos += 8 + n
-            break
-    return out
 
 
 # ---------------------------------------------------------------- replies

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from ..core.errors import ConfigError
+
 log = logging.getLogger("edgekit.serve.http")
 
 OPEN_PATHS = frozenset({"/health"})  # answer without a key, as llama-server's /health does
@@ -64,7 +66,6 @@ class Policy:
 
 def read_api_key(key: Optional[str], key_file: Optional[Path]) -> Optional[str]:
     """The key from ``--api-key`` or the first line of ``--api-key-file``; ConfigError if unusable."""
-    from ..core.errors import ConfigError
 
     if key is not None and key_file is not None:
         raise ConfigError("give --api-key or --api-key-file, not both")
@@ -288,6 +289,7 @@ def _replay(body: bytes, receive: Any) -> Any:
 def guarded_h11(header_timeout_s: float) -> Any:
     """uvicorn's h11 protocol, closing a connection whose request headers are not complete within
     ``header_timeout_s`` of its opening or of the previous response's end (slowloris)."""
+    # deferred: uvicorn and h11 load only when serving
     import h11
     from uvicorn.protocols.http.h11_impl import H11Protocol
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import math
+import signal
 import socket
 import threading
 from typing import Any, Optional
@@ -58,8 +59,8 @@ def serve(
     """Run until SIGTERM/SIGINT: stop accepting, let in-flight requests finish for up to ``grace_s``, then
     end them in the engine (each stream still gets its finish chunk and [DONE]), free the engine, return
     (the CLI exits 0)."""
-    import signal
 
+    # deferred: uvicorn loads only when serving
     import uvicorn
 
     if not (math.isfinite(grace_s) and grace_s >= 0):

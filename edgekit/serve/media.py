@@ -62,6 +62,7 @@ def image_tokens(height: int, width: int, patch: int = 16, pool: int = 3) -> int
 
 def open_image(data: bytes | Path, what: str = "image", max_pixels: int = MAX_PIXELS) -> Any:
     """A Pillow RGB image from a file or bytes; MediaError for anything Pillow cannot decode."""
+    # deferred: Pillow loads only for an image
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -84,6 +85,7 @@ def open_image(data: bytes | Path, what: str = "image", max_pixels: int = MAX_PI
 
 def prepare_image(img: Any, budget: int = DEFAULT_IMAGE_BUDGET) -> Any:
     """``img`` resized as transformers' processor does for ``budget`` tokens (bicubic, Pillow)."""
+    # deferred: Pillow loads only for an image
     from PIL import Image
 
     if budget not in IMAGE_BUDGETS:
@@ -109,6 +111,7 @@ class Audio:
 
 def open_audio(data: bytes | Path, what: str = "audio", max_seconds: float = MAX_AUDIO_SECONDS) -> Audio:
     """Decode any format libsndfile reads (WAV, FLAC, OGG, MP3) to 16 kHz mono float32."""
+    # deferred: libsndfile loads only for audio
     import soundfile as sf
 
     try:
@@ -122,6 +125,7 @@ def open_audio(data: bytes | Path, what: str = "audio", max_seconds: float = MAX
         raise MediaError(f"{what}: {x.shape[0] / rate:.1f} s is over the {max_seconds:g} s a clip may last")
     mono = x.mean(axis=1, dtype=np.float32)
     if rate != SAMPLE_RATE:
+        # deferred: soxr loads only for audio that needs resampling
         import soxr
 
         mono = soxr.resample(mono, rate, SAMPLE_RATE).astype(np.float32)

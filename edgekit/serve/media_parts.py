@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..core.errors import ConfigError
 from .media import (
     DEFAULT_IMAGE_BUDGET,
     MAX_AUDIO_SECONDS,
@@ -53,8 +54,6 @@ class MediaLimits:
     fetch_timeout_s: float = 10.0
 
     def check(self) -> None:
-        from ..core.errors import ConfigError
-
         if self.max_bytes < 1 or self.max_pixels < 1:
             raise ConfigError("--max-media-mb and --max-image-pixels must be positive")
         if not 0 < self.max_seconds <= MAX_AUDIO_SECONDS:
@@ -240,6 +239,7 @@ def _fetch(url: str, where: str, limits: MediaLimits) -> bytes:
 
 
 def _audio(part: dict[str, Any], where: str, limits: MediaLimits) -> Audio:
+    # deferred: libsndfile loads only for audio
     import soundfile as sf
 
     spec = _part(part, where, "input_audio", {"data", "format"})

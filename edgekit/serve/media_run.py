@@ -9,6 +9,8 @@ reply is decoded greedily, one token per llama_decode.
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +19,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..backends.mtmd import Projector
+from ..builder.projector import projector_file
 from ..core.errors import ArtifactError, ConfigError
+from ..core.host import physical_cores
+from ..profiles.resolve import resolve
+from .chat import ChatTemplate
 from .media import (
     DEFAULT_IMAGE_BUDGET,
     Audio,
@@ -26,6 +33,7 @@ from .media import (
     open_image,
     prepare_image,
 )
+from .session import peak_rss_bytes
 
 
 @dataclass
@@ -41,8 +49,6 @@ def load_media(images: list[Path], audios: list[Path], budget: int = DEFAULT_IMA
 
 
 def find_projector(artifact_path: Path, artifact: Any, mmproj: Optional[Path]) -> Path:
-    from ..builder.projector import projector_file
-
     if mmproj is not None:
         if not Path(mmproj).is_file():
             raise ArtifactError(f"{mmproj}: no such projector file")
@@ -68,9 +74,8 @@ class MediaModel:
         image_budget: int = DEFAULT_IMAGE_BUDGET,
         f32_cache: bool = False,
     ):
+        # deferred: llama-cpp-python loads only when a tower runs
         import llama_cpp
-
-        from ..backends.mtmd import Projector
 
         kw = dict(type_k=0, type_v=0) if f32_cache else {}
         self.llm = llama_cpp.Llama(str(text_gguf), n_ctx=n_ctx, n_batch=512, n_threads=threads, verbose=False, **kw)
@@ -83,8 +88,8 @@ class MediaModel:
 
     def eval_prompt(self, text: str, media: MediaPrompt) -> dict[str, float]:
         """Evaluate ``text`` (one mtmd marker per medium: images first, then audio) into the context."""
-        import ctypes
 
+        # deferred: llama-cpp-python, as __init__
         import llama_cpp
 
         m = self.proj._m
@@ -114,6 +119,7 @@ class MediaModel:
             m.mtmd_input_chunks_free(chunks)
 
     def _logits(self) -> np.ndarray:
+        # deferred: llama-cpp-python, as __init__
         import llama_cpp
 
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
@@ -137,6 +143,7 @@ class MediaModel:
 
 
 def media_marker() -> str:
+    # deferred: llama-cpp-python loads only when a tower runs
     from llama_cpp import mtmd_cpp
 
     return mtmd_cpp.mtmd_default_marker().decode()
@@ -159,13 +166,10 @@ def run_media(
     enable_thinking: Optional[bool] = None,
 ) -> dict[str, Any]:
     """One reply to ``prompt`` with the media, streamed through ``write``; returns its figures."""
-    from ..core.host import physical_cores
-    from ..measure.bench import plan
-    from .chat import ChatTemplate
 
     if temperature != 0.0:
         raise ConfigError("replies with --image/--audio are greedy for now; drop --temperature")
-    planned = plan(path, target)[0]
+    (planned,) = resolve(path, target=target, first=True)
     if planned.artifact.format != "gguf":
         raise ConfigError(f"{planned.path.name}: images and audio run on GGUF artifacts (llama.cpp's mtmd) for now")
     proj = find_projector(planned.path, planned.artifact, mmproj)
@@ -217,9 +221,6 @@ def run_cli(
 ) -> None:
     """`edgekit run --image/--audio`'s adapter: one greedy reply, its figures on stderr; options it cannot
     apply yet are refused, never ignored."""
-    import sys
-
-    from .session import peak_rss_bytes
 
     if text is None:
         raise ConfigError(

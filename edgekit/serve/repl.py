@@ -10,16 +10,18 @@ chat goes on. Replies go to stdout, everything else to stderr.
 from __future__ import annotations
 
 import errno
+import json
 import math
 import os
 import queue
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from ..core.errors import ConfigError, OutputError
+from ..core.errors import BenchError, ConfigError, OutputError
+from .chat import StreamSplitter
 
 HELP = """Available commands:
   /clear        forget the conversation (the system prompt stays)
@@ -173,8 +175,6 @@ class Chat:
 
     def reply(self, text: str) -> bool:
         """Send one user message and stream the reply; False when it was refused (too long)."""
-        from ..core.errors import BenchError
-        from .chat import StreamSplitter
 
         text, replaced = clean_text(text)
         if replaced:
@@ -192,8 +192,6 @@ class Chat:
         ids, prefix = fitted
         sampling = self.sampling
         if sampling.max_tokens is None:  # -n -1: until the end of the turn or of the context
-            from dataclasses import replace
-
             sampling = replace(sampling, max_tokens=self.session.n_ctx)
         split, done, stopped = StreamSplitter(), None, False
         emit = {"content": self.w.out, "thinking": self.w.err}
@@ -225,8 +223,6 @@ class Chat:
         reply = split.finish()
         msg: dict[str, Any] = {"role": "assistant", "content": reply.content}
         if reply.tool_calls and not stopped:
-            import json
-
             msg["tool_calls"] = reply.openai_tool_calls()
             self.w.out("\n" + "\n".join(json.dumps(c["function"]) for c in msg["tool_calls"]))
         self.history.append(msg)
@@ -247,6 +243,7 @@ class Chat:
 def _readline_setup() -> Callable[[], None]:
     """Line editing and a history file when stdin is a terminal; returns the function that saves it."""
     try:
+        # deferred: importing readline turns on line editing for input(): only the interactive chat wants it
         import readline
     except ImportError:  # e.g. a Python built without it: plain input() still works
         return lambda: None
@@ -272,6 +269,7 @@ def _readline_setup() -> Callable[[], None]:
 
 def _line_buffer() -> str:
     try:
+        # deferred: readline, as _readline_setup() above
         import readline
 
         return readline.get_line_buffer()

@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .media_parts import media_chars
+
 MAX_DEPTH = 64  # JSON nesting; a tool's JSON schema nests ~10 deep, 10,000 deep was a RecursionError
 MAX_STOP = 4  # as OpenAI
 
@@ -146,6 +148,7 @@ class ResponseFormat(_Strict):
     def gbnf(self) -> str:
         """The grammar a reply must match (llama.cpp's JSON grammar, or its converter's for the schema);
         "" for text. ValueError when the schema cannot be converted."""
+        # deferred: llama-cpp-python loads only for a request with a JSON schema
         from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
         if self.type == "json_object":
@@ -371,8 +374,6 @@ def parse_body(raw: bytes, kind: str) -> tuple[Any, int]:
             msg = f"must be {_TYPES[err['type']]}, not {_kind(err.get('input'))}"
         raise Invalid(f"{_path(err['loc'])}: {msg}") from None
     if kind == "chat":  # base64 media is not prompt text (--max-prompt-chars); its own limits are media_parts'
-        from .media_parts import media_chars
-
         chars -= media_chars(req.messages)
     return req, chars
 

@@ -3,8 +3,10 @@ template and stop tokens. ``edgekit run`` and ``edgekit serve`` are both thin la
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import os
 import queue
 import resource
 import sys
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from ..backends.runner import RunOptions
-from ..core.errors import ConfigError
-from .chat import ChatTemplate
+from ..backends.gguf import prefix_cache
+from ..core.errors import BenchError, ConfigError
+from ..measure.memory import read_status
+from ..profiles.resolve import DEFAULT_CTX, Overrides, ResolvedArtifact, resolve
+from .chat import ChatTemplate, StreamSplitter
 from .generate import Event, GenRequest, Sampling, open_engine
 from .plain_text import PlainText
 
@@ -127,17 +131,6 @@ class Session:
             self.media.close()
 
 
-# Without a target: the model's trained context, capped here. llama-cli and llama-server default to
-# n_ctx_train (0 = from the model) but shrink it to fit memory, down to 4096; Ollama's num_ctx is 4096.
-# E2B is trained for 131072, whose F16 KV cache alone would be several GB against a 1.5 GB budget.
-DEFAULT_CTX = 4096
-
-
-def default_ctx(trained: Optional[int]) -> int:
-    """The context `run` and `serve` use without --ctx or a target: min(n_ctx_train, 4096)."""
-    return min(trained, DEFAULT_CTX) if trained else DEFAULT_CTX
-
-
 def open_session(
     path: Path,
     target: Optional[str] = None,
@@ -151,71 +144,73 @@ def open_session(
     block: bool = False,
 ) -> Session:
     """PATH as bench takes it (a .gguf, an MLX folder, or a dist folder: its first, recommended artifact),
-    verified against its manifest; threads, context and [runtime] knobs resolved exactly as bench does.
-    ``block``: treat the modules the engine's bench child blocks as absent (a process of its own only)."""
-    from ..measure.bench import BenchOptions, _target, plan, settings
+    verified against its manifest; threads, context and [runtime] knobs resolved as for bench (without
+    --ctx or a target: min(n_ctx_train, 4096)). ``block``: treat the modules the engine's bench child
+    blocks as absent (a process of its own only)."""
+    (ra,) = resolve(path, target=target, overrides=Overrides(threads, ctx, dict(knobs or {})), first=True)
+    return open_resolved(ra, slots, max_queue, prefix_file, verbose, block)
 
-    planned = plan(path, target)[0]
-    if ctx is None and not _target(planned.target):
-        ctx = default_ctx(planned.format.max_context(planned.path))
-    st = settings(
-        planned, BenchOptions(n_prompt=1, n_gen=1, threads=threads, ctx=ctx, target=target, runtime=dict(knobs or {}))
-    )
-    tgt, n_threads, n_ctx, runtime = st.target, st.threads, st.ctx, st.knobs
-    template = ChatTemplate.from_artifact(planned.path)
+
+def open_resolved(
+    ra: ResolvedArtifact,
+    slots: int = 1,
+    max_queue: int = 16,
+    prefix_file: Optional[Path] = None,
+    verbose: bool = False,
+    block: bool = False,
+) -> Session:
+    """A resolved artifact (edgekit.profiles.resolve) loaded for chat with its settings."""
+    tgt, engine, st = ra.target, ra.engine, ra.settings
+    template = ChatTemplate.from_artifact(ra.path)
     if prefix_file is not None:
-        from . import prefix_cache
-
-        if st.engine.name != "llama.cpp":
-            raise ConfigError("--prefix-cache is a llama.cpp feature; an MLX artifact is served without it")
-        prefix_cache.check(prefix_file, planned.artifact.sha256)
-    for mod in (
-        st.engine.block if block else ()
-    ):  # as the bench child does (mlx: transformers' torch import, ≈180 MB unused)
+        if not engine.prefix_cache:
+            raise ConfigError(f"--prefix-cache is a llama.cpp feature; {engine.name} artifacts are served without it")
+        prefix_cache.check(prefix_file, ra.sha256)
+    for mod in engine.block if block else ():  # as the bench child does (mlx: transformers' torch import, ≈180 MB)
         sys.modules.setdefault(mod, None)  # type: ignore[assignment]
-    if block and st.engine.block and "transformers" not in sys.modules:
+    if block and engine.block and "transformers" not in sys.modules:
         _import_without_advice("transformers")
     t0 = time.perf_counter()
-    engine = open_engine(
-        planned.path,
-        st.engine.name,
-        RunOptions(threads=n_threads, ctx=n_ctx, knobs=runtime, verbose=verbose),
+    gen = open_engine(
+        ra.path,
+        engine.name,
+        st.run_options(verbose),
         slots=slots,
         max_queue=max_queue,
         prefix_file=prefix_file,
-        prefix_key=planned.artifact.sha256 if prefix_file else "",
+        prefix_key=ra.sha256 if prefix_file else "",
     )
     log.info(
         "%s: %s, target %s, ctx %d, threads %d, knobs %s",
-        planned.path.name,
-        planned.artifact.format,
+        ra.path.name,
+        ra.artifact.format,
         tgt.name if tgt else "-",
-        n_ctx,
-        n_threads,
-        runtime,
+        st.ctx,
+        st.threads,
+        st.knobs,
     )
     # A context that cannot hold an empty chat turn and one token of reply refuses every request.
-    floor = len(engine.tokenize(template.render([{"role": "user", "content": ""}]))) + 2
-    if n_ctx < floor:
-        engine.close()
+    floor = len(gen.tokenize(template.render([{"role": "user", "content": ""}]))) + 2
+    if st.ctx < floor:
+        gen.close()
         raise ConfigError(
-            f"--ctx {n_ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
+            f"--ctx {st.ctx} cannot hold an empty chat turn ({floor - 1} tokens) and a reply; "
             f"use --ctx {max(floor, 64)} or more (default: min(n_ctx_train, {DEFAULT_CTX}))"
         )
     load_ms = (time.perf_counter() - t0) * 1e3
     return Session(
-        engine,
+        gen,
         template,
-        planned.path.stem if planned.path.is_file() else planned.path.name,
-        planned.path,
-        planned.artifact.format,
+        ra.path.stem if ra.path.is_file() else ra.path.name,
+        ra.path,
+        ra.artifact.format,
         tgt.name if tgt else "",
-        runtime,
-        n_ctx,
-        artifact=planned.artifact,
-        model_name=planned.model,
-        engine_name=st.engine.name,
-        threads=n_threads,
+        st.knobs,
+        st.ctx,
+        artifact=ra.artifact,
+        model_name=ra.model,
+        engine_name=engine.name,
+        threads=st.threads,
         load_ms=load_ms,
         budget_bytes=tgt.memory_budget_bytes if tgt else None,
     )
@@ -224,9 +219,6 @@ def open_session(
 def _import_without_advice(name: str) -> None:
     """Import transformers with its advisory notes off: torch is blocked on purpose (only the tokenizer
     is used), so its "PyTorch was not found" note would be wrong; later warnings stay on."""
-    import importlib
-    import os
-
     before = os.environ.get("TRANSFORMERS_NO_ADVISORY_WARNINGS")
     os.environ["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
     try:
@@ -243,8 +235,6 @@ def _import_without_advice(name: str) -> None:
 def peak_rss_bytes() -> int:
     """This process's peak RSS (Linux VmHWM; ru_maxrss elsewhere)."""
     try:
-        from ..measure.memory import read_status
-
         return read_status().hwm
     except OSError:
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -261,8 +251,6 @@ def chat_turn(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One reply streamed through ``write`` (content) and ``write_err`` (thinking); returns the assistant
     message to append to the history and the request's stats."""
-    from .chat import StreamSplitter
-
     ids, prefix_len = session.prompt(messages, enable_thinking=enable_thinking)
     split = StreamSplitter()
     done = None
@@ -280,7 +268,5 @@ def chat_turn(
         msg["tool_calls"] = reply.openai_tool_calls()
         write("\n" + "\n".join(json.dumps(c["function"]) for c in msg["tool_calls"]))
     if done.finish_reason == "error":
-        from ..core.errors import BenchError
-
         raise BenchError(f"generation failed: {done.text}")
     return msg, done.stats

@@ -22,8 +22,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backends.mtmd import Projector
+from ..builder.projector import projector_file
 from ..core.errors import ArtifactError, ConfigError
-from .media import MediaError
+from ..serve.media_run import find_projector
+from .generate import PromptTooLong
+from .media import MediaError, prepare_image
 from .media_parts import MediaLimits, Medium, split
 
 log = logging.getLogger(__name__)
@@ -51,8 +55,6 @@ class Towers:
     """The projector of a served artifact, loaded against its engine's model (weights shared)."""
 
     def __init__(self, session: Any, mmproj: Path, limits: MediaLimits, max_waiting: int = 16):
-        from ..backends.mtmd import Projector
-
         eng = session.engine
         self.session, self.limits = session, limits
         model = _EngineModel(eng)
@@ -80,9 +82,8 @@ class Towers:
         for some widths (not E2B's or E4B's) and then needs them all in one ubatch (pi5: 64)."""
         if "vision" not in self.modalities:
             return ""
+        # deferred: Pillow loads only for an image
         from PIL import Image
-
-        from .media import prepare_image
 
         _, span, _ = self.proj.span(self.proj._bitmap_image(prepare_image(Image.new("RGB", (48, 48)), 70)), "image")
         span.close()
@@ -117,8 +118,6 @@ class Towers:
     def _prompt(
         self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]], enable_thinking: Optional[bool]
     ) -> tuple[list[int], int, list[Any]]:
-        from .generate import PromptTooLong
-
         s, marker = self.session, self.proj._marker.decode()
         messages, media = split(messages, marker, self.limits)
         for m in media:
@@ -177,7 +176,6 @@ def attach(
 ) -> Optional[Towers]:
     """Load the projector beside ``session``'s engine (the one the manifest links, or ``mmproj``) and set
     ``session.towers``; None when the artifact has none, ``off`` (--no-mmproj) or it is not a GGUF."""
-    from ..serve.media_run import find_projector
 
     limits.check()
     if off:
@@ -186,11 +184,8 @@ def attach(
         if mmproj is not None:
             raise ConfigError(f"--mmproj: images and audio are served from GGUF artifacts; {session.path.name} is MLX")
         return None
-    if mmproj is None:
-        from ..builder.projector import projector_file
-
-        if projector_file(session.path.parent, session.artifact) is None:
-            return None
+    if mmproj is None and projector_file(session.path.parent, session.artifact) is None:
+        return None
     towers = Towers(session, find_projector(session.path, session.artifact, mmproj), limits, max_waiting)
     session.media, session.towers = towers, frozenset(towers.modalities)
     return towers

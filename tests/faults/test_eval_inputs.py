@@ -102,10 +102,11 @@ def test_long_text_with_chunks_tokenizes_only_its_head(f32, big_text, tmp_path, 
     # 27 MB in, at most two pieces tokenized (before: all 27 MB, in one call)
     assert 0 < sum(seen) <= 2 * PIECE_CHARS + 4096, sum(seen)
     # the windows are those of the whole text's tokens: the cut after a newline run changes no token
-    from edgekit.eval.engines import GgufSource
+    from edgekit.backends.registry import BACKENDS
+    from edgekit.backends.runner import RunOptions
     from edgekit.eval.refcache import load
 
-    src = GgufSource(f32, 1, 32, {})
+    src = BACKENDS.get("llama.cpp").logits(f32, RunOptions(threads=1, ctx=32, knobs={}))
     try:
         whole = windows(src.runner.tokenize(DEFAULT_TEXT.read_text()), 32, src.runner.bos(), 2)
     finally:

@@ -408,7 +408,7 @@ def session(dist):
 
 
 def _control(session, ids):
-    from edgekit.serve.generate import L_ATTR_CONTROL
+    from edgekit.backends.gguf.generator import L_ATTR_CONTROL
 
     e = session.engine
     return [i for i in ids if e.L.llama_vocab_get_attr(e.vocab, i) & L_ATTR_CONTROL]

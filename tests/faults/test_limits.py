@@ -195,7 +195,8 @@ def test_an_interrupted_bench_kills_its_child_and_removes_the_cgroup(dist, monke
     import os
 
     monkeypatch.setattr(bench_mod, "host_bandwidth", lambda: dict(BW))
-    (pl,) = bench_mod.plan(dist, "pi5")
+    opts = dataclasses.replace(OPTS, limit=True)
+    (ra,) = bench_mod.resolved(dist, opts)
     seen: list[list[int]] = []
 
     def interrupt(step: str) -> None:  # Ctrl-C as the child reports its model loaded
@@ -203,7 +204,7 @@ def test_an_interrupted_bench_kills_its_child_and_removes_the_cgroup(dist, monke
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        bench_mod.measure_tests(pl, dataclasses.replace(OPTS, limit=True), on_step=interrupt)
+        bench_mod.measure_tests(ra, opts, on_step=interrupt)
     (pids,) = seen
     assert len(pids) == 1  # the child was inside the cgroup while it ran
     with pytest.raises(ProcessLookupError):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError, EdgekitError
 from ...model.dtypes import lossless
-from ..format import BuildContext, TokenBytes
+from ..format import BuildContext, ChatText, LabelRule, TokenBytes
 
 if TYPE_CHECKING:
     from ...builder.manifest import Artifact
@@ -145,6 +145,27 @@ class GgufFormat:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ArtifactError(f"{path.name}: context_length {n!r} is not a size; rebuild it with `edgekit build`")
         return n
+
+    def chat_template(self, path: Path) -> ChatText:
+        from .header import read_gguf_header, token_texts
+
+        scalars = read_gguf_header(path).scalars
+        source = scalars.get("tokenizer.chat_template")
+        if not source:
+            raise ArtifactError(
+                f"{path.name}: no tokenizer.chat_template in its metadata; rebuild it with `edgekit build` "
+                "from a checkpoint whose tokenizer_config.json has a chat template"
+            )
+        want = {k: scalars.get(f"tokenizer.ggml.{k}_token_id") for k in ("bos", "eos")}
+        texts: dict[Any, str] = token_texts(path, {i for i in want.values() if isinstance(i, int)})  # None: absent
+        return ChatText(source, texts.get(want["bos"], "<bos>"), texts.get(want["eos"], "<eos>"))
+
+    def recipe_label(self, recipe: Any) -> Optional[LabelRule]:
+        if not recipe.ftype:
+            return None
+        want = recipe.ftype.upper().removeprefix("MOSTLY_").removeprefix("ALL_")
+        fix = f'set quant = "{want}" (or "{want}-<suffix>"), or the ftype that writes {recipe.quant}'
+        return LabelRule(want, f"ftype {recipe.ftype!r}, which writes {want}", fix)
 
 
 GGUF = GgufFormat()

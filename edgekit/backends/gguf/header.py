@@ -138,3 +138,25 @@ def read_gguf_header(path: Path) -> GGUFHeader:
             raise ArtifactError(INCOMPLETE.format(name=path.name))
         tensors[name] = info
     return GGUFHeader(scalars, tensors)
+
+
+def token_texts(path: Path, ids: set[int]) -> dict[int, str]:
+    """The texts of a few token ids from a GGUF's ``tokenizer.ggml.tokens`` (walking, not decoding, the rest)."""
+    out: dict[int, str] = {}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        cur = _Cursor(buf)
+        cur.pos = 8
+        _n_tensors, n_kv = cur.unpack("Q"), cur.unpack("Q")
+        for _ in range(n_kv):
+            key, vtype = cur.string(), cur.unpack("I")
+            if key != "tokenizer.ggml.tokens" or vtype != gguf.GGUFValueType.ARRAY:
+                _value(cur, vtype)
+                continue
+            _etype, count = cur.unpack("I"), cur.unpack("Q")
+            for i in range(count):
+                n = struct.unpack_from("<Q", buf, cur.pos)[0]
+                if i in ids:
+                    out[i] = bytes(buf[cur.pos + 8 : cur.pos + 8 + n]).decode("utf-8", "replace")
+                cur.pos += 8 + n
+            break
+    return out

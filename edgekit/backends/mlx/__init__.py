@@ -1,1 +1,2 @@
-"""mlx-lm: the MLX format, its converter, the on-disk PLE table and the runner."""
+"""mlx-lm: the MLX format, its converter and the on-disk PLE table; the runner, the generator and eval's
+logits source; backend.py registers them."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError
-from ..format import BuildContext, TokenBytes
+from ..format import BuildContext, ChatText, LabelRule, TokenBytes, folder_chat_template
 from .towers import TOWERS_FILE
 
 if TYPE_CHECKING:
@@ -125,6 +125,17 @@ class MlxFormat:
         text: dict[str, Any] = cfg["text_config"] if isinstance(cfg.get("text_config"), dict) else cfg
         n = text.get("max_position_embeddings")
         return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+    def chat_template(self, path: Path) -> ChatText:
+        return folder_chat_template(Path(path))
+
+    def recipe_label(self, recipe: Any) -> Optional[LabelRule]:
+        if recipe.bits is None:
+            return None
+        want = f"{recipe.bits}bit"
+        return LabelRule(
+            want, f"bits = {recipe.bits}", f'set quant = "{want}-g{recipe.group_size or 64}", or the bits it names'
+        )
 
 
 MLX = MlxFormat()

@@ -40,7 +40,7 @@ from ...core.errors import ConfigError
 from ...core.fsutil import atomic_path, output_error
 from ...model.checkpoint import Checkpoint, sha256_file
 from .lean import write_lean
-from .select import Corpus, Selection, SourceTokenizer, corpus_from_bytes, load_corpus, select
+from .select import Corpus, Selection, SourceTokenizer, corpus_from_bytes, default_corpus, load_corpus, select
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,6 @@ __all__ = [
     "trim_checkpoint",
     "write_lean",
 ]
-
-DEFAULT_CORPUS_NAME = "builtin:edgekit/eval/data/train.txt (CPython docs and code, PSF License)"
-
-
-def default_corpus() -> Corpus:
-    from ...eval.text import TRAIN_TEXT
-
-    return corpus_from_bytes(DEFAULT_CORPUS_NAME, TRAIN_TEXT.read_bytes())
 
 
 def lean_name(ckpt: Checkpoint, n: int) -> str:

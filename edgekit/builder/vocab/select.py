@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from ...core.errors import ConfigError, TokenizerError
 from ...core.fields import utf8_text
+from ...eval.text import TRAIN_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +69,16 @@ def corpus_from_bytes(name: str, raw: bytes) -> Corpus:
     return Corpus(name=name, text=text, sha256=hashlib.sha256(raw).hexdigest(), nbytes=len(raw))
 
 
+DEFAULT_CORPUS_NAME = "builtin:edgekit/eval/data/train.txt (CPython docs and code, PSF License)"
+
+
+def default_corpus() -> Corpus:
+    return corpus_from_bytes(DEFAULT_CORPUS_NAME, TRAIN_TEXT.read_bytes())
+
+
 def load_corpus(path: Path | None) -> Corpus:
     """The user's corpus file, or the default corpus (edgekit/vocab/__init__.py says which) when None."""
     if path is None:
-        from . import default_corpus
-
         return default_corpus()
     try:
         raw = Path(path).read_bytes()
@@ -340,7 +347,6 @@ def must_keep(src: SourceTokenizer) -> tuple[list[int], set[int]]:
 
 def corpus_counts(src: SourceTokenizer, corpus: Corpus) -> np.ndarray:
     """How often the full tokenizer emits each id on the corpus (no bos: it is kept anyway)."""
-    from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(src.path / "tokenizer.json"))
     # Cut after newline runs (added tokens, so the cut changes no token) to keep each piece small.

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..core.errors import ConfigError
+from ...core.errors import ConfigError
 
 KIND = "edgekit prefix cache"
 
