@@ -135,6 +135,26 @@ class Projector:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def lib(self) -> Any:
+        """llama-cpp-python's mtmd bindings (for callers that walk chunks themselves: bench --image)."""
+        return self._m
+
+    @property
+    def ctx(self) -> Any:
+        """The mtmd context (None once closed)."""
+        return self._ctx
+
+    @property
+    def marker(self) -> str:
+        """mtmd's media marker: the text that stands for one medium in a prompt."""
+        return str(self._marker.decode())
+
+    def bitmap(self, decoded: Any, kind: str) -> Any:
+        """An mtmd bitmap of a decoded image (media.prepare_image) or Audio; the caller frees it (or
+        tokenize's caller does)."""
+        return self._bitmap_image(decoded) if kind == "image" else self._bitmap_audio(decoded)
+
     def _bitmap_image(self, img: Any) -> Any:
         if "vision" not in self.modalities:
             raise MediaError("this build has no vision tower; build it with --modalities vision")

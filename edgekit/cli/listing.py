@@ -12,7 +12,7 @@ from typing import Any
 
 from ..builder.manifest import MANIFEST, read_manifest
 from ..core.errors import ConfigError
-from ..profiles.recipes import RECIPES
+from ..profiles import recipes
 from ..profiles.targets import TARGETS
 
 MAX_DEPTH = 4  # dist/<model>/<target>/manifest.json is depth 2; a little slack for nested roots
@@ -84,4 +84,5 @@ def target_detail(name: str) -> str:
 
 
 def recipe_rows() -> list[list[Any]]:
-    return [[r.name, r.format, r.quant, r.description] for r in (RECIPES.get(n) for n in RECIPES)]
+    reg = recipes.RECIPES  # read at call time: tests swap the module's registry for one of bad recipes
+    return [[r.name, r.format, r.quant, r.description] for r in (reg.get(n) for n in reg)]

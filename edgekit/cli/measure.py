@@ -80,6 +80,18 @@ def bench(
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Run a grid of more than 100 rows per artifact (it is refused without)."
     ),
+    image: Optional[list[Path]] = typer.Option(
+        None, "--image", help="An image in each test's prompt (a row per medium); repeatable. GGUF with a projector."
+    ),
+    audio: Optional[list[Path]] = typer.Option(
+        None, "--audio", help="An audio clip in each test's prompt; repeatable."
+    ),
+    image_tokens: str = typer.Option(
+        "280", "--image-tokens", help="Soft-token budget per image: 70|140|280|560|1120; comma-separated values sweep."
+    ),
+    mmproj: Optional[Path] = typer.Option(
+        None, "--mmproj", help="The projector for a bare .gguf (default: the one the manifest links)."
+    ),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
     from ..core.errors import OutputError
@@ -110,7 +122,16 @@ def bench(
     if refresh_bandwidth:
         host_bandwidth(refresh=True)  # the bench then reads the fresh figure from the cache
     verbose = verbosity()
+    media = []
+    if image or audio:
+        from ..measure.media import describe  # deferred: numpy and the media libraries only for a bench with media
+
+        media = describe(list(image or []), list(audio or []), ints(image_tokens, "--image-tokens"))
+    elif mmproj is not None or image_tokens != "280":
+        raise ConfigError("--mmproj and --image-tokens apply to a bench with --image or --audio; add one")
     opts = BenchOptions(
+        media=media,
+        mmproj=mmproj,
         reps=reps,
         target=target,
         device=device,

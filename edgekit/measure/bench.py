@@ -30,6 +30,7 @@ from ..profiles.targets import Target
 from ..results import Record, provenance
 from . import limits
 from .budget import apply_limit, apply_pages, gate_lines, killed_result, majflt_means
+from .media import media_record, projector_for
 from .roofline import host_bandwidth
 from .worker import MeasureResult, MeasureSpec
 
@@ -55,6 +56,10 @@ class BenchOptions:
     tests: Optional[list[Any]] = None
     limit: Optional[bool] = None  # run inside a memory cgroup; default: the target's [bench] enforce_limit
     limit_bytes: Optional[int] = None  # the limit; default: the target's memory budget
+    # `--image/--audio` (edgekit.measure.media.describe): each test runs once per medium, the medium in its
+    # prompt; the projector is the manifest's (or ``mmproj``)
+    media: list[Any] = field(default_factory=list)
+    mmproj: Optional[Path] = None
 
     def test_list(self) -> list[tuple[int, int, int]]:
         if self.tests:
@@ -86,6 +91,18 @@ def check_fits(ra: ResolvedArtifact, opts: BenchOptions) -> None:
         if ctx < d + max(p, n, 1):
             at = f" after -d {d}" if d else ""
             raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
+    if opts.media:
+        if ra.artifact.format != "gguf":
+            raise ConfigError(f"{ra.artifact.file}: --image/--audio run on GGUF artifacts (llama.cpp's mtmd) for now")
+        m = max(x.tokens for x in opts.media)
+        for p, n, d in opts.test_list():
+            if d:
+                raise ConfigError("-d cannot be combined with --image/--audio (the medium opens the prompt)")
+            if ctx < 1 + m + p + n:
+                raise ConfigError(
+                    f"--ctx {ctx} is shorter than the test with its media (BOS + {m} soft tokens + -p {p} "
+                    f"+ -n {n}, and the markers); raise --ctx or lower -p"
+                )
 
 
 def resolved(path: Path, opts: BenchOptions) -> list[ResolvedArtifact]:
@@ -122,6 +139,8 @@ def measure_tests(
         verbose=opts.verbose,
         depth=tests[0][2],
         tests=[list(t) for t in tests],
+        mmproj=str(projector_for(ra, opts.mmproj)) if opts.media else "",
+        media=[dataclasses.asdict(m) for m in opts.media],
     )
     use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
     limit_bytes = opts.limit_bytes or (tgt.memory_budget_bytes if tgt else None)
@@ -148,12 +167,21 @@ def measure_tests(
                     f"{': ' + e.tail if e.tail else ''}); rerun with `edgekit -v bench` to see the "
                     "engine log"
                 ) from None
-            killed = killed_result(tests)
+            killed = killed_result(tests, len(opts.media))
             per_test, load_ms = killed["tests"], killed["load_ms"]
             applied = {"ctx": st.ctx, "threads": st.threads, "knobs": st.knobs}
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", ra.artifact.file, st.ctx, engine.name, applied["ctx"])
-    records = [_record(ra, opts, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests, strict=True)]
+    if opts.media:
+        records = [
+            media_record(_record(ra, opts, load_ms, applied, m, test, bandwidth), medium, m, spec.mmproj)
+            for t, test in zip(per_test, tests, strict=True)
+            for medium, m in zip(opts.media, t["media"], strict=True)
+        ]
+    else:
+        records = [
+            _record(ra, opts, load_ms, applied, t, test, bandwidth) for t, test in zip(per_test, tests, strict=True)
+        ]
     for rec in records:
         if use_limit:
             apply_limit(rec, lim)

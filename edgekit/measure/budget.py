@@ -62,11 +62,13 @@ def apply_limit(rec: Record, lim: Any) -> None:
         rec.limit_not_enforced = lim.reason
 
 
-def killed_result(tests: list[tuple[int, int, int]]) -> dict[str, Any]:
-    """What a child that the kernel killed inside its limit leaves: no figures, one entry per test."""
+def killed_result(tests: list[tuple[int, int, int]], n_media: int = 0) -> dict[str, Any]:
+    """What a child that the kernel killed inside its limit leaves: no figures, one entry per test (and
+    per medium of a run with media)."""
+    empty = lambda: {"reps": [], "figures": {}, "memory": {"peak_rss_bytes": 0}, "pages": None}
     return {
         "load_ms": 0.0,
-        "tests": [{"reps": [], "figures": {}, "memory": {"peak_rss_bytes": 0}, "pages": None} for _ in tests],
+        "tests": [{**empty(), "media": [empty() for _ in range(n_media)]} for _ in tests],
     }
 
 

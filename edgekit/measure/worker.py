@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions, run_reps
 from . import pages
+from .media import MediaSpec, Towers, run_media
 from .memory import PeakSampler
 
 
@@ -36,6 +37,10 @@ class MeasureSpec:
     # the tests this child runs on one loaded model (a sweep's -p/-n/-d), each [n_prompt, n_gen, depth];
     # empty: the one test (n_prompt, n_gen, depth)
     tests: list[list[int]] = field(default_factory=list)
+    # `bench --image/--audio` (edgekit.measure.media): the projector and each medium (MediaSpec as a dict);
+    # every test then runs once per medium, with the medium in the prompt
+    mmproj: str = ""
+    media: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -50,9 +55,42 @@ class MeasureResult:
     tests: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _media(
+    runner: Any, spec: MeasureSpec, n_prompt: int, n_gen: int, sampler: PeakSampler, step: Callable, towers: list
+) -> list[dict[str, Any]]:
+    """Each medium of ``spec`` in a prompt of ``n_prompt`` text tokens: a result per medium, its own peak.
+    ``towers`` holds the one Towers of this child (made on the first call)."""
+    if not towers:
+        budget = max((m.get("budget") or 0 for m in spec.media), default=0) or 280
+        mode = spec.knobs.get("towers") or "resident"
+        towers.append(Towers(runner, Path(spec.mmproj), Path(spec.path), mode, spec.threads, budget, sampler.sample))
+    out = []
+    for m in spec.media:
+        sampler.reset()
+        ms = MediaSpec(**m)
+        proj = towers[0].proj
+        if proj is not None:
+            proj.image_budget = ms.budget or proj.image_budget
+        res = run_media(runner, towers[0], ms, n_prompt, n_gen, spec.reps, spec.seed)
+        memory = asdict(sampler.peak())
+        count = pages.count(Path(spec.path))
+        step(f"{ms.label} done")
+        out.append(
+            {
+                "medium": res.to_json(),
+                "reps": res.reps,
+                "memory": memory,
+                "figures": runner.figures(),
+                "pages": count.to_json() if count else None,
+            }
+        )
+    return out
+
+
 def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
     tests = spec.tests or [[spec.n_prompt, spec.n_gen, spec.depth]]
-    out = []
+    out: list[dict[str, Any]] = []
+    towers: list[Any] = []  # the projector of a run with media (edgekit.measure.media.Towers)
     with PeakSampler() as sampler:
         runner = ENGINES.get(spec.engine).make()
         opts = RunOptions(threads=spec.threads, ctx=spec.ctx, knobs=spec.knobs, verbose=spec.verbose)
@@ -64,6 +102,10 @@ def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
         for i, (n_prompt, n_gen, depth) in enumerate(tests):
             if i:  # each test's peak is its own; the load's memory is still mapped and counted
                 sampler.reset()
+            if spec.media:
+                media = _media(runner, spec, n_prompt, n_gen, sampler, step, towers)
+                out.append({**media[0], "media": media})
+                continue
             reps = run_reps(
                 runner, n_prompt, n_gen, spec.reps, seed=spec.seed, on_step=step, on_sample=sampler.sample, depth=depth
             )
@@ -81,6 +123,10 @@ def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
                 }
             )
         applied = runner.applied()
+    if not spec.media:
+        applied["knobs"].pop("towers", None)  # no projector ran: the knob was not applied
+    if towers:
+        towers[0].close()
     runner.close()
     first = out[0]
     return MeasureResult(

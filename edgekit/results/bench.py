@@ -74,6 +74,20 @@ class Record(RecordBase):
     # "bench": edgekit bench, in its own process; "served": an HTTP client timing `edgekit serve`
     # (edgekit lab run --served: TTFT and decode t/s as the client sees them, template, HTTP and SSE included)
     via: str = "bench"
+    # a test with a medium in its prompt (bench --image/--audio, edgekit.measure.media); None otherwise
+    media_kind: Optional[str] = None  # image | audio
+    media_sha256: Optional[str] = None  # of the file as given
+    media_width: Optional[int] = None  # image: the file's pixels
+    media_height: Optional[int] = None
+    media_seconds: Optional[float] = None  # audio: the clip's duration
+    image_tokens_budget: Optional[int] = None  # image: the soft-token budget it was sized for
+    media_tokens: Optional[int] = None  # soft tokens the towers gave it (mtmd's count)
+    n_positions: Optional[int] = None  # the prompt's positions: BOS, the framed medium, -p text tokens
+    encode_ms: Optional[float] = None  # the towers' encode (mtmd_encode_chunk), mean over reps
+    encode_ms_sd: Optional[float] = None
+    towers_load_ms: Optional[float] = None  # loading the projector inside TTFT (towers = on_demand), else 0
+    towers_bytes: Optional[int] = None  # the towers' anonymous memory at its largest (weights + compute)
+    text_bytes: Optional[int] = None  # the peak's text part (peak RSS less the towers' part at the peak)
     # provenance
     timestamp: str = ""
     edgekit_version: str = ""
@@ -94,12 +108,21 @@ class Record(RecordBase):
         return None if self.budget_bytes is None else self.gate_bytes - self.budget_bytes
 
     @property
+    def medium(self) -> str:
+        """The medium in the prompt as a test name's part ("+image256", "+audio250"), or ""."""
+        return f"+{self.media_kind}{self.media_tokens or 0}" if self.media_kind else ""
+
+    @property
     def pp_test(self) -> str:
-        """llama-bench's name of the prompt test: pp512, or pp512 @ d1024 after 1024 tokens of depth."""
-        return f"pp{self.n_prompt}" + (f" @ d{self.depth}" if self.depth else "")
+        """llama-bench's name of the prompt test: pp512, or pp512 @ d1024 after 1024 tokens of depth;
+        pp512+image256 with a medium in the prompt."""
+        return f"pp{self.n_prompt}{self.medium}" + (f" @ d{self.depth}" if self.depth else "")
 
     @property
     def tg_test(self) -> str:
+        """tg128; after a prompt with a medium, decoding continues from it: tg128 @ pp512+image256."""
+        if self.media_kind:
+            return f"tg{self.n_gen} @ {self.pp_test}"
         return f"tg{self.n_gen}" + (f" @ d{self.depth}" if self.depth else "")
 
     @property
@@ -121,6 +144,25 @@ MB_NOTE = "MB = 1e6 bytes"
 GATE_NOTE = (
     "the target's memory gate (peak RSS, or the 16 KB-page peak if larger, vs its budget; OOM-kill or thrashing)"
 )
+
+
+MEDIA_NOTE = (
+    "media: the file in the prompt (image WxH @ its token budget, or audio seconds); test pp<p>+image<k>: BOS, "
+    "the k soft tokens framed by their markers, then p text tokens; tg after that prompt"
+)
+SPLIT_NOTE = (
+    "text/towers: towers = the anonymous memory the projector added, before its load to its peak (weights and "
+    "compute); text = peak RSS less the towers' part at the peak (towers=on_demand: the largest RSS after they "
+    "were freed)"
+)
+
+
+def _media(r: Record) -> Optional[str]:
+    if r.media_kind == "image":
+        return f"image {r.media_width}x{r.media_height} @{r.image_tokens_budget}"
+    if r.media_kind == "audio":
+        return f"audio {r.media_seconds:.2f} s"
+    return None
 
 
 def _some(rows: Sequence[Record], test: Callable[[Record], bool]) -> bool:
@@ -209,6 +251,15 @@ WIDE: list[Column] = [
     Column("OOM", lambda r: None if r.oom_killed is None else ("killed" if r.oom_killed else "no"), show="some"),
     Column("majflt pp", lambda r: r.majflt_prefill, 1, "some", "majflt: major page faults (pages read from disk)"),
     Column("majflt/tok", lambda r: r.majflt_per_token, 2, "some"),
+    Column("media", lambda r: _media(r), show="some", note=MEDIA_NOTE),
+    Column("media sha256", lambda r: r.media_sha256 and r.media_sha256[:12], show="some"),
+    Column("soft tokens", lambda r: r.media_tokens, 0, "some"),
+    Column(
+        "encode ms", lambda r: None if r.failed or r.encode_ms is None else (r.encode_ms, r.encode_ms_sd), 1, "some"
+    ),
+    Column("towers load ms", lambda r: None if r.failed else r.towers_load_ms or None, 1, "some"),
+    Column("text MB", lambda r: None if r.failed else _mb(r.text_bytes), 1, "some", note=SPLIT_NOTE),
+    Column("towers MB", lambda r: None if r.failed else _mb(r.towers_bytes), 1, "some"),
 ]
 
 
@@ -248,6 +299,14 @@ def compact(verdict: Callable[[Record], Optional[str]] = simple_verdict) -> list
         Column("threads", lambda t: t.rec.threads, 0),
         Column("test", lambda t: t.name),
         Column("t/s", lambda t: t.tps, 2, note=MEAN_NOTE),
+        Column(
+            "encode ms",
+            lambda t: None if t.phase != "pp" or t.rec.failed or t.rec.encode_ms is None else t.rec.encode_ms,
+            1,
+            "some",
+            "encode ms: the towers' encode of the medium (mtmd_encode_chunk), inside TTFT; pp t/s counts the "
+            "prompt's text positions only",
+        ),
         Column("peak RSS MB", lambda t: None if t.rec.failed else _mb(t.rec.peak_rss_bytes), 1, note=MB_NOTE),
         Column(
             "budget",

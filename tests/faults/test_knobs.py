@@ -13,7 +13,7 @@ from edgekit.results import parse_jsonl
 
 pytest.importorskip("llama_cpp")
 
-LLAMA_KNOBS = "flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, repack, swa_full, use_mmap"
+LLAMA_KNOBS = "flash_attn, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, repack, swa_full, towers, use_mmap"
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +117,8 @@ def test_unknown_profile_knob_is_rejected(f16, no_child):
     with pytest.raises(ConfigError) as e:
         run(f16, BenchOptions(n_prompt=8, n_gen=2, reps=1, target=tgt, roofline=False))
     known = (
-        "flash_attn, kv_fill, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, ple, repack, swa_full, use_mmap"
+        "flash_attn, kv_fill, kv_type, lazy, mlock, n_batch, n_gpu_layers, n_ubatch, ple, repack, swa_full, "
+        "towers, use_mmap"
     )
     assert str(e.value) == f"target pi5 [runtime]: unknown runtime knob 'kv_typ'; known: {known}"
 

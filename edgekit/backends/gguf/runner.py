@@ -58,6 +58,14 @@ KNOBS = Schema(
         # The C default keeps a full-context cache for sliding-window layers; llama-bench and llama.cpp's
         # own tools size it to the window (swa_full = false), which is what a deployment runs.
         Knob("swa_full", bool, "full-context cache for sliding-window layers", default=False),
+        # bench --image/--audio (edgekit.measure.media): "on_demand" loads the projector per medium and frees it
+        # before the text is evaluated, so the towers' memory and the full context's never coexist
+        Knob(
+            "towers",
+            str,
+            "projector: resident, or loaded per medium and freed before the text",
+            choices=("resident", "on_demand"),
+        ),
         Knob("n_gpu_layers", int, "layers to offload where the build has a GPU backend (Metal); -1 all", min=-1),
     ],
 )
