@@ -95,7 +95,7 @@ def reply_with_media(
     messages = ([{"role": "system", "content": chat.system}] if chat.system else []) + [message]
     t0 = time.perf_counter()
     try:
-        ids, prefix, spans = towers._prompt(messages, None, chat.think)
+        ids, prefix, spans = towers.build_prompt(messages, None, chat.think)
     except MediaError as e:  # name the file, not the part
         raise MediaError(_WHERE.sub(lambda m: str(files[int(m.group(1))]), e.message)) from None
     towers_s = time.perf_counter() - t0

@@ -109,16 +109,16 @@ class Towers:
             self._waiting += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self.pool, self._prompt, messages, tools, enable_thinking
+                self.pool, self.build_prompt, messages, tools, enable_thinking
             )
         finally:
             with self._lock:
                 self._waiting -= 1
 
-    def _prompt(
+    def build_prompt(
         self, messages: list[dict[str, Any]], tools: Optional[list[dict[str, Any]]], enable_thinking: Optional[bool]
     ) -> tuple[list[int], int, list[Any]]:
-        s, marker = self.session, self.proj._marker.decode()
+        s, marker = self.session, self.proj.marker
         messages, media = split(messages, marker, self.limits)
         for m in media:
             if m.kind not in self.modalities:  # schema.check_media refused it already; kept for a direct call
