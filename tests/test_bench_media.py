@@ -117,12 +117,12 @@ def test_the_memory_split(runs, built):
         # towers' windows also hold the medium's own buffers (the decoded and resized image, mtmd's bitmap
         # copy, the soft tokens: ≈4 MB here, heap glibc keeps), measured 3.4 MB under. Resident, above
         # it by what the media libraries' code and heap add (≈15-35 MB measured on this ≈95 MB process).
-        # on_demand is not bounded above here: on this tiny model the freed towers' buffers stay in
-        # glibc's heap (measured 54 MB over the text alone); the E2B budget table shows its real cost.
+        # on_demand: the towers freed, their heap is handed back (core.host.trim_heap): measured -1.6 to
+        # +8.7 MB over the text alone; without the trim glibc kept 23-52 MB of it.
         alone = text[r["n_positions"]]["peak_rss_bytes"]
         assert r["text_bytes"] >= alone - 8e6, (r["text_bytes"], alone)
-        if r["runtime"]["towers"] == "resident":
-            assert r["text_bytes"] <= alone + 48e6, (r["text_bytes"], alone)
+        over = 48e6 if r["runtime"]["towers"] == "resident" else 16e6
+        assert r["text_bytes"] <= alone + over, (r["runtime"]["towers"], r["text_bytes"], alone)
 
 
 @pytest.mark.slow

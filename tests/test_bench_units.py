@@ -3,6 +3,7 @@ byte counting against hand-made GGUF files, the bandwidth cache, and the timing 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import statistics
 import subprocess
@@ -52,6 +53,35 @@ def test_sampler_sees_known_anonymous_and_file_backed_allocations(tmp_path):
     # behind), so the peak may trail a read made a moment earlier by that much, never more.
     slack = 64 * 4096 * 2
     assert peak["peak_rss_bytes"] >= max(during["rss"], during["hwm"]) - slack
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_trim"), reason="glibc's malloc_trim only")
+def test_trim_heap_gives_freed_heap_back_to_the_kernel():
+    # 100 MiB of 64 KiB blocks (under glibc's mmap threshold, so heap), a block after them so free()
+    # cannot shrink the heap from its top, then all freed: glibc keeps them resident until trim_heap.
+    script = textwrap.dedent("""
+        import ctypes, json
+        from edgekit.core.host import trim_heap
+        from edgekit.measure.memory import read_status
+        libc = ctypes.CDLL(None)
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        before = read_status().anon
+        blocks = [libc.malloc(64 << 10) for _ in range(1600)]
+        for b in blocks:
+            ctypes.memset(b, 1, 64 << 10)
+        pin = libc.malloc(64 << 10)
+        ctypes.memset(pin, 1, 64 << 10)
+        for b in blocks:
+            libc.free(b)
+        kept = read_status().anon
+        ran = trim_heap()
+        print(json.dumps(dict(before=before, kept=kept, trimmed=read_status().anon, ran=ran)))
+    """)
+    out = json.loads(subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout)
+    assert out["ran"]
+    assert out["kept"] - out["before"] >= 95 * MiB  # what trim_heap is for: freed, still resident
+    assert out["trimmed"] - out["before"] <= 4 * MiB, out  # back to the start, the pinned block aside
 
 
 def _write_gguf(path, tensors: dict[str, np.ndarray], q8: tuple[str, ...] = ()) -> dict[str, int]:

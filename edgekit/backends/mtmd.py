@@ -19,6 +19,7 @@ import numpy as np
 
 from ..builder.projector import check_pair
 from ..core.errors import ArtifactError, EngineMissingError
+from ..core.host import trim_heap
 from ..serve.media import DEFAULT_IMAGE_BUDGET, Audio, MediaError, image_tokens
 
 IMAGE_CHUNK, AUDIO_CHUNK = 1, 2  # mtmd_input_chunk_type
@@ -128,6 +129,7 @@ class Projector:
         if getattr(self, "_ctx", None):
             self._m.mtmd_free(self._ctx)
             self._ctx = None
+            trim_heap()  # glibc would keep the towers' freed buffers (core.host)
 
     def __enter__(self) -> Projector:
         return self

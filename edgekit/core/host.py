@@ -3,6 +3,7 @@ bench's records, the bandwidth probe's cache key and the thread defaults agree."
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import platform
@@ -53,6 +54,24 @@ def page_size() -> int:
 
 def memory_bytes() -> int:
     return int(psutil.virtual_memory().total)
+
+
+_LIBC = ctypes.CDLL(None)  # the C library this process already links (no load, no search)
+
+
+def trim_heap() -> bool:
+    """Hand the C heap's free pages back to the kernel: glibc's ``malloc_trim(0)``; True when it ran.
+
+    glibc keeps freed heap in its arenas: with the towers freed before the text (bench's towers=on_demand)
+    the tiny model's text part stayed 23-52 MB over a text-only run, within 9 MB once trimmed. Called after
+    a projector is freed. Elsewhere a no-op (False): macOS's and musl's allocators have no malloc_trim and
+    give large freed blocks back to the kernel on their own."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True
 
 
 def host_key() -> str:
