@@ -27,10 +27,17 @@ import secrets
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
 from ..backends.engines import ENGINES
+from ..builder.manifest import versions
 from ..core.errors import ConfigError, EdgekitError
+from ..core.host import host_info
 from .feed import _Feed
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .guard import Guard, Policy
@@ -52,8 +59,6 @@ class BadRequest(Exception):
 
 
 def _error(message: str, status: int, code: str, headers: Optional[dict[str, str]] = None) -> Any:
-    from starlette.responses import JSONResponse
-
     return JSONResponse(
         {"error": {"message": message, "type": code, "code": status}}, status_code=status, headers=headers
     )
@@ -78,8 +83,6 @@ def _sampling(req: Any, n_vocab: int) -> Sampling:
 
 class App:
     def __init__(self, session: Session, strict_model: bool = False, max_prompt_chars: Optional[int] = None):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.s = session
         self.created = int(time.time())
         self.strict_model = strict_model
@@ -207,8 +210,6 @@ class App:
 
     # -- routes
     async def health(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
         busy, waiting = self.s.engine.busy()
         return JSONResponse(
             {
@@ -224,11 +225,6 @@ class App:
     async def props(self, request: Any) -> Any:
         """What is served and how (as llama.cpp's server's /props): the artifact, knobs, threads and
         context applied, the engine's memory figures and this process's peak RSS so far."""
-        from starlette.responses import JSONResponse
-
-        from ..builder.manifest import versions
-        from ..core.host import host_info
-
         s, a = self.s, self.s.artifact
         if not hasattr(self, "_host"):  # reading the host's CPU and RAM once is enough
             self._host, self._versions = host_info(), versions()
@@ -266,8 +262,6 @@ class App:
         )
 
     async def models(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
         return JSONResponse(
             {
                 "object": "list",
@@ -284,8 +278,6 @@ class App:
         )
 
     async def chat(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
         body = await self._parse(request, "chat")
         try:
             check_media(body, self.s.towers)
@@ -356,8 +348,6 @@ class App:
         )
 
     async def completions(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
         body = await self._parse(request, "completions")
         sampling = _sampling(body, self.s.engine.n_vocab)
         bos = self.s.template.bos_token
@@ -396,9 +386,6 @@ def make_app(
     strict_model: bool = False,
     max_prompt_chars: Optional[int] = None,
 ) -> Any:
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
     a = App(session, strict_model=strict_model, max_prompt_chars=max_prompt_chars)
 
     def guarded(fn: Any) -> Any:
