@@ -13,6 +13,10 @@ type, with and without the importance matrix imatrix_kl.py computed. It then pri
     flock /tmp/edgekit-bench.lock edgekit eval --suite enterprise .cache/enterprise-gemma3/*-Q*.gguf \\
         --reference .cache/enterprise-gemma3/gemma-3-270m-F32.gguf --target pi5
 
+On a loaded host each artifact can run alone (`eval --suite enterprise ART -o json > ART.json`: every
+answer is kept); --table REF.json ART.json... then prints the table `eval --reference REF` would, from
+those answers (each case's pass/fail and output against the reference's).
+
 --fixture builds the lean-vs-full pair of tests/data/tiny-trained-16k instead (Gemma 4, 16,384 tokens;
 edgekit's lean trim works on a Hugging Face checkpoint, which Gemma 3 270M is not here).
 """
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from edgekit.backends.gguf.quantize import quantize  # noqa: E402
 from edgekit.builder.pipeline import build  # noqa: E402
 from edgekit.profiles.recipes import get_recipe  # noqa: E402
+from edgekit.results.quality import SUITE_PARSERS, suite_markdown  # noqa: E402
 
 # Gemma 3's turns, written from its documented prompt format (ai.google.dev/gemma/docs/core/prompt-structure).
 GEMMA3_TURNS = (
@@ -71,6 +76,29 @@ def fixture(out: Path, corpus: Path, keep: int) -> list[Path]:
     return sorted(full.glob("*.gguf")) + sorted(lean.glob("*.gguf"))
 
 
+def table(ref_json: Path, run_jsons: list[Path]) -> str:
+    """The side-by-side table of runs made one artifact at a time without a reference, against REF's run."""
+    ref = SUITE_PARSERS["json"](ref_json.read_text())
+    answers = {a["id"]: a for r in ref for a in r.answers}
+    out = []
+    for r in ref:
+        r.is_reference, r.answers = True, []
+        out.append(r)
+    for f in run_jsons:
+        for r in SUITE_PARSERS["json"](f.read_text()):
+            mine = {a["id"]: a for a in r.answers}
+            r.reference, r.reference_sha256 = ref[0].artifact, ref[0].sha256
+            r.reference_passed = sum(answers[i]["passed"] for i in mine)
+            r.differs = [
+                {"id": i, "passed": a["passed"], "output": a["output"], "reference_output": answers[i]["output"]}
+                for i, a in mine.items()
+                if a["passed"] != answers[i]["passed"]
+            ]
+            r.answers = []
+            out.append(r)
+    return suite_markdown(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--gemma3-dir", type=Path, default=ROOT / ".cache" / "imatrix-kl-gemma3")
@@ -79,7 +107,11 @@ def main() -> int:
     ap.add_argument("--fixture", action="store_true", help="the lean-vs-full pair of tiny-trained-16k instead")
     ap.add_argument("--corpus", type=Path, default=ROOT / ".cache" / "fixture-16k-text" / "train.txt")
     ap.add_argument("--keep", type=int, default=4096, help="with --fixture: tokens kept (4,096 = 25%%)")
+    ap.add_argument("--table", type=Path, nargs="+", help="REF.json ART.json...: the side-by-side table")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.table[0], args.table[1:]), end="")
+        return 0
     if args.fixture:
         paths = fixture(args.out or ROOT / ".cache" / "enterprise-16k", args.corpus, args.keep)
     else:
