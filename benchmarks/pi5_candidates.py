@@ -262,6 +262,9 @@ def table(cands: list[Candidate], recs: dict, n_vocab: int) -> None:
             continue
         cells = " | ".join(f"{rs[lang].kl_mean:.5f} | {100 * rs[lang].same_top:.1f}%" for lang in LANGS)
         print(f"| {c.name}: {c.label()} | {rs['en'].file_bytes / 1e6:.2f} | {cells} |")
+    if base["en"].reference_text_bits_per_byte is None:  # eval measures whole texts only when a lean build runs
+        print("\n(no bits per byte: eval measures them only in a run with a lean candidate)")
+        return
     print("\nbits per byte (Δ vs the first row) and tokens per byte, whole text of each language's windows")
     print("| candidate | vocab | MB | " + " | ".join(f"{lang} bits/byte | Δ | tokens/byte" for lang in LANGS) + " |")
     print("|---|---:|---:|" + "---:|---:|---:|" * len(LANGS))

@@ -126,6 +126,16 @@ def test_gemma4_shapes(tiny_ckpt):
     assert tpl.stop_texts == ("<turn|>", "<|tool_response>", "<eos>")
 
 
+def test_gemma3_turns_stop_at_end_of_turn():
+    # A Gemma 2/3 template ends each turn with <end_of_turn>; without it as a stop, a reply ran on to
+    # max_tokens (found running the enterprise pack on Gemma 3 270M).
+    tpl = ChatTemplate(
+        "{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+    )
+    assert tpl.stop_texts == ("<end_of_turn>", "<eos>")
+    assert ChatTemplate("{{ messages[0]['content'] }}").stop_texts == ("<eos>",)
+
+
 def test_gguf_carries_the_checkpoint_template(tiny_ckpt, gguf_path, hf_tok):
     tpl = ChatTemplate.from_artifact(gguf_path)
     assert (tpl.bos_token, tpl.eos_token) == ("<bos>", "<eos>")  # read from the file's token table

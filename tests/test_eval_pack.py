@@ -143,6 +143,18 @@ def test_pack_shape():
         resolve_suite("enterprize")
 
 
+def test_cli_takes_the_pack_by_name(tmp_path):
+    # `eval --suite enterprise` read "enterprise" as a file before the pack was looked up, so the CLI
+    # refused every pack by name; now the error is the next one in line, the missing artifact.
+    from serve_fixture import cli
+
+    missing = tmp_path / "none.gguf"
+    r = cli("eval", str(missing), "--suite", "enterprise", "--no-store")
+    assert r.returncode != 0 and "cannot read the suite" not in r.stderr and "none.gguf" in r.stderr, r.stderr
+    r = cli("eval", str(missing), "--suite", "enterprize", "--no-store")
+    assert r.returncode != 0 and "packs: enterprise" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("cid", sorted(CASES))
 def test_every_case_passes_right_and_fails_wrong(cid):
     case = CASES[cid]

@@ -134,6 +134,7 @@ def test_runner_is_deterministic_and_shows_differences():
     assert ex.differs == [{"id": "ex-date", "passed": False, "output": "no idea", "reference_output": "2026-03-03"}]
     md = suite_markdown(recs)
     assert "| ref (reference) | " in md and "| art | " in md and "| 50% (1/2) |" in md
+    assert md.count("| all |") == 1 and "| 27% (3/11) |" in md and "| 0% (0/11) |" in md  # all cases, per artifact
     assert "case cls-sentiment (classification)" in md and "| no idea | B |" in md
 
 

@@ -82,10 +82,11 @@ def eval_(
 
     if suite is not None:
         # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
+        from ..eval.packs import resolve_suite
         from ..eval.suite import SuiteOptions, load_suite, run_suites
         from ..results.quality import SUITE_PRINTERS
 
-        load_suite(suite)  # a malformed suite fails before the store is opened
+        load_suite(resolve_suite(suite))  # a malformed suite (or pack name) fails before the store is opened
         with stored_after_printing(db, "suites", store=not no_store) as keep:
             results = run_suites(
                 paths,

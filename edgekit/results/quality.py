@@ -206,7 +206,7 @@ class SuiteRecord(ArtifactRecord):
 
 
 def suite_markdown(records: Iterable[SuiteRecord]) -> str:
-    """Per suite file: accuracy per suite (columns) per artifact (rows, the reference first), then each
+    """Per suite file: accuracy per suite (columns, then all cases) per artifact (rows, the reference first), then each
     case whose result differs from the reference's, the two outputs side by side."""
     groups: dict[tuple[str, str], list[SuiteRecord]] = {}
     for r in records:
@@ -220,16 +220,17 @@ def suite_markdown(records: Iterable[SuiteRecord]) -> str:
         lines = [
             f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}",
             "",
-            "| artifact | " + " | ".join(suites) + " |",
-            "|---|" + "---:|" * len(suites),
+            "| artifact | " + " | ".join(suites) + " | all |",
+            "|---|" + "---:|" * (len(suites) + 1),
         ]
         for (art, _, ref), by in rows.items():
+            ok, n = sum(r.passed for r in by.values()), sum(r.cases for r in by.values())
             lines.append(
                 f"| {art}{' (reference)' if ref else ''} | "
                 + " | ".join(
                     f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites
                 )
-                + " |"
+                + f" | {100 * ok / n:.0f}% ({ok}/{n}) |"
             )
         text = "\n".join(lines) + "\n"
         for r in rs:

@@ -44,6 +44,7 @@ QUOTE = '<|"|>'
 CALL_OPEN, CALL_CLOSE = "<|tool_call>", "<tool_call|>"
 THINK_OPEN, THINK_CLOSE = "<|channel>", "<channel|>"
 GEMMA4_STOPS = ("<turn|>", "<|tool_response>")
+TURN_END = "<end_of_turn>"  # Gemma 2 and 3 close a turn with it (their eos ends only a document)
 
 
 def _compile(source: str) -> Any:
@@ -93,8 +94,10 @@ class ChatTemplate:
 
     @property
     def stop_texts(self) -> tuple[str, ...]:
-        """Token texts that end a reply: end of turn and the hand-over after tool calls (Gemma 4), and eos."""
-        return (GEMMA4_STOPS if self.is_gemma4 else ()) + (self.eos_token,)
+        """Token texts that end a reply: end of turn and the hand-over after tool calls (Gemma 4), Gemma 2/3's
+        end of turn when the template writes it, and eos."""
+        turn = GEMMA4_STOPS if self.is_gemma4 else (TURN_END,) if TURN_END in self.source else ()
+        return (*turn, self.eos_token)
 
     def render(
         self,
