@@ -85,7 +85,7 @@ def test_soft_tokens_fed_equal_transformers(mm, hf):
     from edgekit.backends.mlx.media import MlxProjector, MlxSpan
 
     model, ip, fe = hf
-    proj = MlxProjector(mm["f32"], 70)
+    proj = MlxProjector(mm["f32"], 70, call=lambda fn: fn())  # on this thread
     try:
         spans = []
         for m in (
@@ -196,7 +196,7 @@ def test_prefill_logits_with_an_image_equal_transformers(mm, hf):
 
     model, ip, _ = hf
     cfg = json.loads((mm["ckpt"] / "config.json").read_text())
-    proj = MlxProjector(mm["f32"], 70)
+    proj = MlxProjector(mm["f32"], 70, call=lambda fn: fn())  # on this thread
     runner = MlxRunner()
     runner.load(mm["f32"], RunOptions(threads=1, ctx=512, knobs={"n_batch": 16}))  # chunks cross the image
     out = {}
@@ -302,3 +302,38 @@ def test_mmproj_and_text_builds_are_refused_in_one_line(mm, tmp_path):
     (tmp_path / "c.wav").write_bytes(_wav(1.0))
     r = cli("run", str(mm["vision"]), "-p", "hi", "--audio", str(tmp_path / "c.wav"))
     assert r.returncode != 0 and "no audio tower" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_eval_cases_with_media_reply_as_run_does(mm, tmp_path):
+    """Suite cases carrying an image and a clip run on the MLX build (eval/media_cases.py, run's path):
+    each greedy reply equals `edgekit run`'s with the same file and prompt."""
+    import hashlib
+
+    import soundfile as sf
+
+    from edgekit.eval.suite import SuiteOptions, run_suites
+
+    (tmp_path / "media").mkdir()
+    gradient_image().save(tmp_path / "media" / "img.png")
+    sf.write(tmp_path / "media" / "chirp.wav", chirp(), 16000)
+    sha = {n: hashlib.sha256((tmp_path / "media" / n).read_bytes()).hexdigest() for n in ("img.png", "chirp.wav")}
+    cases = [
+        {"id": "t", "suite": "text", "prompt": "Say hi.", "expected": "hi", "scorer": "contains"},
+        {"id": "i", "suite": "vision", "prompt": "What is in this picture?", "expected": "cat", "scorer": "contains",
+         "image": {"file": "media/img.png", "sha256": sha["img.png"]}},
+        {"id": "a", "suite": "audio", "prompt": "Transcribe this.", "expected": "hello", "scorer": "contains",
+         "audio": {"file": "media/chirp.wav", "sha256": sha["chirp.wav"]}},
+    ]  # fmt: skip
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text("".join(json.dumps(c) + "\n" for c in cases))
+    recs = run_suites([mm["art"]], suite, SuiteOptions(max_tokens=6))
+    out = {a["id"]: a["output"] for r in recs for a in r.answers}
+    assert set(out) == {"t", "i", "a"}
+    for cid, prompt, media in (
+        ("i", "What is in this picture?", ["--image", str(tmp_path / "media" / "img.png")]),
+        ("a", "Transcribe this.", ["--audio", str(tmp_path / "media" / "chirp.wav")]),
+    ):
+        r = cli("run", str(mm["art"]), "-p", prompt, *media, "-n", "6", "--temperature", "0", "--no-think")
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert out[cid] == r.stdout[:-1], (cid, out[cid], r.stdout)

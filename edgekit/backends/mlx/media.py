@@ -13,8 +13,10 @@ rows from the text model's embedding table, the soft tokens in place of the medi
 per-layer inputs looked up with token 0 at those positions. mlx-lm's text model multiplies its input
 embeddings by ``embed_scale``; mlx-vlm scales only the text rows, so the soft tokens go in divided by it.
 
-MLX arrays belong to the thread that made them: the towers load and run on a thread of their own and
-hand their soft tokens over as float32 numpy.
+MLX arrays belong to the thread that made them, and an MLX thread other than the engine's aborted
+`edgekit run --image` at exit ("terminate called without an active exception", every run): the towers
+load and run on the engine's own thread (Scheduler.call, between requests), their soft tokens kept as
+float32 numpy. MLX serves one request at a time, so this costs no concurrency.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, cast
 
@@ -64,10 +65,10 @@ def towers_entry(folder: Path) -> Optional[dict[str, Any]]:
 
 
 class MlxProjector:
-    """mlx-vlm's Gemma 4 towers of an MLX artifact folder, on a thread of their own."""
+    """mlx-vlm's Gemma 4 towers of an MLX artifact folder, run on the engine's thread."""
 
-    def __init__(self, folder: Path, image_budget: int):
-        require_mlx_vlm()
+    def __init__(self, folder: Path, image_budget: int, call: Any):
+        self.call = call  # runs a function on the MLX engine's thread (Scheduler.call)
         self.folder, self.image_budget = Path(folder), image_budget
         self.config = json.loads((self.folder / "config.json").read_text())
         entry = towers_entry(self.folder) or {}
@@ -82,15 +83,11 @@ class MlxProjector:
             )
         self.width = int(text["hidden_size"])
         self.ids = {k: int(self.config[k]) for k in ("boi_token_id", "eoi_token_id", "boa_token_id", "eoa_token_id")}
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edgekit-mlx-towers")
-        try:
-            self._pool.submit(self._load).result()
-        except BaseException:
-            self._pool.shutdown(wait=False)
-            raise
+        self.call(self._load)
 
     def _load(self) -> None:
-        # deferred: mlx and mlx-vlm (the mlx extra) load with towers, on their own thread
+        require_mlx_vlm()
+        # deferred: mlx and mlx-vlm (the mlx extra) load with towers, on the engine's thread
         import mlx.core as mx
         from mlx_vlm.models.gemma4.audio_feature_extractor import Gemma4AudioFeatureExtractor
         from mlx_vlm.models.gemma4.processing_gemma4 import Gemma4ImageProcessor
@@ -122,11 +119,13 @@ class MlxProjector:
         self.patch, self.pool = int(vc.get("patch_size", 16)), int(vc.get("pooling_kernel_size", 3))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self.module = None
+        self.module = None  # after the engine stopped (Session.close): nothing runs it any more
 
     def span(self, m: Any) -> tuple[list[int], MlxSpan, list[int]]:
         """The ids before the medium's soft positions, its span, the ids after (serve/towers.py's Medium)."""
+        return self.call(lambda: self._span(m))  # on the engine's thread, as all MLX work
+
+    def _span(self, m: Any) -> tuple[list[int], MlxSpan, list[int]]:
         if m.kind not in self.modalities:
             raise MediaError(f"{m.where}: this build has no {m.kind} tower")
         if m.kind == "vision":
@@ -150,7 +149,7 @@ class MlxProjector:
         return [self.ids["boa_token_id"]], MlxSpan("audio", n, inputs), [self.ids["eoa_token_id"]]
 
     def encode_span(self, span: MlxSpan) -> None:
-        span.embd = self._pool.submit(self._encode, span).result()
+        span.embd = self.call(lambda: self._encode(span))
 
     def _encode(self, span: MlxSpan) -> np.ndarray:
         import mlx.core as mx  # deferred: the mlx extra, as _load
@@ -190,7 +189,7 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
 
         if sha256_file(path) != want:
             raise ArtifactError(f"{path}: not the towers manifest.json records; rebuild with `edgekit build`")
-    return MlxProjector(folder, limits.image_tokens)
+    return MlxProjector(folder, limits.image_tokens, session.engine.call)
 
 
 def prefill_media(runner: Any, prompt: list[int], media: Any) -> None:
