@@ -12,12 +12,13 @@ import json
 
 import numpy as np
 import pytest
+import test_serve_media
 from serve_fixture import cli, start_server, wait_until
-from test_serve_media import BAD, PROMPT, _ask, _audio, _get, _image, _png, _reply, _wav
+from test_serve_media import PROMPT, _ask, _audio, _get, _image, _png, _reply, _wav
 
 from edgekit.serve.media import Audio, prepare_image
 from edgekit.serve.media_parts import MediaLimits, Medium
-from tests.media_samples import chirp, gradient_image
+from tests.media_samples import chirp, gradient_image, transformers_reference
 
 pytest.importorskip("mlx_vlm.models.gemma4", reason="needs edgekit[mlx] (mlx-vlm)")
 
@@ -57,16 +58,7 @@ def mm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf(mm):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, Gemma4Config, Gemma4ForConditionalGeneration
-
-    ckpt = mm["ckpt"]
-    model = Gemma4ForConditionalGeneration(Gemma4Config.from_pretrained(ckpt)).float().eval()
-    state = {k: v.float() for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
-    model.load_state_dict(state, strict=False)
-    torch.set_num_threads(2)
-    return model, AutoImageProcessor.from_pretrained(ckpt), AutoFeatureExtractor.from_pretrained(ckpt)
+    return transformers_reference(mm["ckpt"])
 
 
 def _rel(a, b) -> float:
@@ -263,15 +255,8 @@ def test_served_reply_equals_run(mm, server, tmp_path):
     assert ran == served and served[7] != served[8], (ran, served)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("parts, message", BAD)
-def test_bad_media_is_a_400_and_the_server_goes_on(server, parts, message):
-    import openai
-
-    with pytest.raises(openai.BadRequestError) as e:
-        _reply(server, _ask(*parts()))
-    assert e.value.status_code == 400 and message in e.value.body["message"], e.value.body
-    assert _reply(server, _ask(_image(_png())), n_tokens=1).usage.completion_tokens == 1
+# The GGUF server's bad-media cases, collected again here against this module's MLX ``server``.
+test_bad_media_is_a_400_and_the_server_goes_on = test_serve_media.test_bad_media_is_a_400_and_the_server_goes_on
 
 
 @pytest.mark.slow
