@@ -322,3 +322,20 @@ def test_eval_cases_with_media_reply_as_run_does(mm, tmp_path):
         r = cli("run", str(mm["art"]), "-p", prompt, *media, "-n", "6", "--temperature", "0", "--no-think")
         assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
         assert out[cid] == r.stdout[:-1], (cid, out[cid], r.stdout)
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_damaged_towers_are_one_line(mm, tmp_path, with_manifest):
+    """A towers file whose bytes changed: with its manifest, the resolver refuses the folder (its sha256
+    covers every file); alone, mlx-vlm's strict load does."""
+    import shutil
+
+    src = mm["art"].parent if with_manifest else mm["art"]
+    shutil.copytree(src, tmp_path / "copy")
+    folder = tmp_path / "copy" / mm["art"].name if with_manifest else tmp_path / "copy"
+    (folder / "towers.safetensors").write_bytes(b"\0" * 64)
+    (tmp_path / "p.png").write_bytes(_png())
+    r = cli("run", str(folder), "-p", "hi", "--image", str(tmp_path / "p.png"))
+    said = "differ from manifest.json" if with_manifest else "mlx-vlm's towers do not load it"
+    assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # the artifact line and the error

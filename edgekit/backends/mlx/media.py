@@ -171,8 +171,8 @@ class MlxProjector:
 
 
 def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optional[MlxProjector]:
-    """Backend.projector for MLX: the folder's towers (None for a text-only build); their sha256 against
-    the manifest when one lists them."""
+    """Backend.projector for MLX: the folder's towers (None for a text-only build). The resolver checked
+    them already: an MLX artifact's sha256 in the manifest covers every file of the folder."""
     folder = Path(session.path)
     if mmproj is not None:
         raise ConfigError(f"--mmproj: {folder.name} is MLX, whose towers live in its folder ({TOWERS_FILE}); drop it")
@@ -182,13 +182,6 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
     path = folder / entry["file"]
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; config.json names it: rebuild with `edgekit build --modalities ...`")
-    extra = getattr(session.artifact, "extra", None)
-    want = (extra or {}).get("towers", {}).get("sha256") if isinstance(extra, dict) else None
-    if want:
-        from ...model.checkpoint import sha256_file  # deferred: hashing only where a manifest pins it
-
-        if sha256_file(path) != want:
-            raise ArtifactError(f"{path}: not the towers manifest.json records; rebuild with `edgekit build`")
     return MlxProjector(folder, limits.image_tokens, session.engine.call)
 
 
