@@ -339,3 +339,44 @@ def test_damaged_towers_are_one_line(mm, tmp_path, with_manifest):
     said = "differ from manifest.json" if with_manifest else "mlx-vlm's towers do not load it"
     assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # the artifact line and the error
+
+
+@pytest.mark.slow
+def test_tower_precision_against_f16(mm, tmp_path):
+    """eval's projector precision on MLX builds: one bf16 text model, its towers stored F16 (the
+    reference), BF16 or F32. Random towers: the figures check wiring and order (F32 is closer to F16 than
+    BF16 is), they cannot rank types for a trained tower (docs/multimodal.md)."""
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.eval.metrics import full_kl
+    from edgekit.eval.projector_precision import Medium as PMedium
+    from edgekit.eval.projector_precision import compare_mlx_towers, format_rows
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.profiles.recipes import get_recipe
+
+    ckpt, bf16 = load_checkpoint(mm["ckpt"]), get_recipe("mlx-bf16")
+    both = ("vision", "audio")
+    folders = {
+        t: convert(ckpt, dataclasses.replace(bf16, name=f"t-{t}", towers=dict.fromkeys(both, t)), tmp_path / t, both)
+        for t in ("F16", "BF16", "F32")
+    }
+    media = [
+        PMedium("image", "image", prepare_image(gradient_image(), 70)),
+        PMedium("image 2", "image", prepare_image(gradient_image(seed=1), 70)),
+        PMedium("audio", "audio", Audio(chirp(), 16000)),
+    ]
+    rows = compare_mlx_towers(folders, media)
+    print(format_rows(rows))
+    by = {(r.projector, r.medium): r for r in rows}
+    for m in ("image", "audio"):
+        f16, bf, f32 = (by[(t, m)] for t in ("F16", "BF16", "F32"))
+        assert f16.soft_rel_l2 == 0.0 and abs(f16.next_kl) < 1e-12 and f16.same_top  # the same towers twice
+        assert 0 < f32.soft_rel_l2 < bf.soft_rel_l2 < 0.1, (f32, bf)
+        assert f16.tokens == (63 if m == "image" else 50)
+    # the KL sees the medium: another image moves the next token far more than a tower type's rounding
+    from edgekit.backends.mlx.media import soft_and_logits
+
+    head, tail = "<bos><|turn>user\n", "\nDescribe this.<turn|>\n<|turn>model\n"
+    (_, a), (_, b) = soft_and_logits(
+        folders["F16"], [("image", media[0].data), ("image", media[1].data)], (head, tail), 70
+    )
+    assert full_kl(a[None], b[None])[0] > 10 * max(by[(t, "image")].next_kl for t in ("BF16", "F32"))

@@ -214,3 +214,41 @@ def prefill_media(runner: Any, prompt: list[int], media: Any) -> None:
     runner.logits = run(n - 1, n)[:, -1, :]
     mx.eval(runner.logits)
     runner.kv_max = max(runner.kv_max, runner._kv_bytes() or 0)
+
+
+def soft_and_logits(folder: Path, media: list[tuple[str, Any]], chat: tuple[str, str], image_budget: int) -> list[Any]:
+    """(soft tokens, next-token logits as float64) per ``(kind, value)`` medium ("image": a prepared Pillow
+    image, "audio": serve.media.Audio) after the rendered chat ``chat`` = (text before the medium, text
+    after), on this thread (eval's projector precision: each tower type of an MLX build against F16)."""
+    # deferred: the artifact's tokenizer and runner load with a measurement only
+    from transformers import AutoTokenizer
+
+    from ..runner import RunOptions
+    from .runner import MlxRunner
+
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in chat]
+    proj = MlxProjector(Path(folder), image_budget, call=lambda fn: fn())
+    runner = MlxRunner()
+    runner.load(Path(folder), RunOptions(threads=1, ctx=4096))
+    out = []
+    try:
+        for kind, value in media:
+            before, span, after = proj.span(_Medium("vision" if kind == "image" else "audio", value, kind))
+            proj.encode_span(span)
+            span.start = len(ids[0]) + len(before)
+            runner.reset()
+            prefill_media(runner, [*ids[0], *before, *[-1] * span.n_pos, *after, *ids[1]], [span])
+            logits = np.array(runner.logits.astype(runner.mx.float32))[0].astype(np.float64)
+            out.append((span.embd, logits))
+    finally:
+        proj.close()
+        runner.close()
+    return out
+
+
+class _Medium:
+    """serve/media_parts.Medium's shape (kind, value, where), for media that did not come as parts."""
+
+    def __init__(self, kind: str, value: Any, where: str):
+        self.kind, self.value, self.where = kind, value, where
