@@ -6,7 +6,7 @@ through the front ÷ straight to the device's `edgekit serve`, same server, same
 One `edgekit serve` on the tiny model (synthesized and built when --dist is not given) on 127.0.0.1,
 HAProxy in front of it with the configuration `lab serve --front` writes (--keyed: the per-device key
 listener hop too). Rounds alternate direct and front requests, so a busy host hurts both alike; each
-request is one streamed greedy chat of exactly -n tokens timed by edgekit.lab.serve.one_request (TTFT
+request is one streamed greedy chat of exactly -n tokens timed by edgekit.lab.served_bench.one_request (TTFT
 = request sent to the first text; decode = tokens after the first over their time). Prints medians and
 the ratios (front ÷ direct for decode, direct ÷ front for TTFT: both ≥ 0.95 is the goal). The tiny model
 answers in milliseconds, so a fixed per-request cost of the front shows here far more than on a Pi 5.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from serve_fixture import free_port, start_server  # noqa: E402
 
 from edgekit.lab.front import Backend, Front, haproxy_config, write_config  # noqa: E402
-from edgekit.lab.serve import model_id, one_request, prompt_of  # noqa: E402
+from edgekit.lab.served_bench import model_id, one_request, prompt_of  # noqa: E402
 
 
 def tiny_dist(tmp: Path) -> Path:

@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.lab.serve import model_id, one_request  # noqa: E402
+from edgekit.lab.served_bench import model_id, one_request  # noqa: E402
 
 
 def tiny_artifact(workdir: Path, target: str) -> Path:

@@ -1,12 +1,13 @@
 """Print every import cycle among edgekit's modules; exit 1 if there is one.
 
-    python scripts/check_imports.py [--top-level] [--known A:B ...] [--graph]
+    python scripts/check_imports.py [--top-level | --types] [--known A:B ...] [--graph]
 
 Every ``import``/``from ... import`` of an edgekit module counts, function-local ones included (a cycle
 held together by a deferred import is still a cycle), except those under ``if TYPE_CHECKING:``. Importing
 ``edgekit.a.b`` also runs ``edgekit/a/__init__.py``, so a module depends on the packages of what it
 imports (never on its own package: that one is already running).
-``--top-level`` counts only the imports that run when the module is imported. ``--known A:B`` leaves out
+``--top-level`` counts only the imports that run when the module is imported; ``--types`` counts the
+``TYPE_CHECKING`` ones too (a circle that only type names close, as a type checker sees it). ``--known A:B`` leaves out
 the imports from module A of B or anything under B (short names, without ``edgekit.``): a known cycle
 that is being broken elsewhere; it is printed, never silently dropped.
 """
@@ -35,14 +36,15 @@ def _type_checking(node: ast.If) -> bool:
     )
 
 
-def _imports(tree: ast.Module, top_level: bool):
-    """(import node) for every import, skipping TYPE_CHECKING blocks (and function bodies with top_level)."""
+def _imports(tree: ast.Module, top_level: bool, types: bool = False):
+    """(import node) for every import, skipping TYPE_CHECKING blocks (unless types) and function bodies
+    (with top_level)."""
     stack = list(tree.body)
     while stack:
         node = stack.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, ast.If) and _type_checking(node):
+        elif isinstance(node, ast.If) and not types and _type_checking(node):
             stack.extend(node.orelse)
         elif top_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             continue
@@ -55,12 +57,12 @@ def _with_packages(name: str, mods: dict[str, Path]) -> list[str]:
     return [".".join(parts[:i]) for i in range(2, len(parts) + 1) if ".".join(parts[:i]) in mods]
 
 
-def graph(top_level: bool = False, root: Path = ROOT) -> dict[str, set[str]]:
+def graph(top_level: bool = False, root: Path = ROOT, types: bool = False) -> dict[str, set[str]]:
     mods = modules(root)
     g: dict[str, set[str]] = {m: set() for m in mods}
     for mod, path in mods.items():
         pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in _imports(ast.parse(path.read_text(), str(path)), top_level):
+        for node in _imports(ast.parse(path.read_text(), str(path)), top_level, types):
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             else:
@@ -141,8 +143,9 @@ def short(m: str) -> str:
 
 def main(argv: list[str]) -> int:
     top = "--top-level" in argv
+    types = "--types" in argv
     known = [argv[i + 1].split(":") for i, a in enumerate(argv) if a == "--known"]
-    g = graph(top_level=top)
+    g = graph(top_level=top, types=types)
     for a, b in known:
         cut = {m for m in g.get(f"edgekit.{a}", ()) if short(m) == b or short(m).startswith(b + ".")}
         if cut:
@@ -160,7 +163,8 @@ def main(argv: list[str]) -> int:
         )
     n_edges = sum(len(v) for v in g.values())
     print(
-        f"{len(g)} modules, {n_edges} imports ({'top level' if top else 'all but TYPE_CHECKING'}): "
+        f"{len(g)} modules, {n_edges} imports "
+        f"({'top level' if top else 'all, TYPE_CHECKING too' if types else 'all but TYPE_CHECKING'}): "
         f"{len(found)} cycle(s)"
     )
     return 1 if found else 0

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("EDGEKIT_NO_PROGRESS", "1")
+
+_BUILTIN_INTERN = sys.intern
+_ANSIBLE_INTERN_PATCH = "ansible.module_utils._internal._patches._sys_intern_patch"
+
+
+@pytest.fixture(autouse=True)
+def _builtin_sys_intern(request):
+    """ansible-core, once imported, replaces sys.intern with a callable object (its SysInternPatch) for the rest of
+    the process, and torch's dynamo, imported later in it, refuses anything but a function there ("substitute_in_graph
+    expects a function"). So every test ends with the builtin back; a test marked ``ansible`` gets ansible's patch
+    again if an earlier test imported ansible."""
+    patch = sys.modules.get(_ANSIBLE_INTERN_PATCH)
+    if patch is not None and request.node.get_closest_marker("ansible"):
+        patch.SysInternPatch.patch()
+    yield
+    sys.intern = _BUILTIN_INTERN
 
 
 @pytest.fixture(scope="session")

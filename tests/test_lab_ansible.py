@@ -24,6 +24,7 @@ from edgekit.lab.inventory import load_inventory
 from edgekit.results import Store
 
 pytest.importorskip("ansible_runner")
+pytestmark = pytest.mark.ansible
 REPO = Path(__file__).resolve().parent.parent
 EDGEKIT = str(Path(sys.executable).with_name("edgekit"))
 CORRUPT = f"{sys.executable} {REPO / 'tests' / 'corrupt_sftp.py'} /usr/lib/openssh/sftp-server"

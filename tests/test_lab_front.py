@@ -82,6 +82,7 @@ def fleet(dist, tmp_path_factory):
         s.stop()
 
 
+@pytest.mark.ansible
 def test_config_from_an_inventory_with_per_device_keys(tmp_path):
     from edgekit.lab.front import backends
     from edgekit.lab.inventory import load_inventory

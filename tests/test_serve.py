@@ -149,7 +149,7 @@ def test_bad_requests_are_400_with_a_message(server, model):
 
 
 def test_sse_writer_writes_what_json_dumps_writes():
-    from edgekit.serve.http import TEXT, _sse_writer
+    from edgekit.serve.feed import TEXT, _sse_writer
 
     head = {"id": "chatcmpl-1", "created": 1, "model": 'm "q"', "object": "chat.completion.chunk"}
     doc = lambda t: {**head, "choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]}

@@ -27,7 +27,7 @@ from ..core.errors import ArtifactError
 if TYPE_CHECKING:
     from ..builder.manifest import Artifact
     from ..model.checkpoint import Checkpoint
-    from ..profiles.recipes import Recipe
+    from ..profiles.recipe import Recipe
     from ..profiles.targets import Target
 
 T = TypeVar("T")

@@ -93,7 +93,7 @@ class TokenizerJson:
     _tok: Any = None
 
     def tokenize(self, text: str) -> list[int]:
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # deferred: tokenizers loads only when a folder's tokenizer is used
 
         if self._tok is None:
             self._tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))

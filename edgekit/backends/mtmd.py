@@ -41,6 +41,7 @@ class MediaSpan:
 
     def decode(self, lctx: Any, seq: int, pos: int, n_batch: int) -> int:
         """Decode the embeddings into sequence ``seq`` of ``lctx`` from ``pos``; the position after it."""
+        # deferred: llama-cpp-python loads only when a tower runs
         import llama_cpp
         from llama_cpp.mtmd_cpp import mtmd_helper_post_decode_callback as _NO_CALLBACK  # called with 0: NULL
 
@@ -85,7 +86,7 @@ class Projector:
         log_callback: Any = None,
     ):
         try:
-            from llama_cpp import mtmd_cpp
+            from llama_cpp import mtmd_cpp  # deferred: llama-cpp-python loads only when a tower runs
         except ImportError:  # pragma: no cover - a runtime dependency
             raise EngineMissingError(
                 "llama-cpp-python with mtmd is not installed; pip install 'edgekit[runtime]'"
@@ -94,7 +95,7 @@ class Projector:
         # mtmd logs through its own hook: route it to llama-cpp-python's, which a Llama(verbose=False) silences.
         # (or to ``log_callback``: a served engine's, which keeps llama.cpp's lines for -vv and its errors)
         if log_callback is None:
-            from llama_cpp._logger import llama_log_callback as log_callback
+            from llama_cpp._logger import llama_log_callback as log_callback  # deferred: as mtmd_cpp above
 
         mtmd_cpp.mtmd_log_set(log_callback, None)
         mtmd_cpp.mtmd_helper_log_set(log_callback, None)

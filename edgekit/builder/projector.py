@@ -23,7 +23,7 @@ from .manifest import artifact_digest
 if TYPE_CHECKING:
     from ..backends.format import BuildContext
     from ..model.checkpoint import Checkpoint
-    from ..profiles.recipes import Recipe
+    from ..profiles.recipe import Recipe
     from .manifest import Artifact
 
 # The strings mtmd wraps soft tokens in (tools/mtmd/mtmd.cpp, gemma4v / gemma4a): the text model's

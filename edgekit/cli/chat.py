@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 from typing import Optional
 
@@ -80,8 +81,7 @@ def run(
     """Chat with an artifact through its own chat template; timings and peak RSS on stderr at exit.
 
     `edgekit run ART "Hi"` answers once; `edgekit run ART` opens a chat (/help lists its commands)."""
-    import random
-
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..serve.generate import Sampling
     from ..serve.repl import Chat, Writer, check_sampling, clean_text, interactive, read_prompt
     from ..serve.repl import max_tokens as check_n
@@ -120,6 +120,7 @@ def run(
     towers_s = None
     try:
         if image or audio:
+            # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
             from ..serve.media_reply import reply_with_media
 
             assert text is not None  # refused above
@@ -249,6 +250,7 @@ def serve(
     max_audio_seconds: float = typer.Option(30.0, "--max-audio-seconds", help="Longest audio clip (at most 30)."),
 ) -> None:
     """An OpenAI-compatible API (/v1/chat/completions, /v1/completions, /v1/models, /health) on the target's knobs."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..serve.guard import Limits, Policy, is_loopback, read_api_key
     from ..serve.lifecycle import bind
     from ..serve.lifecycle import serve as run_server
@@ -332,6 +334,7 @@ def serve(
 
 
 def _media_limits(image_tokens, media_path, remote, timeout, mb, pixels, seconds):
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..serve.media import IMAGE_BUDGETS
     from ..serve.media_parts import MediaLimits
 
@@ -346,6 +349,7 @@ def _media_limits(image_tokens, media_path, remote, timeout, mb, pixels, seconds
 
 def _towers(session, limits, mmproj, off, queue) -> None:
     """The projector beside the served model (serve/towers.py), and one line saying what it serves."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..serve.towers import attach
 
     try:

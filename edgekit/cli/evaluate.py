@@ -71,14 +71,17 @@ def eval_(
 ) -> None:
     """Quality of each artifact against a reference: PPL, bits/byte, KL, same top, RMS Δp (or a task suite).
     A lean-vocabulary artifact gets bits and tokens per byte of the whole text beside the reference's."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..results.quality import PRINTERS
 
     if output not in PRINTERS:
         raise ConfigError(f"unknown output {output!r}; choose one of: {', '.join(PRINTERS)}")
     knob = knob_items(knob, ubatch, batch, flash)
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..eval.store import stored_after_printing
 
     if suite is not None:
+        # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
         from ..eval.suite import SuiteOptions, load_suite, run_suites
         from ..results.quality import SUITE_PRINTERS
 
@@ -100,6 +103,7 @@ def eval_(
         return
     if reference is None:
         raise ConfigError("--reference is required for the KL pass: the HF checkpoint or an unquantized artifact")
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..eval import EvalOptions, evaluate
 
     # The store is opened and tried before measuring; the records are printed before they are stored.

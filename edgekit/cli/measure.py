@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, OutputError
 from ..profiles.knobs import parse_set
 from .app import app
 from .options import BATCH, FLASH, MODEL, UBATCH, artifact_arg, knob_items, verbosity
@@ -94,7 +94,7 @@ def bench(
     ),
 ) -> None:
     """Measure load time, TTFT, prefill/decode t/s and peak RAM of each artifact; gate on the budget."""
-    from ..core.errors import OutputError
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..measure.bench import BenchOptions, bench_sweep, check_budget
     from ..measure.budget import limit_notes, verdict
     from ..measure.roofline import host_bandwidth
@@ -180,6 +180,7 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", help="Folder for report.md and the PNG plots."),
 ) -> None:
     """Write a markdown report with plots (decode t/s vs peak RAM, TTFT) from the results store."""
+    # deferred: the command's library loads when it runs, so --help stays fast (docs/design-notes.md)
     from ..results.report import write_report
 
     typer.echo(str(write_report(db, out)))

@@ -25,11 +25,12 @@ class HfSource(TokenizerJson):
     """transformers' Gemma4ForCausalLM on a checkpoint folder."""
 
     def __init__(self, folder: Path, dtype: str = "float32", threads: int = 2):
+        # deferred: torch and transformers (seconds to import) load only when a checkpoint is the reference
         from ..dev.hf_model import DTYPES, load_torch_model
 
         if dtype not in DTYPES:
             raise ConfigError(f"--reference-dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        import torch  # the reference's engine: only when a checkpoint is the reference
+        import torch  # deferred: the reference's engine, as above
 
         torch.set_num_threads(threads)
         self.label, self.folder = Path(folder).name, Path(folder)
@@ -40,7 +41,7 @@ class HfSource(TokenizerJson):
         return fit_vocab(tokenizer_json_vocab(self.folder, _bos_of(self.folder)), self.n_vocab, self.label)
 
     def logits(self, window: Sequence[int], first: int) -> np.ndarray:
-        import torch  # see __init__
+        import torch  # deferred: see __init__
 
         with torch.no_grad():
             out = self.model(torch.tensor([list(window)], dtype=torch.long), use_cache=False).logits

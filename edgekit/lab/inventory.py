@@ -25,7 +25,8 @@ DEFAULT_WORKDIR = "./edgekit"  # i.e. ~/edgekit on the device
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Names make can use as targets without quoting (the Makefile pastes `$*` into a recipe line).
 MAKE_SAFE = re.compile(r"^[A-Za-z0-9._+@-]+$")
-_FIELDS = {
+# A device's settings as the inventory spells them, in the order `edgekit lab list --origin` shows them.
+FIELDS = (
     "target",
     "host",
     "user",
@@ -40,7 +41,7 @@ _FIELDS = {
     "ssh_config",
     "serve_port",
     "api_key",
-}
+)
 
 
 @dataclass(frozen=True)
@@ -80,22 +81,7 @@ class Device:
         given = dict(self.origin)
         unset = "unset: ~/.ssh/config or ssh's default"
         out = []
-        for key in (
-            "target",
-            "host",
-            "user",
-            "port",
-            "identity",
-            "workdir",
-            "edgekit",
-            "python",
-            "connect_timeout",
-            "timeout",
-            "ssh_options",
-            "ssh_config",
-            "serve_port",
-            "api_key",
-        ):
+        for key in FIELDS:
             value = shlex.join(self.edgekit_cmd) if key == "edgekit" else getattr(self, key)
             if key == "api_key" and value:
                 value = "(set)"  # a secret: say where it comes from, never print it
@@ -161,9 +147,9 @@ def _device(name: str, raw: dict, defaults: dict, where: str, origin: tuple = ()
     if "," in name:
         raise ConfigError(f"{where}: device name {name!r} contains ','; `--devices` splits on commas, rename it")
     merged = {**defaults, **raw}
-    unknown = set(merged) - _FIELDS
+    unknown = set(merged) - set(FIELDS)
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_FIELDS))}")
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(FIELDS))}")
     for key in ("target", "host"):
         if key not in merged:
             raise ConfigError(f"{where}: lacks {key!r}; see targets/lab.example.toml")

@@ -26,7 +26,6 @@ on_demand, the largest RSS sampled after the towers were freed (text evaluation 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from ..backends.mtmd import AUDIO_CHUNK, IMAGE_CHUNK, Projector
 from ..backends.runner import majflt, mean_sd, prompt_tokens
 from ..builder.projector import projector_file
 from ..core.errors import ArtifactError, ConfigError
+from ..model.checkpoint import sha256_file
 from ..profiles.resolve import ResolvedArtifact
 from ..results import Record
 from ..serve.media import (
@@ -73,14 +73,6 @@ class MediaSpec:
         return f"image{self.tokens}" if self.kind == "image" else f"audio{self.tokens}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def describe(images: list[Path], audios: list[Path], budgets: list[int]) -> list[MediaSpec]:
     """The media of a run: each image once per budget (a sweep), each clip once; MediaError (one line)
     for a file that cannot be read or decoded, or is over a limit."""
@@ -90,7 +82,7 @@ def describe(images: list[Path], audios: list[Path], budgets: list[int]) -> list
     out = []
     for p in images:
         img = open_image(Path(p), str(p))
-        sha = _sha256(Path(p))
+        sha = sha256_file(Path(p))
         for b in budgets or [DEFAULT_IMAGE_BUDGET]:
             h, w = image_size_for_budget(img.height, img.width, b)
             out.append(
@@ -98,7 +90,7 @@ def describe(images: list[Path], audios: list[Path], budgets: list[int]) -> list
             )
     for p in audios:
         a = open_audio(Path(p), str(p))
-        out.append(MediaSpec("audio", str(p), _sha256(Path(p)), seconds=a.seconds, tokens=a.tokens))
+        out.append(MediaSpec("audio", str(p), sha256_file(Path(p)), seconds=a.seconds, tokens=a.tokens))
     return out
 
 

@@ -32,6 +32,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 from ..backends.format import folder_chat_template
 from ..backends.registry import detect
 from ..core.errors import ArtifactError, ConfigError
@@ -43,10 +47,6 @@ GEMMA4_STOPS = ("<turn|>", "<|tool_response>")
 
 
 def _compile(source: str) -> Any:
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
 
@@ -104,8 +104,6 @@ class ChatTemplate:
         enable_thinking: Optional[bool] = None,
         **kwargs: Any,
     ) -> str:
-        import jinja2
-
         if self._compiled is None:
             self._compiled = _compile(self.source)
         if enable_thinking is not None:

@@ -14,30 +14,36 @@ llama-server does with one model); 401/403/408/413 from serve/guard.py (key, Hos
 body); 503 with Retry-After when every slot is busy and the queue is full. Nothing is queued before the
 body passed; a client that disconnects cancels its generation (its slot is free at the next engine
 step). Thinking: ``chat_template_kwargs: {"enable_thinking": true}`` (as vLLM and llama.cpp's server
-take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning_content``.
+take it) or a top-level ``enable_thinking``; the reply's thinking is ``reasoning_content``. The
+replies' shapes (choices, SSE chunks, usage, logprobs) are serve/replies.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+
 from ..backends.engines import ENGINES
+from ..builder.manifest import versions
 from ..core.errors import ConfigError, EdgekitError
-from .chat import StopScanner, StreamSplitter, parse_reply
-from .feed import TEXT, _Feed, _sse_writer
+from ..core.host import host_info
+from .feed import _Feed
 from .generate import Event, PromptTooLong, QueueFull, Sampling
 from .guard import Guard, Policy
 from .media import MediaError
 from .media_parts import has_media
+from .replies import chat_choices, chat_sse, completion_sse, until_stop, usage
 from .schema import Invalid, check_media, parse_body
 from .session import Session, peak_rss_bytes
 from .towers import Busy as MediaBusy
@@ -53,8 +59,6 @@ class BadRequest(Exception):
 
 
 def _error(message: str, status: int, code: str, headers: Optional[dict[str, str]] = None) -> Any:
-    from starlette.responses import JSONResponse
-
     return JSONResponse(
         {"error": {"message": message, "type": code, "code": status}}, status_code=status, headers=headers
     )
@@ -79,8 +83,6 @@ def _sampling(req: Any, n_vocab: int) -> Sampling:
 
 class App:
     def __init__(self, session: Session, strict_model: bool = False, max_prompt_chars: Optional[int] = None):
-        from concurrent.futures import ThreadPoolExecutor
-
         self.s = session
         self.created = int(time.time())
         self.strict_model = strict_model
@@ -162,48 +164,6 @@ class App:
         self.live[id(req)] = req
         return req, q
 
-    @staticmethod
-    async def _events(q: _Feed, req: Any, stops: list[str]) -> AsyncIterator[list[Event]]:
-        """``q.stream()`` cut at the first stop sequence: the generation is cancelled there, the text
-        before it goes out, and the last event says "stop"."""
-        if not stops:
-            async for batch in q.stream():
-                yield batch
-            return
-        scan = StopScanner(stops)
-        async for batch in q.stream():
-            out = []
-            for e in batch:
-                if e.kind == "token":
-                    text = scan.feed(e.text)
-                    if scan.hit:
-                        req.cancel()
-                    if text:
-                        out.append(Event("token", e.token, text, logprob=e.logprob))
-                    continue
-                tail = scan.rest()
-                if tail:
-                    out.append(Event("token", -1, tail))
-                out.append(Event("done", finish_reason="stop", stats=e.stats) if scan.hit else e)
-            if out:
-                yield out
-
-    def _logprobs(self, tokens: list[Event]) -> dict[str, Any]:
-        """OpenAI's ``logprobs.content``: each generated token (thinking and tool-call markup included:
-        the engine does not tell them apart) with the model's log-probability and the likeliest others."""
-
-        def one(tok: int, lp: float) -> dict[str, Any]:
-            raw = self.s.engine.piece(tok)
-            return {"token": raw.decode("utf-8", "replace"), "logprob": lp, "bytes": list(raw)}
-
-        return {
-            "content": [
-                {**one(e.token, e.logprob[0]), "top_logprobs": [one(t, lp) for t, lp in e.logprob[1]]}
-                for e in tokens
-                if e.logprob is not None and e.token >= 0
-            ]
-        }
-
     def _submit_n(
         self,
         n: int,
@@ -241,28 +201,15 @@ class App:
         watcher = asyncio.ensure_future(watch())
         try:
             if stops:
-                events = [e async for batch in self._events(q, req, stops) for e in batch]
+                events = [e async for batch in until_stop(q, req, stops) for e in batch]
             else:
                 events = await q.take()  # all of them: this feed wakes us for the last one only
             return events[:-1], events[-1]
         finally:
             watcher.cancel()
 
-    @staticmethod
-    def _usage(stats: dict[str, Any], *more: dict[str, Any]) -> dict[str, Any]:
-        """OpenAI's usage: the prompt once, the completion tokens of every choice (``n``) together."""
-        done = stats.get("completion_tokens", 0) + sum(m.get("completion_tokens", 0) for m in more)
-        return {
-            "prompt_tokens": stats.get("prompt_tokens", 0),
-            "completion_tokens": done,
-            "total_tokens": stats.get("prompt_tokens", 0) + done,
-            "prompt_tokens_details": {"cached_tokens": stats.get("cached_tokens", 0)},
-        }
-
     # -- routes
     async def health(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
         busy, waiting = self.s.engine.busy()
         return JSONResponse(
             {
@@ -278,11 +225,6 @@ class App:
     async def props(self, request: Any) -> Any:
         """What is served and how (as llama.cpp's server's /props): the artifact, knobs, threads and
         context applied, the engine's memory figures and this process's peak RSS so far."""
-        from starlette.responses import JSONResponse
-
-        from ..builder.manifest import versions
-        from ..core.host import host_info
-
         s, a = self.s, self.s.artifact
         if not hasattr(self, "_host"):  # reading the host's CPU and RAM once is enough
             self._host, self._versions = host_info(), versions()
@@ -320,8 +262,6 @@ class App:
         )
 
     async def models(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse
-
         return JSONResponse(
             {
                 "object": "list",
@@ -338,8 +278,6 @@ class App:
         )
 
     async def chat(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
         body = await self._parse(request, "chat")
         try:
             check_media(body, self.s.towers)
@@ -384,9 +322,9 @@ class App:
             rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
             base = {"id": rid, "created": created, "model": self.s.model}
             if body.stream:
-                usage = bool(body.stream_options and body.stream_options.include_usage)
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    self._chat_sse(subs, base, usage, stops),
+                    chat_sse(subs, base, include_usage, stops, self.s.engine, self.live),
                     media_type="text/event-stream",
                     headers={"Cache-Control": "no-cache"},
                 )
@@ -399,125 +337,17 @@ class App:
             if not body.stream:
                 for r, _ in subs:
                     self.live.pop(id(r), None)
-        choices = []
-        for i, (tokens, done) in enumerate(results):
-            reply = parse_reply("".join(e.text for e in tokens))
-            msg: dict[str, Any] = {"role": "assistant", "content": reply.content or (None if reply.tool_calls else "")}
-            if reply.reasoning:
-                msg["reasoning_content"] = reply.reasoning
-            if reply.tool_calls:
-                msg["tool_calls"] = reply.openai_tool_calls(f"call_{rid[-8:]}{i or ''}")
-            choices.append(
-                {
-                    "index": i,
-                    "message": msg,
-                    "finish_reason": self._reason(done, reply),
-                    **({"logprobs": self._logprobs(tokens)} if body.logprobs else {}),
-                }
-            )
+        choices = chat_choices(results, rid, bool(body.logprobs), self.s.engine)
         return JSONResponse(
             {
                 **base,
                 "object": "chat.completion",
                 "choices": choices,
-                "usage": self._usage(*(done.stats for _, done in results)),
+                "usage": usage(*(done.stats for _, done in results)),
             }
         )
 
-    @staticmethod
-    def _reason(done: Event, reply: Any) -> str:
-        if done.finish_reason == "error":
-            return "error"
-        return "tool_calls" if reply.tool_calls and done.finish_reason == "stop" else done.finish_reason
-
-    async def _chat_sse(
-        self, subs: list[tuple[Any, _Feed]], base: dict[str, Any], usage: bool, stops: list[str]
-    ) -> AsyncIterator[str]:
-        """The stream of every choice (``n`` > 1: their chunks interleaved as they come), then usage and
-        [DONE]."""
-        head = {**base, "object": "chat.completion.chunk"}
-        stats: list[dict[str, Any]] = [{} for _ in subs]
-        try:
-            if len(subs) == 1:
-                async for text in self._choice_sse(0, *subs[0], head, stops, stats):
-                    yield text
-            else:
-                merged: asyncio.Queue[Optional[str]] = asyncio.Queue()
-
-                async def pump(i: int) -> None:
-                    try:
-                        async for text in self._choice_sse(i, *subs[i], head, stops, stats):
-                            await merged.put(text)
-                    finally:
-                        await merged.put(None)
-
-                tasks = [asyncio.ensure_future(pump(i)) for i in range(len(subs))]
-                try:
-                    left = len(subs)
-                    while left:
-                        text = await merged.get()
-                        if text is None:
-                            left -= 1
-                        else:
-                            yield text
-                finally:
-                    for t in tasks:
-                        t.cancel()
-            tail = ""
-            if usage:
-                tail = "data: " + json.dumps({**head, "choices": [], "usage": self._usage(*stats)}) + "\n\n"
-            yield tail + "data: [DONE]\n\n"
-        finally:
-            for r, _ in subs:
-                r.cancel()  # a disconnect closes this generator mid-stream: free the slots
-                self.live.pop(id(r), None)
-
-    async def _choice_sse(
-        self, index: int, req: Any, q: _Feed, head: dict[str, Any], stops: list[str], stats: list[dict[str, Any]]
-    ) -> AsyncIterator[str]:
-        def chunk(delta: dict[str, Any], finish: Optional[str] = None, **extra: Any) -> str:
-            return (
-                "data: "
-                + json.dumps(
-                    {**head, "choices": [{"index": index, "delta": delta, "finish_reason": finish, **extra}]},
-                    ensure_ascii=False,
-                )
-                + "\n\n"
-            )
-
-        # The tokens that arrived together go out as one delta per run of content (or of thinking):
-        # joined, they are the text the tokens one by one would have given.
-        write = {
-            kind: _sse_writer({**head, "choices": [{"index": index, "delta": {key: TEXT}, "finish_reason": None}]})
-            for kind, key in (("content", "content"), ("reasoning", "reasoning_content"))
-        }
-        split = StreamSplitter()
-        yield chunk({"role": "assistant", "content": ""})
-        async for batch in self._events(q, req, stops):
-            e = batch[-1]
-            pieces = split.feed("".join(x.text for x in batch if x.kind == "token"))
-            out = []
-            for i, (kind, text) in enumerate(pieces):
-                if i and pieces[i - 1][0] == kind:
-                    out[-1] = (kind, out[-1][1] + text)
-                else:
-                    out.append((kind, text))
-            if out:
-                yield "".join(write[kind](text) for kind, text in out)
-            if req.sampling.logprobs >= 0 and any(x.logprob is not None for x in batch):
-                yield chunk({}, logprobs=self._logprobs([x for x in batch if x.kind == "token"]))
-        tail = [write[kind](text) for kind, text in split.rest()]
-        reply = split.finish()
-        if reply.tool_calls:
-            calls = reply.openai_tool_calls(f"call_{head['id'][-8:]}{index or ''}")
-            tail.append(chunk({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
-        tail.append(chunk({}, self._reason(e, reply)))
-        stats[index] = e.stats
-        yield "".join(tail)
-
     async def completions(self, request: Any) -> Any:
-        from starlette.responses import JSONResponse, StreamingResponse
-
         body = await self._parse(request, "completions")
         sampling = _sampling(body, self.s.engine.n_vocab)
         bos = self.s.template.bos_token
@@ -531,47 +361,10 @@ class App:
         req, q = self._submit(ids, sampling, 0, body.stream or bool(stops), body.ignore_eos)
         base = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": self.s.model}
         if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-
-            async def sse() -> AsyncIterator[str]:
-                write = _sse_writer(
-                    {
-                        **base,
-                        "object": "text_completion",
-                        "choices": [{"index": 0, "text": TEXT, "finish_reason": None}],
-                    }
-                )
-                try:
-                    async for batch in self._events(q, req, stops):
-                        e = batch[-1]
-                        text = "".join(x.text for x in batch if x.kind == "token")
-                        if text:
-                            yield write(text)
-                    yield (
-                        "data: "
-                        + json.dumps(
-                            {
-                                **base,
-                                "object": "text_completion",
-                                "choices": [{"index": 0, "text": "", "finish_reason": e.finish_reason}],
-                            }
-                        )
-                        + "\n\n"
-                    )
-                    if usage:
-                        yield (
-                            "data: "
-                            + json.dumps(
-                                {**base, "object": "text_completion", "choices": [], "usage": self._usage(e.stats)}
-                            )
-                            + "\n\n"
-                        )
-                    yield "data: [DONE]\n\n"
-                finally:
-                    req.cancel()
-                    self.live.pop(id(req), None)
-
-            return StreamingResponse(sse(), media_type="text/event-stream")
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                completion_sse(req, q, base, stops, include_usage, self.live), media_type="text/event-stream"
+            )
         try:
             tokens, done = await self._collect(request, req, q, stops)
         finally:
@@ -581,7 +374,7 @@ class App:
             {
                 **base,
                 "object": "text_completion",
-                "usage": self._usage(done.stats),
+                "usage": usage(done.stats),
                 "choices": [{"index": 0, "text": "".join(e.text for e in tokens), "finish_reason": done.finish_reason}],
             }
         )
@@ -593,9 +386,6 @@ def make_app(
     strict_model: bool = False,
     max_prompt_chars: Optional[int] = None,
 ) -> Any:
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
     a = App(session, strict_model=strict_model, max_prompt_chars=max_prompt_chars)
 
     def guarded(fn: Any) -> Any:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from ...builder.manifest import versions
 from ...core.child import ChildDied, run_child
 from ...core.errors import ConfigError, QuantizeError
-from .imatrix import Entry, Imatrix, write_imatrix
+from ...core.fsutil import atomic_path
+from ...model.checkpoint import sha256_file
+from .imatrix import Entry, Imatrix, read_imatrix, write_imatrix
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +89,7 @@ class CalibrateResult:
 
 
 def _ggml() -> Any:
-    from llama_cpp._ggml import libggml as g
+    from llama_cpp._ggml import libggml as g  # deferred: the engine loads in the calibrating child only
 
     g.ggml_get_name.restype = ctypes.c_char_p
     g.ggml_get_name.argtypes = [ctypes.c_void_p]
@@ -227,9 +232,7 @@ def tokenize_text(L: Any, vocab: Any, text: str) -> list[int]:
 
 def calibrate_child(spec: CalibrateSpec, step: Callable[[str], None]) -> CalibrateResult:
     """The child half: load the model with the eval callback, decode the chunks, write the matrix."""
-    import os
-
-    import llama_cpp as L
+    import llama_cpp as L  # deferred: the engine loads in the calibrating child only
 
     global _SILENT_LOG
     if not spec.verbose:
@@ -339,13 +342,6 @@ def calibrate(
 def importance_matrix(ckpt: Any, ctx: Any, src: Path) -> dict[str, Any]:
     """The build's matrix for ``ckpt`` beside its artifacts (``ctx.calibration``: a text to compute it over
     on the intermediate ``src``, or a precomputed file copied in), and what the manifest records of it."""
-    import shutil
-
-    from ...builder.manifest import versions
-    from ...core.fsutil import atomic_path
-    from ...model.checkpoint import sha256_file
-    from .imatrix import read_imatrix
-
     cal = ctx.calibration
     if cal.imatrix is not None:
         name = f"{ckpt.name}.imatrix{'.gguf' if cal.imatrix.read_bytes()[:4] == b'GGUF' else '.dat'}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from ...core.errors import ArtifactError, EdgekitError
+from ...core.errors import ArtifactError, ConfigError, EdgekitError
 from ...model.dtypes import lossless
 from ..format import BuildContext, ChatText, LabelRule, TokenBytes
+from .ftypes import needs_imatrix
 
 if TYPE_CHECKING:
     from ...builder.manifest import Artifact
@@ -32,7 +33,7 @@ class GgufFormat:
     @staticmethod
     def _direct(recipe: Any) -> bool:
         """Whether the converter writes ``recipe`` itself (unquantized, no overrides): no llama.cpp needed."""
-        from .quantize import FLOAT_FTYPES
+        from .quantize import FLOAT_FTYPES  # deferred: quantize.py imports gguf, numpy and the child protocol
 
         return recipe.ftype in FLOAT_FTYPES and not recipe.overrides
 
@@ -40,21 +41,18 @@ class GgufFormat:
         return not self._direct(recipe)
 
     def needs_imatrix(self, recipe: Any) -> list[str]:
-        from .ftypes import needs_imatrix
-
         return needs_imatrix(recipe) if recipe.ftype else []
 
     def check(self, recipe: Any) -> None:
-        from ...core.errors import ConfigError
-
         if not recipe.ftype:
             raise ConfigError(f'recipe {recipe.name}: a gguf recipe needs ftype (e.g. "MOSTLY_Q4_0")')
         if not self._direct(recipe):
-            from .quantize import check
+            from .quantize import check  # deferred: as in _direct
 
             check(recipe)
 
     def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
+        # deferred: the build's modules (gguf's writer, numpy, builder.manifest) load only when building
         from ...builder.manifest import Artifact, artifact_digest
         from .convert import convert
         from .quantize import FLOAT_FTYPES, quantize
@@ -73,7 +71,7 @@ class GgufFormat:
                 return src
 
             if ctx.calibration is not None:
-                from .calibrate import importance_matrix
+                from .calibrate import importance_matrix  # deferred: only a build with --calibrate/--imatrix
 
                 # One matrix per checkpoint (a lean vocabulary has its own context), on its intermediate.
                 imatrix = ctx.shared(
@@ -103,6 +101,7 @@ class GgufFormat:
         return path.is_file() and path.suffix == ".gguf"
 
     def quant_label(self, path: Path) -> str:
+        # deferred: gguf (with its reader, ~50 ms) loads only when a GGUF file is read
         import gguf
 
         from .header import read_gguf_header
@@ -117,6 +116,7 @@ class GgufFormat:
         return path.stem
 
     def token_bytes(self, path: Path) -> TokenBytes:
+        # deferred: gguf (with its reader, ~50 ms) loads only when a GGUF file is read
         from .header import read_gguf_header
 
         tensors = read_gguf_header(path).tensors  # ArtifactError for a corrupt or truncated file
@@ -138,7 +138,7 @@ class GgufFormat:
         )
 
     def max_context(self, path: Path) -> Optional[int]:
-        from .header import read_gguf_header
+        from .header import read_gguf_header  # deferred: as in token_bytes
 
         scalars = read_gguf_header(path).scalars
         n = scalars.get(f"{scalars.get('general.architecture', '')}.context_length")
@@ -147,7 +147,7 @@ class GgufFormat:
         return n
 
     def chat_template(self, path: Path) -> ChatText:
-        from .header import read_gguf_header, token_texts
+        from .header import read_gguf_header, token_texts  # deferred: as in token_bytes
 
         scalars = read_gguf_header(path).scalars
         source = scalars.get("tokenizer.chat_template")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
 
 from ...core.errors import ConfigError
@@ -59,7 +60,6 @@ class Imatrix:
 
 def write_imatrix(path: Path, m: Imatrix) -> Path:
     """Write ``m`` in llama.cpp's GGUF imatrix format (what llama-imatrix writes), atomically."""
-    import gguf
 
     with atomic_path(Path(path)) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch="imatrix")
@@ -102,7 +102,6 @@ def read_imatrix(path: Path) -> Imatrix:
 
 
 def _read_gguf(path: Path) -> Imatrix:
-    import gguf
 
     r = gguf.GGUFReader(str(path))
     m = Imatrix()

@@ -8,6 +8,7 @@ peak memory is the quantizer's, not the converter's.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import re
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ...core.child import ChildDied, run_child
 from ...core.errors import ConfigError, EngineMissingError, QuantizeError
 from ...core.fsutil import atomic_path, low_space_hint
 from .header import read_gguf_header
+from .imatrix import KV_QUANT_CHUNKS, KV_QUANT_DATASET, KV_QUANT_ENTRIES, KV_QUANT_FILE, read_imatrix
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def ggml_type(name: str) -> int:
 
 
 def llama_ftype(name: str) -> int:
-    import llama_cpp
+    import llama_cpp  # deferred: llama-cpp-python loads only when a recipe is checked or quantized
 
     value = getattr(llama_cpp, f"LLAMA_FTYPE_{name.upper()}", None)
     if value is None:
@@ -70,9 +72,7 @@ _SILENT_LOG = None  # the ctypes callback must outlive every llama.cpp log call,
 
 def quantize_child(spec: QuantizeSpec, step: Callable[[str], None]) -> QuantizeResult:
     """The child half: one llama_model_quantize call."""
-    import ctypes
-
-    import llama_cpp
+    import llama_cpp  # deferred: the engine loads in the quantizing child only
 
     global _SILENT_LOG
     if not spec.verbose:
@@ -100,11 +100,7 @@ def _apply_imatrix(params: Any, path: Path) -> list[Any]:
     """Set ``params.imatrix`` and the ``quantize.imatrix.*`` KV overrides exactly as llama-quantize
     --imatrix does (tools/quantize/quantize.cpp), so the file is byte-identical to its output; returns the
     ctypes arrays, which must outlive the llama_model_quantize call."""
-    import ctypes
-
-    import llama_cpp
-
-    from .imatrix import KV_QUANT_CHUNKS, KV_QUANT_DATASET, KV_QUANT_ENTRIES, KV_QUANT_FILE, read_imatrix
+    import llama_cpp  # deferred: the engine loads in the quantizing child only
 
     m = read_imatrix(path)
     means = m.means()
@@ -142,6 +138,7 @@ def _apply_imatrix(params: Any, path: Path) -> list[Any]:
 def check(recipe: Any) -> tuple[int, list[tuple[str, int]]]:
     """(ftype, overrides) for ``recipe``, or the error quantizing it would end in, before any work."""
     try:
+        # deferred: llama-cpp-python loads only when a recipe is checked or quantized
         import llama_cpp  # noqa: F401
     except ImportError:
         raise EngineMissingError(

@@ -73,7 +73,7 @@ KNOBS = Schema(
 
 def _import() -> Any:
     try:
-        import llama_cpp
+        import llama_cpp  # deferred: the engine loads only when an artifact is opened
     except ImportError:
         raise EngineMissingError("llama-cpp-python is not installed; `pip install 'edgekit[runtime]'`") from None
     return llama_cpp
@@ -322,7 +322,7 @@ class LlamaCppRunner:
             # llama.cpp keeps calling the last callback set; ours dies with this runner, and in a process
             # that goes on (edgekit run/serve, tests) the next llama.cpp log line then jumps into freed
             # memory (a segfault in the next Llama's free_ctx). Hand logging back to llama-cpp-python.
-            from llama_cpp import _logger
+            from llama_cpp import _logger  # deferred: the engine, as _import() above
 
             self.L.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
             del self.log

@@ -182,6 +182,7 @@ def _source_dtype(ckpt: Checkpoint) -> str:
 
 def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
     """mlx-lm's gemma4 model holding the checkpoint's text tensors, still lazy (nothing read yet)."""
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     from mlx_lm.models import gemma4
 
@@ -201,6 +202,7 @@ def _build_model(ckpt: Checkpoint, config: dict[str, Any]) -> Any:
 
 
 def _cast(model: Any, plan: Plan, source: str) -> None:
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     from mlx.utils import tree_map_with_path
 
@@ -219,6 +221,7 @@ def _st_name(mlx_name: str) -> str:
 
 def _write_ple(ref: Any, dest: Path, q: dict[str, Any] | None, dtype: str) -> int:
     """Stream the PLE table into ``dest`` in mlx-lm's layout; return its size."""
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     import numpy as np
 
@@ -256,6 +259,7 @@ def convert(ckpt: Checkpoint, recipe: Any, out: Path, modalities: tuple[str, ...
     """Write the MLX artifact folder ``out`` for ``recipe`` (atomically: all of it or nothing); with
     ``modalities``, the towers too, in mlx-vlm's layout (edgekit.backends.mlx.towers)."""
     require_mlx()
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     import mlx.nn as nn
     from mlx.utils import tree_flatten

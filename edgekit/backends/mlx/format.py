@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...core.errors import ArtifactError
+from ...model.safetensors_io import read_tensors
 from ..format import BuildContext, ChatText, LabelRule, TokenBytes, folder_chat_template
 from .towers import TOWERS_FILE
 
@@ -45,6 +46,7 @@ class MlxFormat:
         return []
 
     def check(self, recipe: Any) -> None:
+        # deferred: the converter (model.checkpoint with huggingface_hub, mlx) loads only when a recipe is checked
         from .convert import Plan
         from .ple import require_mlx
 
@@ -52,6 +54,7 @@ class MlxFormat:
         Plan(recipe)
 
     def build(self, ckpt: Checkpoint, recipe: Any, ctx: BuildContext) -> Artifact:
+        # deferred: the build's modules (the converter, builder.manifest) load only when building
         from ...builder.manifest import Artifact, artifact_digest
         from .convert import check_towers, convert
 
@@ -92,8 +95,6 @@ class MlxFormat:
         return path.name
 
     def token_bytes(self, path: Path) -> TokenBytes:
-        from ...model.safetensors_io import read_tensors
-
         folder = Path(path)
         fix = "rebuild it with `edgekit build`"
         entries = {

@@ -26,7 +26,7 @@ class MlxGenerator(Scheduler):
         if gen.slots > 1:
             raise ConfigError("the MLX engine serves one request at a time; use --parallel 1 with an MLX artifact")
         super().__init__(1, gen.max_queue)
-        from transformers import AutoTokenizer  # heavy (and torch where installed): only when serving MLX
+        from transformers import AutoTokenizer  # deferred: heavy (and torch where installed): only when serving MLX
 
         self.n_ctx = opts.ctx
         self.runner = MlxRunner()
@@ -95,7 +95,8 @@ class MlxGenerator(Scheduler):
         self._done(slot, reason, error)
 
     def _step(self) -> None:
-        import mlx.core as mx  # the engine: imported on the worker thread that runs it
+        # deferred: the engine, imported on the worker thread that runs it
+        import mlx.core as mx
         from mlx_lm.sample_utils import make_sampler
 
         slot = self.slots[0]
@@ -110,7 +111,7 @@ class MlxGenerator(Scheduler):
         # The runner's own prefill (generate_step's chunking: all but the last token, then the last) and
         # decode steps, sampled with mlx-lm's sampler. Not generate_step itself: it runs on a stream
         # mlx-lm makes when imported, in whichever thread imports it first.
-        import mlx.core as mx  # the engine (see _step)
+        import mlx.core as mx  # deferred: the engine (see _step)
 
         r = self.runner
         r.reset()
@@ -121,7 +122,7 @@ class MlxGenerator(Scheduler):
         reason = "length"
         penalize = None
         if s.repeat_penalty != 1.0:  # mlx-lm's processor over the same window as llama.cpp's
-            from mlx_lm.sample_utils import make_logits_processors
+            from mlx_lm.sample_utils import make_logits_processors  # deferred: the engine (see _step)
 
             penalize = make_logits_processors(
                 repetition_penalty=s.repeat_penalty, repetition_context_size=REPEAT_LAST_N

@@ -50,6 +50,7 @@ PLE_MODULE = "language_model.model.embed_tokens_per_layer"  # mlx-lm's path for 
 def require_mlx() -> Any:
     """mlx.core, or one line saying how to get it."""
     try:
+        # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
         import mlx.core as mx
         import mlx_lm  # noqa: F401
     except ImportError as e:
@@ -134,7 +135,7 @@ def open_ple(folder: Path, quant: dict[str, Any] | None) -> PleTable:
 
 
 def _to_mx(a: np.ndarray, dtype: str) -> Any:
-    import mlx.core as mx
+    import mlx.core as mx  # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
 
     if dtype == "BF16":
         return mx.array(a).view(mx.bfloat16)  # bf16 is stored as its raw 16 bits
@@ -142,6 +143,7 @@ def _to_mx(a: np.ndarray, dtype: str) -> Any:
 
 
 def _make_disk_embedding() -> type:
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -203,6 +205,7 @@ def load_mlx_model(
     tokenizer's memory (≈110 MB resident for Gemma's 262k vocabulary, measured on the e2b preset).
     """
     mx = require_mlx()
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     from mlx.utils import tree_map
     from mlx_lm.utils import load_config, load_model, load_tokenizer
 

@@ -42,6 +42,7 @@ KNOBS = Schema(
 
 def _import() -> Any:
     try:
+        # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
         import mlx.core as mx
         import mlx_lm  # noqa: F401
     except ImportError:
@@ -55,9 +56,9 @@ def load_mlx_model(path: Path, ple: str = "auto") -> Any:
     edgekit's MLX format keeps the PLE table memory-mapped through ``edgekit.backends.mlx.ple`` (``ple`` =
     "auto" | "mmap" | "resident", the target's ``ple`` knob); without it, stock mlx-lm loads the folder."""
     try:
-        from .ple import load_mlx_model as load_with_ple
+        from .ple import load_mlx_model as load_with_ple  # deferred: as mlx, only when an MLX model is run
     except ImportError:
-        from mlx_lm.utils import load_model
+        from mlx_lm.utils import load_model  # deferred: the engine, as above
 
         return load_model(Path(path))[0]
     return load_with_ple(path, ple=ple, tokenizer=False)[0]  # ids are fed: the tokenizer would only add RSS
@@ -106,7 +107,7 @@ class MlxRunner:
         return self._bos
 
     def reset(self) -> None:
-        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.models.cache import make_prompt_cache  # deferred: the engine, as _import()
 
         self.cache = make_prompt_cache(self.model)
         self.logits = None
@@ -159,6 +160,7 @@ class MlxRunner:
     def logits_all(self, tokens: Sequence[int], first: int = 0) -> Any:
         """Logits [len(tokens) - first, n_vocab] (float32 numpy) of one sequence run through mlx-lm's model
         call from an empty prompt cache, in prefill chunks of n_batch (edgekit eval)."""
+        # deferred: the engine, as _import() (numpy only for eval's logits)
         import numpy as np
         from mlx_lm.models.cache import make_prompt_cache
 

@@ -33,6 +33,7 @@ MIN_PLE_BITS = 8  # 4-bit PLE gave garbage in a downstream mlx-vlm port of E2B (
 
 def require_mlx_vlm() -> None:
     try:
+        # deferred: mlx-vlm (the mlx extra) loads only when towers are built or run
         import mlx_vlm.models.gemma4  # noqa: F401
     except ImportError:
         raise EngineMissingError("mlx-vlm is not installed (MLX towers); pip install 'edgekit[mlx]'") from None
@@ -84,6 +85,7 @@ def config_part(ckpt: Checkpoint, modalities: tuple[str, ...]) -> dict[str, Any]
 
 def _tower_modules(config: dict[str, Any]) -> Any:
     """mlx-vlm's own tower modules (no language model) and its Model.sanitize bound to them."""
+    # deferred: mlx-vlm (the mlx extra) loads only when towers are built or run
     import mlx.nn as nn
     import mlx_vlm.models.gemma4 as family
     from mlx_vlm.models.gemma4 import gemma4
@@ -111,6 +113,7 @@ def write(
 ) -> int:
     """Write ``towers.safetensors`` into ``folder`` (the artifact's private stage) and name its tensors in the
     index; return its size. ``config`` is the artifact's config.json with ``config_part`` merged in."""
+    # deferred: mlx (the mlx extra) loads only when an MLX model is built or run
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
