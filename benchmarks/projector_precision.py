@@ -48,7 +48,15 @@ def main() -> int:
     ap.add_argument("--image-tokens", type=int, default=70)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--engine",
+        choices=("llama.cpp", "mlx"),
+        default="llama.cpp",
+        help="mlx: MLX builds (bf16 text), types F16,BF16,F32",
+    )
     args = ap.parse_args()
+    if args.engine == "mlx":
+        return mlx_main(args)
 
     from edgekit.backends.gguf.convert import convert
     from edgekit.backends.gguf.mmproj import write_mmproj
@@ -68,6 +76,36 @@ def main() -> int:
         rows = compare_projectors(text, projectors, media(args.image_tokens, args.seconds), threads=args.threads)
     where = args.model or f"synth --preset {args.preset} --towers (random weights)"
     print(f"model: {where}; text F32, F32 K/V cache; reference: the F16 projector")
+    print(format_rows(rows))
+    return 0
+
+
+def mlx_main(args) -> int:
+    """The same rows for MLX builds: one bf16 text model, towers stored as each type (Q8_0 is refused on MLX)."""
+    import dataclasses
+
+    from edgekit.backends.mlx.convert import convert
+    from edgekit.dev.synth import synth
+    from edgekit.eval.projector_precision import compare_mlx_towers, format_rows
+    from edgekit.model.checkpoint import load_checkpoint
+    from edgekit.profiles.recipes import get_recipe
+
+    types = [t.strip().upper() for t in args.types.split(",")]
+    types = ["F16", *[t for t in types if t != "F16"]]
+    recipe, both = get_recipe("mlx-bf16"), ("vision", "audio")
+    with tempfile.TemporaryDirectory(prefix="projprec-mlx-") as tmp:
+        work = Path(tmp)
+        src = args.model or synth(work / f"{args.preset}-mm", preset=args.preset, seed=0, towers=True)
+        ckpt = load_checkpoint(src)
+        folders = {
+            t: convert(
+                ckpt, dataclasses.replace(recipe, name=f"mlx-{t}", towers=dict.fromkeys(both, t)), work / t, both
+            )
+            for t in types
+        }
+        rows = compare_mlx_towers(folders, media(args.image_tokens, args.seconds), args.image_tokens)
+    where = args.model or f"synth --preset {args.preset} --towers (random weights)"
+    print(f"model: {where}; MLX, bf16 text; reference: F16 towers")
     print(format_rows(rows))
     return 0
 

@@ -1,13 +1,13 @@
 """eval with media: suite cases carrying an image or an audio clip (sha256-pinned, beside the suite) run
-through llama.cpp's mtmd; and projector precision (each type against F16) on the tiny model with towers
-(random weights: the figures check wiring and ordering, they cannot rank types for a trained tower)."""
+on `edgekit run --image`'s path (a GGUF here; tests/test_mlx_media.py has an MLX build); and projector
+precision (each type against F16) on the tiny model with towers (random weights: the figures check
+wiring and ordering, they cannot rank types for a trained tower)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -101,34 +101,32 @@ def test_bad_media_is_refused_at_load_with_its_line(suite, edit, said):
 
 @pytest.mark.slow
 def test_media_cases_reply_as_edgekit_run_does(built, suite):
-    """The eval path and `edgekit run --image/--audio` give the same greedy reply for the same case."""
-    from edgekit.serve.media_run import run_media
-
+    """The eval path and `edgekit run --image/--audio` give the same greedy reply for the same case, with
+    the same knobs (the tiny model attends inside an image at once in llama.cpp: its 266 soft tokens need
+    a ubatch that holds them, pi5's is 64)."""
     _, folder = built
-    recs = run_suites([folder], suite, SuiteOptions(max_tokens=6, threads=2))
+    recs = run_suites([folder], suite, SuiteOptions(max_tokens=6, threads=2, runtime={"n_ubatch": 512}))
     out = {a["id"]: a["output"] for r in recs for a in r.answers}
     assert set(out) == {"t", "i", "a"}
     art = folder / "tiny-mm-F16.gguf"
-    for cid, prompt, kw in (
-        ("i", "What is in this picture?", {"images": [suite.parent / "media" / "img.png"], "audios": []}),
-        ("a", "Transcribe this.", {"images": [], "audios": [suite.parent / "media" / "chirp.wav"]}),
+    for cid, prompt, media in (
+        ("i", "What is in this picture?", ["--image", str(suite.parent / "media" / "img.png")]),
+        ("a", "Transcribe this.", ["--audio", str(suite.parent / "media" / "chirp.wav")]),
     ):
-        said: list[str] = []
-        run_media(art, prompt, write=said.append, max_tokens=6, threads=2, enable_thinking=False, **kw)
-        assert out[cid] == "".join(said), cid
+        r = CliRunner().invoke(
+            app, ["run", str(art), "-p", prompt, *media, "-n", "6", "--temperature", "0", "--no-think", "-ub", "512"]
+        )
+        assert r.exit_code == 0, r.output
+        assert out[cid] == r.stdout[:-1], (cid, out[cid], r.stdout)
     assert {r.suite: r.suite_sha256 for r in recs}["vision"] == _sha(suite)
 
 
-def test_media_cases_are_refused_where_they_cannot_run(suite):
-    from edgekit.eval.media_cases import run_media_cases
-
-    cases = [c for c in load_suite(suite) if c.media]
-    mlx = SimpleNamespace(path=suite.parent / "x-mlx", artifact=SimpleNamespace(format="mlx"))
-    with pytest.raises(ConfigError, match="GGUF builds with a projector"):
-        run_media_cases(mlx, cases, SuiteOptions())
-    gguf = SimpleNamespace(path=suite.parent / "x.gguf", artifact=SimpleNamespace(format="gguf"))
-    with pytest.raises(ConfigError, match="--set n_batch"):
-        run_media_cases(gguf, cases, SuiteOptions(runtime={"n_batch": 64}))
+def test_media_cases_are_refused_on_a_build_without_towers(built, suite, tmp_path):
+    ckpt, _ = built
+    r = CliRunner().invoke(app, ["build", "-m", str(ckpt), "-q", "f16", "--out", str(tmp_path / "dist")])
+    assert r.exit_code == 0, r.output
+    with pytest.raises(ConfigError, match="built without towers, so its suite cases with images or audio"):
+        run_suites([tmp_path / "dist" / "tiny-mm" / "pi5"], suite, SuiteOptions(max_tokens=2))
 
 
 @pytest.mark.slow

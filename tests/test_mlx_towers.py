@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from edgekit.cli import app
 from edgekit.serve.media import prepare_image
-from tests.media_samples import chirp, gradient_image
+from tests.media_samples import chirp, gradient_image, transformers_reference
 
 pytest.importorskip("mlx_vlm.models.gemma4", reason="needs edgekit[mlx] (mlx-vlm)")
 runner = CliRunner()
@@ -47,16 +47,7 @@ def mm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf(mm):
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoFeatureExtractor, AutoImageProcessor, Gemma4Config, Gemma4ForConditionalGeneration
-
-    ckpt = mm["ckpt"]
-    model = Gemma4ForConditionalGeneration(Gemma4Config.from_pretrained(ckpt)).float().eval()
-    state = {k: v.float() for f in ckpt.glob("*.safetensors") for k, v in load_file(f).items()}
-    model.load_state_dict(state, strict=False)
-    torch.set_num_threads(2)
-    return model, AutoImageProcessor.from_pretrained(ckpt), AutoFeatureExtractor.from_pretrained(ckpt)
+    return transformers_reference(mm["ckpt"])
 
 
 def _rel(a, b) -> float:

@@ -176,3 +176,15 @@ def test_sampling_is_seeded(engine):
         eng.submit(log.request(name, [1, 7], max_tokens=8, temperature=1.0, seed=seed))
     log.wait("a", "b", "c")
     assert log.tokens("a") == log.tokens("b") != log.tokens("c")
+
+
+def test_call_runs_on_the_worker_thread_between_requests(engine):
+    """Scheduler.call (MLX runs its towers on the engine's thread): a result, an exception handed back,
+    and a refusal once the engine is closed."""
+    e = engine()
+    assert e.call(lambda: threading.current_thread().name) == "edgekit-engine"
+    with pytest.raises(ZeroDivisionError):
+        e.call(lambda: 1 / 0)
+    e.close()
+    with pytest.raises(RuntimeError, match="the engine is closed"):
+        e.call(lambda: 1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ..profiles.knobs import Schema
 from .format import Format
@@ -38,6 +38,10 @@ class Backend:
     max_ctx: Optional[int] = None  # the longest context the engine can represent
     prefix_cache: bool = False  # the generator keeps a shared prompt prefix in a file (serve --prefix-cache)
     threads: bool = True  # the engine takes a thread count (MLX on CPU has none: records say None)
+    # opens the towers beside a served session for run/serve with media: (session, --mmproj or None,
+    # serve.media_parts.MediaLimits) -> a projector (serve/towers.py says what it gives), or None when the
+    # artifact has no towers; None here: the engine runs text only
+    projector: Optional[Callable[..., Any]] = None
 
     def __post_init__(self) -> None:
         if self.format.engine != self.name:

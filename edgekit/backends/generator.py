@@ -25,6 +25,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -170,6 +171,7 @@ class Scheduler:
         self.n_waiting = 0
         self.lock = threading.Condition()
         self.stopping = False
+        self.jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="edgekit-engine", daemon=True)
 
     # -- what a backend provides
@@ -197,6 +199,25 @@ class Scheduler:
             self.waiting.put(req)
             self.lock.notify()
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker thread between steps and return its result (an engine whose arrays
+        belong to the thread that made them, MLX, runs its towers there)."""
+        fut: Future[Any] = Future()
+        with self.lock:
+            if self.stopping:
+                raise RuntimeError("the engine is closed")
+            self.jobs.put((fn, fut))
+            self.lock.notify()
+        return fut.result()
+
+    def _run_jobs(self) -> None:
+        while not self.jobs.empty():
+            fn, fut = self.jobs.get_nowait()
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # the caller's to raise
+                fut.set_exception(e)
+
     def busy(self) -> tuple[int, int]:
         with self.lock:
             return sum(s.req is not None for s in self.slots), self.n_waiting
@@ -217,11 +238,17 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.lock:
-                while not self.stopping and self.waiting.empty() and all(s.req is None for s in self.slots):
+                while (
+                    not self.stopping
+                    and self.waiting.empty()
+                    and self.jobs.empty()
+                    and all(s.req is None for s in self.slots)
+                ):
                     self.lock.wait()
                 if self.stopping:
                     break
                 self._admit()
+            self._run_jobs()
             try:
                 self._step()
             except Exception as e:  # an engine failure ends every request in flight, never the thread silently
@@ -234,6 +261,8 @@ class Scheduler:
                 self._finish(s, "cancelled")
         while not self.waiting.empty():
             self.waiting.get_nowait().on_event(Event("done", finish_reason="cancelled"))
+        while not self.jobs.empty():
+            self.jobs.get_nowait()[1].set_exception(RuntimeError("the engine is closed"))
 
     def _emit(self, slot: Slot, tok: int, piece: bytes, logprob: Any = None) -> Optional[str]:
         """Send the token; the finish reason when the request is complete after it."""

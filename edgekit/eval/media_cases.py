@@ -1,5 +1,5 @@
-"""Suite cases with an image or an audio clip, run through llama.cpp's mtmd (the path `edgekit run --image`
-takes).
+"""Suite cases with an image or an audio clip, run on the path `edgekit run --image/--audio` takes (any
+backend with towers: llama.cpp's mtmd, MLX's mlx-vlm towers).
 
 A case names its media beside the suite file, pinned by sha256:
 
@@ -11,8 +11,9 @@ same form. A missing file, a path that leaves the folder, or bytes whose sha256 
 naming FILE:LINE. The suite's own sha256 (in every record) therefore pins the media too.
 
 Each medium stands before the case's last user message, images first, as `edgekit run` places them. The
-reply is greedy, up to max_tokens, on a plain llama.cpp context with the artifact's projector (the one its
-manifest links): the target's runtime knobs are not applied there, so a run that sets knobs is refused.
+reply is greedy, up to max_tokens, on the artifact's session with its towers (the projector its manifest
+links, or an MLX folder's towers): the target's runtime and --set knobs apply as for text cases. Images
+get the default budget (280 soft tokens, transformers' default).
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError
-from ..core.host import physical_cores
-from ..serve.chat import ChatTemplate
-from ..serve.media_run import MediaModel, find_projector, load_media, media_marker
+from ..core.errors import BenchError, ConfigError
+from ..serve.generate import Sampling
+from ..serve.media import DEFAULT_IMAGE_BUDGET, MAX_AUDIO_SECONDS, MAX_PIXELS, MediaError
+from ..serve.media_parts import MediaLimits
+from ..serve.media_reply import media_message
+from ..serve.session import open_resolved
+from ..serve.towers import attach
 
 KINDS = ("image", "audio")
 
@@ -65,38 +69,42 @@ def parse_media(d: dict[str, Any], suite: Path, where: str) -> tuple[CaseMedium,
     return tuple(out)
 
 
-def run_media_cases(pl: Any, cases: list[Any], opts: Any) -> list[tuple[Any, str]]:
-    """(case, greedy reply) for ``cases`` (each with media) on ``pl`` (a resolved GGUF artifact with a projector)."""
+def run_media_cases(ra: Any, cases: list[Any], opts: Any) -> list[tuple[Any, str]]:
+    """(case, greedy reply) for ``cases`` (each with media) on the resolved artifact ``ra``, through the path
+    `edgekit run --image/--audio` takes: its session (the target's runtime and --set knobs applied), its
+    backend's towers (serve/towers.py), the media as content parts of the last user turn."""
 
-    if pl.artifact.format != "gguf":
-        raise ConfigError(
-            f"{pl.path.name}: suite cases with images or audio run on GGUF builds with a projector (llama.cpp's "
-            "mtmd); evaluate this MLX artifact on a suite without media"
-        )
-    if opts.runtime:
-        raise ConfigError(
-            f"--set {next(iter(opts.runtime))}: cases with media run on llama.cpp's defaults, which the knob "
-            "would not change; drop it or use a suite without media"
-        )
-    proj = find_projector(pl.path, pl.artifact, None)
-    template = ChatTemplate.from_artifact(pl.path)
-    marker = media_marker()
-    model = MediaModel(pl.path, proj, n_ctx=2048, threads=opts.threads or min(4, physical_cores()))
+    biggest = max(m.path.stat().st_size for c in cases for m in c.media)
+    limits = MediaLimits(max(biggest, 1), MAX_PIXELS, MAX_AUDIO_SECONDS, DEFAULT_IMAGE_BUDGET)
+    session = open_resolved(ra)
     results = []
     try:
-        stop = model.stop_ids(template)
-        for c in cases:
-            media = load_media(
-                [m.path for m in c.media if m.kind == "image"], [m.path for m in c.media if m.kind == "audio"]
+        towers = attach(session, limits, max_waiting=1)
+        if towers is None:
+            raise ConfigError(
+                f"{ra.path.name}: built without towers, so its suite cases with images or audio cannot run; "
+                "rebuild with `edgekit build --modalities vision,audio` or use a suite without media"
             )
+        for c in cases:
             msgs = [dict(m) for m in c.messages]
             last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
-            msgs[last]["content"] = "".join(marker + "\n" for _ in c.media) + str(msgs[last]["content"])
-            figures = model.eval_prompt(template.render(msgs, enable_thinking=False), media)
-            room = model.llm.n_ctx() - int(figures["prompt_positions"])
-            toks = [t for t in model.greedy(min(room, opts.max_tokens), stop) if t not in stop]
-            text = b"".join(model.piece(t) for t in toks).decode("utf-8", errors="replace")
+            msgs[last], _, _ = media_message(
+                str(msgs[last]["content"]),
+                [m.path for m in c.media if m.kind == "image"],
+                [m.path for m in c.media if m.kind == "audio"],
+            )
+            try:
+                ids, prefix, spans = towers.build_prompt(msgs, None, False)
+            except MediaError as e:
+                raise MediaError(f"case {c.id}: {e.message}") from None
+            text = ""
+            for e in session.stream(ids, Sampling(max_tokens=opts.max_tokens, temperature=0.0), prefix, spans):
+                if e.kind == "done":
+                    if e.finish_reason == "error":
+                        raise BenchError(f"{ra.path.name}: generation failed on case {c.id} ({e.text})")
+                    break
+                text += e.text
             results.append((c, text))
     finally:
-        model.close()
+        session.close()
     return results

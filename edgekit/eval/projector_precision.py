@@ -1,5 +1,5 @@
 """Projector precision: each projector type (F16, BF16, Q8_0, ...) against the F16 one, on the same text
-model and the same media, through llama.cpp's mtmd.
+model and the same media, through llama.cpp's mtmd (GGUF projectors) or mlx-vlm's towers (MLX builds).
 
 Per projector and medium: the soft tokens' relative L2 error against F16's, and the next-token KL(F16 ‖ P)
 after a chat prompt holding the medium (the distribution the reply's first token is drawn from), with
@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.mlx.media import MARKER, soft_and_logits
 from ..core.errors import ConfigError
 from ..serve.chat import ChatTemplate
 from ..serve.media_run import MediaModel, MediaPrompt, media_marker
@@ -67,7 +68,26 @@ def compare_projectors(
     """Rows for every projector (the F16 one included, as its own zero) and medium."""
     if REFERENCE not in projectors:
         raise ConfigError(f"projector precision is measured against an {REFERENCE} projector; none given")
-    got = {name: _measure(text_gguf, path, media, threads) for name, path in projectors.items()}
+    return _rows({name: _measure(text_gguf, path, media, threads) for name, path in projectors.items()}, media)
+
+
+def compare_mlx_towers(folders: dict[str, Path], media: list[Medium], image_tokens: int = 70) -> list[PrecisionRow]:
+    """The same rows for MLX builds of one text model whose towers differ in type (``folders``: type ->
+    MLX folder), through the path `edgekit run` takes on MLX (backends/mlx/media.py)."""
+    if REFERENCE not in folders:
+        raise ConfigError(f"projector precision is measured against {REFERENCE} towers; none given")
+    items = [(m.kind, m.data) for m in media]
+    got = {}
+    for t, f in folders.items():
+        text = ChatTemplate.from_artifact(Path(f)).render(
+            [{"role": "user", "content": MARKER + "\n" + PROMPT}], enable_thinking=False
+        )
+        head, tail = text.split(MARKER)
+        got[t] = soft_and_logits(f, items, (head, tail), image_tokens)
+    return _rows(got, media)
+
+
+def _rows(got: dict[str, list[tuple[np.ndarray, np.ndarray]]], media: list[Medium]) -> list[PrecisionRow]:
     rows = []
     for name, per_medium in got.items():
         for m, (soft, logits), (ref_soft, ref_logits) in zip(media, per_medium, got[REFERENCE], strict=True):

@@ -260,7 +260,7 @@ def run_artifact(ra: ResolvedArtifact, cases: list[Case], opts: SuiteOptions) ->
             run = run_suite(text, render, generate, opts.max_tokens, ra.artifact.file)
         finally:
             close()
-    if len(text) < len(cases):  # images and audio go through llama.cpp's mtmd (media_cases)
+    if len(text) < len(cases):  # images and audio: the artifact's towers (media_cases)
         replies = run_media_cases(ra, [c for c in cases if c.media], opts)
         media = [CaseResult(c, out, c.score(out)) for c, out in replies]
         run.results = sorted(run.results + media, key=lambda r: r.case.line)

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ..core.errors import ConfigError
-from ..serve.media_run import find_projector
+from ..core.errors import ArtifactError
 from .media import MAX_AUDIO_SECONDS, MAX_PIXELS, MediaError
 from .media_parts import AUDIO_FORMATS, MediaLimits
 from .repl import Chat, clean_text
@@ -82,14 +81,16 @@ def reply_with_media(
     """Attach the towers to ``chat``'s session, send one user turn with the media, stream the reply;
     returns the seconds the towers took (before the reply's ttft)."""
     s = chat.session
-    if s.format != "gguf":
-        raise ConfigError(f"{s.path.name}: images and audio run on GGUF artifacts (llama.cpp's mtmd) for now")
     message, files, biggest = media_message(clean_text(text)[0], images, audios)
     limits = MediaLimits(
         max_bytes=biggest, max_pixels=MAX_PIXELS, max_seconds=MAX_AUDIO_SECONDS, image_tokens=image_tokens
     )
-    towers = attach(s, limits, find_projector(s.path, s.artifact, mmproj), max_waiting=1)
-    assert towers is not None  # a GGUF with a projector file
+    towers = attach(s, limits, mmproj, max_waiting=1)
+    if towers is None:
+        raise ArtifactError(
+            f"{s.path.name} was built without towers; rebuild with `edgekit build --modalities vision,audio` "
+            "(a GGUF also takes --mmproj FILE)"
+        )
     if towers.warning:
         chat.w.err(f"edgekit: warning: {towers.warning}\n")
     messages = ([{"role": "system", "content": chat.system}] if chat.system else []) + [message]

@@ -1,7 +1,7 @@
 """The library's own mtmd path: a text GGUF and its projector in one llama_cpp.Llama context of their own
 (llama.cpp's defaults), media evaluated by mtmd and the reply decoded greedily, one token per llama_decode.
-`eval` runs its media cases here and `projector_precision` compares towers with it; `edgekit run
---image/--audio` and `serve` run media through the session's scheduler instead (serve/towers.py).
+`projector_precision` compares towers with it; `edgekit run --image/--audio`, `serve` and eval's media
+cases run media through the session's scheduler instead (serve/towers.py).
 
 The artifact's projector comes from its manifest entry (``extra["projector"]``, sha256 checked) or
 ``--mmproj`` (find_projector). Images are sized to transformers' size for the token budget

@@ -111,10 +111,12 @@ class Session:
             self._stop = self.engine.stop_ids(self.template.stop_texts)
         return self._stop
 
-    def stream(self, ids: list[int], sampling: Sampling, prefix_len: int = 0) -> Iterator[Event]:
-        """Blocking iteration over one request's events (for `edgekit run` and tests)."""
+    def stream(self, ids: list[int], sampling: Sampling, prefix_len: int = 0, media: Any = ()) -> Iterator[Event]:
+        """Blocking iteration over one request's events (for `edgekit run`, eval and tests); ``media``: the
+        towers' spans of a prompt with images or audio (serve/towers.py)."""
         q: queue.SimpleQueue[Event] = queue.SimpleQueue()
         req = self.request(ids, sampling, prefix_len, q.put)
+        req.media = tuple(media)
         self.engine.submit(req)
         try:
             while True:

@@ -7,6 +7,7 @@ from .format import GGUF
 from .generator import LlamaGenerator
 from .logits import GgufSource
 from .runner import KNOBS, N_CTX_MAX, LlamaCppRunner
+from .towers import open_projector
 
 BACKEND = Backend(
     name="llama.cpp",
@@ -18,4 +19,5 @@ BACKEND = Backend(
     logits=GgufSource,
     max_ctx=N_CTX_MAX,
     prefix_cache=True,
+    projector=open_projector,
 )

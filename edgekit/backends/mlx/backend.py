@@ -6,6 +6,7 @@ from ..backend import Backend
 from .format import MLX
 from .generator import MlxGenerator
 from .logits import MlxSource
+from .media import open_projector
 from .runner import KNOBS, MlxRunner
 
 BACKEND = Backend(
@@ -22,4 +23,5 @@ BACKEND = Backend(
     # torch as absent.
     block=("torch",),
     threads=False,
+    projector=open_projector,
 )

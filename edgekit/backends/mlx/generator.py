@@ -13,6 +13,7 @@ from typing import Any, Optional, cast
 from ...core.errors import ConfigError
 from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Sampling, Scheduler, Slot
 from ..runner import RunOptions
+from .media import prefill_media
 from .runner import MlxRunner
 
 
@@ -114,7 +115,10 @@ class MlxGenerator(Scheduler):
 
         r = self.runner
         r.reset()
-        r.prefill(req.prompt)
+        if req.media:  # images/audio: their soft tokens in place of the prompt's -1 positions
+            prefill_media(r, req.prompt, req.media)
+        else:
+            r.prefill(req.prompt)
         reason = "length"
         penalize = None
         if s.repeat_penalty != 1.0:  # mlx-lm's processor over the same window as llama.cpp's
@@ -123,7 +127,7 @@ class MlxGenerator(Scheduler):
             penalize = make_logits_processors(
                 repetition_penalty=s.repeat_penalty, repetition_context_size=REPEAT_LAST_N
             )[0]
-            seen = list(req.prompt[-REPEAT_LAST_N:])
+            seen = [t for t in req.prompt if t >= 0][-REPEAT_LAST_N:]  # media positions hold -1
         for _ in range(s.max_tokens):
             if req.cancelled.is_set():
                 reason = "cancelled"
