@@ -90,6 +90,8 @@ def server(built, art):
         built / "serve.log",
         *BASE,
         *KNOBS,
+        "--set",
+        "towers=resident",  # the reference of the on_demand test (pi5, the artifact's target, loads per prompt)
         "--parallel",
         "2",
         "--max-media-mb",
@@ -323,3 +325,64 @@ def test_requests_waiting_for_the_towers_are_bounded():
     with pytest.raises(Busy, match="2 requests with media are waiting"):
         asyncio.run(t.prompt([], None, None))
     assert t._waiting == 2
+
+
+def _logprobs(r) -> list[tuple[float, list[float]]]:
+    return [(t.logprob, [x.logprob for x in t.top_logprobs]) for t in r.choices[0].logprobs.content]
+
+
+def test_towers_on_demand_give_the_resident_numbers_and_free_the_projector(server, built, art, tmp_path):
+    """towers = on_demand: mtmd's context is loaded for each prompt with media and freed once they are
+    encoded; the soft tokens then reach the model without it (backends.mtmd.decode_embeddings, not mtmd's
+    helper). Served log-probabilities equal the resident server's for an image, a clip, and both."""
+    import openai
+
+    assert _get(server, "/props")["towers"] == {"mode": "resident", "loaded": True, "loads": 1}
+    od = start_server(art, built / "od.log", *BASE, *KNOBS, "--set", "towers=on_demand")
+    try:
+        # loaded once at start (modalities, the pair's checks, the ubatch warning), then freed
+        assert _get(od, "/props")["towers"] == {"mode": "on_demand", "loaded": False, "loads": 1}
+        cases = [
+            _ask(_image(_png())),
+            _ask(_audio(_wav())),
+            _ask(_image(_png(color=(0, 0, 255))), _audio(_wav(0.5))),
+        ]
+        for i, messages in enumerate(cases, start=1):
+            want = _reply(server, messages, logprobs=True, top_logprobs=5)
+            got = _reply(od, messages, logprobs=True, top_logprobs=5)
+            assert got.choices[0].message.content == want.choices[0].message.content
+            assert got.usage.prompt_tokens == want.usage.prompt_tokens
+            assert _logprobs(got) == _logprobs(want)  # measured: equal to the last bit
+            assert _get(od, "/props")["towers"] == {"mode": "on_demand", "loaded": False, "loads": 1 + i}
+        # a prompt refused after the projector tokenized its media (too long for the context) frees it too
+        with pytest.raises(openai.BadRequestError, match="the context is"):
+            _reply(od, _ask(_image(_png()), text="word " * CTX))
+        assert _get(od, "/props")["towers"]["loaded"] is False
+        # `run` takes the knob as serve does
+        (tmp_path / "photo.png").write_bytes(_png())
+        r = cli(
+            "run", str(art), "-p", PROMPT, "--image", str(tmp_path / "photo.png"), "-n", "6", *BASE, *KNOBS,
+            "--set", "towers=on_demand",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout[:-1] == _reply(server, _ask(_image(_png()))).choices[0].message.content
+    finally:
+        assert od.stop() == 0
+
+
+def test_a_medium_placed_in_2d_keeps_its_projector():
+    """on_demand decodes soft tokens at one position each; a projector whose media take 2-D positions
+    (M-RoPE: n_pos < n_tokens) needs mtmd's helper and its context, so a span of it does not detach."""
+    from edgekit.backends.mtmd import MediaSpan
+
+    class Mtmd:  # the five calls a span makes, for a 64-token image laid out on an 8x8 M-RoPE grid
+        mtmd_input_chunk_get_n_tokens = staticmethod(lambda c: 64)
+        mtmd_input_chunk_get_n_pos = staticmethod(lambda c: 8)
+        mtmd_decode_use_non_causal = staticmethod(lambda ctx, c: False)
+        mtmd_decode_use_mrope = staticmethod(lambda ctx: True)
+        mtmd_input_chunk_free = staticmethod(lambda c: None)
+
+    span = MediaSpan(Mtmd(), object(), object(), "image")
+    assert not span.plain_positions
+    with pytest.raises(MediaError, match="2-D"):
+        span.detach()

@@ -25,20 +25,67 @@ from ..serve.media import DEFAULT_IMAGE_BUDGET, Audio, MediaError, image_tokens
 IMAGE_CHUNK, AUDIO_CHUNK = 1, 2  # mtmd_input_chunk_type
 
 
+def decode_embeddings(
+    L: Any, lctx: Any, embd: np.ndarray, pos0: int, seq: int, n_batch: int, non_causal: bool, logits_last: bool = False
+) -> int:
+    """Soft tokens ``embd`` [n, width] into sequence ``seq`` of ``lctx`` at positions pos0.., in batches of
+    ``n_batch`` (a non-causal medium in one: it attends to itself at once); the position after it. What
+    mtmd's ``mtmd_helper_decode_image_chunk`` does for models without M-RoPE, but without mtmd's context,
+    so a projector can be freed between encoding a medium and decoding it (towers = on_demand)."""
+    n, width = embd.shape
+    step = n if non_causal else n_batch
+    if non_causal:
+        L.llama_set_causal_attn(lctx, False)
+    try:
+        for s in range(0, n, step):
+            k = min(step, n - s)
+            batch = L.llama_batch_init(k, width, 1)
+            try:
+                rows = np.ascontiguousarray(embd[s : s + k], dtype=np.float32)
+                ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+                for j in range(k):
+                    batch.pos[j] = pos0 + s + j
+                    batch.n_seq_id[j] = 1
+                    batch.seq_id[j][0] = seq
+                    batch.logits[j] = logits_last and s + j == n - 1
+                batch.n_tokens = k
+                rc = L.llama_decode(lctx, batch)
+                if rc != 0:
+                    raise MediaError(f"llama.cpp could not decode the soft tokens (code {rc}); raise --ctx or n_ubatch")
+            finally:
+                L.llama_batch_free(batch)
+    finally:
+        if non_causal:
+            L.llama_set_causal_attn(lctx, True)
+    return pos0 + n
+
+
 class MediaSpan:
     """One image or audio clip of a prompt for a generator: mtmd's chunk (an owned copy) and, once
     ``Projector.encode_span`` ran, its embeddings. The generator's prefill calls ``decode`` when the
-    sequence reaches ``start`` (mtmd's helper: the positions, and non-causal attention where the
-    projector asks for it); the text positions around it are ordinary tokens."""
+    sequence reaches ``start``; the text positions around it are ordinary tokens. While the projector
+    is loaded, mtmd's helper decodes it (positions, non-causal attention where the projector asks);
+    once ``detach`` ran (the projector is about to be freed: towers = on_demand), ``decode_embeddings``
+    does the same from the copied embeddings."""
 
     def __init__(self, m: Any, mctx: Any, chunk: Any, kind: str):
         self._m, self._mctx, self._chunk, self.kind = m, mctx, chunk, kind
         self.n_tokens = int(m.mtmd_input_chunk_get_n_tokens(chunk))
         self.n_pos = int(m.mtmd_input_chunk_get_n_pos(chunk))
         self.non_causal = bool(m.mtmd_decode_use_non_causal(mctx, chunk))
+        # one position per soft token, in order (Gemma 4); M-RoPE and HunyuanVL's layouts need mtmd's helper
+        self.plain_positions = not m.mtmd_decode_use_mrope(mctx) and self.n_pos == self.n_tokens
         self.start = -1  # its first position in the prompt (set by whoever lays the prompt out)
         self.embd: np.ndarray | None = None
         self.encode_s = 0.0
+
+    def detach(self) -> None:
+        """Drop every tie to mtmd's context (the chunk, the context itself): the span then decodes from
+        ``embd`` alone. Models that place media in 2-D (M-RoPE) need mtmd's helper, so their context."""
+        if not self.plain_positions:
+            raise MediaError(f"this model places the {self.kind}'s soft tokens in 2-D; its towers must stay resident")
+        self.close()
+        self._mctx = None
 
     def decode(self, lctx: Any, seq: int, pos: int, n_batch: int) -> int:
         """Decode the embeddings into sequence ``seq`` of ``lctx`` from ``pos``; the position after it."""
@@ -48,6 +95,9 @@ class MediaSpan:
 
         if self.embd is None:
             raise MediaError(f"the {self.kind} was never encoded")
+        if self._mctx is None:
+            decode_embeddings(llama_cpp, lctx, self.embd, pos, seq, n_batch, self.non_causal)
+            return pos + self.n_pos
         out = llama_cpp.llama_pos(0)
         buf = self.embd.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         rc = self._m.mtmd_helper_decode_image_chunk(

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..backends.mtmd import AUDIO_CHUNK, IMAGE_CHUNK, Projector
+from ..backends.mtmd import AUDIO_CHUNK, IMAGE_CHUNK, Projector, decode_embeddings
 from ..backends.runner import majflt, mean_sd, prompt_tokens
 from ..builder.projector import projector_file
 from ..core.errors import ArtifactError, ConfigError
@@ -170,39 +170,15 @@ def prepare(proj: Any, spec: MediaSpec, bitmap: Any) -> tuple[list[Segment], int
 
 
 def _decode_embd(runner: Any, seg: Segment, pos0: int, logits_last: bool) -> None:
-    """Soft tokens into the cache at positions pos0.. in batches of n_batch (mtmd's helper does the same;
-    it needs the mtmd context, which on_demand has freed by now)."""
-    L, ctx = runner.L, runner.ctx
-    n, width = seg.embd.shape
-    step = n if seg.non_causal else runner.n_batch  # non-causal: the whole medium in one batch, as mtmd
+    """Soft tokens into the cache at positions pos0.. (backends.mtmd.decode_embeddings: mtmd's helper
+    needs the mtmd context, which on_demand has freed by now)."""
+    n = seg.embd.shape[0]
     if seg.non_causal and n > runner.knobs["n_ubatch"]:  # llama.cpp asserts (aborts) on this
         raise ConfigError(
             f"this model attends inside a medium non-causally (llama.cpp does for text widths other than "
             f"E2B's and E4B's), which needs the {n} soft tokens in one physical batch: --set n_ubatch={n}"
         )
-    if seg.non_causal:
-        L.llama_set_causal_attn(ctx, False)
-    try:
-        for s in range(0, n, step):
-            k = min(step, n - s)
-            batch = L.llama_batch_init(k, width, 1)
-            try:
-                rows = np.ascontiguousarray(seg.embd[s : s + k], dtype=np.float32)
-                ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
-                for j in range(k):
-                    batch.pos[j] = pos0 + s + j
-                    batch.n_seq_id[j] = 1
-                    batch.seq_id[j][0] = 0
-                    batch.logits[j] = logits_last and s + j == n - 1
-                batch.n_tokens = k
-                rc = L.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise MediaError(f"llama.cpp could not decode the soft tokens (code {rc}); raise --ctx or n_ubatch")
-            finally:
-                L.llama_batch_free(batch)
-    finally:
-        if seg.non_causal:
-            L.llama_set_causal_attn(ctx, True)
+    decode_embeddings(runner.L, runner.ctx, seg.embd, pos0, 0, runner.n_batch, seg.non_causal, logits_last)
 
 
 def evaluate(runner: Any, segments: list[Segment]) -> int:

@@ -248,6 +248,8 @@ class App:
                 # as llama-server's /props: what the projector serves (serve/towers.py)
                 "modalities": {"vision": "vision" in s.towers, "audio": "audio" in s.towers},
                 "mmproj": None if s.media is None else s.media.mmproj.name,
+                # towers = on_demand (a llama.cpp knob): loaded per prompt with media, freed once it is encoded
+                "towers": None if s.media is None else s.media.state(),
                 "peak_rss_bytes": peak_rss_bytes(),
                 "kv_cache_bytes": figures.get("kv_cache_bytes"),
                 "compute_buffer_bytes": figures.get("compute_buffer_bytes"),

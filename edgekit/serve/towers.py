@@ -8,7 +8,8 @@ with a marker where each medium stands; the text between markers is tokenized as
 as -1 (LLAMA_TOKEN_NULL, as llama-server does). The projector is the backend's (``Backend.projector``:
 llama.cpp's mtmd in backends/gguf/towers.py, mlx-vlm's towers in backends/mlx/media.py). The towers run
 here, on one thread of their own, one medium at a time: text requests keep decoding meanwhile. The
-generator's prefill puts the soft tokens in when the sequence reaches them.
+generator's prefill puts the soft tokens in when the sequence reaches them. With ``towers = on_demand``
+(a llama.cpp knob) the projector is loaded for each prompt with media and freed once they are encoded.
 
 Limits: requests waiting for the towers are bounded like the engine's queue (503 beyond); a prompt that
 cannot fit the context is refused before any tower runs.
@@ -49,6 +50,10 @@ class Towers:
         self.max_waiting = max_waiting
         self._waiting = 0
         self._lock = threading.Lock()
+
+    def state(self) -> dict[str, Any]:
+        """How the projector lives: its mode, whether it is loaded now, and how often it was loaded."""
+        return {"mode": self.proj.mode, "loaded": self.proj.loaded, "loads": self.proj.loads}
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -101,9 +106,11 @@ class Towers:
                 )
             for span in spans:
                 self.proj.encode_span(span)
+            self.proj.release(spans)  # towers = on_demand: freed here, before the text is decoded
         except BaseException:
             for span in spans:
                 span.close()
+            self.proj.release([])
             raise
         log.info(
             "media: %s encoded in %.0f ms",

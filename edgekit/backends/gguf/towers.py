@@ -5,11 +5,14 @@ served engine's own model (weights shared), each medium as mtmd's text tokens ar
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-from ...core.errors import ArtifactError
-from ...serve.media import MediaError, prepare_image
+import numpy as np
+
+from ...core.errors import ArtifactError, ConfigError
+from ...serve.media import Audio, MediaError, prepare_image
 
 
 class _EngineModel:
@@ -26,29 +29,51 @@ class _EngineModel:
 
 
 class GgufProjector:
-    """The mmproj of a served GGUF, on the session's engine."""
+    """The mmproj of a served GGUF, on the session's engine. ``on_demand`` (the ``towers`` knob): mtmd's
+    context is loaded for each prompt with media and freed once its media are encoded (``release``), so the
+    towers' weights and compute (E2B's Q8_0 vision tower: 542 MB while it runs) never sit beside a full
+    context; each such prompt pays the load. ``resident``: loaded once, kept."""
 
-    def __init__(self, session: Any, mmproj: Path, image_budget: int):
-        # deferred: mtmd (and the projector checks it reads) loads when towers are attached, not with the registry
-        from ..mtmd import Projector
-
+    def __init__(self, session: Any, mmproj: Path, image_budget: int, on_demand: bool = False):
         eng = session.engine
-        model = _EngineModel(eng)
-        if eng.L.llama_model_n_embd_inp(model.model) != model.n_embd():
+        self._model = _EngineModel(eng)
+        if eng.L.llama_model_n_embd_inp(self._model.model) != self._model.n_embd():
             raise ArtifactError(f"{Path(mmproj).name}: the text model's input width is not its width; not served")
-        self.proj = Projector(
-            model,
-            mmproj,
-            session.path,
-            threads=session.threads or 2,
-            image_budget=image_budget,
-            log_callback=eng.runner.log._cb,
-        )
-        self.path, self.image_budget = Path(mmproj), image_budget
-        self.modalities = tuple(self.proj.modalities)
-        self.marker = self.proj.marker
+        self._args = (mmproj, session.path, session.threads or 2, image_budget, eng.runner.log._cb)
+        self.path, self.image_budget, self.on_demand = Path(mmproj), image_budget, on_demand
+        self.mode = "on_demand" if on_demand else "resident"
+        self.proj: Any = None
+        self.loads, self.load_s = 0, 0.0  # projector loads and the seconds they took (on_demand: one per prompt)
+        proj = self._open()
+        self.modalities = tuple(proj.modalities)
+        self.marker = proj.marker
         self.n_ubatch = int(eng.L.llama_n_ubatch(eng.ctx))
         self.warning = self._check_ubatch()
+        if on_demand:
+            self._check_detachable()
+            self._free()
+
+    def _open(self) -> Any:
+        """mtmd's context, loaded now if it is not."""
+        if self.proj is None:
+            # deferred: mtmd (and the projector checks it reads) loads when towers are attached, not with the registry
+            from ..mtmd import Projector
+
+            mmproj, text, threads, budget, log_cb = self._args
+            t0 = time.perf_counter()
+            self.proj = Projector(self._model, mmproj, text, threads=threads, image_budget=budget, log_callback=log_cb)
+            self.load_s += time.perf_counter() - t0
+            self.loads += 1
+        return self.proj
+
+    @property
+    def loaded(self) -> bool:
+        return self.proj is not None
+
+    def _free(self) -> None:
+        if self.proj is not None:
+            self.proj.close()  # frees mtmd's context and trims the heap (core.host.trim_heap)
+            self.proj = None
 
     def _check_ubatch(self) -> str:
         """What a full-budget image would meet: llama.cpp decodes image tokens with non-causal attention
@@ -67,10 +92,31 @@ class GgufProjector:
             )
         return ""
 
+    def _check_detachable(self) -> None:
+        """on_demand decodes a medium after its projector is gone (MediaSpan.detach), which needs one text
+        position per soft token: refused at load for a model whose media take 2-D positions."""
+        proj, kinds = self.proj, [k for k in ("vision", "audio") if k in self.modalities]
+        for kind in kinds:
+            if kind == "vision":
+                # deferred: Pillow loads only for an image
+                from PIL import Image
+
+                bitmap = proj._bitmap_image(prepare_image(Image.new("RGB", (48, 48)), 70))
+            else:
+                bitmap = proj._bitmap_audio(Audio(np.zeros(16000, dtype=np.float32), 16000))
+            _, span, _ = proj.span(bitmap, "image" if kind == "vision" else "audio")
+            span.close()
+            if not span.plain_positions:
+                raise ConfigError(
+                    f"towers = on_demand: {self.path.name} places {kind} soft tokens in 2-D, which only "
+                    "llama.cpp's helper decodes with the projector loaded; use towers = resident"
+                )
+
     def span(self, m: Any) -> tuple[list[int], Any, list[int]]:
         """mtmd's ids before the medium, its span, the ids after (serve/media_parts.Medium ``m``)."""
-        bitmap = self.proj._bitmap_image(m.value) if m.kind == "vision" else self.proj._bitmap_audio(m.value)
-        before, span, after = self.proj.span(bitmap, "image" if m.kind == "vision" else "audio")
+        proj = self._open()
+        bitmap = proj._bitmap_image(m.value) if m.kind == "vision" else proj._bitmap_audio(m.value)
+        before, span, after = proj.span(bitmap, "image" if m.kind == "vision" else "audio")
         if span.non_causal and span.n_tokens > self.n_ubatch:
             span.close()
             raise MediaError(
@@ -81,10 +127,19 @@ class GgufProjector:
         return before, span, after
 
     def encode_span(self, span: Any) -> None:
-        self.proj.encode_span(span)
+        self._open().encode_span(span)
+
+    def release(self, spans: list[Any]) -> None:
+        """A prompt's media are encoded (or it failed): on_demand, cut the spans' ties to mtmd's context
+        and free it before the text is decoded; resident, nothing."""
+        if not self.on_demand:
+            return
+        for span in spans:
+            span.detach()
+        self._free()
 
     def close(self) -> None:
-        self.proj.close()
+        self._free()
 
 
 def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optional[GgufProjector]:
@@ -95,4 +150,7 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
 
     if mmproj is None and projector_file(session.path.parent, session.artifact) is None:
         return None
-    return GgufProjector(session, find_projector(session.path, session.artifact, mmproj), limits.image_tokens)
+    mode = session.runtime.get("towers") or "resident"
+    return GgufProjector(
+        session, find_projector(session.path, session.artifact, mmproj), limits.image_tokens, mode == "on_demand"
+    )

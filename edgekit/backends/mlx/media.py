@@ -75,6 +75,7 @@ class MlxProjector:
         self.path = self.folder / entry.get("file", TOWERS_FILE)
         self.modalities = tuple(entry.get("modalities", ()))
         self.marker, self.warning = MARKER, ""
+        self.mode, self.loads = "resident", 1  # loaded with the engine, kept (serve's /props)
         text = self.config.get("text_config") or {}
         if text.get("use_bidirectional_attention"):
             raise ArtifactError(
@@ -118,6 +119,10 @@ class MlxProjector:
         vc = self.config["vision_config"]
         self.patch, self.pool = int(vc.get("patch_size", 16)), int(vc.get("pooling_kernel_size", 3))
 
+    @property
+    def loaded(self) -> bool:
+        return self.module is not None
+
     def close(self) -> None:
         self.module = None  # after the engine stopped (Session.close): nothing runs it any more
 
@@ -147,6 +152,9 @@ class MlxProjector:
             "mask": np.asarray(feats["input_features_mask"]).astype(bool),
         }
         return [self.ids["boa_token_id"]], MlxSpan("audio", n, inputs), [self.ids["eoa_token_id"]]
+
+    def release(self, spans: list[MlxSpan]) -> None:
+        """The towers stay loaded on MLX (the knob ``towers`` is llama.cpp's)."""
 
     def encode_span(self, span: MlxSpan) -> None:
         span.embd = self.call(lambda: self._encode(span))
