@@ -21,6 +21,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import time
@@ -75,7 +76,7 @@ def filler(gguf: Path, n_tokens: int) -> str:
 def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget_bytes: int) -> dict:
     port = 18000 + (hash((mode, kind)) % 1000)
     argv = [
-        sys.executable, "-m", "edgekit", "serve", str(args.art), "--target", args.target, "--set", f"towers={mode}",
+        sys.executable, "-m", "edgekit.cli", "serve", str(args.art), "--target", args.target, "--set", f"towers={mode}",
         "--host", "127.0.0.1", "--port", str(port), "--image-tokens", "280",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +86,8 @@ def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget
             raise SystemExit(f"no memory cgroup here: {lim.reason}")
         log_path = Path(args.log_dir) / f"serve-{mode}-{kind}.log"
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(lim.wrap(argv), stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's edgekit, as the script's own
+            proc = subprocess.Popen(lim.wrap(argv), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             t0 = time.time()
             while True:
