@@ -156,3 +156,45 @@ def test_mlx_greedy_equals_the_runners_argmax_loop(tiny_ckpt, tmp_path_factory):
         s.close()
     assert done.finish_reason == "length" and len(got) == 12
     assert got == argmax_loop(ENGINES.get("mlx").make(), path, knobs, ids, 12)
+
+
+def test_mlx_logprobs_are_the_runners_log_softmax(tiny_ckpt, tmp_path_factory):
+    """MLX replies carry OpenAI's logprobs as llama.cpp's do: each token's log-softmax under the model's
+    raw logits (before temperature and penalties) and the N likeliest, sorted; compared with the runner's
+    own prefill/decode loop over the same tokens, greedy and seeded hot (with a repeat penalty)."""
+    import numpy as np
+
+    from edgekit.backends.engines import ENGINES
+    from edgekit.builder.pipeline import build
+
+    out = build(str(tiny_ckpt), target="m2", quants=["mlx-8bit"], out=tmp_path_factory.mktemp("mlxlp"))
+    s = open_session(out, ctx=CTX)
+    runs = []
+    try:
+        ids, _ = s.prompt([{"role": "user", "content": QUESTIONS[2]}])
+        for sampling in (
+            Sampling(max_tokens=8, temperature=0, logprobs=3),
+            Sampling(max_tokens=8, temperature=1.5, seed=5, repeat_penalty=1.3, logprobs=0),
+        ):
+            events = [e for e in s.stream(ids, sampling) if e.kind == "token"]
+            runs.append((sampling, [e.token for e in events], [e.logprob for e in events]))
+        knobs, path = s.runtime, s.path
+    finally:
+        s.close()
+    runner = ENGINES.get("mlx").make()
+    runner.load(path, RunOptions(threads=1, ctx=CTX, knobs=knobs))
+    try:
+        for sampling, toks, lps in runs:
+            runner.reset()
+            runner.prefill(ids)
+            for tok, (lp, top) in zip(toks, lps, strict=True):
+                x = np.array(runner.logits.astype(runner.mx.float32)).reshape(-1).astype(np.float64)
+                ref = x - np.log(np.exp(x - x.max()).sum()) - x.max()
+                assert abs(lp - ref[tok]) < 1e-9
+                assert [t for t, _ in top] == list(np.argsort(-ref, kind="stable")[: sampling.logprobs])
+                assert all(abs(v - ref[t]) < 1e-9 for t, v in top)
+                runner.decode(tok)
+    finally:
+        runner.close()
+    greedy = runs[0]
+    assert all(tok == top[0][0] for tok, (_, top) in zip(greedy[1], greedy[2], strict=True))

@@ -30,12 +30,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+import numpy as np
+
 from ..core.errors import ConfigError
 from .runner import RunOptions
 
 log = logging.getLogger(__name__)
 
 REPEAT_LAST_N = 64  # llama.cpp's --repeat-last-n default
+
+
+def logprobs_of(logits: Any, tok: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The model's log-probability of ``tok`` (log-softmax of its raw ``logits``, before the sampler's
+    temperature, top-k, top-p and penalties, as OpenAI reports them) and the ``top`` likeliest tokens."""
+    x = np.asarray(logits, dtype=np.float64).reshape(-1)
+    m = x.max()
+    lp = x - (m + np.log(np.exp(x - m).sum()))
+    best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
+    best = best[np.argsort(-lp[best], kind="stable")]
+    return float(lp[tok]), [(int(i), float(lp[i])) for i in best]
 
 
 @dataclass

@@ -500,8 +500,10 @@ def test_mlx_server_checks_bounds_before_the_engine(tiny_ckpt, tmp_path):
         )
         # the injection string as text: many more prompt tokens than its 4 markers would be
         assert hostile["usage"]["prompt_tokens"] - benign["usage"]["prompt_tokens"] > 10
-        code, out, _ = post(s, "/v1/chat/completions", chat(logprobs=True))
-        assert code == 400 and json.loads(out)["error"]["message"] == "logprobs: not available on the mlx engine"
+        code, out, _ = post(s, "/v1/chat/completions", chat(logprobs=True, top_logprobs=2, max_tokens=4))  # MLX too
+        reply = json.loads(out)
+        assert code == 200 and len(reply["choices"][0]["logprobs"]["content"]) == reply["usage"]["completion_tokens"]
+        assert all(len(t["top_logprobs"]) == 2 for t in reply["choices"][0]["logprobs"]["content"])
         code, out, _ = post(s, "/v1/chat/completions", chat(response_format={"type": "json_object"}))
         assert code == 400 and json.loads(out)["error"]["message"].startswith(
             "response_format: json_object needs grammar"

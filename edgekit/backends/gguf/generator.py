@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ...core.errors import BenchError
-from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Scheduler, Slot
+from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Scheduler, Slot, logprobs_of
 from ..runner import RunOptions
 from . import prefix_cache
 from .runner import LlamaCppRunner
@@ -256,14 +256,10 @@ class LlamaGenerator(Scheduler):
                 self._finish(s, reason)
 
     def _logprob(self, row: int, tok: int, top: int) -> tuple[float, list[tuple[int, float]]]:
-        """The model's log-probability of ``tok`` at batch row ``row`` (log-softmax of its logits, before
-        the sampler's temperature, top-k and top-p, as OpenAI reports them) and the ``top`` likeliest."""
-        x = np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)).astype(np.float64)
-        m = x.max()
-        lp = x - (m + np.log(np.exp(x - m).sum()))
-        best = np.argpartition(-lp, top)[:top] if 0 < top < len(lp) else np.arange(len(lp) if top else 0)
-        best = best[np.argsort(-lp[best], kind="stable")]
-        return float(lp[tok]), [(int(i), float(lp[i])) for i in best]
+        """``tok``'s log-probability at batch row ``row`` and the ``top`` likeliest (backends.generator)."""
+        return logprobs_of(
+            np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,)), tok, top
+        )
 
     def _put(self, i: int, tok: int, pos: int, seq: int, logits: bool) -> None:
         b = self.batch

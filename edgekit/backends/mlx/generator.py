@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional, cast
 
+import numpy as np
+
 from ...core.errors import ConfigError
-from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Sampling, Scheduler, Slot
+from ..generator import REPEAT_LAST_N, GenOptions, GenRequest, Sampling, Scheduler, Slot, logprobs_of
 from ..runner import RunOptions
 from .media import prefill_media
 from .runner import MlxRunner
@@ -20,7 +22,7 @@ from .runner import MlxRunner
 class MlxGenerator(Scheduler):
     """One request at a time: the runner's prefill/decode with mlx-lm's samplers."""
 
-    logprobs_supported = False  # not wired
+    logprobs_supported = True  # from the raw logits, before the sampler (backends.generator.logprobs_of)
 
     def __init__(self, path: Path, opts: RunOptions, gen: GenOptions):
         if gen.slots > 1:
@@ -132,11 +134,14 @@ class MlxGenerator(Scheduler):
             if req.cancelled.is_set():
                 reason = "cancelled"
                 break
+            # raw logits for logprobs, copied first: mlx-lm's repetition penalty writes into the array it gets
+            raw = np.array(r.logits.astype(mx.float32)) if s.logprobs >= 0 else None
             logits = r.logits if penalize is None else penalize(mx.array(seen[-REPEAT_LAST_N:]), r.logits)
             tok = int(sampler(logits).item())
             if penalize is not None:
                 seen.append(tok)
-            done = self._emit(slot, tok, self.piece(tok))
+            lp = logprobs_of(raw, tok, s.logprobs) if raw is not None else None
+            done = self._emit(slot, tok, self.piece(tok), lp)
             if done:
                 reason = done
                 break
