@@ -176,6 +176,8 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
     folder = Path(session.path)
     if mmproj is not None:
         raise ConfigError(f"--mmproj: {folder.name} is MLX, whose towers live in its folder ({TOWERS_FILE}); drop it")
+    if session.runtime.get("towers", "resident") != "resident":
+        raise ConfigError("towers = on_demand: MLX's run and serve keep the towers resident (bench measures on_demand)")
     entry = towers_entry(folder)
     if entry is None:
         return None
