@@ -134,6 +134,9 @@ class MediaTest:
     # or handed back (MLX: ``towers_bytes`` is the weights plus this medium's compute at its largest)
     compute_kept: bool = True
     rss_text: int = 0  # the largest RSS sampled while the text ran (prompt evaluated, tokens decoded)
+    # RSS the media libraries' import added (Pillow, libsndfile, the engine's: MediaBench.setup): code and
+    # heap of neither the text nor the towers, which a text-only bench child does not import
+    libs_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +167,10 @@ class Towers:
         self.held = self.load_bytes = self.peak = self.rss_with = self.rss_without = self.freed = 0
         self.transient = self.rss_text = 0  # a medium's handed-back compute at its largest; the text's RSS
         self.compute_kept = True
+        before = sample().rss
+        _media_libraries()
         bench.setup()
+        self.libs = max(sample().rss - before, 0)
         if mode == "resident":
             self.settle()
             self.open()
@@ -223,6 +229,13 @@ class Towers:
             self.proj.close()
             self.proj, self.held = None, 0
             self.freed = max(self.freed, before - self.sample().anon)
+
+
+def _media_libraries() -> None:
+    """Pillow and libsndfile, imported before the towers' first window (serve/media.py defers them)."""
+    # deferred: the decoders load with a bench that has media
+    import soundfile  # noqa: F401
+    from PIL import Image  # noqa: F401
 
 
 def decoded_medium(spec: MediaSpec) -> Any:
@@ -299,5 +312,5 @@ def run_media(
     result.towers_load_bytes, result.towers_bytes = towers.load_bytes, towers.peak
     result.rss_with_towers, result.rss_without_towers = towers.rss_with, towers.rss_without
     result.towers_freed_bytes = towers.freed
-    result.compute_kept, result.rss_text = towers.compute_kept, towers.rss_text
+    result.compute_kept, result.rss_text, result.libs_bytes = towers.compute_kept, towers.rss_text, towers.libs
     return result

@@ -100,6 +100,7 @@ def media_record(rec: Record, medium: Any, res: dict[str, Any], mmproj: str, mea
             "freed_bytes": got.get("towers_freed_bytes", 0),
             "compute_kept": got.get("compute_kept", True),
             "rss_text": got.get("rss_text", 0),
+            "libs_bytes": got.get("libs_bytes", 0),
         }
     rec.extra["media"] = {"file": Path(medium.path).name, "processor_tokens": medium.tokens}
     rec.extra["projector"] = {"file": Path(mmproj).name}
