@@ -262,3 +262,10 @@ def test_bad_media_and_builds_are_one_line(built, which, args, message):
     assert r.exit_code != 0
     assert message in r.output and "Traceback" not in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_run_refuses_towers_on_demand_on_mlx(built):
+    """`towers` is an MLX knob for bench only: run (and serve) keep the towers resident, and say so."""
+    r = cli("run", str(built["art"]), "-p", "hi", "--image", str(built["d"] / "photo.png"), "--set", "towers=on_demand")
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "towers = on_demand: MLX's run and serve keep the towers resident" in r.stderr, r.stderr
