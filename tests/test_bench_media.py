@@ -184,3 +184,17 @@ def test_a_text_only_build_is_refused(tiny_ckpt, tmp_path):
         app, ["bench", str(art), "--image", str(tmp_path / "p.png"), "-p", "8", "-n", "2", "--no-store"]
     )
     assert r.exit_code != 0 and "was built without towers" in r.output and "Traceback" not in r.output
+
+
+def test_an_engine_without_a_media_bench_or_a_towers_mode_is_one_line():
+    """measure.media.check_media's rule (backends/bench_media.check_mode): an engine registers the towers
+    modes it really does; anything else is refused before a child starts."""
+    from edgekit.backends.bench_media import MediaBench, check_mode
+    from edgekit.core.errors import ConfigError
+
+    only_resident = MediaBench(modes=("resident",), projector=None, load=None, evaluate=None)  # type: ignore[arg-type]
+    check_mode(only_resident, "x", "resident")
+    with pytest.raises(ConfigError, match="towers = on_demand: x does not free its towers"):
+        check_mode(only_resident, "x", "on_demand")
+    with pytest.raises(ConfigError, match="fake artifacts have no media bench"):
+        check_mode(None, "fake", "resident")

@@ -100,8 +100,6 @@ class MediaBench:
     evaluate: Callable[[Any, list[Segment]], int]
     # what the towers' and text's bytes are on this engine and host (the record's extra["towers"]["measured"])
     memory: str = ""
-    # why a mode outside ``modes`` is refused (the one-line error's reason)
-    refuse: dict[str, str] = field(default_factory=dict)
     # child: import the engine's media libraries before the towers' first window (their code and heap stay
     # when the towers are freed, so they are not the towers' bytes)
     setup: Callable[[], None] = lambda: None
@@ -114,8 +112,7 @@ def check_mode(bench: Optional[MediaBench], engine: str, mode: str) -> None:
     if mode not in TOWERS_MODES:
         raise ConfigError(f"towers = {mode!r}: choose one of {', '.join(TOWERS_MODES)}")
     if mode not in bench.modes:
-        why = bench.refuse.get(mode, "")
-        raise ConfigError(f"towers = {mode}: not on {engine}{f' ({why})' if why else ''}; use towers = resident")
+        raise ConfigError(f"towers = {mode}: {engine} does not free its towers between media; use towers = resident")
 
 
 @dataclass
