@@ -17,10 +17,13 @@ modes an engine really does, the resolver's check refuses the others):
   includes loading them (``towers_load_ms``).
 
 The memory split is measured by phase, from /proc/self/status (RssAnon): ``towers_bytes`` is the
-anonymous memory that appeared while the towers loaded plus what each medium's first encode added and
-kept, at its largest for the medium (nothing of the text runs in those windows). ``text_bytes``:
-resident, the record's peak RSS less the towers' bytes; on_demand, the largest RSS sampled after the
-towers were freed (text evaluation and decoding).
+anonymous memory that appeared while the towers loaded (from a trimmed heap) plus their compute: what
+each medium's first encode added and kept (mtmd keeps its buffers), or, for an engine that hands its
+compute back after the encode (MLX), the encode's peak by the engine's own count, for this medium.
+Nothing of the text runs in those windows. ``text_bytes``: resident, the record's peak RSS less the
+towers' bytes; on_demand, the largest RSS sampled after the towers were freed (text evaluation and
+decoding). The media libraries (Pillow, libsndfile, the engine's: ``MediaBench.setup``) are imported
+before the first window and recorded apart (``libs_bytes``); a text-only child does not import them.
 """
 
 from __future__ import annotations
