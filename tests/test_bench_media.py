@@ -119,7 +119,10 @@ def test_the_memory_split(runs, built):
         # it by what the media libraries' code and heap add (≈15-35 MB measured on this ≈95 MB process).
         # on_demand: the towers freed, their heap is handed back (core.host.trim_heap): measured -1.6 to
         # +8.7 MB over the text alone; without the trim glibc kept 23-52 MB of it.
-        alone = text[r["n_positions"]]["peak_rss_bytes"]
+        # A text-only child no longer imports the media libraries (backends/bench_media.py: Pillow,
+        # libsndfile, backends/mtmd.py with the projector checks it reads); the media child measures what
+        # they add (extra.towers.libs_bytes: 26.2-26.3 MB here) and the text alone is compared with that on.
+        alone = text[r["n_positions"]]["peak_rss_bytes"] + t["libs_bytes"]
         assert r["text_bytes"] >= alone - 8e6, (r["text_bytes"], alone)
         over = 48e6 if r["runtime"]["towers"] == "resident" else 16e6
         assert r["text_bytes"] <= alone + over, (r["runtime"]["towers"], r["text_bytes"], alone)
@@ -181,3 +184,17 @@ def test_a_text_only_build_is_refused(tiny_ckpt, tmp_path):
         app, ["bench", str(art), "--image", str(tmp_path / "p.png"), "-p", "8", "-n", "2", "--no-store"]
     )
     assert r.exit_code != 0 and "was built without towers" in r.output and "Traceback" not in r.output
+
+
+def test_an_engine_without_a_media_bench_or_a_towers_mode_is_one_line():
+    """measure.media.check_media's rule (backends/bench_media.check_mode): an engine registers the towers
+    modes it really does; anything else is refused before a child starts."""
+    from edgekit.backends.bench_media import MediaBench, check_mode
+    from edgekit.core.errors import ConfigError
+
+    only_resident = MediaBench(modes=("resident",), projector=None, load=None, evaluate=None)  # type: ignore[arg-type]
+    check_mode(only_resident, "x", "resident")
+    with pytest.raises(ConfigError, match="towers = on_demand: x does not free its towers"):
+        check_mode(only_resident, "x", "on_demand")
+    with pytest.raises(ConfigError, match="fake artifacts have no media bench"):
+        check_mode(None, "fake", "resident")

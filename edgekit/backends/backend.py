@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from ..profiles.knobs import Schema
+from .bench_media import MediaBench
 from .format import Format
 from .generator import MakeGenerator
 from .logits import MakeLogitsSource
@@ -42,6 +43,9 @@ class Backend:
     # serve.media_parts.MediaLimits) -> a projector (serve/towers.py says what it gives), or None when the
     # artifact has no towers; None here: the engine runs text only
     projector: Optional[Callable[..., Any]] = None
+    # `bench --image/--audio` on this engine (backends/bench_media.py: its towers modes, where its towers
+    # are, how they load, encode and free, how its runner evaluates a prompt with a medium); None: refused
+    bench_media: Optional[MediaBench] = None
 
     def __post_init__(self) -> None:
         if self.format.engine != self.name:

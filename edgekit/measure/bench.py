@@ -30,7 +30,7 @@ from ..profiles.targets import Target
 from ..results import Record, provenance
 from . import limits
 from .budget import apply_limit, apply_pages, gate_lines, killed_result, majflt_means
-from .media import media_record, projector_for
+from .media import check_media, media_record, projector_for
 from .roofline import host_bandwidth
 from .worker import MeasureResult, MeasureSpec
 
@@ -92,8 +92,7 @@ def check_fits(ra: ResolvedArtifact, opts: BenchOptions) -> None:
             at = f" after -d {d}" if d else ""
             raise ConfigError(f"--ctx {ctx} is shorter than the test (-p {p}, -n {n}{at}); raise --ctx")
     if opts.media:
-        if ra.artifact.format != "gguf":
-            raise ConfigError(f"{ra.artifact.file}: --image/--audio run on GGUF artifacts (llama.cpp's mtmd) for now")
+        check_media(ra)  # the engine benches media, in the towers mode asked
         m = max(x.tokens for x in opts.media)
         for p, n, d in opts.test_list():
             if d:
@@ -139,7 +138,7 @@ def measure_tests(
         verbose=opts.verbose,
         depth=tests[0][2],
         tests=[list(t) for t in tests],
-        mmproj=str(projector_for(ra, opts.mmproj)) if opts.media else "",
+        mmproj=str(projector_for(ra, opts.mmproj, opts.media)) if opts.media else "",
         media=[dataclasses.asdict(m) for m in opts.media],
     )
     use_limit = opts.limit if opts.limit is not None else bool(tgt and tgt.enforce_limit)
@@ -173,8 +172,9 @@ def measure_tests(
     if applied["ctx"] != st.ctx:
         log.info("%s: asked for a context of %d, %s applied %d", ra.artifact.file, st.ctx, engine.name, applied["ctx"])
     if opts.media:
+        measured = engine.bench_media.memory if engine.bench_media else ""
         records = [
-            media_record(_record(ra, opts, load_ms, applied, m, test, bandwidth), medium, m, spec.mmproj)
+            media_record(_record(ra, opts, load_ms, applied, m, test, bandwidth), medium, m, spec.mmproj, measured)
             for t, test in zip(per_test, tests, strict=True)
             for medium, m in zip(opts.media, t["media"], strict=True)
         ]

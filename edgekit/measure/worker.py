@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from ..backends.bench_media import MediaSpec, Towers, run_media
 from ..backends.engines import ENGINES
 from ..backends.runner import RunOptions, run_reps
 from . import pages
-from .media import MediaSpec, Towers, run_media
 from .memory import PeakSampler
 
 
@@ -37,7 +37,7 @@ class MeasureSpec:
     # the tests this child runs on one loaded model (a sweep's -p/-n/-d), each [n_prompt, n_gen, depth];
     # empty: the one test (n_prompt, n_gen, depth)
     tests: list[list[int]] = field(default_factory=list)
-    # `bench --image/--audio` (edgekit.measure.media): the projector and each medium (MediaSpec as a dict);
+    # `bench --image/--audio` (backends/bench_media.py): the towers' file and each medium (MediaSpec as a dict);
     # every test then runs once per medium, with the medium in the prompt
     mmproj: str = ""
     media: list[dict[str, Any]] = field(default_factory=list)
@@ -63,14 +63,15 @@ def _media(
     if not towers:
         budget = max((m.get("budget") or 0 for m in spec.media), default=0) or 280
         mode = spec.knobs.get("towers") or "resident"
-        towers.append(Towers(runner, Path(spec.mmproj), Path(spec.path), mode, spec.threads, budget, sampler.sample))
+        bench = ENGINES.get(spec.engine).bench_media
+        assert bench is not None  # the parent refused the artifact (measure.media.check_media)
+        towers.append(
+            Towers(bench, runner, Path(spec.mmproj), Path(spec.path), mode, spec.threads, budget, sampler.sample)
+        )
     out = []
     for m in spec.media:
         sampler.reset()
         ms = MediaSpec(**m)
-        proj = towers[0].proj
-        if proj is not None:
-            proj.image_budget = ms.budget or proj.image_budget
         res = run_media(runner, towers[0], ms, n_prompt, n_gen, spec.reps, spec.seed)
         memory = asdict(sampler.peak())
         count = pages.count(Path(spec.path))
@@ -90,7 +91,7 @@ def _media(
 def measure(spec: MeasureSpec, step: Callable[[str], None]) -> MeasureResult:
     tests = spec.tests or [[spec.n_prompt, spec.n_gen, spec.depth]]
     out: list[dict[str, Any]] = []
-    towers: list[Any] = []  # the projector of a run with media (edgekit.measure.media.Towers)
+    towers: list[Any] = []  # the towers of a run with media (backends/bench_media.Towers)
     with PeakSampler() as sampler:
         runner = ENGINES.get(spec.engine).make()
         opts = RunOptions(threads=spec.threads, ctx=spec.ctx, knobs=spec.knobs, verbose=spec.verbose)

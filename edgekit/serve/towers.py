@@ -9,7 +9,8 @@ as -1 (LLAMA_TOKEN_NULL, as llama-server does). The projector is the backend's (
 llama.cpp's mtmd in backends/gguf/towers.py, mlx-vlm's towers in backends/mlx/media.py). The towers run
 here, on one thread of their own, one medium at a time: text requests keep decoding meanwhile. The
 generator's prefill puts the soft tokens in when the sequence reaches them. With ``towers = on_demand``
-(a llama.cpp knob) the projector is loaded for each prompt with media and freed once they are encoded.
+(llama.cpp; MLX keeps its towers loaded) the projector is loaded per prompt with media and freed once
+they are encoded.
 
 Limits: requests waiting for the towers are bounded like the engine's queue (503 beyond); a prompt that
 cannot fit the context is refused before any tower runs.

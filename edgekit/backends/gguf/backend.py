@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import Backend
+from .bench_media import BENCH
 from .format import GGUF
 from .generator import LlamaGenerator
 from .logits import GgufSource
@@ -20,4 +21,5 @@ BACKEND = Backend(
     max_ctx=N_CTX_MAX,
     prefix_cache=True,
     projector=open_projector,
+    bench_media=BENCH,
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..backend import Backend
+from .bench_media import BENCH
 from .format import MLX
 from .generator import MlxGenerator
 from .logits import MlxSource
@@ -24,4 +25,5 @@ BACKEND = Backend(
     block=("torch",),
     threads=False,
     projector=open_projector,
+    bench_media=BENCH,
 )

@@ -154,7 +154,7 @@ class MlxProjector:
         return [self.ids["boa_token_id"]], MlxSpan("audio", n, inputs), [self.ids["eoa_token_id"]]
 
     def release(self, spans: list[MlxSpan]) -> None:
-        """The towers stay loaded on MLX (the knob ``towers`` is llama.cpp's)."""
+        """run and serve keep MLX's towers loaded (towers = on_demand is refused there: open_projector)."""
 
     def encode_span(self, span: MlxSpan) -> None:
         span.embd = self.call(lambda: self._encode(span))
@@ -184,6 +184,8 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
     folder = Path(session.path)
     if mmproj is not None:
         raise ConfigError(f"--mmproj: {folder.name} is MLX, whose towers live in its folder ({TOWERS_FILE}); drop it")
+    if session.runtime.get("towers", "resident") != "resident":
+        raise ConfigError("towers = on_demand: MLX's run and serve keep the towers resident (bench measures on_demand)")
     entry = towers_entry(folder)
     if entry is None:
         return None

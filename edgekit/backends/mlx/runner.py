@@ -36,6 +36,14 @@ KNOBS = Schema(
         ),
         Knob("n_batch", int, "prefill chunk (mlx-lm's prefill_step_size)", default=2048, min=1),
         Knob("kv_fill", int, "positions of stand-in keys/values in every cache before the prompt", default=0, min=0),
+        # bench --image/--audio (backends/mlx/bench_media.py): mlx-vlm's towers kept, or loaded per medium and
+        # freed before the text is evaluated; run and serve keep them resident
+        Knob(
+            "towers",
+            str,
+            "bench's towers: resident, or loaded per medium and freed before the text",
+            choices=("resident", "on_demand"),
+        ),
     ],
 )
 
