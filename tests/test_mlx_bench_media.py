@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import urllib.request
 
 import numpy as np
 import pytest
@@ -264,8 +265,43 @@ def test_bad_media_and_builds_are_one_line(built, which, args, message):
     assert len(r.output.strip().splitlines()) == 1, r.output
 
 
-def test_run_refuses_towers_on_demand_on_mlx(built):
-    """`towers` is an MLX knob for bench only: run (and serve) keep the towers resident, and say so."""
-    r = cli("run", str(built["art"]), "-p", "hi", "--image", str(built["d"] / "photo.png"), "--set", "towers=on_demand")
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    assert "towers = on_demand: MLX's run and serve keep the towers resident" in r.stderr, r.stderr
+def test_towers_on_demand_in_run_and_serve_give_the_resident_numbers(built):
+    """run and serve on MLX take towers = on_demand too (pi5's runtime sets it): the tower modules are loaded
+    per prompt with media and dropped once encoded. Served logprobs (each token and its top 3) for an
+    image and a clip equal the resident server's; /props counts the loads; run gives the served reply."""
+    import base64
+
+    from serve_fixture import start_server
+
+    img = base64.b64encode((built["d"] / "photo.png").read_bytes()).decode()
+    wav = base64.b64encode((built["d"] / "clip.wav").read_bytes()).decode()
+    parts = [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + img, "detail": "low"}},
+        {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}},
+        {"type": "text", "text": "What is this?"},
+    ]
+    servers = {
+        mode: start_server(built["art"], built["d"] / f"{mode}.log", "--set", f"towers={mode}")
+        for mode in ("resident", "on_demand")
+    }
+    try:
+        got = {}
+        for mode, srv in servers.items():
+            r = srv.client().chat.completions.create(
+                model="m", messages=[{"role": "user", "content": parts}], max_tokens=4, temperature=0,
+                logprobs=True, top_logprobs=3,
+            )  # fmt: skip
+            lps = [(t.logprob, [x.logprob for x in t.top_logprobs]) for t in r.choices[0].logprobs.content]
+            got[mode] = (r.choices[0].message.content, r.usage.prompt_tokens, lps)
+            with urllib.request.urlopen(srv.url + "/props", timeout=10) as resp:
+                got[mode] += (json.loads(resp.read())["towers"],)
+    finally:
+        for srv in servers.values():
+            assert srv.stop() == 0
+    assert got["on_demand"][:3] == got["resident"][:3]  # measured: equal to the last bit
+    assert got["resident"][3] == {"mode": "resident", "loaded": True, "loads": 1}
+    assert got["on_demand"][3] == {"mode": "on_demand", "loaded": False, "loads": 2}  # at start, then the prompt
+    media = ["--image", str(built["d"] / "photo.png"), "--image-tokens", "70", "--audio", str(built["d"] / "clip.wav")]
+    r = cli("run", str(built["art"]), "-p", "What is this?", *media, "-n", "4", "--set", "towers=on_demand")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout[:-1] == got["resident"][0]

@@ -21,6 +21,7 @@ float32 numpy. MLX serves one request at a time, so this costs no concurrency.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import warnings
@@ -30,6 +31,7 @@ from typing import Any, Optional, cast
 import numpy as np
 
 from ...core.errors import ArtifactError, ConfigError
+from ...core.host import trim_heap
 from ...serve.media import MS_PER_AUDIO_TOKEN, SAMPLE_RATE, MediaError, image_tokens
 from .ple import _text_model
 from .towers import TOWERS_FILE, _tower_modules, require_mlx_vlm
@@ -67,15 +69,18 @@ def towers_entry(folder: Path) -> Optional[dict[str, Any]]:
 class MlxProjector:
     """mlx-vlm's Gemma 4 towers of an MLX artifact folder, run on the engine's thread."""
 
-    def __init__(self, folder: Path, image_budget: int, call: Any):
+    def __init__(self, folder: Path, image_budget: int, call: Any, on_demand: bool = False):
         self.call = call  # runs a function on the MLX engine's thread (Scheduler.call)
-        self.folder, self.image_budget = Path(folder), image_budget
+        self.folder, self.image_budget, self.on_demand = Path(folder), image_budget, on_demand
         self.config = json.loads((self.folder / "config.json").read_text())
         entry = towers_entry(self.folder) or {}
         self.path = self.folder / entry.get("file", TOWERS_FILE)
         self.modalities = tuple(entry.get("modalities", ()))
         self.marker, self.warning = MARKER, ""
-        self.mode, self.loads = "resident", 1  # loaded with the engine, kept (serve's /props)
+        # resident: loaded with the engine, kept; on_demand: the tower modules loaded per prompt with media
+        # and dropped once they are encoded (the processors, a few KB, stay). serve's /props shows both.
+        self.mode, self.loads = ("on_demand" if on_demand else "resident"), 1
+        self.module: Any = None
         text = self.config.get("text_config") or {}
         if text.get("use_bidirectional_attention"):
             raise ArtifactError(
@@ -85,24 +90,40 @@ class MlxProjector:
         self.width = int(text["hidden_size"])
         self.ids = {k: int(self.config[k]) for k in ("boi_token_id", "eoi_token_id", "boa_token_id", "eoa_token_id")}
         self.call(self._load)
+        if on_demand:
+            self.call(self._free)
 
-    def _load(self) -> None:
-        require_mlx_vlm()
+    def _load_module(self) -> None:
         # deferred: mlx and mlx-vlm (the mlx extra) load with towers, on the engine's thread
         import mlx.core as mx
-        from mlx_vlm.models.gemma4.audio_feature_extractor import Gemma4AudioFeatureExtractor
-        from mlx_vlm.models.gemma4.processing_gemma4 import Gemma4ImageProcessor
 
-        self.module, _ = _tower_modules(self.config)
+        module, _ = _tower_modules(self.config)
         try:
             weights = cast(dict[str, Any], mx.load(str(self.path)))  # a .safetensors file: name -> array
-            self.module.load_weights(list(weights.items()), strict=True)
+            module.load_weights(list(weights.items()), strict=True)
         except (OSError, ValueError, RuntimeError) as e:
             raise ArtifactError(
                 f"{self.path}: mlx-vlm's towers do not load it ({str(e).splitlines()[0][:120]}); rebuild with "
                 "`edgekit build --modalities ...`"
             ) from None
-        mx.eval(self.module.parameters())
+        mx.eval(module.parameters())
+        self.module = module
+
+    def _free(self) -> None:
+        import mlx.core as mx  # deferred: the mlx extra, as _load_module
+
+        self.module = None  # the last reference to the towers' arrays
+        gc.collect()
+        mx.clear_cache()  # MLX keeps freed buffers for reuse; hand them back
+        trim_heap()  # and glibc its freed heap (core.host)
+
+    def _load(self) -> None:
+        require_mlx_vlm()
+        # deferred: mlx-vlm (the mlx extra) loads with towers, on the engine's thread
+        from mlx_vlm.models.gemma4.audio_feature_extractor import Gemma4AudioFeatureExtractor
+        from mlx_vlm.models.gemma4.processing_gemma4 import Gemma4ImageProcessor
+
+        self._load_module()
         proc = {}
         try:
             proc = json.loads((self.folder / "processor_config.json").read_text())
@@ -154,9 +175,14 @@ class MlxProjector:
         return [self.ids["boa_token_id"]], MlxSpan("audio", n, inputs), [self.ids["eoa_token_id"]]
 
     def release(self, spans: list[MlxSpan]) -> None:
-        """run and serve keep MLX's towers loaded (towers = on_demand is refused there: open_projector)."""
+        """A prompt's media are encoded (or it failed): on_demand, drop the tower modules; resident, nothing."""
+        if self.on_demand and self.module is not None:
+            self.call(self._free)
 
     def encode_span(self, span: MlxSpan) -> None:
+        if self.module is None:
+            self.call(self._load_module)
+            self.loads += 1
         span.embd = self.call(lambda: self._encode(span))
 
     def _encode(self, span: MlxSpan) -> np.ndarray:
@@ -184,15 +210,14 @@ def open_projector(session: Any, mmproj: Optional[Path], limits: Any) -> Optiona
     folder = Path(session.path)
     if mmproj is not None:
         raise ConfigError(f"--mmproj: {folder.name} is MLX, whose towers live in its folder ({TOWERS_FILE}); drop it")
-    if session.runtime.get("towers", "resident") != "resident":
-        raise ConfigError("towers = on_demand: MLX's run and serve keep the towers resident (bench measures on_demand)")
     entry = towers_entry(folder)
     if entry is None:
         return None
     path = folder / entry["file"]
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; config.json names it: rebuild with `edgekit build --modalities ...`")
-    return MlxProjector(folder, limits.image_tokens, session.engine.call)
+    on_demand = session.runtime.get("towers", "resident") == "on_demand"
+    return MlxProjector(folder, limits.image_tokens, session.engine.call, on_demand)
 
 
 def prefill_media(runner: Any, prompt: list[int], media: Any) -> None:
