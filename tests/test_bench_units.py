@@ -84,6 +84,30 @@ def test_trim_heap_gives_freed_heap_back_to_the_kernel():
     assert out["trimmed"] - out["before"] <= 4 * MiB, out  # back to the start, the pinned block aside
 
 
+def test_trim_heap_types_malloc_trim_once_and_is_a_no_op_without_it(monkeypatch):
+    if hasattr(ctypes.CDLL(None), "malloc_trim"):  # glibc: typed at import, before any call
+        assert host._MALLOC_TRIM.argtypes == [ctypes.c_size_t] and host._MALLOC_TRIM.restype is ctypes.c_int
+
+    class Trim:  # stands for the ctypes function: counts calls and any retyping
+        def __init__(self):
+            object.__setattr__(self, "calls", [])
+            object.__setattr__(self, "typed", 0)
+
+        def __setattr__(self, name, value):
+            object.__setattr__(self, "typed", self.typed + 1)
+
+        def __call__(self, pad):
+            self.calls.append(pad)
+            return 1
+
+    fake = Trim()
+    monkeypatch.setattr(host, "_MALLOC_TRIM", fake)
+    assert [host.trim_heap(), host.trim_heap()] == [True, True]
+    assert fake.calls == [0, 0] and fake.typed == 0  # called with pad 0, never retyped per call
+    monkeypatch.setattr(host, "_MALLOC_TRIM", None)  # macOS, musl: no malloc_trim
+    assert host.trim_heap() is False
+
+
 def _write_gguf(path, tensors: dict[str, np.ndarray], q8: tuple[str, ...] = ()) -> dict[str, int]:
     """Write tensors (some Q8_0 through gguf's quantizer); return each tensor's stored bytes."""
     w = gguf.GGUFWriter(path, "gemma4")

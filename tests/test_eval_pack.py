@@ -170,6 +170,44 @@ def test_code_sandbox_limits():
     assert not run_python("x = bytearray(2 * 1024**3)").passed  # over the address-space cap
 
 
+def test_code_sandbox_is_killed_when_eval_is_interrupted(tmp_path):
+    """SIGTERM or Ctrl-C while a code case runs: the case's process group (its own session) is killed with
+    it, not left behind (a sleeping case would have lived on after eval)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    pid_file = tmp_path / "pid"
+
+    class Stop(BaseException):
+        pass
+
+    def stop(signum, frame):
+        raise Stop()
+
+    def signal_once_started():  # a real signal to this process once the case runs: it interrupts the wait
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    threading.Thread(target=signal_once_started, daemon=True).start()
+    try:
+        with pytest.raises(Stop):
+            run_python(f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)", 120)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # gone: killed and reaped
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"the sandboxed case (pid {pid}) outlived the interrupted eval")
+
+
 def test_code_sandbox_has_no_network():
     from edgekit.eval.sandbox import _net_isolation
 

@@ -163,3 +163,95 @@ def test_suite_on_a_real_artifact_is_deterministic(trained_dist):
         close()
     assert [r.output for r in a.results] == [r.output for r in b.results]
     assert all(r.output for r in a.results)  # the trained model says something within 12 tokens
+
+
+def _records(ref_name, ref_sha, ref_answers, art_answers, max_tokens=64, runtime=None):
+    """One `eval --suite` run's records: the art.gguf artifact against ``ref_name``, both answering the
+    example suite with the given {case id: answer} (every other case: "no idea")."""
+    cases = load_suite(EXAMPLE_SUITE)
+
+    def answering(answers):
+        by_prompt = {_case(cases, k).messages[-1]["content"]: v for k, v in answers.items()}
+        return lambda ids, n: by_prompt.get(bytes(ids).decode(), "no idea")
+
+    def render(messages):
+        return list(messages[-1]["content"].encode())
+
+    ref = run_suite(cases, render, answering(ref_answers), max_tokens, ref_name)
+    art = run_suite(cases, render, answering(art_answers), max_tokens, "art.gguf")
+    ref.meta = {"sha256": ref_sha, "runtime": dict(runtime or {})}
+    art.meta = {"sha256": "a" * 64, "runtime": dict(runtime or {})}
+    return to_records(ref, None, "s.jsonl", "ab" * 32, max_tokens, is_reference=True) + to_records(
+        art, ref, "s.jsonl", "ab" * 32, max_tokens
+    )
+
+
+def _tables(md):
+    """{table header line: {row label: "all" cell}} of suite_markdown's accuracy tables."""
+    out, head = {}, None
+    for line in md.splitlines():
+        if line.startswith("suite "):
+            head = line
+            out[head] = {}
+        elif head and line.startswith("| ") and not line.startswith("| artifact") and line.count("|") > 3:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if "%" in cells[-1]:
+                out[head][cells[0]] = cells[-1]
+    return out
+
+
+def test_suite_tables_keep_runs_against_other_references_and_caps_apart():
+    """The same artifact and suite file against two references (F32 and Q8_0) and with another cap: three
+    tables, each with its own reference row, never one table mixing them."""
+    f32 = _records("F32.gguf", "1" * 64, {"ex-date": "2026-03-03", "cls-sentiment": "B"}, {"ex-date": "2026-03-03"})
+    q8 = _records("Q8_0.gguf", "8" * 64, {"code-output": "6"}, {"code-output": "6", "cls-sentiment": "B"})
+    short = _records("F32.gguf", "1" * 64, {}, {}, max_tokens=8)
+    md = suite_markdown(f32 + q8 + short)
+    sha = "abababababab"
+    assert _tables(md) == {
+        f"suite s.jsonl (sha256 {sha}), max tokens 64, reference F32.gguf (sha256 111111111111)": {
+            "F32.gguf (reference)": "18% (2/11)",
+            "art.gguf": "9% (1/11)",
+        },
+        f"suite s.jsonl (sha256 {sha}), max tokens 64, reference Q8_0.gguf (sha256 888888888888)": {
+            "Q8_0.gguf (reference)": "9% (1/11)",
+            "art.gguf": "18% (2/11)",
+        },
+        f"suite s.jsonl (sha256 {sha}), max tokens 8, reference F32.gguf (sha256 111111111111)": {
+            "F32.gguf (reference)": "0% (0/11)",
+            "art.gguf": "0% (0/11)",
+        },
+    }
+    # the differing cases are listed under their own reference's table
+    f32_part = md[: md.index("reference Q8_0.gguf")]
+    assert "art.gguf vs F32.gguf, case cls-sentiment" in f32_part and "vs Q8_0.gguf" not in f32_part
+
+
+def test_suite_table_rows_tell_runs_with_other_knobs_apart_and_the_report_keeps_both_references():
+    from edgekit.results.report import latest_suites
+
+    f16 = _records("F32.gguf", "1" * 64, {"ex-date": "2026-03-03"}, {}, runtime={"kv_type": "f16", "flash": False})
+    f32 = _records(
+        "F32.gguf",
+        "1" * 64,
+        {"ex-date": "2026-03-03"},
+        {"ex-date": "2026-03-03"},
+        runtime={"kv_type": "f32", "flash": False},
+    )
+    (rows,) = _tables(suite_markdown(f16 + f32)).values()
+    assert rows == {
+        "F32.gguf (reference) [kv_type=f16]": "9% (1/11)",
+        "F32.gguf (reference) [kv_type=f32]": "9% (1/11)",
+        "art.gguf [kv_type=f16]": "0% (0/11)",
+        "art.gguf [kv_type=f32]": "9% (1/11)",
+    }
+    # the store's latest run of each: a run against another reference does not replace the first
+    q8 = _records("Q8_0.gguf", "8" * 64, {}, {}, runtime={"kv_type": "f32", "flash": False})
+    kept = latest_suites(f32 + q8)
+    assert {(r.artifact, r.reference) for r in kept} == {
+        ("F32.gguf", ""),
+        ("art.gguf", "F32.gguf"),
+        ("Q8_0.gguf", ""),
+        ("art.gguf", "Q8_0.gguf"),
+    }
+    assert len(kept) == len(f32 + q8)

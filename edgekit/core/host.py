@@ -56,7 +56,17 @@ def memory_bytes() -> int:
     return int(psutil.virtual_memory().total)
 
 
-_LIBC = ctypes.CDLL(None)  # the C library this process already links (no load, no search)
+def _malloc_trim() -> Optional[Any]:
+    """glibc's ``malloc_trim`` from the C library this process already links (no load, no search), typed
+    once here: ctypes function pointers are shared, and retyping one per call is needless work. None
+    where the allocator has none (macOS, musl)."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def trim_heap() -> bool:
@@ -66,11 +76,9 @@ def trim_heap() -> bool:
     the tiny model's text part stayed 23-52 MB over a text-only run, within 9 MB once trimmed. Called after
     a projector is freed. Elsewhere a no-op (False): macOS's and musl's allocators have no malloc_trim and
     give large freed blocks back to the kernel on their own."""
-    trim = getattr(_LIBC, "malloc_trim", None)
-    if trim is None:
+    if _MALLOC_TRIM is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    trim(0)
+    _MALLOC_TRIM(0)
     return True
 
 

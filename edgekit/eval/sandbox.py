@@ -77,13 +77,21 @@ def run_python(program: str, timeout: float = 10.0) -> SandboxResult:
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate()
+            _kill(proc)
             return SandboxResult(False, "timeout", f"killed after {timeout:g} s")
+        except BaseException:  # Ctrl-C, SIGTERM: the case's group would outlive eval (a sleeping one forever)
+            _kill(proc)
+            raise
         text = out.decode("utf-8", "replace")[-OUTPUT_CHARS:]
         if proc.returncode == 0:
             return SandboxResult(True, "ok", text)
         return SandboxResult(False, "failed", text)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the case's process group (its own session) and reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()

@@ -6,6 +6,7 @@ the text's sha256, so ``edgekit report`` can put quality beside peak RAM and dec
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -205,28 +206,70 @@ class SuiteRecord(ArtifactRecord):
     answers: list[dict[str, Any]] = field(default_factory=list)
 
 
+def suite_group(r: SuiteRecord) -> tuple[str, str, str, str, int]:
+    """What makes suite records one table: the same suite file (name and sha256), the same reference (a
+    reference's own records belong with the artifacts compared to it) and the same generation cap (a
+    longer one can turn a failed case into a passed one). Runs against another reference, or with another
+    --max-tokens, get a table of their own."""
+    ref = (r.artifact, r.sha256) if r.is_reference else (r.reference, r.reference_sha256)
+    return (r.suite_file, r.suite_sha256, *ref, r.max_tokens)
+
+
+def _row_key(r: SuiteRecord) -> tuple[Any, ...]:
+    """One row per run of an artifact: the same file with other knobs, target or device is another row."""
+    return (r.artifact, r.sha256, r.is_reference, r.engine, r.device, r.target, json.dumps(r.runtime, sort_keys=True))
+
+
+def _row_labels(keys: list[tuple[Any, ...]]) -> dict[tuple[Any, ...], str]:
+    """The artifact's name (and "(reference)"); where one artifact has several rows, what tells them apart:
+    the engine, device and target and the knobs that differ among them."""
+    out = {}
+    for k in keys:
+        label = k[0] + (" (reference)" if k[2] else "")
+        twins = [t for t in keys if t[:3] == k[:3]]
+        if len(twins) > 1:
+            parts = [
+                f"{n} {k[i]}"
+                for n, i in (("engine", 3), ("device", 4), ("target", 5))
+                if len({t[i] for t in twins}) > 1
+            ]
+            knobs = [json.loads(t[6]) for t in twins]
+            mine = json.loads(k[6])
+            for n in sorted({n for kn in knobs for n in kn}):
+                if len({json.dumps(kn.get(n)) for kn in knobs}) > 1:
+                    parts.append(f"{n}={mine.get(n, '-')}")
+            label += f" [{', '.join(parts)}]"
+        out[k] = label
+    return out
+
+
 def suite_markdown(records: Iterable[SuiteRecord]) -> str:
-    """Per suite file: accuracy per suite (columns, then all cases) per artifact (rows, the reference first), then each
-    case whose result differs from the reference's, the two outputs side by side."""
-    groups: dict[tuple[str, str], list[SuiteRecord]] = {}
+    """Per suite file, reference and generation cap (suite_group): accuracy per suite (columns, then all cases)
+    per artifact run (rows, the reference first), then each case whose result differs from the reference's, the
+    two outputs side by side."""
+    groups: dict[tuple[str, str, str, str, int], list[SuiteRecord]] = {}
     for r in records:
-        groups.setdefault((r.suite_file, r.suite_sha256), []).append(r)
+        groups.setdefault(suite_group(r), []).append(r)
     out = []
-    for (name, sha), rs in groups.items():
+    for (name, sha, ref_name, ref_sha, max_tokens), rs in groups.items():
         suites = sorted({r.suite for r in rs})
-        rows: dict[tuple[str, str, bool], dict[str, SuiteRecord]] = {}
+        rows: dict[tuple[Any, ...], dict[str, SuiteRecord]] = {}
         for r in sorted(rs, key=lambda r: not r.is_reference):
-            rows.setdefault((r.artifact, r.sha256, r.is_reference), {})[r.suite] = r
+            rows.setdefault(_row_key(r), {})[r.suite] = r
+        labels = _row_labels(list(rows))
+        against = (
+            f"reference {ref_name}" + (f" (sha256 {ref_sha[:12]})" if ref_sha else "") if ref_name else "no reference"
+        )
         lines = [
-            f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {rs[0].max_tokens}",
+            f"suite {name}" + (f" (sha256 {sha[:12]})" if sha else "") + f", max tokens {max_tokens}, {against}",
             "",
             "| artifact | " + " | ".join(suites) + " | all |",
             "|---|" + "---:|" * (len(suites) + 1),
         ]
-        for (art, _, ref), by in rows.items():
+        for key, by in rows.items():
             ok, n = sum(r.passed for r in by.values()), sum(r.cases for r in by.values())
             lines.append(
-                f"| {art}{' (reference)' if ref else ''} | "
+                f"| {labels[key]} | "
                 + " | ".join(
                     f"{100 * by[s].accuracy:.0f}% ({by[s].passed}/{by[s].cases})" if s in by else "-" for s in suites
                 )

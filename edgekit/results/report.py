@@ -70,8 +70,8 @@ def latest_quality(quality: list) -> list:
 
 
 def latest_suites(suites: list) -> list:
-    """The latest run of each (device, artifact, engine, suite file, suite, runtime): later rows replace
-    earlier ones, in the order they were stored."""
+    """The latest run of each (device, artifact, engine, reference, suite file, suite, cap, runtime): later
+    rows replace earlier ones, in the order they were stored; a run against another reference is kept."""
     seen: dict[tuple, object] = {}
     for s in suites:
         seen[
@@ -80,6 +80,7 @@ def latest_suites(suites: list) -> list:
                 s.sha256,
                 s.engine,
                 s.is_reference,
+                s.reference_sha256,
                 s.suite_sha256,
                 s.suite,
                 s.max_tokens,

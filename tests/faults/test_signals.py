@@ -20,6 +20,7 @@ import pytest
 from faultkit import env, hidden_leftovers, run_cli
 
 from edgekit.builder.manifest import read_manifest, verify
+from edgekit.results import Store, SuiteRecord
 
 HELD_BUILD = """
 import sys, time
@@ -152,3 +153,85 @@ def test_sigterm_mid_bench_is_one_line_and_leaves_nothing_behind(tiny_ckpt, tmp_
         and "Traceback" not in stderr
     )
     assert stdout == "" and list(tmp.iterdir()) == []
+
+
+# `eval --suite` held at a known point: inside llama.cpp's log callback while the model loads (the
+# handler then raises inside a ctypes callback, where Python drops exceptions), or at a decoded token.
+HELD_EVAL = """
+import sys, time
+import edgekit.backends.gguf.runner as r
+import edgekit.backends.gguf.generator as g
+where = sys.argv.pop(1)
+def hold():
+    sys.stderr.write("HELD\\n"); sys.stderr.flush()
+    time.sleep(5)  # the signal interrupts it
+if where == "load":
+    line, n = r._Log._line, [0]
+    def held_line(self, text):
+        n[0] += 1
+        if n[0] == 200:  # of 960 lines the tiny model's load logs
+            hold()
+        line(self, text)
+    r._Log._line = held_line
+else:
+    emit, n = g.LlamaGenerator._emit, [0]
+    def held_emit(self, *a):
+        n[0] += 1
+        if n[0] == 50:
+            sys.stderr.write("HELD\\n"); sys.stderr.flush()
+        return emit(self, *a)
+    g.LlamaGenerator._emit = held_emit
+from edgekit.cli import app
+app(sys.argv[1:], prog_name="edgekit")
+"""
+
+
+@pytest.fixture(scope="module")
+def q8_and_suite(tiny_ckpt, tmp_path_factory):
+    """The tiny model's Q8_0 and a suite long enough that, decoded to its end, it takes about a minute."""
+    import json
+
+    out = tmp_path_factory.mktemp("signal-eval")
+    res = run_cli("build", "-m", tiny_ckpt, "-q", "q8_0", "--out", out / "dist")
+    assert res.returncode == 0, res.stderr
+    suite = out / "long.jsonl"
+    suite.write_text(
+        "".join(
+            json.dumps({"id": f"c{i}", "suite": "s", "prompt": f"Count to {i}", "expected": "x", "scorer": "contains"})
+            + "\n"
+            for i in range(8)
+        )
+    )
+    return next((out / "dist").rglob("*-Q8_0.gguf")), suite
+
+
+@pytest.mark.parametrize("where", ["load", "decode"])
+def test_sigterm_mid_suite_eval_ends_it_within_seconds(q8_and_suite, tmp_path, where):
+    """SIGTERM while the model loads (inside llama.cpp's log callback) or while it decodes: the process ends
+    within seconds, with the line and 143, and stores nothing. Before the fix, a SIGTERM during the load was
+    dropped in the callback ("Exception ignored on calling ctypes callback function"), every later SIGTERM
+    ignored, and the suite decoded to its end (≈1 min here, hours for E2B): only SIGKILL ended it."""
+    q8, suite = q8_and_suite
+    db = tmp_path / "r.db"
+    cmd = ["eval", str(q8), "--suite", str(suite), "-n", "1500", "-t", "1", "--db", str(db)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HELD_EVAL, where, *cmd], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert line == b"HELD\n", line + proc.communicate(timeout=60)[1]
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"still running 20 s after SIGTERM: {stderr.decode()[-600:]}") from None
+    took = time.monotonic() - t0
+    print(f"{where}: exited {took:.2f} s after SIGTERM, code {proc.returncode}")
+    assert proc.returncode == 143, stderr.decode()
+    assert stderr.decode() == "edgekit: terminated (SIGTERM); partial files were removed\n"
+    assert stdout == b""
+    with Store(db) as s:
+        assert s.read(SuiteRecord) == []
