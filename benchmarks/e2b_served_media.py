@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edgekit.measure.limits import memory_limit  # noqa: E402
+from edgekit.measure.limits import evict, memory_limit  # noqa: E402
 from edgekit.profiles.targets import TARGETS  # noqa: E402
 
 THRASH = 64  # major faults per decoded token (edgekit.measure.budget)
@@ -81,6 +81,7 @@ def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     row: dict = {"target": args.target, "mode": mode, "medium": kind, "art": Path(args.art).name}
+    evict(Path(args.art).parent)  # the server's cgroup is charged for the pages it maps (as bench's child)
     with memory_limit(budget_bytes) as lim:
         if not lim.enforced:
             raise SystemExit(f"no memory cgroup here: {lim.reason}")
