@@ -10,9 +10,11 @@ real `openai` client sends one chat request: a 768x768 noise image at budget 280
 of a tone (250), then text up to ``--ctx-fill`` positions in all (counted with the GGUF's own vocabulary,
 confirmed by the reply's usage), streamed, ``-n`` tokens, greedy. Printed per row: the server's peak RSS
 (/props, getrusage), the cgroup's high-water mark (page cache charged included), OOM kills, the server's
-major faults while the prompt ran and per decoded token, TTFT and decode t/s, and the /props towers state
-after the reply. A row fails on an OOM kill (the server dies), or on more than 64 major faults per decoded
-token (edgekit.measure.budget's thrashing bound). Memory does not depend on host load; times do.
+major faults while the prompt ran and per decoded token, TTFT and decode t/s, the /props towers state
+after the reply, and the peak with the text GGUF's present pages counted in 16 KB blocks at the end (as
+bench's child counts them). A row fails on an OOM kill (the server dies), on more than 64 major faults per
+decoded token (edgekit.measure.budget's thrashing bound), or on the 16 KB peak over the budget. Memory
+does not depend on host load; times do.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edgekit.measure.limits import evict, memory_limit  # noqa: E402
+from edgekit.measure.pages import count_blocks, page_size, present_pages  # noqa: E402
 from edgekit.profiles.targets import TARGETS  # noqa: E402
 
 THRASH = 64  # major faults per decoded token (edgekit.measure.budget)
@@ -128,6 +131,9 @@ def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget
                 f2 = majflt(proc.pid)
                 with urllib.request.urlopen(url + "/props", timeout=30) as r:
                     props = json.loads(r.read())
+                # the text GGUF's present pages in 16 KB file-aligned blocks at the end, added to the peak
+                # as bench does (edgekit.measure.budget.apply_pages): the Pi 5 kernel's page size
+                pc = count_blocks(present_pages([gguf], pid=str(proc.pid)), page_size())
                 row.update(
                     prompt_tokens=usage.prompt_tokens if usage else None,
                     completion_tokens=usage.completion_tokens if usage else None,
@@ -136,6 +142,7 @@ def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget
                     majflt_prompt=(f1 or f2) - f0,
                     majflt_per_tok=(f2 - (f1 or f2)) / max((usage.completion_tokens if usage else chunks) - 1, 1),
                     peak_rss_mb=props["peak_rss_bytes"] / MB,
+                    peak_16k_mb=(props["peak_rss_bytes"] + pc.extra_bytes) / MB,
                     towers=props.get("towers"),
                     error="",
                 )
@@ -155,8 +162,15 @@ def serve_row(args: argparse.Namespace, gguf: Path, mode: str, kind: str, budget
         budget_mb=budget_bytes / MB,
         exit=proc.returncode,
     )
-    ok = not row["error"] and not rd.oom_kills and (row.get("majflt_per_tok") or 0) <= THRASH
-    row["verdict"] = "ok" if ok else ("OOM" if rd.oom_kills else row["error"] or "thrashing")
+    over = (row.get("peak_16k_mb") or 0) - budget_bytes / MB
+    ok = not row["error"] and not rd.oom_kills and (row.get("majflt_per_tok") or 0) <= THRASH and over <= 0
+    row["verdict"] = (
+        "ok"
+        if ok
+        else "OOM"
+        if rd.oom_kills
+        else row["error"] or ("thrashing" if over <= 0 else f"over by {over:.1f} MB")
+    )
     return row
 
 
@@ -178,9 +192,11 @@ def main() -> None:
     gguf = Path(args.art)
     target = TARGETS.get(args.target)
     budget = target.memory_budget_bytes
-    print("| target | towers | medium | prompt | peak RSS MB | cgroup peak MB | OOM | majflt prompt | majflt/tok "
-          "| TTFT s | tg t/s | towers after | verdict |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
+    print(
+        "| target | towers | medium | prompt | peak RSS MB | at 16 KB MB | cgroup peak MB | OOM | majflt prompt "
+        "| majflt/tok | TTFT s | tg t/s | towers after | verdict |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---|")
     for kind in args.media.split(","):
         for mode in args.modes.split(","):
             r = serve_row(args, gguf, mode, kind, budget)
@@ -189,7 +205,8 @@ def main() -> None:
                     f.write(json.dumps(r) + "\n")
             t = r.get("towers") or {}
             cells = [
-                r["target"], mode, kind, r.get("prompt_tokens") or "-", _f(r.get("peak_rss_mb"), 0),
+                r["target"], mode, kind, r.get("prompt_tokens") or "-",
+                _f(r.get("peak_rss_mb"), 0), _f(r.get("peak_16k_mb"), 0),
                 _f(r["cgroup_peak_mb"], 0), "yes" if r["oom_kills"] else "no", r.get("majflt_prompt", "-"),
                 _f(r.get("majflt_per_tok")), _f(r.get("ttft_s")), _f(r.get("tg_tps"), 2),
                 f"{t.get('mode', '-')}, loaded {t.get('loaded', '-')}", r["verdict"],
