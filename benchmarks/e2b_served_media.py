@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--jsonl", default="")
     ap.add_argument("--log-dir", default=".")
     args = ap.parse_args()
-    gguf = Path(args.art)
+    gguf = Path(args.art).resolve()  # /proc/PID/maps names files by absolute path
     target = TARGETS.get(args.target)
     budget = target.memory_budget_bytes
     print(
