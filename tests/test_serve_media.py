@@ -300,6 +300,9 @@ def test_modalities_listed_and_media_without_a_tower_refused(server, built, art)
         assert _get(vision, "/props")["modalities"] == {"vision": True, "audio": False}
         assert _get(vision, "/v1/models")["data"][0]["modalities"] == ["text", "vision"]
         assert _get(text, "/props")["modalities"] == {"vision": False, "audio": False}
+        # pi5's towers = on_demand is applied where a projector is (and /props says so), and only there
+        assert _get(vision, "/props")["runtime"]["towers"] == "on_demand"
+        assert "towers" not in _get(text, "/props")["runtime"] and _get(text, "/props")["towers"] is None
         with pytest.raises(openai.BadRequestError, match="no audio tower"):
             _reply(vision, _ask(_audio(_wav())))
         # pi5's ubatch (64) on a model whose image attention is non-causal: warned at start, and an image

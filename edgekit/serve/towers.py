@@ -130,15 +130,12 @@ def attach(
     ``mmproj``) and set ``session.towers``; None when the artifact has none or ``off`` (--no-mmproj)."""
 
     limits.check()
-    if off:
-        return None
-    open_projector = BACKENDS.get(session.engine_name).projector
-    if open_projector is None:
-        if mmproj is not None:
-            raise ConfigError(f"--mmproj: {session.engine_name} artifacts run without towers; drop it")
-        return None
-    proj = open_projector(session, mmproj, limits)
+    open_projector = None if off else BACKENDS.get(session.engine_name).projector
+    if open_projector is None and mmproj is not None and not off:
+        raise ConfigError(f"--mmproj: {session.engine_name} artifacts run without towers; drop it")
+    proj = None if open_projector is None else open_projector(session, mmproj, limits)
     if proj is None:
+        session.runtime.pop("towers", None)  # no projector: the knob applied to nothing (/props, lab records)
         return None
     towers = Towers(session, proj, limits, max_waiting)
     session.media, session.towers = towers, frozenset(towers.modalities)
