@@ -73,3 +73,21 @@ def test_a_pi5_lean_build_runs_with_pi5_leans_knobs_and_the_engine_applies_them(
     expected = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, rec.runtime)
     q8 = expected_kv_bytes(load_checkpoint(tiny_ckpt).config, 1024, {**rec.runtime, "kv_type": "q8_0"})
     assert abs(rec.kv_cache_bytes - expected) <= LOG_MIB and abs(rec.kv_cache_bytes - q8) > LOG_MIB
+
+
+def test_a_build_with_towers_recommends_what_fits():
+    """pi5's full-vocabulary text + a tower on demand is over its 1.5 GB (1,535 MB with vision on shape-true
+    E2B), the lean text fits (1,410 MB): with towers pi5 builds the lean text first. Its variants keep
+    their own lists; every listed recipe exists."""
+    from edgekit.profiles.recipes import RECIPES
+
+    pi5 = TARGETS.get("pi5")
+    assert pi5.build_quants(()) == pi5.quants and pi5.quants[0] == "iq4_xs-edge"
+    with_towers = pi5.build_quants(("vision",))
+    assert with_towers[0] == "iq4_xs-edge-lean" and sorted(with_towers) == sorted(pi5.quants)
+    for name in ("pi5-8gb", "pi5-lean"):
+        t = TARGETS.get(name)
+        assert t.build_quants(("vision", "audio")) == t.quants
+    for t in map(TARGETS.get, TARGETS.names()):
+        for q in t.quants_with_towers:
+            assert RECIPES.get(q).name == q

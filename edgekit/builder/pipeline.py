@@ -116,7 +116,7 @@ def build(
     tgt = TARGETS.get(target)
     mods = tgt.modalities if modalities is None else parse_modalities(modalities, "--modalities")
     check_plain_name(tgt.name, "name", f"target {tgt.name!r}", "fix the target profile")
-    names = quants or list(tgt.quants)
+    names = quants or list(tgt.build_quants(mods))
     twice = next((q for i, q in enumerate(names) if q in names[:i]), None)
     if twice is not None:  # two artifacts of one name: the second would replace the first mid-commit
         where = f"--quant {','.join(names)}" if quants else f"target {tgt.name}'s quants"

@@ -31,10 +31,18 @@ class Target:
     enforce_limit: bool = False  # run each child inside a memory cgroup at the budget (bench --limit)
     page_size: int = 0  # the device kernel's page size when larger than 4 KB (pi5: 16384)
     modalities: tuple[str, ...] = ()  # towers `edgekit build` ships beside the text model ("vision", "audio")
+    # the recipes in recommended order for a build with towers, where it differs from ``quants`` (pi5: the
+    # full text + a tower on demand is over its budget, the lean text fits)
+    quants_with_towers: tuple[str, ...] = ()
 
     @property
     def memory_budget_bytes(self) -> int:
         return int(self.memory_budget_gb * 1e9)
+
+    def build_quants(self, modalities: tuple[str, ...]) -> tuple[str, ...]:
+        """The recipes a build without --quant makes, recommended first: ``quants_with_towers`` when the
+        build ships towers and the profile names them, else ``quants``."""
+        return self.quants_with_towers if modalities and self.quants_with_towers else self.quants
 
 
 # Every key a profile may hold (a typo such as `threds` is an error, never a silent default).
@@ -54,6 +62,7 @@ KEYS = frozenset(
         "notes",
         "bench",
         "modalities",
+        "quants_with_towers",
     }
 )
 BENCH_KEYS = frozenset({"enforce_limit", "page_size"})
@@ -143,6 +152,7 @@ def load_target(path: Path) -> Target:
         enforce_limit=bench.bool("enforce_limit", False),
         page_size=bench.int("page_size", 0, minimum=0),
         modalities=parse_modalities(f.strs("modalities", []), str(path)),
+        quants_with_towers=tuple(f.strs("quants_with_towers", [])),
     )
 
 
