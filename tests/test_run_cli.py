@@ -249,7 +249,9 @@ def test_version_targets_recipes_list(loose):
     ]
     assert any(line.split()[0] == "pi5" for line in r.stdout.splitlines()[1:])
     r = cli("targets", "pi5")
-    assert r.returncode == 0 and "runtime" in r.stdout and "memory_budget_gb  1.5" in r.stdout
+    fields = dict(line.split(None, 1) for line in r.stdout.splitlines() if len(line.split(None, 1)) == 2)
+    assert r.returncode == 0 and "runtime" in r.stdout and fields["memory_budget_gb"].strip() == "1.5"
+    assert fields["quants_with_towers"].strip() == "iq4_xs-edge-lean, iq4_xs-edge, q4_0, q8_0, q4_k_m"
     assert cli("targets", "nope").returncode == 1
     r = cli("recipes")
     assert r.stdout.splitlines()[0].split() == ["RECIPE", "FORMAT", "QUANT", "DESCRIPTION"]
